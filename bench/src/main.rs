@@ -1,0 +1,348 @@
+//! `canopy-bench`: the project's benchmarks. Each prints progress on stderr and its figures
+//! as one JSON line, last, on stdout, with a baseline measured in the same run.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use canopy_dataflow::{EpochPositions, InMemoryViews, ViewStore, build_tally_dataflow, recount};
+use canopy_ingest::{LogRecord, Position, SegmentLog, SegmentLogConfig, VoteLog, partition_for};
+use canopy_schemas::{
+    Component, ComponentWeights, Decision, DecisionId, Method, Vote, VoteId, VoterId, Weight,
+};
+use clap::{Parser, Subcommand};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(about = "Canopy benchmarks: each prints one JSON line of figures, last")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Votes per second through the tally dataflow, against a single-threaded HashMap recount.
+    Core {
+        #[arg(long, default_value_t = 2_000_000)]
+        votes: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        decisions: usize,
+        /// Votes per epoch (all workers together).
+        #[arg(long, default_value_t = 500_000)]
+        epoch: usize,
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Durable appends per second from concurrent appenders, against a raw write+fsync loop.
+    Log {
+        #[arg(long, default_value_t = 64)]
+        appenders: usize,
+        #[arg(long, default_value_t = 3_000)]
+        appends_per_appender: usize,
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        /// Where the log is written (a fresh temporary directory inside it).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::Core {
+            votes,
+            workers,
+            decisions,
+            epoch,
+            partitions,
+            seed,
+        } => core(votes, workers, decisions, epoch, partitions, seed),
+        Bench::Log {
+            appenders,
+            appends_per_appender,
+            partitions,
+            dir,
+        } => log(appenders, appends_per_appender, partitions, dir),
+    }
+}
+
+/// A realistic stream: decisions of Zipf-like popularity, voters who sometimes change their
+/// vote, and repeated deliveries of votes already sent.
+fn vote_stream(
+    votes: usize,
+    decision_count: usize,
+    partitions: u32,
+    seed: u64,
+) -> (Vec<Decision>, Vec<LogRecord>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let decisions: Vec<Decision> = (0..decision_count)
+        .map(|i| Decision {
+            id: DecisionId(rng.random()),
+            title: format!("decision {i}"),
+            region: format!("region {}", i % 17),
+            options: (0..2 + i % 4).map(|o| format!("option {o}")).collect(),
+            opens_at: 0,
+            closes_at: i64::MAX,
+            weights: ComponentWeights::DEFAULT,
+            quorum: 100,
+            method: Method::SingleChoice,
+        })
+        .collect();
+    // Zipf(1.1) popularity by inverse-CDF over cumulative weights.
+    let cumulative: Vec<f64> = (1..=decision_count)
+        .scan(0.0, |sum, rank| {
+            *sum += 1.0 / (rank as f64).powf(1.1);
+            Some(*sum)
+        })
+        .collect();
+    let total = *cumulative.last().expect("at least one decision");
+    let mut ends: HashMap<u32, u64> = HashMap::new();
+    let mut records: Vec<LogRecord> = Vec::with_capacity(votes);
+    let mut next_voter = 0u128;
+    for n in 0..votes {
+        let roll: f64 = rng.random();
+        let vote = if roll < 0.02 && n > 0 {
+            records[rng.random_range(0..n)].vote
+        } else {
+            let pick = rng.random::<f64>() * total;
+            let decision = &decisions[cumulative
+                .partition_point(|c| *c < pick)
+                .min(decision_count - 1)];
+            let voter_id = if roll < 0.12 && n > 0 {
+                // A voter changing their mind: someone who voted before, in this decision if
+                // the earlier vote was in it, else a new vote of theirs here.
+                records[rng.random_range(0..n)].vote.voter_id
+            } else {
+                next_voter += 1;
+                VoterId(next_voter)
+            };
+            let (component, weight) = match rng.random_range(0..100) {
+                0..70 => (Component::Democratic, Weight::ONE),
+                70..85 => (
+                    Component::Expert,
+                    Weight(rng.random_range(500_000..5_000_000)),
+                ),
+                85..95 => (
+                    Component::Community,
+                    Weight(rng.random_range(100_000..3_000_000)),
+                ),
+                _ => (
+                    Component::EnvironmentalData,
+                    Weight(rng.random_range(100_000..2_000_000)),
+                ),
+            };
+            Vote {
+                vote_id: VoteId(rng.random()),
+                decision_id: decision.id,
+                voter_id,
+                option: rng.random_range(0..decision.options.len() as u16),
+                component,
+                weight,
+                cast_at: n as i64,
+            }
+        };
+        let partition = partition_for(vote.decision_id, partitions);
+        let end = ends.entry(partition).or_insert(0);
+        records.push(LogRecord {
+            position: Position {
+                partition,
+                offset: *end,
+            },
+            vote,
+        });
+        *end += 1;
+    }
+    (decisions, records)
+}
+
+fn core(
+    votes: usize,
+    workers: usize,
+    decision_count: usize,
+    epoch_size: usize,
+    partitions: u32,
+    seed: u64,
+) -> anyhow::Result<()> {
+    eprintln!("generating {votes} votes over {decision_count} decisions ...");
+    let (decisions, records) = vote_stream(votes, decision_count, partitions, seed);
+    let decisions = Arc::new(decisions);
+    let records = Arc::new(records);
+
+    eprintln!("baseline: single-threaded HashMap recount ...");
+    let started = Instant::now();
+    let expected = recount(records.iter(), &decisions);
+    let baseline_secs = started.elapsed().as_secs_f64();
+
+    eprintln!("dataflow: {workers} workers, epochs of {epoch_size} votes ...");
+    let views = Arc::new(InMemoryViews::new());
+    let positions = Arc::new(EpochPositions::new(partitions));
+    let started = Instant::now();
+    let (worker_records, worker_decisions, worker_views) = (
+        Arc::clone(&records),
+        Arc::clone(&decisions),
+        Arc::clone(&views),
+    );
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let views: Arc<dyn ViewStore> = worker_views.clone();
+        let mut inputs = build_tally_dataflow(worker, views, Arc::clone(&positions));
+        if index == 0 {
+            for decision in worker_decisions.iter() {
+                inputs.upsert_decision(decision);
+            }
+        }
+        for chunk in worker_records.chunks(epoch_size) {
+            for record in chunk.iter().skip(index).step_by(peers) {
+                inputs.push(record);
+            }
+            let epoch = inputs.seal();
+            inputs.run_until_published(worker, epoch);
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    for result in guards.join() {
+        result.map_err(anyhow::Error::msg)?;
+    }
+    let dataflow_secs = started.elapsed().as_secs_f64();
+
+    let views = views.all()?;
+    let mismatched = views
+        .iter()
+        .filter(|view| expected.get(&view.decision) != Some(&view.tally))
+        .count();
+    if views.len() != expected.len() || mismatched > 0 {
+        bail!(
+            "the dataflow disagrees with the recount on {mismatched} of {} decisions",
+            expected.len()
+        );
+    }
+    eprintln!(
+        "dataflow {dataflow_secs:.3}s, baseline {baseline_secs:.3}s; all {} tallies equal the recount",
+        views.len()
+    );
+    let votes_per_s = votes as f64 / dataflow_secs;
+    let baseline_votes_per_s = votes as f64 / baseline_secs;
+    println!(
+        "{}",
+        json!({
+            "bench": "core",
+            "votes": votes,
+            "workers": workers,
+            "votes_per_s": votes_per_s.round(),
+            "baseline_votes_per_s": baseline_votes_per_s.round(),
+            "ratio": round3(votes_per_s / baseline_votes_per_s),
+        })
+    );
+    Ok(())
+}
+
+fn log(
+    appenders: usize,
+    per_appender: usize,
+    partitions: u32,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let parent = dir.unwrap_or_else(std::env::temp_dir);
+    let scratch = tempfile::tempdir_in(&parent)
+        .with_context(|| format!("creating a scratch directory in {}", parent.display()))?;
+    let (_, records) = vote_stream(appenders * per_appender, 1_000, partitions, 11);
+    let votes: Arc<Vec<Vote>> = Arc::new(records.iter().map(|r| r.vote).collect());
+
+    eprintln!("baseline: one write + fdatasync per vote for 2 s ...");
+    let baseline_path = scratch.path().join("baseline.bin");
+    let mut file = File::create(&baseline_path)?;
+    let started = Instant::now();
+    let mut baseline_appends = 0usize;
+    while started.elapsed() < Duration::from_secs(2) {
+        let payload = votes[baseline_appends % votes.len()].encode();
+        let mut frame = Vec::with_capacity(8 + payload.len());
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        file.write_all(&frame)?;
+        file.sync_data()?;
+        baseline_appends += 1;
+    }
+    let baseline_per_s = baseline_appends as f64 / started.elapsed().as_secs_f64();
+
+    eprintln!(
+        "segment log: {appenders} appenders x {per_appender} single-vote appends, {partitions} partitions ..."
+    );
+    let log = Arc::new(SegmentLog::open(
+        scratch.path().join("log"),
+        SegmentLogConfig {
+            partitions,
+            ..Default::default()
+        },
+    )?);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..appenders)
+        .map(|a| {
+            let (log, votes) = (Arc::clone(&log), Arc::clone(&votes));
+            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+                let mut latencies = Vec::with_capacity(per_appender);
+                for vote in votes.iter().skip(a).step_by(appenders) {
+                    let sent = Instant::now();
+                    log.append(std::slice::from_ref(vote))?;
+                    latencies.push(sent.elapsed());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(votes.len());
+    for thread in threads {
+        latencies.extend(
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("an appender panicked"))??,
+        );
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stored: u64 = (0..partitions)
+        .map(|p| log.end_offset(p))
+        .sum::<Result<u64, _>>()?;
+    if stored != votes.len() as u64 {
+        bail!(
+            "{stored} records in the log after {} acknowledged appends",
+            votes.len()
+        );
+    }
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1e3
+    };
+    let appends_per_s = latencies.len() as f64 / elapsed;
+    println!(
+        "{}",
+        json!({
+            "bench": "log",
+            "appenders": appenders,
+            "appends_per_s": appends_per_s.round(),
+            "p50_ms": round3(percentile(0.50)),
+            "p99_ms": round3(percentile(0.99)),
+            "baseline_appends_per_s": baseline_per_s.round(),
+            "ratio": round3(appends_per_s / baseline_per_s),
+        })
+    );
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,34 @@
+use std::time::Duration;
+
+use canopy_ingest::{IngestError, Position};
+
+/// What can go wrong running the dataflow or reading its views.
+#[derive(Debug, thiserror::Error)]
+pub enum DataflowError {
+    #[error("results did not reach position {position:?} within {waited:?}")]
+    Timeout {
+        position: Position,
+        waited: Duration,
+    },
+    #[error("the tally dataflow stopped: {0}")]
+    Stopped(String),
+    #[error("could not start the dataflow workers: {0}")]
+    Start(String),
+    #[error("a dataflow worker panicked: {0}")]
+    WorkerPanicked(String),
+    #[error("reading the vote log failed: {0}")]
+    Log(#[from] IngestError),
+}
+
+impl DataflowError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "results_timeout",
+            Self::Stopped(_) => "dataflow_stopped",
+            Self::Start(_) => "dataflow_start",
+            Self::WorkerPanicked(_) => "dataflow_panicked",
+            Self::Log(error) => error.code(),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The from-scratch recount: a plain single-threaded pass over the log with hash maps.
+//! It is the oracle the tests hold the dataflow to, and the floor the benchmark measures
+//! the dataflow against.
+
+use std::collections::{HashMap, HashSet};
+
+use canopy_ingest::LogRecord;
+use canopy_schemas::{Component, Decision, DecisionId, VoterId};
+
+use crate::tally::{DecisionParams, Tally};
+
+/// Recounts `records` (each partition's records in offset order) for `decisions`.
+/// Same rules as the dataflow: per (decision, voter) a vote id counts once (its first
+/// delivery), and the vote with the highest offset is the voter's current one.
+pub fn recount<'a>(
+    records: impl IntoIterator<Item = &'a LogRecord>,
+    decisions: &[Decision],
+) -> HashMap<DecisionId, Tally> {
+    let mut seen: HashSet<(DecisionId, VoterId, u128)> = HashSet::new();
+    let mut latest: HashMap<(DecisionId, VoterId), (u64, u16, Component, u32)> = HashMap::new();
+    for record in records {
+        let vote = &record.vote;
+        if !seen.insert((vote.decision_id, vote.voter_id, vote.vote_id.0)) {
+            continue;
+        }
+        let current = (
+            record.position.offset,
+            vote.option,
+            vote.component,
+            vote.weight.0,
+        );
+        latest
+            .entry((vote.decision_id, vote.voter_id))
+            .and_modify(|held| {
+                if current.0 > held.0 {
+                    *held = current;
+                }
+            })
+            .or_insert(current);
+    }
+    type Sums = HashMap<(u16, Component), (u64, u64)>;
+    let mut sums: HashMap<DecisionId, Sums> = HashMap::new();
+    for ((decision, _), (_, option, component, weight)) in latest {
+        let cell = sums
+            .entry(decision)
+            .or_default()
+            .entry((option, component))
+            .or_default();
+        cell.0 += 1;
+        cell.1 += u64::from(weight);
+    }
+    decisions
+        .iter()
+        .map(|decision| {
+            let params = DecisionParams::from(decision);
+            let cells = sums.remove(&decision.id).unwrap_or_default();
+            (decision.id, Tally::from_sums(&params, cells))
+        })
+        .collect()
+}

@@ -1,0 +1,396 @@
+//! The tally dataflow and the arithmetic of a tally.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use canopy_ingest::{LogRecord, Position, partition_for};
+use canopy_schemas::{
+    Component, ComponentWeights, Decision, DecisionId, SHARE_SCALE, WEIGHT_SCALE,
+};
+use differential_dataflow::input::{Input, InputSession};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
+use timely::worker::Worker;
+
+use crate::positions::EpochPositions;
+use crate::views::{ViewStore, ViewUpdate};
+
+/// Dataflow time: an epoch number. Every record fed between two seals shares an epoch.
+pub type Epoch = u64;
+
+/// What the tally needs of one logged vote. Field order is the sort order the
+/// latest-vote reduce relies on: by vote id, then by log offset.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Ballot {
+    pub vote_id: u128,
+    pub offset: u64,
+    pub option: u16,
+    pub component: Component,
+    pub weight: u32,
+}
+
+/// The part of a decision the tally needs; fixed once the decision opens.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct DecisionParams {
+    pub options: u16,
+    pub weights: ComponentWeights,
+    pub quorum: u64,
+}
+
+impl From<&Decision> for DecisionParams {
+    fn from(decision: &Decision) -> Self {
+        Self {
+            options: decision.options.len() as u16,
+            weights: decision.weights,
+            quorum: decision.quorum,
+        }
+    }
+}
+
+/// Count and weighted sum of one (option, component), with the option's share of the
+/// component's weighted sum.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct CellTally {
+    pub option: u16,
+    pub component: Component,
+    pub count: u64,
+    /// Sum of the weights, in millionths.
+    pub weight_sum: u64,
+    /// weight_sum / (the component's weight_sum over all options), in parts per billion.
+    pub share_ppb: u64,
+}
+
+/// A decision's complete result.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Tally {
+    /// Non-empty cells, ordered by (option, component).
+    pub cells: Vec<CellTally>,
+    /// Per option: Σ over components of component weight × share, in parts per billion.
+    /// A component nobody has voted in yet contributes nothing.
+    pub composite_ppb: Vec<u64>,
+    /// Voters with a current vote.
+    pub turnout: u64,
+    pub turnout_by_component: [u64; 4],
+    pub quorum: u64,
+    pub quorum_met: bool,
+}
+
+impl Tally {
+    /// Builds the result from per-(option, component) (count, weight_sum) sums. Cells with
+    /// a zero count are dropped; cells are visited in any order.
+    pub fn from_sums(
+        params: &DecisionParams,
+        sums: impl IntoIterator<Item = ((u16, Component), (u64, u64))>,
+    ) -> Tally {
+        let mut cells: Vec<CellTally> = sums
+            .into_iter()
+            .filter(|(_, (count, _))| *count > 0)
+            .map(|((option, component), (count, weight_sum))| CellTally {
+                option,
+                component,
+                count,
+                weight_sum,
+                share_ppb: 0,
+            })
+            .collect();
+        cells.sort_unstable();
+        let mut component_weight = [0u64; 4];
+        let mut turnout_by_component = [0u64; 4];
+        for cell in &cells {
+            component_weight[cell.component.index()] += cell.weight_sum;
+            turnout_by_component[cell.component.index()] += cell.count;
+        }
+        let mut composite_ppb = vec![0u64; usize::from(params.options)];
+        for cell in &mut cells {
+            let total = component_weight[cell.component.index()];
+            cell.share_ppb =
+                (u128::from(cell.weight_sum) * u128::from(SHARE_SCALE) / u128::from(total)) as u64;
+            let component_weight = u128::from(params.weights.of(cell.component));
+            if let Some(score) = composite_ppb.get_mut(usize::from(cell.option)) {
+                *score += (component_weight * u128::from(cell.share_ppb) / u128::from(WEIGHT_SCALE))
+                    as u64;
+            }
+        }
+        let turnout = turnout_by_component.iter().sum();
+        Tally {
+            cells,
+            composite_ppb,
+            turnout,
+            turnout_by_component,
+            quorum: params.quorum,
+            quorum_met: turnout >= params.quorum,
+        }
+    }
+
+    /// The composite score of `option` as a fraction in [0, 1].
+    pub fn composite(&self, option: u16) -> f64 {
+        self.composite_ppb
+            .get(usize::from(option))
+            .map_or(0.0, |ppb| *ppb as f64 / SHARE_SCALE as f64)
+    }
+}
+
+/// What the per-decision reduce sees: the decision's parameters, or one (option, component)
+/// cell whose diff carries (count, weight_sum).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+enum DecisionEntry {
+    Params(DecisionParams),
+    Cell(u16, Component),
+}
+
+type VoteKey = (u128, u128);
+
+/// A change to one decision's tally: ((decision, tally), diff).
+type TallyUpdate = ((u128, Tally), i64);
+
+/// One worker's handles on the tally dataflow: feed votes and decisions, seal epochs,
+/// ask whether an epoch is fully reflected in the view store.
+pub struct TallyInputs {
+    votes: InputSession<Epoch, (VoteKey, Ballot), i64>,
+    decisions: InputSession<Epoch, (u128, DecisionParams), i64>,
+    probe: ProbeHandle<Epoch>,
+    known_decisions: HashMap<DecisionId, DecisionParams>,
+    positions: Arc<EpochPositions>,
+    views: Arc<dyn ViewStore>,
+    /// End offsets of the partitions this worker fed, as of the current epoch.
+    ends: HashMap<u32, u64>,
+    published_ends: HashMap<u32, u64>,
+}
+
+/// Builds the tally dataflow on this worker. Every worker of the computation must call it.
+///
+/// ```text
+///  votes ((decision, voter), ballot)
+///    └─ reduce: per (decision, voter), drop repeated vote ids, keep the latest by offset
+///        └─ explode: (decision, cell(option, component)) with diff (1, weight)
+///  decisions (decision, params) ─ explode: (decision, params) with diff (1, 0)
+///    └─ concat ─ reduce: per decision, sums → shares, composite, turnout, quorum ─▶ Tally
+///        └─ sink: buffer each epoch until complete, publish to the ViewStore
+/// ```
+pub fn build_tally_dataflow(
+    worker: &mut Worker,
+    views: Arc<dyn ViewStore>,
+    positions: Arc<EpochPositions>,
+) -> TallyInputs {
+    let partitions = positions.partitions();
+    let sink_views = Arc::clone(&views);
+    let sink_positions = Arc::clone(&positions);
+    let (votes, decisions, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+        let (votes_input, votes) = scope.new_collection::<(VoteKey, Ballot), i64>();
+        let (decisions_input, decisions) = scope.new_collection::<(u128, DecisionParams), i64>();
+
+        let latest = votes.reduce_named(
+            "LatestVotePerVoter",
+            |_key, ballots: &[(&Ballot, i64)], output: &mut Vec<(Ballot, i64)>| {
+                // Ballots arrive sorted by (vote_id, offset): the first of each vote id is its
+                // earliest delivery; later deliveries of the same id are repeats and ignored.
+                let mut latest: Option<&Ballot> = None;
+                let mut previous_id = None;
+                for (ballot, _) in ballots {
+                    if previous_id == Some(ballot.vote_id) {
+                        continue;
+                    }
+                    previous_id = Some(ballot.vote_id);
+                    if latest.is_none_or(|l| ballot.offset > l.offset) {
+                        latest = Some(ballot);
+                    }
+                }
+                if let Some(latest) = latest {
+                    output.push((*latest, 1));
+                }
+            },
+        );
+
+        let cells = latest.explode(|((decision, _voter), ballot): (VoteKey, Ballot)| {
+            Some((
+                (
+                    decision,
+                    DecisionEntry::Cell(ballot.option, ballot.component),
+                ),
+                (1i64, i64::from(ballot.weight)),
+            ))
+        });
+        let params = decisions.explode(|(decision, params)| {
+            Some(((decision, DecisionEntry::Params(params)), (1i64, 0i64)))
+        });
+
+        let tallies = cells.concat(params).reduce_named(
+            "TallyPerDecision",
+            |_decision,
+             entries: &[(&DecisionEntry, (i64, i64))],
+             output: &mut Vec<(Tally, i64)>| {
+                // Params sort first; a decision that was never registered has no result yet.
+                let Some((DecisionEntry::Params(params), _)) = entries.first() else {
+                    return;
+                };
+                let sums = entries
+                    .iter()
+                    .filter_map(|(entry, (count, weight))| match entry {
+                        DecisionEntry::Cell(option, component) => {
+                            Some(((*option, *component), (*count as u64, *weight as u64)))
+                        }
+                        DecisionEntry::Params(_) => None,
+                    });
+                output.push((Tally::from_sums(params, sums), 1));
+            },
+        );
+
+        let probe = ProbeHandle::new();
+        tallies
+            .inner
+            .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                Pipeline,
+                "PublishViews",
+                move |_capability, _info| {
+                    let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<TallyUpdate>)> =
+                        BTreeMap::new();
+                    move |(input, frontier), _output| {
+                        input.for_each(|capability, updates| {
+                            for ((key, tally), time, diff) in updates.drain(..) {
+                                pending
+                                    .entry(time)
+                                    .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()))
+                                    .1
+                                    .push(((key, tally), diff));
+                            }
+                        });
+                        while let Some(entry) = pending.first_entry() {
+                            if frontier.less_equal(entry.key()) {
+                                break;
+                            }
+                            let (epoch, (_capability, updates)) = entry.remove_entry();
+                            sink_views.publish(views_for_epoch(
+                                epoch,
+                                updates,
+                                &sink_positions,
+                                partitions,
+                            ));
+                        }
+                    }
+                },
+            )
+            .probe_with(&probe);
+        (votes_input, decisions_input, probe)
+    });
+    TallyInputs {
+        votes,
+        decisions,
+        probe,
+        known_decisions: HashMap::new(),
+        positions,
+        views,
+        ends: HashMap::new(),
+        published_ends: HashMap::new(),
+    }
+}
+
+/// Turns one complete epoch of tally changes into view updates: the new tally of each
+/// changed decision, or its removal, tagged with the log position the epoch includes.
+fn views_for_epoch(
+    epoch: Epoch,
+    updates: Vec<((u128, Tally), i64)>,
+    positions: &EpochPositions,
+    partitions: u32,
+) -> Vec<ViewUpdate> {
+    let mut changed: HashMap<u128, Option<Tally>> = HashMap::new();
+    for ((decision, tally), diff) in updates {
+        let slot = changed.entry(decision).or_insert(None);
+        if diff > 0 {
+            *slot = Some(tally);
+        }
+    }
+    changed
+        .into_iter()
+        .map(|(decision, tally)| {
+            let decision = DecisionId(decision);
+            let partition = partition_for(decision, partitions);
+            let as_of = Position {
+                partition,
+                offset: positions.end_at(partition, epoch),
+            };
+            ViewUpdate {
+                decision,
+                tally,
+                as_of,
+            }
+        })
+        .collect()
+}
+
+impl TallyInputs {
+    /// Feeds one logged vote into the current epoch.
+    pub fn push(&mut self, record: &LogRecord) {
+        let vote = &record.vote;
+        let ballot = Ballot {
+            vote_id: vote.vote_id.0,
+            offset: record.position.offset,
+            option: vote.option,
+            component: vote.component,
+            weight: vote.weight.0,
+        };
+        self.votes
+            .update(((vote.decision_id.0, vote.voter_id.0), ballot), 1);
+        let end = self.ends.entry(record.position.partition).or_insert(0);
+        *end = (*end).max(record.position.offset + 1);
+    }
+
+    /// Adds a decision, or replaces its parameters (the earlier ones are retracted).
+    pub fn upsert_decision(&mut self, decision: &Decision) {
+        let params = DecisionParams::from(decision);
+        if let Some(old) = self.known_decisions.insert(decision.id, params) {
+            if old == params {
+                return;
+            }
+            self.decisions.update((decision.id.0, old), -1);
+        }
+        self.decisions.update((decision.id.0, params), 1);
+    }
+
+    /// Records that this worker has fed `partition` up to (not including) `end`, even if
+    /// nothing new came in, so the view store's frontier can move.
+    pub fn note_end(&mut self, partition: u32, end: u64) {
+        let slot = self.ends.entry(partition).or_insert(0);
+        *slot = (*slot).max(end);
+    }
+
+    /// Closes the current epoch and returns it; what is fed next goes into the next one.
+    pub fn seal(&mut self) -> Epoch {
+        let epoch = *self.votes.time();
+        for (partition, end) in &self.ends {
+            self.positions.record(*partition, epoch, *end);
+        }
+        self.votes.advance_to(epoch + 1);
+        self.decisions.advance_to(epoch + 1);
+        self.votes.flush();
+        self.decisions.flush();
+        epoch
+    }
+
+    /// True once every worker's results for `epoch` are in the view store.
+    pub fn is_published(&self, epoch: Epoch) -> bool {
+        !self.probe.less_equal(&epoch)
+    }
+
+    /// Tells the view store that the partitions this worker feeds are complete up to their
+    /// ends as of the last published epoch. Call after [`is_published`](Self::is_published).
+    pub fn publish_frontier(&mut self) {
+        for (partition, end) in &self.ends {
+            if self.published_ends.get(partition) != Some(end) {
+                self.views.advance(*partition, *end);
+                self.published_ends.insert(*partition, *end);
+                self.positions.forget_before(*partition, *self.votes.time());
+            }
+        }
+    }
+
+    /// Steps `worker` until `epoch` is published, then advances the view store's frontier.
+    pub fn run_until_published(&mut self, worker: &mut Worker, epoch: Epoch) {
+        let probe = self.probe.clone();
+        worker.step_while(|| probe.less_equal(&epoch));
+        self.publish_frontier();
+    }
+}

@@ -1,0 +1,195 @@
+//! Where results go: a [`ViewStore`] holds the latest tally of each decision, tagged with
+//! the log position it includes, and lets a reader wait for "at least position p".
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use canopy_ingest::Position;
+use canopy_schemas::DecisionId;
+use serde::{Deserialize, Serialize};
+
+use crate::DataflowError;
+use crate::tally::Tally;
+
+/// One decision's result as a reader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionView {
+    pub decision: DecisionId,
+    pub tally: Tally,
+    /// Every record of `as_of.partition` below `as_of.offset` is counted; none above.
+    pub as_of: Position,
+}
+
+/// A change the dataflow publishes: a decision's new tally (or its removal) as of a position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewUpdate {
+    pub decision: DecisionId,
+    pub tally: Option<Tally>,
+    pub as_of: Position,
+}
+
+/// The sink of the tally dataflow and the source of every result a reader sees.
+pub trait ViewStore: Send + Sync {
+    /// Replaces the views of the decisions in `updates`; the updates of one call are one
+    /// complete epoch of the dataflow.
+    fn publish(&self, updates: Vec<ViewUpdate>);
+
+    /// Declares every record of `partition` below `end` reflected in the published views.
+    fn advance(&self, partition: u32, end: u64);
+
+    /// Marks the store unusable: the dataflow stopped (for instance on a corrupt log), and
+    /// serving its last views as current would be a lie.
+    fn fail(&self, reason: String);
+
+    /// The current view of `decision`, if it has one.
+    fn get(&self, decision: DecisionId) -> Result<Option<DecisionView>, DataflowError>;
+
+    /// Waits until the view of `decision` includes the record at `position` (read your own
+    /// vote), up to `timeout`.
+    fn wait_for(
+        &self,
+        decision: DecisionId,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<Option<DecisionView>, DataflowError>;
+}
+
+/// The in-process [`ViewStore`]: a map under a mutex, with a condition variable for waiters.
+#[derive(Debug, Default)]
+pub struct InMemoryViews {
+    state: Mutex<ViewsState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ViewsState {
+    views: HashMap<DecisionId, (Tally, Position)>,
+    frontier: HashMap<u32, u64>,
+    failure: Option<String>,
+}
+
+impl InMemoryViews {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ViewsState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every decision's current view; for tests and snapshots.
+    pub fn all(&self) -> Result<Vec<DecisionView>, DataflowError> {
+        let state = self.lock();
+        state.check()?;
+        Ok(state
+            .views
+            .keys()
+            .filter_map(|decision| state.view(*decision))
+            .collect())
+    }
+
+    /// Every record of `partition` below this offset is reflected.
+    pub fn frontier(&self, partition: u32) -> u64 {
+        self.lock().frontier.get(&partition).copied().unwrap_or(0)
+    }
+}
+
+impl ViewsState {
+    fn check(&self) -> Result<(), DataflowError> {
+        match &self.failure {
+            Some(reason) => Err(DataflowError::Stopped(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// A decision's view, its position moved up to the partition frontier: a view that no
+    /// later epoch changed is still exact as of the frontier.
+    fn view(&self, decision: DecisionId) -> Option<DecisionView> {
+        let (tally, as_of) = self.views.get(&decision)?;
+        let frontier = self.frontier.get(&as_of.partition).copied().unwrap_or(0);
+        Some(DecisionView {
+            decision,
+            tally: tally.clone(),
+            as_of: Position {
+                partition: as_of.partition,
+                offset: as_of.offset.max(frontier),
+            },
+        })
+    }
+}
+
+impl ViewStore for InMemoryViews {
+    fn publish(&self, updates: Vec<ViewUpdate>) {
+        let mut state = self.lock();
+        for update in updates {
+            match update.tally {
+                Some(tally) => {
+                    state.views.insert(update.decision, (tally, update.as_of));
+                }
+                None => {
+                    state.views.remove(&update.decision);
+                }
+            }
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn advance(&self, partition: u32, end: u64) {
+        let mut state = self.lock();
+        let slot = state.frontier.entry(partition).or_insert(0);
+        *slot = (*slot).max(end);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn fail(&self, reason: String) {
+        self.lock().failure = Some(reason);
+        self.changed.notify_all();
+    }
+
+    fn get(&self, decision: DecisionId) -> Result<Option<DecisionView>, DataflowError> {
+        let state = self.lock();
+        state.check()?;
+        Ok(state.view(decision))
+    }
+
+    fn wait_for(
+        &self,
+        decision: DecisionId,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<Option<DecisionView>, DataflowError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            state.check()?;
+            let frontier = state
+                .frontier
+                .get(&position.partition)
+                .copied()
+                .unwrap_or(0);
+            let view = state.view(decision);
+            let view_end = view
+                .as_ref()
+                .filter(|v| v.as_of.partition == position.partition)
+                .map_or(0, |v| v.as_of.offset);
+            if frontier > position.offset || view_end > position.offset {
+                return Ok(view);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(DataflowError::Timeout {
+                    position,
+                    waited: timeout,
+                });
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}

@@ -1,0 +1,244 @@
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use canopy_dataflow::*;
+use canopy_ingest::*;
+use canopy_schemas::*;
+
+fn decision(n: u128) -> Decision {
+    Decision {
+        id: DecisionId(n),
+        title: format!("decision {n}"),
+        region: "r".into(),
+        options: vec!["a".into(), "b".into(), "c".into()],
+        opens_at: 0,
+        closes_at: i64::MAX,
+        weights: ComponentWeights::DEFAULT,
+        quorum: 10,
+        method: Method::SingleChoice,
+    }
+}
+
+fn read_log(log: &SegmentLog) -> Vec<LogRecord> {
+    let mut records = Vec::new();
+    for partition in 0..log.partitions() {
+        records.extend(log.read(partition, 0, usize::MAX).unwrap());
+    }
+    records
+}
+
+#[test]
+fn voters_read_their_own_votes_and_the_result_equals_a_recount() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(
+        SegmentLog::open(
+            dir.path(),
+            SegmentLogConfig {
+                partitions: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let gate = Arc::new(Gate::new(Arc::clone(&log)));
+    let decisions: Vec<Decision> = (1..=4).map(decision).collect();
+    for d in &decisions {
+        gate.register(d.clone(), 0).unwrap();
+    }
+    let views = Arc::new(InMemoryViews::new());
+    let config = EngineConfig {
+        workers: 2,
+        ..EngineConfig::default()
+    };
+    let engine = TallyEngine::start(config, log.clone(), views.clone(), decisions.clone()).unwrap();
+
+    let voters: Vec<_> = (0..4u128)
+        .map(|thread| {
+            let gate = Arc::clone(&gate);
+            let views = Arc::clone(&views);
+            std::thread::spawn(move || {
+                for n in 0..150u128 {
+                    let expert = n % 3 == 0;
+                    let vote = Vote {
+                        vote_id: VoteId::new_random(),
+                        decision_id: DecisionId(1 + n % 4),
+                        // Each voter votes several times per decision: later votes replace earlier.
+                        voter_id: VoterId(thread * 100 + n % 7),
+                        option: ((n * 7 + thread) % 3) as u16,
+                        component: if expert {
+                            Component::Expert
+                        } else {
+                            Component::Democratic
+                        },
+                        weight: if expert {
+                            Weight(2_500_000)
+                        } else {
+                            Weight::ONE
+                        },
+                        cast_at: 5,
+                    };
+                    let position = gate.submit(&[vote]).unwrap()[0];
+                    let view = views
+                        .wait_for(vote.decision_id, position, Duration::from_secs(10))
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(view.as_of.partition, position.partition);
+                    assert!(
+                        view.as_of.offset > position.offset,
+                        "{view:?} does not include {position:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for voter in voters {
+        voter.join().unwrap();
+    }
+    let expected = recount(&read_log(&log), &decisions);
+    for d in &decisions {
+        let end = log.end_offset(log.partition_of(d.id)).unwrap();
+        let view = views
+            .wait_for(
+                d.id,
+                Position {
+                    partition: log.partition_of(d.id),
+                    offset: end - 1,
+                },
+                Duration::from_secs(10),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(&view.tally, &expected[&d.id]);
+        assert!(view.tally.turnout > 0);
+    }
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn a_restarted_engine_replays_the_log_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let decisions = vec![decision(1), decision(2)];
+    {
+        let log = SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap();
+        let votes: Vec<Vote> = (0..500u128)
+            .map(|n| Vote {
+                vote_id: VoteId(n % 450),
+                decision_id: DecisionId(1 + n % 2),
+                voter_id: VoterId(n % 60),
+                option: (n % 3) as u16,
+                component: Component::Democratic,
+                weight: Weight::ONE,
+                cast_at: 1,
+            })
+            .collect();
+        log.append(&votes).unwrap();
+    }
+    let log = Arc::new(SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap());
+    let views = Arc::new(InMemoryViews::new());
+    let engine = TallyEngine::start(
+        EngineConfig::default(),
+        log.clone(),
+        views.clone(),
+        decisions.clone(),
+    )
+    .unwrap();
+    let expected = recount(&read_log(&log), &decisions);
+    for d in &decisions {
+        let partition = log.partition_of(d.id);
+        let last = log.end_offset(partition).unwrap() - 1;
+        let view = views
+            .wait_for(
+                d.id,
+                Position {
+                    partition,
+                    offset: last,
+                },
+                Duration::from_secs(10),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.tally, expected[&d.id]);
+    }
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn a_corrupt_log_stops_the_engine_and_no_result_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(
+        SegmentLog::open(
+            dir.path(),
+            SegmentLogConfig {
+                partitions: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    for n in 0..100u128 {
+        let vote = Vote {
+            vote_id: VoteId(n),
+            decision_id: DecisionId(1),
+            voter_id: VoterId(n),
+            option: 0,
+            component: Component::Democratic,
+            weight: Weight::ONE,
+            cast_at: 1,
+        };
+        log.append(&[vote]).unwrap();
+    }
+    // Bit rot after the log was opened: the fifth frame's payload changes on disk.
+    let segment = dir.path().join(format!("{:020}.seg", 0));
+    let mut file = OpenOptions::new().write(true).open(segment).unwrap();
+    file.seek(SeekFrom::Start(32 + 4 * 84 + 40)).unwrap();
+    file.write_all(b"X").unwrap();
+    drop(file);
+
+    let views = Arc::new(InMemoryViews::new());
+    let engine = TallyEngine::start(
+        EngineConfig::default(),
+        log,
+        views.clone(),
+        vec![decision(1)],
+    )
+    .unwrap();
+    let error = views
+        .wait_for(
+            DecisionId(1),
+            Position {
+                partition: 0,
+                offset: 99,
+            },
+            Duration::from_secs(10),
+        )
+        .unwrap_err();
+    assert_eq!(error.code(), "dataflow_stopped");
+    assert!(error.to_string().contains("corrupt"), "{error}");
+    assert_eq!(
+        views.get(DecisionId(1)).unwrap_err().code(),
+        "dataflow_stopped"
+    );
+    let stopped = engine.shutdown().unwrap_err();
+    assert!(
+        stopped.to_string().contains("checksum mismatch"),
+        "{stopped}"
+    );
+}
+
+#[test]
+fn waiting_for_a_position_never_reached_times_out() {
+    let views = InMemoryViews::new();
+    let error = views
+        .wait_for(
+            DecisionId(1),
+            Position {
+                partition: 0,
+                offset: 5,
+            },
+            Duration::from_millis(50),
+        )
+        .unwrap_err();
+    assert_eq!(error.code(), "results_timeout");
+}

@@ -1,0 +1,309 @@
+//! The incremental tally must equal a from-scratch recount after every epoch, whatever the
+//! stream: changed votes, repeated deliveries, decisions registered late or re-weighted,
+//! any epoch boundaries, one or two workers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use canopy_dataflow::*;
+use canopy_ingest::{LogRecord, Position, partition_for};
+use canopy_schemas::*;
+use proptest::prelude::*;
+use timely::execute::{Config, execute};
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// A new vote (a voter's first, or a changed one).
+    Cast {
+        decision: usize,
+        voter: u8,
+        option: u16,
+        component: u8,
+        weight: u32,
+    },
+    /// The same vote delivered again (a retry, a replay).
+    Redeliver {
+        back: usize,
+    },
+    /// The decision's parameters change (before it opens).
+    Reweight {
+        decision: usize,
+        weights: [u32; 4],
+        quorum: u64,
+    },
+    /// The decision becomes known to the dataflow.
+    Register {
+        decision: usize,
+    },
+    Seal,
+}
+
+const DECISIONS: usize = 3;
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (0..DECISIONS, 0u8..6, 0u16..3, 0u8..4, 1u32..5_000_000)
+            .prop_map(|(decision, voter, option, component, weight)| Step::Cast { decision, voter, option, component, weight }),
+        3 => (0usize..40).prop_map(|back| Step::Redeliver { back }),
+        1 => (0..DECISIONS, 0u32..=1_000_000, 0u32..=1_000_000, 0u64..6).prop_map(|(decision, a, b, quorum)| {
+            let (low, high) = (a.min(b), a.max(b));
+            Step::Reweight { decision, weights: [low, high - low, 1_000_000 - high, 0], quorum }
+        }),
+        1 => (0..DECISIONS).prop_map(|decision| Step::Register { decision }),
+        3 => Just(Step::Seal),
+    ]
+}
+
+fn decision(index: usize, weights: [u32; 4], quorum: u64) -> Decision {
+    Decision {
+        id: DecisionId(1000 + index as u128),
+        title: format!("decision {index}"),
+        region: "r".into(),
+        options: vec!["a".into(), "b".into(), "c".into()],
+        opens_at: 0,
+        closes_at: i64::MAX,
+        weights: ComponentWeights(weights),
+        quorum,
+        method: Method::SingleChoice,
+    }
+}
+
+/// What worker 0 feeds at each epoch, and the expected state after it.
+struct Epoch {
+    records: Vec<LogRecord>,
+    decisions: Vec<Decision>,
+    /// Decisions registered so far, with their current parameters.
+    registered: Vec<Decision>,
+    /// All records so far.
+    prefix: Vec<LogRecord>,
+    ends: HashMap<u32, u64>,
+}
+
+fn plan(steps: &[Step], partitions: u32) -> Vec<Epoch> {
+    let mut epochs = Vec::new();
+    let mut current = (Vec::new(), Vec::new());
+    let mut prefix: Vec<LogRecord> = Vec::new();
+    let mut ends: HashMap<u32, u64> = HashMap::new();
+    let mut params: Vec<Decision> = (0..DECISIONS)
+        .map(|i| decision(i, ComponentWeights::DEFAULT.0, 2))
+        .collect();
+    let mut registered = vec![false; DECISIONS];
+    // Decision 0 is known from the start; the others only once registered.
+    current.1.push(params[0].clone());
+    registered[0] = true;
+    let mut next_vote = 0u128;
+    let append = |vote: Vote,
+                  current: &mut (Vec<LogRecord>, Vec<Decision>),
+                  prefix: &mut Vec<LogRecord>,
+                  ends: &mut HashMap<u32, u64>| {
+        let partition = partition_for(vote.decision_id, partitions);
+        let end = ends.entry(partition).or_insert(0);
+        let record = LogRecord {
+            position: Position {
+                partition,
+                offset: *end,
+            },
+            vote,
+        };
+        *end += 1;
+        current.0.push(record);
+        prefix.push(record);
+    };
+    for step in steps {
+        match step {
+            Step::Cast {
+                decision,
+                voter,
+                option,
+                component,
+                weight,
+            } => {
+                next_vote += 1;
+                let vote = Vote {
+                    vote_id: VoteId(next_vote),
+                    decision_id: params[*decision].id,
+                    voter_id: VoterId(u128::from(*voter)),
+                    option: *option,
+                    component: Component::from_code(*component).unwrap(),
+                    weight: Weight(*weight),
+                    cast_at: 0,
+                };
+                append(vote, &mut current, &mut prefix, &mut ends);
+            }
+            Step::Redeliver { back } => {
+                if let Some(earlier) = prefix.len().checked_sub(back + 1).map(|i| prefix[i].vote) {
+                    append(earlier, &mut current, &mut prefix, &mut ends);
+                }
+            }
+            Step::Reweight {
+                decision: index,
+                weights,
+                quorum,
+            } => {
+                params[*index] = decision(*index, *weights, *quorum);
+                if registered[*index] {
+                    current.1.push(params[*index].clone());
+                }
+            }
+            Step::Register { decision } => {
+                registered[*decision] = true;
+                current.1.push(params[*decision].clone());
+            }
+            Step::Seal => {}
+        }
+        if matches!(step, Step::Seal) {
+            let (records, decisions) = std::mem::take(&mut current);
+            let known = params
+                .iter()
+                .zip(&registered)
+                .filter(|(_, r)| **r)
+                .map(|(d, _)| d.clone())
+                .collect();
+            epochs.push(Epoch {
+                records,
+                decisions,
+                registered: known,
+                prefix: prefix.clone(),
+                ends: ends.clone(),
+            });
+        }
+    }
+    let (records, decisions) = current;
+    let known = params
+        .iter()
+        .zip(&registered)
+        .filter(|(_, r)| **r)
+        .map(|(d, _)| d.clone())
+        .collect();
+    epochs.push(Epoch {
+        records,
+        decisions,
+        registered: known,
+        prefix,
+        ends,
+    });
+    epochs
+}
+
+fn run(steps: Vec<Step>, workers: usize, partitions: u32) -> Result<(), String> {
+    let epochs = Arc::new(plan(&steps, partitions));
+    let views = Arc::new(InMemoryViews::new());
+    let positions = Arc::new(EpochPositions::new(partitions));
+    let results = execute(
+        Config::process(workers),
+        move |worker| -> Result<(), String> {
+            let view_store: Arc<dyn ViewStore> = views.clone();
+            let mut inputs = build_tally_dataflow(worker, view_store, Arc::clone(&positions));
+            for (number, epoch) in epochs.iter().enumerate() {
+                if worker.index() == 0 {
+                    for decision in &epoch.decisions {
+                        inputs.upsert_decision(decision);
+                    }
+                    for record in &epoch.records {
+                        inputs.push(record);
+                    }
+                }
+                let sealed = inputs.seal();
+                inputs.run_until_published(worker, sealed);
+                if worker.index() != 0 {
+                    continue;
+                }
+                let expected = recount(&epoch.prefix, &epoch.registered);
+                let actual: HashMap<DecisionId, DecisionView> = views
+                    .all()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|v| (v.decision, v))
+                    .collect();
+                if actual.len() != expected.len() {
+                    return Err(format!(
+                        "epoch {number}: {} views, expected {}",
+                        actual.len(),
+                        expected.len()
+                    ));
+                }
+                for (decision, tally) in &expected {
+                    let view = actual
+                        .get(decision)
+                        .ok_or(format!("epoch {number}: no view of {decision}"))?;
+                    if &view.tally != tally {
+                        return Err(format!(
+                            "epoch {number}, {decision}:\n dataflow {:?}\n recount  {tally:?}",
+                            view.tally
+                        ));
+                    }
+                    let partition = partition_for(*decision, partitions);
+                    let end = epoch.ends.get(&partition).copied().unwrap_or(0);
+                    if view.as_of
+                        != (Position {
+                            partition,
+                            offset: end,
+                        })
+                    {
+                        return Err(format!(
+                            "epoch {number}, {decision}: as_of {:?}, expected end {end}",
+                            view.as_of
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    for result in results.join() {
+        result??;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tallies_equal_a_recount_after_every_epoch(
+        steps in proptest::collection::vec(step(), 0..120),
+        workers in 1usize..=2,
+        partitions in 1u32..=3,
+    ) {
+        if let Err(message) = run(steps, workers, partitions) {
+            prop_assert!(false, "{}", message);
+        }
+    }
+}
+
+#[test]
+fn shares_and_composite_follow_the_weights() {
+    let params = DecisionParams {
+        options: 2,
+        weights: ComponentWeights([500_000, 500_000, 0, 0]),
+        quorum: 4,
+    };
+    let democratic = Component::Democratic;
+    let expert = Component::Expert;
+    // Democratic: option 0 has 3 of 4 voters; expert: option 1 has all the weight.
+    let tally = Tally::from_sums(
+        &params,
+        [
+            ((0, democratic), (3, 3_000_000)),
+            ((1, democratic), (1, 1_000_000)),
+            ((1, expert), (2, 5_000_000)),
+        ],
+    );
+    let share = |option, component| {
+        tally
+            .cells
+            .iter()
+            .find(|c| c.option == option && c.component == component)
+            .unwrap()
+            .share_ppb
+    };
+    assert_eq!(share(0, democratic), 750_000_000);
+    assert_eq!(share(1, democratic), 250_000_000);
+    assert_eq!(share(1, expert), 1_000_000_000);
+    assert_eq!(tally.composite_ppb, vec![375_000_000, 625_000_000]);
+    assert_eq!(tally.turnout, 6);
+    assert_eq!(tally.turnout_by_component, [4, 2, 0, 0]);
+    assert!(tally.quorum_met);
+    assert!((tally.composite(1) - 0.625).abs() < 1e-12);
+}

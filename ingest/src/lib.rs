@@ -1,0 +1,75 @@
+//! Canopy's vote log: the source of truth for every vote.
+//!
+//! ```text
+//!  appenders ──▶ Gate (validate against the decision) ──▶ VoteLog::append
+//!                                                           │ partition = f(decision_id)
+//!                      ┌────────────────────────────────────┼──────────────────────┐
+//!                      ▼                                    ▼                      ▼
+//!                 partition 0                          partition 1     …      partition N-1
+//!        queue ─▶ writer thread: write frames, one fdatasync per group, wake the appenders
+//!                 segments: 00000000000000000000.seg, 00000000000000065536.seg, …
+//! ```
+//!
+//! A vote's place in the log is its [`Position`] (partition, offset). An append returns only
+//! once its bytes are durable; many concurrent appends share one fsync (group commit).
+//! On open, a torn tail (the unsynced end of the last segment after a crash) is cut; a bad
+//! frame anywhere else is corruption, reported as [`IngestError::Corrupt`] and never served.
+
+#![deny(unsafe_code)]
+
+mod error;
+mod gate;
+mod segment;
+
+use canopy_schemas::{DecisionId, Vote};
+
+pub use error::IngestError;
+pub use gate::Gate;
+pub use segment::{Recovery, Retention, SegmentLog, SegmentLogConfig};
+
+/// Where a record sits in the log: the partition, and its offset within it (0, 1, 2, ...).
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// A vote read back from the log, with the position it was stored at.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LogRecord {
+    pub position: Position,
+    pub vote: Vote,
+}
+
+/// The partition a decision's votes go to. All votes of one decision share a partition, so
+/// the log orders them totally; the function is fixed so every process and the Kafka
+/// producer agree on it.
+pub fn partition_for(decision: DecisionId, partitions: u32) -> u32 {
+    let folded = (decision.0 as u64) ^ ((decision.0 >> 64) as u64);
+    (folded % u64::from(partitions.max(1))) as u32
+}
+
+/// A durable, partitioned, append-only log of votes.
+pub trait VoteLog: Send + Sync {
+    /// How many partitions the log has; fixed when it is created.
+    fn partitions(&self) -> u32;
+
+    /// Appends `votes`, each to its decision's partition, and returns their positions once
+    /// all of them are durable. Votes of one partition keep their order. A batch that spans
+    /// partitions is not atomic across them: on error, some may be stored, none acknowledged.
+    fn append(&self, votes: &[Vote]) -> Result<Vec<Position>, IngestError>;
+
+    /// Up to `max` durable records of `partition` from offset `from` on, in offset order.
+    /// Returns an empty batch at the end of the log.
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError>;
+
+    /// The offset the next record of `partition` will get: every offset below it is durable.
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError>;
+
+    /// The partition of `decision` in this log.
+    fn partition_of(&self, decision: DecisionId) -> u32 {
+        partition_for(decision, self.partitions())
+    }
+}

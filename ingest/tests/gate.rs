@@ -1,0 +1,129 @@
+use std::sync::Arc;
+
+use canopy_ingest::*;
+use canopy_schemas::*;
+
+fn decision() -> Decision {
+    Decision {
+        id: DecisionId(42),
+        title: "Close the quarry road?".into(),
+        region: "north".into(),
+        options: vec!["yes".into(), "no".into()],
+        opens_at: 1_000,
+        closes_at: 2_000,
+        weights: ComponentWeights::DEFAULT,
+        quorum: 3,
+        method: Method::SingleChoice,
+    }
+}
+
+fn vote(n: u128) -> Vote {
+    Vote {
+        vote_id: VoteId(n),
+        decision_id: DecisionId(42),
+        voter_id: VoterId(n),
+        option: 0,
+        component: Component::Democratic,
+        weight: Weight::ONE,
+        cast_at: 1_500,
+    }
+}
+
+#[test]
+fn bad_votes_are_refused_before_they_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap());
+    let gate = Gate::new(Arc::clone(&log));
+    gate.register(decision(), 0).unwrap();
+    let partition = log.partition_of(DecisionId(42));
+
+    gate.submit(&[vote(1)]).unwrap();
+    let cases = [
+        (
+            Vote {
+                option: 2,
+                ..vote(2)
+            },
+            "unknown_option",
+        ),
+        (
+            Vote {
+                cast_at: 2_000,
+                ..vote(2)
+            },
+            "outside_window",
+        ),
+        (
+            Vote {
+                component: Component::Expert,
+                weight: Weight(MAX_WEIGHT + 1),
+                ..vote(2)
+            },
+            "weight_out_of_range",
+        ),
+        (
+            Vote {
+                weight: Weight(3_000_000),
+                ..vote(2)
+            },
+            "weight_out_of_range",
+        ),
+        (
+            Vote {
+                decision_id: DecisionId(43),
+                ..vote(2)
+            },
+            "unknown_decision",
+        ),
+    ];
+    for (bad, code) in cases {
+        // One bad vote in a batch refuses the whole batch: the good vote beside it is not stored.
+        let error = gate.submit(&[vote(3), bad]).unwrap_err();
+        assert_eq!(error.code(), code, "{error}");
+        assert!(matches!(
+            error,
+            IngestError::InvalidVote { index: 1, .. }
+                | IngestError::UnknownDecision { index: 1, .. }
+        ));
+    }
+    assert_eq!(
+        log.end_offset(partition).unwrap(),
+        1,
+        "nothing refused reached the log"
+    );
+}
+
+#[test]
+fn an_open_decision_cannot_change_its_weights_or_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::new(Arc::new(
+        SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap(),
+    ));
+    gate.register(decision(), 0).unwrap();
+    let reweighted = Decision {
+        weights: ComponentWeights([1_000_000, 0, 0, 0]),
+        ..decision()
+    };
+    // Before it opens, the owner may still change it.
+    gate.register(reweighted.clone(), 999).unwrap();
+    let error = gate.register(decision(), 1_000).unwrap_err();
+    assert_eq!(error.code(), "decision_frozen");
+    assert_eq!(gate.decision(DecisionId(42)).unwrap(), reweighted);
+    // The title may still be corrected.
+    gate.register(
+        Decision {
+            title: "Close the old quarry road?".into(),
+            ..reweighted
+        },
+        1_500,
+    )
+    .unwrap();
+    let invalid = Decision {
+        options: vec!["only".into()],
+        ..decision()
+    };
+    assert_eq!(
+        gate.register(invalid, 0).unwrap_err().code(),
+        "option_count"
+    );
+}

@@ -1,0 +1,325 @@
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use canopy_ingest::*;
+use canopy_schemas::*;
+
+fn vote(decision: u128, voter: u128, n: u128) -> Vote {
+    Vote {
+        vote_id: VoteId(n),
+        decision_id: DecisionId(decision),
+        voter_id: VoterId(voter),
+        option: (n % 3) as u16,
+        component: Component::Democratic,
+        weight: Weight::ONE,
+        cast_at: 1_500,
+    }
+}
+
+fn config(partitions: u32, segment_bytes: u64) -> SegmentLogConfig {
+    SegmentLogConfig {
+        partitions,
+        segment_bytes,
+        retention: Retention::Forever,
+    }
+}
+
+fn read_all(log: &SegmentLog, partition: u32) -> Result<Vec<LogRecord>, IngestError> {
+    let mut out = Vec::new();
+    let mut from = log.earliest_offset(partition)?;
+    loop {
+        let batch = log.read(partition, from, 1000)?;
+        let Some(last) = batch.last() else {
+            return Ok(out);
+        };
+        from = last.position.offset + 1;
+        out.extend(batch);
+    }
+}
+
+const FRAME: u64 = 84;
+
+fn header(partitions: u64) -> u64 {
+    24 + 8 * partitions
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn appended_votes_read_back_in_order_at_their_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(dir.path(), config(4, 1 << 20)).unwrap();
+    let votes: Vec<Vote> = (0..200).map(|n| vote(n % 7, n, n)).collect();
+    let positions = log.append(&votes).unwrap();
+    for (vote, position) in votes.iter().zip(&positions) {
+        assert_eq!(position.partition, partition_for(vote.decision_id, 4));
+    }
+    let mut read = 0;
+    for partition in 0..4 {
+        let records = read_all(&log, partition).unwrap();
+        for (k, record) in records.iter().enumerate() {
+            assert_eq!(
+                record.position,
+                Position {
+                    partition,
+                    offset: k as u64
+                }
+            );
+            let index = positions
+                .iter()
+                .position(|p| *p == record.position)
+                .unwrap();
+            assert_eq!(record.vote, votes[index]);
+        }
+        read += records.len();
+        assert_eq!(log.end_offset(partition).unwrap(), records.len() as u64);
+    }
+    assert_eq!(read, votes.len());
+}
+
+#[test]
+fn concurrent_appenders_share_fsyncs_and_get_distinct_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(SegmentLog::open(dir.path(), config(2, 64 << 10)).unwrap());
+    let threads: Vec<_> = (0..16u128)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                (0..300u128)
+                    .map(|n| {
+                        (
+                            log.append(&[vote(n % 5, t, t * 1000 + n)]).unwrap()[0],
+                            t * 1000 + n,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let acked: Vec<(Position, u128)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let distinct: HashSet<Position> = acked.iter().map(|(p, _)| *p).collect();
+    assert_eq!(distinct.len(), acked.len());
+    let stored: Vec<LogRecord> = (0..2).flat_map(|p| read_all(&log, p).unwrap()).collect();
+    assert_eq!(stored.len(), acked.len());
+    for (position, id) in acked {
+        let record = stored.iter().find(|r| r.position == position).unwrap();
+        assert_eq!(record.vote.vote_id, VoteId(id));
+    }
+    assert!(segments(dir.path()).len() > 1, "small segments roll over");
+}
+
+#[test]
+fn reopening_keeps_every_vote_and_continues_the_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SegmentLog::open(dir.path(), config(1, 4096)).unwrap();
+        log.append(&(0..100).map(|n| vote(1, n, n)).collect::<Vec<_>>())
+            .unwrap();
+    }
+    // The partition count is the log's own: a different configured count does not re-shard it.
+    let log = SegmentLog::open(dir.path(), config(8, 4096)).unwrap();
+    assert_eq!(log.partitions(), 1);
+    assert_eq!(log.recovery(), &Recovery::default());
+    assert_eq!(log.append(&[vote(1, 500, 500)]).unwrap()[0].offset, 100);
+    let records = read_all(&log, 0).unwrap();
+    assert_eq!(records.len(), 101);
+    assert_eq!(log.verify().unwrap(), 101);
+}
+
+#[test]
+fn a_torn_tail_is_cut_on_open_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
+        log.append(&(0..10).map(|n| vote(1, n, n)).collect::<Vec<_>>())
+            .unwrap();
+    }
+    let segment = segments(dir.path()).pop().unwrap();
+    let len = fs::metadata(&segment).unwrap().len();
+    // A crash mid-write: the last frame lost its last 30 bytes.
+    OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 30)
+        .unwrap();
+    let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
+    assert_eq!(log.recovery().torn_tail_bytes, FRAME - 30);
+    assert_eq!(log.end_offset(0).unwrap(), 9);
+    assert_eq!(read_all(&log, 0).unwrap().len(), 9);
+    assert_eq!(log.append(&[vote(1, 99, 99)]).unwrap()[0].offset, 9);
+    drop(log);
+    let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
+    assert_eq!(log.recovery(), &Recovery::default());
+    let records = read_all(&log, 0).unwrap();
+    assert_eq!(records.len(), 10);
+    assert_eq!(records[9].vote.vote_id, VoteId(99));
+}
+
+#[test]
+fn garbage_after_the_last_frame_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
+        log.append(&(0..5).map(|n| vote(1, n, n)).collect::<Vec<_>>())
+            .unwrap();
+    }
+    let segment = segments(dir.path()).pop().unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap()
+        .write_all(&[0x00, 0x00, 0x00, 0x40, 1, 2, 3])
+        .unwrap();
+    let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
+    assert_eq!(log.recovery().torn_tail_bytes, 7);
+    assert_eq!(log.verify().unwrap(), 5);
+}
+
+#[test]
+fn a_flipped_byte_in_an_old_segment_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SegmentLog::open(dir.path(), config(1, 1024)).unwrap();
+        for n in 0..100 {
+            log.append(&[vote(1, n, n)]).unwrap();
+        }
+    }
+    let first = segments(dir.path()).remove(0);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&first)
+        .unwrap();
+    // Inside the payload of the second frame.
+    file.seek(SeekFrom::Start(header(1) + FRAME + 40)).unwrap();
+    file.write_all(&[0xFF]).unwrap();
+    drop(file);
+    let error = SegmentLog::open(dir.path(), config(1, 1024)).unwrap_err();
+    assert_eq!(error.code(), "log_corrupt");
+    let message = error.to_string();
+    assert!(
+        message.contains("checksum mismatch")
+            && message.contains("offset 1")
+            && message.contains("00000000000000000000.seg"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_flipped_byte_after_open_is_caught_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(dir.path(), config(2, 1 << 20)).unwrap();
+    log.append(&(0..20).map(|n| vote(n % 2, n, n)).collect::<Vec<_>>())
+        .unwrap();
+    let segment = segments(dir.path()).remove(0);
+    let mut file = OpenOptions::new().write(true).open(&segment).unwrap();
+    file.seek(SeekFrom::Start(header(2) + 5 * FRAME + 30))
+        .unwrap();
+    file.write_all(&[0xAA]).unwrap();
+    drop(file);
+    let partition = (0..2)
+        .find(|p| log.read(*p, 0, 100).is_err())
+        .expect("one partition reads the damaged frame");
+    let error = log.read(partition, 0, 100).unwrap_err();
+    assert_eq!(error.code(), "log_corrupt");
+    assert!(error.to_string().contains("checksum mismatch"), "{error}");
+    assert_eq!(log.verify().unwrap_err().code(), "log_corrupt");
+}
+
+#[test]
+fn a_missing_middle_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SegmentLog::open(dir.path(), config(1, 1024)).unwrap();
+        for n in 0..100 {
+            log.append(&[vote(1, n, n)]).unwrap();
+        }
+    }
+    fs::remove_file(&segments(dir.path())[1]).unwrap();
+    let error = SegmentLog::open(dir.path(), config(1, 1024)).unwrap_err();
+    assert_eq!(error.code(), "log_corrupt");
+    assert!(error.to_string().contains("missing"), "{error}");
+}
+
+#[test]
+fn retention_deletes_whole_sealed_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SegmentLogConfig {
+        partitions: 1,
+        segment_bytes: 1024,
+        retention: Retention::MaxBytes(3000),
+    };
+    let log = SegmentLog::open(dir.path(), cfg.clone()).unwrap();
+    for n in 0..200 {
+        log.append(&[vote(1, n, n)]).unwrap();
+    }
+    let earliest = log.earliest_offset(0).unwrap();
+    assert!(earliest > 0, "old segments are gone");
+    drop(log);
+    // Offsets are never reused: the log reopens where it was.
+    let log = SegmentLog::open(dir.path(), cfg).unwrap();
+    assert_eq!(log.earliest_offset(0).unwrap(), earliest);
+    assert_eq!(log.end_offset(0).unwrap(), 200);
+    let sealed_bytes: u64 = segments(dir.path())
+        .iter()
+        .rev()
+        .skip(1)
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(sealed_bytes <= 3000, "{sealed_bytes}");
+    assert_eq!(log.read(0, 0, 10).unwrap_err().code(), "log_trimmed");
+    let kept = read_all(&log, 0).unwrap();
+    assert_eq!(kept.first().unwrap().position.offset, earliest);
+    assert_eq!(kept.last().unwrap().position.offset, 199);
+}
+
+#[test]
+fn delete_before_keeps_the_segment_holding_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(dir.path(), config(1, 1024)).unwrap();
+    for n in 0..100 {
+        log.append(&[vote(1, n, n)]).unwrap();
+    }
+    let before = segments(dir.path()).len();
+    let deleted = log.delete_before(&[50]).unwrap();
+    assert!(deleted > 0);
+    assert_eq!(segments(dir.path()).len(), before - deleted);
+    let earliest = log.earliest_offset(0).unwrap();
+    assert!(earliest <= 50);
+    assert_eq!(log.read(0, 50, 1).unwrap()[0].position.offset, 50);
+    let sealed = segments(dir.path()).len() - 1;
+    assert_eq!(log.delete_before(&[u64::MAX]).unwrap(), sealed);
+    assert_eq!(
+        segments(dir.path()).len(),
+        1,
+        "the active segment always stays"
+    );
+    assert_eq!(log.read(0, 99, 1).unwrap()[0].position.offset, 99);
+}
+
+#[test]
+fn an_unknown_directory_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("log.meta"), "something else\n").unwrap();
+    assert_eq!(
+        SegmentLog::open(dir.path(), config(1, 1024))
+            .unwrap_err()
+            .code(),
+        "bad_log"
+    );
+}

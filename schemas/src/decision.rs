@@ -1,0 +1,113 @@
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::vote::uuid_id;
+use crate::{Component, SchemaError, WEIGHT_SCALE};
+
+/// Microseconds since the Unix epoch.
+pub type Timestamp = i64;
+
+uuid_id!(
+    /// A decision's id; also the key that picks the vote log partition.
+    DecisionId
+);
+
+/// How votes are counted. Only single choice exists so far; the encoding leaves room.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    #[default]
+    SingleChoice,
+}
+
+/// The weight of each component in the composite score, in millionths, indexed by
+/// [`Component::index`]. They sum to exactly 1 000 000.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct ComponentWeights(pub [u32; 4]);
+
+impl ComponentWeights {
+    /// The platform's default: democratic 0.4, expert 0.3, community 0.2, environmental 0.1.
+    pub const DEFAULT: ComponentWeights = ComponentWeights([400_000, 300_000, 200_000, 100_000]);
+
+    pub fn of(&self, component: Component) -> u32 {
+        self.0[component.index()]
+    }
+}
+
+impl Default for ComponentWeights {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A question put to voters. Weights and method are fixed once it opens.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Decision {
+    pub id: DecisionId,
+    pub title: String,
+    pub region: String,
+    /// Option labels; a vote names an option by its index here.
+    pub options: Vec<String>,
+    /// First instant a vote is accepted (inclusive).
+    pub opens_at: crate::Timestamp,
+    /// First instant a vote is no longer accepted (exclusive).
+    pub closes_at: crate::Timestamp,
+    pub weights: ComponentWeights,
+    /// The turnout (distinct voters with a current vote) at which the result is binding.
+    pub quorum: u64,
+    pub method: Method,
+}
+
+/// The most options a decision may have.
+pub const MAX_OPTIONS: usize = 256;
+
+/// Checks a decision before it is stored: 2..=256 distinct non-empty options, a non-empty
+/// window, weights summing to one.
+pub fn validate_decision(decision: &Decision) -> Result<(), SchemaError> {
+    if decision.title.trim().is_empty() || decision.title.len() > 500 {
+        return Err(SchemaError::Title);
+    }
+    let options = decision.options.len();
+    if !(2..=MAX_OPTIONS).contains(&options) {
+        return Err(SchemaError::OptionCount {
+            got: options,
+            max: MAX_OPTIONS,
+        });
+    }
+    let mut seen = HashSet::with_capacity(options);
+    for (index, label) in decision.options.iter().enumerate() {
+        if label.trim().is_empty() || label.len() > 200 {
+            return Err(SchemaError::OptionLabel { index });
+        }
+        if !seen.insert(label.as_str()) {
+            return Err(SchemaError::DuplicateOption {
+                label: label.clone(),
+            });
+        }
+    }
+    if decision.closes_at <= decision.opens_at {
+        return Err(SchemaError::EmptyWindow {
+            opens_at: decision.opens_at,
+            closes_at: decision.closes_at,
+        });
+    }
+    let sum: u64 = decision.weights.0.iter().map(|w| u64::from(*w)).sum();
+    if sum != u64::from(WEIGHT_SCALE) {
+        return Err(SchemaError::WeightsDoNotSumToOne {
+            sum_millionths: sum,
+        });
+    }
+    Ok(())
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SingleChoice => f.write_str("single_choice"),
+        }
+    }
+}

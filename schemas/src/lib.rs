@@ -1,0 +1,34 @@
+//! Canopy's domain types: decisions, votes, components and roles, their validation, and the
+//! canonical binary encoding of a vote.
+//!
+//! ```text
+//!   Decision ──(options, window, component weights, quorum, method)
+//!      ▲
+//!      │ validate_vote(decision, vote)   refused here ⇒ never reaches the log
+//!      │
+//!   Vote ──encode()──▶ 64 canonical bytes ──▶ vote log ──▶ dataflow / Merkle record
+//! ```
+//!
+//! Everything that is summed is an integer: weights are fixed-point millionths
+//! ([`Weight`]), shares are parts per billion. Integer sums are associative, so the
+//! incremental tally equals a from-scratch recount bit for bit, in any order.
+
+#![deny(unsafe_code)]
+
+mod decision;
+mod encoding;
+mod error;
+mod vote;
+
+pub use decision::{
+    ComponentWeights, Decision, DecisionId, MAX_OPTIONS, Method, Timestamp, validate_decision,
+};
+pub use encoding::{VOTE_ENCODING_LEN, VOTE_ENCODING_VERSION};
+pub use error::SchemaError;
+pub use vote::{Component, MAX_WEIGHT, Vote, VoteId, VoterId, VoterRole, Weight, validate_vote};
+
+/// One million: the fixed-point scale of weights (`Weight(1_000_000)` is a weight of 1).
+pub const WEIGHT_SCALE: u32 = 1_000_000;
+
+/// One billion: the fixed-point scale of shares and composite scores.
+pub const SHARE_SCALE: u64 = 1_000_000_000;

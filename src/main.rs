@@ -1,0 +1,59 @@
+//! `canopy`: the thin binary over Canopy's crates.
+
+#![deny(unsafe_code)]
+
+mod loadgen;
+mod log_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "canopy",
+    version,
+    about = "Verifiable environmental governance on a dataflow engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Append synthetic, valid votes to the embedded vote log from concurrent appenders.
+    Loadgen(loadgen::LoadgenArgs),
+    /// Replay the vote log through the tally dataflow and print each decision's result.
+    Tally {
+        #[arg(long, default_value = "canopy-data")]
+        data_dir: PathBuf,
+        /// Dataflow worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Inspect the embedded vote log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Open the log (cutting a torn tail), check every frame, print what it holds.
+    Verify {
+        #[arg(long, default_value = "canopy-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Loadgen(args) => loadgen::run(args),
+        Command::Tally { data_dir, workers } => log_cmd::tally(&data_dir, workers),
+        Command::Log {
+            command: LogCommand::Verify { data_dir },
+        } => log_cmd::verify(&data_dir),
+    }
+}
