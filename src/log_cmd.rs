@@ -60,6 +60,11 @@ pub fn verify(data_dir: &Path) -> anyhow::Result<()> {
 pub fn tally(data_dir: &Path, workers: usize) -> anyhow::Result<()> {
     let log = Arc::new(open_log(data_dir, SegmentLogConfig::default())?);
     let decisions = load_decisions(data_dir)?;
+    anyhow::ensure!(
+        !decisions.is_empty(),
+        "{} lists no decisions",
+        decisions_file(data_dir).display()
+    );
     let views = Arc::new(InMemoryViews::new());
     let config = EngineConfig {
         workers,

@@ -830,10 +830,17 @@ fn recover(dir: &Path, partitions: u32, recovery: &mut Recovery) -> Result<Recov
         }
     }
     firsts.sort_unstable();
-    // A last segment whose header never became durable holds no records: a crash mid-rollover.
+    // A last segment whose header never became durable holds no records: a crash mid-rollover
+    // (the file may even have its full length but not yet its contents).
     while let Some(&last) = firsts.last() {
         let path = segment_path(dir, last);
-        if fs::metadata(&path).map_err(IngestError::io(&path))?.len() >= header_len {
+        let len = fs::metadata(&path).map_err(IngestError::io(&path))?.len();
+        let header_written = len > header_len
+            || len == header_len
+                && fs::read(&path)
+                    .map(|header| decode_header(&header, last, partitions).is_some())
+                    .map_err(IngestError::io(&path))?;
+        if header_written {
             break;
         }
         fs::remove_file(&path).map_err(IngestError::io(&path))?;

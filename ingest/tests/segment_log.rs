@@ -323,3 +323,23 @@ fn an_unknown_directory_layout_is_refused() {
         "bad_log"
     );
 }
+
+#[test]
+fn a_segment_whose_header_never_became_durable_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SegmentLog::open(dir.path(), config(1, 1024)).unwrap();
+        for n in 0..30 {
+            log.append(&[vote(1, n, n)]).unwrap();
+        }
+    }
+    let next = segments(dir.path()).len();
+    // A crash right after the rollover created the file: its length is there, its bytes not.
+    let torn = dir.path().join(format!("{:020}.seg", 30));
+    fs::write(&torn, vec![0u8; header(1) as usize]).unwrap();
+    let log = SegmentLog::open(dir.path(), config(1, 1024)).unwrap();
+    assert_eq!(log.recovery().removed_empty_segments, vec![torn]);
+    assert_eq!(segments(dir.path()).len(), next);
+    assert_eq!(log.verify().unwrap(), 30);
+    assert_eq!(log.append(&[vote(1, 99, 99)]).unwrap()[0].offset, 30);
+}
