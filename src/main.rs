@@ -4,6 +4,7 @@
 
 mod loadgen;
 mod log_cmd;
+mod up;
 
 use std::path::PathBuf;
 
@@ -22,6 +23,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole node in one process: API on 127.0.0.1:8080, data under ./canopy-data.
+    Up(up::UpArgs),
+    /// Administer accounts.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Append synthetic, valid votes to the embedded vote log from concurrent appenders.
     Loadgen(loadgen::LoadgenArgs),
     /// Replay the vote log through the tally dataflow and print each decision's result.
@@ -40,6 +48,12 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an account with any role (the first admin, operators, auditors).
+    Create(up::AdminCreateArgs),
+}
+
+#[derive(Subcommand)]
 enum LogCommand {
     /// Open the log (cutting a torn tail), check every frame, print what it holds.
     Verify {
@@ -50,6 +64,10 @@ enum LogCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Up(args) => up::up(args),
+        Command::Admin {
+            command: AdminCommand::Create(args),
+        } => up::admin_create(args),
         Command::Loadgen(args) => loadgen::run(args),
         Command::Tally { data_dir, workers } => log_cmd::tally(&data_dir, workers),
         Command::Log {

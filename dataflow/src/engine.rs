@@ -47,7 +47,8 @@ struct Shared {
 /// no reader is served a result that silently misses votes.
 pub struct TallyEngine {
     shared: Arc<Shared>,
-    guards: Option<timely::communication::WorkerGuards<Result<(), String>>>,
+    /// In a mutex only so the engine is `Sync` and can sit in shared server state.
+    guards: Mutex<Option<timely::communication::WorkerGuards<Result<(), String>>>>,
 }
 
 impl std::fmt::Debug for TallyEngine {
@@ -122,7 +123,7 @@ impl TallyEngine {
         .map_err(DataflowError::Start)?;
         Ok(Self {
             shared,
-            guards: Some(guards),
+            guards: Mutex::new(Some(guards)),
         })
     }
 
@@ -142,7 +143,12 @@ impl TallyEngine {
 
     fn stop(&mut self) -> Result<(), DataflowError> {
         self.shared.shutdown.store(true, Ordering::Release);
-        let Some(guards) = self.guards.take() else {
+        let Some(guards) = self
+            .guards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
             return Ok(());
         };
         for result in guards.join() {

@@ -1,0 +1,863 @@
+//! The HTTP API: routes, extractors and handlers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use canopy_dataflow::{DecisionView, TallyEngine, ViewStore};
+use canopy_ingest::{Gate, Position, VoteLog};
+use canopy_schemas::{
+    Component, ComponentWeights, Decision, DecisionId, Method, Vote, VoteId, VoterId, Weight,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::ServingError;
+use crate::auth::{self, Action, Claims, Role, TokenKeys, unix_now};
+use crate::limits::{Rate, RateLimiter};
+use crate::store::{MetadataStore, RefreshUse, UserRecord, Verification, verify_audit_chain};
+
+/// Limits and timeouts of the API.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub body_limit: usize,
+    pub per_user: Rate,
+    pub per_address: Rate,
+    /// The longest a results read waits for a minimum position.
+    pub max_results_wait: Duration,
+    pub refresh_ttl_s: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: 64 * 1024,
+            per_user: Rate {
+                per_second: 20.0,
+                burst: 40.0,
+            },
+            per_address: Rate {
+                per_second: 2_000.0,
+                burst: 4_000.0,
+            },
+            max_results_wait: Duration::from_secs(5),
+            refresh_ttl_s: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// Everything a request handler reaches.
+pub struct AppState {
+    pub store: Arc<dyn MetadataStore>,
+    pub keys: Arc<TokenKeys>,
+    pub gate: Arc<Gate<dyn VoteLog>>,
+    pub engine: Arc<TallyEngine>,
+    pub views: Arc<dyn ViewStore>,
+    pub config: ApiConfig,
+    pub user_limits: RateLimiter,
+    pub address_limits: RateLimiter,
+    /// False until start-up finished and again once shutdown began.
+    pub ready: AtomicBool,
+}
+
+type SharedState = Arc<AppState>;
+
+impl AppState {
+    async fn audit(&self, actor: &str, action: &str, detail: serde_json::Value) {
+        if let Err(error) = self
+            .store
+            .append_audit(actor, action, &detail.to_string(), now_micros())
+            .await
+        {
+            tracing::error!(%error, action, "could not write the audit trail");
+        }
+    }
+}
+
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The router of the whole API.
+pub fn router(state: SharedState) -> Router {
+    let body_limit = state.config.body_limit;
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh-token", post(refresh_token))
+        .route("/api/v1/auth/revoke-token", post(revoke_token))
+        .route("/api/v1/auth/verify-expert", post(verify_expert))
+        .route("/api/v1/auth/2fa/enrol", post(totp_enrol))
+        .route("/api/v1/auth/2fa/confirm", post(totp_confirm))
+        .route("/api/v1/voting/decision/create", post(create_decision))
+        .route("/api/v1/voting/cast-vote", post(cast_vote))
+        .route("/api/v1/voting/cast-votes", post(cast_votes))
+        .route("/api/v1/voting/decision/{id}/results", get(results))
+        .route("/api/v1/voting/decision/{id}/breakdown", get(breakdown))
+        .route("/api/v1/voting/active-decisions", get(active_decisions))
+        .route("/api/v1/audit/trail", get(audit_trail))
+        .fallback(|| async { ServingError::NotFound { what: "route" } })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_by_address,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn limit_by_address(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip().to_string());
+    if let Some(address) = address
+        && let Err(retry_after_s) = state.address_limits.check(&address)
+    {
+        return ServingError::RateLimited { retry_after_s }.into_response();
+    }
+    next.run(request).await
+}
+
+async fn readyz(State(state): State<SharedState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready" })),
+        )
+            .into_response()
+    }
+}
+
+/// A JSON body whose rejections (malformed, wrong type, too large) are API errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ServingError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(JsonRejection::BytesRejection(rejection))
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ServingError::BodyTooLarge { limit: 64 * 1024 })
+            }
+            Err(rejection) => Err(ServingError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// The authenticated caller: a verified access token, within its rate limit.
+pub struct Caller(pub Claims);
+
+impl FromRequestParts<SharedState> for Caller {
+    type Rejection = ServingError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return Err(ServingError::Unauthenticated);
+        };
+        let claims = match state.keys.verify(token) {
+            Ok(claims) => claims,
+            Err(error) => {
+                state
+                    .audit(
+                        "anonymous",
+                        "refused",
+                        json!({ "path": parts.uri.path(), "reason": error.code() }),
+                    )
+                    .await;
+                return Err(error);
+            }
+        };
+        state
+            .user_limits
+            .check(&claims.sub.to_string())
+            .map_err(|retry_after_s| ServingError::RateLimited { retry_after_s })?;
+        Ok(Self(claims))
+    }
+}
+
+impl Caller {
+    async fn require(&self, state: &AppState, action: Action) -> Result<(), ServingError> {
+        if action.allowed(self.0.role) {
+            return Ok(());
+        }
+        let detail = json!({ "action": action.as_str(), "role": self.0.role.as_str() });
+        state
+            .audit(&self.0.sub.to_string(), "refused", detail)
+            .await;
+        Err(ServingError::Forbidden {
+            role: self.0.role.as_str(),
+            action: action.as_str(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    username: String,
+    password: String,
+    #[serde(default)]
+    totp: Option<String>,
+}
+
+fn check_new_credentials(username: &str, password: &str) -> Result<(), ServingError> {
+    let username_ok = (3..=64).contains(&username.len())
+        && username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !username_ok {
+        return Err(ServingError::BadRequest(
+            "a username is 3 to 64 letters, digits, '_', '.' or '-'".into(),
+        ));
+    }
+    if !(10..=256).contains(&password.chars().count()) {
+        return Err(ServingError::BadRequest(
+            "a password is 10 to 256 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a user with `role`; the CLI makes admins with it, the API only citizens.
+pub async fn create_user(
+    store: &dyn MetadataStore,
+    username: &str,
+    password: &str,
+    role: Role,
+) -> Result<Uuid, ServingError> {
+    check_new_credentials(username, password)?;
+    let password_hash = {
+        let password = password.to_string();
+        tokio::task::spawn_blocking(move || auth::hash_password(&password))
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))??
+    };
+    let user = UserRecord {
+        id: Uuid::new_v4(),
+        username: username.to_string(),
+        password_hash,
+        role,
+        weight: Weight::ONE.0,
+        totp_secret: None,
+        totp_enabled: false,
+    };
+    store.create_user(&user, unix_now() as i64).await?;
+    Ok(user.id)
+}
+
+async fn register(
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<Response, ServingError> {
+    let id = create_user(
+        state.store.as_ref(),
+        &body.username,
+        &body.password,
+        Role::Citizen,
+    )
+    .await?;
+    state
+        .audit(
+            &id.to_string(),
+            "register",
+            json!({ "username": body.username }),
+        )
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "user_id": id, "role": Role::Citizen })),
+    )
+        .into_response())
+}
+
+#[derive(Serialize)]
+struct TokenPair {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    refresh_token: String,
+}
+
+async fn issue_pair(
+    state: &AppState,
+    user: &UserRecord,
+    family: Uuid,
+) -> Result<TokenPair, ServingError> {
+    let (access_token, _) = state.keys.issue(user.id, user.role, user.weight)?;
+    let (refresh_token, hash) = auth::new_refresh_token();
+    let expires_at = (unix_now() + state.config.refresh_ttl_s) as i64;
+    state
+        .store
+        .insert_refresh_token(&hash, family, user.id, expires_at)
+        .await?;
+    Ok(TokenPair {
+        access_token,
+        token_type: "Bearer",
+        expires_in: state.keys.access_ttl_s,
+        refresh_token,
+    })
+}
+
+async fn login(
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<Json<TokenPair>, ServingError> {
+    let user = state.store.user_by_username(&body.username).await?;
+    let password = body.password.clone();
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    // Hash even for an unknown user, so timing does not tell which usernames exist.
+    let password_ok = tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => auth::verify_password(&password, &hash),
+        None => {
+            let _ = auth::hash_password(&password);
+            false
+        }
+    })
+    .await
+    .map_err(|e| ServingError::Internal(e.to_string()))?;
+    let Some(user) = user.filter(|_| password_ok) else {
+        state
+            .audit(
+                "anonymous",
+                "login_failed",
+                json!({ "username": body.username, "reason": "bad_credentials" }),
+            )
+            .await;
+        return Err(ServingError::BadCredentials);
+    };
+    if user.totp_enabled {
+        let Some(code) = body.totp.as_deref() else {
+            state
+                .audit(
+                    &user.id.to_string(),
+                    "login_failed",
+                    json!({ "reason": "totp_required" }),
+                )
+                .await;
+            return Err(ServingError::TotpRequired);
+        };
+        if let Err(error) = check_totp(&state, &user, code).await {
+            state
+                .audit(
+                    &user.id.to_string(),
+                    "login_failed",
+                    json!({ "reason": error.code() }),
+                )
+                .await;
+            return Err(error);
+        }
+    }
+    let family = Uuid::new_v4();
+    state
+        .store
+        .create_refresh_family(family, user.id, unix_now() as i64)
+        .await?;
+    let pair = issue_pair(&state, &user, family).await?;
+    state
+        .audit(
+            &user.id.to_string(),
+            "login",
+            json!({ "username": user.username }),
+        )
+        .await;
+    Ok(Json(pair))
+}
+
+/// Accepts a code once: its time step must be newer than the last step used.
+async fn check_totp(state: &AppState, user: &UserRecord, code: &str) -> Result<(), ServingError> {
+    let secret = user.totp_secret.as_deref().ok_or(ServingError::BadTotp)?;
+    let step = auth::totp_step(secret, code)?.ok_or(ServingError::BadTotp)?;
+    if !state.store.claim_totp_step(user.id, step as i64).await? {
+        return Err(ServingError::BadTotp);
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh_token(
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<RefreshBody>,
+) -> Result<Json<TokenPair>, ServingError> {
+    let hash = auth::refresh_token_hash(&body.refresh_token);
+    match state
+        .store
+        .use_refresh_token(&hash, unix_now() as i64)
+        .await?
+    {
+        RefreshUse::Fresh { family, user } => {
+            let user = state
+                .store
+                .user_by_id(user)
+                .await?
+                .ok_or(ServingError::BadRefreshToken)?;
+            Ok(Json(issue_pair(&state, &user, family).await?))
+        }
+        RefreshUse::Reused { family, user } => {
+            state.store.revoke_refresh_family(family).await?;
+            state
+                .audit(
+                    &user.to_string(),
+                    "refresh_token_reused",
+                    json!({ "family": family }),
+                )
+                .await;
+            Err(ServingError::RefreshTokenReused)
+        }
+        RefreshUse::Invalid => Err(ServingError::BadRefreshToken),
+    }
+}
+
+async fn revoke_token(
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<RefreshBody>,
+) -> Result<StatusCode, ServingError> {
+    let hash = auth::refresh_token_hash(&body.refresh_token);
+    if state.store.revoke_refresh_token(&hash).await? {
+        state
+            .audit(
+                "refresh-token-holder",
+                "revoke_token",
+                json!({ "token_hash": hash }),
+            )
+            .await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    user_id: Uuid,
+    role: Role,
+    /// Vote weight, as a decimal (e.g. 2.5).
+    weight: f64,
+    #[serde(default)]
+    field: String,
+    #[serde(default)]
+    regions: Vec<String>,
+}
+
+async fn verify_expert(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<VerifyBody>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::VerifyUsers).await?;
+    if !matches!(body.role, Role::Expert | Role::Stakeholder) {
+        return Err(ServingError::BadRequest(
+            "verification grants the expert or stakeholder role".into(),
+        ));
+    }
+    let weight = (body.weight * f64::from(canopy_schemas::WEIGHT_SCALE)).round();
+    if !(weight >= 1.0 && weight <= f64::from(canopy_schemas::MAX_WEIGHT)) {
+        return Err(ServingError::BadRequest(
+            "a verified weight is above 0 and at most 100".into(),
+        ));
+    }
+    let verification = Verification {
+        role: body.role,
+        weight: weight as u32,
+        field: body.field.clone(),
+        regions: body.regions.clone(),
+        verified_by: caller.0.sub,
+    };
+    let verified = state
+        .store
+        .verify_user(body.user_id, &verification, unix_now() as i64)
+        .await?;
+    if !verified {
+        return Err(ServingError::NotFound { what: "user" });
+    }
+    let detail = json!({ "user_id": body.user_id, "role": body.role, "weight": body.weight, "field": body.field, "regions": body.regions });
+    state
+        .audit(&caller.0.sub.to_string(), "verify_user", detail.clone())
+        .await;
+    Ok(Json(detail))
+}
+
+async fn totp_enrol(
+    State(state): State<SharedState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    let user = state
+        .store
+        .user_by_id(caller.0.sub)
+        .await?
+        .ok_or(ServingError::NotFound { what: "user" })?;
+    if user.totp_enabled {
+        return Err(ServingError::Conflict(
+            "two-factor authentication is already on".into(),
+        ));
+    }
+    let secret = auth::new_totp_secret();
+    state.store.set_totp(user.id, Some(&secret), false).await?;
+    let totp = auth::totp(&secret)?;
+    let secret_base32 = totp.get_secret_base32();
+    let url = format!(
+        "otpauth://totp/Canopy:{}?secret={secret_base32}&issuer=Canopy&algorithm=SHA1&digits=6&period=30",
+        user.username
+    );
+    state
+        .audit(&user.id.to_string(), "totp_enrol", json!({}))
+        .await;
+    Ok(Json(
+        json!({ "secret_base32": secret_base32, "otpauth_url": url }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeBody {
+    code: String,
+}
+
+async fn totp_confirm(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CodeBody>,
+) -> Result<StatusCode, ServingError> {
+    let user = state
+        .store
+        .user_by_id(caller.0.sub)
+        .await?
+        .ok_or(ServingError::NotFound { what: "user" })?;
+    check_totp(&state, &user, &body.code).await?;
+    state
+        .store
+        .set_totp(user.id, user.totp_secret.as_deref(), true)
+        .await?;
+    state
+        .audit(&user.id.to_string(), "totp_confirm", json!({}))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    title: String,
+    #[serde(default)]
+    region: String,
+    options: Vec<String>,
+    /// Microseconds since the Unix epoch; now if absent.
+    #[serde(default)]
+    opens_at: Option<i64>,
+    closes_at: i64,
+    #[serde(default)]
+    weights: Option<ComponentWeights>,
+    #[serde(default)]
+    quorum: u64,
+    #[serde(default)]
+    method: Method,
+}
+
+async fn create_decision(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<DecisionBody>,
+) -> Result<Response, ServingError> {
+    caller.require(&state, Action::CreateDecision).await?;
+    let now = now_micros();
+    let decision = Decision {
+        id: DecisionId::new_random(),
+        title: body.title,
+        region: body.region,
+        options: body.options,
+        opens_at: body.opens_at.unwrap_or(now),
+        closes_at: body.closes_at,
+        weights: body.weights.unwrap_or_default(),
+        quorum: body.quorum,
+        method: body.method,
+    };
+    state.gate.register(decision.clone(), now)?;
+    state
+        .store
+        .put_decision(&decision, caller.0.sub, unix_now() as i64)
+        .await?;
+    state.engine.register(decision.clone());
+    state
+        .audit(
+            &caller.0.sub.to_string(),
+            "create_decision",
+            json!({ "decision_id": decision.id, "title": decision.title }),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(decision)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CastBody {
+    /// The idempotency key; generated if absent.
+    #[serde(default)]
+    vote_id: Option<Uuid>,
+    decision_id: Uuid,
+    option: u16,
+}
+
+#[derive(Serialize)]
+struct CastReceipt {
+    vote_id: VoteId,
+    position: Position,
+    /// SHA-256 of the vote's canonical encoding.
+    vote_hash: String,
+}
+
+fn vote_for(claims: &Claims, body: &CastBody) -> Result<Vote, ServingError> {
+    let voter_role = claims.role.voter_role().ok_or(ServingError::Forbidden {
+        role: claims.role.as_str(),
+        action: Action::CastVote.as_str(),
+    })?;
+    let component: Component = voter_role.component();
+    Ok(Vote {
+        vote_id: body.vote_id.map_or_else(VoteId::new_random, VoteId::from),
+        decision_id: DecisionId::from(body.decision_id),
+        voter_id: VoterId::from(claims.sub),
+        option: body.option,
+        component,
+        weight: Weight(if component == Component::Democratic {
+            Weight::ONE.0
+        } else {
+            claims.weight
+        }),
+        cast_at: now_micros(),
+    })
+}
+
+fn receipt(vote: &Vote, position: Position) -> CastReceipt {
+    CastReceipt {
+        vote_id: vote.vote_id,
+        position,
+        vote_hash: auth::hex(&Sha256::digest(vote.encode())),
+    }
+}
+
+async fn submit(state: &SharedState, votes: Vec<Vote>) -> Result<Vec<Position>, ServingError> {
+    let gate = Arc::clone(&state.gate);
+    // The append blocks until its group commit is durable: keep it off the async workers.
+    tokio::task::spawn_blocking(move || gate.submit(&votes))
+        .await
+        .map_err(|e| ServingError::Internal(e.to_string()))?
+        .map_err(Into::into)
+}
+
+async fn cast_vote(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CastBody>,
+) -> Result<Response, ServingError> {
+    caller.require(&state, Action::CastVote).await?;
+    let vote = vote_for(&caller.0, &body)?;
+    let position = submit(&state, vec![vote]).await?[0];
+    Ok((StatusCode::CREATED, Json(receipt(&vote, position))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchVote {
+    /// The voter's own access token: a gateway relays votes, it does not speak for voters.
+    voter_token: String,
+    #[serde(flatten)]
+    vote: CastBody,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    votes: Vec<BatchVote>,
+}
+
+async fn cast_votes(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<Response, ServingError> {
+    caller.require(&state, Action::CastForOthers).await?;
+    if body.votes.is_empty() || body.votes.len() > 1_000 {
+        return Err(ServingError::BadRequest(
+            "a batch holds 1 to 1000 votes".into(),
+        ));
+    }
+    let mut votes = Vec::with_capacity(body.votes.len());
+    for (index, entry) in body.votes.iter().enumerate() {
+        let claims = state
+            .keys
+            .verify(&entry.voter_token)
+            .map_err(|e| ServingError::BadRequest(format!("vote {index}: {e}")))?;
+        if !Action::CastVote.allowed(claims.role) {
+            return Err(ServingError::BadRequest(format!(
+                "vote {index}: the {} role does not vote",
+                claims.role.as_str()
+            )));
+        }
+        votes.push(vote_for(&claims, &entry.vote)?);
+    }
+    let positions = submit(&state, votes.clone()).await?;
+    let receipts: Vec<CastReceipt> = votes
+        .iter()
+        .zip(positions)
+        .map(|(vote, position)| receipt(vote, position))
+        .collect();
+    Ok((StatusCode::CREATED, Json(json!({ "receipts": receipts }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct FreshnessQuery {
+    /// Wait until the result includes this offset of the decision's partition (the
+    /// position a cast returned).
+    #[serde(default)]
+    min_offset: Option<u64>,
+}
+
+async fn current_view(
+    state: &SharedState,
+    id: Uuid,
+    freshness: &FreshnessQuery,
+) -> Result<(Decision, Option<DecisionView>), ServingError> {
+    let decision_id = DecisionId::from(id);
+    let decision = state
+        .gate
+        .decision(decision_id)
+        .ok_or(ServingError::NotFound { what: "decision" })?;
+    let view = match freshness.min_offset {
+        None => state.views.get(decision_id)?,
+        Some(offset) => {
+            let views = Arc::clone(&state.views);
+            let partition = state.gate.log().partition_of(decision_id);
+            let wait = state.config.max_results_wait;
+            tokio::task::spawn_blocking(move || {
+                views.wait_for(decision_id, Position { partition, offset }, wait)
+            })
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))??
+        }
+    };
+    Ok((decision, view))
+}
+
+async fn results(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Query(freshness): Query<FreshnessQuery>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::ReadResults).await?;
+    let (decision, view) = current_view(&state, id, &freshness).await?;
+    let tally = view.as_ref().map(|v| &v.tally);
+    let options: Vec<serde_json::Value> = decision
+        .options
+        .iter()
+        .enumerate()
+        .map(|(index, label)| {
+            let composite = tally.map_or(0.0, |t| t.composite(index as u16));
+            json!({ "option": index, "label": label, "composite": composite })
+        })
+        .collect();
+    Ok(Json(json!({
+        "decision_id": decision.id,
+        "title": decision.title,
+        "options": options,
+        "turnout": tally.map_or(0, |t| t.turnout),
+        "quorum": decision.quorum,
+        "quorum_met": tally.is_some_and(|t| t.quorum_met),
+        "as_of": view.map(|v| v.as_of),
+    })))
+}
+
+async fn breakdown(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Query(freshness): Query<FreshnessQuery>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::ReadResults).await?;
+    let (decision, view) = current_view(&state, id, &freshness).await?;
+    let cells: Vec<serde_json::Value> = view
+        .as_ref()
+        .map(|v| v.tally.cells.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|cell| {
+            json!({
+                "option": cell.option,
+                "component": cell.component,
+                "count": cell.count,
+                "weight": cell.weight_sum as f64 / f64::from(canopy_schemas::WEIGHT_SCALE),
+                "share": cell.share_ppb as f64 / canopy_schemas::SHARE_SCALE as f64,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "decision_id": decision.id,
+        "component_weights": decision.weights,
+        "cells": cells,
+        "turnout_by_component": view.as_ref().map(|v| v.tally.turnout_by_component),
+        "as_of": view.map(|v| v.as_of),
+    })))
+}
+
+async fn active_decisions(
+    State(state): State<SharedState>,
+    caller: Caller,
+) -> Result<Json<Vec<Decision>>, ServingError> {
+    caller.require(&state, Action::ReadResults).await?;
+    let now = now_micros();
+    let decisions = state.store.decisions().await?;
+    Ok(Json(
+        decisions
+            .into_iter()
+            .filter(|d| d.opens_at <= now && now < d.closes_at)
+            .collect(),
+    ))
+}
+
+async fn audit_trail(
+    State(state): State<SharedState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::ReadAudit).await?;
+    let entries = state.store.audit_trail().await?;
+    let chain = verify_audit_chain(&entries);
+    Ok(Json(
+        json!({ "chain_intact": chain.is_ok(), "chain_error": chain.err(), "entries": entries }),
+    ))
+}

@@ -1,0 +1,147 @@
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use canopy_dataflow::DataflowError;
+use canopy_ingest::IngestError;
+use canopy_schemas::SchemaError;
+use serde_json::json;
+
+/// Everything the API can answer with instead of a result. Each variant maps to an HTTP
+/// status and a stable machine-readable code; internal errors are logged, never shown.
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    #[error("missing or malformed bearer token")]
+    Unauthenticated,
+    #[error("the token is invalid: {0}")]
+    InvalidToken(String),
+    #[error("the token has expired")]
+    TokenExpired,
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("a one-time code is required for this account")]
+    TotpRequired,
+    #[error("the one-time code is wrong or was already used")]
+    BadTotp,
+    #[error("the refresh token is unknown, expired or revoked")]
+    BadRefreshToken,
+    #[error("the refresh token was already used; every token of its family is revoked")]
+    RefreshTokenReused,
+    #[error("the {role} role may not {action}")]
+    Forbidden {
+        role: &'static str,
+        action: &'static str,
+    },
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("too many requests; retry in {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Ingest(IngestError),
+    #[error(transparent)]
+    Dataflow(#[from] DataflowError),
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<IngestError> for ServingError {
+    fn from(error: IngestError) -> Self {
+        match error {
+            IngestError::InvalidVote { source, .. }
+            | IngestError::InvalidDecision { source, .. } => Self::Schema(source),
+            other => Self::Ingest(other),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ServingError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Storage(error.to_string())
+    }
+}
+
+impl ServingError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::TokenExpired => "token_expired",
+            Self::BadCredentials => "bad_credentials",
+            Self::TotpRequired => "totp_required",
+            Self::BadTotp => "bad_totp",
+            Self::BadRefreshToken => "bad_refresh_token",
+            Self::RefreshTokenReused => "refresh_token_reused",
+            Self::Forbidden { .. } => "forbidden",
+            Self::NotFound { .. } => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::BadRequest(_) => "bad_request",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Schema(error) => error.code(),
+            Self::Ingest(error) => error.code(),
+            Self::Dataflow(error) => error.code(),
+            Self::Storage(_) => "storage",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated
+            | Self::InvalidToken(_)
+            | Self::TokenExpired
+            | Self::BadCredentials => StatusCode::UNAUTHORIZED,
+            Self::TotpRequired
+            | Self::BadTotp
+            | Self::BadRefreshToken
+            | Self::RefreshTokenReused => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::BadRequest(_) | Self::Schema(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Ingest(IngestError::UnknownDecision { .. }) => StatusCode::NOT_FOUND,
+            Self::Ingest(IngestError::DecisionFrozen { .. }) => StatusCode::CONFLICT,
+            Self::Dataflow(DataflowError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Ingest(_) | Self::Dataflow(_) | Self::Storage(_) | Self::Internal(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn is_internal(&self) -> bool {
+        self.status().is_server_error()
+            && !matches!(self, Self::Dataflow(DataflowError::Timeout { .. }))
+    }
+}
+
+impl IntoResponse for ServingError {
+    fn into_response(self) -> Response {
+        let message = if self.is_internal() {
+            tracing::error!(code = self.code(), error = %self, "request failed");
+            "the service could not complete the request; it has been logged".to_string()
+        } else {
+            self.to_string()
+        };
+        let mut response = (
+            self.status(),
+            axum::Json(json!({ "error": { "code": self.code(), "message": message } })),
+        )
+            .into_response();
+        if let Self::RateLimited { retry_after_s } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+        }
+        response
+    }
+}

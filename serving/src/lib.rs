@@ -1,0 +1,21 @@
+//! Canopy's serving layer: the REST API voters, decision owners and operators use.
+//!
+//! ```text
+//!  HTTP ─▶ limit_by_address ─▶ route ─▶ Caller (RS256 token, per-user limit) ─▶ Action::allowed
+//!                                         │
+//!       cast-vote ─▶ Gate::submit ─▶ VoteLog (durable) ─▶ receipt + position
+//!       results?min_offset=p ─▶ ViewStore::wait_for ─▶ tally as of ≥ p
+//!       auth/*, decision/create ─▶ MetadataStore (SQLite | PostgreSQL) ─▶ audit trail
+//! ```
+
+#![deny(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+mod error;
+pub mod limits;
+pub mod node;
+pub mod store;
+
+pub use error::ServingError;
+pub use node::{Node, NodeConfig};

@@ -1,0 +1,141 @@
+//! A running node: metadata store, keys, vote log, tally engine, view store and the HTTP
+//! listener, started together and shut down in order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore};
+use canopy_ingest::{Gate, SegmentLog, SegmentLogConfig, VoteLog};
+
+use crate::ServingError;
+use crate::app::{ApiConfig, AppState, now_micros, router};
+use crate::auth::TokenKeys;
+use crate::limits::RateLimiter;
+use crate::store::{MetadataStore, PostgresStore, SqliteStore};
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Holds the vote log (`votes/`), the SQLite store (`canopy.db`) and the signing key
+    /// (`keys/jwt-rs256.pem`).
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub workers: usize,
+    /// A PostgreSQL URL for the metadata store; SQLite in the data directory if absent.
+    pub database_url: Option<String>,
+    pub api: ApiConfig,
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 2,
+            database_url: None,
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+/// Opens the metadata store the configuration names and brings its schema up to date.
+pub async fn open_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, ServingError> {
+    let store: Arc<dyn MetadataStore> = match &config.database_url {
+        Some(url) => Arc::new(PostgresStore::connect(url).await?),
+        None => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                ServingError::Internal(format!("creating {}: {e}", config.data_dir.display()))
+            })?;
+            Arc::new(SqliteStore::open(&config.data_dir.join("canopy.db")).await?)
+        }
+    };
+    store.migrate().await?;
+    Ok(store)
+}
+
+pub struct Node {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    pub async fn start(config: NodeConfig) -> Result<Node, ServingError> {
+        let store = open_store(&config).await?;
+        let key_path = config.data_dir.join("keys").join("jwt-rs256.pem");
+        let keys = tokio::task::spawn_blocking(move || TokenKeys::load_or_generate(&key_path))
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))??;
+        let log_dir = config.data_dir.join("votes");
+        let log: Arc<dyn VoteLog> =
+            Arc::new(SegmentLog::open(&log_dir, SegmentLogConfig::default())?);
+        let gate = Arc::new(Gate::new(Arc::clone(&log)));
+        let decisions = store.decisions().await?;
+        let now = now_micros();
+        for decision in &decisions {
+            gate.register(decision.clone(), now)?;
+        }
+        let views: Arc<dyn ViewStore> = Arc::new(InMemoryViews::new());
+        let engine_config = EngineConfig {
+            workers: config.workers,
+            ..EngineConfig::default()
+        };
+        let engine = Arc::new(TallyEngine::start(
+            engine_config,
+            log,
+            Arc::clone(&views),
+            decisions,
+        )?);
+        let state = Arc::new(AppState {
+            store,
+            keys: Arc::new(keys),
+            gate,
+            engine,
+            views,
+            user_limits: RateLimiter::new(config.api.per_user),
+            address_limits: RateLimiter::new(config.api.per_address),
+            config: config.api.clone(),
+            ready: Default::default(),
+        });
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServingError::Internal(format!("listening on {}: {e}", config.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ServingError::Internal(e.to_string()))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        state.ready.store(true, Ordering::Release);
+        Ok(Node {
+            addr,
+            state,
+            stop,
+            server,
+        })
+    }
+
+    /// Stops accepting connections, lets requests in flight finish (their appends become
+    /// durable), then stops the engine and closes the log.
+    pub async fn shutdown(self) -> Result<(), ServingError> {
+        self.state.ready.store(false, Ordering::Release);
+        let _ = self.stop.send(());
+        self.server
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))?
+            .map_err(|e| ServingError::Internal(e.to_string()))?;
+        let state = self.state;
+        tokio::task::spawn_blocking(move || drop(state))
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,526 @@
+//! The metadata store: users, credentials and roles, verifications, decisions, refresh
+//! token families, the hash-chained audit trail. One trait, two implementations through
+//! sqlx: SQLite (embedded, WAL mode) and PostgreSQL (cluster). Both run the same SQL text
+//! (`$n` placeholders, integer booleans, TEXT ids), generated from one macro, and the same
+//! test suite.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use canopy_schemas::{Decision, DecisionId};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::ServingError;
+use crate::auth::{Role, hex};
+
+pub type StoreResult<T> = Result<T, ServingError>;
+
+/// A user as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub username: String,
+    pub password_hash: String,
+    pub role: Role,
+    /// Vote weight in millionths.
+    pub weight: u32,
+    pub totp_secret: Option<Vec<u8>>,
+    pub totp_enabled: bool,
+}
+
+/// What presenting a refresh token found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// First use: the token is now spent; issue the next one in `family`.
+    Fresh { family: Uuid, user: Uuid },
+    /// Already spent: someone replayed it, and the family must be revoked.
+    Reused { family: Uuid, user: Uuid },
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// One entry of the audit trail; `hash` chains it to the entry before.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// SHA-256 over the previous hash and every field, each length-prefixed.
+    pub fn compute_hash(
+        prev_hash: &str,
+        seq: i64,
+        at: i64,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> String {
+        let mut hasher = Sha256::new();
+        for field in [
+            prev_hash.as_bytes(),
+            &seq.to_be_bytes(),
+            &at.to_be_bytes(),
+            actor.as_bytes(),
+            action.as_bytes(),
+            detail.as_bytes(),
+        ] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field);
+        }
+        hex(&hasher.finalize())
+    }
+}
+
+/// The hash the first audit entry chains to.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Checks that every entry's hash is right and chains to the one before.
+pub fn verify_audit_chain(entries: &[AuditRecord]) -> Result<(), String> {
+    let mut prev = AUDIT_GENESIS;
+    for (expected_seq, entry) in (1..).zip(entries) {
+        if entry.seq != expected_seq || entry.prev_hash != prev {
+            return Err(format!(
+                "entry {} does not follow entry {}",
+                entry.seq,
+                expected_seq - 1
+            ));
+        }
+        let hash = AuditRecord::compute_hash(
+            &entry.prev_hash,
+            entry.seq,
+            entry.at,
+            &entry.actor,
+            &entry.action,
+            &entry.detail,
+        );
+        if hash != entry.hash {
+            return Err(format!("entry {} has been altered", entry.seq));
+        }
+        prev = &entry.hash;
+    }
+    Ok(())
+}
+
+/// An admin's verification of an expert or stakeholder.
+#[derive(Clone, Debug)]
+pub struct Verification {
+    pub role: Role,
+    /// Vote weight in millionths.
+    pub weight: u32,
+    pub field: String,
+    pub regions: Vec<String>,
+    pub verified_by: Uuid,
+}
+
+#[async_trait]
+pub trait MetadataStore: Send + Sync {
+    /// Applies the migrations not yet applied; returns their names.
+    async fn migrate(&self) -> StoreResult<Vec<String>>;
+    /// Refuses a taken username with `Conflict`.
+    async fn create_user(&self, user: &UserRecord, now: i64) -> StoreResult<()>;
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<UserRecord>>;
+    /// Sets a user's role and weight and records who verified it; false if no such user.
+    async fn verify_user(
+        &self,
+        user: Uuid,
+        verification: &Verification,
+        now: i64,
+    ) -> StoreResult<bool>;
+    async fn regions_of(&self, user: Uuid) -> StoreResult<Vec<String>>;
+    async fn set_totp(&self, user: Uuid, secret: Option<&[u8]>, enabled: bool) -> StoreResult<()>;
+    /// Records that TOTP step `step` was used; false if it or a later one already was.
+    async fn claim_totp_step(&self, user: Uuid, step: i64) -> StoreResult<bool>;
+    async fn create_refresh_family(&self, family: Uuid, user: Uuid, now: i64) -> StoreResult<()>;
+    async fn insert_refresh_token(
+        &self,
+        hash: &str,
+        family: Uuid,
+        user: Uuid,
+        expires_at: i64,
+    ) -> StoreResult<()>;
+    /// Spends a refresh token, atomically: exactly one caller ever gets `Fresh`.
+    async fn use_refresh_token(&self, hash: &str, now: i64) -> StoreResult<RefreshUse>;
+    async fn revoke_refresh_family(&self, family: Uuid) -> StoreResult<()>;
+    async fn revoke_refresh_token(&self, hash: &str) -> StoreResult<bool>;
+    async fn put_decision(&self, decision: &Decision, owner: Uuid, now: i64) -> StoreResult<()>;
+    async fn decisions(&self) -> StoreResult<Vec<Decision>>;
+    async fn append_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        detail: &str,
+        now: i64,
+    ) -> StoreResult<AuditRecord>;
+    async fn audit_trail(&self) -> StoreResult<Vec<AuditRecord>>;
+}
+
+const SQLITE_MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+fn parse_uuid(text: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(text)
+        .map_err(|e| ServingError::Storage(format!("bad id {text:?} in the store: {e}")))
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+macro_rules! sql_store {
+    ($(#[$doc:meta])* $name:ident, $db:ty, $migrations:expr) => {
+        $(#[$doc])*
+        pub struct $name {
+            pool: sqlx::Pool<$db>,
+            /// Appends to the audit chain one at a time within this process; the sequence
+            /// number's primary key catches a second process racing for the same slot.
+            audit_lock: tokio::sync::Mutex<()>,
+        }
+
+        impl $name {
+            pub fn pool(&self) -> &sqlx::Pool<$db> {
+                &self.pool
+            }
+
+            fn user_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<UserRecord> {
+                let role: String = row.try_get("role")?;
+                Ok(UserRecord {
+                    id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+                    username: row.try_get("username")?,
+                    password_hash: row.try_get("password_hash")?,
+                    role: Role::parse(&role).ok_or_else(|| ServingError::Storage(format!("unknown role {role:?}")))?,
+                    weight: u32::try_from(row.try_get::<i64, _>("weight")?).unwrap_or(0),
+                    totp_secret: row.try_get("totp_secret")?,
+                    totp_enabled: row.try_get::<i64, _>("totp_enabled")? != 0,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl MetadataStore for $name {
+            async fn migrate(&self) -> StoreResult<Vec<String>> {
+                sqlx::query("CREATE TABLE IF NOT EXISTS canopy_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+                    .execute(&self.pool)
+                    .await?;
+                let mut applied = Vec::new();
+                for (name, sql) in $migrations {
+                    let done = sqlx::query("SELECT name FROM canopy_migrations WHERE name = $1").bind(*name).fetch_optional(&self.pool).await?;
+                    if done.is_some() {
+                        continue;
+                    }
+                    let mut tx = self.pool.begin().await?;
+                    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                        sqlx::query(statement).execute(&mut *tx).await?;
+                    }
+                    sqlx::query("INSERT INTO canopy_migrations (name, applied_at) VALUES ($1, $2)")
+                        .bind(*name)
+                        .bind(crate::auth::unix_now() as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    applied.push(name.to_string());
+                }
+                Ok(applied)
+            }
+
+            async fn create_user(&self, user: &UserRecord, now: i64) -> StoreResult<()> {
+                let inserted = sqlx::query(
+                    "INSERT INTO users (id, username, password_hash, role, weight, totp_secret, totp_enabled, totp_last_step, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)",
+                )
+                .bind(user.id.to_string())
+                .bind(&user.username)
+                .bind(&user.password_hash)
+                .bind(user.role.as_str())
+                .bind(i64::from(user.weight))
+                .bind(user.totp_secret.clone())
+                .bind(i64::from(user.totp_enabled))
+                .bind(now)
+                .execute(&self.pool)
+                .await;
+                match inserted {
+                    Ok(_) => Ok(()),
+                    Err(error) if is_unique_violation(&error) => Err(ServingError::Conflict(format!("the username {:?} is taken", user.username))),
+                    Err(error) => Err(error.into()),
+                }
+            }
+
+            async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+                let row = sqlx::query("SELECT * FROM users WHERE username = $1").bind(username).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::user_from_row).transpose()
+            }
+
+            async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<UserRecord>> {
+                let row = sqlx::query("SELECT * FROM users WHERE id = $1").bind(id.to_string()).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::user_from_row).transpose()
+            }
+
+            async fn verify_user(&self, user: Uuid, verification: &Verification, now: i64) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let updated = sqlx::query("UPDATE users SET role = $1, weight = $2 WHERE id = $3")
+                    .bind(verification.role.as_str())
+                    .bind(i64::from(verification.weight))
+                    .bind(user.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                if updated.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                sqlx::query("INSERT INTO expert_verifications (user_id, verified_by, role, field, weight, verified_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(user.to_string())
+                    .bind(verification.verified_by.to_string())
+                    .bind(verification.role.as_str())
+                    .bind(&verification.field)
+                    .bind(i64::from(verification.weight))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM stakeholder_regions WHERE user_id = $1").bind(user.to_string()).execute(&mut *tx).await?;
+                for region in &verification.regions {
+                    sqlx::query("INSERT INTO stakeholder_regions (user_id, region) VALUES ($1, $2)")
+                        .bind(user.to_string())
+                        .bind(region)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn regions_of(&self, user: Uuid) -> StoreResult<Vec<String>> {
+                let rows = sqlx::query("SELECT region FROM stakeholder_regions WHERE user_id = $1 ORDER BY region")
+                    .bind(user.to_string())
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|row| row.try_get("region").map_err(Into::into)).collect()
+            }
+
+            async fn set_totp(&self, user: Uuid, secret: Option<&[u8]>, enabled: bool) -> StoreResult<()> {
+                sqlx::query("UPDATE users SET totp_secret = $1, totp_enabled = $2 WHERE id = $3")
+                    .bind(secret.map(<[u8]>::to_vec))
+                    .bind(i64::from(enabled))
+                    .bind(user.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn claim_totp_step(&self, user: Uuid, step: i64) -> StoreResult<bool> {
+                let updated = sqlx::query("UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1")
+                    .bind(step)
+                    .bind(user.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(updated.rows_affected() == 1)
+            }
+
+            async fn create_refresh_family(&self, family: Uuid, user: Uuid, now: i64) -> StoreResult<()> {
+                sqlx::query("INSERT INTO refresh_families (id, user_id, revoked, created_at) VALUES ($1, $2, 0, $3)")
+                    .bind(family.to_string())
+                    .bind(user.to_string())
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_refresh_token(&self, hash: &str, family: Uuid, user: Uuid, expires_at: i64) -> StoreResult<()> {
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)")
+                    .bind(hash)
+                    .bind(family.to_string())
+                    .bind(user.to_string())
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn use_refresh_token(&self, hash: &str, now: i64) -> StoreResult<RefreshUse> {
+                let spent = sqlx::query(
+                    "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
+                     AND family_id IN (SELECT id FROM refresh_families WHERE revoked = 0)",
+                )
+                .bind(hash)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                let row = sqlx::query("SELECT family_id, user_id, used_at FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(hash)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(RefreshUse::Invalid) };
+                let family = parse_uuid(&row.try_get::<String, _>("family_id")?)?;
+                let user = parse_uuid(&row.try_get::<String, _>("user_id")?)?;
+                if spent.rows_affected() == 1 {
+                    return Ok(RefreshUse::Fresh { family, user });
+                }
+                let used_at: Option<i64> = row.try_get("used_at")?;
+                Ok(match used_at {
+                    Some(_) => RefreshUse::Reused { family, user },
+                    None => RefreshUse::Invalid,
+                })
+            }
+
+            async fn revoke_refresh_family(&self, family: Uuid) -> StoreResult<()> {
+                sqlx::query("UPDATE refresh_families SET revoked = 1 WHERE id = $1").bind(family.to_string()).execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn revoke_refresh_token(&self, hash: &str) -> StoreResult<bool> {
+                let updated = sqlx::query(
+                    "UPDATE refresh_families SET revoked = 1 WHERE id IN (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)",
+                )
+                .bind(hash)
+                .execute(&self.pool)
+                .await?;
+                Ok(updated.rows_affected() > 0)
+            }
+
+            async fn put_decision(&self, decision: &Decision, owner: Uuid, now: i64) -> StoreResult<()> {
+                let body = serde_json::to_string(decision).map_err(|e| ServingError::Internal(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO decisions (id, owner, body, opens_at, closes_at, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (id) DO UPDATE SET body = excluded.body, opens_at = excluded.opens_at, closes_at = excluded.closes_at",
+                )
+                .bind(decision.id.to_string())
+                .bind(owner.to_string())
+                .bind(body)
+                .bind(decision.opens_at)
+                .bind(decision.closes_at)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn decisions(&self) -> StoreResult<Vec<Decision>> {
+                let rows = sqlx::query("SELECT body FROM decisions ORDER BY created_at, id").fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        let body: String = row.try_get("body")?;
+                        serde_json::from_str(&body).map_err(|e| ServingError::Storage(format!("a stored decision does not parse: {e}")))
+                    })
+                    .collect()
+            }
+
+            async fn append_audit(&self, actor: &str, action: &str, detail: &str, now: i64) -> StoreResult<AuditRecord> {
+                let _one_at_a_time = self.audit_lock.lock().await;
+                for _attempt in 0..5 {
+                    let last = sqlx::query("SELECT seq, hash FROM audit_trail ORDER BY seq DESC LIMIT 1").fetch_optional(&self.pool).await?;
+                    let (prev_seq, prev_hash) = match &last {
+                        Some(row) => (row.try_get::<i64, _>("seq")?, row.try_get::<String, _>("hash")?),
+                        None => (0, AUDIT_GENESIS.to_string()),
+                    };
+                    let seq = prev_seq + 1;
+                    let hash = AuditRecord::compute_hash(&prev_hash, seq, now, actor, action, detail);
+                    let inserted = sqlx::query("INSERT INTO audit_trail (seq, at, actor, action, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                        .bind(seq)
+                        .bind(now)
+                        .bind(actor)
+                        .bind(action)
+                        .bind(detail)
+                        .bind(&prev_hash)
+                        .bind(&hash)
+                        .execute(&self.pool)
+                        .await;
+                    match inserted {
+                        Ok(_) => {
+                            return Ok(AuditRecord { seq, at: now, actor: actor.into(), action: action.into(), detail: detail.into(), prev_hash, hash });
+                        }
+                        Err(error) if is_unique_violation(&error) => continue,
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                Err(ServingError::Storage("could not append to the audit trail: too much contention".into()))
+            }
+
+            async fn audit_trail(&self) -> StoreResult<Vec<AuditRecord>> {
+                let rows = sqlx::query("SELECT * FROM audit_trail ORDER BY seq").fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(AuditRecord {
+                            seq: row.try_get("seq")?,
+                            at: row.try_get("at")?,
+                            actor: row.try_get("actor")?,
+                            action: row.try_get("action")?,
+                            detail: row.try_get("detail")?,
+                            prev_hash: row.try_get("prev_hash")?,
+                            hash: row.try_get("hash")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+sql_store!(
+    /// The embedded metadata store: one SQLite file in WAL mode.
+    SqliteStore,
+    sqlx::Sqlite,
+    SQLITE_MIGRATIONS
+);
+sql_store!(
+    /// The cluster metadata store: PostgreSQL.
+    PostgresStore,
+    sqlx::Postgres,
+    POSTGRES_MIGRATIONS
+);
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        use sqlx::sqlite::{
+            SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            pool,
+            audit_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            pool,
+            audit_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// Parses a stored decision id.
+pub fn decision_id(text: &str) -> StoreResult<DecisionId> {
+    parse_uuid(text).map(DecisionId::from)
+}

@@ -1,0 +1,244 @@
+//! `canopy up` (one process, embedded defaults) and `canopy admin create`.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use canopy_schemas::{
+    Component, ComponentWeights, Decision, DecisionId, Method, Vote, VoteId, VoterId, Weight,
+};
+use canopy_serving::auth::Role;
+use canopy_serving::{Node, NodeConfig};
+use clap::Args;
+use rand::Rng;
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[arg(long, default_value = "canopy-data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Dataflow worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// PostgreSQL URL for the metadata store (default: SQLite in the data directory).
+    #[arg(long, env = "CANOPY_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Seed a demo decision and a stream of synthetic voters.
+    #[arg(long)]
+    demo: bool,
+    /// Requests per second allowed per user (burst: twice as many).
+    #[arg(long, default_value_t = 20.0)]
+    user_rate: f64,
+    /// Requests per second allowed per client address (burst: twice as many).
+    #[arg(long, default_value_t = 2_000.0)]
+    address_rate: f64,
+}
+
+#[derive(Args)]
+pub struct AdminCreateArgs {
+    #[arg(long, default_value = "canopy-data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "CANOPY_DATABASE_URL")]
+    database_url: Option<String>,
+    #[arg(long)]
+    username: String,
+    #[arg(long, default_value = "admin")]
+    role: String,
+}
+
+fn node_config(args: &UpArgs) -> NodeConfig {
+    let mut config = NodeConfig::new(&args.data_dir);
+    config.listen = args.listen;
+    config.workers = args.workers;
+    config.database_url = args.database_url.clone();
+    config.api.per_user = canopy_serving::limits::Rate {
+        per_second: args.user_rate,
+        burst: 2.0 * args.user_rate,
+    };
+    config.api.per_address = canopy_serving::limits::Rate {
+        per_second: args.address_rate,
+        burst: 2.0 * args.address_rate,
+    };
+    config
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let node = Node::start(node_config(&args))
+            .await
+            .context("starting the node")?;
+        println!("Canopy is listening on http://{}", node.addr);
+        println!("  data directory: {}", args.data_dir.display());
+        println!(
+            "  create the first admin: canopy admin create --data-dir {} --username <name>",
+            args.data_dir.display()
+        );
+        println!("    (reads the password, 10 characters or more, from standard input)");
+        println!(
+            "  health: http://{0}/healthz   readiness: http://{0}/readyz",
+            node.addr
+        );
+        if args.demo {
+            let decision = seed_demo(&node).await?;
+            println!(
+                "  demo decision {} ({}) is receiving synthetic votes:",
+                decision.id, decision.title
+            );
+            println!(
+                "    a signed-in user can read /api/v1/voting/decision/{}/results",
+                decision.id
+            );
+        }
+        wait_for_stop_signal().await;
+        println!("canopy: stopping: no new connections; finishing requests in flight");
+        node.shutdown().await.context("shutting down")?;
+        println!("canopy: stopped cleanly");
+        Ok(())
+    })
+}
+
+async fn wait_for_stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// Registers the demo decision (once) and starts synthetic voters casting through the gate.
+async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
+    let state = Arc::clone(&node.state);
+    let title = "Demo: restore the river delta wetlands?";
+    let existing = state
+        .store
+        .decisions()
+        .await?
+        .into_iter()
+        .find(|d| d.title == title);
+    let decision = match existing {
+        Some(decision) => decision,
+        None => {
+            let owner = match state.store.user_by_username("demo-owner").await? {
+                Some(user) => user.id,
+                None => {
+                    let password: String = (0..32)
+                        .map(|_| rand::rng().random_range('a'..='z'))
+                        .collect();
+                    canopy_serving::app::create_user(
+                        state.store.as_ref(),
+                        "demo-owner",
+                        &password,
+                        Role::Operator,
+                    )
+                    .await?
+                }
+            };
+            let now = canopy_serving::app::now_micros();
+            let decision = Decision {
+                id: DecisionId::new_random(),
+                title: title.into(),
+                region: "delta".into(),
+                options: vec![
+                    "restore".into(),
+                    "partially restore".into(),
+                    "leave as is".into(),
+                ],
+                opens_at: now,
+                closes_at: now + 365 * 24 * 3600 * 1_000_000,
+                weights: ComponentWeights::DEFAULT,
+                quorum: 500,
+                method: Method::SingleChoice,
+            };
+            state.gate.register(decision.clone(), now)?;
+            state
+                .store
+                .put_decision(&decision, owner, now / 1_000_000)
+                .await?;
+            state.engine.register(decision.clone());
+            decision
+        }
+    };
+    let gate = Arc::clone(&state.gate);
+    let demo = decision.clone();
+    std::thread::Builder::new()
+        .name("canopy-demo-voters".into())
+        .spawn(move || {
+            let mut rng = rand::rng();
+            loop {
+                let expert = rng.random_range(0..10) == 0;
+                let vote = Vote {
+                    vote_id: VoteId::new_random(),
+                    decision_id: demo.id,
+                    voter_id: VoterId(rng.random_range(0..2_000)),
+                    option: *[0u16, 0, 0, 1, 1, 2]
+                        .get(rng.random_range(0..6))
+                        .unwrap_or(&0),
+                    component: if expert {
+                        Component::Expert
+                    } else {
+                        Component::Democratic
+                    },
+                    weight: if expert {
+                        Weight(2_000_000)
+                    } else {
+                        Weight::ONE
+                    },
+                    cast_at: canopy_serving::app::now_micros(),
+                };
+                if gate.submit(&[vote]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })?;
+    Ok(decision)
+}
+
+pub fn admin_create(args: AdminCreateArgs) -> anyhow::Result<()> {
+    let role = Role::parse(&args.role).with_context(|| format!("unknown role {:?}", args.role))?;
+    eprintln!(
+        "password for {} (one line on standard input):",
+        args.username
+    );
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']).to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut config = NodeConfig::new(&args.data_dir);
+        config.database_url = args.database_url;
+        let store = canopy_serving::node::open_store(&config).await?;
+        let id = canopy_serving::app::create_user(store.as_ref(), &args.username, &password, role)
+            .await?;
+        store
+            .append_audit(
+                "cli",
+                "create_user",
+                &serde_json::json!({ "user_id": id, "username": args.username, "role": role })
+                    .to_string(),
+                canopy_serving::app::now_micros(),
+            )
+            .await?;
+        println!(
+            "{}",
+            serde_json::json!({ "user_id": id, "username": args.username, "role": role })
+        );
+        anyhow::Ok(())
+    })
+}
