@@ -1,0 +1,45 @@
+//! Shared by the serving tests: a throwaway PostgreSQL database on the real server.
+
+#![allow(dead_code)]
+
+use sqlx::Connection;
+
+/// The server the test setup (scripts/test) makes sure is running.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CANOPY_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of this test's own, dropped when the value is.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let admin = postgres_admin_url();
+        let name = format!("canopy_test_{}", uuid::Uuid::new_v4().simple());
+        let mut connection = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is not reachable ({e}); scripts/test starts it"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut connection).await.unwrap();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+        TestDatabase { url: format!("{base}/{name}"), name }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (postgres_admin_url(), self.name.clone());
+        // Drop may run inside a runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                if let Ok(mut connection) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut connection).await;
+                }
+            });
+        })
+        .join();
+    }
+}
