@@ -38,16 +38,37 @@ fn decision(title: &str) -> Decision {
 
 /// Everything the serving layer relies on a store for.
 async fn exercise(store: Arc<dyn MetadataStore>) {
-    assert_eq!(store.migrate().await.unwrap(), vec!["0001_init".to_string()]);
-    assert!(store.migrate().await.unwrap().is_empty(), "migrations apply once");
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        vec!["0001_init".to_string()]
+    );
+    assert!(
+        store.migrate().await.unwrap().is_empty(),
+        "migrations apply once"
+    );
 
     // Users: unique names, lookups, verification with regions.
     let alice = user("alice");
     store.create_user(&alice, 1).await.unwrap();
-    let taken = store.create_user(&UserRecord { id: Uuid::new_v4(), ..user("alice") }, 1).await.unwrap_err();
+    let taken = store
+        .create_user(
+            &UserRecord {
+                id: Uuid::new_v4(),
+                ..user("alice")
+            },
+            1,
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(taken, ServingError::Conflict(_)), "{taken:?}");
-    assert_eq!(store.user_by_username("alice").await.unwrap(), Some(alice.clone()));
-    assert_eq!(store.user_by_id(alice.id).await.unwrap(), Some(alice.clone()));
+    assert_eq!(
+        store.user_by_username("alice").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(
+        store.user_by_id(alice.id).await.unwrap(),
+        Some(alice.clone())
+    );
     assert_eq!(store.user_by_username("nobody").await.unwrap(), None);
     let admin = user("admin");
     store.create_user(&admin, 1).await.unwrap();
@@ -59,15 +80,32 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
         verified_by: admin.id,
     };
     assert!(store.verify_user(alice.id, &verification, 2).await.unwrap());
-    assert!(!store.verify_user(Uuid::new_v4(), &verification, 2).await.unwrap());
+    assert!(
+        !store
+            .verify_user(Uuid::new_v4(), &verification, 2)
+            .await
+            .unwrap()
+    );
     let verified = store.user_by_id(alice.id).await.unwrap().unwrap();
-    assert_eq!((verified.role, verified.weight), (Role::Stakeholder, 2_500_000));
-    assert_eq!(store.regions_of(alice.id).await.unwrap(), vec!["coast".to_string(), "delta".to_string()]);
+    assert_eq!(
+        (verified.role, verified.weight),
+        (Role::Stakeholder, 2_500_000)
+    );
+    assert_eq!(
+        store.regions_of(alice.id).await.unwrap(),
+        vec!["coast".to_string(), "delta".to_string()]
+    );
 
     // TOTP: a step is usable once, and never an older one.
-    store.set_totp(alice.id, Some(b"secret-bytes"), true).await.unwrap();
+    store
+        .set_totp(alice.id, Some(b"secret-bytes"), true)
+        .await
+        .unwrap();
     let with_totp = store.user_by_id(alice.id).await.unwrap().unwrap();
-    assert_eq!((with_totp.totp_secret.as_deref(), with_totp.totp_enabled), (Some(&b"secret-bytes"[..]), true));
+    assert_eq!(
+        (with_totp.totp_secret.as_deref(), with_totp.totp_enabled),
+        (Some(&b"secret-bytes"[..]), true)
+    );
     assert!(store.claim_totp_step(alice.id, 100).await.unwrap());
     assert!(!store.claim_totp_step(alice.id, 100).await.unwrap());
     assert!(!store.claim_totp_step(alice.id, 99).await.unwrap());
@@ -75,26 +113,75 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
 
     // Refresh tokens: spent once; a replay is reported; revocation and expiry end a family.
     let family = Uuid::new_v4();
-    store.create_refresh_family(family, alice.id, 5).await.unwrap();
-    store.insert_refresh_token("t1", family, alice.id, 1_000).await.unwrap();
-    assert_eq!(store.use_refresh_token("t1", 10).await.unwrap(), RefreshUse::Fresh { family, user: alice.id });
-    assert_eq!(store.use_refresh_token("t1", 11).await.unwrap(), RefreshUse::Reused { family, user: alice.id });
-    store.insert_refresh_token("t2", family, alice.id, 1_000).await.unwrap();
+    store
+        .create_refresh_family(family, alice.id, 5)
+        .await
+        .unwrap();
+    store
+        .insert_refresh_token("t1", family, alice.id, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.use_refresh_token("t1", 10).await.unwrap(),
+        RefreshUse::Fresh {
+            family,
+            user: alice.id
+        }
+    );
+    assert_eq!(
+        store.use_refresh_token("t1", 11).await.unwrap(),
+        RefreshUse::Reused {
+            family,
+            user: alice.id
+        }
+    );
+    store
+        .insert_refresh_token("t2", family, alice.id, 1_000)
+        .await
+        .unwrap();
     store.revoke_refresh_family(family).await.unwrap();
-    assert_eq!(store.use_refresh_token("t2", 12).await.unwrap(), RefreshUse::Invalid);
-    assert_eq!(store.use_refresh_token("unknown", 12).await.unwrap(), RefreshUse::Invalid);
+    assert_eq!(
+        store.use_refresh_token("t2", 12).await.unwrap(),
+        RefreshUse::Invalid
+    );
+    assert_eq!(
+        store.use_refresh_token("unknown", 12).await.unwrap(),
+        RefreshUse::Invalid
+    );
     let other = Uuid::new_v4();
-    store.create_refresh_family(other, alice.id, 5).await.unwrap();
-    store.insert_refresh_token("t3", other, alice.id, 100).await.unwrap();
-    assert_eq!(store.use_refresh_token("t3", 100).await.unwrap(), RefreshUse::Invalid, "expired");
-    store.insert_refresh_token("t4", other, alice.id, 1_000).await.unwrap();
+    store
+        .create_refresh_family(other, alice.id, 5)
+        .await
+        .unwrap();
+    store
+        .insert_refresh_token("t3", other, alice.id, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.use_refresh_token("t3", 100).await.unwrap(),
+        RefreshUse::Invalid,
+        "expired"
+    );
+    store
+        .insert_refresh_token("t4", other, alice.id, 1_000)
+        .await
+        .unwrap();
     assert!(store.revoke_refresh_token("t4").await.unwrap());
-    assert_eq!(store.use_refresh_token("t4", 101).await.unwrap(), RefreshUse::Invalid);
+    assert_eq!(
+        store.use_refresh_token("t4", 101).await.unwrap(),
+        RefreshUse::Invalid
+    );
 
     // Exactly one of many concurrent uses of a token wins.
     let racing = Uuid::new_v4();
-    store.create_refresh_family(racing, alice.id, 5).await.unwrap();
-    store.insert_refresh_token("race", racing, alice.id, 1_000).await.unwrap();
+    store
+        .create_refresh_family(racing, alice.id, 5)
+        .await
+        .unwrap();
+    store
+        .insert_refresh_token("race", racing, alice.id, 1_000)
+        .await
+        .unwrap();
     let attempts: Vec<_> = (0..8)
         .map(|_| {
             let store = Arc::clone(&store);
@@ -114,13 +201,19 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
     let second = decision("second");
     store.put_decision(&first, admin.id, 1).await.unwrap();
     store.put_decision(&second, admin.id, 2).await.unwrap();
-    let renamed = Decision { title: "first, renamed".into(), ..first.clone() };
+    let renamed = Decision {
+        title: "first, renamed".into(),
+        ..first.clone()
+    };
     store.put_decision(&renamed, admin.id, 3).await.unwrap();
     assert_eq!(store.decisions().await.unwrap(), vec![renamed, second]);
 
     // The audit trail chains every entry to the one before.
     for n in 0..5 {
-        let entry = store.append_audit("tester", "action", &format!("{{\"n\":{n}}}"), 100 + n).await.unwrap();
+        let entry = store
+            .append_audit("tester", "action", &format!("{{\"n\":{n}}}"), 100 + n)
+            .await
+            .unwrap();
         assert_eq!(entry.seq, n + 1);
     }
     let trail = store.audit_trail().await.unwrap();
@@ -129,16 +222,24 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
     verify_audit_chain(&trail).unwrap();
     let mut altered = trail.clone();
     altered[2].detail = "{\"n\":99}".into();
-    assert_eq!(verify_audit_chain(&altered).unwrap_err(), "entry 3 has been altered");
+    assert_eq!(
+        verify_audit_chain(&altered).unwrap_err(),
+        "entry 3 has been altered"
+    );
     let mut dropped = trail.clone();
     dropped.remove(1);
-    assert!(verify_audit_chain(&dropped).is_err(), "a removed entry breaks the chain");
+    assert!(
+        verify_audit_chain(&dropped).is_err(),
+        "a removed entry breaks the chain"
+    );
 }
 
 #[tokio::test]
 async fn sqlite_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("canopy.db")).await.unwrap();
+    let store = SqliteStore::open(&dir.path().join("canopy.db"))
+        .await
+        .unwrap();
     exercise(Arc::new(store)).await;
 }
 
@@ -153,13 +254,23 @@ async fn postgres_store() {
 async fn concurrent_audit_appends_from_two_processes_keep_one_chain() {
     let database = common::TestDatabase::create().await;
     // Two stores on one database stand for two serving replicas.
-    let first: Arc<dyn MetadataStore> = Arc::new(PostgresStore::connect(&database.url).await.unwrap());
-    let second: Arc<dyn MetadataStore> = Arc::new(PostgresStore::connect(&database.url).await.unwrap());
+    let first: Arc<dyn MetadataStore> =
+        Arc::new(PostgresStore::connect(&database.url).await.unwrap());
+    let second: Arc<dyn MetadataStore> =
+        Arc::new(PostgresStore::connect(&database.url).await.unwrap());
     first.migrate().await.unwrap();
     let writers: Vec<_> = (0..40)
         .map(|n| {
-            let store = if n % 2 == 0 { Arc::clone(&first) } else { Arc::clone(&second) };
-            tokio::spawn(async move { store.append_audit("replica", "action", &n.to_string(), n).await })
+            let store = if n % 2 == 0 {
+                Arc::clone(&first)
+            } else {
+                Arc::clone(&second)
+            };
+            tokio::spawn(async move {
+                store
+                    .append_audit("replica", "action", &n.to_string(), n)
+                    .await
+            })
         })
         .collect();
     let mut appended = 0;

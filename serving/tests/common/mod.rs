@@ -2,11 +2,14 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+
 use sqlx::Connection;
 
 /// The server the test setup (scripts/test) makes sure is running.
 pub fn postgres_admin_url() -> String {
-    std::env::var("CANOPY_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("CANOPY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A database of this test's own, dropped when the value is.
@@ -21,10 +24,20 @@ impl TestDatabase {
         let name = format!("canopy_test_{}", uuid::Uuid::new_v4().simple());
         let mut connection = sqlx::PgConnection::connect(&admin)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is not reachable ({e}); scripts/test starts it"));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut connection).await.unwrap();
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
-        TestDatabase { url: format!("{base}/{name}"), name }
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL at {admin} is not reachable ({e}); scripts/test starts it")
+            });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        TestDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
     }
 }
 
@@ -33,10 +46,17 @@ impl Drop for TestDatabase {
         let (admin, name) = (postgres_admin_url(), self.name.clone());
         // Drop may run inside a runtime: use a thread with a runtime of its own.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async {
                 if let Ok(mut connection) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut connection).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut connection)
+                    .await;
                 }
             });
         })

@@ -1,0 +1,210 @@
+//! End to end through a real listener: accounts, roles, decisions, votes, results.
+
+mod common;
+
+use canopy_serving::app::ApiConfig;
+use canopy_serving::auth::Role;
+use common::api::TestNode;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn option_composite(results: &Value, option: usize) -> f64 {
+    results["options"][option]["composite"].as_f64().unwrap()
+}
+
+fn cell(breakdown: &Value, option: u64, component: &str) -> Option<Value> {
+    breakdown["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["option"] == option && c["component"] == component)
+        .cloned()
+}
+
+#[tokio::test]
+async fn voters_of_every_role_cast_change_and_read_their_own_votes() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.create("root", Role::Admin).await;
+    node.create("gateway", Role::Operator).await;
+    node.create("ana", Role::Analyst).await;
+    let (admin, _) = node.login("root").await;
+
+    let citizen = node.register("cora").await;
+    let expert = node.register("ezra").await;
+    let stakeholder = node.register("sami").await;
+    let verify = |user: uuid::Uuid, role: &str, weight: f64| json!({ "user_id": user, "role": role, "weight": weight, "field": "hydrology", "regions": ["north"] });
+    for (user, role, weight) in [(expert, "expert", 2.5), (stakeholder, "stakeholder", 1.5)] {
+        let (status, body) = node
+            .post(
+                "/api/v1/auth/verify-expert",
+                Some(&admin),
+                verify(user, role, weight),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let _ = citizen;
+    let decision = node.create_decision(&admin, 3).await;
+    let (cora, _) = node.login("cora").await;
+    let (ezra, _) = node.login("ezra").await;
+    let (sami, _) = node.login("sami").await;
+
+    let cast = |option: u16| json!({ "decision_id": decision, "option": option });
+    let mut last_offset = 0;
+    for (token, option) in [(&cora, 0u16), (&ezra, 1), (&sami, 1), (&cora, 2)] {
+        let (status, receipt) = node
+            .post("/api/v1/voting/cast-vote", Some(token), cast(option))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{receipt}");
+        assert_eq!(receipt["vote_hash"].as_str().unwrap().len(), 64);
+        last_offset = receipt["position"]["offset"].as_u64().unwrap();
+        // Read your own write: the result includes the vote just cast.
+        let (status, results) = node
+            .get(
+                &format!("/api/v1/voting/decision/{decision}/results?min_offset={last_offset}"),
+                token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{results}");
+        assert!(results["as_of"]["offset"].as_u64().unwrap() > last_offset);
+    }
+    // An analyst reads but does not vote.
+    let (ana, _) = node.login("ana").await;
+    let (status, refused) = node
+        .post("/api/v1/voting/cast-vote", Some(&ana), cast(0))
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+
+    let (_, breakdown) = node
+        .get(
+            &format!("/api/v1/voting/decision/{decision}/breakdown?min_offset={last_offset}"),
+            &ana,
+        )
+        .await;
+    // Cora changed her vote from 0 to 2: only the latest counts.
+    assert_eq!(cell(&breakdown, 0, "democratic"), None);
+    let democratic = cell(&breakdown, 2, "democratic").unwrap();
+    assert_eq!(
+        (democratic["count"].as_u64(), democratic["weight"].as_f64()),
+        (Some(1), Some(1.0))
+    );
+    let expert_cell = cell(&breakdown, 1, "expert").unwrap();
+    assert_eq!(
+        (
+            expert_cell["count"].as_u64(),
+            expert_cell["weight"].as_f64()
+        ),
+        (Some(1), Some(2.5))
+    );
+    let community = cell(&breakdown, 1, "community").unwrap();
+    assert_eq!(
+        (community["count"].as_u64(), community["weight"].as_f64()),
+        (Some(1), Some(1.5))
+    );
+
+    let (_, results) = node
+        .get(&format!("/api/v1/voting/decision/{decision}/results"), &ana)
+        .await;
+    assert_eq!(results["turnout"], 3);
+    assert_eq!(results["quorum_met"], true);
+    // Default weights: democratic 0.4 (all to option 2), expert 0.3 and community 0.2 (option 1).
+    assert!(
+        (option_composite(&results, 1) - 0.5).abs() < 1e-9,
+        "{results}"
+    );
+    assert!(
+        (option_composite(&results, 2) - 0.4).abs() < 1e-9,
+        "{results}"
+    );
+    assert_eq!(option_composite(&results, 0), 0.0);
+
+    // A gateway relays a batch, each vote under its voter's own token.
+    let (gateway, _) = node.login("gateway").await;
+    let batch = json!({ "votes": [
+        { "voter_token": cora, "decision_id": decision, "option": 0 },
+        { "voter_token": sami, "decision_id": decision, "option": 0 },
+    ]});
+    let (status, body) = node
+        .post("/api/v1/voting/cast-votes", Some(&gateway), batch)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let offset = body["receipts"][1]["position"]["offset"].as_u64().unwrap();
+    let (_, breakdown) = node
+        .get(
+            &format!("/api/v1/voting/decision/{decision}/breakdown?min_offset={offset}"),
+            &ana,
+        )
+        .await;
+    assert_eq!(cell(&breakdown, 0, "democratic").unwrap()["count"], 1);
+    assert_eq!(cell(&breakdown, 0, "community").unwrap()["count"], 1);
+    assert_eq!(cell(&breakdown, 1, "community"), None);
+
+    let (status, active) = node.get("/api/v1/voting/active-decisions", &cora).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(active.as_array().unwrap().len(), 1);
+
+    // A retried cast with the same vote id counts once.
+    let retry = json!({ "vote_id": "7f0c62d4-3a55-4c4e-9e38-5f4d8f3b2a10", "decision_id": decision, "option": 1 });
+    let (_, first) = node
+        .post("/api/v1/voting/cast-vote", Some(&ezra), retry.clone())
+        .await;
+    let (_, second) = node
+        .post("/api/v1/voting/cast-vote", Some(&ezra), retry)
+        .await;
+    let offset = second["position"]["offset"].as_u64().unwrap();
+    assert!(offset > first["position"]["offset"].as_u64().unwrap());
+    let (_, breakdown) = node
+        .get(
+            &format!("/api/v1/voting/decision/{decision}/breakdown?min_offset={offset}"),
+            &ana,
+        )
+        .await;
+    assert_eq!(cell(&breakdown, 1, "expert").unwrap()["count"], 1);
+
+    let (status, trail) = node.get("/api/v1/audit/trail", &admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(trail["chain_intact"], true);
+    let actions: Vec<&str> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "register",
+        "login",
+        "verify_user",
+        "create_decision",
+        "refused",
+    ] {
+        assert!(actions.contains(&expected), "no {expected} in {actions:?}");
+    }
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_readiness_and_unknown_routes() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    let (status, _) = node
+        .request(reqwest::Method::GET, "/healthz", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = node
+        .request(reqwest::Method::GET, "/readyz", None, None)
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+    let (status, body) = node
+        .request(reqwest::Method::GET, "/api/v1/nothing", None, None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    node.node.shutdown().await.unwrap();
+}
