@@ -1,0 +1,441 @@
+//! Requests a real attacker would send. Each gets the right refusal and changes nothing.
+
+mod common;
+
+use base64::Engine;
+use canopy_serving::app::ApiConfig;
+use canopy_serving::auth::Role;
+use canopy_serving::limits::Rate;
+use common::api::{PASSWORD, TestNode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: uuid::Uuid, role: &str) -> Value {
+    json!({ "iss": "canopy", "aud": "canopy-api", "sub": sub, "exp": now() + 600, "iat": now(), "typ": "access", "role": role, "weight": 1_000_000 })
+}
+
+fn private_key(node: &TestNode) -> EncodingKey {
+    let pem = std::fs::read(node.dir.path().join("keys").join("jwt-rs256.pem")).unwrap();
+    EncodingKey::from_rsa_pem(&pem).unwrap()
+}
+
+/// Every forged or stale token is refused, and nothing it asked for happens.
+#[tokio::test]
+async fn forged_and_stale_tokens_are_refused() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    let admin_id = node.create("root", Role::Admin).await;
+    let citizen_id = node.register("cora").await;
+    let (admin, _) = node.login("root").await;
+    let (citizen, _) = node.login("cora").await;
+    let decision = node.create_decision(&admin, 1).await;
+    let create = json!({ "title": "Forged", "options": ["a", "b"], "closes_at": i64::MAX });
+    let cast = json!({ "decision_id": decision, "option": 0 });
+
+    let admin_claims = claims(admin_id, "admin");
+    let payload = B64.encode(admin_claims.to_string());
+    let alg_none = format!("{}.{payload}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
+
+    let public_pem = node.node.state.keys.public_pem().to_string();
+    let hs256_with_public_key = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &admin_claims,
+        &EncodingKey::from_secret(public_pem.as_bytes()),
+    )
+    .unwrap();
+
+    let key = private_key(&node);
+    let mut expired_claims = claims(citizen_id, "citizen");
+    expired_claims["exp"] = json!(now() - 10);
+    expired_claims["iat"] = json!(now() - 1000);
+    let expired =
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &expired_claims, &key).unwrap();
+    let mut foreign_claims = claims(admin_id, "admin");
+    foreign_claims["aud"] = json!("some-other-service");
+    let wrong_audience =
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &foreign_claims, &key).unwrap();
+    let mut refresh_typed = claims(admin_id, "admin");
+    refresh_typed["typ"] = json!("refresh");
+    let wrong_type =
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &refresh_typed, &key).unwrap();
+
+    // The citizen's real token with its payload rewritten to say admin.
+    let parts: Vec<&str> = citizen.split('.').collect();
+    let mut tampered_claims: Value =
+        serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+    tampered_claims["role"] = json!("admin");
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        B64.encode(tampered_claims.to_string()),
+        parts[2]
+    );
+
+    let records = node.log_records();
+    let cases = [
+        ("alg=none", alg_none, "invalid_token"),
+        (
+            "HS256 signed with the public key",
+            hs256_with_public_key,
+            "invalid_token",
+        ),
+        ("expired", expired, "token_expired"),
+        ("wrong audience", wrong_audience, "invalid_token"),
+        ("not an access token", wrong_type, "invalid_token"),
+        ("tampered payload", tampered, "invalid_token"),
+        ("garbage", "not.a.token".to_string(), "invalid_token"),
+    ];
+    for (name, token, expected) in cases {
+        let (status, body) = node
+            .post(
+                "/api/v1/voting/decision/create",
+                Some(&token),
+                create.clone(),
+            )
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::UNAUTHORIZED, expected),
+            "{name}: {body}"
+        );
+        let (status, body) = node
+            .post("/api/v1/voting/cast-vote", Some(&token), cast.clone())
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::UNAUTHORIZED, expected),
+            "{name}: {body}"
+        );
+    }
+    let (status, body) = node
+        .post("/api/v1/voting/cast-vote", None, cast.clone())
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+
+    assert_eq!(
+        node.log_records(),
+        records,
+        "no forged vote reached the log"
+    );
+    let (_, active) = node.get("/api/v1/voting/active-decisions", &admin).await;
+    assert_eq!(
+        active.as_array().unwrap().len(),
+        1,
+        "no forged decision was created"
+    );
+    let (_, trail) = node.get("/api/v1/audit/trail", &admin).await;
+    let refusals = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "refused")
+        .count();
+    assert!(
+        refusals >= 14,
+        "every refused token is in the audit trail ({refusals})"
+    );
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refresh_token_used_twice_revokes_its_family() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.register("cora").await;
+    let (_, first) = node.login("cora").await;
+    let (status, rotated) = node
+        .post(
+            "/api/v1/auth/refresh-token",
+            None,
+            json!({ "refresh_token": first }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let second = rotated["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+
+    // The thief replays the first token: refused, and the family with it.
+    let (status, body) = node
+        .post(
+            "/api/v1/auth/refresh-token",
+            None,
+            json!({ "refresh_token": first }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "refresh_token_reused")
+    );
+    let (status, body) = node
+        .post(
+            "/api/v1/auth/refresh-token",
+            None,
+            json!({ "refresh_token": second }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "bad_refresh_token"),
+        "the rotated token died with its family"
+    );
+
+    // A new login starts a new family; revoking it ends it.
+    let (_, third) = node.login("cora").await;
+    let (status, _) = node
+        .post(
+            "/api/v1/auth/revoke-token",
+            None,
+            json!({ "refresh_token": third }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = node
+        .post(
+            "/api/v1/auth/refresh-token",
+            None,
+            json!({ "refresh_token": third }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "bad_refresh_token")
+    );
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_totp_code_works_once() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.register("cora").await;
+    let (access, _) = node.login("cora").await;
+    let (status, enrolment) = node
+        .post("/api/v1/auth/2fa/enrol", Some(&access), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{enrolment}");
+    let secret = totp_rs::Secret::Encoded(enrolment["secret_base32"].as_str().unwrap().to_string())
+        .to_bytes()
+        .unwrap();
+    let totp = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret).unwrap();
+    let step = now() / 30;
+    let code_now = totp.generate(step * 30);
+    let (status, body) = node
+        .post(
+            "/api/v1/auth/2fa/confirm",
+            Some(&access),
+            json!({ "code": code_now }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+
+    let login =
+        |code: Option<&str>| json!({ "username": "cora", "password": PASSWORD, "totp": code });
+    let (status, body) = node
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "username": "cora", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "totp_required")
+    );
+    // The code that confirmed enrolment is spent: a replay is refused.
+    let (status, body) = node
+        .post("/api/v1/auth/login", None, login(Some(&code_now)))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "bad_totp")
+    );
+    let (status, body) = node
+        .post("/api/v1/auth/login", None, login(Some("000000")))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    // The next step's code is within the allowed drift, and works once.
+    let code_next = totp.generate((step + 1) * 30);
+    let (status, body) = node
+        .post("/api/v1/auth/login", None, login(Some(&code_next)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = node
+        .post("/api/v1/auth/login", None, login(Some(&code_next)))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "bad_totp")
+    );
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn role_and_identity_cannot_be_claimed_through_the_body() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.create("root", Role::Admin).await;
+    let victim = node.register("vera").await;
+    node.register("mallory").await;
+    let (admin, _) = node.login("root").await;
+    let (mallory, _) = node.login("mallory").await;
+    let decision = node.create_decision(&admin, 1).await;
+    let records = node.log_records();
+
+    // A citizen creating a decision.
+    let create = json!({ "title": "Mine", "options": ["a", "b"], "closes_at": i64::MAX });
+    let (status, body) = node
+        .post("/api/v1/voting/decision/create", Some(&mallory), create)
+        .await;
+    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
+    // Voting as someone else, or with another weight or component, through the body.
+    for smuggled in [
+        json!({ "voter_id": victim }),
+        json!({ "weight": 100 }),
+        json!({ "component": "expert" }),
+    ] {
+        let mut body = json!({ "decision_id": decision, "option": 0 });
+        body.as_object_mut()
+            .unwrap()
+            .extend(smuggled.as_object().unwrap().clone());
+        let (status, response) = node
+            .post("/api/v1/voting/cast-vote", Some(&mallory), body)
+            .await;
+        assert_eq!(
+            (status, code(&response)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "bad_request"),
+            "{response}"
+        );
+    }
+    // A citizen relaying a batch, a citizen verifying themself, reading the audit trail.
+    let batch =
+        json!({ "votes": [{ "voter_token": mallory, "decision_id": decision, "option": 0 }] });
+    let (status, _) = node
+        .post("/api/v1/voting/cast-votes", Some(&mallory), batch)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let verify = json!({ "user_id": victim, "role": "expert", "weight": 100 });
+    let (status, _) = node
+        .post("/api/v1/auth/verify-expert", Some(&mallory), verify)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = node.get("/api/v1/audit/trail", &mallory).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Bad votes: unknown option, unknown decision.
+    let (status, body) = node
+        .post(
+            "/api/v1/voting/cast-vote",
+            Some(&mallory),
+            json!({ "decision_id": decision, "option": 7 }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unknown_option")
+    );
+    let unknown = json!({ "decision_id": uuid::Uuid::new_v4(), "option": 0 });
+    let (status, body) = node
+        .post("/api/v1/voting/cast-vote", Some(&mallory), unknown)
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "unknown_decision")
+    );
+
+    assert_eq!(node.log_records(), records, "nothing reached the log");
+    let user = node
+        .node
+        .state
+        .store
+        .user_by_id(victim)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.role, Role::Citizen, "nobody was verified");
+    node.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_floods_are_refused() {
+    let api = ApiConfig {
+        per_user: Rate {
+            per_second: 5.0,
+            burst: 10.0,
+        },
+        ..ApiConfig::default()
+    };
+    let node = TestNode::start(api).await;
+    node.create("root", Role::Admin).await;
+    node.register("cora").await;
+    let (admin, _) = node.login("root").await;
+    let (cora, _) = node.login("cora").await;
+    let decision = node.create_decision(&admin, 1).await;
+    let records = node.log_records();
+
+    let huge =
+        json!({ "title": "x".repeat(100_000), "options": ["a", "b"], "closes_at": i64::MAX });
+    let (status, body) = node
+        .post("/api/v1/voting/decision/create", Some(&admin), huge)
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
+
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..30 {
+        let response = node
+            .client
+            .post(format!("{}/api/v1/voting/cast-vote", node.base))
+            .bearer_auth(&cora)
+            .json(&json!({ "decision_id": decision, "option": 0 }))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        }
+        statuses.push(response.status());
+    }
+    let accepted = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(
+        (10..=13).contains(&accepted),
+        "the burst of 10 (plus refill) got through: {statuses:?}"
+    );
+    assert_eq!(accepted + limited, 30);
+    assert!(
+        retry_after.is_some_and(|s| s >= 1),
+        "429 says when to come back"
+    );
+    assert_eq!(
+        node.log_records(),
+        records + accepted as u64,
+        "only accepted votes reached the log"
+    );
+    let (_, active) = node.get("/api/v1/voting/active-decisions", &admin).await;
+    assert_eq!(active.as_array().unwrap().len(), 1);
+    node.node.shutdown().await.unwrap();
+}
