@@ -1,0 +1,256 @@
+//! `canopy up` as an operator runs it: restarts (SIGKILL included) keep accounts, decisions
+//! and every acknowledged vote; SIGTERM drains and leaves nothing half-written.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use canopy_ingest::{Position, SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_schemas::VoteId;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(data: &Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args([
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--user-rate",
+            "100000",
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("canopy up did not become ready");
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: Value,
+) -> Result<(u16, Value), reqwest::Error> {
+    let mut request = client.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+async fn login(client: &reqwest::Client, base: &str, username: &str) -> String {
+    let (status, body) = post(
+        client,
+        format!("{base}/api/v1/auth/login"),
+        None,
+        json!({ "username": username, "password": PASSWORD }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+fn kill_9(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn stored_votes(data: &Path) -> HashMap<VoteId, Vec<Position>> {
+    let log = SegmentLog::open(data.join("votes"), SegmentLogConfig::default()).unwrap();
+    assert_eq!(log.recovery().torn_tail_bytes, 0);
+    let mut stored: HashMap<VoteId, Vec<Position>> = HashMap::new();
+    for partition in 0..log.partitions() {
+        for record in log.read(partition, 0, usize::MAX).unwrap() {
+            stored
+                .entry(record.vote.vote_id)
+                .or_default()
+                .push(record.position);
+        }
+    }
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut node = start(data.path(), port);
+    wait_healthy(&client, &base).await;
+
+    let mut admin_create = Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args(["admin", "create", "--username", "root", "--data-dir"])
+        .arg(data.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(admin_create.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    assert!(admin_create.wait().unwrap().success());
+    let admin = login(&client, &base, "root").await;
+    let create = json!({ "title": "Dam the creek?", "options": ["yes", "no"], "closes_at": i64::MAX, "quorum": 5 });
+    let (status, decision) = post(
+        &client,
+        format!("{base}/api/v1/voting/decision/create"),
+        Some(&admin),
+        create,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{decision}");
+    let decision_id = decision["id"].as_str().unwrap().to_string();
+    let mut voters = Vec::new();
+    for n in 0..12 {
+        let username = format!("voter{n}");
+        let (status, _) = post(
+            &client,
+            format!("{base}/api/v1/auth/register"),
+            None,
+            json!({ "username": username, "password": PASSWORD }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201);
+        voters.push(login(&client, &base, &username).await);
+    }
+
+    // Voters cast as fast as they can; the node is killed with SIGKILL mid-stream.
+    let casting: Vec<_> = voters
+        .iter()
+        .enumerate()
+        .map(|(n, token)| {
+            let (client, base, token, decision_id) = (
+                client.clone(),
+                base.clone(),
+                token.clone(),
+                decision_id.clone(),
+            );
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for k in 0..10_000u32 {
+                    let body = json!({ "decision_id": decision_id, "option": (k + n as u32) % 2 });
+                    match post(
+                        &client,
+                        format!("{base}/api/v1/voting/cast-vote"),
+                        Some(&token),
+                        body,
+                    )
+                    .await
+                    {
+                        Ok((201, receipt)) => acked.push(receipt),
+                        Ok((status, body)) => panic!("cast refused with {status}: {body}"),
+                        Err(_) => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    kill_9(&mut node);
+    let mut acknowledged: Vec<(VoteId, Position)> = Vec::new();
+    for task in casting {
+        for receipt in task.await.unwrap() {
+            let id: uuid::Uuid = receipt["vote_id"].as_str().unwrap().parse().unwrap();
+            let position: Position = serde_json::from_value(receipt["position"].clone()).unwrap();
+            acknowledged.push((VoteId::from(id), position));
+        }
+    }
+    assert!(
+        acknowledged.len() > 50,
+        "only {} votes were acknowledged before the kill",
+        acknowledged.len()
+    );
+
+    // After the restart: the account logs in, the decision is there, and results include
+    // the last acknowledged vote.
+    let mut node = start(data.path(), port);
+    wait_healthy(&client, &base).await;
+    let admin = login(&client, &base, "root").await;
+    let voter = login(&client, &base, "voter0").await;
+    let active: Value = client
+        .get(format!("{base}/api/v1/voting/active-decisions"))
+        .bearer_auth(&voter)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(active[0]["id"], decision_id);
+    let last = acknowledged.iter().map(|(_, p)| p.offset).max().unwrap();
+    let results: Value = client
+        .get(format!(
+            "{base}/api/v1/voting/decision/{decision_id}/results?min_offset={last}"
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        results["as_of"]["offset"].as_u64().unwrap() > last,
+        "{results}"
+    );
+    assert_eq!(results["turnout"], 12, "{results}");
+
+    // SIGTERM: stops accepting, finishes what is in flight, exits cleanly.
+    let pid = node.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = node.wait().unwrap();
+    assert!(status.success(), "canopy up exited with {status}");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut node.stdout.take().unwrap(), &mut said).unwrap();
+    assert!(said.contains("stopped cleanly"), "{said}");
+
+    let stored = stored_votes(data.path());
+    for (vote_id, position) in &acknowledged {
+        assert_eq!(
+            stored.get(vote_id),
+            Some(&vec![*position]),
+            "acknowledged vote {vote_id} is not stored exactly once"
+        );
+    }
+}
