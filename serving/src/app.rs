@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use canopy_dataflow::{DecisionView, TallyEngine, ViewStore};
 use canopy_ingest::{Gate, Position, VoteLog};
@@ -91,36 +91,85 @@ pub fn now_micros() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// The router of the whole API.
-pub fn router(state: SharedState) -> Router {
+/// The OpenAPI document's frame; every path in it comes from a handler's annotation.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Canopy API", description = "Accounts, roles, decisions, votes and results"),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// Every error the API answers with.
+#[derive(utoipa::ToSchema, Serialize)]
+#[allow(dead_code)]
+struct ErrorBody {
+    /// `{ "code": "<stable snake_case code>", "message": "<for people>" }`
+    error: serde_json::Value,
+}
+
+/// The router of the whole API, and the OpenAPI document generated from the same handlers.
+pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
     let body_limit = state.config.body_limit;
-    Router::new()
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(verify_expert))
+        .routes(routes!(totp_enrol))
+        .routes(routes!(totp_confirm))
+        .routes(routes!(create_decision))
+        .routes(routes!(cast_vote))
+        .routes(routes!(cast_votes))
+        .routes(routes!(results))
+        .routes(routes!(breakdown))
+        .routes(routes!(active_decisions))
+        .routes(routes!(audit_trail))
+        .split_for_parts();
+    let document = Arc::new(openapi.clone());
+    let router = router
         .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
+            "/api/v1/openapi.json",
+            get(move || async move { Json(document.as_ref().clone()) }),
         )
-        .route("/readyz", get(readyz))
-        .route("/api/v1/auth/register", post(register))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/auth/refresh-token", post(refresh_token))
-        .route("/api/v1/auth/revoke-token", post(revoke_token))
-        .route("/api/v1/auth/verify-expert", post(verify_expert))
-        .route("/api/v1/auth/2fa/enrol", post(totp_enrol))
-        .route("/api/v1/auth/2fa/confirm", post(totp_confirm))
-        .route("/api/v1/voting/decision/create", post(create_decision))
-        .route("/api/v1/voting/cast-vote", post(cast_vote))
-        .route("/api/v1/voting/cast-votes", post(cast_votes))
-        .route("/api/v1/voting/decision/{id}/results", get(results))
-        .route("/api/v1/voting/decision/{id}/breakdown", get(breakdown))
-        .route("/api/v1/voting/active-decisions", get(active_decisions))
-        .route("/api/v1/audit/trail", get(audit_trail))
         .fallback(|| async { ServingError::NotFound { what: "route" } })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limit_by_address,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state);
+    (router, openapi)
+}
+
+/// The router of the whole API.
+pub fn router(state: SharedState) -> Router {
+    router_and_openapi(state).0
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "the process is up")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
 }
 
 async fn limit_by_address(
@@ -140,6 +189,7 @@ async fn limit_by_address(
     next.run(request).await
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready to serve"), (status = 503, description = "starting or stopping")))]
 async fn readyz(State(state): State<SharedState>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         Json(json!({ "status": "ready" })).into_response()
@@ -225,7 +275,7 @@ impl Caller {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Credentials {
     username: String,
@@ -279,6 +329,7 @@ pub async fn create_user(
     Ok(user.id)
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Credentials, responses((status = 201, description = "a citizen account"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn register(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<Credentials>,
@@ -304,7 +355,7 @@ async fn register(
         .into_response())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TokenPair {
     access_token: String,
     token_type: &'static str,
@@ -332,6 +383,7 @@ async fn issue_pair(
     })
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = Credentials, responses((status = 200, body = TokenPair), (status = 401, body = ErrorBody, description = "bad_credentials, totp_required, bad_totp")))]
 async fn login(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<Credentials>,
@@ -407,12 +459,13 @@ async fn check_totp(state: &AppState, user: &UserRecord, code: &str) -> Result<(
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RefreshBody {
     refresh_token: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/refresh-token", tag = "auth", request_body = RefreshBody, responses((status = 200, body = TokenPair, description = "a new pair; the old refresh token is spent"), (status = 401, body = ErrorBody, description = "bad_refresh_token, refresh_token_reused (the family is revoked)")))]
 async fn refresh_token(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<RefreshBody>,
@@ -446,6 +499,7 @@ async fn refresh_token(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/revoke-token", tag = "auth", request_body = RefreshBody, responses((status = 204, description = "the token's family is revoked")))]
 async fn revoke_token(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<RefreshBody>,
@@ -463,7 +517,7 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VerifyBody {
     user_id: Uuid,
@@ -476,6 +530,7 @@ struct VerifyBody {
     regions: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/verify-expert", tag = "auth", request_body = VerifyBody, security(("bearer" = [])), responses((status = 200, description = "the user is verified"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn verify_expert(
     State(state): State<SharedState>,
     caller: Caller,
@@ -514,6 +569,7 @@ async fn verify_expert(
     Ok(Json(detail))
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/2fa/enrol", tag = "auth", security(("bearer" = [])), responses((status = 200, description = "secret_base32 and otpauth_url; confirm with a code to turn 2FA on")))]
 async fn totp_enrol(
     State(state): State<SharedState>,
     caller: Caller,
@@ -544,12 +600,13 @@ async fn totp_enrol(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CodeBody {
     code: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/2fa/confirm", tag = "auth", request_body = CodeBody, security(("bearer" = [])), responses((status = 204, description = "2FA is on"), (status = 401, body = ErrorBody)))]
 async fn totp_confirm(
     State(state): State<SharedState>,
     caller: Caller,
@@ -571,7 +628,7 @@ async fn totp_confirm(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     title: String,
@@ -582,14 +639,18 @@ struct DecisionBody {
     #[serde(default)]
     opens_at: Option<i64>,
     closes_at: i64,
+    /// Millionths per component (democratic, expert, community, environmental); sum 1000000.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<u32>>)]
     weights: Option<ComponentWeights>,
     #[serde(default)]
     quorum: u64,
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "single_choice")]
     method: Method,
 }
 
+#[utoipa::path(post, path = "/api/v1/voting/decision/create", tag = "voting", request_body = DecisionBody, security(("bearer" = [])), responses((status = 201, description = "the decision, with its id"), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_decision(
     State(state): State<SharedState>,
     caller: Caller,
@@ -624,7 +685,7 @@ async fn create_decision(
     Ok((StatusCode::CREATED, Json(decision)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CastBody {
     /// The idempotency key; generated if absent.
@@ -634,9 +695,12 @@ struct CastBody {
     option: u16,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CastReceipt {
+    #[schema(value_type = uuid::Uuid)]
     vote_id: VoteId,
+    /// {"partition": …, "offset": …}: pass the offset as min_offset to read your own vote.
+    #[schema(value_type = Object)]
     position: Position,
     /// SHA-256 of the vote's canonical encoding.
     vote_hash: String,
@@ -680,6 +744,7 @@ async fn submit(state: &SharedState, votes: Vec<Vote>) -> Result<Vec<Position>, 
         .map_err(Into::into)
 }
 
+#[utoipa::path(post, path = "/api/v1/voting/cast-vote", tag = "voting", request_body = CastBody, security(("bearer" = [])), responses((status = 201, body = CastReceipt, description = "durable; voter, component and weight come from the token"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn cast_vote(
     State(state): State<SharedState>,
     caller: Caller,
@@ -691,7 +756,7 @@ async fn cast_vote(
     Ok((StatusCode::CREATED, Json(receipt(&vote, position))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchVote {
     /// The voter's own access token: a gateway relays votes, it does not speak for voters.
@@ -700,12 +765,13 @@ struct BatchVote {
     vote: CastBody,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchBody {
     votes: Vec<BatchVote>,
 }
 
+#[utoipa::path(post, path = "/api/v1/voting/cast-votes", tag = "voting", request_body = BatchBody, security(("bearer" = [])), responses((status = 201, description = "receipts, in order"), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn cast_votes(
     State(state): State<SharedState>,
     caller: Caller,
@@ -740,7 +806,8 @@ async fn cast_votes(
     Ok((StatusCode::CREATED, Json(json!({ "receipts": receipts }))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FreshnessQuery {
     /// Wait until the result includes this offset of the decision's partition (the
     /// position a cast returned).
@@ -774,6 +841,7 @@ async fn current_view(
     Ok((decision, view))
 }
 
+#[utoipa::path(get, path = "/api/v1/voting/decision/{id}/results", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "composite score per option, turnout, quorum, as_of"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody, description = "results_timeout")))]
 async fn results(
     State(state): State<SharedState>,
     caller: Caller,
@@ -803,6 +871,7 @@ async fn results(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/voting/decision/{id}/breakdown", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "count, weight and share per option and component"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody)))]
 async fn breakdown(
     State(state): State<SharedState>,
     caller: Caller,
@@ -835,6 +904,7 @@ async fn breakdown(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/voting/active-decisions", tag = "voting", security(("bearer" = [])), responses((status = 200, description = "decisions open now")))]
 async fn active_decisions(
     State(state): State<SharedState>,
     caller: Caller,
@@ -850,6 +920,7 @@ async fn active_decisions(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/audit/trail", tag = "audit", security(("bearer" = [])), responses((status = 200, description = "every entry, and whether the hash chain is intact"), (status = 403, body = ErrorBody)))]
 async fn audit_trail(
     State(state): State<SharedState>,
     caller: Caller,

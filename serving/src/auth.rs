@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::ServingError;
 
 /// A user's role. What each may do is [`Action::allowed`], one table.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Citizen,

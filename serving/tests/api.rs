@@ -208,3 +208,60 @@ async fn health_readiness_and_unknown_routes() {
     );
     node.node.shutdown().await.unwrap();
 }
+
+/// The served OpenAPI document is generated from the handlers: every operation it lists is
+/// routed (no 404 route-not-found, no 405), and every voting and auth route is in it.
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    let (status, document) = node
+        .request(reqwest::Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = document["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, item) in paths {
+        let concrete = path.replace("{id}", &uuid::Uuid::new_v4().to_string());
+        for method in item.as_object().unwrap().keys() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let body = (method == reqwest::Method::POST).then(|| json!({}));
+            let response = node.request(method.clone(), &concrete, None, body).await;
+            let unrouted = response.0 == StatusCode::METHOD_NOT_ALLOWED
+                || response.0 == StatusCode::NOT_FOUND
+                    && response.1["error"]["message"] == "route not found";
+            assert!(
+                !unrouted,
+                "{method} {path} is documented but not routed: {:?}",
+                response
+            );
+            operations += 1;
+        }
+    }
+    for expected in [
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh-token",
+        "/api/v1/auth/revoke-token",
+        "/api/v1/auth/verify-expert",
+        "/api/v1/auth/2fa/enrol",
+        "/api/v1/auth/2fa/confirm",
+        "/api/v1/voting/decision/create",
+        "/api/v1/voting/cast-vote",
+        "/api/v1/voting/cast-votes",
+        "/api/v1/voting/decision/{id}/results",
+        "/api/v1/voting/decision/{id}/breakdown",
+        "/api/v1/voting/active-decisions",
+    ] {
+        assert!(paths.contains_key(expected), "{expected} is not documented");
+    }
+    assert_eq!(operations, 16);
+    let (status, body) = node
+        .request(reqwest::Method::GET, "/api/v1/undocumented", None, None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (StatusCode::NOT_FOUND, Some("route not found"))
+    );
+    node.node.shutdown().await.unwrap();
+}
