@@ -18,6 +18,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+mod http;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -58,6 +60,9 @@ enum Bench {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Cast-vote over real HTTP: peak acknowledged votes/s, latency at a fixed open-loop
+    /// rate, results-read latency, against the same server's trivial endpoint.
+    Http(http::HttpArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +81,7 @@ fn main() -> anyhow::Result<()> {
             partitions,
             dir,
         } => log(appenders, appends_per_appender, partitions, dir),
+        Bench::Http(args) => http::run(args),
     }
 }
 

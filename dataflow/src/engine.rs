@@ -1,6 +1,6 @@
 //! The tally engine: W timely worker threads that tail a vote log into the tally dataflow.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ impl Default for EngineConfig {
 
 struct Shared {
     shutdown: AtomicBool,
+    /// The epoch every worker's input should have reached: raised by a worker that fed
+    /// something, followed by the others.
+    epoch: AtomicU64,
     new_decisions: Mutex<Vec<Decision>>,
 }
 
@@ -66,6 +69,7 @@ impl TallyEngine {
     ) -> Result<Self, DataflowError> {
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
             new_decisions: Mutex::new(decisions),
         });
         let partitions = log.partitions();
@@ -82,8 +86,9 @@ impl TallyEngine {
                 .collect();
             let mut next = vec![0u64; mine.len()];
             while !worker_shared.shutdown.load(Ordering::Acquire) {
+                let mut new: Vec<Decision> = Vec::new();
                 if index == 0 {
-                    let new: Vec<Decision> = std::mem::take(
+                    new = std::mem::take(
                         &mut *worker_shared
                             .new_decisions
                             .lock()
@@ -94,6 +99,9 @@ impl TallyEngine {
                     }
                 }
                 let mut fed = 0;
+                if index == 0 && !new.is_empty() {
+                    fed += new.len();
+                }
                 for (slot, partition) in mine.iter().enumerate() {
                     let batch = match log.read(*partition, next[slot], config.max_epoch_records) {
                         Ok(batch) => batch,
@@ -112,9 +120,18 @@ impl TallyEngine {
                     inputs.note_end(*partition, next[slot]);
                     fed += batch.len();
                 }
-                let epoch = inputs.seal();
-                inputs.run_until_published(worker, epoch);
-                if fed == 0 {
+                // An epoch is sealed only when some worker has something new; the others
+                // follow the shared epoch, so the frontier moves and an idle engine rests.
+                if fed > 0 {
+                    worker_shared
+                        .epoch
+                        .fetch_max(inputs.current_epoch() + 1, Ordering::AcqRel);
+                }
+                let target = worker_shared.epoch.load(Ordering::Acquire);
+                if target > inputs.current_epoch() {
+                    inputs.seal_until(target);
+                    inputs.run_until_published(worker, target - 1);
+                } else {
                     worker.step_or_park(Some(config.idle_wait));
                 }
             }

@@ -359,15 +359,28 @@ impl TallyInputs {
 
     /// Closes the current epoch and returns it; what is fed next goes into the next one.
     pub fn seal(&mut self) -> Epoch {
+        let next = *self.votes.time() + 1;
+        self.seal_until(next)
+    }
+
+    /// Closes the current epoch and skips ahead so the next one is `next` (at least the
+    /// epoch after the current one): how an idle worker catches up with busy ones.
+    pub fn seal_until(&mut self, next: Epoch) -> Epoch {
         let epoch = *self.votes.time();
         for (partition, end) in &self.ends {
             self.positions.record(*partition, epoch, *end);
         }
-        self.votes.advance_to(epoch + 1);
-        self.decisions.advance_to(epoch + 1);
+        let next = next.max(epoch + 1);
+        self.votes.advance_to(next);
+        self.decisions.advance_to(next);
         self.votes.flush();
         self.decisions.flush();
         epoch
+    }
+
+    /// The epoch that records pushed now go into.
+    pub fn current_epoch(&self) -> Epoch {
+        *self.votes.time()
     }
 
     /// True once every worker's results for `epoch` are in the view store.

@@ -61,6 +61,17 @@ impl<L: VoteLog + ?Sized> Gate<L> {
 
     /// Validates every vote, then appends them all; returns once they are durable.
     pub fn submit(&self, votes: &[Vote]) -> Result<Vec<Position>, IngestError> {
+        self.validate(votes)?;
+        self.log.append(votes)
+    }
+
+    /// [`submit`](Self::submit) for async callers.
+    pub async fn submit_async(&self, votes: &[Vote]) -> Result<Vec<Position>, IngestError> {
+        self.validate(votes)?;
+        self.log.append_async(votes).await
+    }
+
+    fn validate(&self, votes: &[Vote]) -> Result<(), IngestError> {
         {
             let decisions = self
                 .decisions
@@ -78,6 +89,6 @@ impl<L: VoteLog + ?Sized> Gate<L> {
                     .map_err(|source| IngestError::InvalidVote { index, source })?;
             }
         }
-        self.log.append(votes)
+        Ok(())
     }
 }

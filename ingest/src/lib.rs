@@ -43,6 +43,11 @@ pub struct LogRecord {
     pub vote: Vote,
 }
 
+/// What [`VoteLog::append_async`] returns.
+pub type AppendFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Position>, IngestError>> + Send + 'a>,
+>;
+
 /// The partition a decision's votes go to. All votes of one decision share a partition, so
 /// the log orders them totally; the function is fixed so every process and the Kafka
 /// producer agree on it.
@@ -60,6 +65,10 @@ pub trait VoteLog: Send + Sync {
     /// all of them are durable. Votes of one partition keep their order. A batch that spans
     /// partitions is not atomic across them: on error, some may be stored, none acknowledged.
     fn append(&self, votes: &[Vote]) -> Result<Vec<Position>, IngestError>;
+
+    /// [`append`](Self::append) for async callers: resolves once the votes are durable,
+    /// without holding a thread while it waits.
+    fn append_async<'a>(&'a self, votes: &'a [Vote]) -> AppendFuture<'a>;
 
     /// Up to `max` durable records of `partition` from offset `from` on, in offset order.
     /// Returns an empty batch at the end of the log.

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 
 use canopy_schemas::Vote;
 
-use crate::{IngestError, LogRecord, Position, VoteLog, partition_for};
+use crate::{AppendFuture, IngestError, LogRecord, Position, VoteLog, partition_for};
 
 const META_FILE: &str = "log.meta";
 const META_VERSION_LINE: &str = "canopy-vote-log 2";
@@ -117,6 +117,8 @@ struct Shared {
     /// durable. One wake-all system call frees a whole round, and no woken appender has to
     /// queue on the mutex again just to learn that it may go.
     rounds: AtomicU32,
+    /// The same news for async appenders: the round number after each round.
+    round_watch: tokio::sync::watch::Sender<u32>,
 }
 
 /// A segment and, per partition, the offsets it holds.
@@ -202,6 +204,7 @@ impl SegmentLog {
             queued: Condvar::new(),
             failed: AtomicBool::new(false),
             rounds: AtomicU32::new(0),
+            round_watch: tokio::sync::watch::Sender::new(0),
         });
         let committer_shared = Arc::clone(&shared);
         let active = recovered.active;
@@ -297,6 +300,56 @@ impl VoteLog for SegmentLog {
     }
 
     fn append(&self, votes: &[Vote]) -> Result<Vec<Position>, IngestError> {
+        let (positions, waits) = self.enqueue(votes)?;
+        loop {
+            let round = self.shared.rounds.load(Ordering::Acquire);
+            if self.shared.durable(&waits)? {
+                return Ok(positions);
+            }
+            atomic_wait::wait(&self.shared.rounds, round);
+        }
+    }
+
+    fn append_async<'a>(&'a self, votes: &'a [Vote]) -> AppendFuture<'a> {
+        Box::pin(async move {
+            let mut rounds = self.shared.round_watch.subscribe();
+            let (positions, waits) = self.enqueue(votes)?;
+            loop {
+                if self.shared.durable(&waits)? {
+                    return Ok(positions);
+                }
+                if rounds.changed().await.is_err() {
+                    // The committer is gone: the log closed or failed after this round.
+                    return match self.shared.durable(&waits)? {
+                        true => Ok(positions),
+                        false => Err(IngestError::Closed),
+                    };
+                }
+            }
+        })
+    }
+
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
+        self.check_partition(partition)?;
+        let end = self.shared.durable_ends[partition as usize].load(Ordering::Acquire);
+        let until = end.min(from.saturating_add(max as u64));
+        if from >= until {
+            return Ok(Vec::new());
+        }
+        self.shared.read(partition, from, until)
+    }
+
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        self.check_partition(partition)?;
+        Ok(self.shared.durable_ends[partition as usize].load(Ordering::Acquire))
+    }
+}
+
+impl SegmentLog {
+    /// Queues `votes` for the next round; returns their positions and, per partition
+    /// touched, the end offset that must become durable.
+    #[allow(clippy::type_complexity)]
+    fn enqueue(&self, votes: &[Vote]) -> Result<(Vec<Position>, Vec<(u32, u64)>), IngestError> {
         let partition_count = self.partitions();
         let mut positions = Vec::with_capacity(votes.len());
         let mut waits: Vec<(u32, u64)> = Vec::with_capacity(1);
@@ -327,35 +380,7 @@ impl VoteLog for SegmentLog {
         if wake_committer {
             self.shared.queued.notify_one();
         }
-        loop {
-            let round = self.shared.rounds.load(Ordering::Acquire);
-            let durable = waits.iter().all(|(p, end)| {
-                self.shared.durable_ends[*p as usize].load(Ordering::Acquire) >= *end
-            });
-            if durable {
-                return Ok(positions);
-            }
-            if self.shared.failed.load(Ordering::Acquire) {
-                let reason = self.shared.lock_queue().failure.clone().unwrap_or_default();
-                return Err(IngestError::Failed { reason });
-            }
-            atomic_wait::wait(&self.shared.rounds, round);
-        }
-    }
-
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
-        self.check_partition(partition)?;
-        let end = self.shared.durable_ends[partition as usize].load(Ordering::Acquire);
-        let until = end.min(from.saturating_add(max as u64));
-        if from >= until {
-            return Ok(Vec::new());
-        }
-        self.shared.read(partition, from, until)
-    }
-
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
-        self.check_partition(partition)?;
-        Ok(self.shared.durable_ends[partition as usize].load(Ordering::Acquire))
+        Ok((positions, waits))
     }
 }
 
@@ -373,6 +398,21 @@ impl Drop for SegmentLog {
 impl Shared {
     fn lock_queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether every (partition, end) is durable; the log's failure if it failed first.
+    fn durable(&self, waits: &[(u32, u64)]) -> Result<bool, IngestError> {
+        if waits
+            .iter()
+            .all(|(p, end)| self.durable_ends[*p as usize].load(Ordering::Acquire) >= *end)
+        {
+            return Ok(true);
+        }
+        if self.failed.load(Ordering::Acquire) {
+            let reason = self.lock_queue().failure.clone().unwrap_or_default();
+            return Err(IngestError::Failed { reason });
+        }
+        Ok(false)
     }
 
     fn read_segments(&self) -> std::sync::RwLockReadGuard<'_, Vec<SegmentMeta>> {
@@ -422,8 +462,9 @@ impl Shared {
                     self.failed.store(true, Ordering::Release);
                 }
             }
-            self.rounds.fetch_add(1, Ordering::AcqRel);
+            let round = self.rounds.fetch_add(1, Ordering::AcqRel) + 1;
             atomic_wait::wake_all(&self.rounds);
+            self.round_watch.send_replace(round);
             if self.failed.load(Ordering::Acquire) {
                 return;
             }

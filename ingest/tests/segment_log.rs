@@ -343,3 +343,44 @@ fn a_segment_whose_header_never_became_durable_is_removed() {
     assert_eq!(log.verify().unwrap(), 30);
     assert_eq!(log.append(&[vote(1, 99, 99)]).unwrap()[0].offset, 30);
 }
+
+#[test]
+fn async_appends_resolve_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(SegmentLog::open(dir.path(), config(4, 4096)).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let acked: Vec<(Position, u128)> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..200u128)
+            .map(|n| {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let votes = [vote(n % 9, n, n)];
+                    let position = log.append_async(&votes).await.unwrap()[0];
+                    // Durable means readable: the end offset has already moved past it.
+                    assert!(log.end_offset(position.partition).unwrap() > position.offset);
+                    (position, n)
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for task in tasks {
+            acked.push(task.await.unwrap());
+        }
+        acked
+    });
+    for (position, n) in acked {
+        assert_eq!(
+            log.read(position.partition, position.offset, 1).unwrap()[0]
+                .vote
+                .vote_id,
+            VoteId(n)
+        );
+    }
+    drop(log);
+    let log = SegmentLog::open(dir.path(), config(4, 4096)).unwrap();
+    assert_eq!(log.verify().unwrap(), 200);
+}

@@ -736,12 +736,7 @@ fn receipt(vote: &Vote, position: Position) -> CastReceipt {
 }
 
 async fn submit(state: &SharedState, votes: Vec<Vote>) -> Result<Vec<Position>, ServingError> {
-    let gate = Arc::clone(&state.gate);
-    // The append blocks until its group commit is durable: keep it off the async workers.
-    tokio::task::spawn_blocking(move || gate.submit(&votes))
-        .await
-        .map_err(|e| ServingError::Internal(e.to_string()))?
-        .map_err(Into::into)
+    Ok(state.gate.submit_async(&votes).await?)
 }
 
 #[utoipa::path(post, path = "/api/v1/voting/cast-vote", tag = "voting", request_body = CastBody, security(("bearer" = [])), responses((status = 201, body = CastReceipt, description = "durable; voter, component and weight come from the token"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
