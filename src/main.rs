@@ -63,6 +63,10 @@ enum LogCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Up(args) => up::up(args),
         Command::Admin {

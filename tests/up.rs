@@ -22,6 +22,10 @@ fn free_port() -> u16 {
 }
 
 fn start(data: &Path, port: u16) -> Child {
+    start_with(data, port, &[])
+}
+
+fn start_with(data: &Path, port: u16, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_canopy"))
         .args([
             "up",
@@ -32,6 +36,7 @@ fn start(data: &Path, port: u16) -> Child {
             "--data-dir",
         ])
         .arg(data)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -102,6 +107,69 @@ fn stored_votes(data: &Path) -> HashMap<VoteId, Vec<Position>> {
     stored
 }
 
+fn create_admin(data: &Path) {
+    let mut admin_create = Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args(["admin", "create", "--username", "root", "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(admin_create.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    assert!(admin_create.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_results_moving() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut node = start_with(data.path(), port, &["--demo"]);
+    wait_healthy(&client, &base).await;
+    create_admin(data.path());
+    let token = login(&client, &base, "root").await;
+    let active: Value = client
+        .get(format!("{base}/api/v1/voting/active-decisions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let demo = active[0]["id"]
+        .as_str()
+        .expect("the demo decision is active")
+        .to_string();
+    let turnout = |results: &Value| results["turnout"].as_u64().unwrap_or(0);
+    let read = || async {
+        let url = format!("{base}/api/v1/voting/decision/{demo}/results");
+        client
+            .get(url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let first = read().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let later = read().await;
+    assert!(
+        later["as_of"]["offset"].as_u64() > first["as_of"]["offset"].as_u64(),
+        "{first} then {later}"
+    );
+    assert!(
+        turnout(&later) > turnout(&first) || turnout(&later) > 0,
+        "{later}"
+    );
+    kill_9(&mut node);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
     let data = tempfile::tempdir().unwrap();
@@ -111,16 +179,7 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
     let mut node = start(data.path(), port);
     wait_healthy(&client, &base).await;
 
-    let mut admin_create = Command::new(env!("CARGO_BIN_EXE_canopy"))
-        .args(["admin", "create", "--username", "root", "--data-dir"])
-        .arg(data.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(admin_create.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    assert!(admin_create.wait().unwrap().success());
+    create_admin(data.path());
     let admin = login(&client, &base, "root").await;
     let create = json!({ "title": "Dam the creek?", "options": ["yes", "no"], "closes_at": i64::MAX, "quorum": 5 });
     let (status, decision) = post(

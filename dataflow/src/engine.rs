@@ -23,6 +23,10 @@ pub struct EngineConfig {
     pub max_epoch_records: usize,
     /// How long an idle worker parks before it looks at the log again.
     pub idle_wait: Duration,
+    /// After a small epoch, how long a worker rests before reading again. Adds at most this
+    /// much to the time a vote takes to show in results, and saves the CPU that many tiny
+    /// epochs cost under a steady trickle.
+    pub min_epoch_gap: Duration,
 }
 
 impl Default for EngineConfig {
@@ -31,6 +35,7 @@ impl Default for EngineConfig {
             workers: 2,
             max_epoch_records: 100_000,
             idle_wait: Duration::from_millis(1),
+            min_epoch_gap: Duration::from_micros(500),
         }
     }
 }
@@ -131,6 +136,11 @@ impl TallyEngine {
                 if target > inputs.current_epoch() {
                     inputs.seal_until(target);
                     inputs.run_until_published(worker, target - 1);
+                    // A trickle makes tiny epochs, each paying the dataflow's fixed cost:
+                    // rest a moment so the next one gathers more.
+                    if fed < config.max_epoch_records / 100 {
+                        worker.step_or_park(Some(config.min_epoch_gap));
+                    }
                 } else {
                     worker.step_or_park(Some(config.idle_wait));
                 }
