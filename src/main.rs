@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run a whole node in one process: API on 127.0.0.1:8080, data under ./canopy-data.
     Up(up::UpArgs),
+    /// Apply the metadata store's migrations that have not been applied yet.
+    Migrate(up::MigrateArgs),
     /// Administer accounts.
     Admin {
         #[command(subcommand)]
@@ -69,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Up(args) => up::up(args),
+        Command::Migrate(args) => up::migrate(args),
         Command::Admin {
             command: AdminCommand::Create(args),
         } => up::admin_create(args),

@@ -27,6 +27,10 @@ pub struct UpArgs {
     /// PostgreSQL URL for the metadata store (default: SQLite in the data directory).
     #[arg(long, env = "CANOPY_DATABASE_URL")]
     database_url: Option<String>,
+    /// The RS256 signing key (PKCS#8 PEM), shared by every replica of a cluster; generated
+    /// under the data directory if absent.
+    #[arg(long, env = "CANOPY_JWT_KEY")]
+    jwt_key: Option<PathBuf>,
     /// Seed a demo decision and a stream of synthetic voters.
     #[arg(long)]
     demo: bool,
@@ -55,6 +59,7 @@ fn node_config(args: &UpArgs) -> NodeConfig {
     config.listen = args.listen;
     config.workers = args.workers;
     config.database_url = args.database_url.clone();
+    config.jwt_key = args.jwt_key.clone();
     config.api.per_user = canopy_serving::limits::Rate {
         per_second: args.user_rate,
         burst: 2.0 * args.user_rate,
@@ -206,6 +211,38 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
             }
         })?;
     Ok(decision)
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    #[arg(long, default_value = "canopy-data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "CANOPY_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+/// Brings the metadata store's schema up to date (`canopy up` does it too, at start).
+pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut config = NodeConfig::new(&args.data_dir);
+        config.database_url = args.database_url;
+        let store: Arc<dyn canopy_serving::store::MetadataStore> = match &config.database_url {
+            Some(url) => Arc::new(canopy_serving::store::PostgresStore::connect(url).await?),
+            None => {
+                std::fs::create_dir_all(&config.data_dir)?;
+                Arc::new(
+                    canopy_serving::store::SqliteStore::open(&config.data_dir.join("canopy.db"))
+                        .await?,
+                )
+            }
+        };
+        let applied = store.migrate().await?;
+        println!("{}", serde_json::json!({ "applied": applied }));
+        anyhow::Ok(())
+    })
 }
 
 pub fn admin_create(args: AdminCreateArgs) -> anyhow::Result<()> {

@@ -24,6 +24,9 @@ pub struct NodeConfig {
     pub workers: usize,
     /// A PostgreSQL URL for the metadata store; SQLite in the data directory if absent.
     pub database_url: Option<String>,
+    /// The RS256 private key (PKCS#8 PEM). Every replica of a cluster must share one; a
+    /// single node generates its own in the data directory on first start.
+    pub jwt_key: Option<PathBuf>,
     pub api: ApiConfig,
 }
 
@@ -34,6 +37,7 @@ impl NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             workers: 2,
             database_url: None,
+            jwt_key: None,
             api: ApiConfig::default(),
         }
     }
@@ -64,7 +68,10 @@ pub struct Node {
 impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, ServingError> {
         let store = open_store(&config).await?;
-        let key_path = config.data_dir.join("keys").join("jwt-rs256.pem");
+        let key_path = config
+            .jwt_key
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("keys").join("jwt-rs256.pem"));
         let keys = tokio::task::spawn_blocking(move || TokenKeys::load_or_generate(&key_path))
             .await
             .map_err(|e| ServingError::Internal(e.to_string()))??;
