@@ -148,6 +148,9 @@ enum DecisionEntry {
 
 type VoteKey = (u128, u128);
 
+/// Records held back until their epoch is complete, with the capability to emit at it.
+type EpochBuffer<D> = BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)>;
+
 /// A change to one decision's tally: ((decision, tally), diff).
 type TallyUpdate = ((u128, Tally), i64);
 
@@ -230,8 +233,7 @@ pub fn build_tally_dataflow(
                 Pipeline,
                 "PublishViews",
                 move |_capability, _info| {
-                    let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<TallyUpdate>)> =
-                        BTreeMap::new();
+                    let mut pending: EpochBuffer<TallyUpdate> = BTreeMap::new();
                     move |(input, frontier), _output| {
                         input.for_each(|capability, updates| {
                             for ((key, tally), time, diff) in updates.drain(..) {
@@ -297,8 +299,7 @@ fn latest_vote_per_voter<'scope>(
                     HashSet::with_hasher(FixedState::with_seed(0));
                 let mut latest: HashMap<VoteKey, Ballot, FixedState> =
                     HashMap::with_hasher(FixedState::with_seed(0));
-                let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<(VoteKey, Ballot)>)> =
-                    BTreeMap::new();
+                let mut pending: EpochBuffer<(VoteKey, Ballot)> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|capability, updates| {
                         for ((key, ballot), time, diff) in updates.drain(..) {
