@@ -26,8 +26,7 @@ use crate::views::{ViewStore, ViewUpdate};
 /// Dataflow time: an epoch number. Every record fed between two seals shares an epoch.
 pub type Epoch = u64;
 
-/// What the tally needs of one logged vote. Field order is the sort order the
-/// latest-vote reduce relies on: by vote id, then by log offset.
+/// What the tally needs of one logged vote.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct Ballot {
     pub vote_id: u128,
@@ -172,7 +171,8 @@ pub struct TallyInputs {
 ///
 /// ```text
 ///  votes ((decision, voter), ballot)
-///    └─ reduce: per (decision, voter), drop repeated vote ids, keep the latest by offset
+///    └─ fold (per complete epoch, in log order): per (decision, voter), drop repeated
+///       vote ids, keep the latest by offset; emit −old +new
 ///        └─ explode: (decision, cell(option, component)) with diff (1, weight)
 ///  decisions (decision, params) ─ explode: (decision, params) with diff (1, 0)
 ///    └─ concat ─ reduce: per decision, sums → shares, composite, turnout, quorum ─▶ Tally
