@@ -1,5 +1,5 @@
 # The usual names. `make test` is exactly what CI runs.
-.PHONY: fmt lint test bench bench-core bench-log
+.PHONY: fmt lint test bench bench-core bench-log bench-http
 
 fmt:
 	cargo fmt --all
@@ -10,10 +10,13 @@ lint:
 test:
 	scripts/test
 
-bench: bench-core bench-log
+bench: bench-core bench-log bench-http
 
 bench-core:
 	cargo run --release -p canopy-bench -- core
 
 bench-log:
 	cargo run --release -p canopy-bench -- log
+
+bench-http:
+	cargo run --release -p canopy-bench -- http
