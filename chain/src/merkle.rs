@@ -1,0 +1,301 @@
+//! An append-only Merkle log in the form of RFC 6962 / RFC 9162 §2.1: SHA-256, leaves
+//! hashed as H(0x00 ‖ data), interior nodes as H(0x01 ‖ left ‖ right), a tree of n leaves
+//! split at the largest power of two below n.
+//!
+//! ```text
+//! levels[0]:  h0  h1  h2  h3  h4      leaf hashes
+//! levels[1]:  h01     h23             each complete, aligned pair
+//! levels[2]:  h0123                   each complete, aligned block of four …
+//! ```
+//!
+//! Keeping the hash of every complete aligned block makes any subtree the RFC's proofs ask
+//! for a walk of O(log n) lookups, so roots at any past size, inclusion proofs and
+//! consistency proofs are all logarithmic; appending costs one leaf hash plus amortised one
+//! node hash.
+
+use sha2::{Digest, Sha256};
+
+use crate::ChainError;
+
+pub type Hash = [u8; 32];
+
+/// H(0x00 ‖ data).
+pub fn leaf_hash(data: &[u8]) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update([0x00]);
+    hasher.update(data);
+    hasher.finalize().into()
+}
+
+/// H(0x01 ‖ left ‖ right).
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update([0x01]);
+    hasher.update(left);
+    hasher.update(right);
+    hasher.finalize().into()
+}
+
+/// The root of the empty tree: SHA-256 of nothing.
+pub fn empty_root() -> Hash {
+    Sha256::digest([]).into()
+}
+
+/// The largest power of two strictly below `n` (n ≥ 2).
+fn split_point(n: u64) -> u64 {
+    debug_assert!(n >= 2);
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MerkleLog {
+    levels: Vec<Vec<Hash>>,
+}
+
+impl MerkleLog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.levels.first().map_or(0, |leaves| leaves.len() as u64)
+    }
+
+    /// Appends a leaf given its data; returns its index.
+    pub fn append(&mut self, data: &[u8]) -> u64 {
+        self.append_hash(leaf_hash(data))
+    }
+
+    /// Appends a leaf given its leaf hash; returns its index.
+    pub fn append_hash(&mut self, hash: Hash) -> u64 {
+        let index = self.size();
+        let mut carry = hash;
+        let mut level = 0;
+        loop {
+            if self.levels.len() == level {
+                self.levels.push(Vec::new());
+            }
+            self.levels[level].push(carry);
+            let len = self.levels[level].len();
+            if len % 2 == 1 {
+                break;
+            }
+            carry = node_hash(&self.levels[level][len - 2], &self.levels[level][len - 1]);
+            level += 1;
+        }
+        index
+    }
+
+    /// The leaf hash at `index`.
+    pub fn leaf(&self, index: u64) -> Option<Hash> {
+        self.levels
+            .first()?
+            .get(usize::try_from(index).ok()?)
+            .copied()
+    }
+
+    /// The root of the first `size` leaves: the current root, or any earlier one.
+    pub fn root_at(&self, size: u64) -> Result<Hash, ChainError> {
+        self.check_size(size)?;
+        Ok(if size == 0 {
+            empty_root()
+        } else {
+            self.subtree(0, size)
+        })
+    }
+
+    pub fn root(&self) -> Hash {
+        self.root_at(self.size())
+            .expect("the current size is valid")
+    }
+
+    /// The audit path of leaf `index` in the tree of the first `size` leaves
+    /// (RFC 9162 §2.1.3.1).
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ChainError> {
+        self.check_size(size)?;
+        if index >= size {
+            return Err(ChainError::IndexOutOfRange { index, size });
+        }
+        let mut proof = Vec::new();
+        self.path(index, 0, size, &mut proof);
+        Ok(proof)
+    }
+
+    /// The proof that the tree of `old` leaves is a prefix of the tree of `new` leaves
+    /// (RFC 9162 §2.1.4.1). Empty when `old` is 0 or equals `new`.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ChainError> {
+        self.check_size(new)?;
+        if old > new {
+            return Err(ChainError::SizesOutOfOrder { old, new });
+        }
+        let mut proof = Vec::new();
+        if old > 0 && old < new {
+            self.subproof(old, 0, new, true, &mut proof);
+        }
+        Ok(proof)
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), ChainError> {
+        if size > self.size() {
+            return Err(ChainError::SizeBeyondLog {
+                size,
+                log: self.size(),
+            });
+        }
+        Ok(())
+    }
+
+    /// MTH of leaves [start, start + len), len ≥ 1.
+    fn subtree(&self, start: u64, len: u64) -> Hash {
+        if len.is_power_of_two() && start % len == 0 {
+            let level = len.trailing_zeros() as usize;
+            return self.levels[level][(start / len) as usize];
+        }
+        let k = split_point(len);
+        node_hash(&self.subtree(start, k), &self.subtree(start + k, len - k))
+    }
+
+    fn path(&self, index: u64, start: u64, len: u64, proof: &mut Vec<Hash>) {
+        if len == 1 {
+            return;
+        }
+        let k = split_point(len);
+        if index < k {
+            self.path(index, start, k, proof);
+            proof.push(self.subtree(start + k, len - k));
+        } else {
+            self.path(index - k, start + k, len - k, proof);
+            proof.push(self.subtree(start, k));
+        }
+    }
+
+    fn subproof(&self, old: u64, start: u64, len: u64, complete: bool, proof: &mut Vec<Hash>) {
+        if old == len {
+            if !complete {
+                proof.push(self.subtree(start, len));
+            }
+            return;
+        }
+        let k = split_point(len);
+        if old <= k {
+            self.subproof(old, start, k, complete, proof);
+            proof.push(self.subtree(start + k, len - k));
+        } else {
+            self.subproof(old - k, start + k, len - k, false, proof);
+            proof.push(self.subtree(start, k));
+        }
+    }
+}
+
+/// Checks an audit path (RFC 9162 §2.1.3.2): that `leaf` is leaf `index` of the tree of
+/// `size` leaves whose root is `root`.
+pub fn verify_inclusion(
+    leaf: &Hash,
+    index: u64,
+    size: u64,
+    proof: &[Hash],
+    root: &Hash,
+) -> Result<(), ChainError> {
+    if index >= size {
+        return Err(ChainError::IndexOutOfRange { index, size });
+    }
+    let (mut fn_, mut sn) = (index, size - 1);
+    let mut r = *leaf;
+    for p in proof {
+        if sn == 0 {
+            return Err(ChainError::BadProof("the inclusion proof is too long"));
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            r = node_hash(p, &r);
+            if fn_ & 1 == 0 {
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    if sn != 0 {
+        return Err(ChainError::BadProof("the inclusion proof is too short"));
+    }
+    if r != *root {
+        return Err(ChainError::BadProof(
+            "the inclusion proof leads to another root",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a consistency proof (RFC 9162 §2.1.4.2): that the tree of `old` leaves with root
+/// `old_root` is a prefix of the tree of `new` leaves with root `new_root`.
+pub fn verify_consistency(
+    old: u64,
+    new: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> Result<(), ChainError> {
+    if old > new {
+        return Err(ChainError::SizesOutOfOrder { old, new });
+    }
+    if old == new {
+        return match proof.is_empty() && old_root == new_root {
+            true => Ok(()),
+            false => Err(ChainError::BadProof(
+                "equal sizes need equal roots and an empty proof",
+            )),
+        };
+    }
+    if old == 0 {
+        return match proof.is_empty() {
+            true => Ok(()),
+            false => Err(ChainError::BadProof("the empty tree needs an empty proof")),
+        };
+    }
+    if proof.is_empty() {
+        return Err(ChainError::BadProof("the consistency proof is empty"));
+    }
+    let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
+    if old.is_power_of_two() {
+        path.push(*old_root);
+    }
+    path.extend_from_slice(proof);
+    let (mut fn_, mut sn) = (old - 1, new - 1);
+    while fn_ & 1 == 1 {
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    let (mut fr, mut sr) = (path[0], path[0]);
+    for c in &path[1..] {
+        if sn == 0 {
+            return Err(ChainError::BadProof("the consistency proof is too long"));
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            if fn_ & 1 == 0 {
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                }
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    if sn != 0 {
+        return Err(ChainError::BadProof("the consistency proof is too short"));
+    }
+    if fr != *old_root || sr != *new_root {
+        return Err(ChainError::BadProof(
+            "the later tree does not extend the earlier one",
+        ));
+    }
+    Ok(())
+}
