@@ -147,7 +147,7 @@ impl MerkleLog {
 
     /// MTH of leaves [start, start + len), len ≥ 1.
     fn subtree(&self, start: u64, len: u64) -> Hash {
-        if len.is_power_of_two() && start % len == 0 {
+        if len.is_power_of_two() && start.is_multiple_of(len) {
             let level = len.trailing_zeros() as usize;
             return self.levels[level][(start / len) as usize];
         }
