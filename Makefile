@@ -1,5 +1,5 @@
 # The usual names. `make test` is exactly what CI runs.
-.PHONY: fmt lint test bench bench-core bench-log bench-http
+.PHONY: fmt lint test bench bench-core bench-log bench-http bench-merkle
 
 fmt:
 	cargo fmt --all
@@ -10,7 +10,7 @@ lint:
 test:
 	scripts/test
 
-bench: bench-core bench-log bench-http
+bench: bench-core bench-log bench-http bench-merkle
 
 bench-core:
 	cargo run --release -p canopy-bench -- core
@@ -20,3 +20,6 @@ bench-log:
 
 bench-http:
 	cargo run --release -p canopy-bench -- http
+
+bench-merkle:
+	cargo run --release -p canopy-bench -- merkle

@@ -63,6 +63,14 @@ enum Bench {
     /// Cast-vote over real HTTP: peak acknowledged votes/s, latency at a fixed open-loop
     /// rate, results-read latency, against the same server's trivial endpoint.
     Http(http::HttpArgs),
+    /// Leaves per second into a Merkle log with a signed checkpoint every 1000 leaves,
+    /// against raw SHA-256 of the same bytes.
+    Merkle {
+        #[arg(long, default_value_t = 2_000_000)]
+        leaves: usize,
+        #[arg(long, default_value_t = 1_000)]
+        checkpoint_every: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,6 +90,10 @@ fn main() -> anyhow::Result<()> {
             dir,
         } => log(appenders, appends_per_appender, partitions, dir),
         Bench::Http(args) => http::run(args),
+        Bench::Merkle {
+            leaves,
+            checkpoint_every,
+        } => merkle(leaves, checkpoint_every),
     }
 }
 
@@ -344,6 +356,50 @@ fn log(
             "p99_ms": round3(percentile(0.99)),
             "baseline_appends_per_s": baseline_per_s.round(),
             "ratio": round3(appends_per_s / baseline_per_s),
+        })
+    );
+    Ok(())
+}
+
+fn merkle(leaves: usize, checkpoint_every: u64) -> anyhow::Result<()> {
+    use sha2::Digest;
+    eprintln!("encoding {leaves} votes ...");
+    let (_, records) = vote_stream(leaves, 100, 1, 3);
+    let encoded: Vec<[u8; 64]> = records.iter().map(|r| r.vote.encode()).collect();
+
+    eprintln!("baseline: SHA-256 of each encoding ...");
+    let started = Instant::now();
+    let mut sink = 0u8;
+    for bytes in &encoded {
+        sink ^= sha2::Sha256::digest(bytes)[0];
+    }
+    let baseline = leaves as f64 / started.elapsed().as_secs_f64();
+
+    eprintln!("merkle log: append, signed checkpoint every {checkpoint_every} leaves ...");
+    let signer = canopy_chain::NoteSigner::from_seed("canopy.bench", &[42u8; 32])?;
+    let started = Instant::now();
+    let mut log = canopy_chain::MerkleLog::new();
+    let mut checkpoints = 0usize;
+    for bytes in &encoded {
+        log.append(bytes);
+        if log.size() % checkpoint_every == 0 {
+            let checkpoint = canopy_chain::Checkpoint {
+                origin: "canopy.bench/decision".into(),
+                size: log.size(),
+                root: log.root(),
+            };
+            checkpoints += checkpoint.sign(&signer).len();
+        }
+    }
+    let merkle = leaves as f64 / started.elapsed().as_secs_f64();
+    eprintln!("({sink} {checkpoints})");
+    println!(
+        "{}",
+        json!({
+            "bench": "merkle",
+            "leaves_per_s": merkle.round(),
+            "sha256_leaves_per_s": baseline.round(),
+            "ratio": round3(merkle / baseline),
         })
     );
     Ok(())
