@@ -382,7 +382,7 @@ fn merkle(leaves: usize, checkpoint_every: u64) -> anyhow::Result<()> {
     let mut checkpoints = 0usize;
     for bytes in &encoded {
         log.append(bytes);
-        if log.size() % checkpoint_every == 0 {
+        if log.size().is_multiple_of(checkpoint_every) {
             let checkpoint = canopy_chain::Checkpoint {
                 origin: "canopy.bench/decision".into(),
                 size: log.size(),
