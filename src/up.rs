@@ -229,16 +229,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut config = NodeConfig::new(&args.data_dir);
         config.database_url = args.database_url;
-        let store: Arc<dyn canopy_serving::store::MetadataStore> = match &config.database_url {
-            Some(url) => Arc::new(canopy_serving::store::PostgresStore::connect(url).await?),
-            None => {
-                std::fs::create_dir_all(&config.data_dir)?;
-                Arc::new(
-                    canopy_serving::store::SqliteStore::open(&config.data_dir.join("canopy.db"))
-                        .await?,
-                )
-            }
-        };
+        let store = canopy_serving::node::connect_store(&config).await?;
         let applied = store.migrate().await?;
         println!("{}", serde_json::json!({ "applied": applied }));
         anyhow::Ok(())

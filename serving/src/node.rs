@@ -43,9 +43,10 @@ impl NodeConfig {
     }
 }
 
-/// Opens the metadata store the configuration names and brings its schema up to date.
-pub async fn open_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, ServingError> {
-    let store: Arc<dyn MetadataStore> = match &config.database_url {
+/// Connects to the metadata store the configuration names: PostgreSQL if it has a URL,
+/// else SQLite in the data directory.
+pub async fn connect_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, ServingError> {
+    Ok(match &config.database_url {
         Some(url) => Arc::new(PostgresStore::connect(url).await?),
         None => {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -53,7 +54,12 @@ pub async fn open_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, S
             })?;
             Arc::new(SqliteStore::open(&config.data_dir.join("canopy.db")).await?)
         }
-    };
+    })
+}
+
+/// Connects to the metadata store and brings its schema up to date.
+pub async fn open_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, ServingError> {
+    let store = connect_store(config).await?;
     store.migrate().await?;
     Ok(store)
 }
