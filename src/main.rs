@@ -10,6 +10,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+// The request path allocates small buffers at a high rate; glibc's malloc showed as ~12% of
+// the server's CPU under load (perf), mimalloc takes most of that back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "canopy",
