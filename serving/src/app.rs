@@ -205,16 +205,18 @@ async fn readyz(State(state): State<SharedState>) -> Response {
 /// A JSON body whose rejections (malformed, wrong type, too large) are API errors.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: serde::de::DeserializeOwned> FromRequest<SharedState> for ApiJson<T> {
     type Rejection = ServingError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(request: Request, state: &SharedState) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(Self(value)),
             Err(JsonRejection::BytesRejection(rejection))
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
             {
-                Err(ServingError::BodyTooLarge { limit: 64 * 1024 })
+                Err(ServingError::BodyTooLarge {
+                    limit: state.config.body_limit,
+                })
             }
             Err(rejection) => Err(ServingError::BadRequest(rejection.body_text())),
         }
