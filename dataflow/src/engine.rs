@@ -91,22 +91,20 @@ impl TallyEngine {
                 .collect();
             let mut next = vec![0u64; mine.len()];
             while !worker_shared.shutdown.load(Ordering::Acquire) {
-                let mut new: Vec<Decision> = Vec::new();
-                if index == 0 {
-                    new = std::mem::take(
+                // Decisions enter through worker 0; the dataflow routes them by key.
+                let new: Vec<Decision> = match index {
+                    0 => std::mem::take(
                         &mut *worker_shared
                             .new_decisions
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner),
-                    );
-                    for decision in &new {
-                        inputs.upsert_decision(decision);
-                    }
+                    ),
+                    _ => Vec::new(),
+                };
+                for decision in &new {
+                    inputs.upsert_decision(decision);
                 }
-                let mut fed = 0;
-                if index == 0 && !new.is_empty() {
-                    fed += new.len();
-                }
+                let mut fed = new.len();
                 for (slot, partition) in mine.iter().enumerate() {
                     let batch = match log.read(*partition, next[slot], config.max_epoch_records) {
                         Ok(batch) => batch,
