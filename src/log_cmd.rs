@@ -24,7 +24,7 @@ pub fn open_log(data_dir: &Path, config: SegmentLogConfig) -> anyhow::Result<Seg
     let recovery = log.recovery();
     if recovery.torn_tail_bytes > 0 {
         eprintln!(
-            "canopy: cut a torn tail of {} bytes (a round that was never acknowledged)",
+            "canopy: wiped a torn tail of {} bytes (a round that was never acknowledged)",
             recovery.torn_tail_bytes
         );
     }

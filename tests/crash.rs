@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -183,13 +184,15 @@ fn acknowledged_votes_survive_kill_9_exactly_once_and_tallies_equal_the_recount(
         "the load rolled over several segments"
     );
 
-    // A torn tail: half a frame at the end of the last segment, as a crash mid-write leaves.
-    let last = segments(&log_dir).pop().unwrap();
+    // A torn tail: part of a frame just after the data, as a crash mid-write leaves.
+    let (last, end) = SegmentLog::open(&log_dir, SegmentLogConfig::default())
+        .unwrap()
+        .tail();
     OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&last)
         .unwrap()
-        .write_all(&[0, 0, 0, 76, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3])
+        .write_all_at(&[0, 0, 0, 76, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3], end)
         .unwrap();
     let output = canopy()
         .args(["log", "verify", "--data-dir"])
@@ -201,7 +204,7 @@ fn acknowledged_votes_survive_kill_9_exactly_once_and_tallies_equal_the_recount(
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cut a torn tail of 11 bytes"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("wiped a torn tail of 11 bytes"));
     let log = Arc::new(SegmentLog::open(&log_dir, SegmentLogConfig::default()).unwrap());
     let stored: HashMap<VoteId, Position> = all_records(&log)
         .into_iter()

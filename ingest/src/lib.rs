@@ -12,7 +12,7 @@
 //!
 //! A vote's place in the log is its [`Position`] (partition, offset). An append returns only
 //! once its bytes are durable; many concurrent appends share one fsync (group commit).
-//! On open, a torn tail (the unsynced end of the last segment after a crash) is cut; a bad
+//! On open, a torn tail (the unsynced end of the last segment after a crash) is wiped; a bad
 //! frame anywhere else is corruption, reported as [`IngestError::Corrupt`] and never served.
 
 #![deny(unsafe_code)]

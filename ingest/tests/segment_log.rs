@@ -1,6 +1,7 @@
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -140,27 +141,33 @@ fn reopening_keeps_every_vote_and_continues_the_offsets() {
     assert_eq!(log.verify().unwrap(), 101);
 }
 
+/// Appends `votes` one round at a time, closes the log, and returns where its data ends.
+fn append_and_close(dir: &Path, cfg: SegmentLogConfig, votes: &[Vote]) -> (PathBuf, u64) {
+    let log = SegmentLog::open(dir, cfg).unwrap();
+    log.append(votes).unwrap();
+    log.tail()
+}
+
 #[test]
 fn a_torn_tail_is_cut_on_open_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
-        log.append(&(0..10).map(|n| vote(1, n, n)).collect::<Vec<_>>())
-            .unwrap();
-    }
-    let segment = segments(dir.path()).pop().unwrap();
-    let len = fs::metadata(&segment).unwrap().len();
-    // A crash mid-write: the last frame lost its last 30 bytes.
+    let votes: Vec<Vote> = (0..10).map(|n| vote(1, n, n)).collect();
+    let (segment, end) = append_and_close(dir.path(), config(1, 1 << 20), &votes);
+    assert_eq!(end, header(1) + 10 * FRAME);
+    // A crash mid-write: the last frame's final 30 bytes never reached the disk (the
+    // segment was written with zeros ahead of the data, so zeros are what is there).
     OpenOptions::new()
         .write(true)
         .open(&segment)
         .unwrap()
-        .set_len(len - 30)
+        .write_all_at(&[0u8; 30], end - 30)
         .unwrap();
     let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
-    assert_eq!(log.recovery().torn_tail_bytes, FRAME - 30);
+    let torn = log.recovery().torn_tail_bytes;
+    assert!(torn > 0 && torn <= FRAME - 30, "{torn}");
     assert_eq!(log.end_offset(0).unwrap(), 9);
     assert_eq!(read_all(&log, 0).unwrap().len(), 9);
+    assert_eq!(log.tail(), (segment.clone(), end - FRAME));
     assert_eq!(log.append(&[vote(1, 99, 99)]).unwrap()[0].offset, 9);
     drop(log);
     let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
@@ -171,23 +178,45 @@ fn a_torn_tail_is_cut_on_open_and_the_log_goes_on() {
 }
 
 #[test]
-fn garbage_after_the_last_frame_is_cut() {
+fn garbage_after_the_last_frame_is_wiped() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
-        log.append(&(0..5).map(|n| vote(1, n, n)).collect::<Vec<_>>())
-            .unwrap();
-    }
-    let segment = segments(dir.path()).pop().unwrap();
+    let votes: Vec<Vote> = (0..5).map(|n| vote(1, n, n)).collect();
+    let (segment, end) = append_and_close(dir.path(), config(1, 1 << 20), &votes);
+    let garbage = [0x00, 0x00, 0x00, 0x40, 1, 2, 3];
     OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&segment)
         .unwrap()
-        .write_all(&[0x00, 0x00, 0x00, 0x40, 1, 2, 3])
+        .write_all_at(&garbage, end)
         .unwrap();
     let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
     assert_eq!(log.recovery().torn_tail_bytes, 7);
     assert_eq!(log.verify().unwrap(), 5);
+    drop(log);
+    // Wiped, not just skipped: the next open finds nothing to repair.
+    let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
+    assert_eq!(log.recovery(), &Recovery::default());
+}
+
+#[test]
+fn a_stale_frame_behind_a_torn_one_never_comes_back() {
+    // A round of two frames was torn: the first damaged, the second intact. After recovery
+    // both are wiped, so when a shorter round is written over them and the node crashes
+    // again, the stale second frame cannot be read as the next record.
+    let dir = tempfile::tempdir().unwrap();
+    let votes: Vec<Vote> = (0..12).map(|n| vote(1, n, n)).collect();
+    let (segment, end) = append_and_close(dir.path(), config(1, 1 << 20), &votes);
+    let file = OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(&[0xFF], end - 2 * FRAME + 30).unwrap();
+    let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
+    assert_eq!(log.end_offset(0).unwrap(), 10);
+    assert_eq!(log.recovery().torn_tail_bytes, 2 * FRAME);
+    log.append(&[vote(1, 500, 500)]).unwrap();
+    drop(log);
+    let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
+    let records = read_all(&log, 0).unwrap();
+    assert_eq!(records.len(), 11);
+    assert_eq!(records[10].vote.vote_id, VoteId(500));
 }
 
 #[test]
