@@ -396,6 +396,7 @@ async fn oversized_bodies_and_floods_are_refused() {
 
     let mut statuses = Vec::new();
     let mut retry_after = None;
+    let flood_started = std::time::Instant::now();
     for _ in 0..30 {
         let response = node
             .client
@@ -421,9 +422,11 @@ async fn oversized_bodies_and_floods_are_refused() {
         .iter()
         .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
         .count();
+    // The burst of 10, plus what 5 per second refilled while the flood lasted.
+    let refill = (flood_started.elapsed().as_secs_f64() * 5.0).ceil() as usize;
     assert!(
-        (10..=13).contains(&accepted),
-        "the burst of 10 (plus refill) got through: {statuses:?}"
+        (10..=10 + refill).contains(&accepted) && limited > 0,
+        "the burst of 10 (plus {refill} refilled) got through: {statuses:?}"
     );
     assert_eq!(accepted + limited, 30);
     assert!(
