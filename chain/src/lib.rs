@@ -11,9 +11,11 @@
 
 #![deny(unsafe_code)]
 
+pub mod bundle;
 pub mod merkle;
 pub mod note;
 
+pub use bundle::ProofBundle;
 pub use merkle::{
     Hash, MerkleLog, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion,
 };
@@ -36,6 +38,8 @@ pub enum ChainError {
     BadSignature,
     #[error("bad key: {0}")]
     BadKey(String),
+    #[error("the proof bundle is malformed: {0}")]
+    BadBundle(String),
 }
 
 impl ChainError {
@@ -49,6 +53,7 @@ impl ChainError {
             Self::BadCheckpoint(_) => "bad_checkpoint",
             Self::BadSignature => "bad_signature",
             Self::BadKey(_) => "bad_key",
+            Self::BadBundle(_) => "bad_bundle",
         }
     }
 }
