@@ -42,6 +42,9 @@ pub trait ViewStore: Send + Sync {
     /// serving its last views as current would be a lie.
     fn fail(&self, reason: String);
 
+    /// Every record of `partition` below this offset is reflected in the views.
+    fn frontier(&self, partition: u32) -> u64;
+
     /// The current view of `decision`, if it has one.
     fn get(&self, decision: DecisionId) -> Result<Option<DecisionView>, DataflowError>;
 
@@ -87,11 +90,6 @@ impl InMemoryViews {
             .keys()
             .filter_map(|decision| state.view(*decision))
             .collect())
-    }
-
-    /// Every record of `partition` below this offset is reflected.
-    pub fn frontier(&self, partition: u32) -> u64 {
-        self.lock().frontier.get(&partition).copied().unwrap_or(0)
     }
 }
 
@@ -147,6 +145,10 @@ impl ViewStore for InMemoryViews {
     fn fail(&self, reason: String) {
         self.lock().failure = Some(reason);
         self.changed.notify_all();
+    }
+
+    fn frontier(&self, partition: u32) -> u64 {
+        self.lock().frontier.get(&partition).copied().unwrap_or(0)
     }
 
     fn get(&self, decision: DecisionId) -> Result<Option<DecisionView>, DataflowError> {

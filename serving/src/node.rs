@@ -127,7 +127,49 @@ impl Node {
                 })
                 .await
         });
-        state.ready.store(true, Ordering::Release);
+        // Ready once the views have caught up with the log as it was at start: until then a
+        // replica would serve results that miss acknowledged votes.
+        let log = state.gate.log();
+        let targets: Vec<(u32, u64)> = (0..log.partitions())
+            .map(|p| log.end_offset(p).map(|end| (p, end)))
+            .collect::<Result<_, _>>()?;
+        let total: u64 = targets.iter().map(|(_, end)| end).sum();
+        let replayed = move |views: &dyn ViewStore| -> u64 {
+            targets
+                .iter()
+                .map(|(p, end)| views.frontier(*p).min(*end))
+                .sum()
+        };
+        if replayed(state.views.as_ref()) >= total {
+            state.ready.store(true, Ordering::Release);
+        } else {
+            tracing::info!(
+                records = total,
+                "replaying the vote log; not ready until it is done"
+            );
+            let catching_up = Arc::clone(&state);
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let mut last_report = started;
+                loop {
+                    let done = replayed(catching_up.views.as_ref());
+                    if done >= total {
+                        tracing::info!(
+                            records = total,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "caught up with the vote log; ready"
+                        );
+                        catching_up.ready.store(true, Ordering::Release);
+                        return;
+                    }
+                    if last_report.elapsed() >= std::time::Duration::from_secs(2) {
+                        tracing::info!(done, total, "replaying the vote log");
+                        last_report = std::time::Instant::now();
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            });
+        }
         Ok(Node {
             addr,
             state,
