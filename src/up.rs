@@ -221,14 +221,23 @@ pub struct MigrateArgs {
     database_url: Option<String>,
 }
 
-/// Brings the metadata store's schema up to date (`canopy up` does it too, at start).
-pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+/// A one-threaded runtime and the store settings the CLI's account commands share.
+fn store_command(
+    data_dir: &std::path::Path,
+    database_url: Option<String>,
+) -> anyhow::Result<(tokio::runtime::Runtime, NodeConfig)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut config = NodeConfig::new(data_dir);
+    config.database_url = database_url;
+    Ok((runtime, config))
+}
+
+/// Brings the metadata store's schema up to date (`canopy up` does it too, at start).
+pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let (runtime, config) = store_command(&args.data_dir, args.database_url)?;
     runtime.block_on(async move {
-        let mut config = NodeConfig::new(&args.data_dir);
-        config.database_url = args.database_url;
         let store = canopy_serving::node::connect_store(&config).await?;
         let applied = store.migrate().await?;
         println!("{}", serde_json::json!({ "applied": applied }));
@@ -245,28 +254,21 @@ pub fn admin_create(args: AdminCreateArgs) -> anyhow::Result<()> {
     let mut password = String::new();
     std::io::stdin().lock().read_line(&mut password)?;
     let password = password.trim_end_matches(['\r', '\n']).to_string();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (runtime, config) = store_command(&args.data_dir, args.database_url)?;
     runtime.block_on(async move {
-        let mut config = NodeConfig::new(&args.data_dir);
-        config.database_url = args.database_url;
         let store = canopy_serving::node::open_store(&config).await?;
         let id = canopy_serving::app::create_user(store.as_ref(), &args.username, &password, role)
             .await?;
+        let created = serde_json::json!({ "user_id": id, "username": args.username, "role": role });
         store
             .append_audit(
                 "cli",
                 "create_user",
-                &serde_json::json!({ "user_id": id, "username": args.username, "role": role })
-                    .to_string(),
+                &created.to_string(),
                 canopy_serving::app::now_micros(),
             )
             .await?;
-        println!(
-            "{}",
-            serde_json::json!({ "user_id": id, "username": args.username, "role": role })
-        );
+        println!("{created}");
         anyhow::Ok(())
     })
 }

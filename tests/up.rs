@@ -74,6 +74,18 @@ async fn post(
     Ok((status, response.json().await.unwrap_or(Value::Null)))
 }
 
+async fn get_json(client: &reqwest::Client, url: String, token: &str) -> Value {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn login(client: &reqwest::Client, base: &str, username: &str) -> String {
     let (status, body) = post(
         client,
@@ -130,31 +142,24 @@ async fn the_demo_shows_results_moving() {
     wait_healthy(&client, &base).await;
     create_admin(data.path());
     let token = login(&client, &base, "root").await;
-    let active: Value = client
-        .get(format!("{base}/api/v1/voting/active-decisions"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let active = get_json(
+        &client,
+        format!("{base}/api/v1/voting/active-decisions"),
+        &token,
+    )
+    .await;
     let demo = active[0]["id"]
         .as_str()
         .expect("the demo decision is active")
         .to_string();
     let turnout = |results: &Value| results["turnout"].as_u64().unwrap_or(0);
     let read = || async {
-        let url = format!("{base}/api/v1/voting/decision/{demo}/results");
-        client
-            .get(url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
+        get_json(
+            &client,
+            format!("{base}/api/v1/voting/decision/{demo}/results"),
+            &token,
+        )
+        .await
     };
     let first = read().await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -259,28 +264,20 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
     wait_healthy(&client, &base).await;
     let admin = login(&client, &base, "root").await;
     let voter = login(&client, &base, "voter0").await;
-    let active: Value = client
-        .get(format!("{base}/api/v1/voting/active-decisions"))
-        .bearer_auth(&voter)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let active = get_json(
+        &client,
+        format!("{base}/api/v1/voting/active-decisions"),
+        &voter,
+    )
+    .await;
     assert_eq!(active[0]["id"], decision_id);
     let last = acknowledged.iter().map(|(_, p)| p.offset).max().unwrap();
-    let results: Value = client
-        .get(format!(
-            "{base}/api/v1/voting/decision/{decision_id}/results"
-        ))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let results = get_json(
+        &client,
+        format!("{base}/api/v1/voting/decision/{decision_id}/results"),
+        &admin,
+    )
+    .await;
     assert!(
         results["as_of"]["offset"].as_u64().unwrap() > last,
         "{results}"
