@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use canopy_ingest::{Gate, SegmentLogConfig};
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, Method, Vote, VoteId, VoterId, Weight,
+    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
+    VoterSalt, Weight,
 };
 use clap::Args;
 use rand::rngs::StdRng;
@@ -86,7 +87,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 let stdout = std::io::stdout();
                 while limit == 0 || reserved.fetch_add(1, Ordering::Relaxed) < limit {
                     let vote = random_vote(&mut rng, &decisions, voters);
-                    let position = gate.submit(&[vote])?[0];
+                    let position = gate.submit(&[LoggedVote::new(vote, &LOADGEN_SALT)])?[0];
                     if print_acks {
                         writeln!(
                             stdout.lock(),
@@ -144,6 +145,10 @@ fn create_decisions(args: &LoadgenArgs) -> anyhow::Result<Vec<Decision>> {
     std::fs::rename(&temp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(decisions)
 }
+
+/// Load-generator voters are synthetic: nobody's identity needs unlinking, so they share
+/// one salt.
+const LOADGEN_SALT: VoterSalt = VoterSalt([0x5a; 32]);
 
 fn random_vote(rng: &mut StdRng, decisions: &[Decision], voters: u128) -> Vote {
     let decision = &decisions[rng.random_range(0..decisions.len())];

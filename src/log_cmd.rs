@@ -70,7 +70,7 @@ pub fn tally(data_dir: &Path, workers: usize) -> anyhow::Result<()> {
         workers,
         ..EngineConfig::default()
     };
-    let engine = TallyEngine::start(config, log.clone(), views.clone(), decisions.clone())?;
+    let engine = TallyEngine::start(config, log.clone(), views.clone(), None, decisions.clone())?;
     let started = Instant::now();
     for partition in 0..log.partitions() {
         let end = log.end_offset(partition)?;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, Method, Vote, VoteId, VoterId, Weight,
+    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
+    VoterSalt, Weight,
 };
 use canopy_serving::auth::Role;
 use canopy_serving::{Node, NodeConfig};
@@ -178,6 +179,8 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
         }
     };
     let gate = Arc::clone(&state.gate);
+    let salted = Arc::clone(&state);
+    let runtime = tokio::runtime::Handle::current();
     let demo = decision.clone();
     std::thread::Builder::new()
         .name("canopy-demo-voters".into())
@@ -204,7 +207,17 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
                     },
                     cast_at: canopy_serving::app::now_micros(),
                 };
-                if gate.submit(&[vote]).is_err() {
+                let Ok(salt) = runtime.block_on(
+                    salted
+                        .salts
+                        .salt(salted.store.as_ref(), vote.voter_id.as_uuid()),
+                ) else {
+                    return;
+                };
+                if gate
+                    .submit(&[LoggedVote::new(vote, &VoterSalt(salt))])
+                    .is_err()
+                {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));

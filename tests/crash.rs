@@ -87,6 +87,7 @@ fn assert_tally_equals_recount(log: Arc<SegmentLog>, decisions: &[Decision]) {
         EngineConfig::default(),
         log.clone(),
         views.clone(),
+        None,
         decisions.to_vec(),
     )
     .unwrap();

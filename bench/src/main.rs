@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use canopy_dataflow::{EpochPositions, InMemoryViews, ViewStore, build_tally_dataflow, recount};
 use canopy_ingest::{LogRecord, Position, SegmentLog, SegmentLogConfig, VoteLog, partition_for};
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, Method, Vote, VoteId, VoterId, Weight,
+    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId,
+    VoterCommitment, VoterId, VoterSalt, Weight,
 };
 use clap::{Parser, Subcommand};
 use rand::rngs::StdRng;
@@ -180,11 +181,15 @@ fn vote_stream(
                 offset: *end,
             },
             vote,
+            commitment: VoterCommitment::new(&BENCH_SALT, vote.voter_id, vote.decision_id),
         });
         *end += 1;
     }
     (decisions, records)
 }
+
+/// The benchmark's voters are synthetic and share one salt.
+const BENCH_SALT: VoterSalt = VoterSalt([0x5a; 32]);
 
 fn core(
     votes: usize,
@@ -217,7 +222,7 @@ fn core(
         let index = worker.index();
         let peers = worker.peers();
         let views: Arc<dyn ViewStore> = worker_views.clone();
-        let mut inputs = build_tally_dataflow(worker, views, Arc::clone(&positions));
+        let mut inputs = build_tally_dataflow(worker, views, Arc::clone(&positions), None);
         if index == 0 {
             for decision in worker_decisions.iter() {
                 inputs.upsert_decision(decision);
@@ -278,7 +283,7 @@ fn log(
     let scratch = tempfile::tempdir_in(&parent)
         .with_context(|| format!("creating a scratch directory in {}", parent.display()))?;
     let (_, records) = vote_stream(appenders * per_appender, 1_000, partitions, 11);
-    let votes: Arc<Vec<Vote>> = Arc::new(records.iter().map(|r| r.vote).collect());
+    let votes: Arc<Vec<LoggedVote>> = Arc::new(records.iter().map(|r| r.logged()).collect());
 
     eprintln!("baseline: one write + fdatasync per vote for 2 s ...");
     let baseline_path = scratch.path().join("baseline.bin");

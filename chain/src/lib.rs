@@ -11,13 +11,16 @@
 
 #![deny(unsafe_code)]
 
+pub mod anchor;
 pub mod bundle;
 pub mod merkle;
 pub mod note;
 
+pub use anchor::{AnchorBatch, AnchorEntry, AnchorPath, verify_anchored};
 pub use bundle::ProofBundle;
 pub use merkle::{
-    Hash, MerkleLog, empty_root, leaf_hash, node_hash, verify_consistency, verify_inclusion,
+    Hash, MerkleLog, empty_root, leaf_hash, node_hash, root_from_inclusion, verify_consistency,
+    verify_inclusion,
 };
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 

@@ -196,6 +196,23 @@ pub fn verify_inclusion(
     proof: &[Hash],
     root: &Hash,
 ) -> Result<(), ChainError> {
+    if root_from_inclusion(leaf, index, size, proof)? != *root {
+        return Err(ChainError::BadProof(
+            "the inclusion proof leads to another root",
+        ));
+    }
+    Ok(())
+}
+
+/// The root an audit path leads to from `leaf` at `index` in a tree of `size` leaves, or an
+/// error if the path has the wrong length for that place. The on-chain verifier computes
+/// exactly this.
+pub fn root_from_inclusion(
+    leaf: &Hash,
+    index: u64,
+    size: u64,
+    proof: &[Hash],
+) -> Result<Hash, ChainError> {
     if index >= size {
         return Err(ChainError::IndexOutOfRange { index, size });
     }
@@ -222,12 +239,7 @@ pub fn verify_inclusion(
     if sn != 0 {
         return Err(ChainError::BadProof("the inclusion proof is too short"));
     }
-    if r != *root {
-        return Err(ChainError::BadProof(
-            "the inclusion proof leads to another root",
-        ));
-    }
-    Ok(())
+    Ok(r)
 }
 
 /// Checks a consistency proof (RFC 9162 §2.1.4.2): that the tree of `old` leaves with root

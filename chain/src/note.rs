@@ -116,6 +116,7 @@ fn key_hash(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
 }
 
 /// A node's Ed25519 signing key with its note name.
+#[derive(Clone)]
 pub struct NoteSigner {
     name: String,
     key: SigningKey,

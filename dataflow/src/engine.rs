@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use canopy_ingest::VoteLog;
 use canopy_schemas::Decision;
@@ -10,6 +10,7 @@ use timely::execute::{Config, execute};
 
 use crate::DataflowError;
 use crate::positions::EpochPositions;
+use crate::record::VoteRecord;
 use crate::tally::build_tally_dataflow;
 use crate::views::ViewStore;
 
@@ -39,6 +40,9 @@ impl Default for EngineConfig {
         }
     }
 }
+
+/// How often worker 0 applies the record's time-based checkpoint rule.
+const RECORD_TICK: Duration = Duration::from_millis(100);
 
 struct Shared {
     shutdown: AtomicBool,
@@ -70,6 +74,7 @@ impl TallyEngine {
         config: EngineConfig,
         log: Arc<dyn VoteLog>,
         views: Arc<dyn ViewStore>,
+        record: Option<Arc<VoteRecord>>,
         decisions: Vec<Decision>,
     ) -> Result<Self, DataflowError> {
         let shared = Arc::new(Shared {
@@ -84,8 +89,13 @@ impl TallyEngine {
         let guards = execute(Config::process(workers), move |worker| {
             let index = worker.index();
             let peers = worker.peers();
-            let mut inputs =
-                build_tally_dataflow(worker, Arc::clone(&views), Arc::clone(&positions));
+            let mut inputs = build_tally_dataflow(
+                worker,
+                Arc::clone(&views),
+                Arc::clone(&positions),
+                record.clone(),
+            );
+            let mut last_cut_check = Instant::now();
             let mine: Vec<u32> = (0..partitions)
                 .filter(|p| *p as usize % peers == index)
                 .collect();
@@ -129,6 +139,17 @@ impl TallyEngine {
                     worker_shared
                         .epoch
                         .fetch_max(inputs.current_epoch() + 1, Ordering::AcqRel);
+                }
+                // The time-based checkpoint rule and the record's health, a few times a second.
+                if let Some(record) = record.as_ref().filter(|_| index == 0)
+                    && last_cut_check.elapsed() >= RECORD_TICK
+                {
+                    last_cut_check = Instant::now();
+                    if let Some(reason) = record.failure() {
+                        views.fail(reason.clone());
+                        return Err(reason);
+                    }
+                    record.cut_due(last_cut_check);
                 }
                 let target = worker_shared.epoch.load(Ordering::Acquire);
                 if target > inputs.current_epoch() {

@@ -1,4 +1,5 @@
-//! Canopy's dataflows on timely and differential dataflow. So far: the weighted tally.
+//! Canopy's dataflows on timely and differential dataflow: the weighted tally and the vote
+//! record (per-decision Merkle logs with signed checkpoints).
 //!
 //! ```text
 //!  VoteLog ──read──▶ worker i feeds partitions p ≡ i (mod W) ─┐
@@ -20,6 +21,7 @@
 mod engine;
 mod error;
 mod positions;
+mod record;
 mod recount;
 mod tally;
 mod views;
@@ -27,6 +29,9 @@ mod views;
 pub use engine::{EngineConfig, TallyEngine};
 pub use error::DataflowError;
 pub use positions::EpochPositions;
+pub use record::{
+    CheckpointSink, CutCheckpoint, RecordConfig, RecordLeaf, StoredCheckpoint, VoteRecord,
+};
 pub use recount::recount;
 pub use tally::{
     Ballot, CellTally, DecisionParams, Epoch, Tally, TallyInputs, build_tally_dataflow,

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use canopy_chain::leaf_hash;
 use canopy_ingest::{LogRecord, Position, partition_for};
 use canopy_schemas::{
     Component, ComponentWeights, Decision, DecisionId, SHARE_SCALE, WEIGHT_SCALE,
@@ -21,6 +22,7 @@ use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
 use timely::worker::Worker;
 
 use crate::positions::EpochPositions;
+use crate::record::{RecordApplier, RecordLeaf, VoteRecord};
 use crate::views::{ViewStore, ViewUpdate};
 
 /// Dataflow time: an epoch number. Every record fed between two seals shares an epoch.
@@ -157,6 +159,8 @@ type TallyUpdate = ((u128, Tally), i64);
 /// ask whether an epoch is fully reflected in the view store.
 pub struct TallyInputs {
     votes: InputSession<Epoch, (VoteKey, Ballot), i64>,
+    /// Present when the dataflow keeps the vote record.
+    records: Option<InputSession<Epoch, (u128, RecordLeaf), i64>>,
     decisions: InputSession<Epoch, (u128, DecisionParams), i64>,
     probe: ProbeHandle<Epoch>,
     known_decisions: HashMap<DecisionId, DecisionParams>,
@@ -178,15 +182,20 @@ pub struct TallyInputs {
 ///    └─ concat ─ reduce: per decision, sums → shares, composite, turnout, quorum ─▶ Tally
 ///        └─ sink: buffer each epoch until complete, publish to the ViewStore
 /// ```
+///
+/// With a [`VoteRecord`], every vote's leaf also goes, by decision, to the record operator,
+/// which appends each complete epoch to the decision's Merkle log (see the record module).
 pub fn build_tally_dataflow(
     worker: &mut Worker,
     views: Arc<dyn ViewStore>,
     positions: Arc<EpochPositions>,
+    record: Option<Arc<VoteRecord>>,
 ) -> TallyInputs {
+    let record_positions = Arc::clone(&positions);
     let partitions = positions.partitions();
     let sink_views = Arc::clone(&views);
     let sink_positions = Arc::clone(&positions);
-    let (votes, decisions, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+    let (votes, records, decisions, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
         let (votes_input, votes) = scope.new_collection::<(VoteKey, Ballot), i64>();
         let (decisions_input, decisions) = scope.new_collection::<(u128, DecisionParams), i64>();
 
@@ -260,10 +269,51 @@ pub fn build_tally_dataflow(
                 },
             )
             .probe_with(&probe);
-        (votes_input, decisions_input, probe)
+
+        let records_input = record.map(|record| {
+            let (input, leaves) = scope.new_collection::<(u128, RecordLeaf), i64>();
+            let applier = RecordApplier {
+                record,
+                positions: record_positions,
+            };
+            type Update = ((u128, RecordLeaf), Epoch, i64);
+            leaves
+                .inner
+                .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                    Exchange::new(|update: &Update| (update.0).0.hashed()),
+                    "VoteRecord",
+                    move |_capability, _info| {
+                        let mut pending: EpochBuffer<(u128, RecordLeaf)> = BTreeMap::new();
+                        move |(input, frontier), _output| {
+                            input.for_each(|capability, updates| {
+                                for (leaf, time, _diff) in updates.drain(..) {
+                                    pending
+                                        .entry(time)
+                                        .or_insert_with(|| {
+                                            (capability.delayed(&time, 0), Vec::new())
+                                        })
+                                        .1
+                                        .push(leaf);
+                                }
+                            });
+                            while let Some(entry) = pending.first_entry() {
+                                if frontier.less_equal(entry.key()) {
+                                    break;
+                                }
+                                let (epoch, (_capability, leaves)) = entry.remove_entry();
+                                applier.apply(epoch, leaves);
+                            }
+                        }
+                    },
+                )
+                .probe_with(&probe);
+            input
+        });
+        (votes_input, records_input, decisions_input, probe)
     });
     TallyInputs {
         votes,
+        records,
         decisions,
         probe,
         known_decisions: HashMap::new(),
@@ -388,6 +438,15 @@ impl TallyInputs {
         };
         self.votes
             .update(((vote.decision_id.0, vote.voter_id.0), ballot), 1);
+        if let Some(records) = &mut self.records {
+            let leaf = RecordLeaf {
+                offset: record.position.offset,
+                voter: vote.voter_id.0,
+                vote_id: vote.vote_id.0,
+                leaf: leaf_hash(&record.logged().leaf_data()),
+            };
+            records.update((vote.decision_id.0, leaf), 1);
+        }
         let end = self.ends.entry(record.position.partition).or_insert(0);
         *end = (*end).max(record.position.offset + 1);
     }
@@ -429,6 +488,10 @@ impl TallyInputs {
         self.decisions.advance_to(next);
         self.votes.flush();
         self.decisions.flush();
+        if let Some(records) = &mut self.records {
+            records.advance_to(next);
+            records.flush();
+        }
         epoch
     }
 

@@ -21,6 +21,10 @@ fn decision(n: u128) -> Decision {
     }
 }
 
+fn logged(vote: Vote) -> LoggedVote {
+    LoggedVote::new(vote, &VoterSalt([3; 32]))
+}
+
 fn read_log(log: &SegmentLog) -> Vec<LogRecord> {
     let mut records = Vec::new();
     for partition in 0..log.partitions() {
@@ -52,7 +56,8 @@ fn voters_read_their_own_votes_and_the_result_equals_a_recount() {
         workers: 2,
         ..EngineConfig::default()
     };
-    let engine = TallyEngine::start(config, log.clone(), views.clone(), decisions.clone()).unwrap();
+    let engine =
+        TallyEngine::start(config, log.clone(), views.clone(), None, decisions.clone()).unwrap();
 
     let voters: Vec<_> = (0..4u128)
         .map(|thread| {
@@ -79,7 +84,7 @@ fn voters_read_their_own_votes_and_the_result_equals_a_recount() {
                         },
                         cast_at: 5,
                     };
-                    let position = gate.submit(&[vote]).unwrap()[0];
+                    let position = gate.submit(&[logged(vote)]).unwrap()[0];
                     let view = views
                         .wait_for(vote.decision_id, position, Duration::from_secs(10))
                         .unwrap()
@@ -122,7 +127,7 @@ fn a_restarted_engine_replays_the_log_to_the_same_result() {
     let decisions = vec![decision(1), decision(2)];
     {
         let log = SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap();
-        let votes: Vec<Vote> = (0..500u128)
+        let votes: Vec<LoggedVote> = (0..500u128)
             .map(|n| Vote {
                 vote_id: VoteId(n % 450),
                 decision_id: DecisionId(1 + n % 2),
@@ -132,6 +137,7 @@ fn a_restarted_engine_replays_the_log_to_the_same_result() {
                 weight: Weight::ONE,
                 cast_at: 1,
             })
+            .map(logged)
             .collect();
         log.append(&votes).unwrap();
     }
@@ -141,6 +147,7 @@ fn a_restarted_engine_replays_the_log_to_the_same_result() {
         EngineConfig::default(),
         log.clone(),
         views.clone(),
+        None,
         decisions.clone(),
     )
     .unwrap();
@@ -187,12 +194,12 @@ fn a_corrupt_log_stops_the_engine_and_no_result_is_served() {
             weight: Weight::ONE,
             cast_at: 1,
         };
-        log.append(&[vote]).unwrap();
+        log.append(&[logged(vote)]).unwrap();
     }
     // Bit rot after the log was opened: the fifth frame's payload changes on disk.
     let segment = dir.path().join(format!("{:020}.seg", 0));
     let mut file = OpenOptions::new().write(true).open(segment).unwrap();
-    file.seek(SeekFrom::Start(32 + 4 * 84 + 40)).unwrap();
+    file.seek(SeekFrom::Start(32 + 4 * 116 + 40)).unwrap();
     file.write_all(b"X").unwrap();
     drop(file);
 
@@ -201,6 +208,7 @@ fn a_corrupt_log_stops_the_engine_and_no_result_is_served() {
         EngineConfig::default(),
         log,
         views.clone(),
+        None,
         vec![decision(1)],
     )
     .unwrap();

@@ -1,9 +1,14 @@
 //! The incremental tally must equal a from-scratch recount after every epoch, whatever the
 //! stream: changed votes, repeated deliveries, decisions registered late or re-weighted,
-//! any epoch boundaries, one or two workers.
+//! any epoch boundaries, one or two workers. The vote record must hold, per decision, the
+//! first delivery of every vote in log order, and every checkpoint it cuts must be signed,
+//! match that oracle's root at its size, and cover exactly the votes below its position.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use canopy_chain::{Checkpoint, MerkleLog, NoteSigner, leaf_hash, verify_inclusion};
 
 use canopy_dataflow::*;
 use canopy_ingest::{LogRecord, Position, partition_for};
@@ -104,6 +109,11 @@ fn plan(steps: &[Step], partitions: u32) -> Vec<Epoch> {
                 offset: *end,
             },
             vote,
+            commitment: VoterCommitment::new(
+                &VoterSalt([vote.voter_id.0 as u8; 32]),
+                vote.voter_id,
+                vote.decision_id,
+            ),
         };
         *end += 1;
         current.0.push(record);
@@ -185,15 +195,116 @@ fn plan(steps: &[Step], partitions: u32) -> Vec<Epoch> {
     epochs
 }
 
+#[derive(Default)]
+struct CollectedCheckpoints(Mutex<Vec<CutCheckpoint>>);
+
+impl CheckpointSink for CollectedCheckpoints {
+    fn store(&self, checkpoint: CutCheckpoint) {
+        self.0.lock().unwrap().push(checkpoint);
+    }
+}
+
+/// The record oracle: per decision, the leaves of the first delivery of each (voter, vote
+/// id), in log order, with their offsets.
+fn expected_record(prefix: &[LogRecord]) -> HashMap<DecisionId, Vec<(u64, canopy_chain::Hash)>> {
+    let mut seen = HashSet::new();
+    let mut leaves: HashMap<DecisionId, Vec<(u64, canopy_chain::Hash)>> = HashMap::new();
+    for record in prefix {
+        let vote = &record.vote;
+        if seen.insert((vote.decision_id, vote.voter_id, vote.vote_id)) {
+            leaves.entry(vote.decision_id).or_default().push((
+                record.position.offset,
+                leaf_hash(&record.logged().leaf_data()),
+            ));
+        }
+    }
+    leaves
+}
+
+fn check_record(
+    number: usize,
+    epoch: &Epoch,
+    record: &VoteRecord,
+    cuts: &CollectedCheckpoints,
+    signer: &NoteSigner,
+) -> Result<(), String> {
+    let oracle = expected_record(&epoch.prefix);
+    for (decision, leaves) in &oracle {
+        let mut tree = MerkleLog::new();
+        for (_, leaf) in leaves {
+            tree.append_hash(*leaf);
+        }
+        let size = record.size(*decision);
+        if size != tree.size() || record.root_at(*decision, size) != Ok(tree.root()) {
+            return Err(format!(
+                "epoch {number}, {decision}: record has {size} leaves, expected {}",
+                tree.size()
+            ));
+        }
+        for (index, (_, leaf)) in leaves.iter().enumerate() {
+            let index = index as u64;
+            if record.index_of(*decision, leaf) != Some(index) {
+                return Err(format!(
+                    "epoch {number}, {decision}: leaf {index} not found"
+                ));
+            }
+            let proof = record
+                .inclusion_proof(*decision, index, size)
+                .map_err(|e| e.to_string())?;
+            verify_inclusion(leaf, index, size, &proof, &tree.root()).map_err(|e| e.to_string())?;
+        }
+    }
+    let verifier = signer.verifier();
+    for cut in cuts.0.lock().unwrap().iter() {
+        let checkpoint = Checkpoint::verify(&cut.note, &verifier).map_err(|e| e.to_string())?;
+        let leaves = oracle.get(&cut.decision).cloned().unwrap_or_default();
+        let below = leaves
+            .iter()
+            .filter(|(offset, _)| *offset < cut.as_of.offset)
+            .count() as u64;
+        let mut tree = MerkleLog::new();
+        for (_, leaf) in &leaves {
+            tree.append_hash(*leaf);
+        }
+        if checkpoint.size != cut.size
+            || below != cut.size
+            || tree.root_at(cut.size) != Ok(cut.root)
+            || checkpoint.root != cut.root
+        {
+            return Err(format!(
+                "epoch {number}: checkpoint {cut:?} does not match the log ({below} leaves below its position)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn run(steps: Vec<Step>, workers: usize, partitions: u32) -> Result<(), String> {
     let epochs = Arc::new(plan(&steps, partitions));
     let views = Arc::new(InMemoryViews::new());
     let positions = Arc::new(EpochPositions::new(partitions));
+    let signer = NoteSigner::from_seed("test.example", &[9; 32]).unwrap();
+    let cuts = Arc::new(CollectedCheckpoints::default());
+    let record = Arc::new(VoteRecord::new(
+        signer.clone(),
+        RecordConfig {
+            checkpoint_every: 3,
+            checkpoint_interval: Duration::from_secs(3600),
+            origin_prefix: "test.example".into(),
+        },
+        partitions,
+        cuts.clone(),
+    ));
     let results = execute(
         Config::process(workers),
         move |worker| -> Result<(), String> {
             let view_store: Arc<dyn ViewStore> = views.clone();
-            let mut inputs = build_tally_dataflow(worker, view_store, Arc::clone(&positions));
+            let mut inputs = build_tally_dataflow(
+                worker,
+                view_store,
+                Arc::clone(&positions),
+                Some(Arc::clone(&record)),
+            );
             for (number, epoch) in epochs.iter().enumerate() {
                 if worker.index() == 0 {
                     for decision in &epoch.decisions {
@@ -208,6 +319,7 @@ fn run(steps: Vec<Step>, workers: usize, partitions: u32) -> Result<(), String> 
                 if worker.index() != 0 {
                     continue;
                 }
+                check_record(number, epoch, &record, &cuts, &signer)?;
                 let expected = recount(&epoch.prefix, &epoch.registered);
                 let actual: HashMap<DecisionId, DecisionView> = views
                     .all()

@@ -1,7 +1,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use canopy_schemas::{Decision, DecisionId, Timestamp, Vote, validate_decision, validate_vote};
+use canopy_schemas::{
+    Decision, DecisionId, LoggedVote, Timestamp, validate_decision, validate_vote,
+};
 
 use crate::{IngestError, Position, VoteLog};
 
@@ -60,24 +62,24 @@ impl<L: VoteLog + ?Sized> Gate<L> {
     }
 
     /// Validates every vote, then appends them all; returns once they are durable.
-    pub fn submit(&self, votes: &[Vote]) -> Result<Vec<Position>, IngestError> {
+    pub fn submit(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
         self.validate(votes)?;
         self.log.append(votes)
     }
 
     /// [`submit`](Self::submit) for async callers.
-    pub async fn submit_async(&self, votes: &[Vote]) -> Result<Vec<Position>, IngestError> {
+    pub async fn submit_async(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
         self.validate(votes)?;
         self.log.append_async(votes).await
     }
 
-    fn validate(&self, votes: &[Vote]) -> Result<(), IngestError> {
+    fn validate(&self, votes: &[LoggedVote]) -> Result<(), IngestError> {
         {
             let decisions = self
                 .decisions
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            for (index, vote) in votes.iter().enumerate() {
+            for (index, vote) in votes.iter().map(|logged| &logged.vote).enumerate() {
                 let decision =
                     decisions
                         .get(&vote.decision_id)

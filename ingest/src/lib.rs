@@ -21,7 +21,7 @@ mod error;
 mod gate;
 mod segment;
 
-use canopy_schemas::{DecisionId, Vote};
+use canopy_schemas::{DecisionId, LoggedVote, Vote, VoterCommitment};
 
 pub use error::IngestError;
 pub use gate::Gate;
@@ -41,6 +41,17 @@ pub struct Position {
 pub struct LogRecord {
     pub position: Position,
     pub vote: Vote,
+    /// The voter as the Merkle record shows them.
+    pub commitment: VoterCommitment,
+}
+
+impl LogRecord {
+    pub fn logged(&self) -> LoggedVote {
+        LoggedVote {
+            vote: self.vote,
+            commitment: self.commitment,
+        }
+    }
 }
 
 /// What [`VoteLog::append_async`] returns.
@@ -64,11 +75,11 @@ pub trait VoteLog: Send + Sync {
     /// Appends `votes`, each to its decision's partition, and returns their positions once
     /// all of them are durable. Votes of one partition keep their order. A batch that spans
     /// partitions is not atomic across them: on error, some may be stored, none acknowledged.
-    fn append(&self, votes: &[Vote]) -> Result<Vec<Position>, IngestError>;
+    fn append(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError>;
 
     /// [`append`](Self::append) for async callers: resolves once the votes are durable,
     /// without holding a thread while it waits.
-    fn append_async<'a>(&'a self, votes: &'a [Vote]) -> AppendFuture<'a>;
+    fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a>;
 
     /// Up to `max` durable records of `partition` from offset `from` on, in offset order.
     /// Returns an empty batch at the end of the log.

@@ -1,13 +1,14 @@
 //! The embedded vote log: one write-ahead stream of segment files shared by all partitions.
 //!
 //! ```text
-//! <dir>/log.meta                  "canopy-vote-log 2\npartitions <N>\n"
+//! <dir>/log.meta                  "canopy-vote-log 3\npartitions <N>\n"
 //! <dir>/00000000000000000000.seg  named by the sequence number of its first frame
-//!    header  8 bytes "CNPYWAL2" + first sequence number (u64 BE) + partition count P
+//!    header  8 bytes "CNPYWAL3" + first sequence number (u64 BE) + partition count P
 //!            (u32 BE) + P × the partition's next offset when the segment began (u64 BE)
 //!            + CRC32C of all of that (u32 BE)
 //!    frame   4 bytes body length n (u32 BE) + 4 bytes CRC32C(length ‖ body) (u32 BE)
-//!            body: partition (u32 BE) + offset (u64 BE) + the vote's canonical encoding
+//!            body: partition (u32 BE) + offset (u64 BE) + the logged vote (the vote's
+//!            canonical encoding, then the voter's 32-byte commitment)
 //! ```
 //!
 //! Partitions are logical: each has its own dense offsets (0, 1, 2, ...), but all share one
@@ -30,13 +31,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use canopy_schemas::Vote;
+use canopy_schemas::LoggedVote;
 
 use crate::{AppendFuture, IngestError, LogRecord, Position, VoteLog, partition_for};
 
 const META_FILE: &str = "log.meta";
-const META_VERSION_LINE: &str = "canopy-vote-log 2";
-const SEGMENT_MAGIC: &[u8; 8] = b"CNPYWAL2";
+const META_VERSION_LINE: &str = "canopy-vote-log 3";
+const SEGMENT_MAGIC: &[u8; 8] = b"CNPYWAL3";
 const FRAME_HEADER_LEN: usize = 8;
 const BODY_PREFIX_LEN: usize = 12;
 /// How far ahead of the data a segment is written with zeros.
@@ -321,7 +322,7 @@ impl VoteLog for SegmentLog {
         self.shared.partition_count
     }
 
-    fn append(&self, votes: &[Vote]) -> Result<Vec<Position>, IngestError> {
+    fn append(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
         let (positions, waits) = self.enqueue(votes)?;
         loop {
             let round = self.shared.rounds.load(Ordering::Acquire);
@@ -332,7 +333,7 @@ impl VoteLog for SegmentLog {
         }
     }
 
-    fn append_async<'a>(&'a self, votes: &'a [Vote]) -> AppendFuture<'a> {
+    fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
         Box::pin(async move {
             let mut rounds = self.shared.round_watch.subscribe();
             let (positions, waits) = self.enqueue(votes)?;
@@ -371,7 +372,10 @@ impl SegmentLog {
     /// Queues `votes` for the next round; returns their positions and, per partition
     /// touched, the end offset that must become durable.
     #[allow(clippy::type_complexity)]
-    fn enqueue(&self, votes: &[Vote]) -> Result<(Vec<Position>, Vec<(u32, u64)>), IngestError> {
+    fn enqueue(
+        &self,
+        votes: &[LoggedVote],
+    ) -> Result<(Vec<Position>, Vec<(u32, u64)>), IngestError> {
         let partition_count = self.partitions();
         let mut positions = Vec::with_capacity(votes.len());
         let mut waits: Vec<(u32, u64)> = Vec::with_capacity(1);
@@ -385,11 +389,11 @@ impl SegmentLog {
             if queue.closing {
                 return Err(IngestError::Closed);
             }
-            for vote in votes {
-                let partition = partition_for(vote.decision_id, partition_count);
+            for logged in votes {
+                let partition = partition_for(logged.vote.decision_id, partition_count);
                 let offset = queue.next_offsets[partition as usize];
                 queue.next_offsets[partition as usize] += 1;
-                encode_frame(partition, offset, &vote.encode(), &mut queue.pending);
+                encode_frame(partition, offset, &logged.encode(), &mut queue.pending);
                 positions.push(Position { partition, offset });
                 match waits.iter_mut().find(|(p, _)| *p == partition) {
                     Some(wait) => wait.1 = offset + 1,
@@ -663,11 +667,12 @@ impl Shared {
                                 format!("found offset {offset} where {next} belongs"),
                             ));
                         }
-                        let vote = Vote::decode(&body[BODY_PREFIX_LEN..])
+                        let logged = LoggedVote::decode(&body[BODY_PREFIX_LEN..])
                             .map_err(|e| corrupt(byte, next, e.to_string()))?;
                         out.push(LogRecord {
                             position: Position { partition, offset },
-                            vote,
+                            vote: logged.vote,
+                            commitment: logged.commitment,
                         });
                         next += 1;
                         if next == until {

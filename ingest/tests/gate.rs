@@ -17,6 +17,10 @@ fn decision() -> Decision {
     }
 }
 
+fn logged(vote: Vote) -> LoggedVote {
+    LoggedVote::new(vote, &VoterSalt([1; 32]))
+}
+
 fn vote(n: u128) -> Vote {
     Vote {
         vote_id: VoteId(n),
@@ -37,7 +41,7 @@ fn bad_votes_are_refused_before_they_reach_the_log() {
     gate.register(decision(), 0).unwrap();
     let partition = log.partition_of(DecisionId(42));
 
-    gate.submit(&[vote(1)]).unwrap();
+    gate.submit(&[logged(vote(1))]).unwrap();
     let cases = [
         (
             Vote {
@@ -78,7 +82,7 @@ fn bad_votes_are_refused_before_they_reach_the_log() {
     ];
     for (bad, code) in cases {
         // One bad vote in a batch refuses the whole batch: the good vote beside it is not stored.
-        let error = gate.submit(&[vote(3), bad]).unwrap_err();
+        let error = gate.submit(&[logged(vote(3)), logged(bad)]).unwrap_err();
         assert_eq!(error.code(), code, "{error}");
         assert!(matches!(
             error,

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use canopy_ingest::*;
 use canopy_schemas::*;
 
-fn vote(decision: u128, voter: u128, n: u128) -> Vote {
-    Vote {
+fn vote(decision: u128, voter: u128, n: u128) -> LoggedVote {
+    let salt = VoterSalt([voter as u8; 32]);
+    let vote = Vote {
         vote_id: VoteId(n),
         decision_id: DecisionId(decision),
         voter_id: VoterId(voter),
@@ -17,7 +18,8 @@ fn vote(decision: u128, voter: u128, n: u128) -> Vote {
         component: Component::Democratic,
         weight: Weight::ONE,
         cast_at: 1_500,
-    }
+    };
+    LoggedVote::new(vote, &salt)
 }
 
 fn config(partitions: u32, segment_bytes: u64) -> SegmentLogConfig {
@@ -41,7 +43,7 @@ fn read_all(log: &SegmentLog, partition: u32) -> Result<Vec<LogRecord>, IngestEr
     }
 }
 
-const FRAME: u64 = 84;
+const FRAME: u64 = 116;
 
 fn header(partitions: u64) -> u64 {
     24 + 8 * partitions
@@ -61,10 +63,10 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 fn appended_votes_read_back_in_order_at_their_positions() {
     let dir = tempfile::tempdir().unwrap();
     let log = SegmentLog::open(dir.path(), config(4, 1 << 20)).unwrap();
-    let votes: Vec<Vote> = (0..200).map(|n| vote(n % 7, n, n)).collect();
+    let votes: Vec<LoggedVote> = (0..200).map(|n| vote(n % 7, n, n)).collect();
     let positions = log.append(&votes).unwrap();
     for (vote, position) in votes.iter().zip(&positions) {
-        assert_eq!(position.partition, partition_for(vote.decision_id, 4));
+        assert_eq!(position.partition, partition_for(vote.vote.decision_id, 4));
     }
     let mut read = 0;
     for partition in 0..4 {
@@ -81,7 +83,7 @@ fn appended_votes_read_back_in_order_at_their_positions() {
                 .iter()
                 .position(|p| *p == record.position)
                 .unwrap();
-            assert_eq!(record.vote, votes[index]);
+            assert_eq!(record.logged(), votes[index]);
         }
         read += records.len();
         assert_eq!(log.end_offset(partition).unwrap(), records.len() as u64);
@@ -142,7 +144,7 @@ fn reopening_keeps_every_vote_and_continues_the_offsets() {
 }
 
 /// Appends `votes` one round at a time, closes the log, and returns where its data ends.
-fn append_and_close(dir: &Path, cfg: SegmentLogConfig, votes: &[Vote]) -> (PathBuf, u64) {
+fn append_and_close(dir: &Path, cfg: SegmentLogConfig, votes: &[LoggedVote]) -> (PathBuf, u64) {
     let log = SegmentLog::open(dir, cfg).unwrap();
     log.append(votes).unwrap();
     log.tail()
@@ -151,7 +153,7 @@ fn append_and_close(dir: &Path, cfg: SegmentLogConfig, votes: &[Vote]) -> (PathB
 #[test]
 fn a_torn_tail_is_cut_on_open_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let votes: Vec<Vote> = (0..10).map(|n| vote(1, n, n)).collect();
+    let votes: Vec<LoggedVote> = (0..10).map(|n| vote(1, n, n)).collect();
     let (segment, end) = append_and_close(dir.path(), config(1, 1 << 20), &votes);
     assert_eq!(end, header(1) + 10 * FRAME);
     // A crash mid-write: the last frame's final 30 bytes never reached the disk (the
@@ -180,7 +182,7 @@ fn a_torn_tail_is_cut_on_open_and_the_log_goes_on() {
 #[test]
 fn garbage_after_the_last_frame_is_wiped() {
     let dir = tempfile::tempdir().unwrap();
-    let votes: Vec<Vote> = (0..5).map(|n| vote(1, n, n)).collect();
+    let votes: Vec<LoggedVote> = (0..5).map(|n| vote(1, n, n)).collect();
     let (segment, end) = append_and_close(dir.path(), config(1, 1 << 20), &votes);
     let garbage = [0x00, 0x00, 0x00, 0x40, 1, 2, 3];
     OpenOptions::new()
@@ -204,7 +206,7 @@ fn a_stale_frame_behind_a_torn_one_never_comes_back() {
     // both are wiped, so when a shorter round is written over them and the node crashes
     // again, the stale second frame cannot be read as the next record.
     let dir = tempfile::tempdir().unwrap();
-    let votes: Vec<Vote> = (0..12).map(|n| vote(1, n, n)).collect();
+    let votes: Vec<LoggedVote> = (0..12).map(|n| vote(1, n, n)).collect();
     let (segment, end) = append_and_close(dir.path(), config(1, 1 << 20), &votes);
     let file = OpenOptions::new().write(true).open(&segment).unwrap();
     file.write_all_at(&[0xFF], end - 2 * FRAME + 30).unwrap();

@@ -6,7 +6,9 @@
 //!      ▲
 //!      │ validate_vote(decision, vote)   refused here ⇒ never reaches the log
 //!      │
-//!   Vote ──encode()──▶ 64 canonical bytes ──▶ vote log ──▶ dataflow / Merkle record
+//!   Vote ──encode()──▶ 64 canonical bytes ─┐
+//!   salted voter commitment ─────────────┴─▶ LoggedVote ──▶ vote log ──▶ tally / Merkle record
+//!                                                  └─ leaf_data(): the vote, voter replaced by the commitment
 //! ```
 //!
 //! Everything that is summed is an integer: weights are fixed-point millionths
@@ -18,6 +20,7 @@
 mod decision;
 mod encoding;
 mod error;
+mod record;
 mod vote;
 
 pub use decision::{
@@ -25,6 +28,10 @@ pub use decision::{
 };
 pub use encoding::{VOTE_ENCODING_LEN, VOTE_ENCODING_VERSION};
 pub use error::SchemaError;
+pub use record::{
+    LEAF_ENCODING_LEN, LEAF_ENCODING_VERSION, LOGGED_VOTE_LEN, LoggedVote, VoterCommitment,
+    VoterSalt,
+};
 pub use vote::{Component, MAX_WEIGHT, Vote, VoteId, VoterId, VoterRole, Weight, validate_vote};
 
 /// One million: the fixed-point scale of weights (`Weight(1_000_000)` is a weight of 1).

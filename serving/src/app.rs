@@ -13,19 +13,20 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use canopy_dataflow::{DecisionView, TallyEngine, ViewStore};
+use canopy_dataflow::{DecisionView, TallyEngine, ViewStore, VoteRecord};
 use canopy_ingest::{Gate, Position, VoteLog};
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, Method, Vote, VoteId, VoterId, Weight,
+    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
+    VoterSalt, Weight,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::ServingError;
 use crate::auth::{self, Action, Claims, Role, TokenKeys, unix_now};
 use crate::limits::{Rate, RateLimiter};
+use crate::record::SaltCache;
 use crate::store::{MetadataStore, RefreshUse, UserRecord, Verification, verify_audit_chain};
 
 /// Limits and timeouts of the API.
@@ -69,12 +70,19 @@ pub struct AppState {
     pub address_limits: RateLimiter,
     /// False until start-up finished and again once shutdown began.
     pub ready: AtomicBool,
+    /// Every decision's Merkle log, grown by the engine.
+    pub record: Arc<VoteRecord>,
+    /// The record key's verifier (`<name>+<hash>+<key>`), for auditors.
+    pub record_key: String,
+    pub record_origin: String,
+    pub salts: SaltCache,
+    pub data_dir: std::path::PathBuf,
 }
 
-type SharedState = Arc<AppState>;
+pub(crate) type SharedState = Arc<AppState>;
 
 impl AppState {
-    async fn audit(&self, actor: &str, action: &str, detail: serde_json::Value) {
+    pub(crate) async fn audit(&self, actor: &str, action: &str, detail: serde_json::Value) {
         if let Err(error) = self
             .store
             .append_audit(actor, action, &detail.to_string(), now_micros())
@@ -117,7 +125,7 @@ impl utoipa::Modify for BearerAuth {
 /// Every error the API answers with.
 #[derive(utoipa::ToSchema, Serialize)]
 #[allow(dead_code)]
-struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// `{ "code": "<stable snake_case code>", "message": "<for people>" }`
     error: serde_json::Value,
 }
@@ -145,6 +153,12 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
         .routes(routes!(breakdown))
         .routes(routes!(active_decisions))
         .routes(routes!(audit_trail))
+        .routes(routes!(crate::record_api::record_key))
+        .routes(routes!(crate::record_api::checkpoints))
+        .routes(routes!(crate::record_api::inclusion_proof))
+        .routes(routes!(crate::record_api::consistency_proof))
+        .routes(routes!(crate::record_api::checkpoint_anchor))
+        .routes(routes!(crate::record_api::erase_voter))
         .split_for_parts();
     let document = Arc::new(openapi.clone());
     let router = router
@@ -262,7 +276,11 @@ impl FromRequestParts<SharedState> for Caller {
 }
 
 impl Caller {
-    async fn require(&self, state: &AppState, action: Action) -> Result<(), ServingError> {
+    pub(crate) async fn require(
+        &self,
+        state: &AppState,
+        action: Action,
+    ) -> Result<(), ServingError> {
         if action.allowed(self.0.role) {
             return Ok(());
         }
@@ -701,11 +719,16 @@ struct CastBody {
 struct CastReceipt {
     #[schema(value_type = uuid::Uuid)]
     vote_id: VoteId,
+    #[schema(value_type = uuid::Uuid)]
+    decision_id: DecisionId,
     /// {"partition": …, "offset": …}: pass the offset as min_offset to read your own vote.
     #[schema(value_type = Object)]
     position: Position,
-    /// SHA-256 of the vote's canonical encoding.
-    vote_hash: String,
+    /// The vote's Merkle leaf hash (hex): SHA-256(0x00 ‖ leaf encoding), where the leaf
+    /// encoding is the vote with the voter replaced by a salted commitment. Ask
+    /// /api/v1/audit/decisions/{decision_id}/proof?leaf=… for its inclusion proof once a
+    /// checkpoint covers it.
+    leaf_hash: String,
 }
 
 fn vote_for(claims: &Claims, body: &CastBody) -> Result<Vote, ServingError> {
@@ -729,16 +752,30 @@ fn vote_for(claims: &Claims, body: &CastBody) -> Result<Vote, ServingError> {
     })
 }
 
-fn receipt(vote: &Vote, position: Position) -> CastReceipt {
+fn receipt(logged: &LoggedVote, position: Position) -> CastReceipt {
     CastReceipt {
-        vote_id: vote.vote_id,
+        vote_id: logged.vote.vote_id,
+        decision_id: logged.vote.decision_id,
         position,
-        vote_hash: auth::hex(&Sha256::digest(vote.encode())),
+        leaf_hash: auth::hex(&canopy_chain::leaf_hash(&logged.leaf_data())),
     }
 }
 
-async fn submit(state: &SharedState, votes: Vec<Vote>) -> Result<Vec<Position>, ServingError> {
-    Ok(state.gate.submit_async(&votes).await?)
+/// Stands each voter in for by their salted commitment, then appends durably.
+async fn submit(
+    state: &SharedState,
+    votes: Vec<Vote>,
+) -> Result<(Vec<LoggedVote>, Vec<Position>), ServingError> {
+    let mut logged = Vec::with_capacity(votes.len());
+    for vote in votes {
+        let salt = state
+            .salts
+            .salt(state.store.as_ref(), vote.voter_id.as_uuid())
+            .await?;
+        logged.push(LoggedVote::new(vote, &VoterSalt(salt)));
+    }
+    let positions = state.gate.submit_async(&logged).await?;
+    Ok((logged, positions))
 }
 
 #[utoipa::path(post, path = "/api/v1/voting/cast-vote", tag = "voting", request_body = CastBody, security(("bearer" = [])), responses((status = 201, body = CastReceipt, description = "durable; voter, component and weight come from the token"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
@@ -749,8 +786,8 @@ async fn cast_vote(
 ) -> Result<Response, ServingError> {
     caller.require(&state, Action::CastVote).await?;
     let vote = vote_for(&caller.0, &body)?;
-    let position = submit(&state, vec![vote]).await?[0];
-    Ok((StatusCode::CREATED, Json(receipt(&vote, position))).into_response())
+    let (logged, positions) = submit(&state, vec![vote]).await?;
+    Ok((StatusCode::CREATED, Json(receipt(&logged[0], positions[0]))).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -794,8 +831,8 @@ async fn cast_votes(
         }
         votes.push(vote_for(&claims, &entry.vote)?);
     }
-    let positions = submit(&state, votes.clone()).await?;
-    let receipts: Vec<CastReceipt> = votes
+    let (logged, positions) = submit(&state, votes).await?;
+    let receipts: Vec<CastReceipt> = logged
         .iter()
         .zip(positions)
         .map(|(vote, position)| receipt(vote, position))

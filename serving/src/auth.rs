@@ -77,6 +77,7 @@ pub enum Action {
     ReadResults,
     VerifyUsers,
     ReadAudit,
+    EraseVoter,
 }
 
 impl Action {
@@ -88,6 +89,7 @@ impl Action {
             Self::ReadResults => "read results",
             Self::VerifyUsers => "verify experts and stakeholders",
             Self::ReadAudit => "read the audit trail",
+            Self::EraseVoter => "erase a voter from the record",
         }
     }
 
@@ -101,13 +103,17 @@ impl Action {
     /// | read results      | yes     | yes    | yes         | yes     | yes      | yes     | yes   |
     /// | verify users      |         |        |             |         |          |         | yes   |
     /// | read audit trail  |         |        |             |         |          | yes     | yes   |
+    /// | erase a voter     |         |        |             |         |          |         | yes   |
+    ///
+    /// Checkpoints, proofs and anchors (`/api/v1/audit/decisions/…`) are public: anyone may
+    /// check the record.
     pub fn allowed(self, role: Role) -> bool {
         use Role::*;
         match self {
             Self::CastVote => matches!(role, Citizen | Expert | Stakeholder),
             Self::CastForOthers | Self::CreateDecision => matches!(role, Operator | Admin),
             Self::ReadResults => true,
-            Self::VerifyUsers => role == Admin,
+            Self::VerifyUsers | Self::EraseVoter => role == Admin,
             Self::ReadAudit => matches!(role, Auditor | Admin),
         }
     }
@@ -266,7 +272,7 @@ impl TokenKeys {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServingError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServingError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

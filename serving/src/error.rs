@@ -46,6 +46,12 @@ pub enum ServingError {
     Ingest(IngestError),
     #[error(transparent)]
     Dataflow(#[from] DataflowError),
+    /// The record cannot answer yet: no checkpoint covers the vote (`not_checkpointed`), or
+    /// the checkpoint is not anchored yet (`not_anchored`). Retry later.
+    #[error("{message}")]
+    NotYet { code: &'static str, message: String },
+    #[error(transparent)]
+    Chain(#[from] canopy_chain::ChainError),
     #[error("storage failure: {0}")]
     Storage(String),
     #[error("internal error: {0}")]
@@ -88,6 +94,8 @@ impl ServingError {
             Self::Schema(error) => error.code(),
             Self::Ingest(error) => error.code(),
             Self::Dataflow(error) => error.code(),
+            Self::NotYet { code, .. } => code,
+            Self::Chain(error) => error.code(),
             Self::Storage(_) => "storage",
             Self::Internal(_) => "internal",
         }
@@ -105,7 +113,8 @@ impl ServingError {
             | Self::RefreshTokenReused => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::NotYet { .. } => StatusCode::CONFLICT,
+            Self::Chain(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) | Self::Schema(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -6,6 +6,7 @@
 //!       cast-vote ─▶ Gate::submit ─▶ VoteLog (durable) ─▶ receipt + position
 //!       results?min_offset=p ─▶ ViewStore::wait_for ─▶ tally as of ≥ p
 //!       auth/*, decision/create ─▶ MetadataStore (SQLite | PostgreSQL) ─▶ audit trail
+//!       audit/decisions/* ─▶ VoteRecord (Merkle logs) + checkpoints/anchors (MetadataStore)
 //! ```
 
 #![deny(unsafe_code)]
@@ -15,6 +16,8 @@ pub mod auth;
 mod error;
 pub mod limits;
 pub mod node;
+pub mod record;
+mod record_api;
 pub mod store;
 
 pub use error::ServingError;

@@ -6,16 +6,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore};
+use canopy_dataflow::{
+    EngineConfig, InMemoryViews, RecordConfig, StoredCheckpoint, TallyEngine, ViewStore, VoteRecord,
+};
 use canopy_ingest::{Gate, SegmentLog, SegmentLogConfig, VoteLog};
 
 use crate::ServingError;
 use crate::app::{ApiConfig, AppState, now_micros, router};
 use crate::auth::TokenKeys;
 use crate::limits::RateLimiter;
+use crate::record::{
+    AnchorConfig, AnchorJournal, AnchorTarget, CheckpointWriter, SaltCache, anchor_loop,
+    load_or_generate_record_key, parse_hash,
+};
 use crate::store::{MetadataStore, PostgresStore, SqliteStore};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// Holds the vote log (`votes/`), the SQLite store (`canopy.db`) and the signing key
     /// (`keys/jwt-rs256.pem`).
@@ -28,6 +34,13 @@ pub struct NodeConfig {
     /// single node generates its own in the data directory on first start.
     pub jwt_key: Option<PathBuf>,
     pub api: ApiConfig,
+    /// Checkpoint origins start with this (`<prefix>/decision/<uuid>`); also the name of
+    /// the record key.
+    pub record_origin: String,
+    pub record: RecordConfig,
+    pub anchor: AnchorConfig,
+    /// Where batch roots go; the local anchor journal (`anchors/journal.jsonl`) if absent.
+    pub anchor_target: Option<Arc<dyn AnchorTarget>>,
 }
 
 impl NodeConfig {
@@ -39,6 +52,10 @@ impl NodeConfig {
             database_url: None,
             jwt_key: None,
             api: ApiConfig::default(),
+            record_origin: "canopy.local".to_string(),
+            record: RecordConfig::default(),
+            anchor: AnchorConfig::default(),
+            anchor_target: None,
         }
     }
 }
@@ -69,6 +86,8 @@ pub struct Node {
     pub state: Arc<AppState>,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    anchoring: tokio::sync::watch::Sender<bool>,
+    anchor_task: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -91,6 +110,32 @@ impl Node {
             gate.register(decision.clone(), now)?;
         }
         let views: Arc<dyn ViewStore> = Arc::new(InMemoryViews::new());
+        let record_key_path = config.data_dir.join("keys").join("record-ed25519.seed");
+        let origin = config.record_origin.clone();
+        let signer = Arc::new(
+            tokio::task::spawn_blocking(move || {
+                load_or_generate_record_key(&record_key_path, &origin)
+            })
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))??,
+        );
+        let record_config = RecordConfig {
+            origin_prefix: config.record_origin.clone(),
+            ..config.record.clone()
+        };
+        let record = Arc::new(VoteRecord::new(
+            (*signer).clone(),
+            record_config,
+            log.partitions(),
+            Arc::new(CheckpointWriter::start(Arc::clone(&store))),
+        ));
+        for stored in store.latest_checkpoints().await? {
+            record.resume_from(StoredCheckpoint {
+                decision: stored.decision_id,
+                size: stored.tree_size as u64,
+                root: parse_hash(&stored.root)?,
+            });
+        }
         let engine_config = EngineConfig {
             workers: config.workers,
             ..EngineConfig::default()
@@ -99,8 +144,24 @@ impl Node {
             engine_config,
             log,
             Arc::clone(&views),
+            Some(Arc::clone(&record)),
             decisions,
         )?);
+        let target: Arc<dyn AnchorTarget> = match &config.anchor_target {
+            Some(target) => Arc::clone(target),
+            None => Arc::new(AnchorJournal::new(
+                config.data_dir.join("anchors").join("journal.jsonl"),
+            )),
+        };
+        let (anchoring, anchor_stop) = tokio::sync::watch::channel(false);
+        let anchor_task = tokio::spawn(anchor_loop(
+            Arc::clone(&store),
+            target,
+            Arc::clone(&signer),
+            config.record_origin.clone(),
+            config.anchor.clone(),
+            anchor_stop,
+        ));
         let state = Arc::new(AppState {
             store,
             keys: Arc::new(keys),
@@ -111,6 +172,11 @@ impl Node {
             address_limits: RateLimiter::new(config.api.per_address),
             config: config.api.clone(),
             ready: Default::default(),
+            record,
+            record_key: signer.verifier().encode(),
+            record_origin: config.record_origin.clone(),
+            salts: SaltCache::default(),
+            data_dir: config.data_dir.clone(),
         });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -175,6 +241,8 @@ impl Node {
             state,
             stop,
             server,
+            anchoring,
+            anchor_task,
         })
     }
 
@@ -182,6 +250,8 @@ impl Node {
     /// durable), then stops the engine and closes the log.
     pub async fn shutdown(self) -> Result<(), ServingError> {
         self.state.ready.store(false, Ordering::Release);
+        let _ = self.anchoring.send(true);
+        let _ = self.anchor_task.await;
         let _ = self.stop.send(());
         self.server
             .await

@@ -162,16 +162,87 @@ pub trait MetadataStore: Send + Sync {
         now: i64,
     ) -> StoreResult<AuditRecord>;
     async fn audit_trail(&self) -> StoreResult<Vec<AuditRecord>>;
+
+    /// The voter's salt, created on first use (and afresh after an erasure).
+    async fn voter_salt(&self, voter: Uuid, now: i64) -> StoreResult<[u8; 32]>;
+    /// Forgets the voter's salt; false if they had none to forget.
+    async fn erase_voter_salt(&self, voter: Uuid, now: i64) -> StoreResult<bool>;
+    /// Stores a checkpoint unless one at this size or larger is stored for the decision
+    /// (a replay re-cuts sizes already covered); true if stored.
+    async fn insert_checkpoint(&self, checkpoint: &CheckpointRow) -> StoreResult<bool>;
+    /// A decision's checkpoints, oldest first.
+    async fn checkpoints(&self, decision: DecisionId) -> StoreResult<Vec<CheckpointRow>>;
+    /// The largest checkpoint of every decision.
+    async fn latest_checkpoints(&self) -> StoreResult<Vec<CheckpointRow>>;
+    /// Up to `limit` checkpoints not yet in an anchor batch, by (decision, size).
+    async fn unanchored_checkpoints(&self, limit: i64) -> StoreResult<Vec<CheckpointRow>>;
+    /// Fixes a batch: its row, and each entry's (batch, index) on its checkpoint.
+    async fn create_anchor_batch(
+        &self,
+        batch: &AnchorBatchRow,
+        entries: &[CheckpointRow],
+    ) -> StoreResult<()>;
+    /// Records where a batch landed.
+    async fn confirm_anchor_batch(&self, batch: &AnchorBatchRow) -> StoreResult<()>;
+    /// Batches created but not yet confirmed (a crash between the two), oldest first.
+    async fn pending_anchor_batches(&self) -> StoreResult<Vec<AnchorBatchRow>>;
+    async fn anchor_batch(&self, batch_id: i64) -> StoreResult<Option<AnchorBatchRow>>;
+    /// The checkpoints of a batch in entry order.
+    async fn batch_entries(&self, batch_id: i64) -> StoreResult<Vec<CheckpointRow>>;
+    async fn next_anchor_batch_id(&self) -> StoreResult<i64>;
 }
 
-const SQLITE_MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+/// A stored checkpoint. `root` is hex; `note` the signed note.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointRow {
+    pub decision_id: DecisionId,
+    pub tree_size: i64,
+    pub root: String,
+    pub note: String,
+    pub log_partition: i64,
+    pub log_offset: i64,
+    pub cut_at: i64,
+    pub batch_id: Option<i64>,
+    pub entry_index: Option<i64>,
+}
+
+/// An anchor batch: a root over checkpoints, and where it was recorded.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AnchorBatchRow {
+    pub batch_id: i64,
+    pub root: String,
+    pub entry_count: i64,
+    /// `journal` or `evm:<chain id>:<contract address>`.
+    pub target: String,
+    /// The contract's id for the batch.
+    pub chain_batch_id: Option<i64>,
+    pub tx_hash: Option<String>,
+    /// The block (EVM) or the journal line it was recorded at.
+    pub block_number: Option<i64>,
+    pub created_at: i64,
+    pub confirmed_at: Option<i64>,
+}
+
+const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        "0002_record",
+        include_str!("../../migrations/sqlite/0002_record.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        "0002_record",
+        include_str!("../../migrations/postgres/0002_record.sql"),
+    ),
+];
 
 fn parse_uuid(text: &str) -> StoreResult<Uuid> {
     Uuid::parse_str(text)
@@ -207,6 +278,34 @@ macro_rules! sql_store {
                     weight: u32::try_from(row.try_get::<i64, _>("weight")?).unwrap_or(0),
                     totp_secret: row.try_get("totp_secret")?,
                     totp_enabled: row.try_get::<i64, _>("totp_enabled")? != 0,
+                })
+            }
+
+            fn checkpoint_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<CheckpointRow> {
+                Ok(CheckpointRow {
+                    decision_id: decision_id(&row.try_get::<String, _>("decision_id")?)?,
+                    tree_size: row.try_get("tree_size")?,
+                    root: row.try_get("root")?,
+                    note: row.try_get("note")?,
+                    log_partition: row.try_get("log_partition")?,
+                    log_offset: row.try_get("log_offset")?,
+                    cut_at: row.try_get("cut_at")?,
+                    batch_id: row.try_get("batch_id")?,
+                    entry_index: row.try_get("entry_index")?,
+                })
+            }
+
+            fn batch_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<AnchorBatchRow> {
+                Ok(AnchorBatchRow {
+                    batch_id: row.try_get("batch_id")?,
+                    root: row.try_get("root")?,
+                    entry_count: row.try_get("entry_count")?,
+                    target: row.try_get("target")?,
+                    chain_batch_id: row.try_get("chain_batch_id")?,
+                    tx_hash: row.try_get("tx_hash")?,
+                    block_number: row.try_get("block_number")?,
+                    created_at: row.try_get("created_at")?,
+                    confirmed_at: row.try_get("confirmed_at")?,
                 })
             }
         }
@@ -464,6 +563,139 @@ macro_rules! sql_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn voter_salt(&self, voter: Uuid, now: i64) -> StoreResult<[u8; 32]> {
+                let existing = sqlx::query("SELECT salt FROM voter_salts WHERE voter_id = $1").bind(voter.to_string()).fetch_optional(&self.pool).await?;
+                if let Some(row) = &existing
+                    && let Some(salt) = row.try_get::<Option<Vec<u8>>, _>("salt")?
+                {
+                    return <[u8; 32]>::try_from(salt).map_err(|_| ServingError::Storage("a stored salt is not 32 bytes".into()));
+                }
+                let fresh: [u8; 32] = rand::random();
+                sqlx::query(
+                    "INSERT INTO voter_salts (voter_id, salt, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (voter_id) DO UPDATE SET salt = excluded.salt, created_at = excluded.created_at, erased_at = NULL \
+                     WHERE voter_salts.salt IS NULL",
+                )
+                .bind(voter.to_string())
+                .bind(fresh.to_vec())
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                // Another request may have created it first: read back what won.
+                let row = sqlx::query("SELECT salt FROM voter_salts WHERE voter_id = $1").bind(voter.to_string()).fetch_one(&self.pool).await?;
+                let salt: Option<Vec<u8>> = row.try_get("salt")?;
+                salt.and_then(|salt| <[u8; 32]>::try_from(salt).ok()).ok_or_else(|| ServingError::Storage("the voter's salt vanished while it was created".into()))
+            }
+
+            async fn erase_voter_salt(&self, voter: Uuid, now: i64) -> StoreResult<bool> {
+                let erased = sqlx::query("UPDATE voter_salts SET salt = NULL, erased_at = $2 WHERE voter_id = $1 AND salt IS NOT NULL")
+                    .bind(voter.to_string())
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(erased.rows_affected() > 0)
+            }
+
+            async fn insert_checkpoint(&self, checkpoint: &CheckpointRow) -> StoreResult<bool> {
+                let inserted = sqlx::query(
+                    "INSERT INTO checkpoints (decision_id, tree_size, root, note, log_partition, log_offset, cut_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS \
+                     (SELECT 1 FROM checkpoints WHERE decision_id = $1 AND tree_size >= $2)",
+                )
+                .bind(checkpoint.decision_id.to_string())
+                .bind(checkpoint.tree_size)
+                .bind(&checkpoint.root)
+                .bind(&checkpoint.note)
+                .bind(checkpoint.log_partition)
+                .bind(checkpoint.log_offset)
+                .bind(checkpoint.cut_at)
+                .execute(&self.pool)
+                .await;
+                match inserted {
+                    Ok(done) => Ok(done.rows_affected() > 0),
+                    Err(error) if is_unique_violation(&error) => Ok(false),
+                    Err(error) => Err(error.into()),
+                }
+            }
+
+            async fn checkpoints(&self, decision: DecisionId) -> StoreResult<Vec<CheckpointRow>> {
+                let rows = sqlx::query("SELECT * FROM checkpoints WHERE decision_id = $1 ORDER BY tree_size").bind(decision.to_string()).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::checkpoint_from_row).collect()
+            }
+
+            async fn latest_checkpoints(&self) -> StoreResult<Vec<CheckpointRow>> {
+                let rows = sqlx::query(
+                    "SELECT c.* FROM checkpoints c JOIN (SELECT decision_id, MAX(tree_size) AS tree_size FROM checkpoints GROUP BY decision_id) m \
+                     ON c.decision_id = m.decision_id AND c.tree_size = m.tree_size ORDER BY c.decision_id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::checkpoint_from_row).collect()
+            }
+
+            async fn unanchored_checkpoints(&self, limit: i64) -> StoreResult<Vec<CheckpointRow>> {
+                let rows = sqlx::query("SELECT * FROM checkpoints WHERE batch_id IS NULL ORDER BY decision_id, tree_size LIMIT $1").bind(limit).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::checkpoint_from_row).collect()
+            }
+
+            async fn create_anchor_batch(&self, batch: &AnchorBatchRow, entries: &[CheckpointRow]) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("INSERT INTO anchor_batches (batch_id, root, entry_count, target, created_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(batch.batch_id)
+                    .bind(&batch.root)
+                    .bind(batch.entry_count)
+                    .bind(&batch.target)
+                    .bind(batch.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                for (index, entry) in (0i64..).zip(entries) {
+                    let updated = sqlx::query("UPDATE checkpoints SET batch_id = $1, entry_index = $2 WHERE decision_id = $3 AND tree_size = $4 AND batch_id IS NULL")
+                        .bind(batch.batch_id)
+                        .bind(index)
+                        .bind(entry.decision_id.to_string())
+                        .bind(entry.tree_size)
+                        .execute(&mut *tx)
+                        .await?;
+                    if updated.rows_affected() != 1 {
+                        return Err(ServingError::Conflict("a checkpoint of the batch was anchored by someone else".into()));
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn confirm_anchor_batch(&self, batch: &AnchorBatchRow) -> StoreResult<()> {
+                sqlx::query("UPDATE anchor_batches SET chain_batch_id = $2, tx_hash = $3, block_number = $4, confirmed_at = $5 WHERE batch_id = $1")
+                    .bind(batch.batch_id)
+                    .bind(batch.chain_batch_id)
+                    .bind(&batch.tx_hash)
+                    .bind(batch.block_number)
+                    .bind(batch.confirmed_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn pending_anchor_batches(&self) -> StoreResult<Vec<AnchorBatchRow>> {
+                let rows = sqlx::query("SELECT * FROM anchor_batches WHERE confirmed_at IS NULL ORDER BY batch_id").fetch_all(&self.pool).await?;
+                rows.iter().map(Self::batch_from_row).collect()
+            }
+
+            async fn anchor_batch(&self, batch_id: i64) -> StoreResult<Option<AnchorBatchRow>> {
+                let row = sqlx::query("SELECT * FROM anchor_batches WHERE batch_id = $1").bind(batch_id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::batch_from_row).transpose()
+            }
+
+            async fn batch_entries(&self, batch_id: i64) -> StoreResult<Vec<CheckpointRow>> {
+                let rows = sqlx::query("SELECT * FROM checkpoints WHERE batch_id = $1 ORDER BY entry_index").bind(batch_id).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::checkpoint_from_row).collect()
+            }
+
+            async fn next_anchor_batch_id(&self) -> StoreResult<i64> {
+                let row = sqlx::query("SELECT COALESCE(MAX(batch_id), -1) + 1 AS next FROM anchor_batches").fetch_one(&self.pool).await?;
+                Ok(row.try_get::<i64, _>("next")?)
             }
         }
     };

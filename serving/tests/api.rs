@@ -56,7 +56,7 @@ async fn voters_of_every_role_cast_change_and_read_their_own_votes() {
             .post("/api/v1/voting/cast-vote", Some(token), cast(option))
             .await;
         assert_eq!(status, StatusCode::CREATED, "{receipt}");
-        assert_eq!(receipt["vote_hash"].as_str().unwrap().len(), 64);
+        assert_eq!(receipt["leaf_hash"].as_str().unwrap().len(), 64);
         last_offset = receipt["position"]["offset"].as_u64().unwrap();
         // Read your own write: the result includes the vote just cast.
         let (status, results) = node
@@ -252,10 +252,16 @@ async fn the_openapi_document_matches_the_routes() {
         "/api/v1/voting/decision/{id}/results",
         "/api/v1/voting/decision/{id}/breakdown",
         "/api/v1/voting/active-decisions",
+        "/api/v1/audit/key",
+        "/api/v1/audit/decisions/{id}/checkpoints",
+        "/api/v1/audit/decisions/{id}/proof",
+        "/api/v1/audit/decisions/{id}/consistency",
+        "/api/v1/audit/decisions/{id}/checkpoints/{size}/anchor",
+        "/api/v1/admin/erase-voter",
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
-    assert_eq!(operations, 16);
+    assert_eq!(operations, 22);
     let (status, body) = node
         .request(reqwest::Method::GET, "/api/v1/undocumented", None, None)
         .await;

@@ -40,7 +40,7 @@ fn decision(title: &str) -> Decision {
 async fn exercise(store: Arc<dyn MetadataStore>) {
     assert_eq!(
         store.migrate().await.unwrap(),
-        vec!["0001_init".to_string()]
+        vec!["0001_init".to_string(), "0002_record".to_string()]
     );
     assert!(
         store.migrate().await.unwrap().is_empty(),
@@ -232,6 +232,117 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
         verify_audit_chain(&dropped).is_err(),
         "a removed entry breaks the chain"
     );
+
+    record_tables(&store).await;
+}
+
+fn checkpoint(decision: DecisionId, size: i64) -> CheckpointRow {
+    CheckpointRow {
+        decision_id: decision,
+        tree_size: size,
+        root: format!("{size:064x}"),
+        note: format!("note {size}"),
+        log_partition: 0,
+        log_offset: size * 2,
+        cut_at: size,
+        batch_id: None,
+        entry_index: None,
+    }
+}
+
+/// Salts, checkpoints and anchor batches.
+async fn record_tables(store: &Arc<dyn MetadataStore>) {
+    // A salt is created once, kept, and gone after erasure; a new one comes after.
+    let voter = Uuid::new_v4();
+    let salt = store.voter_salt(voter, 1).await.unwrap();
+    assert_eq!(store.voter_salt(voter, 2).await.unwrap(), salt);
+    let racing: Vec<_> = (0..6)
+        .map(|_| {
+            let store = Arc::clone(store);
+            let other = Uuid::from_u128(voter.as_u128() ^ 1);
+            tokio::spawn(async move { store.voter_salt(other, 3).await.unwrap() })
+        })
+        .collect();
+    let mut salts = Vec::new();
+    for attempt in racing {
+        salts.push(attempt.await.unwrap());
+    }
+    assert!(salts.windows(2).all(|w| w[0] == w[1]), "one salt per voter");
+    assert!(store.erase_voter_salt(voter, 4).await.unwrap());
+    assert!(!store.erase_voter_salt(voter, 5).await.unwrap());
+    assert_ne!(store.voter_salt(voter, 6).await.unwrap(), salt);
+
+    // Checkpoints only grow: a replayed cut at or below the latest is not stored.
+    let (a, b) = (DecisionId(1), DecisionId(2));
+    assert!(store.insert_checkpoint(&checkpoint(a, 10)).await.unwrap());
+    assert!(store.insert_checkpoint(&checkpoint(a, 25)).await.unwrap());
+    assert!(!store.insert_checkpoint(&checkpoint(a, 25)).await.unwrap());
+    assert!(!store.insert_checkpoint(&checkpoint(a, 20)).await.unwrap());
+    assert!(store.insert_checkpoint(&checkpoint(b, 3)).await.unwrap());
+    assert_eq!(
+        store.checkpoints(a).await.unwrap(),
+        vec![checkpoint(a, 10), checkpoint(a, 25)]
+    );
+    let latest = store.latest_checkpoints().await.unwrap();
+    assert_eq!(latest.len(), 2);
+    assert!(latest.contains(&checkpoint(a, 25)) && latest.contains(&checkpoint(b, 3)));
+
+    // A batch fixes its entries first and is confirmed later.
+    let unanchored = store.unanchored_checkpoints(2).await.unwrap();
+    assert_eq!(unanchored, vec![checkpoint(a, 10), checkpoint(a, 25)]);
+    assert_eq!(store.next_anchor_batch_id().await.unwrap(), 0);
+    let mut batch = AnchorBatchRow {
+        batch_id: 0,
+        root: "ab".repeat(32),
+        entry_count: 2,
+        target: "journal".into(),
+        chain_batch_id: None,
+        tx_hash: None,
+        block_number: None,
+        created_at: 7,
+        confirmed_at: None,
+    };
+    store
+        .create_anchor_batch(&batch, &unanchored)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            store
+                .create_anchor_batch(
+                    &AnchorBatchRow {
+                        batch_id: 1,
+                        ..batch.clone()
+                    },
+                    &unanchored
+                )
+                .await,
+            Err(ServingError::Conflict(_))
+        ),
+        "a checkpoint is in one batch only"
+    );
+    assert_eq!(
+        store.pending_anchor_batches().await.unwrap(),
+        vec![batch.clone()]
+    );
+    assert_eq!(
+        store.unanchored_checkpoints(10).await.unwrap(),
+        vec![checkpoint(b, 3)]
+    );
+    let entries = store.batch_entries(0).await.unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        (entries[1].tree_size, entries[1].entry_index),
+        (25, Some(1))
+    );
+    batch.chain_batch_id = Some(4);
+    batch.tx_hash = Some("00".repeat(32));
+    batch.block_number = Some(99);
+    batch.confirmed_at = Some(8);
+    store.confirm_anchor_batch(&batch).await.unwrap();
+    assert!(store.pending_anchor_batches().await.unwrap().is_empty());
+    assert_eq!(store.anchor_batch(0).await.unwrap(), Some(batch));
+    assert_eq!(store.next_anchor_batch_id().await.unwrap(), 1);
 }
 
 #[tokio::test]

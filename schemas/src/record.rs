@@ -1,0 +1,126 @@
+//! What the vote record holds of a vote: the vote with its voter stood in for by a salted
+//! commitment, and the bytes the Merkle log hashes.
+//!
+//! The commitment is `SHA-256("canopy/voter/v1" ‖ salt ‖ voter_id ‖ decision_id)` with a
+//! 32-byte random salt kept per voter in the metadata store. The decision id is in it so one
+//! voter's leaves in different decisions cannot be linked to each other. Erasing the salt
+//! (GDPR) unlinks the voter from every leaf while every leaf, and so every proof, stays as
+//! it was.
+//!
+//! The leaf encoding, version 1 (what `leaf = SHA-256(0x00 ‖ bytes)` is taken over):
+//!
+//! ```text
+//! offset  size  field
+//!      0     1  version = 1
+//!      1    16  vote_id
+//!     17    16  decision_id
+//!     33    32  voter commitment
+//!     65     2  option       (u16, big-endian)
+//!     67     1  component
+//!     68     4  weight       (u32 millionths, big-endian)
+//!     72     8  cast_at      (i64 µs, big-endian)
+//!     80        end
+//! ```
+//!
+//! The log stores a [`LoggedVote`]: the 64-byte vote encoding followed by the commitment, so
+//! the record can be rebuilt from the log alone, before and after an erasure.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{DecisionId, SchemaError, VOTE_ENCODING_LEN, Vote, VoterId};
+
+pub const LEAF_ENCODING_VERSION: u8 = 1;
+pub const LEAF_ENCODING_LEN: usize = 80;
+pub const LOGGED_VOTE_LEN: usize = VOTE_ENCODING_LEN + 32;
+
+const COMMITMENT_TAG: &[u8] = b"canopy/voter/v1";
+
+/// A voter's per-voter secret. Whoever holds it (and the voter id) can find the voter's
+/// leaves; nobody else can.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct VoterSalt(pub [u8; 32]);
+
+impl fmt::Debug for VoterSalt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VoterSalt(..)")
+    }
+}
+
+/// The voter as the record shows them: a hiding, binding commitment.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct VoterCommitment(pub [u8; 32]);
+
+impl VoterCommitment {
+    pub fn new(salt: &VoterSalt, voter: VoterId, decision: DecisionId) -> Self {
+        let digest = Sha256::new()
+            .chain_update(COMMITMENT_TAG)
+            .chain_update(salt.0)
+            .chain_update(voter.0.to_be_bytes())
+            .chain_update(decision.0.to_be_bytes())
+            .finalize();
+        Self(digest.into())
+    }
+}
+
+impl fmt::Debug for VoterCommitment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VoterCommitment({})", hex(&self.0))
+    }
+}
+
+/// A vote as the log stores it: the vote and its voter's commitment.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct LoggedVote {
+    pub vote: Vote,
+    pub commitment: VoterCommitment,
+}
+
+impl LoggedVote {
+    pub fn new(vote: Vote, salt: &VoterSalt) -> Self {
+        Self {
+            commitment: VoterCommitment::new(salt, vote.voter_id, vote.decision_id),
+            vote,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; LOGGED_VOTE_LEN] {
+        let mut out = [0u8; LOGGED_VOTE_LEN];
+        out[..VOTE_ENCODING_LEN].copy_from_slice(&self.vote.encode());
+        out[VOTE_ENCODING_LEN..].copy_from_slice(&self.commitment.0);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, SchemaError> {
+        if bytes.len() != LOGGED_VOTE_LEN {
+            return Err(SchemaError::EncodingLength {
+                got: bytes.len(),
+                expected: LOGGED_VOTE_LEN,
+            });
+        }
+        let vote = Vote::decode(&bytes[..VOTE_ENCODING_LEN])?;
+        let commitment = VoterCommitment(bytes[VOTE_ENCODING_LEN..].try_into().expect("32 bytes"));
+        Ok(Self { vote, commitment })
+    }
+
+    /// The bytes the Merkle leaf is taken over (see the module docs).
+    pub fn leaf_data(&self) -> [u8; LEAF_ENCODING_LEN] {
+        let vote = &self.vote;
+        let mut out = [0u8; LEAF_ENCODING_LEN];
+        out[0] = LEAF_ENCODING_VERSION;
+        out[1..17].copy_from_slice(&vote.vote_id.0.to_be_bytes());
+        out[17..33].copy_from_slice(&vote.decision_id.0.to_be_bytes());
+        out[33..65].copy_from_slice(&self.commitment.0);
+        out[65..67].copy_from_slice(&vote.option.to_be_bytes());
+        out[67] = vote.component as u8;
+        out[68..72].copy_from_slice(&vote.weight.0.to_be_bytes());
+        out[72..80].copy_from_slice(&vote.cast_at.to_be_bytes());
+        out
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

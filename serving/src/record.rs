@@ -1,0 +1,426 @@
+//! The served side of the vote record: the node's record key, voter salts, the checkpoint
+//! store writer, and the anchoring loop with its two targets (the local anchor journal, an
+//! EVM contract).
+//!
+//! ```text
+//!  dataflow ─cut checkpoint─▶ CheckpointWriter ─▶ checkpoints table (SQL)
+//!                                                     │ every anchor interval
+//!                                                     ▼
+//!   AnchorLoop: unanchored checkpoints ─▶ batch (root over entries) ─▶ fixed in SQL first
+//!        ─▶ AnchorTarget::anchor (journal line fsync'd | EVM tx + N confirmations),
+//!           retried with exponential backoff ─▶ batch confirmed (tx hash, block) in SQL
+//! ```
+//!
+//! A batch is written to SQL before it is sent, so a crash in between re-sends the same
+//! batch on restart; a duplicate on chain is harmless (the same root twice).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use canopy_chain::{AnchorBatch, AnchorEntry, Checkpoint, Hash, NoteSigner};
+use canopy_dataflow::{CheckpointSink, CutCheckpoint};
+use uuid::Uuid;
+
+use crate::ServingError;
+use crate::app::now_micros;
+use crate::auth::hex;
+use crate::store::{AnchorBatchRow, CheckpointRow, MetadataStore};
+
+/// Loads the node's Ed25519 record key seed from `path`, generating it on first start.
+pub fn load_or_generate_record_key(path: &Path, name: &str) -> Result<NoteSigner, ServingError> {
+    let seed: [u8; 32] = if path.exists() {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ServingError::Internal(format!("reading {}: {e}", path.display())))?;
+        bytes.try_into().map_err(|_| {
+            ServingError::Internal(format!("{} is not a 32-byte key seed", path.display()))
+        })?
+    } else {
+        let seed: [u8; 32] = rand::random();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ServingError::Internal(format!("creating {}: {e}", dir.display())))?;
+        }
+        crate::auth::write_private(path, &seed)?;
+        seed
+    };
+    NoteSigner::from_seed(name, &seed).map_err(|e| ServingError::Internal(e.to_string()))
+}
+
+/// Voter salts, read through from the metadata store. A vote costs no database read once
+/// its voter's salt is cached.
+pub struct SaltCache {
+    salts: Mutex<HashMap<Uuid, [u8; 32]>>,
+}
+
+const SALT_CACHE_LIMIT: usize = 1_000_000;
+
+impl Default for SaltCache {
+    fn default() -> Self {
+        Self {
+            salts: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl SaltCache {
+    pub async fn salt(
+        &self,
+        store: &dyn MetadataStore,
+        voter: Uuid,
+    ) -> Result<[u8; 32], ServingError> {
+        if let Some(salt) = self.lock().get(&voter) {
+            return Ok(*salt);
+        }
+        let salt = store.voter_salt(voter, now_micros()).await?;
+        let mut salts = self.lock();
+        if salts.len() >= SALT_CACHE_LIMIT {
+            salts.clear();
+        }
+        salts.insert(voter, salt);
+        Ok(salt)
+    }
+
+    /// Drops the voter's salt from the cache (after an erasure).
+    pub fn forget(&self, voter: Uuid) {
+        self.lock().remove(&voter);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, [u8; 32]>> {
+        self.salts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The dataflow's checkpoint sink: hands each cut checkpoint to a task that stores it.
+pub struct CheckpointWriter {
+    sender: tokio::sync::mpsc::UnboundedSender<CutCheckpoint>,
+}
+
+impl CheckpointWriter {
+    /// Starts the storing task on the current runtime.
+    pub fn start(store: Arc<dyn MetadataStore>) -> Self {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<CutCheckpoint>();
+        tokio::spawn(async move {
+            while let Some(cut) = receiver.recv().await {
+                let row = CheckpointRow {
+                    decision_id: cut.decision,
+                    tree_size: cut.size as i64,
+                    root: hex(&cut.root),
+                    note: cut.note,
+                    log_partition: i64::from(cut.as_of.partition),
+                    log_offset: cut.as_of.offset as i64,
+                    cut_at: now_micros(),
+                    batch_id: None,
+                    entry_index: None,
+                };
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match store.insert_checkpoint(&row).await {
+                        Ok(_) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, decision = %row.decision_id, size = row.tree_size, "storing a checkpoint failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                }
+            }
+        });
+        Self { sender }
+    }
+}
+
+impl CheckpointSink for CheckpointWriter {
+    fn store(&self, checkpoint: CutCheckpoint) {
+        // Only fails once the runtime is shutting down; the next start re-cuts it.
+        let _ = self.sender.send(checkpoint);
+    }
+}
+
+/// Where a batch landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnchorReceipt {
+    pub chain_batch_id: Option<i64>,
+    pub tx_hash: Option<String>,
+    pub block_number: i64,
+}
+
+/// Somewhere batch roots are recorded.
+#[async_trait]
+pub trait AnchorTarget: Send + Sync {
+    /// `journal` or `evm:<chain id>:<contract>`.
+    fn name(&self) -> String;
+    /// Records the batch and returns once it is final (synced, or confirmed on chain).
+    async fn anchor(
+        &self,
+        batch_id: i64,
+        batch: &AnchorBatch,
+        note: &str,
+    ) -> Result<AnchorReceipt, ServingError>;
+}
+
+/// The embedded anchor target: an append-only file of signed batch checkpoints, one JSON
+/// line per batch, fsync'd before the batch counts as anchored.
+pub struct AnchorJournal {
+    path: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl AnchorJournal {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Every journal entry: (batch id, signed note), in order.
+    pub fn entries(path: &Path) -> Result<Vec<(i64, String)>, ServingError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ServingError::Internal(format!(
+                    "reading {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        text.lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                let entry: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                    ServingError::Internal(format!("a line of the anchor journal is bad: {e}"))
+                })?;
+                match (entry["batch_id"].as_i64(), entry["note"].as_str()) {
+                    (Some(id), Some(note)) => Ok((id, note.to_string())),
+                    _ => Err(ServingError::Internal(
+                        "a line of the anchor journal lacks batch_id or note".into(),
+                    )),
+                }
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl AnchorTarget for AnchorJournal {
+    fn name(&self) -> String {
+        "journal".to_string()
+    }
+
+    async fn anchor(
+        &self,
+        batch_id: i64,
+        _batch: &AnchorBatch,
+        note: &str,
+    ) -> Result<AnchorReceipt, ServingError> {
+        let _one_writer = self.lock.lock().await;
+        let path = self.path.clone();
+        let line = serde_json::json!({ "batch_id": batch_id, "note": note }).to_string();
+        tokio::task::spawn_blocking(move || -> Result<i64, ServingError> {
+            let line_number = AnchorJournal::entries(&path)?.len() as i64;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| ServingError::Internal(e.to_string()))?;
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| ServingError::Internal(format!("opening {}: {e}", path.display())))?;
+            file.write_all(format!("{line}\n").as_bytes())
+                .and_then(|()| file.sync_data())
+                .map_err(|e| ServingError::Internal(format!("writing {}: {e}", path.display())))?;
+            Ok(line_number)
+        })
+        .await
+        .map_err(|e| ServingError::Internal(e.to_string()))?
+        .map(|line| AnchorReceipt {
+            chain_batch_id: None,
+            tx_hash: None,
+            block_number: line,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AnchorConfig {
+    /// How often the loop looks for unanchored checkpoints.
+    pub interval: Duration,
+    /// The most checkpoints in one batch.
+    pub max_batch: i64,
+    pub first_retry: Duration,
+    pub max_retry: Duration,
+}
+
+impl Default for AnchorConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            max_batch: 1_000,
+            first_retry: Duration::from_millis(500),
+            max_retry: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The origin of a batch's signed checkpoint: a batch is itself a small RFC 6962 tree.
+pub fn batch_origin(prefix: &str, batch_id: i64) -> String {
+    format!("{prefix}/anchor-batch/{batch_id}")
+}
+
+/// Rebuilds a stored batch's tree from its entries.
+pub fn batch_tree(entries: &[CheckpointRow]) -> Result<AnchorBatch, ServingError> {
+    let entries = entries
+        .iter()
+        .map(|row| {
+            Ok(AnchorEntry {
+                decision_id: row.decision_id.0.to_be_bytes(),
+                tree_size: row.tree_size as u64,
+                root: parse_hash(&row.root)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ServingError>>()?;
+    AnchorBatch::new(entries).map_err(|e| ServingError::Internal(e.to_string()))
+}
+
+pub fn parse_hash(text: &str) -> Result<Hash, ServingError> {
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| ServingError::BadRequest(format!("{text:?} is not a hex hash")))?;
+    bytes
+        .try_into()
+        .map_err(|_| ServingError::BadRequest(format!("{text:?} is not a 32-byte hash")))
+}
+
+/// Anchors every unanchored checkpoint, batch by batch, until `stop` fires.
+pub async fn anchor_loop(
+    store: Arc<dyn MetadataStore>,
+    target: Arc<dyn AnchorTarget>,
+    signer: Arc<NoteSigner>,
+    origin_prefix: String,
+    config: AnchorConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(error) =
+            anchor_pending(&store, &target, &signer, &origin_prefix, &config, &mut stop).await
+        {
+            tracing::warn!(%error, "anchoring stopped for this round");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.interval) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// One round: re-send batches a crash left unconfirmed, then batch what is new.
+async fn anchor_pending(
+    store: &Arc<dyn MetadataStore>,
+    target: &Arc<dyn AnchorTarget>,
+    signer: &NoteSigner,
+    origin_prefix: &str,
+    config: &AnchorConfig,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServingError> {
+    for pending in store.pending_anchor_batches().await? {
+        let entries = store.batch_entries(pending.batch_id).await?;
+        let batch = batch_tree(&entries)?;
+        send_batch(
+            store,
+            target,
+            signer,
+            origin_prefix,
+            config,
+            pending,
+            &batch,
+            stop,
+        )
+        .await?;
+    }
+    loop {
+        let entries = store.unanchored_checkpoints(config.max_batch).await?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let batch = batch_tree(&entries)?;
+        let row = AnchorBatchRow {
+            batch_id: store.next_anchor_batch_id().await?,
+            root: hex(&batch.root()),
+            entry_count: entries.len() as i64,
+            target: target.name(),
+            chain_batch_id: None,
+            tx_hash: None,
+            block_number: None,
+            created_at: now_micros(),
+            confirmed_at: None,
+        };
+        store.create_anchor_batch(&row, &entries).await?;
+        send_batch(
+            store,
+            target,
+            signer,
+            origin_prefix,
+            config,
+            row,
+            &batch,
+            stop,
+        )
+        .await?;
+        if (entries.len() as i64) < config.max_batch {
+            return Ok(());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_batch(
+    store: &Arc<dyn MetadataStore>,
+    target: &Arc<dyn AnchorTarget>,
+    signer: &NoteSigner,
+    origin_prefix: &str,
+    config: &AnchorConfig,
+    mut row: AnchorBatchRow,
+    batch: &AnchorBatch,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServingError> {
+    let note = Checkpoint {
+        origin: batch_origin(origin_prefix, row.batch_id),
+        size: batch.entries().len() as u64,
+        root: batch.root(),
+    }
+    .sign(signer);
+    let mut backoff = config.first_retry;
+    let receipt = loop {
+        match target.anchor(row.batch_id, batch, &note).await {
+            Ok(receipt) => break receipt,
+            Err(error) => {
+                tracing::warn!(%error, batch = row.batch_id, retry_in_ms = backoff.as_millis() as u64, "anchoring a batch failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return Err(ServingError::Internal("shutting down".into())),
+                }
+                backoff = (backoff * 2).min(config.max_retry);
+            }
+        }
+    };
+    row.chain_batch_id = receipt.chain_batch_id;
+    row.tx_hash = receipt.tx_hash;
+    row.block_number = Some(receipt.block_number);
+    row.confirmed_at = Some(now_micros());
+    store.confirm_anchor_batch(&row).await?;
+    tracing::info!(batch = row.batch_id, entries = row.entry_count, target = %row.target, "anchored");
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! The auditor API: checkpoints, inclusion and consistency proofs, anchors; and the GDPR
+//! erasure of a voter. Reading the record is public: anyone may check it.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use canopy_chain::{Hash, ProofBundle};
+use canopy_schemas::{DecisionId, VoterId};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::ServingError;
+use crate::app::{ApiJson, Caller, ErrorBody, SharedState};
+use crate::auth::{Action, hex};
+use crate::record::{AnchorJournal, batch_tree, parse_hash};
+use crate::store::CheckpointRow;
+
+#[utoipa::path(get, path = "/api/v1/audit/key", tag = "record", responses((status = 200, description = "the verifier key every checkpoint is signed with")))]
+pub(crate) async fn record_key(State(state): State<SharedState>) -> Json<serde_json::Value> {
+    Json(json!({ "key": state.record_key, "origin_prefix": state.record_origin }))
+}
+
+#[utoipa::path(get, path = "/api/v1/audit/decisions/{id}/checkpoints", tag = "record", params(("id" = uuid::Uuid, Path, description = "decision id")), responses((status = 200, description = "the decision's signed checkpoints, oldest first, with the log position each covers and its anchor batch")))]
+pub(crate) async fn checkpoints(
+    State(state): State<SharedState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    let decision = DecisionId::from(id);
+    let rows = state.store.checkpoints(decision).await?;
+    Ok(Json(json!({
+        "decision_id": decision,
+        "origin": state.record.origin(decision),
+        "checkpoints": rows,
+    })))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ProofQuery {
+    /// The leaf hash from the cast-vote receipt (hex).
+    leaf: String,
+    /// The checkpoint size to prove against; by default the latest anchored checkpoint
+    /// that covers the leaf, or else the latest that does.
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+/// A vote's inclusion proof with everything needed to check it offline.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ProofResponse {
+    #[schema(value_type = uuid::Uuid)]
+    decision_id: DecisionId,
+    leaf_hash: String,
+    index: u64,
+    tree_size: u64,
+    /// The audit path, leaf to root (hex).
+    proof: Vec<String>,
+    /// The signed checkpoint the path leads to.
+    checkpoint: String,
+    /// The same, as a C2SP tlog-proof bundle (extra = the decision id's 16 bytes).
+    bundle: String,
+    /// The record's verifier key. Check it against one obtained independently.
+    key: String,
+    /// Where the checkpoint was anchored, once it is.
+    #[schema(value_type = Option<Object>)]
+    anchor: Option<AnchorInfo>,
+}
+
+/// A checkpoint's place in an anchor batch, and where the batch was recorded.
+#[derive(Serialize, Deserialize, Clone, Debug, utoipa::ToSchema)]
+pub struct AnchorInfo {
+    pub batch_id: i64,
+    /// `journal` or `evm:<chain id>:<contract>`.
+    pub target: String,
+    pub batch_root: String,
+    pub entry_index: u64,
+    pub entry_count: u64,
+    /// The path from the checkpoint's entry to the batch root (hex).
+    pub path: Vec<String>,
+    /// The contract's batch id (EVM).
+    pub chain_batch_id: Option<i64>,
+    pub tx_hash: Option<String>,
+    /// The block (EVM) or line (journal) the batch was recorded at.
+    pub block_number: Option<i64>,
+    /// The batch as a signed checkpoint (origin `<prefix>/anchor-batch/<id>`); for the
+    /// journal, exactly the line it wrote.
+    pub batch_note: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit/decisions/{id}/proof", tag = "record", params(("id" = uuid::Uuid, Path, description = "decision id"), ProofQuery), responses((status = 200, body = ProofResponse), (status = 404, body = ErrorBody, description = "leaf_not_found"), (status = 409, body = ErrorBody, description = "not_checkpointed: retry once a checkpoint covers the vote")))]
+pub(crate) async fn inclusion_proof(
+    State(state): State<SharedState>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<ProofQuery>,
+) -> Result<Json<ProofResponse>, ServingError> {
+    let decision = DecisionId::from(id);
+    let leaf = parse_hash(&query.leaf)?;
+    let index = state
+        .record
+        .index_of(decision, &leaf)
+        .ok_or(ServingError::NotFound {
+            what: "a vote with this leaf hash in the decision's record",
+        })?;
+    let checkpoints = state.store.checkpoints(decision).await?;
+    let covering: Vec<&CheckpointRow> = checkpoints
+        .iter()
+        .filter(|c| c.tree_size as u64 > index)
+        .collect();
+    let chosen = match query.size {
+        Some(size) => covering
+            .iter()
+            .find(|c| c.tree_size as u64 == size)
+            .copied()
+            .ok_or(ServingError::NotFound {
+                what: "a checkpoint of that size covering the vote",
+            })?,
+        None => covering
+            .iter()
+            .rev()
+            .find(|c| c.batch_id.is_some())
+            .or(covering.last())
+            .copied()
+            .ok_or_else(|| ServingError::NotYet {
+                code: "not_checkpointed",
+                message: format!(
+                    "vote {index} of the decision is not covered by a checkpoint yet; retry in a second"
+                ),
+            })?,
+    };
+    let size = chosen.tree_size as u64;
+    let proof = state.record.inclusion_proof(decision, index, size)?;
+    let anchor = match chosen.batch_id {
+        Some(_) => anchor_info(&state, chosen).await?,
+        None => None,
+    };
+    let bundle = ProofBundle {
+        extra: Some(decision.0.to_be_bytes().to_vec()),
+        index,
+        proof: proof.clone(),
+        checkpoint: chosen.note.clone(),
+    };
+    Ok(Json(ProofResponse {
+        decision_id: decision,
+        leaf_hash: hex(&leaf),
+        index,
+        tree_size: size,
+        proof: proof.iter().map(|h| hex(h)).collect(),
+        checkpoint: chosen.note.clone(),
+        bundle: bundle.encode(),
+        key: state.record_key.clone(),
+        anchor,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit/decisions/{id}/consistency", tag = "record", params(("id" = uuid::Uuid, Path, description = "decision id"), ConsistencyQuery), responses((status = 200, description = "the RFC 9162 consistency proof between two tree sizes, with both roots"), (status = 422, body = ErrorBody, description = "sizes_out_of_order, size_beyond_log")))]
+pub(crate) async fn consistency_proof(
+    State(state): State<SharedState>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<ConsistencyQuery>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    let decision = DecisionId::from(id);
+    let latest = state
+        .store
+        .checkpoints(decision)
+        .await?
+        .last()
+        .map_or(0, |c| c.tree_size as u64);
+    if query.to > latest {
+        return Err(canopy_chain::ChainError::SizeBeyondLog {
+            size: query.to,
+            log: latest,
+        }
+        .into());
+    }
+    let proof = state
+        .record
+        .consistency_proof(decision, query.from, query.to)?;
+    let from_root = state.record.root_at(decision, query.from)?;
+    let to_root = state.record.root_at(decision, query.to)?;
+    Ok(Json(json!({
+        "decision_id": decision,
+        "from": query.from,
+        "to": query.to,
+        "from_root": hex(&from_root),
+        "to_root": hex(&to_root),
+        "proof": proof.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+    })))
+}
+
+#[utoipa::path(get, path = "/api/v1/audit/decisions/{id}/checkpoints/{size}/anchor", tag = "record", params(("id" = uuid::Uuid, Path, description = "decision id"), ("size" = u64, Path, description = "checkpoint tree size")), responses((status = 200, body = AnchorInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not_anchored: retry later")))]
+pub(crate) async fn checkpoint_anchor(
+    State(state): State<SharedState>,
+    Path((id, size)): Path<(Uuid, u64)>,
+) -> Result<Json<AnchorInfo>, ServingError> {
+    let decision = DecisionId::from(id);
+    let checkpoints = state.store.checkpoints(decision).await?;
+    let checkpoint = checkpoints
+        .iter()
+        .find(|c| c.tree_size as u64 == size)
+        .ok_or(ServingError::NotFound { what: "checkpoint" })?;
+    anchor_info(&state, checkpoint)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ServingError::NotYet {
+            code: "not_anchored",
+            message: format!("the checkpoint at size {size} is not anchored yet"),
+        })
+}
+
+/// The anchor of a checkpoint, if its batch is confirmed.
+async fn anchor_info(
+    state: &SharedState,
+    checkpoint: &CheckpointRow,
+) -> Result<Option<AnchorInfo>, ServingError> {
+    let (Some(batch_id), Some(entry_index)) = (checkpoint.batch_id, checkpoint.entry_index) else {
+        return Ok(None);
+    };
+    let Some(batch) = state.store.anchor_batch(batch_id).await? else {
+        return Ok(None);
+    };
+    if batch.confirmed_at.is_none() {
+        return Ok(None);
+    }
+    let entries = state.store.batch_entries(batch_id).await?;
+    let tree = batch_tree(&entries)?;
+    let path: Vec<Hash> = tree.path(entry_index as u64)?;
+    let batch_note = if batch.target == "journal" {
+        let journal = state.data_dir.join("anchors").join("journal.jsonl");
+        let entries = tokio::task::spawn_blocking(move || AnchorJournal::entries(&journal))
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))??;
+        entries
+            .into_iter()
+            .rev()
+            .find(|(id, _)| *id == batch_id)
+            .map(|(_, note)| note)
+    } else {
+        None
+    };
+    Ok(Some(AnchorInfo {
+        batch_id,
+        target: batch.target,
+        batch_root: batch.root,
+        entry_index: entry_index as u64,
+        entry_count: batch.entry_count as u64,
+        path: path.iter().map(|h| hex(h)).collect(),
+        chain_batch_id: batch.chain_batch_id,
+        tx_hash: batch.tx_hash,
+        block_number: batch.block_number,
+        batch_note,
+    }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EraseBody {
+    voter_id: Uuid,
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/erase-voter", tag = "record", request_body = EraseBody, security(("bearer" = [])), responses((status = 200, description = "the voter's salt is gone: their leaves can no longer be linked to them; every proof still verifies"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn erase_voter(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<EraseBody>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::EraseVoter).await?;
+    let voter = VoterId::from(body.voter_id);
+    let erased = state
+        .store
+        .erase_voter_salt(voter.as_uuid(), crate::app::now_micros())
+        .await?;
+    state.salts.forget(voter.as_uuid());
+    if !erased {
+        return Err(ServingError::NotFound {
+            what: "a voter with a salt to erase",
+        });
+    }
+    state
+        .audit(
+            &caller.0.sub.to_string(),
+            "erase_voter",
+            json!({ "voter_id": voter }),
+        )
+        .await;
+    Ok(Json(json!({ "voter_id": voter, "erased": true })))
+}
