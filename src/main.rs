@@ -2,9 +2,12 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "evm")]
+mod evm;
 mod loadgen;
 mod log_cmd;
 mod up;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -52,6 +55,22 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Check a vote's proof: inclusion, the checkpoint's signature, consistency with an
+    /// earlier checkpoint, and the anchor (on chain with --rpc). Prints one verdict line.
+    Verify(verify::VerifyArgs),
+    /// The GovernanceVotingVerifier contract.
+    #[cfg(feature = "evm")]
+    Evm {
+        #[command(subcommand)]
+        command: EvmCommand,
+    },
+}
+
+#[cfg(feature = "evm")]
+#[derive(Subcommand)]
+enum EvmCommand {
+    /// Deploy the contract; the deploying key becomes the anchoring key.
+    Deploy(evm::DeployArgs),
 }
 
 #[derive(Subcommand)]
@@ -69,12 +88,17 @@ enum LogCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let done = match Cli::parse().command {
+        Command::Verify(args) => return Ok(verify::run(args)),
+        #[cfg(feature = "evm")]
+        Command::Evm {
+            command: EvmCommand::Deploy(args),
+        } => evm::deploy(args),
         Command::Up(args) => up::up(args),
         Command::Migrate(args) => up::migrate(args),
         Command::Admin {
@@ -85,5 +109,6 @@ fn main() -> anyhow::Result<()> {
         Command::Log {
             command: LogCommand::Verify { data_dir },
         } => log_cmd::verify(&data_dir),
-    }
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
 }

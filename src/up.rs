@@ -41,6 +41,16 @@ pub struct UpArgs {
     /// Requests per second allowed per client address (burst: twice as many).
     #[arg(long, default_value_t = 2_000.0)]
     address_rate: f64,
+    /// Seconds between anchoring rounds (each anchors every checkpoint not yet anchored).
+    #[arg(long, default_value_t = 10.0)]
+    anchor_interval_s: f64,
+    /// Where checkpoint origins start (`<origin>/decision/<uuid>`); name it after the
+    /// node's public address.
+    #[arg(long, default_value = "canopy.local")]
+    record_origin: String,
+    #[cfg(feature = "evm")]
+    #[command(flatten)]
+    evm: crate::evm::EvmArgs,
 }
 
 #[derive(Args)]
@@ -69,6 +79,8 @@ fn node_config(args: &UpArgs) -> NodeConfig {
         per_second: args.address_rate,
         burst: 2.0 * args.address_rate,
     };
+    config.anchor.interval = Duration::from_secs_f64(args.anchor_interval_s.max(0.05));
+    config.record_origin = args.record_origin.clone();
     config
 }
 
@@ -77,9 +89,17 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let node = Node::start(node_config(&args))
-            .await
-            .context("starting the node")?;
+        #[allow(unused_mut)]
+        let mut config = node_config(&args);
+        #[cfg(feature = "evm")]
+        if let Some(target) = crate::evm::EvmTarget::connect(&args.evm).await? {
+            println!("  anchoring on chain: {}", {
+                use canopy_serving::record::AnchorTarget;
+                target.name()
+            });
+            config.anchor_target = Some(Arc::new(target));
+        }
+        let node = Node::start(config).await.context("starting the node")?;
         println!("Canopy is listening on http://{}", node.addr);
         println!("  data directory: {}", args.data_dir.display());
         println!(

@@ -729,6 +729,9 @@ struct CastReceipt {
     /// /api/v1/audit/decisions/{decision_id}/proof?leaf=… for its inclusion proof once a
     /// checkpoint covers it.
     leaf_hash: String,
+    /// The leaf encoding (hex): the vote as the record holds it, the voter replaced by the
+    /// salted commitment (layout in canopy-schemas' record module).
+    leaf: String,
 }
 
 fn vote_for(claims: &Claims, body: &CastBody) -> Result<Vote, ServingError> {
@@ -758,6 +761,7 @@ fn receipt(logged: &LoggedVote, position: Position) -> CastReceipt {
         decision_id: logged.vote.decision_id,
         position,
         leaf_hash: auth::hex(&canopy_chain::leaf_hash(&logged.leaf_data())),
+        leaf: auth::hex(&logged.leaf_data()),
     }
 }
 

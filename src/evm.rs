@@ -1,0 +1,130 @@
+//! The EVM anchor target for `canopy up`, and `canopy evm deploy`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use canopy_chain::AnchorBatch;
+use canopy_evm::{EvmAnchor, EvmAnchorConfig};
+use canopy_serving::ServingError;
+use canopy_serving::record::{AnchorReceipt, AnchorTarget};
+use clap::Args;
+
+/// How long one anchoring attempt may take, confirmations included, before it counts as
+/// failed and is retried (a retry after a timeout may anchor the same root twice: harmless).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Args, Clone, Debug)]
+pub struct EvmArgs {
+    /// JSON-RPC endpoint (http) of an EVM node; batch roots are anchored there instead of in
+    /// the local anchor journal.
+    #[arg(long, env = "CANOPY_EVM_RPC")]
+    pub evm_rpc: Option<String>,
+    /// Address of the deployed GovernanceVotingVerifier (`canopy evm deploy`).
+    #[arg(long, env = "CANOPY_EVM_CONTRACT", requires = "evm_rpc")]
+    pub evm_contract: Option<String>,
+    /// The anchoring key (hex secp256k1), the contract's owner.
+    #[arg(
+        long,
+        env = "CANOPY_EVM_KEY",
+        hide_env_values = true,
+        requires = "evm_rpc"
+    )]
+    pub evm_key: Option<String>,
+    /// Blocks on top of an anchoring transaction before it counts.
+    #[arg(long, default_value_t = 2)]
+    pub evm_confirmations: u64,
+}
+
+pub fn parse_address(text: &str) -> anyhow::Result<[u8; 20]> {
+    let bytes = hex::decode(text.trim_start_matches("0x"))
+        .with_context(|| format!("{text:?} is not a hex address"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{text:?} is not a 20-byte address"))
+}
+
+pub struct EvmTarget {
+    anchor: EvmAnchor,
+}
+
+impl EvmTarget {
+    pub async fn connect(args: &EvmArgs) -> anyhow::Result<Option<Self>> {
+        let Some(rpc_url) = &args.evm_rpc else {
+            return Ok(None);
+        };
+        let contract =
+            parse_address(args.evm_contract.as_deref().context(
+                "--evm-rpc needs --evm-contract (deploy one with `canopy evm deploy`)",
+            )?)?;
+        let key = args
+            .evm_key
+            .clone()
+            .context("--evm-rpc needs the anchoring key (--evm-key or CANOPY_EVM_KEY)")?;
+        let anchor = EvmAnchor::connect(EvmAnchorConfig {
+            rpc_url: rpc_url.clone(),
+            private_key_hex: key,
+            contract,
+            confirmations: args.evm_confirmations,
+            poll_interval: Duration::from_millis(250),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))
+        .context("connecting to the EVM node")?;
+        Ok(Some(Self { anchor }))
+    }
+}
+
+#[async_trait]
+impl AnchorTarget for EvmTarget {
+    fn name(&self) -> String {
+        format!("evm:0x{}", hex::encode(self.anchor.contract_address()))
+    }
+
+    async fn anchor(
+        &self,
+        _batch_id: i64,
+        batch: &AnchorBatch,
+        _note: &str,
+    ) -> Result<AnchorReceipt, ServingError> {
+        let decisions: Vec<[u8; 16]> = batch.entries().iter().map(|e| e.decision_id).collect();
+        let tx = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            self.anchor.record_batch(batch.root(), &decisions),
+        )
+        .await
+        .map_err(|_| ServingError::Internal("the anchoring transaction timed out".into()))?
+        .map_err(|e| ServingError::Internal(format!("{}: {e}", e.code())))?;
+        Ok(AnchorReceipt {
+            chain_batch_id: Some(tx.batch_id as i64),
+            tx_hash: Some(format!("0x{}", hex::encode(tx.tx_hash))),
+            block_number: tx.block_number as i64,
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// JSON-RPC endpoint (http).
+    #[arg(long, env = "CANOPY_EVM_RPC")]
+    rpc: String,
+    /// The deploying key; it becomes the anchoring key (the contract's owner).
+    #[arg(long, env = "CANOPY_EVM_KEY", hide_env_values = true)]
+    key: String,
+}
+
+/// Deploys GovernanceVotingVerifier and prints `{"contract": "0x…"}`.
+pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let address = runtime
+        .block_on(canopy_evm::deploy(&args.rpc, &args.key))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))
+        .context("deploying GovernanceVotingVerifier")?;
+    println!(
+        "{}",
+        serde_json::json!({ "contract": format!("0x{}", hex::encode(address)) })
+    );
+    Ok(())
+}

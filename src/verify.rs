@@ -1,0 +1,359 @@
+//! `canopy verify`: checks a vote's proof with nothing but the proof, the record's key, an
+//! earlier checkpoint and (optionally) the chain.
+//!
+//! Prints one line a script can read, `OK …` or `FAIL <code>: …`, and exits 0 when every
+//! check passed, 1 when one failed, 2 when the input could not be read.
+
+use std::path::PathBuf;
+
+use canopy_chain::{
+    AnchorPath, Checkpoint, Hash, NoteVerifier, ProofBundle, verify_anchored, verify_consistency,
+};
+use clap::Args;
+use serde::Deserialize;
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The proof: a file holding the JSON of /api/v1/audit/decisions/{id}/proof, or that URL.
+    source: String,
+    /// The record's verifier key (`<name>+<hash>+<key>`), obtained independently, e.g. once
+    /// from /api/v1/audit/key. Without it the key inside the proof is used, which proves
+    /// only that the proof is self-consistent.
+    #[arg(long)]
+    key: Option<String>,
+    /// The leaf hash (hex) from your cast-vote receipt; it must be the one proven.
+    #[arg(long)]
+    leaf: Option<String>,
+    /// A checkpoint you saw earlier (a file with the signed note): checks that the record
+    /// only grew since, with a consistency proof from the node.
+    #[arg(long)]
+    previous: Option<PathBuf>,
+    /// The node to ask for that consistency proof (default: the source URL's node).
+    #[arg(long)]
+    node: Option<String>,
+    /// An EVM JSON-RPC URL: also check the anchor on chain, through the contract.
+    #[arg(long)]
+    rpc: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ProofFile {
+    decision_id: uuid::Uuid,
+    leaf_hash: String,
+    bundle: String,
+    key: String,
+    anchor: Option<AnchorFile>,
+}
+
+#[derive(Deserialize)]
+struct AnchorFile {
+    target: String,
+    batch_root: String,
+    entry_index: u64,
+    entry_count: u64,
+    path: Vec<String>,
+    chain_batch_id: Option<i64>,
+    batch_note: Option<String>,
+}
+
+/// A failed check: a stable code and what failed.
+struct Failure {
+    code: &'static str,
+    message: String,
+}
+
+fn fail(code: &'static str, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+pub fn run(args: VerifyArgs) -> std::process::ExitCode {
+    let text = match read_source(&args.source) {
+        Ok(text) => text,
+        Err(error) => {
+            println!("FAIL unreadable: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match check(&args, &text) {
+        Ok(verdict) => {
+            println!("OK {verdict}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            println!("FAIL {}: {}", failure.code, failure.message);
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn read_source(source: &str) -> anyhow::Result<String> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let response = reqwest::blocking::get(source)?;
+        let status = response.status();
+        let body = response.text()?;
+        anyhow::ensure!(status.is_success(), "{source} answered {status}: {body}");
+        Ok(body)
+    } else {
+        Ok(std::fs::read_to_string(source)?)
+    }
+}
+
+fn hash(text: &str) -> Result<Hash, Failure> {
+    hex::decode(text.trim_start_matches("0x"))
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| fail("bad_input", format!("{text:?} is not a hex hash")))
+}
+
+fn check(args: &VerifyArgs, text: &str) -> Result<String, Failure> {
+    let proof: ProofFile = serde_json::from_str(text)
+        .map_err(|e| fail("bad_input", format!("not a Canopy proof: {e}")))?;
+    let leaf = hash(&proof.leaf_hash)?;
+    if let Some(expected) = &args.leaf
+        && hash(expected)? != leaf
+    {
+        return Err(fail("wrong_leaf", "the proof is for another vote"));
+    }
+    let (key_text, key_source) = match &args.key {
+        Some(key) => (key.as_str(), "trusted key"),
+        None => (proof.key.as_str(), "key from the proof itself"),
+    };
+    let verifier = NoteVerifier::parse(key_text).map_err(|e| fail(e.code(), e.to_string()))?;
+    let bundle = ProofBundle::parse(&proof.bundle).map_err(|e| fail(e.code(), e.to_string()))?;
+    let decision = proof.decision_id.as_u128().to_be_bytes();
+    if bundle.extra.as_deref() != Some(&decision[..]) {
+        return Err(fail("wrong_decision", "the bundle is for another decision"));
+    }
+    let checkpoint = bundle
+        .verify(&leaf, &verifier)
+        .map_err(|e| fail(e.code(), e.to_string()))?;
+    let decision_suffix = format!("/decision/{}", proof.decision_id);
+    if !checkpoint.origin.ends_with(&decision_suffix) {
+        return Err(fail(
+            "wrong_decision",
+            format!("the checkpoint is of the log {:?}", checkpoint.origin),
+        ));
+    }
+    let mut verdict = format!(
+        "inclusion+signature ({key_source}) decision={} index={} size={}",
+        proof.decision_id, bundle.index, checkpoint.size
+    );
+
+    if let Some(previous) = &args.previous {
+        let note = std::fs::read_to_string(previous)
+            .map_err(|e| fail("bad_input", format!("{}: {e}", previous.display())))?;
+        let earlier =
+            Checkpoint::verify(&note, &verifier).map_err(|e| fail(e.code(), e.to_string()))?;
+        if earlier.origin != checkpoint.origin {
+            return Err(fail(
+                "wrong_decision",
+                "the earlier checkpoint is of another log",
+            ));
+        }
+        if earlier.size > checkpoint.size {
+            return Err(fail(
+                "sizes_out_of_order",
+                format!(
+                    "the earlier checkpoint ({}) is larger than this one ({})",
+                    earlier.size, checkpoint.size
+                ),
+            ));
+        }
+        let node = args
+            .node
+            .clone()
+            .or_else(|| node_of(&args.source))
+            .ok_or_else(|| fail("bad_input", "--previous with a proof file needs --node"))?;
+        let url = format!(
+            "{node}/api/v1/audit/decisions/{}/consistency?from={}&to={}",
+            proof.decision_id, earlier.size, checkpoint.size
+        );
+        let answer: serde_json::Value = read_source(&url)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .ok_or_else(|| fail("unreachable", format!("no consistency proof from {url}")))?;
+        let hashes = answer["proof"]
+            .as_array()
+            .ok_or_else(|| fail("bad_input", "the consistency answer has no proof"))?
+            .iter()
+            .map(|h| hash(h.as_str().unwrap_or_default()))
+            .collect::<Result<Vec<Hash>, _>>()?;
+        verify_consistency(
+            earlier.size,
+            checkpoint.size,
+            &earlier.root,
+            &checkpoint.root,
+            &hashes,
+        )
+        .map_err(|e| fail("inconsistent", format!("the record did not only grow: {e}")))?;
+        verdict.push_str(&format!(
+            " +consistency({}->{})",
+            earlier.size, checkpoint.size
+        ));
+    }
+
+    let Some(anchor) = &proof.anchor else {
+        if args.rpc.is_some() {
+            return Err(fail(
+                "not_anchored",
+                "the proof carries no anchor yet; fetch it again later",
+            ));
+        }
+        return Ok(verdict + " (not anchored yet)");
+    };
+    let batch_root = hash(&anchor.batch_root)?;
+    let path = AnchorPath {
+        entry_index: anchor.entry_index,
+        entry_count: anchor.entry_count,
+        path: anchor
+            .path
+            .iter()
+            .map(|h| hash(h))
+            .collect::<Result<_, _>>()?,
+    };
+    verify_anchored(
+        &leaf,
+        bundle.index,
+        checkpoint.size,
+        &bundle.proof,
+        decision,
+        &path,
+        &batch_root,
+    )
+    .map_err(|e| fail("bad_anchor", e.to_string()))?;
+    if anchor.target == "journal" {
+        let note = anchor
+            .batch_note
+            .as_deref()
+            .ok_or_else(|| fail("bad_anchor", "a journal anchor without its signed line"))?;
+        let batch =
+            Checkpoint::verify(note, &verifier).map_err(|e| fail("bad_anchor", e.to_string()))?;
+        if batch.root != batch_root || batch.size != anchor.entry_count {
+            return Err(fail(
+                "bad_anchor",
+                "the signed journal line is of another batch",
+            ));
+        }
+        verdict.push_str(" +anchor(journal, signed)");
+    } else {
+        verdict.push_str(&format!(" +anchor-path({})", anchor.target));
+    }
+    if let Some(rpc) = &args.rpc {
+        verdict.push_str(&on_chain(
+            rpc,
+            anchor,
+            &leaf,
+            &bundle,
+            &checkpoint,
+            decision,
+            &path,
+        )?);
+    }
+    Ok(verdict)
+}
+
+/// `http://host:port` of a proof URL.
+fn node_of(source: &str) -> Option<String> {
+    let rest = source.strip_prefix("http://")?;
+    let host = rest.split('/').next()?;
+    Some(format!("http://{host}"))
+}
+
+#[cfg(feature = "evm")]
+fn on_chain(
+    rpc: &str,
+    anchor: &AnchorFile,
+    leaf: &Hash,
+    bundle: &ProofBundle,
+    checkpoint: &Checkpoint,
+    decision: [u8; 16],
+    path: &AnchorPath,
+) -> Result<String, Failure> {
+    use canopy_evm::{AnchorProofArgs, EvmAnchor, EvmAnchorConfig, VoteProofArgs};
+    let contract = anchor
+        .target
+        .strip_prefix("evm:")
+        .ok_or_else(|| {
+            fail(
+                "bad_anchor",
+                "the checkpoint was anchored in the journal, not on chain",
+            )
+        })
+        .and_then(|address| {
+            crate::evm::parse_address(address).map_err(|e| fail("bad_input", e.to_string()))
+        })?;
+    let chain_batch = anchor
+        .chain_batch_id
+        .ok_or_else(|| fail("bad_anchor", "no contract batch id"))? as u64;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail("internal", e.to_string()))?;
+    runtime.block_on(async {
+        // Reading needs no key of ours; a throwaway one satisfies the client.
+        let throwaway: [u8; 32] = rand::random();
+        let client = EvmAnchor::connect(EvmAnchorConfig {
+            rpc_url: rpc.to_string(),
+            private_key_hex: hex::encode(throwaway),
+            contract,
+            confirmations: 0,
+            poll_interval: std::time::Duration::from_millis(250),
+        })
+        .await
+        .map_err(|e| fail(e.code(), e.to_string()))?;
+        let stored = client
+            .batch(chain_batch)
+            .await
+            .map_err(|e| fail(e.code(), e.to_string()))?
+            .ok_or_else(|| fail("bad_anchor", format!("batch {chain_batch} is not on chain")))?;
+        if stored.root.to_vec() != hash(&anchor.batch_root)?.to_vec() {
+            return Err(fail(
+                "bad_anchor",
+                "the chain holds another root for the batch",
+            ));
+        }
+        let verified = client
+            .verify_vote(
+                &VoteProofArgs {
+                    leaf_hash: *leaf,
+                    leaf_index: bundle.index,
+                    tree_size: checkpoint.size,
+                    path: bundle.proof.clone(),
+                },
+                &AnchorProofArgs {
+                    decision_id: decision,
+                    batch_id: chain_batch,
+                    entry_index: path.entry_index,
+                    path: path.path.clone(),
+                },
+            )
+            .await
+            .map_err(|e| fail(e.code(), e.to_string()))?;
+        if !verified {
+            return Err(fail("bad_anchor", "the contract refused the proof"));
+        }
+        Ok(format!(
+            " +on-chain(batch {chain_batch}, block {})",
+            stored.anchored_at_block
+        ))
+    })
+}
+
+#[cfg(not(feature = "evm"))]
+fn on_chain(
+    _rpc: &str,
+    _anchor: &AnchorFile,
+    _leaf: &Hash,
+    _bundle: &ProofBundle,
+    _checkpoint: &Checkpoint,
+    _decision: [u8; 16],
+    _path: &AnchorPath,
+) -> Result<String, Failure> {
+    Err(fail(
+        "no_evm_support",
+        "this canopy was built without the `evm` feature",
+    ))
+}

@@ -1,0 +1,465 @@
+//! The vote record end to end, as voters and auditors meet it: votes cast through the API
+//! land in their decision's Merkle log, checkpoints are anchored (on a real EVM node, or in
+//! the local journal), and a proof checks out with `canopy verify` and on chain. Erasing a
+//! voter keeps every proof valid and leaves the voter unfindable; a restart keeps the record.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// anvil's first default account: funded on every anvil chain.
+const ANVIL_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+struct Anvil {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_anvil() -> Anvil {
+    let bin = std::env::var("CANOPY_ANVIL").expect(
+        "CANOPY_ANVIL must name the anvil binary (scripts/test installs it from npm: \
+         contracts/node_modules/@foundry-rs/anvil-linux-amd64)",
+    );
+    let mut child = Command::new(bin)
+        .args(["--port", "0", "--host", "127.0.0.1", "--block-time", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting anvil");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("anvil exited before listening")
+            .unwrap();
+        if let Some(address) = line.strip_prefix("Listening on ") {
+            break address.trim().to_string();
+        }
+    };
+    // Keep reading so anvil never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Anvil {
+        child,
+        url: format!("http://{address}"),
+    }
+}
+
+fn canopy(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+    )
+}
+
+async fn register(client: &reqwest::Client, base: &str, username: &str) -> String {
+    let (status, body) = post(
+        client,
+        format!("{base}/api/v1/auth/register"),
+        None,
+        json!({ "username": username, "password": PASSWORD }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    login(client, base, username).await
+}
+
+async fn cast(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    decision: &str,
+    option: u16,
+) -> Value {
+    let (status, receipt) = post(
+        client,
+        format!("{base}/api/v1/voting/cast-vote"),
+        Some(token),
+        json!({ "decision_id": decision, "option": option }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{receipt}");
+    receipt
+}
+
+/// Polls the proof of `leaf` until it is anchored and, if given, at least `min_size` big.
+async fn anchored_proof(
+    client: &reqwest::Client,
+    base: &str,
+    decision: &str,
+    leaf: &str,
+    min_size: u64,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let response = client
+            .get(format!(
+                "{base}/api/v1/audit/decisions/{decision}/proof?leaf={leaf}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        last = response.json().await.unwrap();
+        if !last["anchor"].is_null() && last["tree_size"].as_u64().unwrap_or(0) >= min_size {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the vote was not anchored in time; last answer: {last}");
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+async fn create_decision(client: &reqwest::Client, base: &str, admin: &str) -> String {
+    let (status, decision) = post(
+        client,
+        format!("{base}/api/v1/voting/decision/create"),
+        Some(admin),
+        json!({ "title": "Reopen the salmon run?", "options": ["yes", "no"], "closes_at": i64::MAX }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{decision}");
+    decision["id"].as_str().unwrap().to_string()
+}
+
+/// Bytes 33..65 of the leaf encoding: the voter's commitment.
+fn commitment(receipt: &Value) -> String {
+    receipt["leaf"].as_str().unwrap()[66..130].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_are_anchored_on_chain_and_proofs_verify_there_and_offline() {
+    let anvil = start_anvil();
+    let (status, deployed) = canopy(&["evm", "deploy", "--rpc", &anvil.url, "--key", ANVIL_KEY]);
+    assert_eq!(status, 0, "{deployed}");
+    let contract = serde_json::from_str::<Value>(&deployed).unwrap()["contract"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let evm_args = [
+        "--anchor-interval-s",
+        "0.5",
+        "--evm-rpc",
+        &anvil.url,
+        "--evm-contract",
+        &contract,
+        "--evm-key",
+        ANVIL_KEY,
+        "--evm-confirmations",
+        "1",
+    ];
+    let mut node = start_with(data.path(), port, &evm_args);
+    wait_healthy(&client, &base).await;
+    create_admin(data.path());
+    let admin = login(&client, &base, "root").await;
+    let decision = create_decision(&client, &base, &admin).await;
+    let key = client
+        .get(format!("{base}/api/v1/audit/key"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut voters = Vec::new();
+    let mut receipts = Vec::new();
+    for n in 0..6 {
+        let token = register(&client, &base, &format!("voter{n}")).await;
+        receipts.push(cast(&client, &base, &token, &decision, (n % 2) as u16).await);
+        voters.push(token);
+    }
+    // A changed vote is a new leaf with the same commitment: the record keeps both.
+    let changed = cast(&client, &base, &voters[0], &decision, 1).await;
+    assert_eq!(commitment(&changed), commitment(&receipts[0]));
+    for (token, receipt) in voters.iter().zip(&receipts) {
+        let voter_hex = uuid_of(token).replace('-', "");
+        assert!(
+            !receipt["leaf"].as_str().unwrap().contains(&voter_hex),
+            "a leaf names its voter"
+        );
+    }
+
+    // The first vote's proof, once anchored, verifies offline, on chain, and by URL.
+    let leaf = receipts[0]["leaf_hash"].as_str().unwrap().to_string();
+    let proof = anchored_proof(&client, &base, &decision, &leaf, 0).await;
+    assert!(
+        proof["anchor"]["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("evm:0x")
+    );
+    let proof_file = write(files.path(), "proof.json", &proof.to_string());
+    let (status, verdict) = canopy(&[
+        "verify",
+        &proof_file,
+        "--key",
+        &key,
+        "--leaf",
+        &leaf,
+        "--rpc",
+        &anvil.url,
+    ]);
+    assert_eq!(status, 0, "{verdict}");
+    assert!(
+        verdict.starts_with("OK ") && verdict.contains("+on-chain"),
+        "{verdict}"
+    );
+    let url = format!("{base}/api/v1/audit/decisions/{decision}/proof?leaf={leaf}");
+    let (status, verdict) = canopy(&["verify", &url, "--key", &key, "--rpc", &anvil.url]);
+    assert_eq!(status, 0, "{verdict}");
+
+    // Tampered proofs fail, each with its reason.
+    let other_leaf = receipts[1]["leaf_hash"].as_str().unwrap();
+    let mut forged = proof.clone();
+    forged["leaf_hash"] = json!(other_leaf);
+    let forged_file = write(files.path(), "forged.json", &forged.to_string());
+    let (status, verdict) = canopy(&["verify", &forged_file, "--key", &key]);
+    assert_eq!((status, &verdict[..5]), (1, "FAIL "), "{verdict}");
+    let (status, verdict) = canopy(&["verify", &proof_file, "--key", &key, "--leaf", other_leaf]);
+    assert_eq!(status, 1, "{verdict}");
+    assert!(verdict.starts_with("FAIL wrong_leaf"), "{verdict}");
+    let foreign_key = "someone.else+9e2f2ee9+AcsYYz1GI+H1NdsFe8SAfR+z2c8+KDzuNU1NOZMgA7XX";
+    let (status, verdict) = canopy(&["verify", &proof_file, "--key", foreign_key]);
+    assert_eq!(status, 1, "{verdict}");
+    let mut rerooted = proof.clone();
+    rerooted["anchor"]["batch_root"] = json!("00".repeat(32));
+    let rerooted_file = write(files.path(), "rerooted.json", &rerooted.to_string());
+    let (status, verdict) = canopy(&["verify", &rerooted_file, "--key", &key]);
+    assert!(
+        status == 1 && verdict.starts_with("FAIL bad_anchor"),
+        "{verdict}"
+    );
+
+    // The record only grows: a later checkpoint is consistent with the one seen first.
+    let first_size = proof["tree_size"].as_u64().unwrap();
+    let previous = write(
+        files.path(),
+        "previous.note",
+        proof["checkpoint"].as_str().unwrap(),
+    );
+    let late = register(&client, &base, "late").await;
+    cast(&client, &base, &late, &decision, 0).await;
+    let later = anchored_proof(&client, &base, &decision, &leaf, first_size + 1).await;
+    let later_file = write(files.path(), "later.json", &later.to_string());
+    let (status, verdict) = canopy(&[
+        "verify",
+        &later_file,
+        "--key",
+        &key,
+        "--previous",
+        &previous,
+        "--node",
+        &base,
+        "--rpc",
+        &anvil.url,
+    ]);
+    assert_eq!(status, 0, "{verdict}");
+    assert!(verdict.contains("+consistency"), "{verdict}");
+
+    // Erasure: the voter's salt goes; every proof still verifies; new votes of the same
+    // person carry an unrelated commitment, so nothing links them to the old leaves.
+    let erased_voter = uuid_of(&voters[0]);
+    let (status, body) = post(
+        &client,
+        format!("{base}/api/v1/admin/erase-voter"),
+        Some(&admin),
+        json!({ "voter_id": erased_voter }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(
+        &client,
+        format!("{base}/api/v1/admin/erase-voter"),
+        Some(&voters[1]),
+        json!({ "voter_id": erased_voter }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    let (status, verdict) = canopy(&["verify", &proof_file, "--key", &key, "--rpc", &anvil.url]);
+    assert_eq!(
+        status, 0,
+        "an earlier proof broke with the erasure: {verdict}"
+    );
+    let after = cast(&client, &base, &voters[0], &decision, 0).await;
+    assert_ne!(commitment(&after), commitment(&receipts[0]));
+    let audit = get_json(&client, format!("{base}/api/v1/audit/trail"), &admin).await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "erase_voter"),
+        "the erasure is audited"
+    );
+
+    // A restart rebuilds the record from the log: the same proof, the same checkpoints,
+    // and new checkpoints consistent with the old ones.
+    kill_9(&mut node);
+    let mut node = start_with(data.path(), port, &evm_args);
+    wait_healthy(&client, &base).await;
+    let replayed = anchored_proof(&client, &base, &decision, &leaf, 0).await;
+    assert_eq!(replayed["index"], proof["index"]);
+    let latest_before = later["tree_size"].as_u64().unwrap();
+    let newer = register(&client, &base, "after-restart").await;
+    cast(&client, &base, &newer, &decision, 1).await;
+    let grown = anchored_proof(&client, &base, &decision, &leaf, latest_before + 2).await;
+    let grown_file = write(files.path(), "grown.json", &grown.to_string());
+    let previous = write(
+        files.path(),
+        "later.note",
+        later["checkpoint"].as_str().unwrap(),
+    );
+    let (status, verdict) = canopy(&[
+        "verify",
+        &grown_file,
+        "--key",
+        &key,
+        "--previous",
+        &previous,
+        "--node",
+        &base,
+        "--rpc",
+        &anvil.url,
+    ]);
+    assert_eq!(status, 0, "{verdict}");
+    kill_9(&mut node);
+}
+
+/// The user id inside an access token (its `sub` claim).
+fn uuid_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["sub"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_chain_checkpoints_are_anchored_in_the_signed_local_journal() {
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut node = start_with(data.path(), port, &["--anchor-interval-s", "0.2"]);
+    wait_healthy(&client, &base).await;
+    create_admin(data.path());
+    let admin = login(&client, &base, "root").await;
+    let decision = create_decision(&client, &base, &admin).await;
+    let voter = register(&client, &base, "solo").await;
+    let receipt = cast(&client, &base, &voter, &decision, 0).await;
+    let leaf = receipt["leaf_hash"].as_str().unwrap();
+
+    let proof = anchored_proof(&client, &base, &decision, leaf, 0).await;
+    assert_eq!(proof["anchor"]["target"], "journal");
+    let key = proof["key"].as_str().unwrap().to_string();
+    let proof_file = write(files.path(), "proof.json", &proof.to_string());
+    let (status, verdict) = canopy(&["verify", &proof_file, "--key", &key]);
+    assert_eq!(status, 0, "{verdict}");
+    assert!(verdict.contains("+anchor(journal, signed)"), "{verdict}");
+    let (status, verdict) = canopy(&["verify", &proof_file, "--key", &key, "--rpc", &base]);
+    assert_eq!(status, 1, "a journal anchor is not on chain: {verdict}");
+
+    // The checkpoint list and the anchor endpoint agree with the proof.
+    let checkpoints = get_json(
+        &client,
+        format!("{base}/api/v1/audit/decisions/{decision}/checkpoints"),
+        &admin,
+    )
+    .await;
+    let size = proof["tree_size"].as_u64().unwrap();
+    assert!(
+        checkpoints["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["tree_size"] == size && c["note"] == proof["checkpoint"])
+    );
+    let anchor = get_json(
+        &client,
+        format!("{base}/api/v1/audit/decisions/{decision}/checkpoints/{size}/anchor"),
+        &admin,
+    )
+    .await;
+    assert_eq!(anchor["batch_root"], proof["anchor"]["batch_root"]);
+    let journal = std::fs::read_to_string(data.path().join("anchors/journal.jsonl")).unwrap();
+    assert!(
+        journal
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .any(|entry| entry["note"] == proof["anchor"]["batch_note"]),
+        "the proof's batch is a line of the journal"
+    );
+
+    // Bad requests get codes and change nothing.
+    let bad = client
+        .get(format!(
+            "{base}/api/v1/audit/decisions/{decision}/proof?leaf=zz"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 422);
+    let unknown = client
+        .get(format!(
+            "{base}/api/v1/audit/decisions/{decision}/proof?leaf={}",
+            "ab".repeat(32)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status().as_u16(), 404);
+    let beyond: Value = client
+        .get(format!(
+            "{base}/api/v1/audit/decisions/{decision}/consistency?from=1&to=999"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(beyond["error"]["code"], "size_beyond_log");
+    kill_9(&mut node);
+}
