@@ -1,5 +1,5 @@
 # The usual names. `make test` is exactly what CI runs.
-.PHONY: fmt lint test bench bench-core bench-log bench-http bench-merkle
+.PHONY: fmt lint test bench bench-core bench-record bench-log bench-http bench-merkle gas
 
 fmt:
 	cargo fmt --all
@@ -10,10 +10,13 @@ lint:
 test:
 	scripts/test
 
-bench: bench-core bench-log bench-http bench-merkle
+bench: bench-core bench-record bench-log bench-http bench-merkle gas
 
 bench-core:
 	cargo run --release -p canopy-bench -- core
+
+bench-record:
+	cargo run --release -p canopy-bench -- core --record
 
 bench-log:
 	cargo run --release -p canopy-bench -- log
@@ -23,3 +26,6 @@ bench-http:
 
 bench-merkle:
 	cargo run --release -p canopy-bench -- merkle
+
+gas:
+	scripts/contracts-test --gas

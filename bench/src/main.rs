@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use canopy_dataflow::{EpochPositions, InMemoryViews, ViewStore, build_tally_dataflow, recount};
+use canopy_dataflow::{
+    CheckpointSink, CutCheckpoint, EpochPositions, InMemoryViews, RecordConfig, ViewStore,
+    VoteRecord, build_tally_dataflow, recount,
+};
 use canopy_ingest::{LogRecord, Position, SegmentLog, SegmentLogConfig, VoteLog, partition_for};
 use canopy_schemas::{
     Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId,
@@ -48,6 +51,10 @@ enum Bench {
         partitions: u32,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Also grow the vote record (a leaf hash per vote, per-decision Merkle logs,
+        /// signed checkpoints every 1000 leaves).
+        #[arg(long)]
+        record: bool,
     },
     /// Durable appends per second from concurrent appenders, against a raw write+fsync loop.
     Log {
@@ -83,7 +90,8 @@ fn main() -> anyhow::Result<()> {
             epoch,
             partitions,
             seed,
-        } => core(votes, workers, decisions, epoch, partitions, seed),
+            record,
+        } => core(votes, workers, decisions, epoch, partitions, seed, record),
         Bench::Log {
             appenders,
             appends_per_appender,
@@ -188,6 +196,15 @@ fn vote_stream(
     (decisions, records)
 }
 
+#[derive(Default)]
+struct CountCheckpoints(std::sync::atomic::AtomicU64);
+
+impl CheckpointSink for CountCheckpoints {
+    fn store(&self, _checkpoint: CutCheckpoint) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The benchmark's voters are synthetic and share one salt.
 const BENCH_SALT: VoterSalt = VoterSalt([0x5a; 32]);
 
@@ -198,6 +215,7 @@ fn core(
     epoch_size: usize,
     partitions: u32,
     seed: u64,
+    with_record: bool,
 ) -> anyhow::Result<()> {
     eprintln!("generating {votes} votes over {decision_count} decisions ...");
     let (decisions, records) = vote_stream(votes, decision_count, partitions, seed);
@@ -212,6 +230,17 @@ fn core(
     eprintln!("dataflow: {workers} workers, epochs of {epoch_size} votes ...");
     let views = Arc::new(InMemoryViews::new());
     let positions = Arc::new(EpochPositions::new(partitions));
+    let checkpoints = Arc::new(CountCheckpoints::default());
+    let record = with_record.then(|| {
+        let signer = canopy_chain::NoteSigner::from_seed("canopy.bench", &[42u8; 32])
+            .expect("a valid key name");
+        Arc::new(VoteRecord::new(
+            signer,
+            RecordConfig::default(),
+            partitions,
+            Arc::clone(&checkpoints) as Arc<dyn CheckpointSink>,
+        ))
+    });
     let started = Instant::now();
     let (worker_records, worker_decisions, worker_views) = (
         Arc::clone(&records),
@@ -222,7 +251,8 @@ fn core(
         let index = worker.index();
         let peers = worker.peers();
         let views: Arc<dyn ViewStore> = worker_views.clone();
-        let mut inputs = build_tally_dataflow(worker, views, Arc::clone(&positions), None);
+        let mut inputs =
+            build_tally_dataflow(worker, views, Arc::clone(&positions), record.clone());
         if index == 0 {
             for decision in worker_decisions.iter() {
                 inputs.upsert_decision(decision);
@@ -265,6 +295,8 @@ fn core(
             "bench": "core",
             "votes": votes,
             "workers": workers,
+            "record": with_record,
+            "checkpoints": checkpoints.0.load(std::sync::atomic::Ordering::Relaxed),
             "votes_per_s": votes_per_s.round(),
             "baseline_votes_per_s": baseline_votes_per_s.round(),
             "ratio": round3(votes_per_s / baseline_votes_per_s),
@@ -368,9 +400,10 @@ fn log(
 
 fn merkle(leaves: usize, checkpoint_every: u64) -> anyhow::Result<()> {
     use sha2::Digest;
-    eprintln!("encoding {leaves} votes ...");
+    eprintln!("encoding {leaves} votes as record leaves ...");
     let (_, records) = vote_stream(leaves, 100, 1, 3);
-    let encoded: Vec<[u8; 64]> = records.iter().map(|r| r.vote.encode()).collect();
+    let encoded: Vec<[u8; canopy_schemas::LEAF_ENCODING_LEN]> =
+        records.iter().map(|r| r.logged().leaf_data()).collect();
 
     eprintln!("baseline: SHA-256 of each encoding ...");
     let started = Instant::now();

@@ -170,3 +170,23 @@ fn out_of_range_requests_are_errors() {
         "sizes_out_of_order"
     );
 }
+
+/// Leaf and node hashes take a two-block shortcut for short messages: they must equal
+/// SHA-256 of the prefixed bytes at every length, across the one/two/streaming boundaries.
+#[test]
+fn leaf_and_node_hashes_equal_plain_sha256_at_every_length() {
+    use sha2::Digest;
+    for len in 0..=300usize {
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+        let mut prefixed = vec![0x00];
+        prefixed.extend_from_slice(&data);
+        let expected: Hash = sha2::Sha256::digest(&prefixed).into();
+        assert_eq!(leaf_hash(&data), expected, "leaf of {len} bytes");
+    }
+    let (left, right) = ([7u8; 32], [200u8; 32]);
+    let mut prefixed = vec![0x01];
+    prefixed.extend_from_slice(&left);
+    prefixed.extend_from_slice(&right);
+    let expected: Hash = sha2::Sha256::digest(&prefixed).into();
+    assert_eq!(node_hash(&left, &right), expected);
+}

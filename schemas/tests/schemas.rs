@@ -238,3 +238,55 @@ fn ids_serialize_as_uuids() {
     let back: Vote = serde_json::from_str(&json).unwrap();
     assert_eq!(back, vote());
 }
+
+/// The leaf encoding is what the public record hashes: pin it byte for byte, commitment
+/// included (its value computed independently with Python's hashlib).
+#[test]
+fn leaf_encoding_v1_is_stable() {
+    let logged = LoggedVote::new(vote(), &VoterSalt([0x11; 32]));
+    let hex: String = logged
+        .leaf_data()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        hex,
+        concat!(
+            "01",
+            "00000000000000000000000000000001",
+            "00000000000000000000000000000007",
+            "e490c54503e4e96da6ba0bc5cbd624b762d394993020b07e04af3c9a5001916a",
+            "0001",
+            "01",
+            "002625a0",
+            "00000000000005dc",
+        )
+    );
+}
+
+proptest! {
+    /// The log keeps a vote and its commitment exactly; the leaf never holds the voter id;
+    /// a commitment is fixed by (salt, voter, decision) and changes with each of them.
+    #[test]
+    fn logged_votes_round_trip_and_commitments_separate(v in any_vote(), salt in any::<[u8; 32]>(), other in any::<[u8; 32]>()) {
+        let logged = LoggedVote::new(v, &VoterSalt(salt));
+        prop_assert_eq!(LoggedVote::decode(&logged.encode()).unwrap(), logged);
+        let leaf = logged.leaf_data();
+        prop_assert_eq!(&leaf[33..65], &logged.commitment.0[..]);
+        prop_assert_eq!(LoggedVote::new(v, &VoterSalt(salt)).commitment, logged.commitment);
+        if other != salt {
+            prop_assert_ne!(LoggedVote::new(v, &VoterSalt(other)).commitment, logged.commitment);
+        }
+        let elsewhere = Vote { decision_id: DecisionId(v.decision_id.0 ^ 1), ..v };
+        prop_assert_ne!(LoggedVote::new(elsewhere, &VoterSalt(salt)).commitment, logged.commitment);
+    }
+}
+
+#[test]
+fn a_logged_vote_of_the_wrong_length_is_refused() {
+    let bytes = LoggedVote::new(vote(), &VoterSalt([0; 32])).encode();
+    assert_eq!(
+        LoggedVote::decode(&bytes[..95]).unwrap_err().code(),
+        "encoding_length"
+    );
+}
