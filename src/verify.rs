@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// The proof: a file holding the JSON of /api/v1/audit/decisions/{id}/proof, or that URL.
+    /// The proof: a file holding the JSON of /api/v1/audit/decisions/{id}/proof, or that URL,
+    /// or a bare C2SP tlog-proof bundle (its `bundle` field; then --leaf and --key are needed).
     source: String,
     /// The record's verifier key (`<name>+<hash>+<key>`), obtained independently, e.g. once
     /// from /api/v1/audit/key. Without it the key inside the proof is used, which proves
@@ -108,9 +109,36 @@ fn hash(text: &str) -> Result<Hash, Failure> {
         .ok_or_else(|| fail("bad_input", format!("{text:?} is not a hex hash")))
 }
 
+/// A bare C2SP tlog-proof bundle carries no leaf and no key: both come from the command line.
+fn from_bundle(args: &VerifyArgs, text: &str) -> Result<ProofFile, Failure> {
+    let bundle = ProofBundle::parse(text).map_err(|e| fail(e.code(), e.to_string()))?;
+    let decision: [u8; 16] = bundle
+        .extra
+        .as_deref()
+        .and_then(|extra| extra.try_into().ok())
+        .ok_or_else(|| fail("bad_input", "the bundle's extra line is not a decision id"))?;
+    Ok(ProofFile {
+        decision_id: uuid::Uuid::from_bytes(decision),
+        leaf_hash: args
+            .leaf
+            .clone()
+            .ok_or_else(|| fail("bad_input", "a bare bundle needs --leaf (from the receipt)"))?,
+        bundle: text.to_string(),
+        key: args
+            .key
+            .clone()
+            .ok_or_else(|| fail("bad_input", "a bare bundle needs --key"))?,
+        anchor: None,
+    })
+}
+
 fn check(args: &VerifyArgs, text: &str) -> Result<String, Failure> {
-    let proof: ProofFile = serde_json::from_str(text)
-        .map_err(|e| fail("bad_input", format!("not a Canopy proof: {e}")))?;
+    let proof: ProofFile = if text.starts_with("c2sp.org/tlog-proof@v1") {
+        from_bundle(args, text)?
+    } else {
+        serde_json::from_str(text)
+            .map_err(|e| fail("bad_input", format!("not a Canopy proof: {e}")))?
+    };
     let leaf = hash(&proof.leaf_hash)?;
     if let Some(expected) = &args.leaf
         && hash(expected)? != leaf

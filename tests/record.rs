@@ -29,12 +29,17 @@ impl Drop for Anvil {
 }
 
 fn start_anvil() -> Anvil {
+    start_anvil_with(&["--port", "0"])
+}
+
+fn start_anvil_with(extra: &[&str]) -> Anvil {
     let bin = std::env::var("CANOPY_ANVIL").expect(
         "CANOPY_ANVIL must name the anvil binary (scripts/test installs it from npm: \
          contracts/node_modules/@foundry-rs/anvil-linux-amd64)",
     );
     let mut child = Command::new(bin)
-        .args(["--port", "0", "--host", "127.0.0.1", "--block-time", "1"])
+        .args(["--host", "127.0.0.1", "--block-time", "1"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -362,6 +367,94 @@ async fn votes_are_anchored_on_chain_and_proofs_verify_there_and_offline() {
     kill_9(&mut node);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anchoring_waits_out_a_chain_outage_and_loses_nothing() {
+    let chain_dir = tempfile::tempdir().unwrap();
+    let state = chain_dir.path().join("anvil-state.json");
+    let state = state.to_str().unwrap();
+    let chain_port = free_port().to_string();
+    let anvil = start_anvil_with(&["--port", &chain_port, "--state", state]);
+    let (status, deployed) = canopy(&["evm", "deploy", "--rpc", &anvil.url, "--key", ANVIL_KEY]);
+    assert_eq!(status, 0, "{deployed}");
+    let contract = serde_json::from_str::<Value>(&deployed).unwrap()["contract"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rpc = anvil.url.clone();
+
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut node = start_with(
+        data.path(),
+        port,
+        &[
+            "--anchor-interval-s",
+            "0.3",
+            "--evm-rpc",
+            &rpc,
+            "--evm-contract",
+            &contract,
+            "--evm-key",
+            ANVIL_KEY,
+            "--evm-confirmations",
+            "1",
+        ],
+    );
+    wait_healthy(&client, &base).await;
+    create_admin(data.path());
+    let admin = login(&client, &base, "root").await;
+    let decision = create_decision(&client, &base, &admin).await;
+    let voter = register(&client, &base, "steady").await;
+    let first = cast(&client, &base, &voter, &decision, 0).await;
+    anchored_proof(
+        &client,
+        &base,
+        &decision,
+        first["leaf_hash"].as_str().unwrap(),
+        0,
+    )
+    .await;
+
+    // The chain goes away (anvil saves its state on SIGTERM); votes are still taken.
+    let mut anvil = anvil;
+    Command::new("kill")
+        .args(["-TERM", &anvil.child.id().to_string()])
+        .status()
+        .unwrap();
+    anvil.child.wait().unwrap();
+    let second = cast(&client, &base, &voter, &decision, 1).await;
+    let leaf = second["leaf_hash"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting: Value = client
+        .get(format!(
+            "{base}/api/v1/audit/decisions/{decision}/proof?leaf={leaf}"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        waiting["anchor"].is_null(),
+        "anchored without a chain: {waiting}"
+    );
+
+    // The chain comes back where it was; the pending batch is sent again and lands.
+    let anvil = start_anvil_with(&["--port", &chain_port, "--state", state]);
+    assert_eq!(anvil.url, rpc);
+    let proof = anchored_proof(&client, &base, &decision, &leaf, 2).await;
+    let files = tempfile::tempdir().unwrap();
+    let proof_file = write(files.path(), "proof.json", &proof.to_string());
+    let key = proof["key"].as_str().unwrap().to_string();
+    let (status, verdict) = canopy(&["verify", &proof_file, "--key", &key, "--rpc", &rpc]);
+    assert_eq!(status, 0, "{verdict}");
+    assert!(verdict.contains("+on-chain"), "{verdict}");
+    kill_9(&mut node);
+}
+
 /// The user id inside an access token (its `sub` claim).
 fn uuid_of(token: &str) -> String {
     use base64::Engine;
@@ -400,6 +493,21 @@ async fn without_a_chain_checkpoints_are_anchored_in_the_signed_local_journal() 
     assert!(verdict.contains("+anchor(journal, signed)"), "{verdict}");
     let (status, verdict) = canopy(&["verify", &proof_file, "--key", &key, "--rpc", &base]);
     assert_eq!(status, 1, "a journal anchor is not on chain: {verdict}");
+    // The bare C2SP bundle checks with the receipt's leaf and the key.
+    let bundle_file = write(
+        files.path(),
+        "proof.bundle",
+        proof["bundle"].as_str().unwrap(),
+    );
+    let (status, verdict) = canopy(&["verify", &bundle_file, "--key", &key, "--leaf", leaf]);
+    assert_eq!(status, 0, "{verdict}");
+    let (status, verdict) = canopy(&["verify", &bundle_file, "--key", &key]);
+    assert_eq!(status, 1, "{verdict}");
+    let (status, verdict) = canopy(&["verify", "/nonexistent/proof.json"]);
+    assert!(
+        status == 2 && verdict.starts_with("FAIL unreadable"),
+        "{verdict}"
+    );
 
     // The checkpoint list and the anchor endpoint agree with the proof.
     let checkpoints = get_json(
