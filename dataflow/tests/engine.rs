@@ -250,3 +250,71 @@ fn waiting_for_a_position_never_reached_times_out() {
         .unwrap_err();
     assert_eq!(error.code(), "results_timeout");
 }
+
+/// The same engine over the Kafka log (a real tansu broker; scripts/test starts it and sets
+/// CANOPY_TEST_KAFKA): tallies equal the recount of what the topic holds.
+#[test]
+fn over_a_kafka_topic_the_tallies_equal_a_recount() {
+    let broker = std::env::var("CANOPY_TEST_KAFKA")
+        .expect("CANOPY_TEST_KAFKA must name a Kafka-protocol broker (scripts/test starts tansu)");
+    let topic = format!("canopy-engine-{}", uuid::Uuid::new_v4().simple());
+    let log = Arc::new(
+        KafkaLog::connect(KafkaConfig {
+            partitions: 3,
+            ..KafkaConfig::new(broker, topic)
+        })
+        .unwrap(),
+    );
+    let decisions: Vec<Decision> = (1..=4).map(decision).collect();
+    let votes: Vec<LoggedVote> = (0..400u128)
+        .map(|n| Vote {
+            // Every tenth vote is a redelivery of an earlier one.
+            vote_id: VoteId(if n % 10 == 9 { n - 5 } else { n }),
+            decision_id: DecisionId(1 + (if n % 10 == 9 { n - 5 } else { n }) % 4),
+            voter_id: VoterId(n % 37),
+            option: (n % 3) as u16,
+            component: Component::Democratic,
+            weight: Weight::ONE,
+            cast_at: 1,
+        })
+        .map(logged)
+        .collect();
+    log.append(&votes).unwrap();
+    let views = Arc::new(InMemoryViews::new());
+    let engine = TallyEngine::start(
+        EngineConfig::default(),
+        log.clone(),
+        views.clone(),
+        None,
+        decisions.clone(),
+    )
+    .unwrap();
+    let mut records = Vec::new();
+    for partition in 0..log.partitions() {
+        records.extend(log.read(partition, 0, usize::MAX).unwrap());
+    }
+    assert_eq!(records.len(), votes.len());
+    let expected = recount(&records, &decisions);
+    for d in &decisions {
+        let partition = log.partition_of(d.id);
+        let last = records
+            .iter()
+            .filter(|r| r.position.partition == partition)
+            .map(|r| r.position.offset)
+            .max()
+            .unwrap();
+        let view = views
+            .wait_for(
+                d.id,
+                Position {
+                    partition,
+                    offset: last,
+                },
+                Duration::from_secs(20),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.tally, expected[&d.id]);
+    }
+    engine.shutdown().unwrap();
+}

@@ -47,6 +47,10 @@ pub enum IngestError {
     },
     #[error("decision {decision} has opened; its options, weights and method can no longer change")]
     DecisionFrozen { decision: DecisionId },
+    #[error("the Kafka log failed: {reason}")]
+    Kafka { reason: String },
+    #[error("the Kafka topic {topic} is not usable: {reason}")]
+    KafkaTopic { topic: String, reason: String },
 }
 
 impl IngestError {
@@ -70,6 +74,8 @@ impl IngestError {
                 source.code()
             }
             Self::DecisionFrozen { .. } => "decision_frozen",
+            Self::Kafka { .. } => "kafka",
+            Self::KafkaTopic { .. } => "kafka_topic",
         }
     }
 }

@@ -19,12 +19,14 @@
 
 mod error;
 mod gate;
+mod kafka;
 mod segment;
 
 use canopy_schemas::{DecisionId, LoggedVote, Vote, VoterCommitment};
 
 pub use error::IngestError;
 pub use gate::Gate;
+pub use kafka::{KafkaConfig, KafkaLog};
 pub use segment::{Recovery, Retention, SegmentLog, SegmentLogConfig};
 
 /// Where a record sits in the log: the partition, and its offset within it (0, 1, 2, ...).

@@ -1,0 +1,424 @@
+//! The vote log on Kafka (any Kafka-protocol broker): one topic, votes keyed by decision id,
+//! each sent to the partition `partition_for(decision, partitions)` names, so every process
+//! and the embedded log agree on where a decision's votes are. This module is the only place
+//! a Kafka client is configured.
+//!
+//! ```text
+//!  append ─▶ idempotent producer (acks=all) ─▶ topic partition p ─▶ Position(p, Kafka offset)
+//!  read(p, from) ─▶ a consumer assigned to p (no group), seeked to `from`, kept per partition
+//! ```
+//!
+//! An append resolves only once the broker acknowledged it with every in-sync replica, so
+//! "acknowledged" means the same here as with the segment log: durable.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use canopy_schemas::{LoggedVote, VOTE_ENCODING_LEN};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{AppendFuture, IngestError, LogRecord, Position, VoteLog, partition_for};
+
+/// How the Kafka log reaches its topic.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    pub topic: String,
+    pub partitions: u32,
+    pub replication: i32,
+    /// Created with the topic; a broker that reports another value is refused.
+    pub min_insync_replicas: i32,
+    /// Create the topic if it does not exist (else its absence is an error).
+    pub create_topic: bool,
+    /// How long a call to the broker may take before it is an error.
+    pub timeout: Duration,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            partitions: 8,
+            replication: 1,
+            min_insync_replicas: 1,
+            create_topic: true,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn kafka_error(what: &str) -> impl FnOnce(KafkaError) -> IngestError + '_ {
+    move |error| IngestError::Kafka {
+        reason: format!("{what}: {error}"),
+    }
+}
+
+/// A consumer assigned to one partition, and the offset it will deliver next.
+struct PartitionReader {
+    consumer: BaseConsumer,
+    next: u64,
+    /// Reached the partition's end once; later polls wait for nothing.
+    at_end: bool,
+}
+
+pub struct KafkaLog {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    /// Answers watermark (end offset) queries; one client, its connections kept.
+    metadata: BaseConsumer,
+    readers: Mutex<HashMap<u32, PartitionReader>>,
+    /// Readers that only follow each partition's end, for `end_offset`.
+    end_probes: Mutex<HashMap<u32, PartitionReader>>,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaLog {
+    /// Connects, creates the topic if allowed and missing, and checks that it has the
+    /// configured partition count and replication; refuses a topic that does not.
+    pub fn connect(config: KafkaConfig) -> Result<Self, IngestError> {
+        let producer: FutureProducer = client_config(&config)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", config.timeout.as_millis().to_string())
+            .create()
+            .map_err(kafka_error("creating the producer"))?;
+        let metadata: BaseConsumer = client_config(&config)
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .map_err(kafka_error("creating a metadata client"))?;
+        let log = Self {
+            config,
+            producer,
+            metadata,
+            readers: Mutex::new(HashMap::new()),
+            end_probes: Mutex::new(HashMap::new()),
+        };
+        log.ensure_topic()?;
+        Ok(log)
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    fn ensure_topic(&self) -> Result<(), IngestError> {
+        let config = &self.config;
+        let mut found = self.topic_layout()?;
+        if found.is_none() && config.create_topic {
+            let admin: AdminClient<DefaultClientContext> = client_config(config)
+                .create()
+                .map_err(kafka_error("creating the admin client"))?;
+            let min_insync = config.min_insync_replicas.to_string();
+            let topic = NewTopic::new(
+                &config.topic,
+                config.partitions as i32,
+                TopicReplication::Fixed(config.replication),
+            )
+            .set("min.insync.replicas", &min_insync);
+            let results = futures_executor::block_on(admin.create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(config.timeout)),
+            ))
+            .map_err(kafka_error("creating the topic"))?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((name, code)) => {
+                        return Err(IngestError::Kafka {
+                            reason: format!("creating topic {name}: {code}"),
+                        });
+                    }
+                }
+            }
+            let deadline = std::time::Instant::now() + config.timeout;
+            while found.is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                found = self.topic_layout()?;
+            }
+        }
+        let Some((partitions, replication)) = found else {
+            return Err(IngestError::KafkaTopic {
+                topic: config.topic.clone(),
+                reason: "it does not exist (and creating it is not allowed)".into(),
+            });
+        };
+        if partitions != config.partitions {
+            return Err(IngestError::KafkaTopic {
+                topic: config.topic.clone(),
+                reason: format!(
+                    "it has {partitions} partitions where {} are configured; a decision's \
+                     partition depends on the count, so it cannot change under a running log",
+                    config.partitions
+                ),
+            });
+        }
+        if replication < config.replication {
+            return Err(IngestError::KafkaTopic {
+                topic: config.topic.clone(),
+                reason: format!(
+                    "it has {replication} replicas per partition where {} are configured",
+                    config.replication
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// (partitions, smallest replica count) of the topic, or None if it does not exist.
+    fn topic_layout(&self) -> Result<Option<(u32, i32)>, IngestError> {
+        let metadata = self
+            .metadata
+            .fetch_metadata(Some(&self.config.topic), self.config.timeout)
+            .map_err(kafka_error("reading the topic's metadata"))?;
+        let Some(topic) = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.config.topic)
+        else {
+            return Ok(None);
+        };
+        if topic.error().is_some() || topic.partitions().is_empty() {
+            return Ok(None);
+        }
+        let replication = topic
+            .partitions()
+            .iter()
+            .map(|p| p.replicas().len() as i32)
+            .min()
+            .unwrap_or(0);
+        Ok(Some((topic.partitions().len() as u32, replication)))
+    }
+
+    /// Queues every vote with the producer; the futures resolve as the broker acknowledges.
+    fn enqueue(&self, votes: &[LoggedVote]) -> Result<Vec<DeliveryFuture>, IngestError> {
+        let mut deliveries = Vec::with_capacity(votes.len());
+        for logged in votes {
+            let partition = partition_for(logged.vote.decision_id, self.config.partitions);
+            let key = logged.vote.decision_id.0.to_be_bytes();
+            let payload = logged.encode();
+            let mut record = FutureRecord::to(&self.config.topic)
+                .partition(partition as i32)
+                .key(&key[..])
+                .payload(&payload[..]);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((error, _)) => {
+                        return Err(IngestError::Kafka {
+                            reason: format!("producing a vote: {error}"),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(deliveries)
+    }
+
+    async fn delivered(deliveries: Vec<DeliveryFuture>) -> Result<Vec<Position>, IngestError> {
+        let mut positions = Vec::with_capacity(deliveries.len());
+        for outcome in futures_util::future::join_all(deliveries).await {
+            let delivery = outcome
+                .map_err(|_| IngestError::Kafka {
+                    reason: "the producer shut down before the broker answered".into(),
+                })?
+                .map_err(|(error, _)| IngestError::Kafka {
+                    reason: format!("the broker did not take a vote: {error}"),
+                })?;
+            positions.push(Position {
+                partition: delivery.partition as u32,
+                offset: delivery.offset as u64,
+            });
+        }
+        Ok(positions)
+    }
+
+    fn check_partition(&self, partition: u32) -> Result<(), IngestError> {
+        if partition >= self.config.partitions {
+            return Err(IngestError::NoSuchPartition {
+                partition,
+                partitions: self.config.partitions,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("socket.timeout.ms", config.timeout.as_millis().to_string());
+    client
+}
+
+impl VoteLog for KafkaLog {
+    fn partitions(&self) -> u32 {
+        self.config.partitions
+    }
+
+    fn append(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
+        let deliveries = self.enqueue(votes)?;
+        futures_executor::block_on(Self::delivered(deliveries))
+    }
+
+    fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
+        Box::pin(async move {
+            let deliveries = self.enqueue(votes)?;
+            Self::delivered(deliveries).await
+        })
+    }
+
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
+        self.check_partition(partition)?;
+        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut reader = match readers.remove(&partition) {
+            Some(reader) if reader.next == from => reader,
+            _ => self.reader_at(partition, from)?,
+        };
+        let mut out = Vec::new();
+        let result = self.drain(&mut reader, partition, max, |record| out.push(record));
+        readers.insert(partition, reader);
+        result.map(|()| out)
+    }
+
+    /// The end as of the broker's latest fetch answer: every offset below it is durable (a
+    /// lower bound while appends go on). Found by reading to the partition's end rather than
+    /// asking for the latest offset, because tansu answers that request with a wrong
+    /// number (checked: 1 for a partition holding 48 records).
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        self.check_partition(partition)?;
+        let mut probes = self
+            .end_probes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut probe = match probes.remove(&partition) {
+            Some(probe) => probe,
+            None => self.reader_at(partition, 0)?,
+        };
+        let result = self.drain(&mut probe, partition, usize::MAX, |_| {});
+        let end = probe.next;
+        probes.insert(partition, probe);
+        result.map(|()| end)
+    }
+}
+
+impl KafkaLog {
+    fn reader_at(&self, partition: u32, from: u64) -> Result<PartitionReader, IngestError> {
+        let consumer: BaseConsumer = client_config(&self.config)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_uncommitted")
+            .set("group.id", "canopy-reader")
+            .create()
+            .map_err(kafka_error("creating a consumer"))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(
+                &self.config.topic,
+                partition as i32,
+                Offset::Offset(from as i64),
+            )
+            .map_err(kafka_error("assigning a partition"))?;
+        consumer
+            .assign(&assignment)
+            .map_err(kafka_error("assigning a partition"))?;
+        Ok(PartitionReader {
+            consumer,
+            next: from,
+            at_end: false,
+        })
+    }
+
+    /// Hands `reader`'s records to `take`, up to `max`, until the partition's end. A reader
+    /// that reached the end before only takes what has already arrived, so polling an idle
+    /// partition costs no wait.
+    fn drain(
+        &self,
+        reader: &mut PartitionReader,
+        partition: u32,
+        max: usize,
+        mut take: impl FnMut(LogRecord),
+    ) -> Result<(), IngestError> {
+        let deadline = std::time::Instant::now() + self.config.timeout;
+        let mut taken = 0usize;
+        while taken < max {
+            let wait = if reader.at_end {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(50)
+            };
+            let Some(message) = reader.consumer.poll(wait) else {
+                if reader.at_end {
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(IngestError::Kafka {
+                        reason: format!(
+                            "partition {partition} did not answer from offset {} within {:?}",
+                            reader.next, self.config.timeout
+                        ),
+                    });
+                }
+                continue;
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(KafkaError::PartitionEOF(_)) => {
+                    reader.at_end = true;
+                    return Ok(());
+                }
+                Err(error) => {
+                    return Err(IngestError::Kafka {
+                        reason: format!("reading partition {partition}: {error}"),
+                    });
+                }
+            };
+            let offset = message.offset() as u64;
+            if offset < reader.next {
+                continue;
+            }
+            let payload = message.payload().unwrap_or_default();
+            let logged = LoggedVote::decode(payload).map_err(|e| IngestError::Kafka {
+                reason: format!(
+                    "partition {partition}, offset {offset} is not a logged vote ({} bytes, a vote \
+                     is {} and its commitment 32): {e}",
+                    payload.len(),
+                    VOTE_ENCODING_LEN
+                ),
+            })?;
+            take(LogRecord {
+                position: Position { partition, offset },
+                vote: logged.vote,
+                commitment: logged.commitment,
+            });
+            reader.next = offset + 1;
+            taken += 1;
+        }
+        Ok(())
+    }
+}
