@@ -48,6 +48,20 @@ pub struct UpArgs {
     /// node's public address.
     #[arg(long, default_value = "canopy.local")]
     record_origin: String,
+    /// Keep the vote log on a Kafka topic (`host:port,…`) instead of under the data
+    /// directory.
+    #[arg(long, env = "CANOPY_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// The votes topic; created if missing.
+    #[arg(long, default_value = "canopy.votes", requires = "kafka_brokers")]
+    kafka_topic: String,
+    /// Partitions of the votes topic. Fixed for the topic's life: a decision's partition
+    /// depends on it, and a topic with another count is refused.
+    #[arg(long, default_value_t = 8, requires = "kafka_brokers")]
+    kafka_partitions: u32,
+    /// Replicas per partition (and min.insync.replicas) for a topic created here.
+    #[arg(long, default_value_t = 1, requires = "kafka_brokers")]
+    kafka_replication: i32,
     #[cfg(feature = "evm")]
     #[command(flatten)]
     evm: crate::evm::EvmArgs,
@@ -81,6 +95,15 @@ fn node_config(args: &UpArgs) -> NodeConfig {
     };
     config.anchor.interval = Duration::from_secs_f64(args.anchor_interval_s.max(0.05));
     config.record_origin = args.record_origin.clone();
+    config.kafka = args
+        .kafka_brokers
+        .as_ref()
+        .map(|brokers| canopy_ingest::KafkaConfig {
+            partitions: args.kafka_partitions,
+            replication: args.kafka_replication,
+            min_insync_replicas: args.kafka_replication,
+            ..canopy_ingest::KafkaConfig::new(brokers.clone(), args.kafka_topic.clone())
+        });
     config
 }
 

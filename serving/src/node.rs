@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use canopy_dataflow::{
     EngineConfig, InMemoryViews, RecordConfig, StoredCheckpoint, TallyEngine, ViewStore, VoteRecord,
 };
-use canopy_ingest::{Gate, SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_ingest::{Gate, KafkaConfig, KafkaLog, SegmentLog, SegmentLogConfig, VoteLog};
 
 use crate::ServingError;
 use crate::app::{ApiConfig, AppState, now_micros, router};
@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub anchor: AnchorConfig,
     /// Where batch roots go; the local anchor journal (`anchors/journal.jsonl`) if absent.
     pub anchor_target: Option<Arc<dyn AnchorTarget>>,
+    /// The vote log on a Kafka topic instead of the embedded segment log.
+    pub kafka: Option<KafkaConfig>,
 }
 
 impl NodeConfig {
@@ -56,6 +58,7 @@ impl NodeConfig {
             record: RecordConfig::default(),
             anchor: AnchorConfig::default(),
             anchor_target: None,
+            kafka: None,
         }
     }
 }
@@ -100,9 +103,16 @@ impl Node {
         let keys = tokio::task::spawn_blocking(move || TokenKeys::load_or_generate(&key_path))
             .await
             .map_err(|e| ServingError::Internal(e.to_string()))??;
-        let log_dir = config.data_dir.join("votes");
-        let log: Arc<dyn VoteLog> =
-            Arc::new(SegmentLog::open(&log_dir, SegmentLogConfig::default())?);
+        let log: Arc<dyn VoteLog> = match config.kafka.clone() {
+            Some(kafka) => tokio::task::spawn_blocking(move || KafkaLog::connect(kafka))
+                .await
+                .map_err(|e| ServingError::Internal(e.to_string()))?
+                .map(Arc::new)?,
+            None => {
+                let log_dir = config.data_dir.join("votes");
+                Arc::new(SegmentLog::open(&log_dir, SegmentLogConfig::default())?)
+            }
+        };
         let gate = Arc::new(Gate::new(Arc::clone(&log)));
         let decisions = store.decisions().await?;
         let now = now_micros();
