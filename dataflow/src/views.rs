@@ -42,6 +42,9 @@ pub trait ViewStore: Send + Sync {
     /// serving its last views as current would be a lie.
     fn fail(&self, reason: String);
 
+    /// Why the store was failed, if it was.
+    fn failure(&self) -> Option<String>;
+
     /// Every record of `partition` below this offset is reflected in the views.
     fn frontier(&self, partition: u32) -> u64;
 
@@ -145,6 +148,10 @@ impl ViewStore for InMemoryViews {
     fn fail(&self, reason: String) {
         self.lock().failure = Some(reason);
         self.changed.notify_all();
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
     }
 
     fn frontier(&self, partition: u32) -> u64 {

@@ -228,6 +228,11 @@ fn a_corrupt_log_stops_the_engine_and_no_result_is_served() {
         views.get(DecisionId(1)).unwrap_err().code(),
         "dataflow_stopped"
     );
+    assert!(
+        views
+            .failure()
+            .is_some_and(|reason| reason.contains("corrupt"))
+    );
     let stopped = engine.shutdown().unwrap_err();
     assert!(
         stopped.to_string().contains("checksum mismatch"),

@@ -203,8 +203,15 @@ async fn limit_by_address(
     next.run(request).await
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready to serve"), (status = 503, description = "starting or stopping")))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready to serve"), (status = 503, description = "starting, stopping, or failed (the dataflow stopped on a corrupt log or a diverged record)")))]
 async fn readyz(State(state): State<SharedState>) -> Response {
+    if let Some(reason) = state.views.failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "failed", "reason": reason })),
+        )
+            .into_response();
+    }
     if state.ready.load(Ordering::Acquire) {
         Json(json!({ "status": "ready" })).into_response()
     } else {
