@@ -47,6 +47,7 @@ fn load_then_kill(data_dir: &Path, seed: u64, run_for: Duration) -> Vec<(VoteId,
         .spawn()
         .expect("canopy loadgen starts");
     let stdout = child.stdout.take().unwrap();
+    let (first_ack, first_ack_seen) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
         let mut acked = Vec::new();
         for line in BufReader::new(stdout).lines() {
@@ -58,10 +59,14 @@ fn load_then_kill(data_dir: &Path, seed: u64, run_for: Duration) -> Vec<(VoteId,
                     (id.parse::<uuid::Uuid>(), partition.parse(), offset.parse())
             {
                 acked.push((VoteId::from(id), Position { partition, offset }));
+                let _ = first_ack.send(());
             }
         }
         acked
     });
+    // The kill lands `run_for` into the stream, counted from its first acknowledgement: on
+    // a loaded machine the process may take longer than that just to start.
+    let _ = first_ack_seen.recv_timeout(Duration::from_secs(30));
     std::thread::sleep(run_for);
     child.kill().expect("SIGKILL");
     child.wait().unwrap();

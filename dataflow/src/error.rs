@@ -16,6 +16,8 @@ pub enum DataflowError {
     Start(String),
     #[error("a dataflow worker panicked: {0}")]
     WorkerPanicked(String),
+    #[error("the view store is unavailable: {0}")]
+    ViewsUnavailable(String),
     #[error("reading the vote log failed: {0}")]
     Log(#[from] IngestError),
 }
@@ -28,6 +30,7 @@ impl DataflowError {
             Self::Stopped(_) => "dataflow_stopped",
             Self::Start(_) => "dataflow_start",
             Self::WorkerPanicked(_) => "dataflow_panicked",
+            Self::ViewsUnavailable(_) => "views_unavailable",
             Self::Log(error) => error.code(),
         }
     }

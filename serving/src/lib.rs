@@ -18,6 +18,7 @@ pub mod limits;
 pub mod node;
 pub mod record;
 mod record_api;
+pub mod redis_views;
 pub mod store;
 
 pub use error::ServingError;

@@ -1,0 +1,263 @@
+//! The view store over Redis, for a cluster: dataflow workers publish results into it and
+//! any number of API replicas read them, with the same read-your-writes rule as in-process.
+//!
+//! ```text
+//!  <prefix>:views     hash  decision uuid → {"tally": …, "as_of": {partition, offset}}
+//!  <prefix>:frontier  hash  partition → end offset (only ever raised)
+//!  <prefix>:failure   string, set once the dataflow stopped
+//!  <prefix>:changes   pub/sub channel, a message per publish (for future push)
+//! ```
+//!
+//! One epoch's updates are written in one MULTI/EXEC, so a reader never sees half an epoch.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use canopy_dataflow::{DataflowError, DecisionView, Tally, ViewStore, ViewUpdate};
+use canopy_ingest::Position;
+use canopy_schemas::DecisionId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct StoredView {
+    tally: Tally,
+    as_of: Position,
+}
+
+const RAISE_FRONTIER: &str = "local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1') \
+     if current < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0";
+
+/// How long a writer keeps retrying Redis before it gives up and panics the worker (the
+/// engine then stops and the node reports itself failed): results must not silently miss an
+/// epoch.
+const WRITE_PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct RedisViews {
+    connection: Mutex<redis::Connection>,
+    client: redis::Client,
+    prefix: String,
+    poll: Duration,
+}
+
+impl std::fmt::Debug for RedisViews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisViews")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> DataflowError {
+    DataflowError::ViewsUnavailable(error.to_string())
+}
+
+impl RedisViews {
+    /// `url` as `redis://host:port/db`; every key starts with `prefix`.
+    pub fn connect(url: &str, prefix: &str) -> Result<Self, DataflowError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let connection = client.get_connection().map_err(unavailable)?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+            client,
+            prefix: prefix.to_string(),
+            poll: Duration::from_millis(2),
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, redis::Connection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `command`, reconnecting once on a broken connection.
+    fn run<T>(
+        &self,
+        command: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, DataflowError> {
+        let mut connection = self.lock();
+        match command(&mut connection) {
+            Ok(value) => Ok(value),
+            Err(error) if error.is_io_error() || error.is_connection_dropped() => {
+                *connection = self.client.get_connection().map_err(unavailable)?;
+                command(&mut connection).map_err(unavailable)
+            }
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    /// Writes with retries; a write that cannot be made within [`WRITE_PATIENCE`] stops the
+    /// worker rather than drop results.
+    fn write(
+        &self,
+        what: &str,
+        command: impl Fn(&mut redis::Connection) -> redis::RedisResult<()>,
+    ) {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.run(&command) {
+                Ok(()) => return,
+                Err(error) if started.elapsed() < WRITE_PATIENCE => {
+                    tracing::warn!(%error, what, "writing views to Redis failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(error) => {
+                    panic!("could not write {what} to Redis for {WRITE_PATIENCE:?}: {error}")
+                }
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), DataflowError> {
+        match self.failure_checked()? {
+            Some(reason) => Err(DataflowError::Stopped(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn failure_checked(&self) -> Result<Option<String>, DataflowError> {
+        let key = self.key("failure");
+        self.run(|c| redis::cmd("GET").arg(&key).query::<Option<String>>(c))
+    }
+
+    fn frontier_checked(&self, partition: u32) -> Result<u64, DataflowError> {
+        let key = self.key("frontier");
+        let end: Option<u64> =
+            self.run(|c| redis::cmd("HGET").arg(&key).arg(partition).query(c))?;
+        Ok(end.unwrap_or(0))
+    }
+
+    fn view(&self, decision: DecisionId) -> Result<Option<DecisionView>, DataflowError> {
+        let key = self.key("views");
+        let stored: Option<String> = self.run(|c| {
+            redis::cmd("HGET")
+                .arg(&key)
+                .arg(decision.to_string())
+                .query(c)
+        })?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let stored: StoredView = serde_json::from_str(&stored)
+            .map_err(|e| DataflowError::ViewsUnavailable(format!("a stored view is bad: {e}")))?;
+        let frontier = self.frontier_checked(stored.as_of.partition)?;
+        Ok(Some(DecisionView {
+            decision,
+            tally: stored.tally,
+            as_of: Position {
+                partition: stored.as_of.partition,
+                offset: stored.as_of.offset.max(frontier),
+            },
+        }))
+    }
+}
+
+impl ViewStore for RedisViews {
+    fn publish(&self, updates: Vec<ViewUpdate>) {
+        let views = self.key("views");
+        let changes = self.key("changes");
+        let encoded: Vec<(String, Option<String>)> = updates
+            .into_iter()
+            .map(|update| {
+                let value = update.tally.map(|tally| {
+                    serde_json::to_string(&StoredView {
+                        tally,
+                        as_of: update.as_of,
+                    })
+                    .expect("a view serializes")
+                });
+                (update.decision.to_string(), value)
+            })
+            .collect();
+        if encoded.is_empty() {
+            return;
+        }
+        self.write("an epoch's views", |c| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (decision, value) in &encoded {
+                match value {
+                    Some(value) => pipe
+                        .cmd("HSET")
+                        .arg(&views)
+                        .arg(decision)
+                        .arg(value)
+                        .ignore(),
+                    None => pipe.cmd("HDEL").arg(&views).arg(decision).ignore(),
+                };
+            }
+            pipe.cmd("PUBLISH")
+                .arg(&changes)
+                .arg(encoded.len())
+                .ignore();
+            pipe.query::<()>(c)
+        });
+    }
+
+    fn advance(&self, partition: u32, end: u64) {
+        let key = self.key("frontier");
+        self.write("a partition frontier", |c| {
+            redis::Script::new(RAISE_FRONTIER)
+                .key(&key)
+                .arg(partition)
+                .arg(end)
+                .invoke::<i64>(c)
+                .map(|_| ())
+        });
+    }
+
+    fn fail(&self, reason: String) {
+        let key = self.key("failure");
+        self.write("the failure", |c| {
+            redis::cmd("SET").arg(&key).arg(&reason).query::<()>(c)
+        });
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure_checked()
+            .unwrap_or_else(|error| Some(format!("the view store is unreachable: {error}")))
+    }
+
+    fn frontier(&self, partition: u32) -> u64 {
+        self.frontier_checked(partition).unwrap_or(0)
+    }
+
+    fn get(&self, decision: DecisionId) -> Result<Option<DecisionView>, DataflowError> {
+        self.check()?;
+        self.view(decision)
+    }
+
+    fn wait_for(
+        &self,
+        decision: DecisionId,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<Option<DecisionView>, DataflowError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check()?;
+            let frontier = self.frontier_checked(position.partition)?;
+            let view = self.view(decision)?;
+            let view_end = view
+                .as_ref()
+                .filter(|v| v.as_of.partition == position.partition)
+                .map_or(0, |v| v.as_of.offset);
+            if frontier > position.offset || view_end > position.offset {
+                return Ok(view);
+            }
+            if Instant::now() >= deadline {
+                return Err(DataflowError::Timeout {
+                    position,
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(self.poll);
+        }
+    }
+}
