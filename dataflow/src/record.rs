@@ -17,7 +17,7 @@
 //! it), so replaying the log rebuilds the same trees; checkpoints already stored are
 //! re-checked against the rebuilt tree rather than cut again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -154,10 +154,6 @@ impl VoteRecord {
         format!("{}/decision/{}", self.config.origin_prefix, decision)
     }
 
-    pub fn signer(&self) -> &NoteSigner {
-        &self.signer
-    }
-
     /// Before the engine starts: the latest checkpoint stored for a decision. The replay
     /// must rebuild a tree with the same root at that size, and cuts nothing at or below it.
     pub fn resume_from(&self, stored: StoredCheckpoint) {
@@ -232,7 +228,13 @@ impl VoteRecord {
 
     /// Appends one complete epoch of a decision's leaves, in log order, and cuts a
     /// checkpoint if enough have gathered.
-    fn append_epoch(&self, decision: DecisionId, leaves: &[RecordLeaf], end: u64, now: Instant) {
+    fn append_epoch<'a>(
+        &self,
+        decision: DecisionId,
+        leaves: impl Iterator<Item = &'a RecordLeaf>,
+        end: u64,
+        now: Instant,
+    ) {
         let record = self.entry(decision);
         let mut record = lock(&record);
         let before = record.tree.size();
@@ -339,17 +341,12 @@ impl RecordApplier {
     pub fn apply(&self, epoch: Epoch, mut leaves: Vec<(u128, RecordLeaf)>) {
         leaves.sort_unstable_by_key(|(decision, leaf)| (*decision, leaf.offset));
         let now = Instant::now();
-        let mut by_decision: BTreeMap<u128, (usize, usize)> = BTreeMap::new();
-        for (at, (decision, _)) in leaves.iter().enumerate() {
-            by_decision.entry(*decision).or_insert((at, at)).1 = at + 1;
-        }
-        let just_leaves: Vec<RecordLeaf> = leaves.iter().map(|(_, leaf)| *leaf).collect();
-        for (decision, (from, to)) in by_decision {
-            let decision = DecisionId(decision);
+        for group in leaves.chunk_by(|a, b| a.0 == b.0) {
+            let decision = DecisionId(group[0].0);
             let partition = partition_for(decision, self.record.partitions);
             let end = self.positions.end_at(partition, epoch);
             self.record
-                .append_epoch(decision, &just_leaves[from..to], end, now);
+                .append_epoch(decision, group.iter().map(|(_, leaf)| leaf), end, now);
         }
     }
 }

@@ -149,8 +149,24 @@ enum DecisionEntry {
 
 type VoteKey = (u128, u128);
 
-/// Records held back until their epoch is complete, with the capability to emit at it.
-type EpochBuffer<D> = BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)>;
+/// An epoch's records held back until it is complete, with the capability to emit at it.
+type HeldEpoch<D> = (Capability<Epoch>, Vec<D>);
+
+/// Records held back per epoch until the epoch is complete.
+type EpochBuffer<D> = BTreeMap<Epoch, HeldEpoch<D>>;
+
+/// Removes the oldest buffered epoch if the input can no longer add to it (`open` says
+/// whether it still can).
+fn pop_complete<D>(
+    pending: &mut EpochBuffer<D>,
+    open: impl Fn(&Epoch) -> bool,
+) -> Option<(Epoch, HeldEpoch<D>)> {
+    let entry = pending.first_entry()?;
+    if open(entry.key()) {
+        return None;
+    }
+    Some(entry.remove_entry())
+}
 
 /// A change to one decision's tally: ((decision, tally), diff).
 type TallyUpdate = ((u128, Tally), i64);
@@ -253,11 +269,9 @@ pub fn build_tally_dataflow(
                                     .push(((key, tally), diff));
                             }
                         });
-                        while let Some(entry) = pending.first_entry() {
-                            if frontier.less_equal(entry.key()) {
-                                break;
-                            }
-                            let (epoch, (_capability, updates)) = entry.remove_entry();
+                        while let Some((epoch, (_capability, updates))) =
+                            pop_complete(&mut pending, |epoch| frontier.less_equal(epoch))
+                        {
                             sink_views.publish(views_for_epoch(
                                 epoch,
                                 updates,
@@ -296,11 +310,9 @@ pub fn build_tally_dataflow(
                                         .push(leaf);
                                 }
                             });
-                            while let Some(entry) = pending.first_entry() {
-                                if frontier.less_equal(entry.key()) {
-                                    break;
-                                }
-                                let (epoch, (_capability, leaves)) = entry.remove_entry();
+                            while let Some((epoch, (_capability, leaves))) =
+                                pop_complete(&mut pending, |epoch| frontier.less_equal(epoch))
+                            {
                                 applier.apply(epoch, leaves);
                             }
                         }
@@ -361,11 +373,9 @@ fn latest_vote_per_voter<'scope>(
                                 .push((key, ballot));
                         }
                     });
-                    while let Some(entry) = pending.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        let (time, (capability, mut ballots)) = entry.remove_entry();
+                    while let Some((time, (capability, mut ballots))) =
+                        pop_complete(&mut pending, |epoch| frontier.less_equal(epoch))
+                    {
                         ballots.sort_unstable_by_key(|(_, ballot)| ballot.offset);
                         let mut session = output.session(&capability);
                         for (key, ballot) in ballots {

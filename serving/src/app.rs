@@ -763,12 +763,13 @@ fn vote_for(claims: &Claims, body: &CastBody) -> Result<Vote, ServingError> {
 }
 
 fn receipt(logged: &LoggedVote, position: Position) -> CastReceipt {
+    let leaf = logged.leaf_data();
     CastReceipt {
         vote_id: logged.vote.vote_id,
         decision_id: logged.vote.decision_id,
         position,
-        leaf_hash: auth::hex(&canopy_chain::leaf_hash(&logged.leaf_data())),
-        leaf: auth::hex(&logged.leaf_data()),
+        leaf_hash: auth::hex(&canopy_chain::leaf_hash(&leaf)),
+        leaf: auth::hex(&leaf),
     }
 }
 
