@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use canopy_dataflow::{
-    CheckpointSink, CutCheckpoint, EpochPositions, InMemoryViews, RecordConfig, ViewStore,
-    VoteRecord, build_tally_dataflow, recount,
+    CheckpointSink, CutCheckpoint, InMemoryViews, RecordConfig, ViewStore, VoteRecord,
+    build_tally_dataflow, recount,
 };
 use canopy_ingest::{LogRecord, Position, SegmentLog, SegmentLogConfig, VoteLog, partition_for};
 use canopy_schemas::{
@@ -229,7 +229,6 @@ fn core(
 
     eprintln!("dataflow: {workers} workers, epochs of {epoch_size} votes ...");
     let views = Arc::new(InMemoryViews::new());
-    let positions = Arc::new(EpochPositions::new(partitions));
     let checkpoints = Arc::new(CountCheckpoints::default());
     let record = with_record.then(|| {
         let signer = canopy_chain::NoteSigner::from_seed("canopy.bench", &[42u8; 32])
@@ -251,8 +250,7 @@ fn core(
         let index = worker.index();
         let peers = worker.peers();
         let views: Arc<dyn ViewStore> = worker_views.clone();
-        let mut inputs =
-            build_tally_dataflow(worker, views, Arc::clone(&positions), record.clone());
+        let mut inputs = build_tally_dataflow(worker, views, partitions, record.clone(), false);
         if index == 0 {
             for decision in worker_decisions.iter() {
                 inputs.upsert_decision(decision);

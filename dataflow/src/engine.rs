@@ -1,22 +1,27 @@
-//! The tally engine: W timely worker threads that tail a vote log into the tally dataflow.
+//! The tally engine: W timely worker threads (per process, in a cluster) that tail a vote
+//! log into the tally dataflow.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use canopy_ingest::VoteLog;
-use canopy_schemas::Decision;
+use canopy_ingest::{VoteLog, partition_for};
+use canopy_schemas::{Decision, DecisionId};
+use timely::CommunicationConfig;
+use timely::WorkerConfig;
 use timely::execute::{Config, execute};
+use timely::worker::Worker;
 
 use crate::DataflowError;
-use crate::positions::EpochPositions;
 use crate::record::VoteRecord;
-use crate::tally::build_tally_dataflow;
+use crate::state::{EngineSnapshot, StateChunk, StateStore, decode_entries, encode_entries};
+use crate::tally::{Epoch, TallyInputs, build_tally_dataflow};
 use crate::views::ViewStore;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EngineConfig {
-    /// Worker threads.
+    /// Worker threads (per process, in a cluster).
     pub workers: usize,
     /// The most records a worker reads from one partition into one epoch. Large epochs
     /// amortise the dataflow's per-epoch cost while catching up; a tailing engine sees small
@@ -28,6 +33,29 @@ pub struct EngineConfig {
     /// much to the time a vote takes to show in results, and saves the CPU that many tiny
     /// epochs cost under a steady trickle.
     pub min_epoch_gap: Duration,
+    /// Run as one process of a timely cluster rather than alone.
+    pub cluster: Option<ClusterConfig>,
+    /// In a cluster, how often an idle worker moves its epoch on, so that epochs other
+    /// processes fed can complete. Bounds the delay a cluster adds to results.
+    pub cluster_tick: Duration,
+    /// Where engine checkpoints go; without one, a start replays the log from offset 0.
+    pub state: Option<Arc<dyn StateStore>>,
+    /// How often worker 0 starts an engine checkpoint.
+    pub checkpoint_interval: Duration,
+    /// Where a worker looks up a decision it meets in the log but was never told about (in a
+    /// cluster, decisions are registered by API replicas in the shared metadata store).
+    pub directory: Option<Arc<dyn DecisionDirectory>>,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("workers", &self.workers)
+            .field("max_epoch_records", &self.max_epoch_records)
+            .field("cluster", &self.cluster)
+            .field("checkpoints", &self.state.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for EngineConfig {
@@ -37,8 +65,27 @@ impl Default for EngineConfig {
             max_epoch_records: 100_000,
             idle_wait: Duration::from_millis(1),
             min_epoch_gap: Duration::from_micros(500),
+            cluster: None,
+            cluster_tick: Duration::from_millis(5),
+            state: None,
+            checkpoint_interval: Duration::from_secs(2),
+            directory: None,
         }
     }
+}
+
+/// This process's place in a timely cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This process's index, in 0..addresses.len().
+    pub process: usize,
+    /// host:port of every process, in process order (the same list for all of them).
+    pub addresses: Vec<String>,
+}
+
+/// Decisions by id, for a worker that meets a vote of a decision it does not know yet.
+pub trait DecisionDirectory: Send + Sync {
+    fn lookup(&self, decision: DecisionId) -> Option<Decision>;
 }
 
 /// How often worker 0 applies the record's time-based checkpoint rule.
@@ -49,14 +96,34 @@ struct Shared {
     /// The epoch every worker's input should have reached: raised by a worker that fed
     /// something, followed by the others.
     epoch: AtomicU64,
-    new_decisions: Mutex<Vec<Decision>>,
+    /// Every decision registered with this process, latest parameters.
+    decisions: Mutex<HashMap<DecisionId, Decision>>,
+    decisions_version: AtomicU64,
+}
+
+impl Shared {
+    fn decisions(&self) -> MutexGuard<'_, HashMap<DecisionId, Decision>> {
+        self.decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Epochs are milliseconds of the wall clock (or later), so that the processes of a
+/// cluster, which seal independently, agree roughly on what an epoch means and every
+/// epoch after a restart is later than every epoch before it.
+fn clock_epoch() -> Epoch {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |since| since.as_millis() as Epoch)
 }
 
 /// Runs the tally dataflow over a vote log until shut down, publishing into a view store.
 ///
-/// It replays the log from the start (a later issue adds checkpoints), then follows it.
-/// If the log cannot be read (corruption), the engine stops and fails the view store, so
-/// no reader is served a result that silently misses votes.
+/// It resumes from the latest engine checkpoint if it has a state store (else it replays
+/// the log from the start), then follows the log. If the log cannot be read (corruption),
+/// the engine stops and fails the view store, so no reader is served a result that
+/// silently misses votes.
 pub struct TallyEngine {
     shared: Arc<Shared>,
     /// In a mutex only so the engine is `Sync` and can sit in shared server state.
@@ -80,91 +147,50 @@ impl TallyEngine {
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
-            new_decisions: Mutex::new(decisions),
+            decisions: Mutex::new(decisions.into_iter().map(|d| (d.id, d)).collect()),
+            decisions_version: AtomicU64::new(1),
         });
-        let partitions = log.partitions();
-        let positions = Arc::new(EpochPositions::new(partitions));
-        let worker_shared = Arc::clone(&shared);
-        let workers = config.workers.max(1);
-        let guards = execute(Config::process(workers), move |worker| {
-            let index = worker.index();
-            let peers = worker.peers();
-            let mut inputs = build_tally_dataflow(
-                worker,
-                Arc::clone(&views),
-                Arc::clone(&positions),
-                record.clone(),
+        let snapshot = match &config.state {
+            Some(state) => state.load().map_err(DataflowError::State)?,
+            None => None,
+        };
+        if let Some(snapshot) = &snapshot {
+            tracing::info!(
+                checkpoint = snapshot.seq,
+                chunks = snapshot.chunks.len(),
+                "resuming from an engine checkpoint"
             );
-            let mut last_cut_check = Instant::now();
-            let mine: Vec<u32> = (0..partitions)
-                .filter(|p| *p as usize % peers == index)
-                .collect();
-            let mut next = vec![0u64; mine.len()];
-            while !worker_shared.shutdown.load(Ordering::Acquire) {
-                // Decisions enter through worker 0; the dataflow routes them by key.
-                let new: Vec<Decision> = match index {
-                    0 => std::mem::take(
-                        &mut *worker_shared
-                            .new_decisions
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner),
-                    ),
-                    _ => Vec::new(),
-                };
-                for decision in &new {
-                    inputs.upsert_decision(decision);
-                }
-                let mut fed = new.len();
-                for (slot, partition) in mine.iter().enumerate() {
-                    let batch = match log.read(*partition, next[slot], config.max_epoch_records) {
-                        Ok(batch) => batch,
-                        Err(error) => {
-                            let reason = error.to_string();
-                            views.fail(reason.clone());
-                            return Err(reason);
-                        }
-                    };
-                    for record in &batch {
-                        inputs.push(record);
-                    }
-                    if let Some(last) = batch.last() {
-                        next[slot] = last.position.offset + 1;
-                    }
-                    inputs.note_end(*partition, next[slot]);
-                    fed += batch.len();
-                }
-                // An epoch is sealed only when some worker has something new; the others
-                // follow the shared epoch, so the frontier moves and an idle engine rests.
-                if fed > 0 {
-                    worker_shared
-                        .epoch
-                        .fetch_max(inputs.current_epoch() + 1, Ordering::AcqRel);
-                }
-                // The time-based checkpoint rule and the record's health, a few times a second.
-                if let Some(record) = record.as_ref().filter(|_| index == 0)
-                    && last_cut_check.elapsed() >= RECORD_TICK
-                {
-                    last_cut_check = Instant::now();
-                    if let Some(reason) = record.failure() {
-                        views.fail(reason.clone());
-                        return Err(reason);
-                    }
-                    record.cut_due(last_cut_check);
-                }
-                let target = worker_shared.epoch.load(Ordering::Acquire);
-                if target > inputs.current_epoch() {
-                    inputs.seal_until(target);
-                    inputs.run_until_published(worker, target - 1);
-                    // A trickle makes tiny epochs, each paying the dataflow's fixed cost:
-                    // rest a moment so the next one gathers more.
-                    if fed < config.max_epoch_records / 100 {
-                        worker.step_or_park(Some(config.min_epoch_gap));
-                    }
-                } else {
-                    worker.step_or_park(Some(config.idle_wait));
-                }
-            }
-            Ok(())
+        }
+        let snapshot = Arc::new(snapshot.unwrap_or_default());
+        let worker_shared = Arc::clone(&shared);
+        let threads = config.workers.max(1);
+        let (timely_config, first_local) = match &config.cluster {
+            Some(cluster) => (
+                Config {
+                    communication: CommunicationConfig::Cluster {
+                        threads,
+                        process: cluster.process,
+                        addresses: cluster.addresses.clone(),
+                        report: false,
+                        zerocopy: false,
+                    },
+                    worker: WorkerConfig::default(),
+                },
+                cluster.process * threads,
+            ),
+            None => (Config::process(threads), 0),
+        };
+        let guards = execute(timely_config, move |worker| {
+            drive_worker(
+                worker,
+                &config,
+                first_local,
+                &log,
+                &views,
+                record.clone(),
+                &snapshot,
+                &worker_shared,
+            )
         })
         .map_err(DataflowError::Start)?;
         Ok(Self {
@@ -175,11 +201,8 @@ impl TallyEngine {
 
     /// Adds a decision, or replaces its parameters; takes effect in the next epoch.
     pub fn register(&self, decision: Decision) {
-        self.shared
-            .new_decisions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(decision);
+        self.shared.decisions().insert(decision.id, decision);
+        self.shared.decisions_version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Stops the workers and waits for them; reports a worker that stopped on an error.
@@ -206,6 +229,174 @@ impl TallyEngine {
         }
         Ok(())
     }
+}
+
+/// One worker's life: restore its share of the latest checkpoint, then read its partitions
+/// into epochs, seal them in step with the other workers, write its checkpoint parts.
+#[allow(clippy::too_many_arguments)]
+fn drive_worker(
+    worker: &mut Worker,
+    config: &EngineConfig,
+    first_local: usize,
+    log: &Arc<dyn VoteLog>,
+    views: &Arc<dyn ViewStore>,
+    record: Option<Arc<VoteRecord>>,
+    snapshot: &EngineSnapshot,
+    shared: &Shared,
+) -> Result<(), String> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let partitions = log.partitions();
+    let in_cluster = config.cluster.is_some();
+    let mut inputs = build_tally_dataflow(
+        worker,
+        Arc::clone(views),
+        partitions,
+        record.clone(),
+        config.state.is_some(),
+    );
+    let fail = |reason: String| {
+        views.fail(reason.clone());
+        Err(reason)
+    };
+    // The checkpoint's chunks are shared out among the workers of this run, whatever the
+    // size of the run that wrote them; the dataflow routes each entry to its owner.
+    for chunk in snapshot.chunks.iter().skip(index).step_by(peers) {
+        match decode_entries(chunk) {
+            Ok(entries) => inputs.restore(&entries),
+            Err(error) => return fail(error.to_string()),
+        }
+    }
+    let resume: HashMap<u32, u64> = snapshot.ends.iter().copied().collect();
+    let mine: Vec<u32> = (0..partitions)
+        .filter(|p| *p as usize % peers == index)
+        .collect();
+    let mut next: Vec<u64> = mine
+        .iter()
+        .map(|p| resume.get(p).copied().unwrap_or(0))
+        .collect();
+    for (partition, end) in mine.iter().zip(&next) {
+        inputs.note_end(*partition, *end);
+    }
+    let owns = |decision: DecisionId| partition_for(decision, partitions) as usize % peers == index;
+    // A decision enters through the worker that feeds its votes, so its parameters and its
+    // votes share that worker's epochs.
+    let mut decisions_version = 0;
+    let mut sync_decisions = |inputs: &mut TallyInputs| {
+        let version = shared.decisions_version.load(Ordering::Acquire);
+        if version != decisions_version {
+            decisions_version = version;
+            for decision in shared.decisions().values().filter(|d| owns(d.id)) {
+                inputs.upsert_decision(decision);
+            }
+        }
+    };
+    sync_decisions(&mut inputs);
+    let start = clock_epoch().max(shared.epoch.load(Ordering::Acquire));
+    shared.epoch.fetch_max(start, Ordering::AcqRel);
+    inputs.seal_until(start);
+    let mut next_checkpoint = snapshot.seq + 1;
+    let mut last_mark = (Instant::now(), inputs.current_epoch());
+    let mut last_cut_check = Instant::now();
+    while !shared.shutdown.load(Ordering::Acquire) {
+        sync_decisions(&mut inputs);
+        let mut fed = 0;
+        for (slot, partition) in mine.iter().enumerate() {
+            let batch = match log.read(*partition, next[slot], config.max_epoch_records) {
+                Ok(batch) => batch,
+                Err(error) => return fail(error.to_string()),
+            };
+            for record in &batch {
+                let decision = record.vote.decision_id;
+                if !inputs.knows(decision) {
+                    learn_decision(config, shared, decision);
+                    sync_decisions(&mut inputs);
+                }
+                inputs.push(record);
+            }
+            if let Some(last) = batch.last() {
+                next[slot] = last.position.offset + 1;
+            }
+            inputs.note_end(*partition, next[slot]);
+            fed += batch.len();
+        }
+        let current = inputs.current_epoch();
+        // An epoch is sealed when some worker has something new; the others follow the
+        // shared epoch (within a process) or the clock (across processes), so the frontier
+        // moves and an idle process rests between ticks.
+        if fed > 0 {
+            let target = (current + 1).max(clock_epoch());
+            shared.epoch.fetch_max(target, Ordering::AcqRel);
+        } else if in_cluster {
+            let now = clock_epoch();
+            if now >= current + config.cluster_tick.as_millis() as Epoch {
+                shared.epoch.fetch_max(now, Ordering::AcqRel);
+            }
+        }
+        if config.state.is_some()
+            && index == 0
+            && current > last_mark.1
+            && last_mark.0.elapsed() >= config.checkpoint_interval
+        {
+            inputs.mark_checkpoint(next_checkpoint);
+            next_checkpoint += 1;
+            last_mark = (Instant::now(), current);
+        }
+        // The time-based checkpoint rule and the record's health, a few times a second.
+        if let Some(record) = record.as_ref().filter(|_| index == first_local)
+            && last_cut_check.elapsed() >= RECORD_TICK
+        {
+            last_cut_check = Instant::now();
+            if let Some(reason) = record.failure() {
+                return fail(reason);
+            }
+            record.cut_due(last_cut_check);
+        }
+        let target = shared.epoch.load(Ordering::Acquire);
+        if target > current {
+            inputs.seal_until(target);
+            inputs.run_until_published(worker, target - 1);
+            if let Some(state) = &config.state {
+                for due in inputs.due_checkpoints() {
+                    let chunk = StateChunk {
+                        seq: due.seq,
+                        worker: index as u32,
+                        workers: peers as u32,
+                        ends: due.ends,
+                        data: encode_entries(&due.entries),
+                    };
+                    if let Err(error) = state.write(chunk) {
+                        return fail(format!("writing engine checkpoint {}: {error}", due.seq));
+                    }
+                }
+            }
+            // A trickle makes tiny epochs, each paying the dataflow's fixed cost:
+            // rest a moment so the next one gathers more.
+            if fed < config.max_epoch_records / 100 {
+                worker.step_or_park(Some(config.min_epoch_gap));
+            }
+        } else {
+            let wait = match in_cluster {
+                true => config.idle_wait.min(config.cluster_tick),
+                false => config.idle_wait,
+            };
+            worker.step_or_park(Some(wait));
+        }
+    }
+    Ok(())
+}
+
+/// Adds a decision the log mentions but this process was not told about, from the
+/// directory, so the vote that names it is tallied in the same epoch.
+fn learn_decision(config: &EngineConfig, shared: &Shared, decision: DecisionId) {
+    if shared.decisions().contains_key(&decision) {
+        return;
+    }
+    let Some(found) = config.directory.as_ref().and_then(|d| d.lookup(decision)) else {
+        return;
+    };
+    shared.decisions().insert(decision, found);
+    shared.decisions_version.fetch_add(1, Ordering::AcqRel);
 }
 
 impl Drop for TallyEngine {

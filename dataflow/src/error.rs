@@ -18,6 +18,10 @@ pub enum DataflowError {
     WorkerPanicked(String),
     #[error("the view store is unavailable: {0}")]
     ViewsUnavailable(String),
+    #[error("an engine checkpoint is unreadable: {0}")]
+    CorruptState(String),
+    #[error("the engine checkpoint store failed: {0}")]
+    State(String),
     #[error("reading the vote log failed: {0}")]
     Log(#[from] IngestError),
 }
@@ -31,6 +35,8 @@ impl DataflowError {
             Self::Start(_) => "dataflow_start",
             Self::WorkerPanicked(_) => "dataflow_panicked",
             Self::ViewsUnavailable(_) => "views_unavailable",
+            Self::CorruptState(_) => "corrupt_state",
+            Self::State(_) => "state_store",
             Self::Log(error) => error.code(),
         }
     }

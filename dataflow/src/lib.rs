@@ -20,20 +20,23 @@
 
 mod engine;
 mod error;
-mod positions;
 mod record;
 mod recount;
+mod state;
 mod tally;
 mod views;
 
-pub use engine::{EngineConfig, TallyEngine};
+pub use engine::{ClusterConfig, DecisionDirectory, EngineConfig, TallyEngine};
 pub use error::DataflowError;
-pub use positions::EpochPositions;
 pub use record::{
     CheckpointSink, CutCheckpoint, RecordConfig, RecordLeaf, StoredCheckpoint, VoteRecord,
 };
 pub use recount::recount;
+pub use state::{
+    EngineSnapshot, StateChunk, StateEntry, StateStore, decode_entries, encode_entries,
+};
 pub use tally::{
-    Ballot, CellTally, DecisionParams, Epoch, Tally, TallyInputs, build_tally_dataflow,
+    Ballot, CellTally, DecisionParams, DueCheckpoint, Epoch, Tally, TallyInputs,
+    build_tally_dataflow,
 };
 pub use views::{DecisionView, InMemoryViews, ViewStore, ViewUpdate};

@@ -27,9 +27,6 @@ use canopy_schemas::DecisionId;
 use foldhash::quality::FixedState;
 use serde::{Deserialize, Serialize};
 
-use crate::positions::EpochPositions;
-use crate::tally::Epoch;
-
 /// One vote as the record needs it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct RecordLeaf {
@@ -330,23 +327,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Applies complete epochs of record leaves (already routed to this worker by decision) to
-/// the shared record. Called by the dataflow's record operator.
-pub(crate) struct RecordApplier {
-    pub record: Arc<VoteRecord>,
-    pub positions: Arc<EpochPositions>,
-}
-
-impl RecordApplier {
-    pub fn apply(&self, epoch: Epoch, mut leaves: Vec<(u128, RecordLeaf)>) {
-        leaves.sort_unstable_by_key(|(decision, leaf)| (*decision, leaf.offset));
-        let now = Instant::now();
-        for group in leaves.chunk_by(|a, b| a.0 == b.0) {
-            let decision = DecisionId(group[0].0);
-            let partition = partition_for(decision, self.record.partitions);
-            let end = self.positions.end_at(partition, epoch);
-            self.record
-                .append_epoch(decision, group.iter().map(|(_, leaf)| leaf), end, now);
-        }
+/// Applies one complete epoch of record leaves (already routed to this worker by decision)
+/// to the shared record; `end_of` gives a partition's log end as of the epoch. Called by the
+/// dataflow's record operator.
+pub(crate) fn apply_record_epoch(
+    record: &VoteRecord,
+    mut leaves: Vec<(u128, RecordLeaf)>,
+    end_of: impl Fn(u32) -> u64,
+) {
+    leaves.sort_unstable_by_key(|(decision, leaf)| (*decision, leaf.offset));
+    let now = Instant::now();
+    for group in leaves.chunk_by(|a, b| a.0 == b.0) {
+        let decision = DecisionId(group[0].0);
+        let end = end_of(partition_for(decision, record.partitions));
+        record.append_epoch(decision, group.iter().map(|(_, leaf)| leaf), end, now);
     }
 }

@@ -1,6 +1,8 @@
 //! The tally dataflow and the arithmetic of a tally.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use canopy_chain::leaf_hash;
@@ -15,14 +17,16 @@ use differential_dataflow::input::{Input, InputSession};
 use foldhash::quality::FixedState;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::InputHandle;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
+use timely::dataflow::operators::vec::{Broadcast, Input as TimelyInput};
+use timely::dataflow::operators::{Capability, InputCapability};
 use timely::worker::Worker;
 
-use crate::positions::EpochPositions;
-use crate::record::{RecordApplier, RecordLeaf, VoteRecord};
+use crate::record::{RecordLeaf, VoteRecord, apply_record_epoch};
+use crate::state::StateEntry;
 use crate::views::{ViewStore, ViewUpdate};
 
 /// Dataflow time: an epoch number. Every record fed between two seals shares an epoch.
@@ -178,16 +182,82 @@ pub struct TallyInputs {
     /// Present when the dataflow keeps the vote record.
     records: Option<InputSession<Epoch, (u128, RecordLeaf), i64>>,
     decisions: InputSession<Epoch, (u128, DecisionParams), i64>,
+    /// (partition, end) of the partitions this worker feeds, sent when an epoch is sealed.
+    ends_input: InputHandle<Epoch, CapacityContainerBuilder<Vec<(u32, u64)>>>,
     probe: ProbeHandle<Epoch>,
     known_decisions: HashMap<DecisionId, DecisionParams>,
-    positions: Arc<EpochPositions>,
     views: Arc<dyn ViewStore>,
     /// End offsets of the partitions this worker fed, as of the current epoch.
     ends: HashMap<u32, u64>,
+    sent_ends: HashMap<u32, u64>,
     published_ends: HashMap<u32, u64>,
+    /// Present when the engine writes checkpoints of its state.
+    checkpoints: Option<CheckpointCapture>,
 }
 
-/// Builds the tally dataflow on this worker. Every worker of the computation must call it.
+/// A worker's side of engine checkpoints (see the state module).
+struct CheckpointCapture {
+    /// Checkpoint markers enter through worker 0 and reach every worker.
+    markers: InputHandle<Epoch, CapacityContainerBuilder<Vec<u64>>>,
+    /// Markers this worker has received: (seq, epoch).
+    received: Rc<RefCell<Vec<(u64, Epoch)>>>,
+    /// State entries this worker's operators produced, with their epochs, not yet written.
+    entries: Rc<RefCell<Vec<(Epoch, StateEntry)>>>,
+    /// This worker's partition ends at each epoch it sealed since the last checkpoint.
+    ends_by_epoch: BTreeMap<Epoch, Vec<(u32, u64)>>,
+}
+
+/// One worker's part of a checkpoint, ready to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueCheckpoint {
+    pub seq: u64,
+    pub ends: Vec<(u32, u64)>,
+    pub entries: Vec<StateEntry>,
+}
+
+fn epoch_of(capability: &InputCapability<Epoch>) -> Epoch {
+    *capability
+        .least()
+        .expect("a message carries at least one time")
+}
+
+/// Epoch 0 holds only what a restart restores; state entries from it are already stored.
+const RESTORE_EPOCH: Epoch = 0;
+
+/// Every partition's log end as of each epoch, as one operator sees it: every worker
+/// broadcasts the ends of the partitions it feeds when it seals an epoch, so an operator
+/// releasing epoch e on any process knows which log prefix e includes.
+#[derive(Default)]
+struct EndsAtEpoch {
+    pending: BTreeMap<Epoch, Vec<(u32, u64)>>,
+    ends: HashMap<u32, u64>,
+}
+
+impl EndsAtEpoch {
+    fn absorb(&mut self, epoch: Epoch, ends: &mut Vec<(u32, u64)>) {
+        self.pending.entry(epoch).or_default().append(ends);
+    }
+
+    /// Applies every buffered epoch for which `complete` holds, in order.
+    fn settle(&mut self, complete: impl Fn(&Epoch) -> bool) {
+        while let Some(entry) = self.pending.first_entry() {
+            if !complete(entry.key()) {
+                return;
+            }
+            for (partition, end) in entry.remove() {
+                let slot = self.ends.entry(partition).or_insert(0);
+                *slot = (*slot).max(end);
+            }
+        }
+    }
+
+    fn end(&self, partition: u32) -> u64 {
+        self.ends.get(&partition).copied().unwrap_or(0)
+    }
+}
+
+/// Builds the tally dataflow on this worker. Every worker of the computation (on every
+/// process) must call it, with the same `partitions`, `record.is_some()` and `checkpoints`.
 ///
 /// ```text
 ///  votes ((decision, voter), ballot)
@@ -197,142 +267,216 @@ pub struct TallyInputs {
 ///  decisions (decision, params) ─ explode: (decision, params) with diff (1, 0)
 ///    └─ concat ─ reduce: per decision, sums → shares, composite, turnout, quorum ─▶ Tally
 ///        └─ sink: buffer each epoch until complete, publish to the ViewStore
+///  log ends (partition, end) ─ broadcast ─▶ the sink and the record: what an epoch includes
 /// ```
 ///
 /// With a [`VoteRecord`], every vote's leaf also goes, by decision, to the record operator,
 /// which appends each complete epoch to the decision's Merkle log (see the record module).
+/// With `checkpoints`, the fold and the record keep what they add to the engine's state
+/// until [`TallyInputs::due_checkpoints`] hands it out (see the state module).
 pub fn build_tally_dataflow(
     worker: &mut Worker,
     views: Arc<dyn ViewStore>,
-    positions: Arc<EpochPositions>,
+    partitions: u32,
     record: Option<Arc<VoteRecord>>,
+    checkpoints: bool,
 ) -> TallyInputs {
-    let record_positions = Arc::clone(&positions);
-    let partitions = positions.partitions();
     let sink_views = Arc::clone(&views);
-    let sink_positions = Arc::clone(&positions);
-    let (votes, records, decisions, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
-        let (votes_input, votes) = scope.new_collection::<(VoteKey, Ballot), i64>();
-        let (decisions_input, decisions) = scope.new_collection::<(u128, DecisionParams), i64>();
+    let state_entries: Rc<RefCell<Vec<(Epoch, StateEntry)>>> = Rc::default();
+    let capture = checkpoints.then(|| Rc::clone(&state_entries));
+    let received_markers: Rc<RefCell<Vec<(u64, Epoch)>>> = Rc::default();
+    let (votes, records, decisions, ends_input, markers, probe) =
+        worker.dataflow::<Epoch, _, _>(|scope| {
+            let (votes_input, votes) = scope.new_collection::<(VoteKey, Ballot), i64>();
+            let (decisions_input, decisions) =
+                scope.new_collection::<(u128, DecisionParams), i64>();
+            let (ends_input, ends) = TimelyInput::new_input::<(u32, u64)>(&scope);
+            let ends = ends.broadcast();
 
-        let latest = latest_vote_per_voter(votes);
+            let latest = latest_vote_per_voter(votes, capture.clone());
 
-        let cells = latest.explode(|((decision, _voter), ballot): (VoteKey, Ballot)| {
-            Some((
-                (
-                    decision,
-                    DecisionEntry::Cell(ballot.option, ballot.component),
-                ),
-                (1i64, i64::from(ballot.weight)),
-            ))
-        });
-        let params = decisions.explode(|(decision, params)| {
-            Some(((decision, DecisionEntry::Params(params)), (1i64, 0i64)))
-        });
+            let cells = latest.explode(|((decision, _voter), ballot): (VoteKey, Ballot)| {
+                Some((
+                    (
+                        decision,
+                        DecisionEntry::Cell(ballot.option, ballot.component),
+                    ),
+                    (1i64, i64::from(ballot.weight)),
+                ))
+            });
+            let params = decisions.explode(|(decision, params)| {
+                Some(((decision, DecisionEntry::Params(params)), (1i64, 0i64)))
+            });
 
-        let tallies = cells.concat(params).reduce_named(
-            "TallyPerDecision",
-            |_decision,
-             entries: &[(&DecisionEntry, (i64, i64))],
-             output: &mut Vec<(Tally, i64)>| {
-                // Params sort first; a decision that was never registered has no result yet.
-                let Some((DecisionEntry::Params(params), _)) = entries.first() else {
-                    return;
-                };
-                let sums = entries
-                    .iter()
-                    .filter_map(|(entry, (count, weight))| match entry {
-                        DecisionEntry::Cell(option, component) => {
-                            Some(((*option, *component), (*count as u64, *weight as u64)))
-                        }
-                        DecisionEntry::Params(_) => None,
-                    });
-                output.push((Tally::from_sums(params, sums), 1));
-            },
-        );
-
-        let probe = ProbeHandle::new();
-        tallies
-            .inner
-            .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-                Pipeline,
-                "PublishViews",
-                move |_capability, _info| {
-                    let mut pending: EpochBuffer<TallyUpdate> = BTreeMap::new();
-                    move |(input, frontier), _output| {
-                        input.for_each(|capability, updates| {
-                            for ((key, tally), time, diff) in updates.drain(..) {
-                                pending
-                                    .entry(time)
-                                    .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()))
-                                    .1
-                                    .push(((key, tally), diff));
+            let tallies = cells.concat(params).reduce_named(
+                "TallyPerDecision",
+                |_decision,
+                 entries: &[(&DecisionEntry, (i64, i64))],
+                 output: &mut Vec<(Tally, i64)>| {
+                    // Params sort first; a decision that was never registered has no result yet.
+                    let Some((DecisionEntry::Params(params), _)) = entries.first() else {
+                        return;
+                    };
+                    let sums = entries
+                        .iter()
+                        .filter_map(|(entry, (count, weight))| match entry {
+                            DecisionEntry::Cell(option, component) => {
+                                Some(((*option, *component), (*count as u64, *weight as u64)))
                             }
+                            DecisionEntry::Params(_) => None,
                         });
-                        while let Some((epoch, (_capability, updates))) =
-                            pop_complete(&mut pending, |epoch| frontier.less_equal(epoch))
-                        {
-                            sink_views.publish(views_for_epoch(
-                                epoch,
-                                updates,
-                                &sink_positions,
-                                partitions,
-                            ));
-                        }
-                    }
+                    output.push((Tally::from_sums(params, sums), 1));
                 },
-            )
-            .probe_with(&probe);
+            );
 
-        let records_input = record.map(|record| {
-            let (input, leaves) = scope.new_collection::<(u128, RecordLeaf), i64>();
-            let applier = RecordApplier {
-                record,
-                positions: record_positions,
-            };
-            type Update = ((u128, RecordLeaf), Epoch, i64);
-            leaves
+            let probe = ProbeHandle::new();
+            tallies
                 .inner
-                .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-                    Exchange::new(|update: &Update| (update.0).0.hashed()),
-                    "VoteRecord",
+                .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+                    ends.clone(),
+                    Pipeline,
+                    Pipeline,
+                    "PublishViews",
                     move |_capability, _info| {
-                        let mut pending: EpochBuffer<(u128, RecordLeaf)> = BTreeMap::new();
-                        move |(input, frontier), _output| {
+                        let mut pending: EpochBuffer<TallyUpdate> = BTreeMap::new();
+                        let mut log_ends = EndsAtEpoch::default();
+                        move |(input, frontier), (ends_in, ends_frontier), _output| {
                             input.for_each(|capability, updates| {
-                                for (leaf, time, _diff) in updates.drain(..) {
+                                for ((key, tally), time, diff) in updates.drain(..) {
                                     pending
                                         .entry(time)
                                         .or_insert_with(|| {
                                             (capability.delayed(&time, 0), Vec::new())
                                         })
                                         .1
-                                        .push(leaf);
+                                        .push(((key, tally), diff));
                                 }
                             });
-                            while let Some((epoch, (_capability, leaves))) =
-                                pop_complete(&mut pending, |epoch| frontier.less_equal(epoch))
+                            ends_in.for_each(|time, ends| log_ends.absorb(epoch_of(&time), ends));
+                            let complete = |epoch: &Epoch| {
+                                !frontier.less_equal(epoch) && !ends_frontier.less_equal(epoch)
+                            };
+                            while let Some((epoch, (_capability, updates))) =
+                                pop_complete(&mut pending, |epoch| !complete(epoch))
                             {
-                                applier.apply(epoch, leaves);
+                                log_ends.settle(|settled| settled <= &epoch);
+                                sink_views.publish(views_for_epoch(updates, &log_ends, partitions));
                             }
+                            log_ends.settle(complete);
                         }
                     },
                 )
                 .probe_with(&probe);
-            input
+
+            let records_input = record.map(|record| {
+                let (input, leaves) = scope.new_collection::<(u128, RecordLeaf), i64>();
+                let capture = capture.clone();
+                type Update = ((u128, RecordLeaf), Epoch, i64);
+                leaves
+                    .inner
+                    .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+                        ends.clone(),
+                        Exchange::new(|update: &Update| (update.0).0.hashed()),
+                        Pipeline,
+                        "VoteRecord",
+                        move |_capability, _info| {
+                            let mut pending: EpochBuffer<(u128, RecordLeaf)> = BTreeMap::new();
+                            let mut log_ends = EndsAtEpoch::default();
+                            move |(input, frontier), (ends_in, ends_frontier), _output| {
+                                input.for_each(|capability, updates| {
+                                    for (leaf, time, _diff) in updates.drain(..) {
+                                        pending
+                                            .entry(time)
+                                            .or_insert_with(|| {
+                                                (capability.delayed(&time, 0), Vec::new())
+                                            })
+                                            .1
+                                            .push(leaf);
+                                    }
+                                });
+                                ends_in
+                                    .for_each(|time, ends| log_ends.absorb(epoch_of(&time), ends));
+                                let complete = |epoch: &Epoch| {
+                                    !frontier.less_equal(epoch) && !ends_frontier.less_equal(epoch)
+                                };
+                                while let Some((epoch, (_capability, leaves))) =
+                                    pop_complete(&mut pending, |epoch| !complete(epoch))
+                                {
+                                    log_ends.settle(|settled| settled <= &epoch);
+                                    if let Some(capture) = capture.as_ref()
+                                        && epoch != RESTORE_EPOCH
+                                    {
+                                        capture.borrow_mut().extend(leaves.iter().map(
+                                            |(decision, leaf)| {
+                                                (
+                                                    epoch,
+                                                    StateEntry::Leaf {
+                                                        decision: *decision,
+                                                        leaf: *leaf,
+                                                    },
+                                                )
+                                            },
+                                        ));
+                                    }
+                                    apply_record_epoch(&record, leaves, |partition| {
+                                        log_ends.end(partition)
+                                    });
+                                }
+                                log_ends.settle(complete);
+                            }
+                        },
+                    )
+                    .probe_with(&probe);
+                input
+            });
+
+            let markers = checkpoints.then(|| {
+                let (markers_input, markers) = TimelyInput::new_input::<u64>(&scope);
+                let received = Rc::clone(&received_markers);
+                markers
+                    .broadcast()
+                    .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                        Pipeline,
+                        "CheckpointMarkers",
+                        move |_capability, _info| {
+                            move |input, _output| {
+                                input.for_each(|time, seqs| {
+                                    let mut received = received.borrow_mut();
+                                    let epoch = epoch_of(&time);
+                                    received.extend(seqs.drain(..).map(|seq| (seq, epoch)));
+                                });
+                            }
+                        },
+                    )
+                    .probe_with(&probe);
+                markers_input
+            });
+            (
+                votes_input,
+                records_input,
+                decisions_input,
+                ends_input,
+                markers,
+                probe,
+            )
         });
-        (votes_input, records_input, decisions_input, probe)
-    });
     TallyInputs {
         votes,
         records,
         decisions,
+        ends_input,
         probe,
         known_decisions: HashMap::new(),
-        positions,
         views,
         ends: HashMap::new(),
+        sent_ends: HashMap::new(),
         published_ends: HashMap::new(),
+        checkpoints: markers.map(|markers| CheckpointCapture {
+            markers,
+            received: received_markers,
+            entries: state_entries,
+            ends_by_epoch: BTreeMap::new(),
+        }),
     }
 }
 
@@ -349,6 +493,7 @@ pub fn build_tally_dataflow(
 /// votes, and is quadratic in the votes of one voter.
 fn latest_vote_per_voter<'scope>(
     votes: VecCollection<'scope, Epoch, (VoteKey, Ballot), i64>,
+    capture: Option<Rc<RefCell<Vec<(Epoch, StateEntry)>>>>,
 ) -> VecCollection<'scope, Epoch, (VoteKey, Ballot), i64> {
     type Update = ((VoteKey, Ballot), Epoch, i64);
     votes
@@ -382,6 +527,18 @@ fn latest_vote_per_voter<'scope>(
                             if !seen.insert((key, ballot.vote_id)) {
                                 continue;
                             }
+                            if let Some(capture) = capture.as_ref()
+                                && time != RESTORE_EPOCH
+                            {
+                                capture.borrow_mut().push((
+                                    time,
+                                    StateEntry::Ballot {
+                                        decision: key.0,
+                                        voter: key.1,
+                                        ballot,
+                                    },
+                                ));
+                            }
                             match latest.get_mut(&key) {
                                 Some(current) if current.offset >= ballot.offset => {}
                                 Some(current) => {
@@ -405,9 +562,8 @@ fn latest_vote_per_voter<'scope>(
 /// Turns one complete epoch of tally changes into view updates: the new tally of each
 /// changed decision, or its removal, tagged with the log position the epoch includes.
 fn views_for_epoch(
-    epoch: Epoch,
     updates: Vec<((u128, Tally), i64)>,
-    positions: &EpochPositions,
+    log_ends: &EndsAtEpoch,
     partitions: u32,
 ) -> Vec<ViewUpdate> {
     let mut changed: HashMap<u128, Option<Tally>> = HashMap::new();
@@ -424,7 +580,7 @@ fn views_for_epoch(
             let partition = partition_for(decision, partitions);
             let as_of = Position {
                 partition,
-                offset: positions.end_at(partition, epoch),
+                offset: log_ends.end(partition),
             };
             ViewUpdate {
                 decision,
@@ -461,6 +617,11 @@ impl TallyInputs {
         *end = (*end).max(record.position.offset + 1);
     }
 
+    /// Whether this worker has been given `decision`'s parameters.
+    pub fn knows(&self, decision: DecisionId) -> bool {
+        self.known_decisions.contains_key(&decision)
+    }
+
     /// Adds a decision, or replaces its parameters (the earlier ones are retracted).
     pub fn upsert_decision(&mut self, decision: &Decision) {
         let params = DecisionParams::from(decision);
@@ -480,6 +641,26 @@ impl TallyInputs {
         *slot = (*slot).max(end);
     }
 
+    /// Feeds restored engine state (see the state module). Call before the first seal, so
+    /// it lands in the restore epoch, on any worker: the dataflow routes each entry to the
+    /// worker that owns its key.
+    pub fn restore(&mut self, entries: &[StateEntry]) {
+        for entry in entries {
+            match *entry {
+                StateEntry::Ballot {
+                    decision,
+                    voter,
+                    ballot,
+                } => self.votes.update(((decision, voter), ballot), 1),
+                StateEntry::Leaf { decision, leaf } => {
+                    if let Some(records) = &mut self.records {
+                        records.update((decision, leaf), 1);
+                    }
+                }
+            }
+        }
+    }
+
     /// Closes the current epoch and returns it; what is fed next goes into the next one.
     pub fn seal(&mut self) -> Epoch {
         let next = *self.votes.time() + 1;
@@ -490,19 +671,87 @@ impl TallyInputs {
     /// epoch after the current one): how an idle worker catches up with busy ones.
     pub fn seal_until(&mut self, next: Epoch) -> Epoch {
         let epoch = *self.votes.time();
-        for (partition, end) in &self.ends {
-            self.positions.record(*partition, epoch, *end);
+        let changed: Vec<(u32, u64)> = self
+            .ends
+            .iter()
+            .filter(|(partition, end)| self.sent_ends.get(partition) != Some(end))
+            .map(|(partition, end)| (*partition, *end))
+            .collect();
+        for (partition, end) in &changed {
+            self.ends_input.send((*partition, *end));
+            self.sent_ends.insert(*partition, *end);
+        }
+        if let Some(checkpoints) = &mut self.checkpoints
+            && !changed.is_empty()
+        {
+            let mut ends: Vec<(u32, u64)> = self.ends.iter().map(|(p, e)| (*p, *e)).collect();
+            ends.sort_unstable();
+            checkpoints.ends_by_epoch.insert(epoch, ends);
         }
         let next = next.max(epoch + 1);
         self.votes.advance_to(next);
         self.decisions.advance_to(next);
+        self.ends_input.advance_to(next);
         self.votes.flush();
         self.decisions.flush();
+        self.ends_input.flush();
         if let Some(records) = &mut self.records {
             records.advance_to(next);
             records.flush();
         }
+        if let Some(checkpoints) = &mut self.checkpoints {
+            checkpoints.markers.advance_to(next);
+            checkpoints.markers.flush();
+        }
         epoch
+    }
+
+    /// Starts checkpoint `seq` at the current epoch; every worker writes its part once the
+    /// epoch is complete. One worker of the computation marks checkpoints.
+    pub fn mark_checkpoint(&mut self, seq: u64) {
+        if let Some(checkpoints) = &mut self.checkpoints {
+            checkpoints.markers.send(seq);
+        }
+    }
+
+    /// This worker's parts of the checkpoints whose epochs are complete everywhere: the
+    /// state entries of epochs up to the checkpoint's (taken out of the buffer) and the ends
+    /// of the partitions this worker feeds as of that epoch.
+    pub fn due_checkpoints(&mut self) -> Vec<DueCheckpoint> {
+        let Some(checkpoints) = &mut self.checkpoints else {
+            return Vec::new();
+        };
+        let mut due = Vec::new();
+        let mut received = checkpoints.received.borrow_mut();
+        received.sort_unstable_by_key(|(_, epoch)| *epoch);
+        while let Some(&(seq, epoch)) = received.first() {
+            if self.probe.less_equal(&epoch) {
+                break;
+            }
+            received.remove(0);
+            // The fold and the record each add in epoch order, but interleaved.
+            let mut entries = checkpoints.entries.borrow_mut();
+            let (taken, kept): (Vec<_>, Vec<_>) =
+                entries.drain(..).partition(|(at, _)| *at <= epoch);
+            *entries = kept;
+            let taken: Vec<StateEntry> = taken.into_iter().map(|(_, entry)| entry).collect();
+            let ends = checkpoints
+                .ends_by_epoch
+                .range(..=epoch)
+                .next_back()
+                .map(|(_, ends)| ends.clone())
+                .unwrap_or_default();
+            checkpoints.ends_by_epoch = checkpoints.ends_by_epoch.split_off(&(epoch + 1));
+            if !ends.is_empty() {
+                checkpoints.ends_by_epoch.insert(epoch, ends.clone());
+            }
+            due.push(DueCheckpoint {
+                seq,
+                ends,
+                entries: taken,
+            });
+        }
+        due
     }
 
     /// The epoch that records pushed now go into.
@@ -522,7 +771,6 @@ impl TallyInputs {
             if self.published_ends.get(partition) != Some(end) {
                 self.views.advance(*partition, *end);
                 self.published_ends.insert(*partition, *end);
-                self.positions.forget_before(*partition, *self.votes.time());
             }
         }
     }

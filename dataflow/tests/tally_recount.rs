@@ -282,7 +282,6 @@ fn check_record(
 fn run(steps: Vec<Step>, workers: usize, partitions: u32) -> Result<(), String> {
     let epochs = Arc::new(plan(&steps, partitions));
     let views = Arc::new(InMemoryViews::new());
-    let positions = Arc::new(EpochPositions::new(partitions));
     let signer = NoteSigner::from_seed("test.example", &[9; 32]).unwrap();
     let cuts = Arc::new(CollectedCheckpoints::default());
     let record = Arc::new(VoteRecord::new(
@@ -302,8 +301,9 @@ fn run(steps: Vec<Step>, workers: usize, partitions: u32) -> Result<(), String> 
             let mut inputs = build_tally_dataflow(
                 worker,
                 view_store,
-                Arc::clone(&positions),
+                partitions,
                 Some(Arc::clone(&record)),
+                false,
             );
             for (number, epoch) in epochs.iter().enumerate() {
                 if worker.index() == 0 {

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use canopy_dataflow::{EngineSnapshot, StateChunk};
 use canopy_schemas::{Decision, DecisionId};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -190,6 +191,11 @@ pub trait MetadataStore: Send + Sync {
     /// The checkpoints of a batch in entry order.
     async fn batch_entries(&self, batch_id: i64) -> StoreResult<Vec<CheckpointRow>>;
     async fn next_anchor_batch_id(&self) -> StoreResult<i64>;
+
+    /// Stores one worker's part of an engine checkpoint.
+    async fn write_engine_chunk(&self, chunk: &StateChunk, now: i64) -> StoreResult<()>;
+    /// The latest complete engine checkpoint; drops the parts of later, incomplete ones.
+    async fn load_engine_snapshot(&self) -> StoreResult<Option<EngineSnapshot>>;
 }
 
 /// A stored checkpoint. `root` is hex; `note` the signed note.
@@ -232,6 +238,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0002_record",
         include_str!("../../migrations/sqlite/0002_record.sql"),
     ),
+    (
+        "0003_engine_state",
+        include_str!("../../migrations/sqlite/0003_engine_state.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -241,6 +251,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_record",
         include_str!("../../migrations/postgres/0002_record.sql"),
+    ),
+    (
+        "0003_engine_state",
+        include_str!("../../migrations/postgres/0003_engine_state.sql"),
     ),
 ];
 
@@ -696,6 +710,58 @@ macro_rules! sql_store {
             async fn next_anchor_batch_id(&self) -> StoreResult<i64> {
                 let row = sqlx::query("SELECT COALESCE(MAX(batch_id), -1) + 1 AS next FROM anchor_batches").fetch_one(&self.pool).await?;
                 Ok(row.try_get::<i64, _>("next")?)
+            }
+
+            async fn write_engine_chunk(&self, chunk: &StateChunk, now: i64) -> StoreResult<()> {
+                let ends = serde_json::to_string(&chunk.ends).map_err(|e| ServingError::Internal(e.to_string()))?;
+                sqlx::query("INSERT INTO engine_checkpoints (seq, worker, workers, ends, data, written_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(chunk.seq as i64)
+                    .bind(i64::from(chunk.worker))
+                    .bind(i64::from(chunk.workers))
+                    .bind(ends)
+                    .bind(&chunk.data)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn load_engine_snapshot(&self) -> StoreResult<Option<EngineSnapshot>> {
+                let mut tx = self.pool.begin().await?;
+                let counts = sqlx::query("SELECT seq, MAX(workers) AS workers, COUNT(*) AS written FROM engine_checkpoints GROUP BY seq ORDER BY seq")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut complete: Option<i64> = None;
+                for row in &counts {
+                    if row.try_get::<i64, _>("written")? == row.try_get::<i64, _>("workers")? {
+                        complete = Some(row.try_get("seq")?);
+                    }
+                }
+                sqlx::query("DELETE FROM engine_checkpoints WHERE seq > $1")
+                    .bind(complete.unwrap_or(-1))
+                    .execute(&mut *tx)
+                    .await?;
+                let Some(seq) = complete else {
+                    tx.commit().await?;
+                    return Ok(None);
+                };
+                let rows = sqlx::query("SELECT ends, data FROM engine_checkpoints WHERE seq <= $1 ORDER BY seq, worker")
+                    .bind(seq)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let mut ends: std::collections::BTreeMap<u32, u64> = Default::default();
+                let mut chunks = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let row_ends: Vec<(u32, u64)> = serde_json::from_str(&row.try_get::<String, _>("ends")?)
+                        .map_err(|e| ServingError::Storage(format!("engine checkpoint ends do not parse: {e}")))?;
+                    for (partition, end) in row_ends {
+                        let slot = ends.entry(partition).or_insert(0);
+                        *slot = (*slot).max(end);
+                    }
+                    chunks.push(row.try_get::<Vec<u8>, _>("data")?);
+                }
+                Ok(Some(EngineSnapshot { seq: seq as u64, ends: ends.into_iter().collect(), chunks }))
             }
         }
     };
