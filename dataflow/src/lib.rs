@@ -33,7 +33,8 @@ pub use record::{
 };
 pub use recount::recount;
 pub use state::{
-    EngineSnapshot, StateChunk, StateEntry, StateStore, decode_entries, encode_entries,
+    EngineSnapshot, InMemoryStateStore, StateChunk, StateEntry, StateStore, decode_entries,
+    encode_entries,
 };
 pub use tally::{
     Ballot, CellTally, DecisionParams, DueCheckpoint, Epoch, Tally, TallyInputs,

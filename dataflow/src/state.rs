@@ -17,6 +17,9 @@
 //!                        ─▶ StateStore (one atomic row each)
 //! ```
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use canopy_chain::Hash;
 
 use crate::DataflowError;
@@ -187,6 +190,76 @@ pub trait StateStore: Send + Sync {
     fn write(&self, chunk: StateChunk) -> Result<(), String>;
 }
 
+/// A [`StateStore`] in memory: for an engine embedded in a test or a tool, where a restart
+/// means a new engine in the same process.
+#[derive(Debug, Default)]
+pub struct InMemoryStateStore {
+    chunks: Mutex<Vec<StateChunk>>,
+}
+
+impl InMemoryStateStore {
+    /// The latest complete checkpoint's number, without touching anything (unlike `load`,
+    /// safe while an engine writes).
+    pub fn latest_complete(&self) -> Option<u64> {
+        latest_complete(&self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<StateChunk>> {
+        self.chunks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The highest `seq` with as many chunks as its run had workers.
+fn latest_complete(chunks: &[StateChunk]) -> Option<u64> {
+    let mut written: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+    for chunk in chunks {
+        let slot = written.entry(chunk.seq).or_insert((0, chunk.workers));
+        slot.0 += 1;
+    }
+    written
+        .into_iter()
+        .filter(|(_, (count, workers))| count == workers)
+        .map(|(seq, _)| seq)
+        .next_back()
+}
+
+impl StateStore for InMemoryStateStore {
+    fn load(&self) -> Result<Option<EngineSnapshot>, String> {
+        let mut chunks = self.lock();
+        let complete = latest_complete(&chunks);
+        chunks.retain(|chunk| Some(chunk.seq) <= complete);
+        let Some(seq) = complete else {
+            return Ok(None);
+        };
+        chunks.sort_by_key(|chunk| (chunk.seq, chunk.worker));
+        let mut ends: BTreeMap<u32, u64> = BTreeMap::new();
+        for (partition, end) in chunks.iter().flat_map(|chunk| &chunk.ends) {
+            let slot = ends.entry(*partition).or_insert(0);
+            *slot = (*slot).max(*end);
+        }
+        Ok(Some(EngineSnapshot {
+            seq,
+            ends: ends.into_iter().collect(),
+            chunks: chunks.iter().map(|chunk| chunk.data.clone()).collect(),
+        }))
+    }
+
+    fn write(&self, chunk: StateChunk) -> Result<(), String> {
+        let mut chunks = self.lock();
+        if chunks
+            .iter()
+            .any(|c| c.seq == chunk.seq && c.worker == chunk.worker)
+        {
+            return Err(format!(
+                "checkpoint {} of worker {} is already stored",
+                chunk.seq, chunk.worker
+            ));
+        }
+        chunks.push(chunk);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +315,40 @@ mod tests {
         fn entries_round_trip(entries in proptest::collection::vec(entry(), 0..40)) {
             let bytes = encode_entries(&entries);
             prop_assert_eq!(decode_entries(&bytes).unwrap(), entries);
+        }
+
+        #[test]
+        fn only_complete_checkpoints_load(workers in 1u32..4, complete in 0u64..4, partial in 0u32..3) {
+            let store = InMemoryStateStore::default();
+            let chunk = |seq: u64, worker: u32| StateChunk {
+                seq, worker, workers,
+                ends: vec![(worker, seq * 10)],
+                data: encode_entries(&[]),
+            };
+            for seq in 1..=complete {
+                for worker in 0..workers {
+                    store.write(chunk(seq, worker)).unwrap();
+                }
+            }
+            // A run stopped while writing the next one.
+            let partial = partial.min(workers - 1);
+            for worker in 0..partial {
+                store.write(chunk(complete + 1, worker)).unwrap();
+            }
+            let loaded = store.load().unwrap();
+            if complete == 0 {
+                prop_assert!(loaded.is_none());
+            } else {
+                let loaded = loaded.unwrap();
+                prop_assert_eq!(loaded.seq, complete);
+                prop_assert_eq!(loaded.chunks.len() as u64, complete * u64::from(workers));
+                prop_assert!(loaded.ends.iter().all(|(_, end)| *end == complete * 10));
+            }
+            // The partial checkpoint is gone, so a new run can write its number again.
+            for worker in 0..workers {
+                store.write(chunk(complete + 1, worker)).unwrap();
+            }
+            prop_assert_eq!(store.load().unwrap().unwrap().seq, complete + 1);
         }
 
         #[test]

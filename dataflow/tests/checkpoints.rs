@@ -1,0 +1,250 @@
+//! Engine checkpoints: a restarted engine, of the same or another size, resumes from its
+//! latest checkpoint's offsets (it does not re-read what the checkpoint covers), and its
+//! tallies and Merkle logs equal a recount of the whole log, redeliveries included.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use canopy_chain::{MerkleLog, NoteSigner, leaf_hash};
+use canopy_dataflow::*;
+use canopy_ingest::*;
+use canopy_schemas::*;
+use proptest::prelude::*;
+
+fn decision(n: u128) -> Decision {
+    Decision {
+        id: DecisionId(n),
+        title: format!("decision {n}"),
+        region: "r".into(),
+        options: vec!["a".into(), "b".into(), "c".into()],
+        opens_at: 0,
+        closes_at: i64::MAX,
+        weights: ComponentWeights::DEFAULT,
+        quorum: 10,
+        method: Method::SingleChoice,
+    }
+}
+
+/// A vote log that remembers the lowest offset each partition was read from.
+struct ReadSpy {
+    inner: Arc<SegmentLog>,
+    lowest_read: Vec<AtomicU64>,
+}
+
+impl ReadSpy {
+    fn new(inner: Arc<SegmentLog>) -> Self {
+        let lowest_read = (0..inner.partitions())
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect();
+        Self { inner, lowest_read }
+    }
+}
+
+impl VoteLog for ReadSpy {
+    fn partitions(&self) -> u32 {
+        self.inner.partitions()
+    }
+    fn append(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
+        self.inner.append(votes)
+    }
+    fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
+        self.inner.append_async(votes)
+    }
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
+        self.lowest_read[partition as usize].fetch_min(from, Ordering::Relaxed);
+        self.inner.read(partition, from, max)
+    }
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        self.inner.end_offset(partition)
+    }
+}
+
+#[derive(Default)]
+struct Cuts(Mutex<Vec<CutCheckpoint>>);
+
+impl CheckpointSink for Cuts {
+    fn store(&self, checkpoint: CutCheckpoint) {
+        self.0.lock().unwrap().push(checkpoint);
+    }
+}
+
+/// Votes from a seed: voters change their votes, and about one in eight is a redelivery of
+/// an earlier vote (same vote id, later offset), possibly from before a restart.
+fn votes(seed: u64, count: usize, earlier: &[LoggedVote]) -> Vec<LoggedVote> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let mut out: Vec<LoggedVote> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let pool: Vec<&LoggedVote> = earlier.iter().chain(out.iter()).collect();
+        if !pool.is_empty() && next() % 8 == 0 {
+            out.push(*pool[next() as usize % pool.len()]);
+            continue;
+        }
+        let vote = Vote {
+            vote_id: VoteId(u128::from(next()) << 64 | u128::from(next())),
+            decision_id: DecisionId(1 + u128::from(next() % 6)),
+            voter_id: VoterId(u128::from(next() % 40)),
+            option: (next() % 3) as u16,
+            component: Component::ALL[(next() % 2) as usize],
+            weight: Weight(1_000_000 + (next() % 3) as u32 * 500_000),
+            cast_at: 1,
+        };
+        out.push(LoggedVote::new(vote, &VoterSalt([7; 32])));
+    }
+    out
+}
+
+fn read_all(log: &SegmentLog) -> Vec<LogRecord> {
+    (0..log.partitions())
+        .flat_map(|p| log.read(p, 0, usize::MAX).unwrap())
+        .collect()
+}
+
+struct Run {
+    engine: TallyEngine,
+    views: Arc<InMemoryViews>,
+    record: Arc<VoteRecord>,
+    spy: Arc<ReadSpy>,
+}
+
+fn start(log: &Arc<SegmentLog>, state: &Arc<InMemoryStateStore>, workers: usize) -> Run {
+    let views = Arc::new(InMemoryViews::new());
+    let spy = Arc::new(ReadSpy::new(Arc::clone(log)));
+    let record = Arc::new(VoteRecord::new(
+        NoteSigner::from_seed("test.example", &[5; 32]).unwrap(),
+        RecordConfig {
+            origin_prefix: "test.example".into(),
+            ..RecordConfig::default()
+        },
+        log.partitions(),
+        Arc::new(Cuts::default()),
+    ));
+    let engine = TallyEngine::start(
+        EngineConfig {
+            workers,
+            state: Some(Arc::clone(state) as Arc<dyn StateStore>),
+            checkpoint_interval: Duration::from_millis(20),
+            max_epoch_records: 97,
+            ..EngineConfig::default()
+        },
+        Arc::clone(&spy) as Arc<dyn VoteLog>,
+        views.clone(),
+        Some(Arc::clone(&record)),
+        (1..=6).map(decision).collect(),
+    )
+    .unwrap();
+    Run {
+        engine,
+        views,
+        record,
+        spy,
+    }
+}
+
+fn wait_until_caught_up(log: &SegmentLog, views: &InMemoryViews) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for partition in 0..log.partitions() {
+        let end = log.end_offset(partition).unwrap();
+        while views.frontier(partition) < end {
+            assert!(Instant::now() < deadline, "the engine did not catch up");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The oracle: tallies by recount, and each decision's Merkle root over the first delivery
+/// of each (voter, vote id) in log order.
+fn check_against_recount(log: &SegmentLog, run: &Run) -> Result<(), TestCaseError> {
+    let records = read_all(log);
+    let decisions: Vec<Decision> = (1..=6).map(decision).collect();
+    let expected = recount(&records, &decisions);
+    for d in &decisions {
+        let view = run.views.get(d.id).unwrap();
+        match expected.get(&d.id) {
+            Some(tally) => prop_assert_eq!(&view.unwrap().tally, tally),
+            None => prop_assert!(view.is_none_or(|v| v.tally.turnout == 0)),
+        }
+    }
+    let mut sorted = records.clone();
+    sorted.sort_by_key(|r| (r.position.partition, r.position.offset));
+    let mut trees: HashMap<DecisionId, MerkleLog> = HashMap::new();
+    let mut seen = HashSet::new();
+    for record in &sorted {
+        let vote = record.vote;
+        if seen.insert((vote.decision_id, vote.voter_id, vote.vote_id)) {
+            trees
+                .entry(vote.decision_id)
+                .or_default()
+                .append_hash(leaf_hash(&record.logged().leaf_data()));
+        }
+    }
+    for (decision, tree) in &trees {
+        prop_assert_eq!(run.record.size(*decision), tree.size());
+        prop_assert_eq!(
+            run.record.root_at(*decision, tree.size()).unwrap(),
+            tree.root()
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_restarted_engine_resumes_from_its_checkpoint_at_any_size(
+        seed in any::<u64>(),
+        first in 200usize..1500,
+        second in 1usize..800,
+        workers_before in 1usize..4,
+        workers_after in 1usize..4,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(
+            SegmentLog::open(dir.path(), SegmentLogConfig { partitions: 5, ..Default::default() })
+                .unwrap(),
+        );
+        let state = Arc::new(InMemoryStateStore::default());
+        let before = votes(seed, first, &[]);
+        log.append(&before).unwrap();
+
+        let run = start(&log, &state, workers_before);
+        wait_until_caught_up(&log, &run.views);
+        check_against_recount(&log, &run)?;
+        // Let a checkpoint complete.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.latest_complete().is_none() {
+            prop_assert!(Instant::now() < deadline, "no checkpoint was completed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        run.engine.shutdown().unwrap();
+
+        // More votes while it is down, redeliveries of votes before the checkpoint among them.
+        log.append(&votes(seed ^ 1, second, &before)).unwrap();
+        // What the restart will resume from (the engine is stopped, so loading is safe).
+        let snapshot_ends: HashMap<u32, u64> =
+            state.load().unwrap().unwrap().ends.into_iter().collect();
+        prop_assert!(snapshot_ends.values().sum::<u64>() > 0);
+
+        let run = start(&log, &state, workers_after);
+        wait_until_caught_up(&log, &run.views);
+        check_against_recount(&log, &run)?;
+        for partition in 0..log.partitions() {
+            let resumed_at = snapshot_ends.get(&partition).copied().unwrap_or(0);
+            let lowest = run.spy.lowest_read[partition as usize].load(Ordering::Relaxed);
+            prop_assert!(
+                lowest >= resumed_at,
+                "partition {} was read from {} though the checkpoint covers up to {}",
+                partition, lowest, resumed_at
+            );
+        }
+        run.engine.shutdown().unwrap();
+    }
+}
