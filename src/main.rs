@@ -2,6 +2,7 @@
 
 #![deny(unsafe_code)]
 
+mod cluster;
 #[cfg(feature = "evm")]
 mod evm;
 mod loadgen;
@@ -33,6 +34,11 @@ struct Cli {
 enum Command {
     /// Run a whole node in one process: API on 127.0.0.1:8080, data under ./canopy-data.
     Up(up::UpArgs),
+    /// Run one process of the dataflow cluster (a timely process over the Kafka topic,
+    /// publishing results into Redis, checkpointing into PostgreSQL).
+    Worker(cluster::WorkerArgs),
+    /// Run a stateless API replica of a cluster: appends to Kafka, reads results from Redis.
+    Serve(cluster::ServeArgs),
     /// Apply the metadata store's migrations that have not been applied yet.
     Migrate(up::MigrateArgs),
     /// Administer accounts.
@@ -95,6 +101,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         .init();
     let done = match Cli::parse().command {
         Command::Verify(args) => return Ok(verify::run(args)),
+        Command::Worker(args) => return cluster::worker(args),
+        Command::Serve(args) => return cluster::serve(args),
         #[cfg(feature = "evm")]
         Command::Evm {
             command: EvmCommand::Deploy(args),

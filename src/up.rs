@@ -153,7 +153,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_stop_signal() {
+pub(crate) async fn wait_for_stop_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -217,7 +217,9 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
                 .store
                 .put_decision(&decision, owner, now / 1_000_000)
                 .await?;
-            state.engine.register(decision.clone());
+            if let Some(engine) = &state.engine {
+                engine.register(decision.clone());
+            }
             decision
         }
     };

@@ -205,6 +205,18 @@ impl TallyEngine {
         self.shared.decisions_version.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Whether a worker has ended without being asked to: it failed (and failed the view
+    /// store), panicked, or lost a peer process of its cluster. A stopped engine does not
+    /// come back; its process should exit so that the cluster is restarted from its
+    /// checkpoint.
+    pub fn has_stopped(&self) -> bool {
+        self.guards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|guards| guards.guards().iter().any(|g| g.is_finished()))
+    }
+
     /// Stops the workers and waits for them; reports a worker that stopped on an error.
     pub fn shutdown(mut self) -> Result<(), DataflowError> {
         self.stop()

@@ -195,6 +195,9 @@ pub struct TallyInputs {
     checkpoints: Option<CheckpointCapture>,
 }
 
+/// State entries a worker's operators produced, with their epochs, not yet written.
+type CapturedState = Rc<RefCell<Vec<(Epoch, StateEntry)>>>;
+
 /// A worker's side of engine checkpoints (see the state module).
 struct CheckpointCapture {
     /// Checkpoint markers enter through worker 0 and reach every worker.
@@ -202,7 +205,7 @@ struct CheckpointCapture {
     /// Markers this worker has received: (seq, epoch).
     received: Rc<RefCell<Vec<(u64, Epoch)>>>,
     /// State entries this worker's operators produced, with their epochs, not yet written.
-    entries: Rc<RefCell<Vec<(Epoch, StateEntry)>>>,
+    entries: CapturedState,
     /// This worker's partition ends at each epoch it sealed since the last checkpoint.
     ends_by_epoch: BTreeMap<Epoch, Vec<(u32, u64)>>,
 }
@@ -282,7 +285,7 @@ pub fn build_tally_dataflow(
     checkpoints: bool,
 ) -> TallyInputs {
     let sink_views = Arc::clone(&views);
-    let state_entries: Rc<RefCell<Vec<(Epoch, StateEntry)>>> = Rc::default();
+    let state_entries: CapturedState = Rc::default();
     let capture = checkpoints.then(|| Rc::clone(&state_entries));
     let received_markers: Rc<RefCell<Vec<(u64, Epoch)>>> = Rc::default();
     let (votes, records, decisions, ends_input, markers, probe) =
@@ -493,7 +496,7 @@ pub fn build_tally_dataflow(
 /// votes, and is quadratic in the votes of one voter.
 fn latest_vote_per_voter<'scope>(
     votes: VecCollection<'scope, Epoch, (VoteKey, Ballot), i64>,
-    capture: Option<Rc<RefCell<Vec<(Epoch, StateEntry)>>>>,
+    capture: Option<CapturedState>,
 ) -> VecCollection<'scope, Epoch, (VoteKey, Ballot), i64> {
     type Update = ((VoteKey, Ballot), Epoch, i64);
     votes

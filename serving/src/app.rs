@@ -63,15 +63,17 @@ pub struct AppState {
     pub store: Arc<dyn MetadataStore>,
     pub keys: Arc<TokenKeys>,
     pub gate: Arc<Gate<dyn VoteLog>>,
-    pub engine: Arc<TallyEngine>,
+    /// The tally engine, in a node that runs one (not in a `canopy serve` replica, whose
+    /// results come from the cluster's workers through the view store).
+    pub engine: Option<Arc<TallyEngine>>,
     pub views: Arc<dyn ViewStore>,
     pub config: ApiConfig,
     pub user_limits: RateLimiter,
     pub address_limits: RateLimiter,
     /// False until start-up finished and again once shutdown began.
     pub ready: AtomicBool,
-    /// Every decision's Merkle log, grown by the engine.
-    pub record: Arc<VoteRecord>,
+    /// Every decision's Merkle log, grown by the engine (absent with the engine).
+    pub record: Option<Arc<VoteRecord>>,
     /// The record key's verifier (`<name>+<hash>+<key>`), for auditors.
     pub record_key: String,
     pub record_origin: String,
@@ -82,6 +84,11 @@ pub struct AppState {
 pub(crate) type SharedState = Arc<AppState>;
 
 impl AppState {
+    /// The vote record, which only a node running the engine holds.
+    pub(crate) fn record(&self) -> Result<&VoteRecord, ServingError> {
+        self.record.as_deref().ok_or(ServingError::RecordNotHere)
+    }
+
     pub(crate) async fn audit(&self, actor: &str, action: &str, detail: serde_json::Value) {
         if let Err(error) = self
             .store
@@ -701,7 +708,9 @@ async fn create_decision(
         .store
         .put_decision(&decision, caller.0.sub, unix_now() as i64)
         .await?;
-    state.engine.register(decision.clone());
+    if let Some(engine) = &state.engine {
+        engine.register(decision.clone());
+    }
     state
         .audit(
             &caller.0.sub.to_string(),
@@ -773,6 +782,17 @@ fn receipt(logged: &LoggedVote, position: Position) -> CastReceipt {
     }
 }
 
+/// Registers with the gate the decisions another replica created since this one started.
+async fn learn_decisions(state: &SharedState) -> Result<(), ServingError> {
+    let now = now_micros();
+    for decision in state.store.decisions().await? {
+        if state.gate.decision(decision.id).is_none() {
+            state.gate.register(decision, now)?;
+        }
+    }
+    Ok(())
+}
+
 /// Stands each voter in for by their salted commitment, then appends durably.
 async fn submit(
     state: &SharedState,
@@ -785,6 +805,12 @@ async fn submit(
             .salt(state.store.as_ref(), vote.voter_id.as_uuid())
             .await?;
         logged.push(LoggedVote::new(vote, &VoterSalt(salt)));
+    }
+    if logged
+        .iter()
+        .any(|l| state.gate.decision(l.vote.decision_id).is_none())
+    {
+        learn_decisions(state).await?;
     }
     let positions = state.gate.submit_async(&logged).await?;
     Ok((logged, positions))

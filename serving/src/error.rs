@@ -50,6 +50,10 @@ pub enum ServingError {
     /// the checkpoint is not anchored yet (`not_anchored`). Retry later.
     #[error("{message}")]
     NotYet { code: &'static str, message: String },
+    #[error(
+        "this replica does not hold the vote record (it runs no engine); ask a node started with `canopy up`"
+    )]
+    RecordNotHere,
     #[error(transparent)]
     Chain(#[from] canopy_chain::ChainError),
     #[error("storage failure: {0}")]
@@ -95,6 +99,7 @@ impl ServingError {
             Self::Ingest(error) => error.code(),
             Self::Dataflow(error) => error.code(),
             Self::NotYet { code, .. } => code,
+            Self::RecordNotHere => "record_not_here",
             Self::Chain(error) => error.code(),
             Self::Storage(_) => "storage",
             Self::Internal(_) => "internal",
@@ -121,15 +126,20 @@ impl ServingError {
             Self::Ingest(IngestError::UnknownDecision { .. }) => StatusCode::NOT_FOUND,
             Self::Ingest(IngestError::DecisionFrozen { .. }) => StatusCode::CONFLICT,
             Self::Dataflow(DataflowError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Ingest(_) | Self::Dataflow(_) | Self::Storage(_) | Self::Internal(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::RecordNotHere
+            | Self::Ingest(_)
+            | Self::Dataflow(_)
+            | Self::Storage(_)
+            | Self::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn is_internal(&self) -> bool {
         self.status().is_server_error()
-            && !matches!(self, Self::Dataflow(DataflowError::Timeout { .. }))
+            && !matches!(
+                self,
+                Self::Dataflow(DataflowError::Timeout { .. }) | Self::RecordNotHere
+            )
     }
 }
 

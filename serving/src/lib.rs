@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cluster;
 mod error;
 pub mod limits;
 pub mod node;

@@ -7,18 +7,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use canopy_dataflow::{
-    EngineConfig, InMemoryViews, RecordConfig, StoredCheckpoint, TallyEngine, ViewStore, VoteRecord,
+    EngineConfig, InMemoryViews, RecordConfig, StateStore, StoredCheckpoint, TallyEngine,
+    ViewStore, VoteRecord,
 };
 use canopy_ingest::{Gate, KafkaConfig, KafkaLog, SegmentLog, SegmentLogConfig, VoteLog};
 
 use crate::ServingError;
 use crate::app::{ApiConfig, AppState, now_micros, router};
 use crate::auth::TokenKeys;
+use crate::cluster::{RedisTarget, SqlStateStore};
 use crate::limits::RateLimiter;
 use crate::record::{
     AnchorConfig, AnchorJournal, AnchorTarget, CheckpointWriter, SaltCache, anchor_loop,
     load_or_generate_record_key, parse_hash,
 };
+use crate::redis_views::RedisViews;
 use crate::store::{MetadataStore, PostgresStore, SqliteStore};
 
 #[derive(Clone)]
@@ -43,6 +46,13 @@ pub struct NodeConfig {
     pub anchor_target: Option<Arc<dyn AnchorTarget>>,
     /// The vote log on a Kafka topic instead of the embedded segment log.
     pub kafka: Option<KafkaConfig>,
+    /// Results in Redis (written by a cluster's workers) instead of in process memory.
+    pub redis: Option<RedisTarget>,
+    /// Whether this node runs the tally engine and keeps the vote record. A `canopy serve`
+    /// replica does not: it appends to Kafka and reads the results the workers publish.
+    pub run_engine: bool,
+    /// Engine checkpoints in the metadata store, so a restart resumes rather than replays.
+    pub engine_checkpoints: bool,
 }
 
 impl NodeConfig {
@@ -59,6 +69,9 @@ impl NodeConfig {
             anchor: AnchorConfig::default(),
             anchor_target: None,
             kafka: None,
+            redis: None,
+            run_engine: true,
+            engine_checkpoints: false,
         }
     }
 }
@@ -90,7 +103,7 @@ pub struct Node {
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     anchoring: tokio::sync::watch::Sender<bool>,
-    anchor_task: tokio::task::JoinHandle<()>,
+    anchor_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -119,7 +132,15 @@ impl Node {
         for decision in &decisions {
             gate.register(decision.clone(), now)?;
         }
-        let views: Arc<dyn ViewStore> = Arc::new(InMemoryViews::new());
+        let views: Arc<dyn ViewStore> = match config.redis.clone() {
+            Some(redis) => {
+                tokio::task::spawn_blocking(move || RedisViews::connect(&redis.url, &redis.prefix))
+                    .await
+                    .map_err(|e| ServingError::Internal(e.to_string()))?
+                    .map(Arc::new)?
+            }
+            None => Arc::new(InMemoryViews::new()),
+        };
         let record_key_path = config.data_dir.join("keys").join("record-ed25519.seed");
         let origin = config.record_origin.clone();
         let signer = Arc::new(
@@ -129,49 +150,68 @@ impl Node {
             .await
             .map_err(|e| ServingError::Internal(e.to_string()))??,
         );
-        let record_config = RecordConfig {
-            origin_prefix: config.record_origin.clone(),
-            ..config.record.clone()
-        };
-        let record = Arc::new(VoteRecord::new(
-            (*signer).clone(),
-            record_config,
-            log.partitions(),
-            Arc::new(CheckpointWriter::start(Arc::clone(&store))),
-        ));
-        for stored in store.latest_checkpoints().await? {
-            record.resume_from(StoredCheckpoint {
-                decision: stored.decision_id,
-                size: stored.tree_size as u64,
-                root: parse_hash(&stored.root)?,
-            });
-        }
-        let engine_config = EngineConfig {
-            workers: config.workers,
-            ..EngineConfig::default()
-        };
-        let engine = Arc::new(TallyEngine::start(
-            engine_config,
-            log,
-            Arc::clone(&views),
-            Some(Arc::clone(&record)),
-            decisions,
-        )?);
-        let target: Arc<dyn AnchorTarget> = match &config.anchor_target {
-            Some(target) => Arc::clone(target),
-            None => Arc::new(AnchorJournal::new(
-                config.data_dir.join("anchors").join("journal.jsonl"),
-            )),
-        };
+        let mut engine = None;
+        let mut record = None;
+        let mut anchor_task = None;
         let (anchoring, anchor_stop) = tokio::sync::watch::channel(false);
-        let anchor_task = tokio::spawn(anchor_loop(
-            Arc::clone(&store),
-            target,
-            Arc::clone(&signer),
-            config.record_origin.clone(),
-            config.anchor.clone(),
-            anchor_stop,
-        ));
+        if config.run_engine {
+            let vote_record = Arc::new(VoteRecord::new(
+                (*signer).clone(),
+                RecordConfig {
+                    origin_prefix: config.record_origin.clone(),
+                    ..config.record.clone()
+                },
+                log.partitions(),
+                Arc::new(CheckpointWriter::start(Arc::clone(&store))),
+            ));
+            for stored in store.latest_checkpoints().await? {
+                vote_record.resume_from(StoredCheckpoint {
+                    decision: stored.decision_id,
+                    size: stored.tree_size as u64,
+                    root: parse_hash(&stored.root)?,
+                });
+            }
+            let runtime = tokio::runtime::Handle::current();
+            let engine_config = EngineConfig {
+                workers: config.workers,
+                state: config.engine_checkpoints.then(|| {
+                    Arc::new(SqlStateStore::new(Arc::clone(&store), runtime.clone()))
+                        as Arc<dyn StateStore>
+                }),
+                ..EngineConfig::default()
+            };
+            let engine_log = Arc::clone(&log);
+            let engine_views = Arc::clone(&views);
+            let engine_record = Arc::clone(&vote_record);
+            engine = Some(Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    TallyEngine::start(
+                        engine_config,
+                        engine_log,
+                        engine_views,
+                        Some(engine_record),
+                        decisions,
+                    )
+                })
+                .await
+                .map_err(|e| ServingError::Internal(e.to_string()))??,
+            ));
+            record = Some(vote_record);
+            let target: Arc<dyn AnchorTarget> = match &config.anchor_target {
+                Some(target) => Arc::clone(target),
+                None => Arc::new(AnchorJournal::new(
+                    config.data_dir.join("anchors").join("journal.jsonl"),
+                )),
+            };
+            anchor_task = Some(tokio::spawn(anchor_loop(
+                Arc::clone(&store),
+                target,
+                Arc::clone(&signer),
+                config.record_origin.clone(),
+                config.anchor.clone(),
+                anchor_stop,
+            )));
+        }
         let state = Arc::new(AppState {
             store,
             keys: Arc::new(keys),
@@ -261,7 +301,9 @@ impl Node {
     pub async fn shutdown(self) -> Result<(), ServingError> {
         self.state.ready.store(false, Ordering::Release);
         let _ = self.anchoring.send(true);
-        let _ = self.anchor_task.await;
+        if let Some(task) = self.anchor_task {
+            let _ = task.await;
+        }
         let _ = self.stop.send(());
         self.server
             .await

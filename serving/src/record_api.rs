@@ -29,7 +29,7 @@ pub(crate) async fn checkpoints(
     let rows = state.store.checkpoints(decision).await?;
     Ok(Json(json!({
         "decision_id": decision,
-        "origin": state.record.origin(decision),
+        "origin": format!("{}/decision/{}", state.record_origin, decision),
         "checkpoints": rows,
     })))
 }
@@ -96,7 +96,7 @@ pub(crate) async fn inclusion_proof(
     let decision = DecisionId::from(id);
     let leaf = parse_hash(&query.leaf)?;
     let index = state
-        .record
+        .record()?
         .index_of(decision, &leaf)
         .ok_or(ServingError::NotFound {
             what: "a vote with this leaf hash in the decision's record",
@@ -128,7 +128,7 @@ pub(crate) async fn inclusion_proof(
             })?,
     };
     let size = chosen.tree_size as u64;
-    let proof = state.record.inclusion_proof(decision, index, size)?;
+    let proof = state.record()?.inclusion_proof(decision, index, size)?;
     let anchor = match chosen.batch_id {
         Some(_) => anchor_info(&state, chosen).await?,
         None => None,
@@ -180,10 +180,10 @@ pub(crate) async fn consistency_proof(
         .into());
     }
     let proof = state
-        .record
+        .record()?
         .consistency_proof(decision, query.from, query.to)?;
-    let from_root = state.record.root_at(decision, query.from)?;
-    let to_root = state.record.root_at(decision, query.to)?;
+    let from_root = state.record()?.root_at(decision, query.from)?;
+    let to_root = state.record()?.root_at(decision, query.to)?;
     Ok(Json(json!({
         "decision_id": decision,
         "from": query.from,

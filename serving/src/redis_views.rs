@@ -4,6 +4,7 @@
 //! ```text
 //!  <prefix>:views     hash  decision uuid → {"tally": …, "as_of": {partition, offset}}
 //!  <prefix>:frontier  hash  partition → end offset (only ever raised)
+//!  <prefix>:view_offsets hash decision uuid → the as_of offset of its view (only raised)
 //!  <prefix>:failure   string, set once the dataflow stopped
 //!  <prefix>:changes   pub/sub channel, a message per publish (for future push)
 //! ```
@@ -26,6 +27,20 @@ struct StoredView {
 
 const RAISE_FRONTIER: &str = "local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1') \
      if current < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0";
+
+/// Replaces each decision's view unless the stored one is newer (a cluster restarted from a
+/// checkpoint republishes views older than those its previous run published: a reader must
+/// not see results go back), all in one step, then notifies.
+/// KEYS: views, view_offsets, changes; ARGV: (decision, as_of offset, json or "" to remove)*.
+const PUBLISH_NEWER: &str = "for i = 1, #ARGV, 3 do \
+       local stored = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1') \
+       if stored <= tonumber(ARGV[i + 1]) then \
+         redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) \
+         if ARGV[i + 2] == '' then redis.call('HDEL', KEYS[1], ARGV[i]) \
+         else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2]) end \
+       end \
+     end \
+     redis.call('PUBLISH', KEYS[3], #ARGV / 3) return 0";
 
 /// How long a writer keeps retrying Redis before it gives up and panics the worker (the
 /// engine then stops and the node reports itself failed): results must not silently miss an
@@ -62,6 +77,13 @@ impl RedisViews {
             prefix: prefix.to_string(),
             poll: Duration::from_millis(2),
         })
+    }
+
+    /// Clears a failure a previous run of the cluster recorded: called by a cluster starting
+    /// afresh from its checkpoint.
+    pub fn clear_failure(&self) -> Result<(), DataflowError> {
+        let key = self.key("failure");
+        self.run(|c| redis::cmd("DEL").arg(&key).query::<()>(c))
     }
 
     fn key(&self, name: &str) -> String {
@@ -162,7 +184,7 @@ impl ViewStore for RedisViews {
     fn publish(&self, updates: Vec<ViewUpdate>) {
         let views = self.key("views");
         let changes = self.key("changes");
-        let encoded: Vec<(String, Option<String>)> = updates
+        let encoded: Vec<(String, u64, Option<String>)> = updates
             .into_iter()
             .map(|update| {
                 let value = update.tally.map(|tally| {
@@ -172,31 +194,24 @@ impl ViewStore for RedisViews {
                     })
                     .expect("a view serializes")
                 });
-                (update.decision.to_string(), value)
+                (update.decision.to_string(), update.as_of.offset, value)
             })
             .collect();
         if encoded.is_empty() {
             return;
         }
+        let offsets = self.key("view_offsets");
+        let publish = redis::Script::new(PUBLISH_NEWER);
         self.write("an epoch's views", |c| {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for (decision, value) in &encoded {
-                match value {
-                    Some(value) => pipe
-                        .cmd("HSET")
-                        .arg(&views)
-                        .arg(decision)
-                        .arg(value)
-                        .ignore(),
-                    None => pipe.cmd("HDEL").arg(&views).arg(decision).ignore(),
-                };
+            let mut script = publish.prepare_invoke();
+            script.key(&views).key(&offsets).key(&changes);
+            for (decision, offset, value) in &encoded {
+                script
+                    .arg(decision)
+                    .arg(offset)
+                    .arg(value.as_deref().unwrap_or(""));
             }
-            pipe.cmd("PUBLISH")
-                .arg(&changes)
-                .arg(encoded.len())
-                .ignore();
-            pipe.query::<()>(c)
+            script.invoke::<i64>(c).map(|_| ())
         });
     }
 

@@ -40,7 +40,11 @@ fn decision(title: &str) -> Decision {
 async fn exercise(store: Arc<dyn MetadataStore>) {
     assert_eq!(
         store.migrate().await.unwrap(),
-        vec!["0001_init".to_string(), "0002_record".to_string()]
+        vec![
+            "0001_init".to_string(),
+            "0002_record".to_string(),
+            "0003_engine_state".to_string()
+        ]
     );
     assert!(
         store.migrate().await.unwrap().is_empty(),
@@ -343,6 +347,68 @@ async fn record_tables(store: &Arc<dyn MetadataStore>) {
     assert!(store.pending_anchor_batches().await.unwrap().is_empty());
     assert_eq!(store.anchor_batch(0).await.unwrap(), Some(batch));
     assert_eq!(store.next_anchor_batch_id().await.unwrap(), 1);
+
+    engine_checkpoints(store.as_ref()).await;
+}
+
+/// Engine checkpoints: only complete ones load, with every chunk up to them in order and the
+/// highest end per partition; the chunks of a checkpoint a run did not finish are dropped, so
+/// a new run can write that number again.
+async fn engine_checkpoints(store: &dyn MetadataStore) {
+    use canopy_dataflow::StateChunk;
+    assert_eq!(store.load_engine_snapshot().await.unwrap(), None);
+    let chunk = |seq: u64, worker: u32, workers: u32, ends: Vec<(u32, u64)>| StateChunk {
+        seq,
+        worker,
+        workers,
+        ends,
+        data: vec![seq as u8, worker as u8],
+    };
+    // A run of two workers completes checkpoints 1 and 2, and stops while writing 3.
+    store
+        .write_engine_chunk(&chunk(1, 1, 2, vec![(1, 5)]), 1)
+        .await
+        .unwrap();
+    store
+        .write_engine_chunk(&chunk(1, 0, 2, vec![(0, 4), (2, 9)]), 1)
+        .await
+        .unwrap();
+    store
+        .write_engine_chunk(&chunk(2, 0, 2, vec![(0, 7), (2, 9)]), 2)
+        .await
+        .unwrap();
+    store
+        .write_engine_chunk(&chunk(2, 1, 2, vec![(1, 6)]), 2)
+        .await
+        .unwrap();
+    store
+        .write_engine_chunk(&chunk(3, 1, 2, vec![(1, 99)]), 3)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .write_engine_chunk(&chunk(2, 1, 2, vec![]), 4)
+            .await
+            .is_err()
+    );
+    let snapshot = store.load_engine_snapshot().await.unwrap().unwrap();
+    assert_eq!(snapshot.seq, 2);
+    assert_eq!(snapshot.ends, vec![(0, 7), (1, 6), (2, 9)]);
+    assert_eq!(
+        snapshot.chunks,
+        vec![vec![1, 0], vec![1, 1], vec![2, 0], vec![2, 1]]
+    );
+    // The next run has three workers and reuses number 3.
+    for worker in 0..3 {
+        store
+            .write_engine_chunk(&chunk(3, worker, 3, vec![(worker, 10)]), 5)
+            .await
+            .unwrap();
+    }
+    let snapshot = store.load_engine_snapshot().await.unwrap().unwrap();
+    assert_eq!(snapshot.seq, 3);
+    assert_eq!(snapshot.ends, vec![(0, 10), (1, 10), (2, 10)]);
+    assert_eq!(snapshot.chunks.len(), 7);
 }
 
 #[tokio::test]

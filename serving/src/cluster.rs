@@ -1,0 +1,322 @@
+//! Canopy as a cluster: `canopy worker` processes run the dataflow as one timely computation
+//! over a Kafka topic, keep their checkpoints in PostgreSQL and publish results into Redis;
+//! `canopy serve` replicas (a [`crate::Node`] without an engine) take votes and read results.
+//!
+//! ```text
+//!  serve replicas ─append─▶ Kafka topic (partition = f(decision)) ─read p ≡ w (mod W)─▶
+//!  worker processes (timely cluster, W workers in all) ─publish─▶ Redis views ◀─read─ serve
+//!        │ engine checkpoints (state + offsets), record checkpoints, decisions
+//!        ▼
+//!   PostgreSQL (shared by every process)
+//! ```
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canopy_dataflow::{
+    ClusterConfig, DecisionDirectory, EngineConfig, EngineSnapshot, RecordConfig, StateChunk,
+    StateStore, StoredCheckpoint, TallyEngine, ViewStore, VoteRecord,
+};
+use canopy_ingest::{KafkaConfig, KafkaLog, VoteLog};
+use canopy_schemas::{Decision, DecisionId};
+
+use crate::ServingError;
+use crate::record::{
+    AnchorConfig, AnchorJournal, AnchorTarget, CheckpointWriter, anchor_loop,
+    load_or_generate_record_key, parse_hash,
+};
+use crate::redis_views::RedisViews;
+use crate::store::MetadataStore;
+
+/// Runs `future` to completion from a thread that is not one of the runtime's (a timely
+/// worker), or from one that is (start-up), without blocking the runtime itself.
+fn block_on<T: Send>(
+    runtime: &tokio::runtime::Handle,
+    future: impl Future<Output = T> + Send,
+) -> Result<T, String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| runtime.block_on(future))
+            .join()
+            .map_err(|_| "the store call panicked".to_string())
+    })
+}
+
+/// Engine checkpoints in the metadata store (table `engine_checkpoints`).
+pub struct SqlStateStore {
+    store: Arc<dyn MetadataStore>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl SqlStateStore {
+    pub fn new(store: Arc<dyn MetadataStore>, runtime: tokio::runtime::Handle) -> Self {
+        Self { store, runtime }
+    }
+}
+
+impl StateStore for SqlStateStore {
+    fn load(&self) -> Result<Option<EngineSnapshot>, String> {
+        block_on(&self.runtime, self.store.load_engine_snapshot())?.map_err(|e| e.to_string())
+    }
+
+    fn write(&self, chunk: StateChunk) -> Result<(), String> {
+        let now = crate::auth::unix_now() as i64;
+        block_on(&self.runtime, self.store.write_engine_chunk(&chunk, now))?
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Decisions from the metadata store, for a worker that meets a vote of a decision an API
+/// replica registered after the worker started.
+pub struct StoreDirectory {
+    store: Arc<dyn MetadataStore>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl StoreDirectory {
+    pub fn new(store: Arc<dyn MetadataStore>, runtime: tokio::runtime::Handle) -> Self {
+        Self { store, runtime }
+    }
+}
+
+impl DecisionDirectory for StoreDirectory {
+    fn lookup(&self, decision: DecisionId) -> Option<Decision> {
+        match block_on(&self.runtime, self.store.decisions()) {
+            Ok(Ok(decisions)) => decisions.into_iter().find(|d| d.id == decision),
+            Ok(Err(error)) => {
+                tracing::warn!(%decision, %error, "looking up a decision failed");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%decision, %error, "looking up a decision failed");
+                None
+            }
+        }
+    }
+}
+
+/// Where a cluster's results go.
+#[derive(Clone, Debug)]
+pub struct RedisTarget {
+    /// `redis://host:port/db`
+    pub url: String,
+    /// Every key starts with this, so clusters (and test runs) can share a server.
+    pub prefix: String,
+}
+
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// Holds the record key (`keys/record-ed25519.seed`, the same file on every process) and
+    /// the anchor journal.
+    pub data_dir: PathBuf,
+    /// The shared metadata store (PostgreSQL).
+    pub database_url: String,
+    pub kafka: KafkaConfig,
+    pub redis: RedisTarget,
+    /// Timely worker threads in this process.
+    pub threads: usize,
+    /// This process's place in the cluster; alone if absent.
+    pub cluster: Option<ClusterConfig>,
+    pub checkpoint_interval: Duration,
+    pub record_origin: String,
+    pub record: RecordConfig,
+    pub anchor: AnchorConfig,
+    pub anchor_target: Option<Arc<dyn AnchorTarget>>,
+    /// How often decisions are re-read from the store (parameter changes before opening).
+    pub decision_refresh: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        database_url: impl Into<String>,
+        kafka: KafkaConfig,
+        redis: RedisTarget,
+    ) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            database_url: database_url.into(),
+            kafka,
+            redis,
+            threads: 2,
+            cluster: None,
+            checkpoint_interval: Duration::from_secs(2),
+            record_origin: "canopy.local".to_string(),
+            record: RecordConfig::default(),
+            anchor: AnchorConfig::default(),
+            anchor_target: None,
+            decision_refresh: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One process of the dataflow cluster.
+pub struct WorkerNode {
+    engine: Option<Arc<TallyEngine>>,
+    views: Arc<dyn ViewStore>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl WorkerNode {
+    /// Connects to the store, the topic and Redis, resumes from the latest engine checkpoint
+    /// and starts the dataflow. Process 0 (or a worker alone) also runs the anchoring loop.
+    pub async fn start(config: WorkerConfig) -> Result<Self, ServingError> {
+        let store: Arc<dyn MetadataStore> =
+            Arc::new(crate::store::PostgresStore::connect(&config.database_url).await?);
+        store.migrate().await?;
+        let kafka = config.kafka.clone();
+        let log: Arc<dyn VoteLog> = tokio::task::spawn_blocking(move || KafkaLog::connect(kafka))
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))?
+            .map(Arc::new)?;
+        let redis = config.redis.clone();
+        let first_process = config.cluster.as_ref().is_none_or(|c| c.process == 0);
+        let views: Arc<dyn ViewStore> = tokio::task::spawn_blocking(move || {
+            let views = RedisViews::connect(&redis.url, &redis.prefix)?;
+            // A failure recorded by the previous run is what this start recovers from.
+            if first_process {
+                views.clear_failure()?;
+            }
+            Ok::<_, canopy_dataflow::DataflowError>(views)
+        })
+        .await
+        .map_err(|e| ServingError::Internal(e.to_string()))?
+        .map(Arc::new)?;
+        let record_key_path = config.data_dir.join("keys").join("record-ed25519.seed");
+        let origin = config.record_origin.clone();
+        let signer = Arc::new(
+            tokio::task::spawn_blocking(move || {
+                load_or_generate_record_key(&record_key_path, &origin)
+            })
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))??,
+        );
+        let record = Arc::new(VoteRecord::new(
+            (*signer).clone(),
+            RecordConfig {
+                origin_prefix: config.record_origin.clone(),
+                ..config.record.clone()
+            },
+            log.partitions(),
+            Arc::new(CheckpointWriter::start(Arc::clone(&store))),
+        ));
+        for stored in store.latest_checkpoints().await? {
+            record.resume_from(StoredCheckpoint {
+                decision: stored.decision_id,
+                size: stored.tree_size as u64,
+                root: parse_hash(&stored.root)?,
+            });
+        }
+        let runtime = tokio::runtime::Handle::current();
+        let decisions = store.decisions().await?;
+        let engine_config = EngineConfig {
+            workers: config.threads,
+            cluster: config.cluster.clone(),
+            state: Some(Arc::new(SqlStateStore::new(
+                Arc::clone(&store),
+                runtime.clone(),
+            ))),
+            checkpoint_interval: config.checkpoint_interval,
+            directory: Some(Arc::new(StoreDirectory::new(
+                Arc::clone(&store),
+                runtime.clone(),
+            ))),
+            ..EngineConfig::default()
+        };
+        let engine_views = Arc::clone(&views);
+        // Starting a cluster process waits for its peers to connect: off the runtime.
+        let engine = tokio::task::spawn_blocking(move || {
+            TallyEngine::start(engine_config, log, engine_views, Some(record), decisions)
+        })
+        .await
+        .map_err(|e| ServingError::Internal(e.to_string()))??;
+        let engine = Arc::new(engine);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(refresh_decisions(
+            Arc::clone(&store),
+            Arc::clone(&engine),
+            config.decision_refresh,
+            stopped.clone(),
+        )));
+        if first_process {
+            let target: Arc<dyn AnchorTarget> = match &config.anchor_target {
+                Some(target) => Arc::clone(target),
+                None => Arc::new(AnchorJournal::new(
+                    config.data_dir.join("anchors").join("journal.jsonl"),
+                )),
+            };
+            tasks.push(tokio::spawn(anchor_loop(
+                Arc::clone(&store),
+                target,
+                signer,
+                config.record_origin.clone(),
+                config.anchor.clone(),
+                stopped,
+            )));
+        }
+        Ok(Self {
+            engine: Some(engine),
+            views,
+            tasks,
+            stop,
+        })
+    }
+
+    /// Why the dataflow stopped, if it did (a worker failed, a peer process died, a write
+    /// to Redis or the store failed for good).
+    pub fn failure(&self) -> Option<String> {
+        if let Some(reason) = self.views.failure() {
+            return Some(reason);
+        }
+        self.engine
+            .as_ref()
+            .filter(|engine| engine.has_stopped())
+            .map(|_| "a dataflow worker stopped (a peer process may have died)".to_string())
+    }
+
+    pub async fn shutdown(mut self) -> Result<(), ServingError> {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        // The tasks are done, so this is the last reference.
+        if let Some(engine) = self.engine.take().and_then(Arc::into_inner) {
+            tokio::task::spawn_blocking(move || engine.shutdown())
+                .await
+                .map_err(|e| ServingError::Internal(e.to_string()))??;
+        }
+        Ok(())
+    }
+}
+
+/// Re-reads decisions now and then, so a parameter change made through an API replica
+/// (allowed until the decision opens) reaches the workers.
+async fn refresh_decisions(
+    store: Arc<dyn MetadataStore>,
+    engine: Arc<TallyEngine>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut known: std::collections::HashMap<DecisionId, Decision> = Default::default();
+    loop {
+        match store.decisions().await {
+            Ok(decisions) => {
+                for decision in decisions {
+                    if known.get(&decision.id) != Some(&decision) {
+                        known.insert(decision.id, decision.clone());
+                        engine.register(decision);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "re-reading decisions failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
