@@ -77,8 +77,8 @@ pub struct KafkaLog {
     /// Answers watermark (end offset) queries; one client, its connections kept.
     metadata: BaseConsumer,
     readers: Mutex<HashMap<u32, PartitionReader>>,
-    /// Readers that only follow each partition's end, for `end_offset`.
-    end_probes: Mutex<HashMap<u32, PartitionReader>>,
+    /// The last end found per partition, where the next search starts.
+    known_ends: Mutex<HashMap<u32, u64>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -109,7 +109,7 @@ impl KafkaLog {
             producer,
             metadata,
             readers: Mutex::new(HashMap::new()),
-            end_probes: Mutex::new(HashMap::new()),
+            known_ends: Mutex::new(HashMap::new()),
         };
         log.ensure_topic()?;
         Ok(log)
@@ -308,17 +308,18 @@ impl VoteLog for KafkaLog {
     /// number (checked: 1 for a partition holding 48 records).
     fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
         self.check_partition(partition)?;
-        let mut probes = self
-            .end_probes
+        // A fresh consumer from the last end found: one that reached the end before only
+        // reports what it has already fetched, which may lag the broker (seen in tests), and
+        // the end must include every append acknowledged before this call.
+        let mut ends = self
+            .known_ends
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut probe = match probes.remove(&partition) {
-            Some(probe) => probe,
-            None => self.reader_at(partition, 0)?,
-        };
+        let from = ends.get(&partition).copied().unwrap_or(0);
+        let mut probe = self.reader_at(partition, from)?;
         let result = self.drain(&mut probe, partition, usize::MAX, |_| {});
         let end = probe.next;
-        probes.insert(partition, probe);
+        ends.insert(partition, end);
         result.map(|()| end)
     }
 }
