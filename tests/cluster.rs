@@ -449,3 +449,171 @@ async fn a_cluster_survives_sigkill_and_rescaling_and_equals_one_process() {
         assert_eq!(checkpoints, cluster_checkpoints, "{what}");
     }
 }
+
+fn start_serve(deployment: &Deployment, port: u16, name: &str) -> Child {
+    let log =
+        std::fs::File::create(deployment.dir.path().join(format!("serve-{name}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args(["serve", "--config"])
+        .arg(&deployment.config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("CANOPY_SERVE_USER_RATE", "100000")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn create_admin_in(database_url: &str) {
+    use std::io::Write;
+    let mut admin = Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args([
+            "admin",
+            "create",
+            "--username",
+            "root",
+            "--database-url",
+            database_url,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(admin.stdin.take().unwrap(), "{}", common::PASSWORD).unwrap();
+    assert!(admin.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
+    use serde_json::{Value, json};
+    let topic = format!("canopy-serve-{}", uuid::Uuid::new_v4().simple());
+    let deployment = Deployment::new(&topic);
+    let log = KafkaLog::connect(KafkaConfig {
+        partitions: PARTITIONS,
+        ..KafkaConfig::new(broker(), topic.clone())
+    })
+    .unwrap();
+    deployment.store().await;
+    create_admin_in(&deployment.database.url);
+    let mut workers = deployment.start(1, 2, "w");
+    // Replica A makes the shared keys; B starts once they exist.
+    let (port_a, port_b) = (common::free_port(), common::free_port());
+    let (base_a, base_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    let client = reqwest::Client::new();
+    let mut replica_a = start_serve(&deployment, port_a, "a");
+    common::wait_healthy(&client, &base_a).await;
+    let mut replica_b = start_serve(&deployment, port_b, "b");
+    common::wait_healthy(&client, &base_b).await;
+
+    let admin = common::login(&client, &base_a, "root").await;
+    let (status, decision) = common::post(
+        &client,
+        format!("{base_a}/api/v1/voting/decision/create"),
+        Some(&admin),
+        json!({ "title": "Restore the dunes?", "options": ["yes", "no"], "closes_at": i64::MAX }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{decision}");
+    let decision = decision["id"].as_str().unwrap().to_string();
+    let mut voters = Vec::new();
+    for n in 0..6 {
+        let name = format!("serve-voter{n}");
+        let (status, _) = common::post(
+            &client,
+            format!("{base_b}/api/v1/auth/register"),
+            None,
+            json!({ "username": name, "password": common::PASSWORD }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201);
+        voters.push(common::login(&client, &base_a, &name).await);
+    }
+    let cast = |base: String, token: String, option: u16| {
+        let client = client.clone();
+        let decision = decision.clone();
+        async move {
+            common::post(
+                &client,
+                format!("{base}/api/v1/voting/cast-vote"),
+                Some(&token),
+                json!({ "decision_id": decision, "option": option }),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // A vote cast on one replica is in the results read on the other (read your writes).
+    for (n, token) in voters.iter().enumerate() {
+        let (cast_on, read_on) = if n % 2 == 0 {
+            (&base_a, &base_b)
+        } else {
+            (&base_b, &base_a)
+        };
+        let (status, receipt) = cast(cast_on.clone(), token.clone(), (n % 2) as u16).await;
+        assert_eq!(status, 201, "{receipt}");
+        let offset = receipt["position"]["offset"].as_u64().unwrap();
+        let results: Value = common::get_json(
+            &client,
+            format!("{read_on}/api/v1/voting/decision/{decision}/results?min_offset={offset}"),
+            token,
+        )
+        .await;
+        assert!(
+            results["as_of"]["offset"]
+                .as_u64()
+                .is_some_and(|seen| seen > offset),
+            "a vote cast on one replica is missing from the other's results: {results}"
+        );
+    }
+
+    // Replica A is lost; B keeps answering, and what it acknowledges is counted.
+    common::kill_9(&mut replica_a);
+    for (n, token) in voters.iter().enumerate() {
+        let (status, receipt) = cast(base_b.clone(), token.clone(), ((n + 1) % 2) as u16).await;
+        assert_eq!(status, 201, "{receipt}");
+    }
+    wait_until_caught_up(
+        &log,
+        &deployment.views(),
+        &mut workers,
+        "after losing a replica",
+    );
+    let records = topic_records(&log);
+    assert_eq!(
+        records.len(),
+        12,
+        "every acknowledged vote is in the topic once"
+    );
+    let store = deployment.store().await;
+    let expected = recount(&records, &store.decisions().await.unwrap());
+    let id = DecisionId::from(uuid::Uuid::parse_str(&decision).unwrap());
+    let results = common::get_json(
+        &client,
+        format!("{base_b}/api/v1/voting/decision/{decision}/results"),
+        &voters[0],
+    )
+    .await;
+    assert_eq!(results["turnout"], expected[&id].turnout, "{results}");
+    assert_eq!(results["turnout"], 6, "{results}");
+    // Proofs need the record, which lives on the workers: a replica says so plainly.
+    let response = client
+        .get(format!(
+            "{base_b}/api/v1/audit/decisions/{decision}/proof?leaf={}",
+            "00".repeat(32)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "record_not_here", "{body}");
+
+    common::kill_9(&mut replica_b);
+    stop(&mut workers);
+}

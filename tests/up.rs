@@ -222,6 +222,9 @@ fn migrate_applies_each_migration_once() {
         );
         serde_json::from_slice::<Value>(&output.stdout).unwrap()
     };
-    assert_eq!(run()["applied"], json!(["0001_init", "0002_record"]));
+    assert_eq!(
+        run()["applied"],
+        json!(["0001_init", "0002_record", "0003_engine_state"])
+    );
     assert_eq!(run()["applied"], json!([]));
 }

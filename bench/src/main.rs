@@ -23,6 +23,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 mod http;
+mod kafka;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -71,6 +72,12 @@ enum Bench {
     /// Cast-vote over real HTTP: peak acknowledged votes/s, latency at a fixed open-loop
     /// rate, results-read latency, against the same server's trivial endpoint.
     Http(http::HttpArgs),
+    /// Votes per second from a producer through a Kafka topic to results in Redis, with one
+    /// and with two worker processes, and the time from acknowledgement to visible.
+    Kafka(kafka::KafkaArgs),
+    /// One worker process of the kafka benchmark (started by it).
+    #[command(hide = true)]
+    KafkaWorker(kafka::KafkaWorkerArgs),
     /// Leaves per second into a Merkle log with a signed checkpoint every 1000 leaves,
     /// against raw SHA-256 of the same bytes.
     Merkle {
@@ -99,6 +106,8 @@ fn main() -> anyhow::Result<()> {
             dir,
         } => log(appenders, appends_per_appender, partitions, dir),
         Bench::Http(args) => http::run(args),
+        Bench::Kafka(args) => kafka::bench(args),
+        Bench::KafkaWorker(args) => kafka::worker(args),
         Bench::Merkle {
             leaves,
             checkpoint_every,

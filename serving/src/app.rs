@@ -782,6 +782,18 @@ fn receipt(logged: &LoggedVote, position: Position) -> CastReceipt {
     }
 }
 
+/// A decision this replica knows, or one another replica created since it started.
+async fn known_decision(state: &SharedState, id: DecisionId) -> Result<Decision, ServingError> {
+    if let Some(decision) = state.gate.decision(id) {
+        return Ok(decision);
+    }
+    learn_decisions(state).await?;
+    state
+        .gate
+        .decision(id)
+        .ok_or(ServingError::NotFound { what: "decision" })
+}
+
 /// Registers with the gate the decisions another replica created since this one started.
 async fn learn_decisions(state: &SharedState) -> Result<(), ServingError> {
     let now = now_micros();
@@ -893,10 +905,7 @@ async fn current_view(
     freshness: &FreshnessQuery,
 ) -> Result<(Decision, Option<DecisionView>), ServingError> {
     let decision_id = DecisionId::from(id);
-    let decision = state
-        .gate
-        .decision(decision_id)
-        .ok_or(ServingError::NotFound { what: "decision" })?;
+    let decision = known_decision(state, decision_id).await?;
     let view = match freshness.min_offset {
         None => state.views.get(decision_id)?,
         Some(offset) => {
