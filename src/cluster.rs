@@ -432,6 +432,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("canopy.example.toml");
+        let file = ClusterFile::load(Some(&path)).unwrap();
+        assert_eq!(file.workers.hosts.len(), 2);
+        assert!(file.kafka().is_ok() && file.redis().is_ok() && file.database_url().is_ok());
+    }
+
+    #[test]
     fn overrides_are_typed_like_the_file() {
         let mut table: toml::Table = toml::from_str("[workers]\nthreads = 1\n").unwrap();
         apply_override(&mut table, "CANOPY_WORKERS_THREADS", "4").unwrap();

@@ -123,27 +123,29 @@ impl Deployment {
     }
 
     /// Starts `processes` worker processes of `threads` threads each.
-    fn start(&self, processes: usize, threads: usize, run: &str) -> Vec<Child> {
+    fn start(&self, processes: usize, threads: usize, run: &str) -> Running {
         let hosts = self.dir.path().join(format!("hosts-{run}"));
         let lines: Vec<String> = (0..processes)
             .map(|_| format!("127.0.0.1:{}", common::free_port()))
             .collect();
         std::fs::write(&hosts, lines.join("\n")).unwrap();
-        (0..processes)
-            .map(|process| {
-                let log = std::fs::File::create(self.log_path(run, process)).unwrap();
-                Command::new(env!("CARGO_BIN_EXE_canopy"))
-                    .args(["worker", "--config"])
-                    .arg(&self.config)
-                    .args(["--process", &process.to_string(), "--hosts"])
-                    .arg(&hosts)
-                    .args(["--threads", &threads.to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap()
-            })
-            .collect()
+        Running(
+            (0..processes)
+                .map(|process| {
+                    let log = std::fs::File::create(self.log_path(run, process)).unwrap();
+                    Command::new(env!("CARGO_BIN_EXE_canopy"))
+                        .args(["worker", "--config"])
+                        .arg(&self.config)
+                        .args(["--process", &process.to_string(), "--hosts"])
+                        .arg(&hosts)
+                        .args(["--threads", &threads.to_string()])
+                        .stdout(Stdio::null())
+                        .stderr(log)
+                        .spawn()
+                        .unwrap()
+                })
+                .collect(),
+        )
     }
 
     fn log_path(&self, run: &str, process: usize) -> PathBuf {
@@ -162,6 +164,33 @@ impl Deployment {
         let store = PostgresStore::connect(&self.database.url).await.unwrap();
         store.migrate().await.unwrap();
         store
+    }
+}
+
+/// Processes a test started; whatever still runs when the test ends (or fails) is killed.
+struct Running(Vec<Child>);
+
+impl std::ops::Deref for Running {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }
 
@@ -451,13 +480,17 @@ async fn a_cluster_survives_sigkill_and_rescaling_and_equals_one_process() {
 }
 
 fn start_serve(deployment: &Deployment, port: u16, name: &str) -> Child {
+    start_serve_with_rate(deployment, port, name, 100_000.0)
+}
+
+fn start_serve_with_rate(deployment: &Deployment, port: u16, name: &str, user_rate: f64) -> Child {
     let log =
         std::fs::File::create(deployment.dir.path().join(format!("serve-{name}.log"))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_canopy"))
         .args(["serve", "--config"])
         .arg(&deployment.config)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("CANOPY_SERVE_USER_RATE", "100000")
+        .env("CANOPY_SERVE_USER_RATE", user_rate.to_string())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -504,9 +537,9 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
         format!("http://127.0.0.1:{port_b}"),
     );
     let client = reqwest::Client::new();
-    let mut replica_a = start_serve(&deployment, port_a, "a");
+    let mut replica_a = Running(vec![start_serve(&deployment, port_a, "a")]);
     common::wait_healthy(&client, &base_a).await;
-    let mut replica_b = start_serve(&deployment, port_b, "b");
+    let mut replica_b = Running(vec![start_serve(&deployment, port_b, "b")]);
     common::wait_healthy(&client, &base_b).await;
 
     let admin = common::login(&client, &base_a, "root").await;
@@ -573,7 +606,7 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
     }
 
     // Replica A is lost; B keeps answering, and what it acknowledges is counted.
-    common::kill_9(&mut replica_a);
+    common::kill_9(&mut replica_a[0]);
     for (n, token) in voters.iter().enumerate() {
         let (status, receipt) = cast(base_b.clone(), token.clone(), ((n + 1) % 2) as u16).await;
         assert_eq!(status, 201, "{receipt}");
@@ -614,6 +647,126 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "record_not_here", "{body}");
 
-    common::kill_9(&mut replica_b);
+    common::kill_9(&mut replica_b[0]);
     stop(&mut workers);
+}
+
+/// The subject (user id) of an access token.
+fn subject(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["sub"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_rate_limits_and_erasures() {
+    use serde_json::json;
+    let topic = format!("canopy-share-{}", uuid::Uuid::new_v4().simple());
+    let deployment = Deployment::new(&topic);
+    deployment.store().await;
+    create_admin_in(&deployment.database.url);
+    let (port_a, port_b) = (common::free_port(), common::free_port());
+    let (base_a, base_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    let client = reqwest::Client::new();
+    // 4 requests/s per user, bursts of 8, for the whole cluster.
+    let _replica_a = Running(vec![start_serve_with_rate(&deployment, port_a, "a", 4.0)]);
+    common::wait_healthy(&client, &base_a).await;
+    let _replica_b = Running(vec![start_serve_with_rate(&deployment, port_b, "b", 4.0)]);
+    common::wait_healthy(&client, &base_b).await;
+    // Both have counted each other (heartbeats every second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let admin = common::login(&client, &base_a, "root").await;
+    let (status, decision) = common::post(
+        &client,
+        format!("{base_a}/api/v1/voting/decision/create"),
+        Some(&admin),
+        json!({ "title": "Share the limits?", "options": ["yes", "no"], "closes_at": i64::MAX }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{decision}");
+    let decision = decision["id"].as_str().unwrap().to_string();
+    let mut tokens = Vec::new();
+    for name in ["share-reader", "share-voter"] {
+        let (status, _) = common::post(
+            &client,
+            format!("{base_b}/api/v1/auth/register"),
+            None,
+            json!({ "username": name, "password": common::PASSWORD }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201);
+        tokens.push(common::login(&client, &base_a, name).await);
+    }
+    let (reader, voter) = (&tokens[0], &tokens[1]);
+
+    // A user spreading requests over both replicas gets the cluster's burst, not twice it.
+    let mut accepted = 0;
+    for n in 0..24 {
+        let base = if n % 2 == 0 { &base_a } else { &base_b };
+        let status = client
+            .get(format!("{base}/api/v1/voting/active-decisions"))
+            .bearer_auth(reader)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        match status.as_u16() {
+            200 => accepted += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        (6..=10).contains(&accepted),
+        "{accepted} of 24 requests accepted; the cluster's burst is 8 (16 if each replica kept all of it)"
+    );
+
+    // An erasure on A reaches B's salt cache: B's next vote for the voter has a fresh salt.
+    let commitment =
+        |receipt: &serde_json::Value| receipt["leaf"].as_str().unwrap()[66..130].to_string();
+    let cast = |base: String| {
+        let (client, decision, voter) = (client.clone(), decision.clone(), voter.clone());
+        async move {
+            let (status, receipt) = common::post(
+                &client,
+                format!("{base}/api/v1/voting/cast-vote"),
+                Some(&voter),
+                json!({ "decision_id": decision, "option": 0 }),
+            )
+            .await
+            .unwrap();
+            assert_eq!(status, 201, "{receipt}");
+            receipt
+        }
+    };
+    let before = commitment(&cast(base_b.clone()).await);
+    assert_eq!(
+        commitment(&cast(base_b.clone()).await),
+        before,
+        "one salt per voter"
+    );
+    let (status, body) = common::post(
+        &client,
+        format!("{base_a}/api/v1/admin/erase-voter"),
+        Some(&admin),
+        json!({ "voter_id": subject(voter) }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = commitment(&cast(base_b.clone()).await);
+    assert_ne!(after, before, "replica B still votes with the erased salt");
 }

@@ -150,8 +150,13 @@ async fn a_node_on_kafka_keeps_every_acknowledged_vote_across_a_kill() {
     kill_9(&mut node);
 }
 
+/// The tansu scripts/test installed (with in-memory and SQLite storage), else one on PATH.
+fn tansu() -> String {
+    std::env::var("CANOPY_TANSU").unwrap_or_else(|_| "tansu".to_string())
+}
+
 fn start_broker(port: u16) -> Child {
-    Command::new("tansu")
+    Command::new(tansu())
         .args([
             "broker",
             "--storage-engine",
@@ -188,4 +193,173 @@ async fn with_the_broker_gone_a_vote_is_refused_not_acknowledged() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "kafka", "{body}");
     kill_9(&mut node);
+}
+
+/// A broker whose topics survive a restart (tansu with its SQLite storage).
+fn start_durable_broker(port: u16, dir: &std::path::Path) -> Child {
+    Command::new(tansu())
+        .args([
+            "broker",
+            "--storage-engine",
+            &format!("sqlite://{}", dir.join("tansu.db").display()),
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu with its libsql storage (scripts/test installs it; CANOPY_TANSU)")
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker_port = free_port();
+    let mut broker = start_durable_broker(broker_port, broker_dir.path());
+    wait_for_port(broker_port);
+    let brokers = format!("127.0.0.1:{broker_port}");
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut node = start_with(data.path(), port, &kafka_args(&brokers, "canopy.votes"));
+    wait_healthy(&client, &base).await;
+    let (decision, voters) = setup(&client, &base, data.path()).await;
+
+    // Five voters cast without pause while the broker is killed and, 2 s later, restarted.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let casters: Vec<_> = voters
+        .iter()
+        .enumerate()
+        .map(|(n, token)| {
+            let (client, base, token, decision) = (
+                client.clone(),
+                base.clone(),
+                token.clone(),
+                decision.clone(),
+            );
+            let running = std::sync::Arc::clone(&running);
+            tokio::spawn(async move {
+                let mut outcomes: Vec<(u16, Value)> = Vec::new();
+                let mut round = n as u16;
+                while running.load(std::sync::atomic::Ordering::Acquire) {
+                    round += 1;
+                    outcomes.push(cast(&client, &base, &token, &decision, round % 2).await);
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kill_9(&mut broker);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut broker = start_durable_broker(broker_port, broker_dir.path());
+    wait_for_port(broker_port);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    running.store(false, std::sync::atomic::Ordering::Release);
+    let mut acknowledged: HashMap<String, Position> = HashMap::new();
+    let mut refused = 0;
+    let mut after_refusal = 0;
+    for caster in casters {
+        let mut seen_refusal = false;
+        for (status, body) in caster.await.unwrap() {
+            match status {
+                201 => {
+                    let position: Position =
+                        serde_json::from_value(body["position"].clone()).unwrap();
+                    acknowledged.insert(body["vote_id"].as_str().unwrap().to_string(), position);
+                    after_refusal += usize::from(seen_refusal);
+                }
+                503 => {
+                    assert_eq!(body["error"]["code"], "kafka", "{body}");
+                    refused += 1;
+                    seen_refusal = true;
+                }
+                other => panic!("a cast answered {other}: {body}"),
+            }
+        }
+    }
+    assert!(!acknowledged.is_empty());
+    assert!(
+        after_refusal > 0 || refused == 0,
+        "casts succeed again once the broker is back ({refused} refused)"
+    );
+
+    // Every acknowledged vote is in the topic at its acknowledged position.
+    let log = KafkaLog::connect(KafkaConfig {
+        partitions: 4,
+        create_topic: false,
+        ..KafkaConfig::new(brokers.clone(), "canopy.votes".to_string())
+    })
+    .unwrap();
+    let mut stored: HashMap<String, Vec<Position>> = HashMap::new();
+    let mut records = Vec::new();
+    for partition in 0..4 {
+        for record in log.read(partition, 0, usize::MAX).unwrap() {
+            stored
+                .entry(record.vote.vote_id.to_string())
+                .or_default()
+                .push(record.position);
+            records.push(record);
+        }
+    }
+    for (vote, position) in &acknowledged {
+        let at = stored.get(vote).map(Vec::as_slice).unwrap_or_default();
+        assert!(
+            at.contains(position),
+            "acknowledged vote {vote} at {position:?} is not in the topic there ({at:?})"
+        );
+    }
+    // And the node's results count the topic exactly as a recount does.
+    let admin = login(&client, &base, "root").await;
+    let last = records.iter().map(|r| r.position.offset).max().unwrap();
+    let breakdown = get_json(
+        &client,
+        format!("{base}/api/v1/voting/decision/{decision}/breakdown?min_offset={last}"),
+        &admin,
+    )
+    .await;
+    assert!(
+        breakdown["as_of"]["offset"].as_u64().unwrap() > last,
+        "{breakdown}"
+    );
+    // The recount: each voter's vote with the highest offset, among first deliveries.
+    let mut seen = std::collections::HashSet::new();
+    let mut latest: HashMap<_, &canopy_ingest::LogRecord> = HashMap::new();
+    let mut sorted: Vec<&canopy_ingest::LogRecord> = records.iter().collect();
+    sorted.sort_by_key(|r| r.position.offset);
+    for record in sorted {
+        if seen.insert(record.vote.vote_id) {
+            latest.insert(record.vote.voter_id, record);
+        }
+    }
+    let mut expected = [0u64; 2];
+    for record in latest.values() {
+        expected[usize::from(record.vote.option)] += 1;
+    }
+    let mut counted = [0u64; 2];
+    for cell in breakdown["cells"].as_array().unwrap() {
+        counted[cell["option"].as_u64().unwrap() as usize] += cell["count"].as_u64().unwrap();
+    }
+    assert_eq!(counted, expected, "{breakdown}");
+    eprintln!(
+        "acknowledged {}, refused {refused}, stored {} records",
+        acknowledged.len(),
+        records.len()
+    );
+    kill_9(&mut node);
+    kill_9(&mut broker);
 }

@@ -173,13 +173,24 @@ fn start_workers(
             .context("starting a worker process")?;
         workers.0.push(child);
     }
+    // Timely reports its connections on stdout too; "ready" is ours.
+    let (said_ready, readiness) = std::sync::mpsc::channel::<()>();
     for child in &mut workers.0 {
         let stdout = child.stdout.take().context("a worker's stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            bail!("a worker process did not start (it said {line:?})");
-        }
+        let said_ready = said_ready.clone();
+        std::thread::spawn(move || {
+            // Read to the end, so the worker never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.trim() == "ready" {
+                    let _ = said_ready.send(());
+                }
+            }
+        });
+    }
+    for _ in 0..processes {
+        readiness
+            .recv_timeout(Duration::from_secs(60))
+            .context("a worker process did not become ready within 60 s")?;
     }
     Ok(workers)
 }

@@ -780,8 +780,11 @@ impl TallyInputs {
 
     /// Steps `worker` until `epoch` is published, then advances the view store's frontier.
     pub fn run_until_published(&mut self, worker: &mut Worker, epoch: Epoch) {
-        let probe = self.probe.clone();
-        worker.step_while(|| probe.less_equal(&epoch));
+        // Parks when there is nothing to do: in a cluster the epoch may wait on another
+        // process, whose messages wake the worker; spinning would burn a core meanwhile.
+        while self.probe.less_equal(&epoch) {
+            worker.step_or_park(Some(std::time::Duration::from_millis(1)));
+        }
         self.publish_frontier();
     }
 }

@@ -79,6 +79,8 @@ pub struct AppState {
     pub record_origin: String,
     pub salts: SaltCache,
     pub data_dir: std::path::PathBuf,
+    /// In a cluster: the other replicas (shared rate limits, erasure notices).
+    pub coordinator: Option<Arc<crate::redis_views::ReplicaCoordinator>>,
 }
 
 pub(crate) type SharedState = Arc<AppState>;

@@ -21,7 +21,7 @@ use crate::record::{
     AnchorConfig, AnchorJournal, AnchorTarget, CheckpointWriter, SaltCache, anchor_loop,
     load_or_generate_record_key, parse_hash,
 };
-use crate::redis_views::RedisViews;
+use crate::redis_views::{RedisViews, ReplicaCoordinator};
 use crate::store::{MetadataStore, PostgresStore, SqliteStore};
 
 #[derive(Clone)]
@@ -104,6 +104,32 @@ pub struct Node {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     anchoring: tokio::sync::watch::Sender<bool>,
     anchor_task: Option<tokio::task::JoinHandle<()>>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Every second: announce this replica, share the rate limits among the live ones, and drop
+/// cached salts when another replica erased a voter (or when Redis cannot say).
+async fn replica_heartbeat(coordinator: Arc<ReplicaCoordinator>, state: Arc<AppState>) {
+    let mut erasures = None;
+    loop {
+        let beat = Arc::clone(&coordinator);
+        match tokio::task::spawn_blocking(move || beat.heartbeat()).await {
+            Ok(Ok((live, erased))) => {
+                state.user_limits.share_among(live);
+                state.address_limits.share_among(live);
+                if erasures.is_some_and(|seen| seen != erased) {
+                    state.salts.forget_all();
+                }
+                erasures = Some(erased);
+            }
+            _ => {
+                tracing::warn!("the replica heartbeat cannot reach Redis");
+                state.salts.forget_all();
+                erasures = None;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 impl Node {
@@ -150,6 +176,16 @@ impl Node {
             .await
             .map_err(|e| ServingError::Internal(e.to_string()))??,
         );
+        let coordinator = match config.redis.clone() {
+            Some(redis) => Some(Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    ReplicaCoordinator::connect(&redis.url, &redis.prefix)
+                })
+                .await
+                .map_err(|e| ServingError::Internal(e.to_string()))??,
+            )),
+            None => None,
+        };
         let mut engine = None;
         let mut record = None;
         let mut anchor_task = None;
@@ -227,7 +263,10 @@ impl Node {
             record_origin: config.record_origin.clone(),
             salts: SaltCache::default(),
             data_dir: config.data_dir.clone(),
+            coordinator: coordinator.clone(),
         });
+        let heartbeat = coordinator
+            .map(|coordinator| tokio::spawn(replica_heartbeat(coordinator, Arc::clone(&state))));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| ServingError::Internal(format!("listening on {}: {e}", config.listen)))?;
@@ -293,6 +332,7 @@ impl Node {
             server,
             anchoring,
             anchor_task,
+            heartbeat,
         })
     }
 
@@ -300,6 +340,12 @@ impl Node {
     /// durable), then stops the engine and closes the log.
     pub async fn shutdown(self) -> Result<(), ServingError> {
         self.state.ready.store(false, Ordering::Release);
+        if let Some(heartbeat) = self.heartbeat {
+            heartbeat.abort();
+        }
+        if let Some(coordinator) = self.state.coordinator.clone() {
+            let _ = tokio::task::spawn_blocking(move || coordinator.leave()).await;
+        }
         let _ = self.anchoring.send(true);
         if let Some(task) = self.anchor_task {
             let _ = task.await;

@@ -89,6 +89,11 @@ impl SaltCache {
         self.lock().remove(&voter);
     }
 
+    /// Drops every cached salt (another replica erased a voter).
+    pub fn forget_all(&self) {
+        self.lock().clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, [u8; 32]>> {
         self.salts.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -277,6 +277,15 @@ pub(crate) async fn erase_voter(
         .erase_voter_salt(voter.as_uuid(), crate::app::now_micros())
         .await?;
     state.salts.forget(voter.as_uuid());
+    if let Some(coordinator) = state.coordinator.clone() {
+        // The other replicas drop their cached salts at their next heartbeat.
+        let told = tokio::task::spawn_blocking(move || coordinator.erased()).await;
+        if !matches!(told, Ok(Ok(()))) {
+            tracing::warn!(
+                "could not tell the other replicas of an erasure; they drop cached salts while Redis is unreachable"
+            );
+        }
+    }
     if !erased {
         return Err(ServingError::NotFound {
             what: "a voter with a salt to erase",

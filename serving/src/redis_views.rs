@@ -276,3 +276,100 @@ impl ViewStore for RedisViews {
         }
     }
 }
+
+/// What API replicas of one cluster share besides the views: how many of them are alive
+/// (each enforces its share of the rate limits) and a counter of voter erasures (a replica
+/// that sees it move drops its cached salts, so no replica keeps voting with an erased salt
+/// for more than a heartbeat).
+///
+/// ```text
+///  <prefix>:replicas   sorted set  replica id → last heartbeat (ms); stale ones are dropped
+///  <prefix>:erasures   counter, raised by every erasure
+/// ```
+pub struct ReplicaCoordinator {
+    client: redis::Client,
+    connection: Mutex<Option<redis::Connection>>,
+    prefix: String,
+    id: String,
+}
+
+/// A replica whose heartbeat is older than this is no longer counted.
+const REPLICA_TIMEOUT_MS: u64 = 3_000;
+
+impl ReplicaCoordinator {
+    pub fn connect(url: &str, prefix: &str) -> Result<Self, DataflowError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let connection = client.get_connection().map_err(unavailable)?;
+        Ok(Self {
+            client,
+            connection: Mutex::new(Some(connection)),
+            prefix: prefix.to_string(),
+            id: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
+    fn run<T>(
+        &self,
+        command: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, DataflowError> {
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(self.client.get_connection().map_err(unavailable)?);
+        }
+        let connection = slot.as_mut().expect("just connected");
+        command(connection).map_err(|error| {
+            *slot = None;
+            unavailable(error)
+        })
+    }
+
+    /// Announces this replica and returns (live replicas, the erasure counter).
+    pub fn heartbeat(&self) -> Result<(u32, u64), DataflowError> {
+        let replicas = format!("{}:replicas", self.prefix);
+        let erasures = format!("{}:erasures", self.prefix);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let (live, erased): (u32, Option<u64>) = self.run(|c| {
+            redis::pipe()
+                .atomic()
+                .cmd("ZADD")
+                .arg(&replicas)
+                .arg(now)
+                .arg(&self.id)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&replicas)
+                .arg("-inf")
+                .arg(now.saturating_sub(REPLICA_TIMEOUT_MS))
+                .ignore()
+                .cmd("ZCARD")
+                .arg(&replicas)
+                .cmd("GET")
+                .arg(&erasures)
+                .query(c)
+        })?;
+        Ok((live.max(1), erased.unwrap_or(0)))
+    }
+
+    /// Tells the other replicas that a voter's salt was erased.
+    pub fn erased(&self) -> Result<(), DataflowError> {
+        let erasures = format!("{}:erasures", self.prefix);
+        self.run(|c| redis::cmd("INCR").arg(&erasures).query::<u64>(c))
+            .map(|_| ())
+    }
+
+    /// Leaves the count at once (a clean shutdown); a killed replica ages out instead.
+    pub fn leave(&self) {
+        let replicas = format!("{}:replicas", self.prefix);
+        let _ = self.run(|c| {
+            redis::cmd("ZREM")
+                .arg(&replicas)
+                .arg(&self.id)
+                .query::<u64>(c)
+        });
+    }
+}
