@@ -16,7 +16,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use canopy_schemas::{LoggedVote, VOTE_ENCODING_LEN};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -35,7 +35,8 @@ pub struct KafkaConfig {
     pub topic: String,
     pub partitions: u32,
     pub replication: i32,
-    /// Set on a topic created here. An existing topic's value is not checked yet (issue 5).
+    /// Set on a topic created here; an existing topic with a lower value is refused (an
+    /// append acknowledged by fewer replicas could be lost with one broker).
     pub min_insync_replicas: i32,
     /// Create the topic if it does not exist (else its absence is an error).
     pub create_topic: bool,
@@ -175,7 +176,42 @@ impl KafkaLog {
                 ),
             });
         }
-        Ok(())
+        match self.min_insync_replicas()? {
+            Some(actual) if actual < config.min_insync_replicas => Err(IngestError::KafkaTopic {
+                topic: config.topic.clone(),
+                reason: format!(
+                    "its min.insync.replicas is {actual} where {} is configured: an append \
+                     acknowledged by fewer replicas could be lost with one broker",
+                    config.min_insync_replicas
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The topic's `min.insync.replicas`, if the broker reports it.
+    fn min_insync_replicas(&self) -> Result<Option<i32>, IngestError> {
+        let admin: AdminClient<DefaultClientContext> = client_config(&self.config)
+            .create()
+            .map_err(kafka_error("creating the admin client"))?;
+        let topic = ResourceSpecifier::Topic(&self.config.topic);
+        let results = futures_executor::block_on(admin.describe_configs(
+            [&topic],
+            &AdminOptions::new().request_timeout(Some(self.config.timeout)),
+        ))
+        .map_err(kafka_error("describing the topic's configuration"))?;
+        for result in results {
+            let resource = result.map_err(|code| IngestError::Kafka {
+                reason: format!("describing topic {}: {code}", self.config.topic),
+            })?;
+            if let Some(value) = resource
+                .get("min.insync.replicas")
+                .and_then(|entry| entry.value.as_deref())
+            {
+                return Ok(value.trim().parse().ok());
+            }
+        }
+        Ok(None)
     }
 
     /// (partitions, smallest replica count) of the topic, or None if it does not exist.

@@ -103,6 +103,20 @@ fn a_topic_that_does_not_match_the_configuration_is_refused() {
     };
     let error = KafkaLog::connect(missing).unwrap_err();
     assert_eq!(error.code(), "kafka_topic", "{error}");
+
+    // Created with min.insync.replicas 1: a log that needs 2 refuses it.
+    let weak = self::topic();
+    KafkaLog::connect(config(&weak, 2)).unwrap();
+    let error = KafkaLog::connect(KafkaConfig {
+        min_insync_replicas: 2,
+        ..config(&weak, 2)
+    })
+    .unwrap_err();
+    assert_eq!(error.code(), "kafka_topic", "{error}");
+    assert!(
+        error.to_string().contains("min.insync.replicas is 1"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -17,15 +17,14 @@ use std::time::Duration;
 
 use canopy_dataflow::{
     ClusterConfig, DecisionDirectory, EngineConfig, EngineSnapshot, RecordConfig, StateChunk,
-    StateStore, StoredCheckpoint, TallyEngine, ViewStore, VoteRecord,
+    StateStore, TallyEngine, ViewStore,
 };
 use canopy_ingest::{KafkaConfig, KafkaLog, VoteLog};
 use canopy_schemas::{Decision, DecisionId};
 
 use crate::ServingError;
 use crate::record::{
-    AnchorConfig, AnchorJournal, AnchorTarget, CheckpointWriter, anchor_loop,
-    load_or_generate_record_key, parse_hash,
+    AnchorConfig, AnchorTarget, anchor_loop, anchor_target_or_journal, open_record, record_signer,
 };
 use crate::redis_views::RedisViews;
 use crate::store::MetadataStore;
@@ -185,31 +184,15 @@ impl WorkerNode {
         .await
         .map_err(|e| ServingError::Internal(e.to_string()))?
         .map(Arc::new)?;
-        let record_key_path = config.data_dir.join("keys").join("record-ed25519.seed");
-        let origin = config.record_origin.clone();
-        let signer = Arc::new(
-            tokio::task::spawn_blocking(move || {
-                load_or_generate_record_key(&record_key_path, &origin)
-            })
-            .await
-            .map_err(|e| ServingError::Internal(e.to_string()))??,
-        );
-        let record = Arc::new(VoteRecord::new(
-            (*signer).clone(),
-            RecordConfig {
-                origin_prefix: config.record_origin.clone(),
-                ..config.record.clone()
-            },
+        let signer = record_signer(&config.data_dir, &config.record_origin).await?;
+        let record = open_record(
+            &store,
+            &signer,
+            &config.record_origin,
+            &config.record,
             log.partitions(),
-            Arc::new(CheckpointWriter::start(Arc::clone(&store))),
-        ));
-        for stored in store.latest_checkpoints().await? {
-            record.resume_from(StoredCheckpoint {
-                decision: stored.decision_id,
-                size: stored.tree_size as u64,
-                root: parse_hash(&stored.root)?,
-            });
-        }
+        )
+        .await?;
         let runtime = tokio::runtime::Handle::current();
         let decisions = store.decisions().await?;
         let engine_config = EngineConfig {
@@ -243,12 +226,7 @@ impl WorkerNode {
             stopped.clone(),
         )));
         if first_process {
-            let target: Arc<dyn AnchorTarget> = match &config.anchor_target {
-                Some(target) => Arc::clone(target),
-                None => Arc::new(AnchorJournal::new(
-                    config.data_dir.join("anchors").join("journal.jsonl"),
-                )),
-            };
+            let target = anchor_target_or_journal(config.anchor_target.as_ref(), &config.data_dir);
             tasks.push(tokio::spawn(anchor_loop(
                 Arc::clone(&store),
                 target,

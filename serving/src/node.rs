@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use canopy_dataflow::{
-    EngineConfig, InMemoryViews, RecordConfig, StateStore, StoredCheckpoint, TallyEngine,
-    ViewStore, VoteRecord,
+    EngineConfig, InMemoryViews, RecordConfig, StateStore, TallyEngine, ViewStore,
 };
 use canopy_ingest::{Gate, KafkaConfig, KafkaLog, SegmentLog, SegmentLogConfig, VoteLog};
 
@@ -18,8 +17,8 @@ use crate::auth::TokenKeys;
 use crate::cluster::{RedisTarget, SqlStateStore};
 use crate::limits::RateLimiter;
 use crate::record::{
-    AnchorConfig, AnchorJournal, AnchorTarget, CheckpointWriter, SaltCache, anchor_loop,
-    load_or_generate_record_key, parse_hash,
+    AnchorConfig, AnchorTarget, SaltCache, anchor_loop, anchor_target_or_journal, open_record,
+    record_signer,
 };
 use crate::redis_views::{RedisViews, ReplicaCoordinator};
 use crate::store::{MetadataStore, PostgresStore, SqliteStore};
@@ -167,15 +166,7 @@ impl Node {
             }
             None => Arc::new(InMemoryViews::new()),
         };
-        let record_key_path = config.data_dir.join("keys").join("record-ed25519.seed");
-        let origin = config.record_origin.clone();
-        let signer = Arc::new(
-            tokio::task::spawn_blocking(move || {
-                load_or_generate_record_key(&record_key_path, &origin)
-            })
-            .await
-            .map_err(|e| ServingError::Internal(e.to_string()))??,
-        );
+        let signer = record_signer(&config.data_dir, &config.record_origin).await?;
         let coordinator = match config.redis.clone() {
             Some(redis) => Some(Arc::new(
                 tokio::task::spawn_blocking(move || {
@@ -191,22 +182,14 @@ impl Node {
         let mut anchor_task = None;
         let (anchoring, anchor_stop) = tokio::sync::watch::channel(false);
         if config.run_engine {
-            let vote_record = Arc::new(VoteRecord::new(
-                (*signer).clone(),
-                RecordConfig {
-                    origin_prefix: config.record_origin.clone(),
-                    ..config.record.clone()
-                },
+            let vote_record = open_record(
+                &store,
+                &signer,
+                &config.record_origin,
+                &config.record,
                 log.partitions(),
-                Arc::new(CheckpointWriter::start(Arc::clone(&store))),
-            ));
-            for stored in store.latest_checkpoints().await? {
-                vote_record.resume_from(StoredCheckpoint {
-                    decision: stored.decision_id,
-                    size: stored.tree_size as u64,
-                    root: parse_hash(&stored.root)?,
-                });
-            }
+            )
+            .await?;
             let runtime = tokio::runtime::Handle::current();
             let engine_config = EngineConfig {
                 workers: config.workers,
@@ -233,12 +216,7 @@ impl Node {
                 .map_err(|e| ServingError::Internal(e.to_string()))??,
             ));
             record = Some(vote_record);
-            let target: Arc<dyn AnchorTarget> = match &config.anchor_target {
-                Some(target) => Arc::clone(target),
-                None => Arc::new(AnchorJournal::new(
-                    config.data_dir.join("anchors").join("journal.jsonl"),
-                )),
-            };
+            let target = anchor_target_or_journal(config.anchor_target.as_ref(), &config.data_dir);
             anchor_task = Some(tokio::spawn(anchor_loop(
                 Arc::clone(&store),
                 target,

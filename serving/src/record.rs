@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use canopy_chain::{AnchorBatch, AnchorEntry, Checkpoint, Hash, NoteSigner};
-use canopy_dataflow::{CheckpointSink, CutCheckpoint};
+use canopy_dataflow::{CheckpointSink, CutCheckpoint, RecordConfig, StoredCheckpoint, VoteRecord};
 use uuid::Uuid;
 
 use crate::ServingError;
@@ -48,6 +48,60 @@ pub fn load_or_generate_record_key(path: &Path, name: &str) -> Result<NoteSigner
         seed
     };
     NoteSigner::from_seed(name, &seed).map_err(|e| ServingError::Internal(e.to_string()))
+}
+
+/// Loads (or makes, on first start) the record key under `data_dir/keys`.
+pub(crate) async fn record_signer(
+    data_dir: &Path,
+    origin: &str,
+) -> Result<Arc<NoteSigner>, ServingError> {
+    let path = data_dir.join("keys").join("record-ed25519.seed");
+    let origin = origin.to_string();
+    let signer = tokio::task::spawn_blocking(move || load_or_generate_record_key(&path, &origin))
+        .await
+        .map_err(|e| ServingError::Internal(e.to_string()))??;
+    Ok(Arc::new(signer))
+}
+
+/// The vote record an engine grows: checkpoints go to the store, and the latest stored ones
+/// are what the replayed or restored trees must reproduce.
+pub(crate) async fn open_record(
+    store: &Arc<dyn MetadataStore>,
+    signer: &NoteSigner,
+    origin: &str,
+    config: &RecordConfig,
+    partitions: u32,
+) -> Result<Arc<VoteRecord>, ServingError> {
+    let record = Arc::new(VoteRecord::new(
+        signer.clone(),
+        RecordConfig {
+            origin_prefix: origin.to_string(),
+            ..config.clone()
+        },
+        partitions,
+        Arc::new(CheckpointWriter::start(Arc::clone(store))),
+    ));
+    for stored in store.latest_checkpoints().await? {
+        record.resume_from(StoredCheckpoint {
+            decision: stored.decision_id,
+            size: stored.tree_size as u64,
+            root: parse_hash(&stored.root)?,
+        });
+    }
+    Ok(record)
+}
+
+/// Where batch roots go: the configured target, or the local journal under `data_dir`.
+pub(crate) fn anchor_target_or_journal(
+    target: Option<&Arc<dyn AnchorTarget>>,
+    data_dir: &Path,
+) -> Arc<dyn AnchorTarget> {
+    match target {
+        Some(target) => Arc::clone(target),
+        None => Arc::new(AnchorJournal::new(
+            data_dir.join("anchors").join("journal.jsonl"),
+        )),
+    }
 }
 
 /// Voter salts, read through from the metadata store. A vote costs no database read once

@@ -268,7 +268,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 macro_rules! sql_store {
-    ($(#[$doc:meta])* $name:ident, $db:ty, $migrations:expr) => {
+    ($(#[$doc:meta])* $name:ident, $db:ty, $migrations:expr, $migration_lock:expr) => {
         $(#[$doc])*
         pub struct $name {
             pool: sqlx::Pool<$db>,
@@ -327,16 +327,19 @@ macro_rules! sql_store {
         #[async_trait]
         impl MetadataStore for $name {
             async fn migrate(&self) -> StoreResult<Vec<String>> {
+                // One transaction under a lock: processes starting together (a cluster's
+                // workers and replicas) must not race to create the same tables.
+                let mut tx = self.pool.begin().await?;
+                sqlx::query($migration_lock).execute(&mut *tx).await?;
                 sqlx::query("CREATE TABLE IF NOT EXISTS canopy_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
                 let mut applied = Vec::new();
                 for (name, sql) in $migrations {
-                    let done = sqlx::query("SELECT name FROM canopy_migrations WHERE name = $1").bind(*name).fetch_optional(&self.pool).await?;
+                    let done = sqlx::query("SELECT name FROM canopy_migrations WHERE name = $1").bind(*name).fetch_optional(&mut *tx).await?;
                     if done.is_some() {
                         continue;
                     }
-                    let mut tx = self.pool.begin().await?;
                     for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                         sqlx::query(statement).execute(&mut *tx).await?;
                     }
@@ -345,9 +348,9 @@ macro_rules! sql_store {
                         .bind(crate::auth::unix_now() as i64)
                         .execute(&mut *tx)
                         .await?;
-                    tx.commit().await?;
                     applied.push(name.to_string());
                 }
+                tx.commit().await?;
                 Ok(applied)
             }
 
@@ -771,13 +774,16 @@ sql_store!(
     /// The embedded metadata store: one SQLite file in WAL mode.
     SqliteStore,
     sqlx::Sqlite,
-    SQLITE_MIGRATIONS
+    SQLITE_MIGRATIONS,
+    // A write transaction already excludes other writers of the file.
+    "SELECT 1"
 );
 sql_store!(
     /// The cluster metadata store: PostgreSQL.
     PostgresStore,
     sqlx::Postgres,
-    POSTGRES_MIGRATIONS
+    POSTGRES_MIGRATIONS,
+    "SELECT pg_advisory_xact_lock(7261726)"
 );
 
 impl SqliteStore {

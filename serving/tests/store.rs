@@ -461,3 +461,33 @@ async fn concurrent_audit_appends_from_two_processes_keep_one_chain() {
     assert!(appended >= 30, "only {appended} of 40 appends got through");
     verify_audit_chain(&trail).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_migrate_once() {
+    let database = common::TestDatabase::create().await;
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = database.url.clone();
+            tokio::spawn(async move {
+                let store = PostgresStore::connect(&url).await.unwrap();
+                store.migrate().await
+            })
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for start in starts {
+        applied.push(
+            start
+                .await
+                .unwrap()
+                .expect("every start migrates or finds it done"),
+        );
+    }
+    // Exactly one of them applied the migrations; the others found them done.
+    assert_eq!(
+        applied.iter().filter(|a| !a.is_empty()).count(),
+        1,
+        "{applied:?}"
+    );
+    assert_eq!(applied.concat().len(), 3, "{applied:?}");
+}
