@@ -308,7 +308,7 @@ fn drive_worker(
     shared.epoch.fetch_max(start, Ordering::AcqRel);
     inputs.seal_until(start);
     let mut next_checkpoint = snapshot.seq + 1;
-    let mut last_mark = (Instant::now(), shared.epoch.load(Ordering::Acquire));
+    let mut last_mark = Instant::now();
     let mut last_cut_check = Instant::now();
     while !shared.shutdown.load(Ordering::Acquire) {
         sync_decisions(&mut inputs);
@@ -345,17 +345,18 @@ fn drive_worker(
                 shared.epoch.fetch_max(now, Ordering::AcqRel);
             }
         }
-        // Worker 0 starts a checkpoint now and then if anything moved since the last one,
-        // and seals right away so the checkpoint's epoch completes even if all goes quiet.
+        // Worker 0 starts a checkpoint now and then if some partition's end moved since the
+        // last one (an idle cluster writes none), and seals right away so the checkpoint's
+        // epoch completes even if all goes quiet.
         if config.state.is_some()
             && index == 0
-            && last_mark.0.elapsed() >= config.checkpoint_interval
-            && shared.epoch.load(Ordering::Acquire) > last_mark.1
+            && last_mark.elapsed() >= config.checkpoint_interval
+            && inputs.take_log_moved()
         {
             inputs.mark_checkpoint(next_checkpoint);
             next_checkpoint += 1;
             shared.epoch.fetch_max(current + 1, Ordering::AcqRel);
-            last_mark = (Instant::now(), shared.epoch.load(Ordering::Acquire));
+            last_mark = Instant::now();
         }
         // The time-based checkpoint rule and the record's health, a few times a second.
         if let Some(record) = record.as_ref().filter(|_| index == first_local)

@@ -202,6 +202,8 @@ type CapturedState = Rc<RefCell<Vec<(Epoch, StateEntry)>>>;
 struct CheckpointCapture {
     /// Checkpoint markers enter through worker 0 and reach every worker.
     markers: InputHandle<Epoch, CapacityContainerBuilder<Vec<u64>>>,
+    /// Set when any worker's log ends moved since the last look.
+    log_moved: Rc<std::cell::Cell<bool>>,
     /// Markers this worker has received: (seq, epoch).
     received: Rc<RefCell<Vec<(u64, Epoch)>>>,
     /// State entries this worker's operators produced, with their epochs, not yet written.
@@ -288,6 +290,7 @@ pub fn build_tally_dataflow(
     let state_entries: CapturedState = Rc::default();
     let capture = checkpoints.then(|| Rc::clone(&state_entries));
     let received_markers: Rc<RefCell<Vec<(u64, Epoch)>>> = Rc::default();
+    let log_moved: Rc<std::cell::Cell<bool>> = Rc::default();
     let (votes, records, decisions, ends_input, markers, probe) =
         worker.dataflow::<Epoch, _, _>(|scope| {
             let (votes_input, votes) = scope.new_collection::<(VoteKey, Ballot), i64>();
@@ -434,6 +437,24 @@ pub fn build_tally_dataflow(
             });
 
             let markers = checkpoints.then(|| {
+                // Ends are only sent when they change: any that arrive mean the log moved,
+                // and there is something new to checkpoint.
+                let moved = Rc::clone(&log_moved);
+                ends.clone()
+                    .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                        Pipeline,
+                        "LogMoved",
+                        move |_capability, _info| {
+                            move |input, _output| {
+                                input.for_each(|_time, ends| {
+                                    if !ends.is_empty() {
+                                        moved.set(true);
+                                    }
+                                    ends.clear();
+                                });
+                            }
+                        },
+                    );
                 let (markers_input, markers) = TimelyInput::new_input::<u64>(&scope);
                 let received = Rc::clone(&received_markers);
                 markers
@@ -476,6 +497,7 @@ pub fn build_tally_dataflow(
         published_ends: HashMap::new(),
         checkpoints: markers.map(|markers| CheckpointCapture {
             markers,
+            log_moved,
             received: received_markers,
             entries: state_entries,
             ends_by_epoch: BTreeMap::new(),
@@ -707,6 +729,14 @@ impl TallyInputs {
             checkpoints.markers.flush();
         }
         epoch
+    }
+
+    /// Whether any partition's end moved, anywhere in the computation, since the last call:
+    /// whether a checkpoint now would hold anything new.
+    pub fn take_log_moved(&mut self) -> bool {
+        self.checkpoints
+            .as_ref()
+            .is_some_and(|checkpoints| checkpoints.log_moved.replace(false))
     }
 
     /// Starts checkpoint `seq` at the current epoch; every worker writes its part once the
