@@ -35,8 +35,8 @@ pub struct EngineConfig {
     pub min_epoch_gap: Duration,
     /// Run as one process of a timely cluster rather than alone.
     pub cluster: Option<ClusterConfig>,
-    /// In a cluster, how often an idle worker moves its epoch on, so that epochs other
-    /// processes fed can complete. Bounds the delay a cluster adds to results.
+    /// In a cluster, how often an idle worker moves its epoch on even if no broadcast asked
+    /// for it (a decision registered on an idle worker waits at most this long).
     pub cluster_tick: Duration,
     /// Where engine checkpoints go; without one, a start replays the log from offset 0.
     pub state: Option<Arc<dyn StateStore>>,
@@ -66,7 +66,7 @@ impl Default for EngineConfig {
             idle_wait: Duration::from_millis(1),
             min_epoch_gap: Duration::from_micros(500),
             cluster: None,
-            cluster_tick: Duration::from_millis(5),
+            cluster_tick: Duration::from_secs(1),
             state: None,
             checkpoint_interval: Duration::from_secs(2),
             directory: None,
@@ -333,9 +333,10 @@ fn drive_worker(
             fed += batch.len();
         }
         let current = inputs.current_epoch();
-        // An epoch is sealed when some worker has something new; the others follow the
-        // shared epoch (within a process) or the clock (across processes), so the frontier
-        // moves and an idle process rests between ticks.
+        // An epoch is sealed when some worker has something new. The others follow: within
+        // a process the shared epoch, across processes the epochs the dataflow's own
+        // broadcasts (log ends, checkpoint markers) name, so the frontier moves and an idle
+        // cluster rests. A slow clock tick covers what neither names (a decision upsert).
         if fed > 0 {
             let target = (current + 1).max(clock_epoch());
             shared.epoch.fetch_max(target, Ordering::AcqRel);
@@ -368,10 +369,15 @@ fn drive_worker(
             }
             record.cut_due(last_cut_check);
         }
-        let target = shared.epoch.load(Ordering::Acquire);
+        let target = shared
+            .epoch
+            .load(Ordering::Acquire)
+            .max(inputs.wanted_epoch());
         if target > current {
-            inputs.seal_until(target);
-            inputs.run_until_published(worker, target - 1);
+            // Waits for the epoch just sealed only: the workers that must pass it know of
+            // it, while a later target may be this process's alone.
+            let sealed = inputs.seal_until(target);
+            inputs.run_until_published(worker, sealed);
             if let Some(state) = &config.state {
                 for due in inputs.due_checkpoints() {
                     let chunk = StateChunk {
@@ -392,11 +398,7 @@ fn drive_worker(
                 worker.step_or_park(Some(config.min_epoch_gap));
             }
         } else {
-            let wait = match in_cluster {
-                true => config.idle_wait.min(config.cluster_tick),
-                false => config.idle_wait,
-            };
-            worker.step_or_park(Some(wait));
+            worker.step_or_park(Some(config.idle_wait));
         }
     }
     Ok(())

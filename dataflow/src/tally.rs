@@ -1,6 +1,6 @@
 //! The tally dataflow and the arithmetic of a tally.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -193,6 +193,8 @@ pub struct TallyInputs {
     published_ends: HashMap<u32, u64>,
     /// Present when the engine writes checkpoints of its state.
     checkpoints: Option<CheckpointCapture>,
+    /// The epoch every worker's input must pass for what the others fed to complete.
+    wanted: Rc<Cell<Epoch>>,
 }
 
 /// State entries a worker's operators produced, with their epochs, not yet written.
@@ -203,7 +205,7 @@ struct CheckpointCapture {
     /// Checkpoint markers enter through worker 0 and reach every worker.
     markers: InputHandle<Epoch, CapacityContainerBuilder<Vec<u64>>>,
     /// Set when any worker's log ends moved since the last look.
-    log_moved: Rc<std::cell::Cell<bool>>,
+    log_moved: Rc<Cell<bool>>,
     /// Markers this worker has received: (seq, epoch).
     received: Rc<RefCell<Vec<(u64, Epoch)>>>,
     /// State entries this worker's operators produced, with their epochs, not yet written.
@@ -290,7 +292,8 @@ pub fn build_tally_dataflow(
     let state_entries: CapturedState = Rc::default();
     let capture = checkpoints.then(|| Rc::clone(&state_entries));
     let received_markers: Rc<RefCell<Vec<(u64, Epoch)>>> = Rc::default();
-    let log_moved: Rc<std::cell::Cell<bool>> = Rc::default();
+    let log_moved: Rc<Cell<bool>> = Rc::default();
+    let wanted: Rc<Cell<Epoch>> = Rc::default();
     let (votes, records, decisions, ends_input, markers, probe) =
         worker.dataflow::<Epoch, _, _>(|scope| {
             let (votes_input, votes) = scope.new_collection::<(VoteKey, Ballot), i64>();
@@ -436,27 +439,31 @@ pub fn build_tally_dataflow(
                 input
             });
 
-            let markers = checkpoints.then(|| {
-                // Ends are only sent when they change: any that arrive mean the log moved,
-                // and there is something new to checkpoint.
-                let moved = Rc::clone(&log_moved);
+            // Ends are only sent when they change: a message at epoch e means some worker fed
+            // e, so every worker must seal past it (and there is something to checkpoint).
+            {
+                let (moved, wanted) = (Rc::clone(&log_moved), Rc::clone(&wanted));
                 ends.clone()
                     .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
                         Pipeline,
-                        "LogMoved",
+                        "EpochSignals",
                         move |_capability, _info| {
                             move |input, _output| {
-                                input.for_each(|_time, ends| {
+                                input.for_each(|time, ends| {
                                     if !ends.is_empty() {
                                         moved.set(true);
+                                        wanted.set(wanted.get().max(epoch_of(&time) + 1));
                                     }
                                     ends.clear();
                                 });
                             }
                         },
                     );
+            }
+            let markers = checkpoints.then(|| {
                 let (markers_input, markers) = TimelyInput::new_input::<u64>(&scope);
                 let received = Rc::clone(&received_markers);
+                let wanted = Rc::clone(&wanted);
                 markers
                     .broadcast()
                     .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
@@ -467,6 +474,7 @@ pub fn build_tally_dataflow(
                                 input.for_each(|time, seqs| {
                                     let mut received = received.borrow_mut();
                                     let epoch = epoch_of(&time);
+                                    wanted.set(wanted.get().max(epoch + 1));
                                     received.extend(seqs.drain(..).map(|seq| (seq, epoch)));
                                 });
                             }
@@ -495,6 +503,7 @@ pub fn build_tally_dataflow(
         ends: HashMap::new(),
         sent_ends: HashMap::new(),
         published_ends: HashMap::new(),
+        wanted,
         checkpoints: markers.map(|markers| CheckpointCapture {
             markers,
             log_moved,
@@ -729,6 +738,12 @@ impl TallyInputs {
             checkpoints.markers.flush();
         }
         epoch
+    }
+
+    /// The epoch this worker must seal up to so that every epoch another worker fed (or
+    /// marked for a checkpoint), on any process, can complete.
+    pub fn wanted_epoch(&self) -> Epoch {
+        self.wanted.get()
     }
 
     /// Whether any partition's end moved, anywhere in the computation, since the last call:
