@@ -88,6 +88,9 @@ pub trait DecisionDirectory: Send + Sync {
     fn lookup(&self, decision: DecisionId) -> Option<Decision>;
 }
 
+/// How long a worker waits before reading again after a transient log error.
+const TRANSIENT_RETRY: Duration = Duration::from_millis(200);
+
 /// How often worker 0 applies the record's time-based checkpoint rule.
 const RECORD_TICK: Duration = Duration::from_millis(100);
 
@@ -316,6 +319,13 @@ fn drive_worker(
         for (slot, partition) in mine.iter().enumerate() {
             let batch = match log.read(*partition, next[slot], config.max_epoch_records) {
                 Ok(batch) => batch,
+                // A broker that is away: results wait (reads of a position time out) and
+                // the worker tries again; nothing is skipped.
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(partition, %error, "reading the vote log failed; retrying");
+                    std::thread::sleep(TRANSIENT_RETRY);
+                    continue;
+                }
                 Err(error) => return fail(error.to_string()),
             };
             for record in &batch {

@@ -47,6 +47,14 @@ pub enum IngestError {
     },
     #[error("decision {decision} has opened; its options, weights and method can no longer change")]
     DecisionFrozen { decision: DecisionId },
+    #[error(
+        "partition {partition}, offset {offset} of the Kafka topic is not a logged vote: {reason}"
+    )]
+    KafkaRecord {
+        partition: u32,
+        offset: u64,
+        reason: String,
+    },
     #[error("the Kafka log failed: {reason}")]
     Kafka { reason: String },
     #[error("the Kafka topic {topic} is not usable: {reason}")]
@@ -57,6 +65,12 @@ impl IngestError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IngestError {
         let path = path.into();
         move |source| IngestError::Io { path, source }
+    }
+
+    /// Whether trying again later may succeed (a broker that is away), as opposed to a log
+    /// that is wrong (corruption, a bad record).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Kafka { .. })
     }
 
     /// A stable, machine-readable code (for a refused vote: the schema error's code).
@@ -75,6 +89,7 @@ impl IngestError {
             }
             Self::DecisionFrozen { .. } => "decision_frozen",
             Self::Kafka { .. } => "kafka",
+            Self::KafkaRecord { .. } => "kafka_record",
             Self::KafkaTopic { .. } => "kafka_topic",
         }
     }

@@ -80,6 +80,17 @@ pub struct KafkaLog {
     readers: Mutex<HashMap<u32, PartitionReader>>,
     /// The last end found per partition, where the next search starts.
     known_ends: Mutex<HashMap<u32, u64>>,
+    /// Per partition, one past the highest offset an append of this log was acknowledged at.
+    acked_ends: Mutex<HashMap<u32, u64>>,
+}
+
+/// A vote handed to the producer, with what is needed to place it if the broker's answer
+/// carries no offset.
+struct Pending {
+    delivery: DeliveryFuture,
+    partition: u32,
+    floor: u64,
+    logged: LoggedVote,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -111,6 +122,7 @@ impl KafkaLog {
             metadata,
             readers: Mutex::new(HashMap::new()),
             known_ends: Mutex::new(HashMap::new()),
+            acked_ends: Mutex::new(HashMap::new()),
         };
         log.ensure_topic()?;
         Ok(log)
@@ -240,10 +252,13 @@ impl KafkaLog {
     }
 
     /// Queues every vote with the producer; the futures resolve as the broker acknowledges.
-    fn enqueue(&self, votes: &[LoggedVote]) -> Result<Vec<DeliveryFuture>, IngestError> {
-        let mut deliveries = Vec::with_capacity(votes.len());
+    /// Each comes with its partition's acknowledged end at the time it was queued: the vote
+    /// can only land after that.
+    fn enqueue(&self, votes: &[LoggedVote]) -> Result<Vec<Pending>, IngestError> {
+        let mut pending = Vec::with_capacity(votes.len());
         for logged in votes {
             let partition = partition_for(logged.vote.decision_id, self.config.partitions);
+            let floor = self.acked_end(partition);
             let key = logged.vote.decision_id.0.to_be_bytes();
             let payload = logged.encode();
             let mut record = FutureRecord::to(&self.config.topic)
@@ -253,7 +268,12 @@ impl KafkaLog {
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
-                        deliveries.push(delivery);
+                        pending.push(Pending {
+                            delivery,
+                            partition,
+                            floor,
+                            logged: *logged,
+                        });
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -268,12 +288,20 @@ impl KafkaLog {
                 }
             }
         }
-        Ok(deliveries)
+        Ok(pending)
     }
 
-    async fn delivered(deliveries: Vec<DeliveryFuture>) -> Result<Vec<Position>, IngestError> {
-        let mut positions = Vec::with_capacity(deliveries.len());
-        for outcome in futures_util::future::join_all(deliveries).await {
+    async fn delivered(&self, pending: Vec<Pending>) -> Result<Vec<Position>, IngestError> {
+        let mut positions = Vec::with_capacity(pending.len());
+        let (deliveries, about): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .map(|p| (p.delivery, (p.partition, p.floor, p.logged)))
+            .unzip();
+        for (outcome, (partition, floor, logged)) in futures_util::future::join_all(deliveries)
+            .await
+            .into_iter()
+            .zip(about)
+        {
             let delivery = outcome
                 .map_err(|_| IngestError::Kafka {
                     reason: "the producer shut down before the broker answered".into(),
@@ -281,12 +309,57 @@ impl KafkaLog {
                 .map_err(|(error, _)| IngestError::Kafka {
                     reason: format!("the broker did not take a vote: {error}"),
                 })?;
-            positions.push(Position {
-                partition: delivery.partition as u32,
-                offset: delivery.offset as u64,
-            });
+            let position = match u64::try_from(delivery.offset) {
+                Ok(offset) => Position { partition, offset },
+                // A retry the broker recognised as a duplicate (after a reconnect) is
+                // acknowledged without an offset: find where the first attempt landed.
+                Err(_) => self.locate(partition, floor, &logged)?,
+            };
+            self.note_acked(position);
+            positions.push(position);
         }
         Ok(positions)
+    }
+
+    /// Where `logged` is in `partition`, at or after `floor`.
+    fn locate(
+        &self,
+        partition: u32,
+        floor: u64,
+        logged: &LoggedVote,
+    ) -> Result<Position, IngestError> {
+        let mut reader = self.reader_at(partition, floor)?;
+        let mut found = None;
+        self.drain(&mut reader, partition, usize::MAX, |record| {
+            if found.is_none() && record.logged() == *logged {
+                found = Some(record.position);
+            }
+        })?;
+        found.ok_or_else(|| IngestError::Kafka {
+            reason: format!(
+                "the broker acknowledged vote {} without an offset, and it is not in partition \
+                 {partition} from offset {floor}",
+                logged.vote.vote_id
+            ),
+        })
+    }
+
+    fn acked_end(&self, partition: u32) -> u64 {
+        self.acked_ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn note_acked(&self, position: Position) {
+        let mut ends = self
+            .acked_ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let end = ends.entry(position.partition).or_insert(0);
+        *end = (*end).max(position.offset + 1);
     }
 
     fn check_partition(&self, partition: u32) -> Result<(), IngestError> {
@@ -314,14 +387,14 @@ impl VoteLog for KafkaLog {
     }
 
     fn append(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
-        let deliveries = self.enqueue(votes)?;
-        futures_executor::block_on(Self::delivered(deliveries))
+        let pending = self.enqueue(votes)?;
+        futures_executor::block_on(self.delivered(pending))
     }
 
     fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
         Box::pin(async move {
-            let deliveries = self.enqueue(votes)?;
-            Self::delivered(deliveries).await
+            let pending = self.enqueue(votes)?;
+            self.delivered(pending).await
         })
     }
 
@@ -440,10 +513,11 @@ impl KafkaLog {
                 continue;
             }
             let payload = message.payload().unwrap_or_default();
-            let logged = LoggedVote::decode(payload).map_err(|e| IngestError::Kafka {
+            let logged = LoggedVote::decode(payload).map_err(|e| IngestError::KafkaRecord {
+                partition,
+                offset,
                 reason: format!(
-                    "partition {partition}, offset {offset} is not a logged vote ({} bytes, a vote \
-                     is {} and its commitment 32): {e}",
+                    "{} bytes, where a vote is {} and its commitment 32: {e}",
                     payload.len(),
                     VOTE_ENCODING_LEN
                 ),
