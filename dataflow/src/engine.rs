@@ -369,6 +369,22 @@ fn drive_worker(
             shared.epoch.fetch_max(current + 1, Ordering::AcqRel);
             last_mark = Instant::now();
         }
+        // A checkpoint's epoch may complete while this worker rests (it waits only for the
+        // epochs it seals): look every time round.
+        if let Some(state) = &config.state {
+            for due in inputs.due_checkpoints() {
+                let chunk = StateChunk {
+                    seq: due.seq,
+                    worker: index as u32,
+                    workers: peers as u32,
+                    ends: due.ends,
+                    data: encode_entries(&due.entries),
+                };
+                if let Err(error) = state.write(chunk) {
+                    return fail(format!("writing engine checkpoint {}: {error}", due.seq));
+                }
+            }
+        }
         // The time-based checkpoint rule and the record's health, a few times a second.
         if let Some(record) = record.as_ref().filter(|_| index == first_local)
             && last_cut_check.elapsed() >= RECORD_TICK
@@ -388,20 +404,6 @@ fn drive_worker(
             // it, while a later target may be this process's alone.
             let sealed = inputs.seal_until(target);
             inputs.run_until_published(worker, sealed);
-            if let Some(state) = &config.state {
-                for due in inputs.due_checkpoints() {
-                    let chunk = StateChunk {
-                        seq: due.seq,
-                        worker: index as u32,
-                        workers: peers as u32,
-                        ends: due.ends,
-                        data: encode_entries(&due.entries),
-                    };
-                    if let Err(error) = state.write(chunk) {
-                        return fail(format!("writing engine checkpoint {}: {error}", due.seq));
-                    }
-                }
-            }
             // A trickle makes tiny epochs, each paying the dataflow's fixed cost:
             // rest a moment so the next one gathers more.
             if fed < config.max_epoch_records / 100 {

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use canopy_dataflow::{DecisionView, TallyEngine, ViewStore, VoteRecord};
-use canopy_ingest::{Gate, Position, VoteLog};
+use canopy_ingest::{Gate, IngestError, Position, VoteLog};
 use canopy_schemas::{
     Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
     VoterSalt, Weight,
@@ -820,13 +820,15 @@ async fn submit(
             .await?;
         logged.push(LoggedVote::new(vote, &VoterSalt(salt)));
     }
-    if logged
-        .iter()
-        .any(|l| state.gate.decision(l.vote.decision_id).is_none())
-    {
-        learn_decisions(state).await?;
-    }
-    let positions = state.gate.submit_async(&logged).await?;
+    let positions = match state.gate.submit_async(&logged).await {
+        // Created on another replica since this one started: learn it and try once more
+        // (the gate refused the whole batch, so nothing was appended).
+        Err(IngestError::UnknownDecision { .. }) => {
+            learn_decisions(state).await?;
+            state.gate.submit_async(&logged).await?
+        }
+        result => result?,
+    };
     Ok((logged, positions))
 }
 

@@ -9,7 +9,8 @@
 //!  <prefix>:changes   pub/sub channel, a message per publish (for future push)
 //! ```
 //!
-//! One epoch's updates are written in one MULTI/EXEC, so a reader never sees half an epoch.
+//! One epoch's updates are written by one Lua script (atomic), so a reader never sees half an
+//! epoch, and a view is only ever replaced by a newer one.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
