@@ -24,6 +24,7 @@ use serde_json::json;
 
 mod http;
 mod kafka;
+mod sensors;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,6 +79,9 @@ enum Bench {
     /// One worker process of the kafka benchmark (started by it).
     #[command(hide = true)]
     KafkaWorker(kafka::KafkaWorkerArgs),
+    /// Readings per second through the sensor features dataflow, against a hand-written
+    /// single-threaded computation of the same windows.
+    Sensors(sensors::SensorArgs),
     /// Leaves per second into a Merkle log with a signed checkpoint every 1000 leaves,
     /// against raw SHA-256 of the same bytes.
     Merkle {
@@ -108,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Http(args) => http::run(args),
         Bench::Kafka(args) => kafka::bench(args),
         Bench::KafkaWorker(args) => kafka::worker(args),
+        Bench::Sensors(args) => sensors::run(args),
         Bench::Merkle {
             leaves,
             checkpoint_every,

@@ -10,7 +10,7 @@ pub enum DataflowError {
         position: Position,
         waited: Duration,
     },
-    #[error("the tally dataflow stopped: {0}")]
+    #[error("the dataflow stopped: {0}")]
     Stopped(String),
     #[error("could not start the dataflow workers: {0}")]
     Start(String),
@@ -22,6 +22,10 @@ pub enum DataflowError {
     CorruptState(String),
     #[error("the engine checkpoint store failed: {0}")]
     State(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("the anomaly model could not be loaded or run: {0}")]
+    Model(String),
     #[error("reading the vote log failed: {0}")]
     Log(#[from] IngestError),
 }
@@ -37,6 +41,8 @@ impl DataflowError {
             Self::ViewsUnavailable(_) => "views_unavailable",
             Self::CorruptState(_) => "corrupt_state",
             Self::State(_) => "state_store",
+            Self::Config(_) => "invalid_config",
+            Self::Model(_) => "model_unavailable",
             Self::Log(error) => error.code(),
         }
     }

@@ -12,6 +12,10 @@
 //!                                        ViewStore (DecisionView tagged with `as_of`)
 //! ```
 //!
+//! The sensor features dataflow ([`build_sensor_dataflow`], run by [`SensorEngine`] over a
+//! [`canopy_ingest::SensorLog`]) keeps windowed features per sensor and region; its
+//! [`SensorViews`] feed the anomaly [`Scorer`] and threshold alerts.
+//!
 //! [`TallyEngine`] runs it over a [`canopy_ingest::VoteLog`] on W worker threads;
 //! [`build_tally_dataflow`] is the dataflow itself, for drivers of their own (tests, the
 //! benchmark). [`recount`] is the from-scratch oracle both are checked against.
@@ -22,6 +26,10 @@ mod engine;
 mod error;
 mod record;
 mod recount;
+mod scoring;
+mod sensor_engine;
+mod sensor_views;
+mod sensors;
 mod state;
 mod tally;
 mod views;
@@ -32,6 +40,14 @@ pub use record::{
     CheckpointSink, CutCheckpoint, RecordConfig, RecordLeaf, StoredCheckpoint, VoteRecord,
 };
 pub use recount::recount;
+pub use scoring::{AnomalyModel, Scorer, ScorerConfig};
+pub use sensor_engine::{SensorEngine, SensorEngineConfig};
+pub use sensor_views::{Alert, AlertRules, ModelScore, Retention, SensorViews, WindowView};
+pub use sensors::{
+    FeedReading, LatenessGate, Owner, SensorInputs, WindowConfig, WindowKey, WindowSize,
+    WindowStats, WindowUpdate, ZScores, build_sensor_dataflow, floor_std, recompute_features,
+    z_scores,
+};
 pub use state::{
     EngineSnapshot, InMemoryStateStore, StateChunk, StateEntry, StateStore, decode_entries,
     encode_entries,

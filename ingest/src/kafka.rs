@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use canopy_schemas::{LoggedVote, VOTE_ENCODING_LEN};
+use std::marker::PhantomData;
+
+use canopy_schemas::{LoggedVote, SensorReading};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -25,7 +27,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{AppendFuture, IngestError, LogRecord, Position, VoteLog, partition_for};
+use crate::{
+    AppendFuture, IngestError, LogEntry, LogRecord, Position, SensorLog, SensorRecord, VoteLog,
+};
 
 /// How the Kafka log reaches its topic.
 #[derive(Clone, Debug)]
@@ -72,7 +76,14 @@ struct PartitionReader {
     at_end: bool,
 }
 
-pub struct KafkaLog {
+/// The vote log on Kafka: votes keyed by decision id.
+pub type KafkaLog = KafkaEntryLog<LoggedVote>;
+/// The sensor log on Kafka: readings keyed by region, so a producer outside Canopy that keys
+/// by region lands each region in the partition Canopy expects.
+pub type KafkaSensorLog = KafkaEntryLog<SensorReading>;
+
+/// A log of one kind of entry on a Kafka topic.
+pub struct KafkaEntryLog<E: LogEntry> {
     config: KafkaConfig,
     producer: FutureProducer,
     /// Answers watermark (end offset) queries; one client, its connections kept.
@@ -82,18 +93,19 @@ pub struct KafkaLog {
     known_ends: Mutex<HashMap<u32, u64>>,
     /// Per partition, one past the highest offset an append of this log was acknowledged at.
     acked_ends: Mutex<HashMap<u32, u64>>,
+    entries: PhantomData<fn() -> E>,
 }
 
-/// A vote handed to the producer, with what is needed to place it if the broker's answer
+/// An entry handed to the producer, with what is needed to place it if the broker's answer
 /// carries no offset.
-struct Pending {
+struct Pending<E> {
     delivery: DeliveryFuture,
     partition: u32,
     floor: u64,
-    logged: LoggedVote,
+    logged: E,
 }
 
-impl std::fmt::Debug for KafkaLog {
+impl<E: LogEntry> std::fmt::Debug for KafkaEntryLog<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaLog")
             .field("config", &self.config)
@@ -101,7 +113,7 @@ impl std::fmt::Debug for KafkaLog {
     }
 }
 
-impl KafkaLog {
+impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
     /// Connects, creates the topic if allowed and missing, and checks that it has the
     /// configured partition count and replication; refuses a topic that does not.
     pub fn connect(config: KafkaConfig) -> Result<Self, IngestError> {
@@ -123,6 +135,7 @@ impl KafkaLog {
             readers: Mutex::new(HashMap::new()),
             known_ends: Mutex::new(HashMap::new()),
             acked_ends: Mutex::new(HashMap::new()),
+            entries: PhantomData,
         };
         log.ensure_topic()?;
         Ok(log)
@@ -254,13 +267,15 @@ impl KafkaLog {
     /// Queues every vote with the producer; the futures resolve as the broker acknowledges.
     /// Each comes with its partition's acknowledged end at the time it was queued: the vote
     /// can only land after that.
-    fn enqueue(&self, votes: &[LoggedVote]) -> Result<Vec<Pending>, IngestError> {
-        let mut pending = Vec::with_capacity(votes.len());
-        for logged in votes {
-            let partition = partition_for(logged.vote.decision_id, self.config.partitions);
+    fn enqueue(&self, entries: &[E]) -> Result<Vec<Pending<E>>, IngestError> {
+        let mut pending = Vec::with_capacity(entries.len());
+        let mut payload = Vec::new();
+        for logged in entries {
+            let partition = logged.partition(self.config.partitions);
             let floor = self.acked_end(partition);
-            let key = logged.vote.decision_id.0.to_be_bytes();
-            let payload = logged.encode();
+            let key = logged.key();
+            payload.clear();
+            logged.encode_into(&mut payload);
             let mut record = FutureRecord::to(&self.config.topic)
                 .partition(partition as i32)
                 .key(&key[..])
@@ -272,7 +287,7 @@ impl KafkaLog {
                             delivery,
                             partition,
                             floor,
-                            logged: *logged,
+                            logged: logged.clone(),
                         });
                         break;
                     }
@@ -282,7 +297,7 @@ impl KafkaLog {
                     }
                     Err((error, _)) => {
                         return Err(IngestError::Kafka {
-                            reason: format!("producing a vote: {error}"),
+                            reason: format!("producing a {} entry: {error}", E::KIND),
                         });
                     }
                 }
@@ -291,7 +306,7 @@ impl KafkaLog {
         Ok(pending)
     }
 
-    async fn delivered(&self, pending: Vec<Pending>) -> Result<Vec<Position>, IngestError> {
+    async fn delivered(&self, pending: Vec<Pending<E>>) -> Result<Vec<Position>, IngestError> {
         let mut positions = Vec::with_capacity(pending.len());
         let (deliveries, about): (Vec<_>, Vec<_>) = pending
             .into_iter()
@@ -307,7 +322,7 @@ impl KafkaLog {
                     reason: "the producer shut down before the broker answered".into(),
                 })?
                 .map_err(|(error, _)| IngestError::Kafka {
-                    reason: format!("the broker did not take a vote: {error}"),
+                    reason: format!("the broker did not take a {} entry: {error}", E::KIND),
                 })?;
             let position = match u64::try_from(delivery.offset) {
                 Ok(offset) => Position { partition, offset },
@@ -322,24 +337,19 @@ impl KafkaLog {
     }
 
     /// Where `logged` is in `partition`, at or after `floor`.
-    fn locate(
-        &self,
-        partition: u32,
-        floor: u64,
-        logged: &LoggedVote,
-    ) -> Result<Position, IngestError> {
+    fn locate(&self, partition: u32, floor: u64, logged: &E) -> Result<Position, IngestError> {
         let mut reader = self.reader_at(partition, floor)?;
         let mut found = None;
-        self.drain(&mut reader, partition, usize::MAX, |record| {
-            if found.is_none() && record.logged() == *logged {
-                found = Some(record.position);
+        self.drain(&mut reader, partition, usize::MAX, |(position, entry)| {
+            if found.is_none() && entry == *logged {
+                found = Some(position);
             }
         })?;
         found.ok_or_else(|| IngestError::Kafka {
             reason: format!(
-                "the broker acknowledged vote {} without an offset, and it is not in partition \
-                 {partition} from offset {floor}",
-                logged.vote.vote_id
+                "the broker acknowledged a {} entry without an offset, and it is not in \
+                 partition {partition} from offset {floor}",
+                E::KIND
             ),
         })
     }
@@ -392,13 +402,70 @@ impl VoteLog for KafkaLog {
     }
 
     fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
+        self.append_entries_async(votes)
+    }
+
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
+        Ok(self
+            .read_entries(partition, from, max)?
+            .into_iter()
+            .map(|(position, logged)| LogRecord {
+                position,
+                vote: logged.vote,
+                commitment: logged.commitment,
+            })
+            .collect())
+    }
+
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        self.entries_end(partition)
+    }
+}
+
+impl SensorLog for KafkaSensorLog {
+    fn partitions(&self) -> u32 {
+        self.config.partitions
+    }
+
+    fn append_async<'a>(&'a self, readings: &'a [SensorReading]) -> AppendFuture<'a> {
+        self.append_entries_async(readings)
+    }
+
+    fn read(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<SensorRecord>, IngestError> {
+        Ok(self
+            .read_entries(partition, from, max)?
+            .into_iter()
+            .map(|(position, reading)| SensorRecord { position, reading })
+            .collect())
+    }
+
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        self.entries_end(partition)
+    }
+}
+
+impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
+    /// Appends `entries`, each to its partition; resolves once the broker acknowledged all
+    /// of them with every in-sync replica.
+    pub fn append_entries_async<'a>(&'a self, entries: &'a [E]) -> AppendFuture<'a> {
         Box::pin(async move {
-            let pending = self.enqueue(votes)?;
+            let pending = self.enqueue(entries)?;
             self.delivered(pending).await
         })
     }
 
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
+    /// Up to `max` entries of `partition` from offset `from` on, in offset order.
+    pub fn read_entries(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(Position, E)>, IngestError> {
         self.check_partition(partition)?;
         let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
         let mut reader = match readers.remove(&partition) {
@@ -415,7 +482,7 @@ impl VoteLog for KafkaLog {
     /// lower bound while appends go on). Found by reading to the partition's end rather than
     /// asking for the latest offset, because tansu answers that request with a wrong
     /// number (checked: 1 for a partition holding 48 records).
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+    pub fn entries_end(&self, partition: u32) -> Result<u64, IngestError> {
         self.check_partition(partition)?;
         // A fresh consumer from the last end found: one that reached the end before only
         // reports what it has already fetched, which may lag the broker (seen in tests), and
@@ -431,9 +498,7 @@ impl VoteLog for KafkaLog {
         ends.insert(partition, end);
         result.map(|()| end)
     }
-}
 
-impl KafkaLog {
     fn reader_at(&self, partition: u32, from: u64) -> Result<PartitionReader, IngestError> {
         let consumer: BaseConsumer = client_config(&self.config)
             .set("enable.auto.commit", "false")
@@ -472,7 +537,7 @@ impl KafkaLog {
         reader: &mut PartitionReader,
         partition: u32,
         max: usize,
-        mut take: impl FnMut(LogRecord),
+        mut take: impl FnMut((Position, E)),
     ) -> Result<(), IngestError> {
         let deadline = std::time::Instant::now() + self.config.timeout;
         let mut taken = 0usize;
@@ -513,20 +578,12 @@ impl KafkaLog {
                 continue;
             }
             let payload = message.payload().unwrap_or_default();
-            let logged = LoggedVote::decode(payload).map_err(|e| IngestError::KafkaRecord {
+            let entry = E::decode(payload).map_err(|e| IngestError::KafkaRecord {
                 partition,
                 offset,
-                reason: format!(
-                    "{} bytes, where a vote is {} and its commitment 32: {e}",
-                    payload.len(),
-                    VOTE_ENCODING_LEN
-                ),
+                reason: format!("{} bytes, not a {} entry: {e}", payload.len(), E::KIND),
             })?;
-            take(LogRecord {
-                position: Position { partition, offset },
-                vote: logged.vote,
-                commitment: logged.commitment,
-            });
+            take((Position { partition, offset }, entry));
             reader.next = offset + 1;
             taken += 1;
         }

@@ -22,12 +22,14 @@ mod gate;
 mod kafka;
 mod segment;
 
-use canopy_schemas::{DecisionId, LoggedVote, Vote, VoterCommitment};
+use canopy_schemas::{DecisionId, LoggedVote, SensorReading, Vote, VoterCommitment};
 
 pub use error::IngestError;
 pub use gate::Gate;
-pub use kafka::{KafkaConfig, KafkaLog};
-pub use segment::{Recovery, Retention, SegmentLog, SegmentLogConfig};
+pub use kafka::{KafkaConfig, KafkaEntryLog, KafkaLog, KafkaSensorLog};
+pub use segment::{
+    EntryLog, LogEntry, Recovery, Retention, SegmentLog, SegmentLogConfig, SensorSegmentLog,
+};
 
 /// Where a record sits in the log: the partition, and its offset within it (0, 1, 2, ...).
 #[derive(
@@ -93,5 +95,46 @@ pub trait VoteLog: Send + Sync {
     /// The partition of `decision` in this log.
     fn partition_of(&self, decision: DecisionId) -> u32 {
         partition_for(decision, self.partitions())
+    }
+}
+
+/// The partition a region's readings go to: all readings of a region share one, so the log
+/// orders them and each region's event-time watermark is a function of the log alone. Fixed
+/// (FNV-1a over the name) so every process and a Kafka producer keyed by region agree.
+pub fn partition_for_region(region: &str, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in region.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u32
+}
+
+/// A sensor reading read back from the log, with the position it was stored at.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SensorRecord {
+    pub position: Position,
+    pub reading: SensorReading,
+}
+
+/// A durable, partitioned, append-only log of sensor readings, partitioned by region.
+pub trait SensorLog: Send + Sync {
+    /// How many partitions the log has; fixed when it is created.
+    fn partitions(&self) -> u32;
+
+    /// Appends `readings`, each to its region's partition, and resolves to their positions
+    /// once all of them are durable.
+    fn append_async<'a>(&'a self, readings: &'a [SensorReading]) -> AppendFuture<'a>;
+
+    /// Up to `max` durable readings of `partition` from offset `from` on, in offset order.
+    fn read(&self, partition: u32, from: u64, max: usize)
+    -> Result<Vec<SensorRecord>, IngestError>;
+
+    /// The offset the next reading of `partition` will get.
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError>;
+
+    /// The partition of `region` in this log.
+    fn partition_of(&self, region: &str) -> u32 {
+        partition_for_region(region, self.partitions())
     }
 }

@@ -31,12 +31,17 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use canopy_schemas::LoggedVote;
+use std::marker::PhantomData;
 
-use crate::{AppendFuture, IngestError, LogRecord, Position, VoteLog, partition_for};
+use canopy_schemas::{LoggedVote, SensorReading};
+
+use crate::{
+    AppendFuture, IngestError, LogRecord, Position, SensorLog, SensorRecord, VoteLog,
+    partition_for, partition_for_region,
+};
 
 const META_FILE: &str = "log.meta";
-const META_VERSION_LINE: &str = "canopy-vote-log 3";
+const META_FORMAT_VERSION: u32 = 3;
 const SEGMENT_MAGIC: &[u8; 8] = b"CNPYWAL3";
 const FRAME_HEADER_LEN: usize = 8;
 const BODY_PREFIX_LEN: usize = 12;
@@ -85,17 +90,75 @@ pub struct Recovery {
     pub removed_empty_segments: Vec<PathBuf>,
 }
 
+/// What an [`EntryLog`] stores: a record with a canonical encoding and a partition key.
+pub trait LogEntry: Sized + Send + Sync + 'static {
+    /// Names the log in its `log.meta`, so a vote log is never opened as a sensor log.
+    const KIND: &'static str;
+    fn partition(&self, partitions: u32) -> u32;
+    /// The Kafka message key (the partition key a producer outside Canopy would use).
+    fn key(&self) -> Vec<u8>;
+    fn encode_into(&self, out: &mut Vec<u8>);
+    fn decode(bytes: &[u8]) -> Result<Self, String>;
+}
+
+impl LogEntry for LoggedVote {
+    const KIND: &'static str = "vote";
+
+    fn partition(&self, partitions: u32) -> u32 {
+        partition_for(self.vote.decision_id, partitions)
+    }
+
+    fn key(&self) -> Vec<u8> {
+        self.vote.decision_id.0.to_be_bytes().to_vec()
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.encode());
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        LoggedVote::decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
+impl LogEntry for SensorReading {
+    const KIND: &'static str = "sensor";
+
+    fn partition(&self, partitions: u32) -> u32 {
+        partition_for_region(&self.region, partitions)
+    }
+
+    fn key(&self) -> Vec<u8> {
+        self.region.as_bytes().to_vec()
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        SensorReading::encode_into(self, out);
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        SensorReading::decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
 /// The embedded, file-backed [`VoteLog`].
-pub struct SegmentLog {
+pub type SegmentLog = EntryLog<LoggedVote>;
+/// The embedded, file-backed [`SensorLog`]: the same segment format, readings as payload.
+pub type SensorSegmentLog = EntryLog<SensorReading>;
+
+/// A durable, partitioned, append-only log of entries of one kind, in segment files.
+pub struct EntryLog<E: LogEntry> {
     dir: PathBuf,
     shared: Arc<Shared>,
     committer: Option<JoinHandle<()>>,
     recovery: Recovery,
+    entries: PhantomData<fn() -> E>,
 }
 
-impl std::fmt::Debug for SegmentLog {
+impl<E: LogEntry> std::fmt::Debug for EntryLog<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SegmentLog")
+        f.debug_struct("EntryLog")
+            .field("kind", &E::KIND)
             .field("dir", &self.dir)
             .field("partitions", &self.shared.partition_count)
             .finish()
@@ -174,7 +237,7 @@ struct ReadCursor {
     next_offset: u64,
 }
 
-impl SegmentLog {
+impl<E: LogEntry> EntryLog<E> {
     /// Opens the log in `dir`, creating it if it does not exist. Checks every frame, cuts a
     /// torn tail, and refuses a log with damage anywhere else.
     pub fn open(dir: impl AsRef<Path>, config: SegmentLogConfig) -> Result<Self, IngestError> {
@@ -186,7 +249,7 @@ impl SegmentLog {
             });
         }
         fs::create_dir_all(&dir).map_err(IngestError::io(&dir))?;
-        let partition_count = read_or_create_meta(&dir, config.partitions)?;
+        let partition_count = read_or_create_meta(&dir, config.partitions, E::KIND)?;
         let mut recovery = Recovery::default();
         let recovered = recover(&dir, partition_count, &mut recovery)?;
         let tail = (
@@ -230,6 +293,7 @@ impl SegmentLog {
             shared,
             committer: Some(committer),
             recovery,
+            entries: PhantomData,
         })
     }
 
@@ -277,12 +341,12 @@ impl SegmentLog {
     /// to ask "is this log still sound?" without serving anything. Returns the record count.
     pub fn verify(&self) -> Result<u64, IngestError> {
         let mut total = 0;
-        for partition in 0..self.partitions() {
+        for partition in 0..self.shared.partition_count {
             let mut from = self.earliest_offset(partition)?;
             loop {
-                let batch = self.read(partition, from, 65_536)?;
-                let Some(last) = batch.last() else { break };
-                from = last.position.offset + 1;
+                let batch = self.read_entries(partition, from, 65_536)?;
+                let Some((last, _)) = batch.last() else { break };
+                from = last.offset + 1;
                 total += batch.len() as u64;
             }
         }
@@ -323,7 +387,62 @@ impl VoteLog for SegmentLog {
     }
 
     fn append(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
-        let (positions, waits) = self.enqueue(votes)?;
+        self.append_entries(votes)
+    }
+
+    fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
+        self.append_entries_async(votes)
+    }
+
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
+        Ok(self
+            .read_entries(partition, from, max)?
+            .into_iter()
+            .map(|(position, logged)| LogRecord {
+                position,
+                vote: logged.vote,
+                commitment: logged.commitment,
+            })
+            .collect())
+    }
+
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        self.entries_end(partition)
+    }
+}
+
+impl SensorLog for SensorSegmentLog {
+    fn partitions(&self) -> u32 {
+        self.shared.partition_count
+    }
+
+    fn append_async<'a>(&'a self, readings: &'a [SensorReading]) -> AppendFuture<'a> {
+        self.append_entries_async(readings)
+    }
+
+    fn read(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<SensorRecord>, IngestError> {
+        Ok(self
+            .read_entries(partition, from, max)?
+            .into_iter()
+            .map(|(position, reading)| SensorRecord { position, reading })
+            .collect())
+    }
+
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        self.entries_end(partition)
+    }
+}
+
+impl<E: LogEntry> EntryLog<E> {
+    /// Appends `entries`, each to its partition, and returns their positions once all of
+    /// them are durable.
+    pub fn append_entries(&self, entries: &[E]) -> Result<Vec<Position>, IngestError> {
+        let (positions, waits) = self.enqueue(entries)?;
         loop {
             let round = self.shared.rounds.load(Ordering::Acquire);
             if self.shared.durable(&waits)? {
@@ -333,10 +452,11 @@ impl VoteLog for SegmentLog {
         }
     }
 
-    fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
+    /// [`append_entries`](Self::append_entries) without holding a thread while it waits.
+    pub fn append_entries_async<'a>(&'a self, entries: &'a [E]) -> AppendFuture<'a> {
         Box::pin(async move {
             let mut rounds = self.shared.round_watch.subscribe();
-            let (positions, waits) = self.enqueue(votes)?;
+            let (positions, waits) = self.enqueue(entries)?;
             loop {
                 if self.shared.durable(&waits)? {
                     return Ok(positions);
@@ -352,7 +472,13 @@ impl VoteLog for SegmentLog {
         })
     }
 
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
+    /// Up to `max` durable entries of `partition` from offset `from` on, in offset order.
+    pub fn read_entries(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(Position, E)>, IngestError> {
         self.check_partition(partition)?;
         let end = self.shared.durable_ends[partition as usize].load(Ordering::Acquire);
         let until = end.min(from.saturating_add(max as u64));
@@ -362,22 +488,18 @@ impl VoteLog for SegmentLog {
         self.shared.read(partition, from, until)
     }
 
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+    /// The offset the next entry of `partition` will get: every offset below it is durable.
+    pub fn entries_end(&self, partition: u32) -> Result<u64, IngestError> {
         self.check_partition(partition)?;
         Ok(self.shared.durable_ends[partition as usize].load(Ordering::Acquire))
     }
-}
 
-impl SegmentLog {
-    /// Queues `votes` for the next round; returns their positions and, per partition
+    /// Queues `entries` for the next round; returns their positions and, per partition
     /// touched, the end offset that must become durable.
     #[allow(clippy::type_complexity)]
-    fn enqueue(
-        &self,
-        votes: &[LoggedVote],
-    ) -> Result<(Vec<Position>, Vec<(u32, u64)>), IngestError> {
-        let partition_count = self.partitions();
-        let mut positions = Vec::with_capacity(votes.len());
+    fn enqueue(&self, entries: &[E]) -> Result<(Vec<Position>, Vec<(u32, u64)>), IngestError> {
+        let partition_count = self.shared.partition_count;
+        let mut positions = Vec::with_capacity(entries.len());
         let mut waits: Vec<(u32, u64)> = Vec::with_capacity(1);
         let wake_committer = {
             let mut queue = self.shared.lock_queue();
@@ -389,18 +511,23 @@ impl SegmentLog {
             if queue.closing {
                 return Err(IngestError::Closed);
             }
-            for logged in votes {
-                let partition = partition_for(logged.vote.decision_id, partition_count);
+            for entry in entries {
+                let partition = entry.partition(partition_count);
                 let offset = queue.next_offsets[partition as usize];
                 queue.next_offsets[partition as usize] += 1;
-                encode_frame(partition, offset, &logged.encode(), &mut queue.pending);
+                encode_frame(
+                    partition,
+                    offset,
+                    |out| entry.encode_into(out),
+                    &mut queue.pending,
+                );
                 positions.push(Position { partition, offset });
                 match waits.iter_mut().find(|(p, _)| *p == partition) {
                     Some(wait) => wait.1 = offset + 1,
                     None => waits.push((partition, offset + 1)),
                 }
             }
-            queue.pending_frames += votes.len() as u64;
+            queue.pending_frames += entries.len() as u64;
             std::mem::take(&mut queue.committer_idle)
         };
         if wake_committer {
@@ -410,7 +537,7 @@ impl SegmentLog {
     }
 }
 
-impl Drop for SegmentLog {
+impl<E: LogEntry> Drop for EntryLog<E> {
     /// Stops accepting appends, lets the committer make what is queued durable, and waits.
     fn drop(&mut self) {
         self.shared.lock_queue().closing = true;
@@ -564,7 +691,12 @@ impl Shared {
     }
 
     /// Reads records [from, until) of `partition`, all known durable.
-    fn read(&self, partition: u32, from: u64, until: u64) -> Result<Vec<LogRecord>, IngestError> {
+    fn read<E: LogEntry>(
+        &self,
+        partition: u32,
+        from: u64,
+        until: u64,
+    ) -> Result<Vec<(Position, E)>, IngestError> {
         // Per segment: its first sequence number and this partition's (first, last) offsets in it.
         type PartitionRanges = Vec<(u64, Option<(u64, u64)>)>;
         let (segments, earliest): (PartitionRanges, u64) = {
@@ -667,13 +799,9 @@ impl Shared {
                                 format!("found offset {offset} where {next} belongs"),
                             ));
                         }
-                        let logged = LoggedVote::decode(&body[BODY_PREFIX_LEN..])
-                            .map_err(|e| corrupt(byte, next, e.to_string()))?;
-                        out.push(LogRecord {
-                            position: Position { partition, offset },
-                            vote: logged.vote,
-                            commitment: logged.commitment,
-                        });
+                        let entry = E::decode(&body[BODY_PREFIX_LEN..])
+                            .map_err(|reason| corrupt(byte, next, reason))?;
+                        out.push((Position { partition, offset }, entry));
                         next += 1;
                         if next == until {
                             break;
@@ -802,14 +930,19 @@ fn sync_dir(dir: &Path) -> Result<(), IngestError> {
         .map_err(IngestError::io(dir))
 }
 
-fn encode_frame(partition: u32, offset: u64, payload: &[u8], out: &mut Vec<u8>) {
-    let len = ((BODY_PREFIX_LEN + payload.len()) as u32).to_be_bytes();
+fn encode_frame(
+    partition: u32,
+    offset: u64,
+    write_payload: impl FnOnce(&mut Vec<u8>),
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
     out.extend_from_slice(&partition.to_be_bytes());
     out.extend_from_slice(&offset.to_be_bytes());
-    out.extend_from_slice(payload);
+    write_payload(out);
+    let len = ((out.len() - start - FRAME_HEADER_LEN) as u32).to_be_bytes();
+    out[start..start + 4].copy_from_slice(&len);
     let crc = crc32c::crc32c_append(crc32c::crc32c(&len), &out[start + FRAME_HEADER_LEN..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
@@ -889,8 +1022,9 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-fn read_or_create_meta(dir: &Path, partitions: u32) -> Result<u32, IngestError> {
+fn read_or_create_meta(dir: &Path, partitions: u32, kind: &str) -> Result<u32, IngestError> {
     let path = dir.join(META_FILE);
+    let version_line = format!("canopy-{kind}-log {META_FORMAT_VERSION}");
     match fs::read_to_string(&path) {
         Ok(text) => {
             let bad = |reason: &str| IngestError::BadLog {
@@ -898,8 +1032,10 @@ fn read_or_create_meta(dir: &Path, partitions: u32) -> Result<u32, IngestError> 
                 reason: reason.into(),
             };
             let mut lines = text.lines();
-            if lines.next() != Some(META_VERSION_LINE) {
-                return Err(bad("not a canopy vote log of a version this build reads"));
+            if lines.next() != Some(version_line.as_str()) {
+                return Err(bad(&format!(
+                    "not a canopy {kind} log of a version this build reads"
+                )));
             }
             lines
                 .next()
@@ -911,7 +1047,7 @@ fn read_or_create_meta(dir: &Path, partitions: u32) -> Result<u32, IngestError> 
         Err(error) if error.kind() == ErrorKind::NotFound => {
             let temp = dir.join(format!("{META_FILE}.tmp"));
             let mut file = File::create(&temp).map_err(IngestError::io(&temp))?;
-            write!(file, "{META_VERSION_LINE}\npartitions {partitions}\n")
+            write!(file, "{version_line}\npartitions {partitions}\n")
                 .map_err(IngestError::io(&temp))?;
             file.sync_all().map_err(IngestError::io(&temp))?;
             fs::rename(&temp, &path).map_err(IngestError::io(&path))?;

@@ -125,3 +125,41 @@ fn reading_a_partition_that_does_not_exist_is_an_error() {
     assert_eq!(log.read(2, 0, 10).unwrap_err().code(), "no_such_partition");
     assert!(log.read(0, 0, 10).unwrap().is_empty());
 }
+
+/// Readings on a Kafka topic keyed by region: each region in the partition the embedded log
+/// would give it, read back in order.
+#[test]
+fn sensor_readings_on_kafka_read_back_by_region() {
+    let topic = topic();
+    let log = KafkaSensorLog::connect(config(&topic, 3)).unwrap();
+    let readings: Vec<SensorReading> = (0..45)
+        .map(|n| SensorReading {
+            sensor_id: format!("s-{}", n % 4),
+            region: ["north", "south", "harbour"][n as usize % 3].into(),
+            metric: Metric::No2,
+            value_micro: n * 250_000,
+            observed_at: 1_780_000_000_000 + n * 1_000,
+            quality: Quality::Ok,
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let positions = runtime
+        .block_on(SensorLog::append_async(&log, &readings))
+        .unwrap();
+    for (reading, position) in readings.iter().zip(&positions) {
+        assert_eq!(position.partition, partition_for_region(&reading.region, 3));
+    }
+    for partition in 0..3 {
+        let records = SensorLog::read(&log, partition, 0, 1_000).unwrap();
+        assert_eq!(
+            records.len() as u64,
+            SensorLog::end_offset(&log, partition).unwrap()
+        );
+        let expected: Vec<&SensorReading> = readings
+            .iter()
+            .filter(|r| partition_for_region(&r.region, 3) == partition)
+            .collect();
+        let got: Vec<&SensorReading> = records.iter().map(|r| &r.reading).collect();
+        assert_eq!(got, expected);
+    }
+}

@@ -1,10 +1,10 @@
-use crate::{Component, DecisionId};
+use crate::{Component, DecisionId, Metric};
 
 /// Why a decision or a vote was refused, or why bytes failed to decode.
 ///
 /// Every variant has a stable machine-readable [`code`](SchemaError::code) that the API
 /// returns unchanged; messages are for people and may be reworded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SchemaError {
     #[error("a decision needs between 2 and {max} options, got {got}")]
     OptionCount { got: usize, max: usize },
@@ -44,6 +44,49 @@ pub enum SchemaError {
     EncodingVersion(u8),
     #[error("unknown component code {0}")]
     UnknownComponent(u8),
+    #[error("unknown metric {0:?}")]
+    UnknownMetric(String),
+    #[error("unknown quality flag {0:?} (ok, suspect or maintenance)")]
+    UnknownQuality(String),
+    #[error("sensor {0:?} is not registered")]
+    UnknownSensor(String),
+    #[error("sensor {sensor:?} is registered in region {registered:?}, not {got:?}")]
+    WrongRegion {
+        sensor: String,
+        registered: String,
+        got: String,
+    },
+    #[error("sensor {sensor:?} does not report {metric}")]
+    MetricNotReported { sensor: String, metric: Metric },
+    #[error("{metric} is measured in {expected}, not {got:?}")]
+    WrongUnit {
+        metric: Metric,
+        expected: &'static str,
+        got: String,
+    },
+    #[error("the value is not a finite number")]
+    NonFiniteValue,
+    #[error("{value} is outside the plausible range of {metric} [{low}, {high}]")]
+    ImplausibleValue {
+        metric: Metric,
+        value: f64,
+        low: f64,
+        high: f64,
+    },
+    #[error("observed at {observed_at} ms, more than 5 minutes after now ({now} ms)")]
+    ReadingInFuture { observed_at: i64, now: i64 },
+    #[error("observed at {0} ms, before 1970")]
+    ReadingBeforeEpoch(i64),
+    #[error("{0:?} is not an RFC 3339 timestamp or epoch milliseconds")]
+    BadTimestamp(String),
+    #[error("a reading's {0}")]
+    ReadingEncoding(String),
+    #[error("the {field} is empty, longer than 128 bytes or holds control characters")]
+    SensorName { field: &'static str },
+    #[error("latitude {latitude} / longitude {longitude} is not on Earth")]
+    SensorLocation { latitude: f64, longitude: f64 },
+    #[error("a sensor reports one or more metrics, each once")]
+    SensorMetrics,
 }
 
 impl SchemaError {
@@ -64,6 +107,21 @@ impl SchemaError {
             Self::EncodingLength { .. } => "encoding_length",
             Self::EncodingVersion(_) => "encoding_version",
             Self::UnknownComponent(_) => "unknown_component",
+            Self::UnknownMetric(_) => "unknown_metric",
+            Self::UnknownQuality(_) => "unknown_quality",
+            Self::UnknownSensor(_) => "unknown_sensor",
+            Self::WrongRegion { .. } => "wrong_region",
+            Self::MetricNotReported { .. } => "metric_not_reported",
+            Self::WrongUnit { .. } => "wrong_unit",
+            Self::NonFiniteValue => "non_finite_value",
+            Self::ImplausibleValue { .. } => "implausible_value",
+            Self::ReadingInFuture { .. } => "reading_in_future",
+            Self::ReadingBeforeEpoch(_) => "reading_before_epoch",
+            Self::BadTimestamp(_) => "bad_timestamp",
+            Self::ReadingEncoding(_) => "reading_encoding",
+            Self::SensorName { .. } => "sensor_name",
+            Self::SensorLocation { .. } => "sensor_location",
+            Self::SensorMetrics => "sensor_metrics",
         }
     }
 }

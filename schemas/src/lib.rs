@@ -21,6 +21,7 @@ mod decision;
 mod encoding;
 mod error;
 mod record;
+mod sensor;
 mod vote;
 
 pub use decision::{
@@ -31,6 +32,11 @@ pub use error::SchemaError;
 pub use record::{
     LEAF_ENCODING_LEN, LEAF_ENCODING_VERSION, LOGGED_VOTE_LEN, LoggedVote, VoterCommitment,
     VoterSalt,
+};
+pub use sensor::{
+    EventTimeMs, MAX_FUTURE_SKEW_MS, MAX_NAME_LEN, Metric, Quality, READING_ENCODING_VERSION,
+    RawReading, Sensor, SensorReading, SensorRegistry, VALUE_SCALE, name_key, parse_event_time,
+    validate_sensor,
 };
 pub use vote::{Component, MAX_WEIGHT, Vote, VoteId, VoterId, VoterRole, Weight, validate_vote};
 

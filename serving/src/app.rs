@@ -81,6 +81,8 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// In a cluster: the other replicas (shared rate limits, erasure notices).
     pub coordinator: Option<Arc<crate::redis_views::ReplicaCoordinator>>,
+    /// Sensor ingest, features and alerts, in a node that runs the engine.
+    pub sensors: Option<Arc<crate::sensors_api::SensorService>>,
 }
 
 pub(crate) type SharedState = Arc<AppState>;
@@ -134,7 +136,7 @@ impl utoipa::Modify for BearerAuth {
 /// Every error the API answers with.
 #[derive(utoipa::ToSchema, Serialize)]
 #[allow(dead_code)]
-pub(crate) struct ErrorBody {
+pub struct ErrorBody {
     /// `{ "code": "<stable snake_case code>", "message": "<for people>" }`
     error: serde_json::Value,
 }
@@ -168,6 +170,15 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
         .routes(routes!(crate::record_api::consistency_proof))
         .routes(routes!(crate::record_api::checkpoint_anchor))
         .routes(routes!(crate::record_api::erase_voter))
+        .routes(routes!(
+            crate::sensors_api::register_sensor,
+            crate::sensors_api::list_sensors
+        ))
+        .routes(routes!(crate::sensors_api::process_sensor_data))
+        .routes(routes!(crate::sensors_api::ingest_environmental_data))
+        .routes(routes!(crate::sensors_api::region_metrics))
+        .routes(routes!(crate::sensors_api::historical_trends))
+        .routes(routes!(crate::sensors_api::alert_stream))
         .split_for_parts();
     let document = Arc::new(openapi.clone());
     let router = router

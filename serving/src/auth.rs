@@ -78,6 +78,9 @@ pub enum Action {
     VerifyUsers,
     ReadAudit,
     EraseVoter,
+    RegisterSensors,
+    SubmitReadings,
+    ReadEnvironment,
 }
 
 impl Action {
@@ -90,6 +93,9 @@ impl Action {
             Self::VerifyUsers => "verify experts and stakeholders",
             Self::ReadAudit => "read the audit trail",
             Self::EraseVoter => "erase a voter from the record",
+            Self::RegisterSensors => "register sensors",
+            Self::SubmitReadings => "submit sensor readings",
+            Self::ReadEnvironment => "read environmental data",
         }
     }
 
@@ -104,6 +110,9 @@ impl Action {
     /// | verify users      |         |        |             |         |          |         | yes   |
     /// | read audit trail  |         |        |             |         |          | yes     | yes   |
     /// | erase a voter     |         |        |             |         |          |         | yes   |
+    /// | register sensors  |         |        |             |         | yes      |         | yes   |
+    /// | submit readings   |         |        |             |         | yes      |         | yes   |
+    /// | read env. data    | yes     | yes    | yes         | yes     | yes      | yes     | yes   |
     ///
     /// Checkpoints, proofs and anchors (`/api/v1/audit/decisions/…`) are public: anyone may
     /// check the record.
@@ -111,8 +120,11 @@ impl Action {
         use Role::*;
         match self {
             Self::CastVote => matches!(role, Citizen | Expert | Stakeholder),
-            Self::CastForOthers | Self::CreateDecision => matches!(role, Operator | Admin),
-            Self::ReadResults => true,
+            Self::CastForOthers
+            | Self::CreateDecision
+            | Self::RegisterSensors
+            | Self::SubmitReadings => matches!(role, Operator | Admin),
+            Self::ReadResults | Self::ReadEnvironment => true,
             Self::VerifyUsers | Self::EraseVoter => role == Admin,
             Self::ReadAudit => matches!(role, Auditor | Admin),
         }

@@ -54,6 +54,17 @@ pub enum ServingError {
         "this replica does not hold the vote record (it runs no engine); ask a node started with `canopy up`"
     )]
     RecordNotHere,
+    #[error("reading {index}: {source}")]
+    InvalidReading { index: usize, source: SchemaError },
+    #[error(
+        "this replica does not process sensor data (it runs no engine); send it to a node started with `canopy up`"
+    )]
+    SensorsNotHere,
+    #[error("the upload is not valid {format}: {reason}")]
+    BadUpload {
+        format: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Chain(#[from] canopy_chain::ChainError),
     #[error("storage failure: {0}")]
@@ -100,6 +111,9 @@ impl ServingError {
             Self::Dataflow(error) => error.code(),
             Self::NotYet { code, .. } => code,
             Self::RecordNotHere => "record_not_here",
+            Self::InvalidReading { source, .. } => source.code(),
+            Self::SensorsNotHere => "sensors_not_here",
+            Self::BadUpload { .. } => "bad_upload",
             Self::Chain(error) => error.code(),
             Self::Storage(_) => "storage",
             Self::Internal(_) => "internal",
@@ -120,13 +134,17 @@ impl ServingError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::NotYet { .. } => StatusCode::CONFLICT,
             Self::Chain(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::BadRequest(_) | Self::Schema(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadRequest(_)
+            | Self::Schema(_)
+            | Self::InvalidReading { .. }
+            | Self::BadUpload { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Ingest(IngestError::UnknownDecision { .. }) => StatusCode::NOT_FOUND,
             Self::Ingest(IngestError::DecisionFrozen { .. }) => StatusCode::CONFLICT,
             Self::Dataflow(DataflowError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Self::RecordNotHere
+            | Self::SensorsNotHere
             | Self::Ingest(_)
             | Self::Dataflow(_)
             | Self::Storage(_)
@@ -138,7 +156,9 @@ impl ServingError {
         self.status().is_server_error()
             && !matches!(
                 self,
-                Self::Dataflow(DataflowError::Timeout { .. }) | Self::RecordNotHere
+                Self::Dataflow(DataflowError::Timeout { .. })
+                    | Self::RecordNotHere
+                    | Self::SensorsNotHere
             )
     }
 }

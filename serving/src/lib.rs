@@ -20,6 +20,7 @@ pub mod node;
 pub mod record;
 mod record_api;
 pub mod redis_views;
+pub mod sensors_api;
 pub mod store;
 
 pub use error::ServingError;

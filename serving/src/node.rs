@@ -7,9 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use canopy_dataflow::{
-    EngineConfig, InMemoryViews, RecordConfig, StateStore, TallyEngine, ViewStore,
+    AlertRules, AnomalyModel, EngineConfig, InMemoryViews, RecordConfig, Retention, Scorer,
+    ScorerConfig, SensorEngine, SensorEngineConfig, SensorViews, StateStore, TallyEngine,
+    ViewStore,
 };
-use canopy_ingest::{Gate, KafkaConfig, KafkaLog, SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_ingest::{
+    Gate, KafkaConfig, KafkaLog, KafkaSensorLog, SegmentLog, SegmentLogConfig, SensorLog,
+    SensorSegmentLog, VoteLog,
+};
+use canopy_schemas::SensorRegistry;
 
 use crate::ServingError;
 use crate::app::{ApiConfig, AppState, now_micros, router};
@@ -21,6 +27,7 @@ use crate::record::{
     record_signer,
 };
 use crate::redis_views::{RedisViews, ReplicaCoordinator};
+use crate::sensors_api::SensorService;
 use crate::store::{MetadataStore, PostgresStore, SqliteStore};
 
 #[derive(Clone)]
@@ -52,6 +59,34 @@ pub struct NodeConfig {
     pub run_engine: bool,
     /// Engine checkpoints in the metadata store, so a restart resumes rather than replays.
     pub engine_checkpoints: bool,
+    pub sensors: SensorSettings,
+}
+
+/// Sensor data: its log, features dataflow, model and alerts.
+#[derive(Clone, Debug)]
+pub struct SensorSettings {
+    /// Whether a node that runs the engine also takes sensor readings.
+    pub enabled: bool,
+    pub engine: SensorEngineConfig,
+    pub retention: Retention,
+    pub alert_rules: AlertRules,
+    /// ONNX Runtime's shared library (`libonnxruntime.so`); `ORT_DYLIB_PATH` if absent.
+    /// Without one the z-scores still flag anomalies but the model scores nothing.
+    pub onnxruntime: Option<PathBuf>,
+    pub scorer: ScorerConfig,
+}
+
+impl Default for SensorSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            engine: SensorEngineConfig::default(),
+            retention: Retention::default(),
+            alert_rules: AlertRules::defaults(),
+            onnxruntime: None,
+            scorer: ScorerConfig::default(),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -71,6 +106,7 @@ impl NodeConfig {
             redis: None,
             run_engine: true,
             engine_checkpoints: false,
+            sensors: SensorSettings::default(),
         }
     }
 }
@@ -94,6 +130,105 @@ pub async fn open_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, S
     let store = connect_store(config).await?;
     store.migrate().await?;
     Ok(store)
+}
+
+/// Opens the sensor log (`<data>/sensors`), loads the registry, starts the features
+/// dataflow, the model's scorer (when ONNX Runtime is there) and the alert fan-out.
+async fn start_sensors(
+    config: &NodeConfig,
+    store: &Arc<dyn MetadataStore>,
+) -> Result<SensorService, ServingError> {
+    let settings = &config.sensors;
+    let log: Arc<dyn SensorLog> = match config.kafka.clone() {
+        // Beside the vote topic: `<topic>-sensors`, keyed by region.
+        Some(mut kafka) => {
+            kafka.topic = format!("{}-sensors", kafka.topic);
+            tokio::task::spawn_blocking(move || KafkaSensorLog::connect(kafka))
+                .await
+                .map_err(|e| ServingError::Internal(e.to_string()))?
+                .map(Arc::new)?
+        }
+        None => Arc::new(SensorSegmentLog::open(
+            config.data_dir.join("sensors"),
+            SegmentLogConfig::default(),
+        )?),
+    };
+    let mut registry = SensorRegistry::new();
+    for sensor in store.sensors().await? {
+        registry.insert(sensor)?;
+    }
+    let views = Arc::new(SensorViews::new(
+        log.partitions(),
+        settings.engine.windows.clone(),
+        settings.retention,
+        settings.alert_rules.clone(),
+    ));
+    let (alerts, _) = tokio::sync::broadcast::channel(1024);
+    {
+        let (alerts, store) = (alerts.clone(), Arc::clone(store));
+        let runtime = tokio::runtime::Handle::current();
+        views.on_alert(move |alert| {
+            tracing::warn!(region = %alert.region, metric = %alert.metric, kind = %alert.kind, value = alert.value, "sensor alert");
+            let detail = serde_json::to_string(&alert).unwrap_or_default();
+            let _ = alerts.send(alert);
+            let store = Arc::clone(&store);
+            runtime.spawn(async move {
+                if let Err(error) = store
+                    .append_audit("system", "sensor_alert", &detail, now_micros())
+                    .await
+                {
+                    tracing::error!(%error, "could not write a sensor alert to the audit trail");
+                }
+            });
+        });
+    }
+    let engine_config = settings.engine.clone();
+    let (engine_log, engine_views) = (Arc::clone(&log), Arc::clone(&views));
+    let engine = tokio::task::spawn_blocking(move || {
+        SensorEngine::start(engine_config, engine_log, engine_views)
+    })
+    .await
+    .map_err(|e| ServingError::Internal(e.to_string()))??;
+    let library = settings
+        .onnxruntime
+        .clone()
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));
+    let (scorer, scorer_unavailable) = match library {
+        None => {
+            let reason =
+                "no ONNX Runtime library (set ORT_DYLIB_PATH; scripts/onnxruntime fetches it)";
+            tracing::warn!("{reason}: sensor windows are flagged by z-score only");
+            (None, Some(reason.to_string()))
+        }
+        Some(library) => {
+            match tokio::task::spawn_blocking(move || AnomalyModel::load_embedded(&library))
+                .await
+                .map_err(|e| ServingError::Internal(e.to_string()))?
+            {
+                Ok(model) => (
+                    Some(Scorer::start(
+                        model,
+                        Arc::clone(&views),
+                        settings.scorer.clone(),
+                    )),
+                    None,
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "the anomaly model is unavailable: sensor windows are flagged by z-score only");
+                    (None, Some(error.to_string()))
+                }
+            }
+        }
+    };
+    Ok(SensorService {
+        log,
+        registry: std::sync::RwLock::new(registry),
+        views,
+        engine: Some(engine),
+        scorer,
+        scorer_unavailable,
+        alerts,
+    })
 }
 
 pub struct Node {
@@ -226,6 +361,11 @@ impl Node {
                 anchor_stop,
             )));
         }
+        let sensors = if config.run_engine && config.sensors.enabled {
+            Some(Arc::new(start_sensors(&config, &store).await?))
+        } else {
+            None
+        };
         let state = Arc::new(AppState {
             store,
             keys: Arc::new(keys),
@@ -242,6 +382,7 @@ impl Node {
             salts: SaltCache::default(),
             data_dir: config.data_dir.clone(),
             coordinator: coordinator.clone(),
+            sensors,
         });
         let heartbeat = coordinator
             .map(|coordinator| tokio::spawn(replica_heartbeat(coordinator, Arc::clone(&state))));

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use canopy_dataflow::{EngineSnapshot, StateChunk};
-use canopy_schemas::{Decision, DecisionId};
+use canopy_schemas::{Decision, DecisionId, Sensor};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use uuid::Uuid;
@@ -155,6 +155,9 @@ pub trait MetadataStore: Send + Sync {
     async fn revoke_refresh_token(&self, hash: &str) -> StoreResult<bool>;
     async fn put_decision(&self, decision: &Decision, owner: Uuid, now: i64) -> StoreResult<()>;
     async fn decisions(&self) -> StoreResult<Vec<Decision>>;
+    /// Registers a sensor, or replaces its registration.
+    async fn put_sensor(&self, sensor: &Sensor, now: i64) -> StoreResult<()>;
+    async fn sensors(&self) -> StoreResult<Vec<Sensor>>;
     async fn append_audit(
         &self,
         actor: &str,
@@ -242,6 +245,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0003_engine_state",
         include_str!("../../migrations/sqlite/0003_engine_state.sql"),
     ),
+    (
+        "0004_sensors",
+        include_str!("../../migrations/sqlite/0004_sensors.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -255,6 +262,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_engine_state",
         include_str!("../../migrations/postgres/0003_engine_state.sql"),
+    ),
+    (
+        "0004_sensors",
+        include_str!("../../migrations/postgres/0004_sensors.sql"),
     ),
 ];
 
@@ -530,6 +541,31 @@ macro_rules! sql_store {
                     .map(|row| {
                         let body: String = row.try_get("body")?;
                         serde_json::from_str(&body).map_err(|e| ServingError::Storage(format!("a stored decision does not parse: {e}")))
+                    })
+                    .collect()
+            }
+
+            async fn put_sensor(&self, sensor: &Sensor, now: i64) -> StoreResult<()> {
+                let body = serde_json::to_string(sensor).map_err(|e| ServingError::Internal(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO sensors (id, region, body, registered_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (id) DO UPDATE SET region = excluded.region, body = excluded.body",
+                )
+                .bind(&sensor.sensor_id)
+                .bind(&sensor.region)
+                .bind(body)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn sensors(&self) -> StoreResult<Vec<Sensor>> {
+                let rows = sqlx::query("SELECT body FROM sensors ORDER BY id").fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        let body: String = row.try_get("body")?;
+                        serde_json::from_str(&body).map_err(|e| ServingError::Storage(format!("a stored sensor does not parse: {e}")))
                     })
                     .collect()
             }

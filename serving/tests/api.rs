@@ -258,10 +258,16 @@ async fn the_openapi_document_matches_the_routes() {
         "/api/v1/audit/decisions/{id}/consistency",
         "/api/v1/audit/decisions/{id}/checkpoints/{size}/anchor",
         "/api/v1/admin/erase-voter",
+        "/api/v1/data/sensors",
+        "/api/v1/data/process-sensor-data",
+        "/api/v1/data/ingest-environmental-data",
+        "/api/v1/data/metrics/{region}",
+        "/api/v1/data/historical-trends",
+        "/api/v1/data/alerts/stream",
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
-    assert_eq!(operations, 22);
+    assert_eq!(operations, 29);
     let (status, body) = node
         .request(reqwest::Method::GET, "/api/v1/undocumented", None, None)
         .await;

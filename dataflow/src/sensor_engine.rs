@@ -1,0 +1,166 @@
+//! Runs the features dataflow over a sensor log on W worker threads of one process: worker
+//! i reads partitions p ≡ i (mod W) from the start, every reading in log order.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use canopy_ingest::SensorLog;
+use timely::communication::WorkerGuards;
+use timely::{Config, execute};
+
+use crate::DataflowError;
+use crate::sensor_views::SensorViews;
+use crate::sensors::{WindowConfig, build_sensor_dataflow};
+
+const TRANSIENT_RETRY: Duration = Duration::from_millis(200);
+
+#[derive(Clone, Debug)]
+pub struct SensorEngineConfig {
+    pub workers: usize,
+    pub windows: WindowConfig,
+    /// The most readings one partition adds to one epoch.
+    pub max_epoch_records: usize,
+    /// How long an idle worker sleeps before looking at the log again.
+    pub idle_wait: Duration,
+}
+
+impl Default for SensorEngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            windows: WindowConfig::default(),
+            max_epoch_records: 65_536,
+            idle_wait: Duration::from_millis(5),
+        }
+    }
+}
+
+struct Shared {
+    shutdown: AtomicBool,
+    /// The epoch every worker seals up to; a worker that fed readings moves it on.
+    epoch: AtomicU64,
+}
+
+pub struct SensorEngine {
+    shared: Arc<Shared>,
+    guards: Mutex<Option<WorkerGuards<Result<(), String>>>>,
+}
+
+impl std::fmt::Debug for SensorEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SensorEngine").finish_non_exhaustive()
+    }
+}
+
+impl SensorEngine {
+    pub fn start(
+        config: SensorEngineConfig,
+        log: Arc<dyn SensorLog>,
+        views: Arc<SensorViews>,
+    ) -> Result<Self, DataflowError> {
+        config.windows.validate().map_err(DataflowError::Config)?;
+        let shared = Arc::new(Shared {
+            shutdown: AtomicBool::new(false),
+            epoch: AtomicU64::new(1),
+        });
+        let worker_shared = Arc::clone(&shared);
+        let threads = config.workers.max(1);
+        let guards = execute(Config::process(threads), move |worker| {
+            let index = worker.index();
+            let peers = worker.peers();
+            let partitions = log.partitions();
+            let mut inputs =
+                build_sensor_dataflow(worker, config.windows.clone(), partitions, Arc::clone(&views));
+            let mine: Vec<u32> = (0..partitions)
+                .filter(|p| *p as usize % peers == index)
+                .collect();
+            let mut next = vec![0u64; mine.len()];
+            for partition in &mine {
+                inputs.note_end(*partition, 0);
+            }
+            let fail = |reason: String| {
+                views.fail(reason.clone());
+                Err(reason)
+            };
+            while !worker_shared.shutdown.load(Ordering::Acquire) {
+                let mut fed = 0;
+                for (slot, partition) in mine.iter().enumerate() {
+                    let batch = match log.read(*partition, next[slot], config.max_epoch_records) {
+                        Ok(batch) => batch,
+                        Err(error) if error.is_transient() => {
+                            tracing::warn!(partition, %error, "reading the sensor log failed; retrying");
+                            std::thread::sleep(TRANSIENT_RETRY);
+                            continue;
+                        }
+                        Err(error) => return fail(error.to_string()),
+                    };
+                    for record in &batch {
+                        inputs.push(record);
+                    }
+                    if let Some(last) = batch.last() {
+                        next[slot] = last.position.offset + 1;
+                    }
+                    inputs.note_end(*partition, next[slot]);
+                    fed += batch.len();
+                }
+                let current = inputs.current_epoch();
+                if fed > 0 {
+                    worker_shared.epoch.fetch_max(current + 1, Ordering::AcqRel);
+                }
+                let target = worker_shared.epoch.load(Ordering::Acquire);
+                if target > current {
+                    let sealed = inputs.seal_until(target);
+                    inputs.run_until_published(worker, sealed);
+                } else {
+                    worker.step_or_park(Some(config.idle_wait));
+                }
+            }
+            Ok(())
+        })
+        .map_err(DataflowError::Start)?;
+        Ok(Self {
+            shared,
+            guards: Mutex::new(Some(guards)),
+        })
+    }
+
+    /// Whether a worker ended without being asked to (a corrupt log, a panic).
+    pub fn has_stopped(&self) -> bool {
+        self.guards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|guards| guards.guards().iter().any(|g| g.is_finished()))
+    }
+
+    pub fn shutdown(mut self) -> Result<(), DataflowError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), DataflowError> {
+        self.shared.shutdown.store(true, Ordering::Release);
+        let Some(guards) = self
+            .guards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return Ok(());
+        };
+        for result in guards.join() {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => return Err(DataflowError::Stopped(reason)),
+                Err(panic) => return Err(DataflowError::WorkerPanicked(panic)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SensorEngine {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

@@ -1,0 +1,530 @@
+//! Where sensor features go: the latest state of every recent window, tagged with the
+//! sensor log position it includes, the model's verdicts on sensor windows, and threshold
+//! alerts per region.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use canopy_ingest::{Position, partition_for_region};
+use canopy_schemas::{Metric, name_key};
+use serde::{Deserialize, Serialize};
+
+use crate::sensors::{
+    Owner, WindowConfig, WindowKey, WindowSize, WindowStats, WindowUpdate, ZScores, floor_std,
+};
+
+/// The model's verdict on one sensor short window.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+pub struct ModelScore {
+    /// Probability that the sensor is faulty in this window.
+    pub p_fault: f32,
+    pub flagged: bool,
+    /// The feature vector it was given (f0..f4, see [`SensorViews::model_features`]).
+    pub features: [f32; 5],
+}
+
+/// A window as readers see it.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct WindowView {
+    pub region: u64,
+    pub stats: WindowStats,
+    pub z: Option<ZScores>,
+    pub model: Option<ModelScore>,
+}
+
+/// A region crossed (or fell back below) a metric's alert threshold.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Alert {
+    pub region: String,
+    pub metric: Metric,
+    /// "threshold_exceeded" or "threshold_cleared".
+    pub kind: String,
+    pub threshold: f64,
+    /// The region's short-window mean that crossed it.
+    pub value: f64,
+    pub window_start_ms: i64,
+    pub as_of: Position,
+}
+
+/// Per metric, the region short-window mean above which an alert is raised.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AlertRules {
+    pub thresholds: HashMap<Metric, f64>,
+}
+
+impl AlertRules {
+    /// Levels from the WHO 2021 air-quality guidelines' interim targets and common
+    /// comfort limits; an operator overrides them.
+    pub fn defaults() -> Self {
+        Self {
+            thresholds: HashMap::from([
+                (Metric::Pm25, 75.0),
+                (Metric::Pm10, 150.0),
+                (Metric::No2, 200.0),
+                (Metric::O3, 240.0),
+                (Metric::So2, 500.0),
+                (Metric::Co, 30.0),
+                (Metric::Co2, 5_000.0),
+                (Metric::Noise, 85.0),
+            ]),
+        }
+    }
+}
+
+type AlertSink = Box<dyn Fn(Alert) + Send + Sync>;
+
+/// How many windows of each size a series keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub short_windows: usize,
+    pub long_windows: usize,
+}
+
+impl Default for Retention {
+    /// A day of minutes, a month of hours.
+    fn default() -> Self {
+        Self {
+            short_windows: 24 * 60,
+            long_windows: 31 * 24,
+        }
+    }
+}
+
+type Series = BTreeMap<i64, WindowView>;
+
+/// f2 compares the spread of a sensor's last this-many short windows with its baseline's.
+const RECENT_WINDOWS: i64 = 10;
+
+#[derive(Default)]
+struct Inner {
+    series: HashMap<(Owner, Metric, WindowSize), Series>,
+    frontier: Vec<u64>,
+    region_names: HashMap<u64, String>,
+    sensor_names: HashMap<u64, String>,
+    region_sensors: HashMap<u64, BTreeSet<u64>>,
+    /// Sensor short windows changed since the scorer last looked.
+    unscored: HashSet<WindowKey>,
+    /// Per (region, metric): whether its newest short window is above the threshold.
+    above: HashMap<(u64, Metric), bool>,
+    too_late: u64,
+    failure: Option<String>,
+}
+
+/// The sink of the features dataflow and the source of `/api/v1/data/*`.
+pub struct SensorViews {
+    partitions: u32,
+    config: WindowConfig,
+    retention: Retention,
+    rules: AlertRules,
+    inner: Mutex<Inner>,
+    advanced: Condvar,
+    alert_sink: Mutex<Option<AlertSink>>,
+}
+
+impl std::fmt::Debug for SensorViews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SensorViews")
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SensorViews {
+    pub fn new(
+        partitions: u32,
+        config: WindowConfig,
+        retention: Retention,
+        rules: AlertRules,
+    ) -> Self {
+        Self {
+            partitions,
+            config,
+            retention,
+            rules,
+            inner: Mutex::new(Inner {
+                frontier: vec![0; partitions as usize],
+                ..Inner::default()
+            }),
+            advanced: Condvar::new(),
+            alert_sink: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn config(&self) -> &WindowConfig {
+        &self.config
+    }
+
+    pub fn rules(&self) -> &AlertRules {
+        &self.rules
+    }
+
+    /// Where alerts go (the server pushes them to subscribers and the audit trail).
+    pub fn on_alert(&self, sink: impl Fn(Alert) + Send + Sync + 'static) {
+        *self
+            .alert_sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(sink));
+    }
+
+    pub fn name_region(&self, key: u64, name: &str) {
+        self.lock().region_names.insert(key, name.to_string());
+    }
+
+    pub fn name_sensor(&self, key: u64, name: &str, region: u64) {
+        let mut inner = self.lock();
+        inner.sensor_names.insert(key, name.to_string());
+        inner.region_sensors.entry(region).or_default().insert(key);
+    }
+
+    /// Applies one complete epoch of window changes.
+    pub fn publish(&self, updates: Vec<WindowUpdate>) {
+        let mut alerts = Vec::new();
+        {
+            let mut inner = self.lock();
+            let mut newest_region_windows: HashMap<(u64, Metric), i64> = HashMap::new();
+            for update in updates {
+                let key = update.key;
+                let series = inner
+                    .series
+                    .entry((key.owner, key.metric, key.size))
+                    .or_default();
+                let view = series.entry(key.start_ms).or_insert(WindowView {
+                    region: update.region,
+                    stats: update.stats,
+                    z: None,
+                    model: None,
+                });
+                view.stats = update.stats;
+                view.z = update.z;
+                let keep = match key.size {
+                    WindowSize::Short => self.retention.short_windows,
+                    WindowSize::Long => self.retention.long_windows,
+                };
+                while series.len() > keep {
+                    series.pop_first();
+                }
+                match key.owner {
+                    Owner::Sensor(_) if key.size == WindowSize::Short => {
+                        inner.unscored.insert(key);
+                    }
+                    Owner::Region(region) if key.size == WindowSize::Short => {
+                        let newest = newest_region_windows
+                            .entry((region, key.metric))
+                            .or_insert(key.start_ms);
+                        *newest = (*newest).max(key.start_ms);
+                    }
+                    _ => {}
+                }
+            }
+            for ((region, metric), _) in newest_region_windows {
+                if let Some(alert) = self.check_threshold(&mut inner, region, metric) {
+                    alerts.push(alert);
+                }
+            }
+        }
+        if !alerts.is_empty()
+            && let Some(sink) = self
+                .alert_sink
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+        {
+            for alert in alerts {
+                sink(alert);
+            }
+        }
+    }
+
+    /// Compares the region's newest short window with the metric's threshold; an alert when
+    /// it crossed since the last look.
+    fn check_threshold(&self, inner: &mut Inner, region: u64, metric: Metric) -> Option<Alert> {
+        let threshold = *self.rules.thresholds.get(&metric)?;
+        let (start, newest) = inner
+            .series
+            .get(&(Owner::Region(region), metric, WindowSize::Short))?
+            .last_key_value()?;
+        let (start, value) = (*start, newest.stats.mean());
+        let above = value > threshold;
+        let was_above = inner.above.insert((region, metric), above).unwrap_or(false);
+        if above == was_above {
+            return None;
+        }
+        let name = inner.region_names.get(&region)?.clone();
+        let partition = partition_for_region(&name, self.partitions);
+        Some(Alert {
+            as_of: Position {
+                partition,
+                offset: inner.frontier[partition as usize],
+            },
+            region: name,
+            metric,
+            kind: if above {
+                "threshold_exceeded"
+            } else {
+                "threshold_cleared"
+            }
+            .into(),
+            threshold,
+            value,
+            window_start_ms: start,
+        })
+    }
+
+    /// Declares every reading of `partition` below `end` reflected in the views.
+    pub fn advance(&self, partition: u32, end: u64) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.frontier.get_mut(partition as usize)
+            && end > *slot
+        {
+            *slot = end;
+            self.advanced.notify_all();
+        }
+    }
+
+    pub fn note_too_late(&self, more: u64) {
+        self.lock().too_late += more;
+    }
+
+    /// Readings dropped because they came after their windows were final.
+    pub fn too_late(&self) -> u64 {
+        self.lock().too_late
+    }
+
+    pub fn fail(&self, reason: String) {
+        self.lock().failure = Some(reason);
+        self.advanced.notify_all();
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
+    }
+
+    /// The position a region's views include: its partition and the partition's frontier.
+    pub fn as_of(&self, region: &str) -> Position {
+        let partition = partition_for_region(region, self.partitions);
+        Position {
+            partition,
+            offset: self.lock().frontier[partition as usize],
+        }
+    }
+
+    pub fn frontier(&self, partition: u32) -> u64 {
+        self.lock()
+            .frontier
+            .get(partition as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits until the views include `position` (read your own readings), up to `timeout`.
+    pub fn wait_for(&self, position: Position, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            if let Some(reason) = &inner.failure {
+                return Err(reason.clone());
+            }
+            if inner
+                .frontier
+                .get(position.partition as usize)
+                .copied()
+                .unwrap_or(0)
+                > position.offset
+            {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("timed out".into());
+            }
+            inner = self
+                .advanced
+                .wait_timeout(inner, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// The windows of one series with `from_ms <= start < until_ms`, oldest first.
+    pub fn windows(
+        &self,
+        owner: Owner,
+        metric: Metric,
+        size: WindowSize,
+        from_ms: i64,
+        until_ms: i64,
+    ) -> Vec<(i64, WindowView)> {
+        self.lock()
+            .series
+            .get(&(owner, metric, size))
+            .map(|series| {
+                series
+                    .range(from_ms..until_ms)
+                    .map(|(start, view)| (*start, *view))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The newest window of a series.
+    pub fn latest(
+        &self,
+        owner: Owner,
+        metric: Metric,
+        size: WindowSize,
+    ) -> Option<(i64, WindowView)> {
+        self.lock()
+            .series
+            .get(&(owner, metric, size))
+            .and_then(|series| series.last_key_value().map(|(s, v)| (*s, *v)))
+    }
+
+    /// Every window the views hold, for tests that compare with a recomputation.
+    pub fn all_windows(&self) -> BTreeMap<WindowKey, WindowView> {
+        let inner = self.lock();
+        let mut all = BTreeMap::new();
+        for ((owner, metric, size), series) in &inner.series {
+            for (start, view) in series {
+                all.insert(
+                    WindowKey {
+                        owner: *owner,
+                        metric: *metric,
+                        size: *size,
+                        start_ms: *start,
+                    },
+                    *view,
+                );
+            }
+        }
+        all
+    }
+
+    /// The metrics a region has windows of.
+    pub fn region_metrics(&self, region: &str) -> Vec<Metric> {
+        let key = name_key("region", region);
+        let inner = self.lock();
+        let mut metrics: Vec<Metric> = inner
+            .series
+            .keys()
+            .filter(|(owner, _, _)| *owner == Owner::Region(key))
+            .map(|(_, metric, _)| *metric)
+            .collect();
+        metrics.sort();
+        metrics.dedup();
+        metrics
+    }
+
+    /// The sensors of a region (those that sent readings), with names.
+    pub fn region_sensors(&self, region: &str) -> Vec<(u64, String)> {
+        let key = name_key("region", region);
+        let inner = self.lock();
+        inner
+            .region_sensors
+            .get(&key)
+            .map(|sensors| {
+                sensors
+                    .iter()
+                    .filter_map(|s| inner.sensor_names.get(s).map(|n| (*s, n.clone())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn sensor_name(&self, key: u64) -> Option<String> {
+        self.lock().sensor_names.get(&key).cloned()
+    }
+
+    /// Takes the sensor short windows changed since the last call (the scorer's work list).
+    pub fn take_unscored(&self) -> Vec<WindowKey> {
+        let mut keys: Vec<WindowKey> = self.lock().unscored.drain().collect();
+        keys.sort();
+        keys
+    }
+
+    /// The model's input for a sensor short window (all as in `models/anomaly/README.md`):
+    /// B = the sensor's previous long window, R = the region's
+    /// same short window, P = R without this sensor, RB = the region's previous long window,
+    /// C = the sensor's last ten short windows, w−9 … w.
+    /// f0 = (w.mean − B.mean)/sB, f1 = max |extreme − B.mean|/sB, f2 = ln((C.std + 0.001) /
+    /// (sB + 0.001)), f3 = (w.mean − P.mean)/floor_std(P), f4 = (R.mean − RB.mean)/
+    /// floor_std(RB). None without a baseline of 2 readings.
+    pub fn model_features(&self, key: &WindowKey) -> Option<[f32; 5]> {
+        let inner = self.lock();
+        let long = self.config.sizes_ms[WindowSize::Long as usize];
+        let hour = key.start_ms.div_euclid(long) * long;
+        let get = |owner: Owner, size: WindowSize, start: i64| {
+            inner
+                .series
+                .get(&(owner, key.metric, size))
+                .and_then(|s| s.get(&start))
+                .map(|v| v.stats)
+        };
+        let window = get(key.owner, WindowSize::Short, key.start_ms)?;
+        let region = inner
+            .series
+            .get(&(key.owner, key.metric, WindowSize::Short))
+            .and_then(|s| s.get(&key.start_ms))
+            .map(|v| v.region)?;
+        let baseline = get(key.owner, WindowSize::Long, hour - long).filter(|b| b.count >= 2)?;
+        // The last ten minutes through this window (its recent spread): a detector must
+        // not look ahead.
+        let short = self.config.sizes_ms[WindowSize::Short as usize];
+        let mut recent = window;
+        if let Some(series) = inner
+            .series
+            .get(&(key.owner, key.metric, WindowSize::Short))
+        {
+            for (_, earlier) in
+                series.range(key.start_ms - (RECENT_WINDOWS - 1) * short..key.start_ms)
+            {
+                recent.merge(&earlier.stats);
+            }
+        }
+        let region_window = get(Owner::Region(region), WindowSize::Short, key.start_ms)?;
+        let region_baseline = get(Owner::Region(region), WindowSize::Long, hour - long);
+        let spread = floor_std(baseline.std_dev(), baseline.mean());
+        let f0 = (window.mean() - baseline.mean()) / spread;
+        let f1 = (window.max_value() - baseline.mean())
+            .abs()
+            .max((window.min_value() - baseline.mean()).abs())
+            / spread;
+        let f2 = ((recent.std_dev() + 1e-3) / (spread + 1e-3)).ln();
+        let f3 = leave_one_out(&region_window, &window).map_or(0.0, |(mean, std)| {
+            (window.mean() - mean) / floor_std(std, mean)
+        });
+        let f4 = region_baseline.filter(|b| b.count >= 2).map_or(0.0, |b| {
+            (region_window.mean() - b.mean()) / floor_std(b.std_dev(), b.mean())
+        });
+        Some([f0, f1, f2, f3, f4].map(|f| f as f32))
+    }
+
+    /// Stores the model's verdicts.
+    pub fn set_model_scores(&self, scores: Vec<(WindowKey, ModelScore)>) {
+        let mut inner = self.lock();
+        for (key, score) in scores {
+            if let Some(view) = inner
+                .series
+                .get_mut(&(key.owner, key.metric, key.size))
+                .and_then(|s| s.get_mut(&key.start_ms))
+            {
+                view.model = Some(score);
+            }
+        }
+    }
+}
+
+/// Mean and standard deviation of `all` without the readings of `part` (in the unit).
+fn leave_one_out(all: &WindowStats, part: &WindowStats) -> Option<(f64, f64)> {
+    let count = all.count.checked_sub(part.count).filter(|n| *n > 0)?;
+    let n = count as f64;
+    let scale = canopy_schemas::VALUE_SCALE as f64;
+    let sum = (all.sum - part.sum) as f64 / scale;
+    let sum_sq = (all.sum_sq - part.sum_sq) as f64 / (scale * scale);
+    let mean = sum / n;
+    Some((mean, (sum_sq / n - mean * mean).max(0.0).sqrt()))
+}

@@ -1,0 +1,674 @@
+//! Environmental data: the sensor registry, reading ingest (streaming and bulk), window
+//! features, trends and alerts.
+//!
+//! ```text
+//!  POST /api/v1/data/sensors                     register a sensor (operator, admin)
+//!  POST /api/v1/data/process-sensor-data         one reading or a JSON array: all or nothing
+//!  POST /api/v1/data/ingest-environmental-data   CSV or JSON lines: good rows kept, bad listed
+//!      └─ validate against the registry ─▶ SensorLog::append_async (durable) ─▶ positions
+//!  GET  /api/v1/data/metrics/{region}            newest windows per metric, anomalies, as_of
+//!  GET  /api/v1/data/historical-trends           a region's windows over a range
+//!  GET  /api/v1/data/alerts/stream               threshold alerts as server-sent events
+//! ```
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use canopy_dataflow::{Alert, Owner, Scorer, SensorEngine, SensorViews, WindowSize, WindowView};
+use canopy_ingest::{Position, SensorLog};
+use canopy_schemas::{
+    Metric, RawReading, Sensor, SensorReading, SensorRegistry, name_key, parse_event_time,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::ServingError;
+use crate::app::{ApiJson, Caller, SharedState, now_micros};
+use crate::auth::Action;
+
+/// The most readings one streaming request carries.
+pub const MAX_STREAM_READINGS: usize = 10_000;
+/// The largest bulk upload.
+pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
+/// Good rows are appended in chunks of this many.
+const APPEND_CHUNK: usize = 10_000;
+/// A bulk report lists at most this many bad rows (and counts them all).
+const MAX_LISTED_ERRORS: usize = 1_000;
+
+/// What a node that processes sensor data holds.
+pub struct SensorService {
+    pub log: Arc<dyn SensorLog>,
+    pub registry: RwLock<SensorRegistry>,
+    pub views: Arc<SensorViews>,
+    pub engine: Option<SensorEngine>,
+    pub scorer: Option<Scorer>,
+    /// Why there is no scorer (no ONNX Runtime library, a model that does not load).
+    pub scorer_unavailable: Option<String>,
+    pub alerts: tokio::sync::broadcast::Sender<Alert>,
+}
+
+impl std::fmt::Debug for SensorService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SensorService").finish_non_exhaustive()
+    }
+}
+
+fn service(state: &SharedState) -> Result<&SensorService, ServingError> {
+    state.sensors.as_deref().ok_or(ServingError::SensorsNotHere)
+}
+
+fn now_ms() -> i64 {
+    now_micros() / 1000
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SensorBody {
+    sensor_id: String,
+    region: String,
+    latitude: f64,
+    longitude: f64,
+    /// Metric names, e.g. `["pm25", "no2"]`.
+    metrics: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/data/sensors", tag = "data", request_body = SensorBody, security(("bearer" = [])), responses((status = 201, description = "the sensor is registered (or its registration replaced)"), (status = 422, body = crate::app::ErrorBody)))]
+pub(crate) async fn register_sensor(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<SensorBody>,
+) -> Result<Response, ServingError> {
+    caller.require(&state, Action::RegisterSensors).await?;
+    let sensors = service(&state)?;
+    let metrics = body
+        .metrics
+        .iter()
+        .map(|m| m.parse::<Metric>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let sensor = Sensor {
+        sensor_id: body.sensor_id,
+        region: body.region,
+        latitude: body.latitude,
+        longitude: body.longitude,
+        metrics,
+    };
+    canopy_schemas::validate_sensor(&sensor)?;
+    state.store.put_sensor(&sensor, now_micros()).await?;
+    sensors
+        .registry
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(sensor.clone())?;
+    state
+        .audit(
+            &caller.0.sub.to_string(),
+            "sensor_registered",
+            json!({ "sensor_id": sensor.sensor_id, "region": sensor.region }),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(json!({ "sensor": sensor }))).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/data/sensors", tag = "data", security(("bearer" = [])), responses((status = 200, description = "every registered sensor")))]
+pub(crate) async fn list_sensors(
+    State(state): State<SharedState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::ReadEnvironment).await?;
+    let sensors = service(&state)?;
+    let mut list: Vec<Sensor> = sensors
+        .registry
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .sensors()
+        .cloned()
+        .collect();
+    list.sort_by(|a, b| a.sensor_id.cmp(&b.sensor_id));
+    Ok(Json(json!({ "sensors": list })))
+}
+
+/// One reading as JSON: the streaming body, or one line of a JSON-lines upload.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadingBody {
+    sensor_id: String,
+    #[serde(default)]
+    region: Option<String>,
+    metric: String,
+    #[serde(default)]
+    unit: Option<String>,
+    /// A number (or a numeric string, as some exports write them).
+    #[schema(value_type = f64)]
+    value: serde_json::Value,
+    /// RFC 3339 (`2026-06-01T00:00:10Z`) or integer milliseconds since the Unix epoch.
+    #[serde(alias = "observed_at", alias = "datetime")]
+    #[schema(value_type = String)]
+    timestamp: serde_json::Value,
+    #[serde(default)]
+    quality: Option<String>,
+}
+
+impl ReadingBody {
+    fn validate(
+        &self,
+        registry: &SensorRegistry,
+        now: i64,
+    ) -> Result<SensorReading, canopy_schemas::SchemaError> {
+        let value = match &self.value {
+            serde_json::Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+            serde_json::Value::String(text) => text.trim().parse().unwrap_or(f64::NAN),
+            _ => f64::NAN,
+        };
+        let observed_at = match &self.timestamp {
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .ok_or_else(|| canopy_schemas::SchemaError::BadTimestamp(n.to_string()))?,
+            serde_json::Value::String(text) => parse_event_time(text)?,
+            other => return Err(canopy_schemas::SchemaError::BadTimestamp(other.to_string())),
+        };
+        registry.validate(
+            &RawReading {
+                sensor_id: &self.sensor_id,
+                region: self.region.as_deref(),
+                metric: &self.metric,
+                unit: self.unit.as_deref(),
+                value,
+                observed_at,
+                quality: self.quality.as_deref(),
+            },
+            now,
+        )
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum StreamBody {
+    One(ReadingBody),
+    Many(Vec<ReadingBody>),
+}
+
+/// The position after each partition's last appended reading: wait for these in the views.
+fn ends_of(positions: &[Position]) -> Vec<Position> {
+    let mut ends: BTreeMap<u32, u64> = BTreeMap::new();
+    for position in positions {
+        let end = ends.entry(position.partition).or_default();
+        *end = (*end).max(position.offset + 1);
+    }
+    ends.into_iter()
+        .map(|(partition, offset)| Position { partition, offset })
+        .collect()
+}
+
+#[utoipa::path(post, path = "/api/v1/data/process-sensor-data", tag = "data", request_body = StreamBody, security(("bearer" = [])), responses((status = 201, description = "every reading is durable in the sensor log: positions"), (status = 422, body = crate::app::ErrorBody, description = "a reading was refused (its index and code); nothing was stored")))]
+pub(crate) async fn process_sensor_data(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<StreamBody>,
+) -> Result<Response, ServingError> {
+    caller.require(&state, Action::SubmitReadings).await?;
+    let sensors = service(&state)?;
+    let bodies = match body {
+        StreamBody::One(one) => vec![one],
+        StreamBody::Many(many) => many,
+    };
+    if bodies.is_empty() || bodies.len() > MAX_STREAM_READINGS {
+        return Err(ServingError::BadRequest(format!(
+            "send 1 to {MAX_STREAM_READINGS} readings per request"
+        )));
+    }
+    let readings = {
+        let registry = sensors
+            .registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = now_ms();
+        bodies
+            .iter()
+            .enumerate()
+            .map(|(index, body)| {
+                body.validate(&registry, now)
+                    .map_err(|source| ServingError::InvalidReading { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let positions = sensors.log.append_async(&readings).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "accepted": positions.len(), "positions": positions, "as_of": ends_of(&positions) })),
+    )
+        .into_response())
+}
+
+/// One row of an upload, parsed but not yet validated, with its line number.
+struct UploadRow {
+    line: usize,
+    parsed: Result<ReadingBody, ServingError>,
+}
+
+fn parse_json_lines(text: &str) -> Vec<UploadRow> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| UploadRow {
+            line: index + 1,
+            parsed: serde_json::from_str::<ReadingBody>(line)
+                .map_err(|e| ServingError::BadRequest(format!("not a reading object: {e}"))),
+        })
+        .collect()
+}
+
+/// Column names of the CSV exports air-quality networks publish (OpenAQ's among them),
+/// mapped to reading fields. Other columns (coordinates, station names) are ignored.
+fn csv_field(header: &str) -> Option<&'static str> {
+    let normal = header
+        .trim()
+        .trim_start_matches('\u{feff}')
+        .to_ascii_lowercase();
+    Some(match normal.as_str() {
+        "sensor_id" | "sensors_id" | "sensor" | "sensorid" => "sensor_id",
+        "region" | "area" => "region",
+        "metric" | "parameter" | "pollutant" => "metric",
+        "unit" | "units" => "unit",
+        "value" | "measurement" | "concentration" => "value",
+        "timestamp" | "datetime" | "datetimeutc" | "date_utc" | "observed_at" | "time" | "utc" => {
+            "timestamp"
+        }
+        "quality" | "flag" | "qc" => "quality",
+        _ => return None,
+    })
+}
+
+fn parse_csv(text: &str) -> Result<Vec<UploadRow>, ServingError> {
+    let bad = |reason: String| ServingError::BadUpload {
+        format: "CSV",
+        reason,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = reader.headers().map_err(|e| bad(e.to_string()))?.clone();
+    let columns: Vec<Option<&'static str>> = headers.iter().map(csv_field).collect();
+    for required in ["sensor_id", "metric", "value", "timestamp"] {
+        if !columns.contains(&Some(required)) {
+            return Err(bad(format!(
+                "the header has no {required} column (it has: {})",
+                headers.iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let (line, parsed) = match record {
+            Ok(record) => {
+                let line = record.position().map_or(0, |p| p.line() as usize);
+                let mut fields = serde_json::Map::new();
+                for (value, column) in record.iter().zip(&columns) {
+                    if let Some(column) = column
+                        && !value.is_empty()
+                    {
+                        fields.insert((*column).into(), serde_json::Value::String(value.into()));
+                    }
+                }
+                let parsed = serde_json::from_value::<ReadingBody>(fields.into()).map_err(|e| {
+                    ServingError::BadRequest(format!("a required field is missing: {e}"))
+                });
+                (line, parsed)
+            }
+            Err(error) => {
+                let line = error.position().map_or(0, |p| p.line() as usize);
+                (line, Err(bad(error.to_string())))
+            }
+        };
+        rows.push(UploadRow { line, parsed });
+    }
+    Ok(rows)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct UploadQuery {
+    /// `csv` or `jsonl`; otherwise taken from the Content-Type.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/data/ingest-environmental-data", tag = "data", params(UploadQuery), request_body(content = String, description = "CSV with a header row (text/csv) or JSON lines (application/x-ndjson), up to 64 MiB"), security(("bearer" = [])), responses((status = 200, description = "good rows durable in the sensor log; each bad row listed with its line number and code"), (status = 422, body = crate::app::ErrorBody, description = "not CSV / JSON lines at all, or no row at all")))]
+pub(crate) async fn ingest_environmental_data(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(query): Query<UploadQuery>,
+    request: Request,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::SubmitReadings).await?;
+    let sensors = service(&state)?;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let format = match query.format.as_deref().map(str::to_ascii_lowercase) {
+        Some(f) if f == "csv" => "csv",
+        Some(f) if f == "jsonl" || f == "ndjson" => "jsonl",
+        Some(other) => {
+            return Err(ServingError::BadRequest(format!(
+                "format {other:?} is not csv or jsonl"
+            )));
+        }
+        None if content_type.contains("csv") => "csv",
+        None if content_type.contains("ndjson") || content_type.contains("jsonl") => "jsonl",
+        None => {
+            return Err(ServingError::BadRequest(
+                "say the format: Content-Type text/csv or application/x-ndjson, or ?format=csv|jsonl"
+                    .into(),
+            ));
+        }
+    };
+    let bytes = axum::body::to_bytes(request.into_body(), MAX_UPLOAD_BYTES)
+        .await
+        .map_err(|_| ServingError::BodyTooLarge {
+            limit: MAX_UPLOAD_BYTES,
+        })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| ServingError::BadUpload {
+        format: if format == "csv" { "CSV" } else { "JSON lines" },
+        reason: format!("not UTF-8: {e}"),
+    })?;
+    let rows = if format == "csv" {
+        parse_csv(text)?
+    } else {
+        parse_json_lines(text)
+    };
+    if rows.is_empty() {
+        return Err(ServingError::BadUpload {
+            format: if format == "csv" { "CSV" } else { "JSON lines" },
+            reason: "it holds no rows".into(),
+        });
+    }
+    let mut good = Vec::with_capacity(rows.len());
+    let mut rejected = Vec::new();
+    let mut rejected_count = 0usize;
+    {
+        let registry = sensors
+            .registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = now_ms();
+        for row in &rows {
+            let checked = row
+                .parsed
+                .as_ref()
+                .map_err(|e| (e.code(), e.to_string()))
+                .and_then(|body| {
+                    body.validate(&registry, now)
+                        .map_err(|e| (e.code(), e.to_string()))
+                });
+            match checked {
+                Ok(reading) => good.push(reading),
+                Err((code, message)) => {
+                    rejected_count += 1;
+                    if rejected.len() < MAX_LISTED_ERRORS {
+                        rejected
+                            .push(json!({ "line": row.line, "code": code, "message": message }));
+                    }
+                }
+            }
+        }
+    }
+    let total = good.len();
+    let mut positions = Vec::with_capacity(total);
+    let started = std::time::Instant::now();
+    for chunk in good.chunks(APPEND_CHUNK) {
+        match sensors.log.append_async(chunk).await {
+            Ok(stored) => positions.extend(stored),
+            Err(error) => {
+                // What is durable stays; the report says how far the upload got.
+                tracing::error!(%error, stored = positions.len(), total, "a bulk upload stopped");
+                return Err(error.into());
+            }
+        }
+        if total > APPEND_CHUNK {
+            tracing::info!(stored = positions.len(), total, "storing a bulk upload");
+        }
+    }
+    tracing::info!(
+        accepted = positions.len(),
+        rejected = rejected_count,
+        seconds = started.elapsed().as_secs_f64(),
+        "bulk upload stored"
+    );
+    state
+        .audit(
+            &caller.0.sub.to_string(),
+            "sensor_upload",
+            json!({ "format": format, "accepted": positions.len(), "rejected": rejected_count }),
+        )
+        .await;
+    Ok(Json(json!({
+        "rows": rows.len(),
+        "accepted": positions.len(),
+        "rejected_count": rejected_count,
+        "rejected": rejected,
+        "as_of": ends_of(&positions),
+    })))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct MetricsQuery {
+    /// Wait (up to 5 s) until the views include this offset of the region's partition.
+    #[serde(default)]
+    min_offset: Option<u64>,
+}
+
+fn window_json(
+    views: &SensorViews,
+    size: WindowSize,
+    start: i64,
+    view: &WindowView,
+) -> serde_json::Value {
+    let length = views.config().sizes_ms[size as usize];
+    let stats = &view.stats;
+    json!({
+        "start": start,
+        "end": start + length,
+        "count": stats.count,
+        "mean": stats.mean(),
+        "variance": stats.variance(),
+        "std_dev": stats.std_dev(),
+        "min": stats.min_value(),
+        "max": stats.max_value(),
+        "last": stats.last_value(),
+        "last_at": stats.last_at,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/data/metrics/{region}", tag = "data", params(("region" = String, Path, description = "region name"), MetricsQuery), security(("bearer" = [])), responses((status = 200, description = "per metric: the newest short and long window, the sensors flagged by z-score or model, as_of"), (status = 404, body = crate::app::ErrorBody), (status = 504, body = crate::app::ErrorBody)))]
+pub(crate) async fn region_metrics(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(region): Path<String>,
+    Query(query): Query<MetricsQuery>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::ReadEnvironment).await?;
+    let sensors = service(&state)?;
+    let views = Arc::clone(&sensors.views);
+    if let Some(offset) = query.min_offset {
+        let position = Position {
+            partition: views.as_of(&region).partition,
+            offset,
+        };
+        let wait = state.config.max_results_wait;
+        let waiting = Arc::clone(&views);
+        tokio::task::spawn_blocking(move || waiting.wait_for(position, wait))
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))?
+            .map_err(|_| canopy_dataflow::DataflowError::Timeout {
+                position,
+                waited: wait,
+            })?;
+    }
+    let as_of = views.as_of(&region);
+    let metrics = views.region_metrics(&region);
+    if metrics.is_empty() {
+        return Err(ServingError::NotFound {
+            what: "region with readings",
+        });
+    }
+    let owner = Owner::Region(name_key("region", &region));
+    let sensors_of_region = views.region_sensors(&region);
+    let mut out = Vec::new();
+    for metric in metrics {
+        let windows: serde_json::Map<String, serde_json::Value> = WindowSize::BOTH
+            .iter()
+            .filter_map(|size| {
+                views.latest(owner, metric, *size).map(|(start, view)| {
+                    let name = match size {
+                        WindowSize::Short => "short_window",
+                        WindowSize::Long => "long_window",
+                    };
+                    (name.to_string(), window_json(&views, *size, start, &view))
+                })
+            })
+            .collect();
+        let mut anomalies = Vec::new();
+        for (key, name) in &sensors_of_region {
+            if let Some((start, view)) =
+                views.latest(Owner::Sensor(*key), metric, WindowSize::Short)
+            {
+                let z_flagged = view.z.is_some_and(|z| z.flagged);
+                let model_flagged = view.model.is_some_and(|m| m.flagged);
+                if z_flagged || model_flagged {
+                    anomalies.push(json!({
+                        "sensor_id": name,
+                        "window_start": start,
+                        "z_max": view.z.map(|z| z.max_abs),
+                        "z_flagged": z_flagged,
+                        "p_fault": view.model.map(|m| m.p_fault),
+                        "model_flagged": model_flagged,
+                    }));
+                }
+            }
+        }
+        let mut entry = serde_json::Map::new();
+        entry.insert("metric".into(), json!(metric));
+        entry.insert("unit".into(), json!(metric.unit()));
+        entry.extend(windows);
+        entry.insert("anomalies".into(), json!(anomalies));
+        out.push(serde_json::Value::Object(entry));
+    }
+    Ok(Json(json!({
+        "region": region,
+        "as_of": as_of,
+        "metrics": out,
+        "model": match &sensors.scorer_unavailable {
+            Some(reason) => json!({ "available": false, "reason": reason }),
+            None => json!({ "available": true, "scored_windows": sensors.scorer.as_ref().map(Scorer::scored) }),
+        },
+        "too_late_readings": views.too_late(),
+    })))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct TrendsQuery {
+    region: String,
+    metric: String,
+    /// `minute` (the short window) or `hour` (the long window, the default).
+    #[serde(default)]
+    bucket: Option<String>,
+    /// Epoch milliseconds or RFC 3339; default: everything the view store holds.
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    /// Per-sensor series instead of the region's.
+    #[serde(default)]
+    sensor_id: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/data/historical-trends", tag = "data", params(TrendsQuery), security(("bearer" = [])), responses((status = 200, description = "the series' windows in the range, oldest first (from the view store: a day of minutes, a month of hours)"), (status = 422, body = crate::app::ErrorBody)))]
+pub(crate) async fn historical_trends(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(query): Query<TrendsQuery>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::ReadEnvironment).await?;
+    let sensors = service(&state)?;
+    let metric: Metric = query.metric.parse()?;
+    let size = match query.bucket.as_deref().unwrap_or("hour") {
+        "minute" | "short" => WindowSize::Short,
+        "hour" | "long" => WindowSize::Long,
+        other => {
+            return Err(ServingError::BadRequest(format!(
+                "bucket {other:?} is not minute or hour (longer ranges and day/week buckets come from the analytics lake)"
+            )));
+        }
+    };
+    let from = query
+        .from
+        .as_deref()
+        .map(parse_event_time)
+        .transpose()?
+        .unwrap_or(i64::MIN);
+    let to = query
+        .to
+        .as_deref()
+        .map(parse_event_time)
+        .transpose()?
+        .unwrap_or(i64::MAX);
+    if from >= to {
+        return Err(ServingError::BadRequest("from must be before to".into()));
+    }
+    let owner = match &query.sensor_id {
+        Some(sensor) => Owner::Sensor(name_key("sensor", sensor)),
+        None => Owner::Region(name_key("region", &query.region)),
+    };
+    let views = &sensors.views;
+    let points: Vec<serde_json::Value> = views
+        .windows(owner, metric, size, from, to)
+        .iter()
+        .map(|(start, view)| window_json(views, size, *start, view))
+        .collect();
+    Ok(Json(json!({
+        "region": query.region,
+        "sensor_id": query.sensor_id,
+        "metric": metric,
+        "unit": metric.unit(),
+        "bucket": if size == WindowSize::Short { "minute" } else { "hour" },
+        "as_of": views.as_of(&query.region),
+        "points": points,
+    })))
+}
+
+#[utoipa::path(get, path = "/api/v1/data/alerts/stream", tag = "data", security(("bearer" = [])), responses((status = 200, description = "text/event-stream: one `alert` event per threshold crossing")))]
+pub(crate) async fn alert_stream(
+    State(state): State<SharedState>,
+    caller: Caller,
+) -> Result<Response, ServingError> {
+    caller.require(&state, Action::ReadEnvironment).await?;
+    let sensors = service(&state)?;
+    let receiver = sensors.alerts.subscribe();
+    let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(alert) => Event::default()
+                .event("alert")
+                .json_data(&alert)
+                .unwrap_or_else(|_| Event::default().event("alert")),
+            // A subscriber too slow for the alert rate misses some; it is told how many.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                Event::default().event("lagged").data(missed.to_string())
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(event), receiver))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
