@@ -62,6 +62,19 @@ pub struct UpArgs {
     /// Replicas per partition (and min.insync.replicas) for a topic created here.
     #[arg(long, default_value_t = 1, requires = "kafka_brokers")]
     kafka_replication: i32,
+    /// Sensor windows, short and long, in seconds (the long a multiple of the short).
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [60, 3600])]
+    sensor_windows_s: Vec<i64>,
+    /// How long after a window's end a late reading still corrects it.
+    #[arg(long, default_value_t = 300)]
+    allowed_lateness_s: i64,
+    /// ONNX Runtime's shared library for the anomaly model (`scripts/onnxruntime` fetches
+    /// it from PyPI). Without it z-scores still flag anomalies; the model scores nothing.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    onnxruntime: Option<PathBuf>,
+    /// Take no sensor readings (no sensor log, no features dataflow).
+    #[arg(long)]
+    no_sensors: bool,
     #[cfg(feature = "evm")]
     #[command(flatten)]
     evm: crate::evm::EvmArgs,
@@ -104,6 +117,14 @@ fn node_config(args: &UpArgs) -> NodeConfig {
             min_insync_replicas: args.kafka_replication,
             ..canopy_ingest::KafkaConfig::new(brokers.clone(), args.kafka_topic.clone())
         });
+    config.sensors.enabled = !args.no_sensors;
+    config.sensors.onnxruntime = args.onnxruntime.clone();
+    let windows = &mut config.sensors.engine.windows;
+    windows.sizes_ms = [
+        args.sensor_windows_s[0].saturating_mul(1000),
+        args.sensor_windows_s[1].saturating_mul(1000),
+    ];
+    windows.allowed_lateness_ms = args.allowed_lateness_s.saturating_mul(1000);
     config
 }
 

@@ -12,6 +12,7 @@ use canopy_dataflow::{
     WindowSize, WindowStats, build_sensor_dataflow, z_scores,
 };
 use canopy_schemas::Metric;
+use foldhash::quality::FixedState;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -78,9 +79,12 @@ fn reading_stream(args: &SensorArgs, config: &WindowConfig) -> Vec<FeedReading> 
         .collect()
 }
 
+type Windows = HashMap<WindowKey, WindowStats, FixedState>;
+
 /// The same windows and z-scores, one reading at a time, in one HashMap.
-fn baseline(config: &WindowConfig, readings: &[FeedReading]) -> HashMap<WindowKey, WindowStats> {
-    let mut windows: HashMap<WindowKey, WindowStats> = HashMap::new();
+fn baseline(config: &WindowConfig, readings: &[FeedReading]) -> Windows {
+    // The dataflow's hasher, so the comparison is of the computation, not of SipHash.
+    let mut windows: Windows = HashMap::with_hasher(FixedState::with_seed(0));
     for reading in readings {
         for size in WindowSize::BOTH {
             if !reading.open[size as usize] {
