@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a whole node in one process: API on 127.0.0.1:8080, data under ./canopy-data.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Run one process of the dataflow cluster (a timely process over the Kafka topic,
     /// publishing results into Redis, checkpointing into PostgreSQL).
     Worker(cluster::WorkerArgs),
@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Evm {
             command: EvmCommand::Deploy(args),
         } => evm::deploy(args),
-        Command::Up(args) => up::up(args),
+        Command::Up(args) => up::up(*args),
         Command::Migrate(args) => up::migrate(args),
         Command::Admin {
             command: AdminCommand::Create(args),

@@ -228,6 +228,7 @@ async fn start_sensors(
         scorer,
         scorer_unavailable,
         alerts,
+        closing: tokio::sync::watch::Sender::new(false),
     })
 }
 
@@ -468,6 +469,9 @@ impl Node {
         let _ = self.anchoring.send(true);
         if let Some(task) = self.anchor_task {
             let _ = task.await;
+        }
+        if let Some(sensors) = &self.state.sensors {
+            sensors.closing.send_replace(true);
         }
         let _ = self.stop.send(());
         self.server

@@ -33,8 +33,9 @@ use crate::ServingError;
 use crate::app::{ApiJson, Caller, SharedState, now_micros};
 use crate::auth::Action;
 
-/// The most readings one streaming request carries.
-pub const MAX_STREAM_READINGS: usize = 10_000;
+/// The most readings one streaming request carries (the 64 KiB body limit holds about 500
+/// typical ones; larger sets go to the bulk upload).
+pub const MAX_STREAM_READINGS: usize = 1_000;
 /// The largest bulk upload.
 pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 /// Good rows are appended in chunks of this many.
@@ -52,6 +53,9 @@ pub struct SensorService {
     /// Why there is no scorer (no ONNX Runtime library, a model that does not load).
     pub scorer_unavailable: Option<String>,
     pub alerts: tokio::sync::broadcast::Sender<Alert>,
+    /// Set when the node shuts down: alert streams end, so their connections let the
+    /// server's graceful shutdown finish.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for SensorService {
@@ -653,9 +657,13 @@ pub(crate) async fn alert_stream(
 ) -> Result<Response, ServingError> {
     caller.require(&state, Action::ReadEnvironment).await?;
     let sensors = service(&state)?;
-    let receiver = sensors.alerts.subscribe();
-    let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        let event = match receiver.recv().await {
+    let streams = (sensors.alerts.subscribe(), sensors.closing.subscribe());
+    let events = futures_util::stream::unfold(streams, |(mut alerts, mut closing)| async move {
+        let received = tokio::select! {
+            received = alerts.recv() => received,
+            _ = closing.wait_for(|closed| *closed) => return None,
+        };
+        let event = match received {
             Ok(alert) => Event::default()
                 .event("alert")
                 .json_data(&alert)
@@ -666,7 +674,7 @@ pub(crate) async fn alert_stream(
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         };
-        Some((Ok::<_, Infallible>(event), receiver))
+        Some((Ok::<_, Infallible>(event), (alerts, closing)))
     });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

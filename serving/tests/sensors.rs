@@ -444,4 +444,14 @@ async fn threshold_alerts_reach_subscribers_and_the_audit_trail() {
         assert!(std::time::Instant::now() < deadline, "{trail}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A subscriber still connected does not hold the node up: shutting down ends its stream.
+    tokio::time::timeout(Duration::from_secs(10), node.node.shutdown())
+        .await
+        .expect("the node shuts down with a subscriber connected")
+        .unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the alert stream ended with the node");
 }
