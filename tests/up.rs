@@ -224,7 +224,12 @@ fn migrate_applies_each_migration_once() {
     };
     assert_eq!(
         run()["applied"],
-        json!(["0001_init", "0002_record", "0003_engine_state"])
+        json!([
+            "0001_init",
+            "0002_record",
+            "0003_engine_state",
+            "0004_sensors"
+        ])
     );
     assert_eq!(run()["applied"], json!([]));
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use canopy_schemas::{ComponentWeights, Decision, DecisionId, Method};
+use canopy_schemas::{ComponentWeights, Decision, DecisionId, Method, Metric, Sensor};
 use canopy_serving::ServingError;
 use canopy_serving::auth::Role;
 use canopy_serving::store::*;
@@ -43,7 +43,8 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
         vec![
             "0001_init".to_string(),
             "0002_record".to_string(),
-            "0003_engine_state".to_string()
+            "0003_engine_state".to_string(),
+            "0004_sensors".to_string()
         ]
     );
     assert!(
@@ -211,6 +212,27 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
     };
     store.put_decision(&renamed, admin.id, 3).await.unwrap();
     assert_eq!(store.decisions().await.unwrap(), vec![renamed, second]);
+
+    // The sensor registry: a re-registration replaces the sensor (a move to another region).
+    let sensor = Sensor {
+        sensor_id: "aq-1".into(),
+        region: "north".into(),
+        latitude: 1.5,
+        longitude: 2.5,
+        metrics: vec![Metric::Pm25, Metric::No2],
+    };
+    store.put_sensor(&sensor, 1).await.unwrap();
+    let moved = Sensor {
+        region: "south".into(),
+        ..sensor.clone()
+    };
+    store.put_sensor(&moved, 2).await.unwrap();
+    let other = Sensor {
+        sensor_id: "aq-0".into(),
+        ..sensor
+    };
+    store.put_sensor(&other, 3).await.unwrap();
+    assert_eq!(store.sensors().await.unwrap(), vec![other, moved]);
 
     // The audit trail chains every entry to the one before.
     for n in 0..5 {
@@ -489,5 +511,5 @@ async fn processes_starting_together_migrate_once() {
         1,
         "{applied:?}"
     );
-    assert_eq!(applied.concat().len(), 3, "{applied:?}");
+    assert_eq!(applied.concat().len(), 4, "{applied:?}");
 }
