@@ -162,6 +162,7 @@ impl std::fmt::Debug for Scorer {
 
 impl Scorer {
     pub fn start(mut model: AnomalyModel, views: Arc<SensorViews>, config: ScorerConfig) -> Self {
+        views.collect_unscored();
         let stop = Arc::new(AtomicBool::new(false));
         let scored = Arc::new(AtomicU64::new(0));
         let failure: Arc<Mutex<Option<String>>> = Arc::default();

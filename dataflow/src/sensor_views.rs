@@ -3,6 +3,7 @@
 //! alerts per region.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -120,6 +121,9 @@ pub struct SensorViews {
     inner: Mutex<Inner>,
     advanced: Condvar,
     alert_sink: Mutex<Option<AlertSink>>,
+    /// Whether a scorer takes the changed windows; without one they are not collected
+    /// (the set would only grow).
+    scoring: AtomicBool,
 }
 
 impl std::fmt::Debug for SensorViews {
@@ -148,6 +152,7 @@ impl SensorViews {
             }),
             advanced: Condvar::new(),
             alert_sink: Mutex::new(None),
+            scoring: AtomicBool::new(false),
         }
     }
 
@@ -181,9 +186,15 @@ impl SensorViews {
         inner.region_sensors.entry(region).or_default().insert(key);
     }
 
+    /// From now on, collect the sensor windows each epoch changes for a scorer to take.
+    pub fn collect_unscored(&self) {
+        self.scoring.store(true, Ordering::Release);
+    }
+
     /// Applies one complete epoch of window changes.
     pub fn publish(&self, updates: Vec<WindowUpdate>) {
         let mut alerts = Vec::new();
+        let scoring = self.scoring.load(Ordering::Acquire);
         {
             let mut inner = self.lock();
             let mut newest_region_windows: HashMap<(u64, Metric), i64> = HashMap::new();
@@ -209,7 +220,7 @@ impl SensorViews {
                     series.pop_first();
                 }
                 match key.owner {
-                    Owner::Sensor(_) if key.size == WindowSize::Short => {
+                    Owner::Sensor(_) if scoring && key.size == WindowSize::Short => {
                         inner.unscored.insert(key);
                     }
                     Owner::Region(region) if key.size == WindowSize::Short => {

@@ -182,13 +182,7 @@ async fn start_sensors(
             });
         });
     }
-    let engine_config = settings.engine.clone();
-    let (engine_log, engine_views) = (Arc::clone(&log), Arc::clone(&views));
-    let engine = tokio::task::spawn_blocking(move || {
-        SensorEngine::start(engine_config, engine_log, engine_views)
-    })
-    .await
-    .map_err(|e| ServingError::Internal(e.to_string()))??;
+    // The scorer first: it must see every window the engine publishes, replay included.
     let library = settings
         .onnxruntime
         .clone()
@@ -220,6 +214,13 @@ async fn start_sensors(
             }
         }
     };
+    let engine_config = settings.engine.clone();
+    let (engine_log, engine_views) = (Arc::clone(&log), Arc::clone(&views));
+    let engine = tokio::task::spawn_blocking(move || {
+        SensorEngine::start(engine_config, engine_log, engine_views)
+    })
+    .await
+    .map_err(|e| ServingError::Internal(e.to_string()))??;
     Ok(SensorService {
         log,
         registry: std::sync::RwLock::new(registry),
