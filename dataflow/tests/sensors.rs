@@ -6,12 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use canopy_dataflow::{
-    AlertRules, Owner, Retention, SensorViews, WindowConfig, WindowKey, WindowSize, WindowStats,
-    ZScores, build_sensor_dataflow, recompute_features,
+    AlertRules, Owner, Retention, SensorEngine, SensorEngineConfig, SensorViews, WindowConfig,
+    WindowKey, WindowSize, WindowStats, ZScores, build_sensor_dataflow, recompute_features,
 };
-use canopy_ingest::{Position, SensorRecord, partition_for_region};
+use canopy_ingest::{
+    KafkaConfig, KafkaSensorLog, Position, SegmentLogConfig, SensorLog, SensorRecord,
+    SensorSegmentLog, partition_for_region,
+};
 use canopy_schemas::{Metric, Quality, SensorReading};
 use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
 
 const PARTITIONS: u32 = 2;
 const T0: i64 = 1_780_000_000_000;
@@ -199,4 +203,111 @@ fn late_readings_correct_open_windows_and_leave_final_ones_alone() {
         3,
         "corrected in the epoch it arrived"
     );
+}
+
+/// The engine over a real sensor log: readings appended before it starts and while it runs
+/// are all in the views once its frontier reaches the log's ends, and the views equal the
+/// recomputation over what the log holds.
+fn engine_equals_the_recomputation(log: Arc<dyn SensorLog>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let draws: Vec<Draw> = (0..600)
+        .map(|_| {
+            (
+                rng.random_range(0..5),
+                rng.random_range(0..2),
+                rng.random_range(0..20_000),
+                if rng.random_bool(0.1) {
+                    rng.random_range(0..300_000)
+                } else {
+                    0
+                },
+                rng.random_range(0..100_000_000),
+                rng.random_bool(0.03),
+            )
+        })
+        .collect();
+    let readings: Vec<SensorReading> = log_of(&draws).into_iter().map(|r| r.reading).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(log.append_async(&readings[..300]))
+        .unwrap();
+    let views = Arc::new(SensorViews::new(
+        log.partitions(),
+        config(),
+        Retention::default(),
+        AlertRules::default(),
+    ));
+    let engine = SensorEngine::start(
+        SensorEngineConfig {
+            workers: 2,
+            windows: config(),
+            ..SensorEngineConfig::default()
+        },
+        Arc::clone(&log),
+        Arc::clone(&views),
+    )
+    .unwrap();
+    runtime
+        .block_on(log.append_async(&readings[300..]))
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut stored = Vec::new();
+    for partition in 0..log.partitions() {
+        let end = log.end_offset(partition).unwrap();
+        while views.frontier(partition) < end {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "partition {partition} not caught up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut from = 0;
+        while from < end {
+            let batch = log.read(partition, from, 1_000).unwrap();
+            from = batch.last().unwrap().position.offset + 1;
+            stored.extend(batch);
+        }
+    }
+    assert_eq!(stored.len(), readings.len());
+    let published: Published = views
+        .all_windows()
+        .into_iter()
+        .map(|(key, view)| (key, (view.stats, view.z)))
+        .collect();
+    assert_eq!(
+        published,
+        recompute_features(&config(), log.partitions(), &stored)
+    );
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn the_engine_over_the_segment_sensor_log_equals_the_recomputation() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SensorSegmentLog::open(
+        dir.path(),
+        SegmentLogConfig {
+            partitions: PARTITIONS,
+            ..SegmentLogConfig::default()
+        },
+    )
+    .unwrap();
+    engine_equals_the_recomputation(Arc::new(log));
+}
+
+/// Readings on a Kafka topic keyed by region (a real tansu broker, started by scripts/test).
+#[test]
+fn the_engine_over_a_kafka_topic_keyed_by_region_equals_the_recomputation() {
+    let broker = std::env::var("CANOPY_TEST_KAFKA")
+        .expect("CANOPY_TEST_KAFKA must name a Kafka-protocol broker (scripts/test starts tansu)");
+    let topic = format!("canopy-sensors-{}", uuid::Uuid::new_v4().simple());
+    let log = KafkaSensorLog::connect(KafkaConfig {
+        partitions: PARTITIONS,
+        ..KafkaConfig::new(broker, topic)
+    })
+    .unwrap();
+    engine_equals_the_recomputation(Arc::new(log));
 }
