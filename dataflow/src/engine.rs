@@ -10,6 +10,7 @@ use canopy_ingest::{VoteLog, partition_for};
 use canopy_schemas::{Decision, DecisionId};
 use timely::CommunicationConfig;
 use timely::WorkerConfig;
+use timely::communication::WorkerGuards;
 use timely::execute::{Config, execute};
 use timely::worker::Worker;
 
@@ -130,7 +131,7 @@ fn clock_epoch() -> Epoch {
 pub struct TallyEngine {
     shared: Arc<Shared>,
     /// In a mutex only so the engine is `Sync` and can sit in shared server state.
-    guards: Mutex<Option<timely::communication::WorkerGuards<Result<(), String>>>>,
+    workers: Workers,
 }
 
 impl std::fmt::Debug for TallyEngine {
@@ -198,7 +199,7 @@ impl TallyEngine {
         .map_err(DataflowError::Start)?;
         Ok(Self {
             shared,
-            guards: Mutex::new(Some(guards)),
+            workers: Workers::new(guards),
         })
     }
 
@@ -213,11 +214,7 @@ impl TallyEngine {
     /// come back; its process should exit so that the cluster is restarted from its
     /// checkpoint.
     pub fn has_stopped(&self) -> bool {
-        self.guards
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|guards| guards.guards().iter().any(|g| g.is_finished()))
+        self.workers.any_finished()
     }
 
     /// Stops the workers and waits for them; reports a worker that stopped on an error.
@@ -227,12 +224,31 @@ impl TallyEngine {
 
     fn stop(&mut self) -> Result<(), DataflowError> {
         self.shared.shutdown.store(true, Ordering::Release);
-        let Some(guards) = self
-            .guards
+        self.workers.join()
+    }
+}
+
+/// The worker threads of a running timely computation.
+pub(crate) struct Workers(Mutex<Option<WorkerGuards<Result<(), String>>>>);
+
+impl Workers {
+    pub(crate) fn new(guards: WorkerGuards<Result<(), String>>) -> Self {
+        Self(Mutex::new(Some(guards)))
+    }
+
+    /// Whether a worker has ended (failed, panicked, lost a peer process).
+    pub(crate) fn any_finished(&self) -> bool {
+        self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
+            .as_ref()
+            .is_some_and(|guards| guards.guards().iter().any(|g| g.is_finished()))
+    }
+
+    /// Waits for every worker (once they were told to stop); reports the first that
+    /// stopped on an error or panicked.
+    pub(crate) fn join(&self) -> Result<(), DataflowError> {
+        let Some(guards) = self.0.lock().unwrap_or_else(PoisonError::into_inner).take() else {
             return Ok(());
         };
         for result in guards.join() {

@@ -1,15 +1,15 @@
 //! Runs the features dataflow over a sensor log on W worker threads of one process: worker
 //! i reads partitions p ≡ i (mod W) from the start, every reading in log order.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use canopy_ingest::SensorLog;
-use timely::communication::WorkerGuards;
 use timely::{Config, execute};
 
 use crate::DataflowError;
+use crate::engine::Workers;
 use crate::sensor_views::SensorViews;
 use crate::sensors::{WindowConfig, build_sensor_dataflow};
 
@@ -44,7 +44,7 @@ struct Shared {
 
 pub struct SensorEngine {
     shared: Arc<Shared>,
-    guards: Mutex<Option<WorkerGuards<Result<(), String>>>>,
+    workers: Workers,
 }
 
 impl std::fmt::Debug for SensorEngine {
@@ -121,17 +121,13 @@ impl SensorEngine {
         .map_err(DataflowError::Start)?;
         Ok(Self {
             shared,
-            guards: Mutex::new(Some(guards)),
+            workers: Workers::new(guards),
         })
     }
 
     /// Whether a worker ended without being asked to (a corrupt log, a panic).
     pub fn has_stopped(&self) -> bool {
-        self.guards
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|guards| guards.guards().iter().any(|g| g.is_finished()))
+        self.workers.any_finished()
     }
 
     pub fn shutdown(mut self) -> Result<(), DataflowError> {
@@ -140,22 +136,7 @@ impl SensorEngine {
 
     fn stop(&mut self) -> Result<(), DataflowError> {
         self.shared.shutdown.store(true, Ordering::Release);
-        let Some(guards) = self
-            .guards
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
-            return Ok(());
-        };
-        for result in guards.join() {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => return Err(DataflowError::Stopped(reason)),
-                Err(panic) => return Err(DataflowError::WorkerPanicked(panic)),
-            }
-        }
-        Ok(())
+        self.workers.join()
     }
 }
 

@@ -33,11 +33,10 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
 use timely::dataflow::operators::vec::Input as TimelyInput;
-use timely::dataflow::operators::{Capability, InputCapability};
 use timely::worker::Worker;
 
 use crate::sensor_views::SensorViews;
-use crate::tally::Epoch;
+use crate::tally::{Epoch, EpochBuffer, hold_epoch, pop_complete};
 
 /// Window lengths and lateness.
 #[derive(Clone, Debug, PartialEq)]
@@ -501,12 +500,18 @@ pub fn recompute_features(
         .collect()
 }
 
-type HeldEpoch<D> = (Capability<Epoch>, Vec<D>);
-
-fn epoch_of(capability: &InputCapability<Epoch>) -> Epoch {
-    *capability
-        .least()
-        .expect("a message carries at least one time")
+/// The key of `name`, computed (and announced) once.
+fn cached_key(
+    cache: &mut HashMap<String, u64>,
+    name: &str,
+    first: impl FnOnce(&str) -> u64,
+) -> u64 {
+    if let Some(key) = cache.get(name) {
+        return *key;
+    }
+    let key = first(name);
+    cache.insert(name.to_string(), key);
+    key
 }
 
 /// One worker's handles on the features dataflow.
@@ -545,21 +550,14 @@ pub fn build_sensor_dataflow(
                 "WindowFeatures",
                 move |_capability, _info| {
                     let mut state = WindowState::new();
-                    let mut pending: BTreeMap<Epoch, HeldEpoch<FeedReading>> = BTreeMap::new();
+                    let mut pending: EpochBuffer<FeedReading> = BTreeMap::new();
                     move |(input, frontier), output| {
                         input.for_each(|capability, readings| {
-                            let epoch = epoch_of(&capability);
-                            pending
-                                .entry(epoch)
-                                .or_insert_with(|| (capability.delayed(&epoch, 0), Vec::new()))
-                                .1
-                                .append(readings);
+                            hold_epoch(&mut pending, &capability, readings)
                         });
-                        while let Some(entry) = pending.first_entry() {
-                            if frontier.less_equal(entry.key()) {
-                                break;
-                            }
-                            let (capability, readings) = entry.remove();
+                        while let Some((_, (capability, readings))) =
+                            pop_complete(&mut pending, |epoch| frontier.less_equal(epoch))
+                        {
                             let updates = state.apply(&operator_config, &readings);
                             if !updates.is_empty() {
                                 output
@@ -576,21 +574,14 @@ pub fn build_sensor_dataflow(
                 move |_capability, _info| {
                     // Holding each epoch's capability until it is published keeps the probe
                     // behind it: "published" then means in the views, not just delivered.
-                    let mut pending: BTreeMap<Epoch, HeldEpoch<WindowUpdate>> = BTreeMap::new();
+                    let mut pending: EpochBuffer<WindowUpdate> = BTreeMap::new();
                     move |(input, frontier), _output| {
                         input.for_each(|capability, updates| {
-                            let epoch = epoch_of(&capability);
-                            pending
-                                .entry(epoch)
-                                .or_insert_with(|| (capability.delayed(&epoch, 0), Vec::new()))
-                                .1
-                                .append(updates);
+                            hold_epoch(&mut pending, &capability, updates)
                         });
-                        while let Some(entry) = pending.first_entry() {
-                            if frontier.less_equal(entry.key()) {
-                                break;
-                            }
-                            let (_capability, updates) = entry.remove();
+                        while let Some((_, (_capability, updates))) =
+                            pop_complete(&mut pending, |epoch| frontier.less_equal(epoch))
+                        {
                             sink.publish(updates);
                         }
                     }
@@ -629,24 +620,17 @@ impl SensorInputs {
         else {
             return;
         };
-        let region = match self.region_keys.get(&reading.region) {
-            Some(key) => *key,
-            None => {
-                let key = reading.region_key();
-                self.views.name_region(key, &reading.region);
-                self.region_keys.insert(reading.region.clone(), key);
-                key
-            }
-        };
-        let sensor = match self.sensor_keys.get(&reading.sensor_id) {
-            Some(key) => *key,
-            None => {
-                let key = reading.sensor_key();
-                self.views.name_sensor(key, &reading.sensor_id, region);
-                self.sensor_keys.insert(reading.sensor_id.clone(), key);
-                key
-            }
-        };
+        let views = &self.views;
+        let region = cached_key(&mut self.region_keys, &reading.region, |name| {
+            let key = reading.region_key();
+            views.name_region(key, name);
+            key
+        });
+        let sensor = cached_key(&mut self.sensor_keys, &reading.sensor_id, |name| {
+            let key = reading.sensor_key();
+            views.name_sensor(key, name, region);
+            key
+        });
         self.readings.send(FeedReading {
             region,
             sensor,

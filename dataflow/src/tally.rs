@@ -154,14 +154,29 @@ enum DecisionEntry {
 type VoteKey = (u128, u128);
 
 /// An epoch's records held back until it is complete, with the capability to emit at it.
-type HeldEpoch<D> = (Capability<Epoch>, Vec<D>);
+pub(crate) type HeldEpoch<D> = (Capability<Epoch>, Vec<D>);
 
 /// Records held back per epoch until the epoch is complete.
-type EpochBuffer<D> = BTreeMap<Epoch, HeldEpoch<D>>;
+pub(crate) type EpochBuffer<D> = BTreeMap<Epoch, HeldEpoch<D>>;
+
+/// Holds a batch of a timely input (its records moved out of `batch`) under its epoch, with
+/// a capability for that epoch, until the epoch is complete.
+pub(crate) fn hold_epoch<D>(
+    pending: &mut EpochBuffer<D>,
+    capability: &InputCapability<Epoch>,
+    batch: &mut Vec<D>,
+) {
+    let epoch = epoch_of(capability);
+    pending
+        .entry(epoch)
+        .or_insert_with(|| (capability.delayed(&epoch, 0), Vec::new()))
+        .1
+        .append(batch);
+}
 
 /// Removes the oldest buffered epoch if the input can no longer add to it (`open` says
 /// whether it still can).
-fn pop_complete<D>(
+pub(crate) fn pop_complete<D>(
     pending: &mut EpochBuffer<D>,
     open: impl Fn(&Epoch) -> bool,
 ) -> Option<(Epoch, HeldEpoch<D>)> {
@@ -222,7 +237,7 @@ pub struct DueCheckpoint {
     pub entries: Vec<StateEntry>,
 }
 
-fn epoch_of(capability: &InputCapability<Epoch>) -> Epoch {
+pub(crate) fn epoch_of(capability: &InputCapability<Epoch>) -> Epoch {
     *capability
         .least()
         .expect("a message carries at least one time")

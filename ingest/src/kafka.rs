@@ -409,11 +409,7 @@ impl VoteLog for KafkaLog {
         Ok(self
             .read_entries(partition, from, max)?
             .into_iter()
-            .map(|(position, logged)| LogRecord {
-                position,
-                vote: logged.vote,
-                commitment: logged.commitment,
-            })
+            .map(LogRecord::from)
             .collect())
     }
 
@@ -440,7 +436,7 @@ impl SensorLog for KafkaSensorLog {
         Ok(self
             .read_entries(partition, from, max)?
             .into_iter()
-            .map(|(position, reading)| SensorRecord { position, reading })
+            .map(SensorRecord::from)
             .collect())
     }
 

@@ -49,6 +49,16 @@ pub struct LogRecord {
     pub commitment: VoterCommitment,
 }
 
+impl From<(Position, LoggedVote)> for LogRecord {
+    fn from((position, logged): (Position, LoggedVote)) -> Self {
+        Self {
+            position,
+            vote: logged.vote,
+            commitment: logged.commitment,
+        }
+    }
+}
+
 impl LogRecord {
     pub fn logged(&self) -> LoggedVote {
         LoggedVote {
@@ -115,6 +125,12 @@ pub fn partition_for_region(region: &str, partitions: u32) -> u32 {
 pub struct SensorRecord {
     pub position: Position,
     pub reading: SensorReading,
+}
+
+impl From<(Position, SensorReading)> for SensorRecord {
+    fn from((position, reading): (Position, SensorReading)) -> Self {
+        Self { position, reading }
+    }
 }
 
 /// A durable, partitioned, append-only log of sensor readings, partitioned by region.

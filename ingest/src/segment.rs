@@ -398,11 +398,7 @@ impl VoteLog for SegmentLog {
         Ok(self
             .read_entries(partition, from, max)?
             .into_iter()
-            .map(|(position, logged)| LogRecord {
-                position,
-                vote: logged.vote,
-                commitment: logged.commitment,
-            })
+            .map(LogRecord::from)
             .collect())
     }
 
@@ -429,7 +425,7 @@ impl SensorLog for SensorSegmentLog {
         Ok(self
             .read_entries(partition, from, max)?
             .into_iter()
-            .map(|(position, reading)| SensorRecord { position, reading })
+            .map(SensorRecord::from)
             .collect())
     }
 
