@@ -63,8 +63,8 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 1, requires = "kafka_brokers")]
     kafka_replication: i32,
     /// Sensor windows, short and long, in seconds (the long a multiple of the short).
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [60, 3600])]
-    sensor_windows_s: Vec<i64>,
+    #[arg(long, default_value = "60,3600", value_parser = parse_windows)]
+    sensor_windows_s: [i64; 2],
     /// How long after a window's end a late reading still corrects it.
     #[arg(long, default_value_t = 300)]
     allowed_lateness_s: i64,
@@ -72,6 +72,10 @@ pub struct UpArgs {
     /// it from PyPI). Without it z-scores still flag anomalies; the model scores nothing.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     onnxruntime: Option<PathBuf>,
+    /// Replaces a metric's alert threshold on a region's 1-minute mean, e.g.
+    /// `--alert-threshold pm25=35` (repeatable; `pm25=off` drops the alert).
+    #[arg(long = "alert-threshold", value_parser = parse_threshold)]
+    alert_thresholds: Vec<(canopy_schemas::Metric, Option<f64>)>,
     /// Take no sensor readings (no sensor log, no features dataflow).
     #[arg(long)]
     no_sensors: bool,
@@ -125,7 +129,43 @@ fn node_config(args: &UpArgs) -> NodeConfig {
         args.sensor_windows_s[1].saturating_mul(1000),
     ];
     windows.allowed_lateness_ms = args.allowed_lateness_s.saturating_mul(1000);
+    let thresholds = &mut config.sensors.alert_rules.thresholds;
+    for (metric, threshold) in &args.alert_thresholds {
+        match threshold {
+            Some(level) => thresholds.insert(*metric, *level),
+            None => thresholds.remove(metric),
+        };
+    }
     config
+}
+
+/// `short,long` in seconds.
+fn parse_windows(text: &str) -> Result<[i64; 2], String> {
+    let bad = || format!("{text:?} is not two whole numbers of seconds, short,long");
+    let (short, long) = text.split_once(',').ok_or_else(bad)?;
+    Ok([
+        short.trim().parse().map_err(|_| bad())?,
+        long.trim().parse().map_err(|_| bad())?,
+    ])
+}
+
+/// `metric=level` or `metric=off`.
+fn parse_threshold(text: &str) -> Result<(canopy_schemas::Metric, Option<f64>), String> {
+    let (metric, level) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not metric=level"))?;
+    let metric = metric
+        .parse()
+        .map_err(|e: canopy_schemas::SchemaError| e.to_string())?;
+    if level == "off" {
+        return Ok((metric, None));
+    }
+    let level: f64 = level
+        .parse()
+        .ok()
+        .filter(|l: &f64| l.is_finite())
+        .ok_or_else(|| format!("{level:?} is not a number or off"))?;
+    Ok((metric, Some(level)))
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {

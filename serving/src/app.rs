@@ -225,7 +225,8 @@ async fn limit_by_address(
 
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready to serve"), (status = 503, description = "starting, stopping, or failed (the dataflow stopped on a corrupt log or a diverged record)")))]
 async fn readyz(State(state): State<SharedState>) -> Response {
-    if let Some(reason) = state.views.failure() {
+    let sensor_failure = state.sensors.as_ref().and_then(|s| s.views.failure());
+    if let Some(reason) = state.views.failure().or(sensor_failure) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "failed", "reason": reason })),

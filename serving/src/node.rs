@@ -403,43 +403,60 @@ impl Node {
                 })
                 .await
         });
-        // Ready once the views have caught up with the log as it was at start: until then a
-        // replica would serve results that miss acknowledged votes.
+        // Ready once the views have caught up with the logs as they were at start: until then
+        // a replica would serve results that miss acknowledged votes or readings.
         let log = state.gate.log();
-        let targets: Vec<(u32, u64)> = (0..log.partitions())
+        let vote_targets: Vec<(u32, u64)> = (0..log.partitions())
             .map(|p| log.end_offset(p).map(|end| (p, end)))
             .collect::<Result<_, _>>()?;
-        let total: u64 = targets.iter().map(|(_, end)| end).sum();
-        let replayed = move |views: &dyn ViewStore| -> u64 {
-            targets
-                .iter()
-                .map(|(p, end)| views.frontier(*p).min(*end))
-                .sum()
+        let sensor_targets: Vec<(u32, u64)> = match &state.sensors {
+            Some(sensors) => (0..sensors.log.partitions())
+                .map(|p| sensors.log.end_offset(p).map(|end| (p, end)))
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
         };
-        if replayed(state.views.as_ref()) >= total {
+        let total: u64 = vote_targets
+            .iter()
+            .chain(&sensor_targets)
+            .map(|(_, end)| end)
+            .sum();
+        let replayed = move |state: &AppState| -> u64 {
+            let votes: u64 = vote_targets
+                .iter()
+                .map(|(p, end)| state.views.frontier(*p).min(*end))
+                .sum();
+            let readings: u64 = state.sensors.as_ref().map_or(0, |sensors| {
+                sensor_targets
+                    .iter()
+                    .map(|(p, end)| sensors.views.frontier(*p).min(*end))
+                    .sum()
+            });
+            votes + readings
+        };
+        if replayed(&state) >= total {
             state.ready.store(true, Ordering::Release);
         } else {
             tracing::info!(
                 records = total,
-                "replaying the vote log; not ready until it is done"
+                "replaying the vote and sensor logs; not ready until it is done"
             );
             let catching_up = Arc::clone(&state);
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
                 let mut last_report = started;
                 loop {
-                    let done = replayed(catching_up.views.as_ref());
+                    let done = replayed(&catching_up);
                     if done >= total {
                         tracing::info!(
                             records = total,
                             seconds = started.elapsed().as_secs_f64(),
-                            "caught up with the vote log; ready"
+                            "caught up with the logs; ready"
                         );
                         catching_up.ready.store(true, Ordering::Release);
                         return;
                     }
                     if last_report.elapsed() >= std::time::Duration::from_secs(2) {
-                        tracing::info!(done, total, "replaying the vote log");
+                        tracing::info!(done, total, "replaying the logs");
                         last_report = std::time::Instant::now();
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -455,3 +455,46 @@ async fn threshold_alerts_reach_subscribers_and_the_audit_trail() {
     .await;
     assert!(rest.is_ok(), "the alert stream ended with the node");
 }
+
+/// A restarted node replays the sensor log, and says it is ready only once its views hold
+/// every reading acknowledged before the restart.
+#[tokio::test]
+async fn a_restarted_node_is_ready_only_once_its_sensor_views_are_complete() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    let token = operator(&node).await;
+    for sensor in ["tn-1", "tn-2", "tn-3", "tn-4", "tn-5"] {
+        register(&node, &token, sensor, "test-north", &["pm25"]).await;
+    }
+    let (status, body) = upload(&node, &token, "text/csv", PLANTED.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let accepted = body["accepted"].as_u64().unwrap();
+    let TestNode { node, dir, .. } = node;
+    node.shutdown().await.unwrap();
+
+    let mut config = canopy_serving::NodeConfig::new(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let restarted = canopy_serving::Node::start(config).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !restarted
+        .state
+        .ready
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        assert!(std::time::Instant::now() < deadline, "not ready after 30 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let views = &restarted.state.sensors.as_ref().unwrap().views;
+    let counted: u64 = views
+        .windows(
+            Owner::Region(name_key("region", "test-north")),
+            Metric::Pm25,
+            WindowSize::Long,
+            i64::MIN,
+            i64::MAX,
+        )
+        .iter()
+        .map(|(_, view)| view.stats.count)
+        .sum();
+    assert_eq!(counted, accepted, "ready before the replay was done");
+    restarted.shutdown().await.unwrap();
+}
