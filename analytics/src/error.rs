@@ -1,0 +1,40 @@
+use std::path::PathBuf;
+
+use canopy_ingest::IngestError;
+
+/// What can go wrong keeping the lake.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing Parquet {path}: {reason}")]
+    Parquet { path: PathBuf, reason: String },
+    #[error("reading the log: {0}")]
+    Log(#[from] IngestError),
+    #[error("the log has a gap in partition {partition}: expected offset {expected}, got {got}")]
+    LogGap {
+        partition: u32,
+        expected: u64,
+        got: u64,
+    },
+}
+
+impl AnalyticsError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Io { .. } => "lake_io",
+            Self::Parquet { .. } => "lake_parquet",
+            Self::Log(error) => error.code(),
+            Self::LogGap { .. } => "log_gap",
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
