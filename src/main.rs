@@ -5,6 +5,7 @@
 mod cluster;
 #[cfg(feature = "evm")]
 mod evm;
+mod lake_cmd;
 mod loadgen;
 mod log_cmd;
 mod up;
@@ -61,6 +62,13 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// The analytics lake (Parquet).
+    Lake {
+        #[command(subcommand)]
+        command: LakeCommand,
+    },
+    /// Ask the analytics lake a read-only SQL question (tables: votes).
+    Sql(lake_cmd::SqlArgs),
     /// Check a vote's proof: inclusion, the checkpoint's signature, consistency with an
     /// earlier checkpoint, and the anchor (on chain with --rpc). Prints one verdict line.
     Verify(verify::VerifyArgs),
@@ -70,6 +78,12 @@ enum Command {
         #[command(subcommand)]
         command: EvmCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum LakeCommand {
+    /// Copy the vote log of a stopped node into the lake (`<data>/lake`), exactly once.
+    Sync(lake_cmd::LakeSyncArgs),
 }
 
 #[cfg(feature = "evm")]
@@ -113,6 +127,10 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             command: AdminCommand::Create(args),
         } => up::admin_create(args),
         Command::Loadgen(args) => loadgen::run(args),
+        Command::Lake {
+            command: LakeCommand::Sync(args),
+        } => lake_cmd::lake_sync(args),
+        Command::Sql(args) => lake_cmd::sql(args),
         Command::Tally { data_dir, workers } => log_cmd::tally(&data_dir, workers),
         Command::Log {
             command: LogCommand::Verify { data_dir },

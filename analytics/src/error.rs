@@ -14,6 +14,8 @@ pub enum AnalyticsError {
     Parquet { path: PathBuf, reason: String },
     #[error("reading the log: {0}")]
     Log(#[from] IngestError),
+    #[error("SQL: {0}")]
+    Sql(String),
     #[error("the log has a gap in partition {partition}: expected offset {expected}, got {got}")]
     LogGap {
         partition: u32,
@@ -30,6 +32,7 @@ impl AnalyticsError {
             Self::Parquet { .. } => "lake_parquet",
             Self::Log(error) => error.code(),
             Self::LogGap { .. } => "log_gap",
+            Self::Sql(_) => "sql",
         }
     }
 

@@ -19,7 +19,9 @@
 #![deny(unsafe_code)]
 
 mod error;
+mod sql;
 mod votes;
 
 pub use error::AnalyticsError;
+pub use sql::{LakeSql, OutputFormat, render};
 pub use votes::{LakeConfig, SyncReport, VoteLake, sync_votes, vote_schema};
