@@ -1,11 +1,10 @@
 //! `canopy lake sync` and `canopy sql`: fill the analytics lake from the vote log, and ask
 //! it questions in SQL.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use canopy_analytics::{LakeConfig, LakeSql, OutputFormat, VoteLake, render, sync_votes};
+use canopy_analytics::{LakeConfig, VoteLake, sync_votes};
 use canopy_ingest::SegmentLogConfig;
 use clap::Args;
 
@@ -38,37 +37,51 @@ pub fn lake_sync(args: LakeSyncArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Format {
-    Table,
-    Csv,
-    Json,
-}
+#[cfg(feature = "sql")]
+pub use sql::{SqlArgs, sql};
 
-#[derive(Args)]
-pub struct SqlArgs {
-    /// One read-only statement, e.g. "SELECT date, COUNT(*) FROM votes GROUP BY date".
-    statement: String,
-    #[arg(long, default_value = "canopy-data")]
-    data_dir: PathBuf,
-    #[arg(long, value_enum, default_value = "table")]
-    format: Format,
-}
+#[cfg(feature = "sql")]
+mod sql {
+    use std::io::Write;
+    use std::path::PathBuf;
 
-pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let batches = runtime.block_on(async {
-        let lake = LakeSql::open(&lake_dir(&args.data_dir)).await?;
-        lake.query(&args.statement).await
-    })?;
-    let format = match args.format {
-        Format::Table => OutputFormat::Table,
-        Format::Csv => OutputFormat::Csv,
-        Format::Json => OutputFormat::Json,
-    };
-    let mut out = std::io::stdout().lock();
-    out.write_all(&render(&batches, format)?)?;
-    Ok(())
+    use canopy_analytics::{LakeSql, OutputFormat, render};
+    use clap::Args;
+
+    use super::lake_dir;
+
+    #[derive(Clone, Copy, clap::ValueEnum)]
+    enum Format {
+        Table,
+        Csv,
+        Json,
+    }
+
+    #[derive(Args)]
+    pub struct SqlArgs {
+        /// One read-only statement, e.g. "SELECT date, COUNT(*) FROM votes GROUP BY date".
+        statement: String,
+        #[arg(long, default_value = "canopy-data")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    }
+
+    pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let batches = runtime.block_on(async {
+            let lake = LakeSql::open(&lake_dir(&args.data_dir)).await?;
+            lake.query(&args.statement).await
+        })?;
+        let format = match args.format {
+            Format::Table => OutputFormat::Table,
+            Format::Csv => OutputFormat::Csv,
+            Format::Json => OutputFormat::Json,
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(&render(&batches, format)?)?;
+        Ok(())
+    }
 }

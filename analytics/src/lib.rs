@@ -19,9 +19,11 @@
 #![deny(unsafe_code)]
 
 mod error;
+#[cfg(feature = "sql")]
 mod sql;
 mod votes;
 
 pub use error::AnalyticsError;
+#[cfg(feature = "sql")]
 pub use sql::{LakeSql, OutputFormat, render};
 pub use votes::{LakeConfig, SyncReport, VoteLake, sync_votes, vote_schema};

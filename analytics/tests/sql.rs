@@ -1,3 +1,6 @@
+#![cfg(feature = "sql")]
+//! (With the `sql` feature: `cargo test -p canopy-analytics --features sql`.)
+//!
 //! SQL over the lake: a recount in SQL over the votes table reproduces every decision's
 //! tally as the engine's recount computes it from the log (first delivery of each vote id,
 //! then each voter's latest vote), and the lake is read-only to SQL.
