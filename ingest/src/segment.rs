@@ -41,6 +41,7 @@ use crate::{
 };
 
 const META_FILE: &str = "log.meta";
+const LOCK_FILE: &str = "log.lock";
 const META_FORMAT_VERSION: u32 = 3;
 const SEGMENT_MAGIC: &[u8; 8] = b"CNPYWAL3";
 const FRAME_HEADER_LEN: usize = 8;
@@ -153,6 +154,8 @@ pub struct EntryLog<E: LogEntry> {
     committer: Option<JoinHandle<()>>,
     recovery: Recovery,
     entries: PhantomData<fn() -> E>,
+    /// Held (an advisory lock) while the log is open.
+    _lock: File,
 }
 
 impl<E: LogEntry> std::fmt::Debug for EntryLog<E> {
@@ -249,6 +252,14 @@ impl<E: LogEntry> EntryLog<E> {
             });
         }
         fs::create_dir_all(&dir).map_err(IngestError::io(&dir))?;
+        // One process at a time: opening recovers the tail, which would cut a round another
+        // process is writing (a `canopy tally` or `lake sync` beside a running node).
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::create(&lock_path).map_err(IngestError::io(&lock_path))?;
+        lock.try_lock().map_err(|_| IngestError::BadLog {
+            path: dir.clone(),
+            reason: "another process has this log open (a running node?); stop it first".into(),
+        })?;
         let partition_count = read_or_create_meta(&dir, config.partitions, E::KIND)?;
         let mut recovery = Recovery::default();
         let recovered = recover(&dir, partition_count, &mut recovery)?;
@@ -294,6 +305,7 @@ impl<E: LogEntry> EntryLog<E> {
             committer: Some(committer),
             recovery,
             entries: PhantomData,
+            _lock: lock,
         })
     }
 

@@ -475,3 +475,21 @@ fn sensor_readings_read_back_by_region_partition_after_a_reopen() {
         "{error}"
     );
 }
+
+/// A log is open in one process at a time: a second open (a `canopy tally` beside a running
+/// node) is refused instead of recovering a tail the first is writing.
+#[test]
+fn a_log_open_elsewhere_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(dir.path(), config(2, 1 << 20)).unwrap();
+    log.append(&[vote(1, 1, 1)]).unwrap();
+    let error = SegmentLog::open(dir.path(), config(2, 1 << 20)).unwrap_err();
+    assert_eq!(error.code(), "bad_log");
+    assert!(error.to_string().contains("another process"), "{error}");
+    drop(log);
+    let again = SegmentLog::open(dir.path(), config(2, 1 << 20)).unwrap();
+    assert_eq!(
+        again.end_offset(partition_for(DecisionId(1), 2)).unwrap(),
+        1
+    );
+}
