@@ -158,15 +158,11 @@ pub fn run(args: SensorArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (worker_readings, worker_views, worker_config) =
         (Arc::clone(&readings), Arc::clone(&views), config.clone());
-    let (partitions, epoch) = (args.partitions, args.epoch);
+    let epoch = args.epoch;
     let guards = timely::execute(timely::Config::process(args.workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let mut inputs = build_sensor_dataflow(
-            worker,
-            worker_config.clone(),
-            partitions,
-            Arc::clone(&worker_views),
-        );
+        let mut inputs =
+            build_sensor_dataflow(worker, worker_config.clone(), Arc::clone(&worker_views));
         for (number, chunk) in worker_readings.chunks(epoch).enumerate() {
             for reading in chunk.iter().skip(index).step_by(peers) {
                 inputs.push_feed(*reading);

@@ -71,7 +71,7 @@ impl SensorEngine {
             let peers = worker.peers();
             let partitions = log.partitions();
             let mut inputs =
-                build_sensor_dataflow(worker, config.windows.clone(), partitions, Arc::clone(&views));
+                build_sensor_dataflow(worker, config.windows.clone(), Arc::clone(&views));
             let mine: Vec<u32> = (0..partitions)
                 .filter(|p| *p as usize % peers == index)
                 .collect();

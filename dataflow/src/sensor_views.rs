@@ -475,12 +475,11 @@ impl SensorViews {
                 .and_then(|s| s.get(&start))
                 .map(|v| v.stats)
         };
-        let window = get(key.owner, WindowSize::Short, key.start_ms)?;
-        let region = inner
+        let (window, region) = inner
             .series
             .get(&(key.owner, key.metric, WindowSize::Short))
             .and_then(|s| s.get(&key.start_ms))
-            .map(|v| v.region)?;
+            .map(|v| (v.stats, v.region))?;
         let baseline = get(key.owner, WindowSize::Long, hour - long).filter(|b| b.count >= 2)?;
         // The last ten minutes through this window (its recent spread): a detector must
         // not look ahead.

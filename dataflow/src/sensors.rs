@@ -519,7 +519,6 @@ pub struct SensorInputs {
     readings: InputHandle<Epoch, CapacityContainerBuilder<Vec<FeedReading>>>,
     probe: ProbeHandle<Epoch>,
     config: WindowConfig,
-    partitions: u32,
     gate: LatenessGate,
     /// Sensor and region keys by name: hashing every reading's names costs more than the
     /// window arithmetic.
@@ -536,7 +535,6 @@ pub struct SensorInputs {
 pub fn build_sensor_dataflow(
     worker: &mut Worker,
     config: WindowConfig,
-    partitions: u32,
     views: Arc<SensorViews>,
 ) -> SensorInputs {
     let sink = Arc::clone(&views);
@@ -594,7 +592,6 @@ pub fn build_sensor_dataflow(
         readings,
         probe,
         config,
-        partitions,
         gate: LatenessGate::default(),
         sensor_keys: HashMap::new(),
         region_keys: HashMap::new(),
@@ -684,9 +681,5 @@ impl SensorInputs {
         self.views
             .note_too_late(self.gate.too_late - self.reported_too_late);
         self.reported_too_late = self.gate.too_late;
-    }
-
-    pub fn partitions(&self) -> u32 {
-        self.partitions
     }
 }

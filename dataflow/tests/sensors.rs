@@ -100,8 +100,7 @@ fn run(records: Vec<SensorRecord>, cuts: Vec<usize>) -> Vec<(usize, Published)> 
     let (records, cuts) = (Arc::new(records), Arc::new(cuts));
     let (worker_views, worker_seen) = (Arc::clone(&views), Arc::clone(&seen));
     timely::execute(timely::Config::process(2), move |worker| {
-        let mut inputs =
-            build_sensor_dataflow(worker, config(), PARTITIONS, Arc::clone(&worker_views));
+        let mut inputs = build_sensor_dataflow(worker, config(), Arc::clone(&worker_views));
         let mut from = 0;
         for (epoch, cut) in cuts.iter().enumerate() {
             if worker.index() == 0 {

@@ -64,6 +64,16 @@ async fn upload(
     (status, response.json().await.unwrap())
 }
 
+/// Registers the planted-fault sensors and uploads their series; returns the upload report.
+async fn upload_planted_faults(node: &TestNode, token: &str) -> Value {
+    for sensor in ["tn-1", "tn-2", "tn-3", "tn-4", "tn-5"] {
+        register(node, token, sensor, "test-north", &["pm25"]).await;
+    }
+    let (status, body) = upload(node, token, "text/csv", PLANTED.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -258,11 +268,7 @@ async fn planted_faults_are_flagged_by_the_model() {
     );
     let node = TestNode::start(ApiConfig::default()).await;
     let token = operator(&node).await;
-    for sensor in ["tn-1", "tn-2", "tn-3", "tn-4", "tn-5"] {
-        register(&node, &token, sensor, "test-north", &["pm25"]).await;
-    }
-    let (status, body) = upload(&node, &token, "text/csv", PLANTED.to_string()).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = upload_planted_faults(&node, &token).await;
     assert_eq!(body["rejected_count"], 0, "{body}");
     wait_for(&node, &token, "test-north", &body["as_of"]).await;
     let sensors = node.node.state.sensors.as_ref().unwrap();
@@ -462,11 +468,7 @@ async fn threshold_alerts_reach_subscribers_and_the_audit_trail() {
 async fn a_restarted_node_is_ready_only_once_its_sensor_views_are_complete() {
     let node = TestNode::start(ApiConfig::default()).await;
     let token = operator(&node).await;
-    for sensor in ["tn-1", "tn-2", "tn-3", "tn-4", "tn-5"] {
-        register(&node, &token, sensor, "test-north", &["pm25"]).await;
-    }
-    let (status, body) = upload(&node, &token, "text/csv", PLANTED.to_string()).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = upload_planted_faults(&node, &token).await;
     let accepted = body["accepted"].as_u64().unwrap();
     let TestNode { node, dir, .. } = node;
     node.shutdown().await.unwrap();
