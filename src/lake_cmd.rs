@@ -37,51 +37,85 @@ pub fn lake_sync(args: LakeSyncArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "sql")]
-pub use sql::{SqlArgs, sql};
-
-#[cfg(feature = "sql")]
-mod sql {
-    use std::io::Write;
-    use std::path::PathBuf;
-
-    use canopy_analytics::{LakeSql, OutputFormat, render};
-    use clap::Args;
-
-    use super::lake_dir;
-
-    #[derive(Clone, Copy, clap::ValueEnum)]
-    enum Format {
-        Table,
-        Csv,
-        Json,
-    }
-
-    #[derive(Args)]
-    pub struct SqlArgs {
-        /// One read-only statement, e.g. "SELECT date, COUNT(*) FROM votes GROUP BY date".
-        statement: String,
-        #[arg(long, default_value = "canopy-data")]
-        data_dir: PathBuf,
-        #[arg(long, value_enum, default_value = "table")]
-        format: Format,
-    }
-
-    pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let batches = runtime.block_on(async {
-            let lake = LakeSql::open(&lake_dir(&args.data_dir)).await?;
-            lake.query(&args.statement).await
-        })?;
-        let format = match args.format {
-            Format::Table => OutputFormat::Table,
-            Format::Csv => OutputFormat::Csv,
-            Format::Json => OutputFormat::Json,
-        };
-        let mut out = std::io::stdout().lock();
-        out.write_all(&render(&batches, format)?)?;
-        Ok(())
-    }
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+    /// One Parquet file (needs --output).
+    Parquet,
 }
+
+#[derive(Args)]
+pub struct SqlArgs {
+    /// One read-only statement, e.g. "SELECT date, COUNT(*) FROM votes GROUP BY date".
+    /// Tables: votes, decisions, tally_changes, checkpoints, sensor_readings,
+    /// window_features.
+    statement: String,
+    #[arg(long, default_value = "canopy-data")]
+    data_dir: PathBuf,
+    /// The lake's folder, if not `<data-dir>/lake`.
+    #[arg(long)]
+    lake: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Where the result goes (standard output if absent).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Stop the query after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+    /// Memory the query may use for sorts, joins and aggregations, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    memory_mib: usize,
+}
+
+pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    use canopy_analytics::{LakeSql, OutputFormat, SqlLimits, render, write_parquet};
+
+    let root = args.lake.clone().unwrap_or_else(|| lake_dir(&args.data_dir));
+    if !root.is_dir() {
+        anyhow::bail!(
+            "no lake at {} (a node with --lake writes one; `canopy lake sync` fills one from a stopped node's log)",
+            root.display()
+        );
+    }
+    let limits = SqlLimits {
+        timeout: std::time::Duration::from_secs(args.timeout_s.max(1)),
+        memory_bytes: args.memory_mib.max(1) << 20,
+        target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (schema, batches) = runtime.block_on(async {
+        LakeSql::new(&root, limits)
+            .query_with_schema(&args.statement)
+            .await
+    })?;
+    let mut out: Box<dyn Write + Send> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => match args.format {
+            Format::Parquet => anyhow::bail!("--format parquet needs --output FILE"),
+            _ => Box::new(std::io::stdout().lock()),
+        },
+    };
+    match args.format {
+        Format::Parquet => write_parquet(&batches, schema, out)?,
+        format => {
+            let format = match format {
+                Format::Csv => OutputFormat::Csv,
+                Format::Json => OutputFormat::Json,
+                _ => OutputFormat::Table,
+            };
+            out.write_all(&render(&batches, format)?)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+

@@ -68,7 +68,6 @@ enum Command {
         command: LakeCommand,
     },
     /// Ask the analytics lake a read-only SQL question (tables: votes).
-    #[cfg(feature = "sql")]
     Sql(lake_cmd::SqlArgs),
     /// Check a vote's proof: inclusion, the checkpoint's signature, consistency with an
     /// earlier checkpoint, and the anchor (on chain with --rpc). Prints one verdict line.
@@ -131,7 +130,6 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Lake {
             command: LakeCommand::Sync(args),
         } => lake_cmd::lake_sync(args),
-        #[cfg(feature = "sql")]
         Command::Sql(args) => lake_cmd::sql(args),
         Command::Tally { data_dir, workers } => log_cmd::tally(&data_dir, workers),
         Command::Log {

@@ -16,6 +16,12 @@ pub enum AnalyticsError {
     Log(#[from] IngestError),
     #[error("SQL: {0}")]
     Sql(String),
+    #[error("the lake is read-only to SQL: {0}")]
+    SqlNotReadOnly(String),
+    #[error("the query ran past its time limit of {0:?} and was stopped")]
+    QueryTimeout(std::time::Duration),
+    #[error("the query needs more memory than its limit allows: {0}")]
+    QueryMemory(String),
     #[error("the log has a gap in partition {partition}: expected offset {expected}, got {got}")]
     LogGap {
         partition: u32,
@@ -33,6 +39,9 @@ impl AnalyticsError {
             Self::Log(error) => error.code(),
             Self::LogGap { .. } => "log_gap",
             Self::Sql(_) => "sql",
+            Self::SqlNotReadOnly(_) => "sql_not_read_only",
+            Self::QueryTimeout(_) => "query_timeout",
+            Self::QueryMemory(_) => "query_memory_exceeded",
         }
     }
 

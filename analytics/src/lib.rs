@@ -1,29 +1,39 @@
-//! Canopy's analytics lake: the history as Parquet files analysts can query.
+//! Canopy's analytics lake: the history as Parquet files analysts can query in SQL.
 //!
 //! ```text
-//!  VoteLog partition p ─read in ranges─▶ VoteLake::write_range(p, records)
-//!     one file per (date of cast_at, range):
-//!     <root>/votes/date=2026-06-01/part-p0003-00000000000000000000-00000000000000004095.parquet
-//!     rows sorted by (decision_id, log_offset), zstd, the voter only as its commitment
+//!  vote log   ─ranges─▶ votes/            date=YYYY-MM-DD/part-p0003-<first>-<last>.parquet
+//!  sensor log ─ranges─▶ sensor_readings/  (the same, per sensor-log partition)
+//!  tally dataflow  ─LakeViews──▶ tally_changes/    date=…/part-s-<n>-<n>.parquet
+//!  features dataflow ─final windows─▶ window_features/
+//!  vote record ─signed checkpoints─▶ checkpoints/
+//!                 ▼
+//!  LakeSql: DataFusion, one fresh read-only session per query, time and memory limits
 //! ```
 //!
-//! **Exactly once, without a side record.** A file's name is the log range it holds, and its
-//! content is a function of that range. At start the lake finds, per log partition, the last
-//! range it wrote and writes that range again (under the same names: an atomic replacement
-//! by identical content, and any file of it a crash left unwritten appears); then it goes on
-//! after it. So a restart leaves no gap and no row twice.
-//!
-//! **Atomic files.** A file is written as `<name>.tmp` (never listed by readers, which take
-//! `*.parquet` only), synced, renamed into place, and the directory synced.
+//! See `lake.rs` for naming, atomic files and compaction, `votes.rs` for the tables copied
+//! from logs (exactly once by range), `sinks.rs` for the tables fed by sinks (exactly once
+//! by marks) and `writer.rs` for what a running node does.
 
 #![deny(unsafe_code)]
 
+mod decisions;
 mod error;
-#[cfg(feature = "sql")]
+mod lake;
+mod sinks;
 mod sql;
 mod votes;
+mod writer;
 
+pub use decisions::{DecisionLake, decision_schema};
 pub use error::AnalyticsError;
-#[cfg(feature = "sql")]
-pub use sql::{LakeSql, OutputFormat, render};
-pub use votes::{LakeConfig, SyncReport, VoteLake, sync_votes, vote_schema};
+pub use lake::{LakeConfig, TABLES};
+pub use sinks::{
+    CheckpointEntry, CheckpointLake, Checkpoints, SinkLake, SinkTable, TallyChange,
+    TallyChangeLake, TallyChanges, WindowFeature, WindowFeatureLake, WindowFeatures,
+};
+pub use sql::{LakeSql, OutputFormat, QueryStream, SqlLimits, render, write_parquet};
+pub use votes::{
+    LogLake, LogSource, LogTable, ReadingLake, Readings, SyncCursor, SyncReport, VoteLake, Votes,
+    sync_log, sync_readings, sync_votes, vote_schema,
+};
+pub use writer::{FinalWindows, LakeViews, LakeWriter, WriterReport};

@@ -1,44 +1,119 @@
-//! SQL over the lake: DataFusion with the lake's tables registered by name, read-only.
+//! SQL over the lake: DataFusion with the lake's tables registered by name, read-only, each
+//! query under a time and a memory limit.
+//!
+//! Every query gets a fresh session whose tables list their live files when the query is
+//! planned, so files the sinks add show in the next query and files compaction superseded
+//! never count twice.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use arrow_schema::DataType;
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::ListingOptions;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
+use futures::{Stream, StreamExt};
 
-use crate::{AnalyticsError, vote_schema};
+use crate::lake::{TableFiles, TABLES};
+use crate::sinks::{Checkpoints, SinkTable, TallyChanges, WindowFeatures};
+use crate::votes::{LogTable, Readings, Votes};
+use crate::AnalyticsError;
 
-/// A SQL session over a lake.
-pub struct LakeSql {
-    context: SessionContext,
+/// What one query may take.
+#[derive(Clone, Copy, Debug)]
+pub struct SqlLimits {
+    /// From planning to the last row.
+    pub timeout: Duration,
+    /// Memory for sorts, joins and aggregations; beyond it the query fails.
+    pub memory_bytes: usize,
+    /// Threads a query's scans and operators fan out to.
+    pub target_partitions: usize,
 }
 
-impl std::fmt::Debug for LakeSql {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LakeSql").finish_non_exhaustive()
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            memory_bytes: 1 << 30,
+            target_partitions: 2,
+        }
     }
+}
+
+/// SQL over a lake.
+#[derive(Clone, Debug)]
+pub struct LakeSql {
+    root: PathBuf,
+    limits: SqlLimits,
 }
 
 fn sql_error(error: impl std::fmt::Display) -> AnalyticsError {
     AnalyticsError::Sql(error.to_string())
 }
 
+/// Sorts DataFusion's errors into the codes a caller can act on.
+fn classify(error: DataFusionError) -> AnalyticsError {
+    match error.find_root() {
+        DataFusionError::ResourcesExhausted(reason) => AnalyticsError::QueryMemory(reason.clone()),
+        root => {
+            let text = root.to_string();
+            // SQLOptions' refusals: "DDL not supported: …", "DML not supported: …",
+            // "Statement not supported: …".
+            if text.contains("DDL not supported")
+                || text.contains("DML not supported")
+                || text.contains("Statement not supported")
+            {
+                AnalyticsError::SqlNotReadOnly(text)
+            } else {
+                AnalyticsError::Sql(text)
+            }
+        }
+    }
+}
+
 impl LakeSql {
-    /// Opens the lake under `root` with its tables registered: `votes` (with `date`, from
-    /// the folder names).
+    /// SQL over the lake under `root` (the folders may not exist yet: tables are empty).
+    pub fn new(root: impl Into<PathBuf>, limits: SqlLimits) -> Self {
+        Self {
+            root: root.into(),
+            limits,
+        }
+    }
+
+    /// SQL over the lake under `root` with the default limits.
     pub async fn open(root: &Path) -> Result<Self, AnalyticsError> {
-        // No cached file listing: files the sinks add must show in the next query.
+        Ok(Self::new(root, SqlLimits::default()))
+    }
+
+    pub fn limits(&self) -> SqlLimits {
+        self.limits
+    }
+
+    /// A session with every table registered and this query's own memory pool.
+    pub fn session(&self) -> Result<SessionContext, AnalyticsError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_object_list_cache_limit(0)
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.memory_bytes)))
             .build_arc()
             .map_err(sql_error)?;
         let config = SessionConfig::new()
-            .with_target_partitions(2)
+            .with_target_partitions(self.limits.target_partitions.max(1))
             .with_information_schema(true);
         let state = SessionStateBuilder::new()
             .with_config(config)
@@ -46,42 +121,210 @@ impl LakeSql {
             .with_default_features()
             .build();
         let context = SessionContext::new_with_state(state);
-        let votes = root.join("votes");
-        std::fs::create_dir_all(&votes).map_err(AnalyticsError::io(&votes))?;
-        let votes = std::fs::canonicalize(&votes).map_err(AnalyticsError::io(&votes))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(vec![("date".into(), DataType::Date32)])
-            .with_file_sort_order(vec![vec![
-                col("decision_id").sort(true, false),
-                col("log_offset").sort(true, false),
-            ]]);
-        context
-            .register_listing_table(
-                "votes",
-                format!("file://{}/", votes.display()),
-                options,
-                Some(vote_schema()),
-                None,
-            )
-            .await
-            .map_err(sql_error)?;
-        Ok(Self { context })
+        for name in TABLES {
+            let table = self.table(name);
+            context.register_table(name, table).map_err(sql_error)?;
+        }
+        Ok(context)
     }
 
-    /// Runs one read-only statement (no DDL, no DML, no `SET`), and returns its rows.
-    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, AnalyticsError> {
+    fn table(&self, name: &str) -> Arc<dyn TableProvider> {
+        let (schema, sort) = match name {
+            "votes" => (Votes::schema(), sort_names(&Votes::schema(), &Votes::sort_columns())),
+            "decisions" => (crate::decision_schema(), vec!["decision_id".to_string()]),
+            "sensor_readings" => (
+                Readings::schema(),
+                sort_names(&Readings::schema(), &Readings::sort_columns()),
+            ),
+            "tally_changes" => (
+                TallyChanges::schema(),
+                sort_names(&TallyChanges::schema(), &TallyChanges::sort_columns()),
+            ),
+            "window_features" => (
+                WindowFeatures::schema(),
+                sort_names(&WindowFeatures::schema(), &WindowFeatures::sort_columns()),
+            ),
+            _ => (
+                Checkpoints::schema(),
+                sort_names(&Checkpoints::schema(), &Checkpoints::sort_columns()),
+            ),
+        };
+        Arc::new(LakeTable {
+            files: TableFiles {
+                dir: self.root.join(name),
+                schema: schema.clone(),
+                sort_columns: Vec::new(),
+                plain_columns: Vec::new(),
+            },
+            schema,
+            sort,
+        })
+    }
+
+    /// Plans one read-only statement (no DDL, no DML, no `SET`) and starts it. The rows
+    /// stream; the stream ends with `query_timeout` once the time limit has passed.
+    pub async fn execute(&self, sql: &str) -> Result<QueryStream, AnalyticsError> {
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let context = self.session()?;
         let read_only = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        self.context
-            .sql_with_options(sql, read_only)
-            .await
-            .map_err(sql_error)?
-            .collect()
-            .await
-            .map_err(sql_error)
+        let planned = tokio::time::timeout_at(deadline, async {
+            let frame = context
+                .sql_with_options(sql, read_only)
+                .await
+                .map_err(classify)?;
+            frame.execute_stream().await.map_err(classify)
+        })
+        .await
+        .map_err(|_| AnalyticsError::QueryTimeout(self.limits.timeout))??;
+        Ok(QueryStream {
+            schema: planned.schema(),
+            inner: planned,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            timeout: self.limits.timeout,
+            done: false,
+        })
+    }
+
+    /// Runs one read-only statement and returns all its rows.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, AnalyticsError> {
+        Ok(self.query_with_schema(sql).await?.1)
+    }
+
+    /// Runs one read-only statement and returns its schema and all its rows.
+    pub async fn query_with_schema(
+        &self,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), AnalyticsError> {
+        let mut stream = self.execute(sql).await?;
+        let mut out = Vec::new();
+        while let Some(batch) = stream.next().await {
+            out.push(batch?);
+        }
+        Ok((stream.schema(), out))
+    }
+}
+
+fn sort_names(schema: &SchemaRef, columns: &[usize]) -> Vec<String> {
+    columns
+        .iter()
+        .map(|&c| schema.field(c).name().clone())
+        .collect()
+}
+
+/// A query's rows as they come, under its deadline. Dropping it cancels the query.
+pub struct QueryStream {
+    schema: SchemaRef,
+    inner: datafusion::execution::SendableRecordBatchStream,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    done: bool,
+}
+
+impl std::fmt::Debug for QueryStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryStream")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueryStream {
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+impl Stream for QueryStream {
+    type Item = Result<RecordBatch, AnalyticsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = this.inner.poll_next_unpin(cx) {
+            return Poll::Ready(match item {
+                None => None,
+                Some(Ok(batch)) => Some(Ok(batch)),
+                Some(Err(error)) => {
+                    this.done = true;
+                    Some(Err(classify(error)))
+                }
+            });
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(AnalyticsError::QueryTimeout(this.timeout))));
+        }
+        Poll::Pending
+    }
+}
+
+/// A table of the lake: at each scan, its live files (see the module's docs).
+#[derive(Debug)]
+struct LakeTable {
+    files: TableFiles,
+    schema: SchemaRef,
+    sort: Vec<String>,
+}
+
+#[async_trait]
+impl TableProvider for LakeTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        // Parquet statistics prune row groups; DataFusion still applies every filter.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let live = self
+            .files
+            .live_files()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if live.is_empty() {
+            let schema = match projection {
+                Some(columns) => Arc::new(self.schema.project(columns)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        let urls = live
+            .iter()
+            .map(|file| {
+                let path = std::fs::canonicalize(&file.path)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                ListingTableUrl::parse(format!("file://{}", path.display()))
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_file_sort_order(vec![
+                self.sort.iter().map(|c| col(c.as_str()).sort(true, false)).collect(),
+            ]);
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(self.schema.clone());
+        let table = ListingTable::try_new(config)?;
+        table.scan(state, projection, filters, limit).await
     }
 }
 
@@ -118,4 +361,22 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat) -> Result<Vec<u8>, 
         }
     }
     Ok(out)
+}
+
+/// Writes query results as one Parquet file (zstd), for tools that read Parquet.
+pub fn write_parquet(
+    batches: &[RecordBatch],
+    schema: SchemaRef,
+    out: impl std::io::Write + Send,
+) -> Result<(), AnalyticsError> {
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(out, schema, Some(properties))
+        .map_err(sql_error)?;
+    for batch in batches {
+        writer.write(batch).map_err(sql_error)?;
+    }
+    writer.close().map_err(sql_error)?;
+    Ok(())
 }

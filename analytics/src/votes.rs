@@ -1,64 +1,222 @@
-//! The `votes` table: every logged vote, the voter only as its salted commitment.
+//! Tables copied from a log: `votes` (the vote log) and `sensor_readings` (the sensor log).
+//!
+//! Exactly once without a side record: a file is named after the log range it holds and its
+//! content is a function of that range. At start, per log partition, the last range found
+//! is written again (identical content replaces itself; a file of it that a crash left
+//! unwritten appears), then copying goes on after it.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::marker::PhantomData;
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    FixedSizeBinaryBuilder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    Date32Builder, FixedSizeBinaryBuilder, Float64Builder, Int32Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use canopy_ingest::{LogRecord, VoteLog};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::SortingColumn;
-use parquet::file::properties::WriterProperties;
-use parquet::schema::types::ColumnPath;
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use canopy_ingest::{IngestError, LogRecord, SensorLog, SensorRecord, VoteLog};
 
 use crate::AnalyticsError;
+use crate::lake::{FileName, LakeConfig, TableFiles, date_folder, day_of, parquet_error};
 
-const TABLE: &str = "votes";
-const MICROS_PER_DAY: i64 = 86_400_000_000;
-
-/// Where the lake is and how its files are cut.
-#[derive(Clone, Debug)]
-pub struct LakeConfig {
-    pub root: PathBuf,
-    /// Rows per row group: large enough that a scan reads long runs, small enough that
-    /// statistics can skip some.
-    pub row_group_rows: usize,
-    pub zstd_level: i32,
+pub(crate) fn utc_micros() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-impl LakeConfig {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self {
-            root: root.into(),
-            row_group_rows: 1 << 20,
-            zstd_level: 3,
+/// A table whose rows are a log's entries.
+pub trait LogTable {
+    type Entry;
+    const NAME: &'static str;
+    fn schema() -> SchemaRef;
+    fn sort_columns() -> Vec<usize>;
+    fn plain_columns() -> Vec<&'static str> {
+        Vec::new()
+    }
+    fn partition(entry: &Self::Entry) -> u32;
+    fn offset(entry: &Self::Entry) -> u64;
+    /// Event time, UTC microseconds: it decides the row's date.
+    fn time_micros(entry: &Self::Entry) -> i64;
+    fn batch(rows: &[&Self::Entry], day: i32) -> Result<RecordBatch, ArrowError>;
+}
+
+/// The `votes` table: every logged vote, the voter only as its salted commitment.
+#[derive(Debug)]
+pub struct Votes;
+
+/// The Arrow schema of the `votes` table.
+pub fn vote_schema() -> SchemaRef {
+    Votes::schema()
+}
+
+impl LogTable for Votes {
+    type Entry = LogRecord;
+    const NAME: &'static str = "votes";
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("decision_id", DataType::Utf8, false),
+            Field::new("vote_id", DataType::Utf8, false),
+            Field::new("voter_commitment", DataType::FixedSizeBinary(32), false),
+            Field::new("option", DataType::Int32, false),
+            Field::new("component", DataType::Utf8, false),
+            Field::new("weight_millionths", DataType::Int64, false),
+            Field::new("cast_at", utc_micros(), false),
+            Field::new("log_partition", DataType::Int32, false),
+            Field::new("log_offset", DataType::Int64, false),
+            Field::new("date", DataType::Date32, false),
+        ]))
+    }
+
+    fn sort_columns() -> Vec<usize> {
+        vec![0, 8]
+    }
+
+    fn plain_columns() -> Vec<&'static str> {
+        vec!["voter_commitment", "vote_id"]
+    }
+
+    fn partition(entry: &LogRecord) -> u32 {
+        entry.position.partition
+    }
+
+    fn offset(entry: &LogRecord) -> u64 {
+        entry.position.offset
+    }
+
+    fn time_micros(entry: &LogRecord) -> i64 {
+        entry.vote.cast_at
+    }
+
+    fn batch(rows: &[&LogRecord], day: i32) -> Result<RecordBatch, ArrowError> {
+        let n = rows.len();
+        let mut decision = StringBuilder::with_capacity(n, n * 36);
+        let mut vote = StringBuilder::with_capacity(n, n * 36);
+        let mut commitment = FixedSizeBinaryBuilder::with_capacity(n, 32);
+        let mut option = Int32Builder::with_capacity(n);
+        let mut component = StringBuilder::with_capacity(n, n * 12);
+        let mut weight = Int64Builder::with_capacity(n);
+        let mut cast_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut partition = Int32Builder::with_capacity(n);
+        let mut offset = Int64Builder::with_capacity(n);
+        let mut date = Date32Builder::with_capacity(n);
+        for record in rows {
+            let v = &record.vote;
+            decision.append_value(v.decision_id.to_string());
+            vote.append_value(v.vote_id.to_string());
+            commitment.append_value(record.commitment.0)?;
+            option.append_value(i32::from(v.option));
+            component.append_value(v.component.as_str());
+            weight.append_value(i64::from(v.weight.0));
+            cast_at.append_value(v.cast_at);
+            partition.append_value(record.position.partition as i32);
+            offset.append_value(record.position.offset as i64);
+            date.append_value(day);
         }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(decision.finish()),
+            Arc::new(vote.finish()),
+            Arc::new(commitment.finish()),
+            Arc::new(option.finish()),
+            Arc::new(component.finish()),
+            Arc::new(weight.finish()),
+            Arc::new(cast_at.finish()),
+            Arc::new(partition.finish()),
+            Arc::new(offset.finish()),
+            Arc::new(date.finish()),
+        ];
+        RecordBatch::try_new(Self::schema(), columns)
     }
 }
 
-/// The Arrow schema of the `votes` table (the `date` column comes from the directory).
-pub fn vote_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("decision_id", DataType::Utf8, false),
-        Field::new("vote_id", DataType::Utf8, false),
-        Field::new("voter_commitment", DataType::FixedSizeBinary(32), false),
-        Field::new("option", DataType::Int32, false),
-        Field::new("component", DataType::Utf8, false),
-        Field::new("weight_millionths", DataType::Int64, false),
-        Field::new(
-            "cast_at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("log_partition", DataType::Int32, false),
-        Field::new("log_offset", DataType::Int64, false),
-    ]))
+/// The `sensor_readings` table: every logged reading, in its metric's canonical unit.
+#[derive(Debug)]
+pub struct Readings;
+
+impl LogTable for Readings {
+    type Entry = SensorRecord;
+    const NAME: &'static str = "sensor_readings";
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("region", DataType::Utf8, false),
+            Field::new("metric", DataType::Utf8, false),
+            Field::new("sensor", DataType::Utf8, false),
+            Field::new("observed_at", utc_micros(), false),
+            // The value as logged (exact) and as a float for arithmetic.
+            Field::new("value_micro", DataType::Int64, false),
+            Field::new("value", DataType::Float64, false),
+            Field::new("unit", DataType::Utf8, false),
+            Field::new("quality", DataType::Utf8, false),
+            Field::new("log_partition", DataType::Int32, false),
+            Field::new("log_offset", DataType::Int64, false),
+            Field::new("date", DataType::Date32, false),
+        ]))
+    }
+
+    fn sort_columns() -> Vec<usize> {
+        vec![0, 1, 3, 9]
+    }
+
+    fn partition(entry: &SensorRecord) -> u32 {
+        entry.position.partition
+    }
+
+    fn offset(entry: &SensorRecord) -> u64 {
+        entry.position.offset
+    }
+
+    fn time_micros(entry: &SensorRecord) -> i64 {
+        entry.reading.observed_at.saturating_mul(1000)
+    }
+
+    fn batch(rows: &[&SensorRecord], day: i32) -> Result<RecordBatch, ArrowError> {
+        let n = rows.len();
+        let mut region = StringBuilder::with_capacity(n, n * 8);
+        let mut metric = StringBuilder::with_capacity(n, n * 6);
+        let mut sensor = StringBuilder::with_capacity(n, n * 12);
+        let mut observed_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut value_micro = Int64Builder::with_capacity(n);
+        let mut value = Float64Builder::with_capacity(n);
+        let mut unit = StringBuilder::with_capacity(n, n * 6);
+        let mut quality = StringBuilder::with_capacity(n, n * 4);
+        let mut partition = Int32Builder::with_capacity(n);
+        let mut offset = Int64Builder::with_capacity(n);
+        let mut date = Date32Builder::with_capacity(n);
+        for record in rows {
+            let r = &record.reading;
+            region.append_value(&r.region);
+            metric.append_value(r.metric.as_str());
+            sensor.append_value(&r.sensor_id);
+            observed_at.append_value(r.observed_at.saturating_mul(1000));
+            value_micro.append_value(r.value_micro);
+            value.append_value(r.value_micro as f64 / 1e6);
+            unit.append_value(r.metric.unit());
+            quality.append_value(match r.quality {
+                canopy_schemas::Quality::Ok => "ok",
+                canopy_schemas::Quality::Suspect => "suspect",
+                canopy_schemas::Quality::Maintenance => "maintenance",
+            });
+            partition.append_value(record.position.partition as i32);
+            offset.append_value(record.position.offset as i64);
+            date.append_value(day);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(region.finish()),
+            Arc::new(metric.finish()),
+            Arc::new(sensor.finish()),
+            Arc::new(observed_at.finish()),
+            Arc::new(value_micro.finish()),
+            Arc::new(value.finish()),
+            Arc::new(unit.finish()),
+            Arc::new(quality.finish()),
+            Arc::new(partition.finish()),
+            Arc::new(offset.finish()),
+            Arc::new(date.finish()),
+        ];
+        RecordBatch::try_new(Self::schema(), columns)
+    }
 }
 
 /// What a sync did.
@@ -70,210 +228,137 @@ pub struct SyncReport {
     pub rewritten_ranges: u64,
 }
 
-/// The `votes` table of a lake.
+/// A table of the lake copied from a log.
 #[derive(Debug)]
-pub struct VoteLake {
+pub struct LogLake<T: LogTable> {
     config: LakeConfig,
-    dir: PathBuf,
+    files: TableFiles,
+    table: PhantomData<T>,
 }
 
-impl VoteLake {
+pub type VoteLake = LogLake<Votes>;
+pub type ReadingLake = LogLake<Readings>;
+
+impl<T: LogTable> LogLake<T> {
     /// Opens (creating) the table's folder and removes what a crash left half-written.
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
-        let dir = config.root.join(TABLE);
-        fs::create_dir_all(&dir).map_err(AnalyticsError::io(&dir))?;
-        for date_dir in subdirs(&dir)? {
-            for entry in fs::read_dir(&date_dir).map_err(AnalyticsError::io(&date_dir))? {
-                let path = entry.map_err(AnalyticsError::io(&date_dir))?.path();
-                if path.extension().is_some_and(|e| e == "tmp") {
-                    fs::remove_file(&path).map_err(AnalyticsError::io(&path))?;
-                }
-            }
-        }
-        Ok(Self { config, dir })
+        let files = TableFiles {
+            dir: config.root.join(T::NAME),
+            schema: T::schema(),
+            sort_columns: T::sort_columns(),
+            plain_columns: T::plain_columns(),
+        };
+        files.open()?;
+        Ok(Self {
+            config,
+            files,
+            table: PhantomData,
+        })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.files.dir
     }
 
-    /// The last range written for `partition`, if any: (first offset, last offset).
+    /// The last range written for `partition`, if any: (first offset, last offset). Of
+    /// the files ending last, the narrowest (compaction may have merged it into a wider one).
     pub fn last_range(&self, partition: u32) -> Result<Option<(u64, u64)>, AnalyticsError> {
-        let mut last = None;
-        for date_dir in subdirs(&self.dir)? {
-            for entry in fs::read_dir(&date_dir).map_err(AnalyticsError::io(&date_dir))? {
-                let path = entry.map_err(AnalyticsError::io(&date_dir))?.path();
-                if let Some((p, first, end)) = parse_file_name(&path)
-                    && p == partition
-                    && last.is_none_or(|(f, _)| first > f)
-                {
-                    last = Some((first, end));
-                }
-            }
-        }
-        Ok(last)
+        let space = space(partition);
+        Ok(self
+            .files
+            .all_files()?
+            .into_values()
+            .flatten()
+            .filter(|f| f.name.space == space)
+            .map(|f| (f.name.last, f.name.first))
+            .max()
+            .map(|(last, first)| (first, last)))
     }
 
     /// Writes one range of one log partition: `records` in offset order, dense. One file
-    /// per date of `cast_at`, each named after the whole range.
-    pub fn write_range(
-        &self,
-        partition: u32,
-        records: &[LogRecord],
-    ) -> Result<u64, AnalyticsError> {
+    /// per date, each named after the whole range.
+    pub fn write_range(&self, partition: u32, records: &[T::Entry]) -> Result<u64, AnalyticsError> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Ok(0);
         };
-        let name = file_name(partition, first.position.offset, last.position.offset);
-        let mut by_date: BTreeMap<String, Vec<&LogRecord>> = BTreeMap::new();
+        let name = FileName {
+            space: space(partition),
+            first: T::offset(first),
+            last: T::offset(last),
+        };
+        let mut by_day: BTreeMap<i32, Vec<&T::Entry>> = BTreeMap::new();
         for record in records {
-            by_date
-                .entry(date_of(record.vote.cast_at))
+            by_day
+                .entry(day_of(T::time_micros(record)))
                 .or_default()
                 .push(record);
         }
         let mut files = 0;
-        for (date, mut rows) in by_date {
-            rows.sort_by_key(|r| (r.vote.decision_id.to_string(), r.position.offset));
-            let dir = self.dir.join(format!("date={date}"));
-            fs::create_dir_all(&dir).map_err(AnalyticsError::io(&dir))?;
-            self.write_file(&dir.join(&name), &rows)?;
+        for (day, rows) in by_day {
+            let path = self.files.dir.join(name.render());
+            let batch = T::batch(&rows, day).map_err(|e| parquet_error(&path, e))?;
+            let batch = crate::lake::sort_batch(&batch, &self.files.sort_columns)
+                .map_err(|e| parquet_error(&path, e))?;
+            self.files
+                .write(&self.config, &date_folder(day), &name, &batch, Vec::new())?;
             files += 1;
         }
         Ok(files)
     }
 
-    fn write_file(&self, path: &Path, rows: &[&LogRecord]) -> Result<(), AnalyticsError> {
-        let batch = vote_batch(rows).map_err(|e| parquet_error(path, e))?;
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(self.config.zstd_level).map_err(|e| parquet_error(path, e))?,
-            ))
-            .set_max_row_group_row_count(Some(self.config.row_group_rows.max(1)))
-            // Queries filter by decision; the rows are sorted so, and the file says it.
-            .set_sorting_columns(Some(vec![
-                SortingColumn {
-                    column_idx: 0,
-                    descending: false,
-                    nulls_first: false,
-                },
-                SortingColumn {
-                    column_idx: 8,
-                    descending: false,
-                    nulls_first: false,
-                },
-            ]))
-            // Commitments are random: a dictionary only costs.
-            .set_column_dictionary_enabled(ColumnPath::from("voter_commitment"), false)
-            .build();
-        let temp = path.with_extension("parquet.tmp");
-        let file = File::create(&temp).map_err(AnalyticsError::io(&temp))?;
-        let mut writer = ArrowWriter::try_new(file, vote_schema(), Some(properties))
-            .map_err(|e| parquet_error(path, e))?;
-        writer.write(&batch).map_err(|e| parquet_error(path, e))?;
-        let file = writer.into_inner().map_err(|e| parquet_error(path, e))?;
-        file.sync_all().map_err(AnalyticsError::io(&temp))?;
-        fs::rename(&temp, path).map_err(AnalyticsError::io(path))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(AnalyticsError::io(dir))
+    /// Merges small files and deletes superseded ones past their grace period.
+    pub fn compact(&self) -> Result<(u64, u64), AnalyticsError> {
+        self.files.compact(&self.config)
     }
 }
 
-fn parquet_error(path: &Path, error: impl std::fmt::Display) -> AnalyticsError {
-    AnalyticsError::Parquet {
-        path: path.to_path_buf(),
-        reason: error.to_string(),
+fn space(partition: u32) -> String {
+    format!("p{partition:04}")
+}
+
+/// A log as the lake reads it.
+pub trait LogSource<E> {
+    fn partitions(&self) -> u32;
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<E>, IngestError>;
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError>;
+}
+
+impl LogSource<LogRecord> for dyn VoteLog + '_ {
+    fn partitions(&self) -> u32 {
+        VoteLog::partitions(self)
+    }
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
+        VoteLog::read(self, partition, from, max)
+    }
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        VoteLog::end_offset(self, partition)
     }
 }
 
-fn vote_batch(rows: &[&LogRecord]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let n = rows.len();
-    let mut decision = StringBuilder::with_capacity(n, n * 36);
-    let mut vote = StringBuilder::with_capacity(n, n * 36);
-    let mut commitment = FixedSizeBinaryBuilder::with_capacity(n, 32);
-    let mut option = Int32Builder::with_capacity(n);
-    let mut component = StringBuilder::with_capacity(n, n * 12);
-    let mut weight = Int64Builder::with_capacity(n);
-    let mut cast_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut partition = Int32Builder::with_capacity(n);
-    let mut offset = Int64Builder::with_capacity(n);
-    for record in rows {
-        let v = &record.vote;
-        decision.append_value(v.decision_id.to_string());
-        vote.append_value(v.vote_id.to_string());
-        commitment.append_value(record.commitment.0)?;
-        option.append_value(i32::from(v.option));
-        component.append_value(v.component.to_string());
-        weight.append_value(i64::from(v.weight.0));
-        cast_at.append_value(v.cast_at);
-        partition.append_value(record.position.partition as i32);
-        offset.append_value(record.position.offset as i64);
+impl LogSource<SensorRecord> for dyn SensorLog + '_ {
+    fn partitions(&self) -> u32 {
+        SensorLog::partitions(self)
     }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(decision.finish()),
-        Arc::new(vote.finish()),
-        Arc::new(commitment.finish()),
-        Arc::new(option.finish()),
-        Arc::new(component.finish()),
-        Arc::new(weight.finish()),
-        Arc::new(cast_at.finish()),
-        Arc::new(partition.finish()),
-        Arc::new(offset.finish()),
-    ];
-    RecordBatch::try_new(vote_schema(), columns)
-}
-
-fn file_name(partition: u32, first: u64, last: u64) -> String {
-    format!("part-p{partition:04}-{first:020}-{last:020}.parquet")
-}
-
-/// (partition, first offset, last offset) of a lake file's name.
-fn parse_file_name(path: &Path) -> Option<(u32, u64, u64)> {
-    let name = path.file_name()?.to_str()?;
-    let rest = name.strip_prefix("part-p")?.strip_suffix(".parquet")?;
-    let mut parts = rest.split('-');
-    let partition = parts.next()?.parse().ok()?;
-    let first = parts.next()?.parse().ok()?;
-    let last = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((partition, first, last))
-}
-
-fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, AnalyticsError> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(AnalyticsError::io(dir))? {
-        let path = entry.map_err(AnalyticsError::io(dir))?.path();
-        if path.is_dir() {
-            out.push(path);
-        }
+    fn read(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<SensorRecord>, IngestError> {
+        SensorLog::read(self, partition, from, max)
     }
-    Ok(out)
-}
-
-/// `YYYY-MM-DD` (UTC) of a time in microseconds since the Unix epoch.
-fn date_of(micros: i64) -> String {
-    let days = micros.div_euclid(MICROS_PER_DAY);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        SensorLog::end_offset(self, partition)
+    }
 }
 
 /// Reads exactly offsets `first..=last` of `partition`.
-fn read_exact(
-    log: &dyn VoteLog,
+fn read_exact<T: LogTable, L: LogSource<T::Entry> + ?Sized>(
+    log: &L,
     partition: u32,
     first: u64,
     last: u64,
-) -> Result<Vec<LogRecord>, AnalyticsError> {
+) -> Result<Vec<T::Entry>, AnalyticsError> {
     let mut out = Vec::with_capacity((last - first + 1) as usize);
     let mut next = first;
     while next <= last {
@@ -286,11 +371,11 @@ fn read_exact(
             });
         }
         for record in batch {
-            if record.position.offset != next {
+            if T::offset(&record) != next {
                 return Err(AnalyticsError::LogGap {
                     partition,
                     expected: next,
-                    got: record.position.offset,
+                    got: T::offset(&record),
                 });
             }
             next += 1;
@@ -300,38 +385,73 @@ fn read_exact(
     Ok(out)
 }
 
-/// Copies the vote log into the lake: per partition, the last range found is written
-/// again, then everything after it, in ranges of at most `range_rows`.
+/// Where a long-running copy stands: the lake's position per log partition, so that a
+/// periodic sync writes the last range again only once (at start).
+#[derive(Clone, Debug, Default)]
+pub struct SyncCursor {
+    next: Option<Vec<u64>>,
+}
+
+/// Copies a log into its table: per partition, at the first call the last range found is
+/// written again; then everything after it, in ranges of at most `range_rows`.
+pub fn sync_log<T: LogTable, L: LogSource<T::Entry> + ?Sized>(
+    lake: &LogLake<T>,
+    log: &L,
+    range_rows: usize,
+    cursor: &mut SyncCursor,
+) -> Result<SyncReport, AnalyticsError> {
+    let mut report = SyncReport::default();
+    let partitions = log.partitions();
+    if cursor.next.is_none() {
+        let mut next = vec![0; partitions as usize];
+        for partition in 0..partitions {
+            if let Some((first, last)) = lake.last_range(partition)? {
+                let records = read_exact::<T, L>(log, partition, first, last)?;
+                report.files += lake.write_range(partition, &records)?;
+                report.rewritten_ranges += 1;
+                next[partition as usize] = last + 1;
+            }
+        }
+        cursor.next = Some(next);
+    }
+    let next = cursor.next.as_mut().expect("set above");
+    for partition in 0..partitions {
+        let at = &mut next[partition as usize];
+        loop {
+            let records = log.read(partition, *at, range_rows.max(1))?;
+            let (Some(head), Some(end)) = (records.first(), records.last()) else {
+                break;
+            };
+            if T::offset(head) != *at {
+                return Err(AnalyticsError::LogGap {
+                    partition,
+                    expected: *at,
+                    got: T::offset(head),
+                });
+            }
+            let end = T::offset(end);
+            report.files += lake.write_range(partition, &records)?;
+            report.rows += records.len() as u64;
+            *at = end + 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Copies the vote log into the `votes` table (once; see [`sync_log`]).
 pub fn sync_votes(
     lake: &VoteLake,
     log: &dyn VoteLog,
     range_rows: usize,
 ) -> Result<SyncReport, AnalyticsError> {
-    let mut report = SyncReport::default();
-    for partition in 0..log.partitions() {
-        let mut next = 0;
-        if let Some((first, last)) = lake.last_range(partition)? {
-            let records = read_exact(log, partition, first, last)?;
-            report.files += lake.write_range(partition, &records)?;
-            report.rewritten_ranges += 1;
-            next = last + 1;
-        }
-        loop {
-            let records = log.read(partition, next, range_rows.max(1))?;
-            let Some(end) = records.last().map(|r| r.position.offset) else {
-                break;
-            };
-            if records[0].position.offset != next {
-                return Err(AnalyticsError::LogGap {
-                    partition,
-                    expected: next,
-                    got: records[0].position.offset,
-                });
-            }
-            report.files += lake.write_range(partition, &records)?;
-            report.rows += records.len() as u64;
-            next = end + 1;
-        }
-    }
-    Ok(report)
+    sync_log(lake, log, range_rows, &mut SyncCursor::default())
+}
+
+/// Copies the sensor log into the `sensor_readings` table (once; see [`sync_log`]).
+pub fn sync_readings(
+    lake: &ReadingLake,
+    log: &dyn SensorLog,
+    range_rows: usize,
+) -> Result<SyncReport, AnalyticsError> {
+    sync_log(lake, log, range_rows, &mut SyncCursor::default())
 }

@@ -22,6 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+mod analytics;
 mod http;
 mod kafka;
 mod sensors;
@@ -82,6 +83,9 @@ enum Bench {
     /// Readings per second through the sensor features dataflow, against a hand-written
     /// single-threaded computation of the same windows.
     Sensors(sensors::SensorArgs),
+    /// Typical analyst queries in SQL over a lake of generated votes (50M by default),
+    /// against a hand-written single-threaded computation from the same Parquet files.
+    Analytics(analytics::AnalyticsArgs),
     /// Leaves per second into a Merkle log with a signed checkpoint every 1000 leaves,
     /// against raw SHA-256 of the same bytes.
     Merkle {
@@ -113,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Kafka(args) => kafka::bench(args),
         Bench::KafkaWorker(args) => kafka::worker(args),
         Bench::Sensors(args) => sensors::run(args),
+        Bench::Analytics(args) => analytics::run(args),
         Bench::Merkle {
             leaves,
             checkpoint_every,

@@ -74,6 +74,7 @@ impl AlertRules {
 }
 
 type AlertSink = Box<dyn Fn(Alert) + Send + Sync>;
+type WindowSink = Box<dyn Fn(&[WindowUpdate]) + Send + Sync>;
 
 /// How many windows of each size a series keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +122,8 @@ pub struct SensorViews {
     inner: Mutex<Inner>,
     advanced: Condvar,
     alert_sink: Mutex<Option<AlertSink>>,
+    /// Sees every epoch's window changes before they are applied (the analytics lake).
+    window_sink: Mutex<Option<WindowSink>>,
     /// Whether a scorer takes the changed windows; without one they are not collected
     /// (the set would only grow).
     scoring: AtomicBool,
@@ -152,6 +155,7 @@ impl SensorViews {
             }),
             advanced: Condvar::new(),
             alert_sink: Mutex::new(None),
+            window_sink: Mutex::new(None),
             scoring: AtomicBool::new(false),
         }
     }
@@ -176,6 +180,18 @@ impl SensorViews {
             .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(sink));
     }
 
+    /// Where every epoch's window changes also go (the analytics lake keeps final windows).
+    pub fn on_windows(&self, sink: impl Fn(&[WindowUpdate]) + Send + Sync + 'static) {
+        *self
+            .window_sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(sink));
+    }
+
+    pub fn region_name(&self, key: u64) -> Option<String> {
+        self.lock().region_names.get(&key).cloned()
+    }
+
     pub fn name_region(&self, key: u64, name: &str) {
         self.lock().region_names.insert(key, name.to_string());
     }
@@ -193,6 +209,14 @@ impl SensorViews {
 
     /// Applies one complete epoch of window changes.
     pub fn publish(&self, updates: Vec<WindowUpdate>) {
+        if let Some(sink) = self
+            .window_sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            sink(&updates);
+        }
         let mut alerts = Vec::new();
         let scoring = self.scoring.load(Ordering::Acquire);
         {

@@ -1,0 +1,354 @@
+//! What a running node does to keep its lake: the sinks that collect the dataflows'
+//! output ([`LakeViews`], [`FinalWindows`]) and the [`LakeWriter`] that turns logs and
+//! collected rows into files on every flush.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use canopy_dataflow::{
+    CellTally, DataflowError, DecisionView, Owner, SensorViews, ViewStore, ViewUpdate,
+    WindowKey, WindowUpdate,
+};
+use canopy_ingest::{Position, SensorLog, VoteLog};
+use canopy_schemas::{Component, Decision, DecisionId};
+
+use crate::AnalyticsError;
+use crate::decisions::DecisionLake;
+use crate::lake::LakeConfig;
+use crate::sinks::{
+    CheckpointEntry, CheckpointLake, TallyChange, TallyChangeLake, WindowFeature,
+    WindowFeatureLake,
+};
+use crate::votes::{ReadingLake, SyncCursor, VoteLake, sync_log};
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+type CellValues = (u64, u64, u64);
+
+#[derive(Default)]
+struct Changes {
+    /// Per decision, its cells as last published: (option, component) → (count, weight, share).
+    cells: HashMap<DecisionId, HashMap<(u16, Component), CellValues>>,
+    rows: Vec<TallyChange>,
+}
+
+/// A [`ViewStore`] in front of another that also records, per published epoch, every
+/// tally cell that changed (the `tally_changes` table).
+pub struct LakeViews {
+    inner: Arc<dyn ViewStore>,
+    changes: Mutex<Changes>,
+}
+
+impl std::fmt::Debug for LakeViews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeViews").finish_non_exhaustive()
+    }
+}
+
+impl LakeViews {
+    pub fn new(inner: Arc<dyn ViewStore>) -> Self {
+        Self {
+            inner,
+            changes: Mutex::new(Changes::default()),
+        }
+    }
+
+    /// The changes recorded since the last call.
+    pub fn take_changes(&self) -> Vec<TallyChange> {
+        std::mem::take(
+            &mut self
+                .changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .rows,
+        )
+    }
+
+    fn record(&self, updates: &[ViewUpdate]) {
+        let published_at = now_micros();
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Changes { cells, rows } = &mut *changes;
+        for update in updates {
+            let new: HashMap<(u16, Component), CellValues> = update
+                .tally
+                .iter()
+                .flat_map(|tally| &tally.cells)
+                .map(|c: &CellTally| ((c.option, c.component), (c.count, c.weight_sum, c.share_ppb)))
+                .collect();
+            let old = cells.remove(&update.decision).unwrap_or_default();
+            let row = |(option, component): (u16, Component), (count, weight, share): CellValues| {
+                TallyChange {
+                    decision_id: update.decision.to_string(),
+                    option: i32::from(option),
+                    component: component.as_str(),
+                    count: count as i64,
+                    weight_millionths: weight as i64,
+                    share_ppb: share as i64,
+                    as_of_partition: update.as_of.partition,
+                    as_of_offset: update.as_of.offset,
+                    published_at,
+                }
+            };
+            for (cell, values) in &new {
+                if old.get(cell) != Some(values) {
+                    rows.push(row(*cell, *values));
+                }
+            }
+            for cell in old.keys() {
+                if !new.contains_key(cell) {
+                    rows.push(row(*cell, (0, 0, 0)));
+                }
+            }
+            if !new.is_empty() {
+                cells.insert(update.decision, new);
+            }
+        }
+    }
+}
+
+impl ViewStore for LakeViews {
+    fn publish(&self, updates: Vec<ViewUpdate>) {
+        self.record(&updates);
+        self.inner.publish(updates);
+    }
+
+    fn advance(&self, partition: u32, end: u64) {
+        self.inner.advance(partition, end);
+    }
+
+    fn fail(&self, reason: String) {
+        self.inner.fail(reason);
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
+
+    fn frontier(&self, partition: u32) -> u64 {
+        self.inner.frontier(partition)
+    }
+
+    fn get(&self, decision: DecisionId) -> Result<Option<DecisionView>, DataflowError> {
+        self.inner.get(decision)
+    }
+
+    fn wait_for(
+        &self,
+        decision: DecisionId,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<Option<DecisionView>, DataflowError> {
+        self.inner.wait_for(decision, position, timeout)
+    }
+}
+
+#[derive(Default)]
+struct OpenWindows {
+    windows: HashMap<WindowKey, WindowUpdate>,
+    /// Per region: the latest event time (ms) of a reading its windows took.
+    newest_reading: HashMap<u64, i64>,
+}
+
+/// Collects the features dataflow's window changes and hands over windows once they are
+/// final: no reading can change them any more.
+///
+/// A window is final once its partition's watermark (the latest event time seen in it)
+/// has passed its end plus the allowed lateness. The collector sees each region's latest
+/// reading, which is never past its partition's watermark, so what it calls final is final.
+pub struct FinalWindows {
+    views: Arc<SensorViews>,
+    open: Mutex<OpenWindows>,
+}
+
+impl std::fmt::Debug for FinalWindows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinalWindows").finish_non_exhaustive()
+    }
+}
+
+impl FinalWindows {
+    /// Starts collecting `views`' window changes.
+    pub fn attach(views: &Arc<SensorViews>) -> Arc<Self> {
+        let collector = Arc::new(Self {
+            views: Arc::clone(views),
+            open: Mutex::new(OpenWindows::default()),
+        });
+        let sink = Arc::downgrade(&collector);
+        views.on_windows(move |updates| {
+            if let Some(collector) = sink.upgrade() {
+                collector.note(updates);
+            }
+        });
+        collector
+    }
+
+    fn note(&self, updates: &[WindowUpdate]) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        for update in updates {
+            let newest = open.newest_reading.entry(update.region).or_insert(i64::MIN);
+            *newest = (*newest).max(update.stats.last_at);
+            open.windows.insert(update.key, *update);
+        }
+    }
+
+    /// The windows that became final since the last call, named.
+    pub fn take_final(&self) -> Vec<WindowFeature> {
+        let config = self.views.config().clone();
+        let finals: Vec<WindowUpdate> = {
+            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            let OpenWindows {
+                windows,
+                newest_reading,
+            } = &mut *open;
+            let mut out = Vec::new();
+            windows.retain(|key, update| {
+                let width = config.sizes_ms[key.size as usize];
+                let closes = key.start_ms + width + config.allowed_lateness_ms;
+                let final_now = newest_reading
+                    .get(&update.region)
+                    .is_some_and(|&newest| newest >= closes);
+                if final_now {
+                    out.push(*update);
+                }
+                !final_now
+            });
+            out
+        };
+        let mut rows = Vec::with_capacity(finals.len());
+        for update in finals {
+            let Some(region) = self.views.region_name(update.region) else {
+                continue;
+            };
+            let sensor = match update.key.owner {
+                Owner::Sensor(key) => match self.views.sensor_name(key) {
+                    Some(name) => Some(name),
+                    None => continue,
+                },
+                Owner::Region(_) => None,
+            };
+            let width_ms = config.sizes_ms[update.key.size as usize];
+            let micro = |v: i64| v as f64 / 1e6;
+            rows.push(WindowFeature {
+                region,
+                sensor,
+                metric: update.key.metric.as_str(),
+                width_s: width_ms / 1000,
+                window_start: update.key.start_ms * 1000,
+                count: update.stats.count as i64,
+                mean: update.stats.mean(),
+                stddev: update.stats.std_dev(),
+                min: micro(update.stats.min),
+                max: micro(update.stats.max),
+                last: micro(update.stats.last),
+                max_abs_z: update.z.map(|z| z.max_abs),
+            });
+        }
+        rows
+    }
+}
+
+/// What one flush wrote, per table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriterReport {
+    pub votes: u64,
+    pub sensor_readings: u64,
+    pub tally_changes: u64,
+    pub window_features: u64,
+    pub checkpoints: u64,
+}
+
+impl WriterReport {
+    pub fn rows(&self) -> u64 {
+        self.votes + self.sensor_readings + self.tally_changes + self.window_features + self.checkpoints
+    }
+}
+
+/// Every table of a node's lake, written on each flush.
+#[derive(Debug)]
+pub struct LakeWriter {
+    decisions: DecisionLake,
+    votes: VoteLake,
+    vote_cursor: SyncCursor,
+    readings: ReadingLake,
+    reading_cursor: SyncCursor,
+    tally_changes: TallyChangeLake,
+    window_features: WindowFeatureLake,
+    checkpoints: CheckpointLake,
+    range_rows: usize,
+}
+
+impl LakeWriter {
+    pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
+        Ok(Self {
+            decisions: DecisionLake::open(config.clone())?,
+            votes: VoteLake::open(config.clone())?,
+            vote_cursor: SyncCursor::default(),
+            readings: ReadingLake::open(config.clone())?,
+            reading_cursor: SyncCursor::default(),
+            tally_changes: TallyChangeLake::open(config.clone())?,
+            window_features: WindowFeatureLake::open(config.clone())?,
+            checkpoints: CheckpointLake::open(config)?,
+            range_rows: 1 << 20,
+        })
+    }
+
+    /// Writes the registered decisions, if they changed since the last call.
+    pub fn write_decisions(&mut self, decisions: &[Decision]) -> Result<bool, AnalyticsError> {
+        self.decisions.write_snapshot(decisions)
+    }
+
+    /// Copies what the vote log gained since the last call.
+    pub fn sync_votes(&mut self, log: &dyn VoteLog) -> Result<u64, AnalyticsError> {
+        Ok(sync_log(&self.votes, log, self.range_rows, &mut self.vote_cursor)?.rows)
+    }
+
+    /// Copies what the sensor log gained since the last call.
+    pub fn sync_readings(&mut self, log: &dyn SensorLog) -> Result<u64, AnalyticsError> {
+        Ok(sync_log(&self.readings, log, self.range_rows, &mut self.reading_cursor)?.rows)
+    }
+
+    pub fn write_tally_changes(&mut self, rows: Vec<TallyChange>) -> Result<u64, AnalyticsError> {
+        self.tally_changes.append(rows)
+    }
+
+    pub fn write_window_features(
+        &mut self,
+        rows: Vec<WindowFeature>,
+    ) -> Result<u64, AnalyticsError> {
+        self.window_features.append(rows)
+    }
+
+    /// The largest tree size of `decision` in the `checkpoints` table.
+    pub fn checkpoint_mark(&self, decision: &str) -> Option<i64> {
+        self.checkpoints.mark(decision)
+    }
+
+    pub fn write_checkpoints(
+        &mut self,
+        rows: Vec<CheckpointEntry>,
+    ) -> Result<u64, AnalyticsError> {
+        self.checkpoints.append(rows)
+    }
+
+    /// Merges small files of every table; returns (files merged away, files deleted).
+    pub fn compact(&self) -> Result<(u64, u64), AnalyticsError> {
+        let mut total = (0, 0);
+        for (merged, deleted) in [
+            self.decisions.compact()?,
+            self.votes.compact()?,
+            self.readings.compact()?,
+            self.tally_changes.compact()?,
+            self.window_features.compact()?,
+            self.checkpoints.compact()?,
+        ] {
+            total.0 += merged;
+            total.1 += deleted;
+        }
+        Ok(total)
+    }
+}
