@@ -75,7 +75,10 @@ pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
 
     use canopy_analytics::{LakeSql, OutputFormat, SqlLimits, render, write_parquet};
 
-    let root = args.lake.clone().unwrap_or_else(|| lake_dir(&args.data_dir));
+    let root = args
+        .lake
+        .clone()
+        .unwrap_or_else(|| lake_dir(&args.data_dir));
     if !root.is_dir() {
         anyhow::bail!(
             "no lake at {} (a node with --lake writes one; `canopy lake sync` fills one from a stopped node's log)",
@@ -101,7 +104,7 @@ pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
         )),
         None => match args.format {
             Format::Parquet => anyhow::bail!("--format parquet needs --output FILE"),
-            _ => Box::new(std::io::stdout().lock()),
+            _ => Box::new(std::io::stdout()),
         },
     };
     match args.format {
@@ -118,4 +121,3 @@ pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -79,6 +79,21 @@ pub struct UpArgs {
     /// Take no sensor readings (no sensor log, no features dataflow).
     #[arg(long)]
     no_sensors: bool,
+    /// Where the analytics lake goes (Parquet; default `<data-dir>/lake`).
+    #[arg(long)]
+    lake: Option<PathBuf>,
+    /// Keep no analytics lake (no Parquet files, no SQL).
+    #[arg(long, conflicts_with = "lake")]
+    no_lake: bool,
+    /// How often new history is written to the lake, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    lake_flush_s: f64,
+    /// The longest a SQL query may run (HTTP and PostgreSQL protocol), in seconds.
+    #[arg(long, default_value_t = 120)]
+    sql_timeout_s: u64,
+    /// Memory one SQL query may use for sorts, joins and aggregations, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    sql_memory_mib: usize,
     #[cfg(feature = "evm")]
     #[command(flatten)]
     evm: crate::evm::EvmArgs,
@@ -129,6 +144,18 @@ fn node_config(args: &UpArgs) -> NodeConfig {
         args.sensor_windows_s[1].saturating_mul(1000),
     ];
     windows.allowed_lateness_ms = args.allowed_lateness_s.saturating_mul(1000);
+    if !args.no_lake {
+        let root = args
+            .lake
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("lake"));
+        let mut lake = canopy_serving::lake::LakeSettings::new(root);
+        lake.flush_interval = Duration::from_secs_f64(args.lake_flush_s.max(0.05));
+        lake.sql.timeout = Duration::from_secs(args.sql_timeout_s.max(1));
+        lake.sql.memory_bytes = args.sql_memory_mib.max(1) << 20;
+        lake.sql.target_partitions = args.workers.max(1);
+        config.lake = Some(lake);
+    }
     let thresholds = &mut config.sensors.alert_rules.thresholds;
     for (metric, threshold) in &args.alert_thresholds {
         match threshold {

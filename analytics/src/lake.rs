@@ -84,7 +84,10 @@ pub(crate) struct FileName {
 
 impl FileName {
     pub fn render(&self) -> String {
-        format!("part-{}-{:020}-{:020}.parquet", self.space, self.first, self.last)
+        format!(
+            "part-{}-{:020}-{:020}.parquet",
+            self.space, self.first, self.last
+        )
     }
 
     pub fn parse(path: &Path) -> Option<FileName> {
@@ -300,11 +303,16 @@ impl TableFiles {
         }
         let batch = arrow_select::concat::concat_batches(&self.schema, &batches)
             .map_err(|e| parquet_error(&run[0].path, e))?;
-        let batch = sort_batch(&batch, &self.sort_columns).map_err(|e| parquet_error(&run[0].path, e))?;
+        let batch =
+            sort_batch(&batch, &self.sort_columns).map_err(|e| parquet_error(&run[0].path, e))?;
         let name = FileName {
             space: space.to_string(),
             first: run[0].name.first,
-            last: run.iter().map(|f| f.name.last).max().unwrap_or(run[0].name.last),
+            last: run
+                .iter()
+                .map(|f| f.name.last)
+                .max()
+                .unwrap_or(run[0].name.last),
         };
         self.write(config, folder, &name, &batch, metadata)?;
         Ok(run.len() as u64)

@@ -31,7 +31,7 @@ pub use sinks::{
     CheckpointEntry, CheckpointLake, Checkpoints, SinkLake, SinkTable, TallyChange,
     TallyChangeLake, TallyChanges, WindowFeature, WindowFeatureLake, WindowFeatures,
 };
-pub use sql::{LakeSql, OutputFormat, QueryStream, SqlLimits, render, write_parquet};
+pub use sql::{BatchEncoder, LakeSql, OutputFormat, QueryStream, SqlLimits, render, write_parquet};
 pub use votes::{
     LogLake, LogSource, LogTable, ReadingLake, Readings, SyncCursor, SyncReport, VoteLake, Votes,
     sync_log, sync_readings, sync_votes, vote_schema,

@@ -104,7 +104,10 @@ impl<T: SinkTable> SinkLake<T> {
         let mut by_day: BTreeMap<i32, Vec<T::Row>> = BTreeMap::new();
         for row in rows {
             if self.is_new(&row) {
-                by_day.entry(day_of(T::time_micros(&row))).or_default().push(row);
+                by_day
+                    .entry(day_of(T::time_micros(&row)))
+                    .or_default()
+                    .push(row);
             }
         }
         let mut written = 0;
@@ -331,7 +334,8 @@ impl SinkTable for WindowFeatures {
         let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut count = Int64Builder::with_capacity(n);
-        let mut floats: [Float64Builder; 5] = std::array::from_fn(|_| Float64Builder::with_capacity(n));
+        let mut floats: [Float64Builder; 5] =
+            std::array::from_fn(|_| Float64Builder::with_capacity(n));
         let mut z = Float64Builder::with_capacity(n);
         let mut date = Date32Builder::with_capacity(n);
         for row in rows {

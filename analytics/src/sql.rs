@@ -30,10 +30,10 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
 use futures::{Stream, StreamExt};
 
-use crate::lake::{TableFiles, TABLES};
+use crate::AnalyticsError;
+use crate::lake::{TABLES, TableFiles};
 use crate::sinks::{Checkpoints, SinkTable, TallyChanges, WindowFeatures};
 use crate::votes::{LogTable, Readings, Votes};
-use crate::AnalyticsError;
 
 /// What one query may take.
 #[derive(Clone, Copy, Debug)]
@@ -130,7 +130,10 @@ impl LakeSql {
 
     fn table(&self, name: &str) -> Arc<dyn TableProvider> {
         let (schema, sort) = match name {
-            "votes" => (Votes::schema(), sort_names(&Votes::schema(), &Votes::sort_columns())),
+            "votes" => (
+                Votes::schema(),
+                sort_names(&Votes::schema(), &Votes::sort_columns()),
+            ),
             "decisions" => (crate::decision_schema(), vec!["decision_id".to_string()]),
             "sensor_readings" => (
                 Readings::schema(),
@@ -318,7 +321,10 @@ impl TableProvider for LakeTable {
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
             .with_file_sort_order(vec![
-                self.sort.iter().map(|c| col(c.as_str()).sort(true, false)).collect(),
+                self.sort
+                    .iter()
+                    .map(|c| col(c.as_str()).sort(true, false))
+                    .collect(),
             ]);
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
@@ -363,6 +369,44 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat) -> Result<Vec<u8>, 
     Ok(out)
 }
 
+/// Encodes a result batch by batch, for a response that streams: JSON lines, or CSV whose
+/// header comes with the first batch.
+#[derive(Debug)]
+pub struct BatchEncoder {
+    format: OutputFormat,
+    header_written: bool,
+}
+
+impl BatchEncoder {
+    /// `Csv` or `Json` (a table cannot stream: its column widths depend on every row).
+    pub fn new(format: OutputFormat) -> Self {
+        Self {
+            format,
+            header_written: false,
+        }
+    }
+
+    pub fn encode(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, AnalyticsError> {
+        use datafusion::arrow::{csv, json};
+        let mut out = Vec::new();
+        match self.format {
+            OutputFormat::Csv => {
+                let mut writer = csv::WriterBuilder::new()
+                    .with_header(!self.header_written)
+                    .build(&mut out);
+                writer.write(batch).map_err(sql_error)?;
+                self.header_written = true;
+            }
+            OutputFormat::Json | OutputFormat::Table => {
+                let mut writer = json::LineDelimitedWriter::new(&mut out);
+                writer.write(batch).map_err(sql_error)?;
+                writer.finish().map_err(sql_error)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Writes query results as one Parquet file (zstd), for tools that read Parquet.
 pub fn write_parquet(
     batches: &[RecordBatch],
@@ -372,8 +416,8 @@ pub fn write_parquet(
     let properties = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
         .build();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(out, schema, Some(properties))
-        .map_err(sql_error)?;
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(out, schema, Some(properties)).map_err(sql_error)?;
     for batch in batches {
         writer.write(batch).map_err(sql_error)?;
     }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use canopy_dataflow::{
-    CellTally, DataflowError, DecisionView, Owner, SensorViews, ViewStore, ViewUpdate,
-    WindowKey, WindowUpdate,
+    CellTally, DataflowError, DecisionView, Owner, SensorViews, ViewStore, ViewUpdate, WindowKey,
+    WindowUpdate,
 };
 use canopy_ingest::{Position, SensorLog, VoteLog};
 use canopy_schemas::{Component, Decision, DecisionId};
@@ -17,8 +17,7 @@ use crate::AnalyticsError;
 use crate::decisions::DecisionLake;
 use crate::lake::LakeConfig;
 use crate::sinks::{
-    CheckpointEntry, CheckpointLake, TallyChange, TallyChangeLake, WindowFeature,
-    WindowFeatureLake,
+    CheckpointEntry, CheckpointLake, TallyChange, TallyChangeLake, WindowFeature, WindowFeatureLake,
 };
 use crate::votes::{ReadingLake, SyncCursor, VoteLake, sync_log};
 
@@ -78,10 +77,16 @@ impl LakeViews {
                 .tally
                 .iter()
                 .flat_map(|tally| &tally.cells)
-                .map(|c: &CellTally| ((c.option, c.component), (c.count, c.weight_sum, c.share_ppb)))
+                .map(|c: &CellTally| {
+                    (
+                        (c.option, c.component),
+                        (c.count, c.weight_sum, c.share_ppb),
+                    )
+                })
                 .collect();
             let old = cells.remove(&update.decision).unwrap_or_default();
-            let row = |(option, component): (u16, Component), (count, weight, share): CellValues| {
+            let row = |(option, component): (u16, Component),
+                       (count, weight, share): CellValues| {
                 TallyChange {
                     decision_id: update.decision.to_string(),
                     option: i32::from(option),
@@ -264,7 +269,11 @@ pub struct WriterReport {
 
 impl WriterReport {
     pub fn rows(&self) -> u64 {
-        self.votes + self.sensor_readings + self.tally_changes + self.window_features + self.checkpoints
+        self.votes
+            + self.sensor_readings
+            + self.tally_changes
+            + self.window_features
+            + self.checkpoints
     }
 }
 
@@ -309,7 +318,13 @@ impl LakeWriter {
 
     /// Copies what the sensor log gained since the last call.
     pub fn sync_readings(&mut self, log: &dyn SensorLog) -> Result<u64, AnalyticsError> {
-        Ok(sync_log(&self.readings, log, self.range_rows, &mut self.reading_cursor)?.rows)
+        Ok(sync_log(
+            &self.readings,
+            log,
+            self.range_rows,
+            &mut self.reading_cursor,
+        )?
+        .rows)
     }
 
     pub fn write_tally_changes(&mut self, rows: Vec<TallyChange>) -> Result<u64, AnalyticsError> {
@@ -328,10 +343,7 @@ impl LakeWriter {
         self.checkpoints.mark(decision)
     }
 
-    pub fn write_checkpoints(
-        &mut self,
-        rows: Vec<CheckpointEntry>,
-    ) -> Result<u64, AnalyticsError> {
+    pub fn write_checkpoints(&mut self, rows: Vec<CheckpointEntry>) -> Result<u64, AnalyticsError> {
         self.checkpoints.append(rows)
     }
 

@@ -14,12 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    Date32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
-};
+use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{
-    Array, Date32Array, FixedSizeBinaryArray, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    Array, Date32Array, FixedSizeBinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, TimeUnit};
 use canopy_analytics::{DecisionLake, LakeConfig, LakeSql, SqlLimits, VoteLake};
@@ -68,6 +65,10 @@ pub struct AnalyticsArgs {
     /// Memory one query may take for its joins, aggregations and sorts.
     #[arg(long, default_value_t = 8 << 30)]
     memory_bytes: usize,
+    /// Before timing a query, run it once as EXPLAIN ANALYZE and print the plan with its
+    /// metrics (rows, files and row groups pruned, time per operator) on stderr.
+    #[arg(long)]
+    explain: bool,
 }
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -98,7 +99,11 @@ pub fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
         .context("creating a temporary directory")?;
     let root = match (&args.dir, &scratch) {
         (Some(dir), _) => dir.clone(),
-        (None, scratch) => scratch.as_ref().expect("made without --dir").path().to_path_buf(),
+        (None, scratch) => scratch
+            .as_ref()
+            .expect("made without --dir")
+            .path()
+            .to_path_buf(),
     };
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
 
@@ -230,11 +235,7 @@ fn prepare_lake(args: &AnalyticsArgs, root: &Path) -> anyhow::Result<WriteFigure
 fn generate_lake(args: &AnalyticsArgs, root: &Path) -> anyhow::Result<WriteFigures> {
     eprintln!(
         "generating {} votes over {} decisions, {} regions, {} days into {} partitions ...",
-        args.votes,
-        args.decisions,
-        args.regions,
-        args.days,
-        args.partitions
+        args.votes, args.decisions, args.regions, args.days, args.partitions
     );
     let config = LakeConfig::new(root);
     let mut generator = VoteGenerator::new(args);
@@ -266,8 +267,7 @@ fn generate_lake(args: &AnalyticsArgs, root: &Path) -> anyhow::Result<WriteFigur
         Ok((busy, files))
     });
 
-    let mut open_ranges: Vec<Vec<LogRecord>> =
-        (0..args.partitions).map(|_| Vec::new()).collect();
+    let mut open_ranges: Vec<Vec<LogRecord>> = (0..args.partitions).map(|_| Vec::new()).collect();
     let mut writer_gone = false;
     for record in &mut generator {
         let range = &mut open_ranges[record.position.partition as usize];
@@ -476,7 +476,9 @@ fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
 fn date_folders(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let votes = root.join("votes");
     let mut folders = Vec::new();
-    for entry in std::fs::read_dir(&votes).with_context(|| format!("listing {}", votes.display()))? {
+    for entry in
+        std::fs::read_dir(&votes).with_context(|| format!("listing {}", votes.display()))?
+    {
         let path = entry?.path();
         if path.is_dir() {
             folders.push(path);
@@ -601,6 +603,18 @@ fn measure(
     args: &AnalyticsArgs,
 ) -> anyhow::Result<QueryFigures> {
     let name = query.name;
+    if args.explain {
+        let explained = runtime
+            .block_on(sql.query(&format!("EXPLAIN ANALYZE {}", query.sql)))
+            .with_context(|| format!("explaining {name}"))?;
+        for row in answer_of(&explained)? {
+            for cell in row {
+                if let Cell::Text(text) = cell {
+                    eprintln!("{text}");
+                }
+            }
+        }
+    }
     let mut fastest_sql = Duration::MAX;
     let mut batches = Vec::new();
     for run in 1..=args.repeat {
@@ -685,7 +699,11 @@ fn cell(array: &dyn Array, row: usize) -> anyhow::Result<Cell> {
 /// terms does.
 fn same_answer(sql: &Answer, baseline: &Answer) -> anyhow::Result<()> {
     if sql.len() != baseline.len() {
-        bail!("{} rows in SQL, {} in the baseline", sql.len(), baseline.len());
+        bail!(
+            "{} rows in SQL, {} in the baseline",
+            sql.len(),
+            baseline.len()
+        );
     }
     for (index, (a, b)) in sql.iter().zip(baseline).enumerate() {
         let equal = a.len() == b.len()
@@ -748,7 +766,7 @@ fn dates<'a>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a Date32Arr
         .with_context(|| format!("{name} is not Date32"))
 }
 
-fn commitments<'a>(batch: &'a RecordBatch) -> anyhow::Result<&'a FixedSizeBinaryArray> {
+fn commitments(batch: &RecordBatch) -> anyhow::Result<&FixedSizeBinaryArray> {
     column(batch, "voter_commitment")?
         .as_fixed_size_binary_opt()
         .context("voter_commitment is not FixedSizeBinary")

@@ -83,6 +83,8 @@ pub struct AppState {
     pub coordinator: Option<Arc<crate::redis_views::ReplicaCoordinator>>,
     /// Sensor ingest, features and alerts, in a node that runs the engine.
     pub sensors: Option<Arc<crate::sensors_api::SensorService>>,
+    /// SQL over the analytics lake, in a node that keeps one.
+    pub analytics: Option<Arc<crate::analytics_api::AnalyticsService>>,
 }
 
 pub(crate) type SharedState = Arc<AppState>;
@@ -179,6 +181,7 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
         .routes(routes!(crate::sensors_api::region_metrics))
         .routes(routes!(crate::sensors_api::historical_trends))
         .routes(routes!(crate::sensors_api::alert_stream))
+        .routes(routes!(crate::analytics_api::analytics_sql))
         .split_for_parts();
     let document = Arc::new(openapi.clone());
     let router = router

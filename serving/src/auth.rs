@@ -81,6 +81,7 @@ pub enum Action {
     RegisterSensors,
     SubmitReadings,
     ReadEnvironment,
+    QueryAnalytics,
 }
 
 impl Action {
@@ -96,6 +97,7 @@ impl Action {
             Self::RegisterSensors => "register sensors",
             Self::SubmitReadings => "submit sensor readings",
             Self::ReadEnvironment => "read environmental data",
+            Self::QueryAnalytics => "query the analytics lake in SQL",
         }
     }
 
@@ -113,6 +115,7 @@ impl Action {
     /// | register sensors  |         |        |             |         | yes      |         | yes   |
     /// | submit readings   |         |        |             |         | yes      |         | yes   |
     /// | read env. data    | yes     | yes    | yes         | yes     | yes      | yes     | yes   |
+    /// | SQL over the lake |         |        |             | yes     |          |         | yes   |
     ///
     /// Checkpoints, proofs and anchors (`/api/v1/audit/decisions/…`) are public: anyone may
     /// check the record.
@@ -127,6 +130,7 @@ impl Action {
             Self::ReadResults | Self::ReadEnvironment => true,
             Self::VerifyUsers | Self::EraseVoter => role == Admin,
             Self::ReadAudit => matches!(role, Auditor | Admin),
+            Self::QueryAnalytics => matches!(role, Analyst | Admin),
         }
     }
 }

@@ -67,6 +67,10 @@ pub enum ServingError {
     },
     #[error(transparent)]
     Chain(#[from] canopy_chain::ChainError),
+    #[error(transparent)]
+    Analytics(#[from] canopy_analytics::AnalyticsError),
+    #[error("this node keeps no analytics lake (start it with --lake)")]
+    LakeNotHere,
     #[error("storage failure: {0}")]
     Storage(String),
     #[error("internal error: {0}")]
@@ -115,6 +119,8 @@ impl ServingError {
             Self::SensorsNotHere => "sensors_not_here",
             Self::BadUpload { .. } => "bad_upload",
             Self::Chain(error) => error.code(),
+            Self::Analytics(error) => error.code(),
+            Self::LakeNotHere => "lake_not_here",
             Self::Storage(_) => "storage",
             Self::Internal(_) => "internal",
         }
@@ -134,6 +140,13 @@ impl ServingError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::NotYet { .. } => StatusCode::CONFLICT,
             Self::Chain(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Analytics(error) => match error.code() {
+                "sql" | "sql_not_read_only" => StatusCode::UNPROCESSABLE_ENTITY,
+                "query_timeout" => StatusCode::GATEWAY_TIMEOUT,
+                "query_memory_exceeded" => StatusCode::INSUFFICIENT_STORAGE,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            Self::LakeNotHere => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_)
             | Self::Schema(_)
             | Self::InvalidReading { .. }
@@ -157,6 +170,8 @@ impl ServingError {
             && !matches!(
                 self,
                 Self::Dataflow(DataflowError::Timeout { .. })
+                    | Self::Analytics(_)
+                    | Self::LakeNotHere
                     | Self::RecordNotHere
                     | Self::SensorsNotHere
             )

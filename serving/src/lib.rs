@@ -11,10 +11,12 @@
 
 #![deny(unsafe_code)]
 
+pub mod analytics_api;
 pub mod app;
 pub mod auth;
 pub mod cluster;
 mod error;
+pub mod lake;
 pub mod limits;
 pub mod node;
 pub mod record;

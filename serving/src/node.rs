@@ -17,10 +17,14 @@ use canopy_ingest::{
 };
 use canopy_schemas::SensorRegistry;
 
+use canopy_analytics::{FinalWindows, LakeSql, LakeViews};
+
 use crate::ServingError;
+use crate::analytics_api::AnalyticsService;
 use crate::app::{ApiConfig, AppState, now_micros, router};
 use crate::auth::TokenKeys;
 use crate::cluster::{RedisTarget, SqlStateStore};
+use crate::lake::{LakeFeed, LakeSettings, lake_loop};
 use crate::limits::RateLimiter;
 use crate::record::{
     AnchorConfig, AnchorTarget, SaltCache, anchor_loop, anchor_target_or_journal, open_record,
@@ -60,6 +64,8 @@ pub struct NodeConfig {
     /// Engine checkpoints in the metadata store, so a restart resumes rather than replays.
     pub engine_checkpoints: bool,
     pub sensors: SensorSettings,
+    /// The analytics lake, in a node that runs the engine.
+    pub lake: Option<LakeSettings>,
 }
 
 /// Sensor data: its log, features dataflow, model and alerts.
@@ -107,6 +113,7 @@ impl NodeConfig {
             run_engine: true,
             engine_checkpoints: false,
             sensors: SensorSettings::default(),
+            lake: None,
         }
     }
 }
@@ -137,6 +144,7 @@ pub async fn open_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, S
 async fn start_sensors(
     config: &NodeConfig,
     store: &Arc<dyn MetadataStore>,
+    keep_lake: bool,
 ) -> Result<SensorService, ServingError> {
     let settings = &config.sensors;
     let log: Arc<dyn SensorLog> = match config.kafka.clone() {
@@ -163,6 +171,8 @@ async fn start_sensors(
         settings.retention,
         settings.alert_rules.clone(),
     ));
+    // Before the engine starts: the lake must see every window, replay included.
+    let final_windows = keep_lake.then(|| FinalWindows::attach(&views));
     let (alerts, _) = tokio::sync::broadcast::channel(1024);
     {
         let (alerts, store) = (alerts.clone(), Arc::clone(store));
@@ -230,6 +240,7 @@ async fn start_sensors(
         scorer_unavailable,
         alerts,
         closing: tokio::sync::watch::Sender::new(false),
+        final_windows,
     })
 }
 
@@ -241,6 +252,8 @@ pub struct Node {
     anchoring: tokio::sync::watch::Sender<bool>,
     anchor_task: Option<tokio::task::JoinHandle<()>>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    lake_stop: tokio::sync::watch::Sender<bool>,
+    lake_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Every second: announce this replica, share the rate limits among the live ones, and drop
@@ -303,6 +316,9 @@ impl Node {
             }
             None => Arc::new(InMemoryViews::new()),
         };
+        let keep_lake = config.run_engine && config.lake.is_some();
+        // The engine publishes through the lake's recorder of tally changes.
+        let tally_changes = keep_lake.then(|| Arc::new(LakeViews::new(Arc::clone(&views))));
         let signer = record_signer(&config.data_dir, &config.record_origin).await?;
         let coordinator = match config.redis.clone() {
             Some(redis) => Some(Arc::new(
@@ -337,7 +353,10 @@ impl Node {
                 ..EngineConfig::default()
             };
             let engine_log = Arc::clone(&log);
-            let engine_views = Arc::clone(&views);
+            let engine_views = match &tally_changes {
+                Some(recorder) => Arc::clone(recorder) as Arc<dyn ViewStore>,
+                None => Arc::clone(&views),
+            };
             let engine_record = Arc::clone(&vote_record);
             engine = Some(Arc::new(
                 tokio::task::spawn_blocking(move || {
@@ -364,10 +383,30 @@ impl Node {
             )));
         }
         let sensors = if config.run_engine && config.sensors.enabled {
-            Some(Arc::new(start_sensors(&config, &store).await?))
+            Some(Arc::new(start_sensors(&config, &store, keep_lake).await?))
         } else {
             None
         };
+        let analytics = match (&config.lake, keep_lake) {
+            (Some(lake), true) => Some(Arc::new(AnalyticsService::new(
+                LakeSql::new(&lake.root, lake.sql),
+                lake.concurrent_queries,
+            ))),
+            _ => None,
+        };
+        let lake_feed = match (&config.lake, keep_lake) {
+            (Some(lake), true) => Some(LakeFeed::new(
+                lake.clone(),
+                Arc::clone(&store),
+                Arc::clone(gate.log()),
+                sensors.as_ref().map(|s| Arc::clone(&s.log)),
+                tally_changes,
+                sensors.as_ref().and_then(|s| s.final_windows.clone()),
+            )?),
+            _ => None,
+        };
+        let (lake_stop, lake_stopped) = tokio::sync::watch::channel(false);
+        let lake_task = lake_feed.map(|feed| tokio::spawn(lake_loop(feed, lake_stopped)));
         let state = Arc::new(AppState {
             store,
             keys: Arc::new(keys),
@@ -385,6 +424,7 @@ impl Node {
             data_dir: config.data_dir.clone(),
             coordinator: coordinator.clone(),
             sensors,
+            analytics,
         });
         let heartbeat = coordinator
             .map(|coordinator| tokio::spawn(replica_heartbeat(coordinator, Arc::clone(&state))));
@@ -471,6 +511,8 @@ impl Node {
             anchoring,
             anchor_task,
             heartbeat,
+            lake_stop,
+            lake_task,
         })
     }
 
@@ -492,7 +534,13 @@ impl Node {
             sensors.closing.send_replace(true);
         }
         let _ = self.stop.send(());
-        self.server
+        let server = self.server;
+        // The last flush: what the engine published up to now reaches the lake.
+        let _ = self.lake_stop.send(true);
+        if let Some(task) = self.lake_task {
+            let _ = task.await;
+        }
+        server
             .await
             .map_err(|e| ServingError::Internal(e.to_string()))?
             .map_err(|e| ServingError::Internal(e.to_string()))?;

@@ -24,7 +24,8 @@ use axum::response::{IntoResponse, Response};
 use canopy_dataflow::{Alert, Owner, Scorer, SensorEngine, SensorViews, WindowSize, WindowView};
 use canopy_ingest::{Position, SensorLog};
 use canopy_schemas::{
-    Metric, RawReading, Sensor, SensorReading, SensorRegistry, name_key, parse_event_time,
+    DecisionId, Metric, RawReading, Sensor, SensorReading, SensorRegistry, name_key,
+    parse_event_time,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -56,6 +57,8 @@ pub struct SensorService {
     /// Set when the node shuts down: alert streams end, so their connections let the
     /// server's graceful shutdown finish.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// The final windows the analytics lake has yet to take (with a lake).
+    pub final_windows: Option<Arc<canopy_analytics::FinalWindows>>,
 }
 
 impl std::fmt::Debug for SensorService {
@@ -581,11 +584,22 @@ pub(crate) async fn region_metrics(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub(crate) struct TrendsQuery {
-    region: String,
-    metric: String,
-    /// `minute` (the short window) or `hour` (the long window, the default).
+    /// The region (with `metric`); or ask about a decision with `decision_id`.
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    metric: Option<String>,
+    /// A decision's votes per bucket and option, from the lake.
+    #[serde(default)]
+    decision_id: Option<String>,
+    /// `minute` or `hour` (the live windows; `hour` is the default), `day` or `week` (from
+    /// the lake, which also answers `hour` with `source=lake`).
     #[serde(default)]
     bucket: Option<String>,
+    /// `views` (the live windows, a day of minutes and a month of hours) or `lake` (the
+    /// whole history, as of the lake's last flush).
+    #[serde(default)]
+    source: Option<String>,
     /// Epoch milliseconds or RFC 3339; default: everything the view store holds.
     #[serde(default)]
     from: Option<String>,
@@ -596,56 +610,93 @@ pub(crate) struct TrendsQuery {
     sensor_id: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/data/historical-trends", tag = "data", params(TrendsQuery), security(("bearer" = [])), responses((status = 200, description = "the series' windows in the range, oldest first (from the view store: a day of minutes, a month of hours)"), (status = 422, body = crate::app::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/data/historical-trends", tag = "data", params(TrendsQuery), security(("bearer" = [])), responses((status = 200, description = "the series' buckets in the range, oldest first: minute and hour windows from the view store (a day of minutes, a month of hours); day and week buckets, source=lake, and decisions from the analytics lake (any range)"), (status = 422, body = crate::app::ErrorBody)))]
 pub(crate) async fn historical_trends(
     State(state): State<SharedState>,
     caller: Caller,
     Query(query): Query<TrendsQuery>,
 ) -> Result<Json<serde_json::Value>, ServingError> {
+    use crate::analytics_api::{TrendsSubject, trends_from_lake};
     caller.require(&state, Action::ReadEnvironment).await?;
+    let from = query.from.as_deref().map(parse_event_time).transpose()?;
+    let to = query.to.as_deref().map(parse_event_time).transpose()?;
+    if let (Some(from), Some(to)) = (from, to)
+        && from >= to
+    {
+        return Err(ServingError::BadRequest("from must be before to".into()));
+    }
+    if let Some(decision) = &query.decision_id {
+        let decision = uuid::Uuid::parse_str(decision)
+            .map(|id| DecisionId(id.as_u128()))
+            .map_err(|_| ServingError::BadRequest(format!("{decision:?} is not a decision id")))?;
+        let bucket = query.bucket.as_deref().unwrap_or("day");
+        let answer =
+            trends_from_lake(&state, TrendsSubject::Decision(decision), bucket, from, to).await?;
+        return Ok(Json(answer));
+    }
+    let (Some(region), Some(metric)) = (&query.region, &query.metric) else {
+        return Err(ServingError::BadRequest(
+            "name a region and a metric, or a decision_id".into(),
+        ));
+    };
+    let metric: Metric = metric.parse()?;
+    let bucket = query.bucket.as_deref().unwrap_or("hour");
+    let from_lake = match query.source.as_deref() {
+        Some("lake") => true,
+        Some("views") | None => matches!(bucket, "day" | "week"),
+        Some(other) => {
+            return Err(ServingError::BadRequest(format!(
+                "source {other:?} is not views or lake"
+            )));
+        }
+    };
+    if from_lake {
+        let subject = TrendsSubject::Sensors {
+            region,
+            metric,
+            sensor: query.sensor_id.as_deref(),
+        };
+        let mut answer = trends_from_lake(&state, subject, bucket, from, to).await?;
+        answer["region"] = json!(region);
+        answer["sensor_id"] = json!(query.sensor_id);
+        answer["metric"] = json!(metric);
+        answer["unit"] = json!(metric.unit());
+        return Ok(Json(answer));
+    }
     let sensors = service(&state)?;
-    let metric: Metric = query.metric.parse()?;
-    let size = match query.bucket.as_deref().unwrap_or("hour") {
+    let size = match bucket {
         "minute" | "short" => WindowSize::Short,
         "hour" | "long" => WindowSize::Long,
         other => {
             return Err(ServingError::BadRequest(format!(
-                "bucket {other:?} is not minute or hour (longer ranges and day/week buckets come from the analytics lake)"
+                "bucket {other:?} is not minute, hour, day or week"
             )));
         }
     };
-    let from = query
-        .from
-        .as_deref()
-        .map(parse_event_time)
-        .transpose()?
-        .unwrap_or(i64::MIN);
-    let to = query
-        .to
-        .as_deref()
-        .map(parse_event_time)
-        .transpose()?
-        .unwrap_or(i64::MAX);
-    if from >= to {
-        return Err(ServingError::BadRequest("from must be before to".into()));
-    }
     let owner = match &query.sensor_id {
         Some(sensor) => Owner::Sensor(name_key("sensor", sensor)),
-        None => Owner::Region(name_key("region", &query.region)),
+        None => Owner::Region(name_key("region", region)),
     };
     let views = &sensors.views;
     let points: Vec<serde_json::Value> = views
-        .windows(owner, metric, size, from, to)
+        .windows(
+            owner,
+            metric,
+            size,
+            from.unwrap_or(i64::MIN),
+            to.unwrap_or(i64::MAX),
+        )
         .iter()
         .map(|(start, view)| window_json(views, size, *start, view))
         .collect();
     Ok(Json(json!({
-        "region": query.region,
+        "source": "views",
+        "region": region,
         "sensor_id": query.sensor_id,
         "metric": metric,
         "unit": metric.unit(),
         "bucket": if size == WindowSize::Short { "minute" } else { "hour" },
-        "as_of": views.as_of(&query.region),
+        "as_of": views.as_of(region),
         "points": points,
     })))
 }

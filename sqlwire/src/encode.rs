@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
-    TimestampMicrosecondType,
+    Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
 };
 use arrow_array::{Array, ArrayRef, PrimitiveArray, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
@@ -201,12 +200,14 @@ impl RowEncoder {
             .columns()
             .iter()
             .zip(self.columns.iter())
-            .map(|(array, (kind, _))| match kind.normal_type(array.data_type()) {
-                Some(target) if &target != array.data_type() => {
-                    arrow_cast::cast(array.as_ref(), &target)
-                }
-                _ => Ok(Arc::clone(array)),
-            })
+            .map(
+                |(array, (kind, _))| match kind.normal_type(array.data_type()) {
+                    Some(target) if &target != array.data_type() => {
+                        arrow_cast::cast(array.as_ref(), &target)
+                    }
+                    _ => Ok(Arc::clone(array)),
+                },
+            )
             .collect::<Result<Vec<ArrayRef>, _>>()?;
         let options = FormatOptions::default();
         let cells = arrays
@@ -506,7 +507,10 @@ fn numeric_binary(text: &str, out: &mut BytesMut) -> Result<(), ArrowError> {
     };
     let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     if whole.is_empty() && fraction.is_empty()
-        || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
     {
         return Err(invalid());
     }
@@ -605,11 +609,16 @@ mod tests {
             numeric("12345.678"),
             [0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1a, 0x7c]
         );
-        assert_eq!(numeric("-0.00001"), [0, 1, 0xff, 0xfe, 0x40, 0, 0, 5, 0x03, 0xe8]);
+        assert_eq!(
+            numeric("-0.00001"),
+            [0, 1, 0xff, 0xfe, 0x40, 0, 0, 5, 0x03, 0xe8]
+        );
         assert_eq!(numeric("0"), [0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
             numeric("18446744073709551615"),
-            [0, 5, 0, 4, 0, 0, 0, 0, 0x07, 0x34, 0x1a, 0x58, 0x02, 0xe1, 0x03, 0xbb, 0x06, 0x4f]
+            [
+                0, 5, 0, 4, 0, 0, 0, 0, 0x07, 0x34, 0x1a, 0x58, 0x02, 0xe1, 0x03, 0xbb, 0x06, 0x4f
+            ]
         );
         assert!(numeric_binary("1e5", &mut BytesMut::new()).is_err());
     }

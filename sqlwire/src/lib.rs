@@ -40,8 +40,8 @@
 //!   plain SQL and `information_schema` work.
 //! - **Errors** carry the lake's stable code first in the message (`sql_not_read_only: …`,
 //!   `query_timeout: …`) and a SQLSTATE: 25006 not read-only, 57014 timeout, 53200
-//!   memory, 42601 syntax, 42P01 unknown table, 42703 unknown column, 42000 other SQL
-//!   errors, 58030 lake I/O, XX000 the rest.
+//!   memory, 42601 syntax, 42P01 unknown table, 42703 unknown column, 22012 division by
+//!   zero, 42000 other SQL errors, 58030 lake I/O, XX000 the rest.
 //! - **Streaming.** Rows are encoded one Arrow batch at a time as the query produces them
 //!   and fed to the socket, which flushes as its buffer fills: a result never sits whole in
 //!   memory, and a slow client slows its query down. An error after rows were sent still

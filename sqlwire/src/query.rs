@@ -117,9 +117,8 @@ impl LakeQueries {
         };
         match response {
             Response::Query(mut response) => {
-                let description = RowDescription::new(
-                    response.row_schema().iter().map(Into::into).collect(),
-                );
+                let description =
+                    RowDescription::new(response.row_schema().iter().map(Into::into).collect());
                 client
                     .feed(PgWireBackendMessage::RowDescription(description))
                     .await?;
@@ -154,7 +153,7 @@ impl LakeQueries {
         let mut response = match previous {
             PortalExecutionState::Initial => {
                 let response = tokio::select! {
-                    response = self.do_query(client, portal, max_rows) => response?,
+                    response = ExtendedQueryHandler::do_query(self, client, portal, max_rows) => response?,
                     () = cancel.requested() => return Err(PgWireError::QueryCanceled),
                 };
                 match response {
@@ -223,9 +222,9 @@ where
         }
     };
     client
-        .feed(PgWireBackendMessage::CommandComplete(CommandComplete::from(
-            tag,
-        )))
+        .feed(PgWireBackendMessage::CommandComplete(
+            CommandComplete::from(tag),
+        ))
         .await?;
     Ok(())
 }
@@ -583,6 +582,8 @@ fn sql_state(text: &str) -> &'static str {
         "42P01"
     } else if lower.contains("no field named") {
         "42703"
+    } else if lower.contains("divide by zero") {
+        "22012"
     } else {
         "42000"
     }

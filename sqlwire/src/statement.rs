@@ -260,7 +260,11 @@ impl<'a> Lexer<'a> {
             return Token::Placeholder(&self.sql[start..self.at]);
         }
         let mut end = self.at;
-        while self.bytes.get(end).copied().is_some_and(is_ident_char) {
+        while self
+            .bytes
+            .get(end)
+            .is_some_and(|&b| is_ident_start(b) || b.is_ascii_digit())
+        {
             end += 1;
         }
         if self.bytes.get(end) != Some(&b'$') {
@@ -314,7 +318,10 @@ mod tests {
 
     #[test]
     fn classifies_session_commands() {
-        assert_eq!(classify("set extra_float_digits = 3"), Command::Ignored("SET"));
+        assert_eq!(
+            classify("set extra_float_digits = 3"),
+            Command::Ignored("SET")
+        );
         assert_eq!(classify("/* hi */ BEGIN"), Command::Begin);
         assert_eq!(classify("start transaction read only"), Command::Begin);
         assert_eq!(classify("COMMIT"), Command::Commit);
@@ -333,7 +340,10 @@ mod tests {
         );
         assert_eq!(classify("SHOW TABLES"), Command::Lake);
         assert_eq!(classify("SHOW COLUMNS FROM votes"), Command::Lake);
-        assert_eq!(classify("show datafusion.execution.batch_size"), Command::Lake);
+        assert_eq!(
+            classify("show datafusion.execution.batch_size"),
+            Command::Lake
+        );
         assert_eq!(
             classify("SHOW \"DateStyle\""),
             Command::Show {

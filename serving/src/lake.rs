@@ -1,0 +1,202 @@
+//! The node's analytics lake: on every flush the logs' new entries, the tally changes and
+//! final feature windows the dataflows published, the new signed checkpoints and the
+//! decisions go to Parquet files; every few flushes small files are merged.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use canopy_analytics::{
+    CheckpointEntry, FinalWindows, LakeConfig, LakeViews, LakeWriter, SqlLimits, TallyChange,
+    WindowFeature, WriterReport,
+};
+use canopy_ingest::{SensorLog, VoteLog};
+
+use crate::ServingError;
+use crate::store::MetadataStore;
+
+/// The analytics lake a node keeps.
+#[derive(Clone, Debug)]
+pub struct LakeSettings {
+    pub root: PathBuf,
+    /// How often new history goes to files (what SQL sees lags by at most this).
+    pub flush_interval: Duration,
+    /// Small files are merged every this many flushes.
+    pub compact_every: u32,
+    /// What one query may take.
+    pub sql: SqlLimits,
+    /// Queries that may run at once (HTTP and the PostgreSQL protocol each).
+    pub concurrent_queries: usize,
+}
+
+impl LakeSettings {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            flush_interval: Duration::from_secs(10),
+            compact_every: 30,
+            sql: SqlLimits {
+                timeout: Duration::from_secs(120),
+                memory_bytes: 2 << 30,
+                target_partitions: 2,
+            },
+            concurrent_queries: 4,
+        }
+    }
+}
+
+/// Rows a flush took from the sinks and has not written yet: kept across a failed flush, so
+/// nothing is lost while the disk is full or the folder unwritable.
+#[derive(Default)]
+struct Unwritten {
+    tally_changes: Vec<TallyChange>,
+    window_features: Vec<WindowFeature>,
+}
+
+/// Everything the lake task needs.
+pub(crate) struct LakeFeed {
+    pub settings: LakeSettings,
+    pub writer: Arc<Mutex<LakeWriter>>,
+    pub store: Arc<dyn MetadataStore>,
+    pub votes: Arc<dyn VoteLog>,
+    pub sensors: Option<Arc<dyn SensorLog>>,
+    pub tally_changes: Option<Arc<LakeViews>>,
+    pub final_windows: Option<Arc<FinalWindows>>,
+    unwritten: Arc<Mutex<Unwritten>>,
+}
+
+impl LakeFeed {
+    pub fn new(
+        settings: LakeSettings,
+        store: Arc<dyn MetadataStore>,
+        votes: Arc<dyn VoteLog>,
+        sensors: Option<Arc<dyn SensorLog>>,
+        tally_changes: Option<Arc<LakeViews>>,
+        final_windows: Option<Arc<FinalWindows>>,
+    ) -> Result<Self, ServingError> {
+        let writer = LakeWriter::open(LakeConfig::new(&settings.root))?;
+        Ok(Self {
+            settings,
+            writer: Arc::new(Mutex::new(writer)),
+            store,
+            votes,
+            sensors,
+            tally_changes,
+            final_windows,
+            unwritten: Arc::default(),
+        })
+    }
+
+    /// Writes what is new since the last flush.
+    pub async fn flush(&self) -> Result<WriterReport, ServingError> {
+        let decisions = self.store.decisions().await?;
+        let mut checkpoints = Vec::new();
+        for latest in self.store.latest_checkpoints().await? {
+            let id = latest.decision_id.to_string();
+            let mark = lock(&self.writer).checkpoint_mark(&id);
+            if mark.is_some_and(|mark| latest.tree_size <= mark) {
+                continue;
+            }
+            for row in self.store.checkpoints(latest.decision_id).await? {
+                if mark.is_none_or(|mark| row.tree_size > mark) {
+                    checkpoints.push(CheckpointEntry {
+                        decision_id: id.clone(),
+                        tree_size: row.tree_size,
+                        root: row.root,
+                        note: row.note,
+                        log_partition: row.log_partition as i32,
+                        log_offset: row.log_offset,
+                        cut_at: row.cut_at,
+                    });
+                }
+            }
+        }
+        let (writer, votes, sensors, unwritten) = (
+            Arc::clone(&self.writer),
+            Arc::clone(&self.votes),
+            self.sensors.clone(),
+            Arc::clone(&self.unwritten),
+        );
+        let (tally_changes, final_windows) =
+            (self.tally_changes.clone(), self.final_windows.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut writer = lock(&writer);
+            let mut unwritten = lock(&unwritten);
+            let mut report = WriterReport::default();
+            writer.write_decisions(&decisions)?;
+            report.votes = writer.sync_votes(votes.as_ref())?;
+            if let Some(sensors) = &sensors {
+                report.sensor_readings = writer.sync_readings(sensors.as_ref())?;
+            }
+            if let Some(views) = &tally_changes {
+                unwritten.tally_changes.extend(views.take_changes());
+            }
+            report.tally_changes = writer.write_tally_changes(unwritten.tally_changes.clone())?;
+            unwritten.tally_changes.clear();
+            if let Some(windows) = &final_windows {
+                unwritten.window_features.extend(windows.take_final());
+            }
+            report.window_features =
+                writer.write_window_features(unwritten.window_features.clone())?;
+            unwritten.window_features.clear();
+            report.checkpoints = writer.write_checkpoints(checkpoints)?;
+            Ok::<_, ServingError>(report)
+        })
+        .await
+        .map_err(|e| ServingError::Internal(e.to_string()))?
+    }
+
+    async fn compact(&self) -> Result<(u64, u64), ServingError> {
+        let writer = Arc::clone(&self.writer);
+        tokio::task::spawn_blocking(move || lock(&writer).compact())
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))?
+            .map_err(ServingError::from)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Flushes every interval until told to stop, then once more.
+pub(crate) async fn lake_loop(feed: LakeFeed, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut flushes: u64 = 0;
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(feed.settings.flush_interval) => false,
+            _ = stop.changed() => true,
+        } || *stop.borrow();
+        let started = Instant::now();
+        match feed.flush().await {
+            Ok(report) if report.rows() > 0 => tracing::info!(
+                votes = report.votes,
+                sensor_readings = report.sensor_readings,
+                tally_changes = report.tally_changes,
+                window_features = report.window_features,
+                checkpoints = report.checkpoints,
+                ms = started.elapsed().as_millis() as u64,
+                "analytics lake flushed"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::error!(
+                code = error.code(),
+                %error,
+                "the analytics lake could not be written; retrying at the next flush"
+            ),
+        }
+        flushes += 1;
+        if !stopping && flushes.is_multiple_of(u64::from(feed.settings.compact_every.max(1))) {
+            match feed.compact().await {
+                Ok((merged, deleted)) if merged + deleted > 0 => {
+                    tracing::info!(merged, deleted, "analytics lake compacted")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "compacting the analytics lake failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
