@@ -4,12 +4,16 @@
 //! then each voter's latest vote), and the lake is read-only to SQL.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
-use canopy_analytics::{LakeConfig, LakeSql, VoteLake, sync_votes};
-use canopy_dataflow::recount;
+use canopy_analytics::{
+    LakeConfig, LakeSql, LakeViews, TallyChange, TallyChangeLake, VoteLake, sync_votes,
+};
+use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore, recount};
 use canopy_ingest::{SegmentLog, SegmentLogConfig, VoteLog};
 use canopy_schemas::{
     Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
@@ -187,4 +191,152 @@ async fn sql_cannot_change_the_lake() {
     assert!(sql.query("SELECT COUNT(*) FROM votes").await.is_ok());
     let error = sql.query("SELECT nonsense FROM nowhere").await.unwrap_err();
     assert_eq!(error.code(), "sql");
+}
+
+/// The tally as of the newest row of each cell in `tally_changes`.
+const REPLAY: &str = "
+    SELECT decision_id, option, component, count, weight_millionths FROM (
+        SELECT *, ROW_NUMBER() OVER (
+            PARTITION BY decision_id, option, component ORDER BY as_of_offset DESC) AS newest
+        FROM tally_changes)
+    WHERE newest = 1 AND count > 0";
+
+fn recounted(log: &SegmentLog, decisions: &[Decision]) -> Cells {
+    let mut records = Vec::new();
+    for partition in 0..log.partitions() {
+        records.extend(log.read(partition, 0, usize::MAX).unwrap());
+    }
+    let mut expected = Cells::new();
+    for (id, tally) in recount(records.iter(), decisions) {
+        for cell in tally.cells {
+            expected.insert(
+                (id.to_string(), i64::from(cell.option), cell.component.to_string()),
+                (cell.count as i64, cell.weight_sum as i64),
+            );
+        }
+    }
+    expected
+}
+
+/// Runs the engine over the whole log with the lake's recorder in front of its views, and
+/// returns the tally changes it published.
+fn engine_changes(log: &Arc<SegmentLog>, decisions: &[Decision]) -> Vec<TallyChange> {
+    let views = Arc::new(InMemoryViews::new());
+    let recorder = Arc::new(LakeViews::new(views.clone()));
+    let engine = TallyEngine::start(
+        EngineConfig::default(),
+        log.clone() as Arc<dyn VoteLog>,
+        recorder.clone() as Arc<dyn ViewStore>,
+        None,
+        decisions.to_vec(),
+    )
+    .unwrap();
+    for partition in 0..log.partitions() {
+        let end = log.end_offset(partition).unwrap();
+        let started = std::time::Instant::now();
+        while views.frontier(partition) < end {
+            assert!(started.elapsed() < Duration::from_secs(20), "the engine fell behind");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    engine.shutdown().unwrap();
+    recorder.take_changes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tally_changes_replay_to_the_live_tally_and_a_restart_writes_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(
+        SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap(),
+    );
+    let decisions: Vec<Decision> = (1..5).map(decision).collect();
+    log.append(&stream(11, 3_000)).unwrap();
+    let config = LakeConfig::new(dir.path().join("lake"));
+    let sql = LakeSql::open(&dir.path().join("lake")).await.unwrap();
+
+    let changes = engine_changes(&log, &decisions);
+    let mut lake = TallyChangeLake::open(config.clone()).unwrap();
+    assert!(lake.append(changes).unwrap() > 0);
+    assert_eq!(cells_of(&sql.query(REPLAY).await.unwrap()), recounted(&log, &decisions));
+    let rows_before = count(&sql, "SELECT COUNT(*) FROM tally_changes").await;
+
+    // A restart replays the log: everything it publishes again is at or below the marks.
+    drop(lake);
+    let mut lake = TallyChangeLake::open(config.clone()).unwrap();
+    assert_eq!(lake.append(engine_changes(&log, &decisions)).unwrap(), 0);
+    assert_eq!(count(&sql, "SELECT COUNT(*) FROM tally_changes").await, rows_before);
+
+    // More votes: their changes are written, and the replay still equals the tally.
+    log.append(&stream(12, 1_000)).unwrap();
+    assert!(lake.append(engine_changes(&log, &decisions)).unwrap() > 0);
+    assert_eq!(cells_of(&sql.query(REPLAY).await.unwrap()), recounted(&log, &decisions));
+}
+
+async fn count(sql: &LakeSql, statement: &str) -> i64 {
+    sql.query(statement).await.unwrap()[0]
+        .column(0)
+        .as_primitive::<Int64Type>()
+        .value(0)
+}
+
+#[tokio::test]
+async fn compaction_merges_small_files_and_no_row_counts_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap();
+    log.append(&stream(21, 3_000)).unwrap();
+    let root = dir.path().join("lake");
+    let sql = LakeSql::open(&root).await.unwrap();
+    let files = || {
+        walk(&root.join("votes"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count()
+    };
+    let exact = "SELECT COUNT(*) FROM (SELECT DISTINCT log_partition, log_offset FROM votes)";
+
+    // Small ranges: many small files.
+    let mut config = LakeConfig::new(&root);
+    config.compact_grace = Duration::from_secs(3600);
+    let lake = VoteLake::open(config.clone()).unwrap();
+    sync_votes(&lake, &log, 100).unwrap();
+    let small = files();
+    assert!(small > 30, "{small} files");
+
+    // Merged, with the merged files kept for the grace period: each row still counts once.
+    let (merged, deleted) = lake.compact().unwrap();
+    assert!(merged >= small as u64 / 2, "{merged} merged");
+    assert_eq!(deleted, 0);
+    assert!(files() > small);
+    assert_eq!(count(&sql, "SELECT COUNT(*) FROM votes").await, 3_000);
+    assert_eq!(count(&sql, exact).await, 3_000);
+
+    // Past the grace period the superseded files go.
+    config.compact_grace = Duration::ZERO;
+    let lake = VoteLake::open(config.clone()).unwrap();
+    let (_, deleted) = lake.compact().unwrap();
+    assert_eq!(deleted, merged);
+    assert!(files() < small);
+    assert_eq!(count(&sql, "SELECT COUNT(*) FROM votes").await, 3_000);
+
+    // A restart after compaction goes on after the merged ranges, with nothing twice.
+    log.append(&stream(22, 700)).unwrap();
+    let lake = VoteLake::open(config).unwrap();
+    sync_votes(&lake, &log, 100).unwrap();
+    assert_eq!(count(&sql, "SELECT COUNT(*) FROM votes").await, 3_700);
+    assert_eq!(count(&sql, exact).await, 3_700);
+    let decisions: Vec<Decision> = (1..5).map(decision).collect();
+    assert_eq!(cells_of(&sql.query(RECOUNT).await.unwrap()), recounted(&log, &decisions));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
