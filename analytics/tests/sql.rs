@@ -210,7 +210,11 @@ fn recounted(log: &SegmentLog, decisions: &[Decision]) -> Cells {
     for (id, tally) in recount(records.iter(), decisions) {
         for cell in tally.cells {
             expected.insert(
-                (id.to_string(), i64::from(cell.option), cell.component.to_string()),
+                (
+                    id.to_string(),
+                    i64::from(cell.option),
+                    cell.component.to_string(),
+                ),
                 (cell.count as i64, cell.weight_sum as i64),
             );
         }
@@ -235,7 +239,10 @@ fn engine_changes(log: &Arc<SegmentLog>, decisions: &[Decision]) -> Vec<TallyCha
         let end = log.end_offset(partition).unwrap();
         let started = std::time::Instant::now();
         while views.frontier(partition) < end {
-            assert!(started.elapsed() < Duration::from_secs(20), "the engine fell behind");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the engine fell behind"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -246,9 +253,8 @@ fn engine_changes(log: &Arc<SegmentLog>, decisions: &[Decision]) -> Vec<TallyCha
 #[tokio::test(flavor = "multi_thread")]
 async fn tally_changes_replay_to_the_live_tally_and_a_restart_writes_none_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(
-        SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap(),
-    );
+    let log =
+        Arc::new(SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap());
     let decisions: Vec<Decision> = (1..5).map(decision).collect();
     log.append(&stream(11, 3_000)).unwrap();
     let config = LakeConfig::new(dir.path().join("lake"));
@@ -257,19 +263,28 @@ async fn tally_changes_replay_to_the_live_tally_and_a_restart_writes_none_twice(
     let changes = engine_changes(&log, &decisions);
     let mut lake = TallyChangeLake::open(config.clone()).unwrap();
     assert!(lake.append(changes).unwrap() > 0);
-    assert_eq!(cells_of(&sql.query(REPLAY).await.unwrap()), recounted(&log, &decisions));
+    assert_eq!(
+        cells_of(&sql.query(REPLAY).await.unwrap()),
+        recounted(&log, &decisions)
+    );
     let rows_before = count(&sql, "SELECT COUNT(*) FROM tally_changes").await;
 
     // A restart replays the log: everything it publishes again is at or below the marks.
     drop(lake);
     let mut lake = TallyChangeLake::open(config.clone()).unwrap();
     assert_eq!(lake.append(engine_changes(&log, &decisions)).unwrap(), 0);
-    assert_eq!(count(&sql, "SELECT COUNT(*) FROM tally_changes").await, rows_before);
+    assert_eq!(
+        count(&sql, "SELECT COUNT(*) FROM tally_changes").await,
+        rows_before
+    );
 
     // More votes: their changes are written, and the replay still equals the tally.
     log.append(&stream(12, 1_000)).unwrap();
     assert!(lake.append(engine_changes(&log, &decisions)).unwrap() > 0);
-    assert_eq!(cells_of(&sql.query(REPLAY).await.unwrap()), recounted(&log, &decisions));
+    assert_eq!(
+        cells_of(&sql.query(REPLAY).await.unwrap()),
+        recounted(&log, &decisions)
+    );
 }
 
 async fn count(sql: &LakeSql, statement: &str) -> i64 {
@@ -325,7 +340,10 @@ async fn compaction_merges_small_files_and_no_row_counts_twice() {
     assert_eq!(count(&sql, "SELECT COUNT(*) FROM votes").await, 3_700);
     assert_eq!(count(&sql, exact).await, 3_700);
     let decisions: Vec<Decision> = (1..5).map(decision).collect();
-    assert_eq!(cells_of(&sql.query(RECOUNT).await.unwrap()), recounted(&log, &decisions));
+    assert_eq!(
+        cells_of(&sql.query(RECOUNT).await.unwrap()),
+        recounted(&log, &decisions)
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -17,10 +17,17 @@ pub const PASSWORD: &str = "correct horse battery";
 
 impl TestNode {
     pub async fn start(api: ApiConfig) -> TestNode {
+        Self::start_with(api, |_| {}).await
+    }
+
+    /// A node whose configuration `adjust` changes first (its data directory is set).
+    #[allow(dead_code)]
+    pub async fn start_with(api: ApiConfig, adjust: impl FnOnce(&mut NodeConfig)) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let mut config = NodeConfig::new(dir.path());
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.api = api;
+        adjust(&mut config);
         let node = Node::start(config).await.unwrap();
         let base = format!("http://{}", node.addr);
         TestNode {

@@ -1,0 +1,177 @@
+//! The analytics lake through a running node: votes cast over the API reach the lake within
+//! a flush; analysts (and only they, with admins) ask SQL over HTTP and get rows streamed as
+//! JSON lines or CSV; a recount in SQL equals the live results; refusals carry their codes;
+//! trends by day come from the lake; and a shutdown flushes what was published.
+
+mod common;
+
+use std::time::Duration;
+
+use canopy_serving::app::ApiConfig;
+use canopy_serving::auth::Role;
+use canopy_serving::lake::LakeSettings;
+use common::api::TestNode;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn start() -> TestNode {
+    TestNode::start_with(ApiConfig::default(), |config| {
+        let mut lake = LakeSettings::new(config.data_dir.join("lake"));
+        lake.flush_interval = Duration::from_millis(100);
+        lake.sql.timeout = Duration::from_secs(2);
+        config.lake = Some(lake);
+    })
+    .await
+}
+
+/// POSTs a statement; returns the status and the body's lines.
+async fn sql(node: &TestNode, token: &str, statement: &str, format: &str) -> (StatusCode, String) {
+    let response = node
+        .client
+        .post(format!("{}/api/v1/analytics/sql", node.base))
+        .bearer_auth(token)
+        .json(&json!({ "sql": statement, "format": format }))
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+fn json_lines(body: &str) -> Vec<Value> {
+    body.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits until the lake holds `count` votes.
+async fn wait_for_votes(node: &TestNode, token: &str, count: u64) {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = sql(node, token, "SELECT COUNT(*) AS n FROM votes", "json").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if json_lines(&body)[0]["n"] == json!(count) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the lake has {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analysts_ask_sql_of_what_voters_cast() {
+    let node = start().await;
+    node.create("root", Role::Admin).await;
+    node.create("ana", Role::Analyst).await;
+    let (admin, _) = node.login("root").await;
+    let (analyst, _) = node.login("ana").await;
+    let decision = node.create_decision(&admin, 2).await;
+    let mut voters = Vec::new();
+    for name in ["cora", "dana", "emil", "fynn", "gert"] {
+        node.register(name).await;
+        voters.push(node.login(name).await.0);
+    }
+    // Cora changes her mind: her latest vote counts.
+    for (token, option) in voters.iter().zip([0, 1, 1, 2, 1]).chain([(&voters[0], 2)]) {
+        let (status, body) = node
+            .post(
+                "/api/v1/voting/cast-vote",
+                Some(token),
+                json!({ "decision_id": decision, "option": option }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    wait_for_votes(&node, &analyst, 6).await;
+
+    // The region comes from the decisions table; the voter only as a commitment.
+    let (status, body) = sql(
+        &node,
+        &analyst,
+        "SELECT d.region, COUNT(DISTINCT v.voter_commitment) AS voters \
+         FROM votes v JOIN decisions d USING (decision_id) GROUP BY d.region",
+        "json",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        json_lines(&body),
+        vec![json!({ "region": "north", "voters": 5 })]
+    );
+
+    // The tally changes replay to the live result.
+    let (status, results) = node
+        .get(
+            &format!("/api/v1/voting/decision/{decision}/results"),
+            &analyst,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{results}");
+    let started = std::time::Instant::now();
+    let replayed = loop {
+        let (status, body) = sql(
+            &node,
+            &analyst,
+            "SELECT option, SUM(count) AS voters FROM (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY decision_id, option, component
+                                             ORDER BY as_of_offset DESC) AS newest
+                FROM tally_changes) WHERE newest = 1 GROUP BY option ORDER BY option",
+            "csv",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body == "option,voters\n0,0\n1,3\n2,2\n" || started.elapsed() > Duration::from_secs(20) {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        replayed, "option,voters\n0,0\n1,3\n2,2\n",
+        "live: {results}"
+    );
+    assert_eq!(results["turnout"], json!(5), "{results}");
+
+    // Trends per decision and day, from the lake.
+    let (status, trends) = node
+        .get(
+            &format!("/api/v1/data/historical-trends?decision_id={decision}&bucket=day"),
+            &analyst,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{trends}");
+    assert_eq!(trends["source"], "lake");
+    let votes: u64 = trends["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["votes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(votes, 6, "{trends}");
+
+    // Refusals, each with its code, changing nothing.
+    let (status, body) = sql(&node, &voters[1], "SELECT 1", "json").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    for (statement, code) in [
+        ("DROP TABLE votes", "sql_not_read_only"),
+        ("SELECT * FROM nowhere", "sql"),
+        (
+            "SELECT COUNT(*) FROM generate_series(1, 100000000000)",
+            "query_timeout",
+        ),
+    ] {
+        let (status, body) = sql(&node, &analyst, statement, "json").await;
+        let text = if status == StatusCode::OK {
+            // A timeout after the stream began ends the body with an error line.
+            json_lines(&body).last().cloned().unwrap()
+        } else {
+            serde_json::from_str(&body).unwrap()
+        };
+        assert_eq!(text["error"]["code"], code, "{statement}: {status} {body}");
+    }
+    let (status, body) = sql(&node, &analyst, "SELECT 1", "xml").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    wait_for_votes(&node, &analyst, 6).await;
+    node.node.shutdown().await.unwrap();
+}
