@@ -264,10 +264,11 @@ async fn the_openapi_document_matches_the_routes() {
         "/api/v1/data/metrics/{region}",
         "/api/v1/data/historical-trends",
         "/api/v1/data/alerts/stream",
+        "/api/v1/analytics/sql",
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
-    assert_eq!(operations, 29);
+    assert_eq!(operations, 30);
     let (status, body) = node
         .request(reqwest::Method::GET, "/api/v1/undocumented", None, None)
         .await;
