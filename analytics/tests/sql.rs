@@ -122,24 +122,8 @@ async fn a_recount_in_sql_over_the_lake_equals_the_tally() {
     let lake = VoteLake::open(LakeConfig::new(dir.path().join("lake"))).unwrap();
     sync_votes(&lake, &log, 700).unwrap();
 
-    let mut records = Vec::new();
-    for partition in 0..log.partitions() {
-        records.extend(log.read(partition, 0, usize::MAX).unwrap());
-    }
     let decisions: Vec<Decision> = (1..5).map(decision).collect();
-    let mut expected = Cells::new();
-    for (id, tally) in recount(records.iter(), &decisions) {
-        for cell in tally.cells {
-            expected.insert(
-                (
-                    id.to_string(),
-                    i64::from(cell.option),
-                    cell.component.to_string(),
-                ),
-                (cell.count as i64, cell.weight_sum as i64),
-            );
-        }
-    }
+    let expected = recounted(&log, &decisions);
     assert!(expected.len() > 20);
 
     let sql = LakeSql::open(&dir.path().join("lake")).await.unwrap();
