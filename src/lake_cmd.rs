@@ -4,12 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use canopy_analytics::{LakeConfig, VoteLake, sync_votes};
+use canopy_analytics::{LakeConfig, LakeLocation, VoteLake, sync_votes};
 use canopy_ingest::SegmentLogConfig;
 use clap::Args;
 
-fn lake_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("lake")
+/// `--lake` if given (a folder or `s3://bucket/prefix`), else `<data-dir>/lake`.
+fn lake_location(lake: Option<&str>, data_dir: &Path) -> anyhow::Result<LakeLocation> {
+    match lake {
+        Some(text) => LakeLocation::parse(text).with_context(|| format!("--lake {text}")),
+        None => Ok(LakeLocation::Local(data_dir.join("lake"))),
+    }
 }
 
 #[derive(Args)]
@@ -17,6 +21,10 @@ pub struct LakeSyncArgs {
     /// The data directory of a stopped node (its `votes/` log; the lake goes to `lake/`).
     #[arg(long, default_value = "canopy-data")]
     data_dir: PathBuf,
+    /// The lake, if not `<data-dir>/lake`: a folder, or `s3://bucket/prefix` (credentials,
+    /// region and endpoint from the `AWS_*` variables).
+    #[arg(long)]
+    lake: Option<String>,
     /// Votes per range (per file and date at most).
     #[arg(long, default_value_t = 1 << 20)]
     range_rows: usize,
@@ -24,14 +32,14 @@ pub struct LakeSyncArgs {
 
 pub fn lake_sync(args: LakeSyncArgs) -> anyhow::Result<()> {
     let log = crate::log_cmd::open_log(&args.data_dir, SegmentLogConfig::default())?;
-    let lake =
-        VoteLake::open(LakeConfig::new(lake_dir(&args.data_dir))).context("opening the lake")?;
+    let location = lake_location(args.lake.as_deref(), &args.data_dir)?;
+    let lake = VoteLake::open(LakeConfig::new(location)).context("opening the lake")?;
     let report = sync_votes(&lake, &log, args.range_rows).context("copying votes into the lake")?;
     eprintln!(
         "canopy: {} new votes in {} files under {} ({} last ranges written again)",
         report.rows,
         report.files,
-        lake.dir().display(),
+        lake.location(),
         report.rewritten_ranges
     );
     Ok(())
@@ -54,9 +62,10 @@ pub struct SqlArgs {
     statement: String,
     #[arg(long, default_value = "canopy-data")]
     data_dir: PathBuf,
-    /// The lake's folder, if not `<data-dir>/lake`.
+    /// The lake, if not `<data-dir>/lake`: a folder, or `s3://bucket/prefix` (credentials,
+    /// region and endpoint from the `AWS_*` variables).
     #[arg(long)]
-    lake: Option<PathBuf>,
+    lake: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
     /// Where the result goes (standard output if absent).
@@ -75,11 +84,10 @@ pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
 
     use canopy_analytics::{LakeSql, OutputFormat, SqlLimits, render, write_parquet};
 
-    let root = args
-        .lake
-        .clone()
-        .unwrap_or_else(|| lake_dir(&args.data_dir));
-    if !root.is_dir() {
+    let location = lake_location(args.lake.as_deref(), &args.data_dir)?;
+    if let LakeLocation::Local(root) = &location
+        && !root.is_dir()
+    {
         anyhow::bail!(
             "no lake at {} (a node with --lake writes one; `canopy lake sync` fills one from a stopped node's log)",
             root.display()
@@ -94,7 +102,7 @@ pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (schema, batches) = runtime.block_on(async {
-        LakeSql::new(&root, limits)
+        LakeSql::new(location, limits)
             .query_with_schema(&args.statement)
             .await
     })?;

@@ -79,9 +79,11 @@ pub struct UpArgs {
     /// Take no sensor readings (no sensor log, no features dataflow).
     #[arg(long)]
     no_sensors: bool,
-    /// Where the analytics lake goes (Parquet; default `<data-dir>/lake`).
+    /// Where the analytics lake goes (Parquet; default `<data-dir>/lake`): a folder, or
+    /// `s3://bucket/prefix` on an S3-compatible store (credentials, region and endpoint from
+    /// the `AWS_*` variables).
     #[arg(long)]
-    lake: Option<PathBuf>,
+    lake: Option<String>,
     /// Keep no analytics lake (no Parquet files, no SQL).
     #[arg(long, conflicts_with = "lake")]
     no_lake: bool,
@@ -115,7 +117,7 @@ pub struct AdminCreateArgs {
     role: String,
 }
 
-fn node_config(args: &UpArgs) -> NodeConfig {
+fn node_config(args: &UpArgs) -> anyhow::Result<NodeConfig> {
     let mut config = NodeConfig::new(&args.data_dir);
     config.listen = args.listen;
     config.workers = args.workers;
@@ -149,11 +151,12 @@ fn node_config(args: &UpArgs) -> NodeConfig {
     ];
     windows.allowed_lateness_ms = args.allowed_lateness_s.saturating_mul(1000);
     if !args.no_lake {
-        let root = args
-            .lake
-            .clone()
-            .unwrap_or_else(|| args.data_dir.join("lake"));
-        let mut lake = canopy_serving::lake::LakeSettings::new(root);
+        let location = match &args.lake {
+            Some(text) => canopy_analytics::LakeLocation::parse(text)
+                .with_context(|| format!("--lake {text}"))?,
+            None => canopy_analytics::LakeLocation::Local(args.data_dir.join("lake")),
+        };
+        let mut lake = canopy_serving::lake::LakeSettings::new(location);
         lake.flush_interval = Duration::from_secs_f64(args.lake_flush_s.max(0.05));
         lake.sql.timeout = Duration::from_secs(args.sql_timeout_s.max(1));
         lake.sql.memory_bytes = args.sql_memory_mib.max(1) << 20;
@@ -167,7 +170,7 @@ fn node_config(args: &UpArgs) -> NodeConfig {
             None => thresholds.remove(metric),
         };
     }
-    config
+    Ok(config)
 }
 
 /// `short,long` in seconds.
@@ -205,7 +208,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         #[allow(unused_mut)]
-        let mut config = node_config(&args);
+        let mut config = node_config(&args)?;
         #[cfg(feature = "evm")]
         if let Some(target) = crate::evm::EvmTarget::connect(&args.evm).await? {
             println!("  anchoring on chain: {}", {
@@ -217,7 +220,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         let lake_sql = config
             .lake
             .as_ref()
-            .map(|lake| canopy_analytics::LakeSql::new(&lake.root, lake.sql));
+            .map(|lake| canopy_analytics::LakeSql::new(lake.location.clone(), lake.sql));
         let node = Node::start(config).await.context("starting the node")?;
         println!("Canopy is listening on http://{}", node.addr);
         let pg = match (args.pg_listen, lake_sql) {

@@ -47,7 +47,8 @@ pub struct DecisionLake {
 impl DecisionLake {
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
         let files = TableFiles {
-            dir: config.root.join("decisions"),
+            location: config.location.clone(),
+            table: "decisions",
             schema: decision_schema(),
             sort_columns: vec![0],
             plain_columns: Vec::new(),
@@ -81,7 +82,7 @@ impl DecisionLake {
             first: 0,
             last,
         };
-        let path = self.files.dir.join(FOLDER).join(name.render());
+        let path = self.files.key(FOLDER, &name);
         let batch = decision_batch(&decisions).map_err(|e| parquet_error(&path, e))?;
         let batch = sort_batch(&batch, &[0]).map_err(|e| parquet_error(&path, e))?;
         self.files

@@ -10,8 +10,12 @@ pub enum AnalyticsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("writing Parquet {path}: {reason}")]
-    Parquet { path: PathBuf, reason: String },
+    #[error("Parquet {location}: {reason}")]
+    Parquet { location: String, reason: String },
+    #[error("the lake's store, {location}: {reason}")]
+    Store { location: String, reason: String },
+    #[error("lake location {0}")]
+    Location(String),
     #[error("reading the log: {0}")]
     Log(#[from] IngestError),
     #[error("SQL: {0}")]
@@ -36,6 +40,8 @@ impl AnalyticsError {
         match self {
             Self::Io { .. } => "lake_io",
             Self::Parquet { .. } => "lake_parquet",
+            Self::Store { .. } => "lake_store",
+            Self::Location(_) => "lake_location",
             Self::Log(error) => error.code(),
             Self::LogGap { .. } => "log_gap",
             Self::Sql(_) => "sql",

@@ -1,7 +1,8 @@
 //! What every table of the lake shares: where its files live, how they are named, how they
 //! appear atomically, which of them are live, and how small ones are compacted.
 //!
-//! A file is `<root>/<table>/date=YYYY-MM-DD/part-<space>-<first>-<last>.parquet`. The
+//! A file is `<root>/<table>/date=YYYY-MM-DD/part-<space>-<first>-<last>.parquet`, the root
+//! a local folder or a bucket prefix (`store.rs`). The
 //! `space` says what `first..=last` counts: a log partition's offsets (`p0003`) for tables
 //! copied from a log, or the table's own file sequence (`s`) for tables fed by a sink. A
 //! file whose range lies strictly inside another's, in the same folder and space, is
@@ -10,8 +11,6 @@
 //! can still read it.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use arrow_array::RecordBatch;
@@ -19,18 +18,20 @@ use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::metadata::{KeyValue, ParquetMetaDataReader, SortingColumn};
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::ChunkReader;
 use parquet::schema::types::ColumnPath;
 
 use crate::AnalyticsError;
+use crate::store::{Contents, LakeLocation};
 
 pub(crate) const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// Where the lake is and how its files are cut.
 #[derive(Clone, Debug)]
 pub struct LakeConfig {
-    pub root: PathBuf,
+    pub location: LakeLocation,
     /// Rows per row group: large enough that a scan reads long runs, small enough that
     /// statistics can skip some.
     pub row_group_rows: usize,
@@ -42,9 +43,9 @@ pub struct LakeConfig {
 }
 
 impl LakeConfig {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    pub fn new(location: impl Into<LakeLocation>) -> Self {
         Self {
-            root: root.into(),
+            location: location.into(),
             row_group_rows: 1 << 20,
             zstd_level: 3,
             compact_target_bytes: 128 << 20,
@@ -63,10 +64,11 @@ pub const TABLES: [&str; 6] = [
     "window_features",
 ];
 
-/// What a table's files share: its schema, the order of its rows, and its folder.
+/// What a table's files share: its schema, the order of its rows, and where they are.
 #[derive(Clone, Debug)]
 pub(crate) struct TableFiles {
-    pub dir: PathBuf,
+    pub location: LakeLocation,
+    pub table: &'static str,
     pub schema: SchemaRef,
     /// Column indexes the rows are sorted by (ascending).
     pub sort_columns: Vec<usize>,
@@ -90,8 +92,8 @@ impl FileName {
         )
     }
 
-    pub fn parse(path: &Path) -> Option<FileName> {
-        let name = path.file_name()?.to_str()?;
+    /// The name of a file of the lake (the last part of its key), if it is one.
+    pub fn parse(name: &str) -> Option<FileName> {
         let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
         let mut parts = rest.split('-');
         let space = parts.next()?.to_string();
@@ -111,7 +113,8 @@ impl FileName {
 /// A file of a table, as listed.
 #[derive(Clone, Debug)]
 pub(crate) struct LakeFile {
-    pub path: PathBuf,
+    /// Below the lake's root: `<table>/<folder>/<name>`.
+    pub key: String,
     pub name: FileName,
     pub bytes: u64,
     pub modified: SystemTime,
@@ -120,71 +123,28 @@ pub(crate) struct LakeFile {
 impl TableFiles {
     /// Creates the folder and removes the temporaries a crash left.
     pub fn open(&self) -> Result<(), AnalyticsError> {
-        fs::create_dir_all(&self.dir).map_err(AnalyticsError::io(&self.dir))?;
-        for date_dir in subdirs(&self.dir)? {
-            for entry in fs::read_dir(&date_dir).map_err(AnalyticsError::io(&date_dir))? {
-                let path = entry.map_err(AnalyticsError::io(&date_dir))?.path();
-                if path.extension().is_some_and(|e| e == "tmp") {
-                    fs::remove_file(&path).map_err(AnalyticsError::io(&path))?;
-                }
-            }
-        }
-        Ok(())
+        self.location.clean(self.table)
     }
 
     /// Every file, by folder, superseded ones included.
-    pub fn all_files(&self) -> Result<BTreeMap<PathBuf, Vec<LakeFile>>, AnalyticsError> {
-        let mut out = BTreeMap::new();
-        if !self.dir.exists() {
-            return Ok(out);
-        }
-        for date_dir in subdirs(&self.dir)? {
-            let mut files = Vec::new();
-            for entry in fs::read_dir(&date_dir).map_err(AnalyticsError::io(&date_dir))? {
-                let entry = entry.map_err(AnalyticsError::io(&date_dir))?;
-                let path = entry.path();
-                let Some(name) = FileName::parse(&path) else {
-                    continue;
-                };
-                let meta = entry.metadata().map_err(AnalyticsError::io(&path))?;
-                files.push(LakeFile {
-                    path,
-                    name,
-                    bytes: meta.len(),
-                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                });
-            }
-            files.sort_by(|a, b| (&a.name.space, a.name.first).cmp(&(&b.name.space, b.name.first)));
-            out.insert(date_dir, files);
-        }
-        Ok(out)
+    pub fn all_files(&self) -> Result<BTreeMap<String, Vec<LakeFile>>, AnalyticsError> {
+        Ok(by_folder(self.location.list(self.table)?))
     }
 
     /// The files a reader takes: every file not superseded by another in its folder.
-    pub fn live_files(&self) -> Result<Vec<LakeFile>, AnalyticsError> {
-        Ok(self
-            .all_files()?
-            .into_values()
-            .flat_map(|files| {
-                let live: Vec<LakeFile> = files
-                    .iter()
-                    .filter(|f| !files.iter().any(|g| f.name.within(&g.name)))
-                    .cloned()
-                    .collect();
-                live
-            })
-            .collect())
+    pub async fn live_files_async(&self) -> Result<Vec<LakeFile>, AnalyticsError> {
+        Ok(live(by_folder(self.location.list_async(self.table).await?)))
     }
 
     fn properties(
         &self,
         config: &LakeConfig,
-        path: &Path,
+        key: &str,
         metadata: Vec<KeyValue>,
     ) -> Result<WriterProperties, AnalyticsError> {
         let mut builder = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(config.zstd_level).map_err(|e| parquet_error(path, e))?,
+                ZstdLevel::try_new(config.zstd_level).map_err(|e| parquet_error(key, e))?,
             ))
             .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
             .set_sorting_columns(Some(
@@ -204,9 +164,13 @@ impl TableFiles {
         Ok(builder.build())
     }
 
-    /// Writes `batch` (already in the table's order) as `<date_dir>/<name>`: a temporary
-    /// file, synced, renamed into place, then the folder synced. A reader sees all of it or
-    /// nothing.
+    /// The key of a file of this table.
+    pub fn key(&self, folder: &str, name: &FileName) -> String {
+        format!("{}/{folder}/{}", self.table, name.render())
+    }
+
+    /// Writes `batch` (already in the table's order) as `<folder>/<name>`, atomically: a
+    /// reader sees all of it or nothing (see `store.rs`).
     pub fn write(
         &self,
         config: &LakeConfig,
@@ -214,23 +178,16 @@ impl TableFiles {
         name: &FileName,
         batch: &RecordBatch,
         metadata: Vec<KeyValue>,
-    ) -> Result<PathBuf, AnalyticsError> {
-        let dir = self.dir.join(folder);
-        fs::create_dir_all(&dir).map_err(AnalyticsError::io(&dir))?;
-        let path = dir.join(name.render());
-        let properties = self.properties(config, &path, metadata)?;
-        let temp = path.with_extension("parquet.tmp");
-        let file = File::create(&temp).map_err(AnalyticsError::io(&temp))?;
-        let mut writer = ArrowWriter::try_new(file, self.schema.clone(), Some(properties))
-            .map_err(|e| parquet_error(&path, e))?;
-        writer.write(batch).map_err(|e| parquet_error(&path, e))?;
-        let file = writer.into_inner().map_err(|e| parquet_error(&path, e))?;
-        file.sync_all().map_err(AnalyticsError::io(&temp))?;
-        fs::rename(&temp, &path).map_err(AnalyticsError::io(&path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(AnalyticsError::io(&dir))?;
-        Ok(path)
+    ) -> Result<String, AnalyticsError> {
+        let key = self.key(folder, name);
+        let properties = self.properties(config, &key, metadata)?;
+        self.location.write(&key, |body| {
+            let mut writer = ArrowWriter::try_new(body, self.schema.clone(), Some(properties))
+                .map_err(|e| parquet_error(&key, e))?;
+            writer.write(batch).map_err(|e| parquet_error(&key, e))?;
+            writer.into_inner().map_err(|e| parquet_error(&key, e))
+        })?;
+        Ok(key)
     }
 
     /// Merges each folder's runs of small live files into one file per run (rows sorted
@@ -239,7 +196,7 @@ impl TableFiles {
     pub fn compact(&self, config: &LakeConfig) -> Result<(u64, u64), AnalyticsError> {
         let now = SystemTime::now();
         let (mut merged, mut deleted) = (0, 0);
-        for (dir, files) in self.all_files()? {
+        for (folder, files) in self.all_files()? {
             // Superseded files whose union is old enough: no query can still be reading them.
             for file in &files {
                 let superseder = files.iter().find(|g| file.name.within(&g.name));
@@ -248,7 +205,7 @@ impl TableFiles {
                         .duration_since(superseder.modified)
                         .is_ok_and(|age| age >= config.compact_grace)
                 {
-                    fs::remove_file(&file.path).map_err(AnalyticsError::io(&file.path))?;
+                    self.location.delete(&file.key)?;
                     deleted += 1;
                 }
             }
@@ -260,11 +217,6 @@ impl TableFiles {
             for file in live {
                 by_space.entry(&file.name.space).or_default().push(file);
             }
-            let folder = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("")
-                .to_string();
             for (space, files) in by_space {
                 let mut run: Vec<&LakeFile> = Vec::new();
                 let mut bytes = 0;
@@ -296,15 +248,15 @@ impl TableFiles {
         let mut batches = Vec::new();
         let mut metadata = Vec::new();
         for file in run {
-            let (mut file_batches, file_metadata) = read_file(&file.path)?;
+            let (mut file_batches, file_metadata) = self.read_file(&file.key)?;
             batches.append(&mut file_batches);
             // The footer of the highest range speaks for the union (a sink's mark).
             metadata = file_metadata;
         }
         let batch = arrow_select::concat::concat_batches(&self.schema, &batches)
-            .map_err(|e| parquet_error(&run[0].path, e))?;
+            .map_err(|e| parquet_error(&run[0].key, e))?;
         let batch =
-            sort_batch(&batch, &self.sort_columns).map_err(|e| parquet_error(&run[0].path, e))?;
+            sort_batch(&batch, &self.sort_columns).map_err(|e| parquet_error(&run[0].key, e))?;
         let name = FileName {
             space: space.to_string(),
             first: run[0].name.first,
@@ -317,37 +269,108 @@ impl TableFiles {
         self.write(config, folder, &name, &batch, metadata)?;
         Ok(run.len() as u64)
     }
+
+    /// A file's rows and its footer's key-value metadata.
+    pub fn read_file(
+        &self,
+        key: &str,
+    ) -> Result<(Vec<RecordBatch>, Vec<KeyValue>), AnalyticsError> {
+        match self.location.read(key)? {
+            Contents::File(file) => decode(file, key),
+            Contents::Memory(bytes) => decode(bytes, key),
+        }
+    }
+
+    /// A file's footer key-value metadata only: the footer's bytes, not the rows.
+    pub fn read_footer(&self, file: &LakeFile) -> Result<Vec<KeyValue>, AnalyticsError> {
+        const FOOTER_TAIL: u64 = 8;
+        let key = &file.key;
+        let mut tail = self.location.read_tail(key, file.bytes, 64 << 10)?;
+        if (tail.len() as u64) < FOOTER_TAIL || &tail[tail.len() - 4..] != b"PAR1" {
+            return Err(parquet_error(
+                key,
+                "not a Parquet file (no PAR1 at its end)",
+            ));
+        }
+        let length_at = tail.len() - 8;
+        let metadata_len = u32::from_le_bytes(
+            tail[length_at..length_at + 4]
+                .try_into()
+                .expect("four bytes"),
+        ) as u64;
+        if metadata_len + FOOTER_TAIL > tail.len() as u64 {
+            tail = self
+                .location
+                .read_tail(key, file.bytes, metadata_len + FOOTER_TAIL)?;
+        }
+        let end = tail.len() - FOOTER_TAIL as usize;
+        let start = end
+            .checked_sub(metadata_len as usize)
+            .ok_or_else(|| parquet_error(key, "footer longer than the file"))?;
+        let metadata = ParquetMetaDataReader::decode_metadata(&tail[start..end])
+            .map_err(|e| parquet_error(key, e))?;
+        Ok(metadata
+            .file_metadata()
+            .key_value_metadata()
+            .cloned()
+            .unwrap_or_default())
+    }
 }
 
-/// A file's rows and its footer's key-value metadata.
-pub(crate) fn read_file(path: &Path) -> Result<(Vec<RecordBatch>, Vec<KeyValue>), AnalyticsError> {
-    let file = File::open(path).map_err(AnalyticsError::io(path))?;
+fn by_folder(listed: Vec<crate::store::Listed>) -> BTreeMap<String, Vec<LakeFile>> {
+    let mut out: BTreeMap<String, Vec<LakeFile>> = BTreeMap::new();
+    for file in listed {
+        let mut parts = file.key.rsplitn(3, '/');
+        let (Some(name), Some(folder)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Some(name) = FileName::parse(name) else {
+            continue;
+        };
+        out.entry(folder.to_string()).or_default().push(LakeFile {
+            name,
+            bytes: file.bytes,
+            modified: file.modified,
+            key: file.key,
+        });
+    }
+    for files in out.values_mut() {
+        files.sort_by(|a, b| (&a.name.space, a.name.first).cmp(&(&b.name.space, b.name.first)));
+    }
+    out
+}
+
+fn live(folders: BTreeMap<String, Vec<LakeFile>>) -> Vec<LakeFile> {
+    folders
+        .into_values()
+        .flat_map(|files| {
+            let live: Vec<LakeFile> = files
+                .iter()
+                .filter(|f| !files.iter().any(|g| f.name.within(&g.name)))
+                .cloned()
+                .collect();
+            live
+        })
+        .collect()
+}
+
+fn decode<R: ChunkReader + 'static>(
+    reader: R,
+    key: &str,
+) -> Result<(Vec<RecordBatch>, Vec<KeyValue>), AnalyticsError> {
     let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(path, e))?;
+        ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|e| parquet_error(key, e))?;
     let metadata = builder
         .metadata()
         .file_metadata()
         .key_value_metadata()
         .cloned()
         .unwrap_or_default();
-    let reader = builder.build().map_err(|e| parquet_error(path, e))?;
+    let reader = builder.build().map_err(|e| parquet_error(key, e))?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| parquet_error(path, e))?;
+        .map_err(|e| parquet_error(key, e))?;
     Ok((batches, metadata))
-}
-
-/// A file's footer key-value metadata only.
-pub(crate) fn read_footer(path: &Path) -> Result<Vec<KeyValue>, AnalyticsError> {
-    let file = File::open(path).map_err(AnalyticsError::io(path))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(path, e))?;
-    Ok(builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .cloned()
-        .unwrap_or_default())
 }
 
 pub(crate) fn sort_batch(
@@ -373,23 +396,11 @@ pub(crate) fn sort_batch(
     RecordBatch::try_new(batch.schema(), columns)
 }
 
-pub(crate) fn parquet_error(path: &Path, error: impl std::fmt::Display) -> AnalyticsError {
+pub(crate) fn parquet_error(key: &str, error: impl std::fmt::Display) -> AnalyticsError {
     AnalyticsError::Parquet {
-        path: path.to_path_buf(),
+        location: key.to_string(),
         reason: error.to_string(),
     }
-}
-
-pub(crate) fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, AnalyticsError> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(AnalyticsError::io(dir))? {
-        let path = entry.map_err(AnalyticsError::io(dir))?.path();
-        if path.is_dir() {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// Days since the Unix epoch of a time in microseconds (the `date` column, Date32).
@@ -400,6 +411,31 @@ pub(crate) fn day_of(micros: i64) -> i32 {
 /// The folder of a day's files: `date=YYYY-MM-DD`.
 pub(crate) fn date_folder(days: i32) -> String {
     format!("date={}", date_name(days))
+}
+
+/// The day number of `YYYY-MM-DD` (UTC), if it is a date of the proleptic Gregorian calendar.
+pub(crate) fn day_number(text: &str) -> Option<i32> {
+    let mut parts = text.splitn(3, '-');
+    let year: i64 = parts.next()?.parse().ok()?;
+    let month: i64 = parts.next()?.parse().ok()?;
+    let day: i64 = parts.next()?.parse().ok()?;
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1..=days_in_month).contains(&day) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let doy = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    i32::try_from(era * 146_097 + doe - 719_468).ok()
 }
 
 /// `YYYY-MM-DD` (UTC) of a day number.
@@ -431,6 +467,28 @@ mod tests {
     }
 
     #[test]
+    fn day_numbers_and_names_round_trip() {
+        for day in (-719_468..800_000)
+            .step_by(997)
+            .chain([-1, 0, 1, 11_016, 20_605])
+        {
+            assert_eq!(day_number(&date_name(day)), Some(day), "{}", date_name(day));
+        }
+        assert_eq!(day_number("1970-01-01"), Some(0));
+        assert_eq!(day_number("2000-02-29"), Some(11_016));
+        for bad in [
+            "2001-02-29",
+            "2026-13-01",
+            "2026-04-31",
+            "2026-06",
+            "june",
+            "2026-06-00",
+        ] {
+            assert_eq!(day_number(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn a_range_inside_another_is_superseded() {
         let name = |first, last| FileName {
             space: "p0001".into(),
@@ -445,7 +503,7 @@ mod tests {
             ..name(5, 9)
         };
         assert!(!other_space.within(&name(0, 9)));
-        let parsed = FileName::parse(Path::new(&name(3, 4).render()));
+        let parsed = FileName::parse(&name(3, 4).render());
         assert_eq!(parsed, Some(name(3, 4)));
     }
 }

@@ -8,6 +8,7 @@
 //!  vote record ─signed checkpoints─▶ checkpoints/
 //!                 ▼
 //!  LakeSql: DataFusion, one fresh read-only session per query, time and memory limits
+//!  (all of it in a local folder or an S3 bucket prefix: `store.rs`)
 //! ```
 //!
 //! See `lake.rs` for naming, atomic files and compaction, `votes.rs` for the tables copied
@@ -21,6 +22,7 @@ mod error;
 mod lake;
 mod sinks;
 mod sql;
+mod store;
 mod votes;
 mod writer;
 
@@ -32,6 +34,7 @@ pub use sinks::{
     TallyChangeLake, TallyChanges, WindowFeature, WindowFeatureLake, WindowFeatures,
 };
 pub use sql::{BatchEncoder, LakeSql, OutputFormat, QueryStream, SqlLimits, render, write_parquet};
+pub use store::LakeLocation;
 pub use votes::{
     LogLake, LogSource, LogTable, ReadingLake, Readings, SyncCursor, SyncReport, VoteLake, Votes,
     sync_log, sync_readings, sync_votes, vote_schema,

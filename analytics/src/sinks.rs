@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -25,7 +24,7 @@ use parquet::file::metadata::KeyValue;
 
 use crate::AnalyticsError;
 use crate::lake::{
-    FileName, LakeConfig, TableFiles, date_folder, day_of, parquet_error, read_footer, sort_batch,
+    FileName, LakeConfig, LakeFile, TableFiles, date_folder, day_of, parquet_error, sort_batch,
 };
 use crate::votes::utc_micros;
 
@@ -59,7 +58,8 @@ impl<T: SinkTable> SinkLake<T> {
     /// Opens (creating) the table and reads its marks from the newest file.
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
         let files = TableFiles {
-            dir: config.root.join(T::NAME),
+            location: config.location.clone(),
+            table: T::NAME,
             schema: T::schema(),
             sort_columns: T::sort_columns(),
             plain_columns: Vec::new(),
@@ -72,7 +72,7 @@ impl<T: SinkTable> SinkLake<T> {
             .max_by_key(|f| (f.name.last, std::cmp::Reverse(f.name.first)));
         let (marks, next_file) = match newest {
             None => (BTreeMap::new(), 0),
-            Some(file) => (read_marks(&file.path)?, file.name.last + 1),
+            Some(file) => (read_marks(&files, &file)?, file.name.last + 1),
         };
         Ok(Self {
             config,
@@ -83,8 +83,9 @@ impl<T: SinkTable> SinkLake<T> {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.files.dir
+    /// Where the table's files are, for people: a folder or a bucket prefix.
+    pub fn location(&self) -> String {
+        format!("{}/{}", self.config.location, self.files.table)
     }
 
     /// The highest order written for `group`.
@@ -123,7 +124,7 @@ impl<T: SinkTable> SinkLake<T> {
                 last: self.next_file,
             };
             let refs: Vec<&T::Row> = rows.iter().collect();
-            let path = self.files.dir.join(name.render());
+            let path = self.files.key(&date_folder(day), &name);
             let batch = T::batch(&refs, day).map_err(|e| parquet_error(&path, e))?;
             let batch = sort_batch(&batch, &self.files.sort_columns)
                 .map_err(|e| parquet_error(&path, e))?;
@@ -148,8 +149,12 @@ impl<T: SinkTable> SinkLake<T> {
     }
 }
 
-fn read_marks(path: &Path) -> Result<BTreeMap<String, i64>, AnalyticsError> {
-    let footer = read_footer(path)?;
+fn read_marks(
+    files: &TableFiles,
+    file: &LakeFile,
+) -> Result<BTreeMap<String, i64>, AnalyticsError> {
+    let path = &file.key;
+    let footer = files.read_footer(file)?;
     let Some(encoded) = footer
         .iter()
         .find(|kv| kv.key == MARKS_KEY)

@@ -5,7 +5,6 @@
 //! planned, so files the sinks add show in the next query and files compaction superseded
 //! never count twice.
 
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -33,6 +32,7 @@ use futures::{Stream, StreamExt};
 use crate::AnalyticsError;
 use crate::lake::{TABLES, TableFiles};
 use crate::sinks::{Checkpoints, SinkTable, TallyChanges, WindowFeatures};
+use crate::store::LakeLocation;
 use crate::votes::{LogTable, Readings, Votes};
 
 /// What one query may take.
@@ -59,7 +59,7 @@ impl Default for SqlLimits {
 /// SQL over a lake.
 #[derive(Clone, Debug)]
 pub struct LakeSql {
-    root: PathBuf,
+    location: LakeLocation,
     limits: SqlLimits,
 }
 
@@ -71,6 +71,24 @@ fn sql_error(error: impl std::fmt::Display) -> AnalyticsError {
 fn classify(error: DataFusionError) -> AnalyticsError {
     match error.find_root() {
         DataFusionError::ResourcesExhausted(reason) => AnalyticsError::QueryMemory(reason.clone()),
+        // The lake's own failures while a scan listed or read files keep their codes.
+        DataFusionError::External(inner) if inner.downcast_ref::<AnalyticsError>().is_some() => {
+            match inner.downcast_ref::<AnalyticsError>() {
+                Some(AnalyticsError::Store { location, reason }) => AnalyticsError::Store {
+                    location: location.clone(),
+                    reason: reason.clone(),
+                },
+                Some(AnalyticsError::Parquet { location, reason }) => AnalyticsError::Parquet {
+                    location: location.clone(),
+                    reason: reason.clone(),
+                },
+                _ => AnalyticsError::Sql(inner.to_string()),
+            }
+        }
+        DataFusionError::ObjectStore(inner) => AnalyticsError::Store {
+            location: "the lake".into(),
+            reason: inner.to_string(),
+        },
         root => {
             let text = root.to_string();
             // SQLOptions' refusals: "DDL not supported: …", "DML not supported: …",
@@ -88,17 +106,21 @@ fn classify(error: DataFusionError) -> AnalyticsError {
 }
 
 impl LakeSql {
-    /// SQL over the lake under `root` (the folders may not exist yet: tables are empty).
-    pub fn new(root: impl Into<PathBuf>, limits: SqlLimits) -> Self {
+    /// SQL over the lake at `location` (its tables may not exist yet: they are empty).
+    pub fn new(location: impl Into<LakeLocation>, limits: SqlLimits) -> Self {
         Self {
-            root: root.into(),
+            location: location.into(),
             limits,
         }
     }
 
-    /// SQL over the lake under `root` with the default limits.
-    pub async fn open(root: &Path) -> Result<Self, AnalyticsError> {
-        Ok(Self::new(root, SqlLimits::default()))
+    /// SQL over the lake at `location` with the default limits.
+    pub async fn open(location: impl Into<LakeLocation>) -> Result<Self, AnalyticsError> {
+        Ok(Self::new(location, SqlLimits::default()))
+    }
+
+    pub fn location(&self) -> &LakeLocation {
+        &self.location
     }
 
     pub fn limits(&self) -> SqlLimits {
@@ -121,6 +143,9 @@ impl LakeSql {
             .with_default_features()
             .build();
         let context = SessionContext::new_with_state(state);
+        if let Some((url, store)) = self.location.object_store() {
+            context.register_object_store(url, store);
+        }
         for name in TABLES {
             let table = self.table(name);
             context.register_table(name, table).map_err(sql_error)?;
@@ -128,7 +153,7 @@ impl LakeSql {
         Ok(context)
     }
 
-    fn table(&self, name: &str) -> Arc<dyn TableProvider> {
+    fn table(&self, name: &'static str) -> Arc<dyn TableProvider> {
         let (schema, sort) = match name {
             "votes" => (
                 Votes::schema(),
@@ -154,7 +179,8 @@ impl LakeSql {
         };
         Arc::new(LakeTable {
             files: TableFiles {
-                dir: self.root.join(name),
+                location: self.location.clone(),
+                table: name,
                 schema: schema.clone(),
                 sort_columns: Vec::new(),
                 plain_columns: Vec::new(),
@@ -299,10 +325,15 @@ impl TableProvider for LakeTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let live = self
+        let mut live = self
             .files
-            .live_files()
+            .live_files_async()
+            .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // A file holds one day's rows, the day its folder names: a filter on `date` that
+        // rules the day out rules the whole file out, unopened.
+        let days = DayRange::of(filters);
+        live.retain(|file| days.admits(&file.key));
         if live.is_empty() {
             let schema = match projection {
                 Some(columns) => Arc::new(self.schema.project(columns)?),
@@ -313,9 +344,12 @@ impl TableProvider for LakeTable {
         let urls = live
             .iter()
             .map(|file| {
-                let path = std::fs::canonicalize(&file.path)
+                let url = self
+                    .files
+                    .location
+                    .file_url(&file.key)
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                ListingTableUrl::parse(format!("file://{}", path.display()))
+                ListingTableUrl::parse(url)
             })
             .collect::<datafusion::error::Result<Vec<_>>>()?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
@@ -331,6 +365,114 @@ impl TableProvider for LakeTable {
             .with_schema(self.schema.clone());
         let table = ListingTable::try_new(config)?;
         table.scan(state, projection, filters, limit).await
+    }
+}
+
+/// The days a query's filters on the `date` column leave, inclusive at both ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DayRange {
+    first: i32,
+    last: i32,
+}
+
+impl DayRange {
+    /// The conjunction of `date = d`, `date < d`, `date <= d`, `date > d`, `date >= d`
+    /// (either side) and `date BETWEEN a AND b` among `filters`; any other filter leaves
+    /// every day (DataFusion applies all of them to the rows anyway).
+    fn of(filters: &[Expr]) -> Self {
+        use datafusion::logical_expr::utils::split_conjunction;
+        let mut range = DayRange {
+            first: i32::MIN,
+            last: i32::MAX,
+        };
+        for filter in filters {
+            for conjunct in split_conjunction(filter) {
+                range = range.and(Self::of_one(conjunct));
+            }
+        }
+        range
+    }
+
+    fn and(self, other: Self) -> Self {
+        Self {
+            first: self.first.max(other.first),
+            last: self.last.min(other.last),
+        }
+    }
+
+    fn of_one(expr: &Expr) -> Self {
+        use datafusion::logical_expr::{Between, BinaryExpr, Operator};
+        let all = DayRange {
+            first: i32::MIN,
+            last: i32::MAX,
+        };
+        match expr {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (day, op) = match (date_column(left), day_literal(right)) {
+                    (true, Some(day)) => (day, *op),
+                    _ => match (day_literal(left), date_column(right)) {
+                        (Some(day), true) => match op.swap() {
+                            Some(swapped) => (day, swapped),
+                            None => return all,
+                        },
+                        _ => return all,
+                    },
+                };
+                match op {
+                    Operator::Eq => DayRange {
+                        first: day,
+                        last: day,
+                    },
+                    Operator::Lt => DayRange {
+                        last: day.saturating_sub(1),
+                        ..all
+                    },
+                    Operator::LtEq => DayRange { last: day, ..all },
+                    Operator::Gt => DayRange {
+                        first: day.saturating_add(1),
+                        ..all
+                    },
+                    Operator::GtEq => DayRange { first: day, ..all },
+                    _ => all,
+                }
+            }
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) if date_column(expr) => match (day_literal(low), day_literal(high)) {
+                (Some(first), Some(last)) => DayRange { first, last },
+                _ => all,
+            },
+            _ => all,
+        }
+    }
+
+    /// Whether a file's folder (`<table>/date=YYYY-MM-DD/…`) is a day in the range; files
+    /// outside date folders are always read.
+    fn admits(&self, key: &str) -> bool {
+        let day = key
+            .split('/')
+            .nth(1)
+            .and_then(|folder| folder.strip_prefix("date="))
+            .and_then(crate::lake::day_number);
+        day.is_none_or(|day| self.first <= day && day <= self.last)
+    }
+}
+
+fn date_column(expr: &Expr) -> bool {
+    matches!(expr, Expr::Column(column) if column.name == "date")
+}
+
+fn day_literal(expr: &Expr) -> Option<i32> {
+    use datafusion::scalar::ScalarValue;
+    match expr {
+        Expr::Literal(ScalarValue::Date32(Some(day)), _) => Some(*day),
+        Expr::Literal(ScalarValue::Utf8(Some(text)), _)
+        | Expr::Literal(ScalarValue::Utf8View(Some(text)), _)
+        | Expr::Literal(ScalarValue::LargeUtf8(Some(text)), _) => crate::lake::day_number(text),
+        _ => None,
     }
 }
 

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -243,7 +242,8 @@ impl<T: LogTable> LogLake<T> {
     /// Opens (creating) the table's folder and removes what a crash left half-written.
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
         let files = TableFiles {
-            dir: config.root.join(T::NAME),
+            location: config.location.clone(),
+            table: T::NAME,
             schema: T::schema(),
             sort_columns: T::sort_columns(),
             plain_columns: T::plain_columns(),
@@ -256,8 +256,9 @@ impl<T: LogTable> LogLake<T> {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.files.dir
+    /// Where the table's files are, for people: a folder or a bucket prefix.
+    pub fn location(&self) -> String {
+        format!("{}/{}", self.config.location, self.files.table)
     }
 
     /// The last range written for `partition`, if any: (first offset, last offset). Of
@@ -295,7 +296,7 @@ impl<T: LogTable> LogLake<T> {
         }
         let mut files = 0;
         for (day, rows) in by_day {
-            let path = self.files.dir.join(name.render());
+            let path = self.files.key(&date_folder(day), &name);
             let batch = T::batch(&rows, day).map_err(|e| parquet_error(&path, e))?;
             let batch = crate::lake::sort_batch(&batch, &self.files.sort_columns)
                 .map_err(|e| parquet_error(&path, e))?;

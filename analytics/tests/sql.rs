@@ -11,7 +11,8 @@ use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use canopy_analytics::{
-    LakeConfig, LakeSql, LakeViews, TallyChange, TallyChangeLake, VoteLake, sync_votes,
+    LakeConfig, LakeLocation, LakeSql, LakeViews, TallyChange, TallyChangeLake, VoteLake,
+    sync_votes,
 };
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore, recount};
 use canopy_ingest::{SegmentLog, SegmentLogConfig, VoteLog};
@@ -114,19 +115,60 @@ fn arrow_cast_to_strings(array: &dyn arrow_array::Array) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_recount_in_sql_over_the_lake_equals_the_tally() {
+/// A lake in a temporary folder, or under a prefix of its own in the test bucket.
+fn lake_location(dir: &tempfile::TempDir, store: Store) -> LakeLocation {
+    match store {
+        Store::Local => LakeLocation::Local(dir.path().join("lake")),
+        Store::S3 => common::s3_lake(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Store {
+    Local,
+    S3,
+}
+
+#[path = "common/s3.rs"]
+mod common;
+
+/// Each test, against a local folder and against an S3-compatible server.
+macro_rules! on_both_stores {
+    ($($body:ident => $local:ident, $s3:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $local() {
+            $body(Store::Local).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $s3() {
+            $body(Store::S3).await;
+        }
+    )*};
+}
+
+on_both_stores! {
+    recount_equals_the_tally => a_recount_in_sql_over_the_lake_equals_the_tally,
+        a_recount_in_sql_over_a_lake_in_s3_equals_the_tally;
+    tally_changes_replay => tally_changes_replay_to_the_live_tally_and_a_restart_writes_none_twice,
+        tally_changes_in_s3_replay_and_a_restart_writes_none_twice;
+    compaction => compaction_merges_small_files_and_no_row_counts_twice,
+        compaction_in_s3_merges_small_files_and_no_row_counts_twice;
+}
+
+async fn recount_equals_the_tally(store: Store) {
     let dir = tempfile::tempdir().unwrap();
+    let location = lake_location(&dir, store);
     let log = SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap();
     log.append(&stream(5, 4_000)).unwrap();
-    let lake = VoteLake::open(LakeConfig::new(dir.path().join("lake"))).unwrap();
+    let lake = VoteLake::open(LakeConfig::new(location.clone())).unwrap();
     sync_votes(&lake, &log, 700).unwrap();
 
     let decisions: Vec<Decision> = (1..5).map(decision).collect();
     let expected = recounted(&log, &decisions);
     assert!(expected.len() > 20);
 
-    let sql = LakeSql::open(&dir.path().join("lake")).await.unwrap();
+    let sql = LakeSql::open(location).await.unwrap();
     let got = cells_of(&sql.query(RECOUNT).await.unwrap());
     assert_eq!(got, expected);
 
@@ -147,6 +189,54 @@ async fn a_recount_in_sql_over_the_lake_equals_the_tally() {
         .sum();
     assert_eq!(total, 4_000);
     assert_eq!(per_day.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+
+    // A filter on the date reads only the folders it leaves, and counts what it should.
+    let mut by_day = [0i64; 3];
+    for partition in 0..log.partitions() {
+        for record in log.read(partition, 0, usize::MAX).unwrap() {
+            by_day[((record.vote.cast_at - START) / 86_400_000_000) as usize] += 1;
+        }
+    }
+    for (filter, expected, folders) in [
+        ("date = DATE '2026-06-02'", by_day[1], vec!["2026-06-02"]),
+        ("date = '2026-06-03'", by_day[2], vec!["2026-06-03"]),
+        ("'2026-06-02' < date", by_day[2], vec!["2026-06-03"]),
+        (
+            "date <= DATE '2026-06-02'",
+            by_day[0] + by_day[1],
+            vec!["2026-06-01", "2026-06-02"],
+        ),
+        (
+            "date BETWEEN '2026-06-02' AND '2026-06-09'",
+            by_day[1] + by_day[2],
+            vec!["2026-06-02", "2026-06-03"],
+        ),
+        (
+            "date > '2026-06-01' AND date < '2026-06-03'",
+            by_day[1],
+            vec!["2026-06-02"],
+        ),
+        (
+            "date = '2026-06-01' OR date = '2026-06-03'",
+            by_day[0] + by_day[2],
+            vec!["2026-06-01", "2026-06-02", "2026-06-03"],
+        ),
+        ("date >= '2026-07-01'", 0, vec![]),
+    ] {
+        let statement = format!("SELECT COUNT(*) FROM votes WHERE {filter}");
+        assert_eq!(count(&sql, &statement).await, expected, "{filter}");
+        let plan = sql.query(&format!("EXPLAIN {statement}")).await.unwrap();
+        let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+            .unwrap()
+            .to_string();
+        for day in ["2026-06-01", "2026-06-02", "2026-06-03"] {
+            assert_eq!(
+                plan.contains(&format!("date={day}")),
+                folders.contains(&day),
+                "{filter} reading {day}: {plan}"
+            );
+        }
+    }
 
     // New files show in the next query (no stale listing).
     log.append(&stream(6, 500)).unwrap();
@@ -234,15 +324,15 @@ fn engine_changes(log: &Arc<SegmentLog>, decisions: &[Decision]) -> Vec<TallyCha
     recorder.take_changes()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tally_changes_replay_to_the_live_tally_and_a_restart_writes_none_twice() {
+async fn tally_changes_replay(store: Store) {
     let dir = tempfile::tempdir().unwrap();
+    let location = lake_location(&dir, store);
     let log =
         Arc::new(SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap());
     let decisions: Vec<Decision> = (1..5).map(decision).collect();
     log.append(&stream(11, 3_000)).unwrap();
-    let config = LakeConfig::new(dir.path().join("lake"));
-    let sql = LakeSql::open(&dir.path().join("lake")).await.unwrap();
+    let config = LakeConfig::new(location.clone());
+    let sql = LakeSql::open(location).await.unwrap();
 
     let changes = engine_changes(&log, &decisions);
     let mut lake = TallyChangeLake::open(config.clone()).unwrap();
@@ -278,23 +368,17 @@ async fn count(sql: &LakeSql, statement: &str) -> i64 {
         .value(0)
 }
 
-#[tokio::test]
-async fn compaction_merges_small_files_and_no_row_counts_twice() {
+async fn compaction(store: Store) {
     let dir = tempfile::tempdir().unwrap();
+    let location = lake_location(&dir, store);
     let log = SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap();
     log.append(&stream(21, 3_000)).unwrap();
-    let root = dir.path().join("lake");
-    let sql = LakeSql::open(&root).await.unwrap();
-    let files = || {
-        walk(&root.join("votes"))
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-            .count()
-    };
+    let sql = LakeSql::open(location.clone()).await.unwrap();
+    let files = || location.table_files("votes").unwrap().len();
     let exact = "SELECT COUNT(*) FROM (SELECT DISTINCT log_partition, log_offset FROM votes)";
 
     // Small ranges: many small files.
-    let mut config = LakeConfig::new(&root);
+    let mut config = LakeConfig::new(location.clone());
     config.compact_grace = Duration::from_secs(3600);
     let lake = VoteLake::open(config.clone()).unwrap();
     sync_votes(&lake, &log, 100).unwrap();
@@ -330,15 +414,25 @@ async fn compaction_merges_small_files_and_no_row_counts_twice() {
     );
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
+/// A store that cannot be reached fails with `lake_store`, for writes and for queries.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_store_fails_with_its_own_code() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut options = common::s3_options();
+    options.retain(|(key, _)| *key != "aws_endpoint");
+    options.push(("aws_endpoint", endpoint));
+    let location = LakeLocation::s3("s3://nowhere/lake", options).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap();
+    log.append(&stream(31, 10)).unwrap();
+    let lake = VoteLake::open(LakeConfig::new(location.clone())).unwrap();
+    let error = sync_votes(&lake, &log, 100).unwrap_err();
+    assert_eq!(error.code(), "lake_store", "{error}");
+
+    let sql = LakeSql::open(location).await.unwrap();
+    let error = sql.query("SELECT COUNT(*) FROM votes").await.unwrap_err();
+    assert_eq!(error.code(), "lake_store", "{error}");
 }

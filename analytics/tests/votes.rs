@@ -148,9 +148,12 @@ fn the_lake_holds_every_logged_vote_once() {
     let report = sync_votes(&lake, &log, 500).unwrap();
     assert_eq!(report.rows, 3_000);
     assert_eq!(report.rewritten_ranges, 0);
-    assert_eq!(lake_rows(lake.dir()), log_rows(&log));
+    assert_eq!(
+        lake_rows(&dir.path().join("lake").join("votes")),
+        log_rows(&log)
+    );
     // The voter never appears in clear: the commitment is there, and no column holds an id.
-    let file = parquet_files(lake.dir()).remove(0);
+    let file = parquet_files(&dir.path().join("lake").join("votes")).remove(0);
     let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(file).unwrap()).unwrap();
     let names: Vec<&str> = builder
         .schema()
@@ -167,7 +170,10 @@ fn the_lake_holds_every_logged_vote_once() {
         .filter(|p| log.end_offset(*p).unwrap() > 0)
         .count();
     assert_eq!(again.rewritten_ranges, used as u64);
-    assert_eq!(lake_rows(lake.dir()), log_rows(&log));
+    assert_eq!(
+        lake_rows(&dir.path().join("lake").join("votes")),
+        log_rows(&log)
+    );
 }
 
 /// A crash mid-range: one date's file of the last range never written, another half
@@ -182,23 +188,30 @@ fn a_restart_after_a_crash_leaves_no_gap_and_no_row_twice() {
     let lake = VoteLake::open(config.clone()).unwrap();
     sync_votes(&lake, &log, 400).unwrap();
     // The crash: the newest range of some partition lost one of its date files.
-    let files = parquet_files(lake.dir());
+    let files = parquet_files(&dir.path().join("lake").join("votes"));
     let victim = files
         .iter()
         .max_by_key(|f| f.file_name().unwrap().to_owned())
         .unwrap()
         .clone();
     std::fs::rename(&victim, victim.with_extension("parquet.tmp")).unwrap();
-    assert_ne!(lake_rows(lake.dir()), log_rows(&log), "the crash lost rows");
+    assert_ne!(
+        lake_rows(&dir.path().join("lake").join("votes")),
+        log_rows(&log),
+        "the crash lost rows"
+    );
     drop(lake);
 
     log.append(&votes(3, 1_500)).unwrap();
     let lake = VoteLake::open(config).unwrap();
     let report = sync_votes(&lake, &log, 400).unwrap();
     assert!(report.rewritten_ranges > 0);
-    assert_eq!(lake_rows(lake.dir()), log_rows(&log));
+    assert_eq!(
+        lake_rows(&dir.path().join("lake").join("votes")),
+        log_rows(&log)
+    );
     assert!(
-        parquet_files(lake.dir())
+        parquet_files(&dir.path().join("lake").join("votes"))
             .iter()
             .all(|f| f.extension().unwrap() == "parquet"),
         "a temporary file was left"

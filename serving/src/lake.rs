@@ -2,13 +2,12 @@
 //! final feature windows the dataflows published, the new signed checkpoints and the
 //! decisions go to Parquet files; every few flushes small files are merged.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use canopy_analytics::{
-    CheckpointEntry, FinalWindows, LakeConfig, LakeViews, LakeWriter, SqlLimits, TallyChange,
-    WindowFeature, WriterReport,
+    CheckpointEntry, FinalWindows, LakeConfig, LakeLocation, LakeViews, LakeWriter, SqlLimits,
+    TallyChange, WindowFeature, WriterReport,
 };
 use canopy_ingest::{SensorLog, VoteLog};
 
@@ -18,7 +17,8 @@ use crate::store::MetadataStore;
 /// The analytics lake a node keeps.
 #[derive(Clone, Debug)]
 pub struct LakeSettings {
-    pub root: PathBuf,
+    /// A local folder or a bucket prefix.
+    pub location: LakeLocation,
     /// How often new history goes to files (what SQL sees lags by at most this).
     pub flush_interval: Duration,
     /// Small files are merged every this many flushes.
@@ -30,9 +30,9 @@ pub struct LakeSettings {
 }
 
 impl LakeSettings {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    pub fn new(location: impl Into<LakeLocation>) -> Self {
         Self {
-            root: root.into(),
+            location: location.into(),
             flush_interval: Duration::from_secs(10),
             compact_every: 30,
             sql: SqlLimits {
@@ -74,7 +74,7 @@ impl LakeFeed {
         tally_changes: Option<Arc<LakeViews>>,
         final_windows: Option<Arc<FinalWindows>>,
     ) -> Result<Self, ServingError> {
-        let writer = LakeWriter::open(LakeConfig::new(&settings.root))?;
+        let writer = LakeWriter::open(LakeConfig::new(settings.location.clone()))?;
         Ok(Self {
             settings,
             writer: Arc::new(Mutex::new(writer)),

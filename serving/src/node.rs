@@ -389,7 +389,7 @@ impl Node {
         };
         let analytics = match (&config.lake, keep_lake) {
             (Some(lake), true) => Some(Arc::new(AnalyticsService::new(
-                LakeSql::new(&lake.root, lake.sql),
+                LakeSql::new(lake.location.clone(), lake.sql),
                 lake.concurrent_queries,
             ))),
             _ => None,

@@ -567,7 +567,7 @@ pub(crate) fn lake_error(error: AnalyticsError) -> PgWireError {
         "query_timeout" => "57014",
         "query_memory_exceeded" => "53200",
         "sql" => sql_state(&text),
-        "lake_io" => "58030",
+        "lake_io" | "lake_store" => "58030",
         _ => "XX000",
     };
     user_error(sqlstate, format!("{code}: {text}"))
