@@ -10,10 +10,15 @@
 //!
 //! An append resolves only once the broker acknowledged it with every in-sync replica, so
 //! "acknowledged" means the same here as with the segment log: durable.
+//!
+//! An idempotent producer is one session with the broker (a producer id and per-partition
+//! sequence numbers). A broker that restarted can refuse every later append of a session it
+//! no longer follows, and librdkafka may declare the session fatal: then the log starts a
+//! new producer, so appends succeed again once the broker is back (see `renew_producer`).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use std::marker::PhantomData;
 
@@ -24,7 +29,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{
@@ -85,7 +90,10 @@ pub type KafkaSensorLog = KafkaEntryLog<SensorReading>;
 /// A log of one kind of entry on a Kafka topic.
 pub struct KafkaEntryLog<E: LogEntry> {
     config: KafkaConfig,
-    producer: FutureProducer,
+    /// The current producer session; replaced when the broker stops taking its appends.
+    producer: RwLock<FutureProducer>,
+    /// When the producer was last replaced (at most one new session per second).
+    producer_renewed: Mutex<Option<Instant>>,
     /// Answers watermark (end offset) queries; one client, its connections kept.
     metadata: BaseConsumer,
     readers: Mutex<HashMap<u32, PartitionReader>>,
@@ -117,20 +125,15 @@ impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
     /// Connects, creates the topic if allowed and missing, and checks that it has the
     /// configured partition count and replication; refuses a topic that does not.
     pub fn connect(config: KafkaConfig) -> Result<Self, IngestError> {
-        let producer: FutureProducer = client_config(&config)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", config.timeout.as_millis().to_string())
-            .create()
-            .map_err(kafka_error("creating the producer"))?;
+        let producer = new_producer(&config)?;
         let metadata: BaseConsumer = client_config(&config)
             .set("isolation.level", "read_uncommitted")
             .create()
             .map_err(kafka_error("creating a metadata client"))?;
         let log = Self {
             config,
-            producer,
+            producer: RwLock::new(producer),
+            producer_renewed: Mutex::new(None),
             metadata,
             readers: Mutex::new(HashMap::new()),
             known_ends: Mutex::new(HashMap::new()),
@@ -268,6 +271,11 @@ impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
     /// Each comes with its partition's acknowledged end at the time it was queued: the vote
     /// can only land after that.
     fn enqueue(&self, entries: &[E]) -> Result<Vec<Pending<E>>, IngestError> {
+        let producer = self
+            .producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let mut pending = Vec::with_capacity(entries.len());
         let mut payload = Vec::new();
         for logged in entries {
@@ -281,7 +289,7 @@ impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
                 .key(&key[..])
                 .payload(&payload[..]);
             loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => {
                         pending.push(Pending {
                             delivery,
@@ -296,6 +304,7 @@ impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                     Err((error, _)) => {
+                        self.renew_producer(&error);
                         return Err(IngestError::Kafka {
                             reason: format!("producing a {} entry: {error}", E::KIND),
                         });
@@ -321,8 +330,11 @@ impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
                 .map_err(|_| IngestError::Kafka {
                     reason: "the producer shut down before the broker answered".into(),
                 })?
-                .map_err(|(error, _)| IngestError::Kafka {
-                    reason: format!("the broker did not take a {} entry: {error}", E::KIND),
+                .map_err(|(error, _)| {
+                    self.renew_producer(&error);
+                    IngestError::Kafka {
+                        reason: format!("the broker did not take a {} entry: {error}", E::KIND),
+                    }
                 })?;
             let position = match u64::try_from(delivery.offset) {
                 Ok(offset) => Position { partition, offset },
@@ -334,6 +346,62 @@ impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
             positions.push(position);
         }
         Ok(positions)
+    }
+
+    /// After a failed append: starts a new producer session if this one may be finished,
+    /// i.e. librdkafka declared it fatal, the broker refused an append with an error that
+    /// says it lost track of the session, or an append timed out (an idempotent session
+    /// whose appends timed out must be reset with the broker). Seen with tansu restarted
+    /// after kill -9: the old session's appends kept timing out, then every one got
+    /// UNKNOWN_SERVER_ERROR, while a new session's were taken. Appends in flight on the old
+    /// session fail and are not acknowledged; their votes may still be in the topic, which
+    /// the tally counts once by vote id.
+    fn renew_producer(&self, error: &KafkaError) {
+        let current = self
+            .producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let fatal = current.client().fatal_error();
+        let session_lost = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Unknown
+                    | RDKafkaErrorCode::MessageTimedOut
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::Fatal
+            )
+        );
+        if fatal.is_none() && !session_lost {
+            return;
+        }
+        let mut renewed = self
+            .producer_renewed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if renewed.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        match new_producer(&self.config) {
+            Ok(producer) => {
+                tracing::warn!(
+                    topic = %self.config.topic,
+                    %error,
+                    fatal = ?fatal,
+                    "the broker stopped taking this producer's appends; starting a new producer"
+                );
+                *self
+                    .producer
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = producer;
+                *renewed = Some(Instant::now());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not start a new producer; keeping the old one");
+            }
+        }
     }
 
     /// Where `logged` is in `partition`, at or after `floor`.
@@ -381,6 +449,17 @@ impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
         }
         Ok(())
     }
+}
+
+/// An idempotent producer whose appends are acknowledged by every in-sync replica.
+fn new_producer(config: &KafkaConfig) -> Result<FutureProducer, IngestError> {
+    client_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", config.timeout.as_millis().to_string())
+        .create()
+        .map_err(kafka_error("creating the producer"))
 }
 
 fn client_config(config: &KafkaConfig) -> ClientConfig {

@@ -22,7 +22,15 @@ pub fn start(data: &Path, port: u16) -> Child {
     start_with(data, port, &[])
 }
 
+/// Starts `canopy up`; its log goes to `<data>/node.log` (appended across restarts), for
+/// [`node_log`] to show when a test fails.
 pub fn start_with(data: &Path, port: u16, extra: &[&str]) -> Child {
+    std::fs::create_dir_all(data).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(data))
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_canopy"))
         .args([
             "up",
@@ -35,9 +43,35 @@ pub fn start_with(data: &Path, port: u16, extra: &[&str]) -> Child {
         .arg(data)
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap()
+}
+
+fn log_path(data: &Path) -> std::path::PathBuf {
+    data.join("node.log")
+}
+
+/// What the node started on `data` logged, for a failing test's message: each distinct
+/// message once (timestamps left out) with how often it came, the last `lines` of them.
+pub fn node_log(data: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log_path(data)).unwrap_or_default();
+    let mut distinct: Vec<(String, usize)> = Vec::new();
+    for line in text.lines() {
+        let message = line
+            .split_once(' ')
+            .map_or(line, |(_, rest)| rest)
+            .to_string();
+        match distinct.iter_mut().find(|(seen, _)| *seen == message) {
+            Some((_, count)) => *count += 1,
+            None => distinct.push((message, 1)),
+        }
+    }
+    distinct[distinct.len().saturating_sub(lines)..]
+        .iter()
+        .map(|(message, count)| format!("{count:>6} × {message}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub async fn wait_healthy(client: &reqwest::Client, base: &str) {
