@@ -43,6 +43,18 @@ fn json_lines(body: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Casts a vote, which must be accepted.
+async fn cast(node: &TestNode, token: &str, decision: &str, option: u32) {
+    let (status, body) = node
+        .post(
+            "/api/v1/voting/cast-vote",
+            Some(token),
+            json!({ "decision_id": decision, "option": option }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
 /// Waits until the lake holds `count` votes.
 async fn wait_for_votes(node: &TestNode, token: &str, count: u64) {
     let started = std::time::Instant::now();
@@ -75,14 +87,7 @@ async fn analysts_ask_sql_of_what_voters_cast() {
     }
     // Cora changes her mind: her latest vote counts.
     for (token, option) in voters.iter().zip([0, 1, 1, 2, 1]).chain([(&voters[0], 2)]) {
-        let (status, body) = node
-            .post(
-                "/api/v1/voting/cast-vote",
-                Some(token),
-                json!({ "decision_id": decision, "option": option }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        cast(&node, token, &decision, option).await;
     }
     wait_for_votes(&node, &analyst, 6).await;
 
@@ -199,14 +204,7 @@ async fn a_node_keeps_its_lake_in_an_s3_bucket() {
     for (name, option) in [("cora", 0), ("dana", 1), ("emil", 1)] {
         node.register(name).await;
         let (token, _) = node.login(name).await;
-        let (status, body) = node
-            .post(
-                "/api/v1/voting/cast-vote",
-                Some(&token),
-                json!({ "decision_id": decision, "option": option }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        cast(&node, &token, &decision, option).await;
     }
     wait_for_votes(&node, &analyst, 3).await;
     let (status, body) = sql(
@@ -230,14 +228,7 @@ async fn a_node_keeps_its_lake_in_an_s3_bucket() {
     // The last vote lands just before shutdown; the final flush still puts it in the bucket.
     node.register("fynn").await;
     let (token, _) = node.login("fynn").await;
-    let (status, body) = node
-        .post(
-            "/api/v1/voting/cast-vote",
-            Some(&token),
-            json!({ "decision_id": decision, "option": 0 }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    cast(&node, &token, &decision, 0).await;
     node.node.shutdown().await.unwrap();
     let files = location.table_files("votes").unwrap();
     assert!(
