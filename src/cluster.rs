@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use canopy_dataflow::ClusterConfig;
 use canopy_ingest::KafkaConfig;
-use canopy_serving::cluster::{RedisTarget, WorkerConfig, WorkerNode};
-use canopy_serving::{Node, NodeConfig};
+use canopy_node::worker::{RedisTarget, WorkerConfig, WorkerNode};
+use canopy_node::{Node, NodeConfig};
 use clap::Args;
 use serde::Deserialize;
 

@@ -4,10 +4,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use canopy_chain::AnchorBatch;
+use canopy_chain::{AnchorBatch, AnchorReceipt, AnchorTarget, ChainError};
 use canopy_evm::{EvmAnchor, EvmAnchorConfig};
-use canopy_serving::ServingError;
-use canopy_serving::record::{AnchorReceipt, AnchorTarget};
 use clap::Args;
 
 /// How long one anchoring attempt may take, confirmations included, before it counts as
@@ -86,15 +84,15 @@ impl AnchorTarget for EvmTarget {
         _batch_id: i64,
         batch: &AnchorBatch,
         _note: &str,
-    ) -> Result<AnchorReceipt, ServingError> {
+    ) -> Result<AnchorReceipt, ChainError> {
         let decisions: Vec<[u8; 16]> = batch.entries().iter().map(|e| e.decision_id).collect();
         let tx = tokio::time::timeout(
             ATTEMPT_TIMEOUT,
             self.anchor.record_batch(batch.root(), &decisions),
         )
         .await
-        .map_err(|_| ServingError::Internal("the anchoring transaction timed out".into()))?
-        .map_err(|e| ServingError::Internal(format!("{}: {e}", e.code())))?;
+        .map_err(|_| ChainError::Anchoring("the anchoring transaction timed out".into()))?
+        .map_err(|e| ChainError::Anchoring(format!("{}: {e}", e.code())))?;
         Ok(AnchorReceipt {
             chain_batch_id: Some(tx.batch_id as i64),
             tx_hash: Some(format!("0x{}", hex::encode(tx.tx_hash))),

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use canopy_node::{Node, NodeConfig};
 use canopy_schemas::{
     Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
     VoterSalt, Weight,
 };
 use canopy_serving::auth::Role;
-use canopy_serving::{Node, NodeConfig};
 use clap::Args;
 use rand::Rng;
 
@@ -156,7 +156,7 @@ fn node_config(args: &UpArgs) -> anyhow::Result<NodeConfig> {
                 .with_context(|| format!("--lake {text}"))?,
             None => canopy_analytics::LakeLocation::Local(args.data_dir.join("lake")),
         };
-        let mut lake = canopy_serving::lake::LakeSettings::new(location);
+        let mut lake = canopy_node::lake::LakeSettings::new(location);
         lake.flush_interval = Duration::from_secs_f64(args.lake_flush_s.max(0.05));
         lake.sql.timeout = Duration::from_secs(args.sql_timeout_s.max(1));
         lake.sql.memory_bytes = args.sql_memory_mib.max(1) << 20;
@@ -212,7 +212,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         #[cfg(feature = "evm")]
         if let Some(target) = crate::evm::EvmTarget::connect(&args.evm).await? {
             println!("  anchoring on chain: {}", {
-                use canopy_serving::record::AnchorTarget;
+                use canopy_chain::AnchorTarget;
                 target.name()
             });
             config.anchor_target = Some(Arc::new(target));
@@ -306,7 +306,7 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
                     let password: String = (0..32)
                         .map(|_| rand::rng().random_range('a'..='z'))
                         .collect();
-                    canopy_serving::app::create_user(
+                    canopy_serving::api::create_user(
                         state.store.as_ref(),
                         "demo-owner",
                         &password,
@@ -315,7 +315,7 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
                     .await?
                 }
             };
-            let now = canopy_serving::app::now_micros();
+            let now = canopy_schemas::clock::now_micros();
             let decision = Decision {
                 id: DecisionId::new_random(),
                 title: title.into(),
@@ -369,7 +369,7 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
                     } else {
                         Weight::ONE
                     },
-                    cast_at: canopy_serving::app::now_micros(),
+                    cast_at: canopy_schemas::clock::now_micros(),
                 };
                 let Ok(salt) = runtime.block_on(
                     salted
@@ -415,7 +415,7 @@ fn store_command(
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let (runtime, config) = store_command(&args.data_dir, args.database_url)?;
     runtime.block_on(async move {
-        let store = canopy_serving::node::connect_store(&config).await?;
+        let store = canopy_node::node::connect_store(&config).await?;
         let applied = store.migrate().await?;
         println!("{}", serde_json::json!({ "applied": applied }));
         anyhow::Ok(())
@@ -433,8 +433,8 @@ pub fn admin_create(args: AdminCreateArgs) -> anyhow::Result<()> {
     let password = password.trim_end_matches(['\r', '\n']).to_string();
     let (runtime, config) = store_command(&args.data_dir, args.database_url)?;
     runtime.block_on(async move {
-        let store = canopy_serving::node::open_store(&config).await?;
-        let id = canopy_serving::app::create_user(store.as_ref(), &args.username, &password, role)
+        let store = canopy_node::node::open_store(&config).await?;
+        let id = canopy_serving::api::create_user(store.as_ref(), &args.username, &password, role)
             .await?;
         let created = serde_json::json!({ "user_id": id, "username": args.username, "role": role });
         store
@@ -442,7 +442,7 @@ pub fn admin_create(args: AdminCreateArgs) -> anyhow::Result<()> {
                 "cli",
                 "create_user",
                 &created.to_string(),
-                canopy_serving::app::now_micros(),
+                canopy_schemas::clock::now_micros(),
             )
             .await?;
         println!("{created}");

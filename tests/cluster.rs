@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use canopy_chain::{MerkleLog, leaf_hash};
 use canopy_dataflow::{Tally, ViewStore, recount};
 use canopy_ingest::{KafkaConfig, KafkaLog, LogRecord, VoteLog};
+use canopy_node::redis::RedisViews;
 use canopy_schemas::*;
 use canopy_serving::auth::Role;
-use canopy_serving::redis_views::RedisViews;
 use canopy_serving::store::{MetadataStore, PostgresStore};
 
 const PARTITIONS: u32 = 4;
@@ -225,7 +225,7 @@ fn decisions() -> Vec<Decision> {
 
 async fn register_decisions(store: &PostgresStore) {
     let owner =
-        canopy_serving::app::create_user(store, "cluster-owner", common::PASSWORD, Role::Operator)
+        canopy_serving::api::create_user(store, "cluster-owner", common::PASSWORD, Role::Operator)
             .await
             .unwrap();
     for decision in decisions() {
@@ -361,7 +361,7 @@ async fn check(
                 let root = tree.root_at(checkpoint.tree_size as u64).unwrap();
                 assert_eq!(
                     checkpoint.root,
-                    canopy_serving::auth::hex(&root),
+                    hex::encode(root),
                     "{what}: checkpoint {} of {decision} is not a prefix of the oracle tree",
                     checkpoint.tree_size
                 );

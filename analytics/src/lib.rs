@@ -23,6 +23,7 @@ mod lake;
 mod sinks;
 mod sql;
 mod store;
+mod trends;
 mod votes;
 mod writer;
 
@@ -35,6 +36,7 @@ pub use sinks::{
 };
 pub use sql::{BatchEncoder, LakeSql, OutputFormat, QueryStream, SqlLimits, render, write_parquet};
 pub use store::LakeLocation;
+pub use trends::{TimeRange, TrendBucket, TrendsSubject, trend_points, trends_sql};
 pub use votes::{
     LogLake, LogSource, LogTable, ReadingLake, Readings, SyncCursor, SyncReport, VoteLake, Votes,
     sync_log, sync_readings, sync_votes, vote_schema,

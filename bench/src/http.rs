@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use canopy_serving::app::{ApiConfig, create_user};
+use canopy_node::{Node, NodeConfig};
+use canopy_serving::api::create_user;
 use canopy_serving::auth::Role;
 use canopy_serving::limits::Rate;
-use canopy_serving::{Node, NodeConfig};
+use canopy_serving::state::ApiConfig;
 use clap::Args;
 use serde_json::json;
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use canopy_dataflow::{ClusterConfig, EngineConfig, TallyEngine, ViewStore};
 use canopy_ingest::{KafkaConfig, KafkaLog, VoteLog};
+use canopy_node::redis::RedisViews;
 use canopy_schemas::LoggedVote;
-use canopy_serving::redis_views::RedisViews;
 use serde_json::json;
 
 use crate::{round3, vote_stream};

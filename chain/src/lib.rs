@@ -15,6 +15,7 @@ pub mod anchor;
 pub mod bundle;
 pub mod merkle;
 pub mod note;
+pub mod target;
 
 pub use anchor::{AnchorBatch, AnchorEntry, AnchorPath, verify_anchored};
 pub use bundle::ProofBundle;
@@ -23,6 +24,7 @@ pub use merkle::{
     verify_inclusion,
 };
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
+pub use target::{AnchorJournal, AnchorReceipt, AnchorTarget, batch_origin};
 
 /// Why a proof, checkpoint or key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +45,8 @@ pub enum ChainError {
     BadKey(String),
     #[error("the proof bundle is malformed: {0}")]
     BadBundle(String),
+    #[error("anchoring: {0}")]
+    Anchoring(String),
 }
 
 impl ChainError {
@@ -57,6 +61,7 @@ impl ChainError {
             Self::BadSignature => "bad_signature",
             Self::BadKey(_) => "bad_key",
             Self::BadBundle(_) => "bad_bundle",
+            Self::Anchoring(_) => "anchoring",
         }
     }
 }

@@ -17,6 +17,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod clock;
 mod decision;
 mod encoding;
 mod error;

@@ -67,7 +67,7 @@ impl VoterCommitment {
 
 impl fmt::Debug for VoterCommitment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VoterCommitment({})", hex(&self.0))
+        write!(f, "VoterCommitment({})", hex::encode(self.0))
     }
 }
 
@@ -119,8 +119,4 @@ impl LoggedVote {
         out[72..80].copy_from_slice(&vote.cast_at.to_be_bytes());
         out
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

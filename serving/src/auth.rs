@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -13,6 +12,8 @@ use rand::RngCore;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use canopy_schemas::clock::unix_now;
 
 use crate::ServingError;
 
@@ -288,7 +289,7 @@ impl TokenKeys {
     }
 }
 
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServingError> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServingError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -300,12 +301,6 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServingErro
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| ServingError::Internal(format!("writing {}: {e}", path.display())))
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Argon2id with OWASP's minimum parameters (19 MiB, 2 passes, 1 lane).
@@ -345,11 +340,7 @@ pub fn new_refresh_token() -> (String, String) {
 }
 
 pub fn refresh_token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// RFC 6238 TOTP: SHA-1, 6 digits, 30 s steps, one step of drift either way.

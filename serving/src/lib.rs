@@ -11,19 +11,13 @@
 
 #![deny(unsafe_code)]
 
-pub mod analytics_api;
-pub mod app;
+pub mod api;
 pub mod auth;
-pub mod cluster;
 mod error;
-pub mod lake;
 pub mod limits;
-pub mod node;
 pub mod record;
-mod record_api;
-pub mod redis_views;
-pub mod sensors_api;
+pub mod salts;
+pub mod state;
 pub mod store;
 
 pub use error::ServingError;
-pub use node::{Node, NodeConfig};

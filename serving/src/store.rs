@@ -15,7 +15,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::ServingError;
-use crate::auth::{Role, hex};
+use crate::auth::Role;
 
 pub type StoreResult<T> = Result<T, ServingError>;
 
@@ -77,7 +77,7 @@ impl AuditRecord {
             hasher.update((field.len() as u64).to_be_bytes());
             hasher.update(field);
         }
-        hex(&hasher.finalize())
+        hex::encode(hasher.finalize())
     }
 }
 
@@ -356,7 +356,7 @@ macro_rules! sql_store {
                     }
                     sqlx::query("INSERT INTO canopy_migrations (name, applied_at) VALUES ($1, $2)")
                         .bind(*name)
-                        .bind(crate::auth::unix_now() as i64)
+                        .bind(canopy_schemas::clock::unix_now() as i64)
                         .execute(&mut *tx)
                         .await?;
                     applied.push(name.to_string());

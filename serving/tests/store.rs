@@ -1,6 +1,6 @@
 //! One suite, every metadata store: SQLite in a temporary file and a real PostgreSQL.
 
-mod common;
+use canopy_testkit::TestDatabase;
 
 use std::sync::Arc;
 
@@ -444,14 +444,14 @@ async fn sqlite_store() {
 
 #[tokio::test]
 async fn postgres_store() {
-    let database = common::TestDatabase::create().await;
+    let database = TestDatabase::create().await;
     let store = PostgresStore::connect(&database.url).await.unwrap();
     exercise(Arc::new(store)).await;
 }
 
 #[tokio::test]
 async fn concurrent_audit_appends_from_two_processes_keep_one_chain() {
-    let database = common::TestDatabase::create().await;
+    let database = TestDatabase::create().await;
     // Two stores on one database stand for two serving replicas.
     let first: Arc<dyn MetadataStore> =
         Arc::new(PostgresStore::connect(&database.url).await.unwrap());
@@ -486,7 +486,7 @@ async fn concurrent_audit_appends_from_two_processes_keep_one_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_starting_together_migrate_once() {
-    let database = common::TestDatabase::create().await;
+    let database = TestDatabase::create().await;
     let starts: Vec<_> = (0..4)
         .map(|_| {
             let url = database.url.clone();

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -21,8 +21,9 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use canopy_dataflow::{Alert, Owner, Scorer, SensorEngine, SensorViews, WindowSize, WindowView};
-use canopy_ingest::{Position, SensorLog};
+use canopy_analytics::{TimeRange, TrendsSubject};
+use canopy_dataflow::{Owner, SensorViews, WindowSize, WindowView};
+use canopy_ingest::Position;
 use canopy_schemas::{
     DecisionId, Metric, RawReading, Sensor, SensorReading, SensorRegistry, name_key,
     parse_event_time,
@@ -30,9 +31,12 @@ use canopy_schemas::{
 use serde::Deserialize;
 use serde_json::json;
 
+use super::analytics::trends_from_lake;
+use super::extract::{ApiJson, Caller};
 use crate::ServingError;
-use crate::app::{ApiJson, Caller, SharedState, now_micros};
 use crate::auth::Action;
+use crate::state::{SensorService, SharedState};
+use canopy_schemas::clock::{now_micros, now_millis};
 
 /// The most readings one streaming request carries (the 64 KiB body limit holds about 500
 /// typical ones; larger sets go to the bulk upload).
@@ -44,35 +48,8 @@ const APPEND_CHUNK: usize = 10_000;
 /// A bulk report lists at most this many bad rows (and counts them all).
 const MAX_LISTED_ERRORS: usize = 1_000;
 
-/// What a node that processes sensor data holds.
-pub struct SensorService {
-    pub log: Arc<dyn SensorLog>,
-    pub registry: RwLock<SensorRegistry>,
-    pub views: Arc<SensorViews>,
-    pub engine: Option<SensorEngine>,
-    pub scorer: Option<Scorer>,
-    /// Why there is no scorer (no ONNX Runtime library, a model that does not load).
-    pub scorer_unavailable: Option<String>,
-    pub alerts: tokio::sync::broadcast::Sender<Alert>,
-    /// Set when the node shuts down: alert streams end, so their connections let the
-    /// server's graceful shutdown finish.
-    pub closing: tokio::sync::watch::Sender<bool>,
-    /// The final windows the analytics lake has yet to take (with a lake).
-    pub final_windows: Option<Arc<canopy_analytics::FinalWindows>>,
-}
-
-impl std::fmt::Debug for SensorService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SensorService").finish_non_exhaustive()
-    }
-}
-
 fn service(state: &SharedState) -> Result<&SensorService, ServingError> {
     state.sensors.as_deref().ok_or(ServingError::SensorsNotHere)
-}
-
-fn now_ms() -> i64 {
-    now_micros() / 1000
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -86,7 +63,7 @@ pub(crate) struct SensorBody {
     metrics: Vec<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/data/sensors", tag = "data", request_body = SensorBody, security(("bearer" = [])), responses((status = 201, description = "the sensor is registered (or its registration replaced)"), (status = 422, body = crate::app::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/data/sensors", tag = "data", request_body = SensorBody, security(("bearer" = [])), responses((status = 201, description = "the sensor is registered (or its registration replaced)"), (status = 422, body = super::ErrorBody)))]
 pub(crate) async fn register_sensor(
     State(state): State<SharedState>,
     caller: Caller,
@@ -214,7 +191,7 @@ fn ends_of(positions: &[Position]) -> Vec<Position> {
         .collect()
 }
 
-#[utoipa::path(post, path = "/api/v1/data/process-sensor-data", tag = "data", request_body = StreamBody, security(("bearer" = [])), responses((status = 201, description = "every reading is durable in the sensor log: positions"), (status = 422, body = crate::app::ErrorBody, description = "a reading was refused (its index and code); nothing was stored")))]
+#[utoipa::path(post, path = "/api/v1/data/process-sensor-data", tag = "data", request_body = StreamBody, security(("bearer" = [])), responses((status = 201, description = "every reading is durable in the sensor log: positions"), (status = 422, body = super::ErrorBody, description = "a reading was refused (its index and code); nothing was stored")))]
 pub(crate) async fn process_sensor_data(
     State(state): State<SharedState>,
     caller: Caller,
@@ -236,7 +213,7 @@ pub(crate) async fn process_sensor_data(
             .registry
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = now_ms();
+        let now = now_millis();
         bodies
             .iter()
             .enumerate()
@@ -347,7 +324,7 @@ pub(crate) struct UploadQuery {
     format: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/data/ingest-environmental-data", tag = "data", params(UploadQuery), request_body(content = String, description = "CSV with a header row (text/csv) or JSON lines (application/x-ndjson), up to 64 MiB"), security(("bearer" = [])), responses((status = 200, description = "good rows durable in the sensor log; each bad row listed with its line number and code"), (status = 422, body = crate::app::ErrorBody, description = "not CSV / JSON lines at all, or no row at all")))]
+#[utoipa::path(post, path = "/api/v1/data/ingest-environmental-data", tag = "data", params(UploadQuery), request_body(content = String, description = "CSV with a header row (text/csv) or JSON lines (application/x-ndjson), up to 64 MiB"), security(("bearer" = [])), responses((status = 200, description = "good rows durable in the sensor log; each bad row listed with its line number and code"), (status = 422, body = super::ErrorBody, description = "not CSV / JSON lines at all, or no row at all")))]
 pub(crate) async fn ingest_environmental_data(
     State(state): State<SharedState>,
     caller: Caller,
@@ -407,7 +384,7 @@ pub(crate) async fn ingest_environmental_data(
             .registry
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = now_ms();
+        let now = now_millis();
         for row in &rows {
             let checked = row
                 .parsed
@@ -496,7 +473,7 @@ fn window_json(
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/data/metrics/{region}", tag = "data", params(("region" = String, Path, description = "region name"), MetricsQuery), security(("bearer" = [])), responses((status = 200, description = "per metric: the newest short and long window, the sensors flagged by z-score or model, as_of"), (status = 404, body = crate::app::ErrorBody), (status = 504, body = crate::app::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/data/metrics/{region}", tag = "data", params(("region" = String, Path, description = "region name"), MetricsQuery), security(("bearer" = [])), responses((status = 200, description = "per metric: the newest short and long window, the sensors flagged by z-score or model, as_of"), (status = 404, body = super::ErrorBody), (status = 504, body = super::ErrorBody)))]
 pub(crate) async fn region_metrics(
     State(state): State<SharedState>,
     caller: Caller,
@@ -576,7 +553,7 @@ pub(crate) async fn region_metrics(
         "metrics": out,
         "model": match &sensors.scorer_unavailable {
             Some(reason) => json!({ "available": false, "reason": reason }),
-            None => json!({ "available": true, "scored_windows": sensors.scorer.as_ref().map(Scorer::scored) }),
+            None => json!({ "available": true, "scored_windows": sensors.scorer.as_ref().map(canopy_dataflow::Scorer::scored) }),
         },
         "too_late_readings": views.too_late(),
     })))
@@ -610,13 +587,12 @@ pub(crate) struct TrendsQuery {
     sensor_id: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/data/historical-trends", tag = "data", params(TrendsQuery), security(("bearer" = [])), responses((status = 200, description = "the series' buckets in the range, oldest first: minute and hour windows from the view store (a day of minutes, a month of hours); day and week buckets, source=lake, and decisions from the analytics lake (any range)"), (status = 422, body = crate::app::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/data/historical-trends", tag = "data", params(TrendsQuery), security(("bearer" = [])), responses((status = 200, description = "the series' buckets in the range, oldest first: minute and hour windows from the view store (a day of minutes, a month of hours); day and week buckets, source=lake, and decisions from the analytics lake (any range)"), (status = 422, body = super::ErrorBody)))]
 pub(crate) async fn historical_trends(
     State(state): State<SharedState>,
     caller: Caller,
     Query(query): Query<TrendsQuery>,
 ) -> Result<Json<serde_json::Value>, ServingError> {
-    use crate::analytics_api::{TrendsSubject, trends_from_lake};
     caller.require(&state, Action::ReadEnvironment).await?;
     let from = query.from.as_deref().map(parse_event_time).transpose()?;
     let to = query.to.as_deref().map(parse_event_time).transpose()?;
@@ -625,13 +601,17 @@ pub(crate) async fn historical_trends(
     {
         return Err(ServingError::BadRequest("from must be before to".into()));
     }
+    let range = TimeRange {
+        from_ms: from,
+        to_ms: to,
+    };
     if let Some(decision) = &query.decision_id {
         let decision = uuid::Uuid::parse_str(decision)
             .map(|id| DecisionId(id.as_u128()))
             .map_err(|_| ServingError::BadRequest(format!("{decision:?} is not a decision id")))?;
         let bucket = query.bucket.as_deref().unwrap_or("day");
         let answer =
-            trends_from_lake(&state, TrendsSubject::Decision(decision), bucket, from, to).await?;
+            trends_from_lake(&state, TrendsSubject::Decision(decision), bucket, range).await?;
         return Ok(Json(answer));
     }
     let (Some(region), Some(metric)) = (&query.region, &query.metric) else {
@@ -656,7 +636,7 @@ pub(crate) async fn historical_trends(
             metric,
             sensor: query.sensor_id.as_deref(),
         };
-        let mut answer = trends_from_lake(&state, subject, bucket, from, to).await?;
+        let mut answer = trends_from_lake(&state, subject, bucket, range).await?;
         answer["region"] = json!(region);
         answer["sensor_id"] = json!(query.sensor_id);
         answer["metric"] = json!(metric);

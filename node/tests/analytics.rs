@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use canopy_serving::app::ApiConfig;
+use canopy_node::lake::LakeSettings;
 use canopy_serving::auth::Role;
-use canopy_serving::lake::LakeSettings;
+use canopy_serving::state::ApiConfig;
 use common::api::TestNode;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

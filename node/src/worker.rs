@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use canopy_chain::AnchorTarget;
 use canopy_dataflow::{
     ClusterConfig, DecisionDirectory, EngineConfig, EngineSnapshot, RecordConfig, StateChunk,
     StateStore, TallyEngine, ViewStore,
@@ -22,12 +23,12 @@ use canopy_dataflow::{
 use canopy_ingest::{KafkaConfig, KafkaLog, VoteLog};
 use canopy_schemas::{Decision, DecisionId};
 
-use crate::ServingError;
+use crate::NodeError;
 use crate::record::{
-    AnchorConfig, AnchorTarget, anchor_loop, anchor_target_or_journal, open_record, record_signer,
+    AnchorConfig, anchor_loop, anchor_target_or_journal, open_record, record_signer,
 };
-use crate::redis_views::RedisViews;
-use crate::store::MetadataStore;
+use crate::redis::RedisViews;
+use canopy_serving::store::MetadataStore;
 
 /// Runs `future` to completion from a thread that is not one of the runtime's (a timely
 /// worker), or from one that is (start-up), without blocking the runtime itself.
@@ -61,7 +62,7 @@ impl StateStore for SqlStateStore {
     }
 
     fn write(&self, chunk: StateChunk) -> Result<(), String> {
-        let now = crate::auth::unix_now() as i64;
+        let now = canopy_schemas::clock::unix_now() as i64;
         block_on(&self.runtime, self.store.write_engine_chunk(&chunk, now))?
             .map_err(|e| e.to_string())
     }
@@ -162,14 +163,14 @@ pub struct WorkerNode {
 impl WorkerNode {
     /// Connects to the store, the topic and Redis, resumes from the latest engine checkpoint
     /// and starts the dataflow. Process 0 (or a worker alone) also runs the anchoring loop.
-    pub async fn start(config: WorkerConfig) -> Result<Self, ServingError> {
+    pub async fn start(config: WorkerConfig) -> Result<Self, NodeError> {
         let store: Arc<dyn MetadataStore> =
-            Arc::new(crate::store::PostgresStore::connect(&config.database_url).await?);
+            Arc::new(canopy_serving::store::PostgresStore::connect(&config.database_url).await?);
         store.migrate().await?;
         let kafka = config.kafka.clone();
         let log: Arc<dyn VoteLog> = tokio::task::spawn_blocking(move || KafkaLog::connect(kafka))
             .await
-            .map_err(|e| ServingError::Internal(e.to_string()))?
+            .map_err(|e| NodeError::Internal(e.to_string()))?
             .map(Arc::new)?;
         let redis = config.redis.clone();
         let first_process = config.cluster.as_ref().is_none_or(|c| c.process == 0);
@@ -182,7 +183,7 @@ impl WorkerNode {
             Ok::<_, canopy_dataflow::DataflowError>(views)
         })
         .await
-        .map_err(|e| ServingError::Internal(e.to_string()))?
+        .map_err(|e| NodeError::Internal(e.to_string()))?
         .map(Arc::new)?;
         let signer = record_signer(&config.data_dir, &config.record_origin).await?;
         let record = open_record(
@@ -215,7 +216,7 @@ impl WorkerNode {
             TallyEngine::start(engine_config, log, engine_views, Some(record), decisions)
         })
         .await
-        .map_err(|e| ServingError::Internal(e.to_string()))??;
+        .map_err(|e| NodeError::Internal(e.to_string()))??;
         let engine = Arc::new(engine);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
@@ -256,7 +257,7 @@ impl WorkerNode {
             .map(|_| "a dataflow worker stopped (a peer process may have died)".to_string())
     }
 
-    pub async fn shutdown(mut self) -> Result<(), ServingError> {
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
@@ -265,7 +266,7 @@ impl WorkerNode {
         if let Some(engine) = self.engine.take().and_then(Arc::into_inner) {
             tokio::task::spawn_blocking(move || engine.shutdown())
                 .await
-                .map_err(|e| ServingError::Internal(e.to_string()))??;
+                .map_err(|e| NodeError::Internal(e.to_string()))??;
         }
         Ok(())
     }

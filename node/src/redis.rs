@@ -374,3 +374,9 @@ impl ReplicaCoordinator {
         });
     }
 }
+
+impl canopy_serving::state::ReplicaNotices for ReplicaCoordinator {
+    fn voter_erased(&self) -> Result<(), String> {
+        self.erased().map_err(|error| error.to_string())
+    }
+}

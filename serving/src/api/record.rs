@@ -9,10 +9,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::extract::{ApiJson, Caller, ErrorBody};
 use crate::ServingError;
-use crate::app::{ApiJson, Caller, ErrorBody, SharedState};
-use crate::auth::{Action, hex};
-use crate::record::{AnchorJournal, batch_tree, parse_hash};
+use crate::auth::Action;
+use crate::state::SharedState;
+use canopy_chain::AnchorJournal;
+
+use crate::record::{batch_tree, parse_hash};
 use crate::store::CheckpointRow;
 
 #[utoipa::path(get, path = "/api/v1/audit/key", tag = "record", responses((status = 200, description = "the verifier key every checkpoint is signed with")))]
@@ -141,10 +144,10 @@ pub(crate) async fn inclusion_proof(
     };
     Ok(Json(ProofResponse {
         decision_id: decision,
-        leaf_hash: hex(&leaf),
+        leaf_hash: hex::encode(leaf),
         index,
         tree_size: size,
-        proof: proof.iter().map(|h| hex(h)).collect(),
+        proof: proof.iter().map(hex::encode).collect(),
         checkpoint: chosen.note.clone(),
         bundle: bundle.encode(),
         key: state.record_key.clone(),
@@ -188,9 +191,9 @@ pub(crate) async fn consistency_proof(
         "decision_id": decision,
         "from": query.from,
         "to": query.to,
-        "from_root": hex(&from_root),
-        "to_root": hex(&to_root),
-        "proof": proof.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+        "from_root": hex::encode(from_root),
+        "to_root": hex::encode(to_root),
+        "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
     })))
 }
 
@@ -235,7 +238,8 @@ async fn anchor_info(
         let journal = state.data_dir.join("anchors").join("journal.jsonl");
         let entries = tokio::task::spawn_blocking(move || AnchorJournal::entries(&journal))
             .await
-            .map_err(|e| ServingError::Internal(e.to_string()))??;
+            .map_err(|e| ServingError::Internal(e.to_string()))?
+            .map_err(|e| ServingError::Internal(e.to_string()))?;
         entries
             .into_iter()
             .rev()
@@ -250,7 +254,7 @@ async fn anchor_info(
         batch_root: batch.root,
         entry_index: entry_index as u64,
         entry_count: batch.entry_count as u64,
-        path: path.iter().map(|h| hex(h)).collect(),
+        path: path.iter().map(hex::encode).collect(),
         chain_batch_id: batch.chain_batch_id,
         tx_hash: batch.tx_hash,
         block_number: batch.block_number,
@@ -274,12 +278,12 @@ pub(crate) async fn erase_voter(
     let voter = VoterId::from(body.voter_id);
     let erased = state
         .store
-        .erase_voter_salt(voter.as_uuid(), crate::app::now_micros())
+        .erase_voter_salt(voter.as_uuid(), canopy_schemas::clock::now_micros())
         .await?;
     state.salts.forget(voter.as_uuid());
-    if let Some(coordinator) = state.coordinator.clone() {
+    if let Some(replicas) = state.replicas.clone() {
         // The other replicas drop their cached salts at their next heartbeat.
-        let told = tokio::task::spawn_blocking(move || coordinator.erased()).await;
+        let told = tokio::task::spawn_blocking(move || replicas.voter_erased()).await;
         if !matches!(told, Ok(Ok(()))) {
             tracing::warn!(
                 "could not tell the other replicas of an erasure; they drop cached salts while Redis is unreachable"

@@ -11,8 +11,8 @@ use canopy_analytics::{
 };
 use canopy_ingest::{SensorLog, VoteLog};
 
-use crate::ServingError;
-use crate::store::MetadataStore;
+use crate::NodeError;
+use canopy_serving::store::MetadataStore;
 
 /// The analytics lake a node keeps.
 #[derive(Clone, Debug)]
@@ -73,7 +73,7 @@ impl LakeFeed {
         sensors: Option<Arc<dyn SensorLog>>,
         tally_changes: Option<Arc<LakeViews>>,
         final_windows: Option<Arc<FinalWindows>>,
-    ) -> Result<Self, ServingError> {
+    ) -> Result<Self, NodeError> {
         let writer = LakeWriter::open(LakeConfig::new(settings.location.clone()))?;
         Ok(Self {
             settings,
@@ -88,7 +88,7 @@ impl LakeFeed {
     }
 
     /// Writes what is new since the last flush.
-    pub async fn flush(&self) -> Result<WriterReport, ServingError> {
+    pub async fn flush(&self) -> Result<WriterReport, NodeError> {
         let decisions = self.store.decisions().await?;
         let mut checkpoints = Vec::new();
         for latest in self.store.latest_checkpoints().await? {
@@ -140,18 +140,18 @@ impl LakeFeed {
                 writer.write_window_features(unwritten.window_features.clone())?;
             unwritten.window_features.clear();
             report.checkpoints = writer.write_checkpoints(checkpoints)?;
-            Ok::<_, ServingError>(report)
+            Ok::<_, NodeError>(report)
         })
         .await
-        .map_err(|e| ServingError::Internal(e.to_string()))?
+        .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 
-    async fn compact(&self) -> Result<(u64, u64), ServingError> {
+    async fn compact(&self) -> Result<(u64, u64), NodeError> {
         let writer = Arc::clone(&self.writer);
         tokio::task::spawn_blocking(move || lock(&writer).compact())
             .await
-            .map_err(|e| ServingError::Internal(e.to_string()))?
-            .map_err(ServingError::from)
+            .map_err(|e| NodeError::Internal(e.to_string()))?
+            .map_err(NodeError::from)
     }
 }
 

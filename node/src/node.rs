@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use canopy_chain::AnchorTarget;
 use canopy_dataflow::{
     AlertRules, AnomalyModel, EngineConfig, InMemoryViews, RecordConfig, Retention, Scorer,
     ScorerConfig, SensorEngine, SensorEngineConfig, SensorViews, StateStore, TallyEngine,
@@ -16,23 +17,26 @@ use canopy_ingest::{
     SensorSegmentLog, VoteLog,
 };
 use canopy_schemas::SensorRegistry;
+use canopy_serving::salts::SaltCache;
+use canopy_serving::state::ReplicaNotices;
 
 use canopy_analytics::{FinalWindows, LakeSql, LakeViews};
 
-use crate::ServingError;
-use crate::analytics_api::AnalyticsService;
-use crate::app::{ApiConfig, AppState, now_micros, router};
-use crate::auth::TokenKeys;
-use crate::cluster::{RedisTarget, SqlStateStore};
+use crate::NodeError;
 use crate::lake::{LakeFeed, LakeSettings, lake_loop};
-use crate::limits::RateLimiter;
 use crate::record::{
-    AnchorConfig, AnchorTarget, SaltCache, anchor_loop, anchor_target_or_journal, open_record,
-    record_signer,
+    AnchorConfig, anchor_loop, anchor_target_or_journal, open_record, record_signer,
 };
-use crate::redis_views::{RedisViews, ReplicaCoordinator};
-use crate::sensors_api::SensorService;
-use crate::store::{MetadataStore, PostgresStore, SqliteStore};
+use crate::redis::{RedisViews, ReplicaCoordinator};
+use crate::worker::{RedisTarget, SqlStateStore};
+use canopy_schemas::clock::now_micros;
+use canopy_serving::api::router;
+use canopy_serving::auth::TokenKeys;
+use canopy_serving::limits::RateLimiter;
+use canopy_serving::state::AnalyticsService;
+use canopy_serving::state::SensorService;
+use canopy_serving::state::{ApiConfig, AppState};
+use canopy_serving::store::{MetadataStore, PostgresStore, SqliteStore};
 
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -120,12 +124,12 @@ impl NodeConfig {
 
 /// Connects to the metadata store the configuration names: PostgreSQL if it has a URL,
 /// else SQLite in the data directory.
-pub async fn connect_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, ServingError> {
+pub async fn connect_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, NodeError> {
     Ok(match &config.database_url {
         Some(url) => Arc::new(PostgresStore::connect(url).await?),
         None => {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                ServingError::Internal(format!("creating {}: {e}", config.data_dir.display()))
+                NodeError::Internal(format!("creating {}: {e}", config.data_dir.display()))
             })?;
             Arc::new(SqliteStore::open(&config.data_dir.join("canopy.db")).await?)
         }
@@ -133,7 +137,7 @@ pub async fn connect_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>
 }
 
 /// Connects to the metadata store and brings its schema up to date.
-pub async fn open_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, ServingError> {
+pub async fn open_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, NodeError> {
     let store = connect_store(config).await?;
     store.migrate().await?;
     Ok(store)
@@ -145,7 +149,7 @@ async fn start_sensors(
     config: &NodeConfig,
     store: &Arc<dyn MetadataStore>,
     keep_lake: bool,
-) -> Result<SensorService, ServingError> {
+) -> Result<SensorService, NodeError> {
     let settings = &config.sensors;
     let log: Arc<dyn SensorLog> = match config.kafka.clone() {
         // Beside the vote topic: `<topic>-sensors`, keyed by region.
@@ -153,7 +157,7 @@ async fn start_sensors(
             kafka.topic = format!("{}-sensors", kafka.topic);
             tokio::task::spawn_blocking(move || KafkaSensorLog::connect(kafka))
                 .await
-                .map_err(|e| ServingError::Internal(e.to_string()))?
+                .map_err(|e| NodeError::Internal(e.to_string()))?
                 .map(Arc::new)?
         }
         None => Arc::new(SensorSegmentLog::open(
@@ -207,7 +211,7 @@ async fn start_sensors(
         Some(library) => {
             match tokio::task::spawn_blocking(move || AnomalyModel::load_embedded(&library))
                 .await
-                .map_err(|e| ServingError::Internal(e.to_string()))?
+                .map_err(|e| NodeError::Internal(e.to_string()))?
             {
                 Ok(model) => (
                     Some(Scorer::start(
@@ -230,7 +234,7 @@ async fn start_sensors(
         SensorEngine::start(engine_config, engine_log, engine_views)
     })
     .await
-    .map_err(|e| ServingError::Internal(e.to_string()))??;
+    .map_err(|e| NodeError::Internal(e.to_string()))??;
     Ok(SensorService {
         log,
         registry: std::sync::RwLock::new(registry),
@@ -252,6 +256,7 @@ pub struct Node {
     anchoring: tokio::sync::watch::Sender<bool>,
     anchor_task: Option<tokio::task::JoinHandle<()>>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    coordinator: Option<Arc<ReplicaCoordinator>>,
     lake_stop: tokio::sync::watch::Sender<bool>,
     lake_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -282,7 +287,7 @@ async fn replica_heartbeat(coordinator: Arc<ReplicaCoordinator>, state: Arc<AppS
 }
 
 impl Node {
-    pub async fn start(config: NodeConfig) -> Result<Node, ServingError> {
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let store = open_store(&config).await?;
         let key_path = config
             .jwt_key
@@ -290,11 +295,11 @@ impl Node {
             .unwrap_or_else(|| config.data_dir.join("keys").join("jwt-rs256.pem"));
         let keys = tokio::task::spawn_blocking(move || TokenKeys::load_or_generate(&key_path))
             .await
-            .map_err(|e| ServingError::Internal(e.to_string()))??;
+            .map_err(|e| NodeError::Internal(e.to_string()))??;
         let log: Arc<dyn VoteLog> = match config.kafka.clone() {
             Some(kafka) => tokio::task::spawn_blocking(move || KafkaLog::connect(kafka))
                 .await
-                .map_err(|e| ServingError::Internal(e.to_string()))?
+                .map_err(|e| NodeError::Internal(e.to_string()))?
                 .map(Arc::new)?,
             None => {
                 let log_dir = config.data_dir.join("votes");
@@ -311,7 +316,7 @@ impl Node {
             Some(redis) => {
                 tokio::task::spawn_blocking(move || RedisViews::connect(&redis.url, &redis.prefix))
                     .await
-                    .map_err(|e| ServingError::Internal(e.to_string()))?
+                    .map_err(|e| NodeError::Internal(e.to_string()))?
                     .map(Arc::new)?
             }
             None => Arc::new(InMemoryViews::new()),
@@ -326,7 +331,7 @@ impl Node {
                     ReplicaCoordinator::connect(&redis.url, &redis.prefix)
                 })
                 .await
-                .map_err(|e| ServingError::Internal(e.to_string()))??,
+                .map_err(|e| NodeError::Internal(e.to_string()))??,
             )),
             None => None,
         };
@@ -369,7 +374,7 @@ impl Node {
                     )
                 })
                 .await
-                .map_err(|e| ServingError::Internal(e.to_string()))??,
+                .map_err(|e| NodeError::Internal(e.to_string()))??,
             ));
             record = Some(vote_record);
             let target = anchor_target_or_journal(config.anchor_target.as_ref(), &config.data_dir);
@@ -422,18 +427,21 @@ impl Node {
             record_origin: config.record_origin.clone(),
             salts: SaltCache::default(),
             data_dir: config.data_dir.clone(),
-            coordinator: coordinator.clone(),
+            replicas: coordinator
+                .clone()
+                .map(|coordinator| coordinator as Arc<dyn ReplicaNotices>),
             sensors,
             analytics,
         });
         let heartbeat = coordinator
+            .clone()
             .map(|coordinator| tokio::spawn(replica_heartbeat(coordinator, Arc::clone(&state))));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|e| ServingError::Internal(format!("listening on {}: {e}", config.listen)))?;
+            .map_err(|e| NodeError::Internal(format!("listening on {}: {e}", config.listen)))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| ServingError::Internal(e.to_string()))?;
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
         let server = tokio::spawn(async move {
@@ -511,6 +519,7 @@ impl Node {
             anchoring,
             anchor_task,
             heartbeat,
+            coordinator,
             lake_stop,
             lake_task,
         })
@@ -518,12 +527,12 @@ impl Node {
 
     /// Stops accepting connections, lets requests in flight finish (their appends become
     /// durable), then stops the engine and closes the log.
-    pub async fn shutdown(self) -> Result<(), ServingError> {
+    pub async fn shutdown(self) -> Result<(), NodeError> {
         self.state.ready.store(false, Ordering::Release);
         if let Some(heartbeat) = self.heartbeat {
             heartbeat.abort();
         }
-        if let Some(coordinator) = self.state.coordinator.clone() {
+        if let Some(coordinator) = self.coordinator.clone() {
             let _ = tokio::task::spawn_blocking(move || coordinator.leave()).await;
         }
         let _ = self.anchoring.send(true);
@@ -542,12 +551,12 @@ impl Node {
         }
         server
             .await
-            .map_err(|e| ServingError::Internal(e.to_string()))?
-            .map_err(|e| ServingError::Internal(e.to_string()))?;
+            .map_err(|e| NodeError::Internal(e.to_string()))?
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
         let state = self.state;
         tokio::task::spawn_blocking(move || drop(state))
             .await
-            .map_err(|e| ServingError::Internal(e.to_string()))?;
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
         Ok(())
     }
 }

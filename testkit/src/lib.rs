@@ -1,10 +1,31 @@
-//! Shared by the serving tests: a throwaway PostgreSQL database on the real server.
+//! Fixtures the workspace's tests share, so each test states only what it is about.
+//!
+//! - [`decision`]: an open, three-option decision with the default component weights.
+//! - [`TestDatabase`]: a PostgreSQL database of the test's own on the real server that
+//!   `scripts/test` starts, dropped with the value.
 
-#![allow(dead_code)]
-
-pub mod api;
-
+use canopy_schemas::{ComponentWeights, Decision, DecisionId, Method};
 use sqlx::Connection;
+
+/// Decision `n`: options a, b, c, open from the epoch forever, quorum 10, in `region`.
+pub fn decision_in(n: u128, region: &str) -> Decision {
+    Decision {
+        id: DecisionId(n),
+        title: format!("decision {n}"),
+        region: region.into(),
+        options: vec!["a".into(), "b".into(), "c".into()],
+        opens_at: 0,
+        closes_at: i64::MAX,
+        weights: ComponentWeights::DEFAULT,
+        quorum: 10,
+        method: Method::SingleChoice,
+    }
+}
+
+/// Decision `n` in region `r` (see [`decision_in`]).
+pub fn decision(n: u128) -> Decision {
+    decision_in(n, "r")
+}
 
 /// The server the test setup (scripts/test) makes sure is running.
 pub fn postgres_admin_url() -> String {

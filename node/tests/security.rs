@@ -3,9 +3,9 @@
 mod common;
 
 use base64::Engine;
-use canopy_serving::app::ApiConfig;
 use canopy_serving::auth::Role;
 use canopy_serving::limits::Rate;
+use canopy_serving::state::ApiConfig;
 use common::api::{PASSWORD, TestNode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;

@@ -1,8 +1,9 @@
 //! A real node on a real listener, and a client for it.
 
-use canopy_serving::app::{ApiConfig, create_user};
+use canopy_node::{Node, NodeConfig};
+use canopy_serving::api::create_user;
 use canopy_serving::auth::Role;
-use canopy_serving::{Node, NodeConfig};
+use canopy_serving::state::ApiConfig;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

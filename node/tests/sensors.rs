@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use canopy_dataflow::{Owner, WindowKey, WindowSize};
 use canopy_schemas::{Metric, name_key};
-use canopy_serving::app::ApiConfig;
 use canopy_serving::auth::Role;
+use canopy_serving::state::ApiConfig;
 use common::api::TestNode;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -473,9 +473,9 @@ async fn a_restarted_node_is_ready_only_once_its_sensor_views_are_complete() {
     let TestNode { node, dir, .. } = node;
     node.shutdown().await.unwrap();
 
-    let mut config = canopy_serving::NodeConfig::new(dir.path());
+    let mut config = canopy_node::NodeConfig::new(dir.path());
     config.listen = "127.0.0.1:0".parse().unwrap();
-    let restarted = canopy_serving::Node::start(config).await.unwrap();
+    let restarted = canopy_node::Node::start(config).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !restarted
         .state

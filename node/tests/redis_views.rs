@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use canopy_dataflow::{EngineConfig, TallyEngine, ViewStore, recount};
 use canopy_ingest::{Position, SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_node::redis::RedisViews;
 use canopy_schemas::*;
-use canopy_serving::redis_views::RedisViews;
+use canopy_testkit::decision;
 
 fn redis_url() -> String {
     std::env::var("CANOPY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
@@ -28,20 +29,6 @@ impl Drop for Prefix {
                     .query(&mut connection);
             }
         }
-    }
-}
-
-fn decision(n: u128) -> Decision {
-    Decision {
-        id: DecisionId(n),
-        title: format!("decision {n}"),
-        region: "r".into(),
-        options: vec!["a".into(), "b".into(), "c".into()],
-        opens_at: 0,
-        closes_at: i64::MAX,
-        weights: ComponentWeights::DEFAULT,
-        quorum: 10,
-        method: Method::SingleChoice,
     }
 }
 

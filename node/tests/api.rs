@@ -2,8 +2,8 @@
 
 mod common;
 
-use canopy_serving::app::ApiConfig;
 use canopy_serving::auth::Role;
+use canopy_serving::state::ApiConfig;
 use common::api::TestNode;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -277,4 +277,48 @@ async fn the_openapi_document_matches_the_routes() {
         (StatusCode::NOT_FOUND, Some("route not found"))
     );
     node.node.shutdown().await.unwrap();
+}
+
+/// The OpenAPI document, byte for byte as served, equals the committed copy: a handler moved
+/// between modules, a renamed type or a reordered route changes what clients generate from
+/// it, so such a change must show in review as a change to `tests/data/openapi.json`.
+/// `CANOPY_BLESS=1` rewrites the copy after an intended change.
+#[tokio::test]
+async fn the_openapi_document_is_the_committed_one() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    let served = node
+        .client
+        .get(format!("{}/api/v1/openapi.json", node.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    node.node.shutdown().await.unwrap();
+    let committed_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/openapi.json");
+    if std::env::var_os("CANOPY_BLESS").is_some() {
+        std::fs::write(&committed_path, &served).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&committed_path).unwrap();
+    if served != committed {
+        let pretty = |text: &str| {
+            serde_json::to_string_pretty(&serde_json::from_str::<Value>(text).unwrap()).unwrap()
+        };
+        let (served, committed) = (pretty(&served), pretty(&committed));
+        let first_difference = served
+            .lines()
+            .zip(committed.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(served.lines().count().min(committed.lines().count()));
+        panic!(
+            "the served OpenAPI document differs from tests/data/openapi.json from line {} of \
+             the pretty-printed form:\nserved:    {:?}\ncommitted: {:?}",
+            first_difference + 1,
+            served.lines().nth(first_difference),
+            committed.lines().nth(first_difference)
+        );
+    }
 }

@@ -1,0 +1,41 @@
+use canopy_analytics::AnalyticsError;
+use canopy_chain::ChainError;
+use canopy_dataflow::DataflowError;
+use canopy_ingest::IngestError;
+use canopy_schemas::SchemaError;
+use canopy_serving::ServingError;
+
+/// What can stop a node from starting, running its loops, or shutting down cleanly. The
+/// parts' own errors keep their stable codes.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Serving(#[from] ServingError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Dataflow(#[from] DataflowError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Analytics(#[from] AnalyticsError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Serving(error) => error.code(),
+            Self::Schema(error) => error.code(),
+            Self::Dataflow(error) => error.code(),
+            Self::Ingest(error) => error.code(),
+            Self::Analytics(error) => error.code(),
+            Self::Chain(error) => error.code(),
+            Self::Internal(_) => "internal",
+        }
+    }
+}

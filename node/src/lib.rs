@@ -1,0 +1,29 @@
+//! Canopy assembled. `canopy-node` wires the parts into a running process for every shape
+//! the binary starts; `canopy-serving` serves HTTP only and reaches the parts through the
+//! state this crate fills in.
+//!
+//! ```text
+//!  canopy up      Node: metadata store, keys, vote log (segments | Kafka), TallyEngine +
+//!                 VoteRecord, CheckpointWriter, anchor_loop, sensors, lake_loop, listener
+//!  canopy serve   Node without an engine: appends to Kafka, reads results from Redis
+//!  canopy worker  WorkerNode: the tally dataflow as one timely cluster over Kafka, engine
+//!                 checkpoints in PostgreSQL, results into Redis, the record and anchoring
+//! ```
+//!
+//! - [`node`]: the single node and the `serve` replica ([`Node`], [`NodeConfig`]).
+//! - [`worker`]: the cluster worker ([`worker::WorkerNode`]).
+//! - [`record`]: the record key, the checkpoint writer and the anchoring loop.
+//! - [`lake`]: the analytics lake's flush and compaction loop.
+//! - [`redis`]: the cluster's view store and replica coordination in Redis.
+
+#![deny(unsafe_code)]
+
+mod error;
+pub mod lake;
+pub mod node;
+pub mod record;
+pub mod redis;
+pub mod worker;
+
+pub use error::NodeError;
+pub use node::{Node, NodeConfig};

@@ -1,0 +1,294 @@
+//! The node's side of the vote record: the record key, the checkpoint store writer, and
+//! the anchoring loop that sends batches to an [`AnchorTarget`] (the local anchor journal,
+//! or an EVM contract).
+//!
+//! ```text
+//!  dataflow ─cut checkpoint─▶ CheckpointWriter ─▶ checkpoints table (SQL)
+//!                                                     │ every anchor interval
+//!                                                     ▼
+//!   AnchorLoop: unanchored checkpoints ─▶ batch (root over entries) ─▶ fixed in SQL first
+//!        ─▶ AnchorTarget::anchor (journal line fsync'd | EVM tx + N confirmations),
+//!           retried with exponential backoff ─▶ batch confirmed (tx hash, block) in SQL
+//! ```
+//!
+//! A batch is written to SQL before it is sent, so a crash in between re-sends the same
+//! batch on restart; a duplicate on chain is harmless (the same root twice).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canopy_chain::{
+    AnchorBatch, AnchorJournal, AnchorTarget, Checkpoint, NoteSigner, batch_origin,
+};
+use canopy_dataflow::{CheckpointSink, CutCheckpoint, RecordConfig, StoredCheckpoint, VoteRecord};
+use canopy_schemas::clock::now_micros;
+use canopy_serving::record::{batch_tree, parse_hash};
+use canopy_serving::store::{AnchorBatchRow, CheckpointRow, MetadataStore};
+
+use crate::NodeError;
+
+/// Loads the node's Ed25519 record key seed from `path`, generating it on first start.
+pub fn load_or_generate_record_key(path: &Path, name: &str) -> Result<NoteSigner, NodeError> {
+    let seed: [u8; 32] = if path.exists() {
+        let bytes = std::fs::read(path)
+            .map_err(|e| NodeError::Internal(format!("reading {}: {e}", path.display())))?;
+        bytes.try_into().map_err(|_| {
+            NodeError::Internal(format!("{} is not a 32-byte key seed", path.display()))
+        })?
+    } else {
+        let seed: [u8; 32] = rand::random();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
+        }
+        canopy_serving::auth::write_private(path, &seed)?;
+        seed
+    };
+    NoteSigner::from_seed(name, &seed).map_err(|e| NodeError::Internal(e.to_string()))
+}
+
+/// Loads (or makes, on first start) the record key under `data_dir/keys`.
+pub(crate) async fn record_signer(
+    data_dir: &Path,
+    origin: &str,
+) -> Result<Arc<NoteSigner>, NodeError> {
+    let path = data_dir.join("keys").join("record-ed25519.seed");
+    let origin = origin.to_string();
+    let signer = tokio::task::spawn_blocking(move || load_or_generate_record_key(&path, &origin))
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))??;
+    Ok(Arc::new(signer))
+}
+
+/// The vote record an engine grows: checkpoints go to the store, and the latest stored ones
+/// are what the replayed or restored trees must reproduce.
+pub(crate) async fn open_record(
+    store: &Arc<dyn MetadataStore>,
+    signer: &NoteSigner,
+    origin: &str,
+    config: &RecordConfig,
+    partitions: u32,
+) -> Result<Arc<VoteRecord>, NodeError> {
+    let record = Arc::new(VoteRecord::new(
+        signer.clone(),
+        RecordConfig {
+            origin_prefix: origin.to_string(),
+            ..config.clone()
+        },
+        partitions,
+        Arc::new(CheckpointWriter::start(Arc::clone(store))),
+    ));
+    for stored in store.latest_checkpoints().await? {
+        record.resume_from(StoredCheckpoint {
+            decision: stored.decision_id,
+            size: stored.tree_size as u64,
+            root: parse_hash(&stored.root)?,
+        });
+    }
+    Ok(record)
+}
+
+/// Where batch roots go: the configured target, or the local journal under `data_dir`.
+pub(crate) fn anchor_target_or_journal(
+    target: Option<&Arc<dyn AnchorTarget>>,
+    data_dir: &Path,
+) -> Arc<dyn AnchorTarget> {
+    match target {
+        Some(target) => Arc::clone(target),
+        None => Arc::new(AnchorJournal::new(
+            data_dir.join("anchors").join("journal.jsonl"),
+        )),
+    }
+}
+
+/// The dataflow's checkpoint sink: hands each cut checkpoint to a task that stores it.
+pub struct CheckpointWriter {
+    sender: tokio::sync::mpsc::UnboundedSender<CutCheckpoint>,
+}
+
+impl CheckpointWriter {
+    /// Starts the storing task on the current runtime.
+    pub fn start(store: Arc<dyn MetadataStore>) -> Self {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<CutCheckpoint>();
+        tokio::spawn(async move {
+            while let Some(cut) = receiver.recv().await {
+                let row = CheckpointRow {
+                    decision_id: cut.decision,
+                    tree_size: cut.size as i64,
+                    root: hex::encode(cut.root),
+                    note: cut.note,
+                    log_partition: i64::from(cut.as_of.partition),
+                    log_offset: cut.as_of.offset as i64,
+                    cut_at: now_micros(),
+                    batch_id: None,
+                    entry_index: None,
+                };
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match store.insert_checkpoint(&row).await {
+                        Ok(_) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, decision = %row.decision_id, size = row.tree_size, "storing a checkpoint failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                }
+            }
+        });
+        Self { sender }
+    }
+}
+
+impl CheckpointSink for CheckpointWriter {
+    fn store(&self, checkpoint: CutCheckpoint) {
+        // Only fails once the runtime is shutting down; the next start re-cuts it.
+        let _ = self.sender.send(checkpoint);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AnchorConfig {
+    /// How often the loop looks for unanchored checkpoints.
+    pub interval: Duration,
+    /// The most checkpoints in one batch.
+    pub max_batch: i64,
+    pub first_retry: Duration,
+    pub max_retry: Duration,
+}
+
+impl Default for AnchorConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            max_batch: 1_000,
+            first_retry: Duration::from_millis(500),
+            max_retry: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Anchors every unanchored checkpoint, batch by batch, until `stop` fires.
+pub async fn anchor_loop(
+    store: Arc<dyn MetadataStore>,
+    target: Arc<dyn AnchorTarget>,
+    signer: Arc<NoteSigner>,
+    origin_prefix: String,
+    config: AnchorConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(error) =
+            anchor_pending(&store, &target, &signer, &origin_prefix, &config, &mut stop).await
+        {
+            tracing::warn!(%error, "anchoring stopped for this round");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.interval) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// One round: re-send batches a crash left unconfirmed, then batch what is new.
+async fn anchor_pending(
+    store: &Arc<dyn MetadataStore>,
+    target: &Arc<dyn AnchorTarget>,
+    signer: &NoteSigner,
+    origin_prefix: &str,
+    config: &AnchorConfig,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    for pending in store.pending_anchor_batches().await? {
+        let entries = store.batch_entries(pending.batch_id).await?;
+        let batch = batch_tree(&entries)?;
+        send_batch(
+            store,
+            target,
+            signer,
+            origin_prefix,
+            config,
+            pending,
+            &batch,
+            stop,
+        )
+        .await?;
+    }
+    loop {
+        let entries = store.unanchored_checkpoints(config.max_batch).await?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let batch = batch_tree(&entries)?;
+        let row = AnchorBatchRow {
+            batch_id: store.next_anchor_batch_id().await?,
+            root: hex::encode(batch.root()),
+            entry_count: entries.len() as i64,
+            target: target.name(),
+            chain_batch_id: None,
+            tx_hash: None,
+            block_number: None,
+            created_at: now_micros(),
+            confirmed_at: None,
+        };
+        store.create_anchor_batch(&row, &entries).await?;
+        send_batch(
+            store,
+            target,
+            signer,
+            origin_prefix,
+            config,
+            row,
+            &batch,
+            stop,
+        )
+        .await?;
+        if (entries.len() as i64) < config.max_batch {
+            return Ok(());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_batch(
+    store: &Arc<dyn MetadataStore>,
+    target: &Arc<dyn AnchorTarget>,
+    signer: &NoteSigner,
+    origin_prefix: &str,
+    config: &AnchorConfig,
+    mut row: AnchorBatchRow,
+    batch: &AnchorBatch,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let note = Checkpoint {
+        origin: batch_origin(origin_prefix, row.batch_id),
+        size: batch.entries().len() as u64,
+        root: batch.root(),
+    }
+    .sign(signer);
+    let mut backoff = config.first_retry;
+    let receipt = loop {
+        match target.anchor(row.batch_id, batch, &note).await {
+            Ok(receipt) => break receipt,
+            Err(error) => {
+                tracing::warn!(%error, batch = row.batch_id, retry_in_ms = backoff.as_millis() as u64, "anchoring a batch failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return Err(NodeError::Internal("shutting down".into())),
+                }
+                backoff = (backoff * 2).min(config.max_retry);
+            }
+        }
+    };
+    row.chain_batch_id = receipt.chain_batch_id;
+    row.tx_hash = receipt.tx_hash;
+    row.block_number = Some(receipt.block_number);
+    row.confirmed_at = Some(now_micros());
+    store.confirm_anchor_batch(&row).await?;
+    tracing::info!(batch = row.batch_id, entries = row.entry_count, target = %row.target, "anchored");
+    Ok(())
+}

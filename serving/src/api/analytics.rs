@@ -1,0 +1,123 @@
+//! The analytics lake over HTTP:
+//!
+//! ```text
+//!  POST /api/v1/analytics/sql            one read-only statement; rows stream as they come
+//!  GET  /api/v1/data/historical-trends   (bucket=day|week, or decision_id) from the lake
+//! ```
+//!
+//! Queries run under the node's limits (time, memory) and at most `concurrent` at once;
+//! another is refused with `rate_limited` rather than queued behind a long scan.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use canopy_analytics::{
+    BatchEncoder, OutputFormat, TimeRange, TrendBucket, TrendsSubject, trend_points,
+};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::{ApiJson, Caller};
+use crate::ServingError;
+use crate::auth::Action;
+use crate::state::{AnalyticsService, SharedState};
+
+fn service(state: &SharedState) -> Result<&AnalyticsService, ServingError> {
+    state.analytics.as_deref().ok_or(ServingError::LakeNotHere)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct SqlRequest {
+    /// One read-only statement over votes, decisions, tally_changes, checkpoints,
+    /// sensor_readings and window_features.
+    sql: String,
+    /// `json` (JSON lines, one object per row; the default) or `csv` (with a header).
+    #[serde(default)]
+    format: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/analytics/sql", tag = "analytics", request_body = SqlRequest, security(("bearer" = [])), responses(
+    (status = 200, description = "the rows as they are computed: JSON lines or CSV. An error after the first rows ends the body with a line {\"error\":{\"code\",\"message\"}} (CSV: `# error <code>: <message>`)"),
+    (status = 403, body = super::ErrorBody),
+    (status = 422, body = super::ErrorBody, description = "sql (not valid SQL, unknown table or column), sql_not_read_only"),
+    (status = 429, body = super::ErrorBody, description = "as many queries are running as the node allows"),
+    (status = 503, body = super::ErrorBody, description = "lake_not_here"),
+    (status = 504, body = super::ErrorBody, description = "query_timeout")))]
+pub(crate) async fn analytics_sql(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<SqlRequest>,
+) -> Result<Response, ServingError> {
+    caller.require(&state, Action::QueryAnalytics).await?;
+    let service = service(&state)?;
+    let (format, content_type) = match request.format.as_deref().unwrap_or("json") {
+        "json" | "jsonl" | "ndjson" => (OutputFormat::Json, "application/x-ndjson"),
+        "csv" => (OutputFormat::Csv, "text/csv; charset=utf-8"),
+        other => {
+            return Err(ServingError::BadRequest(format!(
+                "format {other:?} is not json or csv"
+            )));
+        }
+    };
+    let permit = std::sync::Arc::clone(&service.running)
+        .try_acquire_owned()
+        .map_err(|_| ServingError::RateLimited { retry_after_s: 1 })?;
+    state
+        .audit(
+            &caller.0.sub.to_string(),
+            "analytics_sql",
+            json!({ "sql": request.sql }),
+        )
+        .await;
+    let stream = service.sql.execute(&request.sql).await?;
+    let mut encoder = BatchEncoder::new(format);
+    let body = stream
+        .map(move |batch| {
+            // The permit lives as long as the body: a slow reader holds its slot.
+            let _running = &permit;
+            let bytes = match batch.and_then(|batch| encoder.encode(&batch)) {
+                Ok(bytes) => bytes,
+                Err(error) => match format {
+                    OutputFormat::Csv => {
+                        format!("# error {}: {error}\n", error.code()).into_bytes()
+                    }
+                    _ => format!(
+                        "{}\n",
+                        json!({ "error": { "code": error.code(), "message": error.to_string() } })
+                    )
+                    .into_bytes(),
+                },
+            };
+            Ok::<_, std::convert::Infallible>(bytes)
+        })
+        .boxed();
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Buckets of a region's (or a sensor's) readings, or of a decision's votes, over any range,
+/// from the lake.
+pub(crate) async fn trends_from_lake(
+    state: &SharedState,
+    subject: TrendsSubject<'_>,
+    bucket: &str,
+    range: TimeRange,
+) -> Result<serde_json::Value, ServingError> {
+    let service = service(state)?;
+    let Some(bucket) = TrendBucket::parse(bucket) else {
+        return Err(ServingError::BadRequest(format!(
+            "bucket {bucket:?} is not minute, hour, day or week"
+        )));
+    };
+    let points = trend_points(&service.sql, subject, bucket, range).await?;
+    Ok(json!({
+        "source": "lake",
+        "bucket": bucket.as_str(),
+        "points": points,
+    }))
+}

@@ -1,0 +1,101 @@
+//! What every handler extracts: a JSON body whose rejections are API errors, and the
+//! authenticated caller.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::ServingError;
+use crate::auth::{Action, Claims};
+use crate::state::{AppState, SharedState};
+
+/// Every error the API answers with.
+#[derive(utoipa::ToSchema, Serialize)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    /// `{ "code": "<stable snake_case code>", "message": "<for people>" }`
+    error: serde_json::Value,
+}
+
+/// A JSON body whose rejections (malformed, wrong type, too large) are API errors.
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<SharedState> for ApiJson<T> {
+    type Rejection = ServingError;
+
+    async fn from_request(request: Request, state: &SharedState) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(JsonRejection::BytesRejection(rejection))
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ServingError::BodyTooLarge {
+                    limit: state.config.body_limit,
+                })
+            }
+            Err(rejection) => Err(ServingError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// The authenticated caller: a verified access token, within its rate limit.
+pub struct Caller(pub Claims);
+
+impl FromRequestParts<SharedState> for Caller {
+    type Rejection = ServingError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return Err(ServingError::Unauthenticated);
+        };
+        let claims = match state.keys.verify(token) {
+            Ok(claims) => claims,
+            Err(error) => {
+                state
+                    .audit(
+                        "anonymous",
+                        "refused",
+                        json!({ "path": parts.uri.path(), "reason": error.code() }),
+                    )
+                    .await;
+                return Err(error);
+            }
+        };
+        state
+            .user_limits
+            .check(&claims.sub.to_string())
+            .map_err(|retry_after_s| ServingError::RateLimited { retry_after_s })?;
+        Ok(Self(claims))
+    }
+}
+
+impl Caller {
+    pub(crate) async fn require(
+        &self,
+        state: &AppState,
+        action: Action,
+    ) -> Result<(), ServingError> {
+        if action.allowed(self.0.role) {
+            return Ok(());
+        }
+        let detail = json!({ "action": action.as_str(), "role": self.0.role.as_str() });
+        state
+            .audit(&self.0.sub.to_string(), "refused", detail)
+            .await;
+        Err(ServingError::Forbidden {
+            role: self.0.role.as_str(),
+            action: action.as_str(),
+        })
+    }
+}

@@ -1,0 +1,364 @@
+//! Voting: decisions, casting (alone or relayed in batches) and results.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use canopy_dataflow::DecisionView;
+use canopy_ingest::{IngestError, Position};
+use canopy_schemas::clock::{now_micros, unix_now};
+use canopy_schemas::{
+    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
+    VoterSalt, Weight,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::extract::{ApiJson, Caller, ErrorBody};
+use crate::ServingError;
+use crate::auth::{Action, Claims};
+use crate::state::SharedState;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DecisionBody {
+    title: String,
+    #[serde(default)]
+    region: String,
+    options: Vec<String>,
+    /// Microseconds since the Unix epoch; now if absent.
+    #[serde(default)]
+    opens_at: Option<i64>,
+    closes_at: i64,
+    /// Millionths per component (democratic, expert, community, environmental); sum 1000000.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<u32>>)]
+    weights: Option<ComponentWeights>,
+    #[serde(default)]
+    quorum: u64,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "single_choice")]
+    method: Method,
+}
+
+#[utoipa::path(post, path = "/api/v1/voting/decision/create", tag = "voting", request_body = DecisionBody, security(("bearer" = [])), responses((status = 201, description = "the decision, with its id"), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn create_decision(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<DecisionBody>,
+) -> Result<Response, ServingError> {
+    caller.require(&state, Action::CreateDecision).await?;
+    let now = now_micros();
+    let decision = Decision {
+        id: DecisionId::new_random(),
+        title: body.title,
+        region: body.region,
+        options: body.options,
+        opens_at: body.opens_at.unwrap_or(now),
+        closes_at: body.closes_at,
+        weights: body.weights.unwrap_or_default(),
+        quorum: body.quorum,
+        method: body.method,
+    };
+    state.gate.register(decision.clone(), now)?;
+    state
+        .store
+        .put_decision(&decision, caller.0.sub, unix_now() as i64)
+        .await?;
+    if let Some(engine) = &state.engine {
+        engine.register(decision.clone());
+    }
+    state
+        .audit(
+            &caller.0.sub.to_string(),
+            "create_decision",
+            json!({ "decision_id": decision.id, "title": decision.title }),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(decision)).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CastBody {
+    /// The idempotency key; generated if absent.
+    #[serde(default)]
+    vote_id: Option<Uuid>,
+    decision_id: Uuid,
+    option: u16,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CastReceipt {
+    #[schema(value_type = uuid::Uuid)]
+    vote_id: VoteId,
+    #[schema(value_type = uuid::Uuid)]
+    decision_id: DecisionId,
+    /// {"partition": …, "offset": …}: pass the offset as min_offset to read your own vote.
+    #[schema(value_type = Object)]
+    position: Position,
+    /// The vote's Merkle leaf hash (hex): SHA-256(0x00 ‖ leaf encoding), where the leaf
+    /// encoding is the vote with the voter replaced by a salted commitment. Ask
+    /// /api/v1/audit/decisions/{decision_id}/proof?leaf=… for its inclusion proof once a
+    /// checkpoint covers it.
+    leaf_hash: String,
+    /// The leaf encoding (hex): the vote as the record holds it, the voter replaced by the
+    /// salted commitment (layout in canopy-schemas' record module).
+    leaf: String,
+}
+
+fn vote_for(claims: &Claims, body: &CastBody) -> Result<Vote, ServingError> {
+    let voter_role = claims.role.voter_role().ok_or(ServingError::Forbidden {
+        role: claims.role.as_str(),
+        action: Action::CastVote.as_str(),
+    })?;
+    let component: Component = voter_role.component();
+    Ok(Vote {
+        vote_id: body.vote_id.map_or_else(VoteId::new_random, VoteId::from),
+        decision_id: DecisionId::from(body.decision_id),
+        voter_id: VoterId::from(claims.sub),
+        option: body.option,
+        component,
+        weight: Weight(if component == Component::Democratic {
+            Weight::ONE.0
+        } else {
+            claims.weight
+        }),
+        cast_at: now_micros(),
+    })
+}
+
+fn receipt(logged: &LoggedVote, position: Position) -> CastReceipt {
+    let leaf = logged.leaf_data();
+    CastReceipt {
+        vote_id: logged.vote.vote_id,
+        decision_id: logged.vote.decision_id,
+        position,
+        leaf_hash: hex::encode(canopy_chain::leaf_hash(&leaf)),
+        leaf: hex::encode(leaf),
+    }
+}
+
+/// A decision this replica knows, or one another replica created since it started.
+async fn known_decision(state: &SharedState, id: DecisionId) -> Result<Decision, ServingError> {
+    if let Some(decision) = state.gate.decision(id) {
+        return Ok(decision);
+    }
+    learn_decisions(state).await?;
+    state
+        .gate
+        .decision(id)
+        .ok_or(ServingError::NotFound { what: "decision" })
+}
+
+/// Registers with the gate the decisions another replica created since this one started.
+async fn learn_decisions(state: &SharedState) -> Result<(), ServingError> {
+    let now = now_micros();
+    for decision in state.store.decisions().await? {
+        if state.gate.decision(decision.id).is_none() {
+            state.gate.register(decision, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// Stands each voter in for by their salted commitment, then appends durably.
+async fn submit(
+    state: &SharedState,
+    votes: Vec<Vote>,
+) -> Result<(Vec<LoggedVote>, Vec<Position>), ServingError> {
+    let mut logged = Vec::with_capacity(votes.len());
+    for vote in votes {
+        let salt = state
+            .salts
+            .salt(state.store.as_ref(), vote.voter_id.as_uuid())
+            .await?;
+        logged.push(LoggedVote::new(vote, &VoterSalt(salt)));
+    }
+    let positions = match state.gate.submit_async(&logged).await {
+        // Created on another replica since this one started: learn it and try once more
+        // (the gate refused the whole batch, so nothing was appended).
+        Err(IngestError::UnknownDecision { .. }) => {
+            learn_decisions(state).await?;
+            state.gate.submit_async(&logged).await?
+        }
+        result => result?,
+    };
+    Ok((logged, positions))
+}
+
+#[utoipa::path(post, path = "/api/v1/voting/cast-vote", tag = "voting", request_body = CastBody, security(("bearer" = [])), responses((status = 201, body = CastReceipt, description = "durable; voter, component and weight come from the token"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub(crate) async fn cast_vote(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CastBody>,
+) -> Result<Response, ServingError> {
+    caller.require(&state, Action::CastVote).await?;
+    let vote = vote_for(&caller.0, &body)?;
+    let (logged, positions) = submit(&state, vec![vote]).await?;
+    Ok((StatusCode::CREATED, Json(receipt(&logged[0], positions[0]))).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchVote {
+    /// The voter's own access token: a gateway relays votes, it does not speak for voters.
+    voter_token: String,
+    #[serde(flatten)]
+    vote: CastBody,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchBody {
+    votes: Vec<BatchVote>,
+}
+
+#[utoipa::path(post, path = "/api/v1/voting/cast-votes", tag = "voting", request_body = BatchBody, security(("bearer" = [])), responses((status = 201, description = "receipts, in order"), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn cast_votes(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<Response, ServingError> {
+    caller.require(&state, Action::CastForOthers).await?;
+    if body.votes.is_empty() || body.votes.len() > 1_000 {
+        return Err(ServingError::BadRequest(
+            "a batch holds 1 to 1000 votes".into(),
+        ));
+    }
+    let mut votes = Vec::with_capacity(body.votes.len());
+    for (index, entry) in body.votes.iter().enumerate() {
+        let claims = state
+            .keys
+            .verify(&entry.voter_token)
+            .map_err(|e| ServingError::BadRequest(format!("vote {index}: {e}")))?;
+        if !Action::CastVote.allowed(claims.role) {
+            return Err(ServingError::BadRequest(format!(
+                "vote {index}: the {} role does not vote",
+                claims.role.as_str()
+            )));
+        }
+        votes.push(vote_for(&claims, &entry.vote)?);
+    }
+    let (logged, positions) = submit(&state, votes).await?;
+    let receipts: Vec<CastReceipt> = logged
+        .iter()
+        .zip(positions)
+        .map(|(vote, position)| receipt(vote, position))
+        .collect();
+    Ok((StatusCode::CREATED, Json(json!({ "receipts": receipts }))).into_response())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FreshnessQuery {
+    /// Wait until the result includes this offset of the decision's partition (the
+    /// position a cast returned).
+    #[serde(default)]
+    min_offset: Option<u64>,
+}
+
+async fn current_view(
+    state: &SharedState,
+    id: Uuid,
+    freshness: &FreshnessQuery,
+) -> Result<(Decision, Option<DecisionView>), ServingError> {
+    let decision_id = DecisionId::from(id);
+    let decision = known_decision(state, decision_id).await?;
+    let view = match freshness.min_offset {
+        None => state.views.get(decision_id)?,
+        Some(offset) => {
+            let views = Arc::clone(&state.views);
+            let partition = state.gate.log().partition_of(decision_id);
+            let wait = state.config.max_results_wait;
+            tokio::task::spawn_blocking(move || {
+                views.wait_for(decision_id, Position { partition, offset }, wait)
+            })
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))??
+        }
+    };
+    Ok((decision, view))
+}
+
+#[utoipa::path(get, path = "/api/v1/voting/decision/{id}/results", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "composite score per option, turnout, quorum, as_of"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody, description = "results_timeout")))]
+pub(crate) async fn results(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Query(freshness): Query<FreshnessQuery>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::ReadResults).await?;
+    let (decision, view) = current_view(&state, id, &freshness).await?;
+    let tally = view.as_ref().map(|v| &v.tally);
+    let options: Vec<serde_json::Value> = decision
+        .options
+        .iter()
+        .enumerate()
+        .map(|(index, label)| {
+            let composite = tally.map_or(0.0, |t| t.composite(index as u16));
+            json!({ "option": index, "label": label, "composite": composite })
+        })
+        .collect();
+    Ok(Json(json!({
+        "decision_id": decision.id,
+        "title": decision.title,
+        "options": options,
+        "turnout": tally.map_or(0, |t| t.turnout),
+        "quorum": decision.quorum,
+        "quorum_met": tally.is_some_and(|t| t.quorum_met),
+        "as_of": view.map(|v| v.as_of),
+    })))
+}
+
+#[utoipa::path(get, path = "/api/v1/voting/decision/{id}/breakdown", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "count, weight and share per option and component"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub(crate) async fn breakdown(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Query(freshness): Query<FreshnessQuery>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::ReadResults).await?;
+    let (decision, view) = current_view(&state, id, &freshness).await?;
+    let cells: Vec<serde_json::Value> = view
+        .as_ref()
+        .map(|v| v.tally.cells.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|cell| {
+            json!({
+                "option": cell.option,
+                "component": cell.component,
+                "count": cell.count,
+                "weight": cell.weight_sum as f64 / f64::from(canopy_schemas::WEIGHT_SCALE),
+                "share": cell.share_ppb as f64 / canopy_schemas::SHARE_SCALE as f64,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "decision_id": decision.id,
+        "component_weights": decision.weights,
+        "cells": cells,
+        "turnout_by_component": view.as_ref().map(|v| v.tally.turnout_by_component),
+        "as_of": view.map(|v| v.as_of),
+    })))
+}
+
+#[utoipa::path(get, path = "/api/v1/voting/active-decisions", tag = "voting", security(("bearer" = [])), responses((status = 200, description = "decisions open now")))]
+pub(crate) async fn active_decisions(
+    State(state): State<SharedState>,
+    caller: Caller,
+) -> Result<Json<Vec<Decision>>, ServingError> {
+    caller.require(&state, Action::ReadResults).await?;
+    let now = now_micros();
+    let decisions = state.store.decisions().await?;
+    Ok(Json(
+        decisions
+            .into_iter()
+            .filter(|d| d.opens_at <= now && now < d.closes_at)
+            .collect(),
+    ))
+}

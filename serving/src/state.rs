@@ -1,0 +1,146 @@
+//! What the handlers share: the API's limits, the services a node hands them, and the
+//! audit helper. It sits below every handler module and imports none of them.
+
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use canopy_analytics::{FinalWindows, LakeSql};
+use canopy_dataflow::{
+    Alert, Scorer, SensorEngine, SensorViews, TallyEngine, ViewStore, VoteRecord,
+};
+use canopy_ingest::{Gate, SensorLog, VoteLog};
+use canopy_schemas::SensorRegistry;
+use canopy_schemas::clock::now_micros;
+
+use crate::ServingError;
+use crate::auth::TokenKeys;
+use crate::limits::{Rate, RateLimiter};
+use crate::salts::SaltCache;
+use crate::store::MetadataStore;
+
+/// Limits and timeouts of the API.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub body_limit: usize,
+    pub per_user: Rate,
+    pub per_address: Rate,
+    /// The longest a results read waits for a minimum position.
+    pub max_results_wait: Duration,
+    pub refresh_ttl_s: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: 64 * 1024,
+            per_user: Rate {
+                per_second: 20.0,
+                burst: 40.0,
+            },
+            per_address: Rate {
+                per_second: 2_000.0,
+                burst: 4_000.0,
+            },
+            max_results_wait: Duration::from_secs(5),
+            refresh_ttl_s: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// Everything a request handler reaches.
+pub struct AppState {
+    pub store: Arc<dyn MetadataStore>,
+    pub keys: Arc<TokenKeys>,
+    pub gate: Arc<Gate<dyn VoteLog>>,
+    /// The tally engine, in a node that runs one (not in a `canopy serve` replica, whose
+    /// results come from the cluster's workers through the view store).
+    pub engine: Option<Arc<TallyEngine>>,
+    pub views: Arc<dyn ViewStore>,
+    pub config: ApiConfig,
+    pub user_limits: RateLimiter,
+    pub address_limits: RateLimiter,
+    /// False until start-up finished and again once shutdown began.
+    pub ready: AtomicBool,
+    /// Every decision's Merkle log, grown by the engine (absent with the engine).
+    pub record: Option<Arc<VoteRecord>>,
+    /// The record key's verifier (`<name>+<hash>+<key>`), for auditors.
+    pub record_key: String,
+    pub record_origin: String,
+    pub salts: SaltCache,
+    pub data_dir: std::path::PathBuf,
+    /// In a cluster: the other replicas (shared rate limits, erasure notices).
+    pub replicas: Option<Arc<dyn ReplicaNotices>>,
+    /// Sensor ingest, features and alerts, in a node that runs the engine.
+    pub sensors: Option<Arc<SensorService>>,
+    /// SQL over the analytics lake, in a node that keeps one.
+    pub analytics: Option<Arc<AnalyticsService>>,
+}
+
+/// The state every handler is given.
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// The vote record, which only a node running the engine holds.
+    pub(crate) fn record(&self) -> Result<&VoteRecord, ServingError> {
+        self.record.as_deref().ok_or(ServingError::RecordNotHere)
+    }
+
+    pub(crate) async fn audit(&self, actor: &str, action: &str, detail: serde_json::Value) {
+        if let Err(error) = self
+            .store
+            .append_audit(actor, action, &detail.to_string(), now_micros())
+            .await
+        {
+            tracing::error!(%error, action, "could not write the audit trail");
+        }
+    }
+}
+
+/// What the API replicas of a cluster tell each other (a node wires Redis behind it).
+pub trait ReplicaNotices: Send + Sync {
+    /// Tells the other replicas that a voter's salt was erased, so they drop cached salts.
+    /// Blocking: call it off the async threads.
+    fn voter_erased(&self) -> Result<(), String>;
+}
+
+/// What a node that processes sensor data holds.
+pub struct SensorService {
+    pub log: Arc<dyn SensorLog>,
+    pub registry: RwLock<SensorRegistry>,
+    pub views: Arc<SensorViews>,
+    pub engine: Option<SensorEngine>,
+    pub scorer: Option<Scorer>,
+    /// Why there is no scorer (no ONNX Runtime library, a model that does not load).
+    pub scorer_unavailable: Option<String>,
+    pub alerts: tokio::sync::broadcast::Sender<Alert>,
+    /// Set when the node shuts down: alert streams end, so their connections let the
+    /// server's graceful shutdown finish.
+    pub closing: tokio::sync::watch::Sender<bool>,
+    /// The final windows the analytics lake has yet to take (with a lake).
+    pub final_windows: Option<Arc<FinalWindows>>,
+}
+
+impl std::fmt::Debug for SensorService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SensorService").finish_non_exhaustive()
+    }
+}
+
+/// What a node that keeps a lake holds for its readers.
+#[derive(Debug)]
+pub struct AnalyticsService {
+    pub sql: LakeSql,
+    /// Queries running at once.
+    pub running: Arc<tokio::sync::Semaphore>,
+}
+
+impl AnalyticsService {
+    pub fn new(sql: LakeSql, concurrent: usize) -> Self {
+        Self {
+            sql,
+            running: Arc::new(tokio::sync::Semaphore::new(concurrent.max(1))),
+        }
+    }
+}
