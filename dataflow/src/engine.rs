@@ -15,9 +15,10 @@ use timely::execute::{Config, execute};
 use timely::worker::Worker;
 
 use crate::DataflowError;
+use crate::epoch::Epoch;
 use crate::record::VoteRecord;
 use crate::state::{EngineSnapshot, StateChunk, StateStore, decode_entries, encode_entries};
-use crate::tally::{Epoch, TallyInputs, build_tally_dataflow};
+use crate::tally::{TallyInputs, build_tally_dataflow};
 use crate::views::ViewStore;
 
 #[derive(Clone)]

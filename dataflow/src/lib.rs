@@ -22,19 +22,24 @@
 
 #![deny(unsafe_code)]
 
+mod arithmetic;
 mod engine;
+mod epoch;
 mod error;
 mod record;
 mod recount;
 mod scoring;
 mod sensor_engine;
 mod sensor_views;
+mod sensor_windows;
 mod sensors;
 mod state;
 mod tally;
 mod views;
 
+pub use arithmetic::{Ballot, CellTally, DecisionParams, Tally};
 pub use engine::{ClusterConfig, DecisionDirectory, EngineConfig, TallyEngine};
+pub use epoch::Epoch;
 pub use error::DataflowError;
 pub use record::{
     CheckpointSink, CutCheckpoint, RecordConfig, RecordLeaf, StoredCheckpoint, VoteRecord,
@@ -43,17 +48,14 @@ pub use recount::recount;
 pub use scoring::{AnomalyModel, Scorer, ScorerConfig};
 pub use sensor_engine::{SensorEngine, SensorEngineConfig};
 pub use sensor_views::{Alert, AlertRules, ModelScore, Retention, SensorViews, WindowView};
-pub use sensors::{
-    FeedReading, LatenessGate, Owner, SensorInputs, WindowConfig, WindowKey, WindowSize,
-    WindowStats, WindowUpdate, ZScores, build_sensor_dataflow, floor_std, recompute_features,
-    z_scores,
+pub use sensor_windows::{
+    FeedReading, LatenessGate, Owner, WindowConfig, WindowKey, WindowSize, WindowStats,
+    WindowUpdate, ZScores, floor_std, recompute_features, z_scores,
 };
+pub use sensors::{SensorInputs, build_sensor_dataflow};
 pub use state::{
     EngineSnapshot, InMemoryStateStore, StateChunk, StateEntry, StateStore, decode_entries,
     encode_entries,
 };
-pub use tally::{
-    Ballot, CellTally, DecisionParams, DueCheckpoint, Epoch, Tally, TallyInputs,
-    build_tally_dataflow,
-};
+pub use tally::{DueCheckpoint, TallyInputs, build_tally_dataflow};
 pub use views::{DecisionView, InMemoryViews, ViewStore, ViewUpdate};

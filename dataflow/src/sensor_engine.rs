@@ -11,7 +11,8 @@ use timely::{Config, execute};
 use crate::DataflowError;
 use crate::engine::Workers;
 use crate::sensor_views::SensorViews;
-use crate::sensors::{WindowConfig, build_sensor_dataflow};
+use crate::sensor_windows::WindowConfig;
+use crate::sensors::build_sensor_dataflow;
 
 const TRANSIENT_RETRY: Duration = Duration::from_millis(200);
 
