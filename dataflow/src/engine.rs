@@ -2,7 +2,7 @@
 //! log into the tally dataflow.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,8 +10,7 @@ use canopy_ingest::{VoteLog, partition_for};
 use canopy_schemas::{Decision, DecisionId};
 use timely::CommunicationConfig;
 use timely::WorkerConfig;
-use timely::communication::WorkerGuards;
-use timely::execute::{Config, execute};
+use timely::execute::Config;
 use timely::worker::Worker;
 
 use crate::DataflowError;
@@ -20,6 +19,7 @@ use crate::record::VoteRecord;
 use crate::state::{EngineSnapshot, StateChunk, StateStore, decode_entries, encode_entries};
 use crate::tally::{TallyInputs, build_tally_dataflow};
 use crate::views::ViewStore;
+use crate::worker_pool::{StopFlag, WorkerPool};
 
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -97,7 +97,6 @@ const TRANSIENT_RETRY: Duration = Duration::from_millis(200);
 const RECORD_TICK: Duration = Duration::from_millis(100);
 
 struct Shared {
-    shutdown: AtomicBool,
     /// The epoch every worker's input should have reached: raised by a worker that fed
     /// something, followed by the others.
     epoch: AtomicU64,
@@ -131,8 +130,7 @@ fn clock_epoch() -> Epoch {
 /// silently misses votes.
 pub struct TallyEngine {
     shared: Arc<Shared>,
-    /// In a mutex only so the engine is `Sync` and can sit in shared server state.
-    workers: Workers,
+    workers: WorkerPool,
 }
 
 impl std::fmt::Debug for TallyEngine {
@@ -150,7 +148,6 @@ impl TallyEngine {
         decisions: Vec<Decision>,
     ) -> Result<Self, DataflowError> {
         let shared = Arc::new(Shared {
-            shutdown: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             decisions: Mutex::new(decisions.into_iter().map(|d| (d.id, d)).collect()),
             decisions_version: AtomicU64::new(1),
@@ -185,7 +182,7 @@ impl TallyEngine {
             ),
             None => (Config::process(threads), 0),
         };
-        let guards = execute(timely_config, move |worker| {
+        let workers = WorkerPool::start(timely_config, move |worker, stop| {
             drive_worker(
                 worker,
                 &config,
@@ -195,13 +192,10 @@ impl TallyEngine {
                 record.clone(),
                 &snapshot,
                 &worker_shared,
+                stop,
             )
-        })
-        .map_err(DataflowError::Start)?;
-        Ok(Self {
-            shared,
-            workers: Workers::new(guards),
-        })
+        })?;
+        Ok(Self { shared, workers })
     }
 
     /// Adds a decision, or replaces its parameters; takes effect in the next epoch.
@@ -219,47 +213,8 @@ impl TallyEngine {
     }
 
     /// Stops the workers and waits for them; reports a worker that stopped on an error.
-    pub fn shutdown(mut self) -> Result<(), DataflowError> {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> Result<(), DataflowError> {
-        self.shared.shutdown.store(true, Ordering::Release);
-        self.workers.join()
-    }
-}
-
-/// The worker threads of a running timely computation.
-pub(crate) struct Workers(Mutex<Option<WorkerGuards<Result<(), String>>>>);
-
-impl Workers {
-    pub(crate) fn new(guards: WorkerGuards<Result<(), String>>) -> Self {
-        Self(Mutex::new(Some(guards)))
-    }
-
-    /// Whether a worker has ended (failed, panicked, lost a peer process).
-    pub(crate) fn any_finished(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|guards| guards.guards().iter().any(|g| g.is_finished()))
-    }
-
-    /// Waits for every worker (once they were told to stop); reports the first that
-    /// stopped on an error or panicked.
-    pub(crate) fn join(&self) -> Result<(), DataflowError> {
-        let Some(guards) = self.0.lock().unwrap_or_else(PoisonError::into_inner).take() else {
-            return Ok(());
-        };
-        for result in guards.join() {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => return Err(DataflowError::Stopped(reason)),
-                Err(panic) => return Err(DataflowError::WorkerPanicked(panic)),
-            }
-        }
-        Ok(())
+    pub fn shutdown(self) -> Result<(), DataflowError> {
+        self.workers.stop()
     }
 }
 
@@ -275,6 +230,7 @@ fn drive_worker(
     record: Option<Arc<VoteRecord>>,
     snapshot: &EngineSnapshot,
     shared: &Shared,
+    stop: &StopFlag,
 ) -> Result<(), String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -330,7 +286,7 @@ fn drive_worker(
     let mut next_checkpoint = snapshot.seq + 1;
     let mut last_mark = Instant::now();
     let mut last_cut_check = Instant::now();
-    while !shared.shutdown.load(Ordering::Acquire) {
+    while !stop.is_raised() {
         sync_decisions(&mut inputs);
         let mut fed = 0;
         for (slot, partition) in mine.iter().enumerate() {
@@ -444,10 +400,4 @@ fn learn_decision(config: &EngineConfig, shared: &Shared, decision: DecisionId) 
     };
     shared.decisions().insert(decision, found);
     shared.decisions_version.fetch_add(1, Ordering::AcqRel);
-}
-
-impl Drop for TallyEngine {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
 }

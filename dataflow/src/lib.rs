@@ -36,6 +36,7 @@ mod sensors;
 mod state;
 mod tally;
 mod views;
+mod worker_pool;
 
 pub use arithmetic::{Ballot, CellTally, DecisionParams, Tally};
 pub use engine::{ClusterConfig, DecisionDirectory, EngineConfig, TallyEngine};
