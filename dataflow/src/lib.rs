@@ -19,6 +19,16 @@
 //! [`TallyEngine`] runs it over a [`canopy_ingest::VoteLog`] on W worker threads;
 //! [`build_tally_dataflow`] is the dataflow itself, for drivers of their own (tests, the
 //! benchmark). [`recount`] is the from-scratch oracle both are checked against.
+//!
+//! Modules, each importing only those listed before it:
+//! - `error`, `arithmetic` (ballots in, a [`Tally`] out), `sensor_windows` (window stats,
+//!   z-scores, the lateness gate, the features oracle), `epoch` (epoch buffering, log ends
+//!   per epoch, the sink that publishes complete epochs), `worker_pool` (start, stop, join);
+//! - `record` (the Merkle logs), `state` (checkpoint entries and their store), `views`,
+//!   `sensor_views`, `scoring`, `recount`;
+//! - `tally/` (the tally dataflow: the latest-vote fold, the count, the record operator,
+//!   checkpoint capture, the worker's inputs), `sensors` (the features dataflow);
+//! - `engine` and `sensor_engine`, which drive them over a log.
 
 #![deny(unsafe_code)]
 
