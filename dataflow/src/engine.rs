@@ -2,7 +2,7 @@
 //! log into the tally dataflow.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,15 +10,16 @@ use canopy_ingest::{VoteLog, partition_for};
 use canopy_schemas::{Decision, DecisionId};
 use timely::CommunicationConfig;
 use timely::WorkerConfig;
-use timely::communication::WorkerGuards;
-use timely::execute::{Config, execute};
+use timely::execute::Config;
 use timely::worker::Worker;
 
 use crate::DataflowError;
+use crate::epoch::Epoch;
 use crate::record::VoteRecord;
 use crate::state::{EngineSnapshot, StateChunk, StateStore, decode_entries, encode_entries};
-use crate::tally::{Epoch, TallyInputs, build_tally_dataflow};
+use crate::tally::{TallyInputs, build_tally_dataflow};
 use crate::views::ViewStore;
+use crate::worker_pool::{StopFlag, WorkerPool, partitions_of};
 
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -95,8 +96,8 @@ const TRANSIENT_RETRY: Duration = Duration::from_millis(200);
 /// How often worker 0 applies the record's time-based checkpoint rule.
 const RECORD_TICK: Duration = Duration::from_millis(100);
 
+/// What the engine shares with its workers while they run.
 struct Shared {
-    shutdown: AtomicBool,
     /// The epoch every worker's input should have reached: raised by a worker that fed
     /// something, followed by the others.
     epoch: AtomicU64,
@@ -130,8 +131,7 @@ fn clock_epoch() -> Epoch {
 /// silently misses votes.
 pub struct TallyEngine {
     shared: Arc<Shared>,
-    /// In a mutex only so the engine is `Sync` and can sit in shared server state.
-    workers: Workers,
+    workers: WorkerPool,
 }
 
 impl std::fmt::Debug for TallyEngine {
@@ -149,58 +149,25 @@ impl TallyEngine {
         decisions: Vec<Decision>,
     ) -> Result<Self, DataflowError> {
         let shared = Arc::new(Shared {
-            shutdown: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             decisions: Mutex::new(decisions.into_iter().map(|d| (d.id, d)).collect()),
             decisions_version: AtomicU64::new(1),
         });
-        let snapshot = match &config.state {
-            Some(state) => state.load().map_err(DataflowError::State)?,
-            None => None,
+        let snapshot = load_snapshot(&config)?;
+        let (timely_config, first_local) = timely_config(&config);
+        let context = WorkerContext {
+            config,
+            first_local,
+            log,
+            views,
+            record,
+            snapshot,
+            shared: Arc::clone(&shared),
         };
-        if let Some(snapshot) = &snapshot {
-            tracing::info!(
-                checkpoint = snapshot.seq,
-                chunks = snapshot.chunks.len(),
-                "resuming from an engine checkpoint"
-            );
-        }
-        let snapshot = Arc::new(snapshot.unwrap_or_default());
-        let worker_shared = Arc::clone(&shared);
-        let threads = config.workers.max(1);
-        let (timely_config, first_local) = match &config.cluster {
-            Some(cluster) => (
-                Config {
-                    communication: CommunicationConfig::Cluster {
-                        threads,
-                        process: cluster.process,
-                        addresses: cluster.addresses.clone(),
-                        report: false,
-                        zerocopy: false,
-                    },
-                    worker: WorkerConfig::default(),
-                },
-                cluster.process * threads,
-            ),
-            None => (Config::process(threads), 0),
-        };
-        let guards = execute(timely_config, move |worker| {
-            drive_worker(
-                worker,
-                &config,
-                first_local,
-                &log,
-                &views,
-                record.clone(),
-                &snapshot,
-                &worker_shared,
-            )
-        })
-        .map_err(DataflowError::Start)?;
-        Ok(Self {
-            shared,
-            workers: Workers::new(guards),
-        })
+        let workers = WorkerPool::start(timely_config, move |worker, stop| {
+            drive_worker(worker, &context, stop)
+        })?;
+        Ok(Self { shared, workers })
     }
 
     /// Adds a decision, or replaces its parameters; takes effect in the next epoch.
@@ -218,147 +185,227 @@ impl TallyEngine {
     }
 
     /// Stops the workers and waits for them; reports a worker that stopped on an error.
-    pub fn shutdown(mut self) -> Result<(), DataflowError> {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> Result<(), DataflowError> {
-        self.shared.shutdown.store(true, Ordering::Release);
-        self.workers.join()
+    pub fn shutdown(self) -> Result<(), DataflowError> {
+        self.workers.stop()
     }
 }
 
-/// The worker threads of a running timely computation.
-pub(crate) struct Workers(Mutex<Option<WorkerGuards<Result<(), String>>>>);
-
-impl Workers {
-    pub(crate) fn new(guards: WorkerGuards<Result<(), String>>) -> Self {
-        Self(Mutex::new(Some(guards)))
+/// The latest complete engine checkpoint, or an empty one to start from offset 0.
+fn load_snapshot(config: &EngineConfig) -> Result<EngineSnapshot, DataflowError> {
+    let snapshot = match &config.state {
+        Some(state) => state.load().map_err(DataflowError::State)?,
+        None => None,
+    };
+    if let Some(snapshot) = &snapshot {
+        tracing::info!(
+            checkpoint = snapshot.seq,
+            chunks = snapshot.chunks.len(),
+            "resuming from an engine checkpoint"
+        );
     }
+    Ok(snapshot.unwrap_or_default())
+}
 
-    /// Whether a worker has ended (failed, panicked, lost a peer process).
-    pub(crate) fn any_finished(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|guards| guards.guards().iter().any(|g| g.is_finished()))
+/// The timely configuration of this process, and the global index of its first worker.
+fn timely_config(config: &EngineConfig) -> (Config, usize) {
+    let threads = config.workers.max(1);
+    match &config.cluster {
+        Some(cluster) => (
+            Config {
+                communication: CommunicationConfig::Cluster {
+                    threads,
+                    process: cluster.process,
+                    addresses: cluster.addresses.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: WorkerConfig::default(),
+            },
+            cluster.process * threads,
+        ),
+        None => (Config::process(threads), 0),
     }
+}
 
-    /// Waits for every worker (once they were told to stop); reports the first that
-    /// stopped on an error or panicked.
-    pub(crate) fn join(&self) -> Result<(), DataflowError> {
-        let Some(guards) = self.0.lock().unwrap_or_else(PoisonError::into_inner).take() else {
-            return Ok(());
-        };
-        for result in guards.join() {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => return Err(DataflowError::Stopped(reason)),
-                Err(panic) => return Err(DataflowError::WorkerPanicked(panic)),
-            }
-        }
-        Ok(())
-    }
+/// What every worker of a tally engine is started with.
+struct WorkerContext {
+    config: EngineConfig,
+    /// The global index of this process's first worker, the one that looks after the record.
+    first_local: usize,
+    log: Arc<dyn VoteLog>,
+    views: Arc<dyn ViewStore>,
+    record: Option<Arc<VoteRecord>>,
+    snapshot: EngineSnapshot,
+    shared: Arc<Shared>,
 }
 
 /// One worker's life: restore its share of the latest checkpoint, then read its partitions
-/// into epochs, seal them in step with the other workers, write its checkpoint parts.
-#[allow(clippy::too_many_arguments)]
+/// into epochs, seal them in step with the other workers, write its checkpoint parts. A
+/// worker that fails fails the view store, so no reader is served results it stopped
+/// updating.
 fn drive_worker(
     worker: &mut Worker,
-    config: &EngineConfig,
-    first_local: usize,
-    log: &Arc<dyn VoteLog>,
-    views: &Arc<dyn ViewStore>,
-    record: Option<Arc<VoteRecord>>,
-    snapshot: &EngineSnapshot,
-    shared: &Shared,
+    context: &WorkerContext,
+    stop: &StopFlag,
 ) -> Result<(), String> {
-    let index = worker.index();
-    let peers = worker.peers();
-    let partitions = log.partitions();
-    let in_cluster = config.cluster.is_some();
-    let mut inputs = build_tally_dataflow(
-        worker,
-        Arc::clone(views),
-        partitions,
-        record.clone(),
-        config.state.is_some(),
-    );
-    let fail = |reason: String| {
-        views.fail(reason.clone());
-        Err(reason)
-    };
-    // The checkpoint's chunks are shared out among the workers of this run, whatever the
-    // size of the run that wrote them; the dataflow routes each entry to its owner.
-    for chunk in snapshot.chunks.iter().skip(index).step_by(peers) {
-        match decode_entries(chunk) {
-            Ok(entries) => inputs.restore(&entries),
-            Err(error) => return fail(error.to_string()),
+    let result = TallyWorker::restore(worker, context).and_then(|mut tally| {
+        tally.begin();
+        while !stop.is_raised() {
+            tally.round(worker)?;
         }
+        Ok(())
+    });
+    if let Err(reason) = &result {
+        context.views.fail(reason.clone());
     }
-    let resume: HashMap<u32, u64> = snapshot.ends.iter().copied().collect();
-    let mine: Vec<u32> = (0..partitions)
-        .filter(|p| *p as usize % peers == index)
-        .collect();
-    let mut next: Vec<u64> = mine
-        .iter()
-        .map(|p| resume.get(p).copied().unwrap_or(0))
-        .collect();
-    for (partition, end) in mine.iter().zip(&next) {
-        inputs.note_end(*partition, *end);
+    result
+}
+
+/// One worker's state between rounds.
+struct TallyWorker<'a> {
+    context: &'a WorkerContext,
+    index: usize,
+    peers: usize,
+    /// The log's partition count.
+    partitions: u32,
+    inputs: TallyInputs,
+    /// The partitions this worker reads, and the offset to read next in each.
+    mine: Vec<u32>,
+    next: Vec<u64>,
+    decisions_version: u64,
+    next_checkpoint: u64,
+    last_mark: Instant,
+    last_cut_check: Instant,
+}
+
+impl<'a> TallyWorker<'a> {
+    /// Builds the dataflow and feeds it this worker's share of the latest checkpoint; the
+    /// worker's partitions resume at the checkpoint's offsets.
+    fn restore(worker: &mut Worker, context: &'a WorkerContext) -> Result<Self, String> {
+        let (index, peers) = (worker.index(), worker.peers());
+        let partitions = context.log.partitions();
+        let snapshot = &context.snapshot;
+        let mut inputs = build_tally_dataflow(
+            worker,
+            Arc::clone(&context.views),
+            partitions,
+            context.record.clone(),
+            context.config.state.is_some(),
+        );
+        // The checkpoint's chunks are shared out among the workers of this run, whatever
+        // the size of the run that wrote them; the dataflow routes each entry to its owner.
+        for chunk in snapshot.chunks.iter().skip(index).step_by(peers) {
+            let entries = decode_entries(chunk).map_err(|error| error.to_string())?;
+            inputs.restore(&entries);
+        }
+        let resume: HashMap<u32, u64> = snapshot.ends.iter().copied().collect();
+        let mine = partitions_of(index, peers, partitions);
+        let next: Vec<u64> = mine
+            .iter()
+            .map(|p| resume.get(p).copied().unwrap_or(0))
+            .collect();
+        for (partition, end) in mine.iter().zip(&next) {
+            inputs.note_end(*partition, *end);
+        }
+        Ok(Self {
+            context,
+            index,
+            peers,
+            partitions,
+            inputs,
+            mine,
+            next,
+            decisions_version: 0,
+            next_checkpoint: snapshot.seq + 1,
+            last_mark: Instant::now(),
+            last_cut_check: Instant::now(),
+        })
     }
-    let owns = |decision: DecisionId| partition_for(decision, partitions) as usize % peers == index;
-    // A decision enters through the worker that feeds its votes, so its parameters and its
-    // votes share that worker's epochs.
-    let mut decisions_version = 0;
-    let mut sync_decisions = |inputs: &mut TallyInputs| {
+
+    /// Takes the registered decisions and seals the restored state into its own epoch,
+    /// no earlier than the epoch the other workers have reached.
+    fn begin(&mut self) {
+        let shared = &self.context.shared;
+        self.sync_decisions();
+        let start = clock_epoch().max(shared.epoch.load(Ordering::Acquire));
+        shared.epoch.fetch_max(start, Ordering::AcqRel);
+        self.inputs.seal_until(start);
+    }
+
+    /// One look at the log and at the epochs: read, agree on the epoch, write due
+    /// checkpoints, watch the record, seal.
+    fn round(&mut self, worker: &mut Worker) -> Result<(), String> {
+        self.sync_decisions();
+        let fed = self.read()?;
+        let current = self.inputs.current_epoch();
+        self.announce(current, fed);
+        self.checkpoint(current)?;
+        self.watch_record()?;
+        self.seal(worker, current, fed);
+        Ok(())
+    }
+
+    /// Feeds the decisions registered since the last look. A decision enters through the
+    /// worker that feeds its votes, so its parameters and its votes share that worker's
+    /// epochs.
+    fn sync_decisions(&mut self) {
+        let shared = &self.context.shared;
         let version = shared.decisions_version.load(Ordering::Acquire);
-        if version != decisions_version {
-            decisions_version = version;
-            for decision in shared.decisions().values().filter(|d| owns(d.id)) {
-                inputs.upsert_decision(decision);
-            }
+        if version == self.decisions_version {
+            return;
         }
-    };
-    sync_decisions(&mut inputs);
-    let start = clock_epoch().max(shared.epoch.load(Ordering::Acquire));
-    shared.epoch.fetch_max(start, Ordering::AcqRel);
-    inputs.seal_until(start);
-    let mut next_checkpoint = snapshot.seq + 1;
-    let mut last_mark = Instant::now();
-    let mut last_cut_check = Instant::now();
-    while !shared.shutdown.load(Ordering::Acquire) {
-        sync_decisions(&mut inputs);
+        self.decisions_version = version;
+        let (partitions, peers, index) = (self.partitions, self.peers, self.index);
+        let owns =
+            |decision: DecisionId| partition_for(decision, partitions) as usize % peers == index;
+        for decision in shared.decisions().values().filter(|d| owns(d.id)) {
+            self.inputs.upsert_decision(decision);
+        }
+    }
+
+    /// Reads what is new in each of this worker's partitions into the current epoch;
+    /// returns how many records it fed.
+    fn read(&mut self) -> Result<usize, String> {
+        let config = &self.context.config;
         let mut fed = 0;
-        for (slot, partition) in mine.iter().enumerate() {
-            let batch = match log.read(*partition, next[slot], config.max_epoch_records) {
-                Ok(batch) => batch,
-                // A broker that is away: results wait (reads of a position time out) and
-                // the worker tries again; nothing is skipped.
-                Err(error) if error.is_transient() => {
-                    tracing::warn!(partition, %error, "reading the vote log failed; retrying");
-                    std::thread::sleep(TRANSIENT_RETRY);
-                    continue;
-                }
-                Err(error) => return fail(error.to_string()),
-            };
+        for slot in 0..self.mine.len() {
+            let partition = self.mine[slot];
+            let batch =
+                match self
+                    .context
+                    .log
+                    .read(partition, self.next[slot], config.max_epoch_records)
+                {
+                    Ok(batch) => batch,
+                    // A broker that is away: results wait (reads of a position time out) and
+                    // the worker tries again; nothing is skipped.
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(partition, %error, "reading the vote log failed; retrying");
+                        std::thread::sleep(TRANSIENT_RETRY);
+                        continue;
+                    }
+                    Err(error) => return Err(error.to_string()),
+                };
             for record in &batch {
                 let decision = record.vote.decision_id;
-                if !inputs.knows(decision) {
-                    learn_decision(config, shared, decision);
-                    sync_decisions(&mut inputs);
+                if !self.inputs.knows(decision) {
+                    learn_decision(config, &self.context.shared, decision);
+                    self.sync_decisions();
                 }
-                inputs.push(record);
+                self.inputs.push(record);
             }
             if let Some(last) = batch.last() {
-                next[slot] = last.position.offset + 1;
+                self.next[slot] = last.position.offset + 1;
             }
-            inputs.note_end(*partition, next[slot]);
+            self.inputs.note_end(partition, self.next[slot]);
             fed += batch.len();
         }
-        let current = inputs.current_epoch();
+        Ok(fed)
+    }
+
+    /// Moves the shared epoch on when this worker has something new.
+    fn announce(&self, current: Epoch, fed: usize) {
+        let (config, shared) = (&self.context.config, &self.context.shared);
         // An epoch is sealed when some worker has something new. The others follow: within
         // a process the shared epoch, across processes the epochs the dataflow's own
         // broadcasts (log ends, checkpoint markers) name, so the frontier moves and an idle
@@ -366,60 +413,84 @@ fn drive_worker(
         if fed > 0 {
             let target = (current + 1).max(clock_epoch());
             shared.epoch.fetch_max(target, Ordering::AcqRel);
-        } else if in_cluster {
+        } else if config.cluster.is_some() {
             let now = clock_epoch();
             if now >= current + config.cluster_tick.as_millis() as Epoch {
                 shared.epoch.fetch_max(now, Ordering::AcqRel);
             }
         }
+    }
+
+    /// Starts a checkpoint when one is due (worker 0), and writes this worker's parts of
+    /// those whose epochs completed.
+    fn checkpoint(&mut self, current: Epoch) -> Result<(), String> {
+        let (config, shared) = (&self.context.config, &self.context.shared);
+        let Some(state) = &config.state else {
+            return Ok(());
+        };
         // Worker 0 starts a checkpoint now and then if some partition's end moved since the
         // last one (an idle cluster writes none), and seals right away so the checkpoint's
         // epoch completes even if all goes quiet.
-        if config.state.is_some()
-            && index == 0
-            && last_mark.elapsed() >= config.checkpoint_interval
-            && inputs.take_log_moved()
+        if self.index == 0
+            && self.last_mark.elapsed() >= config.checkpoint_interval
+            && self.inputs.take_log_moved()
         {
-            inputs.mark_checkpoint(next_checkpoint);
-            next_checkpoint += 1;
+            self.inputs.mark_checkpoint(self.next_checkpoint);
+            self.next_checkpoint += 1;
             shared.epoch.fetch_max(current + 1, Ordering::AcqRel);
-            last_mark = Instant::now();
+            self.last_mark = Instant::now();
         }
         // A checkpoint's epoch may complete while this worker rests (it waits only for the
         // epochs it seals): look every time round.
-        if let Some(state) = &config.state {
-            for due in inputs.due_checkpoints() {
-                let chunk = StateChunk {
-                    seq: due.seq,
-                    worker: index as u32,
-                    workers: peers as u32,
-                    ends: due.ends,
-                    data: encode_entries(&due.entries),
-                };
-                if let Err(error) = state.write(chunk) {
-                    return fail(format!("writing engine checkpoint {}: {error}", due.seq));
-                }
-            }
+        for due in self.inputs.due_checkpoints() {
+            let chunk = StateChunk {
+                seq: due.seq,
+                worker: self.index as u32,
+                workers: self.peers as u32,
+                ends: due.ends,
+                data: encode_entries(&due.entries),
+            };
+            state
+                .write(chunk)
+                .map_err(|error| format!("writing engine checkpoint {}: {error}", due.seq))?;
         }
-        // The time-based checkpoint rule and the record's health, a few times a second.
-        if let Some(record) = record.as_ref().filter(|_| index == first_local)
-            && last_cut_check.elapsed() >= RECORD_TICK
+        Ok(())
+    }
+
+    /// The record's time-based checkpoint rule and its health, a few times a second, on
+    /// this process's first worker.
+    fn watch_record(&mut self) -> Result<(), String> {
+        let context = self.context;
+        if let Some(record) = context
+            .record
+            .as_ref()
+            .filter(|_| self.index == context.first_local)
+            && self.last_cut_check.elapsed() >= RECORD_TICK
         {
-            last_cut_check = Instant::now();
+            self.last_cut_check = Instant::now();
             if let Some(reason) = record.failure() {
-                return fail(reason);
+                return Err(reason);
             }
-            record.cut_due(last_cut_check);
+            record.cut_due(self.last_cut_check);
         }
-        let target = shared
+        Ok(())
+    }
+
+    /// Seals the current epoch if the shared epoch or the dataflow asks for a later one,
+    /// and waits until it is published; otherwise rests.
+    fn seal(&mut self, worker: &mut Worker, current: Epoch, fed: usize) {
+        let config = &self.context.config;
+        let target = self
+            .context
+            .shared
             .epoch
             .load(Ordering::Acquire)
-            .max(inputs.wanted_epoch());
+            .max(self.inputs.wanted_epoch());
         if target > current {
             // Waits for the epoch just sealed only: the workers that must pass it know of
             // it, while a later target may be this process's alone.
-            let sealed = inputs.seal_until(target);
-            inputs.run_until_published(worker, sealed);
+            let sealed = self.inputs.seal_until(target);
+            self.inputs.run_until_published(worker, sealed);
             // A trickle makes tiny epochs, each paying the dataflow's fixed cost:
             // rest a moment so the next one gathers more.
             if fed < config.max_epoch_records / 100 {
@@ -429,7 +500,6 @@ fn drive_worker(
             worker.step_or_park(Some(config.idle_wait));
         }
     }
-    Ok(())
 }
 
 /// Adds a decision the log mentions but this process was not told about, from the
@@ -443,10 +513,4 @@ fn learn_decision(config: &EngineConfig, shared: &Shared, decision: DecisionId) 
     };
     shared.decisions().insert(decision, found);
     shared.decisions_version.fetch_add(1, Ordering::AcqRel);
-}
-
-impl Drop for TallyEngine {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
 }

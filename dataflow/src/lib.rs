@@ -19,22 +19,38 @@
 //! [`TallyEngine`] runs it over a [`canopy_ingest::VoteLog`] on W worker threads;
 //! [`build_tally_dataflow`] is the dataflow itself, for drivers of their own (tests, the
 //! benchmark). [`recount`] is the from-scratch oracle both are checked against.
+//!
+//! Modules, each importing only those listed before it:
+//! - `error`, `arithmetic` (ballots in, a [`Tally`] out), `sensor_windows` (window stats,
+//!   z-scores, the lateness gate, the features oracle), `epoch` (epoch buffering, log ends
+//!   per epoch, the sink that publishes complete epochs), `worker_pool` (start, stop, join);
+//! - `record` (the Merkle logs), `state` (checkpoint entries and their store), `views`,
+//!   `sensor_views`, `scoring`, `recount`;
+//! - `tally/` (the tally dataflow: the latest-vote fold, the count, the record operator,
+//!   checkpoint capture, the worker's inputs), `sensors` (the features dataflow);
+//! - `engine` and `sensor_engine`, which drive them over a log.
 
 #![deny(unsafe_code)]
 
+mod arithmetic;
 mod engine;
+mod epoch;
 mod error;
 mod record;
 mod recount;
 mod scoring;
 mod sensor_engine;
 mod sensor_views;
+mod sensor_windows;
 mod sensors;
 mod state;
 mod tally;
 mod views;
+mod worker_pool;
 
+pub use arithmetic::{Ballot, CellTally, DecisionParams, Tally};
 pub use engine::{ClusterConfig, DecisionDirectory, EngineConfig, TallyEngine};
+pub use epoch::Epoch;
 pub use error::DataflowError;
 pub use record::{
     CheckpointSink, CutCheckpoint, RecordConfig, RecordLeaf, StoredCheckpoint, VoteRecord,
@@ -43,17 +59,14 @@ pub use recount::recount;
 pub use scoring::{AnomalyModel, Scorer, ScorerConfig};
 pub use sensor_engine::{SensorEngine, SensorEngineConfig};
 pub use sensor_views::{Alert, AlertRules, ModelScore, Retention, SensorViews, WindowView};
-pub use sensors::{
-    FeedReading, LatenessGate, Owner, SensorInputs, WindowConfig, WindowKey, WindowSize,
-    WindowStats, WindowUpdate, ZScores, build_sensor_dataflow, floor_std, recompute_features,
-    z_scores,
+pub use sensor_windows::{
+    FeedReading, LatenessGate, Owner, WindowConfig, WindowKey, WindowSize, WindowStats,
+    WindowUpdate, ZScores, floor_std, recompute_features, z_scores,
 };
+pub use sensors::{SensorInputs, build_sensor_dataflow};
 pub use state::{
     EngineSnapshot, InMemoryStateStore, StateChunk, StateEntry, StateStore, decode_entries,
     encode_entries,
 };
-pub use tally::{
-    Ballot, CellTally, DecisionParams, DueCheckpoint, Epoch, Tally, TallyInputs,
-    build_tally_dataflow,
-};
+pub use tally::{DueCheckpoint, TallyInputs, build_tally_dataflow};
 pub use views::{DecisionView, InMemoryViews, ViewStore, ViewUpdate};

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use canopy_ingest::LogRecord;
 use canopy_schemas::{Component, Decision, DecisionId, VoterId};
 
-use crate::tally::{DecisionParams, Tally};
+use crate::arithmetic::{DecisionParams, Tally};
 
 /// Recounts `records` (each partition's records in offset order) for `decisions`.
 /// Same rules as the dataflow: per (decision, voter) a vote id counts once (its first

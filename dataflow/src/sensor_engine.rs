@@ -2,16 +2,18 @@
 //! i reads partitions p ≡ i (mod W) from the start, every reading in log order.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use canopy_ingest::SensorLog;
-use timely::{Config, execute};
+use timely::Config;
+use timely::worker::Worker;
 
 use crate::DataflowError;
-use crate::engine::Workers;
 use crate::sensor_views::SensorViews;
-use crate::sensors::{WindowConfig, build_sensor_dataflow};
+use crate::sensor_windows::WindowConfig;
+use crate::sensors::build_sensor_dataflow;
+use crate::worker_pool::{StopFlag, WorkerPool, partitions_of};
 
 const TRANSIENT_RETRY: Duration = Duration::from_millis(200);
 
@@ -36,15 +38,17 @@ impl Default for SensorEngineConfig {
     }
 }
 
-struct Shared {
-    shutdown: AtomicBool,
+/// What every worker of a sensor engine is started with.
+struct WorkerContext {
+    config: SensorEngineConfig,
+    log: Arc<dyn SensorLog>,
+    views: Arc<SensorViews>,
     /// The epoch every worker seals up to; a worker that fed readings moves it on.
     epoch: AtomicU64,
 }
 
 pub struct SensorEngine {
-    shared: Arc<Shared>,
-    workers: Workers,
+    workers: WorkerPool,
 }
 
 impl std::fmt::Debug for SensorEngine {
@@ -60,69 +64,17 @@ impl SensorEngine {
         views: Arc<SensorViews>,
     ) -> Result<Self, DataflowError> {
         config.windows.validate().map_err(DataflowError::Config)?;
-        let shared = Arc::new(Shared {
-            shutdown: AtomicBool::new(false),
-            epoch: AtomicU64::new(1),
-        });
-        let worker_shared = Arc::clone(&shared);
         let threads = config.workers.max(1);
-        let guards = execute(Config::process(threads), move |worker| {
-            let index = worker.index();
-            let peers = worker.peers();
-            let partitions = log.partitions();
-            let mut inputs =
-                build_sensor_dataflow(worker, config.windows.clone(), Arc::clone(&views));
-            let mine: Vec<u32> = (0..partitions)
-                .filter(|p| *p as usize % peers == index)
-                .collect();
-            let mut next = vec![0u64; mine.len()];
-            for partition in &mine {
-                inputs.note_end(*partition, 0);
-            }
-            let fail = |reason: String| {
-                views.fail(reason.clone());
-                Err(reason)
-            };
-            while !worker_shared.shutdown.load(Ordering::Acquire) {
-                let mut fed = 0;
-                for (slot, partition) in mine.iter().enumerate() {
-                    let batch = match log.read(*partition, next[slot], config.max_epoch_records) {
-                        Ok(batch) => batch,
-                        Err(error) if error.is_transient() => {
-                            tracing::warn!(partition, %error, "reading the sensor log failed; retrying");
-                            std::thread::sleep(TRANSIENT_RETRY);
-                            continue;
-                        }
-                        Err(error) => return fail(error.to_string()),
-                    };
-                    for record in &batch {
-                        inputs.push(record);
-                    }
-                    if let Some(last) = batch.last() {
-                        next[slot] = last.position.offset + 1;
-                    }
-                    inputs.note_end(*partition, next[slot]);
-                    fed += batch.len();
-                }
-                let current = inputs.current_epoch();
-                if fed > 0 {
-                    worker_shared.epoch.fetch_max(current + 1, Ordering::AcqRel);
-                }
-                let target = worker_shared.epoch.load(Ordering::Acquire);
-                if target > current {
-                    let sealed = inputs.seal_until(target);
-                    inputs.run_until_published(worker, sealed);
-                } else {
-                    worker.step_or_park(Some(config.idle_wait));
-                }
-            }
-            Ok(())
-        })
-        .map_err(DataflowError::Start)?;
-        Ok(Self {
-            shared,
-            workers: Workers::new(guards),
-        })
+        let context = WorkerContext {
+            config,
+            log,
+            views,
+            epoch: AtomicU64::new(1),
+        };
+        let workers = WorkerPool::start(Config::process(threads), move |worker, stop| {
+            drive_worker(worker, &context, stop)
+        })?;
+        Ok(Self { workers })
     }
 
     /// Whether a worker ended without being asked to (a corrupt log, a panic).
@@ -130,18 +82,66 @@ impl SensorEngine {
         self.workers.any_finished()
     }
 
-    pub fn shutdown(mut self) -> Result<(), DataflowError> {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> Result<(), DataflowError> {
-        self.shared.shutdown.store(true, Ordering::Release);
-        self.workers.join()
+    pub fn shutdown(self) -> Result<(), DataflowError> {
+        self.workers.stop()
     }
 }
 
-impl Drop for SensorEngine {
-    fn drop(&mut self) {
-        let _ = self.stop();
+/// One worker's life: read its partitions from the start into epochs, sealed in step with
+/// the other workers.
+fn drive_worker(
+    worker: &mut Worker,
+    context: &WorkerContext,
+    stop: &StopFlag,
+) -> Result<(), String> {
+    let WorkerContext {
+        config,
+        log,
+        views,
+        epoch,
+    } = context;
+    let mut inputs = build_sensor_dataflow(worker, config.windows.clone(), Arc::clone(views));
+    let mine = partitions_of(worker.index(), worker.peers(), log.partitions());
+    let mut next = vec![0u64; mine.len()];
+    for partition in &mine {
+        inputs.note_end(*partition, 0);
     }
+    let fail = |reason: String| {
+        views.fail(reason.clone());
+        Err(reason)
+    };
+    while !stop.is_raised() {
+        let mut fed = 0;
+        for (slot, partition) in mine.iter().enumerate() {
+            let batch = match log.read(*partition, next[slot], config.max_epoch_records) {
+                Ok(batch) => batch,
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(partition, %error, "reading the sensor log failed; retrying");
+                    std::thread::sleep(TRANSIENT_RETRY);
+                    continue;
+                }
+                Err(error) => return fail(error.to_string()),
+            };
+            for record in &batch {
+                inputs.push(record);
+            }
+            if let Some(last) = batch.last() {
+                next[slot] = last.position.offset + 1;
+            }
+            inputs.note_end(*partition, next[slot]);
+            fed += batch.len();
+        }
+        let current = inputs.current_epoch();
+        if fed > 0 {
+            epoch.fetch_max(current + 1, Ordering::AcqRel);
+        }
+        let target = epoch.load(Ordering::Acquire);
+        if target > current {
+            let sealed = inputs.seal_until(target);
+            inputs.run_until_published(worker, sealed);
+        } else {
+            worker.step_or_park(Some(config.idle_wait));
+        }
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use canopy_ingest::{Position, partition_for_region};
 use canopy_schemas::{Metric, name_key};
 use serde::{Deserialize, Serialize};
 
-use crate::sensors::{
+use crate::sensor_windows::{
     Owner, WindowConfig, WindowKey, WindowSize, WindowStats, WindowUpdate, ZScores, floor_std,
 };
 

@@ -23,8 +23,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use canopy_chain::Hash;
 
 use crate::DataflowError;
+use crate::arithmetic::Ballot;
 use crate::record::RecordLeaf;
-use crate::tally::Ballot;
 use canopy_schemas::Component;
 
 /// One piece of engine state.

@@ -10,7 +10,7 @@ use canopy_schemas::DecisionId;
 use serde::{Deserialize, Serialize};
 
 use crate::DataflowError;
-use crate::tally::Tally;
+use crate::arithmetic::Tally;
 
 /// One decision's result as a reader sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
