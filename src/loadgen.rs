@@ -5,13 +5,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use canopy_ingest::{Gate, SegmentLogConfig};
+use canopy_schemas::clock::now_micros;
+use canopy_schemas::synthetic::random_vote;
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
-    VoterSalt, Weight,
+    ComponentWeights, Decision, DecisionId, LoggedVote, Method, VoterId, VoterSalt,
 };
 use clap::Args;
 use rand::rngs::StdRng;
@@ -86,7 +87,9 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let stdout = std::io::stdout();
                 while limit == 0 || reserved.fetch_add(1, Ordering::Relaxed) < limit {
-                    let vote = random_vote(&mut rng, &decisions, voters);
+                    let decision = &decisions[rng.random_range(0..decisions.len())];
+                    let voter = VoterId(rng.random_range(0..voters));
+                    let vote = random_vote(&mut rng, decision, voter, now_micros());
                     let position = gate.submit(&[LoggedVote::new(vote, &LOADGEN_SALT)])?[0];
                     if print_acks {
                         writeln!(
@@ -149,37 +152,3 @@ fn create_decisions(args: &LoadgenArgs) -> anyhow::Result<Vec<Decision>> {
 /// Load-generator voters are synthetic: nobody's identity needs unlinking, so they share
 /// one salt.
 const LOADGEN_SALT: VoterSalt = VoterSalt([0x5a; 32]);
-
-fn random_vote(rng: &mut StdRng, decisions: &[Decision], voters: u128) -> Vote {
-    let decision = &decisions[rng.random_range(0..decisions.len())];
-    let (component, weight) = match rng.random_range(0..10) {
-        0..7 => (Component::Democratic, Weight::ONE),
-        7 => (
-            Component::Expert,
-            Weight(rng.random_range(500_000..5_000_000)),
-        ),
-        8 => (
-            Component::Community,
-            Weight(rng.random_range(100_000..3_000_000)),
-        ),
-        _ => (
-            Component::EnvironmentalData,
-            Weight(rng.random_range(100_000..2_000_000)),
-        ),
-    };
-    Vote {
-        vote_id: VoteId(rng.random()),
-        decision_id: decision.id,
-        voter_id: VoterId(rng.random_range(0..voters)),
-        option: rng.random_range(0..decision.options.len() as u16),
-        component,
-        weight,
-        cast_at: now_micros(),
-    }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}

@@ -17,26 +17,15 @@ use canopy_analytics::{
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore, recount};
 use canopy_ingest::{SegmentLog, SegmentLogConfig, VoteLog};
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
-    VoterSalt, Weight,
+    Component, Decision, DecisionId, LoggedVote, Vote, VoteId, VoterId, VoterSalt, Weight,
 };
 use rand::{Rng, SeedableRng};
 
-const START: i64 = 1_780_272_000_000_000; // 2026-06-01T00:00:00Z
-
 fn decision(id: u128) -> Decision {
-    Decision {
-        id: DecisionId(id),
-        title: format!("decision {id}"),
-        region: "north".into(),
-        options: vec!["a".into(), "b".into(), "c".into()],
-        opens_at: 0,
-        closes_at: i64::MAX,
-        weights: ComponentWeights::DEFAULT,
-        quorum: 10,
-        method: Method::SingleChoice,
-    }
+    canopy_testkit::decision_in(id, "north")
 }
+
+const START: i64 = 1_780_272_000_000_000; // 2026-06-01T00:00:00Z
 
 /// Voters who change their minds, and deliveries repeated (a client retry).
 fn stream(seed: u64, count: usize) -> Vec<LoggedVote> {

@@ -13,9 +13,9 @@ use canopy_dataflow::{
     build_tally_dataflow, recount,
 };
 use canopy_ingest::{LogRecord, Position, SegmentLog, SegmentLogConfig, VoteLog, partition_for};
+use canopy_schemas::synthetic::random_vote;
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId,
-    VoterCommitment, VoterId, VoterSalt, Weight,
+    ComponentWeights, Decision, DecisionId, LoggedVote, Method, VoterCommitment, VoterId, VoterSalt,
 };
 use clap::{Parser, Subcommand};
 use rand::rngs::StdRng;
@@ -175,30 +175,7 @@ fn vote_stream(
                 next_voter += 1;
                 VoterId(next_voter)
             };
-            let (component, weight) = match rng.random_range(0..100) {
-                0..70 => (Component::Democratic, Weight::ONE),
-                70..85 => (
-                    Component::Expert,
-                    Weight(rng.random_range(500_000..5_000_000)),
-                ),
-                85..95 => (
-                    Component::Community,
-                    Weight(rng.random_range(100_000..3_000_000)),
-                ),
-                _ => (
-                    Component::EnvironmentalData,
-                    Weight(rng.random_range(100_000..2_000_000)),
-                ),
-            };
-            Vote {
-                vote_id: VoteId(rng.random()),
-                decision_id: decision.id,
-                voter_id,
-                option: rng.random_range(0..decision.options.len() as u16),
-                component,
-                weight,
-                cast_at: n as i64,
-            }
+            random_vote(&mut rng, decision, voter_id, n as i64)
         };
         let partition = partition_for(vote.decision_id, partitions);
         let end = ends.entry(partition).or_insert(0);

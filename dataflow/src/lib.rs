@@ -69,4 +69,4 @@ pub use state::{
     encode_entries,
 };
 pub use tally::{DueCheckpoint, TallyInputs, build_tally_dataflow};
-pub use views::{DecisionView, InMemoryViews, ViewStore, ViewUpdate};
+pub use views::{DecisionView, InMemoryViews, ViewStore, ViewUpdate, includes_position};

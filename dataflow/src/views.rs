@@ -21,6 +21,15 @@ pub struct DecisionView {
     pub as_of: Position,
 }
 
+/// Whether a reader who wrote at `position` sees their record: the partition's frontier
+/// passed it, or the decision's view was published as of a later offset of that partition.
+pub fn includes_position(frontier: u64, view: Option<&DecisionView>, position: Position) -> bool {
+    let view_end = view
+        .filter(|v| v.as_of.partition == position.partition)
+        .map_or(0, |v| v.as_of.offset);
+    frontier > position.offset || view_end > position.offset
+}
+
 /// A change the dataflow publishes: a decision's new tally (or its removal) as of a position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ViewUpdate {
@@ -180,11 +189,7 @@ impl ViewStore for InMemoryViews {
                 .copied()
                 .unwrap_or(0);
             let view = state.view(decision);
-            let view_end = view
-                .as_ref()
-                .filter(|v| v.as_of.partition == position.partition)
-                .map_or(0, |v| v.as_of.offset);
-            if frontier > position.offset || view_end > position.offset {
+            if includes_position(frontier, view.as_ref(), position) {
                 return Ok(view);
             }
             let now = Instant::now();

@@ -11,21 +11,8 @@ use canopy_chain::{MerkleLog, NoteSigner, leaf_hash};
 use canopy_dataflow::*;
 use canopy_ingest::*;
 use canopy_schemas::*;
+use canopy_testkit::decision;
 use proptest::prelude::*;
-
-fn decision(n: u128) -> Decision {
-    Decision {
-        id: DecisionId(n),
-        title: format!("decision {n}"),
-        region: "r".into(),
-        options: vec!["a".into(), "b".into(), "c".into()],
-        opens_at: 0,
-        closes_at: i64::MAX,
-        weights: ComponentWeights::DEFAULT,
-        quorum: 10,
-        method: Method::SingleChoice,
-    }
-}
 
 /// A vote log that remembers the lowest offset each partition was read from.
 struct ReadSpy {

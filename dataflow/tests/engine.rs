@@ -6,20 +6,7 @@ use std::time::Duration;
 use canopy_dataflow::*;
 use canopy_ingest::*;
 use canopy_schemas::*;
-
-fn decision(n: u128) -> Decision {
-    Decision {
-        id: DecisionId(n),
-        title: format!("decision {n}"),
-        region: "r".into(),
-        options: vec!["a".into(), "b".into(), "c".into()],
-        opens_at: 0,
-        closes_at: i64::MAX,
-        weights: ComponentWeights::DEFAULT,
-        quorum: 10,
-        method: Method::SingleChoice,
-    }
-}
+use canopy_testkit::decision;
 
 fn logged(vote: Vote) -> LoggedVote {
     LoggedVote::new(vote, &VoterSalt([3; 32]))

@@ -15,7 +15,9 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use canopy_dataflow::{DataflowError, DecisionView, Tally, ViewStore, ViewUpdate};
+use canopy_dataflow::{
+    DataflowError, DecisionView, Tally, ViewStore, ViewUpdate, includes_position,
+};
 use canopy_ingest::Position;
 use canopy_schemas::DecisionId;
 use serde::{Deserialize, Serialize};
@@ -260,11 +262,7 @@ impl ViewStore for RedisViews {
             self.check()?;
             let frontier = self.frontier_checked(position.partition)?;
             let view = self.view(decision)?;
-            let view_end = view
-                .as_ref()
-                .filter(|v| v.as_of.partition == position.partition)
-                .map_or(0, |v| v.as_of.offset);
-            if frontier > position.offset || view_end > position.offset {
+            if includes_position(frontier, view.as_ref(), position) {
                 return Ok(view);
             }
             if Instant::now() >= deadline {

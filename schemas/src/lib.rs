@@ -23,6 +23,8 @@ mod encoding;
 mod error;
 mod record;
 mod sensor;
+#[cfg(feature = "synthetic")]
+pub mod synthetic;
 mod vote;
 
 pub use decision::{
