@@ -20,12 +20,7 @@ use crate::sinks::{
     CheckpointEntry, CheckpointLake, TallyChange, TallyChangeLake, WindowFeature, WindowFeatureLake,
 };
 use crate::votes::{ReadingLake, SyncCursor, VoteLake, sync_log};
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
+use canopy_schemas::clock::now_micros;
 
 type CellValues = (u64, u64, u64);
 

@@ -162,7 +162,7 @@ impl NoteVerifier {
     pub fn encode(&self) -> String {
         let mut key = vec![ED25519_ALGORITHM];
         key.extend_from_slice(self.key.as_bytes());
-        let hash: String = self.key_hash.iter().map(|b| format!("{b:02x}")).collect();
+        let hash = hex::encode(self.key_hash);
         format!("{}+{hash}+{}", self.name, BASE64.encode(key))
     }
 
@@ -181,7 +181,7 @@ impl NoteVerifier {
             return Err(bad());
         }
         let key_hash = key_hash(name, &public);
-        let written: String = key_hash.iter().map(|b| format!("{b:02x}")).collect();
+        let written = hex::encode(key_hash);
         if written != hash {
             return Err(bad());
         }

@@ -5,7 +5,7 @@ use canopy_chain::*;
 use proptest::prelude::*;
 
 fn hex(hash: &Hash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hash)
 }
 
 /// The leaves of the certificate-transparency reference tests (RFC 6962's reference

@@ -329,9 +329,7 @@ impl ReplicaCoordinator {
     pub fn heartbeat(&self) -> Result<(u32, u64), DataflowError> {
         let replicas = format!("{}:replicas", self.prefix);
         let erasures = format!("{}:erasures", self.prefix);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = canopy_schemas::clock::now_millis() as u64;
         let (live, erased): (u32, Option<u64>) = self.run(|c| {
             redis::pipe()
                 .atomic()

@@ -18,10 +18,7 @@ fn code(body: &Value) -> &str {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    canopy_schemas::clock::unix_now()
 }
 
 fn claims(sub: uuid::Uuid, role: &str) -> Value {

@@ -75,10 +75,7 @@ async fn upload_planted_faults(node: &TestNode, token: &str) -> Value {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    canopy_schemas::clock::now_millis()
 }
 
 /// Waits until the views include every position in `as_of` (the upload's receipt).

@@ -65,7 +65,7 @@ proptest! {
 #[test]
 fn encoding_v1_is_stable() {
     let bytes = vote().encode();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(bytes);
     assert_eq!(
         hex,
         concat!(
@@ -244,11 +244,7 @@ fn ids_serialize_as_uuids() {
 #[test]
 fn leaf_encoding_v1_is_stable() {
     let logged = LoggedVote::new(vote(), &VoterSalt([0x11; 32]));
-    let hex: String = logged
-        .leaf_data()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = hex::encode(logged.leaf_data());
     assert_eq!(
         hex,
         concat!(
