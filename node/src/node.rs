@@ -24,9 +24,7 @@ use canopy_analytics::{FinalWindows, LakeSql, LakeViews};
 
 use crate::NodeError;
 use crate::lake::{LakeFeed, LakeSettings, lake_loop};
-use crate::record::{
-    AnchorConfig, anchor_loop, anchor_target_or_journal, open_record, record_signer,
-};
+use crate::record::{AnchorConfig, Anchorer, anchor_loop, open_record, record_signer};
 use crate::redis::{RedisViews, ReplicaCoordinator};
 use crate::worker::{RedisTarget, SqlStateStore};
 use canopy_schemas::clock::now_micros;
@@ -377,15 +375,15 @@ impl Node {
                 .map_err(|e| NodeError::Internal(e.to_string()))??,
             ));
             record = Some(vote_record);
-            let target = anchor_target_or_journal(config.anchor_target.as_ref(), &config.data_dir);
-            anchor_task = Some(tokio::spawn(anchor_loop(
-                Arc::clone(&store),
-                target,
-                Arc::clone(&signer),
-                config.record_origin.clone(),
-                config.anchor.clone(),
-                anchor_stop,
-            )));
+            let anchorer = Anchorer::new(
+                &store,
+                &signer,
+                &config.record_origin,
+                &config.anchor,
+                config.anchor_target.as_ref(),
+                &config.data_dir,
+            );
+            anchor_task = Some(tokio::spawn(anchor_loop(anchorer, anchor_stop)));
         }
         let sensors = if config.run_engine && config.sensors.enabled {
             Some(Arc::new(start_sensors(&config, &store, keep_lake).await?))

@@ -89,19 +89,6 @@ pub(crate) async fn open_record(
     Ok(record)
 }
 
-/// Where batch roots go: the configured target, or the local journal under `data_dir`.
-pub(crate) fn anchor_target_or_journal(
-    target: Option<&Arc<dyn AnchorTarget>>,
-    data_dir: &Path,
-) -> Arc<dyn AnchorTarget> {
-    match target {
-        Some(target) => Arc::clone(target),
-        None => Arc::new(AnchorJournal::new(
-            data_dir.join("anchors").join("journal.jsonl"),
-        )),
-    }
-}
-
 /// The dataflow's checkpoint sink: hands each cut checkpoint to a task that stores it.
 pub struct CheckpointWriter {
     sender: tokio::sync::mpsc::UnboundedSender<CutCheckpoint>,
@@ -169,23 +156,24 @@ impl Default for AnchorConfig {
     }
 }
 
+/// The anchoring loop's parts: where checkpoints come from and go, and how batches are
+/// signed and retried.
+pub struct Anchorer {
+    pub store: Arc<dyn MetadataStore>,
+    pub target: Arc<dyn AnchorTarget>,
+    pub signer: Arc<NoteSigner>,
+    pub origin_prefix: String,
+    pub config: AnchorConfig,
+}
+
 /// Anchors every unanchored checkpoint, batch by batch, until `stop` fires.
-pub async fn anchor_loop(
-    store: Arc<dyn MetadataStore>,
-    target: Arc<dyn AnchorTarget>,
-    signer: Arc<NoteSigner>,
-    origin_prefix: String,
-    config: AnchorConfig,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn anchor_loop(anchorer: Anchorer, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        if let Err(error) =
-            anchor_pending(&store, &target, &signer, &origin_prefix, &config, &mut stop).await
-        {
+        if let Err(error) = anchorer.anchor_pending(&mut stop).await {
             tracing::warn!(%error, "anchoring stopped for this round");
         }
         tokio::select! {
-            _ = tokio::time::sleep(config.interval) => {}
+            _ = tokio::time::sleep(anchorer.config.interval) => {}
             _ = stop.changed() => return,
         }
         if *stop.borrow() {
@@ -194,101 +182,103 @@ pub async fn anchor_loop(
     }
 }
 
-/// One round: re-send batches a crash left unconfirmed, then batch what is new.
-async fn anchor_pending(
-    store: &Arc<dyn MetadataStore>,
-    target: &Arc<dyn AnchorTarget>,
-    signer: &NoteSigner,
-    origin_prefix: &str,
-    config: &AnchorConfig,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<(), NodeError> {
-    for pending in store.pending_anchor_batches().await? {
-        let entries = store.batch_entries(pending.batch_id).await?;
-        let batch = batch_tree(&entries)?;
-        send_batch(
-            store,
-            target,
-            signer,
-            origin_prefix,
-            config,
-            pending,
-            &batch,
-            stop,
-        )
-        .await?;
-    }
-    loop {
-        let entries = store.unanchored_checkpoints(config.max_batch).await?;
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let batch = batch_tree(&entries)?;
-        let row = AnchorBatchRow {
-            batch_id: store.next_anchor_batch_id().await?,
-            root: hex::encode(batch.root()),
-            entry_count: entries.len() as i64,
-            target: target.name(),
-            chain_batch_id: None,
-            tx_hash: None,
-            block_number: None,
-            created_at: now_micros(),
-            confirmed_at: None,
+impl Anchorer {
+    /// The anchorer of a node's record: batch roots go to `target`, or to the local anchor
+    /// journal under `data_dir` if there is none.
+    pub(crate) fn new(
+        store: &Arc<dyn MetadataStore>,
+        signer: &Arc<NoteSigner>,
+        origin_prefix: &str,
+        config: &AnchorConfig,
+        target: Option<&Arc<dyn AnchorTarget>>,
+        data_dir: &Path,
+    ) -> Self {
+        let target = match target {
+            Some(target) => Arc::clone(target),
+            None => Arc::new(AnchorJournal::new(
+                data_dir.join("anchors").join("journal.jsonl"),
+            )),
         };
-        store.create_anchor_batch(&row, &entries).await?;
-        send_batch(
-            store,
+        Self {
+            store: Arc::clone(store),
             target,
-            signer,
-            origin_prefix,
-            config,
-            row,
-            &batch,
-            stop,
-        )
-        .await?;
-        if (entries.len() as i64) < config.max_batch {
-            return Ok(());
+            signer: Arc::clone(signer),
+            origin_prefix: origin_prefix.to_string(),
+            config: config.clone(),
         }
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-async fn send_batch(
-    store: &Arc<dyn MetadataStore>,
-    target: &Arc<dyn AnchorTarget>,
-    signer: &NoteSigner,
-    origin_prefix: &str,
-    config: &AnchorConfig,
-    mut row: AnchorBatchRow,
-    batch: &AnchorBatch,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<(), NodeError> {
-    let note = Checkpoint {
-        origin: batch_origin(origin_prefix, row.batch_id),
-        size: batch.entries().len() as u64,
-        root: batch.root(),
-    }
-    .sign(signer);
-    let mut backoff = config.first_retry;
-    let receipt = loop {
-        match target.anchor(row.batch_id, batch, &note).await {
-            Ok(receipt) => break receipt,
-            Err(error) => {
-                tracing::warn!(%error, batch = row.batch_id, retry_in_ms = backoff.as_millis() as u64, "anchoring a batch failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return Err(NodeError::Internal("shutting down".into())),
-                }
-                backoff = (backoff * 2).min(config.max_retry);
+    /// One round: re-send batches a crash left unconfirmed, then batch what is new.
+    async fn anchor_pending(
+        &self,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
+        for pending in self.store.pending_anchor_batches().await? {
+            let entries = self.store.batch_entries(pending.batch_id).await?;
+            self.send_batch(pending, &batch_tree(&entries)?, stop)
+                .await?;
+        }
+        loop {
+            let entries = self
+                .store
+                .unanchored_checkpoints(self.config.max_batch)
+                .await?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let batch = batch_tree(&entries)?;
+            let row = AnchorBatchRow {
+                batch_id: self.store.next_anchor_batch_id().await?,
+                root: hex::encode(batch.root()),
+                entry_count: entries.len() as i64,
+                target: self.target.name(),
+                chain_batch_id: None,
+                tx_hash: None,
+                block_number: None,
+                created_at: now_micros(),
+                confirmed_at: None,
+            };
+            // Fixed in SQL before it is sent, so a crash in between re-sends the same batch.
+            self.store.create_anchor_batch(&row, &entries).await?;
+            self.send_batch(row, &batch, stop).await?;
+            if (entries.len() as i64) < self.config.max_batch {
+                return Ok(());
             }
         }
-    };
-    row.chain_batch_id = receipt.chain_batch_id;
-    row.tx_hash = receipt.tx_hash;
-    row.block_number = Some(receipt.block_number);
-    row.confirmed_at = Some(now_micros());
-    store.confirm_anchor_batch(&row).await?;
-    tracing::info!(batch = row.batch_id, entries = row.entry_count, target = %row.target, "anchored");
-    Ok(())
+    }
+
+    async fn send_batch(
+        &self,
+        mut row: AnchorBatchRow,
+        batch: &AnchorBatch,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
+        let note = Checkpoint {
+            origin: batch_origin(&self.origin_prefix, row.batch_id),
+            size: batch.entries().len() as u64,
+            root: batch.root(),
+        }
+        .sign(&self.signer);
+        let mut backoff = self.config.first_retry;
+        let receipt = loop {
+            match self.target.anchor(row.batch_id, batch, &note).await {
+                Ok(receipt) => break receipt,
+                Err(error) => {
+                    tracing::warn!(%error, batch = row.batch_id, retry_in_ms = backoff.as_millis() as u64, "anchoring a batch failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return Err(NodeError::Internal("shutting down".into())),
+                    }
+                    backoff = (backoff * 2).min(self.config.max_retry);
+                }
+            }
+        };
+        row.chain_batch_id = receipt.chain_batch_id;
+        row.tx_hash = receipt.tx_hash;
+        row.block_number = Some(receipt.block_number);
+        row.confirmed_at = Some(now_micros());
+        self.store.confirm_anchor_batch(&row).await?;
+        tracing::info!(batch = row.batch_id, entries = row.entry_count, target = %row.target, "anchored");
+        Ok(())
+    }
 }

@@ -24,9 +24,7 @@ use canopy_ingest::{KafkaConfig, KafkaLog, VoteLog};
 use canopy_schemas::{Decision, DecisionId};
 
 use crate::NodeError;
-use crate::record::{
-    AnchorConfig, anchor_loop, anchor_target_or_journal, open_record, record_signer,
-};
+use crate::record::{AnchorConfig, Anchorer, anchor_loop, open_record, record_signer};
 use crate::redis::RedisViews;
 use canopy_serving::store::MetadataStore;
 
@@ -227,15 +225,15 @@ impl WorkerNode {
             stopped.clone(),
         )));
         if first_process {
-            let target = anchor_target_or_journal(config.anchor_target.as_ref(), &config.data_dir);
-            tasks.push(tokio::spawn(anchor_loop(
-                Arc::clone(&store),
-                target,
-                signer,
-                config.record_origin.clone(),
-                config.anchor.clone(),
-                stopped,
-            )));
+            let anchorer = Anchorer::new(
+                &store,
+                &signer,
+                &config.record_origin,
+                &config.anchor,
+                config.anchor_target.as_ref(),
+                &config.data_dir,
+            );
+            tasks.push(tokio::spawn(anchor_loop(anchorer, stopped)));
         }
         Ok(Self {
             engine: Some(engine),
