@@ -8,6 +8,9 @@
 //!       auth/*, decision/create ─▶ MetadataStore (SQLite | PostgreSQL) ─▶ audit trail
 //!       audit/decisions/* ─▶ VoteRecord (Merkle logs) + checkpoints/anchors (MetadataStore)
 //! ```
+//!
+//! HTTP only: [`api`] has a module per resource, [`state`] what the handlers share (filled in
+//! by `canopy-node`, which starts the engines, logs and loops this crate never starts).
 
 #![deny(unsafe_code)]
 
