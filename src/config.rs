@@ -285,8 +285,11 @@ pub struct ConfigFlags {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// workers.threads: dataflow worker threads per process.
-    #[arg(long, visible_alias = "threads")]
+    #[arg(long)]
     workers: Option<usize>,
+    /// workers.threads, as `canopy worker` has always called it (the same as --workers).
+    #[arg(long, conflicts_with = "workers")]
+    threads: Option<usize>,
     /// database.url: PostgreSQL for the metadata store (default: SQLite in the data
     /// directory).
     #[arg(long)]
@@ -497,6 +500,7 @@ impl ConfigFlags {
         flags.set("data_dir", "--data-dir", self.data_dir.as_ref());
         flags.set("api.listen", "--listen", self.listen);
         flags.set("workers.threads", "--workers", self.workers);
+        flags.set("workers.threads", "--threads", self.threads);
         flags.set("database.url", "--database-url", self.database_url.as_ref());
         flags.set("api.jwt_key", "--jwt-key", self.jwt_key.as_ref());
         flags.set("demo", "--demo", self.demo.then_some(true));
