@@ -421,11 +421,14 @@ fn parse_threshold(text: &str) -> Result<(canopy_schemas::Metric, AlertThreshold
     Ok((metric, AlertThreshold::Level(level)))
 }
 
+/// Names where the value at a key path came from (`env CANOPY_KAFKA__TOPIC`, …).
+type DescribeSource = Arc<dyn Fn(&[&str]) -> String + Send + Sync>;
+
 /// One layer's values, and how `config show` and errors name where each came from.
 struct Layer {
     name: &'static str,
     values: Dict,
-    describe: Arc<dyn Fn(&[&str]) -> String + Send + Sync>,
+    describe: DescribeSource,
 }
 
 impl Provider for Layer {
