@@ -278,10 +278,10 @@ pub struct ConfigFlags {
     /// flags override it.
     #[arg(long, env = "CANOPY_CONFIG")]
     pub config: Option<PathBuf>,
-    /// data_dir.
+    /// data_dir: the vote log, the SQLite store, the keys (default canopy-data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// api.listen.
+    /// api.listen: the HTTP API's address (default 127.0.0.1:8080).
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// workers.threads: dataflow worker threads per process.
@@ -384,7 +384,7 @@ pub struct StoreFlags {
     /// The configuration file (TOML); see `canopy config show`.
     #[arg(long, env = "CANOPY_CONFIG")]
     pub config: Option<PathBuf>,
-    /// data_dir.
+    /// data_dir: the SQLite store, without a database URL (default canopy-data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// database.url (default: SQLite in the data directory).
