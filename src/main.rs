@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 mod cluster;
+mod config;
 #[cfg(feature = "evm")]
 mod evm;
 mod lake_cmd;
@@ -40,6 +41,12 @@ enum Command {
     Worker(cluster::WorkerArgs),
     /// Run a stateless API replica of a cluster: appends to Kafka, reads results from Redis.
     Serve(cluster::ServeArgs),
+    /// The configuration every command above reads: defaults, the file (--config),
+    /// CANOPY_<SECTION>__<KEY> variables, flags.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Apply the metadata store's migrations that have not been applied yet.
     Migrate(up::MigrateArgs),
     /// Administer accounts.
@@ -78,6 +85,13 @@ enum Command {
         #[command(subcommand)]
         command: EvmCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (TOML), each value with where it came from
+    /// (default, file, env, flag); secrets masked.
+    Show(config::ShowArgs),
 }
 
 #[derive(Subcommand)]
@@ -122,6 +136,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             command: EvmCommand::Deploy(args),
         } => evm::deploy(args),
         Command::Up(args) => up::up(*args),
+        Command::Config {
+            command: ConfigCommand::Show(args),
+        } => config::show(args),
         Command::Migrate(args) => up::migrate(args),
         Command::Admin {
             command: AdminCommand::Create(args),

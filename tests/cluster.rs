@@ -490,7 +490,7 @@ fn start_serve_with_rate(deployment: &Deployment, port: u16, name: &str, user_ra
         .args(["serve", "--config"])
         .arg(&deployment.config)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("CANOPY_SERVE_USER_RATE", user_rate.to_string())
+        .env("CANOPY_API__USER_RATE", user_rate.to_string())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -1,0 +1,1143 @@
+//! The one configuration of every command that runs or administers a node (`up`, `worker`,
+//! `serve`, `migrate`, `admin create`, `config show`), layered lowest to highest:
+//! compiled-in defaults, the TOML file (`--config`), environment variables
+//! (`CANOPY_<SECTION>__<KEY>`, top-level keys `CANOPY_<KEY>`), command-line flags.
+//!
+//! It lives in the binary, not in `canopy-node`: the node crate is assembled from typed
+//! [`NodeConfig`] / [`WorkerConfig`] values by tests, the benchmark and this binary alike,
+//! while file names, variable names, flags and their precedence are the operator's
+//! interface, which only the binary has. Keeping figment here also keeps it out of every
+//! library that embeds a node.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use canopy_dataflow::ClusterConfig;
+use canopy_ingest::KafkaConfig;
+use canopy_node::NodeConfig;
+use canopy_node::worker::{RedisTarget, WorkerConfig};
+use clap::Args;
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Num, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::{Deserialize, Serialize};
+
+const ENV_PREFIX: &str = "CANOPY_";
+
+/// Single-underscore names documented before the `CANOPY_<SECTION>__<KEY>` scheme, still
+/// read (below the scheme's own names) because scripts and `canopy evm deploy` use them.
+const ENV_ALIASES: &[(&str, &str)] = &[
+    ("CANOPY_DATABASE_URL", "database.url"),
+    ("CANOPY_JWT_KEY", "api.jwt_key"),
+    ("CANOPY_KAFKA_BROKERS", "kafka.brokers"),
+    ("CANOPY_EVM_RPC", "evm.rpc"),
+    ("CANOPY_EVM_CONTRACT", "evm.contract"),
+    ("CANOPY_EVM_KEY", "evm.key"),
+];
+
+/// Sections renamed since the cluster file had them, so an old variable gets a useful hint.
+const RENAMED_SECTIONS: &[(&str, &str)] = &[("serve", "api")];
+
+/// Every setting; see `canopy.example.toml` for what each does.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanopyConfig {
+    /// The vote log (without Kafka), the SQLite store (without PostgreSQL), the record key
+    /// (`keys/record-ed25519.seed`, copied to every host of a cluster), the anchor journal.
+    pub data_dir: PathBuf,
+    /// `canopy up` seeds a demo decision and a stream of synthetic voters.
+    pub demo: bool,
+    pub api: ApiSection,
+    pub database: DatabaseSection,
+    pub kafka: KafkaSection,
+    pub redis: RedisSection,
+    pub workers: WorkersSection,
+    pub record: RecordSection,
+    pub evm: EvmSection,
+    pub sensors: SensorsSection,
+    pub lake: LakeSection,
+}
+
+/// The HTTP API of `up` and `serve`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    pub listen: SocketAddr,
+    /// The RS256 key (PKCS#8 PEM) every replica of a cluster shares; generated under the
+    /// data directory if absent.
+    pub jwt_key: Option<PathBuf>,
+    /// Requests per second per user (burst twice as many).
+    pub user_rate: f64,
+    /// Requests per second per client address (burst twice as many).
+    pub address_rate: f64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// PostgreSQL (SQLite in the data directory if absent; a cluster needs one). Secret:
+    /// its password is masked by `config show`.
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// `host:port,…`; the vote log stays under the data directory if absent (`up` only).
+    pub brokers: Option<String>,
+    pub topic: String,
+    /// Fixed for the topic's life: a decision's partition depends on it.
+    pub partitions: u32,
+    /// Replicas per partition, and min.insync.replicas, of a topic created here.
+    pub replication: i32,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// Secret: its password is masked by `config show`.
+    pub url: Option<String>,
+    pub prefix: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersSection {
+    /// host:port of each worker process, in process order; the same list everywhere.
+    pub hosts: Vec<String>,
+    /// Dataflow threads per process (`up`'s one process included).
+    pub threads: usize,
+    pub checkpoint_interval_ms: u64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSection {
+    /// Checkpoint origins: `<origin>/decision/<uuid>`.
+    pub origin: String,
+    pub anchor_interval_s: f64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvmSection {
+    /// Anchor on this EVM node (http JSON-RPC) instead of in the local journal.
+    pub rpc: Option<String>,
+    pub contract: Option<String>,
+    /// The anchoring key (hex secp256k1). Secret: masked by `config show`.
+    pub key: Option<String>,
+    pub confirmations: u64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorsSection {
+    pub enabled: bool,
+    /// Short and long windows (the long a multiple of the short).
+    pub windows_s: [i64; 2],
+    /// How long after a window's end a late reading still corrects it.
+    pub allowed_lateness_s: i64,
+    /// ONNX Runtime's shared library; `ORT_DYLIB_PATH` if absent.
+    pub onnxruntime: Option<PathBuf>,
+    /// Replaced alert thresholds on a region's 1-minute mean, by metric.
+    pub alert_thresholds: BTreeMap<String, AlertThreshold>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeSection {
+    pub enabled: bool,
+    /// A folder or `s3://bucket/prefix` (credentials from the `AWS_*` variables);
+    /// `<data_dir>/lake` if absent.
+    pub location: Option<String>,
+    pub flush_s: f64,
+    pub sql_timeout_s: u64,
+    pub sql_memory_mib: usize,
+    /// SQL over the PostgreSQL wire protocol here (`up` only).
+    pub pg_listen: Option<SocketAddr>,
+}
+
+/// A metric's alert level, or `"off"` to drop its alert.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AlertThreshold {
+    Level(f64),
+    Off,
+}
+
+impl Default for CanopyConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("canopy-data"),
+            demo: false,
+            api: ApiSection {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                jwt_key: None,
+                user_rate: 20.0,
+                address_rate: 2000.0,
+            },
+            database: DatabaseSection { url: None },
+            kafka: KafkaSection {
+                brokers: None,
+                topic: "canopy.votes".into(),
+                partitions: 8,
+                replication: 1,
+            },
+            redis: RedisSection {
+                url: None,
+                prefix: "canopy".into(),
+            },
+            workers: WorkersSection {
+                hosts: vec!["127.0.0.1:2101".into()],
+                threads: 2,
+                checkpoint_interval_ms: 2000,
+            },
+            record: RecordSection {
+                origin: "canopy.local".into(),
+                anchor_interval_s: 10.0,
+            },
+            evm: EvmSection {
+                rpc: None,
+                contract: None,
+                key: None,
+                confirmations: 2,
+            },
+            sensors: SensorsSection {
+                enabled: true,
+                windows_s: [60, 3600],
+                allowed_lateness_s: 300,
+                onnxruntime: None,
+                alert_thresholds: BTreeMap::new(),
+            },
+            lake: LakeSection {
+                enabled: true,
+                location: None,
+                flush_s: 10.0,
+                sql_timeout_s: 120,
+                sql_memory_mib: 2048,
+                pg_listen: None,
+            },
+        }
+    }
+}
+
+impl Serialize for AlertThreshold {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Level(level) => serializer.serialize_f64(*level),
+            Self::Off => serializer.serialize_str("off"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AlertThreshold {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ThresholdVisitor;
+        impl serde::de::Visitor<'_> for ThresholdVisitor {
+            type Value = AlertThreshold;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or \"off\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, level: f64) -> Result<Self::Value, E> {
+                if level.is_finite() {
+                    Ok(AlertThreshold::Level(level))
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Float(level), &self))
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, level: i64) -> Result<Self::Value, E> {
+                Ok(AlertThreshold::Level(level as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, level: u64) -> Result<Self::Value, E> {
+                Ok(AlertThreshold::Level(level as f64))
+            }
+            // Environment values arrive as text.
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                if text.trim() == "off" {
+                    return Ok(AlertThreshold::Off);
+                }
+                let level: f64 = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(text), &self))?;
+                self.visit_f64(level)
+            }
+        }
+        deserializer.deserialize_any(ThresholdVisitor)
+    }
+}
+
+/// Flags that set configuration keys; every command that reads the configuration takes
+/// them, and they win over the file and the environment.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigFlags {
+    /// The configuration file (TOML). Environment variables CANOPY_<SECTION>__<KEY> and
+    /// flags override it.
+    #[arg(long, env = "CANOPY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// data_dir: the vote log, the SQLite store, the keys (default canopy-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// api.listen: the HTTP API's address (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// workers.threads: dataflow worker threads per process.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// workers.threads, as `canopy worker` has always called it (the same as --workers).
+    #[arg(long, conflicts_with = "workers")]
+    threads: Option<usize>,
+    /// database.url: PostgreSQL for the metadata store (default: SQLite in the data
+    /// directory).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// api.jwt_key: the RS256 signing key (PKCS#8 PEM) every replica shares.
+    #[arg(long)]
+    jwt_key: Option<PathBuf>,
+    /// demo: seed a demo decision and a stream of synthetic voters (`up`).
+    #[arg(long)]
+    demo: bool,
+    /// api.user_rate: requests per second per user (burst: twice as many).
+    #[arg(long)]
+    user_rate: Option<f64>,
+    /// api.address_rate: requests per second per client address (burst: twice as many).
+    #[arg(long)]
+    address_rate: Option<f64>,
+    /// record.anchor_interval_s: seconds between anchoring rounds.
+    #[arg(long)]
+    anchor_interval_s: Option<f64>,
+    /// record.origin: where checkpoint origins start (`<origin>/decision/<uuid>`).
+    #[arg(long)]
+    record_origin: Option<String>,
+    /// kafka.brokers: keep the vote log on a Kafka topic (`host:port,…`).
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// kafka.topic: the votes topic; created if missing.
+    #[arg(long)]
+    kafka_topic: Option<String>,
+    /// kafka.partitions: fixed for the topic's life; a topic with another count is refused.
+    #[arg(long)]
+    kafka_partitions: Option<u32>,
+    /// kafka.replication: replicas per partition (and min.insync.replicas).
+    #[arg(long)]
+    kafka_replication: Option<i32>,
+    /// sensors.windows_s: sensor windows, short,long, in seconds.
+    #[arg(long, value_parser = parse_windows)]
+    sensor_windows_s: Option<[i64; 2]>,
+    /// sensors.allowed_lateness_s: how long after a window's end a late reading counts.
+    #[arg(long)]
+    allowed_lateness_s: Option<i64>,
+    /// sensors.onnxruntime: ONNX Runtime's shared library for the anomaly model.
+    #[arg(long)]
+    onnxruntime: Option<PathBuf>,
+    /// sensors.alert_thresholds: a metric's alert threshold on a region's 1-minute mean,
+    /// e.g. `pm25=35` (repeatable; `pm25=off` drops the alert).
+    #[arg(long = "alert-threshold", value_parser = parse_threshold)]
+    alert_thresholds: Vec<(canopy_schemas::Metric, AlertThreshold)>,
+    /// sensors.enabled = false: take no sensor readings.
+    #[arg(long)]
+    no_sensors: bool,
+    /// lake.location: a folder or `s3://bucket/prefix` (default `<data-dir>/lake`).
+    #[arg(long)]
+    lake: Option<String>,
+    /// lake.enabled = false: keep no analytics lake.
+    #[arg(long, conflicts_with = "lake")]
+    no_lake: bool,
+    /// lake.flush_s: how often new history is written to the lake, in seconds.
+    #[arg(long)]
+    lake_flush_s: Option<f64>,
+    /// lake.sql_timeout_s: the longest a SQL query may run, in seconds.
+    #[arg(long)]
+    sql_timeout_s: Option<u64>,
+    /// lake.sql_memory_mib: memory one SQL query may use, in MiB.
+    #[arg(long)]
+    sql_memory_mib: Option<usize>,
+    /// lake.pg_listen: serve the lake's SQL over the PostgreSQL wire protocol here.
+    #[arg(long, conflicts_with = "no_lake")]
+    pg_listen: Option<SocketAddr>,
+    /// evm.rpc: anchor batch roots on this EVM node (http JSON-RPC).
+    #[arg(long)]
+    evm_rpc: Option<String>,
+    /// evm.contract: the deployed GovernanceVotingVerifier (`canopy evm deploy`).
+    #[arg(long)]
+    evm_contract: Option<String>,
+    /// evm.key: the anchoring key (hex secp256k1), the contract's owner.
+    #[arg(long)]
+    evm_key: Option<String>,
+    /// evm.confirmations: blocks on top of an anchoring transaction before it counts.
+    #[arg(long)]
+    evm_confirmations: Option<u64>,
+    /// workers.hosts from a file: host:port of every process, one per line, in order.
+    #[arg(long)]
+    hosts: Option<PathBuf>,
+    /// workers.hosts as N processes on this machine: 127.0.0.1:2101, 127.0.0.1:2102, …
+    #[arg(long)]
+    processes: Option<usize>,
+}
+
+/// The configuration flags of the account commands, which need only the store.
+#[derive(Args, Clone, Debug, Default)]
+pub struct StoreFlags {
+    /// The configuration file (TOML); see `canopy config show`.
+    #[arg(long, env = "CANOPY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// data_dir: the SQLite store, without a database URL (default canopy-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// database.url (default: SQLite in the data directory).
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+/// `short,long` in seconds.
+fn parse_windows(text: &str) -> Result<[i64; 2], String> {
+    let bad = || format!("{text:?} is not two whole numbers of seconds, short,long");
+    let (short, long) = text.split_once(',').ok_or_else(bad)?;
+    Ok([
+        short.trim().parse().map_err(|_| bad())?,
+        long.trim().parse().map_err(|_| bad())?,
+    ])
+}
+
+/// `metric=level` or `metric=off`.
+fn parse_threshold(text: &str) -> Result<(canopy_schemas::Metric, AlertThreshold), String> {
+    let (metric, level) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not metric=level"))?;
+    let metric = metric
+        .parse()
+        .map_err(|e: canopy_schemas::SchemaError| e.to_string())?;
+    if level == "off" {
+        return Ok((metric, AlertThreshold::Off));
+    }
+    let level: f64 = level
+        .parse()
+        .ok()
+        .filter(|l: &f64| l.is_finite())
+        .ok_or_else(|| format!("{level:?} is not a number or off"))?;
+    Ok((metric, AlertThreshold::Level(level)))
+}
+
+/// Names where the value at a key path came from (`env CANOPY_KAFKA__TOPIC`, …).
+type DescribeSource = Arc<dyn Fn(&[&str]) -> String + Send + Sync>;
+
+/// One layer's values, and how `config show` and errors name where each came from.
+struct Layer {
+    name: &'static str,
+    values: Dict,
+    describe: DescribeSource,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        let describe = Arc::clone(&self.describe);
+        Metadata::named(self.name).interpolater(move |_: &Profile, keys: &[&str]| describe(keys))
+    }
+
+    fn data(&self) -> Result<figment::value::Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.values.clone()))
+    }
+}
+
+/// Sets `path` (dotted) in `dict`, making the sections on the way.
+fn insert_at(dict: &mut Dict, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            dict.insert(path.to_string(), value);
+        }
+        Some((section, rest)) => {
+            let entry = dict
+                .entry(section.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_at(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// The flag layer: each flag given, at the key it sets.
+#[derive(Default)]
+pub struct FlagValues {
+    entries: Vec<(String, Value, &'static str)>,
+}
+
+impl FlagValues {
+    fn set<T: Serialize>(&mut self, key: &str, flag: &'static str, value: Option<T>) {
+        if let Some(value) = value {
+            let value = Value::serialize(value).expect("flag values serialize");
+            self.entries.push((key.to_string(), value, flag));
+        }
+    }
+
+    fn layer(self) -> Layer {
+        let mut values = Dict::new();
+        let mut flags = BTreeMap::new();
+        for (key, value, flag) in self.entries {
+            insert_at(&mut values, &key, value);
+            flags.insert(key, flag);
+        }
+        Layer {
+            name: "command-line flags",
+            values,
+            describe: Arc::new(move |keys| {
+                let key = keys.join(".");
+                match flags.get(&key) {
+                    Some(flag) => format!("flag {flag}"),
+                    None => format!("flags ({key})"),
+                }
+            }),
+        }
+    }
+}
+
+impl ConfigFlags {
+    pub fn values(&self) -> anyhow::Result<FlagValues> {
+        let mut flags = FlagValues::default();
+        flags.set("data_dir", "--data-dir", self.data_dir.as_ref());
+        flags.set("api.listen", "--listen", self.listen);
+        flags.set("workers.threads", "--workers", self.workers);
+        flags.set("workers.threads", "--threads", self.threads);
+        flags.set("database.url", "--database-url", self.database_url.as_ref());
+        flags.set("api.jwt_key", "--jwt-key", self.jwt_key.as_ref());
+        flags.set("demo", "--demo", self.demo.then_some(true));
+        flags.set("api.user_rate", "--user-rate", self.user_rate);
+        flags.set("api.address_rate", "--address-rate", self.address_rate);
+        flags.set(
+            "record.anchor_interval_s",
+            "--anchor-interval-s",
+            self.anchor_interval_s,
+        );
+        flags.set(
+            "record.origin",
+            "--record-origin",
+            self.record_origin.as_ref(),
+        );
+        flags.set(
+            "kafka.brokers",
+            "--kafka-brokers",
+            self.kafka_brokers.as_ref(),
+        );
+        flags.set("kafka.topic", "--kafka-topic", self.kafka_topic.as_ref());
+        flags.set(
+            "kafka.partitions",
+            "--kafka-partitions",
+            self.kafka_partitions,
+        );
+        flags.set(
+            "kafka.replication",
+            "--kafka-replication",
+            self.kafka_replication,
+        );
+        flags.set(
+            "sensors.windows_s",
+            "--sensor-windows-s",
+            self.sensor_windows_s,
+        );
+        flags.set(
+            "sensors.allowed_lateness_s",
+            "--allowed-lateness-s",
+            self.allowed_lateness_s,
+        );
+        flags.set(
+            "sensors.onnxruntime",
+            "--onnxruntime",
+            self.onnxruntime.as_ref(),
+        );
+        for (metric, threshold) in &self.alert_thresholds {
+            flags.set(
+                &format!("sensors.alert_thresholds.{}", metric.as_str()),
+                "--alert-threshold",
+                Some(threshold),
+            );
+        }
+        flags.set(
+            "sensors.enabled",
+            "--no-sensors",
+            self.no_sensors.then_some(false),
+        );
+        flags.set("lake.location", "--lake", self.lake.as_ref());
+        flags.set("lake.enabled", "--no-lake", self.no_lake.then_some(false));
+        flags.set("lake.flush_s", "--lake-flush-s", self.lake_flush_s);
+        flags.set("lake.sql_timeout_s", "--sql-timeout-s", self.sql_timeout_s);
+        flags.set(
+            "lake.sql_memory_mib",
+            "--sql-memory-mib",
+            self.sql_memory_mib,
+        );
+        flags.set("lake.pg_listen", "--pg-listen", self.pg_listen);
+        flags.set("evm.rpc", "--evm-rpc", self.evm_rpc.as_ref());
+        flags.set("evm.contract", "--evm-contract", self.evm_contract.as_ref());
+        flags.set("evm.key", "--evm-key", self.evm_key.as_ref());
+        flags.set(
+            "evm.confirmations",
+            "--evm-confirmations",
+            self.evm_confirmations,
+        );
+        let listed = match &self.hosts {
+            Some(path) => Some(read_hosts(path)?),
+            None => None,
+        };
+        if let (Some(processes), Some(listed)) = (self.processes, &listed)
+            && processes != listed.len()
+        {
+            bail!(
+                "--processes {processes} but {} hosts are listed in {}",
+                listed.len(),
+                display(self.hosts.as_deref())
+            );
+        }
+        match listed {
+            Some(hosts) => flags.set("workers.hosts", "--hosts", Some(hosts)),
+            None => flags.set(
+                "workers.hosts",
+                "--processes",
+                self.processes.map(|processes| {
+                    (0..processes)
+                        .map(|i| format!("127.0.0.1:{}", 2101 + i))
+                        .collect::<Vec<_>>()
+                }),
+            ),
+        }
+        Ok(flags)
+    }
+
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        Loaded::load(self.config.as_deref(), self.values()?)
+    }
+}
+
+impl StoreFlags {
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        let mut flags = FlagValues::default();
+        flags.set("data_dir", "--data-dir", self.data_dir.as_ref());
+        flags.set("database.url", "--database-url", self.database_url.as_ref());
+        Loaded::load(self.config.as_deref(), flags)
+    }
+}
+
+fn read_hosts(path: &Path) -> anyhow::Result<Vec<String>> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading the hosts file {}", path.display()))?
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+fn display(path: Option<&Path>) -> String {
+    path.map_or_else(|| "(none)".into(), |p| p.display().to_string())
+}
+
+/// The configuration's key names, read off the defaults so a new key needs no list.
+struct KeyNames {
+    top_level: Vec<String>,
+    sections: Vec<String>,
+}
+
+impl KeyNames {
+    fn of(defaults: &Dict) -> Self {
+        let (sections, top_level) = defaults
+            .iter()
+            .partition::<Vec<_>, _>(|(_, value)| matches!(value, Value::Dict(..)));
+        Self {
+            top_level: top_level.into_iter().map(|(k, _)| k.clone()).collect(),
+            sections: sections.into_iter().map(|(k, _)| k.clone()).collect(),
+        }
+    }
+}
+
+fn env_name(keys: &[&str]) -> String {
+    format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase())
+}
+
+/// An environment value as text, unless it is a list or table (`[a, b]`, `{k = v}`):
+/// the configuration's types decide whether text is a number, so `123` stays usable as a
+/// string (a Redis prefix, a key).
+fn env_value(raw: &str) -> Value {
+    match raw.parse::<Value>() {
+        Ok(value @ (Value::Array(..) | Value::Dict(..))) => value,
+        _ => Value::from(raw.to_string()),
+    }
+}
+
+fn env_layer(names: &KeyNames) -> Layer {
+    let top_level = names.top_level.clone();
+    let env = Env::prefixed(ENV_PREFIX)
+        .filter(move |key| {
+            key.as_str().contains("__")
+                || top_level
+                    .iter()
+                    .any(|name| key.as_str().eq_ignore_ascii_case(name))
+        })
+        .split("__");
+    let mut values = Dict::new();
+    for (key, raw) in env.iter() {
+        insert_at(&mut values, key.as_str(), env_value(&raw));
+    }
+    Layer {
+        name: "environment",
+        values,
+        describe: Arc::new(|keys| format!("env {}", env_name(keys))),
+    }
+}
+
+fn env_alias_layer() -> Layer {
+    let mut values = Dict::new();
+    for (name, key) in ENV_ALIASES {
+        if let Ok(raw) = std::env::var(name) {
+            insert_at(&mut values, key, env_value(&raw));
+        }
+    }
+    Layer {
+        name: "environment",
+        values,
+        describe: Arc::new(|keys| {
+            let key = keys.join(".");
+            match ENV_ALIASES.iter().find(|(_, aliased)| *aliased == key) {
+                Some((name, _)) => format!("env {name}"),
+                None => format!("env {}", env_name(keys)),
+            }
+        }),
+    }
+}
+
+/// A `CANOPY_<SECTION>_<KEY>` variable (one underscore) would otherwise be silently
+/// ignored; the cluster file's overrides used that form, so it is refused with its new
+/// name. Other `CANOPY_*` variables (the test setup's, `CANOPY_CONFIG`) are not ours.
+fn refuse_single_underscore_keys(names: &KeyNames) -> anyhow::Result<()> {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().to_ascii_uppercase();
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if rest.contains("__")
+            || names.top_level.iter().any(|k| k.eq_ignore_ascii_case(rest))
+            || ENV_ALIASES.iter().any(|(alias, _)| *alias == name)
+        {
+            continue;
+        }
+        let Some((section, key)) = rest.split_once('_') else {
+            continue;
+        };
+        let section = section.to_ascii_lowercase();
+        let current = RENAMED_SECTIONS
+            .iter()
+            .find(|(old, _)| *old == section)
+            .map_or(section.as_str(), |(_, new)| new);
+        if names.sections.iter().any(|s| s == current) {
+            bail!(
+                "the environment variable {name} is not read: {current}.{} is set by {}",
+                key.to_ascii_lowercase(),
+                env_name(&[current, key])
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The effective configuration, and the layers it came from.
+pub struct Loaded {
+    pub config: CanopyConfig,
+    figment: Figment,
+}
+
+impl Loaded {
+    pub fn load(file: Option<&Path>, flags: FlagValues) -> anyhow::Result<Self> {
+        let defaults = match Value::serialize(CanopyConfig::default()) {
+            Ok(Value::Dict(_, dict)) => dict,
+            _ => bail!("the default configuration is not a table"),
+        };
+        let names = KeyNames::of(&defaults);
+        refuse_single_underscore_keys(&names)?;
+        let mut figment = Figment::new().merge(Layer {
+            name: "defaults",
+            values: defaults,
+            describe: Arc::new(|_| "default".into()),
+        });
+        if let Some(path) = file {
+            // Toml::file would search the parent directories for a missing file.
+            std::fs::metadata(path)
+                .with_context(|| format!("reading the config file {}", path.display()))?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let figment = figment
+            .merge(env_alias_layer())
+            .merge(env_layer(&names))
+            .merge(flags.layer());
+        // Lossy: environment values are text, and "8" must fill a number.
+        let config: CanopyConfig = figment.extract_lossy().map_err(|error| {
+            let messages: Vec<String> = error.into_iter().map(|e| describe_error(&e)).collect();
+            anyhow::anyhow!("the configuration is not valid: {}", messages.join("; "))
+        })?;
+        config.check()?;
+        Ok(Self { config, figment })
+    }
+
+    /// Where the value at `keys` came from: `default`, `file <path>`, `env <NAME>`,
+    /// `flag <--name>`.
+    fn source(&self, keys: &[&str]) -> String {
+        let Some(metadata) = self.figment.find_metadata(&keys.join(".")) else {
+            return "default".into();
+        };
+        match &metadata.source {
+            Some(Source::File(path)) => format!("file {}", path.display()),
+            _ => metadata.interpolate(&Profile::Default, keys),
+        }
+    }
+
+    /// The effective configuration as TOML, each value followed by its source, secrets
+    /// masked; unset keys as comments. The output is itself a valid config file.
+    pub fn show(&self) -> anyhow::Result<String> {
+        let Value::Dict(_, table) = Value::serialize(self.config.masked())? else {
+            bail!("the configuration is not a table");
+        };
+        let mut out = String::new();
+        self.write_table(&mut out, &[], &table);
+        Ok(out)
+    }
+
+    fn write_table(&self, out: &mut String, path: &[&str], table: &Dict) {
+        for (key, value) in table {
+            if matches!(value, Value::Dict(..)) {
+                continue;
+            }
+            let keys: Vec<&str> = path.iter().copied().chain([key.as_str()]).collect();
+            let line = match render(value) {
+                Some(text) => format!("{key} = {text}"),
+                None => format!("# {key} (not set)"),
+            };
+            out.push_str(&format!("{line:<44} # {}\n", self.source(&keys)));
+        }
+        for (key, value) in table {
+            if let Value::Dict(_, inner) = value {
+                let keys: Vec<&str> = path.iter().copied().chain([key.as_str()]).collect();
+                out.push_str(&format!("\n[{}]\n", keys.join(".")));
+                self.write_table(out, &keys, inner);
+            }
+        }
+    }
+}
+
+/// One of figment's errors, naming the key and the layer that set it as `config show` would.
+fn describe_error(error: &figment::Error) -> String {
+    if error.path.is_empty() {
+        return error.to_string();
+    }
+    let key = error.path.join(".");
+    let source = match &error.metadata {
+        Some(metadata) => match &metadata.source {
+            Some(Source::File(path)) => format!("file {}", path.display()),
+            _ => metadata.interpolate(&Profile::Default, &error.path),
+        },
+        None => "an unknown layer".into(),
+    };
+    match &error.kind {
+        figment::error::Kind::UnknownField(_, expected) => format!(
+            "unknown key `{key}` ({source}); the keys there are {}",
+            expected.join(", ")
+        ),
+        kind => format!("{key} ({source}): {kind}"),
+    }
+}
+
+/// A value as TOML; `None` for an unset one.
+fn render(value: &Value) -> Option<String> {
+    Some(match value {
+        Value::String(_, text) => serde_json::to_string(text).unwrap_or_default(),
+        Value::Char(_, c) => serde_json::to_string(&c.to_string()).unwrap_or_default(),
+        Value::Bool(_, b) => b.to_string(),
+        Value::Num(_, Num::F32(x)) => format!("{x:?}"),
+        Value::Num(_, Num::F64(x)) => format!("{x:?}"),
+        Value::Num(_, n) => n
+            .to_i128()
+            .map(|i| i.to_string())
+            .or_else(|| n.to_u128().map(|u| u.to_string()))
+            .unwrap_or_default(),
+        Value::Array(_, items) => {
+            let items: Vec<String> = items.iter().filter_map(render).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Empty(..) => return None,
+        Value::Dict(_, table) => {
+            let items: Vec<String> = table
+                .iter()
+                .filter_map(|(k, v)| Some(format!("{k} = {}", render(v)?)))
+                .collect();
+            format!("{{ {} }}", items.join(", "))
+        }
+    })
+}
+
+/// `scheme://user:password@host…` with the password (and a `password=` parameter) hidden.
+fn mask_url_password(url: &str) -> String {
+    let mut masked = url.to_string();
+    if let Some(scheme_end) = url.find("://") {
+        let authority_start = scheme_end + 3;
+        let authority_end = url[authority_start..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |i| authority_start + i);
+        if let Some(at) = url[authority_start..authority_end].rfind('@') {
+            let userinfo = &url[authority_start..authority_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                masked = format!(
+                    "{}****{}",
+                    &url[..authority_start + colon + 1],
+                    &url[authority_start + at..]
+                );
+            }
+        }
+    }
+    if let Some(start) = masked.find("password=") {
+        let value_start = start + "password=".len();
+        let value_end = masked[value_start..]
+            .find('&')
+            .map_or(masked.len(), |i| value_start + i);
+        masked.replace_range(value_start..value_end, "****");
+    }
+    masked
+}
+
+impl CanopyConfig {
+    /// A copy fit to print: URL passwords and keys hidden.
+    fn masked(&self) -> Self {
+        let mut masked = self.clone();
+        masked.database.url = masked.database.url.as_deref().map(mask_url_password);
+        masked.redis.url = masked.redis.url.as_deref().map(mask_url_password);
+        masked.evm.key = masked.evm.key.as_ref().map(|_| "****".into());
+        masked
+    }
+
+    /// What no single key's type can say.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.lake.pg_listen.is_some() && !self.lake.enabled {
+            bail!("lake.pg_listen serves the lake's SQL, but lake.enabled is false");
+        }
+        for name in self.sensors.alert_thresholds.keys() {
+            name.parse::<canopy_schemas::Metric>()
+                .with_context(|| format!("sensors.alert_thresholds.{name}"))?;
+        }
+        if self.workers.hosts.is_empty() {
+            bail!("workers.hosts lists no process");
+        }
+        Ok(())
+    }
+
+    fn rate(per_second: f64) -> canopy_serving::limits::Rate {
+        canopy_serving::limits::Rate {
+            per_second,
+            burst: 2.0 * per_second,
+        }
+    }
+
+    fn kafka(&self) -> Option<KafkaConfig> {
+        let kafka = &self.kafka;
+        kafka.brokers.as_ref().map(|brokers| KafkaConfig {
+            partitions: kafka.partitions,
+            replication: kafka.replication,
+            min_insync_replicas: kafka.replication,
+            ..KafkaConfig::new(brokers.clone(), kafka.topic.clone())
+        })
+    }
+
+    fn cluster_kafka(&self) -> anyhow::Result<KafkaConfig> {
+        self.kafka().context(
+            "kafka.brokers is not set (config file, CANOPY_KAFKA__BROKERS or --kafka-brokers)",
+        )
+    }
+
+    fn cluster_database_url(&self) -> anyhow::Result<String> {
+        self.database.url.clone().context(
+            "database.url is not set (config file, CANOPY_DATABASE__URL or --database-url)",
+        )
+    }
+
+    fn cluster_redis(&self) -> anyhow::Result<RedisTarget> {
+        let url = self
+            .redis
+            .url
+            .clone()
+            .context("redis.url is not set (config file or CANOPY_REDIS__URL)")?;
+        Ok(RedisTarget {
+            url,
+            prefix: self.redis.prefix.clone(),
+        })
+    }
+
+    fn anchor_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.record.anchor_interval_s.max(0.05))
+    }
+
+    /// Only the metadata store (`migrate`, `admin create`).
+    pub fn store_config(&self) -> NodeConfig {
+        let mut config = NodeConfig::new(&self.data_dir);
+        config.database_url = self.database.url.clone();
+        config
+    }
+
+    /// `canopy up`: the whole node in one process.
+    pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
+        let mut config = NodeConfig::new(&self.data_dir);
+        config.listen = self.api.listen;
+        config.workers = self.workers.threads;
+        config.database_url = self.database.url.clone();
+        config.jwt_key = self.api.jwt_key.clone();
+        config.api.per_user = Self::rate(self.api.user_rate);
+        config.api.per_address = Self::rate(self.api.address_rate);
+        config.anchor.interval = self.anchor_interval();
+        config.record_origin = self.record.origin.clone();
+        config.kafka = self.kafka();
+        let sensors = &self.sensors;
+        config.sensors.enabled = sensors.enabled;
+        config.sensors.onnxruntime = sensors.onnxruntime.clone();
+        let windows = &mut config.sensors.engine.windows;
+        windows.sizes_ms = [
+            sensors.windows_s[0].saturating_mul(1000),
+            sensors.windows_s[1].saturating_mul(1000),
+        ];
+        windows.allowed_lateness_ms = sensors.allowed_lateness_s.saturating_mul(1000);
+        let thresholds = &mut config.sensors.alert_rules.thresholds;
+        for (name, threshold) in &sensors.alert_thresholds {
+            let metric: canopy_schemas::Metric = name.parse()?;
+            match threshold {
+                AlertThreshold::Level(level) => thresholds.insert(metric, *level),
+                AlertThreshold::Off => thresholds.remove(&metric),
+            };
+        }
+        if self.lake.enabled {
+            let location = match &self.lake.location {
+                Some(text) => canopy_analytics::LakeLocation::parse(text)
+                    .with_context(|| format!("lake.location {text}"))?,
+                None => canopy_analytics::LakeLocation::Local(self.data_dir.join("lake")),
+            };
+            let mut lake = canopy_node::lake::LakeSettings::new(location);
+            lake.flush_interval = Duration::from_secs_f64(self.lake.flush_s.max(0.05));
+            lake.sql.timeout = Duration::from_secs(self.lake.sql_timeout_s.max(1));
+            lake.sql.memory_bytes = self.lake.sql_memory_mib.max(1) << 20;
+            lake.sql.target_partitions = self.workers.threads.max(1);
+            config.lake = Some(lake);
+        }
+        Ok(config)
+    }
+
+    /// `canopy serve`: a stateless API replica of a cluster.
+    pub fn serve_config(&self) -> anyhow::Result<NodeConfig> {
+        let mut config = NodeConfig::new(&self.data_dir);
+        config.listen = self.api.listen;
+        config.database_url = Some(self.cluster_database_url()?);
+        config.jwt_key = self.api.jwt_key.clone();
+        config.kafka = Some(self.cluster_kafka()?);
+        config.redis = Some(self.cluster_redis()?);
+        config.run_engine = false;
+        config.record_origin = self.record.origin.clone();
+        config.api.per_user = Self::rate(self.api.user_rate);
+        config.api.per_address = Self::rate(self.api.address_rate);
+        Ok(config)
+    }
+
+    /// `canopy worker --process <process>`: one process of the dataflow cluster.
+    pub fn worker_config(&self, process: usize) -> anyhow::Result<WorkerConfig> {
+        let hosts = &self.workers.hosts;
+        if process >= hosts.len() {
+            bail!(
+                "--process {process} is not below the number of processes ({}, workers.hosts)",
+                hosts.len()
+            );
+        }
+        let mut config = WorkerConfig::new(
+            self.data_dir.clone(),
+            self.cluster_database_url()?,
+            self.cluster_kafka()?,
+            self.cluster_redis()?,
+        );
+        config.threads = self.workers.threads.max(1);
+        config.checkpoint_interval =
+            Duration::from_millis(self.workers.checkpoint_interval_ms.max(10));
+        config.record_origin = self.record.origin.clone();
+        config.anchor.interval = self.anchor_interval();
+        config.cluster = (hosts.len() > 1).then(|| ClusterConfig {
+            process,
+            addresses: hosts.clone(),
+        });
+        Ok(config)
+    }
+
+    /// The EVM anchor target's settings, if `evm.rpc` names a node.
+    #[cfg(feature = "evm")]
+    pub fn evm_args(&self) -> crate::evm::EvmArgs {
+        crate::evm::EvmArgs {
+            evm_rpc: self.evm.rpc.clone(),
+            evm_contract: self.evm.contract.clone(),
+            evm_key: self.evm.key.clone(),
+            evm_confirmations: self.evm.confirmations,
+        }
+    }
+
+    #[cfg(not(feature = "evm"))]
+    pub fn refuse_evm(&self) -> anyhow::Result<()> {
+        if self.evm.rpc.is_some() {
+            bail!("evm.rpc is set, but this canopy is built without EVM anchoring");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    flags: ConfigFlags,
+}
+
+/// `canopy config show`.
+pub fn show(args: ShowArgs) -> anyhow::Result<()> {
+    print!("{}", args.flags.load()?.show()?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        assert_eq!(
+            mask_url_password("postgres://canopy:hunter2@db:5432/canopy"),
+            "postgres://canopy:****@db:5432/canopy"
+        );
+        assert_eq!(
+            mask_url_password("redis://:hunter2@cache:6379/"),
+            "redis://:****@cache:6379/"
+        );
+        assert_eq!(
+            mask_url_password("postgres://db/canopy?user=a&password=hunter2&x=1"),
+            "postgres://db/canopy?user=a&password=****&x=1"
+        );
+        assert_eq!(
+            mask_url_password("postgres://canopy@db/canopy"),
+            "postgres://canopy@db/canopy"
+        );
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("canopy.example.toml");
+        let loaded = Loaded::load(Some(&path), FlagValues::default()).unwrap();
+        let config = &loaded.config;
+        assert_eq!(config.workers.hosts.len(), 2);
+        assert!(config.worker_config(1).is_ok() && config.serve_config().is_ok());
+        assert!(config.node_config().is_ok());
+    }
+
+    #[test]
+    fn environment_text_is_typed_by_the_configuration() {
+        assert_eq!(env_value("8"), Value::from("8".to_string()));
+        assert!(matches!(env_value("[a:1, b:2]"), Value::Array(..)));
+    }
+}
