@@ -210,7 +210,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         #[allow(unused_mut)]
         let mut config = node_config(&args)?;
         #[cfg(feature = "evm")]
-        if let Some(target) = crate::evm::EvmTarget::connect(&args.evm).await? {
+        if let Some(target) = crate::evm::target(&args.evm).await? {
             println!("  anchoring on chain: {}", {
                 use canopy_chain::AnchorTarget;
                 target.name()
