@@ -33,7 +33,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
         // Process 0 runs the anchoring rounds.
         #[cfg(feature = "evm")]
         if args.process == 0
-            && let Some(target) = crate::evm::EvmTarget::connect(&settings.evm_args()).await?
+            && let Some(target) = crate::evm::target(&settings.evm_args()).await?
         {
             config.anchor_target = Some(std::sync::Arc::new(target));
         }

@@ -1,16 +1,12 @@
-//! The EVM anchor target for `canopy up`, and `canopy evm deploy`.
+//! The command line of on-chain anchoring: `canopy up`'s `--evm-*` flags, which build
+//! [`EvmTarget`], and `canopy evm deploy`. The client and the target are
+//! `canopy_chain::evm`.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
-use canopy_chain::{AnchorBatch, AnchorReceipt, AnchorTarget, ChainError};
-use canopy_evm::{EvmAnchor, EvmAnchorConfig};
+use canopy_chain::evm::{EvmAnchorConfig, EvmTarget};
 use clap::Args;
-
-/// How long one anchoring attempt may take, confirmations included, before it counts as
-/// failed and is retried (a retry after a timeout may anchor the same root twice: harmless).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[derive(Args, Clone, Debug)]
 pub struct EvmArgs {
@@ -42,63 +38,31 @@ pub fn parse_address(text: &str) -> anyhow::Result<[u8; 20]> {
         .map_err(|_| anyhow::anyhow!("{text:?} is not a 20-byte address"))
 }
 
-pub struct EvmTarget {
-    anchor: EvmAnchor,
-}
-
-impl EvmTarget {
-    pub async fn connect(args: &EvmArgs) -> anyhow::Result<Option<Self>> {
-        let Some(rpc_url) = &args.evm_rpc else {
-            return Ok(None);
-        };
-        let contract =
-            parse_address(args.evm_contract.as_deref().context(
-                "--evm-rpc needs --evm-contract (deploy one with `canopy evm deploy`)",
-            )?)?;
-        let key = args
-            .evm_key
-            .clone()
-            .context("--evm-rpc needs the anchoring key (--evm-key or CANOPY_EVM_KEY)")?;
-        let anchor = EvmAnchor::connect(EvmAnchorConfig {
-            rpc_url: rpc_url.clone(),
-            private_key_hex: key,
-            contract,
-            confirmations: args.evm_confirmations,
-            poll_interval: Duration::from_millis(250),
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))
-        .context("connecting to the EVM node")?;
-        Ok(Some(Self { anchor }))
-    }
-}
-
-#[async_trait]
-impl AnchorTarget for EvmTarget {
-    fn name(&self) -> String {
-        format!("evm:0x{}", hex::encode(self.anchor.contract_address()))
-    }
-
-    async fn anchor(
-        &self,
-        _batch_id: i64,
-        batch: &AnchorBatch,
-        _note: &str,
-    ) -> Result<AnchorReceipt, ChainError> {
-        let decisions: Vec<[u8; 16]> = batch.entries().iter().map(|e| e.decision_id).collect();
-        let tx = tokio::time::timeout(
-            ATTEMPT_TIMEOUT,
-            self.anchor.record_batch(batch.root(), &decisions),
-        )
-        .await
-        .map_err(|_| ChainError::Anchoring("the anchoring transaction timed out".into()))?
-        .map_err(|e| ChainError::Anchoring(format!("{}: {e}", e.code())))?;
-        Ok(AnchorReceipt {
-            chain_batch_id: Some(tx.batch_id as i64),
-            tx_hash: Some(format!("0x{}", hex::encode(tx.tx_hash))),
-            block_number: tx.block_number as i64,
-        })
-    }
+/// The EVM anchor target of `--evm-rpc`, or `None` without it.
+pub async fn target(args: &EvmArgs) -> anyhow::Result<Option<EvmTarget>> {
+    let Some(rpc_url) = &args.evm_rpc else {
+        return Ok(None);
+    };
+    let contract = parse_address(
+        args.evm_contract
+            .as_deref()
+            .context("--evm-rpc needs --evm-contract (deploy one with `canopy evm deploy`)")?,
+    )?;
+    let key = args
+        .evm_key
+        .clone()
+        .context("--evm-rpc needs the anchoring key (--evm-key or CANOPY_EVM_KEY)")?;
+    let target = EvmTarget::connect(EvmAnchorConfig {
+        rpc_url: rpc_url.clone(),
+        private_key_hex: key,
+        contract,
+        confirmations: args.evm_confirmations,
+        poll_interval: Duration::from_millis(250),
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))
+    .context("connecting to the EVM node")?;
+    Ok(Some(target))
 }
 
 #[derive(Args)]
@@ -117,7 +81,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let address = runtime
-        .block_on(canopy_evm::deploy(&args.rpc, &args.key))
+        .block_on(canopy_chain::evm::deploy(&args.rpc, &args.key))
         .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))
         .context("deploying GovernanceVotingVerifier")?;
     println!(

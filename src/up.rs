@@ -44,7 +44,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         #[cfg(not(feature = "evm"))]
         settings.refuse_evm()?;
         #[cfg(feature = "evm")]
-        if let Some(target) = crate::evm::EvmTarget::connect(&settings.evm_args()).await? {
+        if let Some(target) = crate::evm::target(&settings.evm_args()).await? {
             println!("  anchoring on chain: {}", {
                 use canopy_chain::AnchorTarget;
                 target.name()

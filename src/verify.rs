@@ -53,6 +53,8 @@ struct AnchorFile {
     entry_index: u64,
     entry_count: u64,
     path: Vec<String>,
+    /// Read by the on-chain check only (feature `evm`).
+    #[cfg_attr(not(feature = "evm"), allow(dead_code))]
     chain_batch_id: Option<i64>,
     batch_note: Option<String>,
 }
@@ -300,7 +302,7 @@ fn on_chain(
     decision: [u8; 16],
     path: &AnchorPath,
 ) -> Result<String, Failure> {
-    use canopy_evm::{AnchorProofArgs, EvmAnchor, EvmAnchorConfig, VoteProofArgs};
+    use canopy_chain::evm::{AnchorProofArgs, EvmAnchor, EvmAnchorConfig, VoteProofArgs};
     let contract = anchor
         .target
         .strip_prefix("evm:")

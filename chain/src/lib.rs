@@ -1,18 +1,32 @@
-//! Canopy's vote record, the pure part: RFC 6962 / RFC 9162 Merkle logs with inclusion and
-//! consistency proofs, and checkpoints as C2SP signed notes. No I/O, cheap to build.
+//! Canopy's vote record below the dataflow, end to end: RFC 6962 / RFC 9162 Merkle logs with
+//! inclusion and consistency proofs, checkpoints as C2SP signed notes, the proof bundles
+//! auditors check, the batches that anchor many decision logs under one root, and the
+//! targets that record those roots: the local journal and, behind the cargo feature `evm`,
+//! the `GovernanceVotingVerifier` contract on an EVM chain (alloy).
 //!
 //! ```text
-//!   vote leaf ──append──▶ MerkleLog ──root_at(n)──▶ Checkpoint { origin, n, root }
-//!                            │                          │ sign (Ed25519, signed note)
-//!          inclusion_proof(i, n)                        ▼
-//!          consistency_proof(m, n)             auditors: verify_inclusion,
-//!                                                        verify_consistency, Checkpoint::verify
+//!   merkle   vote leaf ──append──▶ MerkleLog ──root_at(n)──▶ root ─┐ inclusion / consistency
+//!                                                                  │ proofs, verify_*
+//!   note     Checkpoint { origin, n, root } ──sign (Ed25519)──▶ signed note, Checkpoint::verify
+//!   bundle   ProofBundle (c2sp.org/tlog-proof): index + inclusion proof + signed checkpoint,
+//!            checked offline against the leaf and the log's verifier key
+//!   anchor   AnchorBatch: one entry per decision (its log size and root) ─▶ batch root,
+//!            AnchorPath, verify_anchored
+//!   target   trait AnchorTarget ─┬─ AnchorJournal: a signed line per batch, fsync'd
+//!                                └─ evm::EvmTarget (feature `evm`): recordBatch + confirmations
+//!   evm      EvmAnchor (alloy client: deploy, record_batch, batch, decision_history,
+//!            verify_vote), contract bindings from contracts/artifacts/
 //! ```
+//!
+//! Without `evm` the crate does no network I/O and builds no alloy. Every failure is a
+//! [`ChainError`] with a stable [`code`](ChainError::code) (the EVM client's are `evm_*`).
 
 #![deny(unsafe_code)]
 
 pub mod anchor;
 pub mod bundle;
+#[cfg(feature = "evm")]
+pub mod evm;
 pub mod merkle;
 pub mod note;
 pub mod target;
@@ -47,6 +61,55 @@ pub enum ChainError {
     BadBundle(String),
     #[error("anchoring: {0}")]
     Anchoring(String),
+
+    // The EVM anchoring client's failures (`evm::EvmAnchor`, `evm::deploy`, `evm::EvmTarget`);
+    // plain data, so they exist with or without the `evm` feature and a `match` reads the
+    // same in every build.
+    /// The EVM configuration is unusable (bad URL, unsupported scheme, ...).
+    #[error("bad EVM configuration: {0}")]
+    EvmBadConfig(String),
+    /// The EVM private key could not be parsed. The message never contains the key.
+    #[error("bad EVM private key: {0}")]
+    EvmBadKey(String),
+    /// The EVM node could not be reached (connection refused, timeout, I/O). Transient.
+    #[error("EVM node unreachable: {0}")]
+    EvmUnreachable(String),
+    /// There is no contract code at the configured address.
+    #[error("no contract code at 0x{address} (wrong address or wrong chain?)")]
+    EvmNoContract {
+        /// Hex of the address, without 0x.
+        address: String,
+    },
+    /// The call or transaction reverted (also during gas estimation). Not transient.
+    #[error("EVM execution reverted: {reason}{}", tx_hash.map(|h| format!(" (tx 0x{})", hex::encode(h))).unwrap_or_default())]
+    EvmReverted {
+        /// Decoded revert reason (custom error, `Error(string)`, panic) or raw data hex.
+        reason: String,
+        /// Set when a mined transaction failed (status 0).
+        tx_hash: Option<[u8; 32]>,
+    },
+    /// The sending account cannot pay for gas.
+    #[error("insufficient funds for gas: {0}")]
+    EvmInsufficientFunds(String),
+    /// The input was rejected before anything was sent.
+    #[error("invalid input: {0}")]
+    EvmInvalidInput(String),
+    /// Any other JSON-RPC failure (error response, HTTP 5xx/429, malformed reply). Transient.
+    #[error("EVM RPC error: {0}")]
+    EvmRpc(String),
+    /// A receipt did not look as expected (no `BatchAnchored` log, no contract address).
+    #[error("unexpected EVM receipt: {0}")]
+    EvmBadReceipt(String),
+    /// The transaction's block was reorganised away while waiting for confirmations.
+    /// Transient: resubmitting may anchor the batch again under a new id.
+    #[error(
+        "transaction 0x{} left the canonical chain while awaiting confirmations",
+        hex::encode(tx_hash)
+    )]
+    EvmReorged {
+        /// The transaction that was mined and then dropped.
+        tx_hash: [u8; 32],
+    },
 }
 
 impl ChainError {
@@ -62,6 +125,25 @@ impl ChainError {
             Self::BadKey(_) => "bad_key",
             Self::BadBundle(_) => "bad_bundle",
             Self::Anchoring(_) => "anchoring",
+            Self::EvmBadConfig(_) => "evm_bad_config",
+            Self::EvmBadKey(_) => "evm_bad_key",
+            Self::EvmUnreachable(_) => "evm_unreachable",
+            Self::EvmNoContract { .. } => "evm_no_contract",
+            Self::EvmReverted { .. } => "evm_reverted",
+            Self::EvmInsufficientFunds(_) => "evm_insufficient_funds",
+            Self::EvmInvalidInput(_) => "evm_invalid_input",
+            Self::EvmRpc(_) => "evm_rpc",
+            Self::EvmBadReceipt(_) => "evm_bad_receipt",
+            Self::EvmReorged { .. } => "evm_reorged",
         }
+    }
+
+    /// Whether retrying the same call later may succeed: an unreachable EVM node, a failed
+    /// JSON-RPC exchange, a transaction reorganised away. Everything else fails again.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::EvmUnreachable(_) | Self::EvmRpc(_) | Self::EvmReorged { .. }
+        )
     }
 }

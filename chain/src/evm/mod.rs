@@ -1,18 +1,21 @@
-//! EVM anchoring client for Canopy: records batch roots in the `GovernanceVotingVerifier`
-//! contract and reads them back.
+//! On-chain anchoring (feature `evm`): the alloy client of the `GovernanceVotingVerifier`
+//! contract, which records batch roots and reads them back, and [`EvmTarget`], the
+//! [`AnchorTarget`](crate::AnchorTarget) built on it.
 //!
 //! The boundary uses plain types only (`[u8; N]`, `u64`, `String`), so callers need no alloy
 //! types. Every method is a single attempt: retries with backoff belong to the caller, which
-//! can use [`EvmError::code`] / [`EvmError::is_transient`] to decide.
+//! can use [`ChainError::code`] (the `evm_*` codes) / [`ChainError::is_transient`] to decide.
 //!
 //! Transport: plain HTTP (reqwest without TLS). An `https://` RPC URL is rejected by
 //! [`EvmAnchor::connect`] with `evm_bad_config`; enabling alloy's `reqwest-rustls-tls`
 //! feature would lift that (and adds rustls + aws-lc-rs to the build).
 
-#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod bindings;
+mod target;
+
+pub use target::EvmTarget;
 
 use std::fmt;
 use std::time::Duration;
@@ -26,6 +29,8 @@ use alloy::transports::http::reqwest;
 use alloy::transports::{RpcError, TransportErrorKind};
 
 use bindings::GovernanceVotingVerifier::{self as Gvv, GovernanceVotingVerifierErrors};
+
+use crate::ChainError;
 
 /// Connect timeout of every HTTP request to the node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,83 +121,6 @@ pub struct AnchorProofArgs {
     pub path: Vec<[u8; 32]>,
 }
 
-/// Errors of the EVM client. [`EvmError::code`] gives a stable machine-readable code.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EvmError {
-    /// The configuration is unusable (bad URL, unsupported scheme, ...).
-    #[error("bad EVM configuration: {0}")]
-    BadConfig(String),
-    /// The private key could not be parsed. The message never contains the key.
-    #[error("bad EVM private key: {0}")]
-    BadKey(String),
-    /// The node could not be reached (connection refused, timeout, I/O). Transient.
-    #[error("EVM node unreachable: {0}")]
-    Unreachable(String),
-    /// There is no contract code at the configured address.
-    #[error("no contract code at 0x{address} (wrong address or wrong chain?)")]
-    NoContract {
-        /// Hex of the address, without 0x.
-        address: String,
-    },
-    /// The call or transaction reverted (also during gas estimation). Not transient.
-    #[error("EVM execution reverted: {reason}{}", tx_hash.map(|h| format!(" (tx 0x{})", hex::encode(h))).unwrap_or_default())]
-    Reverted {
-        /// Decoded revert reason (custom error, `Error(string)`, panic) or raw data hex.
-        reason: String,
-        /// Set when a mined transaction failed (status 0).
-        tx_hash: Option<[u8; 32]>,
-    },
-    /// The sending account cannot pay for gas.
-    #[error("insufficient funds for gas: {0}")]
-    InsufficientFunds(String),
-    /// The input was rejected before anything was sent.
-    #[error("invalid input: {0}")]
-    InvalidInput(String),
-    /// Any other JSON-RPC failure (error response, HTTP 5xx/429, malformed reply). Transient.
-    #[error("EVM RPC error: {0}")]
-    Rpc(String),
-    /// A receipt did not look as expected (no `BatchAnchored` log, no contract address).
-    #[error("unexpected EVM receipt: {0}")]
-    BadReceipt(String),
-    /// The transaction's block was reorganised away while waiting for confirmations.
-    /// Transient: resubmitting may anchor the batch again under a new id.
-    #[error(
-        "transaction 0x{} left the canonical chain while awaiting confirmations",
-        hex::encode(tx_hash)
-    )]
-    Reorged {
-        /// The transaction that was mined and then dropped.
-        tx_hash: [u8; 32],
-    },
-}
-
-impl EvmError {
-    /// Stable machine-readable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::BadConfig(_) => "evm_bad_config",
-            Self::BadKey(_) => "evm_bad_key",
-            Self::Unreachable(_) => "evm_unreachable",
-            Self::NoContract { .. } => "evm_no_contract",
-            Self::Reverted { .. } => "evm_reverted",
-            Self::InsufficientFunds(_) => "evm_insufficient_funds",
-            Self::InvalidInput(_) => "evm_invalid_input",
-            Self::Rpc(_) => "evm_rpc",
-            Self::BadReceipt(_) => "evm_bad_receipt",
-            Self::Reorged { .. } => "evm_reorged",
-        }
-    }
-
-    /// Whether retrying the same call later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Unreachable(_) | Self::Rpc(_) | Self::Reorged { .. }
-        )
-    }
-}
-
 // ------------------------------------------------------------------------------ error mapping
 
 /// Human-readable form of revert data: the contract's custom errors, `Error(string)`,
@@ -204,56 +132,58 @@ fn describe_revert(data: &[u8]) -> String {
     decode_revert_reason(data).unwrap_or_else(|| format!("0x{}", hex::encode(data)))
 }
 
-fn from_rpc(e: RpcError<TransportErrorKind>) -> EvmError {
+fn from_rpc(e: RpcError<TransportErrorKind>) -> ChainError {
     match e {
         RpcError::ErrorResp(payload) => {
             let msg = payload.message.to_string();
             if let Some(data) = payload.as_revert_data() {
-                EvmError::Reverted {
+                ChainError::EvmReverted {
                     reason: describe_revert(&data),
                     tx_hash: None,
                 }
             } else if msg.contains("revert") {
-                EvmError::Reverted {
+                ChainError::EvmReverted {
                     reason: msg,
                     tx_hash: None,
                 }
             } else if msg.contains("insufficient funds") {
-                EvmError::InsufficientFunds(msg)
+                ChainError::EvmInsufficientFunds(msg)
             } else {
-                EvmError::Rpc(format!("code {}: {msg}", payload.code))
+                ChainError::EvmRpc(format!("code {}: {msg}", payload.code))
             }
         }
         RpcError::Transport(kind) => match kind {
             TransportErrorKind::HttpError(_)
-            | TransportErrorKind::HttpErrorWithRetryAfter { .. } => EvmError::Rpc(kind.to_string()),
+            | TransportErrorKind::HttpErrorWithRetryAfter { .. } => {
+                ChainError::EvmRpc(kind.to_string())
+            }
             TransportErrorKind::NonRetryable(_) | TransportErrorKind::MissingBatchResponse(_) => {
-                EvmError::Rpc(kind.to_string())
+                ChainError::EvmRpc(kind.to_string())
             }
             // reqwest send failures (connect refused, DNS, timeouts, I/O) land in Custom.
-            other => EvmError::Unreachable(error_chain(&other)),
+            other => ChainError::EvmUnreachable(error_chain(&other)),
         },
-        other => EvmError::Rpc(other.to_string()),
+        other => ChainError::EvmRpc(other.to_string()),
     }
 }
 
-fn from_contract(address: Address) -> impl Fn(alloy::contract::Error) -> EvmError {
+fn from_contract(address: Address) -> impl Fn(alloy::contract::Error) -> ChainError {
     use alloy::contract::Error as C;
     move |e| match e {
         C::TransportError(e) => from_rpc(e),
         C::PendingTransactionError(e) => from_pending(e),
         // A call to an address without code returns "0x", which does not decode.
-        C::ZeroData(..) => EvmError::NoContract {
+        C::ZeroData(..) => ChainError::EvmNoContract {
             address: hex::encode(address),
         },
-        other => EvmError::Rpc(other.to_string()),
+        other => ChainError::EvmRpc(other.to_string()),
     }
 }
 
-fn from_pending(e: alloy::providers::PendingTransactionError) -> EvmError {
+fn from_pending(e: alloy::providers::PendingTransactionError) -> ChainError {
     match e {
         alloy::providers::PendingTransactionError::TransportError(e) => from_rpc(e),
-        other => EvmError::Rpc(other.to_string()),
+        other => ChainError::EvmRpc(other.to_string()),
     }
 }
 
@@ -274,30 +204,31 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 // ------------------------------------------------------------------------------ plumbing
 
-fn parse_key(private_key_hex: &str) -> Result<PrivateKeySigner, EvmError> {
+fn parse_key(private_key_hex: &str) -> Result<PrivateKeySigner, ChainError> {
     let s = private_key_hex.trim();
     let s = s
         .strip_prefix("0x")
         .or_else(|| s.strip_prefix("0X"))
         .unwrap_or(s);
     if s.len() != 64 {
-        return Err(EvmError::BadKey(format!(
+        return Err(ChainError::EvmBadKey(format!(
             "expected 64 hex digits, got {}",
             s.len()
         )));
     }
     let mut raw = [0u8; 32];
-    hex::decode_to_slice(s, &mut raw).map_err(|_| EvmError::BadKey("not valid hex".to_owned()))?;
+    hex::decode_to_slice(s, &mut raw)
+        .map_err(|_| ChainError::EvmBadKey("not valid hex".to_owned()))?;
     PrivateKeySigner::from_bytes(&B256::from(raw))
-        .map_err(|_| EvmError::BadKey("not a valid secp256k1 secret key".to_owned()))
+        .map_err(|_| ChainError::EvmBadKey("not a valid secp256k1 secret key".to_owned()))
 }
 
-fn http_provider(rpc_url: &str, signer: PrivateKeySigner) -> Result<DynProvider, EvmError> {
+fn http_provider(rpc_url: &str, signer: PrivateKeySigner) -> Result<DynProvider, ChainError> {
     let url: reqwest::Url = rpc_url
         .parse()
-        .map_err(|e| EvmError::BadConfig(format!("rpc_url {rpc_url:?}: {e}")))?;
+        .map_err(|e| ChainError::EvmBadConfig(format!("rpc_url {rpc_url:?}: {e}")))?;
     if url.scheme() != "http" {
-        return Err(EvmError::BadConfig(format!(
+        return Err(ChainError::EvmBadConfig(format!(
             "rpc_url {rpc_url:?}: only http:// is supported (built without TLS)"
         )));
     }
@@ -305,7 +236,7 @@ fn http_provider(rpc_url: &str, signer: PrivateKeySigner) -> Result<DynProvider,
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .build()
-        .map_err(|e| EvmError::BadConfig(format!("http client: {}", error_chain(&e))))?;
+        .map_err(|e| ChainError::EvmBadConfig(format!("http client: {}", error_chain(&e))))?;
     // Not `ProviderBuilder::new()`'s recommended fillers: their CachedNonceManager counts
     // nonces locally per client, which goes stale ("nonce too low") as soon as another
     // client/process uses the same key, and leaves a gap after a send that fails. The pending
@@ -325,7 +256,7 @@ async fn wait_receipt(
     provider: &DynProvider,
     tx_hash: B256,
     poll: Duration,
-) -> Result<Receipt, EvmError> {
+) -> Result<Receipt, ChainError> {
     loop {
         if let Some(r) = provider
             .get_transaction_receipt(tx_hash)
@@ -342,7 +273,7 @@ async fn wait_receipt(
 
 /// Deploys `GovernanceVotingVerifier` with `anchoringKey` = the address of `private_key_hex`
 /// and returns the contract address once the deployment is mined.
-pub async fn deploy(rpc_url: &str, private_key_hex: &str) -> Result<[u8; 20], EvmError> {
+pub async fn deploy(rpc_url: &str, private_key_hex: &str) -> Result<[u8; 20], ChainError> {
     let signer = parse_key(private_key_hex)?;
     let owner = signer.address();
     let provider = http_provider(rpc_url, signer)?;
@@ -353,14 +284,14 @@ pub async fn deploy(rpc_url: &str, private_key_hex: &str) -> Result<[u8; 20], Ev
     let tx_hash = *pending.tx_hash();
     let receipt = wait_receipt(&provider, tx_hash, DEPLOY_POLL_INTERVAL).await?;
     if !receipt.status() {
-        return Err(EvmError::Reverted {
+        return Err(ChainError::EvmReverted {
             reason: "deployment transaction failed".to_owned(),
             tx_hash: Some(tx_hash.0),
         });
     }
-    let address = receipt
-        .contract_address()
-        .ok_or_else(|| EvmError::BadReceipt("deployment receipt has no contract address".into()))?;
+    let address = receipt.contract_address().ok_or_else(|| {
+        ChainError::EvmBadReceipt("deployment receipt has no contract address".into())
+    })?;
     Ok(address.into_array())
 }
 
@@ -387,14 +318,14 @@ impl fmt::Debug for EvmAnchor {
 impl EvmAnchor {
     /// Parses the key, checks that the node answers and that there is code at the contract
     /// address (`evm_unreachable` / `evm_no_contract` otherwise).
-    pub async fn connect(config: EvmAnchorConfig) -> Result<Self, EvmError> {
+    pub async fn connect(config: EvmAnchorConfig) -> Result<Self, ChainError> {
         let signer = parse_key(&config.private_key_hex)?;
         let provider = http_provider(&config.rpc_url, signer)?;
         provider.get_chain_id().await.map_err(from_rpc)?;
         let address = Address::from(config.contract);
         let code = provider.get_code_at(address).await.map_err(from_rpc)?;
         if code.is_empty() {
-            return Err(EvmError::NoContract {
+            return Err(ChainError::EvmNoContract {
                 address: hex::encode(config.contract),
             });
         }
@@ -420,9 +351,9 @@ impl EvmAnchor {
         &self,
         batch_root: [u8; 32],
         decision_ids: &[[u8; 16]],
-    ) -> Result<AnchorTx, EvmError> {
+    ) -> Result<AnchorTx, ChainError> {
         if decision_ids.is_empty() {
-            return Err(EvmError::InvalidInput(
+            return Err(ChainError::EvmInvalidInput(
                 "a batch needs at least one decision id".into(),
             ));
         }
@@ -436,14 +367,14 @@ impl EvmAnchor {
         let tx_hash = *pending.tx_hash();
         let receipt = wait_receipt(&self.provider, tx_hash, self.poll_interval).await?;
         if !receipt.status() {
-            return Err(EvmError::Reverted {
+            return Err(ChainError::EvmReverted {
                 reason: "recordBatch transaction failed (status 0)".to_owned(),
                 tx_hash: Some(tx_hash.0),
             });
         }
         let block_number = receipt
             .block_number()
-            .ok_or_else(|| EvmError::BadReceipt("receipt has no block number".into()))?;
+            .ok_or_else(|| ChainError::EvmBadReceipt("receipt has no block number".into()))?;
         let block_hash = receipt.block_hash();
         let batch_id = receipt
             .logs()
@@ -451,7 +382,9 @@ impl EvmAnchor {
             .filter(|l| l.address() == self.address)
             .find_map(|l| l.log_decode::<Gvv::BatchAnchored>().ok())
             .map(|l| l.inner.data.batchId)
-            .ok_or_else(|| EvmError::BadReceipt("no BatchAnchored log in the receipt".into()))?;
+            .ok_or_else(|| {
+                ChainError::EvmBadReceipt("no BatchAnchored log in the receipt".into())
+            })?;
 
         if self.confirmations > 0 {
             let target = block_number.saturating_add(self.confirmations);
@@ -466,7 +399,7 @@ impl EvmAnchor {
                 .map_err(from_rpc)?
             {
                 Some(r) if r.block_hash() == block_hash && r.status() => {}
-                _ => return Err(EvmError::Reorged { tx_hash: tx_hash.0 }),
+                _ => return Err(ChainError::EvmReorged { tx_hash: tx_hash.0 }),
             }
         }
         Ok(AnchorTx {
@@ -477,7 +410,7 @@ impl EvmAnchor {
     }
 
     /// The batch with this id, or `None` if it was never recorded.
-    pub async fn batch(&self, batch_id: u64) -> Result<Option<OnChainBatch>, EvmError> {
+    pub async fn batch(&self, batch_id: u64) -> Result<Option<OnChainBatch>, ChainError> {
         // `batch()` reverts with UnknownBatch for ids >= batchCount: compare first so that a
         // revert is never mistaken for "absent".
         let count = self
@@ -503,7 +436,7 @@ impl EvmAnchor {
     }
 
     /// Ids of the batches that anchored `decision_id`, oldest first (empty if none).
-    pub async fn decision_history(&self, decision_id: [u8; 16]) -> Result<Vec<u64>, EvmError> {
+    pub async fn decision_history(&self, decision_id: [u8; 16]) -> Result<Vec<u64>, ChainError> {
         self.contract
             .getHistoricalProof(FixedBytes::from(decision_id))
             .call()
@@ -517,7 +450,7 @@ impl EvmAnchor {
         &self,
         vote: &VoteProofArgs,
         anchor: &AnchorProofArgs,
-    ) -> Result<bool, EvmError> {
+    ) -> Result<bool, ChainError> {
         let vote = Gvv::VoteProof {
             leafHash: B256::from(vote.leaf_hash),
             leafIndex: vote.leaf_index,
@@ -538,7 +471,7 @@ impl EvmAnchor {
     }
 
     /// Latest block number of the node.
-    pub async fn block_number(&self) -> Result<u64, EvmError> {
+    pub async fn block_number(&self) -> Result<u64, ChainError> {
         self.provider.get_block_number().await.map_err(from_rpc)
     }
 

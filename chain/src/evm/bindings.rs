@@ -2,7 +2,7 @@
 //! (`{"abi": [...], "bytecode": "0x..."}`), so the deploy bytecode comes from it too.
 //!
 //! The artifact path is the single string literal below. A relative path is resolved against
-//! this crate's `CARGO_MANIFEST_DIR`; inside the workspace (crate at `<root>/evm/`) it becomes
+//! the crate's `CARGO_MANIFEST_DIR`; canopy-chain sits at `<root>/chain/`, so it is
 //! `"../contracts/artifacts/GovernanceVotingVerifier.json"`. The macro `include_bytes!`s the
 //! file, so editing the artifact rebuilds the crate.
 

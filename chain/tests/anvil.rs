@@ -1,4 +1,5 @@
-//! Against a real anvil (path in `CANOPY_ANVIL`; npm `@foundry-rs/anvil-linux-amd64@1.7.1`).
+//! The EVM client (feature `evm`) against a real anvil (path in `CANOPY_ANVIL`, which
+//! scripts/test sets; npm `@foundry-rs/anvil-linux-amd64@1.7.1`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -7,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use alloy::providers::{Provider, ProviderBuilder};
-use canopy_evm::{AnchorProofArgs, EvmAnchor, EvmAnchorConfig, EvmError, VoteProofArgs, deploy};
+use canopy_chain::ChainError;
+use canopy_chain::evm::{AnchorProofArgs, EvmAnchor, EvmAnchorConfig, VoteProofArgs, deploy};
 use sha2::{Digest, Sha256};
 
 /// anvil's first default account (the deployer and anchoring key).
@@ -100,7 +102,7 @@ fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn code<T: std::fmt::Debug>(r: Result<T, EvmError>) -> &'static str {
+fn code<T: std::fmt::Debug>(r: Result<T, ChainError>) -> &'static str {
     match r {
         Ok(v) => panic!("expected an error, got Ok({v:?})"),
         Err(e) => {
@@ -328,4 +330,63 @@ async fn waits_for_confirmations_with_block_time() {
         (b.root, b.entry_count, b.anchored_at_block),
         ([0x42; 32], 1, tx.block_number)
     );
+}
+
+#[tokio::test]
+async fn the_evm_target_anchors_a_batch_and_keeps_the_error_codes() {
+    use canopy_chain::evm::EvmTarget;
+    use canopy_chain::{AnchorBatch, AnchorEntry, AnchorTarget};
+
+    let anvil = Anvil::start(&[]);
+    let contract = deploy(&anvil.url, KEY0).await.expect("deploy");
+    let target = EvmTarget::connect(config(&anvil, KEY0, contract, 0))
+        .await
+        .expect("connect");
+    assert_eq!(target.name(), format!("evm:0x{}", hex(&contract)));
+
+    let entries = vec![
+        AnchorEntry {
+            decision_id: [1; 16],
+            tree_size: 3,
+            root: [0x31; 32],
+        },
+        AnchorEntry {
+            decision_id: [2; 16],
+            tree_size: 1,
+            root: [0x32; 32],
+        },
+    ];
+    let batch = AnchorBatch::new(entries).unwrap();
+    let receipt = target.anchor(7, &batch, "note").await.expect("anchor");
+    assert_eq!(receipt.chain_batch_id, Some(0));
+    assert!(receipt.tx_hash.as_deref().is_some_and(|h| h.len() == 66));
+    let stored = target.client().batch(0).await.unwrap().expect("batch 0");
+    assert_eq!(
+        (
+            stored.root,
+            stored.entry_count,
+            stored.anchored_at_block as i64
+        ),
+        (batch.root(), 2, receipt.block_number)
+    );
+    assert_eq!(
+        target.client().decision_history([2; 16]).await.unwrap(),
+        vec![0]
+    );
+
+    // Another key than the anchoring key: the contract's refusal comes back as it is.
+    let intruder = EvmTarget::connect(config(&anvil, KEY1, contract, 0))
+        .await
+        .unwrap();
+    let err = intruder.anchor(8, &batch, "note").await.unwrap_err();
+    assert_eq!(err.code(), "evm_reverted", "{err}");
+    assert!(!err.is_transient());
+    assert_eq!(
+        code(EvmTarget::connect(config(&anvil, KEY0, [0x11; 20], 0)).await),
+        "evm_no_contract"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
