@@ -81,12 +81,13 @@ pub enum ChainError {
         address: String,
     },
     /// The call or transaction reverted (also during gas estimation). Not transient.
-    #[error("EVM execution reverted: {reason}{}", tx_hash.map(|h| format!(" (tx 0x{})", hex::encode(h))).unwrap_or_default())]
+    #[error("EVM execution reverted: {reason}{}", tx_hash.as_ref().map(|h| format!(" (tx 0x{})", hex::encode(h.as_ref()))).unwrap_or_default())]
     EvmReverted {
         /// Decoded revert reason (custom error, `Error(string)`, panic) or raw data hex.
         reason: String,
-        /// Set when a mined transaction failed (status 0).
-        tx_hash: Option<[u8; 32]>,
+        /// Set when a mined transaction failed (status 0). Boxed: every error type above
+        /// this one embeds ChainError, so its size is theirs.
+        tx_hash: Option<Box<[u8; 32]>>,
     },
     /// The sending account cannot pay for gas.
     #[error("insufficient funds for gas: {0}")]
@@ -104,11 +105,11 @@ pub enum ChainError {
     /// Transient: resubmitting may anchor the batch again under a new id.
     #[error(
         "transaction 0x{} left the canonical chain while awaiting confirmations",
-        hex::encode(tx_hash)
+        hex::encode(tx_hash.as_ref())
     )]
     EvmReorged {
         /// The transaction that was mined and then dropped.
-        tx_hash: [u8; 32],
+        tx_hash: Box<[u8; 32]>,
     },
 }
 

@@ -9,8 +9,9 @@ use canopy_serving::ServingError;
 /// parts' own errors keep their stable codes.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// Boxed: the API's error is large, and every start-up step returns this type.
     #[error(transparent)]
-    Serving(#[from] ServingError),
+    Serving(Box<ServingError>),
     #[error(transparent)]
     Schema(#[from] SchemaError),
     #[error(transparent)]
@@ -23,6 +24,12 @@ pub enum NodeError {
     Chain(#[from] ChainError),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<ServingError> for NodeError {
+    fn from(error: ServingError) -> Self {
+        Self::Serving(Box::new(error))
+    }
 }
 
 impl NodeError {

@@ -291,9 +291,11 @@ impl Node {
             .jwt_key
             .clone()
             .unwrap_or_else(|| config.data_dir.join("keys").join("jwt-rs256.pem"));
-        let keys = tokio::task::spawn_blocking(move || TokenKeys::load_or_generate(&key_path))
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))??;
+        let keys = tokio::task::spawn_blocking(move || {
+            TokenKeys::load_or_generate(&key_path).map_err(NodeError::from)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))??;
         let log: Arc<dyn VoteLog> = match config.kafka.clone() {
             Some(kafka) => tokio::task::spawn_blocking(move || KafkaLog::connect(kafka))
                 .await

@@ -286,7 +286,7 @@ pub async fn deploy(rpc_url: &str, private_key_hex: &str) -> Result<[u8; 20], Ch
     if !receipt.status() {
         return Err(ChainError::EvmReverted {
             reason: "deployment transaction failed".to_owned(),
-            tx_hash: Some(tx_hash.0),
+            tx_hash: Some(Box::new(tx_hash.0)),
         });
     }
     let address = receipt.contract_address().ok_or_else(|| {
@@ -369,7 +369,7 @@ impl EvmAnchor {
         if !receipt.status() {
             return Err(ChainError::EvmReverted {
                 reason: "recordBatch transaction failed (status 0)".to_owned(),
-                tx_hash: Some(tx_hash.0),
+                tx_hash: Some(Box::new(tx_hash.0)),
             });
         }
         let block_number = receipt
@@ -399,7 +399,11 @@ impl EvmAnchor {
                 .map_err(from_rpc)?
             {
                 Some(r) if r.block_hash() == block_hash && r.status() => {}
-                _ => return Err(ChainError::EvmReorged { tx_hash: tx_hash.0 }),
+                _ => {
+                    return Err(ChainError::EvmReorged {
+                        tx_hash: Box::new(tx_hash.0),
+                    });
+                }
             }
         }
         Ok(AnchorTx {
