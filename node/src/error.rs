@@ -46,3 +46,17 @@ impl NodeError {
         }
     }
 }
+
+/// Runs blocking start-up work (files, connections, thread starts) off the async threads.
+pub(crate) async fn blocking<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, NodeError>
+where
+    T: Send + 'static,
+    E: Into<NodeError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+        .map_err(Into::into)
+}

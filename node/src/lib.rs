@@ -21,9 +21,12 @@
 mod error;
 pub mod lake;
 pub mod node;
+mod readiness;
 pub mod record;
 pub mod redis;
+pub mod sensors;
 pub mod worker;
 
 pub use error::NodeError;
 pub use node::{Node, NodeConfig};
+pub use sensors::SensorSettings;

@@ -6,35 +6,29 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use canopy_chain::AnchorTarget;
+use canopy_analytics::{LakeSql, LakeViews};
+use canopy_chain::{AnchorTarget, NoteSigner};
 use canopy_dataflow::{
-    AlertRules, AnomalyModel, EngineConfig, InMemoryViews, RecordConfig, Retention, Scorer,
-    ScorerConfig, SensorEngine, SensorEngineConfig, SensorViews, StateStore, TallyEngine,
-    ViewStore,
+    EngineConfig, InMemoryViews, RecordConfig, StateStore, TallyEngine, ViewStore, VoteRecord,
 };
-use canopy_ingest::{
-    Gate, KafkaConfig, KafkaLog, KafkaSensorLog, SegmentLog, SegmentLogConfig, SensorLog,
-    SensorSegmentLog, VoteLog,
-};
-use canopy_schemas::SensorRegistry;
-use canopy_serving::salts::SaltCache;
-use canopy_serving::state::ReplicaNotices;
-
-use canopy_analytics::{FinalWindows, LakeSql, LakeViews};
-
-use crate::NodeError;
-use crate::lake::{LakeFeed, LakeSettings, lake_loop};
-use crate::record::{AnchorConfig, Anchorer, anchor_loop, open_record, record_signer};
-use crate::redis::{RedisViews, ReplicaCoordinator};
-use crate::worker::{RedisTarget, SqlStateStore};
+use canopy_ingest::{Gate, KafkaConfig, KafkaLog, SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_schemas::Decision;
 use canopy_schemas::clock::now_micros;
 use canopy_serving::api::router;
 use canopy_serving::auth::TokenKeys;
 use canopy_serving::limits::RateLimiter;
-use canopy_serving::state::AnalyticsService;
-use canopy_serving::state::SensorService;
-use canopy_serving::state::{ApiConfig, AppState};
+use canopy_serving::salts::SaltCache;
+use canopy_serving::state::{AnalyticsService, ApiConfig, AppState, ReplicaNotices};
 use canopy_serving::store::{MetadataStore, PostgresStore, SqliteStore};
+
+use crate::NodeError;
+use crate::error::blocking;
+use crate::lake::{LakeFeed, LakeSettings, lake_loop};
+use crate::readiness::become_ready_after_replay;
+use crate::record::{AnchorConfig, Anchorer, anchor_loop, open_record, record_signer};
+use crate::redis::{RedisViews, ReplicaCoordinator};
+use crate::sensors::{SensorSettings, start_sensors};
+use crate::worker::{RedisTarget, SqlStateStore};
 
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -68,33 +62,6 @@ pub struct NodeConfig {
     pub sensors: SensorSettings,
     /// The analytics lake, in a node that runs the engine.
     pub lake: Option<LakeSettings>,
-}
-
-/// Sensor data: its log, features dataflow, model and alerts.
-#[derive(Clone, Debug)]
-pub struct SensorSettings {
-    /// Whether a node that runs the engine also takes sensor readings.
-    pub enabled: bool,
-    pub engine: SensorEngineConfig,
-    pub retention: Retention,
-    pub alert_rules: AlertRules,
-    /// ONNX Runtime's shared library (`libonnxruntime.so`); `ORT_DYLIB_PATH` if absent.
-    /// Without one the z-scores still flag anomalies but the model scores nothing.
-    pub onnxruntime: Option<PathBuf>,
-    pub scorer: ScorerConfig,
-}
-
-impl Default for SensorSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            engine: SensorEngineConfig::default(),
-            retention: Retention::default(),
-            alert_rules: AlertRules::defaults(),
-            onnxruntime: None,
-            scorer: ScorerConfig::default(),
-        }
-    }
 }
 
 impl NodeConfig {
@@ -141,111 +108,6 @@ pub async fn open_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, N
     Ok(store)
 }
 
-/// Opens the sensor log (`<data>/sensors`), loads the registry, starts the features
-/// dataflow, the model's scorer (when ONNX Runtime is there) and the alert fan-out.
-async fn start_sensors(
-    config: &NodeConfig,
-    store: &Arc<dyn MetadataStore>,
-    keep_lake: bool,
-) -> Result<SensorService, NodeError> {
-    let settings = &config.sensors;
-    let log: Arc<dyn SensorLog> = match config.kafka.clone() {
-        // Beside the vote topic: `<topic>-sensors`, keyed by region.
-        Some(mut kafka) => {
-            kafka.topic = format!("{}-sensors", kafka.topic);
-            tokio::task::spawn_blocking(move || KafkaSensorLog::connect(kafka))
-                .await
-                .map_err(|e| NodeError::Internal(e.to_string()))?
-                .map(Arc::new)?
-        }
-        None => Arc::new(SensorSegmentLog::open(
-            config.data_dir.join("sensors"),
-            SegmentLogConfig::default(),
-        )?),
-    };
-    let mut registry = SensorRegistry::new();
-    for sensor in store.sensors().await? {
-        registry.insert(sensor)?;
-    }
-    let views = Arc::new(SensorViews::new(
-        log.partitions(),
-        settings.engine.windows.clone(),
-        settings.retention,
-        settings.alert_rules.clone(),
-    ));
-    // Before the engine starts: the lake must see every window, replay included.
-    let final_windows = keep_lake.then(|| FinalWindows::attach(&views));
-    let (alerts, _) = tokio::sync::broadcast::channel(1024);
-    {
-        let (alerts, store) = (alerts.clone(), Arc::clone(store));
-        let runtime = tokio::runtime::Handle::current();
-        views.on_alert(move |alert| {
-            tracing::warn!(region = %alert.region, metric = %alert.metric, kind = %alert.kind, value = alert.value, "sensor alert");
-            let detail = serde_json::to_string(&alert).unwrap_or_default();
-            let _ = alerts.send(alert);
-            let store = Arc::clone(&store);
-            runtime.spawn(async move {
-                if let Err(error) = store
-                    .append_audit("system", "sensor_alert", &detail, now_micros())
-                    .await
-                {
-                    tracing::error!(%error, "could not write a sensor alert to the audit trail");
-                }
-            });
-        });
-    }
-    // The scorer first: it must see every window the engine publishes, replay included.
-    let library = settings
-        .onnxruntime
-        .clone()
-        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));
-    let (scorer, scorer_unavailable) = match library {
-        None => {
-            let reason =
-                "no ONNX Runtime library (set ORT_DYLIB_PATH; scripts/onnxruntime fetches it)";
-            tracing::warn!("{reason}: sensor windows are flagged by z-score only");
-            (None, Some(reason.to_string()))
-        }
-        Some(library) => {
-            match tokio::task::spawn_blocking(move || AnomalyModel::load_embedded(&library))
-                .await
-                .map_err(|e| NodeError::Internal(e.to_string()))?
-            {
-                Ok(model) => (
-                    Some(Scorer::start(
-                        model,
-                        Arc::clone(&views),
-                        settings.scorer.clone(),
-                    )),
-                    None,
-                ),
-                Err(error) => {
-                    tracing::warn!(%error, "the anomaly model is unavailable: sensor windows are flagged by z-score only");
-                    (None, Some(error.to_string()))
-                }
-            }
-        }
-    };
-    let engine_config = settings.engine.clone();
-    let (engine_log, engine_views) = (Arc::clone(&log), Arc::clone(&views));
-    let engine = tokio::task::spawn_blocking(move || {
-        SensorEngine::start(engine_config, engine_log, engine_views)
-    })
-    .await
-    .map_err(|e| NodeError::Internal(e.to_string()))??;
-    Ok(SensorService {
-        log,
-        registry: std::sync::RwLock::new(registry),
-        views,
-        engine: Some(engine),
-        scorer,
-        scorer_unavailable,
-        alerts,
-        closing: tokio::sync::watch::Sender::new(false),
-        final_windows,
-    })
-}
-
 pub struct Node {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
@@ -284,111 +146,191 @@ async fn replica_heartbeat(coordinator: Arc<ReplicaCoordinator>, state: Arc<AppS
     }
 }
 
+/// The RS256 key pair: the configured file, or one generated under the data directory.
+async fn load_token_keys(config: &NodeConfig) -> Result<TokenKeys, NodeError> {
+    let key_path = config
+        .jwt_key
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("keys").join("jwt-rs256.pem"));
+    blocking(move || TokenKeys::load_or_generate(&key_path).map_err(NodeError::from)).await
+}
+
+/// The vote log: a Kafka topic, or the segment log under `<data>/votes`.
+async fn open_vote_log(config: &NodeConfig) -> Result<Arc<dyn VoteLog>, NodeError> {
+    Ok(match config.kafka.clone() {
+        Some(kafka) => Arc::new(blocking(move || KafkaLog::connect(kafka)).await?),
+        None => Arc::new(SegmentLog::open(
+            config.data_dir.join("votes"),
+            SegmentLogConfig::default(),
+        )?),
+    })
+}
+
+/// Results: in Redis (a cluster's workers write them), or in this process.
+async fn open_views(config: &NodeConfig) -> Result<Arc<dyn ViewStore>, NodeError> {
+    Ok(match config.redis.clone() {
+        Some(redis) => {
+            Arc::new(blocking(move || RedisViews::connect(&redis.url, &redis.prefix)).await?)
+        }
+        None => Arc::new(InMemoryViews::new()),
+    })
+}
+
+/// The other API replicas of a cluster, through Redis.
+async fn connect_coordinator(
+    config: &NodeConfig,
+) -> Result<Option<Arc<ReplicaCoordinator>>, NodeError> {
+    let Some(redis) = config.redis.clone() else {
+        return Ok(None);
+    };
+    let coordinator =
+        blocking(move || ReplicaCoordinator::connect(&redis.url, &redis.prefix)).await?;
+    Ok(Some(Arc::new(coordinator)))
+}
+
+/// What a node that runs the engine has started: the engine, the record it grows, and the
+/// anchoring loop over the record's checkpoints.
+struct Tally {
+    engine: Arc<TallyEngine>,
+    record: Arc<VoteRecord>,
+    anchoring: tokio::task::JoinHandle<()>,
+}
+
+async fn start_tally(
+    config: &NodeConfig,
+    store: &Arc<dyn MetadataStore>,
+    signer: &Arc<NoteSigner>,
+    log: &Arc<dyn VoteLog>,
+    views: Arc<dyn ViewStore>,
+    decisions: Vec<Decision>,
+    anchor_stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Tally, NodeError> {
+    let record = open_record(
+        store,
+        signer,
+        &config.record_origin,
+        &config.record,
+        log.partitions(),
+    )
+    .await?;
+    let runtime = tokio::runtime::Handle::current();
+    let engine_config = EngineConfig {
+        workers: config.workers,
+        state: config.engine_checkpoints.then(|| {
+            Arc::new(SqlStateStore::new(Arc::clone(store), runtime.clone())) as Arc<dyn StateStore>
+        }),
+        ..EngineConfig::default()
+    };
+    let (engine_log, engine_record) = (Arc::clone(log), Arc::clone(&record));
+    let engine = blocking(move || {
+        TallyEngine::start(
+            engine_config,
+            engine_log,
+            views,
+            Some(engine_record),
+            decisions,
+        )
+    })
+    .await?;
+    let anchorer = Anchorer::new(
+        store,
+        signer,
+        &config.record_origin,
+        &config.anchor,
+        config.anchor_target.as_ref(),
+        &config.data_dir,
+    );
+    Ok(Tally {
+        engine: Arc::new(engine),
+        record,
+        anchoring: tokio::spawn(anchor_loop(anchorer, anchor_stop)),
+    })
+}
+
+/// The HTTP listener, serving until `stop` fires.
+struct Listener {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn listen(address: SocketAddr, state: &Arc<AppState>) -> Result<Listener, NodeError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| NodeError::Internal(format!("listening on {address}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(Arc::clone(state)).into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(Listener { addr, stop, server })
+}
+
 impl Node {
+    /// Opens the store, keys, logs and views, starts the engines, loops and the listener;
+    /// the node turns ready once its views have replayed the logs.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let store = open_store(&config).await?;
-        let key_path = config
-            .jwt_key
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("keys").join("jwt-rs256.pem"));
-        let keys = tokio::task::spawn_blocking(move || {
-            TokenKeys::load_or_generate(&key_path).map_err(NodeError::from)
-        })
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))??;
-        let log: Arc<dyn VoteLog> = match config.kafka.clone() {
-            Some(kafka) => tokio::task::spawn_blocking(move || KafkaLog::connect(kafka))
-                .await
-                .map_err(|e| NodeError::Internal(e.to_string()))?
-                .map(Arc::new)?,
-            None => {
-                let log_dir = config.data_dir.join("votes");
-                Arc::new(SegmentLog::open(&log_dir, SegmentLogConfig::default())?)
-            }
-        };
+        let keys = load_token_keys(&config).await?;
+        let log = open_vote_log(&config).await?;
         let gate = Arc::new(Gate::new(Arc::clone(&log)));
         let decisions = store.decisions().await?;
         let now = now_micros();
         for decision in &decisions {
             gate.register(decision.clone(), now)?;
         }
-        let views: Arc<dyn ViewStore> = match config.redis.clone() {
-            Some(redis) => {
-                tokio::task::spawn_blocking(move || RedisViews::connect(&redis.url, &redis.prefix))
-                    .await
-                    .map_err(|e| NodeError::Internal(e.to_string()))?
-                    .map(Arc::new)?
-            }
-            None => Arc::new(InMemoryViews::new()),
-        };
+        let views = open_views(&config).await?;
         let keep_lake = config.run_engine && config.lake.is_some();
         // The engine publishes through the lake's recorder of tally changes.
         let tally_changes = keep_lake.then(|| Arc::new(LakeViews::new(Arc::clone(&views))));
         let signer = record_signer(&config.data_dir, &config.record_origin).await?;
-        let coordinator = match config.redis.clone() {
-            Some(redis) => Some(Arc::new(
-                tokio::task::spawn_blocking(move || {
-                    ReplicaCoordinator::connect(&redis.url, &redis.prefix)
-                })
-                .await
-                .map_err(|e| NodeError::Internal(e.to_string()))??,
-            )),
-            None => None,
-        };
-        let mut engine = None;
-        let mut record = None;
-        let mut anchor_task = None;
+        let coordinator = connect_coordinator(&config).await?;
         let (anchoring, anchor_stop) = tokio::sync::watch::channel(false);
-        if config.run_engine {
-            let vote_record = open_record(
-                &store,
-                &signer,
-                &config.record_origin,
-                &config.record,
-                log.partitions(),
-            )
-            .await?;
-            let runtime = tokio::runtime::Handle::current();
-            let engine_config = EngineConfig {
-                workers: config.workers,
-                state: config.engine_checkpoints.then(|| {
-                    Arc::new(SqlStateStore::new(Arc::clone(&store), runtime.clone()))
-                        as Arc<dyn StateStore>
-                }),
-                ..EngineConfig::default()
-            };
-            let engine_log = Arc::clone(&log);
+        let tally = if config.run_engine {
             let engine_views = match &tally_changes {
                 Some(recorder) => Arc::clone(recorder) as Arc<dyn ViewStore>,
                 None => Arc::clone(&views),
             };
-            let engine_record = Arc::clone(&vote_record);
-            engine = Some(Arc::new(
-                tokio::task::spawn_blocking(move || {
-                    TallyEngine::start(
-                        engine_config,
-                        engine_log,
-                        engine_views,
-                        Some(engine_record),
-                        decisions,
-                    )
-                })
-                .await
-                .map_err(|e| NodeError::Internal(e.to_string()))??,
-            ));
-            record = Some(vote_record);
-            let anchorer = Anchorer::new(
+            let tally = start_tally(
+                &config,
                 &store,
                 &signer,
-                &config.record_origin,
-                &config.anchor,
-                config.anchor_target.as_ref(),
-                &config.data_dir,
-            );
-            anchor_task = Some(tokio::spawn(anchor_loop(anchorer, anchor_stop)));
-        }
+                &log,
+                engine_views,
+                decisions,
+                anchor_stop,
+            )
+            .await?;
+            Some(tally)
+        } else {
+            None
+        };
+        let (engine, record, anchor_task) = match tally {
+            Some(tally) => (
+                Some(tally.engine),
+                Some(tally.record),
+                Some(tally.anchoring),
+            ),
+            None => (None, None, None),
+        };
         let sensors = if config.run_engine && config.sensors.enabled {
-            Some(Arc::new(start_sensors(&config, &store, keep_lake).await?))
+            Some(Arc::new(
+                start_sensors(
+                    &config.sensors,
+                    &config.data_dir,
+                    config.kafka.clone(),
+                    &store,
+                    keep_lake,
+                )
+                .await?,
+            ))
         } else {
             None
         };
@@ -436,81 +378,8 @@ impl Node {
         let heartbeat = coordinator
             .clone()
             .map(|coordinator| tokio::spawn(replica_heartbeat(coordinator, Arc::clone(&state))));
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| NodeError::Internal(format!("listening on {}: {e}", config.listen)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        // Ready once the views have caught up with the logs as they were at start: until then
-        // a replica would serve results that miss acknowledged votes or readings.
-        let log = state.gate.log();
-        let vote_targets: Vec<(u32, u64)> = (0..log.partitions())
-            .map(|p| log.end_offset(p).map(|end| (p, end)))
-            .collect::<Result<_, _>>()?;
-        let sensor_targets: Vec<(u32, u64)> = match &state.sensors {
-            Some(sensors) => (0..sensors.log.partitions())
-                .map(|p| sensors.log.end_offset(p).map(|end| (p, end)))
-                .collect::<Result<_, _>>()?,
-            None => Vec::new(),
-        };
-        let total: u64 = vote_targets
-            .iter()
-            .chain(&sensor_targets)
-            .map(|(_, end)| end)
-            .sum();
-        let replayed = move |state: &AppState| -> u64 {
-            let votes: u64 = vote_targets
-                .iter()
-                .map(|(p, end)| state.views.frontier(*p).min(*end))
-                .sum();
-            let readings: u64 = state.sensors.as_ref().map_or(0, |sensors| {
-                sensor_targets
-                    .iter()
-                    .map(|(p, end)| sensors.views.frontier(*p).min(*end))
-                    .sum()
-            });
-            votes + readings
-        };
-        if replayed(&state) >= total {
-            state.ready.store(true, Ordering::Release);
-        } else {
-            tracing::info!(
-                records = total,
-                "replaying the vote and sensor logs; not ready until it is done"
-            );
-            let catching_up = Arc::clone(&state);
-            tokio::spawn(async move {
-                let started = std::time::Instant::now();
-                let mut last_report = started;
-                loop {
-                    let done = replayed(&catching_up);
-                    if done >= total {
-                        tracing::info!(
-                            records = total,
-                            seconds = started.elapsed().as_secs_f64(),
-                            "caught up with the logs; ready"
-                        );
-                        catching_up.ready.store(true, Ordering::Release);
-                        return;
-                    }
-                    if last_report.elapsed() >= std::time::Duration::from_secs(2) {
-                        tracing::info!(done, total, "replaying the logs");
-                        last_report = std::time::Instant::now();
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            });
-        }
+        let Listener { addr, stop, server } = listen(config.listen, &state).await?;
+        become_ready_after_replay(&state)?;
         Ok(Node {
             addr,
             state,
