@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore};
-use canopy_ingest::{SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_ingest::{EntryLog, SegmentLog, SegmentLogConfig};
 use canopy_schemas::Decision;
 
 pub fn log_dir(data_dir: &Path) -> PathBuf {

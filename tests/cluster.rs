@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use canopy_chain::{MerkleLog, leaf_hash};
 use canopy_dataflow::{Tally, ViewStore, recount};
-use canopy_ingest::{KafkaConfig, KafkaLog, LogRecord, VoteLog};
+use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, LogRecord};
 use canopy_node::redis::RedisViews;
 use canopy_schemas::*;
 use canopy_serving::auth::Role;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore, recount};
-use canopy_ingest::{LogRecord, Position, SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_ingest::{EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig};
 use canopy_schemas::{Decision, VoteId};
 use rand::{Rng, SeedableRng};
 

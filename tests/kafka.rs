@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use canopy_ingest::{KafkaConfig, KafkaLog, Position, VoteLog};
+use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, Position};
 use common::*;
 use serde_json::{Value, json};
 

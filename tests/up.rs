@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use canopy_ingest::{Position, SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_ingest::{EntryLog, Position, SegmentLog, SegmentLogConfig};
 use canopy_schemas::VoteId;
 use serde_json::{Value, json};
 

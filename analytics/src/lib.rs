@@ -38,7 +38,7 @@ pub use sql::{BatchEncoder, LakeSql, OutputFormat, QueryStream, SqlLimits, rende
 pub use store::LakeLocation;
 pub use trends::{TimeRange, TrendBucket, TrendsSubject, trend_points, trends_sql};
 pub use votes::{
-    LogLake, LogSource, LogTable, ReadingLake, Readings, SyncCursor, SyncReport, VoteLake, Votes,
-    sync_log, sync_readings, sync_votes, vote_schema,
+    LogLake, LogTable, ReadingLake, Readings, SyncCursor, SyncReport, VoteLake, Votes, sync_log,
+    sync_readings, sync_votes, vote_schema,
 };
 pub use writer::{FinalWindows, LakeViews, LakeWriter, WriterReport};

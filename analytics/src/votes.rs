@@ -15,7 +15,7 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
-use canopy_ingest::{IngestError, LogRecord, SensorLog, SensorRecord, VoteLog};
+use canopy_ingest::{EntryLog, LogEntry, LogRecord, SensorLog, SensorRecord, VoteLog};
 
 use crate::AnalyticsError;
 use crate::lake::{FileName, LakeConfig, TableFiles, date_folder, day_of, parquet_error};
@@ -317,44 +317,8 @@ fn space(partition: u32) -> String {
     format!("p{partition:04}")
 }
 
-/// A log as the lake reads it.
-pub trait LogSource<E> {
-    fn partitions(&self) -> u32;
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<E>, IngestError>;
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError>;
-}
-
-impl LogSource<LogRecord> for dyn VoteLog + '_ {
-    fn partitions(&self) -> u32 {
-        VoteLog::partitions(self)
-    }
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
-        VoteLog::read(self, partition, from, max)
-    }
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
-        VoteLog::end_offset(self, partition)
-    }
-}
-
-impl LogSource<SensorRecord> for dyn SensorLog + '_ {
-    fn partitions(&self) -> u32 {
-        SensorLog::partitions(self)
-    }
-    fn read(
-        &self,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<SensorRecord>, IngestError> {
-        SensorLog::read(self, partition, from, max)
-    }
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
-        SensorLog::end_offset(self, partition)
-    }
-}
-
 /// Reads exactly offsets `first..=last` of `partition`.
-fn read_exact<T: LogTable, L: LogSource<T::Entry> + ?Sized>(
+fn read_exact<T: LogTable, E: LogEntry<Record = T::Entry>, L: EntryLog<E> + ?Sized>(
     log: &L,
     partition: u32,
     first: u64,
@@ -395,7 +359,7 @@ pub struct SyncCursor {
 
 /// Copies a log into its table: per partition, at the first call the last range found is
 /// written again; then everything after it, in ranges of at most `range_rows`.
-pub fn sync_log<T: LogTable, L: LogSource<T::Entry> + ?Sized>(
+pub fn sync_log<T: LogTable, E: LogEntry<Record = T::Entry>, L: EntryLog<E> + ?Sized>(
     lake: &LogLake<T>,
     log: &L,
     range_rows: usize,
@@ -407,7 +371,7 @@ pub fn sync_log<T: LogTable, L: LogSource<T::Entry> + ?Sized>(
         let mut next = vec![0; partitions as usize];
         for partition in 0..partitions {
             if let Some((first, last)) = lake.last_range(partition)? {
-                let records = read_exact::<T, L>(log, partition, first, last)?;
+                let records = read_exact::<T, E, L>(log, partition, first, last)?;
                 report.files += lake.write_range(partition, &records)?;
                 report.rewritten_ranges += 1;
                 next[partition as usize] = last + 1;

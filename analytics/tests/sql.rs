@@ -15,7 +15,7 @@ use canopy_analytics::{
     sync_votes,
 };
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore, recount};
-use canopy_ingest::{SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_ingest::{EntryLog, SegmentLog, SegmentLogConfig, VoteLog};
 use canopy_schemas::{
     Component, Decision, DecisionId, LoggedVote, Vote, VoteId, VoterId, VoterSalt, Weight,
 };

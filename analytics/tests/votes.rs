@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use canopy_analytics::{LakeConfig, VoteLake, sync_votes};
-use canopy_ingest::{SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_ingest::{EntryLog, SegmentLog, SegmentLogConfig, VoteLog};
 use canopy_schemas::{Component, DecisionId, LoggedVote, Vote, VoteId, VoterId, VoterSalt, Weight};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng, SeedableRng};

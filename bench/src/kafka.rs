@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use canopy_dataflow::{ClusterConfig, EngineConfig, TallyEngine, ViewStore};
-use canopy_ingest::{KafkaConfig, KafkaLog, VoteLog};
+use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog};
 use canopy_node::redis::RedisViews;
 use canopy_schemas::LoggedVote;
 use serde_json::json;

@@ -12,7 +12,7 @@ use canopy_dataflow::{
     CheckpointSink, CutCheckpoint, InMemoryViews, RecordConfig, ViewStore, VoteRecord,
     build_tally_dataflow, recount,
 };
-use canopy_ingest::{LogRecord, Position, SegmentLog, SegmentLogConfig, VoteLog, partition_for};
+use canopy_ingest::{EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig, partition_for};
 use canopy_schemas::synthetic::random_vote;
 use canopy_schemas::{
     ComponentWeights, Decision, DecisionId, LoggedVote, Method, VoterCommitment, VoterId, VoterSalt,

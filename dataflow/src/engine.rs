@@ -15,6 +15,7 @@ use timely::worker::Worker;
 
 use crate::DataflowError;
 use crate::epoch::Epoch;
+use crate::log_reader::PartitionCursors;
 use crate::record::VoteRecord;
 use crate::state::{EngineSnapshot, StateChunk, StateStore, decode_entries, encode_entries};
 use crate::tally::{TallyInputs, build_tally_dataflow};
@@ -89,9 +90,6 @@ pub struct ClusterConfig {
 pub trait DecisionDirectory: Send + Sync {
     fn lookup(&self, decision: DecisionId) -> Option<Decision>;
 }
-
-/// How long a worker waits before reading again after a transient log error.
-const TRANSIENT_RETRY: Duration = Duration::from_millis(200);
 
 /// How often worker 0 applies the record's time-based checkpoint rule.
 const RECORD_TICK: Duration = Duration::from_millis(100);
@@ -270,8 +268,7 @@ struct TallyWorker<'a> {
     partitions: u32,
     inputs: TallyInputs,
     /// The partitions this worker reads, and the offset to read next in each.
-    mine: Vec<u32>,
-    next: Vec<u64>,
+    cursors: PartitionCursors,
     decisions_version: u64,
     next_checkpoint: u64,
     last_mark: Instant,
@@ -299,13 +296,11 @@ impl<'a> TallyWorker<'a> {
             inputs.restore(&entries);
         }
         let resume: HashMap<u32, u64> = snapshot.ends.iter().copied().collect();
-        let mine = partitions_of(index, peers, partitions);
-        let next: Vec<u64> = mine
-            .iter()
-            .map(|p| resume.get(p).copied().unwrap_or(0))
-            .collect();
-        for (partition, end) in mine.iter().zip(&next) {
-            inputs.note_end(*partition, *end);
+        let cursors = PartitionCursors::new(partitions_of(index, peers, partitions), |p| {
+            resume.get(&p).copied().unwrap_or(0)
+        });
+        for (partition, end) in cursors.ends() {
+            inputs.note_end(partition, end);
         }
         Ok(Self {
             context,
@@ -313,8 +308,7 @@ impl<'a> TallyWorker<'a> {
             peers,
             partitions,
             inputs,
-            mine,
-            next,
+            cursors,
             decisions_version: 0,
             next_checkpoint: snapshot.seq + 1,
             last_mark: Instant::now(),
@@ -366,41 +360,26 @@ impl<'a> TallyWorker<'a> {
     /// Reads what is new in each of this worker's partitions into the current epoch;
     /// returns how many records it fed.
     fn read(&mut self) -> Result<usize, String> {
-        let config = &self.context.config;
-        let mut fed = 0;
-        for slot in 0..self.mine.len() {
-            let partition = self.mine[slot];
-            let batch =
-                match self
-                    .context
-                    .log
-                    .read(partition, self.next[slot], config.max_epoch_records)
-                {
-                    Ok(batch) => batch,
-                    // A broker that is away: results wait (reads of a position time out) and
-                    // the worker tries again; nothing is skipped.
-                    Err(error) if error.is_transient() => {
-                        tracing::warn!(partition, %error, "reading the vote log failed; retrying");
-                        std::thread::sleep(TRANSIENT_RETRY);
-                        continue;
+        let context = self.context;
+        // Out of `self` while they read, so that feeding a record may look at `self`.
+        let mut cursors = std::mem::take(&mut self.cursors);
+        let fed = cursors.read_pass(
+            &*context.log,
+            context.config.max_epoch_records,
+            |partition, batch, end| {
+                for record in batch {
+                    let decision = record.vote.decision_id;
+                    if !self.inputs.knows(decision) {
+                        learn_decision(&context.config, &context.shared, decision);
+                        self.sync_decisions();
                     }
-                    Err(error) => return Err(error.to_string()),
-                };
-            for record in &batch {
-                let decision = record.vote.decision_id;
-                if !self.inputs.knows(decision) {
-                    learn_decision(config, &self.context.shared, decision);
-                    self.sync_decisions();
+                    self.inputs.push(record);
                 }
-                self.inputs.push(record);
-            }
-            if let Some(last) = batch.last() {
-                self.next[slot] = last.position.offset + 1;
-            }
-            self.inputs.note_end(partition, self.next[slot]);
-            fed += batch.len();
-        }
-        Ok(fed)
+                self.inputs.note_end(partition, end);
+            },
+        );
+        self.cursors = cursors;
+        fed.map_err(|error| error.to_string())
     }
 
     /// Moves the shared epoch on when this worker has something new.

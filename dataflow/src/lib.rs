@@ -23,7 +23,8 @@
 //! Modules, each importing only those listed before it:
 //! - `error`, `arithmetic` (ballots in, a [`Tally`] out), `sensor_windows` (window stats,
 //!   z-scores, the lateness gate, the features oracle), `epoch` (epoch buffering, log ends
-//!   per epoch, the sink that publishes complete epochs), `worker_pool` (start, stop, join);
+//!   per epoch, the sink that publishes complete epochs), `worker_pool` (start, stop, join),
+//!   `log_reader` (a worker's partitions read from a log, transient errors waited out);
 //! - `record` (the Merkle logs), `state` (checkpoint entries and their store), `views`,
 //!   `sensor_views`, `scoring`, `recount`;
 //! - `tally/` (the tally dataflow: the latest-vote fold, the count, the record operator,
@@ -36,6 +37,7 @@ mod arithmetic;
 mod engine;
 mod epoch;
 mod error;
+mod log_reader;
 mod record;
 mod recount;
 mod scoring;

@@ -10,12 +10,11 @@ use timely::Config;
 use timely::worker::Worker;
 
 use crate::DataflowError;
+use crate::log_reader::PartitionCursors;
 use crate::sensor_views::SensorViews;
 use crate::sensor_windows::WindowConfig;
 use crate::sensors::build_sensor_dataflow;
 use crate::worker_pool::{StopFlag, WorkerPool, partitions_of};
-
-const TRANSIENT_RETRY: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug)]
 pub struct SensorEngineConfig {
@@ -102,35 +101,25 @@ fn drive_worker(
     } = context;
     let mut inputs = build_sensor_dataflow(worker, config.windows.clone(), Arc::clone(views));
     let mine = partitions_of(worker.index(), worker.peers(), log.partitions());
-    let mut next = vec![0u64; mine.len()];
-    for partition in &mine {
-        inputs.note_end(*partition, 0);
+    let mut cursors = PartitionCursors::new(mine, |_| 0);
+    for (partition, end) in cursors.ends() {
+        inputs.note_end(partition, end);
     }
     let fail = |reason: String| {
         views.fail(reason.clone());
         Err(reason)
     };
     while !stop.is_raised() {
-        let mut fed = 0;
-        for (slot, partition) in mine.iter().enumerate() {
-            let batch = match log.read(*partition, next[slot], config.max_epoch_records) {
-                Ok(batch) => batch,
-                Err(error) if error.is_transient() => {
-                    tracing::warn!(partition, %error, "reading the sensor log failed; retrying");
-                    std::thread::sleep(TRANSIENT_RETRY);
-                    continue;
-                }
-                Err(error) => return fail(error.to_string()),
-            };
-            for record in &batch {
+        let read = cursors.read_pass(&**log, config.max_epoch_records, |partition, batch, end| {
+            for record in batch {
                 inputs.push(record);
             }
-            if let Some(last) = batch.last() {
-                next[slot] = last.position.offset + 1;
-            }
-            inputs.note_end(*partition, next[slot]);
-            fed += batch.len();
-        }
+            inputs.note_end(partition, end);
+        });
+        let fed = match read {
+            Ok(fed) => fed,
+            Err(error) => return fail(error.to_string()),
+        };
         let current = inputs.current_epoch();
         if fed > 0 {
             epoch.fetch_max(current + 1, Ordering::AcqRel);

@@ -29,7 +29,7 @@ impl ReadSpy {
     }
 }
 
-impl VoteLog for ReadSpy {
+impl EntryLog<LoggedVote> for ReadSpy {
     fn partitions(&self) -> u32 {
         self.inner.partitions()
     }

@@ -32,9 +32,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{
-    AppendFuture, IngestError, LogEntry, LogRecord, Position, SensorLog, SensorRecord, VoteLog,
-};
+use crate::{AppendFuture, EntryLog, IngestError, LogEntry, Position};
 
 /// How the Kafka log reaches its topic.
 #[derive(Clone, Debug)]
@@ -121,7 +119,7 @@ impl<E: LogEntry> std::fmt::Debug for KafkaEntryLog<E> {
     }
 }
 
-impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
+impl<E: LogEntry> KafkaEntryLog<E> {
     /// Connects, creates the topic if allowed and missing, and checks that it has the
     /// configured partition count and replication; refuses a topic that does not.
     pub fn connect(config: KafkaConfig) -> Result<Self, IngestError> {
@@ -470,70 +468,55 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
-impl VoteLog for KafkaLog {
+impl<E: LogEntry> EntryLog<E> for KafkaEntryLog<E> {
     fn partitions(&self) -> u32 {
         self.config.partitions
     }
 
-    fn append(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
-        let pending = self.enqueue(votes)?;
+    fn append(&self, entries: &[E]) -> Result<Vec<Position>, IngestError> {
+        let pending = self.enqueue(entries)?;
         futures_executor::block_on(self.delivered(pending))
     }
 
-    fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
-        self.append_entries_async(votes)
-    }
-
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
-        Ok(self
-            .read_entries(partition, from, max)?
-            .into_iter()
-            .map(LogRecord::from)
-            .collect())
-    }
-
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
-        self.entries_end(partition)
-    }
-}
-
-impl SensorLog for KafkaSensorLog {
-    fn partitions(&self) -> u32 {
-        self.config.partitions
-    }
-
-    fn append_async<'a>(&'a self, readings: &'a [SensorReading]) -> AppendFuture<'a> {
-        self.append_entries_async(readings)
-    }
-
-    fn read(
-        &self,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<SensorRecord>, IngestError> {
-        Ok(self
-            .read_entries(partition, from, max)?
-            .into_iter()
-            .map(SensorRecord::from)
-            .collect())
-    }
-
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
-        self.entries_end(partition)
-    }
-}
-
-impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
-    /// Appends `entries`, each to its partition; resolves once the broker acknowledged all
-    /// of them with every in-sync replica.
-    pub fn append_entries_async<'a>(&'a self, entries: &'a [E]) -> AppendFuture<'a> {
+    /// Resolves once the broker acknowledged every entry with every in-sync replica.
+    fn append_async<'a>(&'a self, entries: &'a [E]) -> AppendFuture<'a> {
         Box::pin(async move {
             let pending = self.enqueue(entries)?;
             self.delivered(pending).await
         })
     }
 
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<E::Record>, IngestError> {
+        Ok(self
+            .read_entries(partition, from, max)?
+            .into_iter()
+            .map(E::Record::from)
+            .collect())
+    }
+
+    /// The end as of the broker's latest fetch answer: every offset below it is durable (a
+    /// lower bound while appends go on). Found by reading to the partition's end rather than
+    /// asking for the latest offset, because tansu answers that request with a wrong
+    /// number (checked: 1 for a partition holding 48 records).
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        self.check_partition(partition)?;
+        // A fresh consumer from the last end found: one that reached the end before only
+        // reports what it has already fetched, which may lag the broker (seen in tests), and
+        // the end must include every append acknowledged before this call.
+        let mut ends = self
+            .known_ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let from = ends.get(&partition).copied().unwrap_or(0);
+        let mut probe = self.reader_at(partition, from)?;
+        let result = self.drain(&mut probe, partition, usize::MAX, |_| {});
+        let end = probe.next;
+        ends.insert(partition, end);
+        result.map(|()| end)
+    }
+}
+
+impl<E: LogEntry> KafkaEntryLog<E> {
     /// Up to `max` entries of `partition` from offset `from` on, in offset order.
     pub fn read_entries(
         &self,
@@ -551,27 +534,6 @@ impl<E: LogEntry + Clone + PartialEq> KafkaEntryLog<E> {
         let result = self.drain(&mut reader, partition, max, |record| out.push(record));
         readers.insert(partition, reader);
         result.map(|()| out)
-    }
-
-    /// The end as of the broker's latest fetch answer: every offset below it is durable (a
-    /// lower bound while appends go on). Found by reading to the partition's end rather than
-    /// asking for the latest offset, because tansu answers that request with a wrong
-    /// number (checked: 1 for a partition holding 48 records).
-    pub fn entries_end(&self, partition: u32) -> Result<u64, IngestError> {
-        self.check_partition(partition)?;
-        // A fresh consumer from the last end found: one that reached the end before only
-        // reports what it has already fetched, which may lag the broker (seen in tests), and
-        // the end must include every append acknowledged before this call.
-        let mut ends = self
-            .known_ends
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let from = ends.get(&partition).copied().unwrap_or(0);
-        let mut probe = self.reader_at(partition, from)?;
-        let result = self.drain(&mut probe, partition, usize::MAX, |_| {});
-        let end = probe.next;
-        ends.insert(partition, end);
-        result.map(|()| end)
     }
 
     fn reader_at(&self, partition: u32, from: u64) -> Result<PartitionReader, IngestError> {

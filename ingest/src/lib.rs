@@ -14,6 +14,18 @@
 //! once its bytes are durable; many concurrent appends share one fsync (group commit).
 //! On open, a torn tail (the unsynced end of the last segment after a crash) is wiped; a bad
 //! frame anywhere else is corruption, reported as [`IngestError::Corrupt`] and never served.
+//!
+//! Sensor readings go to a second log of the same kind, partitioned by region. One trait,
+//! [`EntryLog<E>`], describes a log of entries of one kind `E` ([`LogEntry`]: its
+//! encoding, partition key and the record a reader gets back), and each log is written
+//! once, generic over the entry: [`SegmentEntryLog<E>`] on local segment files,
+//! [`KafkaEntryLog<E>`] on a Kafka topic. [`VoteLog`] and [`SensorLog`] are the names the
+//! rest of Canopy reads: subtraits with no methods of their own, implemented for every
+//! `EntryLog<LoggedVote>` / `EntryLog<SensorReading>`, so `Arc<dyn VoteLog>` and
+//! `Gate<dyn VoteLog>` keep working and call the `EntryLog` methods without importing it
+//! (a concrete log, such as a [`SegmentLog`], needs `EntryLog` in scope for them).
+//! (Subtraits rather than `type VoteLog = dyn EntryLog<LoggedVote>`: the alias would turn
+//! every `dyn VoteLog` into a bare `VoteLog` and every `L: VoteLog` bound into a longer one.)
 
 #![deny(unsafe_code)]
 
@@ -28,7 +40,7 @@ pub use error::IngestError;
 pub use gate::Gate;
 pub use kafka::{KafkaConfig, KafkaEntryLog, KafkaLog, KafkaSensorLog};
 pub use segment::{
-    EntryLog, LogEntry, Recovery, Retention, SegmentLog, SegmentLogConfig, SensorSegmentLog,
+    Recovery, Retention, SegmentEntryLog, SegmentLog, SegmentLogConfig, SensorSegmentLog,
 };
 
 /// Where a record sits in the log: the partition, and its offset within it (0, 1, 2, ...).
@@ -68,7 +80,7 @@ impl LogRecord {
     }
 }
 
-/// What [`VoteLog::append_async`] returns.
+/// What [`EntryLog::append_async`] returns.
 pub type AppendFuture<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Vec<Position>, IngestError>> + Send + 'a>,
 >;
@@ -79,33 +91,6 @@ pub type AppendFuture<'a> = std::pin::Pin<
 pub fn partition_for(decision: DecisionId, partitions: u32) -> u32 {
     let folded = (decision.0 as u64) ^ ((decision.0 >> 64) as u64);
     (folded % u64::from(partitions.max(1))) as u32
-}
-
-/// A durable, partitioned, append-only log of votes.
-pub trait VoteLog: Send + Sync {
-    /// How many partitions the log has; fixed when it is created.
-    fn partitions(&self) -> u32;
-
-    /// Appends `votes`, each to its decision's partition, and returns their positions once
-    /// all of them are durable. Votes of one partition keep their order. A batch that spans
-    /// partitions is not atomic across them: on error, some may be stored, none acknowledged.
-    fn append(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError>;
-
-    /// [`append`](Self::append) for async callers: resolves once the votes are durable,
-    /// without holding a thread while it waits.
-    fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a>;
-
-    /// Up to `max` durable records of `partition` from offset `from` on, in offset order.
-    /// Returns an empty batch at the end of the log.
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError>;
-
-    /// The offset the next record of `partition` will get: every offset below it is durable.
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError>;
-
-    /// The partition of `decision` in this log.
-    fn partition_of(&self, decision: DecisionId) -> u32 {
-        partition_for(decision, self.partitions())
-    }
 }
 
 /// The partition a region's readings go to: all readings of a region share one, so the log
@@ -133,24 +118,133 @@ impl From<(Position, SensorReading)> for SensorRecord {
     }
 }
 
-/// A durable, partitioned, append-only log of sensor readings, partitioned by region.
-pub trait SensorLog: Send + Sync {
+/// A record read back from a log: an entry and the position it was stored at.
+pub trait Positioned {
+    fn position(&self) -> Position;
+}
+
+impl Positioned for LogRecord {
+    fn position(&self) -> Position {
+        self.position
+    }
+}
+
+impl Positioned for SensorRecord {
+    fn position(&self) -> Position {
+        self.position
+    }
+}
+
+/// What an [`EntryLog`] stores: a record with a canonical encoding and a partition key.
+pub trait LogEntry: Clone + PartialEq + Send + Sync + 'static {
+    /// Names the log in its `log.meta`, so a vote log is never opened as a sensor log.
+    const KIND: &'static str;
+    /// How [`EntryLog::read`] hands an entry back: with the position it was stored at.
+    type Record: From<(Position, Self)> + Positioned + Send;
+    /// What decides an entry's partition (a decision id, a region name).
+    type PartitionKey<'a>;
+    fn partition_key(&self) -> Self::PartitionKey<'_>;
+    /// The partition of `key` in a log of `partitions`; fixed, so every process agrees.
+    fn partition_for_key(key: Self::PartitionKey<'_>, partitions: u32) -> u32;
+    /// The Kafka message key (the partition key a producer outside Canopy would use).
+    fn key(&self) -> Vec<u8>;
+    fn encode_into(&self, out: &mut Vec<u8>);
+    fn decode(bytes: &[u8]) -> Result<Self, String>;
+
+    /// The partition this entry goes to in a log of `partitions`.
+    fn partition(&self, partitions: u32) -> u32 {
+        Self::partition_for_key(self.partition_key(), partitions)
+    }
+}
+
+impl LogEntry for LoggedVote {
+    const KIND: &'static str = "vote";
+    type Record = LogRecord;
+    type PartitionKey<'a> = DecisionId;
+
+    fn partition_key(&self) -> DecisionId {
+        self.vote.decision_id
+    }
+
+    fn partition_for_key(decision: DecisionId, partitions: u32) -> u32 {
+        partition_for(decision, partitions)
+    }
+
+    fn key(&self) -> Vec<u8> {
+        self.vote.decision_id.0.to_be_bytes().to_vec()
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.encode());
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        LoggedVote::decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
+impl LogEntry for SensorReading {
+    const KIND: &'static str = "sensor";
+    type Record = SensorRecord;
+    type PartitionKey<'a> = &'a str;
+
+    fn partition_key(&self) -> &str {
+        &self.region
+    }
+
+    fn partition_for_key(region: &str, partitions: u32) -> u32 {
+        partition_for_region(region, partitions)
+    }
+
+    fn key(&self) -> Vec<u8> {
+        self.region.as_bytes().to_vec()
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        SensorReading::encode_into(self, out);
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        SensorReading::decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// A durable, partitioned, append-only log of entries of one kind: votes partitioned by
+/// decision, sensor readings by region.
+pub trait EntryLog<E: LogEntry>: Send + Sync {
     /// How many partitions the log has; fixed when it is created.
     fn partitions(&self) -> u32;
 
-    /// Appends `readings`, each to its region's partition, and resolves to their positions
-    /// once all of them are durable.
-    fn append_async<'a>(&'a self, readings: &'a [SensorReading]) -> AppendFuture<'a>;
+    /// Appends `entries`, each to its partition, and returns their positions once all of
+    /// them are durable. Entries of one partition keep their order. A batch that spans
+    /// partitions is not atomic across them: on error, some may be stored, none acknowledged.
+    fn append(&self, entries: &[E]) -> Result<Vec<Position>, IngestError>;
 
-    /// Up to `max` durable readings of `partition` from offset `from` on, in offset order.
-    fn read(&self, partition: u32, from: u64, max: usize)
-    -> Result<Vec<SensorRecord>, IngestError>;
+    /// [`append`](Self::append) for async callers: resolves once the entries are durable,
+    /// without holding a thread while it waits.
+    fn append_async<'a>(&'a self, entries: &'a [E]) -> AppendFuture<'a>;
 
-    /// The offset the next reading of `partition` will get.
+    /// Up to `max` durable records of `partition` from offset `from` on, in offset order.
+    /// Returns an empty batch at the end of the log.
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<E::Record>, IngestError>;
+
+    /// The offset the next record of `partition` will get: every offset below it is durable.
     fn end_offset(&self, partition: u32) -> Result<u64, IngestError>;
 
-    /// The partition of `region` in this log.
-    fn partition_of(&self, region: &str) -> u32 {
-        partition_for_region(region, self.partitions())
+    /// The partition of `key` (a decision id, a region name) in this log.
+    fn partition_of(&self, key: E::PartitionKey<'_>) -> u32 {
+        E::partition_for_key(key, self.partitions())
     }
 }
+
+/// A durable, partitioned, append-only log of votes, partitioned by decision: every
+/// [`EntryLog<LoggedVote>`] is one.
+pub trait VoteLog: EntryLog<LoggedVote> {}
+
+impl<L: EntryLog<LoggedVote> + ?Sized> VoteLog for L {}
+
+/// A durable, partitioned, append-only log of sensor readings, partitioned by region: every
+/// [`EntryLog<SensorReading>`] is one.
+pub trait SensorLog: EntryLog<SensorReading> {}
+
+impl<L: EntryLog<SensorReading> + ?Sized> SensorLog for L {}

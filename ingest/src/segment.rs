@@ -35,10 +35,7 @@ use std::marker::PhantomData;
 
 use canopy_schemas::{LoggedVote, SensorReading};
 
-use crate::{
-    AppendFuture, IngestError, LogRecord, Position, SensorLog, SensorRecord, VoteLog,
-    partition_for, partition_for_region,
-};
+use crate::{AppendFuture, EntryLog, IngestError, LogEntry, Position};
 
 const META_FILE: &str = "log.meta";
 const LOCK_FILE: &str = "log.lock";
@@ -91,64 +88,14 @@ pub struct Recovery {
     pub removed_empty_segments: Vec<PathBuf>,
 }
 
-/// What an [`EntryLog`] stores: a record with a canonical encoding and a partition key.
-pub trait LogEntry: Sized + Send + Sync + 'static {
-    /// Names the log in its `log.meta`, so a vote log is never opened as a sensor log.
-    const KIND: &'static str;
-    fn partition(&self, partitions: u32) -> u32;
-    /// The Kafka message key (the partition key a producer outside Canopy would use).
-    fn key(&self) -> Vec<u8>;
-    fn encode_into(&self, out: &mut Vec<u8>);
-    fn decode(bytes: &[u8]) -> Result<Self, String>;
-}
-
-impl LogEntry for LoggedVote {
-    const KIND: &'static str = "vote";
-
-    fn partition(&self, partitions: u32) -> u32 {
-        partition_for(self.vote.decision_id, partitions)
-    }
-
-    fn key(&self) -> Vec<u8> {
-        self.vote.decision_id.0.to_be_bytes().to_vec()
-    }
-
-    fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.encode());
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        LoggedVote::decode(bytes).map_err(|e| e.to_string())
-    }
-}
-
-impl LogEntry for SensorReading {
-    const KIND: &'static str = "sensor";
-
-    fn partition(&self, partitions: u32) -> u32 {
-        partition_for_region(&self.region, partitions)
-    }
-
-    fn key(&self) -> Vec<u8> {
-        self.region.as_bytes().to_vec()
-    }
-
-    fn encode_into(&self, out: &mut Vec<u8>) {
-        SensorReading::encode_into(self, out);
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        SensorReading::decode(bytes).map_err(|e| e.to_string())
-    }
-}
-
-/// The embedded, file-backed [`VoteLog`].
-pub type SegmentLog = EntryLog<LoggedVote>;
-/// The embedded, file-backed [`SensorLog`]: the same segment format, readings as payload.
-pub type SensorSegmentLog = EntryLog<SensorReading>;
+/// The embedded, file-backed [`VoteLog`](crate::VoteLog).
+pub type SegmentLog = SegmentEntryLog<LoggedVote>;
+/// The embedded, file-backed [`SensorLog`](crate::SensorLog): the same segment format,
+/// readings as payload.
+pub type SensorSegmentLog = SegmentEntryLog<SensorReading>;
 
 /// A durable, partitioned, append-only log of entries of one kind, in segment files.
-pub struct EntryLog<E: LogEntry> {
+pub struct SegmentEntryLog<E: LogEntry> {
     dir: PathBuf,
     shared: Arc<Shared>,
     committer: Option<JoinHandle<()>>,
@@ -158,9 +105,9 @@ pub struct EntryLog<E: LogEntry> {
     _lock: File,
 }
 
-impl<E: LogEntry> std::fmt::Debug for EntryLog<E> {
+impl<E: LogEntry> std::fmt::Debug for SegmentEntryLog<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EntryLog")
+        f.debug_struct("SegmentEntryLog")
             .field("kind", &E::KIND)
             .field("dir", &self.dir)
             .field("partitions", &self.shared.partition_count)
@@ -240,7 +187,7 @@ struct ReadCursor {
     next_offset: u64,
 }
 
-impl<E: LogEntry> EntryLog<E> {
+impl<E: LogEntry> SegmentEntryLog<E> {
     /// Opens the log in `dir`, creating it if it does not exist. Checks every frame, cuts a
     /// torn tail, and refuses a log with damage anywhere else.
     pub fn open(dir: impl AsRef<Path>, config: SegmentLogConfig) -> Result<Self, IngestError> {
@@ -393,63 +340,12 @@ impl<E: LogEntry> EntryLog<E> {
     }
 }
 
-impl VoteLog for SegmentLog {
+impl<E: LogEntry> EntryLog<E> for SegmentEntryLog<E> {
     fn partitions(&self) -> u32 {
         self.shared.partition_count
     }
 
-    fn append(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
-        self.append_entries(votes)
-    }
-
-    fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
-        self.append_entries_async(votes)
-    }
-
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
-        Ok(self
-            .read_entries(partition, from, max)?
-            .into_iter()
-            .map(LogRecord::from)
-            .collect())
-    }
-
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
-        self.entries_end(partition)
-    }
-}
-
-impl SensorLog for SensorSegmentLog {
-    fn partitions(&self) -> u32 {
-        self.shared.partition_count
-    }
-
-    fn append_async<'a>(&'a self, readings: &'a [SensorReading]) -> AppendFuture<'a> {
-        self.append_entries_async(readings)
-    }
-
-    fn read(
-        &self,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<SensorRecord>, IngestError> {
-        Ok(self
-            .read_entries(partition, from, max)?
-            .into_iter()
-            .map(SensorRecord::from)
-            .collect())
-    }
-
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
-        self.entries_end(partition)
-    }
-}
-
-impl<E: LogEntry> EntryLog<E> {
-    /// Appends `entries`, each to its partition, and returns their positions once all of
-    /// them are durable.
-    pub fn append_entries(&self, entries: &[E]) -> Result<Vec<Position>, IngestError> {
+    fn append(&self, entries: &[E]) -> Result<Vec<Position>, IngestError> {
         let (positions, waits) = self.enqueue(entries)?;
         loop {
             let round = self.shared.rounds.load(Ordering::Acquire);
@@ -460,8 +356,7 @@ impl<E: LogEntry> EntryLog<E> {
         }
     }
 
-    /// [`append_entries`](Self::append_entries) without holding a thread while it waits.
-    pub fn append_entries_async<'a>(&'a self, entries: &'a [E]) -> AppendFuture<'a> {
+    fn append_async<'a>(&'a self, entries: &'a [E]) -> AppendFuture<'a> {
         Box::pin(async move {
             let mut rounds = self.shared.round_watch.subscribe();
             let (positions, waits) = self.enqueue(entries)?;
@@ -480,6 +375,21 @@ impl<E: LogEntry> EntryLog<E> {
         })
     }
 
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<E::Record>, IngestError> {
+        Ok(self
+            .read_entries(partition, from, max)?
+            .into_iter()
+            .map(E::Record::from)
+            .collect())
+    }
+
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        self.check_partition(partition)?;
+        Ok(self.shared.durable_ends[partition as usize].load(Ordering::Acquire))
+    }
+}
+
+impl<E: LogEntry> SegmentEntryLog<E> {
     /// Up to `max` durable entries of `partition` from offset `from` on, in offset order.
     pub fn read_entries(
         &self,
@@ -494,12 +404,6 @@ impl<E: LogEntry> EntryLog<E> {
             return Ok(Vec::new());
         }
         self.shared.read(partition, from, until)
-    }
-
-    /// The offset the next entry of `partition` will get: every offset below it is durable.
-    pub fn entries_end(&self, partition: u32) -> Result<u64, IngestError> {
-        self.check_partition(partition)?;
-        Ok(self.shared.durable_ends[partition as usize].load(Ordering::Acquire))
     }
 
     /// Queues `entries` for the next round; returns their positions and, per partition
@@ -545,7 +449,7 @@ impl<E: LogEntry> EntryLog<E> {
     }
 }
 
-impl<E: LogEntry> Drop for EntryLog<E> {
+impl<E: LogEntry> Drop for SegmentEntryLog<E> {
     /// Stops accepting appends, lets the committer make what is queued durable, and waits.
     fn drop(&mut self) {
         self.shared.lock_queue().closing = true;

@@ -144,16 +144,16 @@ fn sensor_readings_on_kafka_read_back_by_region() {
         .collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let positions = runtime
-        .block_on(SensorLog::append_async(&log, &readings))
+        .block_on(EntryLog::append_async(&log, &readings))
         .unwrap();
     for (reading, position) in readings.iter().zip(&positions) {
         assert_eq!(position.partition, partition_for_region(&reading.region, 3));
     }
     for partition in 0..3 {
-        let records = SensorLog::read(&log, partition, 0, 1_000).unwrap();
+        let records = EntryLog::read(&log, partition, 0, 1_000).unwrap();
         assert_eq!(
             records.len() as u64,
-            SensorLog::end_offset(&log, partition).unwrap()
+            EntryLog::end_offset(&log, partition).unwrap()
         );
         let expected: Vec<&SensorReading> = readings
             .iter()

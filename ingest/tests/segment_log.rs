@@ -444,7 +444,7 @@ fn sensor_readings_read_back_by_region_partition_after_a_reopen() {
     {
         let log = SensorSegmentLog::open(dir.path().join("sensors"), config(4, 1 << 20)).unwrap();
         let positions = runtime
-            .block_on(SensorLog::append_async(&log, &readings))
+            .block_on(EntryLog::append_async(&log, &readings))
             .unwrap();
         for (reading, position) in readings.iter().zip(&positions) {
             assert_eq!(position.partition, partition_for_region(&reading.region, 4));
@@ -453,10 +453,10 @@ fn sensor_readings_read_back_by_region_partition_after_a_reopen() {
     let log = SensorSegmentLog::open(dir.path().join("sensors"), config(4, 1 << 20)).unwrap();
     let mut back = Vec::new();
     for partition in 0..4 {
-        let records = SensorLog::read(&log, partition, 0, 1_000).unwrap();
+        let records = EntryLog::read(&log, partition, 0, 1_000).unwrap();
         assert_eq!(
             records.len() as u64,
-            SensorLog::end_offset(&log, partition).unwrap()
+            EntryLog::end_offset(&log, partition).unwrap()
         );
         for (offset, record) in records.iter().enumerate() {
             assert_eq!(record.position.offset, offset as u64);

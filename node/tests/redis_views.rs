@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canopy_dataflow::{EngineConfig, TallyEngine, ViewStore, recount};
-use canopy_ingest::{Position, SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_ingest::{EntryLog, Position, SegmentLog, SegmentLogConfig};
 use canopy_node::redis::RedisViews;
 use canopy_schemas::*;
 use canopy_testkit::decision;
