@@ -16,16 +16,28 @@ use canopy_analytics::{
 };
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore, recount};
 use canopy_ingest::{EntryLog, SegmentLog, SegmentLogConfig, VoteLog};
-use canopy_schemas::{
-    Component, Decision, DecisionId, LoggedVote, Vote, VoteId, VoterId, VoterSalt, Weight,
-};
+use canopy_schemas::{Component, Decision, LoggedVote};
 use rand::{Rng, SeedableRng};
+
+#[path = "common/votes.rs"]
+mod random_votes;
+use random_votes::{DAY_MICROS, START, VoteSpace, random_vote};
 
 fn decision(id: u128) -> Decision {
     canopy_testkit::decision_in(id, "north")
 }
 
-const START: i64 = 1_780_272_000_000_000; // 2026-06-01T00:00:00Z
+const SPACE: VoteSpace = VoteSpace {
+    voters: 0..150,
+    decisions: 1..5,
+    components: &[
+        Component::Democratic,
+        Component::Expert,
+        Component::Community,
+    ],
+    weights: 1..3_000_000,
+    days: 3,
+};
 
 /// Voters who change their minds, and deliveries repeated (a client retry).
 fn stream(seed: u64, count: usize) -> Vec<LoggedVote> {
@@ -37,21 +49,7 @@ fn stream(seed: u64, count: usize) -> Vec<LoggedVote> {
             out.push(again);
             continue;
         }
-        let voter = VoterId(rng.random_range(0..150));
-        let vote = Vote {
-            vote_id: VoteId(rng.random()),
-            decision_id: DecisionId(rng.random_range(1..5)),
-            voter_id: voter,
-            option: rng.random_range(0..3),
-            component: [
-                Component::Democratic,
-                Component::Expert,
-                Component::Community,
-            ][rng.random_range(0..3)],
-            weight: Weight(rng.random_range(1..3_000_000)),
-            cast_at: START + rng.random_range(0..3 * 86_400_000_000),
-        };
-        out.push(LoggedVote::new(vote, &VoterSalt([voter.0 as u8; 32])));
+        out.push(random_vote(&mut rng, &SPACE));
     }
     out
 }
@@ -183,7 +181,7 @@ async fn recount_equals_the_tally(store: Store) {
     let mut by_day = [0i64; 3];
     for partition in 0..log.partitions() {
         for record in log.read(partition, 0, usize::MAX).unwrap() {
-            by_day[((record.vote.cast_at - START) / 86_400_000_000) as usize] += 1;
+            by_day[((record.vote.cast_at - START) / DAY_MICROS) as usize] += 1;
         }
     }
     for (filter, expected, folders) in [

@@ -10,12 +10,13 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use canopy_analytics::{LakeConfig, VoteLake, sync_votes};
 use canopy_ingest::{EntryLog, SegmentLog, SegmentLogConfig, VoteLog};
-use canopy_schemas::{Component, DecisionId, LoggedVote, Vote, VoteId, VoterId, VoterSalt, Weight};
+use canopy_schemas::{Component, LoggedVote};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
-const DAY_MICROS: i64 = 86_400_000_000;
-const START: i64 = 1_780_272_000_000_000; // 2026-06-01T00:00:00Z
+#[path = "common/votes.rs"]
+mod random_votes;
+use random_votes::{DAY_MICROS, START, VoteSpace, random_vote};
 
 /// A row as the lake holds it: (partition, offset) → (decision, vote id, commitment hex,
 /// option, component, weight, cast_at).
@@ -23,22 +24,15 @@ type Row = (String, String, Vec<u8>, i32, String, i64, i64);
 
 fn votes(seed: u64, count: usize) -> Vec<LoggedVote> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..count)
-        .map(|_| {
-            let voter = VoterId(rng.random_range(0..200));
-            let vote = Vote {
-                vote_id: VoteId(rng.random()),
-                decision_id: DecisionId(rng.random_range(1..6)),
-                voter_id: voter,
-                option: rng.random_range(0..3),
-                component: [Component::Democratic, Component::Expert][rng.random_range(0..2)],
-                weight: Weight(rng.random_range(1..2_000_000)),
-                // Four days, so a range spans several date folders.
-                cast_at: START + rng.random_range(0..4 * DAY_MICROS),
-            };
-            LoggedVote::new(vote, &VoterSalt([voter.0 as u8; 32]))
-        })
-        .collect()
+    let space = VoteSpace {
+        voters: 0..200,
+        decisions: 1..6,
+        components: &[Component::Democratic, Component::Expert],
+        weights: 1..2_000_000,
+        // Four days, so a range spans several date folders.
+        days: 4,
+    };
+    (0..count).map(|_| random_vote(&mut rng, &space)).collect()
 }
 
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {

@@ -11,8 +11,11 @@ use canopy_chain::{MerkleLog, NoteSigner, leaf_hash};
 use canopy_dataflow::*;
 use canopy_ingest::*;
 use canopy_schemas::*;
-use canopy_testkit::decision;
+use canopy_testkit::{decision, logged};
 use proptest::prelude::*;
+
+mod common;
+use common::{all_records, open_segment_log};
 
 /// A vote log that remembers the lowest offset each partition was read from.
 struct ReadSpy {
@@ -83,15 +86,9 @@ fn votes(seed: u64, count: usize, earlier: &[LoggedVote]) -> Vec<LoggedVote> {
             weight: Weight(1_000_000 + (next() % 3) as u32 * 500_000),
             cast_at: 1,
         };
-        out.push(LoggedVote::new(vote, &VoterSalt([7; 32])));
+        out.push(logged(vote, 7));
     }
     out
-}
-
-fn read_all(log: &SegmentLog) -> Vec<LogRecord> {
-    (0..log.partitions())
-        .flat_map(|p| log.read(p, 0, usize::MAX).unwrap())
-        .collect()
 }
 
 struct Run {
@@ -149,7 +146,7 @@ fn wait_until_caught_up(log: &SegmentLog, views: &InMemoryViews) {
 /// The oracle: tallies by recount, and each decision's Merkle root over the first delivery
 /// of each (voter, vote id) in log order.
 fn check_against_recount(log: &SegmentLog, run: &Run) -> Result<(), TestCaseError> {
-    let records = read_all(log);
+    let records = all_records(log);
     let decisions: Vec<Decision> = (1..=6).map(decision).collect();
     let expected = recount(&records, &decisions);
     for d in &decisions {
@@ -194,10 +191,7 @@ proptest! {
         workers_after in 1usize..4,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(
-            SegmentLog::open(dir.path(), SegmentLogConfig { partitions: 5, ..Default::default() })
-                .unwrap(),
-        );
+        let log = open_segment_log(dir.path(), 5);
         let state = Arc::new(InMemoryStateStore::default());
         let before = votes(seed, first, &[]);
         log.append(&before).unwrap();

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
@@ -6,33 +7,52 @@ use std::time::Duration;
 use canopy_dataflow::*;
 use canopy_ingest::*;
 use canopy_schemas::*;
-use canopy_testkit::decision;
+use canopy_testkit::{decision, expert_vote, vote};
 
+mod common;
+use common::{all_records, open_segment_log, start_engine, view_including};
+
+/// The votes of these tests, logged under one salt.
 fn logged(vote: Vote) -> LoggedVote {
-    LoggedVote::new(vote, &VoterSalt([3; 32]))
+    canopy_testkit::logged(vote, 3)
 }
 
-fn read_log(log: &SegmentLog) -> Vec<LogRecord> {
-    let mut records = Vec::new();
-    for partition in 0..log.partitions() {
-        records.extend(log.read(partition, 0, usize::MAX).unwrap());
+/// Every decision's view, once it includes the offset `last` names in the decision's
+/// partition (the partition's last record), has the tally the recount `expected`.
+fn assert_views_equal_the_recount(
+    views: &InMemoryViews,
+    log: &dyn VoteLog,
+    decisions: &[Decision],
+    expected: &HashMap<DecisionId, Tally>,
+    last: impl Fn(u32) -> u64,
+    timeout: Duration,
+) {
+    for d in decisions {
+        let partition = log.partition_of(d.id);
+        let view = view_including(views, d.id, partition, last(partition), timeout);
+        assert_eq!(view.tally, expected[&d.id]);
     }
-    records
+}
+
+/// The error that waiting for decision 1's view to include `offset` of partition 0 ends in.
+fn waiting_for_decision_1_fails(
+    views: &InMemoryViews,
+    offset: u64,
+    timeout: Duration,
+) -> DataflowError {
+    let position = Position {
+        partition: 0,
+        offset,
+    };
+    views
+        .wait_for(DecisionId(1), position, timeout)
+        .unwrap_err()
 }
 
 #[test]
 fn voters_read_their_own_votes_and_the_result_equals_a_recount() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(
-        SegmentLog::open(
-            dir.path(),
-            SegmentLogConfig {
-                partitions: 3,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
+    let log = open_segment_log(dir.path(), 3);
     let gate = Arc::new(Gate::new(Arc::clone(&log)));
     let decisions: Vec<Decision> = (1..=4).map(decision).collect();
     for d in &decisions {
@@ -52,25 +72,16 @@ fn voters_read_their_own_votes_and_the_result_equals_a_recount() {
             let views = Arc::clone(&views);
             std::thread::spawn(move || {
                 for n in 0..150u128 {
-                    let expert = n % 3 == 0;
-                    let vote = Vote {
-                        vote_id: VoteId::new_random(),
-                        decision_id: DecisionId(1 + n % 4),
-                        // Each voter votes several times per decision: later votes replace earlier.
-                        voter_id: VoterId(thread * 100 + n % 7),
-                        option: ((n * 7 + thread) % 3) as u16,
-                        component: if expert {
-                            Component::Expert
-                        } else {
-                            Component::Democratic
-                        },
-                        weight: if expert {
-                            Weight(2_500_000)
-                        } else {
-                            Weight::ONE
-                        },
-                        cast_at: 5,
+                    let id = VoteId::new_random().0;
+                    // Each voter votes several times per decision: later votes replace earlier.
+                    let (decision, voter) = (1 + n % 4, thread * 100 + n % 7);
+                    let option = ((n * 7 + thread) % 3) as u16;
+                    let cast = if n % 3 == 0 {
+                        expert_vote(id, decision, voter, option, Weight(2_500_000))
+                    } else {
+                        vote(id, decision, voter, option)
                     };
+                    let vote = Vote { cast_at: 5, ..cast };
                     let position = gate.submit(&[logged(vote)]).unwrap()[0];
                     let view = views
                         .wait_for(vote.decision_id, position, Duration::from_secs(10))
@@ -88,20 +99,17 @@ fn voters_read_their_own_votes_and_the_result_equals_a_recount() {
     for voter in voters {
         voter.join().unwrap();
     }
-    let expected = recount(&read_log(&log), &decisions);
+    let expected = recount(&all_records(log.as_ref()), &decisions);
     for d in &decisions {
-        let end = log.end_offset(log.partition_of(d.id)).unwrap();
-        let view = views
-            .wait_for(
-                d.id,
-                Position {
-                    partition: log.partition_of(d.id),
-                    offset: end - 1,
-                },
-                Duration::from_secs(10),
-            )
-            .unwrap()
-            .unwrap();
+        let partition = log.partition_of(d.id);
+        let end = log.end_offset(partition).unwrap();
+        let view = view_including(
+            views.as_ref(),
+            d.id,
+            partition,
+            end - 1,
+            Duration::from_secs(10),
+        );
         assert_eq!(&view.tally, &expected[&d.id]);
         assert!(view.tally.turnout > 0);
     }
@@ -115,73 +123,27 @@ fn a_restarted_engine_replays_the_log_to_the_same_result() {
     {
         let log = SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap();
         let votes: Vec<LoggedVote> = (0..500u128)
-            .map(|n| Vote {
-                vote_id: VoteId(n % 450),
-                decision_id: DecisionId(1 + n % 2),
-                voter_id: VoterId(n % 60),
-                option: (n % 3) as u16,
-                component: Component::Democratic,
-                weight: Weight::ONE,
-                cast_at: 1,
-            })
+            .map(|n| vote(n % 450, 1 + n % 2, n % 60, (n % 3) as u16))
             .map(logged)
             .collect();
         log.append(&votes).unwrap();
     }
     let log = Arc::new(SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap());
     let views = Arc::new(InMemoryViews::new());
-    let engine = TallyEngine::start(
-        EngineConfig::default(),
-        log.clone(),
-        views.clone(),
-        None,
-        decisions.clone(),
-    )
-    .unwrap();
-    let expected = recount(&read_log(&log), &decisions);
-    for d in &decisions {
-        let partition = log.partition_of(d.id);
-        let last = log.end_offset(partition).unwrap() - 1;
-        let view = views
-            .wait_for(
-                d.id,
-                Position {
-                    partition,
-                    offset: last,
-                },
-                Duration::from_secs(10),
-            )
-            .unwrap()
-            .unwrap();
-        assert_eq!(view.tally, expected[&d.id]);
-    }
+    let engine = start_engine(log.clone(), views.clone(), &decisions);
+    let expected = recount(&all_records(log.as_ref()), &decisions);
+    let last = |partition| log.end_offset(partition).unwrap() - 1;
+    let timeout = Duration::from_secs(10);
+    assert_views_equal_the_recount(&views, log.as_ref(), &decisions, &expected, last, timeout);
     engine.shutdown().unwrap();
 }
 
 #[test]
 fn a_corrupt_log_stops_the_engine_and_no_result_is_served() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(
-        SegmentLog::open(
-            dir.path(),
-            SegmentLogConfig {
-                partitions: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
+    let log = open_segment_log(dir.path(), 1);
     for n in 0..100u128 {
-        let vote = Vote {
-            vote_id: VoteId(n),
-            decision_id: DecisionId(1),
-            voter_id: VoterId(n),
-            option: 0,
-            component: Component::Democratic,
-            weight: Weight::ONE,
-            cast_at: 1,
-        };
-        log.append(&[logged(vote)]).unwrap();
+        log.append(&[logged(vote(n, 1, n, 0))]).unwrap();
     }
     // Bit rot after the log was opened: the fifth frame's payload changes on disk.
     let segment = dir.path().join(format!("{:020}.seg", 0));
@@ -191,24 +153,8 @@ fn a_corrupt_log_stops_the_engine_and_no_result_is_served() {
     drop(file);
 
     let views = Arc::new(InMemoryViews::new());
-    let engine = TallyEngine::start(
-        EngineConfig::default(),
-        log,
-        views.clone(),
-        None,
-        vec![decision(1)],
-    )
-    .unwrap();
-    let error = views
-        .wait_for(
-            DecisionId(1),
-            Position {
-                partition: 0,
-                offset: 99,
-            },
-            Duration::from_secs(10),
-        )
-        .unwrap_err();
+    let engine = start_engine(log, views.clone(), &[decision(1)]);
+    let error = waiting_for_decision_1_fails(&views, 99, Duration::from_secs(10));
     assert_eq!(error.code(), "dataflow_stopped");
     assert!(error.to_string().contains("corrupt"), "{error}");
     assert_eq!(
@@ -230,16 +176,7 @@ fn a_corrupt_log_stops_the_engine_and_no_result_is_served() {
 #[test]
 fn waiting_for_a_position_never_reached_times_out() {
     let views = InMemoryViews::new();
-    let error = views
-        .wait_for(
-            DecisionId(1),
-            Position {
-                partition: 0,
-                offset: 5,
-            },
-            Duration::from_millis(50),
-        )
-        .unwrap_err();
+    let error = waiting_for_decision_1_fails(&views, 5, Duration::from_millis(50));
     assert_eq!(error.code(), "results_timeout");
 }
 
@@ -259,54 +196,28 @@ fn over_a_kafka_topic_the_tallies_equal_a_recount() {
     );
     let decisions: Vec<Decision> = (1..=4).map(decision).collect();
     let votes: Vec<LoggedVote> = (0..400u128)
-        .map(|n| Vote {
+        .map(|n| {
             // Every tenth vote is a redelivery of an earlier one.
-            vote_id: VoteId(if n % 10 == 9 { n - 5 } else { n }),
-            decision_id: DecisionId(1 + (if n % 10 == 9 { n - 5 } else { n }) % 4),
-            voter_id: VoterId(n % 37),
-            option: (n % 3) as u16,
-            component: Component::Democratic,
-            weight: Weight::ONE,
-            cast_at: 1,
+            let id = if n % 10 == 9 { n - 5 } else { n };
+            vote(id, 1 + id % 4, n % 37, (n % 3) as u16)
         })
         .map(logged)
         .collect();
     log.append(&votes).unwrap();
     let views = Arc::new(InMemoryViews::new());
-    let engine = TallyEngine::start(
-        EngineConfig::default(),
-        log.clone(),
-        views.clone(),
-        None,
-        decisions.clone(),
-    )
-    .unwrap();
-    let mut records = Vec::new();
-    for partition in 0..log.partitions() {
-        records.extend(log.read(partition, 0, usize::MAX).unwrap());
-    }
+    let engine = start_engine(log.clone(), views.clone(), &decisions);
+    let records = all_records(log.as_ref());
     assert_eq!(records.len(), votes.len());
     let expected = recount(&records, &decisions);
-    for d in &decisions {
-        let partition = log.partition_of(d.id);
-        let last = records
+    let last = |partition| {
+        records
             .iter()
             .filter(|r| r.position.partition == partition)
             .map(|r| r.position.offset)
             .max()
-            .unwrap();
-        let view = views
-            .wait_for(
-                d.id,
-                Position {
-                    partition,
-                    offset: last,
-                },
-                Duration::from_secs(20),
-            )
             .unwrap()
-            .unwrap();
-        assert_eq!(view.tally, expected[&d.id]);
-    }
+    };
+    let timeout = Duration::from_secs(20);
+    assert_views_equal_the_recount(&views, log.as_ref(), &decisions, &expected, last, timeout);
     engine.shutdown().unwrap();
 }

@@ -84,6 +84,31 @@ struct Epoch {
     ends: HashMap<u32, u64>,
 }
 
+/// The epoch that ends now: what worker 0 feeds in it (`current`), and the expected state
+/// after it, from the decisions registered so far and the log so far.
+fn close_epoch(
+    current: (Vec<LogRecord>, Vec<Decision>),
+    params: &[Decision],
+    registered: &[bool],
+    prefix: &[LogRecord],
+    ends: &HashMap<u32, u64>,
+) -> Epoch {
+    let (records, decisions) = current;
+    let known = params
+        .iter()
+        .zip(registered)
+        .filter(|(_, r)| **r)
+        .map(|(d, _)| d.clone())
+        .collect();
+    Epoch {
+        records,
+        decisions,
+        registered: known,
+        prefix: prefix.to_vec(),
+        ends: ends.clone(),
+    }
+}
+
 fn plan(steps: &[Step], partitions: u32) -> Vec<Epoch> {
     let mut epochs = Vec::new();
     let mut current = (Vec::new(), Vec::new());
@@ -162,36 +187,11 @@ fn plan(steps: &[Step], partitions: u32) -> Vec<Epoch> {
             Step::Seal => {}
         }
         if matches!(step, Step::Seal) {
-            let (records, decisions) = std::mem::take(&mut current);
-            let known = params
-                .iter()
-                .zip(&registered)
-                .filter(|(_, r)| **r)
-                .map(|(d, _)| d.clone())
-                .collect();
-            epochs.push(Epoch {
-                records,
-                decisions,
-                registered: known,
-                prefix: prefix.clone(),
-                ends: ends.clone(),
-            });
+            let sealed = std::mem::take(&mut current);
+            epochs.push(close_epoch(sealed, &params, &registered, &prefix, &ends));
         }
     }
-    let (records, decisions) = current;
-    let known = params
-        .iter()
-        .zip(&registered)
-        .filter(|(_, r)| **r)
-        .map(|(d, _)| d.clone())
-        .collect();
-    epochs.push(Epoch {
-        records,
-        decisions,
-        registered: known,
-        prefix,
-        ends,
-    });
+    epochs.push(close_epoch(current, &params, &registered, &prefix, &ends));
     epochs
 }
 

@@ -7,21 +7,51 @@ mod common;
 
 use std::time::Duration;
 
+use canopy_analytics::LakeLocation;
 use canopy_node::lake::LakeSettings;
 use canopy_serving::auth::Role;
 use canopy_serving::state::ApiConfig;
-use common::api::TestNode;
+use common::api::{CAST_VOTE, TestNode, elements};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// A lake at `location` flushed every 100 ms, so that votes reach it within a test's patience.
+fn quickly_flushed_lake(location: impl Into<LakeLocation>) -> LakeSettings {
+    let mut lake = LakeSettings::new(location);
+    lake.flush_interval = Duration::from_millis(100);
+    lake
+}
+
 async fn start() -> TestNode {
     TestNode::start_with(ApiConfig::default(), |config| {
-        let mut lake = LakeSettings::new(config.data_dir.join("lake"));
-        lake.flush_interval = Duration::from_millis(100);
+        let mut lake = quickly_flushed_lake(config.data_dir.join("lake"));
         lake.sql.timeout = Duration::from_secs(2);
         config.lake = Some(lake);
     })
     .await
+}
+
+/// An admin opens a decision (quorum 2) and an analyst logs in; returns (the analyst's
+/// token, the decision).
+async fn decision_and_analyst(node: &TestNode) -> (String, String) {
+    node.create("root", Role::Admin).await;
+    node.create("ana", Role::Analyst).await;
+    let (admin, _) = node.login("root").await;
+    let (analyst, _) = node.login("ana").await;
+    let decision = node.create_decision(&admin, 2).await;
+    (analyst, decision)
+}
+
+/// The decision's votes per day, which must come from the lake.
+async fn trends_from_the_lake(node: &TestNode, token: &str, decision: &str) -> Value {
+    let trends = node
+        .get_ok(
+            &format!("/api/v1/data/historical-trends?decision_id={decision}&bucket=day"),
+            token,
+        )
+        .await;
+    assert_eq!(trends["source"], "lake");
+    trends
 }
 
 /// POSTs a statement; returns the status and the body's lines.
@@ -45,14 +75,9 @@ fn json_lines(body: &str) -> Vec<Value> {
 
 /// Casts a vote, which must be accepted.
 async fn cast(node: &TestNode, token: &str, decision: &str, option: u32) {
-    let (status, body) = node
-        .post(
-            "/api/v1/voting/cast-vote",
-            Some(token),
-            json!({ "decision_id": decision, "option": option }),
-        )
+    let vote = json!({ "decision_id": decision, "option": option });
+    node.post_expecting(CAST_VOTE, Some(token), vote, StatusCode::CREATED)
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
 /// Waits until the lake holds `count` votes.
@@ -75,11 +100,7 @@ async fn wait_for_votes(node: &TestNode, token: &str, count: u64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn analysts_ask_sql_of_what_voters_cast() {
     let node = start().await;
-    node.create("root", Role::Admin).await;
-    node.create("ana", Role::Analyst).await;
-    let (admin, _) = node.login("root").await;
-    let (analyst, _) = node.login("ana").await;
-    let decision = node.create_decision(&admin, 2).await;
+    let (analyst, decision) = decision_and_analyst(&node).await;
     let mut voters = Vec::new();
     for name in ["cora", "dana", "emil", "fynn", "gert"] {
         node.register(name).await;
@@ -107,13 +128,12 @@ async fn analysts_ask_sql_of_what_voters_cast() {
     );
 
     // The tally changes replay to the live result.
-    let (status, results) = node
-        .get(
+    let results = node
+        .get_ok(
             &format!("/api/v1/voting/decision/{decision}/results"),
             &analyst,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{results}");
     let started = std::time::Instant::now();
     let replayed = loop {
         let (status, body) = sql(
@@ -139,18 +159,8 @@ async fn analysts_ask_sql_of_what_voters_cast() {
     assert_eq!(results["turnout"], json!(5), "{results}");
 
     // Trends per decision and day, from the lake.
-    let (status, trends) = node
-        .get(
-            &format!("/api/v1/data/historical-trends?decision_id={decision}&bucket=day"),
-            &analyst,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{trends}");
-    assert_eq!(trends["source"], "lake");
-    let votes: u64 = trends["points"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let trends = trends_from_the_lake(&node, &analyst, &decision).await;
+    let votes: u64 = elements(&trends["points"])
         .map(|p| p["votes"].as_u64().unwrap())
         .sum();
     assert_eq!(votes, 6, "{trends}");
@@ -189,18 +199,12 @@ mod s3;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_keeps_its_lake_in_an_s3_bucket() {
     let url = s3::s3_url();
-    let location = canopy_analytics::LakeLocation::s3(&url, s3::s3_options()).unwrap();
+    let location = LakeLocation::s3(&url, s3::s3_options()).unwrap();
     let node = TestNode::start_with(ApiConfig::default(), |config| {
-        let mut lake = LakeSettings::new(location.clone());
-        lake.flush_interval = Duration::from_millis(100);
-        config.lake = Some(lake);
+        config.lake = Some(quickly_flushed_lake(location.clone()));
     })
     .await;
-    node.create("root", Role::Admin).await;
-    node.create("ana", Role::Analyst).await;
-    let (admin, _) = node.login("root").await;
-    let (analyst, _) = node.login("ana").await;
-    let decision = node.create_decision(&admin, 2).await;
+    let (analyst, decision) = decision_and_analyst(&node).await;
     for (name, option) in [("cora", 0), ("dana", 1), ("emil", 1)] {
         node.register(name).await;
         let (token, _) = node.login(name).await;
@@ -216,14 +220,7 @@ async fn a_node_keeps_its_lake_in_an_s3_bucket() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, "option,n\n0,1\n1,2\n");
-    let (status, trends) = node
-        .get(
-            &format!("/api/v1/data/historical-trends?decision_id={decision}&bucket=day"),
-            &analyst,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{trends}");
-    assert_eq!(trends["source"], "lake");
+    trends_from_the_lake(&node, &analyst, &decision).await;
 
     // The last vote lands just before shutdown; the final flush still puts it in the bucket.
     node.register("fynn").await;

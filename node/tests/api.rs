@@ -4,7 +4,7 @@ mod common;
 
 use canopy_serving::auth::Role;
 use canopy_serving::state::ApiConfig;
-use common::api::TestNode;
+use common::api::{CAST_VOTE, TestNode, elements};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -13,12 +13,15 @@ fn option_composite(results: &Value, option: usize) -> f64 {
 }
 
 fn cell(breakdown: &Value, option: u64, component: &str) -> Option<Value> {
-    breakdown["cells"]
-        .as_array()
-        .unwrap()
-        .iter()
+    elements(&breakdown["cells"])
         .find(|c| c["option"] == option && c["component"] == component)
         .cloned()
+}
+
+/// The decision's breakdown as of a view that includes `offset` (read your own writes).
+async fn breakdown_including(node: &TestNode, decision: &str, offset: u64, token: &str) -> Value {
+    let path = format!("/api/v1/voting/decision/{decision}/breakdown?min_offset={offset}");
+    node.get(&path, token).await.1
 }
 
 #[tokio::test]
@@ -34,14 +37,14 @@ async fn voters_of_every_role_cast_change_and_read_their_own_votes() {
     let stakeholder = node.register("sami").await;
     let verify = |user: uuid::Uuid, role: &str, weight: f64| json!({ "user_id": user, "role": role, "weight": weight, "field": "hydrology", "regions": ["north"] });
     for (user, role, weight) in [(expert, "expert", 2.5), (stakeholder, "stakeholder", 1.5)] {
-        let (status, body) = node
-            .post(
-                "/api/v1/auth/verify-expert",
-                Some(&admin),
-                verify(user, role, weight),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        let verification = verify(user, role, weight);
+        node.post_expecting(
+            "/api/v1/auth/verify-expert",
+            Some(&admin),
+            verification,
+            StatusCode::OK,
+        )
+        .await;
     }
     let _ = citizen;
     let decision = node.create_decision(&admin, 3).await;
@@ -52,38 +55,28 @@ async fn voters_of_every_role_cast_change_and_read_their_own_votes() {
     let cast = |option: u16| json!({ "decision_id": decision, "option": option });
     let mut last_offset = 0;
     for (token, option) in [(&cora, 0u16), (&ezra, 1), (&sami, 1), (&cora, 2)] {
-        let (status, receipt) = node
-            .post("/api/v1/voting/cast-vote", Some(token), cast(option))
+        let receipt = node
+            .post_expecting(CAST_VOTE, Some(token), cast(option), StatusCode::CREATED)
             .await;
-        assert_eq!(status, StatusCode::CREATED, "{receipt}");
         assert_eq!(receipt["leaf_hash"].as_str().unwrap().len(), 64);
         last_offset = receipt["position"]["offset"].as_u64().unwrap();
         // Read your own write: the result includes the vote just cast.
-        let (status, results) = node
-            .get(
+        let results = node
+            .get_ok(
                 &format!("/api/v1/voting/decision/{decision}/results?min_offset={last_offset}"),
                 token,
             )
             .await;
-        assert_eq!(status, StatusCode::OK, "{results}");
         assert!(results["as_of"]["offset"].as_u64().unwrap() > last_offset);
     }
     // An analyst reads but does not vote.
     let (ana, _) = node.login("ana").await;
-    let (status, refused) = node
-        .post("/api/v1/voting/cast-vote", Some(&ana), cast(0))
-        .await;
     assert_eq!(
-        (status, refused["error"]["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("forbidden"))
+        node.post_refusal(CAST_VOTE, Some(&ana), cast(0)).await,
+        (StatusCode::FORBIDDEN, "forbidden")
     );
 
-    let (_, breakdown) = node
-        .get(
-            &format!("/api/v1/voting/decision/{decision}/breakdown?min_offset={last_offset}"),
-            &ana,
-        )
-        .await;
+    let breakdown = breakdown_including(&node, &decision, last_offset, &ana).await;
     // Cora changed her vote from 0 to 2: only the latest counts.
     assert_eq!(cell(&breakdown, 0, "democratic"), None);
     let democratic = cell(&breakdown, 2, "democratic").unwrap();
@@ -127,17 +120,16 @@ async fn voters_of_every_role_cast_change_and_read_their_own_votes() {
         { "voter_token": cora, "decision_id": decision, "option": 0 },
         { "voter_token": sami, "decision_id": decision, "option": 0 },
     ]});
-    let (status, body) = node
-        .post("/api/v1/voting/cast-votes", Some(&gateway), batch)
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let offset = body["receipts"][1]["position"]["offset"].as_u64().unwrap();
-    let (_, breakdown) = node
-        .get(
-            &format!("/api/v1/voting/decision/{decision}/breakdown?min_offset={offset}"),
-            &ana,
+    let body = node
+        .post_expecting(
+            "/api/v1/voting/cast-votes",
+            Some(&gateway),
+            batch,
+            StatusCode::CREATED,
         )
         .await;
+    let offset = body["receipts"][1]["position"]["offset"].as_u64().unwrap();
+    let breakdown = breakdown_including(&node, &decision, offset, &ana).await;
     assert_eq!(cell(&breakdown, 0, "democratic").unwrap()["count"], 1);
     assert_eq!(cell(&breakdown, 0, "community").unwrap()["count"], 1);
     assert_eq!(cell(&breakdown, 1, "community"), None);
@@ -148,29 +140,17 @@ async fn voters_of_every_role_cast_change_and_read_their_own_votes() {
 
     // A retried cast with the same vote id counts once.
     let retry = json!({ "vote_id": "7f0c62d4-3a55-4c4e-9e38-5f4d8f3b2a10", "decision_id": decision, "option": 1 });
-    let (_, first) = node
-        .post("/api/v1/voting/cast-vote", Some(&ezra), retry.clone())
-        .await;
-    let (_, second) = node
-        .post("/api/v1/voting/cast-vote", Some(&ezra), retry)
-        .await;
+    let (_, first) = node.post(CAST_VOTE, Some(&ezra), retry.clone()).await;
+    let (_, second) = node.post(CAST_VOTE, Some(&ezra), retry).await;
     let offset = second["position"]["offset"].as_u64().unwrap();
     assert!(offset > first["position"]["offset"].as_u64().unwrap());
-    let (_, breakdown) = node
-        .get(
-            &format!("/api/v1/voting/decision/{decision}/breakdown?min_offset={offset}"),
-            &ana,
-        )
-        .await;
+    let breakdown = breakdown_including(&node, &decision, offset, &ana).await;
     assert_eq!(cell(&breakdown, 1, "expert").unwrap()["count"], 1);
 
     let (status, trail) = node.get("/api/v1/audit/trail", &admin).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(trail["chain_intact"], true);
-    let actions: Vec<&str> = trail["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let actions: Vec<&str> = elements(&trail["entries"])
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     for expected in [
@@ -188,23 +168,17 @@ async fn voters_of_every_role_cast_change_and_read_their_own_votes() {
 #[tokio::test]
 async fn health_readiness_and_unknown_routes() {
     let node = TestNode::start(ApiConfig::default()).await;
-    let (status, _) = node
-        .request(reqwest::Method::GET, "/healthz", None, None)
-        .await;
+    let (status, _) = node.get_anonymous("/healthz").await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = node
-        .request(reqwest::Method::GET, "/readyz", None, None)
-        .await;
+    let (status, body) = node.get_anonymous("/readyz").await;
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("ready"))
     );
-    let (status, body) = node
-        .request(reqwest::Method::GET, "/api/v1/nothing", None, None)
-        .await;
     assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found"))
+        node.refusal(reqwest::Method::GET, "/api/v1/nothing", None, None)
+            .await,
+        (StatusCode::NOT_FOUND, "not_found")
     );
     node.node.shutdown().await.unwrap();
 }
@@ -214,9 +188,7 @@ async fn health_readiness_and_unknown_routes() {
 #[tokio::test]
 async fn the_openapi_document_matches_the_routes() {
     let node = TestNode::start(ApiConfig::default()).await;
-    let (status, document) = node
-        .request(reqwest::Method::GET, "/api/v1/openapi.json", None, None)
-        .await;
+    let (status, document) = node.get_anonymous("/api/v1/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
     let paths = document["paths"].as_object().unwrap();
@@ -269,9 +241,7 @@ async fn the_openapi_document_matches_the_routes() {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
     assert_eq!(operations, 30);
-    let (status, body) = node
-        .request(reqwest::Method::GET, "/api/v1/undocumented", None, None)
-        .await;
+    let (status, body) = node.get_anonymous("/api/v1/undocumented").await;
     assert_eq!(
         (status, body["error"]["message"].as_str()),
         (StatusCode::NOT_FOUND, Some("route not found"))

@@ -6,11 +6,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use canopy_dataflow::{EngineConfig, TallyEngine, ViewStore, recount};
-use canopy_ingest::{EntryLog, Position, SegmentLog, SegmentLogConfig};
+use canopy_dataflow::{ViewStore, recount};
+use canopy_ingest::{EntryLog, Position};
 use canopy_node::redis::RedisViews;
 use canopy_schemas::*;
-use canopy_testkit::decision;
+use canopy_testkit::{decision, expert_vote, logged, vote};
+
+/// The dataflow tests' log and engine fixtures (testkit cannot depend on the log).
+#[path = "../../dataflow/tests/common/mod.rs"]
+mod dataflow_common;
+use dataflow_common::{all_records, open_segment_log, start_engine};
 
 fn redis_url() -> String {
     std::env::var("CANOPY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
@@ -39,55 +44,25 @@ fn replicas_read_the_engines_results_through_redis() {
     let reader = RedisViews::connect(&redis_url(), &prefix.0).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(
-        SegmentLog::open(
-            dir.path(),
-            SegmentLogConfig {
-                partitions: 3,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
+    let log = open_segment_log(dir.path(), 3);
     let decisions: Vec<Decision> = (1..=4).map(decision).collect();
     let votes: Vec<LoggedVote> = (0..600u128)
         .map(|n| {
-            let expert = n % 4 == 0;
-            let vote = Vote {
-                vote_id: VoteId(if n % 9 == 8 { n - 3 } else { n }),
-                decision_id: DecisionId(1 + (if n % 9 == 8 { n - 3 } else { n }) % 4),
-                voter_id: VoterId(n % 41),
-                option: (n % 3) as u16,
-                component: if expert {
-                    Component::Expert
-                } else {
-                    Component::Democratic
-                },
-                weight: if expert {
-                    Weight(1_500_000)
-                } else {
-                    Weight::ONE
-                },
-                cast_at: 1,
+            // Every ninth vote is a redelivery of an earlier one.
+            let id = if n % 9 == 8 { n - 3 } else { n };
+            let (decision, voter, option) = (1 + id % 4, n % 41, (n % 3) as u16);
+            let cast = if n % 4 == 0 {
+                expert_vote(id, decision, voter, option, Weight(1_500_000))
+            } else {
+                vote(id, decision, voter, option)
             };
-            LoggedVote::new(vote, &VoterSalt([7; 32]))
+            logged(cast, 7)
         })
         .collect();
     let positions = log.append(&votes).unwrap();
-    let engine = TallyEngine::start(
-        EngineConfig::default(),
-        log.clone(),
-        writer.clone(),
-        None,
-        decisions.clone(),
-    )
-    .unwrap();
+    let engine = start_engine(log.clone(), writer.clone(), &decisions);
 
-    let mut records = Vec::new();
-    for partition in 0..log.partitions() {
-        records.extend(log.read(partition, 0, usize::MAX).unwrap());
-    }
-    let expected = recount(&records, &decisions);
+    let expected = recount(&all_records(log.as_ref()), &decisions);
     for d in &decisions {
         let last = positions
             .iter()
@@ -104,17 +79,12 @@ fn replicas_read_the_engines_results_through_redis() {
         assert!(view.as_of.offset > last.offset);
     }
     // A vote appended now is seen by the other replica once the engine took it.
-    let late = LoggedVote::new(
+    let late = logged(
         Vote {
-            vote_id: VoteId(10_000),
-            decision_id: DecisionId(2),
-            voter_id: VoterId(999),
-            option: 2,
-            component: Component::Democratic,
-            weight: Weight::ONE,
             cast_at: 2,
+            ..vote(10_000, 2, 999, 2)
         },
-        &VoterSalt([7; 32]),
+        7,
     );
     let at = log.append(&[late]).unwrap()[0];
     let view = reader

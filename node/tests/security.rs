@@ -6,15 +6,17 @@ use base64::Engine;
 use canopy_serving::auth::Role;
 use canopy_serving::limits::Rate;
 use canopy_serving::state::ApiConfig;
-use common::api::{PASSWORD, TestNode};
+use common::api::{CAST_VOTE, CREATE_DECISION, LOGIN, PASSWORD, TestNode, audit_entries};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("<none>")
+const REFRESH_TOKEN: &str = "/api/v1/auth/refresh-token";
+
+fn refresh(token: &str) -> Value {
+    json!({ "refresh_token": token })
 }
 
 fn now() -> u64 {
@@ -96,32 +98,14 @@ async fn forged_and_stale_tokens_are_refused() {
         ("garbage", "not.a.token".to_string(), "invalid_token"),
     ];
     for (name, token, expected) in cases {
-        let (status, body) = node
-            .post(
-                "/api/v1/voting/decision/create",
-                Some(&token),
-                create.clone(),
-            )
-            .await;
-        assert_eq!(
-            (status, code(&body)),
-            (StatusCode::UNAUTHORIZED, expected),
-            "{name}: {body}"
-        );
-        let (status, body) = node
-            .post("/api/v1/voting/cast-vote", Some(&token), cast.clone())
-            .await;
-        assert_eq!(
-            (status, code(&body)),
-            (StatusCode::UNAUTHORIZED, expected),
-            "{name}: {body}"
-        );
+        // Each forged token both creates a decision and casts a vote, in that order.
+        for (path, body) in [(CREATE_DECISION, &create), (CAST_VOTE, &cast)] {
+            let refusal = node.post_refusal(path, Some(&token), body.clone()).await;
+            assert_eq!(refusal, (StatusCode::UNAUTHORIZED, expected), "{name}");
+        }
     }
-    let (status, body) = node
-        .post("/api/v1/voting/cast-vote", None, cast.clone())
-        .await;
     assert_eq!(
-        (status, code(&body)),
+        node.post_refusal(CAST_VOTE, None, cast.clone()).await,
         (StatusCode::UNAUTHORIZED, "unauthenticated")
     );
 
@@ -137,12 +121,7 @@ async fn forged_and_stale_tokens_are_refused() {
         "no forged decision was created"
     );
     let (_, trail) = node.get("/api/v1/audit/trail", &admin).await;
-    let refusals = trail["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "refused")
-        .count();
+    let refusals = audit_entries(&trail, "refused");
     assert!(
         refusals >= 14,
         "every refused token is in the audit trail ({refusals})"
@@ -155,38 +134,21 @@ async fn a_refresh_token_used_twice_revokes_its_family() {
     let node = TestNode::start(ApiConfig::default()).await;
     node.register("cora").await;
     let (_, first) = node.login("cora").await;
-    let (status, rotated) = node
-        .post(
-            "/api/v1/auth/refresh-token",
-            None,
-            json!({ "refresh_token": first }),
-        )
+    let rotated = node
+        .post_expecting(REFRESH_TOKEN, None, refresh(&first), StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK, "{rotated}");
     let second = rotated["refresh_token"].as_str().unwrap().to_string();
     assert_ne!(second, first);
 
     // The thief replays the first token: refused, and the family with it.
-    let (status, body) = node
-        .post(
-            "/api/v1/auth/refresh-token",
-            None,
-            json!({ "refresh_token": first }),
-        )
-        .await;
     assert_eq!(
-        (status, code(&body)),
+        node.post_refusal(REFRESH_TOKEN, None, refresh(&first))
+            .await,
         (StatusCode::UNAUTHORIZED, "refresh_token_reused")
     );
-    let (status, body) = node
-        .post(
-            "/api/v1/auth/refresh-token",
-            None,
-            json!({ "refresh_token": second }),
-        )
-        .await;
     assert_eq!(
-        (status, code(&body)),
+        node.post_refusal(REFRESH_TOKEN, None, refresh(&second))
+            .await,
         (StatusCode::UNAUTHORIZED, "bad_refresh_token"),
         "the rotated token died with its family"
     );
@@ -194,22 +156,12 @@ async fn a_refresh_token_used_twice_revokes_its_family() {
     // A new login starts a new family; revoking it ends it.
     let (_, third) = node.login("cora").await;
     let (status, _) = node
-        .post(
-            "/api/v1/auth/revoke-token",
-            None,
-            json!({ "refresh_token": third }),
-        )
+        .post("/api/v1/auth/revoke-token", None, refresh(&third))
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = node
-        .post(
-            "/api/v1/auth/refresh-token",
-            None,
-            json!({ "refresh_token": third }),
-        )
-        .await;
     assert_eq!(
-        (status, code(&body)),
+        node.post_refusal(REFRESH_TOKEN, None, refresh(&third))
+            .await,
         (StatusCode::UNAUTHORIZED, "bad_refresh_token")
     );
     node.node.shutdown().await.unwrap();
@@ -220,61 +172,51 @@ async fn a_totp_code_works_once() {
     let node = TestNode::start(ApiConfig::default()).await;
     node.register("cora").await;
     let (access, _) = node.login("cora").await;
-    let (status, enrolment) = node
-        .post("/api/v1/auth/2fa/enrol", Some(&access), json!({}))
+    let enrolment = node
+        .post_expecting(
+            "/api/v1/auth/2fa/enrol",
+            Some(&access),
+            json!({}),
+            StatusCode::OK,
+        )
         .await;
-    assert_eq!(status, StatusCode::OK, "{enrolment}");
     let secret = totp_rs::Secret::Encoded(enrolment["secret_base32"].as_str().unwrap().to_string())
         .to_bytes()
         .unwrap();
     let totp = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret).unwrap();
     let step = now() / 30;
     let code_now = totp.generate(step * 30);
-    let (status, body) = node
-        .post(
-            "/api/v1/auth/2fa/confirm",
-            Some(&access),
-            json!({ "code": code_now }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let confirm = json!({ "code": code_now });
+    node.post_expecting(
+        "/api/v1/auth/2fa/confirm",
+        Some(&access),
+        confirm,
+        StatusCode::NO_CONTENT,
+    )
+    .await;
 
     let login =
         |code: Option<&str>| json!({ "username": "cora", "password": PASSWORD, "totp": code });
-    let (status, body) = node
-        .post(
-            "/api/v1/auth/login",
-            None,
-            json!({ "username": "cora", "password": PASSWORD }),
-        )
-        .await;
+    let without_code = json!({ "username": "cora", "password": PASSWORD });
     assert_eq!(
-        (status, code(&body)),
+        node.post_refusal(LOGIN, None, without_code).await,
         (StatusCode::UNAUTHORIZED, "totp_required")
     );
     // The code that confirmed enrolment is spent: a replay is refused.
-    let (status, body) = node
-        .post("/api/v1/auth/login", None, login(Some(&code_now)))
-        .await;
     assert_eq!(
-        (status, code(&body)),
+        node.post_refusal(LOGIN, None, login(Some(&code_now))).await,
         (StatusCode::UNAUTHORIZED, "bad_totp")
     );
-    let (status, body) = node
-        .post("/api/v1/auth/login", None, login(Some("000000")))
+    // A wrong code is refused.
+    node.post_expecting(LOGIN, None, login(Some("000000")), StatusCode::UNAUTHORIZED)
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     // The next step's code is within the allowed drift, and works once.
     let code_next = totp.generate((step + 1) * 30);
-    let (status, body) = node
-        .post("/api/v1/auth/login", None, login(Some(&code_next)))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = node
-        .post("/api/v1/auth/login", None, login(Some(&code_next)))
+    node.post_expecting(LOGIN, None, login(Some(&code_next)), StatusCode::OK)
         .await;
     assert_eq!(
-        (status, code(&body)),
+        node.post_refusal(LOGIN, None, login(Some(&code_next)))
+            .await,
         (StatusCode::UNAUTHORIZED, "bad_totp")
     );
     node.node.shutdown().await.unwrap();
@@ -293,10 +235,11 @@ async fn role_and_identity_cannot_be_claimed_through_the_body() {
 
     // A citizen creating a decision.
     let create = json!({ "title": "Mine", "options": ["a", "b"], "closes_at": i64::MAX });
-    let (status, body) = node
-        .post("/api/v1/voting/decision/create", Some(&mallory), create)
-        .await;
-    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
+    assert_eq!(
+        node.post_refusal(CREATE_DECISION, Some(&mallory), create)
+            .await,
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
     // Voting as someone else, or with another weight or component, through the body.
     for smuggled in [
         json!({ "voter_id": victim }),
@@ -307,13 +250,9 @@ async fn role_and_identity_cannot_be_claimed_through_the_body() {
         body.as_object_mut()
             .unwrap()
             .extend(smuggled.as_object().unwrap().clone());
-        let (status, response) = node
-            .post("/api/v1/voting/cast-vote", Some(&mallory), body)
-            .await;
         assert_eq!(
-            (status, code(&response)),
-            (StatusCode::UNPROCESSABLE_ENTITY, "bad_request"),
-            "{response}"
+            node.post_refusal(CAST_VOTE, Some(&mallory), body).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, "bad_request")
         );
     }
     // A citizen relaying a batch, a citizen verifying themself, reading the audit trail.
@@ -331,23 +270,15 @@ async fn role_and_identity_cannot_be_claimed_through_the_body() {
     let (status, _) = node.get("/api/v1/audit/trail", &mallory).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // Bad votes: unknown option, unknown decision.
-    let (status, body) = node
-        .post(
-            "/api/v1/voting/cast-vote",
-            Some(&mallory),
-            json!({ "decision_id": decision, "option": 7 }),
-        )
-        .await;
+    let unknown_option = json!({ "decision_id": decision, "option": 7 });
     assert_eq!(
-        (status, code(&body)),
+        node.post_refusal(CAST_VOTE, Some(&mallory), unknown_option)
+            .await,
         (StatusCode::UNPROCESSABLE_ENTITY, "unknown_option")
     );
     let unknown = json!({ "decision_id": uuid::Uuid::new_v4(), "option": 0 });
-    let (status, body) = node
-        .post("/api/v1/voting/cast-vote", Some(&mallory), unknown)
-        .await;
     assert_eq!(
-        (status, code(&body)),
+        node.post_refusal(CAST_VOTE, Some(&mallory), unknown).await,
         (StatusCode::NOT_FOUND, "unknown_decision")
     );
 
@@ -383,11 +314,8 @@ async fn oversized_bodies_and_floods_are_refused() {
 
     let huge =
         json!({ "title": "x".repeat(100_000), "options": ["a", "b"], "closes_at": i64::MAX });
-    let (status, body) = node
-        .post("/api/v1/voting/decision/create", Some(&admin), huge)
-        .await;
     assert_eq!(
-        (status, code(&body)),
+        node.post_refusal(CREATE_DECISION, Some(&admin), huge).await,
         (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
     );
 
@@ -397,7 +325,7 @@ async fn oversized_bodies_and_floods_are_refused() {
     for _ in 0..30 {
         let response = node
             .client
-            .post(format!("{}/api/v1/voting/cast-vote", node.base))
+            .post(format!("{}{CAST_VOTE}", node.base))
             .bearer_auth(&cora)
             .json(&json!({ "decision_id": decision, "option": 0 }))
             .send()

@@ -11,13 +11,15 @@ use canopy_dataflow::{Owner, WindowKey, WindowSize};
 use canopy_schemas::{Metric, name_key};
 use canopy_serving::auth::Role;
 use canopy_serving::state::ApiConfig;
-use common::api::TestNode;
+use common::api::{TestNode, audit_entries, elements};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const PLANTED: &str = include_str!("../../models/anomaly/testdata/planted_faults.csv");
 const PLANTED_WINDOWS: &str =
     include_str!("../../models/anomaly/testdata/planted_faults_windows.csv");
+
+const READINGS: &str = "/api/v1/data/process-sensor-data";
 
 fn sensor_records(node: &TestNode) -> u64 {
     let log = &node.node.state.sensors.as_ref().unwrap().log;
@@ -32,14 +34,14 @@ async fn operator(node: &TestNode) -> String {
 }
 
 async fn register(node: &TestNode, token: &str, sensor: &str, region: &str, metrics: &[&str]) {
-    let (status, body) = node
-        .post(
-            "/api/v1/data/sensors",
-            Some(token),
-            json!({ "sensor_id": sensor, "region": region, "latitude": 52.5, "longitude": 13.4, "metrics": metrics }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let sensor = json!({ "sensor_id": sensor, "region": region, "latitude": 52.5, "longitude": 13.4, "metrics": metrics });
+    node.post_expecting(
+        "/api/v1/data/sensors",
+        Some(token),
+        sensor,
+        StatusCode::CREATED,
+    )
+    .await;
 }
 
 async fn upload(
@@ -82,13 +84,11 @@ fn now_ms() -> i64 {
 async fn wait_for(node: &TestNode, token: &str, region: &str, as_of: &Value) {
     for position in as_of.as_array().unwrap() {
         let offset = position["offset"].as_u64().unwrap() - 1;
-        let (status, body) = node
-            .get(
-                &format!("/api/v1/data/metrics/{region}?min_offset={offset}"),
-                token,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        node.get_ok(
+            &format!("/api/v1/data/metrics/{region}?min_offset={offset}"),
+            token,
+        )
+        .await;
     }
 }
 
@@ -98,14 +98,9 @@ async fn bad_readings_are_refused_with_their_codes_and_change_nothing() {
     let token = operator(&node).await;
     register(&node, &token, "r-1", "riverside", &["pm25", "temperature"]).await;
     let good = json!({ "sensor_id": "r-1", "metric": "pm25", "unit": "µg/m³", "value": 12.5, "timestamp": now_ms() - 1_000 });
-    let (status, body) = node
-        .post(
-            "/api/v1/data/process-sensor-data",
-            Some(&token),
-            good.clone(),
-        )
+    let body = node
+        .post_expecting(READINGS, Some(&token), good.clone(), StatusCode::CREATED)
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["accepted"], 1);
     let stored = sensor_records(&node);
     let future = now_ms() + 3_600_000;
@@ -127,13 +122,7 @@ async fn bad_readings_are_refused_with_their_codes_and_change_nothing() {
             bad[field] = value.clone();
         }
         // A batch with one bad reading is refused whole, and says which one.
-        let (status, body) = node
-            .post(
-                "/api/v1/data/process-sensor-data",
-                Some(&token),
-                json!([good, bad]),
-            )
-            .await;
+        let (status, body) = node.post(READINGS, Some(&token), json!([good, bad])).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{code}: {body}");
         assert_eq!(body["error"]["code"], code, "{body}");
         assert!(
@@ -148,9 +137,7 @@ async fn bad_readings_are_refused_with_their_codes_and_change_nothing() {
     // Only operators and admins submit readings.
     node.register("resident").await;
     let citizen = node.login("resident").await.0;
-    let (status, _) = node
-        .post("/api/v1/data/process-sensor-data", Some(&citizen), good)
-        .await;
+    let (status, _) = node.post(READINGS, Some(&citizen), good).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(sensor_records(&node), stored);
 }
@@ -177,10 +164,7 @@ location,sensors_id,parameter,units,value,datetimeUtc
     assert_eq!(body["rows"], 6);
     assert_eq!(body["accepted"], 4);
     assert_eq!(body["rejected_count"], 2);
-    let rejected: Vec<(u64, String)> = body["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let rejected: Vec<(u64, String)> = elements(&body["rejected"])
         .map(|r| {
             (
                 r["line"].as_u64().unwrap(),
@@ -198,10 +182,7 @@ location,sensors_id,parameter,units,value,datetimeUtc
     assert_eq!(sensor_records(&node), before + 4);
     wait_for(&node, &token, "meadow", &body["as_of"]).await;
     let (_, metrics) = node.get("/api/v1/data/metrics/meadow", &token).await;
-    let pm25 = metrics["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let pm25 = elements(&metrics["metrics"])
         .find(|m| m["metric"] == "pm25")
         .unwrap();
     // 10:00 m-1 11.5, 10:01 m-2 13, 08:02 UTC m-2 15: the newest minute holds one reading.
@@ -228,6 +209,17 @@ location,sensors_id,parameter,units,value,datetimeUtc
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["error"]["code"], "bad_upload");
     assert_eq!(sensor_records(&node), before);
+}
+
+/// The short pm25 window of `sensor` that starts at `start_ms`: what the reference windows
+/// name.
+fn short_pm25_window(sensor: &str, start_ms: i64) -> WindowKey {
+    WindowKey {
+        owner: Owner::Sensor(name_key("sensor", sensor)),
+        metric: Metric::Pm25,
+        size: WindowSize::Short,
+        start_ms,
+    }
 }
 
 fn parse_reference_windows() -> Vec<(String, i64, [f64; 5], bool)> {
@@ -277,12 +269,7 @@ async fn planted_faults_are_flagged_by_the_model() {
         reference.len()
     );
     for (sensor, start, expected, _) in &reference {
-        let key = WindowKey {
-            owner: Owner::Sensor(name_key("sensor", sensor)),
-            metric: Metric::Pm25,
-            size: WindowSize::Short,
-            start_ms: *start,
-        };
+        let key = short_pm25_window(sensor, *start);
         let features = views
             .model_features(&key)
             .unwrap_or_else(|| panic!("no features for {sensor} at {start}"));
@@ -318,12 +305,7 @@ async fn planted_faults_are_flagged_by_the_model() {
             sensors.scorer_unavailable
         );
         for (sensor, start, _, _) in &reference {
-            let key = WindowKey {
-                owner: Owner::Sensor(name_key("sensor", sensor)),
-                metric: Metric::Pm25,
-                size: WindowSize::Short,
-                start_ms: *start,
-            };
+            let key = short_pm25_window(sensor, *start);
             if let Some(score) = scored(&key) {
                 verdicts.insert((sensor.clone(), *start), score.flagged);
             }
@@ -356,10 +338,7 @@ async fn planted_faults_are_flagged_by_the_model() {
     // The region's metrics name the flagged sensors of the newest minute.
     let (_, metrics) = node.get("/api/v1/data/metrics/test-north", &token).await;
     assert_eq!(metrics["model"]["available"], true, "{metrics}");
-    let flagged: Vec<&str> = metrics["metrics"][0]["anomalies"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let flagged: Vec<&str> = elements(&metrics["metrics"][0]["anomalies"])
         .filter(|a| a["model_flagged"] == true)
         .map(|a| a["sensor_id"].as_str().unwrap())
         .collect();
@@ -368,13 +347,12 @@ async fn planted_faults_are_flagged_by_the_model() {
         "{metrics}"
     );
     // Hourly trend of the region: three hours, every reading counted once.
-    let (status, trends) = node
-        .get(
+    let trends = node
+        .get_ok(
             "/api/v1/data/historical-trends?region=test-north&metric=pm25&bucket=hour",
             &token,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{trends}");
     let points = trends["points"].as_array().unwrap();
     assert_eq!(points.len(), 3);
     let counted: u64 = points.iter().map(|p| p["count"].as_u64().unwrap()).sum();
@@ -402,14 +380,11 @@ async fn threshold_alerts_reach_subscribers_and_the_audit_trail() {
         (now - 120_000, 140.0),
         (now - 60_000, 30.0),
     ] {
-        let (status, body) = node
-            .post(
-                "/api/v1/data/process-sensor-data",
-                Some(&token),
-                json!({ "sensor_id": "h-1", "metric": "pm25", "value": value, "timestamp": at }),
-            )
+        let reading =
+            json!({ "sensor_id": "h-1", "metric": "pm25", "value": value, "timestamp": at });
+        let body = node
+            .post_expecting(READINGS, Some(&token), reading, StatusCode::CREATED)
             .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
         wait_for(&node, &token, "harbour", &body["as_of"]).await;
     }
     let mut events = String::new();
@@ -435,12 +410,7 @@ async fn threshold_alerts_reach_subscribers_and_the_audit_trail() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, trail) = node.get("/api/v1/audit/trail", &auditor).await;
-        let written = trail["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["action"] == "sensor_alert")
-            .count();
+        let written = audit_entries(&trail, "sensor_alert");
         if written == 2 {
             break;
         }

@@ -162,69 +162,47 @@ fn sensors_are_checked_on_registration() {
         longitude: 10.0,
         metrics: vec![Metric::Pm25],
     };
-    let code = |s: Sensor| validate_sensor(&s).unwrap_err().code();
-    assert_eq!(
-        code(Sensor {
-            latitude: 91.0,
-            ..sensor.clone()
-        }),
-        "sensor_location"
-    );
-    assert_eq!(
-        code(Sensor {
-            metrics: vec![],
-            ..sensor.clone()
-        }),
-        "sensor_metrics"
-    );
-    assert_eq!(
-        code(Sensor {
-            metrics: vec![Metric::O3, Metric::O3],
-            ..sensor.clone()
-        }),
-        "sensor_metrics"
-    );
-    assert_eq!(
-        code(Sensor {
-            sensor_id: String::new(),
-            ..sensor.clone()
-        }),
-        "sensor_name"
-    );
+    let latitude_out_of_range = Sensor {
+        latitude: 91.0,
+        ..sensor.clone()
+    };
+    let no_metrics = Sensor {
+        metrics: vec![],
+        ..sensor.clone()
+    };
+    let a_metric_twice = Sensor {
+        metrics: vec![Metric::O3, Metric::O3],
+        ..sensor.clone()
+    };
+    let no_name = Sensor {
+        sensor_id: String::new(),
+        ..sensor.clone()
+    };
+    for (bad, code) in [
+        (latitude_out_of_range, "sensor_location"),
+        (no_metrics, "sensor_metrics"),
+        (a_metric_twice, "sensor_metrics"),
+        (no_name, "sensor_name"),
+    ] {
+        assert_eq!(validate_sensor(&bad).unwrap_err().code(), code, "{bad:?}");
+    }
     registry.insert(sensor).unwrap();
     assert_eq!(registry.len(), 1);
 }
 
 #[test]
 fn event_times_parse_from_rfc3339_and_epoch_milliseconds() {
-    assert_eq!(
-        parse_event_time("2026-06-01T00:00:00Z").unwrap(),
-        1_780_272_000_000
-    );
-    assert_eq!(
-        parse_event_time("2026-06-01T10:06:00.000Z").unwrap(),
-        1_780_308_360_000
-    );
-    assert_eq!(
-        parse_event_time("2026-06-01 12:06:00+02:00").unwrap(),
-        1_780_308_360_000
-    );
-    assert_eq!(
-        parse_event_time("2024-02-29T23:59:59Z").unwrap(),
-        1_709_251_199_000
-    );
-    assert_eq!(
-        parse_event_time("1999-12-31T12:00:00.5Z").unwrap(),
-        946_641_600_500
-    );
-    assert_eq!(
-        parse_event_time("1999-12-31T12:00:00.123456Z").unwrap(),
-        946_641_600_123
-    );
-    assert_eq!(
-        parse_event_time("1780272000000").unwrap(),
-        1_780_272_000_000
-    );
+    for (text, millis) in [
+        ("2026-06-01T00:00:00Z", 1_780_272_000_000),
+        ("2026-06-01T10:06:00.000Z", 1_780_308_360_000),
+        ("2026-06-01 12:06:00+02:00", 1_780_308_360_000),
+        ("2024-02-29T23:59:59Z", 1_709_251_199_000),
+        ("1999-12-31T12:00:00.5Z", 946_641_600_500),
+        ("1999-12-31T12:00:00.123456Z", 946_641_600_123),
+        ("1780272000000", 1_780_272_000_000),
+    ] {
+        assert_eq!(parse_event_time(text).unwrap(), millis, "{text}");
+    }
     for bad in [
         "",
         "yesterday",

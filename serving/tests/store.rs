@@ -36,6 +36,33 @@ fn decision(title: &str) -> Decision {
     }
 }
 
+/// A new refresh-token family of `user` (created at time 5) holding `token`, which expires
+/// at `expires_at`; returns the family.
+async fn new_refresh_family(
+    store: &dyn MetadataStore,
+    user: Uuid,
+    token: &str,
+    expires_at: i64,
+) -> Uuid {
+    let family = Uuid::new_v4();
+    store.create_refresh_family(family, user, 5).await.unwrap();
+    add_refresh_token(store, family, user, token, expires_at).await;
+    family
+}
+
+async fn add_refresh_token(
+    store: &dyn MetadataStore,
+    family: Uuid,
+    user: Uuid,
+    token: &str,
+    expires_at: i64,
+) {
+    store
+        .insert_refresh_token(token, family, user, expires_at)
+        .await
+        .unwrap();
+}
+
 /// Everything the serving layer relies on a store for.
 async fn exercise(store: Arc<dyn MetadataStore>) {
     assert_eq!(
@@ -117,15 +144,7 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
     assert!(store.claim_totp_step(alice.id, 101).await.unwrap());
 
     // Refresh tokens: spent once; a replay is reported; revocation and expiry end a family.
-    let family = Uuid::new_v4();
-    store
-        .create_refresh_family(family, alice.id, 5)
-        .await
-        .unwrap();
-    store
-        .insert_refresh_token("t1", family, alice.id, 1_000)
-        .await
-        .unwrap();
+    let family = new_refresh_family(store.as_ref(), alice.id, "t1", 1_000).await;
     assert_eq!(
         store.use_refresh_token("t1", 10).await.unwrap(),
         RefreshUse::Fresh {
@@ -140,10 +159,7 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
             user: alice.id
         }
     );
-    store
-        .insert_refresh_token("t2", family, alice.id, 1_000)
-        .await
-        .unwrap();
+    add_refresh_token(store.as_ref(), family, alice.id, "t2", 1_000).await;
     store.revoke_refresh_family(family).await.unwrap();
     assert_eq!(
         store.use_refresh_token("t2", 12).await.unwrap(),
@@ -153,24 +169,13 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
         store.use_refresh_token("unknown", 12).await.unwrap(),
         RefreshUse::Invalid
     );
-    let other = Uuid::new_v4();
-    store
-        .create_refresh_family(other, alice.id, 5)
-        .await
-        .unwrap();
-    store
-        .insert_refresh_token("t3", other, alice.id, 100)
-        .await
-        .unwrap();
+    let other = new_refresh_family(store.as_ref(), alice.id, "t3", 100).await;
     assert_eq!(
         store.use_refresh_token("t3", 100).await.unwrap(),
         RefreshUse::Invalid,
         "expired"
     );
-    store
-        .insert_refresh_token("t4", other, alice.id, 1_000)
-        .await
-        .unwrap();
+    add_refresh_token(store.as_ref(), other, alice.id, "t4", 1_000).await;
     assert!(store.revoke_refresh_token("t4").await.unwrap());
     assert_eq!(
         store.use_refresh_token("t4", 101).await.unwrap(),
@@ -178,15 +183,7 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
     );
 
     // Exactly one of many concurrent uses of a token wins.
-    let racing = Uuid::new_v4();
-    store
-        .create_refresh_family(racing, alice.id, 5)
-        .await
-        .unwrap();
-    store
-        .insert_refresh_token("race", racing, alice.id, 1_000)
-        .await
-        .unwrap();
+    new_refresh_family(store.as_ref(), alice.id, "race", 1_000).await;
     let attempts: Vec<_> = (0..8)
         .map(|_| {
             let store = Arc::clone(&store);
@@ -387,26 +384,15 @@ async fn engine_checkpoints(store: &dyn MetadataStore) {
         data: vec![seq as u8, worker as u8],
     };
     // A run of two workers completes checkpoints 1 and 2, and stops while writing 3.
-    store
-        .write_engine_chunk(&chunk(1, 1, 2, vec![(1, 5)]), 1)
-        .await
-        .unwrap();
-    store
-        .write_engine_chunk(&chunk(1, 0, 2, vec![(0, 4), (2, 9)]), 1)
-        .await
-        .unwrap();
-    store
-        .write_engine_chunk(&chunk(2, 0, 2, vec![(0, 7), (2, 9)]), 2)
-        .await
-        .unwrap();
-    store
-        .write_engine_chunk(&chunk(2, 1, 2, vec![(1, 6)]), 2)
-        .await
-        .unwrap();
-    store
-        .write_engine_chunk(&chunk(3, 1, 2, vec![(1, 99)]), 3)
-        .await
-        .unwrap();
+    for (written, at) in [
+        (chunk(1, 1, 2, vec![(1, 5)]), 1),
+        (chunk(1, 0, 2, vec![(0, 4), (2, 9)]), 1),
+        (chunk(2, 0, 2, vec![(0, 7), (2, 9)]), 2),
+        (chunk(2, 1, 2, vec![(1, 6)]), 2),
+        (chunk(3, 1, 2, vec![(1, 99)]), 3),
+    ] {
+        store.write_engine_chunk(&written, at).await.unwrap();
+    }
     assert!(
         store
             .write_engine_chunk(&chunk(2, 1, 2, vec![]), 4)

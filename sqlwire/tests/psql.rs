@@ -23,6 +23,9 @@ const START: i64 = 1_780_272_000_000_000; // 2026-06-01T00:00:00Z
 /// Partition 2 holds one decision's votes only, in one file, in offset order.
 const LONG_PARTITION_VOTES: u64 = 20_000;
 
+/// The analyst's password, the only one [`OnlyAnalyst`] accepts.
+const PASSWORD: &str = "s3cret";
+
 struct OnlyAnalyst;
 
 impl Credentials for OnlyAnalyst {
@@ -31,7 +34,7 @@ impl Credentials for OnlyAnalyst {
         user: &'a str,
         password: &'a str,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-        Box::pin(async move { user == "analyst" && password == "s3cret" })
+        Box::pin(async move { user == "analyst" && password == PASSWORD })
     }
 }
 
@@ -95,12 +98,26 @@ impl Fixture {
             .unwrap()
     }
 
+    /// Runs `statements` as the analyst, which must succeed; returns what psql printed.
+    async fn psql_ok(&self, statements: &[&str]) -> String {
+        let output = self.psql(PASSWORD, statements).await;
+        assert!(output.status.success(), "psql failed: {}", stderr(&output));
+        stdout(&output)
+    }
+
+    /// Runs `statements` as the analyst, which must fail; returns what psql complained.
+    async fn psql_refused(&self, statements: &[&str]) -> String {
+        let output = self.psql(PASSWORD, statements).await;
+        assert!(!output.status.success(), "{statements:?} succeeded");
+        stderr(&output)
+    }
+
     async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::Config::new()
             .host("127.0.0.1")
             .port(self.port())
             .user("analyst")
-            .password("s3cret")
+            .password(PASSWORD)
             .dbname("canopy")
             .connect(tokio_postgres::NoTls)
             .await
@@ -219,11 +236,8 @@ fn unaligned(batches: &[RecordBatch]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_counts_the_votes() {
     let fixture = Fixture::start().await;
-    let output = fixture
-        .psql("s3cret", &["SELECT count(*) FROM votes"])
-        .await;
-    assert!(output.status.success(), "psql failed: {}", stderr(&output));
-    assert_eq!(stdout(&output), format!("{}\n", fixture.votes));
+    let printed = fixture.psql_ok(&["SELECT count(*) FROM votes"]).await;
+    assert_eq!(printed, format!("{}\n", fixture.votes));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,30 +247,21 @@ async fn psql_group_by_equals_the_lakes_own_answer() {
                sum(weight_millionths) AS weight, count(DISTINCT voter_commitment) AS voters \
                FROM votes GROUP BY decision_id, option, component \
                ORDER BY decision_id, option, component";
-    let output = fixture.psql("s3cret", &[sql]).await;
-    assert!(output.status.success(), "psql failed: {}", stderr(&output));
+    let printed = fixture.psql_ok(&[sql]).await;
     let expected = unaligned(&fixture.lake.query(sql).await.unwrap());
     assert!(expected.lines().count() >= 6 * 3, "{expected}");
-    assert_eq!(stdout(&output), expected);
+    assert_eq!(printed, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_sees_postgresql_text_formats() {
     let fixture = Fixture::start().await;
-    let output = fixture
-        .psql(
-            "s3cret",
-            &[
-                "SELECT min(cast_at), max(date), CAST(12.5 AS DECIMAL(10, 3)), \
+    let sql = "SELECT min(cast_at), max(date), CAST(12.5 AS DECIMAL(10, 3)), \
                min(option) = 0, CAST(0.00001 AS DOUBLE), CAST(NULL AS INT), \
                min(voter_commitment) IS NOT NULL, arrow_cast(18446744073709551615, 'UInt64'), \
-               X'00ff' FROM votes",
-            ],
-        )
-        .await;
-    assert!(output.status.success(), "psql failed: {}", stderr(&output));
+               X'00ff' FROM votes";
     assert_eq!(
-        stdout(&output),
+        fixture.psql_ok(&[sql]).await,
         "2026-06-01 00:00:00+00|2026-06-01|12.500|t|1e-05||t|18446744073709551615|\\x00ff\n"
     );
 }
@@ -283,9 +288,7 @@ async fn writes_are_refused_as_read_only() {
         "COPY votes TO '/tmp/canopy-sqlwire-copy.csv'",
         "COPY (SELECT 1) TO STDOUT",
     ] {
-        let output = fixture.psql("s3cret", &[sql]).await;
-        assert!(!output.status.success(), "{sql} succeeded");
-        let stderr = stderr(&output);
+        let stderr = fixture.psql_refused(&[sql]).await;
         assert!(
             stderr.contains("25006: sql_not_read_only"),
             "{sql}: {stderr}"
@@ -306,9 +309,7 @@ async fn sql_errors_carry_the_code_and_a_sqlstate() {
             "42704: unrecognized configuration parameter \"work_mem\"",
         ),
     ] {
-        let output = fixture.psql("s3cret", &[sql]).await;
-        assert!(!output.status.success(), "{sql} succeeded");
-        let stderr = stderr(&output);
+        let stderr = fixture.psql_refused(&[sql]).await;
         assert!(stderr.contains(expected), "{sql}: {stderr}");
     }
 }
@@ -316,26 +317,22 @@ async fn sql_errors_carry_the_code_and_a_sqlstate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_commands_keep_the_session_going() {
     let fixture = Fixture::start().await;
-    let output = fixture
-        .psql(
-            "s3cret",
-            &[
-                "SET extra_float_digits = 3",
-                ";",
-                "SHOW server_version",
-                "BEGIN",
-                "SELECT count(*) FROM votes WHERE log_partition = 2",
-                "COMMIT",
-                "show client_encoding; SHOW transaction isolation level",
-                "SHOW standard_conforming_strings",
-                "ROLLBACK",
-                "SELECT 1; SELECT 2",
-            ],
-        )
+    let printed = fixture
+        .psql_ok(&[
+            "SET extra_float_digits = 3",
+            ";",
+            "SHOW server_version",
+            "BEGIN",
+            "SELECT count(*) FROM votes WHERE log_partition = 2",
+            "COMMIT",
+            "show client_encoding; SHOW transaction isolation level",
+            "SHOW standard_conforming_strings",
+            "ROLLBACK",
+            "SELECT 1; SELECT 2",
+        ])
         .await;
-    assert!(output.status.success(), "psql failed: {}", stderr(&output));
     assert_eq!(
-        stdout(&output),
+        printed,
         format!(
             "SET\n15.0 (canopy)\nBEGIN\n{LONG_PARTITION_VOTES}\nCOMMIT\nUTF8\nread committed\non\nROLLBACK\n1\n2\n"
         )
@@ -347,7 +344,7 @@ async fn a_failed_transaction_block_refuses_statements_until_it_ends() {
     let fixture = Fixture::start().await;
     let output = fixture
         .psql(
-            "s3cret",
+            PASSWORD,
             &["BEGIN", "SELEC 1", "SELECT 1", "COMMIT", "SELECT 2"],
         )
         .await;
@@ -499,13 +496,14 @@ async fn an_error_after_rows_were_sent_still_reaches_the_client() {
     assert_eq!(error.code(), Some(&SqlState::DIVISION_BY_ZERO), "{error:?}");
     assert!(format!("{error:?}").contains("sql: "), "{error:?}");
 
-    let output = fixture.psql("s3cret", &[sql]).await;
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("22012: sql:"),
-        "{}",
-        stderr(&output)
-    );
+    let stderr = fixture.psql_refused(&[sql]).await;
+    assert!(stderr.contains("22012: sql:"), "{stderr}");
+}
+
+/// A stopped query ends well before its minutes of work would have.
+fn assert_stopped_soon(started: std::time::Instant) {
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
 
 /// Minutes of work, in small steps (a nested-loop join would be slow too, but its steps take
@@ -525,11 +523,7 @@ async fn a_cancel_request_stops_the_query() {
     let error = client.query(SLOW, &[]).await.unwrap_err();
     canceller.await.unwrap();
     assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED), "{error:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_stopped_soon(started);
     // The connection carries on.
     let n: i64 = client
         .query_one("SELECT count(*) FROM votes", &[])
@@ -547,12 +541,8 @@ async fn the_lakes_time_limit_applies() {
     })
     .await;
     let started = std::time::Instant::now();
-    let output = fixture.psql("s3cret", &[SLOW]).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
+    let output = fixture.psql(PASSWORD, &[SLOW]).await;
+    assert_stopped_soon(started);
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("57014: query_timeout"),

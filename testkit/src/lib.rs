@@ -1,10 +1,14 @@
 //! Fixtures the workspace's tests share, so each test states only what it is about.
 //!
 //! - [`decision`]: an open, three-option decision with the default component weights.
+//! - [`vote`], [`expert_vote`], [`logged`]: votes as the log holds them.
 //! - [`TestDatabase`]: a PostgreSQL database of the test's own on the real server that
 //!   `scripts/test` starts, dropped with the value.
 
-use canopy_schemas::{ComponentWeights, Decision, DecisionId, Method};
+use canopy_schemas::{
+    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
+    VoterSalt, Weight,
+};
 use sqlx::Connection;
 
 /// Decision `n`: options a, b, c, open from the epoch forever, quorum 10, in `region`.
@@ -25,6 +29,34 @@ pub fn decision_in(n: u128, region: &str) -> Decision {
 /// Decision `n` in region `r` (see [`decision_in`]).
 pub fn decision(n: u128) -> Decision {
     decision_in(n, "r")
+}
+
+/// Vote `id` of `voter` on `decision` for `option`: democratic, weight one, cast at 1.
+/// Tests that need another time or id say so with `Vote { cast_at: …, ..vote(…) }`.
+pub fn vote(id: u128, decision: u128, voter: u128, option: u16) -> Vote {
+    Vote {
+        vote_id: VoteId(id),
+        decision_id: DecisionId(decision),
+        voter_id: VoterId(voter),
+        option,
+        component: Component::Democratic,
+        weight: Weight::ONE,
+        cast_at: 1,
+    }
+}
+
+/// The same vote as [`vote`], cast in the expert component with `weight`.
+pub fn expert_vote(id: u128, decision: u128, voter: u128, option: u16, weight: Weight) -> Vote {
+    Vote {
+        component: Component::Expert,
+        weight,
+        ..vote(id, decision, voter, option)
+    }
+}
+
+/// `vote` as the log holds it: with the voter's commitment under the salt of 32 `salt` bytes.
+pub fn logged(vote: Vote, salt: u8) -> LoggedVote {
+    LoggedVote::new(vote, &VoterSalt([salt; 32]))
 }
 
 /// The server the test setup (scripts/test) makes sure is running.
