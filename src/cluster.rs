@@ -35,7 +35,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
         if args.process == 0
             && let Some(target) = crate::evm::target(&settings.evm_args()).await?
         {
-            config.anchor_target = Some(std::sync::Arc::new(target));
+            config.record.anchor_target = Some(std::sync::Arc::new(target));
         }
         eprintln!(
             "canopy worker {} of {processes}: connecting to its peers, the store, Kafka and Redis",

@@ -991,8 +991,8 @@ impl CanopyConfig {
         config.jwt_key = self.api.jwt_key.clone();
         config.api.per_user = Self::rate(self.api.user_rate);
         config.api.per_address = Self::rate(self.api.address_rate);
-        config.anchor.interval = self.anchor_interval();
-        config.record_origin = self.record.origin.clone();
+        config.record.anchor.interval = self.anchor_interval();
+        config.record.origin = self.record.origin.clone();
         config.kafka = self.kafka();
         let sensors = &self.sensors;
         config.sensors.enabled = sensors.enabled;
@@ -1036,7 +1036,7 @@ impl CanopyConfig {
         config.kafka = Some(self.cluster_kafka()?);
         config.redis = Some(self.cluster_redis()?);
         config.run_engine = false;
-        config.record_origin = self.record.origin.clone();
+        config.record.origin = self.record.origin.clone();
         config.api.per_user = Self::rate(self.api.user_rate);
         config.api.per_address = Self::rate(self.api.address_rate);
         Ok(config)
@@ -1060,8 +1060,8 @@ impl CanopyConfig {
         config.threads = self.workers.threads.max(1);
         config.checkpoint_interval =
             Duration::from_millis(self.workers.checkpoint_interval_ms.max(10));
-        config.record_origin = self.record.origin.clone();
-        config.anchor.interval = self.anchor_interval();
+        config.record.origin = self.record.origin.clone();
+        config.record.anchor.interval = self.anchor_interval();
         config.cluster = (hosts.len() > 1).then(|| ClusterConfig {
             process,
             addresses: hosts.clone(),

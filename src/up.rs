@@ -49,7 +49,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 use canopy_chain::AnchorTarget;
                 target.name()
             });
-            config.anchor_target = Some(Arc::new(target));
+            config.record.anchor_target = Some(Arc::new(target));
         }
         let lake_sql = config
             .lake

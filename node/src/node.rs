@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use canopy_analytics::{LakeSql, LakeViews};
-use canopy_chain::{AnchorTarget, NoteSigner};
+use canopy_chain::NoteSigner;
 use canopy_dataflow::{
-    EngineConfig, InMemoryViews, RecordConfig, StateStore, TallyEngine, ViewStore, VoteRecord,
+    EngineConfig, InMemoryViews, StateStore, TallyEngine, ViewStore, VoteRecord,
 };
 use canopy_ingest::{Gate, KafkaConfig, KafkaLog, SegmentLog, SegmentLogConfig, VoteLog};
 use canopy_schemas::Decision;
@@ -25,7 +25,7 @@ use crate::NodeError;
 use crate::error::blocking;
 use crate::lake::{LakeFeed, LakeSettings, lake_loop};
 use crate::readiness::become_ready_after_replay;
-use crate::record::{AnchorConfig, Anchorer, anchor_loop, open_record, record_signer};
+use crate::record::{Anchorer, RecordSettings, anchor_loop, open_record, record_signer};
 use crate::redis::{RedisViews, ReplicaCoordinator};
 use crate::sensors::{SensorSettings, start_sensors};
 use crate::worker::{RedisTarget, SqlStateStore};
@@ -43,13 +43,8 @@ pub struct NodeConfig {
     /// single node generates its own in the data directory on first start.
     pub jwt_key: Option<PathBuf>,
     pub api: ApiConfig,
-    /// Checkpoint origins start with this (`<prefix>/decision/<uuid>`); also the name of
-    /// the record key.
-    pub record_origin: String,
-    pub record: RecordConfig,
-    pub anchor: AnchorConfig,
-    /// Where batch roots go; the local anchor journal (`anchors/journal.jsonl`) if absent.
-    pub anchor_target: Option<Arc<dyn AnchorTarget>>,
+    /// The vote record: checkpoint origin, schedule, anchoring.
+    pub record: RecordSettings,
     /// The vote log on a Kafka topic instead of the embedded segment log.
     pub kafka: Option<KafkaConfig>,
     /// Results in Redis (written by a cluster's workers) instead of in process memory.
@@ -73,10 +68,7 @@ impl NodeConfig {
             database_url: None,
             jwt_key: None,
             api: ApiConfig::default(),
-            record_origin: "canopy.local".to_string(),
-            record: RecordConfig::default(),
-            anchor: AnchorConfig::default(),
-            anchor_target: None,
+            record: RecordSettings::default(),
             kafka: None,
             redis: None,
             run_engine: true,
@@ -205,14 +197,7 @@ async fn start_tally(
     decisions: Vec<Decision>,
     anchor_stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Tally, NodeError> {
-    let record = open_record(
-        store,
-        signer,
-        &config.record_origin,
-        &config.record,
-        log.partitions(),
-    )
-    .await?;
+    let record = open_record(store, signer, &config.record, log.partitions()).await?;
     let runtime = tokio::runtime::Handle::current();
     let engine_config = EngineConfig {
         workers: config.workers,
@@ -232,14 +217,7 @@ async fn start_tally(
         )
     })
     .await?;
-    let anchorer = Anchorer::new(
-        store,
-        signer,
-        &config.record_origin,
-        &config.anchor,
-        config.anchor_target.as_ref(),
-        &config.data_dir,
-    );
+    let anchorer = Anchorer::new(store, signer, &config.record, &config.data_dir);
     Ok(Tally {
         engine: Arc::new(engine),
         record,
@@ -290,7 +268,7 @@ impl Node {
         let keep_lake = config.run_engine && config.lake.is_some();
         // The engine publishes through the lake's recorder of tally changes.
         let tally_changes = keep_lake.then(|| Arc::new(LakeViews::new(Arc::clone(&views))));
-        let signer = record_signer(&config.data_dir, &config.record_origin).await?;
+        let signer = record_signer(&config.data_dir, &config.record.origin).await?;
         let coordinator = connect_coordinator(&config).await?;
         let (anchoring, anchor_stop) = tokio::sync::watch::channel(false);
         let tally = if config.run_engine {
@@ -366,7 +344,7 @@ impl Node {
             ready: Default::default(),
             record,
             record_key: signer.verifier().encode(),
-            record_origin: config.record_origin.clone(),
+            record_origin: config.record.origin.clone(),
             salts: SaltCache::default(),
             data_dir: config.data_dir.clone(),
             replicas: coordinator

@@ -28,6 +28,30 @@ use canopy_serving::store::{AnchorBatchRow, CheckpointRow, MetadataStore};
 
 use crate::NodeError;
 
+/// What a process that keeps the vote record needs to know of it: the same for a node and
+/// a cluster worker.
+#[derive(Clone)]
+pub struct RecordSettings {
+    /// Checkpoint origins start with this (`<origin>/decision/<uuid>`); also the name of the
+    /// record key.
+    pub origin: String,
+    pub record: RecordConfig,
+    pub anchor: AnchorConfig,
+    /// Where batch roots go; the local anchor journal (`anchors/journal.jsonl`) if absent.
+    pub anchor_target: Option<Arc<dyn AnchorTarget>>,
+}
+
+impl Default for RecordSettings {
+    fn default() -> Self {
+        Self {
+            origin: "canopy.local".to_string(),
+            record: RecordConfig::default(),
+            anchor: AnchorConfig::default(),
+            anchor_target: None,
+        }
+    }
+}
+
 /// Loads the node's Ed25519 record key seed from `path`, generating it on first start.
 pub fn load_or_generate_record_key(path: &Path, name: &str) -> Result<NoteSigner, NodeError> {
     let seed: [u8; 32] = if path.exists() {
@@ -66,15 +90,14 @@ pub(crate) async fn record_signer(
 pub(crate) async fn open_record(
     store: &Arc<dyn MetadataStore>,
     signer: &NoteSigner,
-    origin: &str,
-    config: &RecordConfig,
+    settings: &RecordSettings,
     partitions: u32,
 ) -> Result<Arc<VoteRecord>, NodeError> {
     let record = Arc::new(VoteRecord::new(
         signer.clone(),
         RecordConfig {
-            origin_prefix: origin.to_string(),
-            ..config.clone()
+            origin_prefix: settings.origin.clone(),
+            ..settings.record.clone()
         },
         partitions,
         Arc::new(CheckpointWriter::start(Arc::clone(store))),
@@ -188,12 +211,10 @@ impl Anchorer {
     pub(crate) fn new(
         store: &Arc<dyn MetadataStore>,
         signer: &Arc<NoteSigner>,
-        origin_prefix: &str,
-        config: &AnchorConfig,
-        target: Option<&Arc<dyn AnchorTarget>>,
+        settings: &RecordSettings,
         data_dir: &Path,
     ) -> Self {
-        let target = match target {
+        let target = match &settings.anchor_target {
             Some(target) => Arc::clone(target),
             None => Arc::new(AnchorJournal::new(
                 data_dir.join("anchors").join("journal.jsonl"),
@@ -203,8 +224,8 @@ impl Anchorer {
             store: Arc::clone(store),
             target,
             signer: Arc::clone(signer),
-            origin_prefix: origin_prefix.to_string(),
-            config: config.clone(),
+            origin_prefix: settings.origin.clone(),
+            config: settings.anchor.clone(),
         }
     }
 

@@ -15,16 +15,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use canopy_chain::AnchorTarget;
 use canopy_dataflow::{
-    ClusterConfig, DecisionDirectory, EngineConfig, EngineSnapshot, RecordConfig, StateChunk,
-    StateStore, TallyEngine, ViewStore,
+    ClusterConfig, DecisionDirectory, EngineConfig, EngineSnapshot, StateChunk, StateStore,
+    TallyEngine, ViewStore,
 };
 use canopy_ingest::{KafkaConfig, KafkaLog, VoteLog};
 use canopy_schemas::{Decision, DecisionId};
 
 use crate::NodeError;
-use crate::record::{AnchorConfig, Anchorer, anchor_loop, open_record, record_signer};
+use crate::record::{Anchorer, RecordSettings, anchor_loop, open_record, record_signer};
 use crate::redis::RedisViews;
 use canopy_serving::store::MetadataStore;
 
@@ -118,10 +117,8 @@ pub struct WorkerConfig {
     /// This process's place in the cluster; alone if absent.
     pub cluster: Option<ClusterConfig>,
     pub checkpoint_interval: Duration,
-    pub record_origin: String,
-    pub record: RecordConfig,
-    pub anchor: AnchorConfig,
-    pub anchor_target: Option<Arc<dyn AnchorTarget>>,
+    /// The vote record: checkpoint origin, schedule, anchoring.
+    pub record: RecordSettings,
     /// How often decisions are re-read from the store (parameter changes before opening).
     pub decision_refresh: Duration,
 }
@@ -141,10 +138,7 @@ impl WorkerConfig {
             threads: 2,
             cluster: None,
             checkpoint_interval: Duration::from_secs(2),
-            record_origin: "canopy.local".to_string(),
-            record: RecordConfig::default(),
-            anchor: AnchorConfig::default(),
-            anchor_target: None,
+            record: RecordSettings::default(),
             decision_refresh: Duration::from_secs(1),
         }
     }
@@ -183,15 +177,8 @@ impl WorkerNode {
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
         .map(Arc::new)?;
-        let signer = record_signer(&config.data_dir, &config.record_origin).await?;
-        let record = open_record(
-            &store,
-            &signer,
-            &config.record_origin,
-            &config.record,
-            log.partitions(),
-        )
-        .await?;
+        let signer = record_signer(&config.data_dir, &config.record.origin).await?;
+        let record = open_record(&store, &signer, &config.record, log.partitions()).await?;
         let runtime = tokio::runtime::Handle::current();
         let decisions = store.decisions().await?;
         let engine_config = EngineConfig {
@@ -225,14 +212,7 @@ impl WorkerNode {
             stopped.clone(),
         )));
         if first_process {
-            let anchorer = Anchorer::new(
-                &store,
-                &signer,
-                &config.record_origin,
-                &config.anchor,
-                config.anchor_target.as_ref(),
-                &config.data_dir,
-            );
+            let anchorer = Anchorer::new(&store, &signer, &config.record, &config.data_dir);
             tasks.push(tokio::spawn(anchor_loop(anchorer, stopped)));
         }
         Ok(Self {
