@@ -1,11 +1,13 @@
 //! The vote log on a real Kafka-protocol broker (tansu, started by scripts/test; its address
 //! in CANOPY_TEST_KAFKA). Each test uses a topic of its own.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use canopy_ingest::*;
 use canopy_schemas::*;
+
+mod common;
+use common::{append_and_read_back, read_partition, vote};
 
 fn broker() -> String {
     std::env::var("CANOPY_TEST_KAFKA").expect(
@@ -18,34 +20,10 @@ fn topic() -> String {
     format!("canopy-test-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn vote(decision: u128, voter: u128, n: u128) -> LoggedVote {
-    let vote = Vote {
-        vote_id: VoteId(n),
-        decision_id: DecisionId(decision),
-        voter_id: VoterId(voter),
-        option: (n % 3) as u16,
-        component: Component::Democratic,
-        weight: Weight::ONE,
-        cast_at: 1_500,
-    };
-    LoggedVote::new(vote, &VoterSalt([voter as u8; 32]))
-}
-
 fn config(topic: &str, partitions: u32) -> KafkaConfig {
     KafkaConfig {
         partitions,
         ..KafkaConfig::new(broker(), topic)
-    }
-}
-
-fn read_all(log: &dyn VoteLog, partition: u32) -> Vec<LogRecord> {
-    let mut out = Vec::new();
-    loop {
-        let batch = log.read(partition, out.len() as u64, 50).unwrap();
-        if batch.is_empty() {
-            return out;
-        }
-        out.extend(batch);
     }
 }
 
@@ -54,29 +32,7 @@ fn acknowledged_votes_read_back_in_order_at_their_positions() {
     let topic = topic();
     let log = KafkaLog::connect(config(&topic, 3)).unwrap();
     let votes: Vec<LoggedVote> = (0..120).map(|n| vote(n % 5, n, n)).collect();
-    let positions = log.append(&votes).unwrap();
-    for (vote, position) in votes.iter().zip(&positions) {
-        assert_eq!(position.partition, partition_for(vote.vote.decision_id, 3));
-    }
-    let mut seen = HashSet::new();
-    for partition in 0..3 {
-        let records = read_all(&log, partition);
-        assert_eq!(
-            records.len() as u64,
-            log.end_offset(partition).unwrap(),
-            "every offset below the end is a vote"
-        );
-        for (expected_offset, record) in records.iter().enumerate() {
-            assert_eq!(record.position.offset, expected_offset as u64);
-            let index = positions
-                .iter()
-                .position(|p| *p == record.position)
-                .expect("a stored vote was acknowledged at its position");
-            assert_eq!(record.logged(), votes[index]);
-            seen.insert(record.position);
-        }
-    }
-    assert_eq!(seen.len(), votes.len());
+    append_and_read_back(&log, &votes);
 
     // A second connection (another process) sees the same log; async appends continue it.
     let again = Arc::new(KafkaLog::connect(config(&topic, 3)).unwrap());
@@ -84,7 +40,7 @@ fn acknowledged_votes_read_back_in_order_at_their_positions() {
     let more: Vec<LoggedVote> = (200..210).map(|n| vote(1, n, n)).collect();
     let appended = runtime.block_on(again.append_async(&more)).unwrap();
     let partition = partition_for(DecisionId(1), 3);
-    let records = read_all(again.as_ref(), partition);
+    let records = read_partition(again.as_ref(), partition);
     assert_eq!(records.last().unwrap().position, *appended.last().unwrap());
     assert_eq!(records.last().unwrap().logged(), more[9]);
 }

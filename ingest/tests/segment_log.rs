@@ -1,6 +1,5 @@
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,19 +7,8 @@ use std::sync::Arc;
 use canopy_ingest::*;
 use canopy_schemas::*;
 
-fn vote(decision: u128, voter: u128, n: u128) -> LoggedVote {
-    let salt = VoterSalt([voter as u8; 32]);
-    let vote = Vote {
-        vote_id: VoteId(n),
-        decision_id: DecisionId(decision),
-        voter_id: VoterId(voter),
-        option: (n % 3) as u16,
-        component: Component::Democratic,
-        weight: Weight::ONE,
-        cast_at: 1_500,
-    };
-    LoggedVote::new(vote, &salt)
-}
+mod common;
+use common::{append_and_read_back, vote};
 
 fn config(partitions: u32, segment_bytes: u64) -> SegmentLogConfig {
     SegmentLogConfig {
@@ -49,6 +37,26 @@ fn header(partitions: u64) -> u64 {
     24 + 8 * partitions
 }
 
+/// Writes `bytes` at `offset` of `file`, as a crash or a failing disk would leave them.
+fn overwrite(file: &Path, offset: u64, bytes: &[u8]) {
+    OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .write_all_at(bytes, offset)
+        .unwrap();
+}
+
+/// Opens a one-partition log of small segments and appends `count` votes one at a time
+/// (a round each), so that they spread over several segments.
+fn one_vote_per_round(dir: &Path, count: u128) -> SegmentLog {
+    let log = SegmentLog::open(dir, config(1, 1024)).unwrap();
+    for n in 0..count {
+        log.append(&[vote(1, n, n)]).unwrap();
+    }
+    log
+}
+
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
@@ -64,31 +72,7 @@ fn appended_votes_read_back_in_order_at_their_positions() {
     let dir = tempfile::tempdir().unwrap();
     let log = SegmentLog::open(dir.path(), config(4, 1 << 20)).unwrap();
     let votes: Vec<LoggedVote> = (0..200).map(|n| vote(n % 7, n, n)).collect();
-    let positions = log.append(&votes).unwrap();
-    for (vote, position) in votes.iter().zip(&positions) {
-        assert_eq!(position.partition, partition_for(vote.vote.decision_id, 4));
-    }
-    let mut read = 0;
-    for partition in 0..4 {
-        let records = read_all(&log, partition).unwrap();
-        for (k, record) in records.iter().enumerate() {
-            assert_eq!(
-                record.position,
-                Position {
-                    partition,
-                    offset: k as u64
-                }
-            );
-            let index = positions
-                .iter()
-                .position(|p| *p == record.position)
-                .unwrap();
-            assert_eq!(record.logged(), votes[index]);
-        }
-        read += records.len();
-        assert_eq!(log.end_offset(partition).unwrap(), records.len() as u64);
-    }
-    assert_eq!(read, votes.len());
+    append_and_read_back(&log, &votes);
 }
 
 #[test]
@@ -158,12 +142,7 @@ fn a_torn_tail_is_cut_on_open_and_the_log_goes_on() {
     assert_eq!(end, header(1) + 10 * FRAME);
     // A crash mid-write: the last frame's final 30 bytes never reached the disk (the
     // segment was written with zeros ahead of the data, so zeros are what is there).
-    OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .write_all_at(&[0u8; 30], end - 30)
-        .unwrap();
+    overwrite(&segment, end - 30, &[0u8; 30]);
     let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
     let torn = log.recovery().torn_tail_bytes;
     assert!(torn > 0 && torn <= FRAME - 30, "{torn}");
@@ -185,12 +164,7 @@ fn garbage_after_the_last_frame_is_wiped() {
     let votes: Vec<LoggedVote> = (0..5).map(|n| vote(1, n, n)).collect();
     let (segment, end) = append_and_close(dir.path(), config(1, 1 << 20), &votes);
     let garbage = [0x00, 0x00, 0x00, 0x40, 1, 2, 3];
-    OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .write_all_at(&garbage, end)
-        .unwrap();
+    overwrite(&segment, end, &garbage);
     let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
     assert_eq!(log.recovery().torn_tail_bytes, 7);
     assert_eq!(log.verify().unwrap(), 5);
@@ -208,8 +182,7 @@ fn a_stale_frame_behind_a_torn_one_never_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let votes: Vec<LoggedVote> = (0..12).map(|n| vote(1, n, n)).collect();
     let (segment, end) = append_and_close(dir.path(), config(1, 1 << 20), &votes);
-    let file = OpenOptions::new().write(true).open(&segment).unwrap();
-    file.write_all_at(&[0xFF], end - 2 * FRAME + 30).unwrap();
+    overwrite(&segment, end - 2 * FRAME + 30, &[0xFF]);
     let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
     assert_eq!(log.end_offset(0).unwrap(), 10);
     assert_eq!(log.recovery().torn_tail_bytes, 2 * FRAME);
@@ -224,22 +197,10 @@ fn a_stale_frame_behind_a_torn_one_never_comes_back() {
 #[test]
 fn a_flipped_byte_in_an_old_segment_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let log = SegmentLog::open(dir.path(), config(1, 1024)).unwrap();
-        for n in 0..100 {
-            log.append(&[vote(1, n, n)]).unwrap();
-        }
-    }
+    drop(one_vote_per_round(dir.path(), 100));
     let first = segments(dir.path()).remove(0);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&first)
-        .unwrap();
     // Inside the payload of the second frame.
-    file.seek(SeekFrom::Start(header(1) + FRAME + 40)).unwrap();
-    file.write_all(&[0xFF]).unwrap();
-    drop(file);
+    overwrite(&first, header(1) + FRAME + 40, &[0xFF]);
     let error = SegmentLog::open(dir.path(), config(1, 1024)).unwrap_err();
     assert_eq!(error.code(), "log_corrupt");
     let message = error.to_string();
@@ -258,11 +219,7 @@ fn a_flipped_byte_after_open_is_caught_when_read() {
     log.append(&(0..20).map(|n| vote(n % 2, n, n)).collect::<Vec<_>>())
         .unwrap();
     let segment = segments(dir.path()).remove(0);
-    let mut file = OpenOptions::new().write(true).open(&segment).unwrap();
-    file.seek(SeekFrom::Start(header(2) + 5 * FRAME + 30))
-        .unwrap();
-    file.write_all(&[0xAA]).unwrap();
-    drop(file);
+    overwrite(&segment, header(2) + 5 * FRAME + 30, &[0xAA]);
     let partition = (0..2)
         .find(|p| log.read(*p, 0, 100).is_err())
         .expect("one partition reads the damaged frame");
@@ -275,12 +232,7 @@ fn a_flipped_byte_after_open_is_caught_when_read() {
 #[test]
 fn a_missing_middle_segment_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let log = SegmentLog::open(dir.path(), config(1, 1024)).unwrap();
-        for n in 0..100 {
-            log.append(&[vote(1, n, n)]).unwrap();
-        }
-    }
+    drop(one_vote_per_round(dir.path(), 100));
     fs::remove_file(&segments(dir.path())[1]).unwrap();
     let error = SegmentLog::open(dir.path(), config(1, 1024)).unwrap_err();
     assert_eq!(error.code(), "log_corrupt");
@@ -322,10 +274,7 @@ fn retention_deletes_whole_sealed_segments_only() {
 #[test]
 fn delete_before_keeps_the_segment_holding_the_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let log = SegmentLog::open(dir.path(), config(1, 1024)).unwrap();
-    for n in 0..100 {
-        log.append(&[vote(1, n, n)]).unwrap();
-    }
+    let log = one_vote_per_round(dir.path(), 100);
     let before = segments(dir.path()).len();
     let deleted = log.delete_before(&[50]).unwrap();
     assert!(deleted > 0);
@@ -358,12 +307,7 @@ fn an_unknown_directory_layout_is_refused() {
 #[test]
 fn a_segment_whose_header_never_became_durable_is_removed() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let log = SegmentLog::open(dir.path(), config(1, 1024)).unwrap();
-        for n in 0..30 {
-            log.append(&[vote(1, n, n)]).unwrap();
-        }
-    }
+    drop(one_vote_per_round(dir.path(), 30));
     let next = segments(dir.path()).len();
     // A crash right after the rollover created the file: its length is there, its bytes not.
     let torn = dir.path().join(format!("{:020}.seg", 30));
