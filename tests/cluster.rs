@@ -30,11 +30,6 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-fn broker() -> String {
-    std::env::var("CANOPY_TEST_KAFKA")
-        .expect("CANOPY_TEST_KAFKA must name a Kafka-protocol broker (scripts/test starts tansu)")
-}
-
 fn redis_url() -> String {
     env_or("CANOPY_TEST_REDIS", "redis://127.0.0.1:6379/")
 }
@@ -109,7 +104,7 @@ impl Deployment {
                  [record]\nanchor_interval_s = 0.5\n",
                 data = dir.path().join("data"),
                 db = database.url,
-                brokers = broker(),
+                brokers = common::broker(),
                 redis = redis_url(),
             ),
         )
@@ -389,7 +384,7 @@ async fn a_cluster_survives_sigkill_and_rescaling_and_equals_one_process() {
     let log = Arc::new(
         KafkaLog::connect(KafkaConfig {
             partitions: PARTITIONS,
-            ..KafkaConfig::new(broker(), topic.clone())
+            ..KafkaConfig::new(common::broker(), topic.clone())
         })
         .unwrap(),
     );
@@ -519,12 +514,12 @@ fn create_admin_in(database_url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
-    use serde_json::{Value, json};
+    use serde_json::Value;
     let topic = format!("canopy-serve-{}", uuid::Uuid::new_v4().simple());
     let deployment = Deployment::new(&topic);
     let log = KafkaLog::connect(KafkaConfig {
         partitions: PARTITIONS,
-        ..KafkaConfig::new(broker(), topic.clone())
+        ..KafkaConfig::new(common::broker(), topic.clone())
     })
     .unwrap();
     deployment.store().await;
@@ -543,44 +538,19 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
     common::wait_healthy(&client, &base_b).await;
 
     let admin = common::login(&client, &base_a, "root").await;
-    let (status, decision) = common::post(
+    let decision = common::create_decision(
         &client,
-        format!("{base_a}/api/v1/voting/decision/create"),
-        Some(&admin),
-        json!({ "title": "Restore the dunes?", "options": ["yes", "no"], "closes_at": i64::MAX }),
+        &base_a,
+        &admin,
+        common::yes_or_no("Restore the dunes?"),
     )
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "{decision}");
-    let decision = decision["id"].as_str().unwrap().to_string();
+    .await;
     let mut voters = Vec::new();
     for n in 0..6 {
         let name = format!("serve-voter{n}");
-        let (status, _) = common::post(
-            &client,
-            format!("{base_b}/api/v1/auth/register"),
-            None,
-            json!({ "username": name, "password": common::PASSWORD }),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 201);
+        common::sign_up(&client, &base_b, &name).await;
         voters.push(common::login(&client, &base_a, &name).await);
     }
-    let cast = |base: String, token: String, option: u16| {
-        let client = client.clone();
-        let decision = decision.clone();
-        async move {
-            common::post(
-                &client,
-                format!("{base}/api/v1/voting/cast-vote"),
-                Some(&token),
-                json!({ "decision_id": decision, "option": option }),
-            )
-            .await
-            .unwrap()
-        }
-    };
     // A vote cast on one replica is in the results read on the other (read your writes).
     for (n, token) in voters.iter().enumerate() {
         let (cast_on, read_on) = if n % 2 == 0 {
@@ -588,8 +558,7 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
         } else {
             (&base_b, &base_a)
         };
-        let (status, receipt) = cast(cast_on.clone(), token.clone(), (n % 2) as u16).await;
-        assert_eq!(status, 201, "{receipt}");
+        let receipt = common::cast(&client, cast_on, token, &decision, (n % 2) as u16).await;
         let offset = receipt["position"]["offset"].as_u64().unwrap();
         let results: Value = common::get_json(
             &client,
@@ -608,8 +577,7 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
     // Replica A is lost; B keeps answering, and what it acknowledges is counted.
     common::kill_9(&mut replica_a[0]);
     for (n, token) in voters.iter().enumerate() {
-        let (status, receipt) = cast(base_b.clone(), token.clone(), ((n + 1) % 2) as u16).await;
-        assert_eq!(status, 201, "{receipt}");
+        common::cast(&client, &base_b, token, &decision, ((n + 1) % 2) as u16).await;
     }
     wait_until_caught_up(
         &log,
@@ -626,12 +594,7 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
     let store = deployment.store().await;
     let expected = recount(&records, &store.decisions().await.unwrap());
     let id = DecisionId::from(uuid::Uuid::parse_str(&decision).unwrap());
-    let results = common::get_json(
-        &client,
-        format!("{base_b}/api/v1/voting/decision/{decision}/results"),
-        &voters[0],
-    )
-    .await;
+    let results = common::results(&client, &base_b, &decision, &voters[0]).await;
     assert_eq!(results["turnout"], expected[&id].turnout, "{results}");
     assert_eq!(results["turnout"], 6, "{results}");
     // Proofs need the record, which lives on the workers: a replica says so plainly.
@@ -651,22 +614,8 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
     stop(&mut workers);
 }
 
-/// The subject (user id) of an access token.
-fn subject(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
-    claims["sub"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_rate_limits_and_erasures() {
-    use serde_json::json;
     let topic = format!("canopy-share-{}", uuid::Uuid::new_v4().simple());
     let deployment = Deployment::new(&topic);
     deployment.store().await;
@@ -686,27 +635,16 @@ async fn replicas_share_rate_limits_and_erasures() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let admin = common::login(&client, &base_a, "root").await;
-    let (status, decision) = common::post(
+    let decision = common::create_decision(
         &client,
-        format!("{base_a}/api/v1/voting/decision/create"),
-        Some(&admin),
-        json!({ "title": "Share the limits?", "options": ["yes", "no"], "closes_at": i64::MAX }),
+        &base_a,
+        &admin,
+        common::yes_or_no("Share the limits?"),
     )
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "{decision}");
-    let decision = decision["id"].as_str().unwrap().to_string();
+    .await;
     let mut tokens = Vec::new();
     for name in ["share-reader", "share-voter"] {
-        let (status, _) = common::post(
-            &client,
-            format!("{base_b}/api/v1/auth/register"),
-            None,
-            json!({ "username": name, "password": common::PASSWORD }),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 201);
+        common::sign_up(&client, &base_b, name).await;
         tokens.push(common::login(&client, &base_a, name).await);
     }
     let (reader, voter) = (&tokens[0], &tokens[1]);
@@ -734,39 +672,17 @@ async fn replicas_share_rate_limits_and_erasures() {
     );
 
     // An erasure on A reaches B's salt cache: B's next vote for the voter has a fresh salt.
-    let commitment =
-        |receipt: &serde_json::Value| receipt["leaf"].as_str().unwrap()[66..130].to_string();
-    let cast = |base: String| {
-        let (client, decision, voter) = (client.clone(), decision.clone(), voter.clone());
-        async move {
-            let (status, receipt) = common::post(
-                &client,
-                format!("{base}/api/v1/voting/cast-vote"),
-                Some(&voter),
-                json!({ "decision_id": decision, "option": 0 }),
-            )
-            .await
-            .unwrap();
-            assert_eq!(status, 201, "{receipt}");
-            receipt
-        }
-    };
-    let before = commitment(&cast(base_b.clone()).await);
+    let cast_on_b = || common::cast(&client, &base_b, voter, &decision, 0);
+    let before = common::commitment(&cast_on_b().await);
     assert_eq!(
-        commitment(&cast(base_b.clone()).await),
+        common::commitment(&cast_on_b().await),
         before,
         "one salt per voter"
     );
-    let (status, body) = common::post(
-        &client,
-        format!("{base_a}/api/v1/admin/erase-voter"),
-        Some(&admin),
-        json!({ "voter_id": subject(voter) }),
-    )
-    .await
-    .unwrap();
+    let (status, body) =
+        common::erase_voter(&client, &base_a, &admin, &common::subject(voter)).await;
     assert_eq!(status, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = commitment(&cast(base_b.clone()).await);
+    let after = common::commitment(&cast_on_b().await);
     assert_ne!(after, before, "replica B still votes with the erased salt");
 }

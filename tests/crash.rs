@@ -73,6 +73,8 @@ fn load_then_kill(data_dir: &Path, seed: u64, run_for: Duration) -> Vec<(VoteId,
     reader.join().unwrap()
 }
 
+mod common;
+
 fn all_records(log: &SegmentLog) -> Vec<LogRecord> {
     (0..log.partitions())
         .flat_map(|p| log.read(p, 0, usize::MAX).unwrap())
@@ -158,14 +160,7 @@ fn acknowledged_votes_survive_kill_9_exactly_once_and_tallies_equal_the_recount(
         acknowledged.extend(acked);
 
         let log = Arc::new(SegmentLog::open(&log_dir, SegmentLogConfig::default()).unwrap());
-        let records = all_records(&log);
-        let mut stored: HashMap<VoteId, Vec<Position>> = HashMap::new();
-        for record in &records {
-            stored
-                .entry(record.vote.vote_id)
-                .or_default()
-                .push(record.position);
-        }
+        let stored = common::positions_by_vote(&all_records(&log));
         for (vote_id, position) in &acknowledged {
             assert_eq!(
                 stored.get(vote_id),
@@ -200,16 +195,7 @@ fn acknowledged_votes_survive_kill_9_exactly_once_and_tallies_equal_the_recount(
         .unwrap()
         .write_all_at(&[0, 0, 0, 76, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3], end)
         .unwrap();
-    let output = canopy()
-        .args(["log", "verify", "--data-dir"])
-        .arg(data.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = common::canopy_ok(&["log", "verify"], data.path());
     assert!(String::from_utf8_lossy(&output.stderr).contains("wiped a torn tail of 11 bytes"));
     let log = Arc::new(SegmentLog::open(&log_dir, SegmentLogConfig::default()).unwrap());
     let stored: HashMap<VoteId, Position> = all_records(&log)

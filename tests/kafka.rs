@@ -9,14 +9,10 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, Position};
+use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, LogRecord, Position};
+use canopy_schemas::VoteId;
 use common::*;
-use serde_json::{Value, json};
-
-fn broker() -> String {
-    std::env::var("CANOPY_TEST_KAFKA")
-        .expect("CANOPY_TEST_KAFKA must name a Kafka-protocol broker (scripts/test starts tansu)")
-}
+use serde_json::Value;
 
 fn kafka_args<'a>(brokers: &'a str, topic: &'a str) -> [&'a str; 6] {
     [
@@ -29,75 +25,99 @@ fn kafka_args<'a>(brokers: &'a str, topic: &'a str) -> [&'a str; 6] {
     ]
 }
 
-async fn cast(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    decision: &str,
-    option: u16,
-) -> (u16, Value) {
-    post(
-        client,
-        format!("{base}/api/v1/voting/cast-vote"),
-        Some(token),
-        json!({ "decision_id": decision, "option": option }),
-    )
-    .await
-    .unwrap()
+/// A `canopy up` with its vote log on `topic` at `brokers`, an admin, a yes/no decision
+/// and five signed-in voters.
+struct VotingNode {
+    data: tempfile::TempDir,
+    port: u16,
+    base: String,
+    client: reqwest::Client,
+    node: Child,
+    decision: String,
+    voters: Vec<String>,
 }
 
-async fn setup(
-    client: &reqwest::Client,
-    base: &str,
-    data: &std::path::Path,
-) -> (String, Vec<String>) {
-    create_admin(data);
-    let admin = login(client, base, "root").await;
-    let (status, decision) = post(
-        client,
-        format!("{base}/api/v1/voting/decision/create"),
-        Some(&admin),
-        json!({ "title": "Protect the estuary?", "options": ["yes", "no"], "closes_at": i64::MAX }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "{decision}");
+async fn start_voting_node(brokers: &str, topic: &str) -> VotingNode {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let node = start_with(data.path(), port, &kafka_args(brokers, topic));
+    wait_healthy(&client, &base).await;
+    create_admin(data.path());
+    let admin = login(&client, &base, "root").await;
+    let decision = create_decision(&client, &base, &admin, yes_or_no("Protect the estuary?")).await;
     let mut voters = Vec::new();
     for n in 0..5 {
-        let name = format!("kafka-voter{n}");
-        let (status, _) = post(
-            client,
-            format!("{base}/api/v1/auth/register"),
-            None,
-            json!({ "username": name, "password": PASSWORD }),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 201);
-        voters.push(login(client, base, &name).await);
+        voters.push(register(&client, &base, &format!("kafka-voter{n}")).await);
     }
-    (decision["id"].as_str().unwrap().to_string(), voters)
+    VotingNode {
+        data,
+        port,
+        base,
+        client,
+        node,
+        decision,
+        voters,
+    }
+}
+
+/// Where the topic holds each vote, read from all four partitions.
+fn topic_positions(log: &KafkaLog) -> (HashMap<VoteId, Vec<Position>>, Vec<LogRecord>) {
+    let records: Vec<LogRecord> = (0..4)
+        .flat_map(|partition| log.read(partition, 0, usize::MAX).unwrap())
+        .collect();
+    (positions_by_vote(&records), records)
+}
+
+/// The broker the test runs, killed when the test ends however it ends (an idle tansu with
+/// SQLite storage keeps a third of a core busy).
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// tansu on `port` with `storage` (`memory://…` or `sqlite://…`), from `dir`: tansu takes
+/// a database path relative to its working directory.
+fn start_broker(port: u16, storage: &str, dir: &std::path::Path) -> Broker {
+    let tansu = std::env::var("CANOPY_TANSU").unwrap_or_else(|_| "tansu".to_string());
+    let listener = format!("tcp://127.0.0.1:{port}");
+    Command::new(tansu)
+        .current_dir(dir)
+        .args(["broker", "--storage-engine", storage])
+        .args(["--listener-url", &listener])
+        .args(["--advertised-listener-url", &listener])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Broker)
+        .expect("tansu with its libsql storage (scripts/test installs it and sets CANOPY_TANSU)")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_on_kafka_keeps_every_acknowledged_vote_across_a_kill() {
     let brokers = broker();
     let topic = format!("canopy-up-{}", uuid::Uuid::new_v4().simple());
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let mut node = start_with(data.path(), port, &kafka_args(&brokers, &topic));
-    wait_healthy(&client, &base).await;
-    let (decision, voters) = setup(&client, &base, data.path()).await;
+    let VotingNode {
+        data,
+        port,
+        base,
+        client,
+        mut node,
+        decision,
+        voters,
+    } = start_voting_node(&brokers, &topic).await;
 
-    let mut acknowledged: HashMap<String, Position> = HashMap::new();
+    let mut acknowledged: HashMap<VoteId, Position> = HashMap::new();
     for round in 0..4u16 {
         for token in &voters {
-            let (status, receipt) = cast(&client, &base, token, &decision, round % 2).await;
-            assert_eq!(status, 201, "{receipt}");
-            let position: Position = serde_json::from_value(receipt["position"].clone()).unwrap();
-            acknowledged.insert(receipt["vote_id"].as_str().unwrap().to_string(), position);
+            let receipt = cast(&client, &base, token, &decision, round % 2).await;
+            let (vote, position) = common::acknowledged(&receipt);
+            acknowledged.insert(vote, position);
         }
     }
     assert!(
@@ -113,15 +133,7 @@ async fn a_node_on_kafka_keeps_every_acknowledged_vote_across_a_kill() {
         ..KafkaConfig::new(brokers.clone(), topic.clone())
     })
     .unwrap();
-    let mut stored: HashMap<String, Vec<Position>> = HashMap::new();
-    for partition in 0..4 {
-        for record in log.read(partition, 0, usize::MAX).unwrap() {
-            stored
-                .entry(record.vote.vote_id.to_string())
-                .or_default()
-                .push(record.position);
-        }
-    }
+    let (stored, _) = topic_positions(&log);
     for (vote, position) in &acknowledged {
         assert_eq!(stored.get(vote), Some(&vec![*position]), "vote {vote}");
     }
@@ -130,12 +142,7 @@ async fn a_node_on_kafka_keeps_every_acknowledged_vote_across_a_kill() {
     let mut node = start_with(data.path(), port, &kafka_args(&brokers, &topic));
     wait_healthy(&client, &base).await;
     let admin = login(&client, &base, "root").await;
-    let results = get_json(
-        &client,
-        format!("{base}/api/v1/voting/decision/{decision}/results"),
-        &admin,
-    )
-    .await;
+    let results = results(&client, &base, &decision, &admin).await;
     assert_eq!(results["turnout"], 5, "{results}");
     assert_eq!(
         results["as_of"]["offset"], 20,
@@ -150,82 +157,39 @@ async fn a_node_on_kafka_keeps_every_acknowledged_vote_across_a_kill() {
     kill_9(&mut node);
 }
 
-/// The tansu scripts/test installed (with in-memory and SQLite storage), else one on PATH.
-fn tansu() -> String {
-    std::env::var("CANOPY_TANSU").unwrap_or_else(|_| "tansu".to_string())
-}
-
-fn start_broker(port: u16) -> Child {
-    Command::new(tansu())
-        .args([
-            "broker",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-            &format!("tcp://127.0.0.1:{port}"),
-            "--advertised-listener-url",
-            &format!("tcp://127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu on PATH (scripts/test installs it)")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_gone_a_vote_is_refused_not_acknowledged() {
     let broker_port = free_port();
-    let mut broker = start_broker(broker_port);
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = start_broker(broker_port, "memory://tansu/", broker_dir.path());
     std::thread::sleep(Duration::from_millis(500));
     let brokers = format!("127.0.0.1:{broker_port}");
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let mut node = start_with(data.path(), port, &kafka_args(&brokers, "canopy.votes"));
-    wait_healthy(&client, &base).await;
-    let (decision, voters) = setup(&client, &base, data.path()).await;
-    let (status, _) = cast(&client, &base, &voters[0], &decision, 0).await;
+    // The data directory is bound (not `..`) so that it lives until the node is killed.
+    let VotingNode {
+        data: _data,
+        base,
+        client,
+        mut node,
+        decision,
+        voters,
+        ..
+    } = start_voting_node(&brokers, "canopy.votes").await;
+    let (status, _) = try_cast(&client, &base, &voters[0], &decision, 0)
+        .await
+        .unwrap();
     assert_eq!(status, 201);
 
-    kill_9(&mut broker);
-    let (status, body) = cast(&client, &base, &voters[1], &decision, 0).await;
+    kill_9(&mut broker.0);
+    let (status, body) = try_cast(&client, &base, &voters[1], &decision, 0)
+        .await
+        .unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "kafka", "{body}");
     kill_9(&mut node);
 }
 
-/// A broker the test started, killed when the test ends however it ends (an idle tansu
-/// with SQLite storage keeps a third of a core busy).
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A broker whose topics survive a restart (tansu with its SQLite storage).
-fn start_durable_broker(port: u16, dir: &std::path::Path) -> Broker {
-    // tansu takes the database path relative to its working directory.
-    Command::new(tansu())
-        .current_dir(dir)
-        .args([
-            "broker",
-            "--storage-engine",
-            "sqlite://tansu.db",
-            "--listener-url",
-            &format!("tcp://127.0.0.1:{port}"),
-            "--advertised-listener-url",
-            &format!("tcp://127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Broker)
-        .expect("tansu with its libsql storage (scripts/test installs it; CANOPY_TANSU)")
-}
+/// Topics in tansu's SQLite storage survive a restart of the broker.
+const DURABLE_STORAGE: &str = "sqlite://tansu.db";
 
 fn wait_for_port(port: u16) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -242,16 +206,18 @@ fn wait_for_port(port: u16) {
 async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
     let broker_dir = tempfile::tempdir().unwrap();
     let broker_port = free_port();
-    let mut broker = start_durable_broker(broker_port, broker_dir.path());
+    let mut broker = start_broker(broker_port, DURABLE_STORAGE, broker_dir.path());
     wait_for_port(broker_port);
     let brokers = format!("127.0.0.1:{broker_port}");
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let mut node = start_with(data.path(), port, &kafka_args(&brokers, "canopy.votes"));
-    wait_healthy(&client, &base).await;
-    let (decision, voters) = setup(&client, &base, data.path()).await;
+    let VotingNode {
+        data,
+        base,
+        client,
+        mut node,
+        decision,
+        voters,
+        ..
+    } = start_voting_node(&brokers, "canopy.votes").await;
 
     // Five voters cast without pause while the broker is killed and, 2 s later, restarted.
     let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -278,7 +244,9 @@ async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
                 while running.load(std::sync::atomic::Ordering::Acquire) {
                     round += 1;
                     let after_restart = restarted.load(std::sync::atomic::Ordering::Acquire);
-                    let outcome = cast(&client, &base, &token, &decision, round % 2).await;
+                    let outcome = try_cast(&client, &base, &token, &decision, round % 2)
+                        .await
+                        .unwrap();
                     if after_restart && outcome.0 == 201 {
                         acked_after_restart.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     }
@@ -291,7 +259,7 @@ async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     kill_9(&mut broker.0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let broker = start_durable_broker(broker_port, broker_dir.path());
+    let broker = start_broker(broker_port, DURABLE_STORAGE, broker_dir.path());
     wait_for_port(broker_port);
     restarted.store(true, std::sync::atomic::Ordering::Release);
     // Longer than an append may wait (10 s), so casts refused during the outage are
@@ -306,7 +274,7 @@ async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     running.store(false, std::sync::atomic::Ordering::Release);
-    let mut acknowledged: HashMap<String, Position> = HashMap::new();
+    let mut acknowledged: HashMap<VoteId, Position> = HashMap::new();
     let mut refused = 0;
     let mut after_refusal = 0;
     for caster in casters {
@@ -314,9 +282,8 @@ async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
         for (status, body) in caster.await.unwrap() {
             match status {
                 201 => {
-                    let position: Position =
-                        serde_json::from_value(body["position"].clone()).unwrap();
-                    acknowledged.insert(body["vote_id"].as_str().unwrap().to_string(), position);
+                    let (vote, position) = common::acknowledged(&body);
+                    acknowledged.insert(vote, position);
                     after_refusal += usize::from(seen_refusal);
                 }
                 503 => {
@@ -343,17 +310,7 @@ async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
         ..KafkaConfig::new(brokers.clone(), "canopy.votes".to_string())
     })
     .unwrap();
-    let mut stored: HashMap<String, Vec<Position>> = HashMap::new();
-    let mut records = Vec::new();
-    for partition in 0..4 {
-        for record in log.read(partition, 0, usize::MAX).unwrap() {
-            stored
-                .entry(record.vote.vote_id.to_string())
-                .or_default()
-                .push(record.position);
-            records.push(record);
-        }
-    }
+    let (stored, records) = topic_positions(&log);
     for (vote, position) in &acknowledged {
         let at = stored.get(vote).map(Vec::as_slice).unwrap_or_default();
         assert!(
@@ -378,8 +335,8 @@ async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
     );
     // The recount: each voter's vote with the highest offset, among first deliveries.
     let mut seen = std::collections::HashSet::new();
-    let mut latest: HashMap<_, &canopy_ingest::LogRecord> = HashMap::new();
-    let mut sorted: Vec<&canopy_ingest::LogRecord> = records.iter().collect();
+    let mut latest: HashMap<_, &LogRecord> = HashMap::new();
+    let mut sorted: Vec<&LogRecord> = records.iter().collect();
     sorted.sort_by_key(|r| r.position.offset);
     for record in sorted {
         if seen.insert(record.vote.vote_id) {

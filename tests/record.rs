@@ -62,6 +62,32 @@ fn start_anvil_with(extra: &[&str]) -> Anvil {
     }
 }
 
+/// Deploys the anchor contract on `anvil` with `canopy evm deploy`; returns its address.
+fn deploy_contract(anvil: &Anvil) -> String {
+    let (status, deployed) = canopy(&["evm", "deploy", "--rpc", &anvil.url, "--key", ANVIL_KEY]);
+    assert_eq!(status, 0, "{deployed}");
+    serde_json::from_str::<Value>(&deployed).unwrap()["contract"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The node's flags for anchoring every `interval_s` on the contract at `rpc`.
+fn evm_args<'a>(interval_s: &'a str, rpc: &'a str, contract: &'a str) -> [&'a str; 10] {
+    [
+        "--anchor-interval-s",
+        interval_s,
+        "--evm-rpc",
+        rpc,
+        "--evm-contract",
+        contract,
+        "--evm-key",
+        ANVIL_KEY,
+        "--evm-confirmations",
+        "1",
+    ]
+}
+
 fn canopy(args: &[&str]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_canopy"))
         .args(args)
@@ -74,36 +100,18 @@ fn canopy(args: &[&str]) -> (i32, String) {
     )
 }
 
-async fn register(client: &reqwest::Client, base: &str, username: &str) -> String {
-    let (status, body) = post(
-        client,
-        format!("{base}/api/v1/auth/register"),
-        None,
-        json!({ "username": username, "password": PASSWORD }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "{body}");
-    login(client, base, username).await
-}
-
-async fn cast(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    decision: &str,
-    option: u16,
-) -> Value {
-    let (status, receipt) = post(
-        client,
-        format!("{base}/api/v1/voting/cast-vote"),
-        Some(token),
-        json!({ "decision_id": decision, "option": option }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "{receipt}");
-    receipt
+/// The node's answer to an anonymous request for the proof of `leaf`.
+async fn proof_of(client: &reqwest::Client, base: &str, decision: &str, leaf: &str) -> Value {
+    client
+        .get(format!(
+            "{base}/api/v1/audit/decisions/{decision}/proof?leaf={leaf}"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Polls the proof of `leaf` until it is anchored and, if given, at least `min_size` big.
@@ -117,14 +125,7 @@ async fn anchored_proof(
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut last = Value::Null;
     while Instant::now() < deadline {
-        let response = client
-            .get(format!(
-                "{base}/api/v1/audit/decisions/{decision}/proof?leaf={leaf}"
-            ))
-            .send()
-            .await
-            .unwrap();
-        last = response.json().await.unwrap();
+        last = proof_of(client, base, decision, leaf).await;
         if !last["anchor"].is_null() && last["tree_size"].as_u64().unwrap_or(0) >= min_size {
             return last;
         }
@@ -139,56 +140,49 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
-async fn create_decision(client: &reqwest::Client, base: &str, admin: &str) -> String {
-    let (status, decision) = post(
-        client,
-        format!("{base}/api/v1/voting/decision/create"),
-        Some(admin),
-        json!({ "title": "Reopen the salmon run?", "options": ["yes", "no"], "closes_at": i64::MAX }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "{decision}");
-    decision["id"].as_str().unwrap().to_string()
+async fn open_decision(client: &reqwest::Client, base: &str, admin: &str) -> String {
+    create_decision(client, base, admin, yes_or_no("Reopen the salmon run?")).await
 }
 
-/// Bytes 33..65 of the leaf encoding: the voter's commitment.
-fn commitment(receipt: &Value) -> String {
-    receipt["leaf"].as_str().unwrap()[66..130].to_string()
+/// `canopy verify` of `proof_file` against the checkpoint note in `previous`, asking `node`
+/// for the consistency proof and `rpc` for the anchor.
+fn verify_grown_from(
+    proof_file: &str,
+    key: &str,
+    previous: &str,
+    node: &str,
+    rpc: &str,
+) -> (i32, String) {
+    canopy(&[
+        "verify",
+        proof_file,
+        "--key",
+        key,
+        "--previous",
+        previous,
+        "--node",
+        node,
+        "--rpc",
+        rpc,
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn votes_are_anchored_on_chain_and_proofs_verify_there_and_offline() {
     let anvil = start_anvil();
-    let (status, deployed) = canopy(&["evm", "deploy", "--rpc", &anvil.url, "--key", ANVIL_KEY]);
-    assert_eq!(status, 0, "{deployed}");
-    let contract = serde_json::from_str::<Value>(&deployed).unwrap()["contract"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let contract = deploy_contract(&anvil);
 
     let data = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let evm_args = [
-        "--anchor-interval-s",
-        "0.5",
-        "--evm-rpc",
-        &anvil.url,
-        "--evm-contract",
-        &contract,
-        "--evm-key",
-        ANVIL_KEY,
-        "--evm-confirmations",
-        "1",
-    ];
+    let evm_args = evm_args("0.5", &anvil.url, &contract);
     let mut node = start_with(data.path(), port, &evm_args);
     wait_healthy(&client, &base).await;
     create_admin(data.path());
     let admin = login(&client, &base, "root").await;
-    let decision = create_decision(&client, &base, &admin).await;
+    let decision = open_decision(&client, &base, &admin).await;
     let key = client
         .get(format!("{base}/api/v1/audit/key"))
         .send()
@@ -212,7 +206,7 @@ async fn votes_are_anchored_on_chain_and_proofs_verify_there_and_offline() {
     let changed = cast(&client, &base, &voters[0], &decision, 1).await;
     assert_eq!(commitment(&changed), commitment(&receipts[0]));
     for (token, receipt) in voters.iter().zip(&receipts) {
-        let voter_hex = uuid_of(token).replace('-', "");
+        let voter_hex = subject(token).replace('-', "");
         assert!(
             !receipt["leaf"].as_str().unwrap().contains(&voter_hex),
             "a leaf names its voter"
@@ -281,41 +275,16 @@ async fn votes_are_anchored_on_chain_and_proofs_verify_there_and_offline() {
     cast(&client, &base, &late, &decision, 0).await;
     let later = anchored_proof(&client, &base, &decision, &leaf, first_size + 1).await;
     let later_file = write(files.path(), "later.json", &later.to_string());
-    let (status, verdict) = canopy(&[
-        "verify",
-        &later_file,
-        "--key",
-        &key,
-        "--previous",
-        &previous,
-        "--node",
-        &base,
-        "--rpc",
-        &anvil.url,
-    ]);
+    let (status, verdict) = verify_grown_from(&later_file, &key, &previous, &base, &anvil.url);
     assert_eq!(status, 0, "{verdict}");
     assert!(verdict.contains("+consistency"), "{verdict}");
 
     // Erasure: the voter's salt goes; every proof still verifies; new votes of the same
     // person carry an unrelated commitment, so nothing links them to the old leaves.
-    let erased_voter = uuid_of(&voters[0]);
-    let (status, body) = post(
-        &client,
-        format!("{base}/api/v1/admin/erase-voter"),
-        Some(&admin),
-        json!({ "voter_id": erased_voter }),
-    )
-    .await
-    .unwrap();
+    let erased_voter = subject(&voters[0]);
+    let (status, body) = erase_voter(&client, &base, &admin, &erased_voter).await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = post(
-        &client,
-        format!("{base}/api/v1/admin/erase-voter"),
-        Some(&voters[1]),
-        json!({ "voter_id": erased_voter }),
-    )
-    .await
-    .unwrap();
+    let (status, body) = erase_voter(&client, &base, &voters[1], &erased_voter).await;
     assert_eq!(status, 403, "{body}");
     let (status, verdict) = canopy(&["verify", &proof_file, "--key", &key, "--rpc", &anvil.url]);
     assert_eq!(
@@ -351,18 +320,7 @@ async fn votes_are_anchored_on_chain_and_proofs_verify_there_and_offline() {
         "later.note",
         later["checkpoint"].as_str().unwrap(),
     );
-    let (status, verdict) = canopy(&[
-        "verify",
-        &grown_file,
-        "--key",
-        &key,
-        "--previous",
-        &previous,
-        "--node",
-        &base,
-        "--rpc",
-        &anvil.url,
-    ]);
+    let (status, verdict) = verify_grown_from(&grown_file, &key, &previous, &base, &anvil.url);
     assert_eq!(status, 0, "{verdict}");
     kill_9(&mut node);
 }
@@ -374,38 +332,18 @@ async fn anchoring_waits_out_a_chain_outage_and_loses_nothing() {
     let state = state.to_str().unwrap();
     let chain_port = free_port().to_string();
     let anvil = start_anvil_with(&["--port", &chain_port, "--state", state]);
-    let (status, deployed) = canopy(&["evm", "deploy", "--rpc", &anvil.url, "--key", ANVIL_KEY]);
-    assert_eq!(status, 0, "{deployed}");
-    let contract = serde_json::from_str::<Value>(&deployed).unwrap()["contract"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let contract = deploy_contract(&anvil);
     let rpc = anvil.url.clone();
 
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut node = start_with(
-        data.path(),
-        port,
-        &[
-            "--anchor-interval-s",
-            "0.3",
-            "--evm-rpc",
-            &rpc,
-            "--evm-contract",
-            &contract,
-            "--evm-key",
-            ANVIL_KEY,
-            "--evm-confirmations",
-            "1",
-        ],
-    );
+    let mut node = start_with(data.path(), port, &evm_args("0.3", &rpc, &contract));
     wait_healthy(&client, &base).await;
     create_admin(data.path());
     let admin = login(&client, &base, "root").await;
-    let decision = create_decision(&client, &base, &admin).await;
+    let decision = open_decision(&client, &base, &admin).await;
     let voter = register(&client, &base, "steady").await;
     let first = cast(&client, &base, &voter, &decision, 0).await;
     anchored_proof(
@@ -427,16 +365,7 @@ async fn anchoring_waits_out_a_chain_outage_and_loses_nothing() {
     let second = cast(&client, &base, &voter, &decision, 1).await;
     let leaf = second["leaf_hash"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let waiting: Value = client
-        .get(format!(
-            "{base}/api/v1/audit/decisions/{decision}/proof?leaf={leaf}"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let waiting = proof_of(&client, &base, &decision, &leaf).await;
     assert!(
         waiting["anchor"].is_null(),
         "anchored without a chain: {waiting}"
@@ -455,19 +384,6 @@ async fn anchoring_waits_out_a_chain_outage_and_loses_nothing() {
     kill_9(&mut node);
 }
 
-/// The user id inside an access token (its `sub` claim).
-fn uuid_of(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
-    claims["sub"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_chain_checkpoints_are_anchored_in_the_signed_local_journal() {
     let data = tempfile::tempdir().unwrap();
@@ -479,7 +395,7 @@ async fn without_a_chain_checkpoints_are_anchored_in_the_signed_local_journal() 
     wait_healthy(&client, &base).await;
     create_admin(data.path());
     let admin = login(&client, &base, "root").await;
-    let decision = create_decision(&client, &base, &admin).await;
+    let decision = open_decision(&client, &base, &admin).await;
     let voter = register(&client, &base, "solo").await;
     let receipt = cast(&client, &base, &voter, &decision, 0).await;
     let leaf = receipt["leaf_hash"].as_str().unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use canopy_ingest::{EntryLog, Position, SegmentLog, SegmentLogConfig};
+use canopy_ingest::{EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig};
 use canopy_schemas::VoteId;
 use serde_json::{Value, json};
 
@@ -17,16 +17,10 @@ use common::*;
 fn stored_votes(data: &Path) -> HashMap<VoteId, Vec<Position>> {
     let log = SegmentLog::open(data.join("votes"), SegmentLogConfig::default()).unwrap();
     assert_eq!(log.recovery().torn_tail_bytes, 0);
-    let mut stored: HashMap<VoteId, Vec<Position>> = HashMap::new();
-    for partition in 0..log.partitions() {
-        for record in log.read(partition, 0, usize::MAX).unwrap() {
-            stored
-                .entry(record.vote.vote_id)
-                .or_default()
-                .push(record.position);
-        }
-    }
-    stored
+    let records: Vec<LogRecord> = (0..log.partitions())
+        .flat_map(|partition| log.read(partition, 0, usize::MAX).unwrap())
+        .collect();
+    positions_by_vote(&records)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,25 +33,13 @@ async fn the_demo_shows_results_moving() {
     wait_healthy(&client, &base).await;
     create_admin(data.path());
     let token = login(&client, &base, "root").await;
-    let active = get_json(
-        &client,
-        format!("{base}/api/v1/voting/active-decisions"),
-        &token,
-    )
-    .await;
+    let active = active_decisions(&client, &base, &token).await;
     let demo = active[0]["id"]
         .as_str()
         .expect("the demo decision is active")
         .to_string();
     let turnout = |results: &Value| results["turnout"].as_u64().unwrap_or(0);
-    let read = || async {
-        get_json(
-            &client,
-            format!("{base}/api/v1/voting/decision/{demo}/results"),
-            &token,
-        )
-        .await
-    };
+    let read = || results(&client, &base, &demo, &token);
     let first = read().await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let later = read().await;
@@ -80,30 +62,12 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
 
     create_admin(data.path());
     let admin = login(&client, &base, "root").await;
-    let create = json!({ "title": "Dam the creek?", "options": ["yes", "no"], "closes_at": i64::MAX, "quorum": 5 });
-    let (status, decision) = post(
-        &client,
-        format!("{base}/api/v1/voting/decision/create"),
-        Some(&admin),
-        create,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "{decision}");
-    let decision_id = decision["id"].as_str().unwrap().to_string();
+    let mut create = yes_or_no("Dam the creek?");
+    create["quorum"] = json!(5);
+    let decision_id = create_decision(&client, &base, &admin, create).await;
     let mut voters = Vec::new();
     for n in 0..12 {
-        let username = format!("voter{n}");
-        let (status, _) = post(
-            &client,
-            format!("{base}/api/v1/auth/register"),
-            None,
-            json!({ "username": username, "password": PASSWORD }),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 201);
-        voters.push(login(&client, &base, &username).await);
+        voters.push(register(&client, &base, &format!("voter{n}")).await);
     }
 
     // Voters cast as fast as they can; the node is killed with SIGKILL mid-stream.
@@ -120,15 +84,8 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
             tokio::spawn(async move {
                 let mut acked = Vec::new();
                 for k in 0..10_000u32 {
-                    let body = json!({ "decision_id": decision_id, "option": (k + n as u32) % 2 });
-                    match post(
-                        &client,
-                        format!("{base}/api/v1/voting/cast-vote"),
-                        Some(&token),
-                        body,
-                    )
-                    .await
-                    {
+                    let option = ((k + n as u32) % 2) as u16;
+                    match try_cast(&client, &base, &token, &decision_id, option).await {
                         Ok((201, receipt)) => acked.push(receipt),
                         Ok((status, body)) => panic!("cast refused with {status}: {body}"),
                         Err(_) => break,
@@ -142,11 +99,7 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
     kill_9(&mut node);
     let mut acknowledged: Vec<(VoteId, Position)> = Vec::new();
     for task in casting {
-        for receipt in task.await.unwrap() {
-            let id: uuid::Uuid = receipt["vote_id"].as_str().unwrap().parse().unwrap();
-            let position: Position = serde_json::from_value(receipt["position"].clone()).unwrap();
-            acknowledged.push((VoteId::from(id), position));
-        }
+        acknowledged.extend(task.await.unwrap().iter().map(common::acknowledged));
     }
     assert!(
         acknowledged.len() > 50,
@@ -161,20 +114,10 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
     wait_healthy(&client, &base).await;
     let admin = login(&client, &base, "root").await;
     let voter = login(&client, &base, "voter0").await;
-    let active = get_json(
-        &client,
-        format!("{base}/api/v1/voting/active-decisions"),
-        &voter,
-    )
-    .await;
+    let active = active_decisions(&client, &base, &voter).await;
     assert_eq!(active[0]["id"], decision_id);
     let last = acknowledged.iter().map(|(_, p)| p.offset).max().unwrap();
-    let results = get_json(
-        &client,
-        format!("{base}/api/v1/voting/decision/{decision_id}/results"),
-        &admin,
-    )
-    .await;
+    let results = results(&client, &base, &decision_id, &admin).await;
     assert!(
         results["as_of"]["offset"].as_u64().unwrap() > last,
         "{results}"
@@ -209,19 +152,8 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
 #[test]
 fn migrate_applies_each_migration_once() {
     let data = tempfile::tempdir().unwrap();
-    let run = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_canopy"))
-            .args(["migrate", "--data-dir"])
-            .arg(data.path())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice::<Value>(&output.stdout).unwrap()
-    };
+    let run =
+        || serde_json::from_slice::<Value>(&canopy_ok(&["migrate"], data.path()).stdout).unwrap();
     assert_eq!(
         run()["applied"],
         json!([

@@ -1,11 +1,14 @@
 //! Running `canopy` as an operator would: processes, ports, accounts, requests.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use canopy_ingest::{LogRecord, Position};
+use canopy_schemas::VoteId;
 use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "correct horse battery";
@@ -128,6 +131,178 @@ pub async fn login(client: &reqwest::Client, base: &str, username: &str) -> Stri
     .unwrap();
     assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().unwrap().to_string()
+}
+
+/// Registers `username` with [`PASSWORD`].
+pub async fn sign_up(client: &reqwest::Client, base: &str, username: &str) {
+    let (status, body) = post(
+        client,
+        format!("{base}/api/v1/auth/register"),
+        None,
+        json!({ "username": username, "password": PASSWORD }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Registers `username` with [`PASSWORD`] and returns its access token.
+pub async fn register(client: &reqwest::Client, base: &str, username: &str) -> String {
+    sign_up(client, base, username).await;
+    login(client, base, username).await
+}
+
+/// A yes/no decision open forever, for [`create_decision`].
+pub fn yes_or_no(title: &str) -> Value {
+    json!({ "title": title, "options": ["yes", "no"], "closes_at": i64::MAX })
+}
+
+/// Creates the decision `body` describes as `admin` and returns its id.
+pub async fn create_decision(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    body: Value,
+) -> String {
+    let (status, decision) = post(
+        client,
+        format!("{base}/api/v1/voting/decision/create"),
+        Some(admin),
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{decision}");
+    decision["id"].as_str().unwrap().to_string()
+}
+
+/// Casts `option` on `decision`; the status and the body (a receipt when 201) come back
+/// as they are, for tests that expect refusals or lost connections.
+pub async fn try_cast(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    decision: &str,
+    option: u16,
+) -> Result<(u16, Value), reqwest::Error> {
+    post(
+        client,
+        format!("{base}/api/v1/voting/cast-vote"),
+        Some(token),
+        json!({ "decision_id": decision, "option": option }),
+    )
+    .await
+}
+
+/// Casts `option` on `decision` and returns the receipt, which must be 201's.
+pub async fn cast(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    decision: &str,
+    option: u16,
+) -> Value {
+    let (status, receipt) = try_cast(client, base, token, decision, option)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{receipt}");
+    receipt
+}
+
+pub async fn results(client: &reqwest::Client, base: &str, decision: &str, token: &str) -> Value {
+    get_json(
+        client,
+        format!("{base}/api/v1/voting/decision/{decision}/results"),
+        token,
+    )
+    .await
+}
+
+pub async fn active_decisions(client: &reqwest::Client, base: &str, token: &str) -> Value {
+    get_json(
+        client,
+        format!("{base}/api/v1/voting/active-decisions"),
+        token,
+    )
+    .await
+}
+
+/// The vote a receipt acknowledges and where the log holds it.
+pub fn acknowledged(receipt: &Value) -> (VoteId, Position) {
+    let id: uuid::Uuid = receipt["vote_id"].as_str().unwrap().parse().unwrap();
+    let position = serde_json::from_value(receipt["position"].clone()).unwrap();
+    (VoteId::from(id), position)
+}
+
+/// Every position each vote is stored at: exactly-once means a single one.
+pub fn positions_by_vote<'a>(
+    records: impl IntoIterator<Item = &'a LogRecord>,
+) -> HashMap<VoteId, Vec<Position>> {
+    let mut stored: HashMap<VoteId, Vec<Position>> = HashMap::new();
+    for record in records {
+        stored
+            .entry(record.vote.vote_id)
+            .or_default()
+            .push(record.position);
+    }
+    stored
+}
+
+/// Bytes 33..65 of a receipt's leaf encoding: the voter's commitment.
+pub fn commitment(receipt: &Value) -> String {
+    receipt["leaf"].as_str().unwrap()[66..130].to_string()
+}
+
+/// The user id inside an access token (its `sub` claim).
+pub fn subject(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["sub"].as_str().unwrap().to_string()
+}
+
+/// Asks, as `token`, for the erasure of voter `voter_id`; the answer is the test's to judge.
+pub async fn erase_voter(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    voter_id: &str,
+) -> (u16, Value) {
+    post(
+        client,
+        format!("{base}/api/v1/admin/erase-voter"),
+        Some(token),
+        json!({ "voter_id": voter_id }),
+    )
+    .await
+    .unwrap()
+}
+
+/// The broker scripts/test starts for the run.
+pub fn broker() -> String {
+    std::env::var("CANOPY_TEST_KAFKA")
+        .expect("CANOPY_TEST_KAFKA must name a Kafka-protocol broker (scripts/test starts tansu)")
+}
+
+/// Runs `canopy <args> --data-dir <data>`, which must succeed; its output is returned.
+pub fn canopy_ok(args: &[&str], data: &Path) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 pub fn kill_9(child: &mut Child) {
