@@ -86,26 +86,13 @@ fn baseline(config: &WindowConfig, readings: &[FeedReading]) -> Windows {
     // The dataflow's hasher, so the comparison is of the computation, not of SipHash.
     let mut windows: Windows = HashMap::with_hasher(FixedState::with_seed(0));
     for reading in readings {
-        for size in WindowSize::BOTH {
-            if !reading.open[size as usize] {
-                continue;
-            }
-            let length = config.sizes_ms[size as usize];
-            let start_ms = reading.observed_at.div_euclid(length) * length;
-            for owner in [Owner::Sensor(reading.sensor), Owner::Region(reading.region)] {
-                let key = WindowKey {
-                    owner,
-                    metric: reading.metric,
-                    size,
-                    start_ms,
-                };
-                windows
-                    .entry(key)
-                    .and_modify(|w| w.add(reading.value, reading.observed_at, reading.offset))
-                    .or_insert_with(|| {
-                        WindowStats::single(reading.value, reading.observed_at, reading.offset)
-                    });
-            }
+        for key in reading.open_windows(config) {
+            windows
+                .entry(key)
+                .and_modify(|w| w.add(reading.value, reading.observed_at, reading.offset))
+                .or_insert_with(|| {
+                    WindowStats::single(reading.value, reading.observed_at, reading.offset)
+                });
         }
         // The reading's z-score against its sensor's previous hour, as the dataflow keeps it.
         let long = config.sizes_ms[WindowSize::Long as usize];

@@ -71,4 +71,6 @@ pub use state::{
     encode_entries,
 };
 pub use tally::{DueCheckpoint, TallyInputs, build_tally_dataflow};
-pub use views::{DecisionView, InMemoryViews, ViewStore, ViewUpdate, includes_position};
+pub use views::{
+    DecisionView, InMemoryViews, ViewStore, ViewUpdate, includes_position, wait_until_included,
+};

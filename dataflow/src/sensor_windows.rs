@@ -101,6 +101,29 @@ pub struct FeedReading {
     pub watermark: i64,
 }
 
+impl FeedReading {
+    /// The windows the reading changes: of each size still open, its sensor's and its
+    /// region's.
+    pub fn open_windows(&self, config: &WindowConfig) -> impl Iterator<Item = WindowKey> {
+        let reading = *self;
+        let sizes_ms = config.sizes_ms;
+        WindowSize::BOTH
+            .into_iter()
+            .filter(move |size| reading.open[*size as usize])
+            .flat_map(move |size| {
+                let start_ms = window_start(reading.observed_at, sizes_ms[size as usize]);
+                [Owner::Sensor(reading.sensor), Owner::Region(reading.region)].map(|owner| {
+                    WindowKey {
+                        owner,
+                        metric: reading.metric,
+                        size,
+                        start_ms,
+                    }
+                })
+            })
+    }
+}
+
 /// Count, sums and extremes of a window's readings, in integer micro-units.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct WindowStats {
@@ -308,35 +331,19 @@ impl WindowState {
         let mut changed: HashSet<WindowKey, FixedState> =
             HashSet::with_hasher(FixedState::with_seed(0));
         for reading in readings {
-            for size in WindowSize::BOTH {
-                if !reading.open[size as usize] {
-                    continue;
-                }
-                let start_ms = window_start(reading.observed_at, config.sizes_ms[size as usize]);
-                for owner in [Owner::Sensor(reading.sensor), Owner::Region(reading.region)] {
-                    let key = WindowKey {
-                        owner,
-                        metric: reading.metric,
-                        size,
-                        start_ms,
-                    };
-                    self.windows
-                        .entry(key)
-                        .and_modify(|(_, stats)| {
-                            stats.add(reading.value, reading.observed_at, reading.offset)
-                        })
-                        .or_insert_with(|| {
-                            (
-                                reading.region,
-                                WindowStats::single(
-                                    reading.value,
-                                    reading.observed_at,
-                                    reading.offset,
-                                ),
-                            )
-                        });
-                    changed.insert(key);
-                }
+            for key in reading.open_windows(config) {
+                self.windows
+                    .entry(key)
+                    .and_modify(|(_, stats)| {
+                        stats.add(reading.value, reading.observed_at, reading.offset)
+                    })
+                    .or_insert_with(|| {
+                        (
+                            reading.region,
+                            WindowStats::single(reading.value, reading.observed_at, reading.offset),
+                        )
+                    });
+                changed.insert(key);
             }
             let watermark = self.watermarks.entry(reading.region).or_insert(i64::MIN);
             *watermark = (*watermark).max(reading.watermark);

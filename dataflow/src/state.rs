@@ -20,8 +20,6 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use canopy_chain::Hash;
-
 use crate::DataflowError;
 use crate::arithmetic::Ballot;
 use crate::record::RecordLeaf;
@@ -95,45 +93,31 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<StateEntry>, DataflowError> {
         let Some(entry) = bytes.get(at..at + len) else {
             return Err(corrupt(at, "truncated entry"));
         };
+        // A struct expression evaluates its fields in the order written: the order
+        // `encode_entries` wrote them in.
         let mut fields = Fields(&entry[1..]);
         entries.push(match tag {
-            BALLOT_TAG => {
-                let decision = fields.u128();
-                let voter = fields.u128();
-                let vote_id = fields.u128();
-                let offset = fields.u64();
-                let option = u16::from_le_bytes(fields.take());
-                let component = Component::from_code(fields.take::<1>()[0])
-                    .map_err(|_| corrupt(at, "unknown component"))?;
-                let weight = u32::from_le_bytes(fields.take());
-                StateEntry::Ballot {
-                    decision,
-                    voter,
-                    ballot: Ballot {
-                        vote_id,
-                        offset,
-                        option,
-                        component,
-                        weight,
-                    },
-                }
-            }
-            _ => {
-                let decision = fields.u128();
-                let offset = fields.u64();
-                let voter = fields.u128();
-                let vote_id = fields.u128();
-                let leaf: Hash = fields.take();
-                StateEntry::Leaf {
-                    decision,
-                    leaf: RecordLeaf {
-                        offset,
-                        voter,
-                        vote_id,
-                        leaf,
-                    },
-                }
-            }
+            BALLOT_TAG => StateEntry::Ballot {
+                decision: fields.u128(),
+                voter: fields.u128(),
+                ballot: Ballot {
+                    vote_id: fields.u128(),
+                    offset: fields.u64(),
+                    option: u16::from_le_bytes(fields.take()),
+                    component: Component::from_code(fields.take::<1>()[0])
+                        .map_err(|_| corrupt(at, "unknown component"))?,
+                    weight: u32::from_le_bytes(fields.take()),
+                },
+            },
+            _ => StateEntry::Leaf {
+                decision: fields.u128(),
+                leaf: RecordLeaf {
+                    offset: fields.u64(),
+                    voter: fields.u128(),
+                    vote_id: fields.u128(),
+                    leaf: fields.take(),
+                },
+            },
         });
         at += len;
     }

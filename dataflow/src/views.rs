@@ -30,6 +30,34 @@ pub fn includes_position(frontier: u64, view: Option<&DecisionView>, position: P
     frontier > position.offset || view_end > position.offset
 }
 
+/// The loop behind every store's [`ViewStore::wait_for`]: looks until the view includes
+/// `position` or `timeout` has passed. `look` reads the partition's frontier and the view
+/// through `held` (a lock guard, or nothing); `pause` waits at most the time left for them
+/// to change and hands `held` back.
+pub fn wait_until_included<H>(
+    position: Position,
+    timeout: Duration,
+    mut held: H,
+    mut look: impl FnMut(&H) -> Result<(u64, Option<DecisionView>), DataflowError>,
+    mut pause: impl FnMut(H, Duration) -> H,
+) -> Result<Option<DecisionView>, DataflowError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (frontier, view) = look(&held)?;
+        if includes_position(frontier, view.as_ref(), position) {
+            return Ok(view);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(DataflowError::Timeout {
+                position,
+                waited: timeout,
+            });
+        }
+        held = pause(held, deadline - now);
+    }
+}
+
 /// A change the dataflow publishes: a decision's new tally (or its removal) as of a position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ViewUpdate {
@@ -179,31 +207,22 @@ impl ViewStore for InMemoryViews {
         position: Position,
         timeout: Duration,
     ) -> Result<Option<DecisionView>, DataflowError> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
-        loop {
-            state.check()?;
-            let frontier = state
-                .frontier
-                .get(&position.partition)
-                .copied()
-                .unwrap_or(0);
-            let view = state.view(decision);
-            if includes_position(frontier, view.as_ref(), position) {
-                return Ok(view);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(DataflowError::Timeout {
-                    position,
-                    waited: timeout,
-                });
-            }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        // The guard stays held from one look to the wait, so no change slips in between.
+        wait_until_included(
+            position,
+            timeout,
+            self.lock(),
+            |state| {
+                state.check()?;
+                let frontier = state.frontier.get(&position.partition).copied();
+                Ok((frontier.unwrap_or(0), state.view(decision)))
+            },
+            |state, left| {
+                self.changed
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            },
+        )
     }
 }

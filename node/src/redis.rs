@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use canopy_dataflow::{
-    DataflowError, DecisionView, Tally, ViewStore, ViewUpdate, includes_position,
+    DataflowError, DecisionView, Tally, ViewStore, ViewUpdate, wait_until_included,
 };
 use canopy_ingest::Position;
 use canopy_schemas::DecisionId;
@@ -257,22 +257,19 @@ impl ViewStore for RedisViews {
         position: Position,
         timeout: Duration,
     ) -> Result<Option<DecisionView>, DataflowError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.check()?;
-            let frontier = self.frontier_checked(position.partition)?;
-            let view = self.view(decision)?;
-            if includes_position(frontier, view.as_ref(), position) {
-                return Ok(view);
-            }
-            if Instant::now() >= deadline {
-                return Err(DataflowError::Timeout {
-                    position,
-                    waited: timeout,
-                });
-            }
-            std::thread::sleep(self.poll);
-        }
+        wait_until_included(
+            position,
+            timeout,
+            (),
+            |()| {
+                self.check()?;
+                Ok((
+                    self.frontier_checked(position.partition)?,
+                    self.view(decision)?,
+                ))
+            },
+            |(), _| std::thread::sleep(self.poll),
+        )
     }
 }
 
