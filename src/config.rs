@@ -1022,6 +1022,7 @@ impl CanopyConfig {
             lake.sql.timeout = Duration::from_secs(self.lake.sql_timeout_s.max(1));
             lake.sql.memory_bytes = self.lake.sql_memory_mib.max(1) << 20;
             lake.sql.target_partitions = self.workers.threads.max(1);
+            lake.pg_listen = self.lake.pg_listen;
             config.lake = Some(lake);
         }
         Ok(config)

@@ -82,7 +82,7 @@ pub struct SqlArgs {
 pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
     use std::io::Write;
 
-    use canopy_analytics::{LakeSql, OutputFormat, SqlLimits, render, write_parquet};
+    use canopy_analytics::{LakeQuery, LakeSql, OutputFormat, SqlLimits, render, write_parquet};
 
     let location = lake_location(args.lake.as_deref(), &args.data_dir)?;
     if let LakeLocation::Local(root) = &location

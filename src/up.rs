@@ -51,27 +51,15 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             });
             config.record.anchor_target = Some(Arc::new(target));
         }
-        let lake_sql = config
-            .lake
-            .as_ref()
-            .map(|lake| canopy_analytics::LakeSql::new(lake.location.clone(), lake.sql));
         let node = Node::start(config).await.context("starting the node")?;
         println!("Canopy is listening on http://{}", node.addr);
-        let pg = match (settings.lake.pg_listen, lake_sql) {
-            (Some(listen), Some(lake)) => {
-                let credentials = Arc::new(AnalystCredentials(Arc::clone(&node.state.store)));
-                let server = canopy_sqlwire::PgServer::start(listen, lake, credentials)
-                    .await
-                    .context("starting the PostgreSQL protocol listener")?;
-                println!(
-                    "  SQL over the lake (PostgreSQL protocol): psql -h {} -p {} -U <analyst> canopy",
-                    server.local_addr().ip(),
-                    server.local_addr().port()
-                );
-                Some(server)
-            }
-            _ => None,
-        };
+        if let Some(sql_addr) = node.sql_addr() {
+            println!(
+                "  SQL over the lake (PostgreSQL protocol): psql -h {} -p {} -U <analyst> canopy",
+                sql_addr.ip(),
+                sql_addr.port()
+            );
+        }
         println!("  data directory: {}", settings.data_dir.display());
         println!(
             "  create the first admin: canopy admin create --data-dir {} --username <name>",
@@ -95,11 +83,6 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         wait_for_stop_signal().await;
         println!("canopy: stopping: no new connections; finishing requests in flight");
-        if let Some(pg) = pg {
-            pg.shutdown()
-                .await
-                .context("stopping the PostgreSQL protocol listener")?;
-        }
         node.shutdown().await.context("shutting down")?;
         println!("canopy: stopped cleanly");
         Ok(())
@@ -275,31 +258,4 @@ pub fn admin_create(args: AdminCreateArgs) -> anyhow::Result<()> {
         println!("{created}");
         anyhow::Ok(())
     })
-}
-
-/// Who may sign in over the PostgreSQL protocol: an analyst or an admin, with the password
-/// they use for the API (checked against its argon2 hash on a blocking thread).
-struct AnalystCredentials(Arc<dyn canopy_serving::store::MetadataStore>);
-
-impl canopy_sqlwire::Credentials for AnalystCredentials {
-    fn check<'a>(
-        &'a self,
-        user: &'a str,
-        password: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
-        Box::pin(async move {
-            let Ok(Some(record)) = self.0.user_by_username(user).await else {
-                return false;
-            };
-            if !canopy_serving::auth::Action::QueryAnalytics.allowed(record.role) {
-                return false;
-            }
-            let password = password.to_string();
-            tokio::task::spawn_blocking(move || {
-                canopy_serving::auth::verify_password(&password, &record.password_hash)
-            })
-            .await
-            .unwrap_or(false)
-        })
-    }
 }

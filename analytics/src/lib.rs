@@ -34,7 +34,9 @@ pub use sinks::{
     CheckpointEntry, CheckpointLake, Checkpoints, SinkLake, SinkTable, TallyChange,
     TallyChangeLake, TallyChanges, WindowFeature, WindowFeatureLake, WindowFeatures,
 };
-pub use sql::{BatchEncoder, LakeSql, OutputFormat, QueryStream, SqlLimits, render, write_parquet};
+pub use sql::{
+    BatchEncoder, LakeQuery, LakeSql, OutputFormat, QueryStream, SqlLimits, render, write_parquet,
+};
 pub use store::LakeLocation;
 pub use trends::{TimeRange, TrendBucket, TrendsSubject, trend_points, trends_sql};
 pub use votes::{

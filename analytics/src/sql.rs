@@ -189,10 +189,38 @@ impl LakeSql {
             sort,
         })
     }
+}
 
+/// What a reader of the lake asks of it: one read-only statement at a time. The API and
+/// the PostgreSQL port hold the lake through this face; [`LakeSql`] is the one behind it.
+#[async_trait::async_trait]
+pub trait LakeQuery: Send + Sync + std::fmt::Debug {
     /// Plans one read-only statement (no DDL, no DML, no `SET`) and starts it. The rows
     /// stream; the stream ends with `query_timeout` once the time limit has passed.
-    pub async fn execute(&self, sql: &str) -> Result<QueryStream, AnalyticsError> {
+    async fn execute(&self, sql: &str) -> Result<QueryStream, AnalyticsError>;
+
+    /// Runs one read-only statement and returns all its rows.
+    async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, AnalyticsError> {
+        Ok(self.query_with_schema(sql).await?.1)
+    }
+
+    /// Runs one read-only statement and returns its schema and all its rows.
+    async fn query_with_schema(
+        &self,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), AnalyticsError> {
+        let mut stream = self.execute(sql).await?;
+        let mut out = Vec::new();
+        while let Some(batch) = stream.next().await {
+            out.push(batch?);
+        }
+        Ok((stream.schema(), out))
+    }
+}
+
+#[async_trait::async_trait]
+impl LakeQuery for LakeSql {
+    async fn execute(&self, sql: &str) -> Result<QueryStream, AnalyticsError> {
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
         let context = self.session()?;
         let read_only = SQLOptions::new()
@@ -215,24 +243,6 @@ impl LakeSql {
             timeout: self.limits.timeout,
             done: false,
         })
-    }
-
-    /// Runs one read-only statement and returns all its rows.
-    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, AnalyticsError> {
-        Ok(self.query_with_schema(sql).await?.1)
-    }
-
-    /// Runs one read-only statement and returns its schema and all its rows.
-    pub async fn query_with_schema(
-        &self,
-        sql: &str,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>), AnalyticsError> {
-        let mut stream = self.execute(sql).await?;
-        let mut out = Vec::new();
-        while let Some(batch) = stream.next().await {
-            out.push(batch?);
-        }
-        Ok((stream.schema(), out))
     }
 }
 

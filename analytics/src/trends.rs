@@ -5,7 +5,7 @@
 use canopy_schemas::{DecisionId, Metric};
 
 use crate::AnalyticsError;
-use crate::sql::{BatchEncoder, LakeSql, OutputFormat};
+use crate::sql::{BatchEncoder, LakeQuery, OutputFormat};
 
 /// The bucket widths the lake answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +113,7 @@ pub fn trends_sql(subject: TrendsSubject<'_>, bucket: TrendBucket, range: TimeRa
 
 /// The buckets, oldest first, each a JSON object of the query's columns.
 pub async fn trend_points(
-    sql: &LakeSql,
+    sql: &dyn LakeQuery,
     subject: TrendsSubject<'_>,
     bucket: TrendBucket,
     range: TimeRange,

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use canopy_analytics::{DecisionLake, LakeConfig, LakeSql, VoteLake};
+use canopy_analytics::{DecisionLake, LakeConfig, LakeQuery, LakeSql, VoteLake};
 use canopy_ingest::{LogRecord, Position, partition_for};
 use canopy_schemas::{
     Component, ComponentWeights, Decision, DecisionId, Method, Vote, VoteId, VoterCommitment,

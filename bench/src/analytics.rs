@@ -19,7 +19,7 @@ use arrow_array::{
     Array, Date32Array, FixedSizeBinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, TimeUnit};
-use canopy_analytics::{DecisionLake, LakeConfig, LakeSql, SqlLimits, VoteLake};
+use canopy_analytics::{DecisionLake, LakeConfig, LakeQuery, LakeSql, SqlLimits, VoteLake};
 use canopy_ingest::{LogRecord, Position, partition_for};
 use canopy_schemas::{
     Component, ComponentWeights, Decision, DecisionId, Method, Vote, VoteId, VoterCommitment,

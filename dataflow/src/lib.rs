@@ -55,7 +55,8 @@ pub use engine::{ClusterConfig, DecisionDirectory, EngineConfig, TallyEngine};
 pub use epoch::Epoch;
 pub use error::DataflowError;
 pub use record::{
-    CheckpointSink, CutCheckpoint, RecordConfig, RecordLeaf, StoredCheckpoint, VoteRecord,
+    CheckpointSink, CutCheckpoint, RecordConfig, RecordLeaf, RecordReader, StoredCheckpoint,
+    VoteRecord,
 };
 pub use recount::recount;
 pub use scoring::{AnomalyModel, Scorer, ScorerConfig};

@@ -121,6 +121,26 @@ pub struct VoteRecord {
     failure: Mutex<Option<String>>,
 }
 
+/// What the record's readers ask of it: where a leaf is, the roots and the proofs. The API
+/// holds the record through this face only; the engine grows it behind it.
+pub trait RecordReader: Send + Sync {
+    /// Where the leaf with this hash is in `decision`'s log.
+    fn index_of(&self, decision: DecisionId, leaf: &Hash) -> Option<u64>;
+    fn root_at(&self, decision: DecisionId, size: u64) -> Result<Hash, ChainError>;
+    fn inclusion_proof(
+        &self,
+        decision: DecisionId,
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<Hash>, ChainError>;
+    fn consistency_proof(
+        &self,
+        decision: DecisionId,
+        old: u64,
+        new: u64,
+    ) -> Result<Vec<Hash>, ChainError>;
+}
+
 impl std::fmt::Debug for VoteRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VoteRecord").finish_non_exhaustive()
@@ -169,37 +189,6 @@ impl VoteRecord {
     /// The number of leaves in `decision`'s log now (0 for a decision without votes).
     pub fn size(&self, decision: DecisionId) -> u64 {
         self.with(decision, |r| r.tree.size()).unwrap_or(0)
-    }
-
-    /// Where the leaf with this hash is in `decision`'s log.
-    pub fn index_of(&self, decision: DecisionId, leaf: &Hash) -> Option<u64> {
-        self.with(decision, |r| r.index_of.get(leaf).copied())
-            .flatten()
-    }
-
-    pub fn root_at(&self, decision: DecisionId, size: u64) -> Result<Hash, ChainError> {
-        self.with(decision, |r| r.tree.root_at(size))
-            .unwrap_or_else(|| MerkleLog::new().root_at(size))
-    }
-
-    pub fn inclusion_proof(
-        &self,
-        decision: DecisionId,
-        index: u64,
-        size: u64,
-    ) -> Result<Vec<Hash>, ChainError> {
-        self.with(decision, |r| r.tree.inclusion_proof(index, size))
-            .unwrap_or(Err(ChainError::IndexOutOfRange { index, size: 0 }))
-    }
-
-    pub fn consistency_proof(
-        &self,
-        decision: DecisionId,
-        old: u64,
-        new: u64,
-    ) -> Result<Vec<Hash>, ChainError> {
-        self.with(decision, |r| r.tree.consistency_proof(old, new))
-            .unwrap_or_else(|| MerkleLog::new().consistency_proof(old, new))
     }
 
     /// Cuts a checkpoint for every decision whose oldest uncovered leaf has waited
@@ -320,6 +309,38 @@ impl VoteRecord {
         );
         let record = lock(&record);
         Some(f(&record))
+    }
+}
+
+impl RecordReader for VoteRecord {
+    fn index_of(&self, decision: DecisionId, leaf: &Hash) -> Option<u64> {
+        self.with(decision, |r| r.index_of.get(leaf).copied())
+            .flatten()
+    }
+
+    fn root_at(&self, decision: DecisionId, size: u64) -> Result<Hash, ChainError> {
+        self.with(decision, |r| r.tree.root_at(size))
+            .unwrap_or_else(|| MerkleLog::new().root_at(size))
+    }
+
+    fn inclusion_proof(
+        &self,
+        decision: DecisionId,
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<Hash>, ChainError> {
+        self.with(decision, |r| r.tree.inclusion_proof(index, size))
+            .unwrap_or(Err(ChainError::IndexOutOfRange { index, size: 0 }))
+    }
+
+    fn consistency_proof(
+        &self,
+        decision: DecisionId,
+        old: u64,
+        new: u64,
+    ) -> Result<Vec<Hash>, ChainError> {
+        self.with(decision, |r| r.tree.consistency_proof(old, new))
+            .unwrap_or_else(|| MerkleLog::new().consistency_proof(old, new))
     }
 }
 

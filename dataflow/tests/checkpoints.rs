@@ -42,9 +42,14 @@ impl EntryLog<LoggedVote> for ReadSpy {
     fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
         self.inner.append_async(votes)
     }
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<LogRecord>, IngestError> {
+    fn read_entries(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(Position, LoggedVote)>, IngestError> {
         self.lowest_read[partition as usize].fetch_min(from, Ordering::Relaxed);
-        self.inner.read(partition, from, max)
+        self.inner.read_entries(partition, from, max)
     }
     fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
         self.inner.end_offset(partition)

@@ -486,12 +486,22 @@ impl<E: LogEntry> EntryLog<E> for KafkaEntryLog<E> {
         })
     }
 
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<E::Record>, IngestError> {
-        Ok(self
-            .read_entries(partition, from, max)?
-            .into_iter()
-            .map(E::Record::from)
-            .collect())
+    fn read_entries(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(Position, E)>, IngestError> {
+        self.check_partition(partition)?;
+        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut reader = match readers.remove(&partition) {
+            Some(reader) if reader.next == from => reader,
+            _ => self.reader_at(partition, from)?,
+        };
+        let mut out = Vec::new();
+        let result = self.drain(&mut reader, partition, max, |record| out.push(record));
+        readers.insert(partition, reader);
+        result.map(|()| out)
     }
 
     /// The end as of the broker's latest fetch answer: every offset below it is durable (a
@@ -517,25 +527,6 @@ impl<E: LogEntry> EntryLog<E> for KafkaEntryLog<E> {
 }
 
 impl<E: LogEntry> KafkaEntryLog<E> {
-    /// Up to `max` entries of `partition` from offset `from` on, in offset order.
-    pub fn read_entries(
-        &self,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<(Position, E)>, IngestError> {
-        self.check_partition(partition)?;
-        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut reader = match readers.remove(&partition) {
-            Some(reader) if reader.next == from => reader,
-            _ => self.reader_at(partition, from)?,
-        };
-        let mut out = Vec::new();
-        let result = self.drain(&mut reader, partition, max, |record| out.push(record));
-        readers.insert(partition, reader);
-        result.map(|()| out)
-    }
-
     fn reader_at(&self, partition: u32, from: u64) -> Result<PartitionReader, IngestError> {
         let consumer: BaseConsumer = client_config(&self.config)
             .set("enable.auto.commit", "false")

@@ -224,9 +224,23 @@ pub trait EntryLog<E: LogEntry>: Send + Sync {
     /// without holding a thread while it waits.
     fn append_async<'a>(&'a self, entries: &'a [E]) -> AppendFuture<'a>;
 
-    /// Up to `max` durable records of `partition` from offset `from` on, in offset order.
-    /// Returns an empty batch at the end of the log.
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<E::Record>, IngestError>;
+    /// Up to `max` durable entries of `partition` from offset `from` on, in offset order,
+    /// each with its position. Returns an empty batch at the end of the log.
+    fn read_entries(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(Position, E)>, IngestError>;
+
+    /// [`read_entries`](Self::read_entries) as the entry kind's records.
+    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<E::Record>, IngestError> {
+        Ok(self
+            .read_entries(partition, from, max)?
+            .into_iter()
+            .map(E::Record::from)
+            .collect())
+    }
 
     /// The offset the next record of `partition` will get: every offset below it is durable.
     fn end_offset(&self, partition: u32) -> Result<u64, IngestError>;

@@ -375,23 +375,7 @@ impl<E: LogEntry> EntryLog<E> for SegmentEntryLog<E> {
         })
     }
 
-    fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<E::Record>, IngestError> {
-        Ok(self
-            .read_entries(partition, from, max)?
-            .into_iter()
-            .map(E::Record::from)
-            .collect())
-    }
-
-    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
-        self.check_partition(partition)?;
-        Ok(self.shared.durable_ends[partition as usize].load(Ordering::Acquire))
-    }
-}
-
-impl<E: LogEntry> SegmentEntryLog<E> {
-    /// Up to `max` durable entries of `partition` from offset `from` on, in offset order.
-    pub fn read_entries(
+    fn read_entries(
         &self,
         partition: u32,
         from: u64,
@@ -406,6 +390,13 @@ impl<E: LogEntry> SegmentEntryLog<E> {
         self.shared.read(partition, from, until)
     }
 
+    fn end_offset(&self, partition: u32) -> Result<u64, IngestError> {
+        self.check_partition(partition)?;
+        Ok(self.shared.durable_ends[partition as usize].load(Ordering::Acquire))
+    }
+}
+
+impl<E: LogEntry> SegmentEntryLog<E> {
     /// Queues `entries` for the next round; returns their positions and, per partition
     /// touched, the end offset that must become durable.
     #[allow(clippy::type_complexity)]

@@ -4,6 +4,7 @@ use canopy_dataflow::DataflowError;
 use canopy_ingest::IngestError;
 use canopy_schemas::SchemaError;
 use canopy_serving::ServingError;
+use canopy_sqlwire::SqlWireError;
 
 /// What can stop a node from starting, running its loops, or shutting down cleanly. The
 /// parts' own errors keep their stable codes.
@@ -22,6 +23,8 @@ pub enum NodeError {
     Analytics(#[from] AnalyticsError),
     #[error(transparent)]
     Chain(#[from] ChainError),
+    #[error(transparent)]
+    SqlPort(#[from] SqlWireError),
     #[error("{0}")]
     Internal(String),
 }
@@ -42,6 +45,7 @@ impl NodeError {
             Self::Ingest(error) => error.code(),
             Self::Analytics(error) => error.code(),
             Self::Chain(error) => error.code(),
+            Self::SqlPort(error) => error.code(),
             Self::Internal(_) => "internal",
         }
     }

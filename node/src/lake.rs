@@ -27,6 +27,8 @@ pub struct LakeSettings {
     pub sql: SqlLimits,
     /// Queries that may run at once (HTTP and the PostgreSQL protocol each).
     pub concurrent_queries: usize,
+    /// Where the lake's SQL is served over the PostgreSQL protocol (none: not served).
+    pub pg_listen: Option<std::net::SocketAddr>,
 }
 
 impl LakeSettings {
@@ -41,6 +43,7 @@ impl LakeSettings {
                 target_partitions: 2,
             },
             concurrent_queries: 4,
+            pg_listen: None,
         }
     }
 }

@@ -25,6 +25,7 @@ mod readiness;
 pub mod record;
 pub mod redis;
 pub mod sensors;
+mod sql_port;
 pub mod worker;
 
 pub use error::NodeError;

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use canopy_analytics::{LakeSql, LakeViews};
 use canopy_chain::NoteSigner;
 use canopy_dataflow::{
-    EngineConfig, InMemoryViews, StateStore, TallyEngine, ViewStore, VoteRecord,
+    EngineConfig, InMemoryViews, RecordReader, StateStore, TallyEngine, ViewStore, VoteRecord,
 };
 use canopy_ingest::{Gate, KafkaConfig, KafkaLog, SegmentLog, SegmentLogConfig, VoteLog};
 use canopy_schemas::Decision;
@@ -20,6 +20,7 @@ use canopy_serving::limits::RateLimiter;
 use canopy_serving::salts::SaltCache;
 use canopy_serving::state::{AnalyticsService, ApiConfig, AppState, ReplicaNotices};
 use canopy_serving::store::{MetadataStore, PostgresStore, SqliteStore};
+use canopy_sqlwire::PgServer;
 
 use crate::NodeError;
 use crate::error::blocking;
@@ -28,6 +29,7 @@ use crate::readiness::become_ready_after_replay;
 use crate::record::{Anchorer, RecordSettings, anchor_loop, open_record, record_signer};
 use crate::redis::{RedisViews, ReplicaCoordinator};
 use crate::sensors::{SensorSettings, start_sensors};
+use crate::sql_port::start_sql_port;
 use crate::worker::{RedisTarget, SqlStateStore};
 
 #[derive(Clone)]
@@ -111,6 +113,7 @@ pub struct Node {
     coordinator: Option<Arc<ReplicaCoordinator>>,
     lake_stop: tokio::sync::watch::Sender<bool>,
     lake_task: Option<tokio::task::JoinHandle<()>>,
+    sql_port: Option<PgServer>,
 }
 
 /// Every second: announce this replica, share the rate limits among the live ones, and drop
@@ -293,7 +296,7 @@ impl Node {
         let (engine, record, anchor_task) = match tally {
             Some(tally) => (
                 Some(tally.engine),
-                Some(tally.record),
+                Some(tally.record as Arc<dyn RecordReader>),
                 Some(tally.anchoring),
             ),
             None => (None, None, None),
@@ -312,11 +315,21 @@ impl Node {
         } else {
             None
         };
-        let analytics = match (&config.lake, keep_lake) {
-            (Some(lake), true) => Some(Arc::new(AnalyticsService::new(
-                LakeSql::new(lake.location.clone(), lake.sql),
+        let lake_sql = match (&config.lake, keep_lake) {
+            (Some(lake), true) => Some(LakeSql::new(lake.location.clone(), lake.sql)),
+            _ => None,
+        };
+        let analytics = match (&config.lake, &lake_sql) {
+            (Some(lake), Some(sql)) => Some(Arc::new(AnalyticsService::new(
+                Arc::new(sql.clone()),
                 lake.concurrent_queries,
             ))),
+            _ => None,
+        };
+        let sql_port = match (config.lake.as_ref().and_then(|l| l.pg_listen), lake_sql) {
+            (Some(listen), Some(sql)) => {
+                Some(start_sql_port(listen, sql, Arc::clone(&store)).await?)
+            }
             _ => None,
         };
         let lake_feed = match (&config.lake, keep_lake) {
@@ -369,13 +382,22 @@ impl Node {
             coordinator,
             lake_stop,
             lake_task,
+            sql_port,
         })
+    }
+
+    /// Where the lake's SQL is served over the PostgreSQL protocol, if it is.
+    pub fn sql_addr(&self) -> Option<SocketAddr> {
+        self.sql_port.as_ref().map(PgServer::local_addr)
     }
 
     /// Stops accepting connections, lets requests in flight finish (their appends become
     /// durable), then stops the engine and closes the log.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         self.state.ready.store(false, Ordering::Release);
+        if let Some(sql_port) = self.sql_port {
+            sql_port.shutdown().await?;
+        }
         if let Some(heartbeat) = self.heartbeat {
             heartbeat.abort();
         }

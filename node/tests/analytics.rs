@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use canopy_analytics::LakeLocation;
+use canopy_analytics::{LakeLocation, LakeQuery};
 use canopy_node::lake::LakeSettings;
 use canopy_serving::auth::Role;
 use canopy_serving::state::ApiConfig;

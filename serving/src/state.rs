@@ -6,9 +6,9 @@ use std::sync::RwLock;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use canopy_analytics::{FinalWindows, LakeSql};
+use canopy_analytics::{FinalWindows, LakeQuery};
 use canopy_dataflow::{
-    Alert, Scorer, SensorEngine, SensorViews, TallyEngine, ViewStore, VoteRecord,
+    Alert, RecordReader, Scorer, SensorEngine, SensorViews, TallyEngine, ViewStore,
 };
 use canopy_ingest::{Gate, SensorLog, VoteLog};
 use canopy_schemas::SensorRegistry;
@@ -64,7 +64,7 @@ pub struct AppState {
     /// False until start-up finished and again once shutdown began.
     pub ready: AtomicBool,
     /// Every decision's Merkle log, grown by the engine (absent with the engine).
-    pub record: Option<Arc<VoteRecord>>,
+    pub record: Option<Arc<dyn RecordReader>>,
     /// The record key's verifier (`<name>+<hash>+<key>`), for auditors.
     pub record_key: String,
     pub record_origin: String,
@@ -83,7 +83,7 @@ pub type SharedState = Arc<AppState>;
 
 impl AppState {
     /// The vote record, which only a node running the engine holds.
-    pub(crate) fn record(&self) -> Result<&VoteRecord, ServingError> {
+    pub(crate) fn record(&self) -> Result<&dyn RecordReader, ServingError> {
         self.record.as_deref().ok_or(ServingError::RecordNotHere)
     }
 
@@ -131,13 +131,13 @@ impl std::fmt::Debug for SensorService {
 /// What a node that keeps a lake holds for its readers.
 #[derive(Debug)]
 pub struct AnalyticsService {
-    pub sql: LakeSql,
+    pub sql: Arc<dyn LakeQuery>,
     /// Queries running at once.
     pub running: Arc<tokio::sync::Semaphore>,
 }
 
 impl AnalyticsService {
-    pub fn new(sql: LakeSql, concurrent: usize) -> Self {
+    pub fn new(sql: Arc<dyn LakeQuery>, concurrent: usize) -> Self {
         Self {
             sql,
             running: Arc::new(tokio::sync::Semaphore::new(concurrent.max(1))),

@@ -4,7 +4,7 @@
 //! ```text
 //!  psql / driver ──TCP──▶ PgServer accept loop ──▶ pgwire::process_socket (per connection)
 //!                                                   ├─ PasswordStartup ─▶ Credentials::check
-//!                                                   └─ LakeQueries ─▶ LakeSql::execute
+//!                                                   └─ LakeQueries ─▶ LakeQuery::execute
 //!                                                        └─ QueryStream ─▶ DataRows
 //! ```
 //!
@@ -35,7 +35,7 @@
 //!   PostgreSQL parameters (`server_version`, `client_encoding`,
 //!   `transaction_isolation`, `standard_conforming_strings`, …) and refuses unknown ones
 //!   (42704); `SHOW TABLES` and `SHOW COLUMNS` go to the lake. `COPY` is refused.
-//!   Everything else goes to [`LakeSql::execute`], which refuses DDL, DML and `SET`
+//!   Everything else goes to [`LakeQuery::execute`], which refuses DDL, DML and `SET`
 //!   (25006). There is no `pg_catalog`, so psql's `\d` and catalog-browsing tools fail;
 //!   plain SQL and `information_schema` work.
 //! - **Errors** carry the lake's stable code first in the message (`sql_not_read_only: …`,

@@ -1,5 +1,5 @@
 //! Statements in, rows out: the simple protocol (`Query`) and the extended one
-//! (`Parse`/`Bind`/`Describe`/`Execute`), both over [`LakeSql`].
+//! (`Parse`/`Bind`/`Describe`/`Execute`), both over a [`LakeQuery`].
 //!
 //! pgwire's default `on_query` plans every statement of a query string before sending the
 //! first row, and its default `on_execute` collects a portal's rows into a vector before
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
-use canopy_analytics::{AnalyticsError, LakeSql, QueryStream};
+use canopy_analytics::{AnalyticsError, LakeQuery, QueryStream};
 use futures::channel::oneshot;
 use futures::{Sink, SinkExt, StreamExt, stream};
 use pgwire::api::portal::{Format, Portal, PortalExecutionState};
@@ -37,14 +37,16 @@ use crate::statement::{self, Command};
 /// The query handlers of every connection (they keep no per-connection state).
 #[derive(Debug)]
 pub(crate) struct LakeQueries {
-    lake: LakeSql,
+    lake: Arc<dyn LakeQuery>,
     parser: Arc<LakeParser>,
 }
 
 impl LakeQueries {
-    pub(crate) fn new(lake: LakeSql) -> Self {
+    pub(crate) fn new(lake: Arc<dyn LakeQuery>) -> Self {
         Self {
-            parser: Arc::new(LakeParser { lake: lake.clone() }),
+            parser: Arc::new(LakeParser {
+                lake: Arc::clone(&lake),
+            }),
             lake,
         }
     }
@@ -464,7 +466,7 @@ pub(crate) struct Prepared {
 
 #[derive(Debug)]
 pub(crate) struct LakeParser {
-    lake: LakeSql,
+    lake: Arc<dyn LakeQuery>,
 }
 
 #[async_trait]

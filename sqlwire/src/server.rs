@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use canopy_analytics::LakeSql;
+use canopy_analytics::LakeQuery;
 use pgwire::api::auth::DefaultServerParameterProvider;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -35,7 +35,7 @@ impl PgServer {
     /// `credentials` accepts.
     pub async fn start(
         listen: SocketAddr,
-        lake: LakeSql,
+        lake: impl LakeQuery + 'static,
         credentials: Arc<dyn Credentials>,
     ) -> Result<Self, SqlWireError> {
         let listen_error = |source| SqlWireError::Listen {
@@ -44,7 +44,7 @@ impl PgServer {
         };
         let listener = TcpListener::bind(listen).await.map_err(listen_error)?;
         let local_addr = listener.local_addr().map_err(listen_error)?;
-        let handlers = Arc::new(Handlers::new(lake, credentials));
+        let handlers = Arc::new(Handlers::new(Arc::new(lake), credentials));
         let (stop, stopped) = oneshot::channel();
         let accept_loop = tokio::spawn(accept_loop(listener, handlers, stopped));
         tracing::info!(%local_addr, "serving the lake over the PostgreSQL protocol");
@@ -118,7 +118,7 @@ struct Handlers {
 }
 
 impl Handlers {
-    fn new(lake: LakeSql, credentials: Arc<dyn Credentials>) -> Self {
+    fn new(lake: Arc<dyn LakeQuery>, credentials: Arc<dyn Credentials>) -> Self {
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = SERVER_VERSION.to_owned();
         parameters.date_style = "ISO, MDY".to_owned();

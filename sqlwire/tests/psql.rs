@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use arrow_array::RecordBatch;
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
-use canopy_analytics::{LakeConfig, LakeSql, SqlLimits, VoteLake};
+use canopy_analytics::{LakeConfig, LakeQuery, LakeSql, SqlLimits, VoteLake};
 use canopy_ingest::{LogRecord, Position};
 use canopy_schemas::{
     Component, DecisionId, Vote, VoteId, VoterCommitment, VoterId, VoterSalt, Weight,

@@ -114,7 +114,7 @@ pub(crate) async fn trends_from_lake(
             "bucket {bucket:?} is not minute, hour, day or week"
         )));
     };
-    let points = trend_points(&service.sql, subject, bucket, range).await?;
+    let points = trend_points(service.sql.as_ref(), subject, bucket, range).await?;
     Ok(json!({
         "source": "lake",
         "bucket": bucket.as_str(),
