@@ -67,6 +67,13 @@ impl Anvil {
         }
     }
 
+    /// A started anvil with the anchor contract deployed by the funded `KEY0`.
+    async fn with_contract(extra: &[&str]) -> (Self, [u8; 20]) {
+        let anvil = Self::start(extra);
+        let contract = deploy(&anvil.url, KEY0).await.expect("deploy");
+        (anvil, contract)
+    }
+
     /// Mines `n` blocks (`anvil_mine`).
     async fn mine(&self, n: u64) {
         let p = ProviderBuilder::new().connect_http(self.url.parse().unwrap());
@@ -132,8 +139,7 @@ async fn with_mining<F: std::future::Future>(anvil: &Anvil, fut: F) -> F::Output
 
 #[tokio::test]
 async fn anchors_reads_and_verifies_on_automine_anvil() {
-    let anvil = Anvil::start(&[]);
-    let contract = deploy(&anvil.url, KEY0).await.expect("deploy");
+    let (anvil, contract) = Anvil::with_contract(&[]).await;
     let evm = EvmAnchor::connect(config(&anvil, KEY0, contract, 2))
         .await
         .expect("connect");
@@ -314,8 +320,7 @@ async fn anchors_reads_and_verifies_on_automine_anvil() {
 
 #[tokio::test]
 async fn waits_for_confirmations_with_block_time() {
-    let anvil = Anvil::start(&["--block-time", "1"]);
-    let contract = deploy(&anvil.url, KEY0).await.expect("deploy");
+    let (anvil, contract) = Anvil::with_contract(&["--block-time", "1"]).await;
     let evm = EvmAnchor::connect(config(&anvil, KEY0, contract, 2))
         .await
         .expect("connect");
@@ -337,8 +342,7 @@ async fn the_evm_target_anchors_a_batch_and_keeps_the_error_codes() {
     use canopy_chain::evm::EvmTarget;
     use canopy_chain::{AnchorBatch, AnchorEntry, AnchorTarget};
 
-    let anvil = Anvil::start(&[]);
-    let contract = deploy(&anvil.url, KEY0).await.expect("deploy");
+    let (anvil, contract) = Anvil::with_contract(&[]).await;
     let target = EvmTarget::connect(config(&anvil, KEY0, contract, 0))
         .await
         .expect("connect");

@@ -207,6 +207,11 @@ fn write_votes(root: &Path) -> u64 {
     total
 }
 
+/// The single number a `SELECT count(*) …` answers over the extended protocol.
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -363,11 +368,7 @@ async fn the_extended_protocol_returns_typed_values() {
     let fixture = Fixture::start().await;
     let client = fixture.client().await;
 
-    let count: i64 = client
-        .query_one("SELECT count(*) FROM votes", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = count(&client, "SELECT count(*) FROM votes").await;
     assert_eq!(count, fixture.votes as i64);
 
     let sql = "SELECT decision_id, min(cast_at) AS first, count(*) AS votes \
@@ -439,11 +440,11 @@ async fn the_extended_protocol_refuses_what_it_cannot_do() {
     );
 
     // The session is still usable.
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM votes WHERE log_partition = 2", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(
+        &client,
+        "SELECT count(*) FROM votes WHERE log_partition = 2",
+    )
+    .await;
     assert_eq!(n, LONG_PARTITION_VOTES as i64);
 }
 
@@ -525,11 +526,7 @@ async fn a_cancel_request_stops_the_query() {
     assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED), "{error:?}");
     assert_stopped_soon(started);
     // The connection carries on.
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM votes", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&client, "SELECT count(*) FROM votes").await;
     assert_eq!(n, fixture.votes as i64);
 }
 
