@@ -2,38 +2,31 @@
 //! title and option labels. It is small and changes rarely, so each change writes a whole
 //! new snapshot; a snapshot's name covers every earlier one's, so readers take the newest.
 
-use std::sync::Arc;
-
-use arrow_array::builder::{
-    Int32Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
-};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_schema::SchemaRef;
 use canopy_schemas::Decision;
 
 use crate::AnalyticsError;
+use crate::columns::Columns;
 use crate::lake::{FileName, LakeConfig, TableFiles, parquet_error, sort_batch};
-use crate::votes::utc_micros;
 
 const FOLDER: &str = "snapshot";
 
 /// The Arrow schema of the `decisions` table.
 pub fn decision_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("decision_id", DataType::Utf8, false),
-        Field::new("title", DataType::Utf8, false),
-        Field::new("region", DataType::Utf8, false),
+    decision_columns(&[]).schema()
+}
+
+fn decision_columns<'r>(decisions: &'r [&'r Decision]) -> Columns<'r, Decision> {
+    Columns::of(decisions)
+        .text("decision_id", |d| d.id.to_string())
+        .text("title", |d| &d.title)
+        .text("region", |d| &d.region)
         // Labels by option index: `options[option + 1]` (SQL arrays count from 1).
-        Field::new(
-            "options",
-            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
-            false,
-        ),
-        Field::new("option_count", DataType::Int32, false),
-        Field::new("opens_at", utc_micros(), false),
-        Field::new("closes_at", utc_micros(), false),
-        Field::new("quorum", DataType::Int64, false),
-    ]))
+        .text_list("options", |d| &d.options)
+        .int32("option_count", |d| d.options.len() as i32)
+        .utc_micros("opens_at", |d| d.opens_at)
+        .utc_micros("closes_at", |d| d.closes_at)
+        .int64("quorum", |d| d.quorum as i64)
 }
 
 /// The `decisions` table of a lake.
@@ -83,7 +76,10 @@ impl DecisionLake {
             last,
         };
         let path = self.files.key(FOLDER, &name);
-        let batch = decision_batch(&decisions).map_err(|e| parquet_error(&path, e))?;
+        let rows: Vec<&Decision> = decisions.iter().collect();
+        let batch = decision_columns(&rows)
+            .batch()
+            .map_err(|e| parquet_error(&path, e))?;
         let batch = sort_batch(&batch, &[0]).map_err(|e| parquet_error(&path, e))?;
         self.files
             .write(&self.config, FOLDER, &name, &batch, Vec::new())?;
@@ -95,40 +91,4 @@ impl DecisionLake {
     pub fn compact(&self) -> Result<(u64, u64), AnalyticsError> {
         self.files.compact(&self.config)
     }
-}
-
-fn decision_batch(decisions: &[Decision]) -> Result<RecordBatch, ArrowError> {
-    let n = decisions.len();
-    let mut id = StringBuilder::with_capacity(n, n * 36);
-    let mut title = StringBuilder::with_capacity(n, n * 32);
-    let mut region = StringBuilder::with_capacity(n, n * 8);
-    let mut options = ListBuilder::new(StringBuilder::new());
-    let mut option_count = Int32Builder::with_capacity(n);
-    let mut opens = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut closes = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut quorum = Int64Builder::with_capacity(n);
-    for decision in decisions {
-        id.append_value(decision.id.to_string());
-        title.append_value(&decision.title);
-        region.append_value(&decision.region);
-        for label in &decision.options {
-            options.values().append_value(label);
-        }
-        options.append(true);
-        option_count.append_value(decision.options.len() as i32);
-        opens.append_value(decision.opens_at);
-        closes.append_value(decision.closes_at);
-        quorum.append_value(decision.quorum as i64);
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(id.finish()),
-        Arc::new(title.finish()),
-        Arc::new(region.finish()),
-        Arc::new(options.finish()),
-        Arc::new(option_count.finish()),
-        Arc::new(opens.finish()),
-        Arc::new(closes.finish()),
-        Arc::new(quorum.finish()),
-    ];
-    RecordBatch::try_new(decision_schema(), columns)
 }

@@ -17,6 +17,7 @@
 
 #![deny(unsafe_code)]
 
+mod columns;
 mod decisions;
 mod error;
 mod lake;

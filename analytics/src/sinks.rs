@@ -12,21 +12,16 @@
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
 
-use arrow_array::builder::{
-    Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_array::RecordBatch;
+use arrow_schema::{ArrowError, SchemaRef};
 use parquet::file::metadata::KeyValue;
 
 use crate::AnalyticsError;
+use crate::columns::Columns;
 use crate::lake::{
     FileName, LakeConfig, LakeFile, TableFiles, date_folder, day_of, parquet_error, sort_batch,
 };
-use crate::votes::utc_micros;
 
 const MARKS_KEY: &str = "canopy.marks";
 const SPACE: &str = "s";
@@ -35,13 +30,19 @@ const SPACE: &str = "s";
 pub trait SinkTable {
     type Row;
     const NAME: &'static str;
-    fn schema() -> SchemaRef;
+    /// The table's columns over `rows`, all of date `day`.
+    fn columns<'r>(rows: &'r [&'r Self::Row], day: i32) -> Columns<'r, Self::Row>;
+    fn schema() -> SchemaRef {
+        Self::columns(&[], 0).schema()
+    }
+    fn batch(rows: &[&Self::Row], day: i32) -> Result<RecordBatch, ArrowError> {
+        Self::columns(rows, day).batch()
+    }
     fn sort_columns() -> Vec<usize>;
     fn group(row: &Self::Row) -> String;
     fn order(row: &Self::Row) -> i64;
     /// UTC microseconds: the row's date. Within a group it grows with the order.
     fn time_micros(row: &Self::Row) -> i64;
-    fn batch(rows: &[&Self::Row], day: i32) -> Result<RecordBatch, ArrowError>;
 }
 
 /// A table of the lake fed by a sink.
@@ -190,19 +191,18 @@ impl SinkTable for TallyChanges {
     type Row = TallyChange;
     const NAME: &'static str = "tally_changes";
 
-    fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("decision_id", DataType::Utf8, false),
-            Field::new("option", DataType::Int32, false),
-            Field::new("component", DataType::Utf8, false),
-            Field::new("count", DataType::Int64, false),
-            Field::new("weight_millionths", DataType::Int64, false),
-            Field::new("share_ppb", DataType::Int64, false),
-            Field::new("as_of_partition", DataType::Int32, false),
-            Field::new("as_of_offset", DataType::Int64, false),
-            Field::new("published_at", utc_micros(), false),
-            Field::new("date", DataType::Date32, false),
-        ]))
+    fn columns<'r>(rows: &'r [&'r TallyChange], day: i32) -> Columns<'r, TallyChange> {
+        Columns::of(rows)
+            .text("decision_id", |r| &r.decision_id)
+            .int32("option", |r| r.option)
+            .text("component", |r| r.component)
+            .int64("count", |r| r.count)
+            .int64("weight_millionths", |r| r.weight_millionths)
+            .int64("share_ppb", |r| r.share_ppb)
+            .int32("as_of_partition", |r| r.as_of_partition as i32)
+            .int64("as_of_offset", |r| r.as_of_offset as i64)
+            .utc_micros("published_at", |r| r.published_at)
+            .date32("date", |_| day)
     }
 
     fn sort_columns() -> Vec<usize> {
@@ -219,45 +219,6 @@ impl SinkTable for TallyChanges {
 
     fn time_micros(row: &TallyChange) -> i64 {
         row.published_at
-    }
-
-    fn batch(rows: &[&TallyChange], day: i32) -> Result<RecordBatch, ArrowError> {
-        let n = rows.len();
-        let mut decision = StringBuilder::with_capacity(n, n * 36);
-        let mut option = Int32Builder::with_capacity(n);
-        let mut component = StringBuilder::with_capacity(n, n * 10);
-        let mut count = Int64Builder::with_capacity(n);
-        let mut weight = Int64Builder::with_capacity(n);
-        let mut share = Int64Builder::with_capacity(n);
-        let mut partition = Int32Builder::with_capacity(n);
-        let mut offset = Int64Builder::with_capacity(n);
-        let mut published = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut date = Date32Builder::with_capacity(n);
-        for row in rows {
-            decision.append_value(&row.decision_id);
-            option.append_value(row.option);
-            component.append_value(row.component);
-            count.append_value(row.count);
-            weight.append_value(row.weight_millionths);
-            share.append_value(row.share_ppb);
-            partition.append_value(row.as_of_partition as i32);
-            offset.append_value(row.as_of_offset as i64);
-            published.append_value(row.published_at);
-            date.append_value(day);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(decision.finish()),
-            Arc::new(option.finish()),
-            Arc::new(component.finish()),
-            Arc::new(count.finish()),
-            Arc::new(weight.finish()),
-            Arc::new(share.finish()),
-            Arc::new(partition.finish()),
-            Arc::new(offset.finish()),
-            Arc::new(published.finish()),
-            Arc::new(date.finish()),
-        ];
-        RecordBatch::try_new(Self::schema(), columns)
     }
 }
 
@@ -289,23 +250,22 @@ impl SinkTable for WindowFeatures {
     type Row = WindowFeature;
     const NAME: &'static str = "window_features";
 
-    fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("region", DataType::Utf8, false),
-            Field::new("metric", DataType::Utf8, false),
-            Field::new("sensor", DataType::Utf8, true),
-            Field::new("width_s", DataType::Int64, false),
-            Field::new("window_start", utc_micros(), false),
-            Field::new("window_end", utc_micros(), false),
-            Field::new("count", DataType::Int64, false),
-            Field::new("mean", DataType::Float64, false),
-            Field::new("stddev", DataType::Float64, false),
-            Field::new("min", DataType::Float64, false),
-            Field::new("max", DataType::Float64, false),
-            Field::new("last", DataType::Float64, false),
-            Field::new("max_abs_z", DataType::Float64, true),
-            Field::new("date", DataType::Date32, false),
-        ]))
+    fn columns<'r>(rows: &'r [&'r WindowFeature], day: i32) -> Columns<'r, WindowFeature> {
+        Columns::of(rows)
+            .text("region", |r| &r.region)
+            .text("metric", |r| r.metric)
+            .optional_text("sensor", |r| r.sensor.as_deref())
+            .int64("width_s", |r| r.width_s)
+            .utc_micros("window_start", |r| r.window_start)
+            .utc_micros("window_end", |r| r.window_start + r.width_s * 1_000_000)
+            .int64("count", |r| r.count)
+            .float64("mean", |r| r.mean)
+            .float64("stddev", |r| r.stddev)
+            .float64("min", |r| r.min)
+            .float64("max", |r| r.max)
+            .float64("last", |r| r.last)
+            .optional_float64("max_abs_z", |r| r.max_abs_z)
+            .date32("date", |_| day)
     }
 
     fn sort_columns() -> Vec<usize> {
@@ -328,56 +288,6 @@ impl SinkTable for WindowFeatures {
 
     fn time_micros(row: &WindowFeature) -> i64 {
         row.window_start
-    }
-
-    fn batch(rows: &[&WindowFeature], day: i32) -> Result<RecordBatch, ArrowError> {
-        let n = rows.len();
-        let mut region = StringBuilder::with_capacity(n, n * 8);
-        let mut metric = StringBuilder::with_capacity(n, n * 6);
-        let mut sensor = StringBuilder::with_capacity(n, n * 12);
-        let mut width = Int64Builder::with_capacity(n);
-        let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut count = Int64Builder::with_capacity(n);
-        let mut floats: [Float64Builder; 5] =
-            std::array::from_fn(|_| Float64Builder::with_capacity(n));
-        let mut z = Float64Builder::with_capacity(n);
-        let mut date = Date32Builder::with_capacity(n);
-        for row in rows {
-            region.append_value(&row.region);
-            metric.append_value(row.metric);
-            sensor.append_option(row.sensor.as_deref());
-            width.append_value(row.width_s);
-            start.append_value(row.window_start);
-            end.append_value(row.window_start + row.width_s * 1_000_000);
-            count.append_value(row.count);
-            for (builder, value) in floats
-                .iter_mut()
-                .zip([row.mean, row.stddev, row.min, row.max, row.last])
-            {
-                builder.append_value(value);
-            }
-            z.append_option(row.max_abs_z);
-            date.append_value(day);
-        }
-        let [mut mean, mut stddev, mut min, mut max, mut last] = floats;
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(region.finish()),
-            Arc::new(metric.finish()),
-            Arc::new(sensor.finish()),
-            Arc::new(width.finish()),
-            Arc::new(start.finish()),
-            Arc::new(end.finish()),
-            Arc::new(count.finish()),
-            Arc::new(mean.finish()),
-            Arc::new(stddev.finish()),
-            Arc::new(min.finish()),
-            Arc::new(max.finish()),
-            Arc::new(last.finish()),
-            Arc::new(z.finish()),
-            Arc::new(date.finish()),
-        ];
-        RecordBatch::try_new(Self::schema(), columns)
     }
 }
 
@@ -404,17 +314,16 @@ impl SinkTable for Checkpoints {
     type Row = CheckpointEntry;
     const NAME: &'static str = "checkpoints";
 
-    fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("decision_id", DataType::Utf8, false),
-            Field::new("tree_size", DataType::Int64, false),
-            Field::new("root", DataType::Utf8, false),
-            Field::new("note", DataType::Utf8, false),
-            Field::new("log_partition", DataType::Int32, false),
-            Field::new("log_offset", DataType::Int64, false),
-            Field::new("cut_at", utc_micros(), false),
-            Field::new("date", DataType::Date32, false),
-        ]))
+    fn columns<'r>(rows: &'r [&'r CheckpointEntry], day: i32) -> Columns<'r, CheckpointEntry> {
+        Columns::of(rows)
+            .text("decision_id", |r| &r.decision_id)
+            .int64("tree_size", |r| r.tree_size)
+            .text("root", |r| &r.root)
+            .text("note", |r| &r.note)
+            .int32("log_partition", |r| r.log_partition)
+            .int64("log_offset", |r| r.log_offset)
+            .utc_micros("cut_at", |r| r.cut_at)
+            .date32("date", |_| day)
     }
 
     fn sort_columns() -> Vec<usize> {
@@ -431,38 +340,5 @@ impl SinkTable for Checkpoints {
 
     fn time_micros(row: &CheckpointEntry) -> i64 {
         row.cut_at
-    }
-
-    fn batch(rows: &[&CheckpointEntry], day: i32) -> Result<RecordBatch, ArrowError> {
-        let n = rows.len();
-        let mut decision = StringBuilder::with_capacity(n, n * 36);
-        let mut size = Int64Builder::with_capacity(n);
-        let mut root = StringBuilder::with_capacity(n, n * 64);
-        let mut note = StringBuilder::with_capacity(n, n * 200);
-        let mut partition = Int32Builder::with_capacity(n);
-        let mut offset = Int64Builder::with_capacity(n);
-        let mut cut_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut date = Date32Builder::with_capacity(n);
-        for row in rows {
-            decision.append_value(&row.decision_id);
-            size.append_value(row.tree_size);
-            root.append_value(&row.root);
-            note.append_value(&row.note);
-            partition.append_value(row.log_partition);
-            offset.append_value(row.log_offset);
-            cut_at.append_value(row.cut_at);
-            date.append_value(day);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(decision.finish()),
-            Arc::new(size.finish()),
-            Arc::new(root.finish()),
-            Arc::new(note.finish()),
-            Arc::new(partition.finish()),
-            Arc::new(offset.finish()),
-            Arc::new(cut_at.finish()),
-            Arc::new(date.finish()),
-        ];
-        RecordBatch::try_new(Self::schema(), columns)
     }
 }

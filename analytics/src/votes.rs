@@ -7,28 +7,27 @@
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
 
-use arrow_array::builder::{
-    Date32Builder, FixedSizeBinaryBuilder, Float64Builder, Int32Builder, Int64Builder,
-    StringBuilder, TimestampMicrosecondBuilder,
-};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_array::RecordBatch;
+use arrow_schema::{ArrowError, SchemaRef};
 use canopy_ingest::{EntryLog, LogEntry, LogRecord, SensorLog, SensorRecord, VoteLog};
 
 use crate::AnalyticsError;
+use crate::columns::Columns;
 use crate::lake::{FileName, LakeConfig, TableFiles, date_folder, day_of, parquet_error};
-
-pub(crate) fn utc_micros() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
 
 /// A table whose rows are a log's entries.
 pub trait LogTable {
     type Entry;
     const NAME: &'static str;
-    fn schema() -> SchemaRef;
+    /// The table's columns over `rows`, all of date `day`.
+    fn columns<'r>(rows: &'r [&'r Self::Entry], day: i32) -> Columns<'r, Self::Entry>;
+    fn schema() -> SchemaRef {
+        Self::columns(&[], 0).schema()
+    }
+    fn batch(rows: &[&Self::Entry], day: i32) -> Result<RecordBatch, ArrowError> {
+        Self::columns(rows, day).batch()
+    }
     fn sort_columns() -> Vec<usize>;
     fn plain_columns() -> Vec<&'static str> {
         Vec::new()
@@ -37,7 +36,6 @@ pub trait LogTable {
     fn offset(entry: &Self::Entry) -> u64;
     /// Event time, UTC microseconds: it decides the row's date.
     fn time_micros(entry: &Self::Entry) -> i64;
-    fn batch(rows: &[&Self::Entry], day: i32) -> Result<RecordBatch, ArrowError>;
 }
 
 /// The `votes` table: every logged vote, the voter only as its salted commitment.
@@ -53,19 +51,18 @@ impl LogTable for Votes {
     type Entry = LogRecord;
     const NAME: &'static str = "votes";
 
-    fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("decision_id", DataType::Utf8, false),
-            Field::new("vote_id", DataType::Utf8, false),
-            Field::new("voter_commitment", DataType::FixedSizeBinary(32), false),
-            Field::new("option", DataType::Int32, false),
-            Field::new("component", DataType::Utf8, false),
-            Field::new("weight_millionths", DataType::Int64, false),
-            Field::new("cast_at", utc_micros(), false),
-            Field::new("log_partition", DataType::Int32, false),
-            Field::new("log_offset", DataType::Int64, false),
-            Field::new("date", DataType::Date32, false),
-        ]))
+    fn columns<'r>(rows: &'r [&'r LogRecord], day: i32) -> Columns<'r, LogRecord> {
+        Columns::of(rows)
+            .text("decision_id", |r| r.vote.decision_id.to_string())
+            .text("vote_id", |r| r.vote.vote_id.to_string())
+            .fixed_binary("voter_commitment", |r| r.commitment.0)
+            .int32("option", |r| i32::from(r.vote.option))
+            .text("component", |r| r.vote.component.as_str())
+            .int64("weight_millionths", |r| i64::from(r.vote.weight.0))
+            .utc_micros("cast_at", |r| r.vote.cast_at)
+            .int32("log_partition", |r| r.position.partition as i32)
+            .int64("log_offset", |r| r.position.offset as i64)
+            .date32("date", |_| day)
     }
 
     fn sort_columns() -> Vec<usize> {
@@ -87,46 +84,6 @@ impl LogTable for Votes {
     fn time_micros(entry: &LogRecord) -> i64 {
         entry.vote.cast_at
     }
-
-    fn batch(rows: &[&LogRecord], day: i32) -> Result<RecordBatch, ArrowError> {
-        let n = rows.len();
-        let mut decision = StringBuilder::with_capacity(n, n * 36);
-        let mut vote = StringBuilder::with_capacity(n, n * 36);
-        let mut commitment = FixedSizeBinaryBuilder::with_capacity(n, 32);
-        let mut option = Int32Builder::with_capacity(n);
-        let mut component = StringBuilder::with_capacity(n, n * 12);
-        let mut weight = Int64Builder::with_capacity(n);
-        let mut cast_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut partition = Int32Builder::with_capacity(n);
-        let mut offset = Int64Builder::with_capacity(n);
-        let mut date = Date32Builder::with_capacity(n);
-        for record in rows {
-            let v = &record.vote;
-            decision.append_value(v.decision_id.to_string());
-            vote.append_value(v.vote_id.to_string());
-            commitment.append_value(record.commitment.0)?;
-            option.append_value(i32::from(v.option));
-            component.append_value(v.component.as_str());
-            weight.append_value(i64::from(v.weight.0));
-            cast_at.append_value(v.cast_at);
-            partition.append_value(record.position.partition as i32);
-            offset.append_value(record.position.offset as i64);
-            date.append_value(day);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(decision.finish()),
-            Arc::new(vote.finish()),
-            Arc::new(commitment.finish()),
-            Arc::new(option.finish()),
-            Arc::new(component.finish()),
-            Arc::new(weight.finish()),
-            Arc::new(cast_at.finish()),
-            Arc::new(partition.finish()),
-            Arc::new(offset.finish()),
-            Arc::new(date.finish()),
-        ];
-        RecordBatch::try_new(Self::schema(), columns)
-    }
 }
 
 /// The `sensor_readings` table: every logged reading, in its metric's canonical unit.
@@ -137,21 +94,26 @@ impl LogTable for Readings {
     type Entry = SensorRecord;
     const NAME: &'static str = "sensor_readings";
 
-    fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("region", DataType::Utf8, false),
-            Field::new("metric", DataType::Utf8, false),
-            Field::new("sensor", DataType::Utf8, false),
-            Field::new("observed_at", utc_micros(), false),
+    fn columns<'r>(rows: &'r [&'r SensorRecord], day: i32) -> Columns<'r, SensorRecord> {
+        Columns::of(rows)
+            .text("region", |r| &r.reading.region)
+            .text("metric", |r| r.reading.metric.as_str())
+            .text("sensor", |r| &r.reading.sensor_id)
+            .utc_micros("observed_at", |r| {
+                r.reading.observed_at.saturating_mul(1000)
+            })
             // The value as logged (exact) and as a float for arithmetic.
-            Field::new("value_micro", DataType::Int64, false),
-            Field::new("value", DataType::Float64, false),
-            Field::new("unit", DataType::Utf8, false),
-            Field::new("quality", DataType::Utf8, false),
-            Field::new("log_partition", DataType::Int32, false),
-            Field::new("log_offset", DataType::Int64, false),
-            Field::new("date", DataType::Date32, false),
-        ]))
+            .int64("value_micro", |r| r.reading.value_micro)
+            .float64("value", |r| r.reading.value_micro as f64 / 1e6)
+            .text("unit", |r| r.reading.metric.unit())
+            .text("quality", |r| match r.reading.quality {
+                canopy_schemas::Quality::Ok => "ok",
+                canopy_schemas::Quality::Suspect => "suspect",
+                canopy_schemas::Quality::Maintenance => "maintenance",
+            })
+            .int32("log_partition", |r| r.position.partition as i32)
+            .int64("log_offset", |r| r.position.offset as i64)
+            .date32("date", |_| day)
     }
 
     fn sort_columns() -> Vec<usize> {
@@ -168,53 +130,6 @@ impl LogTable for Readings {
 
     fn time_micros(entry: &SensorRecord) -> i64 {
         entry.reading.observed_at.saturating_mul(1000)
-    }
-
-    fn batch(rows: &[&SensorRecord], day: i32) -> Result<RecordBatch, ArrowError> {
-        let n = rows.len();
-        let mut region = StringBuilder::with_capacity(n, n * 8);
-        let mut metric = StringBuilder::with_capacity(n, n * 6);
-        let mut sensor = StringBuilder::with_capacity(n, n * 12);
-        let mut observed_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut value_micro = Int64Builder::with_capacity(n);
-        let mut value = Float64Builder::with_capacity(n);
-        let mut unit = StringBuilder::with_capacity(n, n * 6);
-        let mut quality = StringBuilder::with_capacity(n, n * 4);
-        let mut partition = Int32Builder::with_capacity(n);
-        let mut offset = Int64Builder::with_capacity(n);
-        let mut date = Date32Builder::with_capacity(n);
-        for record in rows {
-            let r = &record.reading;
-            region.append_value(&r.region);
-            metric.append_value(r.metric.as_str());
-            sensor.append_value(&r.sensor_id);
-            observed_at.append_value(r.observed_at.saturating_mul(1000));
-            value_micro.append_value(r.value_micro);
-            value.append_value(r.value_micro as f64 / 1e6);
-            unit.append_value(r.metric.unit());
-            quality.append_value(match r.quality {
-                canopy_schemas::Quality::Ok => "ok",
-                canopy_schemas::Quality::Suspect => "suspect",
-                canopy_schemas::Quality::Maintenance => "maintenance",
-            });
-            partition.append_value(record.position.partition as i32);
-            offset.append_value(record.position.offset as i64);
-            date.append_value(day);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(region.finish()),
-            Arc::new(metric.finish()),
-            Arc::new(sensor.finish()),
-            Arc::new(observed_at.finish()),
-            Arc::new(value_micro.finish()),
-            Arc::new(value.finish()),
-            Arc::new(unit.finish()),
-            Arc::new(quality.finish()),
-            Arc::new(partition.finish()),
-            Arc::new(offset.finish()),
-            Arc::new(date.finish()),
-        ];
-        RecordBatch::try_new(Self::schema(), columns)
     }
 }
 

@@ -1,0 +1,118 @@
+//! A table's columns declared once, each by its name, its type and how a row fills it: the
+//! same declaration gives the table's Arrow schema (declared over no rows) and its record
+//! batches, so the two cannot drift apart and the column order is written in one place.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{FixedSizeBinaryBuilder, ListBuilder, StringBuilder};
+use arrow_array::{
+    ArrayRef, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow_schema::{ArrowError, Field, Schema, SchemaRef};
+
+/// The columns of a table over `rows`, in the order they are declared.
+pub struct Columns<'r, R> {
+    rows: &'r [&'r R],
+    fields: Vec<Field>,
+    arrays: Vec<ArrayRef>,
+}
+
+impl<'r, R> Columns<'r, R> {
+    pub(crate) fn of(rows: &'r [&'r R]) -> Self {
+        Self {
+            rows,
+            fields: Vec::new(),
+            arrays: Vec::new(),
+        }
+    }
+
+    pub(crate) fn schema(self) -> SchemaRef {
+        Arc::new(Schema::new(self.fields))
+    }
+
+    pub(crate) fn batch(self) -> Result<RecordBatch, ArrowError> {
+        RecordBatch::try_new(Arc::new(Schema::new(self.fields)), self.arrays)
+    }
+
+    fn column(mut self, name: &str, nullable: bool, array: ArrayRef) -> Self {
+        self.fields
+            .push(Field::new(name, array.data_type().clone(), nullable));
+        self.arrays.push(array);
+        self
+    }
+
+    pub(crate) fn text<S: AsRef<str>>(self, name: &str, value: impl Fn(&'r R) -> S) -> Self {
+        let array = StringArray::from_iter_values(self.rows.iter().map(|row| value(row)));
+        self.column(name, false, Arc::new(array))
+    }
+
+    pub(crate) fn optional_text<S: AsRef<str>>(
+        self,
+        name: &str,
+        value: impl Fn(&'r R) -> Option<S>,
+    ) -> Self {
+        let array: StringArray = self.rows.iter().map(|row| value(row)).collect();
+        self.column(name, true, Arc::new(array))
+    }
+
+    /// A list of labels per row (its items nullable, as Arrow's list builder declares them).
+    pub(crate) fn text_list(self, name: &str, values: impl Fn(&'r R) -> &'r [String]) -> Self {
+        let mut lists = ListBuilder::new(StringBuilder::new());
+        for row in self.rows {
+            for item in values(row) {
+                lists.values().append_value(item);
+            }
+            lists.append(true);
+        }
+        self.column(name, false, Arc::new(lists.finish()))
+    }
+
+    pub(crate) fn fixed_binary<const N: usize>(
+        self,
+        name: &str,
+        value: impl Fn(&'r R) -> [u8; N],
+    ) -> Self {
+        let mut builder = FixedSizeBinaryBuilder::with_capacity(self.rows.len(), N as i32);
+        for row in self.rows {
+            builder
+                .append_value(value(row))
+                .expect("an [u8; N] has the builder's N bytes");
+        }
+        self.column(name, false, Arc::new(builder.finish()))
+    }
+
+    pub(crate) fn int32(self, name: &str, value: impl Fn(&'r R) -> i32) -> Self {
+        let array = Int32Array::from_iter_values(self.rows.iter().map(|row| value(row)));
+        self.column(name, false, Arc::new(array))
+    }
+
+    pub(crate) fn int64(self, name: &str, value: impl Fn(&'r R) -> i64) -> Self {
+        let array = Int64Array::from_iter_values(self.rows.iter().map(|row| value(row)));
+        self.column(name, false, Arc::new(array))
+    }
+
+    pub(crate) fn float64(self, name: &str, value: impl Fn(&'r R) -> f64) -> Self {
+        let array = Float64Array::from_iter_values(self.rows.iter().map(|row| value(row)));
+        self.column(name, false, Arc::new(array))
+    }
+
+    pub(crate) fn optional_float64(self, name: &str, value: impl Fn(&'r R) -> Option<f64>) -> Self {
+        let array: Float64Array = self.rows.iter().map(|row| value(row)).collect();
+        self.column(name, true, Arc::new(array))
+    }
+
+    /// Microseconds since the Unix epoch, in UTC.
+    pub(crate) fn utc_micros(self, name: &str, value: impl Fn(&'r R) -> i64) -> Self {
+        let array =
+            TimestampMicrosecondArray::from_iter_values(self.rows.iter().map(|row| value(row)))
+                .with_timezone("UTC");
+        self.column(name, false, Arc::new(array))
+    }
+
+    /// Days since the Unix epoch.
+    pub(crate) fn date32(self, name: &str, value: impl Fn(&'r R) -> i32) -> Self {
+        let array = Date32Array::from_iter_values(self.rows.iter().map(|row| value(row)));
+        self.column(name, false, Arc::new(array))
+    }
+}
