@@ -392,6 +392,66 @@ pub struct StoreFlags {
     database_url: Option<String>,
 }
 
+/// The configuration flags of the commands that read a node's data offline (`tally`, `log
+/// verify`, `loadgen`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct DataFlags {
+    /// The configuration file (TOML); see `canopy config show`.
+    #[arg(long, env = "CANOPY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// data_dir: the vote log and the decisions (default canopy-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataFlags {
+    pub fn load(&self) -> anyhow::Result<CanopyConfig> {
+        self.load_with(FlagValues::default())
+    }
+
+    fn load_with(&self, mut flags: FlagValues) -> anyhow::Result<CanopyConfig> {
+        flags.set("data_dir", "--data-dir", self.data_dir.as_ref());
+        Ok(Loaded::load(self.config.as_deref(), flags)?.config)
+    }
+}
+
+/// The configuration flags of the commands that read or fill the lake (`lake sync`, `sql`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct LakeFlags {
+    #[command(flatten)]
+    data: DataFlags,
+    /// lake.location: a folder or `s3://bucket/prefix` (default `<data_dir>/lake`;
+    /// credentials, region and endpoint from the `AWS_*` variables).
+    #[arg(long)]
+    lake: Option<String>,
+}
+
+impl LakeFlags {
+    pub fn load(&self) -> anyhow::Result<CanopyConfig> {
+        let mut flags = FlagValues::default();
+        flags.set("lake.location", "--lake", self.lake.as_ref());
+        self.data.load_with(flags)
+    }
+}
+
+/// `canopy tally`'s flags: the data directory and the dataflow's threads.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TallyFlags {
+    #[command(flatten)]
+    data: DataFlags,
+    /// workers.threads: dataflow worker threads.
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+impl TallyFlags {
+    pub fn load(&self) -> anyhow::Result<CanopyConfig> {
+        let mut flags = FlagValues::default();
+        flags.set("workers.threads", "--workers", self.workers);
+        self.data.load_with(flags)
+    }
+}
+
 /// `short,long` in seconds.
 fn parse_windows(text: &str) -> Result<[i64; 2], String> {
     let bad = || format!("{text:?} is not two whole numbers of seconds, short,long");
@@ -1012,12 +1072,7 @@ impl CanopyConfig {
             };
         }
         if self.lake.enabled {
-            let location = match &self.lake.location {
-                Some(text) => canopy_analytics::LakeLocation::parse(text)
-                    .with_context(|| format!("lake.location {text}"))?,
-                None => canopy_analytics::LakeLocation::Local(self.data_dir.join("lake")),
-            };
-            let mut lake = canopy_node::lake::LakeSettings::new(location);
+            let mut lake = canopy_node::lake::LakeSettings::new(self.lake_location()?);
             lake.flush_interval = Duration::from_secs_f64(self.lake.flush_s.max(0.05));
             lake.sql.timeout = Duration::from_secs(self.lake.sql_timeout_s.max(1));
             lake.sql.memory_bytes = self.lake.sql_memory_mib.max(1) << 20;
@@ -1026,6 +1081,17 @@ impl CanopyConfig {
             config.lake = Some(lake);
         }
         Ok(config)
+    }
+
+    /// `lake.location`, else `<data_dir>/lake`.
+    pub fn lake_location(&self) -> anyhow::Result<canopy_analytics::LakeLocation> {
+        match &self.lake.location {
+            Some(text) => canopy_analytics::LakeLocation::parse(text)
+                .with_context(|| format!("lake.location {text}")),
+            None => Ok(canopy_analytics::LakeLocation::Local(
+                self.data_dir.join("lake"),
+            )),
+        }
     }
 
     /// `canopy serve`: a stateless API replica of a cluster.

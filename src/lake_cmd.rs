@@ -1,39 +1,31 @@
 //! `canopy lake sync` and `canopy sql`: fill the analytics lake from the vote log, and ask
 //! it questions in SQL.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use canopy_analytics::{LakeConfig, LakeLocation, VoteLake, sync_votes};
+
 use canopy_ingest::SegmentLogConfig;
 use clap::Args;
 
-/// `--lake` if given (a folder or `s3://bucket/prefix`), else `<data-dir>/lake`.
-fn lake_location(lake: Option<&str>, data_dir: &Path) -> anyhow::Result<LakeLocation> {
-    match lake {
-        Some(text) => LakeLocation::parse(text).with_context(|| format!("--lake {text}")),
-        None => Ok(LakeLocation::Local(data_dir.join("lake"))),
-    }
-}
+use crate::config::LakeFlags;
 
 #[derive(Args)]
 pub struct LakeSyncArgs {
-    /// The data directory of a stopped node (its `votes/` log; the lake goes to `lake/`).
-    #[arg(long, default_value = "canopy-data")]
-    data_dir: PathBuf,
-    /// The lake, if not `<data-dir>/lake`: a folder, or `s3://bucket/prefix` (credentials,
-    /// region and endpoint from the `AWS_*` variables).
-    #[arg(long)]
-    lake: Option<String>,
+    /// The data directory of a stopped node (its `votes/` log) and the lake to fill.
+    #[command(flatten)]
+    data: LakeFlags,
     /// Votes per range (per file and date at most).
     #[arg(long, default_value_t = 1 << 20)]
     range_rows: usize,
 }
 
 pub fn lake_sync(args: LakeSyncArgs) -> anyhow::Result<()> {
-    let log = crate::log_cmd::open_log(&args.data_dir, SegmentLogConfig::default())?;
-    let location = lake_location(args.lake.as_deref(), &args.data_dir)?;
-    let lake = VoteLake::open(LakeConfig::new(location)).context("opening the lake")?;
+    let config = args.data.load()?;
+    let log = crate::log_cmd::open_log(&config.data_dir, SegmentLogConfig::default())?;
+    let lake =
+        VoteLake::open(LakeConfig::new(config.lake_location()?)).context("opening the lake")?;
     let report = sync_votes(&lake, &log, args.range_rows).context("copying votes into the lake")?;
     eprintln!(
         "canopy: {} new votes in {} files under {} ({} last ranges written again)",
@@ -60,12 +52,9 @@ pub struct SqlArgs {
     /// Tables: votes, decisions, tally_changes, checkpoints, sensor_readings,
     /// window_features.
     statement: String,
-    #[arg(long, default_value = "canopy-data")]
-    data_dir: PathBuf,
-    /// The lake, if not `<data-dir>/lake`: a folder, or `s3://bucket/prefix` (credentials,
-    /// region and endpoint from the `AWS_*` variables).
-    #[arg(long)]
-    lake: Option<String>,
+    /// The lake: `lake.location`, else `<data_dir>/lake`.
+    #[command(flatten)]
+    data: LakeFlags,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
     /// Where the result goes (standard output if absent).
@@ -84,7 +73,7 @@ pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
 
     use canopy_analytics::{LakeQuery, LakeSql, OutputFormat, SqlLimits, render, write_parquet};
 
-    let location = lake_location(args.lake.as_deref(), &args.data_dir)?;
+    let location = args.data.load()?.lake_location()?;
     if let LakeLocation::Local(root) = &location
         && !root.is_dir()
     {

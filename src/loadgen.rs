@@ -2,7 +2,7 @@
 //! vote log through the validating gate.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,12 +18,13 @@ use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::config::DataFlags;
 use crate::log_cmd::{decisions_file, load_decisions, open_log};
 
 #[derive(Args)]
 pub struct LoadgenArgs {
-    #[arg(long, default_value = "canopy-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: DataFlags,
     /// Decisions to create when the data directory has none yet.
     #[arg(long, default_value_t = 20)]
     decisions: usize,
@@ -49,18 +50,19 @@ pub struct LoadgenArgs {
 }
 
 pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let decisions = match decisions_file(&args.data_dir).exists() {
-        true => load_decisions(&args.data_dir)?,
-        false => create_decisions(&args)?,
+    let data_dir = args.data.load()?.data_dir;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let decisions = match decisions_file(&data_dir).exists() {
+        true => load_decisions(&data_dir)?,
+        false => create_decisions(&args, &data_dir)?,
     };
     let config = SegmentLogConfig {
         partitions: args.partitions,
         segment_bytes: args.segment_bytes,
         ..Default::default()
     };
-    let gate = Arc::new(Gate::new(Arc::new(open_log(&args.data_dir, config)?)));
+    let gate = Arc::new(Gate::new(Arc::new(open_log(&data_dir, config)?)));
     let now = now_micros();
     for decision in &decisions {
         gate.register(decision.clone(), now)?;
@@ -126,7 +128,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create_decisions(args: &LoadgenArgs) -> anyhow::Result<Vec<Decision>> {
+fn create_decisions(args: &LoadgenArgs, data_dir: &Path) -> anyhow::Result<Vec<Decision>> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let decisions: Vec<Decision> = (0..args.decisions)
         .map(|i| Decision {
@@ -141,7 +143,7 @@ fn create_decisions(args: &LoadgenArgs) -> anyhow::Result<Vec<Decision>> {
             method: Method::SingleChoice,
         })
         .collect();
-    let path = decisions_file(&args.data_dir);
+    let path = decisions_file(data_dir);
     let temp = path.with_extension("json.tmp");
     std::fs::write(&temp, serde_json::to_vec_pretty(&decisions)?)
         .with_context(|| format!("writing {}", temp.display()))?;

@@ -82,7 +82,7 @@ pub fn tally(data_dir: &Path, workers: usize) -> anyhow::Result<()> {
         }
     }
     eprintln!(
-        "canopy: replayed the log in {:.3}s",
+        "canopy: replayed the log in {:.3}s on {workers} worker threads",
         started.elapsed().as_secs_f64()
     );
     for decision in &decisions {

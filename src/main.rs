@@ -12,8 +12,6 @@ mod log_cmd;
 mod up;
 mod verify;
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
 // The request path allocates small buffers at a high rate; glibc's malloc showed as ~12% of
@@ -57,13 +55,7 @@ enum Command {
     /// Append synthetic, valid votes to the embedded vote log from concurrent appenders.
     Loadgen(loadgen::LoadgenArgs),
     /// Replay the vote log through the tally dataflow and print each decision's result.
-    Tally {
-        #[arg(long, default_value = "canopy-data")]
-        data_dir: PathBuf,
-        /// Dataflow worker threads.
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-    },
+    Tally(config::TallyFlags),
     /// Inspect the embedded vote log.
     Log {
         #[command(subcommand)]
@@ -116,10 +108,7 @@ enum AdminCommand {
 #[derive(Subcommand)]
 enum LogCommand {
     /// Open the log (cutting a torn tail), check every frame, print what it holds.
-    Verify {
-        #[arg(long, default_value = "canopy-data")]
-        data_dir: PathBuf,
-    },
+    Verify(config::DataFlags),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -148,10 +137,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             command: LakeCommand::Sync(args),
         } => lake_cmd::lake_sync(args),
         Command::Sql(args) => lake_cmd::sql(args),
-        Command::Tally { data_dir, workers } => log_cmd::tally(&data_dir, workers),
+        Command::Tally(flags) => {
+            let config = flags.load()?;
+            log_cmd::tally(&config.data_dir, config.workers.threads)
+        }
         Command::Log {
-            command: LogCommand::Verify { data_dir },
-        } => log_cmd::verify(&data_dir),
+            command: LogCommand::Verify(flags),
+        } => log_cmd::verify(&flags.load()?.data_dir),
     };
     done.map(|()| std::process::ExitCode::SUCCESS)
 }

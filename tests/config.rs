@@ -347,3 +347,83 @@ async fn up_listens_where_the_flag_says_over_the_file() {
     );
     kill_9(&mut node);
 }
+
+/// The offline commands read the same file, environment and flags: the data directory and
+/// the lake from the file, the threads from the environment, the lake overridden by a flag.
+#[test]
+fn offline_commands_read_the_same_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data-from-file");
+    let lake = dir.path().join("lake-from-file");
+    let file = dir.path().join("canopy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\n[lake]\nlocation = {:?}\n",
+            data.to_str().unwrap(),
+            lake.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    stdout(&canopy(
+        &[
+            "loadgen",
+            "--config",
+            file,
+            "--votes",
+            "300",
+            "--decisions",
+            "2",
+        ],
+        &[],
+    ));
+    assert!(data.join("votes").is_dir(), "loadgen wrote elsewhere");
+    let verified: serde_json::Value =
+        serde_json::from_str(&stdout(&canopy(&["log", "verify", "--config", file], &[]))).unwrap();
+    assert_eq!(verified["records"], 300, "{verified}");
+
+    let tally = canopy(
+        &["tally", "--config", file],
+        &[("CANOPY_WORKERS__THREADS", "3")],
+    );
+    assert_eq!(stdout(&tally).lines().count(), 2);
+    let replayed = String::from_utf8_lossy(&tally.stderr);
+    assert!(replayed.contains("on 3 worker threads"), "{replayed}");
+
+    stdout(&canopy(&["lake", "sync", "--config", file], &[]));
+    assert!(lake.join("votes").is_dir(), "lake sync wrote elsewhere");
+    let counted = stdout(&canopy(
+        &[
+            "sql",
+            "--config",
+            file,
+            "--format",
+            "csv",
+            "SELECT COUNT(*) AS n FROM votes",
+        ],
+        &[],
+    ));
+    assert_eq!(counted.lines().nth(1), Some("300"), "{counted}");
+
+    let elsewhere = dir.path().join("no-lake-here");
+    let error = refused(&canopy(
+        &[
+            "sql",
+            "--config",
+            file,
+            "--lake",
+            elsewhere.to_str().unwrap(),
+            "SELECT 1",
+        ],
+        &[],
+    ));
+    assert!(error.contains("no-lake-here"), "{error}");
+
+    let error = refused(&canopy(
+        &["tally", "--config", file],
+        &[("CANOPY_WORKERS__THREDS", "3")],
+    ));
+    assert!(error.contains("unknown key `workers.threds`"), "{error}");
+}

@@ -237,3 +237,52 @@ async fn a_node_keeps_its_lake_in_an_s3_bucket() {
     let text = canopy_analytics::render(&rows, canopy_analytics::OutputFormat::Csv).unwrap();
     assert_eq!(String::from_utf8(text).unwrap(), "n\n4\n");
 }
+
+/// With `lake.pg_listen` the node serves the same lake over the PostgreSQL protocol: an
+/// analyst's count there equals the votes cast, a citizen's sign-in is refused, and the
+/// port closes with the node.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_serves_its_lake_over_the_postgresql_protocol() {
+    use sqlx::Connection;
+
+    let node = TestNode::start_with(ApiConfig::default(), |config| {
+        let mut lake = quickly_flushed_lake(config.data_dir.join("lake"));
+        lake.pg_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.lake = Some(lake);
+    })
+    .await;
+    let port = node.node.sql_addr().expect("a PostgreSQL port").port();
+    let (analyst, decision) = decision_and_analyst(&node).await;
+    for (name, option) in [("cora", 1), ("dana", 0)] {
+        node.register(name).await;
+        let (citizen, _) = node.login(name).await;
+        cast(&node, &citizen, &decision, option).await;
+    }
+    wait_for_votes(&node, &analyst, 2).await;
+
+    let url = |user: &str| {
+        format!(
+            "postgres://{user}:{}@127.0.0.1:{port}/canopy?sslmode=disable",
+            common::api::PASSWORD.replace(' ', "%20")
+        )
+    };
+    let mut connection = sqlx::PgConnection::connect(&url("ana")).await.unwrap();
+    let (votes,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM votes")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(votes, 2);
+    connection.close().await.unwrap();
+    assert!(
+        sqlx::PgConnection::connect(&url("cora")).await.is_err(),
+        "a citizen signed in to the SQL port"
+    );
+
+    node.node.shutdown().await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "the SQL port outlived the node"
+    );
+}
