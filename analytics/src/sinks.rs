@@ -13,8 +13,7 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
-use arrow_array::RecordBatch;
-use arrow_schema::{ArrowError, SchemaRef};
+use arrow_schema::SchemaRef;
 use parquet::file::metadata::KeyValue;
 
 use crate::AnalyticsError;
@@ -34,9 +33,6 @@ pub trait SinkTable {
     fn columns<'r>(rows: &'r [&'r Self::Row], day: i32) -> Columns<'r, Self::Row>;
     fn schema() -> SchemaRef {
         Self::columns(&[], 0).schema()
-    }
-    fn batch(rows: &[&Self::Row], day: i32) -> Result<RecordBatch, ArrowError> {
-        Self::columns(rows, day).batch()
     }
     fn sort_columns() -> Vec<usize>;
     fn group(row: &Self::Row) -> String;
@@ -126,7 +122,9 @@ impl<T: SinkTable> SinkLake<T> {
             };
             let refs: Vec<&T::Row> = rows.iter().collect();
             let path = self.files.key(&date_folder(day), &name);
-            let batch = T::batch(&refs, day).map_err(|e| parquet_error(&path, e))?;
+            let batch = T::columns(&refs, day)
+                .batch()
+                .map_err(|e| parquet_error(&path, e))?;
             let batch = sort_batch(&batch, &self.files.sort_columns)
                 .map_err(|e| parquet_error(&path, e))?;
             let encoded = serde_json::to_string(&marks).map_err(|e| parquet_error(&path, e))?;

@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
-use arrow_array::RecordBatch;
-use arrow_schema::{ArrowError, SchemaRef};
+use arrow_schema::SchemaRef;
 use canopy_ingest::{EntryLog, LogEntry, LogRecord, SensorLog, SensorRecord, VoteLog};
 
 use crate::AnalyticsError;
@@ -24,9 +23,6 @@ pub trait LogTable {
     fn columns<'r>(rows: &'r [&'r Self::Entry], day: i32) -> Columns<'r, Self::Entry>;
     fn schema() -> SchemaRef {
         Self::columns(&[], 0).schema()
-    }
-    fn batch(rows: &[&Self::Entry], day: i32) -> Result<RecordBatch, ArrowError> {
-        Self::columns(rows, day).batch()
     }
     fn sort_columns() -> Vec<usize>;
     fn plain_columns() -> Vec<&'static str> {
@@ -212,7 +208,9 @@ impl<T: LogTable> LogLake<T> {
         let mut files = 0;
         for (day, rows) in by_day {
             let path = self.files.key(&date_folder(day), &name);
-            let batch = T::batch(&rows, day).map_err(|e| parquet_error(&path, e))?;
+            let batch = T::columns(&rows, day)
+                .batch()
+                .map_err(|e| parquet_error(&path, e))?;
             let batch = crate::lake::sort_batch(&batch, &self.files.sort_columns)
                 .map_err(|e| parquet_error(&path, e))?;
             self.files
