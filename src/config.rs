@@ -74,6 +74,12 @@ pub struct ApiSection {
     pub user_rate: f64,
     /// Requests per second per client address (burst twice as many).
     pub address_rate: f64,
+    /// A decision's trends show a (bucket, option) only with at least this many voters.
+    pub trend_min_voters: u64,
+    /// New accounts per hour from one client address (all at once at most).
+    pub registrations_per_address_hour: u32,
+    /// New accounts per hour from one address block (IPv4 /24, IPv6 /48).
+    pub registrations_per_block_hour: u32,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -178,6 +184,9 @@ impl Default for CanopyConfig {
                 jwt_key: None,
                 user_rate: 20.0,
                 address_rate: 2000.0,
+                trend_min_voters: 5,
+                registrations_per_address_hour: 5,
+                registrations_per_block_hour: 30,
             },
             database: DatabaseSection { url: None },
             kafka: KafkaSection {
@@ -1051,6 +1060,11 @@ impl CanopyConfig {
         config.jwt_key = self.api.jwt_key.clone();
         config.api.per_user = Self::rate(self.api.user_rate);
         config.api.per_address = Self::rate(self.api.address_rate);
+        config.api.trend_min_voters = self.api.trend_min_voters.max(1);
+        config.api.registrations_per_address =
+            canopy_serving::limits::Rate::per_hour(self.api.registrations_per_address_hour);
+        config.api.registrations_per_block =
+            canopy_serving::limits::Rate::per_hour(self.api.registrations_per_block_hour);
         config.record.anchor.interval = self.anchor_interval();
         config.record.origin = self.record.origin.clone();
         config.kafka = self.kafka();
@@ -1106,6 +1120,11 @@ impl CanopyConfig {
         config.record.origin = self.record.origin.clone();
         config.api.per_user = Self::rate(self.api.user_rate);
         config.api.per_address = Self::rate(self.api.address_rate);
+        config.api.trend_min_voters = self.api.trend_min_voters.max(1);
+        config.api.registrations_per_address =
+            canopy_serving::limits::Rate::per_hour(self.api.registrations_per_address_hour);
+        config.api.registrations_per_block =
+            canopy_serving::limits::Rate::per_hour(self.api.registrations_per_block_hour);
         Ok(config)
     }
 

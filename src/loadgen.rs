@@ -132,6 +132,7 @@ fn create_decisions(args: &LoadgenArgs, data_dir: &Path) -> anyhow::Result<Vec<D
     let mut rng = StdRng::seed_from_u64(args.seed);
     let decisions: Vec<Decision> = (0..args.decisions)
         .map(|i| Decision {
+            electorate: Default::default(),
             id: DecisionId(rng.random()),
             title: format!("Synthetic decision {i}"),
             region: format!("region-{}", i % 5),

@@ -134,6 +134,7 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
             };
             let now = canopy_schemas::clock::now_micros();
             let decision = Decision {
+                electorate: Default::default(),
                 id: DecisionId::new_random(),
                 title: title.into(),
                 region: "delta".into(),

@@ -205,6 +205,7 @@ fn stop(workers: &mut [Child]) {
 fn decisions() -> Vec<Decision> {
     (1..=6u128)
         .map(|n| Decision {
+            electorate: Default::default(),
             id: DecisionId(0xC1_0000 + n),
             title: format!("cluster decision {n}"),
             region: "r".into(),
@@ -486,6 +487,8 @@ fn start_serve_with_rate(deployment: &Deployment, port: u16, name: &str, user_ra
         .arg(&deployment.config)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("CANOPY_API__USER_RATE", user_rate.to_string())
+        .env("CANOPY_API__REGISTRATIONS_PER_ADDRESS_HOUR", "100000")
+        .env("CANOPY_API__REGISTRATIONS_PER_BLOCK_HOUR", "100000")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

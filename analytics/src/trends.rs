@@ -33,6 +33,24 @@ impl TrendBucket {
             Self::Week => "week",
         }
     }
+
+    fn width_ms(self) -> i64 {
+        match self {
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+            Self::Week => 7 * 86_400_000,
+        }
+    }
+
+    /// Where the bucket holding `ms` starts: `date_trunc`'s boundaries (weeks start on
+    /// Monday, and 1970-01-01 was a Thursday).
+    fn start_of(self, ms: i64) -> i64 {
+        let origin = match self {
+            Self::Week => -3 * 86_400_000,
+            _ => 0,
+        };
+        (ms - origin).div_euclid(self.width_ms()) * self.width_ms() + origin
+    }
 }
 
 /// What a trends question is about.
@@ -43,7 +61,12 @@ pub enum TrendsSubject<'a> {
         metric: Metric,
         sensor: Option<&'a str>,
     },
-    Decision(DecisionId),
+    /// A decision's votes, each (bucket, option) shown only when at least `min_voters`
+    /// distinct voters are in it.
+    Decision {
+        decision: DecisionId,
+        min_voters: u64,
+    },
 }
 
 /// A time range in epoch milliseconds, either end open.
@@ -51,6 +74,24 @@ pub enum TrendsSubject<'a> {
 pub struct TimeRange {
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
+}
+
+impl TimeRange {
+    /// The range grown outwards to whole buckets, so that no answer tells apart votes of
+    /// one bucket by when they were cast.
+    pub fn whole_buckets(self, bucket: TrendBucket) -> Self {
+        Self {
+            from_ms: self.from_ms.map(|from| bucket.start_of(from)),
+            to_ms: self.to_ms.map(|to| {
+                let start = bucket.start_of(to);
+                if start == to {
+                    to
+                } else {
+                    start.saturating_add(bucket.width_ms())
+                }
+            }),
+        }
+    }
 }
 
 fn sql_text(value: &str) -> String {
@@ -100,13 +141,16 @@ pub fn trends_sql(subject: TrendsSubject<'_>, bucket: TrendBucket, range: TimeRa
                 .unwrap_or_default(),
             range = range_condition("observed_at", range),
         ),
-        TrendsSubject::Decision(decision) => format!(
+        TrendsSubject::Decision {
+            decision,
+            min_voters,
+        } => format!(
             "SELECT date_trunc('{unit}', cast_at) AS bucket_start, option, COUNT(*) AS votes, \
              COUNT(DISTINCT voter_commitment) AS voters, SUM(weight_millionths) AS weight_millionths \
              FROM votes WHERE decision_id = {decision} AND {range} \
-             GROUP BY 1, 2 ORDER BY 1, 2",
+             GROUP BY 1, 2 HAVING COUNT(DISTINCT voter_commitment) >= {min_voters} ORDER BY 1, 2",
             decision = sql_text(&decision.to_string()),
-            range = range_condition("cast_at", range),
+            range = range_condition("cast_at", range.whole_buckets(bucket)),
         ),
     }
 }

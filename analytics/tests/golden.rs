@@ -29,6 +29,7 @@ fn build_lake(root: &Path) {
         .map(|line| {
             let f: Vec<&str> = line.split(',').collect();
             Decision {
+                electorate: Default::default(),
                 id: DecisionId(f[0].parse().unwrap()),
                 title: f[1].into(),
                 region: f[2].into(),

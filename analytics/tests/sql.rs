@@ -11,8 +11,8 @@ use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use canopy_analytics::{
-    LakeConfig, LakeLocation, LakeQuery, LakeSql, LakeViews, TallyChange, TallyChangeLake, VoteLake,
-    sync_votes,
+    LakeConfig, LakeLocation, LakeQuery, LakeSql, LakeViews, TallyChange, TallyChangeLake,
+    VoteLake, sync_votes,
 };
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore, recount};
 use canopy_ingest::{EntryLog, SegmentLog, SegmentLogConfig, VoteLog};

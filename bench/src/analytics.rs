@@ -340,6 +340,7 @@ impl VoteGenerator {
         let closes_at = START_MICROS + i64::from(args.days) * MICROS_PER_DAY;
         let decisions: Vec<Decision> = (0..args.decisions)
             .map(|i| Decision {
+                electorate: Default::default(),
                 id: DecisionId(rng.random()),
                 title: format!("decision {i}"),
                 region: format!("region {:02}", i % args.regions),

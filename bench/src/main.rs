@@ -136,6 +136,7 @@ fn vote_stream(
     let mut rng = StdRng::seed_from_u64(seed);
     let decisions: Vec<Decision> = (0..decision_count)
         .map(|i| Decision {
+            electorate: Default::default(),
             id: DecisionId(rng.random()),
             title: format!("decision {i}"),
             region: format!("region {}", i % 17),

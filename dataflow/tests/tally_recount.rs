@@ -61,6 +61,7 @@ fn step() -> impl Strategy<Value = Step> {
 
 fn decision(index: usize, weights: [u32; 4], quorum: u64) -> Decision {
     Decision {
+        electorate: Default::default(),
         id: DecisionId(1000 + index as u128),
         title: format!("decision {index}"),
         region: "r".into(),

@@ -5,6 +5,7 @@ use canopy_schemas::*;
 
 fn decision() -> Decision {
     Decision {
+        electorate: Default::default(),
         id: DecisionId(42),
         title: "Close the quarry road?".into(),
         region: "north".into(),

@@ -353,6 +353,10 @@ impl Node {
             views,
             user_limits: RateLimiter::new(config.api.per_user),
             address_limits: RateLimiter::new(config.api.per_address),
+            registration_limits: (
+                RateLimiter::new(config.api.registrations_per_address),
+                RateLimiter::new(config.api.registrations_per_block),
+            ),
             config: config.api.clone(),
             ready: Default::default(),
             record,

@@ -22,8 +22,14 @@ fn quickly_flushed_lake(location: impl Into<LakeLocation>) -> LakeSettings {
     lake
 }
 
+/// A node with a lake; its trends show every group (the smallest group size has a test of
+/// its own).
 async fn start() -> TestNode {
-    TestNode::start_with(ApiConfig::default(), |config| {
+    let api = ApiConfig {
+        trend_min_voters: 1,
+        ..ApiConfig::default()
+    };
+    TestNode::start_with(api, |config| {
         let mut lake = quickly_flushed_lake(config.data_dir.join("lake"));
         lake.sql.timeout = Duration::from_secs(2);
         config.lake = Some(lake);
@@ -285,4 +291,76 @@ async fn the_node_serves_its_lake_over_the_postgresql_protocol() {
             .is_err(),
         "the SQL port outlived the node"
     );
+}
+
+/// A decision's trends cannot single out a ballot: a range narrower than a bucket answers
+/// for the whole bucket (so bisecting by time learns nothing), and an option chosen by fewer
+/// than `trend_min_voters` voters in a bucket is not shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn decision_trends_hide_small_groups_and_sub_bucket_times() {
+    let api = ApiConfig {
+        trend_min_voters: 3,
+        ..ApiConfig::default()
+    };
+    let node = TestNode::start_with(api, |config| {
+        config.lake = Some(quickly_flushed_lake(config.data_dir.join("lake")));
+    })
+    .await;
+    let (analyst, decision) = decision_and_analyst(&node).await;
+    for (name, option) in [
+        ("cora", 1),
+        ("dana", 1),
+        ("emil", 1),
+        ("fynn", 0),
+        ("gert", 0),
+    ] {
+        node.register(name).await;
+        let (token, _) = node.login(name).await;
+        cast(&node, &token, &decision, option).await;
+    }
+    wait_for_votes(&node, &analyst, 5).await;
+    let (citizen, _) = node.login("cora").await;
+    let cast_at: i64 = {
+        let (status, body) = sql(
+            &node,
+            &analyst,
+            "SELECT CAST(MIN(cast_at) AS BIGINT) / 1000 AS ms FROM votes",
+            "json",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        json_lines(&body)[0]["ms"].as_i64().unwrap()
+    };
+    let trends = async |query: String| {
+        let path = format!("/api/v1/data/historical-trends?decision_id={decision}&{query}");
+        node.get_ok(&path, &citizen).await["points"].clone()
+    };
+    let whole_hour = trends("bucket=hour".into()).await;
+    let shown: Vec<(u64, u64)> = elements(&whole_hour)
+        .map(|p| (p["option"].as_u64().unwrap(), p["voters"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(shown, vec![(1, 3)], "{whole_hour}");
+    // Bisecting down to a millisecond answers with the same whole bucket, every time.
+    for (from, to) in [
+        (cast_at, cast_at + 1),
+        (cast_at - 1, cast_at),
+        (cast_at + 1, cast_at + 2),
+    ] {
+        let narrow = trends(format!("bucket=hour&from={from}&to={to}")).await;
+        let hour_start = cast_at - cast_at.rem_euclid(3_600_000);
+        let expected = if to <= hour_start {
+            json!([])
+        } else {
+            whole_hour.clone()
+        };
+        assert_eq!(narrow, expected, "from {from} to {to}");
+    }
+    let (status, body) = node
+        .get(
+            &format!("/api/v1/data/historical-trends?decision_id={decision}&bucket=minute"),
+            &citizen,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    node.node.shutdown().await.unwrap();
 }

@@ -367,3 +367,162 @@ async fn oversized_bodies_and_floods_are_refused() {
     assert_eq!(active.as_array().unwrap().len(), 1);
     node.node.shutdown().await.unwrap();
 }
+
+/// Registers `username` from the loopback address `from` (127.0.0.0/8 all reaches the node).
+async fn register_from(node: &TestNode, from: [u8; 4], username: &str) -> reqwest::Response {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap()
+        .post(format!("{}/api/v1/auth/register", node.base))
+        .json(&json!({ "username": username, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// One address signing up account after account gets 429 `too_many_registrations` once
+/// its hourly allowance is spent, and so does an address block rotated through; a refused
+/// registration creates no account.
+#[tokio::test]
+async fn a_registration_flood_is_refused_per_address_and_per_block() {
+    let node = TestNode::start_with(ApiConfig::default(), |config| {
+        config.api.registrations_per_address = Rate::per_hour(5);
+        config.api.registrations_per_block = Rate::per_hour(8);
+    })
+    .await;
+    for n in 0..5 {
+        let response = register_from(&node, [127, 0, 0, 1], &format!("sock{n}")).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let refused = register_from(&node, [127, 0, 0, 1], "sock5").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 60, "retry after {retry_after} s");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_registrations", "{body}");
+    let login = json!({ "username": "sock5", "password": PASSWORD });
+    assert_eq!(
+        node.post_refusal(LOGIN, None, login).await,
+        (StatusCode::UNAUTHORIZED, "bad_credentials")
+    );
+
+    // Rotating through the block: three more from other addresses, then the block is spent.
+    for (n, last) in [2u8, 3, 4].into_iter().enumerate() {
+        let response = register_from(&node, [127, 0, 0, last], &format!("rot{n}")).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let refused = register_from(&node, [127, 0, 0, 9], "rot3").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another block is not held to this one's allowance.
+    let elsewhere = register_from(&node, [127, 0, 1, 1], "rot4").await;
+    assert_eq!(elsewhere.status(), StatusCode::CREATED);
+}
+
+/// A decision's electorate is enforced for every component: a role it leaves out, a voter
+/// verified for no region it names, a stakeholder of another region all get 403
+/// `not_eligible`, append nothing and count nowhere.
+#[tokio::test]
+async fn votes_outside_the_electorate_are_refused_and_change_nothing() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.create("root", Role::Admin).await;
+    let (admin, _) = node.login("root").await;
+    let verify = |user: uuid::Uuid, role: &str, region: &str| json!({ "user_id": user, "role": role, "weight": 1.5, "field": "hydrology", "regions": [region] });
+    let mut tokens = std::collections::HashMap::new();
+    for (name, role, region) in [
+        ("cora", None, ""),
+        ("dora", Some("stakeholder"), "delta"),
+        ("nora", Some("stakeholder"), "north"),
+        ("ezra", Some("expert"), "north"),
+    ] {
+        let user = node.register(name).await;
+        if let Some(role) = role {
+            node.post_expecting(
+                "/api/v1/auth/verify-expert",
+                Some(&admin),
+                verify(user, role, region),
+                StatusCode::OK,
+            )
+            .await;
+        }
+        tokens.insert(name, node.login(name).await.0);
+    }
+    let decision_with = |electorate: Value| json!({ "title": "Dredge the north channel?", "region": "north", "options": ["yes", "no"], "closes_at": i64::MAX, "electorate": electorate });
+    let create = |body: Value| {
+        let node = &node;
+        let admin = &admin;
+        async move {
+            node.post_expecting(CREATE_DECISION, Some(admin), body, StatusCode::CREATED)
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let open = create(decision_with(json!({}))).await;
+    let regional = create(decision_with(json!({ "regions": ["north"] }))).await;
+    let experts_only = create(decision_with(json!({ "roles": ["expert"] }))).await;
+
+    let before = node.log_records();
+    for (who, decision) in [
+        ("dora", &open),     // a stakeholder of the delta on a north decision
+        ("cora", &regional), // a citizen verified for no region
+        ("dora", &regional), // verified, but for another region
+        ("cora", &experts_only),
+        ("nora", &experts_only),
+    ] {
+        let vote = json!({ "decision_id": decision, "option": 0 });
+        let refusal = node.post_refusal(CAST_VOTE, Some(&tokens[who]), vote).await;
+        assert_eq!(refusal, (StatusCode::FORBIDDEN, "not_eligible"), "{who}");
+    }
+    assert_eq!(node.log_records(), before, "a refused vote reached the log");
+
+    for (who, decision) in [
+        ("cora", &open),
+        ("nora", &open),
+        ("ezra", &regional),
+        ("nora", &regional),
+        ("ezra", &experts_only),
+    ] {
+        let vote = json!({ "decision_id": decision, "option": 1 });
+        node.post_expecting(CAST_VOTE, Some(&tokens[who]), vote, StatusCode::CREATED)
+            .await;
+    }
+    for (decision, turnout) in [(&open, 2), (&regional, 2), (&experts_only, 1)] {
+        let path = format!("/api/v1/voting/decision/{decision}/results?min_offset=0");
+        let mut results = node.get_ok(&path, &admin).await;
+        for _ in 0..200 {
+            if results["turnout"] == json!(turnout) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            results = node.get_ok(&path, &admin).await;
+        }
+        assert_eq!(results["turnout"], json!(turnout), "{results}");
+    }
+
+    // A malformed electorate is refused when the decision is created.
+    for electorate in [
+        json!({ "roles": ["citizen", "citizen"] }),
+        json!({ "regions": [""] }),
+        json!({ "roles": ["admin"] }),
+        json!({ "regionz": ["north"] }),
+    ] {
+        let refusal = node
+            .post_refusal(
+                CREATE_DECISION,
+                Some(&admin),
+                decision_with(electorate.clone()),
+            )
+            .await;
+        assert_eq!(
+            refusal.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{electorate}"
+        );
+    }
+}

@@ -4,7 +4,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::vote::uuid_id;
-use crate::{Component, SchemaError, WEIGHT_SCALE};
+use crate::{Component, SchemaError, VoterRole, WEIGHT_SCALE};
 
 /// Microseconds since the Unix epoch.
 pub type Timestamp = i64;
@@ -60,6 +60,90 @@ pub struct Decision {
     /// The turnout (distinct voters with a current vote) at which the result is binding.
     pub quorum: u64,
     pub method: Method,
+    /// Who may vote; everyone with a voting role when empty.
+    #[serde(default)]
+    pub electorate: Electorate,
+}
+
+/// Who may vote on a decision. Fixed with the decision; enforced at the API for every vote,
+/// before it reaches the log.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Electorate {
+    /// The voting roles admitted (empty: every voting role).
+    #[serde(default)]
+    pub roles: Vec<VoterRole>,
+    /// A voter must be verified for one of these regions, whatever their component (empty:
+    /// any region; stakeholders still only for the decision's own region).
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+/// The most regions an electorate may name.
+pub const MAX_ELECTORATE_REGIONS: usize = 256;
+
+impl Decision {
+    /// The regions a voter of `role` must be verified for (any one of them); empty when
+    /// none is needed. A stakeholder speaks for the people affected in a region, so without
+    /// regions of the electorate they vote only on decisions of a region they are verified
+    /// for.
+    pub fn required_regions(&self, role: VoterRole) -> Vec<&str> {
+        if !self.electorate.regions.is_empty() {
+            return self.electorate.regions.iter().map(String::as_str).collect();
+        }
+        match role {
+            VoterRole::Stakeholder if !self.region.is_empty() => vec![self.region.as_str()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether a voter of `role`, verified for `voter_regions`, may vote here: refused with
+    /// `not_eligible` and the reason otherwise.
+    pub fn admits(&self, role: VoterRole, voter_regions: &[String]) -> Result<(), SchemaError> {
+        let roles = &self.electorate.roles;
+        if !roles.is_empty() && !roles.contains(&role) {
+            return Err(SchemaError::NotEligible {
+                reason: format!("the {role} role is not in this decision's electorate"),
+            });
+        }
+        let required = self.required_regions(role);
+        if required.is_empty()
+            || voter_regions
+                .iter()
+                .any(|region| required.contains(&region.as_str()))
+        {
+            return Ok(());
+        }
+        Err(SchemaError::NotEligible {
+            reason: format!(
+                "this decision's {role} voters must be verified for one of the regions {}",
+                required.join(", ")
+            ),
+        })
+    }
+}
+
+fn validate_electorate(electorate: &Electorate) -> Result<(), SchemaError> {
+    if electorate.regions.len() > MAX_ELECTORATE_REGIONS {
+        return Err(SchemaError::Electorate("more than 256 regions"));
+    }
+    if electorate
+        .regions
+        .iter()
+        .any(|r| r.trim().is_empty() || r.len() > 100)
+    {
+        return Err(SchemaError::Electorate(
+            "a region is empty or longer than 100 bytes",
+        ));
+    }
+    let distinct_regions: HashSet<&String> = electorate.regions.iter().collect();
+    let distinct_roles: HashSet<&VoterRole> = electorate.roles.iter().collect();
+    if distinct_regions.len() != electorate.regions.len()
+        || distinct_roles.len() != electorate.roles.len()
+    {
+        return Err(SchemaError::Electorate("a role or region is named twice"));
+    }
+    Ok(())
 }
 
 /// The most options a decision may have.
@@ -95,6 +179,7 @@ pub fn validate_decision(decision: &Decision) -> Result<(), SchemaError> {
             closes_at: decision.closes_at,
         });
     }
+    validate_electorate(&decision.electorate)?;
     let sum: u64 = decision.weights.0.iter().map(|w| u64::from(*w)).sum();
     if sum != u64::from(WEIGHT_SCALE) {
         return Err(SchemaError::WeightsDoNotSumToOne {

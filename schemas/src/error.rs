@@ -14,6 +14,10 @@ pub enum SchemaError {
     DuplicateOption { label: String },
     #[error("the title is empty or longer than 500 bytes")]
     Title,
+    #[error("the electorate is malformed: {0}")]
+    Electorate(&'static str),
+    #[error("not eligible: {reason}")]
+    NotEligible { reason: String },
     #[error("the window closes ({closes_at}) before it opens ({opens_at})")]
     EmptyWindow { opens_at: i64, closes_at: i64 },
     #[error("component weights sum to {sum_millionths} millionths, not 1000000")]
@@ -97,6 +101,8 @@ impl SchemaError {
             Self::OptionLabel { .. } => "option_label",
             Self::DuplicateOption { .. } => "duplicate_option",
             Self::Title => "invalid_title",
+            Self::Electorate(_) => "invalid_electorate",
+            Self::NotEligible { .. } => "not_eligible",
             Self::EmptyWindow { .. } => "empty_window",
             Self::WeightsDoNotSumToOne { .. } => "weights_do_not_sum_to_one",
             Self::WrongDecision { .. } => "wrong_decision",

@@ -28,7 +28,8 @@ pub mod synthetic;
 mod vote;
 
 pub use decision::{
-    ComponentWeights, Decision, DecisionId, MAX_OPTIONS, Method, Timestamp, validate_decision,
+    ComponentWeights, Decision, DecisionId, Electorate, MAX_ELECTORATE_REGIONS, MAX_OPTIONS,
+    Method, Timestamp, validate_decision,
 };
 pub use encoding::{VOTE_ENCODING_LEN, VOTE_ENCODING_VERSION};
 pub use error::SchemaError;

@@ -126,6 +126,15 @@ pub enum VoterRole {
 }
 
 impl VoterRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Citizen => "citizen",
+            Self::Expert => "expert",
+            Self::Stakeholder => "stakeholder",
+            Self::AnalysisAgent => "analysis_agent",
+        }
+    }
+
     pub fn component(self) -> Component {
         match self {
             Self::Citizen => Component::Democratic,
@@ -133,6 +142,12 @@ impl VoterRole {
             Self::Stakeholder => Component::Community,
             Self::AnalysisAgent => Component::EnvironmentalData,
         }
+    }
+}
+
+impl std::fmt::Display for VoterRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -3,6 +3,7 @@ use proptest::prelude::*;
 
 fn decision() -> Decision {
     Decision {
+        electorate: Default::default(),
         id: DecisionId(7),
         title: "Restore the wetland?".into(),
         region: "delta".into(),

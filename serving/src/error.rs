@@ -40,6 +40,8 @@ pub enum ServingError {
     BodyTooLarge { limit: usize },
     #[error("too many requests; retry in {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
+    #[error("too many new accounts from this address or its block; retry in {retry_after_s} s")]
+    TooManyRegistrations { retry_after_s: u64 },
     #[error(transparent)]
     Schema(#[from] SchemaError),
     #[error(transparent)]
@@ -110,6 +112,7 @@ impl ServingError {
             Self::BadRequest(_) => "bad_request",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::RateLimited { .. } => "rate_limited",
+            Self::TooManyRegistrations { .. } => "too_many_registrations",
             Self::Schema(error) => error.code(),
             Self::Ingest(error) => error.code(),
             Self::Dataflow(error) => error.code(),
@@ -147,12 +150,15 @@ impl ServingError {
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             },
             Self::LakeNotHere => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Schema(SchemaError::NotEligible { .. }) => StatusCode::FORBIDDEN,
             Self::BadRequest(_)
             | Self::Schema(_)
             | Self::InvalidReading { .. }
             | Self::BadUpload { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyRegistrations { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Ingest(IngestError::UnknownDecision { .. }) => StatusCode::NOT_FOUND,
             Self::Ingest(IngestError::DecisionFrozen { .. }) => StatusCode::CONFLICT,
             Self::Dataflow(DataflowError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -191,7 +197,9 @@ impl IntoResponse for ServingError {
             axum::Json(json!({ "error": { "code": self.code(), "message": message } })),
         )
             .into_response();
-        if let Self::RateLimited { retry_after_s } = self {
+        if let Self::RateLimited { retry_after_s } | Self::TooManyRegistrations { retry_after_s } =
+            self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));

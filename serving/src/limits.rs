@@ -12,6 +12,31 @@ pub struct Rate {
     pub burst: f64,
 }
 
+impl Rate {
+    /// `count` an hour, all of them at once at most.
+    pub fn per_hour(count: u32) -> Self {
+        Self {
+            per_second: f64::from(count) / 3600.0,
+            burst: f64::from(count),
+        }
+    }
+}
+
+/// The block an address belongs to: its IPv4 /24 or IPv6 /48, what one holder of
+/// addresses usually has to rotate through.
+pub fn address_block(address: std::net::IpAddr) -> String {
+    match address {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
 /// Buckets keyed by a string (a user id or an address). Idle buckets are dropped once the
 /// map grows large, so a flood of distinct keys cannot grow it without bound.
 ///

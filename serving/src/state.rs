@@ -29,6 +29,11 @@ pub struct ApiConfig {
     /// The longest a results read waits for a minimum position.
     pub max_results_wait: Duration,
     pub refresh_ttl_s: u64,
+    /// A decision's trends show a (bucket, option) only with at least this many voters.
+    pub trend_min_voters: u64,
+    /// New accounts from one client address, and from one address block.
+    pub registrations_per_address: Rate,
+    pub registrations_per_block: Rate,
 }
 
 impl Default for ApiConfig {
@@ -45,6 +50,9 @@ impl Default for ApiConfig {
             },
             max_results_wait: Duration::from_secs(5),
             refresh_ttl_s: 30 * 24 * 3600,
+            trend_min_voters: 5,
+            registrations_per_address: Rate::per_hour(5),
+            registrations_per_block: Rate::per_hour(30),
         }
     }
 }
@@ -61,6 +69,8 @@ pub struct AppState {
     pub config: ApiConfig,
     pub user_limits: RateLimiter,
     pub address_limits: RateLimiter,
+    /// Open registration, per address and per address block.
+    pub registration_limits: (RateLimiter, RateLimiter),
     /// False until start-up finished and again once shutdown began.
     pub ready: AtomicBool,
     /// Every decision's Merkle log, grown by the engine (absent with the engine).

@@ -24,6 +24,7 @@ fn user(name: &str) -> UserRecord {
 
 fn decision(title: &str) -> Decision {
     Decision {
+        electorate: Default::default(),
         id: DecisionId::new_random(),
         title: title.into(),
         region: "north".into(),

@@ -14,6 +14,7 @@ use sqlx::Connection;
 /// Decision `n`: options a, b, c, open from the epoch forever, quorum 10, in `region`.
 pub fn decision_in(n: u128, region: &str) -> Decision {
     Decision {
+        electorate: Default::default(),
         id: DecisionId(n),
         title: format!("decision {n}"),
         region: region.into(),

@@ -45,6 +45,9 @@ pub fn start_with(data: &Path, port: u16, extra: &[&str]) -> Child {
         ])
         .arg(data)
         .args(extra)
+        // Tests sign many voters up from one address.
+        .env("CANOPY_API__REGISTRATIONS_PER_ADDRESS_HOUR", "100000")
+        .env("CANOPY_API__REGISTRATIONS_PER_BLOCK_HOUR", "100000")
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

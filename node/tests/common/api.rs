@@ -64,6 +64,10 @@ impl TestNode {
         let mut config = NodeConfig::new(dir.path());
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.api = api;
+        // Tests sign many voters up from one address; the registration limits have tests
+        // of their own, which set them again in `adjust`.
+        config.api.registrations_per_address = canopy_serving::limits::Rate::per_hour(100_000);
+        config.api.registrations_per_block = canopy_serving::limits::Rate::per_hour(100_000);
         adjust(&mut config);
         let node = Node::start(config).await.unwrap();
         let base = format!("http://{}", node.addr);

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::extract::{ApiJson, Caller, ErrorBody};
+use super::extract::{ApiJson, Caller, ClientAddress, ErrorBody};
 use crate::ServingError;
 use crate::auth::{self, Action, Role};
+use crate::limits::address_block;
 use crate::state::{AppState, SharedState};
 use crate::store::{MetadataStore, RefreshUse, UserRecord, Verification};
 
@@ -71,11 +72,19 @@ pub async fn create_user(
     Ok(user.id)
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Credentials, responses((status = 201, description = "a citizen account"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Credentials, responses((status = 201, description = "a citizen account"), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody, description = "too_many_registrations: from this address or its block this hour")))]
 pub(crate) async fn register(
     State(state): State<SharedState>,
+    ClientAddress(address): ClientAddress,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ServingError> {
+    if let Some(address) = address {
+        let (per_address, per_block) = &state.registration_limits;
+        per_address
+            .check(&address.to_string())
+            .and_then(|()| per_block.check(&address_block(address)))
+            .map_err(|retry_after_s| ServingError::TooManyRegistrations { retry_after_s })?;
+    }
     let id = create_user(
         state.store.as_ref(),
         &body.username,

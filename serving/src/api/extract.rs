@@ -42,6 +42,23 @@ impl<T: serde::de::DeserializeOwned> FromRequest<SharedState> for ApiJson<T> {
     }
 }
 
+/// The client's address, as the connection reports it (none when the router runs without
+/// a listener, as in-process tests do).
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
+    }
+}
+
 /// The authenticated caller: a verified access token, within its rate limit.
 pub struct Caller(pub Claims);
 

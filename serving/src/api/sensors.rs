@@ -610,8 +610,11 @@ pub(crate) async fn historical_trends(
             .map(|id| DecisionId(id.as_u128()))
             .map_err(|_| ServingError::BadRequest(format!("{decision:?} is not a decision id")))?;
         let bucket = query.bucket.as_deref().unwrap_or("day");
-        let answer =
-            trends_from_lake(&state, TrendsSubject::Decision(decision), bucket, range).await?;
+        let subject = TrendsSubject::Decision {
+            decision,
+            min_voters: state.config.trend_min_voters,
+        };
+        let answer = trends_from_lake(&state, subject, bucket, range).await?;
         return Ok(Json(answer));
     }
     let (Some(region), Some(metric)) = (&query.region, &query.metric) else {

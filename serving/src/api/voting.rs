@@ -10,8 +10,8 @@ use canopy_dataflow::DecisionView;
 use canopy_ingest::{IngestError, Position};
 use canopy_schemas::clock::{now_micros, unix_now};
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
-    VoterSalt, Weight,
+    Component, ComponentWeights, Decision, DecisionId, Electorate, LoggedVote, Method, Vote,
+    VoteId, VoterId, VoterSalt, Weight,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -42,6 +42,12 @@ pub(crate) struct DecisionBody {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "single_choice")]
     method: Method,
+    /// Who may vote: `{"roles": ["citizen", "expert", "stakeholder", "analysis_agent"],
+    /// "regions": ["north"]}`, each list empty or absent for no restriction. Stakeholders
+    /// vote only on decisions of a region they are verified for.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    electorate: Electorate,
 }
 
 #[utoipa::path(post, path = "/api/v1/voting/decision/create", tag = "voting", request_body = DecisionBody, security(("bearer" = [])), responses((status = 201, description = "the decision, with its id"), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -53,6 +59,7 @@ pub(crate) async fn create_decision(
     caller.require(&state, Action::CreateDecision).await?;
     let now = now_micros();
     let decision = Decision {
+        electorate: body.electorate,
         id: DecisionId::new_random(),
         title: body.title,
         region: body.region,
@@ -110,11 +117,35 @@ pub(crate) struct CastReceipt {
     leaf: String,
 }
 
-fn vote_for(claims: &Claims, body: &CastBody) -> Result<Vote, ServingError> {
+/// The caller's vote (the `index`th of a batch), once the decision's electorate admits
+/// them: their role, and the regions they are verified for when the decision asks for any
+/// (refused `not_eligible`).
+async fn eligible_vote(
+    state: &SharedState,
+    claims: &Claims,
+    body: &CastBody,
+    index: usize,
+) -> Result<Vote, ServingError> {
     let voter_role = claims.role.voter_role().ok_or(ServingError::Forbidden {
         role: claims.role.as_str(),
         action: Action::CastVote.as_str(),
     })?;
+    let decision_id = DecisionId::from(body.decision_id);
+    let decision = match known_decision(state, decision_id).await {
+        Err(ServingError::NotFound { .. }) => {
+            return Err(IngestError::UnknownDecision {
+                index,
+                decision: decision_id,
+            }
+            .into());
+        }
+        found => found?,
+    };
+    let voter_regions = match decision.required_regions(voter_role).is_empty() {
+        true => Vec::new(),
+        false => state.store.regions_of(claims.sub).await?,
+    };
+    decision.admits(voter_role, &voter_regions)?;
     let component: Component = voter_role.component();
     Ok(Vote {
         vote_id: body.vote_id.map_or_else(VoteId::new_random, VoteId::from),
@@ -190,14 +221,14 @@ async fn submit(
     Ok((logged, positions))
 }
 
-#[utoipa::path(post, path = "/api/v1/voting/cast-vote", tag = "voting", request_body = CastBody, security(("bearer" = [])), responses((status = 201, body = CastReceipt, description = "durable; voter, component and weight come from the token"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/voting/cast-vote", tag = "voting", request_body = CastBody, security(("bearer" = [])), responses((status = 201, body = CastReceipt, description = "durable; voter, component and weight come from the token"), (status = 403, body = ErrorBody, description = "forbidden (a role that does not vote), not_eligible (outside the decision's electorate)"), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(crate) async fn cast_vote(
     State(state): State<SharedState>,
     caller: Caller,
     ApiJson(body): ApiJson<CastBody>,
 ) -> Result<Response, ServingError> {
     caller.require(&state, Action::CastVote).await?;
-    let vote = vote_for(&caller.0, &body)?;
+    let vote = eligible_vote(&state, &caller.0, &body, 0).await?;
     let (logged, positions) = submit(&state, vec![vote]).await?;
     Ok((StatusCode::CREATED, Json(receipt(&logged[0], positions[0]))).into_response())
 }
@@ -241,7 +272,7 @@ pub(crate) async fn cast_votes(
                 claims.role.as_str()
             )));
         }
-        votes.push(vote_for(&claims, &entry.vote)?);
+        votes.push(eligible_vote(&state, &claims, &entry.vote, index).await?);
     }
     let (logged, positions) = submit(&state, votes).await?;
     let receipts: Vec<CastReceipt> = logged
