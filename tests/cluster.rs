@@ -10,14 +10,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canopy_chain::{MerkleLog, leaf_hash};
-use canopy_dataflow::{Tally, ViewStore, recount};
+use canopy_dataflow::{Tally, ViewStore, recount, recount_trees};
 use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, LogRecord};
 use canopy_node::redis::RedisViews;
 use canopy_schemas::*;
@@ -299,24 +298,6 @@ fn wait_until_caught_up(log: &KafkaLog, views: &RedisViews, workers: &mut [Child
     }
 }
 
-/// Each decision's tree over the first delivery of each (voter, vote id), in topic order.
-fn oracle_trees(records: &[LogRecord]) -> HashMap<DecisionId, MerkleLog> {
-    let mut sorted = records.to_vec();
-    sorted.sort_by_key(|r| (r.position.partition, r.position.offset));
-    let mut trees: HashMap<DecisionId, MerkleLog> = HashMap::new();
-    let mut seen = HashSet::new();
-    for record in &sorted {
-        let vote = record.vote;
-        if seen.insert((vote.decision_id, vote.voter_id, vote.vote_id)) {
-            trees
-                .entry(vote.decision_id)
-                .or_default()
-                .append_hash(leaf_hash(&record.logged().leaf_data()));
-        }
-    }
-    trees
-}
-
 /// Tallies equal the recount; every stored checkpoint is a prefix of the oracle tree, and
 /// (after the time-based cut) the latest covers all of it. Returns what was compared.
 async fn check(
@@ -346,7 +327,7 @@ async fn check(
         );
         tallies.insert(decision.id, tally.unwrap());
     }
-    let trees = oracle_trees(&records);
+    let trees = recount_trees(&records);
     let store = deployment.store().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut latest = BTreeMap::new();

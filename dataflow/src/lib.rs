@@ -18,7 +18,8 @@
 //!
 //! [`TallyEngine`] runs it over a [`canopy_ingest::VoteLog`] on W worker threads;
 //! [`build_tally_dataflow`] is the dataflow itself, for drivers of their own (tests, the
-//! benchmark). [`recount`] is the from-scratch oracle both are checked against.
+//! benchmark). [`recount`] is the from-scratch oracle both are checked against, and
+//! [`recount_trees`] the one for the record's Merkle logs.
 //!
 //! Modules, each importing only those listed before it:
 //! - `error`, `arithmetic` (ballots in, a [`Tally`] out), `sensor_windows` (window stats,
@@ -58,7 +59,7 @@ pub use record::{
     CheckpointSink, CutCheckpoint, RecordConfig, RecordLeaf, RecordReader, StoredCheckpoint,
     VoteRecord,
 };
-pub use recount::recount;
+pub use recount::{recount, recount_trees};
 pub use scoring::{AnomalyModel, Scorer, ScorerConfig};
 pub use sensor_engine::{SensorEngine, SensorEngineConfig};
 pub use sensor_views::{Alert, AlertRules, ModelScore, Retention, SensorViews, WindowView};

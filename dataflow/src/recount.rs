@@ -1,9 +1,10 @@
 //! The from-scratch recount: a plain single-threaded pass over the log with hash maps.
-//! It is the oracle the tests hold the dataflow to, and the floor the benchmark measures
-//! the dataflow against.
+//! It is the oracle the tests hold the dataflow to (the tallies, and the record's Merkle
+//! trees), and the floor the benchmark measures the dataflow against.
 
 use std::collections::{HashMap, HashSet};
 
+use canopy_chain::{MerkleLog, leaf_hash};
 use canopy_ingest::LogRecord;
 use canopy_schemas::{Component, Decision, DecisionId, VoterId};
 
@@ -57,4 +58,24 @@ pub fn recount<'a>(
             (decision.id, Tally::from_sums(&params, cells))
         })
         .collect()
+}
+
+/// Rebuilds every decision's Merkle log from `records` (each partition's records in offset
+/// order). Same rules as the record: a leaf per first delivery of a (voter, vote id), in log
+/// order. A decision without votes has no tree.
+pub fn recount_trees<'a>(
+    records: impl IntoIterator<Item = &'a LogRecord>,
+) -> HashMap<DecisionId, MerkleLog> {
+    let mut seen: HashSet<(DecisionId, VoterId, u128)> = HashSet::new();
+    let mut trees: HashMap<DecisionId, MerkleLog> = HashMap::new();
+    for record in records {
+        let vote = &record.vote;
+        if seen.insert((vote.decision_id, vote.voter_id, vote.vote_id.0)) {
+            trees
+                .entry(vote.decision_id)
+                .or_default()
+                .append_hash(leaf_hash(&record.logged().leaf_data()));
+        }
+    }
+    trees
 }
