@@ -279,6 +279,15 @@ impl<'de> Deserialize<'de> for AlertThreshold {
     }
 }
 
+/// Puts each flag's value (when given) under its configuration key, named by its flag so
+/// that `config show` can say where a value came from. One line a flag: a new flag is one
+/// more line, not one more call shape.
+macro_rules! set_flags {
+    ($flags:ident, $($key:literal $flag:literal = $value:expr;)*) => {
+        $($flags.set($key, $flag, $value);)*
+    };
+}
+
 /// Flags that set configuration keys; every command that reads the configuration takes
 /// them, and they win over the file and the environment.
 #[derive(Args, Clone, Debug, Default)]
@@ -569,55 +578,36 @@ impl FlagValues {
 impl ConfigFlags {
     pub fn values(&self) -> anyhow::Result<FlagValues> {
         let mut flags = FlagValues::default();
-        flags.set("data_dir", "--data-dir", self.data_dir.as_ref());
-        flags.set("api.listen", "--listen", self.listen);
-        flags.set("workers.threads", "--workers", self.workers);
-        flags.set("workers.threads", "--threads", self.threads);
-        flags.set("database.url", "--database-url", self.database_url.as_ref());
-        flags.set("api.jwt_key", "--jwt-key", self.jwt_key.as_ref());
-        flags.set("demo", "--demo", self.demo.then_some(true));
-        flags.set("api.user_rate", "--user-rate", self.user_rate);
-        flags.set("api.address_rate", "--address-rate", self.address_rate);
-        flags.set(
-            "record.anchor_interval_s",
-            "--anchor-interval-s",
-            self.anchor_interval_s,
-        );
-        flags.set(
-            "record.origin",
-            "--record-origin",
-            self.record_origin.as_ref(),
-        );
-        flags.set(
-            "kafka.brokers",
-            "--kafka-brokers",
-            self.kafka_brokers.as_ref(),
-        );
-        flags.set("kafka.topic", "--kafka-topic", self.kafka_topic.as_ref());
-        flags.set(
-            "kafka.partitions",
-            "--kafka-partitions",
-            self.kafka_partitions,
-        );
-        flags.set(
-            "kafka.replication",
-            "--kafka-replication",
-            self.kafka_replication,
-        );
-        flags.set(
-            "sensors.windows_s",
-            "--sensor-windows-s",
-            self.sensor_windows_s,
-        );
-        flags.set(
-            "sensors.allowed_lateness_s",
-            "--allowed-lateness-s",
-            self.allowed_lateness_s,
-        );
-        flags.set(
-            "sensors.onnxruntime",
-            "--onnxruntime",
-            self.onnxruntime.as_ref(),
+        set_flags!(flags,
+            "data_dir" "--data-dir" = self.data_dir.as_ref();
+            "api.listen" "--listen" = self.listen;
+            "workers.threads" "--workers" = self.workers;
+            "workers.threads" "--threads" = self.threads;
+            "database.url" "--database-url" = self.database_url.as_ref();
+            "api.jwt_key" "--jwt-key" = self.jwt_key.as_ref();
+            "demo" "--demo" = self.demo.then_some(true);
+            "api.user_rate" "--user-rate" = self.user_rate;
+            "api.address_rate" "--address-rate" = self.address_rate;
+            "record.anchor_interval_s" "--anchor-interval-s" = self.anchor_interval_s;
+            "record.origin" "--record-origin" = self.record_origin.as_ref();
+            "kafka.brokers" "--kafka-brokers" = self.kafka_brokers.as_ref();
+            "kafka.topic" "--kafka-topic" = self.kafka_topic.as_ref();
+            "kafka.partitions" "--kafka-partitions" = self.kafka_partitions;
+            "kafka.replication" "--kafka-replication" = self.kafka_replication;
+            "sensors.windows_s" "--sensor-windows-s" = self.sensor_windows_s;
+            "sensors.allowed_lateness_s" "--allowed-lateness-s" = self.allowed_lateness_s;
+            "sensors.onnxruntime" "--onnxruntime" = self.onnxruntime.as_ref();
+            "sensors.enabled" "--no-sensors" = self.no_sensors.then_some(false);
+            "lake.location" "--lake" = self.lake.as_ref();
+            "lake.enabled" "--no-lake" = self.no_lake.then_some(false);
+            "lake.flush_s" "--lake-flush-s" = self.lake_flush_s;
+            "lake.sql_timeout_s" "--sql-timeout-s" = self.sql_timeout_s;
+            "lake.sql_memory_mib" "--sql-memory-mib" = self.sql_memory_mib;
+            "lake.pg_listen" "--pg-listen" = self.pg_listen;
+            "evm.rpc" "--evm-rpc" = self.evm_rpc.as_ref();
+            "evm.contract" "--evm-contract" = self.evm_contract.as_ref();
+            "evm.key" "--evm-key" = self.evm_key.as_ref();
+            "evm.confirmations" "--evm-confirmations" = self.evm_confirmations;
         );
         for (metric, threshold) in &self.alert_thresholds {
             flags.set(
@@ -626,29 +616,6 @@ impl ConfigFlags {
                 Some(threshold),
             );
         }
-        flags.set(
-            "sensors.enabled",
-            "--no-sensors",
-            self.no_sensors.then_some(false),
-        );
-        flags.set("lake.location", "--lake", self.lake.as_ref());
-        flags.set("lake.enabled", "--no-lake", self.no_lake.then_some(false));
-        flags.set("lake.flush_s", "--lake-flush-s", self.lake_flush_s);
-        flags.set("lake.sql_timeout_s", "--sql-timeout-s", self.sql_timeout_s);
-        flags.set(
-            "lake.sql_memory_mib",
-            "--sql-memory-mib",
-            self.sql_memory_mib,
-        );
-        flags.set("lake.pg_listen", "--pg-listen", self.pg_listen);
-        flags.set("evm.rpc", "--evm-rpc", self.evm_rpc.as_ref());
-        flags.set("evm.contract", "--evm-contract", self.evm_contract.as_ref());
-        flags.set("evm.key", "--evm-key", self.evm_key.as_ref());
-        flags.set(
-            "evm.confirmations",
-            "--evm-confirmations",
-            self.evm_confirmations,
-        );
         let listed = match &self.hosts {
             Some(path) => Some(read_hosts(path)?),
             None => None,

@@ -11,6 +11,19 @@ use arrow_array::{
 };
 use arrow_schema::{ArrowError, Field, Schema, SchemaRef};
 
+/// A table of the lake as its files hold it: its name, its columns and the columns its
+/// rows are sorted by. Log-fed and sink-fed tables add how their rows are found.
+pub trait TableLayout {
+    type Row;
+    const NAME: &'static str;
+    /// The table's columns over `rows`, all of date `day`.
+    fn columns<'r>(rows: &'r [&'r Self::Row], day: i32) -> Columns<'r, Self::Row>;
+    fn schema() -> SchemaRef {
+        Self::columns(&[], 0).schema()
+    }
+    fn sort_columns() -> Vec<usize>;
+}
+
 /// The columns of a table over `rows`, in the order they are declared.
 pub struct Columns<'r, R> {
     rows: &'r [&'r R],

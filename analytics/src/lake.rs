@@ -24,6 +24,7 @@ use parquet::file::reader::ChunkReader;
 use parquet::schema::types::ColumnPath;
 
 use crate::AnalyticsError;
+use crate::columns::TableLayout;
 use crate::store::{Contents, LakeLocation};
 
 pub(crate) const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -121,6 +122,21 @@ pub(crate) struct LakeFile {
 }
 
 impl TableFiles {
+    /// The files of table `T` under `location`; `plain_columns` are written without a
+    /// dictionary.
+    pub(crate) fn of<T: TableLayout>(
+        location: LakeLocation,
+        plain_columns: Vec<&'static str>,
+    ) -> Self {
+        Self {
+            location,
+            table: T::NAME,
+            schema: T::schema(),
+            sort_columns: T::sort_columns(),
+            plain_columns,
+        }
+    }
+
     /// Creates the folder and removes the temporaries a crash left.
     pub fn open(&self) -> Result<(), AnalyticsError> {
         self.location.clean(self.table)

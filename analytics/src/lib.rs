@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 mod columns;
+pub use columns::TableLayout;
 mod decisions;
 mod error;
 mod lake;

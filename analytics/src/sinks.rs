@@ -13,11 +13,10 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
-use arrow_schema::SchemaRef;
 use parquet::file::metadata::KeyValue;
 
 use crate::AnalyticsError;
-use crate::columns::Columns;
+use crate::columns::{Columns, TableLayout};
 use crate::lake::{
     FileName, LakeConfig, LakeFile, TableFiles, date_folder, day_of, parquet_error, sort_batch,
 };
@@ -26,15 +25,7 @@ const MARKS_KEY: &str = "canopy.marks";
 const SPACE: &str = "s";
 
 /// A table whose rows a sink hands over.
-pub trait SinkTable {
-    type Row;
-    const NAME: &'static str;
-    /// The table's columns over `rows`, all of date `day`.
-    fn columns<'r>(rows: &'r [&'r Self::Row], day: i32) -> Columns<'r, Self::Row>;
-    fn schema() -> SchemaRef {
-        Self::columns(&[], 0).schema()
-    }
-    fn sort_columns() -> Vec<usize>;
+pub trait SinkTable: TableLayout {
     fn group(row: &Self::Row) -> String;
     fn order(row: &Self::Row) -> i64;
     /// UTC microseconds: the row's date. Within a group it grows with the order.
@@ -54,13 +45,7 @@ pub struct SinkLake<T: SinkTable> {
 impl<T: SinkTable> SinkLake<T> {
     /// Opens (creating) the table and reads its marks from the newest file.
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
-        let files = TableFiles {
-            location: config.location.clone(),
-            table: T::NAME,
-            schema: T::schema(),
-            sort_columns: T::sort_columns(),
-            plain_columns: Vec::new(),
-        };
+        let files = TableFiles::of::<T>(config.location.clone(), Vec::new());
         files.open()?;
         let newest = files
             .all_files()?
@@ -185,7 +170,7 @@ pub struct TallyChange {
 pub struct TallyChanges;
 pub type TallyChangeLake = SinkLake<TallyChanges>;
 
-impl SinkTable for TallyChanges {
+impl TableLayout for TallyChanges {
     type Row = TallyChange;
     const NAME: &'static str = "tally_changes";
 
@@ -206,7 +191,9 @@ impl SinkTable for TallyChanges {
     fn sort_columns() -> Vec<usize> {
         vec![0, 7, 1, 2]
     }
+}
 
+impl SinkTable for TallyChanges {
     fn group(row: &TallyChange) -> String {
         format!("p{}", row.as_of_partition)
     }
@@ -244,7 +231,7 @@ pub struct WindowFeature {
 pub struct WindowFeatures;
 pub type WindowFeatureLake = SinkLake<WindowFeatures>;
 
-impl SinkTable for WindowFeatures {
+impl TableLayout for WindowFeatures {
     type Row = WindowFeature;
     const NAME: &'static str = "window_features";
 
@@ -269,7 +256,9 @@ impl SinkTable for WindowFeatures {
     fn sort_columns() -> Vec<usize> {
         vec![0, 1, 4]
     }
+}
 
+impl SinkTable for WindowFeatures {
     fn group(row: &WindowFeature) -> String {
         format!(
             "{}/{}/{}/{}",
@@ -308,7 +297,7 @@ pub struct CheckpointEntry {
 pub struct Checkpoints;
 pub type CheckpointLake = SinkLake<Checkpoints>;
 
-impl SinkTable for Checkpoints {
+impl TableLayout for Checkpoints {
     type Row = CheckpointEntry;
     const NAME: &'static str = "checkpoints";
 
@@ -327,7 +316,9 @@ impl SinkTable for Checkpoints {
     fn sort_columns() -> Vec<usize> {
         vec![0, 1]
     }
+}
 
+impl SinkTable for Checkpoints {
     fn group(row: &CheckpointEntry) -> String {
         row.decision_id.clone()
     }

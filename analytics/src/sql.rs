@@ -30,10 +30,11 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
 use futures::{Stream, StreamExt};
 
 use crate::AnalyticsError;
+use crate::columns::TableLayout;
 use crate::lake::{TABLES, TableFiles};
-use crate::sinks::{Checkpoints, SinkTable, TallyChanges, WindowFeatures};
+use crate::sinks::{Checkpoints, TallyChanges, WindowFeatures};
 use crate::store::LakeLocation;
-use crate::votes::{LogTable, Readings, Votes};
+use crate::votes::{Readings, Votes};
 
 /// What one query may take.
 #[derive(Clone, Copy, Debug)]

@@ -12,26 +12,18 @@ use arrow_schema::SchemaRef;
 use canopy_ingest::{EntryLog, LogEntry, LogRecord, SensorLog, SensorRecord, VoteLog};
 
 use crate::AnalyticsError;
-use crate::columns::Columns;
+use crate::columns::{Columns, TableLayout};
 use crate::lake::{FileName, LakeConfig, TableFiles, date_folder, day_of, parquet_error};
 
 /// A table whose rows are a log's entries.
-pub trait LogTable {
-    type Entry;
-    const NAME: &'static str;
-    /// The table's columns over `rows`, all of date `day`.
-    fn columns<'r>(rows: &'r [&'r Self::Entry], day: i32) -> Columns<'r, Self::Entry>;
-    fn schema() -> SchemaRef {
-        Self::columns(&[], 0).schema()
-    }
-    fn sort_columns() -> Vec<usize>;
+pub trait LogTable: TableLayout {
     fn plain_columns() -> Vec<&'static str> {
         Vec::new()
     }
-    fn partition(entry: &Self::Entry) -> u32;
-    fn offset(entry: &Self::Entry) -> u64;
+    fn partition(entry: &Self::Row) -> u32;
+    fn offset(entry: &Self::Row) -> u64;
     /// Event time, UTC microseconds: it decides the row's date.
-    fn time_micros(entry: &Self::Entry) -> i64;
+    fn time_micros(entry: &Self::Row) -> i64;
 }
 
 /// The `votes` table: every logged vote, the voter only as its salted commitment.
@@ -43,8 +35,8 @@ pub fn vote_schema() -> SchemaRef {
     Votes::schema()
 }
 
-impl LogTable for Votes {
-    type Entry = LogRecord;
+impl TableLayout for Votes {
+    type Row = LogRecord;
     const NAME: &'static str = "votes";
 
     fn columns<'r>(rows: &'r [&'r LogRecord], day: i32) -> Columns<'r, LogRecord> {
@@ -64,7 +56,9 @@ impl LogTable for Votes {
     fn sort_columns() -> Vec<usize> {
         vec![0, 8]
     }
+}
 
+impl LogTable for Votes {
     fn plain_columns() -> Vec<&'static str> {
         vec!["voter_commitment", "vote_id"]
     }
@@ -86,8 +80,8 @@ impl LogTable for Votes {
 #[derive(Debug)]
 pub struct Readings;
 
-impl LogTable for Readings {
-    type Entry = SensorRecord;
+impl TableLayout for Readings {
+    type Row = SensorRecord;
     const NAME: &'static str = "sensor_readings";
 
     fn columns<'r>(rows: &'r [&'r SensorRecord], day: i32) -> Columns<'r, SensorRecord> {
@@ -115,7 +109,9 @@ impl LogTable for Readings {
     fn sort_columns() -> Vec<usize> {
         vec![0, 1, 3, 9]
     }
+}
 
+impl LogTable for Readings {
     fn partition(entry: &SensorRecord) -> u32 {
         entry.position.partition
     }
@@ -152,13 +148,7 @@ pub type ReadingLake = LogLake<Readings>;
 impl<T: LogTable> LogLake<T> {
     /// Opens (creating) the table's folder and removes what a crash left half-written.
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
-        let files = TableFiles {
-            location: config.location.clone(),
-            table: T::NAME,
-            schema: T::schema(),
-            sort_columns: T::sort_columns(),
-            plain_columns: T::plain_columns(),
-        };
+        let files = TableFiles::of::<T>(config.location.clone(), T::plain_columns());
         files.open()?;
         Ok(Self {
             config,
@@ -189,7 +179,7 @@ impl<T: LogTable> LogLake<T> {
 
     /// Writes one range of one log partition: `records` in offset order, dense. One file
     /// per date, each named after the whole range.
-    pub fn write_range(&self, partition: u32, records: &[T::Entry]) -> Result<u64, AnalyticsError> {
+    pub fn write_range(&self, partition: u32, records: &[T::Row]) -> Result<u64, AnalyticsError> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Ok(0);
         };
@@ -198,7 +188,7 @@ impl<T: LogTable> LogLake<T> {
             first: T::offset(first),
             last: T::offset(last),
         };
-        let mut by_day: BTreeMap<i32, Vec<&T::Entry>> = BTreeMap::new();
+        let mut by_day: BTreeMap<i32, Vec<&T::Row>> = BTreeMap::new();
         for record in records {
             by_day
                 .entry(day_of(T::time_micros(record)))
@@ -231,12 +221,12 @@ fn space(partition: u32) -> String {
 }
 
 /// Reads exactly offsets `first..=last` of `partition`.
-fn read_exact<T: LogTable, E: LogEntry<Record = T::Entry>, L: EntryLog<E> + ?Sized>(
+fn read_exact<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Sized>(
     log: &L,
     partition: u32,
     first: u64,
     last: u64,
-) -> Result<Vec<T::Entry>, AnalyticsError> {
+) -> Result<Vec<T::Row>, AnalyticsError> {
     let mut out = Vec::with_capacity((last - first + 1) as usize);
     let mut next = first;
     while next <= last {
@@ -272,7 +262,7 @@ pub struct SyncCursor {
 
 /// Copies a log into its table: per partition, at the first call the last range found is
 /// written again; then everything after it, in ranges of at most `range_rows`.
-pub fn sync_log<T: LogTable, E: LogEntry<Record = T::Entry>, L: EntryLog<E> + ?Sized>(
+pub fn sync_log<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Sized>(
     lake: &LogLake<T>,
     log: &L,
     range_rows: usize,

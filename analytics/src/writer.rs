@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use canopy_dataflow::{
-    CellTally, DataflowError, DecisionView, Owner, SensorViews, ViewStore, ViewUpdate, WindowKey,
-    WindowUpdate,
+    CellTally, DataflowError, DecisionView, Owner, SensorViews, ViewRead, ViewStore, ViewUpdate,
+    WindowKey, WindowUpdate,
 };
 use canopy_ingest::{Position, SensorLog, VoteLog};
 use canopy_schemas::{Component, Decision, DecisionId};
@@ -137,12 +137,7 @@ impl ViewStore for LakeViews {
         self.inner.get(decision)
     }
 
-    fn wait_for(
-        &self,
-        decision: DecisionId,
-        position: Position,
-        timeout: Duration,
-    ) -> Result<Option<DecisionView>, DataflowError> {
+    fn wait_for(&self, decision: DecisionId, position: Position, timeout: Duration) -> ViewRead {
         self.inner.wait_for(decision, position, timeout)
     }
 }

@@ -66,6 +66,10 @@ pub struct ViewUpdate {
     pub as_of: Position,
 }
 
+/// What a reader of the views gets: a decision's view, none before its first vote, or why
+/// the views cannot answer.
+pub type ViewRead = Result<Option<DecisionView>, DataflowError>;
+
 /// The sink of the tally dataflow and the source of every result a reader sees.
 pub trait ViewStore: Send + Sync {
     /// Replaces the views of the decisions in `updates`; the updates of one call are one
@@ -90,12 +94,7 @@ pub trait ViewStore: Send + Sync {
 
     /// Waits until the view of `decision` includes the record at `position` (read your own
     /// vote), up to `timeout`.
-    fn wait_for(
-        &self,
-        decision: DecisionId,
-        position: Position,
-        timeout: Duration,
-    ) -> Result<Option<DecisionView>, DataflowError>;
+    fn wait_for(&self, decision: DecisionId, position: Position, timeout: Duration) -> ViewRead;
 }
 
 /// The in-process [`ViewStore`]: a map under a mutex, with a condition variable for waiters.
@@ -201,12 +200,7 @@ impl ViewStore for InMemoryViews {
         Ok(state.view(decision))
     }
 
-    fn wait_for(
-        &self,
-        decision: DecisionId,
-        position: Position,
-        timeout: Duration,
-    ) -> Result<Option<DecisionView>, DataflowError> {
+    fn wait_for(&self, decision: DecisionId, position: Position, timeout: Duration) -> ViewRead {
         // The guard stays held from one look to the wait, so no change slips in between.
         wait_until_included(
             position,

@@ -62,6 +62,17 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// Refuses a partition a log of `partitions` partitions does not have.
+    pub(crate) fn unless_partition_exists(partition: u32, partitions: u32) -> Result<(), Self> {
+        if partition >= partitions {
+            return Err(Self::NoSuchPartition {
+                partition,
+                partitions,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IngestError {
         let path = path.into();
         move |source| IngestError::Io { path, source }

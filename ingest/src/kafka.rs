@@ -32,7 +32,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{AppendFuture, EntryLog, IngestError, LogEntry, Position};
+use crate::{AppendFuture, EntriesRead, EntryLog, IngestError, LogEntry, Position};
 
 /// How the Kafka log reaches its topic.
 #[derive(Clone, Debug)]
@@ -439,13 +439,7 @@ impl<E: LogEntry> KafkaEntryLog<E> {
     }
 
     fn check_partition(&self, partition: u32) -> Result<(), IngestError> {
-        if partition >= self.config.partitions {
-            return Err(IngestError::NoSuchPartition {
-                partition,
-                partitions: self.config.partitions,
-            });
-        }
-        Ok(())
+        IngestError::unless_partition_exists(partition, self.config.partitions)
     }
 }
 
@@ -486,12 +480,7 @@ impl<E: LogEntry> EntryLog<E> for KafkaEntryLog<E> {
         })
     }
 
-    fn read_entries(
-        &self,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<(Position, E)>, IngestError> {
+    fn read_entries(&self, partition: u32, from: u64, max: usize) -> EntriesRead<E> {
         self.check_partition(partition)?;
         let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
         let mut reader = match readers.remove(&partition) {

@@ -33,6 +33,7 @@ mod error;
 mod gate;
 mod kafka;
 mod segment;
+mod segment_files;
 
 use canopy_schemas::{DecisionId, LoggedVote, SensorReading, Vote, VoterCommitment};
 
@@ -42,6 +43,7 @@ pub use kafka::{KafkaConfig, KafkaEntryLog, KafkaLog, KafkaSensorLog};
 pub use segment::{
     Recovery, Retention, SegmentEntryLog, SegmentLog, SegmentLogConfig, SensorSegmentLog,
 };
+pub use segment_files::segment_files;
 
 /// Where a record sits in the log: the partition, and its offset within it (0, 1, 2, ...).
 #[derive(
@@ -209,6 +211,9 @@ impl LogEntry for SensorReading {
     }
 }
 
+/// What [`EntryLog::read_entries`] answers: entries with their positions, in offset order.
+pub type EntriesRead<E> = Result<Vec<(Position, E)>, IngestError>;
+
 /// A durable, partitioned, append-only log of entries of one kind: votes partitioned by
 /// decision, sensor readings by region.
 pub trait EntryLog<E: LogEntry>: Send + Sync {
@@ -226,12 +231,7 @@ pub trait EntryLog<E: LogEntry>: Send + Sync {
 
     /// Up to `max` durable entries of `partition` from offset `from` on, in offset order,
     /// each with its position. Returns an empty batch at the end of the log.
-    fn read_entries(
-        &self,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<(Position, E)>, IngestError>;
+    fn read_entries(&self, partition: u32, from: u64, max: usize) -> EntriesRead<E>;
 
     /// [`read_entries`](Self::read_entries) as the entry kind's records.
     fn read(&self, partition: u32, from: u64, max: usize) -> Result<Vec<E::Record>, IngestError> {

@@ -35,7 +35,7 @@ use std::marker::PhantomData;
 
 use canopy_schemas::{LoggedVote, SensorReading};
 
-use crate::{AppendFuture, EntryLog, IngestError, LogEntry, Position};
+use crate::{AppendFuture, EntriesRead, EntryLog, IngestError, LogEntry, Position};
 
 const META_FILE: &str = "log.meta";
 const LOCK_FILE: &str = "log.lock";
@@ -330,13 +330,7 @@ impl<E: LogEntry> SegmentEntryLog<E> {
     }
 
     fn check_partition(&self, partition: u32) -> Result<(), IngestError> {
-        if partition >= self.shared.partition_count {
-            return Err(IngestError::NoSuchPartition {
-                partition,
-                partitions: self.shared.partition_count,
-            });
-        }
-        Ok(())
+        IngestError::unless_partition_exists(partition, self.shared.partition_count)
     }
 }
 
@@ -375,12 +369,7 @@ impl<E: LogEntry> EntryLog<E> for SegmentEntryLog<E> {
         })
     }
 
-    fn read_entries(
-        &self,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<(Position, E)>, IngestError> {
+    fn read_entries(&self, partition: u32, from: u64, max: usize) -> EntriesRead<E> {
         self.check_partition(partition)?;
         let end = self.shared.durable_ends[partition as usize].load(Ordering::Acquire);
         let until = end.min(from.saturating_add(max as u64));

@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use canopy_dataflow::{
-    DataflowError, DecisionView, Tally, ViewStore, ViewUpdate, wait_until_included,
+    DataflowError, DecisionView, Tally, ViewRead, ViewStore, ViewUpdate, wait_until_included,
 };
 use canopy_ingest::Position;
 use canopy_schemas::DecisionId;
@@ -251,12 +251,7 @@ impl ViewStore for RedisViews {
         self.view(decision)
     }
 
-    fn wait_for(
-        &self,
-        decision: DecisionId,
-        position: Position,
-        timeout: Duration,
-    ) -> Result<Option<DecisionView>, DataflowError> {
+    fn wait_for(&self, decision: DecisionId, position: Position, timeout: Duration) -> ViewRead {
         wait_until_included(
             position,
             timeout,

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use canopy_dataflow::DecisionView;
 use canopy_ingest::{IngestError, Position};
@@ -292,38 +293,51 @@ pub(crate) struct FreshnessQuery {
     min_offset: Option<u64>,
 }
 
-async fn current_view(
-    state: &SharedState,
-    id: Uuid,
-    freshness: &FreshnessQuery,
-) -> Result<(Decision, Option<DecisionView>), ServingError> {
-    let decision_id = DecisionId::from(id);
-    let decision = known_decision(state, decision_id).await?;
-    let view = match freshness.min_offset {
-        None => state.views.get(decision_id)?,
-        Some(offset) => {
-            let views = Arc::clone(&state.views);
-            let partition = state.gate.log().partition_of(decision_id);
-            let wait = state.config.max_results_wait;
-            tokio::task::spawn_blocking(move || {
-                views.wait_for(decision_id, Position { partition, offset }, wait)
-            })
+/// A read of a decision's results: a caller allowed to read them, the decision, and its
+/// view at least as fresh as `min_offset` asks (waiting up to `max_results_wait`).
+pub(crate) struct ResultsRead {
+    decision: Decision,
+    view: Option<DecisionView>,
+}
+
+impl FromRequestParts<SharedState> for ResultsRead {
+    type Rejection = ServingError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(state, Action::ReadResults).await?;
+        let Path(id) = Path::<Uuid>::from_request_parts(parts, state)
             .await
-            .map_err(|e| ServingError::Internal(e.to_string()))??
-        }
-    };
-    Ok((decision, view))
+            .map_err(|rejection| ServingError::BadRequest(rejection.body_text()))?;
+        let Query(freshness) = Query::<FreshnessQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ServingError::BadRequest(rejection.body_text()))?;
+        let decision_id = DecisionId::from(id);
+        let decision = known_decision(state, decision_id).await?;
+        let view = match freshness.min_offset {
+            None => state.views.get(decision_id)?,
+            Some(offset) => {
+                let views = Arc::clone(&state.views);
+                let partition = state.gate.log().partition_of(decision_id);
+                let wait = state.config.max_results_wait;
+                tokio::task::spawn_blocking(move || {
+                    views.wait_for(decision_id, Position { partition, offset }, wait)
+                })
+                .await
+                .map_err(|e| ServingError::Internal(e.to_string()))??
+            }
+        };
+        Ok(Self { decision, view })
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/voting/decision/{id}/results", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "composite score per option, turnout, quorum, as_of"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody, description = "results_timeout")))]
 pub(crate) async fn results(
-    State(state): State<SharedState>,
-    caller: Caller,
-    Path(id): Path<Uuid>,
-    Query(freshness): Query<FreshnessQuery>,
-) -> Result<Json<serde_json::Value>, ServingError> {
-    caller.require(&state, Action::ReadResults).await?;
-    let (decision, view) = current_view(&state, id, &freshness).await?;
+    ResultsRead { decision, view }: ResultsRead,
+) -> Json<serde_json::Value> {
     let tally = view.as_ref().map(|v| &v.tally);
     let options: Vec<serde_json::Value> = decision
         .options
@@ -334,7 +348,7 @@ pub(crate) async fn results(
             json!({ "option": index, "label": label, "composite": composite })
         })
         .collect();
-    Ok(Json(json!({
+    Json(json!({
         "decision_id": decision.id,
         "title": decision.title,
         "options": options,
@@ -342,18 +356,13 @@ pub(crate) async fn results(
         "quorum": decision.quorum,
         "quorum_met": tally.is_some_and(|t| t.quorum_met),
         "as_of": view.map(|v| v.as_of),
-    })))
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/voting/decision/{id}/breakdown", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "count, weight and share per option and component"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody)))]
 pub(crate) async fn breakdown(
-    State(state): State<SharedState>,
-    caller: Caller,
-    Path(id): Path<Uuid>,
-    Query(freshness): Query<FreshnessQuery>,
-) -> Result<Json<serde_json::Value>, ServingError> {
-    caller.require(&state, Action::ReadResults).await?;
-    let (decision, view) = current_view(&state, id, &freshness).await?;
+    ResultsRead { decision, view }: ResultsRead,
+) -> Json<serde_json::Value> {
     let cells: Vec<serde_json::Value> = view
         .as_ref()
         .map(|v| v.tally.cells.as_slice())
@@ -369,13 +378,13 @@ pub(crate) async fn breakdown(
             })
         })
         .collect();
-    Ok(Json(json!({
+    Json(json!({
         "decision_id": decision.id,
         "component_weights": decision.weights,
         "cells": cells,
         "turnout_by_component": view.as_ref().map(|v| v.tally.turnout_by_component),
         "as_of": view.map(|v| v.as_of),
-    })))
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/voting/active-decisions", tag = "voting", security(("bearer" = [])), responses((status = 200, description = "decisions open now")))]
