@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore, recount};
-use canopy_ingest::{EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig};
+use canopy_ingest::{EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig, segment_files};
 use canopy_schemas::{Decision, VoteId};
 use rand::{Rng, SeedableRng};
 
@@ -130,16 +130,6 @@ fn assert_tally_equals_recount(log: Arc<SegmentLog>, decisions: &[Decision]) {
     engine.shutdown().unwrap();
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn acknowledged_votes_survive_kill_9_exactly_once_and_tallies_equal_the_recount() {
     let data = tempfile::tempdir().unwrap();
@@ -181,7 +171,7 @@ fn acknowledged_votes_survive_kill_9_exactly_once_and_tallies_equal_the_recount(
         acknowledged.len()
     );
     assert!(
-        segments(&log_dir).len() > 2,
+        segment_files(&log_dir).unwrap().len() > 2,
         "the load rolled over several segments"
     );
 
@@ -210,7 +200,7 @@ fn acknowledged_votes_survive_kill_9_exactly_once_and_tallies_equal_the_recount(
     assert_tally_equals_recount(log, &decisions(data.path()));
 
     // A flipped byte in an old segment: refused, with a message that says where.
-    let first = segments(&log_dir).remove(0);
+    let first = segment_files(&log_dir).unwrap().remove(0);
     let mut file = OpenOptions::new().write(true).open(&first).unwrap();
     file.seek(SeekFrom::Start(2_000)).unwrap();
     file.write_all(&[0x5a]).unwrap();

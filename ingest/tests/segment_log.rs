@@ -57,16 +57,6 @@ fn one_vote_per_round(dir: &Path, count: u128) -> SegmentLog {
     log
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn appended_votes_read_back_in_order_at_their_positions() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +96,10 @@ fn concurrent_appenders_share_fsyncs_and_get_distinct_positions() {
         let record = stored.iter().find(|r| r.position == position).unwrap();
         assert_eq!(record.vote.vote_id, VoteId(id));
     }
-    assert!(segments(dir.path()).len() > 1, "small segments roll over");
+    assert!(
+        segment_files(dir.path()).unwrap().len() > 1,
+        "small segments roll over"
+    );
 }
 
 #[test]
@@ -198,7 +191,7 @@ fn a_stale_frame_behind_a_torn_one_never_comes_back() {
 fn a_flipped_byte_in_an_old_segment_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     drop(one_vote_per_round(dir.path(), 100));
-    let first = segments(dir.path()).remove(0);
+    let first = segment_files(dir.path()).unwrap().remove(0);
     // Inside the payload of the second frame.
     overwrite(&first, header(1) + FRAME + 40, &[0xFF]);
     let error = SegmentLog::open(dir.path(), config(1, 1024)).unwrap_err();
@@ -218,7 +211,7 @@ fn a_flipped_byte_after_open_is_caught_when_read() {
     let log = SegmentLog::open(dir.path(), config(2, 1 << 20)).unwrap();
     log.append(&(0..20).map(|n| vote(n % 2, n, n)).collect::<Vec<_>>())
         .unwrap();
-    let segment = segments(dir.path()).remove(0);
+    let segment = segment_files(dir.path()).unwrap().remove(0);
     overwrite(&segment, header(2) + 5 * FRAME + 30, &[0xAA]);
     let partition = (0..2)
         .find(|p| log.read(*p, 0, 100).is_err())
@@ -233,7 +226,7 @@ fn a_flipped_byte_after_open_is_caught_when_read() {
 fn a_missing_middle_segment_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(one_vote_per_round(dir.path(), 100));
-    fs::remove_file(&segments(dir.path())[1]).unwrap();
+    fs::remove_file(&segment_files(dir.path()).unwrap()[1]).unwrap();
     let error = SegmentLog::open(dir.path(), config(1, 1024)).unwrap_err();
     assert_eq!(error.code(), "log_corrupt");
     assert!(error.to_string().contains("missing"), "{error}");
@@ -258,7 +251,8 @@ fn retention_deletes_whole_sealed_segments_only() {
     let log = SegmentLog::open(dir.path(), cfg).unwrap();
     assert_eq!(log.earliest_offset(0).unwrap(), earliest);
     assert_eq!(log.end_offset(0).unwrap(), 200);
-    let sealed_bytes: u64 = segments(dir.path())
+    let sealed_bytes: u64 = segment_files(dir.path())
+        .unwrap()
         .iter()
         .rev()
         .skip(1)
@@ -275,17 +269,17 @@ fn retention_deletes_whole_sealed_segments_only() {
 fn delete_before_keeps_the_segment_holding_the_offset() {
     let dir = tempfile::tempdir().unwrap();
     let log = one_vote_per_round(dir.path(), 100);
-    let before = segments(dir.path()).len();
+    let before = segment_files(dir.path()).unwrap().len();
     let deleted = log.delete_before(&[50]).unwrap();
     assert!(deleted > 0);
-    assert_eq!(segments(dir.path()).len(), before - deleted);
+    assert_eq!(segment_files(dir.path()).unwrap().len(), before - deleted);
     let earliest = log.earliest_offset(0).unwrap();
     assert!(earliest <= 50);
     assert_eq!(log.read(0, 50, 1).unwrap()[0].position.offset, 50);
-    let sealed = segments(dir.path()).len() - 1;
+    let sealed = segment_files(dir.path()).unwrap().len() - 1;
     assert_eq!(log.delete_before(&[u64::MAX]).unwrap(), sealed);
     assert_eq!(
-        segments(dir.path()).len(),
+        segment_files(dir.path()).unwrap().len(),
         1,
         "the active segment always stays"
     );
@@ -308,13 +302,13 @@ fn an_unknown_directory_layout_is_refused() {
 fn a_segment_whose_header_never_became_durable_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     drop(one_vote_per_round(dir.path(), 30));
-    let next = segments(dir.path()).len();
+    let next = segment_files(dir.path()).unwrap().len();
     // A crash right after the rollover created the file: its length is there, its bytes not.
     let torn = dir.path().join(format!("{:020}.seg", 30));
     fs::write(&torn, vec![0u8; header(1) as usize]).unwrap();
     let log = SegmentLog::open(dir.path(), config(1, 1024)).unwrap();
     assert_eq!(log.recovery().removed_empty_segments, vec![torn]);
-    assert_eq!(segments(dir.path()).len(), next);
+    assert_eq!(segment_files(dir.path()).unwrap().len(), next);
     assert_eq!(log.verify().unwrap(), 30);
     assert_eq!(log.append(&[vote(1, 99, 99)]).unwrap()[0].offset, 30);
 }
