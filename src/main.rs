@@ -112,6 +112,9 @@ enum LogCommand {
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
+    // The data directory holds voter salts and keys: what this process creates (database,
+    // log segments, keys, the lake) is readable by its user only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
         .with_writer(std::io::stderr)

@@ -165,3 +165,56 @@ fn migrate_applies_each_migration_once() {
     );
     assert_eq!(run()["applied"], json!([]));
 }
+
+/// Every file and folder under the data directory (the salts' database, the log, the keys,
+/// the lake) is its user's alone, and a directory left open to others by an older install
+/// is narrowed at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut node = start_with(&data, port, &["--demo", "--lake-flush-s", "0.2"]);
+    wait_healthy(&client, &base).await;
+    create_admin(&data);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    kill_9(&mut node);
+
+    let mut seen = Vec::new();
+    let mut folders = vec![data.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            // The node's own log of this test run is written by the test, not the node.
+            if path.file_name().is_some_and(|n| n == "node.log") {
+                continue;
+            }
+            assert_eq!(mode & 0o077, 0, "{} is {:o}", path.display(), mode & 0o777);
+            if path.is_dir() {
+                folders.push(path.clone());
+            }
+            seen.push(path);
+        }
+    }
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o700,
+        "the data directory is {:o}",
+        mode & 0o777
+    );
+    for expected in ["canopy.db", "votes", "keys", "lake"] {
+        assert!(
+            seen.iter()
+                .any(|p| p.file_name().is_some_and(|n| n == expected)),
+            "{expected} is not under the data directory: {seen:?}"
+        );
+    }
+}

@@ -18,6 +18,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod data_dir;
 mod error;
 pub mod lake;
 pub mod node;

@@ -23,6 +23,7 @@ use canopy_serving::store::{MetadataStore, PostgresStore, SqliteStore};
 use canopy_sqlwire::PgServer;
 
 use crate::NodeError;
+use crate::data_dir::make_private;
 use crate::error::blocking;
 use crate::lake::{LakeFeed, LakeSettings, lake_loop};
 use crate::readiness::become_ready_after_replay;
@@ -87,9 +88,7 @@ pub async fn connect_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>
     Ok(match &config.database_url {
         Some(url) => Arc::new(PostgresStore::connect(url).await?),
         None => {
-            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                NodeError::Internal(format!("creating {}: {e}", config.data_dir.display()))
-            })?;
+            make_private(&config.data_dir)?;
             Arc::new(SqliteStore::open(&config.data_dir.join("canopy.db")).await?)
         }
     })
@@ -258,6 +257,7 @@ impl Node {
     /// Opens the store, keys, logs and views, starts the engines, loops and the listener;
     /// the node turns ready once its views have replayed the logs.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        make_private(&config.data_dir)?;
         let store = open_store(&config).await?;
         let keys = load_token_keys(&config).await?;
         let log = open_vote_log(&config).await?;

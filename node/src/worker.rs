@@ -23,6 +23,7 @@ use canopy_ingest::{KafkaConfig, KafkaLog, VoteLog};
 use canopy_schemas::{Decision, DecisionId};
 
 use crate::NodeError;
+use crate::data_dir::make_private;
 use crate::record::{Anchorer, RecordSettings, anchor_loop, open_record, record_signer};
 use crate::redis::RedisViews;
 use canopy_serving::store::MetadataStore;
@@ -156,6 +157,7 @@ impl WorkerNode {
     /// Connects to the store, the topic and Redis, resumes from the latest engine checkpoint
     /// and starts the dataflow. Process 0 (or a worker alone) also runs the anchoring loop.
     pub async fn start(config: WorkerConfig) -> Result<Self, NodeError> {
+        make_private(&config.data_dir)?;
         let store: Arc<dyn MetadataStore> =
             Arc::new(canopy_serving::store::PostgresStore::connect(&config.database_url).await?);
         store.migrate().await?;
