@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -62,6 +63,21 @@ async fn start_voting_node(brokers: &str, topic: &str) -> VotingNode {
     }
 }
 
+impl VotingNode {
+    /// The answer to a cast of `option` by the node's voter number `voter`.
+    async fn try_cast(&self, voter: usize, option: u16) -> (u16, Value) {
+        try_cast(
+            &self.client,
+            &self.base,
+            &self.voters[voter],
+            &self.decision,
+            option,
+        )
+        .await
+        .unwrap()
+    }
+}
+
 /// Where the topic holds each vote, read from all four partitions.
 fn topic_positions(log: &KafkaLog) -> (HashMap<VoteId, Vec<Position>>, Vec<LogRecord>) {
     let records: Vec<LogRecord> = (0..4)
@@ -83,7 +99,7 @@ impl Drop for Broker {
 
 /// tansu on `port` with `storage` (`memory://…` or `sqlite://…`), from `dir`: tansu takes
 /// a database path relative to its working directory.
-fn start_broker(port: u16, storage: &str, dir: &std::path::Path) -> Broker {
+fn start_broker(port: u16, storage: &str, dir: &Path) -> Broker {
     let tansu = std::env::var("CANOPY_TANSU").unwrap_or_else(|_| "tansu".to_string());
     let listener = format!("tcp://127.0.0.1:{port}");
     Command::new(tansu)
@@ -159,33 +175,17 @@ async fn a_node_on_kafka_keeps_every_acknowledged_vote_across_a_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_gone_a_vote_is_refused_not_acknowledged() {
-    let broker_port = free_port();
     let broker_dir = tempfile::tempdir().unwrap();
-    let mut broker = start_broker(broker_port, "memory://tansu/", broker_dir.path());
-    std::thread::sleep(Duration::from_millis(500));
-    let brokers = format!("127.0.0.1:{broker_port}");
-    // The data directory is bound (not `..`) so that it lives until the node is killed.
-    let VotingNode {
-        data: _data,
-        base,
-        client,
-        mut node,
-        decision,
-        voters,
-        ..
-    } = start_voting_node(&brokers, "canopy.votes").await;
-    let (status, _) = try_cast(&client, &base, &voters[0], &decision, 0)
-        .await
-        .unwrap();
+    let (mut broker, _, mut voting) =
+        start_broker_and_voting_node("memory://tansu/", broker_dir.path()).await;
+    let (status, _) = voting.try_cast(0, 0).await;
     assert_eq!(status, 201);
 
     kill_9(&mut broker.0);
-    let (status, body) = try_cast(&client, &base, &voters[1], &decision, 0)
-        .await
-        .unwrap();
+    let (status, body) = voting.try_cast(1, 0).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "kafka", "{body}");
-    kill_9(&mut node);
+    kill_9(&mut voting.node);
 }
 
 /// Topics in tansu's SQLite storage survive a restart of the broker.
@@ -202,13 +202,21 @@ fn wait_for_port(port: u16) {
     }
 }
 
+/// A broker of the test's own (one it may kill), on a free port with `storage` kept in
+/// `dir`, and a voting node on its `canopy.votes` topic.
+async fn start_broker_and_voting_node(storage: &str, dir: &Path) -> (Broker, u16, VotingNode) {
+    let port = free_port();
+    let broker = start_broker(port, storage, dir);
+    wait_for_port(port);
+    let voting = start_voting_node(&format!("127.0.0.1:{port}"), "canopy.votes").await;
+    (broker, port, voting)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
     let broker_dir = tempfile::tempdir().unwrap();
-    let broker_port = free_port();
-    let mut broker = start_broker(broker_port, DURABLE_STORAGE, broker_dir.path());
-    wait_for_port(broker_port);
-    let brokers = format!("127.0.0.1:{broker_port}");
+    let (mut broker, broker_port, voting) =
+        start_broker_and_voting_node(DURABLE_STORAGE, broker_dir.path()).await;
     let VotingNode {
         data,
         base,
@@ -217,7 +225,7 @@ async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
         decision,
         voters,
         ..
-    } = start_voting_node(&brokers, "canopy.votes").await;
+    } = voting;
 
     // Five voters cast without pause while the broker is killed and, 2 s later, restarted.
     let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -307,7 +315,10 @@ async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
     let log = KafkaLog::connect(KafkaConfig {
         partitions: 4,
         create_topic: false,
-        ..KafkaConfig::new(brokers.clone(), "canopy.votes".to_string())
+        ..KafkaConfig::new(
+            format!("127.0.0.1:{broker_port}"),
+            "canopy.votes".to_string(),
+        )
     })
     .unwrap();
     let (stored, records) = topic_positions(&log);

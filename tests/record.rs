@@ -102,16 +102,11 @@ fn canopy(args: &[&str]) -> (i32, String) {
 
 /// The node's answer to an anonymous request for the proof of `leaf`.
 async fn proof_of(client: &reqwest::Client, base: &str, decision: &str, leaf: &str) -> Value {
-    client
-        .get(format!(
-            "{base}/api/v1/audit/decisions/{decision}/proof?leaf={leaf}"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_public_json(
+        client,
+        format!("{base}/api/v1/audit/decisions/{decision}/proof?leaf={leaf}"),
+    )
+    .await
 }
 
 /// Polls the proof of `leaf` until it is anchored and, if given, at least `min_size` big.
@@ -474,16 +469,11 @@ async fn without_a_chain_checkpoints_are_anchored_in_the_signed_local_journal() 
         .await
         .unwrap();
     assert_eq!(unknown.status().as_u16(), 404);
-    let beyond: Value = client
-        .get(format!(
-            "{base}/api/v1/audit/decisions/{decision}/consistency?from=1&to=999"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let beyond = get_public_json(
+        &client,
+        format!("{base}/api/v1/audit/decisions/{decision}/consistency?from=1&to=999"),
+    )
+    .await;
     assert_eq!(beyond["error"]["code"], "size_beyond_log");
     kill_9(&mut node);
 }

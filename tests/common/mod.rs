@@ -112,15 +112,16 @@ pub async fn post(
 }
 
 pub async fn get_json(client: &reqwest::Client, url: String, token: &str) -> Value {
-    client
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_answer(client.get(url).bearer_auth(token)).await
+}
+
+/// The JSON answer to a GET made without signing in, as an auditor makes it.
+pub async fn get_public_json(client: &reqwest::Client, url: String) -> Value {
+    json_answer(client.get(url)).await
+}
+
+async fn json_answer(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 pub async fn login(client: &reqwest::Client, base: &str, username: &str) -> String {
