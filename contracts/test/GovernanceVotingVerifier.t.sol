@@ -24,6 +24,38 @@ contract GovernanceVotingVerifierTest is Test {
 
     // ------------------------------------------------------------------ helpers
 
+    function _path(bytes32 h0) internal pure returns (bytes32[] memory p) {
+        p = new bytes32[](1);
+        p[0] = h0;
+    }
+
+    function _path(bytes32 h0, bytes32 h1) internal pure returns (bytes32[] memory p) {
+        p = new bytes32[](2);
+        (p[0], p[1]) = (h0, h1);
+    }
+
+    function _path(bytes32 h0, bytes32 h1, bytes32 h2) internal pure returns (bytes32[] memory p) {
+        p = new bytes32[](3);
+        (p[0], p[1], p[2]) = (h0, h1, h2);
+    }
+
+    /// Whether the contract accepts the vote `leaf` at `index` of decision `id`'s log of
+    /// `size` leaves, anchored as entry `entry` of batch 0.
+    function _verifiesInBatch0(
+        bytes16 id,
+        uint64 entry,
+        bytes32 leaf,
+        uint64 index,
+        uint64 size,
+        bytes32[] memory votePath,
+        bytes32[] memory batchPath
+    ) internal view returns (bool) {
+        return v.verifyVoteHash(
+            GovernanceVotingVerifier.VoteProof(leaf, index, size, votePath),
+            GovernanceVotingVerifier.AnchorProof(id, 0, entry, batchPath)
+        );
+    }
+
     function _copyFlip(bytes32[] memory p, uint256 j, uint8 bit) internal pure returns (bytes32[] memory q) {
         q = new bytes32[](p.length);
         for (uint256 i = 0; i < p.length; ++i) {
@@ -516,44 +548,35 @@ contract GovernanceVotingVerifierTest is Test {
         assertEq(v.recordBatch(batchRoot, 3, ids), 0);
 
         // Vote 5 of a's log at size 8, through entry 0.
-        bytes32[] memory votePath = new bytes32[](3);
-        votePath[0] = 0xbc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b;
-        votePath[1] = 0xca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0;
-        votePath[2] = 0xd37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7;
-        bytes32[] memory batchPath = new bytes32[](2);
-        batchPath[0] = 0x5b8826695d7cf7c4993a164caf88619bdbc719b279d065313a903a7edb5ffd3e;
-        batchPath[1] = 0x208a6e41f9e4870facea6b7f7f0fbacefe75f32d5543cd778cf8f5585d310132;
-        assertTrue(
-            v.verifyVoteHash(
-                GovernanceVotingVerifier.VoteProof(leaves[5], 5, 8, votePath),
-                GovernanceVotingVerifier.AnchorProof(a, 0, 0, batchPath)
-            )
+        bytes32[] memory votePath = _path(
+            0xbc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b,
+            0xca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0,
+            0xd37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7
         );
+        bytes32[] memory batchPath = _path(
+            0x5b8826695d7cf7c4993a164caf88619bdbc719b279d065313a903a7edb5ffd3e,
+            0x208a6e41f9e4870facea6b7f7f0fbacefe75f32d5543cd778cf8f5585d310132
+        );
+        assertTrue(_verifiesInBatch0(a, 0, leaves[5], 5, 8, votePath, batchPath));
 
         // Vote 2 of b's log at size 3, through entry 1.
-        votePath = new bytes32[](1);
-        votePath[0] = 0xfac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125;
-        batchPath = new bytes32[](2);
-        batchPath[0] = 0x53cc40c3cbcc415f39f0a9f3489b36015bbd23b61af1374e5c5015806c47cb31;
-        batchPath[1] = 0x208a6e41f9e4870facea6b7f7f0fbacefe75f32d5543cd778cf8f5585d310132;
-        assertTrue(
-            v.verifyVoteHash(
-                GovernanceVotingVerifier.VoteProof(leaves[2], 2, 3, votePath),
-                GovernanceVotingVerifier.AnchorProof(b, 0, 1, batchPath)
-            )
+        votePath = _path(0xfac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125);
+        batchPath = _path(
+            0x53cc40c3cbcc415f39f0a9f3489b36015bbd23b61af1374e5c5015806c47cb31,
+            0x208a6e41f9e4870facea6b7f7f0fbacefe75f32d5543cd778cf8f5585d310132
         );
+        assertTrue(_verifiesInBatch0(b, 1, leaves[2], 2, 3, votePath, batchPath));
 
         // Vote 2 of a's log at size 5, through entry 2.
-        votePath = new bytes32[](3);
-        votePath[0] = 0x07506a85fd9dd2f120eb694f86011e5bb4662e5c415a62917033d4a9624487e7;
-        votePath[1] = 0xfac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125;
-        votePath[2] = 0xbc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b;
-        batchPath = new bytes32[](1);
-        batchPath[0] = 0x7f3fa1d9f289f3f540ee2ac6f645d2899e499b3343975aecc55268b5c09b4d8f;
-        GovernanceVotingVerifier.VoteProof memory vote = GovernanceVotingVerifier.VoteProof(leaves[2], 2, 5, votePath);
-        assertTrue(v.verifyVoteHash(vote, GovernanceVotingVerifier.AnchorProof(a, 0, 2, batchPath)));
+        votePath = _path(
+            0x07506a85fd9dd2f120eb694f86011e5bb4662e5c415a62917033d4a9624487e7,
+            0xfac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125,
+            0xbc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b
+        );
+        batchPath = _path(0x7f3fa1d9f289f3f540ee2ac6f645d2899e499b3343975aecc55268b5c09b4d8f);
+        assertTrue(_verifiesInBatch0(a, 2, leaves[2], 2, 5, votePath, batchPath));
         // The same vote claimed for b, or at entry 0, is refused.
-        assertFalse(v.verifyVoteHash(vote, GovernanceVotingVerifier.AnchorProof(b, 0, 2, batchPath)));
-        assertFalse(v.verifyVoteHash(vote, GovernanceVotingVerifier.AnchorProof(a, 0, 0, batchPath)));
+        assertFalse(_verifiesInBatch0(b, 2, leaves[2], 2, 5, votePath, batchPath));
+        assertFalse(_verifiesInBatch0(a, 0, leaves[2], 2, 5, votePath, batchPath));
     }
 }
