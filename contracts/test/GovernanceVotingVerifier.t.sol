@@ -39,6 +39,24 @@ contract GovernanceVotingVerifierTest is Test {
         (p[0], p[1], p[2]) = (h0, h1, h2);
     }
 
+    /// The leaf hashes of the RFC 6962 reference inputs (certificate-transparency-go's).
+    function _referenceLeaves() internal pure returns (bytes32[] memory leaves) {
+        bytes[8] memory data = [
+            bytes(hex""),
+            hex"00",
+            hex"10",
+            hex"2021",
+            hex"3031",
+            hex"40414243",
+            hex"5051525354555657",
+            hex"606162636465666768696a6b6c6d6e6f"
+        ];
+        leaves = new bytes32[](8);
+        for (uint256 i = 0; i < 8; ++i) {
+            leaves[i] = Rfc6962.leafHash(data[i]);
+        }
+    }
+
     /// Whether the contract accepts the vote `leaf` at `index` of decision `id`'s log of
     /// `size` leaves, anchored as entry `entry` of batch 0.
     function _verifiesInBatch0(
@@ -467,16 +485,6 @@ contract GovernanceVotingVerifierTest is Test {
     /// The RFC 6962 reference leaves used by certificate-transparency-go (and by
     /// chain/tests/merkle.rs): roots of the first 1..8 leaves and a published audit path.
     function test_Rfc6962ReferenceVectors() public view {
-        bytes[8] memory data = [
-            bytes(hex""),
-            hex"00",
-            hex"10",
-            hex"2021",
-            hex"3031",
-            hex"40414243",
-            hex"5051525354555657",
-            hex"606162636465666768696a6b6c6d6e6f"
-        ];
         bytes32[8] memory roots = [
             bytes32(0x6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d),
             0xfac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125,
@@ -487,10 +495,7 @@ contract GovernanceVotingVerifierTest is Test {
             0xddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c,
             0x5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328
         ];
-        bytes32[] memory leaves = new bytes32[](8);
-        for (uint256 i = 0; i < 8; ++i) {
-            leaves[i] = Rfc6962.leafHash(data[i]);
-        }
+        bytes32[] memory leaves = _referenceLeaves();
         for (uint256 n = 1; n <= 8; ++n) {
             assertEq(Rfc6962.mth(leaves, 0, n), roots[n - 1], "reference root");
         }
@@ -510,20 +515,7 @@ contract GovernanceVotingVerifierTest is Test {
     /// Anchor entries and a batch over them, with every value computed independently (Python
     /// hashlib): pins the 72-byte entry encoding and the two-level verification.
     function test_AnchorKnownAnswer() public {
-        bytes32[] memory leaves = new bytes32[](8);
-        bytes[8] memory data = [
-            bytes(hex""),
-            hex"00",
-            hex"10",
-            hex"2021",
-            hex"3031",
-            hex"40414243",
-            hex"5051525354555657",
-            hex"606162636465666768696a6b6c6d6e6f"
-        ];
-        for (uint256 i = 0; i < 8; ++i) {
-            leaves[i] = Rfc6962.leafHash(data[i]);
-        }
+        bytes32[] memory leaves = _referenceLeaves();
         bytes16 a = 0x000102030405060708090a0b0c0d0e0f;
         bytes16 b = 0xfffefdfcfbfaf9f8f7f6f5f4f3f2f1f0;
         bytes memory entry0 = Rfc6962.anchorEntry(a, 8, Rfc6962.mth(leaves, 0, 8));
