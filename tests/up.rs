@@ -160,7 +160,8 @@ fn migrate_applies_each_migration_once() {
             "0001_init",
             "0002_record",
             "0003_engine_state",
-            "0004_sensors"
+            "0004_sensors",
+            "0005_audit_append_only"
         ])
     );
     assert_eq!(run()["applied"], json!([]));

@@ -353,6 +353,7 @@ impl Node {
             views,
             user_limits: RateLimiter::new(config.api.per_user),
             address_limits: RateLimiter::new(config.api.per_address),
+            refusal_audits: RateLimiter::refusal_audits(),
             registration_limits: (
                 RateLimiter::new(config.api.registrations_per_address),
                 RateLimiter::new(config.api.registrations_per_block),

@@ -292,3 +292,49 @@ async fn the_openapi_document_is_the_committed_one() {
         );
     }
 }
+
+/// The audit trail reads in pages (`after`, `limit`): the pages put together are the whole
+/// trail, each page's chain is checked from the entry before it, and bad bounds are refused.
+#[tokio::test]
+async fn the_audit_trail_reads_in_pages_that_chain() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.create("root", Role::Admin).await;
+    for name in ["cora", "dana", "emil", "fynn"] {
+        node.register(name).await;
+        node.login(name).await;
+    }
+    let (admin, _) = node.login("root").await;
+    let whole = node.get_ok("/api/v1/audit/trail", &admin).await;
+    assert_eq!(whole["chain_intact"], true, "{whole}");
+    assert_eq!(whole["next_after"], Value::Null);
+    let all: Vec<Value> = elements(&whole["entries"]).cloned().collect();
+    assert!(all.len() >= 9, "{whole}");
+
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = node
+            .get_ok(
+                &format!("/api/v1/audit/trail?after={after}&limit=2"),
+                &admin,
+            )
+            .await;
+        assert_eq!(page["chain_intact"], true, "{page}");
+        paged.extend(elements(&page["entries"]).cloned());
+        match page["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    // Reading the trail added no entry of its own before the pages were read.
+    assert_eq!(paged[..all.len()], all[..]);
+
+    for query in ["limit=0", "limit=1001", "after=-1"] {
+        let (status, body) = node
+            .get(&format!("/api/v1/audit/trail?{query}"), &admin)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+    }
+    let (status, _) = node.get("/api/v1/audit/trail?after=100000", &admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -121,11 +121,9 @@ async fn forged_and_stale_tokens_are_refused() {
         "no forged decision was created"
     );
     let (_, trail) = node.get("/api/v1/audit/trail", &admin).await;
+    // The whole flood came from one address within a minute: one row, not one per token.
     let refusals = audit_entries(&trail, "refused");
-    assert!(
-        refusals >= 14,
-        "every refused token is in the audit trail ({refusals})"
-    );
+    assert_eq!(refusals, 1, "refused tokens in the audit trail");
     node.node.shutdown().await.unwrap();
 }
 

@@ -57,6 +57,19 @@ impl Default for ApiConfig {
     }
 }
 
+/// Refused tokens from one address reach the audit trail once in this many seconds.
+pub const REFUSAL_AUDIT_WINDOW_S: u64 = 60;
+
+impl RateLimiter {
+    /// One token per [`REFUSAL_AUDIT_WINDOW_S`] per key.
+    pub fn refusal_audits() -> Self {
+        Self::new(Rate {
+            per_second: 1.0 / REFUSAL_AUDIT_WINDOW_S as f64,
+            burst: 1.0,
+        })
+    }
+}
+
 /// Everything a request handler reaches.
 pub struct AppState {
     pub store: Arc<dyn MetadataStore>,
@@ -69,6 +82,8 @@ pub struct AppState {
     pub config: ApiConfig,
     pub user_limits: RateLimiter,
     pub address_limits: RateLimiter,
+    /// Refused tokens written to the audit trail, per client address.
+    pub refusal_audits: RateLimiter,
     /// Open registration, per address and per address block.
     pub registration_limits: (RateLimiter, RateLimiter),
     /// False until start-up finished and again once shutdown began.

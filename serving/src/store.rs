@@ -86,8 +86,18 @@ pub const AUDIT_GENESIS: &str = "00000000000000000000000000000000000000000000000
 
 /// Checks that every entry's hash is right and chains to the one before.
 pub fn verify_audit_chain(entries: &[AuditRecord]) -> Result<(), String> {
-    let mut prev = AUDIT_GENESIS;
-    for (expected_seq, entry) in (1..).zip(entries) {
+    verify_audit_chain_after(None, entries)
+}
+
+/// [`verify_audit_chain`] for a page of the trail: `entries` follow `before` (none: they
+/// start at the first entry).
+pub fn verify_audit_chain_after(
+    before: Option<&AuditRecord>,
+    entries: &[AuditRecord],
+) -> Result<(), String> {
+    let mut prev = before.map_or(AUDIT_GENESIS, |entry| entry.hash.as_str());
+    let first_seq = before.map_or(1, |entry| entry.seq + 1);
+    for (expected_seq, entry) in (first_seq..).zip(entries) {
         if entry.seq != expected_seq || entry.prev_hash != prev {
             return Err(format!(
                 "entry {} does not follow entry {}",
@@ -165,7 +175,12 @@ pub trait MetadataStore: Send + Sync {
         detail: &str,
         now: i64,
     ) -> StoreResult<AuditRecord>;
-    async fn audit_trail(&self) -> StoreResult<Vec<AuditRecord>>;
+    /// Up to `limit` entries after entry `after` (0: from the first), oldest first.
+    async fn audit_page(&self, after: i64, limit: i64) -> StoreResult<Vec<AuditRecord>>;
+    /// Every entry, oldest first.
+    async fn audit_trail(&self) -> StoreResult<Vec<AuditRecord>> {
+        self.audit_page(0, i64::MAX).await
+    }
 
     /// The voter's salt, created on first use (and afresh after an erasure).
     async fn voter_salt(&self, voter: Uuid, now: i64) -> StoreResult<[u8; 32]>;
@@ -249,6 +264,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0004_sensors",
         include_str!("../../migrations/sqlite/0004_sensors.sql"),
     ),
+    (
+        "0005_audit_append_only",
+        include_str!("../../migrations/sqlite/0005_audit_append_only.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -266,6 +285,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_sensors",
         include_str!("../../migrations/postgres/0004_sensors.sql"),
+    ),
+    (
+        "0005_audit_append_only",
+        include_str!("../../migrations/postgres/0005_audit_append_only.sql"),
     ),
 ];
 
@@ -351,9 +374,8 @@ macro_rules! sql_store {
                     if done.is_some() {
                         continue;
                     }
-                    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                        sqlx::query(statement).execute(&mut *tx).await?;
-                    }
+                    // Whole, not split at semicolons: trigger bodies hold statements of their own.
+                    sqlx::raw_sql(*sql).execute(&mut *tx).await?;
                     sqlx::query("INSERT INTO canopy_migrations (name, applied_at) VALUES ($1, $2)")
                         .bind(*name)
                         .bind(canopy_schemas::clock::unix_now() as i64)
@@ -601,8 +623,12 @@ macro_rules! sql_store {
                 Err(ServingError::Storage("could not append to the audit trail: too much contention".into()))
             }
 
-            async fn audit_trail(&self) -> StoreResult<Vec<AuditRecord>> {
-                let rows = sqlx::query("SELECT * FROM audit_trail ORDER BY seq").fetch_all(&self.pool).await?;
+            async fn audit_page(&self, after: i64, limit: i64) -> StoreResult<Vec<AuditRecord>> {
+                let rows = sqlx::query("SELECT * FROM audit_trail WHERE seq > $1 ORDER BY seq LIMIT $2")
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
                 rows.iter()
                     .map(|row| {
                         Ok(AuditRecord {

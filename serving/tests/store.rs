@@ -72,7 +72,8 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
             "0001_init".to_string(),
             "0002_record".to_string(),
             "0003_engine_state".to_string(),
-            "0004_sensors".to_string()
+            "0004_sensors".to_string(),
+            "0005_audit_append_only".to_string()
         ]
     );
     assert!(
@@ -420,8 +421,35 @@ async fn engine_checkpoints(store: &dyn MetadataStore) {
     assert_eq!(snapshot.chunks.len(), 7);
 }
 
+/// Neither an UPDATE nor a DELETE of an audit entry goes through the store's own database
+/// connection: the triggers refuse them and the entry stays as written.
+macro_rules! assert_audit_trail_append_only {
+    ($store:expr) => {{
+        let store = &$store;
+        let entry = store
+            .append_audit("tester", "action", "{}", 1)
+            .await
+            .unwrap();
+        for statement in [
+            "UPDATE audit_trail SET detail = '{\"forged\":true}'",
+            "DELETE FROM audit_trail",
+        ] {
+            let refused = sqlx::query(statement).execute(store.pool()).await;
+            let error = refused.expect_err(statement).to_string();
+            assert!(error.contains("append-only"), "{statement}: {error}");
+        }
+        assert_eq!(store.audit_trail().await.unwrap(), vec![entry]);
+    }};
+}
+
 #[tokio::test]
 async fn sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("canopy.db"))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    assert_audit_trail_append_only!(store);
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("canopy.db"))
         .await
@@ -431,6 +459,10 @@ async fn sqlite_store() {
 
 #[tokio::test]
 async fn postgres_store() {
+    let database = TestDatabase::create().await;
+    let store = PostgresStore::connect(&database.url).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_audit_trail_append_only!(store);
     let database = TestDatabase::create().await;
     let store = PostgresStore::connect(&database.url).await.unwrap();
     exercise(Arc::new(store)).await;
@@ -498,5 +530,5 @@ async fn processes_starting_together_migrate_once() {
         1,
         "{applied:?}"
     );
-    assert_eq!(applied.concat().len(), 4, "{applied:?}");
+    assert_eq!(applied.concat().len(), 5, "{applied:?}");
 }
