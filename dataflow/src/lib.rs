@@ -74,5 +74,6 @@ pub use state::{
 };
 pub use tally::{DueCheckpoint, TallyInputs, build_tally_dataflow};
 pub use views::{
-    DecisionView, InMemoryViews, ViewStore, ViewUpdate, includes_position, wait_until_included,
+    DecisionView, InMemoryViews, ViewRead, ViewStore, ViewUpdate, includes_position,
+    wait_until_included,
 };
