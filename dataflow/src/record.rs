@@ -17,7 +17,7 @@
 //! it), so replaying the log rebuilds the same trees; checkpoints already stored are
 //! re-checked against the rebuilt tree rather than cut again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -85,7 +85,8 @@ pub struct StoredCheckpoint {
 struct DecisionRecord {
     tree: MerkleLog,
     index_of: HashMap<Hash, u64, FixedState>,
-    seen: HashSet<(u128, u128), FixedState>,
+    /// Each (voter, vote id)'s first delivery: its log offset. Later ones are skipped.
+    first_offset: HashMap<(u128, u128), u64, FixedState>,
     /// The log end (of the decision's partition) the tree reflects.
     covered_end: u64,
     last_cut: u64,
@@ -100,7 +101,7 @@ impl DecisionRecord {
         Self {
             tree: MerkleLog::new(),
             index_of: HashMap::with_hasher(FixedState::with_seed(0)),
-            seen: HashSet::with_hasher(FixedState::with_seed(0)),
+            first_offset: HashMap::with_hasher(FixedState::with_seed(0)),
             covered_end: 0,
             last_cut: 0,
             waiting_since: None,
@@ -139,6 +140,10 @@ pub trait RecordReader: Send + Sync {
         old: u64,
         new: u64,
     ) -> Result<Vec<Hash>, ChainError>;
+
+    /// Where in the log the vote `vote_id` of `voter` was first delivered, once the record
+    /// took it: the vote its leaf stands for (later deliveries count nowhere).
+    fn first_delivery(&self, decision: DecisionId, voter: u128, vote_id: u128) -> Option<u64>;
 }
 
 impl std::fmt::Debug for VoteRecord {
@@ -225,9 +230,10 @@ impl VoteRecord {
         let mut record = lock(&record);
         let before = record.tree.size();
         for leaf in leaves {
-            if !record.seen.insert((leaf.voter, leaf.vote_id)) {
-                continue;
-            }
+            match record.first_offset.entry((leaf.voter, leaf.vote_id)) {
+                std::collections::hash_map::Entry::Occupied(_) => continue,
+                std::collections::hash_map::Entry::Vacant(first) => first.insert(leaf.offset),
+            };
             let index = record.tree.append_hash(leaf.leaf);
             record.index_of.entry(leaf.leaf).or_insert(index);
         }
@@ -313,6 +319,11 @@ impl VoteRecord {
 }
 
 impl RecordReader for VoteRecord {
+    fn first_delivery(&self, decision: DecisionId, voter: u128, vote_id: u128) -> Option<u64> {
+        self.with(decision, |r| r.first_offset.get(&(voter, vote_id)).copied())
+            .flatten()
+    }
+
     fn index_of(&self, decision: DecisionId, leaf: &Hash) -> Option<u64> {
         self.with(decision, |r| r.index_of.get(leaf).copied())
             .flatten()

@@ -354,6 +354,7 @@ impl Node {
             user_limits: RateLimiter::new(config.api.per_user),
             address_limits: RateLimiter::new(config.api.per_address),
             refusal_audits: RateLimiter::refusal_audits(),
+            recent_casts: Default::default(),
             registration_limits: (
                 RateLimiter::new(config.api.registrations_per_address),
                 RateLimiter::new(config.api.registrations_per_block),

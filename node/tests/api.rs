@@ -138,12 +138,20 @@ async fn voters_of_every_role_cast_change_and_read_their_own_votes() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(active.as_array().unwrap().len(), 1);
 
-    // A retried cast with the same vote id counts once.
+    // A retried cast with the same vote id counts once and gets the first receipt, whose
+    // leaf is the one in the record; the id with another option is refused.
     let retry = json!({ "vote_id": "7f0c62d4-3a55-4c4e-9e38-5f4d8f3b2a10", "decision_id": decision, "option": 1 });
     let (_, first) = node.post(CAST_VOTE, Some(&ezra), retry.clone()).await;
+    let records = node.log_records();
     let (_, second) = node.post(CAST_VOTE, Some(&ezra), retry).await;
+    assert_eq!(second, first);
+    let reused = json!({ "vote_id": "7f0c62d4-3a55-4c4e-9e38-5f4d8f3b2a10", "decision_id": decision, "option": 2 });
+    assert_eq!(
+        node.post_refusal(CAST_VOTE, Some(&ezra), reused).await,
+        (StatusCode::CONFLICT, "vote_id_reused")
+    );
+    assert_eq!(node.log_records(), records, "a retry appended to the log");
     let offset = second["position"]["offset"].as_u64().unwrap();
-    assert!(offset > first["position"]["offset"].as_u64().unwrap());
     let breakdown = breakdown_including(&node, &decision, offset, &ana).await;
     assert_eq!(cell(&breakdown, 1, "expert").unwrap()["count"], 1);
 
@@ -337,4 +345,77 @@ async fn the_audit_trail_reads_in_pages_that_chain() {
     }
     let (status, _) = node.get("/api/v1/audit/trail?after=100000", &admin).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A retry whose first answer was lost, sent after the node restarted (so only the record
+/// remembers the first delivery), gets the first receipt, and that receipt's leaf has a
+/// proof; the same id with another option is still refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_a_restart_gets_the_first_receipt() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.create("root", Role::Admin).await;
+    let (admin, _) = node.login("root").await;
+    let decision = node.create_decision(&admin, 1).await;
+    node.register("cora").await;
+    let (cora, _) = node.login("cora").await;
+    let vote = json!({ "vote_id": "0b8e7a10-6f3c-4d2a-9c1e-2a7d5e9f4b31", "decision_id": decision, "option": 2 });
+    let first = node
+        .post_expecting(CAST_VOTE, Some(&cora), vote.clone(), StatusCode::CREATED)
+        .await;
+    let offset = first["position"]["offset"].as_u64().unwrap();
+    let path = format!("/api/v1/voting/decision/{decision}/results?min_offset={offset}");
+    node.get_ok(&path, &cora).await;
+
+    let TestNode {
+        node: running,
+        client,
+        dir,
+        ..
+    } = node;
+    running.shutdown().await.unwrap();
+    let mut config = canopy_node::NodeConfig::new(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let restarted = canopy_node::Node::start(config).await.unwrap();
+    let node = TestNode {
+        base: format!("http://{}", restarted.addr),
+        node: restarted,
+        client,
+        dir,
+    };
+    let mut ready = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..200 {
+        ready = node
+            .client
+            .get(format!("{}/readyz", node.base))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if ready == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(ready, StatusCode::OK);
+
+    let records = node.log_records();
+    let again = node
+        .post_expecting(CAST_VOTE, Some(&cora), vote, StatusCode::CREATED)
+        .await;
+    assert_eq!(again, first);
+    assert_eq!(node.log_records(), records, "the retry appended to the log");
+    let proof = format!(
+        "/api/v1/audit/decisions/{decision}/proof?leaf={}",
+        first["leaf_hash"].as_str().unwrap()
+    );
+    let (status, body) = node.get_anonymous(&proof).await;
+    assert!(
+        status == StatusCode::OK || status == StatusCode::CONFLICT,
+        "the first receipt's leaf is not in the record: {status} {body}"
+    );
+    let reused = json!({ "vote_id": "0b8e7a10-6f3c-4d2a-9c1e-2a7d5e9f4b31", "decision_id": decision, "option": 0 });
+    assert_eq!(
+        node.post_refusal(CAST_VOTE, Some(&cora), reused).await,
+        (StatusCode::CONFLICT, "vote_id_reused")
+    );
 }

@@ -34,6 +34,10 @@ pub enum ServingError {
     NotFound { what: &'static str },
     #[error("{0}")]
     Conflict(String),
+    #[error(
+        "vote id {vote_id} was cast before with another decision or option: a new vote needs a new id"
+    )]
+    VoteIdReused { vote_id: canopy_schemas::VoteId },
     #[error("invalid request: {0}")]
     BadRequest(String),
     #[error("the request body is larger than {limit} bytes")]
@@ -109,6 +113,7 @@ impl ServingError {
             Self::Forbidden { .. } => "forbidden",
             Self::NotFound { .. } => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::VoteIdReused { .. } => "vote_id_reused",
             Self::BadRequest(_) => "bad_request",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::RateLimited { .. } => "rate_limited",
@@ -141,7 +146,9 @@ impl ServingError {
             | Self::RefreshTokenReused => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
-            Self::Conflict(_) | Self::NotYet { .. } => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::VoteIdReused { .. } | Self::NotYet { .. } => {
+                StatusCode::CONFLICT
+            }
             Self::Chain(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Analytics(error) => match error.code() {
                 "sql" | "sql_not_read_only" => StatusCode::UNPROCESSABLE_ENTITY,

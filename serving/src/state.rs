@@ -17,6 +17,7 @@ use canopy_schemas::clock::now_micros;
 use crate::ServingError;
 use crate::auth::TokenKeys;
 use crate::limits::{Rate, RateLimiter};
+use crate::receipts::RecentCasts;
 use crate::salts::SaltCache;
 use crate::store::MetadataStore;
 
@@ -82,6 +83,8 @@ pub struct AppState {
     pub config: ApiConfig,
     pub user_limits: RateLimiter,
     pub address_limits: RateLimiter,
+    /// The casts answered lately, for retries the record has not taken yet.
+    pub recent_casts: RecentCasts,
     /// Refused tokens written to the audit trail, per client address.
     pub refusal_audits: RateLimiter,
     /// Open registration, per address and per address block.

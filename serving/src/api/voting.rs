@@ -197,6 +197,51 @@ async fn learn_decisions(state: &SharedState) -> Result<(), ServingError> {
     Ok(())
 }
 
+/// The first delivery of `vote`'s id by its voter in its decision, if there was one: from
+/// the casts this replica answered lately, else from the record (the vote read back from
+/// the log at the offset the record took it from).
+async fn first_cast(
+    state: &SharedState,
+    vote: &Vote,
+) -> Result<Option<(LoggedVote, Position)>, ServingError> {
+    let (voter, vote_id) = (vote.voter_id.0, vote.vote_id.0);
+    if let Some(first) = state.recent_casts.get(voter, vote_id)
+        && first.0.vote.decision_id == vote.decision_id
+    {
+        return Ok(Some(first));
+    }
+    let Some(offset) = state
+        .record
+        .as_ref()
+        .and_then(|record| record.first_delivery(vote.decision_id, voter, vote_id))
+    else {
+        return Ok(None);
+    };
+    let log = Arc::clone(state.gate.log());
+    let partition = log.partition_of(vote.decision_id);
+    let entries = tokio::task::spawn_blocking(move || log.read_entries(partition, offset, 1))
+        .await
+        .map_err(|e| ServingError::Internal(e.to_string()))??;
+    Ok(entries
+        .into_iter()
+        .next()
+        .map(|(position, logged)| (logged, position)))
+}
+
+/// The receipt a retried cast gets: the first one's, when the retry is the same vote;
+/// refused with `vote_id_reused` when the id came with another option.
+fn retried_receipt(
+    vote: &Vote,
+    (first, position): (LoggedVote, Position),
+) -> Result<CastReceipt, ServingError> {
+    if first.vote.option != vote.option || first.vote.decision_id != vote.decision_id {
+        return Err(ServingError::VoteIdReused {
+            vote_id: vote.vote_id,
+        });
+    }
+    Ok(receipt(&first, position))
+}
+
 /// Stands each voter in for by their salted commitment, then appends durably.
 async fn submit(
     state: &SharedState,
@@ -222,7 +267,7 @@ async fn submit(
     Ok((logged, positions))
 }
 
-#[utoipa::path(post, path = "/api/v1/voting/cast-vote", tag = "voting", request_body = CastBody, security(("bearer" = [])), responses((status = 201, body = CastReceipt, description = "durable; voter, component and weight come from the token"), (status = 403, body = ErrorBody, description = "forbidden (a role that does not vote), not_eligible (outside the decision's electorate)"), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/voting/cast-vote", tag = "voting", request_body = CastBody, security(("bearer" = [])), responses((status = 201, body = CastReceipt, description = "durable; voter, component and weight come from the token"), (status = 403, body = ErrorBody, description = "forbidden (a role that does not vote), not_eligible (outside the decision's electorate)"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "vote_id_reused: the vote id came before with another option; a retry of the same vote gets the first receipt"), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(crate) async fn cast_vote(
     State(state): State<SharedState>,
     caller: Caller,
@@ -230,7 +275,14 @@ pub(crate) async fn cast_vote(
 ) -> Result<Response, ServingError> {
     caller.require(&state, Action::CastVote).await?;
     let vote = eligible_vote(&state, &caller.0, &body, 0).await?;
+    if body.vote_id.is_some()
+        && let Some(first) = first_cast(&state, &vote).await?
+    {
+        let receipt = retried_receipt(&vote, first)?;
+        return Ok((StatusCode::CREATED, Json(receipt)).into_response());
+    }
     let (logged, positions) = submit(&state, vec![vote]).await?;
+    state.recent_casts.remember(&logged[0], positions[0]);
     Ok((StatusCode::CREATED, Json(receipt(&logged[0], positions[0]))).into_response())
 }
 
@@ -249,7 +301,7 @@ pub(crate) struct BatchBody {
     votes: Vec<BatchVote>,
 }
 
-#[utoipa::path(post, path = "/api/v1/voting/cast-votes", tag = "voting", request_body = BatchBody, security(("bearer" = [])), responses((status = 201, description = "receipts, in order"), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/voting/cast-votes", tag = "voting", request_body = BatchBody, security(("bearer" = [])), responses((status = 201, description = "receipts, in order (a retried vote gets its first receipt)"), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "vote_id_reused"), (status = 422, body = ErrorBody)))]
 pub(crate) async fn cast_votes(
     State(state): State<SharedState>,
     caller: Caller,
@@ -275,11 +327,36 @@ pub(crate) async fn cast_votes(
         }
         votes.push(eligible_vote(&state, &claims, &entry.vote, index).await?);
     }
-    let (logged, positions) = submit(&state, votes).await?;
-    let receipts: Vec<CastReceipt> = logged
-        .iter()
-        .zip(positions)
-        .map(|(vote, position)| receipt(vote, position))
+    // Retried votes get their first receipts; the new ones are appended together.
+    let mut receipts: Vec<Option<CastReceipt>> = Vec::with_capacity(votes.len());
+    let mut new_votes = Vec::new();
+    for (vote, entry) in votes.into_iter().zip(&body.votes) {
+        let first = match entry.vote.vote_id {
+            Some(_) => first_cast(&state, &vote).await?,
+            None => None,
+        };
+        match first {
+            Some(first) => receipts.push(Some(retried_receipt(&vote, first)?)),
+            None => {
+                receipts.push(None);
+                new_votes.push(vote);
+            }
+        }
+    }
+    let (logged, positions) = match new_votes.is_empty() {
+        true => (Vec::new(), Vec::new()),
+        false => submit(&state, new_votes).await?,
+    };
+    let mut appended = logged.iter().zip(positions);
+    let receipts: Vec<CastReceipt> = receipts
+        .into_iter()
+        .map(|retried| {
+            retried.unwrap_or_else(|| {
+                let (vote, position) = appended.next().expect("one appended vote per new vote");
+                state.recent_casts.remember(vote, position);
+                receipt(vote, position)
+            })
+        })
         .collect();
     Ok((StatusCode::CREATED, Json(json!({ "receipts": receipts }))).into_response())
 }
