@@ -1,6 +1,6 @@
 //! Where batch roots are recorded: the [`AnchorTarget`] trait, and the embedded target, an
 //! append-only journal of signed batch checkpoints. The EVM contract target is
-//! [`crate::evm::EvmTarget`] (feature `evm`).
+//! `EvmTarget` in the `evm` module (feature `evm`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
