@@ -16,6 +16,13 @@ use arrow_schema::{ArrowError, Field, Schema, SchemaRef};
 pub trait TableLayout {
     type Row;
     const NAME: &'static str;
+    /// Raised whenever a column goes or is coarsened, so that files written before are
+    /// rewritten rather than served (see "Layouts" in `lake.rs`).
+    const LAYOUT: u32 = 1;
+    /// Columns an earlier layout held to the microsecond that this one holds to the hour:
+    /// (old name, new name). Rewriting an old file truncates them; columns the layout no
+    /// longer has are left behind.
+    const HOURS_FROM: &'static [(&'static str, &'static str)] = &[];
     /// The table's columns over `rows`, all of date `day`.
     fn columns<'r>(rows: &'r [&'r Self::Row], day: i32) -> Columns<'r, Self::Row>;
     fn schema() -> SchemaRef {
@@ -123,9 +130,22 @@ impl<'r, R> Columns<'r, R> {
         self.column(name, false, Arc::new(array))
     }
 
+    /// A time truncated to its hour (UTC), so that the column cannot tell apart rows of one
+    /// hour by when they happened.
+    pub(crate) fn utc_hour(self, name: &str, value: impl Fn(&'r R) -> i64) -> Self {
+        self.utc_micros(name, |row| start_of_hour(value(row)))
+    }
+
     /// Days since the Unix epoch.
     pub(crate) fn date32(self, name: &str, value: impl Fn(&'r R) -> i32) -> Self {
         let array = Date32Array::from_iter_values(self.rows.iter().map(|row| value(row)));
         self.column(name, false, Arc::new(array))
     }
+}
+
+pub(crate) const MICROS_PER_HOUR: i64 = 3_600_000_000;
+
+/// The start of the hour (UTC) holding `micros`.
+pub(crate) fn start_of_hour(micros: i64) -> i64 {
+    micros.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR
 }

@@ -45,6 +45,8 @@ impl DecisionLake {
             schema: decision_schema(),
             sort_columns: vec![0],
             plain_columns: Vec::new(),
+            layout: 1,
+            hours_from: &[],
         };
         files.open()?;
         Ok(Self {

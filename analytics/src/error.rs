@@ -16,6 +16,16 @@ pub enum AnalyticsError {
     Store { location: String, reason: String },
     #[error("lake location {0}")]
     Location(String),
+    #[error(
+        "the {table} table holds files of layout {found}, which keeps more than layout \
+         {wanted} may (exact vote times or weights); a node of this version rewrites them \
+         when it opens the lake (`canopy up`; for votes also `canopy lake sync`)"
+    )]
+    OldLayout {
+        table: &'static str,
+        found: u32,
+        wanted: u32,
+    },
     #[error("reading the log: {0}")]
     Log(#[from] IngestError),
     #[error("SQL: {0}")]
@@ -42,6 +52,7 @@ impl AnalyticsError {
             Self::Parquet { .. } => "lake_parquet",
             Self::Store { .. } => "lake_store",
             Self::Location(_) => "lake_location",
+            Self::OldLayout { .. } => "lake_old_layout",
             Self::Log(error) => error.code(),
             Self::LogGap { .. } => "log_gap",
             Self::Sql(_) => "sql",

@@ -9,12 +9,22 @@
 //! *superseded* (compaction wrote their union): readers skip it, and compaction deletes it
 //! once the union has been in place for a grace period, so a query that listed it before
 //! can still read it.
+//!
+//! Layouts: a table whose columns changed so that older files say more than the table
+//! may (an exact time, a per-vote weight) has a layout number above 1, and a marker
+//! `<table>/_layout/v<n>` once every file of it is of that layout. Opening the table to
+//! write (a node, `canopy lake sync`) rewrites older files in place, each under its own
+//! name with the same rows, and then leaves the marker; a reader refuses files of a table
+//! without it (`lake_old_layout`) rather than serve them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
+use arrow_schema::{ArrowError, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
@@ -24,8 +34,8 @@ use parquet::file::reader::ChunkReader;
 use parquet::schema::types::ColumnPath;
 
 use crate::AnalyticsError;
-use crate::columns::TableLayout;
-use crate::store::{Contents, LakeLocation};
+use crate::columns::{TableLayout, start_of_hour};
+use crate::store::{Contents, LakeLocation, Listed};
 
 pub(crate) const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -75,6 +85,9 @@ pub(crate) struct TableFiles {
     pub sort_columns: Vec<usize>,
     /// Columns without a dictionary (random values: a dictionary only costs).
     pub plain_columns: Vec<&'static str>,
+    /// The table's layout ([`TableLayout::LAYOUT`]) and the columns it coarsened to the hour.
+    pub layout: u32,
+    pub hours_from: &'static [(&'static str, &'static str)],
 }
 
 /// One file's place: its folder and the range its name gives.
@@ -134,6 +147,8 @@ impl TableFiles {
             schema: T::schema(),
             sort_columns: T::sort_columns(),
             plain_columns,
+            layout: T::LAYOUT,
+            hours_from: T::HOURS_FROM,
         }
     }
 
@@ -147,9 +162,110 @@ impl TableFiles {
         Ok(by_folder(self.location.list(self.table)?))
     }
 
-    /// The files a reader takes: every file not superseded by another in its folder.
+    /// The files a reader takes: every file not superseded by another in its folder. A
+    /// table whose files are not all of its layout yet is refused.
     pub async fn live_files_async(&self) -> Result<Vec<LakeFile>, AnalyticsError> {
-        Ok(live(by_folder(self.location.list_async(self.table).await?)))
+        let listed = self.location.list_async(self.table).await?;
+        let found = layout_of(self.table, &listed);
+        let files = live(by_folder(listed));
+        if found < self.layout && !files.is_empty() {
+            return Err(AnalyticsError::OldLayout {
+                table: self.table,
+                found,
+                wanted: self.layout,
+            });
+        }
+        Ok(files)
+    }
+
+    /// Rewrites the files of an earlier layout in this one, each under its own name (see
+    /// the module's docs), then marks the table. Returns the files rewritten.
+    pub fn bring_to_layout(&self, config: &LakeConfig) -> Result<u64, AnalyticsError> {
+        if self.layout <= 1 {
+            return Ok(0);
+        }
+        let listed = self.location.list(self.table)?;
+        if layout_of(self.table, &listed) >= self.layout {
+            return Ok(0);
+        }
+        let mut rewritten = 0;
+        // Superseded files too: they hold the same old columns until compaction deletes them.
+        for file in by_folder(listed).into_values().flatten() {
+            let (batches, metadata) = self.read_file(&file.key)?;
+            if batches
+                .iter()
+                .all(|b| same_columns(&b.schema(), &self.schema))
+            {
+                continue;
+            }
+            let upgraded = batches
+                .iter()
+                .map(|batch| self.in_layout(batch))
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|batches| arrow_select::concat::concat_batches(&self.schema, &batches))
+                .and_then(|batch| sort_batch(&batch, &self.sort_columns))
+                .map_err(|e| parquet_error(&file.key, e))?;
+            // The footer's own notes (a sink's marks) stay; the Arrow schema is the new one.
+            let metadata = metadata
+                .into_iter()
+                .filter(|kv| kv.key != parquet::arrow::ARROW_SCHEMA_META_KEY)
+                .collect();
+            self.write_key(config, &file.key, &upgraded, metadata)?;
+            rewritten += 1;
+        }
+        let marker = layout_marker(self.table, self.layout);
+        self.location.write(&marker, |mut body| {
+            use std::io::Write;
+            writeln!(
+                body,
+                "every file of {} is of layout {}",
+                self.table, self.layout
+            )
+            .map_err(AnalyticsError::io(&marker))?;
+            Ok(body)
+        })?;
+        if rewritten > 0 {
+            tracing::info!(
+                table = self.table,
+                layout = self.layout,
+                files = rewritten,
+                "rewrote the files of an earlier layout"
+            );
+        }
+        Ok(rewritten)
+    }
+
+    /// `batch`, of an earlier layout, in this one: the columns it keeps as they were, the
+    /// ones coarsened since truncated to the hour, the ones gone left out.
+    fn in_layout(&self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let old = batch.schema();
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for field in self.schema.fields() {
+            let name = field.name().as_str();
+            if let Ok(index) = old.index_of(name)
+                && old.field(index).data_type() == field.data_type()
+            {
+                columns.push(Arc::clone(batch.column(index)));
+                continue;
+            }
+            let exact = self
+                .hours_from
+                .iter()
+                .find(|(_, new)| *new == name)
+                .and_then(|(old, _)| batch.column_by_name(old))
+                .and_then(|column| column.as_primitive_opt::<TimestampMicrosecondType>())
+                .ok_or_else(|| {
+                    ArrowError::SchemaError(format!(
+                        "layout {} of {} has {name}, and the file has nothing to make it from",
+                        self.layout, self.table
+                    ))
+                })?;
+            let hours = exact
+                .unary::<_, TimestampMicrosecondType>(start_of_hour)
+                .with_timezone("UTC");
+            columns.push(Arc::new(hours));
+        }
+        RecordBatch::try_new(Arc::clone(&self.schema), columns)
     }
 
     fn properties(
@@ -196,14 +312,24 @@ impl TableFiles {
         metadata: Vec<KeyValue>,
     ) -> Result<String, AnalyticsError> {
         let key = self.key(folder, name);
-        let properties = self.properties(config, &key, metadata)?;
-        self.location.write(&key, |body| {
-            let mut writer = ArrowWriter::try_new(body, self.schema.clone(), Some(properties))
-                .map_err(|e| parquet_error(&key, e))?;
-            writer.write(batch).map_err(|e| parquet_error(&key, e))?;
-            writer.into_inner().map_err(|e| parquet_error(&key, e))
-        })?;
+        self.write_key(config, &key, batch, metadata)?;
         Ok(key)
+    }
+
+    fn write_key(
+        &self,
+        config: &LakeConfig,
+        key: &str,
+        batch: &RecordBatch,
+        metadata: Vec<KeyValue>,
+    ) -> Result<(), AnalyticsError> {
+        let properties = self.properties(config, key, metadata)?;
+        self.location.write(key, |body| {
+            let mut writer = ArrowWriter::try_new(body, self.schema.clone(), Some(properties))
+                .map_err(|e| parquet_error(key, e))?;
+            writer.write(batch).map_err(|e| parquet_error(key, e))?;
+            writer.into_inner().map_err(|e| parquet_error(key, e))
+        })
     }
 
     /// Merges each folder's runs of small live files into one file per run (rows sorted
@@ -333,7 +459,32 @@ impl TableFiles {
     }
 }
 
-fn by_folder(listed: Vec<crate::store::Listed>) -> BTreeMap<String, Vec<LakeFile>> {
+/// The marker saying every file of `table` is of `layout`.
+fn layout_marker(table: &str, layout: u32) -> String {
+    format!("{table}/_layout/v{layout}")
+}
+
+/// The highest layout a marker among `listed` vouches for; 1 (no marker) for a table
+/// written before layouts were numbered.
+fn layout_of(table: &str, listed: &[Listed]) -> u32 {
+    let prefix = format!("{table}/_layout/v");
+    listed
+        .iter()
+        .filter_map(|file| file.key.strip_prefix(&prefix)?.parse().ok())
+        .max()
+        .unwrap_or(1)
+}
+
+/// The same column names and types in the same order (what a file read back keeps).
+fn same_columns(a: &SchemaRef, b: &SchemaRef) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type())
+}
+
+fn by_folder(listed: Vec<Listed>) -> BTreeMap<String, Vec<LakeFile>> {
     let mut out: BTreeMap<String, Vec<LakeFile>> = BTreeMap::new();
     for file in listed {
         let mut parts = file.key.rsplitn(3, '/');

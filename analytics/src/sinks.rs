@@ -43,10 +43,12 @@ pub struct SinkLake<T: SinkTable> {
 }
 
 impl<T: SinkTable> SinkLake<T> {
-    /// Opens (creating) the table and reads its marks from the newest file.
+    /// Opens (creating) the table, rewrites files of an earlier layout and reads its marks
+    /// from the newest file.
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
         let files = TableFiles::of::<T>(config.location.clone(), Vec::new());
         files.open()?;
+        files.bring_to_layout(&config)?;
         let newest = files
             .all_files()?
             .into_values()
@@ -162,6 +164,7 @@ pub struct TallyChange {
     pub as_of_partition: u32,
     /// Every vote of the partition below this offset is counted.
     pub as_of_offset: u64,
+    /// When the change was published, UTC microseconds; the table keeps only its hour.
     pub published_at: i64,
 }
 
@@ -173,6 +176,10 @@ pub type TallyChangeLake = SinkLake<TallyChanges>;
 impl TableLayout for TallyChanges {
     type Row = TallyChange;
     const NAME: &'static str = "tally_changes";
+    /// Layout 1 had `published_at` (µs), which put a time on each vote's change of the tally.
+    const LAYOUT: u32 = 2;
+    const HOURS_FROM: &'static [(&'static str, &'static str)] =
+        &[("published_at", "published_hour")];
 
     fn columns<'r>(rows: &'r [&'r TallyChange], day: i32) -> Columns<'r, TallyChange> {
         Columns::of(rows)
@@ -184,7 +191,7 @@ impl TableLayout for TallyChanges {
             .int64("share_ppb", |r| r.share_ppb)
             .int32("as_of_partition", |r| r.as_of_partition as i32)
             .int64("as_of_offset", |r| r.as_of_offset as i64)
-            .utc_micros("published_at", |r| r.published_at)
+            .utc_hour("published_hour", |r| r.published_at)
             .date32("date", |_| day)
     }
 
@@ -289,6 +296,8 @@ pub struct CheckpointEntry {
     pub note: String,
     pub log_partition: i32,
     pub log_offset: i64,
+    /// When the checkpoint was cut, UTC microseconds; the table keeps only its hour (a
+    /// checkpoint is cut a second after a lone vote, so its exact time is that vote's).
     pub cut_at: i64,
 }
 
@@ -300,6 +309,9 @@ pub type CheckpointLake = SinkLake<Checkpoints>;
 impl TableLayout for Checkpoints {
     type Row = CheckpointEntry;
     const NAME: &'static str = "checkpoints";
+    /// Layout 1 had `cut_at` (µs).
+    const LAYOUT: u32 = 2;
+    const HOURS_FROM: &'static [(&'static str, &'static str)] = &[("cut_at", "cut_hour")];
 
     fn columns<'r>(rows: &'r [&'r CheckpointEntry], day: i32) -> Columns<'r, CheckpointEntry> {
         Columns::of(rows)
@@ -309,7 +321,7 @@ impl TableLayout for Checkpoints {
             .text("note", |r| &r.note)
             .int32("log_partition", |r| r.log_partition)
             .int64("log_offset", |r| r.log_offset)
-            .utc_micros("cut_at", |r| r.cut_at)
+            .utc_hour("cut_hour", |r| r.cut_at)
             .date32("date", |_| day)
     }
 

@@ -83,6 +83,15 @@ fn classify(error: DataFusionError) -> AnalyticsError {
                     location: location.clone(),
                     reason: reason.clone(),
                 },
+                Some(&AnalyticsError::OldLayout {
+                    table,
+                    found,
+                    wanted,
+                }) => AnalyticsError::OldLayout {
+                    table,
+                    found,
+                    wanted,
+                },
                 _ => AnalyticsError::Sql(inner.to_string()),
             }
         }
@@ -155,28 +164,18 @@ impl LakeSql {
     }
 
     fn table(&self, name: &'static str) -> Arc<dyn TableProvider> {
-        let (schema, sort) = match name {
-            "votes" => (
-                Votes::schema(),
-                sort_names(&Votes::schema(), &Votes::sort_columns()),
-            ),
-            "decisions" => (crate::decision_schema(), vec!["decision_id".to_string()]),
-            "sensor_readings" => (
-                Readings::schema(),
-                sort_names(&Readings::schema(), &Readings::sort_columns()),
-            ),
-            "tally_changes" => (
-                TallyChanges::schema(),
-                sort_names(&TallyChanges::schema(), &TallyChanges::sort_columns()),
-            ),
-            "window_features" => (
-                WindowFeatures::schema(),
-                sort_names(&WindowFeatures::schema(), &WindowFeatures::sort_columns()),
-            ),
-            _ => (
-                Checkpoints::schema(),
-                sort_names(&Checkpoints::schema(), &Checkpoints::sort_columns()),
-            ),
+        fn declared<T: TableLayout>() -> (SchemaRef, Vec<String>, u32) {
+            let schema = T::schema();
+            let sort = sort_names(&schema, &T::sort_columns());
+            (schema, sort, T::LAYOUT)
+        }
+        let (schema, sort, layout) = match name {
+            "votes" => declared::<Votes>(),
+            "decisions" => (crate::decision_schema(), vec!["decision_id".to_string()], 1),
+            "sensor_readings" => declared::<Readings>(),
+            "tally_changes" => declared::<TallyChanges>(),
+            "window_features" => declared::<WindowFeatures>(),
+            _ => declared::<Checkpoints>(),
         };
         Arc::new(LakeTable {
             files: TableFiles {
@@ -185,6 +184,8 @@ impl LakeSql {
                 schema: schema.clone(),
                 sort_columns: Vec::new(),
                 plain_columns: Vec::new(),
+                layout,
+                hours_from: &[],
             },
             schema,
             sort,

@@ -61,8 +61,8 @@ pub enum TrendsSubject<'a> {
         metric: Metric,
         sensor: Option<&'a str>,
     },
-    /// A decision's votes, each (bucket, option) shown only when at least `min_voters`
-    /// distinct voters are in it.
+    /// A decision's votes and voters, each (bucket, option) shown only when at least
+    /// `min_voters` distinct voters are in it. No weights: the lake keeps none per vote.
     Decision {
         decision: DecisionId,
         min_voters: u64,
@@ -145,12 +145,13 @@ pub fn trends_sql(subject: TrendsSubject<'_>, bucket: TrendBucket, range: TimeRa
             decision,
             min_voters,
         } => format!(
-            "SELECT date_trunc('{unit}', cast_at) AS bucket_start, option, COUNT(*) AS votes, \
-             COUNT(DISTINCT voter_commitment) AS voters, SUM(weight_millionths) AS weight_millionths \
+            "SELECT date_trunc('{unit}', cast_hour) AS bucket_start, option, COUNT(*) AS votes, \
+             COUNT(DISTINCT voter_commitment) AS voters \
              FROM votes WHERE decision_id = {decision} AND {range} \
              GROUP BY 1, 2 HAVING COUNT(DISTINCT voter_commitment) >= {min_voters} ORDER BY 1, 2",
             decision = sql_text(&decision.to_string()),
-            range = range_condition("cast_at", range.whole_buckets(bucket)),
+            // Buckets are whole hours or more, so the hour a vote holds decides its bucket.
+            range = range_condition("cast_hour", range.whole_buckets(bucket)),
         ),
     }
 }

@@ -27,6 +27,12 @@ pub trait LogTable: TableLayout {
 }
 
 /// The `votes` table: every logged vote, the voter only as its salted commitment.
+///
+/// Ballot secrecy decides what a row leaves out. The commitment changes from decision to
+/// decision so that one person's votes cannot be linked; a verified weight is the same in
+/// every decision, so a per-vote weight would link them again (the weighted totals are in
+/// `tally_changes`). The time is the hour: to the microsecond it would find the row of
+/// anyone whose moment of voting is known.
 #[derive(Debug)]
 pub struct Votes;
 
@@ -38,6 +44,9 @@ pub fn vote_schema() -> SchemaRef {
 impl TableLayout for Votes {
     type Row = LogRecord;
     const NAME: &'static str = "votes";
+    /// Layout 1 had `weight_millionths` and `cast_at` (µs).
+    const LAYOUT: u32 = 2;
+    const HOURS_FROM: &'static [(&'static str, &'static str)] = &[("cast_at", "cast_hour")];
 
     fn columns<'r>(rows: &'r [&'r LogRecord], day: i32) -> Columns<'r, LogRecord> {
         Columns::of(rows)
@@ -46,15 +55,14 @@ impl TableLayout for Votes {
             .fixed_binary("voter_commitment", |r| r.commitment.0)
             .int32("option", |r| i32::from(r.vote.option))
             .text("component", |r| r.vote.component.as_str())
-            .int64("weight_millionths", |r| i64::from(r.vote.weight.0))
-            .utc_micros("cast_at", |r| r.vote.cast_at)
+            .utc_hour("cast_hour", |r| r.vote.cast_at)
             .int32("log_partition", |r| r.position.partition as i32)
             .int64("log_offset", |r| r.position.offset as i64)
             .date32("date", |_| day)
     }
 
     fn sort_columns() -> Vec<usize> {
-        vec![0, 8]
+        vec![0, 7]
     }
 }
 
@@ -146,10 +154,12 @@ pub type VoteLake = LogLake<Votes>;
 pub type ReadingLake = LogLake<Readings>;
 
 impl<T: LogTable> LogLake<T> {
-    /// Opens (creating) the table's folder and removes what a crash left half-written.
+    /// Opens (creating) the table's folder, removes what a crash left half-written and
+    /// rewrites files of an earlier layout.
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
         let files = TableFiles::of::<T>(config.location.clone(), T::plain_columns());
         files.open()?;
+        files.bring_to_layout(&config)?;
         Ok(Self {
             config,
             files,

@@ -19,7 +19,9 @@ use arrow_array::{
     Array, Date32Array, FixedSizeBinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, TimeUnit};
-use canopy_analytics::{DecisionLake, LakeConfig, LakeQuery, LakeSql, SqlLimits, VoteLake};
+use canopy_analytics::{
+    DecisionLake, LakeConfig, LakeQuery, LakeSql, SqlLimits, TableLayout, VoteLake, Votes,
+};
 use canopy_ingest::{LogRecord, Position, partition_for};
 use canopy_schemas::{
     Component, ComponentWeights, Decision, DecisionId, Method, Vote, VoteId, VoterCommitment,
@@ -72,7 +74,6 @@ pub struct AnalyticsArgs {
 }
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
-const MICROS_PER_HOUR: i64 = 3_600_000_000;
 /// 2026-03-01T00:00:00Z, the first day votes are cast.
 const START_MICROS: i64 = 20_513 * MICROS_PER_DAY;
 /// Names the parameters of a lake this benchmark finished writing; without it a folder's
@@ -183,6 +184,8 @@ struct WriteFigures {
 /// parameters.
 fn prepare_lake(args: &AnalyticsArgs, root: &Path) -> anyhow::Result<WriteFigures> {
     let parameters = json!({
+        // A lake of an earlier layout of the votes table is not this run's lake.
+        "votes_layout": <Votes as TableLayout>::LAYOUT,
         "votes": args.votes,
         "decisions": args.decisions,
         "regions": args.regions,
@@ -473,7 +476,8 @@ fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// The `votes` table's date folders, in date order (`date=YYYY-MM-DD`).
+/// The `votes` table's date folders, in date order (`date=YYYY-MM-DD`; the table's
+/// `_layout` marker folder is not one).
 fn date_folders(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let votes = root.join("votes");
     let mut folders = Vec::new();
@@ -481,7 +485,11 @@ fn date_folders(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
         std::fs::read_dir(&votes).with_context(|| format!("listing {}", votes.display()))?
     {
         let path = entry?.path();
-        if path.is_dir() {
+        let dated = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("date="));
+        if path.is_dir() && dated {
             folders.push(path);
         }
     }
@@ -555,11 +563,12 @@ fn queries<'a>(root: &'a Path, day: &str) -> Vec<Query<'a>> {
                 .into(),
             baseline: Box::new(move || turnout_baseline(root)),
         },
+        // Votes, not weights: the lake keeps no weight per vote (issue 16).
         Query {
             name: "option_share_over_time",
-            sql: "SELECT decision_id, date, option, SUM(weight_millionths) AS weight, \
-                    CAST(SUM(weight_millionths) AS DOUBLE) \
-                      / SUM(SUM(weight_millionths)) OVER (PARTITION BY decision_id, date) AS share \
+            sql: "SELECT decision_id, date, option, COUNT(*) AS votes, \
+                    CAST(COUNT(*) AS DOUBLE) \
+                      / SUM(COUNT(*)) OVER (PARTITION BY decision_id, date) AS share \
                   FROM votes \
                   GROUP BY decision_id, date, option \
                   ORDER BY decision_id, date, option"
@@ -579,7 +588,7 @@ fn queries<'a>(root: &'a Path, day: &str) -> Vec<Query<'a>> {
         Query {
             name: "votes_per_hour_one_day",
             sql: format!(
-                "SELECT date_trunc('hour', cast_at) AS hour, COUNT(*) AS votes \
+                "SELECT cast_hour AS hour, COUNT(*) AS votes \
                  FROM votes \
                  WHERE date = DATE '{day}' \
                  GROUP BY 1 \
@@ -844,22 +853,19 @@ fn turnout_baseline(root: &Path) -> anyhow::Result<Answer> {
         .collect())
 }
 
-/// Weight per (decision, date, option) and its share of the (decision, date) total.
+/// Votes per (decision, date, option) and their share of the (decision, date) total.
 fn option_share_baseline(root: &Path) -> anyhow::Result<Answer> {
     let mut decision_index: FastMap<String, u32> = FastMap::default();
     let mut decision_names: Vec<String> = Vec::new();
-    let mut weights: FastMap<(u32, i32, i32), i64> = FastMap::default();
+    let mut votes: FastMap<(u32, i32, i32), i64> = FastMap::default();
     scan(
         &vote_files(root, None)?,
-        &["decision_id", "option", "weight_millionths", "date"],
+        &["decision_id", "option", "date"],
         |batch| {
             let (decision, date) = (strings(batch, "decision_id")?, dates(batch, "date")?);
             let option = column(batch, "option")?
                 .as_primitive_opt::<Int32Type>()
                 .context("option is not Int32")?;
-            let weight = column(batch, "weight_millionths")?
-                .as_primitive_opt::<Int64Type>()
-                .context("weight_millionths is not Int64")?;
             for row in 0..batch.num_rows() {
                 let name = decision.value(row);
                 let index = match decision_index.get(name) {
@@ -871,18 +877,18 @@ fn option_share_baseline(root: &Path) -> anyhow::Result<Answer> {
                         index
                     }
                 };
-                *weights
+                *votes
                     .entry((index, date.value(row), option.value(row)))
-                    .or_default() += weight.value(row);
+                    .or_default() += 1;
             }
             Ok(())
         },
     )?;
     let mut day_totals: FastMap<(u32, i32), i64> = FastMap::default();
-    for (&(decision, date, _), &weight) in &weights {
-        *day_totals.entry((decision, date)).or_default() += weight;
+    for (&(decision, date, _), &count) in &votes {
+        *day_totals.entry((decision, date)).or_default() += count;
     }
-    let mut rows: Vec<_> = weights.into_iter().collect();
+    let mut rows: Vec<_> = votes.into_iter().collect();
     rows.sort_unstable_by(|((a, a_date, a_option), _), ((b, b_date, b_option), _)| {
         (&decision_names[*a as usize], a_date, a_option).cmp(&(
             &decision_names[*b as usize],
@@ -892,14 +898,14 @@ fn option_share_baseline(root: &Path) -> anyhow::Result<Answer> {
     });
     Ok(rows
         .into_iter()
-        .map(|((decision, date, option), weight)| {
+        .map(|((decision, date, option), count)| {
             let total = day_totals[&(decision, date)];
             vec![
                 Cell::Text(decision_names[decision as usize].clone()),
                 Cell::Int(date.into()),
                 Cell::Int(option.into()),
-                Cell::Int(weight),
-                Cell::Float(weight as f64 / total as f64),
+                Cell::Int(count),
+                Cell::Float(count as f64 / total as f64),
             ]
         })
         .collect())
@@ -946,14 +952,12 @@ fn top_decisions_baseline(root: &Path) -> anyhow::Result<Answer> {
 /// day's files are.
 fn votes_per_hour_baseline(root: &Path, day: &str) -> anyhow::Result<Answer> {
     let mut hours: BTreeMap<i64, i64> = BTreeMap::new();
-    scan(&vote_files(root, Some(day))?, &["cast_at"], |batch| {
-        let cast_at: &TimestampMicrosecondArray = column(batch, "cast_at")?
+    scan(&vote_files(root, Some(day))?, &["cast_hour"], |batch| {
+        let cast_hour: &TimestampMicrosecondArray = column(batch, "cast_hour")?
             .as_primitive_opt::<TimestampMicrosecondType>()
-            .context("cast_at is not a microsecond timestamp")?;
-        for at in cast_at.values() {
-            *hours
-                .entry(at.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR)
-                .or_default() += 1;
+            .context("cast_hour is not a microsecond timestamp")?;
+        for &hour in cast_hour.values() {
+            *hours.entry(hour).or_default() += 1;
         }
         Ok(())
     })?;

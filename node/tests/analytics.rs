@@ -170,6 +170,11 @@ async fn analysts_ask_sql_of_what_voters_cast() {
         .map(|p| p["votes"].as_u64().unwrap())
         .sum();
     assert_eq!(votes, 6, "{trends}");
+    // Votes and voters per bucket; the lake keeps no weight per vote (issue 16).
+    assert!(
+        elements(&trends["points"]).all(|p| p.get("weight_millionths").is_none()),
+        "{trends}"
+    );
 
     // Refusals, each with its code, changing nothing.
     let (status, body) = sql(&node, &voters[1], "SELECT 1", "json").await;
@@ -307,6 +312,10 @@ async fn decision_trends_hide_small_groups_and_sub_bucket_times() {
     })
     .await;
     let (analyst, decision) = decision_and_analyst(&node).await;
+    let before_the_votes = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     for (name, option) in [
         ("cora", 1),
         ("dana", 1),
@@ -320,16 +329,20 @@ async fn decision_trends_hide_small_groups_and_sub_bucket_times() {
     }
     wait_for_votes(&node, &analyst, 5).await;
     let (citizen, _) = node.login("cora").await;
+    // The lake holds only the hour of a vote; the test's clock just before the votes (or
+    // the hour's start, if an hour began in between) is an instant of the votes' hour.
     let cast_at: i64 = {
         let (status, body) = sql(
             &node,
             &analyst,
-            "SELECT CAST(MIN(cast_at) AS BIGINT) / 1000 AS ms FROM votes",
+            "SELECT CAST(MIN(cast_hour) AS BIGINT) / 1000 AS ms FROM votes",
             "json",
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        json_lines(&body)[0]["ms"].as_i64().unwrap()
+        let hour = json_lines(&body)[0]["ms"].as_i64().unwrap();
+        assert_eq!(hour.rem_euclid(3_600_000), 0, "{body}");
+        hour.max(before_the_votes)
     };
     let trends = async |query: String| {
         let path = format!("/api/v1/data/historical-trends?decision_id={decision}&{query}");

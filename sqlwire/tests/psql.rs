@@ -249,7 +249,7 @@ async fn psql_counts_the_votes() {
 async fn psql_group_by_equals_the_lakes_own_answer() {
     let fixture = Fixture::start().await;
     let sql = "SELECT decision_id, option, component, count(*) AS votes, \
-               sum(weight_millionths) AS weight, count(DISTINCT voter_commitment) AS voters \
+               max(log_offset) AS last_offset, count(DISTINCT voter_commitment) AS voters \
                FROM votes GROUP BY decision_id, option, component \
                ORDER BY decision_id, option, component";
     let printed = fixture.psql_ok(&[sql]).await;
@@ -261,7 +261,7 @@ async fn psql_group_by_equals_the_lakes_own_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_sees_postgresql_text_formats() {
     let fixture = Fixture::start().await;
-    let sql = "SELECT min(cast_at), max(date), CAST(12.5 AS DECIMAL(10, 3)), \
+    let sql = "SELECT min(cast_hour), max(date), CAST(12.5 AS DECIMAL(10, 3)), \
                min(option) = 0, CAST(0.00001 AS DOUBLE), CAST(NULL AS INT), \
                min(voter_commitment) IS NOT NULL, arrow_cast(18446744073709551615, 'UInt64'), \
                X'00ff' FROM votes";
@@ -371,7 +371,7 @@ async fn the_extended_protocol_returns_typed_values() {
     let count = count(&client, "SELECT count(*) FROM votes").await;
     assert_eq!(count, fixture.votes as i64);
 
-    let sql = "SELECT decision_id, min(cast_at) AS first, count(*) AS votes \
+    let sql = "SELECT decision_id, min(cast_hour) AS first, count(*) AS votes \
                FROM votes GROUP BY decision_id ORDER BY decision_id";
     let rows = client.query(sql, &[]).await.unwrap();
     let oracle = unaligned(&fixture.lake.query(sql).await.unwrap());
@@ -401,7 +401,7 @@ async fn the_extended_protocol_returns_typed_values() {
     let row = client
         .query_one(
             "SELECT option, option = 1 AS is_one, voter_commitment, \
-             CAST(weight_millionths AS DOUBLE) / 1e6 AS weight, log_partition \
+             CAST(log_offset AS DOUBLE) / 2 AS half_offset, log_partition \
              FROM votes WHERE log_partition = 0 AND log_offset = 4",
             &[],
         )
@@ -410,7 +410,7 @@ async fn the_extended_protocol_returns_typed_values() {
     assert_eq!(row.get::<_, i32>("option"), 1);
     assert!(row.get::<_, bool>("is_one"));
     assert_eq!(row.get::<_, Vec<u8>>("voter_commitment").len(), 32);
-    assert_eq!(row.get::<_, f64>("weight"), 2.0);
+    assert_eq!(row.get::<_, f64>("half_offset"), 2.0);
     assert_eq!(row.get::<_, i32>("log_partition"), 0);
 }
 
