@@ -70,6 +70,12 @@ pub struct ApiSection {
     /// The RS256 key (PKCS#8 PEM) every replica of a cluster shares; generated under the
     /// data directory if absent.
     pub jwt_key: Option<PathBuf>,
+    /// The audit trail's HMAC key (32 bytes) every process writing the trail shares;
+    /// `keys/audit-hmac.key` under the data directory if absent (generated if missing).
+    pub audit_key: Option<PathBuf>,
+    /// The key TOTP secrets are sealed under in the store (32 bytes), shared like the audit
+    /// key; `keys/secrets.key` under the data directory if absent (generated if missing).
+    pub secrets_key: Option<PathBuf>,
     /// Requests per second per user (burst twice as many).
     pub user_rate: f64,
     /// Requests per second per client address (burst twice as many).
@@ -80,6 +86,8 @@ pub struct ApiSection {
     pub registrations_per_address_hour: u32,
     /// New accounts per hour from one address block (IPv4 /24, IPv6 /48).
     pub registrations_per_block_hour: u32,
+    /// Invitation codes one account may try per hour (all at once at most).
+    pub claims_per_account_hour: u32,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -182,11 +190,14 @@ impl Default for CanopyConfig {
             api: ApiSection {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 jwt_key: None,
+                audit_key: None,
+                secrets_key: None,
                 user_rate: 20.0,
                 address_rate: 2000.0,
                 trend_min_voters: 5,
                 registrations_per_address_hour: 5,
                 registrations_per_block_hour: 30,
+                claims_per_account_hour: 10,
             },
             database: DatabaseSection { url: None },
             kafka: KafkaSection {
@@ -315,6 +326,12 @@ pub struct ConfigFlags {
     /// api.jwt_key: the RS256 signing key (PKCS#8 PEM) every replica shares.
     #[arg(long)]
     jwt_key: Option<PathBuf>,
+    /// api.audit_key: the audit trail's HMAC key (32 bytes) every replica shares.
+    #[arg(long)]
+    audit_key: Option<PathBuf>,
+    /// api.secrets_key: the key TOTP secrets are sealed under (32 bytes), shared likewise.
+    #[arg(long)]
+    secrets_key: Option<PathBuf>,
     /// demo: seed a demo decision and a stream of synthetic voters (`up`).
     #[arg(long)]
     demo: bool,
@@ -585,6 +602,8 @@ impl ConfigFlags {
             "workers.threads" "--threads" = self.threads;
             "database.url" "--database-url" = self.database_url.as_ref();
             "api.jwt_key" "--jwt-key" = self.jwt_key.as_ref();
+            "api.audit_key" "--audit-key" = self.audit_key.as_ref();
+            "api.secrets_key" "--secrets-key" = self.secrets_key.as_ref();
             "demo" "--demo" = self.demo.then_some(true);
             "api.user_rate" "--user-rate" = self.user_rate;
             "api.address_rate" "--address-rate" = self.address_rate;
@@ -1011,10 +1030,12 @@ impl CanopyConfig {
         Duration::from_secs_f64(self.record.anchor_interval_s.max(0.05))
     }
 
-    /// Only the metadata store (`migrate`, `admin create`).
+    /// Only the metadata store (`migrate`, `admin create`), with its keys.
     pub fn store_config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(&self.data_dir);
         config.database_url = self.database.url.clone();
+        config.audit_key = self.api.audit_key.clone();
+        config.secrets_key = self.api.secrets_key.clone();
         config
     }
 
@@ -1025,6 +1046,8 @@ impl CanopyConfig {
         config.workers = self.workers.threads;
         config.database_url = self.database.url.clone();
         config.jwt_key = self.api.jwt_key.clone();
+        config.audit_key = self.api.audit_key.clone();
+        config.secrets_key = self.api.secrets_key.clone();
         config.api.per_user = Self::rate(self.api.user_rate);
         config.api.per_address = Self::rate(self.api.address_rate);
         config.api.trend_min_voters = self.api.trend_min_voters.max(1);
@@ -1032,6 +1055,8 @@ impl CanopyConfig {
             canopy_serving::limits::Rate::per_hour(self.api.registrations_per_address_hour);
         config.api.registrations_per_block =
             canopy_serving::limits::Rate::per_hour(self.api.registrations_per_block_hour);
+        config.api.claims_per_account =
+            canopy_serving::limits::Rate::per_hour(self.api.claims_per_account_hour);
         config.record.anchor.interval = self.anchor_interval();
         config.record.origin = self.record.origin.clone();
         config.kafka = self.kafka();
@@ -1081,6 +1106,8 @@ impl CanopyConfig {
         config.listen = self.api.listen;
         config.database_url = Some(self.cluster_database_url()?);
         config.jwt_key = self.api.jwt_key.clone();
+        config.audit_key = self.api.audit_key.clone();
+        config.secrets_key = self.api.secrets_key.clone();
         config.kafka = Some(self.cluster_kafka()?);
         config.redis = Some(self.cluster_redis()?);
         config.run_engine = false;
@@ -1092,6 +1119,8 @@ impl CanopyConfig {
             canopy_serving::limits::Rate::per_hour(self.api.registrations_per_address_hour);
         config.api.registrations_per_block =
             canopy_serving::limits::Rate::per_hour(self.api.registrations_per_block_hour);
+        config.api.claims_per_account =
+            canopy_serving::limits::Rate::per_hour(self.api.claims_per_account_hour);
         Ok(config)
     }
 

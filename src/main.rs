@@ -11,6 +11,7 @@ mod loadgen;
 mod log_cmd;
 mod up;
 mod verify;
+mod verify_audit;
 
 use clap::{Parser, Subcommand};
 
@@ -69,7 +70,8 @@ enum Command {
     /// Ask the analytics lake a read-only SQL question (tables: votes).
     Sql(lake_cmd::SqlArgs),
     /// Check a vote's proof: inclusion, the checkpoint's signature, consistency with an
-    /// earlier checkpoint, and the anchor (on chain with --rpc). Prints one verdict line.
+    /// earlier checkpoint, and the anchor (on chain with --rpc); or, with --audit, an export
+    /// of the audit trail against its anchors. Prints one verdict line.
     Verify(verify::VerifyArgs),
     /// The GovernanceVotingVerifier contract.
     #[cfg(feature = "evm")]
@@ -120,6 +122,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let done = match Cli::parse().command {
+        Command::Verify(args) if args.audit.is_some() => return Ok(verify_audit::run(args)),
         Command::Verify(args) => return Ok(verify::run(args)),
         Command::Worker(args) => return cluster::worker(args),
         Command::Serve(args) => return cluster::serve(args),

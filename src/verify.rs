@@ -1,5 +1,6 @@
 //! `canopy verify`: checks a vote's proof with nothing but the proof, the record's key, an
-//! earlier checkpoint and (optionally) the chain.
+//! earlier checkpoint and (optionally) the chain. `canopy verify --audit` (the module
+//! `verify_audit`) checks an export of the audit trail against its anchors the same way.
 //!
 //! Prints one line a script can read, `OK …` or `FAIL <code>: …`, and exits 0 when every
 //! check passed, 1 when one failed, 2 when the input could not be read.
@@ -16,12 +17,27 @@ use serde::Deserialize;
 pub struct VerifyArgs {
     /// The proof: a file holding the JSON of /api/v1/audit/decisions/{id}/proof, or that URL,
     /// or a bare C2SP tlog-proof bundle (its `bundle` field; then --leaf and --key are needed).
-    source: String,
+    #[arg(required_unless_present = "audit", conflicts_with = "audit")]
+    source: Option<String>,
+    /// An export of the audit trail to check instead of a proof: the JSON pages of
+    /// /api/v1/audit/trail (from after=0 on) and of /api/v1/audit/trail/anchors, concatenated
+    /// in one file. Checked against the anchors in --journal, on chain with --rpc, or else
+    /// those in the export itself.
+    #[arg(long)]
+    pub audit: Option<PathBuf>,
+    /// With --audit: the node's anchor journal (`<data>/anchors/journal.jsonl`, or a copy
+    /// kept apart from the node); its lines are checked with --key.
+    #[arg(long, requires = "audit")]
+    pub journal: Option<PathBuf>,
+    /// With --audit: the audit key file (`<data>/keys/audit-hmac.key`), to check each
+    /// entry's HMAC too.
+    #[arg(long, requires = "audit")]
+    pub audit_key: Option<PathBuf>,
     /// The record's verifier key (`<name>+<hash>+<key>`), obtained independently, e.g. once
     /// from /api/v1/audit/key. Without it the key inside the proof is used, which proves
     /// only that the proof is self-consistent.
     #[arg(long)]
-    key: Option<String>,
+    pub key: Option<String>,
     /// The leaf hash (hex) from your cast-vote receipt; it must be the one proven.
     #[arg(long)]
     leaf: Option<String>,
@@ -34,7 +50,7 @@ pub struct VerifyArgs {
     node: Option<String>,
     /// An EVM JSON-RPC URL: also check the anchor on chain, through the contract.
     #[arg(long)]
-    rpc: Option<String>,
+    pub rpc: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -60,12 +76,12 @@ struct AnchorFile {
 }
 
 /// A failed check: a stable code and what failed.
-struct Failure {
-    code: &'static str,
-    message: String,
+pub(crate) struct Failure {
+    pub code: &'static str,
+    pub message: String,
 }
 
-fn fail(code: &'static str, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(code: &'static str, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
@@ -73,14 +89,23 @@ fn fail(code: &'static str, message: impl Into<String>) -> Failure {
 }
 
 pub fn run(args: VerifyArgs) -> std::process::ExitCode {
-    let text = match read_source(&args.source) {
+    let source = args.source.clone().unwrap_or_default();
+    let text = match read_source(&source) {
         Ok(text) => text,
-        Err(error) => {
-            println!("FAIL unreadable: {error}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(error) => return unreadable(error),
     };
-    match check(&args, &text) {
+    verdict(check(&args, &source, &text))
+}
+
+/// Prints the input's failure to be read; exit 2.
+pub(crate) fn unreadable(error: impl std::fmt::Display) -> std::process::ExitCode {
+    println!("FAIL unreadable: {error}");
+    std::process::ExitCode::from(2)
+}
+
+/// Prints the one line of a check; exit 0 or 1.
+pub(crate) fn verdict(checked: Result<String, Failure>) -> std::process::ExitCode {
+    match checked {
         Ok(verdict) => {
             println!("OK {verdict}");
             std::process::ExitCode::SUCCESS
@@ -92,7 +117,7 @@ pub fn run(args: VerifyArgs) -> std::process::ExitCode {
     }
 }
 
-fn read_source(source: &str) -> anyhow::Result<String> {
+pub(crate) fn read_source(source: &str) -> anyhow::Result<String> {
     if source.starts_with("http://") || source.starts_with("https://") {
         let response = reqwest::blocking::get(source)?;
         let status = response.status();
@@ -104,7 +129,7 @@ fn read_source(source: &str) -> anyhow::Result<String> {
     }
 }
 
-fn hash(text: &str) -> Result<Hash, Failure> {
+pub(crate) fn hash(text: &str) -> Result<Hash, Failure> {
     hex::decode(text.trim_start_matches("0x"))
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
@@ -134,7 +159,7 @@ fn from_bundle(args: &VerifyArgs, text: &str) -> Result<ProofFile, Failure> {
     })
 }
 
-fn check(args: &VerifyArgs, text: &str) -> Result<String, Failure> {
+fn check(args: &VerifyArgs, source: &str, text: &str) -> Result<String, Failure> {
     let proof: ProofFile = if text.starts_with("c2sp.org/tlog-proof@v1") {
         from_bundle(args, text)?
     } else {
@@ -195,7 +220,7 @@ fn check(args: &VerifyArgs, text: &str) -> Result<String, Failure> {
         let node = args
             .node
             .clone()
-            .or_else(|| node_of(&args.source))
+            .or_else(|| node_of(source))
             .ok_or_else(|| fail("bad_input", "--previous with a proof file needs --node"))?;
         let url = format!(
             "{node}/api/v1/audit/decisions/{}/consistency?from={}&to={}",
@@ -302,7 +327,7 @@ fn on_chain(
     decision: [u8; 16],
     path: &AnchorPath,
 ) -> Result<String, Failure> {
-    use canopy_chain::evm::{AnchorProofArgs, EvmAnchor, EvmAnchorConfig, VoteProofArgs};
+    use canopy_chain::evm::{AnchorProofArgs, VoteProofArgs};
     let contract = anchor
         .target
         .strip_prefix("evm:")
@@ -323,17 +348,7 @@ fn on_chain(
         .build()
         .map_err(|e| fail("internal", e.to_string()))?;
     runtime.block_on(async {
-        // Reading needs no key of ours; a throwaway one satisfies the client.
-        let throwaway: [u8; 32] = rand::random();
-        let client = EvmAnchor::connect(EvmAnchorConfig {
-            rpc_url: rpc.to_string(),
-            private_key_hex: hex::encode(throwaway),
-            contract,
-            confirmations: 0,
-            poll_interval: std::time::Duration::from_millis(250),
-        })
-        .await
-        .map_err(|e| fail(e.code(), e.to_string()))?;
+        let client = read_only_client(rpc, contract).await?;
         let stored = client
             .batch(chain_batch)
             .await
@@ -370,6 +385,26 @@ fn on_chain(
             stored.anchored_at_block
         ))
     })
+}
+
+/// A client that only reads the contract at `contract` through `rpc`.
+#[cfg(feature = "evm")]
+pub(crate) async fn read_only_client(
+    rpc: &str,
+    contract: [u8; 20],
+) -> Result<canopy_chain::evm::EvmAnchor, Failure> {
+    use canopy_chain::evm::{EvmAnchor, EvmAnchorConfig};
+    // Reading needs no key of ours; a throwaway one satisfies the client.
+    let throwaway: [u8; 32] = rand::random();
+    EvmAnchor::connect(EvmAnchorConfig {
+        rpc_url: rpc.to_string(),
+        private_key_hex: hex::encode(throwaway),
+        contract,
+        confirmations: 0,
+        poll_interval: std::time::Duration::from_millis(250),
+    })
+    .await
+    .map_err(|e| fail(e.code(), e.to_string()))
 }
 
 #[cfg(not(feature = "evm"))]

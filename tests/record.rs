@@ -5,88 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::anvil::*;
 use common::*;
 use serde_json::{Value, json};
-
-/// anvil's first default account: funded on every anvil chain.
-const ANVIL_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
-
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_anvil() -> Anvil {
-    start_anvil_with(&["--port", "0"])
-}
-
-fn start_anvil_with(extra: &[&str]) -> Anvil {
-    let bin = std::env::var("CANOPY_ANVIL").expect(
-        "CANOPY_ANVIL must name the anvil binary (scripts/test installs it from npm: \
-         contracts/node_modules/@foundry-rs/anvil-linux-amd64)",
-    );
-    let mut child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--block-time", "1"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting anvil");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("anvil exited before listening")
-            .unwrap();
-        if let Some(address) = line.strip_prefix("Listening on ") {
-            break address.trim().to_string();
-        }
-    };
-    // Keep reading so anvil never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Anvil {
-        child,
-        url: format!("http://{address}"),
-    }
-}
-
-/// Deploys the anchor contract on `anvil` with `canopy evm deploy`; returns its address.
-fn deploy_contract(anvil: &Anvil) -> String {
-    let (status, deployed) = canopy(&["evm", "deploy", "--rpc", &anvil.url, "--key", ANVIL_KEY]);
-    assert_eq!(status, 0, "{deployed}");
-    serde_json::from_str::<Value>(&deployed).unwrap()["contract"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// The node's flags for anchoring every `interval_s` on the contract at `rpc`.
-fn evm_args<'a>(interval_s: &'a str, rpc: &'a str, contract: &'a str) -> [&'a str; 10] {
-    [
-        "--anchor-interval-s",
-        interval_s,
-        "--evm-rpc",
-        rpc,
-        "--evm-contract",
-        contract,
-        "--evm-key",
-        ANVIL_KEY,
-        "--evm-confirmations",
-        "1",
-    ]
-}
 
 fn canopy(args: &[&str]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_canopy"))
@@ -274,8 +199,8 @@ async fn votes_are_anchored_on_chain_and_proofs_verify_there_and_offline() {
     assert_eq!(status, 0, "{verdict}");
     assert!(verdict.contains("+consistency"), "{verdict}");
 
-    // Erasure: the voter's salt goes; every proof still verifies; new votes of the same
-    // person carry an unrelated commitment, so nothing links them to the old leaves.
+    // Erasure: the account, its salt and key go; every proof still verifies; the erased
+    // account casts nothing more.
     let erased_voter = subject(&voters[0]);
     let (status, body) = erase_voter(&client, &base, &admin, &erased_voter).await;
     assert_eq!(status, 200, "{body}");
@@ -286,8 +211,11 @@ async fn votes_are_anchored_on_chain_and_proofs_verify_there_and_offline() {
         status, 0,
         "an earlier proof broke with the erasure: {verdict}"
     );
-    let after = cast(&client, &base, &voters[0], &decision, 0).await;
-    assert_ne!(commitment(&after), commitment(&receipts[0]));
+    let (status, refusal) = try_cast(&client, &base, &voters[0], &decision, 0)
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "an erased account still votes: {refusal}");
+    assert_eq!(refusal["error"]["code"], "account_erased");
     let audit = get_json(&client, format!("{base}/api/v1/audit/trail"), &admin).await;
     assert!(
         audit["entries"]

@@ -65,6 +65,7 @@ fn build_lake(root: &Path) {
         let partition = partition_for(vote.decision_id, PARTITIONS);
         let records = &mut partitions[partition as usize];
         records.push(LogRecord {
+            sealed_voter: canopy_schemas::SealedVoter::NONE,
             position: Position {
                 partition,
                 offset: records.len() as u64,

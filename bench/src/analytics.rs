@@ -455,6 +455,7 @@ impl Iterator for VoteGenerator {
         };
         *offset += 1;
         Some(LogRecord {
+            sealed_voter: canopy_schemas::SealedVoter::NONE,
             position,
             vote,
             commitment: VoterCommitment::new(&BENCH_SALT, voter_id, vote.decision_id),

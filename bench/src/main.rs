@@ -181,6 +181,7 @@ fn vote_stream(
         let partition = partition_for(vote.decision_id, partitions);
         let end = ends.entry(partition).or_insert(0);
         records.push(LogRecord {
+            sealed_voter: canopy_schemas::SealedVoter::NONE,
             position: Position {
                 partition,
                 offset: *end,

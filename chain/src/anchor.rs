@@ -12,12 +12,22 @@
 //! A vote is then anchored by two paths: vote leaf → decision root (at the checkpoint's
 //! size), and entry → batch root. contracts/src/GovernanceVotingVerifier.sol checks the same two
 //! paths with the SHA-256 precompile.
+//!
+//! A batch may also hold the head of the audit trail, as one more entry of the same shape:
+//! [`AUDIT_TRAIL_ID`] in place of the decision id, the head's sequence number as the size,
+//! its chain hash as the root. So the anchored root commits to the trail up to that entry,
+//! and the contract needs no change (it files the entry under that id like a decision's).
 
 use crate::ChainError;
 use crate::merkle::{Hash, MerkleLog, leaf_hash, root_from_inclusion};
 
 pub const ANCHOR_TAG: &[u8; 16] = b"canopy/anchor/v1";
 pub const ANCHOR_ENTRY_LEN: usize = 72;
+
+/// The id an audit-trail head is anchored under, in place of a decision id: the bytes of
+/// `canopy/audit/v1/`. As a UUID (`63616e6f-7079-2f61-7564-69742f76312f`) its version
+/// nibble is 2, so no decision id (random, version 4) can be it.
+pub const AUDIT_TRAIL_ID: [u8; 16] = *b"canopy/audit/v1/";
 
 /// One decision checkpoint as a batch holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +49,19 @@ impl AnchorEntry {
 
     pub fn leaf_hash(&self) -> Hash {
         leaf_hash(&self.encode())
+    }
+
+    /// The entry for the audit trail's head: entry `seq`, whose chain hash is `hash`.
+    pub fn audit_head(seq: u64, hash: Hash) -> Self {
+        Self {
+            decision_id: AUDIT_TRAIL_ID,
+            tree_size: seq,
+            root: hash,
+        }
+    }
+
+    pub fn is_audit_head(&self) -> bool {
+        self.decision_id == AUDIT_TRAIL_ID
     }
 }
 
@@ -75,6 +98,13 @@ impl AnchorBatch {
     /// The path from entry `index` to the batch root.
     pub fn path(&self, index: u64) -> Result<Vec<Hash>, ChainError> {
         self.tree.inclusion_proof(index, self.tree.size())
+    }
+
+    /// The audit trail's head the batch anchors, if it holds one, with its entry index.
+    pub fn audit_head(&self) -> Option<(u64, &AnchorEntry)> {
+        (0u64..)
+            .zip(&self.entries)
+            .find(|(_, entry)| entry.is_audit_head())
     }
 }
 
@@ -117,4 +147,27 @@ pub fn verify_anchored(
         ));
     }
     Ok(decision_root)
+}
+
+/// Checks that the audit trail's entry `seq` with chain hash `hash` is the entry at its place
+/// in the batch whose root is `batch_root` (by `anchor`).
+pub fn verify_audit_anchor(
+    seq: u64,
+    hash: &Hash,
+    anchor: &AnchorPath,
+    batch_root: &Hash,
+) -> Result<(), ChainError> {
+    let entry = AnchorEntry::audit_head(seq, *hash);
+    let computed = root_from_inclusion(
+        &entry.leaf_hash(),
+        anchor.entry_index,
+        anchor.entry_count,
+        &anchor.path,
+    )?;
+    if computed != *batch_root {
+        return Err(ChainError::BadProof(
+            "the audit head's path leads to another batch root",
+        ));
+    }
+    Ok(())
 }

@@ -10,8 +10,9 @@
 //!   note     Checkpoint { origin, n, root } ──sign (Ed25519)──▶ signed note, Checkpoint::verify
 //!   bundle   ProofBundle (c2sp.org/tlog-proof): index + inclusion proof + signed checkpoint,
 //!            checked offline against the leaf and the log's verifier key
-//!   anchor   AnchorBatch: one entry per decision (its log size and root) ─▶ batch root,
-//!            AnchorPath, verify_anchored
+//!   anchor   AnchorBatch: one entry per decision (its log size and root), and the audit
+//!            trail's head under AUDIT_TRAIL_ID ─▶ batch root, AnchorPath, verify_anchored,
+//!            verify_audit_anchor
 //!   target   trait AnchorTarget ─┬─ AnchorJournal: a signed line per batch, fsync'd
 //!                                └─ evm::EvmTarget (feature `evm`): recordBatch + confirmations
 //!   evm      EvmAnchor (alloy client: deploy, record_batch, batch, decision_history,
@@ -31,14 +32,16 @@ pub mod merkle;
 pub mod note;
 pub mod target;
 
-pub use anchor::{AnchorBatch, AnchorEntry, AnchorPath, verify_anchored};
+pub use anchor::{
+    AUDIT_TRAIL_ID, AnchorBatch, AnchorEntry, AnchorPath, verify_anchored, verify_audit_anchor,
+};
 pub use bundle::ProofBundle;
 pub use merkle::{
     Hash, MerkleLog, empty_root, leaf_hash, node_hash, root_from_inclusion, verify_consistency,
     verify_inclusion,
 };
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
-pub use target::{AnchorJournal, AnchorReceipt, AnchorTarget, batch_origin};
+pub use target::{AnchorJournal, AnchorReceipt, AnchorTarget, JournalAuditAnchor, batch_origin};
 
 /// Why a proof, checkpoint or key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

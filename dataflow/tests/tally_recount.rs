@@ -130,6 +130,7 @@ fn plan(steps: &[Step], partitions: u32) -> Vec<Epoch> {
         let partition = partition_for(vote.decision_id, partitions);
         let end = ends.entry(partition).or_insert(0);
         let record = LogRecord {
+            sealed_voter: canopy_schemas::SealedVoter::NONE,
             position: Position {
                 partition,
                 offset: *end,

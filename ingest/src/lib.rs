@@ -35,7 +35,7 @@ mod kafka;
 mod segment;
 mod segment_files;
 
-use canopy_schemas::{DecisionId, LoggedVote, SensorReading, Vote, VoterCommitment};
+use canopy_schemas::{DecisionId, LoggedVote, SealedVoter, SensorReading, Vote, VoterCommitment};
 
 pub use error::IngestError;
 pub use gate::Gate;
@@ -61,6 +61,7 @@ pub struct LogRecord {
     pub vote: Vote,
     /// The voter as the Merkle record shows them.
     pub commitment: VoterCommitment,
+    pub sealed_voter: SealedVoter,
 }
 
 impl From<(Position, LoggedVote)> for LogRecord {
@@ -69,6 +70,7 @@ impl From<(Position, LoggedVote)> for LogRecord {
             position,
             vote: logged.vote,
             commitment: logged.commitment,
+            sealed_voter: logged.sealed_voter,
         }
     }
 }
@@ -78,6 +80,7 @@ impl LogRecord {
         LoggedVote {
             vote: self.vote,
             commitment: self.commitment,
+            sealed_voter: self.sealed_voter,
         }
     }
 }
@@ -152,6 +155,13 @@ pub trait LogEntry: Clone + PartialEq + Send + Sync + 'static {
     fn key(&self) -> Vec<u8>;
     fn encode_into(&self, out: &mut Vec<u8>);
     fn decode(bytes: &[u8]) -> Result<Self, String>;
+    /// The version of the segment log format whose entries this build writes (`log.meta`).
+    const LOG_FORMAT: u32 = 3;
+    /// An entry of an older log format rewritten as this build writes it; `None` when it
+    /// is current. Opening a log of an older format rewrites every entry through it.
+    fn upgrade(_payload: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 
     /// The partition this entry goes to in a log of `partitions`.
     fn partition(&self, partitions: u32) -> u32 {
@@ -182,6 +192,16 @@ impl LogEntry for LoggedVote {
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         LoggedVote::decode(bytes).map_err(|e| e.to_string())
+    }
+
+    /// Format 4: the logged vote's version 2, the voter's id never in the clear.
+    const LOG_FORMAT: u32 = 4;
+
+    fn upgrade(payload: &[u8]) -> Option<Vec<u8>> {
+        LoggedVote::is_version_1(payload)
+            .then(|| LoggedVote::decode(payload).ok())
+            .flatten()
+            .map(|logged| logged.encode().to_vec())
     }
 }
 

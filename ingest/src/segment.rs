@@ -1,7 +1,7 @@
 //! The embedded vote log: one write-ahead stream of segment files shared by all partitions.
 //!
 //! ```text
-//! <dir>/log.meta                  "canopy-vote-log 3\npartitions <N>\n"
+//! <dir>/log.meta                  "canopy-vote-log 4\npartitions <N>\n" (sensor log: 3)
 //! <dir>/00000000000000000000.seg  named by the sequence number of its first frame
 //!    header  8 bytes "CNPYWAL3" + first sequence number (u64 BE) + partition count P
 //!            (u32 BE) + P × the partition's next offset when the segment began (u64 BE)
@@ -39,7 +39,8 @@ use crate::{AppendFuture, EntriesRead, EntryLog, IngestError, LogEntry, Position
 
 const META_FILE: &str = "log.meta";
 const LOCK_FILE: &str = "log.lock";
-const META_FORMAT_VERSION: u32 = 3;
+/// The oldest log format this build opens; a log of it is upgraded in place on open.
+const OLDEST_FORMAT: u32 = 3;
 const SEGMENT_MAGIC: &[u8; 8] = b"CNPYWAL3";
 const FRAME_HEADER_LEN: usize = 8;
 const BODY_PREFIX_LEN: usize = 12;
@@ -207,7 +208,12 @@ impl<E: LogEntry> SegmentEntryLog<E> {
             path: dir.clone(),
             reason: "another process has this log open (a running node?); stop it first".into(),
         })?;
-        let partition_count = read_or_create_meta(&dir, config.partitions, E::KIND)?;
+        let (partition_count, format) =
+            read_or_create_meta(&dir, config.partitions, E::KIND, E::LOG_FORMAT)?;
+        if format < E::LOG_FORMAT {
+            upgrade_entries::<E>(&dir, partition_count)?;
+            write_meta(&dir, E::KIND, E::LOG_FORMAT, partition_count)?;
+        }
         let mut recovery = Recovery::default();
         let recovered = recover(&dir, partition_count, &mut recovery)?;
         let tail = (
@@ -914,9 +920,14 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-fn read_or_create_meta(dir: &Path, partitions: u32, kind: &str) -> Result<u32, IngestError> {
+/// The log's partition count and format version, written for a new log.
+fn read_or_create_meta(
+    dir: &Path,
+    partitions: u32,
+    kind: &str,
+    format: u32,
+) -> Result<(u32, u32), IngestError> {
     let path = dir.join(META_FILE);
-    let version_line = format!("canopy-{kind}-log {META_FORMAT_VERSION}");
     match fs::read_to_string(&path) {
         Ok(text) => {
             let bad = |reason: &str| IngestError::BadLog {
@@ -924,33 +935,100 @@ fn read_or_create_meta(dir: &Path, partitions: u32, kind: &str) -> Result<u32, I
                 reason: reason.into(),
             };
             let mut lines = text.lines();
-            if lines.next() != Some(version_line.as_str()) {
-                return Err(bad(&format!(
-                    "not a canopy {kind} log of a version this build reads"
-                )));
-            }
-            lines
+            let found = lines
+                .next()
+                .and_then(|line| line.strip_prefix(&format!("canopy-{kind}-log ")))
+                .and_then(|version| version.parse::<u32>().ok())
+                .filter(|version| (OLDEST_FORMAT..=format).contains(version))
+                .ok_or_else(|| bad(&format!("not a canopy {kind} log of a version this build reads")))?;
+            let partitions = lines
                 .next()
                 .and_then(|line| line.strip_prefix("partitions "))
                 .and_then(|n| n.parse::<u32>().ok())
                 .filter(|n| *n > 0)
-                .ok_or_else(|| bad("the partition count is missing or invalid"))
+                .ok_or_else(|| bad("the partition count is missing or invalid"))?;
+            Ok((partitions, found))
         }
         Err(error) if error.kind() == ErrorKind::NotFound => {
-            let temp = dir.join(format!("{META_FILE}.tmp"));
-            let mut file = File::create(&temp).map_err(IngestError::io(&temp))?;
-            write!(file, "{version_line}\npartitions {partitions}\n")
-                .map_err(IngestError::io(&temp))?;
-            file.sync_all().map_err(IngestError::io(&temp))?;
-            fs::rename(&temp, &path).map_err(IngestError::io(&path))?;
-            sync_dir(dir)?;
-            Ok(partitions)
+            write_meta(dir, kind, format, partitions)?;
+            Ok((partitions, format))
         }
         Err(error) => Err(IngestError::Io {
             path,
             source: error,
         }),
     }
+}
+
+fn write_meta(dir: &Path, kind: &str, format: u32, partitions: u32) -> Result<(), IngestError> {
+    let path = dir.join(META_FILE);
+    let temp = dir.join(format!("{META_FILE}.tmp"));
+    let mut file = File::create(&temp).map_err(IngestError::io(&temp))?;
+    write!(file, "canopy-{kind}-log {format}\npartitions {partitions}\n")
+        .map_err(IngestError::io(&temp))?;
+    file.sync_all().map_err(IngestError::io(&temp))?;
+    fs::rename(&temp, &path).map_err(IngestError::io(&path))?;
+    sync_dir(dir)
+}
+
+/// Rewrites every segment with each entry as this build writes it ([`LogEntry::upgrade`]),
+/// one segment at a time into a new file renamed over the old. Positions, sequence numbers
+/// and headers stay; only payloads change. What follows a damaged frame is copied as it
+/// is, for recovery to judge. Safe to repeat after a crash: a current entry is kept.
+fn upgrade_entries<E: LogEntry>(dir: &Path, partitions: u32) -> Result<(), IngestError> {
+    let header_len = header_len(partitions) as usize;
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(IngestError::io(dir))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .collect();
+    paths.sort();
+    let mut upgraded = 0u64;
+    for path in &paths {
+        let bytes = fs::read(path).map_err(IngestError::io(path))?;
+        if bytes.len() <= header_len {
+            continue;
+        }
+        let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 2);
+        out.extend_from_slice(&bytes[..header_len]);
+        let mut reader = &bytes[header_len..];
+        let mut body = Vec::with_capacity(256);
+        loop {
+            let before = reader.len();
+            match read_frame(&mut reader, &mut body).map_err(IngestError::io(path))? {
+                FrameRead::Frame { partition, offset } => {
+                    let payload = &body[BODY_PREFIX_LEN..];
+                    let new_payload = E::upgrade(payload);
+                    upgraded += u64::from(new_payload.is_some());
+                    let payload = new_payload.as_deref().unwrap_or(payload);
+                    encode_frame(partition, offset, |out| out.extend_from_slice(payload), &mut out);
+                }
+                FrameRead::End => break,
+                FrameRead::Damaged(_) => {
+                    let at = bytes.len() - before;
+                    out.extend_from_slice(&bytes[at..]);
+                    break;
+                }
+            }
+        }
+        let temp = path.with_extension("seg.upgrade");
+        let mut file = File::create(&temp).map_err(IngestError::io(&temp))?;
+        file.write_all(&out).map_err(IngestError::io(&temp))?;
+        file.sync_all().map_err(IngestError::io(&temp))?;
+        fs::rename(&temp, path).map_err(IngestError::io(path))?;
+    }
+    sync_dir(dir)?;
+    if upgraded > 0 {
+        tracing::info!(
+            dir = %dir.display(),
+            entries = upgraded,
+            segments = paths.len(),
+            "upgraded the {} log's entries to format {}",
+            E::KIND,
+            E::LOG_FORMAT
+        );
+    }
+    Ok(())
 }
 
 struct Recovered {

@@ -31,7 +31,8 @@ fn read_all(log: &SegmentLog, partition: u32) -> Result<Vec<LogRecord>, IngestEr
     }
 }
 
-const FRAME: u64 = 116;
+/// Frame header (8), partition and offset (12), the logged vote (152).
+const FRAME: u64 = 8 + 12 + canopy_schemas::LOGGED_VOTE_LEN as u64;
 
 fn header(partitions: u64) -> u64 {
     24 + 8 * partitions
@@ -430,4 +431,100 @@ fn a_log_open_elsewhere_is_refused() {
         again.end_offset(partition_for(DecisionId(1), 2)).unwrap(),
         1
     );
+}
+
+/// A vote as the log format 3 stored it: the voter's id in the clear, then the commitment.
+#[derive(Clone, PartialEq)]
+struct FormatThreeVote {
+    vote: Vote,
+    commitment: VoterCommitment,
+}
+
+struct FormatThreeRecord(Position);
+
+impl From<(Position, FormatThreeVote)> for FormatThreeRecord {
+    fn from((position, _): (Position, FormatThreeVote)) -> Self {
+        Self(position)
+    }
+}
+
+impl Positioned for FormatThreeRecord {
+    fn position(&self) -> Position {
+        self.0
+    }
+}
+
+impl LogEntry for FormatThreeVote {
+    const KIND: &'static str = "vote";
+    type Record = FormatThreeRecord;
+    type PartitionKey<'a> = DecisionId;
+    const LOG_FORMAT: u32 = 3;
+
+    fn partition_key(&self) -> DecisionId {
+        self.vote.decision_id
+    }
+    fn partition_for_key(decision: DecisionId, partitions: u32) -> u32 {
+        partition_for(decision, partitions)
+    }
+    fn key(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.vote.encode());
+        out.extend_from_slice(&self.commitment.0);
+    }
+    fn decode(_: &[u8]) -> Result<Self, String> {
+        Err("written only".into())
+    }
+}
+
+/// A log of format 3 holds voters' ids in the clear; opening it with this build rewrites
+/// every entry (format 4): no voter id is left in any file, every entry keeps its position
+/// and commitment, and its ballot is keyed by the commitment's pseudonym, as new entries are.
+#[test]
+fn a_format_three_log_is_upgraded_on_open_and_keeps_no_voter_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let voters: Vec<u128> = (1..=5).map(|n| 0x5eed_0000_0000_0000_0000_0000_0000_0000 + n).collect();
+    let old: Vec<FormatThreeVote> = (0..40u128)
+        .map(|n| {
+            let logged = vote(1 + n % 3, voters[(n % 5) as usize], n);
+            let vote = Vote { voter_id: VoterId(voters[(n % 5) as usize]), ..logged.vote };
+            FormatThreeVote { vote, commitment: logged.commitment }
+        })
+        .collect();
+    {
+        let log = SegmentEntryLog::<FormatThreeVote>::open(dir.path(), config(2, 2048)).unwrap();
+        for chunk in old.chunks(7) {
+            log.append(chunk).unwrap();
+        }
+    }
+    let holds_a_voter_id = || {
+        fs::read_dir(dir.path()).unwrap().any(|entry| {
+            let bytes = fs::read(entry.unwrap().path()).unwrap();
+            voters.iter().any(|v| bytes.windows(16).any(|w| w == v.to_be_bytes()))
+        })
+    };
+    assert!(holds_a_voter_id(), "the format-3 log should hold the ids this test looks for");
+
+    let log = SegmentLog::open(dir.path(), config(2, 2048)).unwrap();
+    assert!(!holds_a_voter_id(), "a voter id survived the upgrade");
+    let meta = fs::read_to_string(dir.path().join("log.meta")).unwrap();
+    assert!(meta.starts_with("canopy-vote-log 4\n"), "{meta}");
+    let mut upgraded: Vec<LogRecord> = (0..2).flat_map(|p| read_all(&log, p).unwrap()).collect();
+    upgraded.sort_by_key(|r| r.vote.vote_id);
+    assert_eq!(upgraded.len(), old.len());
+    for (record, before) in upgraded.iter().zip(&old) {
+        assert_eq!(record.commitment, before.commitment);
+        assert_eq!(record.vote.voter_id, before.commitment.pseudonym());
+        assert_eq!(Vote { voter_id: before.vote.voter_id, ..record.vote }, before.vote);
+        assert_eq!(record.sealed_voter, SealedVoter::NONE);
+        let fresh = vote(before.vote.decision_id.0, before.vote.voter_id.0, 0);
+        assert_eq!(fresh.vote.voter_id, record.vote.voter_id, "new votes key the ballot the same way");
+    }
+    // The log goes on where it was, and opening it again changes nothing.
+    let positions = log.append(&[vote(1, 9, 1000)]).unwrap();
+    drop(log);
+    let again = SegmentLog::open(dir.path(), config(2, 2048)).unwrap();
+    assert_eq!(again.verify().unwrap(), old.len() as u64 + 1);
+    assert_eq!(again.read(positions[0].partition, positions[0].offset, 1).unwrap().len(), 1);
 }

@@ -13,6 +13,7 @@
 //! - [`node`]: the single node and the `serve` replica ([`Node`], [`NodeConfig`]).
 //! - [`worker`]: the cluster worker ([`worker::WorkerNode`]).
 //! - [`record`]: the record key, the checkpoint writer and the anchoring loop.
+//! - [`keys`]: the node's key files: the record key's seed, the audit and secrets keys.
 //! - [`lake`]: the analytics lake's flush and compaction loop.
 //! - [`redis`]: the cluster's view store and replica coordination in Redis.
 
@@ -20,6 +21,7 @@
 
 pub mod data_dir;
 mod error;
+pub mod keys;
 pub mod lake;
 pub mod node;
 mod readiness;

@@ -25,6 +25,7 @@ use canopy_sqlwire::PgServer;
 use crate::NodeError;
 use crate::data_dir::make_private;
 use crate::error::blocking;
+use crate::keys::StoreKeyPaths;
 use crate::lake::{LakeFeed, LakeSettings, lake_loop};
 use crate::readiness::become_ready_after_replay;
 use crate::record::{Anchorer, RecordSettings, anchor_loop, open_record, record_signer};
@@ -45,6 +46,12 @@ pub struct NodeConfig {
     /// The RS256 private key (PKCS#8 PEM). Every replica of a cluster must share one; a
     /// single node generates its own in the data directory on first start.
     pub jwt_key: Option<PathBuf>,
+    /// The audit trail's HMAC key (32 bytes); `keys/audit-hmac.key` in the data directory if
+    /// absent. Every process of a cluster that writes the trail must share one.
+    pub audit_key: Option<PathBuf>,
+    /// The key secrets are sealed under in the store (32 bytes); `keys/secrets.key` in the
+    /// data directory if absent. Shared like the audit key.
+    pub secrets_key: Option<PathBuf>,
     pub api: ApiConfig,
     /// The vote record: checkpoint origin, schedule, anchoring.
     pub record: RecordSettings,
@@ -70,6 +77,8 @@ impl NodeConfig {
             workers: 2,
             database_url: None,
             jwt_key: None,
+            audit_key: None,
+            secrets_key: None,
             api: ApiConfig::default(),
             record: RecordSettings::default(),
             kafka: None,
@@ -83,14 +92,24 @@ impl NodeConfig {
 }
 
 /// Connects to the metadata store the configuration names: PostgreSQL if it has a URL,
-/// else SQLite in the data directory.
+/// else SQLite in the data directory; with the audit and secrets keys (generated on first
+/// start).
 pub async fn connect_store(config: &NodeConfig) -> Result<Arc<dyn MetadataStore>, NodeError> {
+    make_private(&config.data_dir)?;
+    let keys = StoreKeyPaths::new(
+        &config.data_dir,
+        config.audit_key.as_deref(),
+        config.secrets_key.as_deref(),
+    )
+    .load()
+    .await?;
     Ok(match &config.database_url {
-        Some(url) => Arc::new(PostgresStore::connect(url).await?),
-        None => {
-            make_private(&config.data_dir)?;
-            Arc::new(SqliteStore::open(&config.data_dir.join("canopy.db")).await?)
-        }
+        Some(url) => Arc::new(PostgresStore::connect(url).await?.with_keys(keys)),
+        None => Arc::new(
+            SqliteStore::open(&config.data_dir.join("canopy.db"))
+                .await?
+                .with_keys(keys),
+        ),
     })
 }
 
@@ -359,6 +378,7 @@ impl Node {
                 RateLimiter::new(config.api.registrations_per_address),
                 RateLimiter::new(config.api.registrations_per_block),
             ),
+            claim_attempts: RateLimiter::new(config.api.claims_per_account),
             config: config.api.clone(),
             ready: Default::default(),
             record,

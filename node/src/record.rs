@@ -6,13 +6,19 @@
 //!  dataflow ─cut checkpoint─▶ CheckpointWriter ─▶ checkpoints table (SQL)
 //!                                                     │ every anchor interval
 //!                                                     ▼
-//!   AnchorLoop: unanchored checkpoints ─▶ batch (root over entries) ─▶ fixed in SQL first
+//!   AnchorLoop: unanchored checkpoints (+ the audit trail's head, if it grew) ─▶ batch
+//!        (root over entries) ─▶ fixed in SQL first
 //!        ─▶ AnchorTarget::anchor (journal line fsync'd | EVM tx + N confirmations),
 //!           retried with exponential backoff ─▶ batch confirmed (tx hash, block) in SQL
 //! ```
 //!
 //! A batch is written to SQL before it is sent, so a crash in between re-sends the same
 //! batch on restart; a duplicate on chain is harmless (the same root twice).
+//!
+//! The first batch of a round also anchors the audit trail's head (seq, chain hash) when the
+//! trail grew since the last anchored head, as its last entry (`canopy_chain::AUDIT_TRAIL_ID`):
+//! a trail that grew alone makes a batch of its own, so a rewrite or a cut tail of the audit
+//! trail shows against the anchor within one anchoring interval.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,10 +29,11 @@ use canopy_chain::{
 };
 use canopy_dataflow::{CheckpointSink, CutCheckpoint, RecordConfig, StoredCheckpoint, VoteRecord};
 use canopy_schemas::clock::now_micros;
-use canopy_serving::record::{batch_tree, parse_hash};
-use canopy_serving::store::{AnchorBatchRow, CheckpointRow, MetadataStore};
+use canopy_serving::record::{batch_tree, parse_hash, stored_batch_tree};
+use canopy_serving::store::{AnchorBatchRow, AuditAnchorRow, CheckpointRow, MetadataStore};
 
 use crate::NodeError;
+use crate::keys::load_or_generate_key;
 
 /// What a process that keeps the vote record needs to know of it: the same for a node and
 /// a cluster worker.
@@ -54,21 +61,7 @@ impl Default for RecordSettings {
 
 /// Loads the node's Ed25519 record key seed from `path`, generating it on first start.
 pub fn load_or_generate_record_key(path: &Path, name: &str) -> Result<NoteSigner, NodeError> {
-    let seed: [u8; 32] = if path.exists() {
-        let bytes = std::fs::read(path)
-            .map_err(|e| NodeError::Internal(format!("reading {}: {e}", path.display())))?;
-        bytes.try_into().map_err(|_| {
-            NodeError::Internal(format!("{} is not a 32-byte key seed", path.display()))
-        })?
-    } else {
-        let seed: [u8; 32] = rand::random();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
-        }
-        canopy_serving::auth::write_private(path, &seed)?;
-        seed
-    };
+    let seed = load_or_generate_key(path)?;
     NoteSigner::from_seed(name, &seed).map_err(|e| NodeError::Internal(e.to_string()))
 }
 
@@ -235,23 +228,31 @@ impl Anchorer {
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), NodeError> {
         for pending in self.store.pending_anchor_batches().await? {
-            let entries = self.store.batch_entries(pending.batch_id).await?;
-            self.send_batch(pending, &batch_tree(&entries)?, stop)
-                .await?;
+            let batch = stored_batch_tree(self.store.as_ref(), pending.batch_id).await?;
+            self.send_batch(pending, &batch, stop).await?;
         }
+        let mut audit_head = self.grown_audit_head().await?;
         loop {
             let entries = self
                 .store
                 .unanchored_checkpoints(self.config.max_batch)
                 .await?;
-            if entries.is_empty() {
+            if entries.is_empty() && audit_head.is_none() {
                 return Ok(());
             }
-            let batch = batch_tree(&entries)?;
+            let batch_id = self.store.next_anchor_batch_id().await?;
+            // The audit head goes last, after the checkpoints.
+            let audit_anchor = audit_head.take().map(|(seq, hash)| AuditAnchorRow {
+                batch_id,
+                entry_index: entries.len() as i64,
+                seq,
+                hash,
+            });
+            let batch = batch_tree(&entries, audit_anchor.as_ref())?;
             let row = AnchorBatchRow {
-                batch_id: self.store.next_anchor_batch_id().await?,
+                batch_id,
                 root: hex::encode(batch.root()),
-                entry_count: entries.len() as i64,
+                entry_count: batch.entries().len() as i64,
                 target: self.target.name(),
                 chain_batch_id: None,
                 tx_hash: None,
@@ -260,12 +261,27 @@ impl Anchorer {
                 confirmed_at: None,
             };
             // Fixed in SQL before it is sent, so a crash in between re-sends the same batch.
-            self.store.create_anchor_batch(&row, &entries).await?;
+            self.store
+                .create_anchor_batch(&row, &entries, audit_anchor.as_ref())
+                .await?;
             self.send_batch(row, &batch, stop).await?;
             if (entries.len() as i64) < self.config.max_batch {
                 return Ok(());
             }
         }
+    }
+
+    /// The audit trail's head (seq, chain hash), if the trail grew since the last anchored
+    /// head. Anchoring writes no audit entry itself, so a quiet trail makes no batches.
+    async fn grown_audit_head(&self) -> Result<Option<(i64, String)>, NodeError> {
+        let Some(head) = self.store.audit_head().await? else {
+            return Ok(None);
+        };
+        let anchored = self.store.latest_audit_anchor().await?;
+        if anchored.is_some_and(|anchored| anchored.seq >= head.seq) {
+            return Ok(None);
+        }
+        Ok(Some((head.seq, head.hash)))
     }
 
     async fn send_batch(

@@ -238,6 +238,10 @@ async fn the_openapi_document_matches_the_routes() {
         "/api/v1/audit/decisions/{id}/consistency",
         "/api/v1/audit/decisions/{id}/checkpoints/{size}/anchor",
         "/api/v1/admin/erase-voter",
+        "/api/v1/admin/rolls",
+        "/api/v1/admin/rolls/{id}",
+        "/api/v1/admin/rolls/{id}/reissue",
+        "/api/v1/rolls/claim",
         "/api/v1/data/sensors",
         "/api/v1/data/process-sensor-data",
         "/api/v1/data/ingest-environmental-data",
@@ -248,7 +252,7 @@ async fn the_openapi_document_matches_the_routes() {
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
-    assert_eq!(operations, 30);
+    assert_eq!(operations, 35);
     let (status, body) = node.get_anonymous("/api/v1/undocumented").await;
     assert_eq!(
         (status, body["error"]["message"].as_str()),

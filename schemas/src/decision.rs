@@ -13,6 +13,10 @@ uuid_id!(
     /// A decision's id; also the key that picks the vote log partition.
     DecisionId
 );
+uuid_id!(
+    /// A voter roll's id: the census an operator imported, whose entries accounts claim.
+    RollId
+);
 
 /// How votes are counted. Only single choice exists so far; the encoding leaves room.
 #[derive(
@@ -77,6 +81,10 @@ pub struct Electorate {
     /// any region; stakeholders still only for the decision's own region).
     #[serde(default)]
     pub regions: Vec<String>,
+    /// A voter roll: only accounts holding a claim on one of its entries vote, each entry
+    /// one ballot whatever account holds it, and the entry's region stands for the voter's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roll: Option<RollId>,
 }
 
 /// The most regions an electorate may name.

@@ -28,13 +28,14 @@ pub mod synthetic;
 mod vote;
 
 pub use decision::{
-    ComponentWeights, Decision, DecisionId, Electorate, MAX_ELECTORATE_REGIONS, MAX_OPTIONS,
+    ComponentWeights, Decision, DecisionId, Electorate, RollId, MAX_ELECTORATE_REGIONS, MAX_OPTIONS,
     Method, Timestamp, validate_decision,
 };
 pub use encoding::{VOTE_ENCODING_LEN, VOTE_ENCODING_VERSION};
 pub use error::SchemaError;
 pub use record::{
-    LEAF_ENCODING_LEN, LEAF_ENCODING_VERSION, LOGGED_VOTE_LEN, LoggedVote, VoterCommitment,
+    LEAF_ENCODING_LEN, LEAF_ENCODING_VERSION, LOGGED_VOTE_LEN, LOGGED_VOTE_V1_LEN, LoggedVote,
+    SEALED_VOTER_LEN, SealedVoter, VoterCommitment,
     VoterSalt,
 };
 pub use sensor::{

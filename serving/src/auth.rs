@@ -83,6 +83,8 @@ pub enum Action {
     SubmitReadings,
     ReadEnvironment,
     QueryAnalytics,
+    ManageRolls,
+    ClaimInvitation,
 }
 
 impl Action {
@@ -99,6 +101,8 @@ impl Action {
             Self::SubmitReadings => "submit sensor readings",
             Self::ReadEnvironment => "read environmental data",
             Self::QueryAnalytics => "query the analytics lake in SQL",
+            Self::ManageRolls => "import voter rolls and reissue their invitations",
+            Self::ClaimInvitation => "claim an entry of a voter roll",
         }
     }
 
@@ -117,17 +121,20 @@ impl Action {
     /// | submit readings   |         |        |             |         | yes      |         | yes   |
     /// | read env. data    | yes     | yes    | yes         | yes     | yes      | yes     | yes   |
     /// | SQL over the lake |         |        |             | yes     |          |         | yes   |
+    /// | manage voter rolls|         |        |             |         | yes      |         | yes   |
+    /// | claim invitations | yes     | yes    | yes         |         |          |         |       |
     ///
     /// Checkpoints, proofs and anchors (`/api/v1/audit/decisions/…`) are public: anyone may
     /// check the record.
     pub fn allowed(self, role: Role) -> bool {
         use Role::*;
         match self {
-            Self::CastVote => matches!(role, Citizen | Expert | Stakeholder),
+            Self::CastVote | Self::ClaimInvitation => matches!(role, Citizen | Expert | Stakeholder),
             Self::CastForOthers
             | Self::CreateDecision
             | Self::RegisterSensors
-            | Self::SubmitReadings => matches!(role, Operator | Admin),
+            | Self::SubmitReadings
+            | Self::ManageRolls => matches!(role, Operator | Admin),
             Self::ReadResults | Self::ReadEnvironment => true,
             Self::VerifyUsers | Self::EraseVoter => role == Admin,
             Self::ReadAudit => matches!(role, Auditor | Admin),

@@ -46,6 +46,16 @@ pub enum ServingError {
     RateLimited { retry_after_s: u64 },
     #[error("too many new accounts from this address or its block; retry in {retry_after_s} s")]
     TooManyRegistrations { retry_after_s: u64 },
+    #[error("the invitation code is unknown or was already used")]
+    InvalidInvitation,
+    #[error("this account already holds an entry of that roll")]
+    RollAlreadyClaimed,
+    #[error("too many invitation codes tried; retry in {retry_after_s} s")]
+    TooManyClaimAttempts { retry_after_s: u64 },
+    #[error("the roll is not valid CSV: {0}")]
+    BadRoll(String),
+    #[error("this account was erased")]
+    AccountErased,
     #[error(transparent)]
     Schema(#[from] SchemaError),
     #[error(transparent)]
@@ -118,6 +128,11 @@ impl ServingError {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyRegistrations { .. } => "too_many_registrations",
+            Self::InvalidInvitation => "invalid_invitation",
+            Self::RollAlreadyClaimed => "roll_already_claimed",
+            Self::TooManyClaimAttempts { .. } => "too_many_claim_attempts",
+            Self::BadRoll(_) => "bad_roll",
+            Self::AccountErased => "account_erased",
             Self::Schema(error) => error.code(),
             Self::Ingest(error) => error.code(),
             Self::Dataflow(error) => error.code(),
@@ -139,14 +154,18 @@ impl ServingError {
             Self::Unauthenticated
             | Self::InvalidToken(_)
             | Self::TokenExpired
-            | Self::BadCredentials => StatusCode::UNAUTHORIZED,
+            | Self::BadCredentials
+            | Self::AccountErased => StatusCode::UNAUTHORIZED,
             Self::TotpRequired
             | Self::BadTotp
             | Self::BadRefreshToken
             | Self::RefreshTokenReused => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::NotFound { .. } => StatusCode::NOT_FOUND,
-            Self::Conflict(_) | Self::VoteIdReused { .. } | Self::NotYet { .. } => {
+            Self::NotFound { .. } | Self::InvalidInvitation => StatusCode::NOT_FOUND,
+            Self::Conflict(_)
+            | Self::VoteIdReused { .. }
+            | Self::NotYet { .. }
+            | Self::RollAlreadyClaimed => {
                 StatusCode::CONFLICT
             }
             Self::Chain(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -161,11 +180,12 @@ impl ServingError {
             Self::BadRequest(_)
             | Self::Schema(_)
             | Self::InvalidReading { .. }
-            | Self::BadUpload { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            | Self::BadUpload { .. }
+            | Self::BadRoll(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited { .. } | Self::TooManyRegistrations { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::RateLimited { .. }
+            | Self::TooManyRegistrations { .. }
+            | Self::TooManyClaimAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Ingest(IngestError::UnknownDecision { .. }) => StatusCode::NOT_FOUND,
             Self::Ingest(IngestError::DecisionFrozen { .. }) => StatusCode::CONFLICT,
             Self::Dataflow(DataflowError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -204,8 +224,9 @@ impl IntoResponse for ServingError {
             axum::Json(json!({ "error": { "code": self.code(), "message": message } })),
         )
             .into_response();
-        if let Self::RateLimited { retry_after_s } | Self::TooManyRegistrations { retry_after_s } =
-            self
+        if let Self::RateLimited { retry_after_s }
+        | Self::TooManyRegistrations { retry_after_s }
+        | Self::TooManyClaimAttempts { retry_after_s } = self
         {
             response
                 .headers_mut()

@@ -23,5 +23,7 @@ pub mod record;
 pub mod salts;
 pub mod state;
 pub mod store;
+pub mod store_keys;
+pub mod trail;
 
 pub use error::ServingError;

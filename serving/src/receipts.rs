@@ -28,6 +28,14 @@ impl RecentCasts {
         casts.entry(key).or_insert((*logged, position));
     }
 
+    /// Forgets every cast (after an erasure: nothing of the erased voter stays, even here).
+    pub fn forget_all(&self) {
+        self.casts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     pub fn get(&self, voter: u128, vote_id: u128) -> Option<(LoggedVote, Position)> {
         let casts = self.casts.lock().unwrap_or_else(PoisonError::into_inner);
         casts.get(&(voter, vote_id)).copied()

@@ -35,6 +35,8 @@ pub struct ApiConfig {
     /// New accounts from one client address, and from one address block.
     pub registrations_per_address: Rate,
     pub registrations_per_block: Rate,
+    /// Invitation codes tried by one account.
+    pub claims_per_account: Rate,
 }
 
 impl Default for ApiConfig {
@@ -54,6 +56,7 @@ impl Default for ApiConfig {
             trend_min_voters: 5,
             registrations_per_address: Rate::per_hour(5),
             registrations_per_block: Rate::per_hour(30),
+            claims_per_account: Rate::per_hour(10),
         }
     }
 }
@@ -89,6 +92,8 @@ pub struct AppState {
     pub refusal_audits: RateLimiter,
     /// Open registration, per address and per address block.
     pub registration_limits: (RateLimiter, RateLimiter),
+    /// Invitation codes tried, per account.
+    pub claim_attempts: RateLimiter,
     /// False until start-up finished and again once shutdown began.
     pub ready: AtomicBool,
     /// Every decision's Merkle log, grown by the engine (absent with the engine).
@@ -113,6 +118,20 @@ impl AppState {
     /// The vote record, which only a node running the engine holds.
     pub(crate) fn record(&self) -> Result<&dyn RecordReader, ServingError> {
         self.record.as_deref().ok_or(ServingError::RecordNotHere)
+    }
+
+    /// Audits an action of a user, named by their pseudonym: the append-only trail never
+    /// holds a person's id or name, and erasing the pseudonym's mapping unlinks them.
+    pub(crate) async fn audit_as_user(
+        &self,
+        user: uuid::Uuid,
+        action: &str,
+        detail: serde_json::Value,
+    ) {
+        match self.store.user_pseudonym(user).await {
+            Ok(pseudonym) => self.audit(&pseudonym, action, detail).await,
+            Err(error) => tracing::error!(%error, action, "could not write the audit trail"),
+        }
     }
 
     pub(crate) async fn audit(&self, actor: &str, action: &str, detail: serde_json::Value) {

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::ServingError;
 use crate::auth::Role;
+use crate::store_keys::{AuditKey, StoreKeys};
 
 pub type StoreResult<T> = Result<T, ServingError>;
 
@@ -43,8 +44,10 @@ pub enum RefreshUse {
     Invalid,
 }
 
-/// One entry of the audit trail; `hash` chains it to the entry before.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// One entry of the audit trail; `hash` chains it to the entry before, `hmac` keys it
+/// (HMAC-SHA256 under the audit key, outside the database; absent on entries written
+/// before the store had the key).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     pub seq: i64,
     pub at: i64,
@@ -53,6 +56,8 @@ pub struct AuditRecord {
     pub detail: String,
     pub prev_hash: String,
     pub hash: String,
+    #[serde(default)]
+    pub hmac: Option<String>,
 }
 
 impl AuditRecord {
@@ -81,44 +86,25 @@ impl AuditRecord {
     }
 }
 
+/// What the audit trail names an account by that does not exist (any more).
+pub const UNKNOWN_USER_PSEUDONYM: &str = "p-unknown";
+
 /// The hash the first audit entry chains to.
 pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Checks that every entry's hash is right and chains to the one before.
-pub fn verify_audit_chain(entries: &[AuditRecord]) -> Result<(), String> {
-    verify_audit_chain_after(None, entries)
-}
+/// The action of the entry a keyed store writes before its first keyed entry, when the
+/// entry before is unkeyed (or there is none): every entry from it on must carry a valid
+/// HMAC, the entries before it are reported as unkeyed (see the `trail` module).
+pub const AUDIT_KEYING_BEGAN: &str = "audit_keying_began";
 
-/// [`verify_audit_chain`] for a page of the trail: `entries` follow `before` (none: they
-/// start at the first entry).
-pub fn verify_audit_chain_after(
-    before: Option<&AuditRecord>,
-    entries: &[AuditRecord],
-) -> Result<(), String> {
-    let mut prev = before.map_or(AUDIT_GENESIS, |entry| entry.hash.as_str());
-    let first_seq = before.map_or(1, |entry| entry.seq + 1);
-    for (expected_seq, entry) in (first_seq..).zip(entries) {
-        if entry.seq != expected_seq || entry.prev_hash != prev {
-            return Err(format!(
-                "entry {} does not follow entry {}",
-                entry.seq,
-                expected_seq - 1
-            ));
-        }
-        let hash = AuditRecord::compute_hash(
-            &entry.prev_hash,
-            entry.seq,
-            entry.at,
-            &entry.actor,
-            &entry.action,
-            &entry.detail,
-        );
-        if hash != entry.hash {
-            return Err(format!("entry {} has been altered", entry.seq));
-        }
-        prev = &entry.hash;
-    }
-    Ok(())
+/// An audit-trail head put in an anchor batch: entry `seq` with chain hash `hash` is entry
+/// `entry_index` of batch `batch_id` (see `canopy_chain::AUDIT_TRAIL_ID`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditAnchorRow {
+    pub batch_id: i64,
+    pub entry_index: i64,
+    pub seq: i64,
+    pub hash: String,
 }
 
 /// An admin's verification of an expert or stakeholder.
@@ -130,6 +116,53 @@ pub struct Verification {
     pub field: String,
     pub regions: Vec<String>,
     pub verified_by: Uuid,
+}
+
+/// An entry of a voter roll as imported: its id, the operator's opaque identifier, its
+/// region, and the SHA-256 (hex) of its one-time invitation code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRollEntry {
+    pub id: Uuid,
+    pub identifier: String,
+    pub region: String,
+    pub code_hash: String,
+}
+
+/// What presenting an invitation code did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The account now holds the entry; the code is spent.
+    Claimed { roll: Uuid, entry: Uuid, region: String },
+    /// No entry waits for this code (unknown, used, revoked or spent).
+    UnknownCode,
+    /// The account already holds another entry of the code's roll.
+    AlreadyHolds { roll: Uuid },
+}
+
+/// The entry of a roll an account holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RollClaim {
+    pub entry: Uuid,
+    pub region: String,
+}
+
+/// What issuing an entry a new code did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reissue {
+    /// The old code (or the claim) no longer works; `former_claimant` held the entry.
+    Reissued { entry: Uuid, former_claimant: Option<Uuid> },
+    NoSuchEntry,
+    /// Its claimant was erased: the entry has voted its last.
+    Spent,
+}
+
+/// A roll's size and how much of it is claimed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RollSummary {
+    pub name: String,
+    pub entries: i64,
+    pub claimed: i64,
+    pub spent: i64,
 }
 
 #[async_trait]
@@ -181,11 +214,49 @@ pub trait MetadataStore: Send + Sync {
     async fn audit_trail(&self) -> StoreResult<Vec<AuditRecord>> {
         self.audit_page(0, i64::MAX).await
     }
+    /// The latest entry.
+    async fn audit_head(&self) -> StoreResult<Option<AuditRecord>>;
+    /// The key the store keys audit entries with, if it has one.
+    fn audit_key(&self) -> Option<&AuditKey>;
+    /// Up to `limit` anchored audit heads in batches after `after_batch`, by batch.
+    async fn audit_anchors(&self, after_batch: i64, limit: i64) -> StoreResult<Vec<AuditAnchorRow>>;
+    /// The anchored audit head with the highest sequence number.
+    async fn latest_audit_anchor(&self) -> StoreResult<Option<AuditAnchorRow>>;
+    /// The audit head a batch anchors, if it anchors one.
+    async fn batch_audit_anchor(&self, batch_id: i64) -> StoreResult<Option<AuditAnchorRow>>;
 
-    /// The voter's salt, created on first use (and afresh after an erasure).
+    /// Stores a roll and all its entries, or nothing (`Conflict` on a repeated identifier).
+    async fn create_roll(
+        &self,
+        roll: Uuid,
+        name: &str,
+        created_by: Uuid,
+        entries: &[NewRollEntry],
+        now: i64,
+    ) -> StoreResult<()>;
+    async fn roll_summary(&self, roll: Uuid) -> StoreResult<Option<RollSummary>>;
+    /// Spends the code whose SHA-256 is `code_hash` on `user`, atomically: one account per
+    /// code, one entry per account and roll.
+    async fn claim_roll_entry(&self, code_hash: &str, user: Uuid, now: i64) -> StoreResult<ClaimOutcome>;
+    /// Frees the entry `identifier` of `roll` from its claim, if any, and gives it a new code.
+    async fn reissue_roll_entry(&self, roll: Uuid, identifier: &str, code_hash: &str) -> StoreResult<Reissue>;
+    /// The entry of `roll` that `user` holds.
+    async fn roll_claim(&self, roll: Uuid, user: Uuid) -> StoreResult<Option<RollClaim>>;
+
+    /// The salt of a ballot's subject (an account, or a roll entry still in play), created on
+    /// first use; `AccountErased` for an id that is neither.
     async fn voter_salt(&self, voter: Uuid, now: i64) -> StoreResult<[u8; 32]>;
-    /// Forgets the voter's salt; false if they had none to forget.
-    async fn erase_voter_salt(&self, voter: Uuid, now: i64) -> StoreResult<bool>;
+    /// The account's sealing key, created on first use; `None` once the account is gone
+    /// (erased), so an erased voter's token cannot start a new key, salt or ballot.
+    async fn voter_key(&self, user: Uuid, now: i64) -> StoreResult<Option<[u8; 32]>>;
+    /// The pseudonym the audit trail names the account by, created on first use;
+    /// [`UNKNOWN_USER_PSEUDONYM`] for an id that is no account.
+    async fn user_pseudonym(&self, user: Uuid) -> StoreResult<String>;
+    /// Erases an account: its key, salt and pseudonym, the salts of the roll entries it
+    /// holds (spent: they have voted their last), its credentials, verifications, tokens
+    /// and the account itself; on SQLite deleted bytes are overwritten and the WAL emptied.
+    /// The account's pseudonym, or `None` if there is no such account.
+    async fn erase_voter(&self, user: Uuid, now: i64) -> StoreResult<Option<String>>;
     /// Stores a checkpoint unless one at this size or larger is stored for the decision
     /// (a replay re-cuts sizes already covered); true if stored.
     async fn insert_checkpoint(&self, checkpoint: &CheckpointRow) -> StoreResult<bool>;
@@ -195,11 +266,13 @@ pub trait MetadataStore: Send + Sync {
     async fn latest_checkpoints(&self) -> StoreResult<Vec<CheckpointRow>>;
     /// Up to `limit` checkpoints not yet in an anchor batch, by (decision, size).
     async fn unanchored_checkpoints(&self, limit: i64) -> StoreResult<Vec<CheckpointRow>>;
-    /// Fixes a batch: its row, and each entry's (batch, index) on its checkpoint.
+    /// Fixes a batch: its row, each entry's (batch, index) on its checkpoint, and the audit
+    /// head it anchors (if any), all at once.
     async fn create_anchor_batch(
         &self,
         batch: &AnchorBatchRow,
         entries: &[CheckpointRow],
+        audit_head: Option<&AuditAnchorRow>,
     ) -> StoreResult<()>;
     /// Records where a batch landed.
     async fn confirm_anchor_batch(&self, batch: &AnchorBatchRow) -> StoreResult<()>;
@@ -268,6 +341,12 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0005_audit_append_only",
         include_str!("../../migrations/sqlite/0005_audit_append_only.sql"),
     ),
+    ("0006_rolls", include_str!("../../migrations/sqlite/0006_rolls.sql")),
+    ("0007_voter_keys", include_str!("../../migrations/sqlite/0007_voter_keys.sql")),
+    (
+        "0008_audit_keys",
+        include_str!("../../migrations/sqlite/0008_audit_keys.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -290,6 +369,12 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
         "0005_audit_append_only",
         include_str!("../../migrations/postgres/0005_audit_append_only.sql"),
     ),
+    ("0006_rolls", include_str!("../../migrations/postgres/0006_rolls.sql")),
+    ("0007_voter_keys", include_str!("../../migrations/postgres/0007_voter_keys.sql")),
+    (
+        "0008_audit_keys",
+        include_str!("../../migrations/postgres/0008_audit_keys.sql"),
+    ),
 ];
 
 fn parse_uuid(text: &str) -> StoreResult<Uuid> {
@@ -302,13 +387,15 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 macro_rules! sql_store {
-    ($(#[$doc:meta])* $name:ident, $db:ty, $migrations:expr, $migration_lock:expr) => {
+    ($(#[$doc:meta])* $name:ident, $db:ty, $migrations:expr, $migration_lock:expr, $begin_write:expr, $after_erase:expr) => {
         $(#[$doc])*
         pub struct $name {
             pool: sqlx::Pool<$db>,
             /// Appends to the audit chain one at a time within this process; the sequence
             /// number's primary key catches a second process racing for the same slot.
             audit_lock: tokio::sync::Mutex<()>,
+            /// The audit key and the secrets key, held outside the database.
+            keys: StoreKeys,
         }
 
         impl $name {
@@ -316,15 +403,110 @@ macro_rules! sql_store {
                 &self.pool
             }
 
-            fn user_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<UserRecord> {
+            /// The store keying its audit entries and sealing secrets with `keys`.
+            pub fn with_keys(mut self, keys: StoreKeys) -> Self {
+                self.keys = keys;
+                self
+            }
+
+            /// A TOTP secret as the users table holds it: sealed under the secrets key for
+            /// `user`, never in the clear.
+            fn sealed_secret(&self, user: Uuid, secret: Option<&[u8]>) -> StoreResult<Option<Vec<u8>>> {
+                let Some(secret) = secret else { return Ok(None) };
+                let key = self.keys.secrets.as_ref().ok_or_else(|| {
+                    ServingError::Internal("the store has no secrets key: a TOTP secret is only stored sealed".into())
+                })?;
+                key.seal(user, secret).map(Some)
+            }
+
+            /// A sealed TOTP secret opened, or one from before sealing (`totp_secret`, which
+            /// the next `migrate` with a secrets key seals) as it is.
+            fn opened_secret(&self, user: Uuid, row: &<$db as sqlx::Database>::Row) -> StoreResult<Option<Vec<u8>>> {
+                if let Some(sealed) = row.try_get::<Option<Vec<u8>>, _>("totp_secret_sealed")? {
+                    let key = self.keys.secrets.as_ref().ok_or_else(|| {
+                        ServingError::Storage("a TOTP secret is sealed, and the store has no secrets key".into())
+                    })?;
+                    return key.open(user, &sealed).map(Some);
+                }
+                Ok(row.try_get("totp_secret")?)
+            }
+
+            /// Seals every TOTP secret still in the clear (written before migration
+            /// 0008_audit_keys), within the migrating transaction.
+            async fn seal_clear_secrets(&self, tx: &mut sqlx::Transaction<'_, $db>) -> StoreResult<usize> {
+                if self.keys.secrets.is_none() {
+                    return Ok(0);
+                }
+                let clear = sqlx::query("SELECT id, totp_secret FROM users WHERE totp_secret IS NOT NULL").fetch_all(&mut **tx).await?;
+                for row in &clear {
+                    let id: String = row.try_get("id")?;
+                    let secret: Vec<u8> = row.try_get("totp_secret")?;
+                    let sealed = self.sealed_secret(parse_uuid(&id)?, Some(&secret))?;
+                    sqlx::query("UPDATE users SET totp_secret_sealed = $1, totp_secret = NULL WHERE id = $2")
+                        .bind(sealed)
+                        .bind(&id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(clear.len())
+            }
+
+            /// Inserts an audit entry after (`prev_seq`, `prev_hash`), keyed if the store has the
+            /// audit key; `None` if another process took the slot first.
+            async fn insert_audit(&self, prev_seq: i64, prev_hash: &str, now: i64, actor: &str, action: &str, detail: &str) -> StoreResult<Option<AuditRecord>> {
+                let seq = prev_seq + 1;
+                let hash = AuditRecord::compute_hash(prev_hash, seq, now, actor, action, detail);
+                let hmac = self.keys.audit.as_ref().map(|key| key.entry_mac(seq, &hash));
+                let inserted = sqlx::query("INSERT INTO audit_trail (seq, at, actor, action, detail, prev_hash, hash, hmac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                    .bind(seq)
+                    .bind(now)
+                    .bind(actor)
+                    .bind(action)
+                    .bind(detail)
+                    .bind(prev_hash)
+                    .bind(&hash)
+                    .bind(&hmac)
+                    .execute(&self.pool)
+                    .await;
+                match inserted {
+                    Ok(_) => Ok(Some(AuditRecord { seq, at: now, actor: actor.into(), action: action.into(), detail: detail.into(), prev_hash: prev_hash.into(), hash, hmac })),
+                    Err(error) if is_unique_violation(&error) => Ok(None),
+                    Err(error) => Err(error.into()),
+                }
+            }
+
+            fn audit_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<AuditRecord> {
+                Ok(AuditRecord {
+                    seq: row.try_get("seq")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    detail: row.try_get("detail")?,
+                    prev_hash: row.try_get("prev_hash")?,
+                    hash: row.try_get("hash")?,
+                    hmac: row.try_get("hmac")?,
+                })
+            }
+
+            fn audit_anchor_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<AuditAnchorRow> {
+                Ok(AuditAnchorRow {
+                    batch_id: row.try_get("batch_id")?,
+                    entry_index: row.try_get("entry_index")?,
+                    seq: row.try_get("seq")?,
+                    hash: row.try_get("hash")?,
+                })
+            }
+
+            fn user_from_row(&self, row: &<$db as sqlx::Database>::Row) -> StoreResult<UserRecord> {
                 let role: String = row.try_get("role")?;
+                let id = parse_uuid(&row.try_get::<String, _>("id")?)?;
                 Ok(UserRecord {
-                    id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+                    id,
                     username: row.try_get("username")?,
                     password_hash: row.try_get("password_hash")?,
                     role: Role::parse(&role).ok_or_else(|| ServingError::Storage(format!("unknown role {role:?}")))?,
                     weight: u32::try_from(row.try_get::<i64, _>("weight")?).unwrap_or(0),
-                    totp_secret: row.try_get("totp_secret")?,
+                    totp_secret: self.opened_secret(id, row)?,
                     totp_enabled: row.try_get::<i64, _>("totp_enabled")? != 0,
                 })
             }
@@ -383,13 +565,17 @@ macro_rules! sql_store {
                         .await?;
                     applied.push(name.to_string());
                 }
+                let sealed = self.seal_clear_secrets(&mut tx).await?;
                 tx.commit().await?;
+                if sealed > 0 {
+                    tracing::info!(sealed, "TOTP secrets stored in the clear are now sealed under the secrets key");
+                }
                 Ok(applied)
             }
 
             async fn create_user(&self, user: &UserRecord, now: i64) -> StoreResult<()> {
                 let inserted = sqlx::query(
-                    "INSERT INTO users (id, username, password_hash, role, weight, totp_secret, totp_enabled, totp_last_step, created_at) \
+                    "INSERT INTO users (id, username, password_hash, role, weight, totp_secret_sealed, totp_enabled, totp_last_step, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)",
                 )
                 .bind(user.id.to_string())
@@ -397,7 +583,7 @@ macro_rules! sql_store {
                 .bind(&user.password_hash)
                 .bind(user.role.as_str())
                 .bind(i64::from(user.weight))
-                .bind(user.totp_secret.clone())
+                .bind(self.sealed_secret(user.id, user.totp_secret.as_deref())?)
                 .bind(i64::from(user.totp_enabled))
                 .bind(now)
                 .execute(&self.pool)
@@ -411,12 +597,12 @@ macro_rules! sql_store {
 
             async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
                 let row = sqlx::query("SELECT * FROM users WHERE username = $1").bind(username).fetch_optional(&self.pool).await?;
-                row.as_ref().map(Self::user_from_row).transpose()
+                row.as_ref().map(|row| self.user_from_row(row)).transpose()
             }
 
             async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<UserRecord>> {
                 let row = sqlx::query("SELECT * FROM users WHERE id = $1").bind(id.to_string()).fetch_optional(&self.pool).await?;
-                row.as_ref().map(Self::user_from_row).transpose()
+                row.as_ref().map(|row| self.user_from_row(row)).transpose()
             }
 
             async fn verify_user(&self, user: Uuid, verification: &Verification, now: i64) -> StoreResult<bool> {
@@ -460,8 +646,8 @@ macro_rules! sql_store {
             }
 
             async fn set_totp(&self, user: Uuid, secret: Option<&[u8]>, enabled: bool) -> StoreResult<()> {
-                sqlx::query("UPDATE users SET totp_secret = $1, totp_enabled = $2 WHERE id = $3")
-                    .bind(secret.map(<[u8]>::to_vec))
+                sqlx::query("UPDATE users SET totp_secret_sealed = $1, totp_secret = NULL, totp_enabled = $2 WHERE id = $3")
+                    .bind(self.sealed_secret(user, secret)?)
                     .bind(i64::from(enabled))
                     .bind(user.to_string())
                     .execute(&self.pool)
@@ -595,29 +781,23 @@ macro_rules! sql_store {
             async fn append_audit(&self, actor: &str, action: &str, detail: &str, now: i64) -> StoreResult<AuditRecord> {
                 let _one_at_a_time = self.audit_lock.lock().await;
                 for _attempt in 0..5 {
-                    let last = sqlx::query("SELECT seq, hash FROM audit_trail ORDER BY seq DESC LIMIT 1").fetch_optional(&self.pool).await?;
-                    let (prev_seq, prev_hash) = match &last {
-                        Some(row) => (row.try_get::<i64, _>("seq")?, row.try_get::<String, _>("hash")?),
-                        None => (0, AUDIT_GENESIS.to_string()),
+                    let last = sqlx::query("SELECT seq, hash, hmac FROM audit_trail ORDER BY seq DESC LIMIT 1").fetch_optional(&self.pool).await?;
+                    let (mut prev_seq, mut prev_hash, prev_keyed) = match &last {
+                        Some(row) => (row.try_get::<i64, _>("seq")?, row.try_get::<String, _>("hash")?, row.try_get::<Option<String>, _>("hmac")?.is_some()),
+                        None => (0, AUDIT_GENESIS.to_string(), false),
                     };
-                    let seq = prev_seq + 1;
-                    let hash = AuditRecord::compute_hash(&prev_hash, seq, now, actor, action, detail);
-                    let inserted = sqlx::query("INSERT INTO audit_trail (seq, at, actor, action, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                        .bind(seq)
-                        .bind(now)
-                        .bind(actor)
-                        .bind(action)
-                        .bind(detail)
-                        .bind(&prev_hash)
-                        .bind(&hash)
-                        .execute(&self.pool)
-                        .await;
-                    match inserted {
-                        Ok(_) => {
-                            return Ok(AuditRecord { seq, at: now, actor: actor.into(), action: action.into(), detail: detail.into(), prev_hash, hash });
+                    if let Some(key) = &self.keys.audit
+                        && !prev_keyed
+                    {
+                        // From here on every entry is keyed; the check reports those before as unkeyed.
+                        let began = serde_json::json!({ "key_id": key.id(), "unkeyed_entries": prev_seq }).to_string();
+                        match self.insert_audit(prev_seq, &prev_hash, now, "system", AUDIT_KEYING_BEGAN, &began).await? {
+                            Some(marker) => (prev_seq, prev_hash) = (marker.seq, marker.hash),
+                            None => continue,
                         }
-                        Err(error) if is_unique_violation(&error) => continue,
-                        Err(error) => return Err(error.into()),
+                    }
+                    if let Some(entry) = self.insert_audit(prev_seq, &prev_hash, now, actor, action, detail).await? {
+                        return Ok(entry);
                     }
                 }
                 Err(ServingError::Storage("could not append to the audit trail: too much contention".into()))
@@ -629,19 +809,160 @@ macro_rules! sql_store {
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(AuditRecord {
-                            seq: row.try_get("seq")?,
-                            at: row.try_get("at")?,
-                            actor: row.try_get("actor")?,
-                            action: row.try_get("action")?,
-                            detail: row.try_get("detail")?,
-                            prev_hash: row.try_get("prev_hash")?,
-                            hash: row.try_get("hash")?,
-                        })
+                rows.iter().map(Self::audit_from_row).collect()
+            }
+
+            async fn audit_head(&self) -> StoreResult<Option<AuditRecord>> {
+                let row = sqlx::query("SELECT * FROM audit_trail ORDER BY seq DESC LIMIT 1").fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::audit_from_row).transpose()
+            }
+
+            fn audit_key(&self) -> Option<&AuditKey> {
+                self.keys.audit.as_ref()
+            }
+
+            async fn audit_anchors(&self, after_batch: i64, limit: i64) -> StoreResult<Vec<AuditAnchorRow>> {
+                let rows = sqlx::query("SELECT * FROM audit_anchors WHERE batch_id > $1 ORDER BY batch_id LIMIT $2")
+                    .bind(after_batch)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::audit_anchor_from_row).collect()
+            }
+
+            async fn latest_audit_anchor(&self) -> StoreResult<Option<AuditAnchorRow>> {
+                let row = sqlx::query("SELECT * FROM audit_anchors ORDER BY seq DESC, batch_id DESC LIMIT 1").fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::audit_anchor_from_row).transpose()
+            }
+
+            async fn batch_audit_anchor(&self, batch_id: i64) -> StoreResult<Option<AuditAnchorRow>> {
+                let row = sqlx::query("SELECT * FROM audit_anchors WHERE batch_id = $1").bind(batch_id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::audit_anchor_from_row).transpose()
+            }
+
+            async fn create_roll(&self, roll: Uuid, name: &str, created_by: Uuid, entries: &[NewRollEntry], now: i64) -> StoreResult<()> {
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                sqlx::query("INSERT INTO rolls (id, name, created_by, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(roll.to_string())
+                    .bind(name)
+                    .bind(created_by.to_string())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                // Many rows a statement: an import of 100 000 entries is 200 round trips.
+                for chunk in entries.chunks(500) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new("INSERT INTO roll_entries (id, roll_id, identifier, region, code_hash) ");
+                    insert.push_values(chunk, |mut row, entry| {
+                        row.push_bind(entry.id.to_string())
+                            .push_bind(roll.to_string())
+                            .push_bind(entry.identifier.clone())
+                            .push_bind(entry.region.clone())
+                            .push_bind(entry.code_hash.clone());
+                    });
+                    match insert.build().execute(&mut *tx).await {
+                        Ok(_) => {}
+                        Err(error) if is_unique_violation(&error) => {
+                            return Err(ServingError::Conflict("an identifier is in the roll twice".into()));
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn roll_summary(&self, roll: Uuid) -> StoreResult<Option<RollSummary>> {
+                let Some(head) = sqlx::query("SELECT name FROM rolls WHERE id = $1").bind(roll.to_string()).fetch_optional(&self.pool).await? else {
+                    return Ok(None);
+                };
+                let counts = sqlx::query(
+                    "SELECT COUNT(*) AS entries, COUNT(claimed_by) AS claimed, COUNT(spent_at) AS spent FROM roll_entries WHERE roll_id = $1",
+                )
+                .bind(roll.to_string())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(Some(RollSummary {
+                    name: head.try_get("name")?,
+                    entries: counts.try_get("entries")?,
+                    claimed: counts.try_get("claimed")?,
+                    spent: counts.try_get("spent")?,
+                }))
+            }
+
+            async fn claim_roll_entry(&self, code_hash: &str, user: Uuid, now: i64) -> StoreResult<ClaimOutcome> {
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                let waiting = sqlx::query("SELECT id, roll_id, region FROM roll_entries WHERE code_hash = $1 AND claimed_by IS NULL AND spent_at IS NULL")
+                    .bind(code_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(waiting) = waiting else { return Ok(ClaimOutcome::UnknownCode) };
+                let entry = parse_uuid(&waiting.try_get::<String, _>("id")?)?;
+                let roll = parse_uuid(&waiting.try_get::<String, _>("roll_id")?)?;
+                let region: String = waiting.try_get("region")?;
+                let holds = sqlx::query("SELECT id FROM roll_entries WHERE roll_id = $1 AND claimed_by = $2")
+                    .bind(roll.to_string())
+                    .bind(user.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if holds.is_some() {
+                    return Ok(ClaimOutcome::AlreadyHolds { roll });
+                }
+                // The code works once: it is cleared with the claim.
+                let claimed = sqlx::query(
+                    "UPDATE roll_entries SET claimed_by = $1, claimed_at = $2, code_hash = NULL \
+                     WHERE id = $3 AND code_hash = $4 AND claimed_by IS NULL AND spent_at IS NULL",
+                )
+                .bind(user.to_string())
+                .bind(now)
+                .bind(entry.to_string())
+                .bind(code_hash)
+                .execute(&mut *tx)
+                .await;
+                match claimed {
+                    Ok(done) if done.rows_affected() == 1 => {}
+                    Ok(_) => return Ok(ClaimOutcome::UnknownCode),
+                    Err(error) if is_unique_violation(&error) => return Ok(ClaimOutcome::AlreadyHolds { roll }),
+                    Err(error) => return Err(error.into()),
+                }
+                tx.commit().await?;
+                Ok(ClaimOutcome::Claimed { roll, entry, region })
+            }
+
+            async fn reissue_roll_entry(&self, roll: Uuid, identifier: &str, code_hash: &str) -> StoreResult<Reissue> {
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                let row = sqlx::query("SELECT id, claimed_by, spent_at FROM roll_entries WHERE roll_id = $1 AND identifier = $2")
+                    .bind(roll.to_string())
+                    .bind(identifier)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else { return Ok(Reissue::NoSuchEntry) };
+                if row.try_get::<Option<i64>, _>("spent_at")?.is_some() {
+                    return Ok(Reissue::Spent);
+                }
+                let entry = parse_uuid(&row.try_get::<String, _>("id")?)?;
+                let former_claimant = row.try_get::<Option<String>, _>("claimed_by")?.map(|id| parse_uuid(&id)).transpose()?;
+                sqlx::query("UPDATE roll_entries SET code_hash = $1, claimed_by = NULL, claimed_at = NULL WHERE id = $2 AND spent_at IS NULL")
+                    .bind(code_hash)
+                    .bind(entry.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Reissue::Reissued { entry, former_claimant })
+            }
+
+            async fn roll_claim(&self, roll: Uuid, user: Uuid) -> StoreResult<Option<RollClaim>> {
+                let row = sqlx::query("SELECT id, region FROM roll_entries WHERE roll_id = $1 AND claimed_by = $2 AND spent_at IS NULL")
+                    .bind(roll.to_string())
+                    .bind(user.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| {
+                    Ok(RollClaim {
+                        entry: parse_uuid(&row.try_get::<String, _>("id")?)?,
+                        region: row.try_get("region")?,
                     })
-                    .collect()
+                })
+                .transpose()
             }
 
             async fn voter_salt(&self, voter: Uuid, now: i64) -> StoreResult<[u8; 32]> {
@@ -652,8 +973,12 @@ macro_rules! sql_store {
                     return <[u8; 32]>::try_from(salt).map_err(|_| ServingError::Storage("a stored salt is not 32 bytes".into()));
                 }
                 let fresh: [u8; 32] = rand::random();
+                // Only for a living account or an entry still in play: an erased voter's
+                // leftover token must not bring a salt with their id back.
                 sqlx::query(
-                    "INSERT INTO voter_salts (voter_id, salt, created_at) VALUES ($1, $2, $3) \
+                    "INSERT INTO voter_salts (voter_id, salt, created_at) SELECT $1, $2, $3 \
+                     WHERE EXISTS (SELECT 1 FROM users WHERE id = $1) \
+                        OR EXISTS (SELECT 1 FROM roll_entries WHERE id = $1 AND spent_at IS NULL) \
                      ON CONFLICT (voter_id) DO UPDATE SET salt = excluded.salt, created_at = excluded.created_at, erased_at = NULL \
                      WHERE voter_salts.salt IS NULL",
                 )
@@ -663,18 +988,102 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await?;
                 // Another request may have created it first: read back what won.
-                let row = sqlx::query("SELECT salt FROM voter_salts WHERE voter_id = $1").bind(voter.to_string()).fetch_one(&self.pool).await?;
-                let salt: Option<Vec<u8>> = row.try_get("salt")?;
-                salt.and_then(|salt| <[u8; 32]>::try_from(salt).ok()).ok_or_else(|| ServingError::Storage("the voter's salt vanished while it was created".into()))
+                let row = sqlx::query("SELECT salt FROM voter_salts WHERE voter_id = $1").bind(voter.to_string()).fetch_optional(&self.pool).await?;
+                let salt: Option<Vec<u8>> = row.map(|row| row.try_get("salt")).transpose()?.flatten();
+                salt.map(|salt| <[u8; 32]>::try_from(salt).map_err(|_| ServingError::Storage("a stored salt is not 32 bytes".into())))
+                    .unwrap_or(Err(ServingError::AccountErased))
             }
 
-            async fn erase_voter_salt(&self, voter: Uuid, now: i64) -> StoreResult<bool> {
-                let erased = sqlx::query("UPDATE voter_salts SET salt = NULL, erased_at = $2 WHERE voter_id = $1 AND salt IS NOT NULL")
-                    .bind(voter.to_string())
-                    .bind(now)
-                    .execute(&self.pool)
+            async fn voter_key(&self, user: Uuid, now: i64) -> StoreResult<Option<[u8; 32]>> {
+                let select = "SELECT seal_key FROM voter_keys WHERE voter_id = $1";
+                let read = |row: Option<<$db as sqlx::Database>::Row>| -> StoreResult<Option<[u8; 32]>> {
+                    row.map(|row| {
+                        let key: Vec<u8> = row.try_get("seal_key")?;
+                        <[u8; 32]>::try_from(key).map_err(|_| ServingError::Storage("a stored voter key is not 32 bytes".into()))
+                    })
+                    .transpose()
+                };
+                if let Some(key) = read(sqlx::query(select).bind(user.to_string()).fetch_optional(&self.pool).await?)? {
+                    return Ok(Some(key));
+                }
+                let fresh: [u8; 32] = rand::random();
+                sqlx::query(
+                    "INSERT INTO voter_keys (voter_id, seal_key, created_at) SELECT $1, $2, $3 \
+                     WHERE EXISTS (SELECT 1 FROM users WHERE id = $1) ON CONFLICT (voter_id) DO NOTHING",
+                )
+                .bind(user.to_string())
+                .bind(fresh.to_vec())
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                // Another request may have created it first: read back what won.
+                read(sqlx::query(select).bind(user.to_string()).fetch_optional(&self.pool).await?)
+            }
+
+            async fn user_pseudonym(&self, user: Uuid) -> StoreResult<String> {
+                let select = "SELECT pseudonym FROM user_pseudonyms WHERE user_id = $1";
+                if let Some(row) = sqlx::query(select).bind(user.to_string()).fetch_optional(&self.pool).await? {
+                    return Ok(row.try_get("pseudonym")?);
+                }
+                let fresh = format!("p-{}", hex::encode(rand::random::<[u8; 8]>()));
+                // Only a living account gets one: storing a pseudonym for an erased id would
+                // write the id back.
+                sqlx::query(
+                    "INSERT INTO user_pseudonyms (user_id, pseudonym) SELECT $1, $2 \
+                     WHERE EXISTS (SELECT 1 FROM users WHERE id = $1) ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(user.to_string())
+                .bind(&fresh)
+                .execute(&self.pool)
+                .await?;
+                let row = sqlx::query(select).bind(user.to_string()).fetch_optional(&self.pool).await?;
+                Ok(match row {
+                    Some(row) => row.try_get("pseudonym")?,
+                    None => UNKNOWN_USER_PSEUDONYM.to_string(),
+                })
+            }
+
+            async fn erase_voter(&self, user: Uuid, now: i64) -> StoreResult<Option<String>> {
+                let id = user.to_string();
+                let pseudonym = self.user_pseudonym(user).await?;
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                if sqlx::query("SELECT id FROM users WHERE id = $1").bind(&id).fetch_optional(&mut *tx).await?.is_none() {
+                    sqlx::query("DELETE FROM user_pseudonyms WHERE user_id = $1").bind(&id).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    return Ok(None);
+                }
+                sqlx::query("DELETE FROM voter_salts WHERE voter_id IN (SELECT id FROM roll_entries WHERE claimed_by = $1)")
+                    .bind(&id)
+                    .execute(&mut *tx)
                     .await?;
-                Ok(erased.rows_affected() > 0)
+                sqlx::query("UPDATE roll_entries SET claimed_by = NULL, claimed_at = NULL, code_hash = NULL, spent_at = $2 WHERE claimed_by = $1")
+                    .bind(&id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                for statement in [
+                    "DELETE FROM voter_salts WHERE voter_id = $1",
+                    "DELETE FROM voter_keys WHERE voter_id = $1",
+                    "DELETE FROM user_pseudonyms WHERE user_id = $1",
+                    "DELETE FROM stakeholder_regions WHERE user_id = $1",
+                    "DELETE FROM expert_verifications WHERE user_id = $1",
+                    "DELETE FROM refresh_tokens WHERE user_id = $1",
+                    "DELETE FROM refresh_families WHERE user_id = $1",
+                    "DELETE FROM users WHERE id = $1",
+                ] {
+                    let done = sqlx::query(statement).bind(&id).execute(&mut *tx).await;
+                    if let Err(sqlx::Error::Database(db)) = &done
+                        && db.is_foreign_key_violation()
+                    {
+                        return Err(ServingError::Conflict(
+                            "the account created decisions or verified others: only voters are erased".into(),
+                        ));
+                    }
+                    done?;
+                }
+                tx.commit().await?;
+                sqlx::raw_sql($after_erase).execute(&self.pool).await?;
+                Ok(Some(pseudonym))
             }
 
             async fn insert_checkpoint(&self, checkpoint: &CheckpointRow) -> StoreResult<bool> {
@@ -719,7 +1128,7 @@ macro_rules! sql_store {
                 rows.iter().map(Self::checkpoint_from_row).collect()
             }
 
-            async fn create_anchor_batch(&self, batch: &AnchorBatchRow, entries: &[CheckpointRow]) -> StoreResult<()> {
+            async fn create_anchor_batch(&self, batch: &AnchorBatchRow, entries: &[CheckpointRow], audit_head: Option<&AuditAnchorRow>) -> StoreResult<()> {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("INSERT INTO anchor_batches (batch_id, root, entry_count, target, created_at) VALUES ($1, $2, $3, $4, $5)")
                     .bind(batch.batch_id)
@@ -740,6 +1149,15 @@ macro_rules! sql_store {
                     if updated.rows_affected() != 1 {
                         return Err(ServingError::Conflict("a checkpoint of the batch was anchored by someone else".into()));
                     }
+                }
+                if let Some(head) = audit_head {
+                    sqlx::query("INSERT INTO audit_anchors (batch_id, entry_index, seq, hash) VALUES ($1, $2, $3, $4)")
+                        .bind(batch.batch_id)
+                        .bind(head.entry_index)
+                        .bind(head.seq)
+                        .bind(&head.hash)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -838,14 +1256,23 @@ sql_store!(
     sqlx::Sqlite,
     SQLITE_MIGRATIONS,
     // A write transaction already excludes other writers of the file.
-    "SELECT 1"
+    "SELECT 1",
+    // Take the write lock first: a transaction that reads, then writes after another
+    // connection wrote, fails at once with SQLITE_BUSY instead of waiting.
+    "BEGIN IMMEDIATE",
+    // Move the erasure into the database file and empty the WAL, which still holds the
+    // pages from before it.
+    "PRAGMA wal_checkpoint(TRUNCATE)"
 );
 sql_store!(
     /// The cluster metadata store: PostgreSQL.
     PostgresStore,
     sqlx::Postgres,
     POSTGRES_MIGRATIONS,
-    "SELECT pg_advisory_xact_lock(7261726)"
+    "SELECT pg_advisory_xact_lock(7261726)",
+    "BEGIN",
+    // Dead tuples are PostgreSQL's to reclaim (VACUUM); its files are the operator's.
+    "SELECT 1"
 );
 
 impl SqliteStore {
@@ -859,6 +1286,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Deleted rows are overwritten, not just unlinked: erasure must not leave the
+            // voter's id or salt in a free page.
+            .pragma("secure_delete", "ON")
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -867,6 +1297,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             audit_lock: tokio::sync::Mutex::new(()),
+            keys: StoreKeys::default(),
         })
     }
 }
@@ -882,6 +1313,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             audit_lock: tokio::sync::Mutex::new(()),
+            keys: StoreKeys::default(),
         })
     }
 }

@@ -8,7 +8,18 @@ use canopy_schemas::{ComponentWeights, Decision, DecisionId, Method, Metric, Sen
 use canopy_serving::ServingError;
 use canopy_serving::auth::Role;
 use canopy_serving::store::*;
+use canopy_serving::trail::verify_audit_chain;
 use uuid::Uuid;
+
+/// A secrets key (TOTP secrets are stored only sealed) and no audit key: the trail's
+/// entries stay unkeyed, as the chain tests below expect; keyed entries have their tests in
+/// store_keys.rs.
+fn secrets_only() -> canopy_serving::store_keys::StoreKeys {
+    canopy_serving::store_keys::StoreKeys {
+        audit: None,
+        secrets: Some(canopy_serving::store_keys::SecretsKey::from_bytes([9; 32])),
+    }
+}
 
 fn user(name: &str) -> UserRecord {
     UserRecord {
@@ -73,7 +84,10 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
             "0002_record".to_string(),
             "0003_engine_state".to_string(),
             "0004_sensors".to_string(),
-            "0005_audit_append_only".to_string()
+            "0005_audit_append_only".to_string(),
+            "0006_rolls".to_string(),
+            "0007_voter_keys".to_string(),
+            "0008_audit_keys".to_string(),
         ]
     );
     assert!(
@@ -277,14 +291,18 @@ fn checkpoint(decision: DecisionId, size: i64) -> CheckpointRow {
 
 /// Salts, checkpoints and anchor batches.
 async fn record_tables(store: &Arc<dyn MetadataStore>) {
-    // A salt is created once, kept, and gone after erasure; a new one comes after.
-    let voter = Uuid::new_v4();
+    // A salt is created once per account and kept; erasure takes the account, its salt,
+    // key and pseudonym, and none of them comes back for the erased id.
+    let account = user("salted");
+    store.create_user(&account, 0).await.unwrap();
+    let other_account = user("salted-too");
+    store.create_user(&other_account, 0).await.unwrap();
+    let (voter, other) = (account.id, other_account.id);
     let salt = store.voter_salt(voter, 1).await.unwrap();
     assert_eq!(store.voter_salt(voter, 2).await.unwrap(), salt);
     let racing: Vec<_> = (0..6)
         .map(|_| {
             let store = Arc::clone(store);
-            let other = Uuid::from_u128(voter.as_u128() ^ 1);
             tokio::spawn(async move { store.voter_salt(other, 3).await.unwrap() })
         })
         .collect();
@@ -293,9 +311,17 @@ async fn record_tables(store: &Arc<dyn MetadataStore>) {
         salts.push(attempt.await.unwrap());
     }
     assert!(salts.windows(2).all(|w| w[0] == w[1]), "one salt per voter");
-    assert!(store.erase_voter_salt(voter, 4).await.unwrap());
-    assert!(!store.erase_voter_salt(voter, 5).await.unwrap());
-    assert_ne!(store.voter_salt(voter, 6).await.unwrap(), salt);
+    let key = store.voter_key(voter, 3).await.unwrap().unwrap();
+    assert_eq!(store.voter_key(voter, 3).await.unwrap(), Some(key));
+    let pseudonym = store.user_pseudonym(voter).await.unwrap();
+    assert!(pseudonym.starts_with("p-") && !pseudonym.contains(&voter.to_string()));
+    assert_eq!(store.erase_voter(voter, 4).await.unwrap(), Some(pseudonym.clone()));
+    assert_eq!(store.erase_voter(voter, 5).await.unwrap(), None);
+    assert!(store.user_by_id(voter).await.unwrap().is_none());
+    assert_eq!(store.voter_key(voter, 6).await.unwrap(), None);
+    assert_eq!(store.voter_salt(voter, 6).await.unwrap_err().code(), "account_erased");
+    assert_eq!(store.user_pseudonym(voter).await.unwrap(), UNKNOWN_USER_PSEUDONYM);
+    assert_eq!(store.voter_salt(Uuid::new_v4(), 6).await.unwrap_err().code(), "account_erased");
 
     // Checkpoints only grow: a replayed cut at or below the latest is not stored.
     let (a, b) = (DecisionId(1), DecisionId(2));
@@ -328,7 +354,7 @@ async fn record_tables(store: &Arc<dyn MetadataStore>) {
         confirmed_at: None,
     };
     store
-        .create_anchor_batch(&batch, &unanchored)
+        .create_anchor_batch(&batch, &unanchored, None)
         .await
         .unwrap();
     assert!(
@@ -339,7 +365,8 @@ async fn record_tables(store: &Arc<dyn MetadataStore>) {
                         batch_id: 1,
                         ..batch.clone()
                     },
-                    &unanchored
+                    &unanchored,
+                    None
                 )
                 .await,
             Err(ServingError::Conflict(_))
@@ -453,7 +480,8 @@ async fn sqlite_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("canopy.db"))
         .await
-        .unwrap();
+        .unwrap()
+        .with_keys(secrets_only());
     exercise(Arc::new(store)).await;
 }
 
@@ -464,7 +492,10 @@ async fn postgres_store() {
     store.migrate().await.unwrap();
     assert_audit_trail_append_only!(store);
     let database = TestDatabase::create().await;
-    let store = PostgresStore::connect(&database.url).await.unwrap();
+    let store = PostgresStore::connect(&database.url)
+        .await
+        .unwrap()
+        .with_keys(secrets_only());
     exercise(Arc::new(store)).await;
 }
 
@@ -530,5 +561,5 @@ async fn processes_starting_together_migrate_once() {
         1,
         "{applied:?}"
     );
-    assert_eq!(applied.concat().len(), 5, "{applied:?}");
+    assert_eq!(applied.concat().len(), 8, "{applied:?}");
 }

@@ -161,6 +161,7 @@ fn record(partition: u32, offset: u64, decision: u128, cast_at: i64) -> LogRecor
     let voter_id = VoterId(u128::from(offset % 701) + 1);
     let decision_id = DecisionId(decision);
     LogRecord {
+        sealed_voter: canopy_schemas::SealedVoter::NONE,
         position: Position { partition, offset },
         vote: Vote {
             vote_id: VoteId(u128::from(partition) << 64 | u128::from(offset)),

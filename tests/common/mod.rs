@@ -1,6 +1,8 @@
 //! Running `canopy` as an operator would: processes, ports, accounts, requests.
 #![allow(dead_code)]
 
+pub mod anvil;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;

@@ -18,7 +18,10 @@ pub fn vote(decision: u128, voter: u128, n: u128) -> LoggedVote {
         weight: Weight::ONE,
         cast_at: 1_500,
     };
+    // Sealed like a real voter's (random-looking, not zeros): the torn-tail tests cut the
+    // entry's last bytes and must see them change.
     LoggedVote::new(vote, &VoterSalt([voter as u8; 32]))
+        .with_sealed_voter(SealedVoter([(voter as u8) | 0x80; SEALED_VOTER_LEN]))
 }
 
 /// Every record of `partition`, from offset 0, in reads smaller than the log.

@@ -93,11 +93,7 @@ pub(crate) async fn register(
     )
     .await?;
     state
-        .audit(
-            &id.to_string(),
-            "register",
-            json!({ "username": body.username }),
-        )
+        .audit_as_user(id, "register", json!({}))
         .await;
     Ok((
         StatusCode::CREATED,
@@ -157,7 +153,7 @@ pub(crate) async fn login(
             .audit(
                 "anonymous",
                 "login_failed",
-                json!({ "username": body.username, "reason": "bad_credentials" }),
+                json!({ "reason": "bad_credentials" }),
             )
             .await;
         return Err(ServingError::BadCredentials);
@@ -165,8 +161,7 @@ pub(crate) async fn login(
     if user.totp_enabled {
         let Some(code) = body.totp.as_deref() else {
             state
-                .audit(
-                    &user.id.to_string(),
+                .audit_as_user(user.id,
                     "login_failed",
                     json!({ "reason": "totp_required" }),
                 )
@@ -175,8 +170,7 @@ pub(crate) async fn login(
         };
         if let Err(error) = check_totp(&state, &user, code).await {
             state
-                .audit(
-                    &user.id.to_string(),
+                .audit_as_user(user.id,
                     "login_failed",
                     json!({ "reason": error.code() }),
                 )
@@ -191,10 +185,9 @@ pub(crate) async fn login(
         .await?;
     let pair = issue_pair(&state, &user, family).await?;
     state
-        .audit(
-            &user.id.to_string(),
+        .audit_as_user(user.id,
             "login",
-            json!({ "username": user.username }),
+            json!({}),
         )
         .await;
     Ok(Json(pair))
@@ -238,8 +231,7 @@ pub(crate) async fn refresh_token(
         RefreshUse::Reused { family, user } => {
             state.store.revoke_refresh_family(family).await?;
             state
-                .audit(
-                    &user.to_string(),
+                .audit_as_user(user,
                     "refresh_token_reused",
                     json!({ "family": family }),
                 )
@@ -314,8 +306,10 @@ pub(crate) async fn verify_expert(
         return Err(ServingError::NotFound { what: "user" });
     }
     let detail = json!({ "user_id": body.user_id, "role": body.role, "weight": body.weight, "field": body.field, "regions": body.regions });
+    let verified = state.store.user_pseudonym(body.user_id).await?;
+    let audited = json!({ "user": verified, "role": body.role, "weight": body.weight, "field": body.field, "regions": body.regions });
     state
-        .audit(&caller.0.sub.to_string(), "verify_user", detail.clone())
+        .audit_as_user(caller.0.sub, "verify_user", audited)
         .await;
     Ok(Json(detail))
 }
@@ -344,7 +338,7 @@ pub(crate) async fn totp_enrol(
         user.username
     );
     state
-        .audit(&user.id.to_string(), "totp_enrol", json!({}))
+        .audit_as_user(user.id, "totp_enrol", json!({}))
         .await;
     Ok(Json(
         json!({ "secret_base32": secret_base32, "otpauth_url": url }),
@@ -374,7 +368,7 @@ pub(crate) async fn totp_confirm(
         .set_totp(user.id, user.totp_secret.as_deref(), true)
         .await?;
     state
-        .audit(&user.id.to_string(), "totp_confirm", json!({}))
+        .audit_as_user(user.id, "totp_confirm", json!({}))
         .await;
     Ok(StatusCode::NO_CONTENT)
 }

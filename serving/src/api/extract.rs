@@ -124,7 +124,7 @@ impl Caller {
         }
         let detail = json!({ "action": action.as_str(), "role": self.0.role.as_str() });
         state
-            .audit(&self.0.sub.to_string(), "refused", detail)
+            .audit_as_user(self.0.sub, "refused", detail)
             .await;
         Err(ServingError::Forbidden {
             role: self.0.role.as_str(),

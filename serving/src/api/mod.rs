@@ -5,7 +5,8 @@
 //!  extract   ApiJson, Caller (token, per-user limit, role check), ErrorBody
 //!  health    /healthz, /readyz
 //!  accounts  /api/v1/auth/*              voting  /api/v1/voting/*
-//!  audit     /api/v1/audit/trail         record  /api/v1/audit/{key,decisions/*}, admin erasure
+//!  audit     /api/v1/audit/trail[/anchors] record  /api/v1/audit/{key,decisions/*}, admin erasure
+//!  rolls     /api/v1/admin/rolls*, /api/v1/rolls/claim
 //!  sensors   /api/v1/data/*              analytics  /api/v1/analytics/sql
 //! ```
 
@@ -15,6 +16,7 @@ mod audit;
 mod extract;
 mod health;
 mod record;
+mod rolls;
 mod sensors;
 mod voting;
 
@@ -80,12 +82,17 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
         .routes(routes!(voting::breakdown))
         .routes(routes!(voting::active_decisions))
         .routes(routes!(audit::audit_trail))
+        .routes(routes!(audit::audit_anchors))
         .routes(routes!(record::record_key))
         .routes(routes!(record::checkpoints))
         .routes(routes!(record::inclusion_proof))
         .routes(routes!(record::consistency_proof))
         .routes(routes!(record::checkpoint_anchor))
         .routes(routes!(record::erase_voter))
+        .routes(routes!(rolls::import_roll))
+        .routes(routes!(rolls::roll_summary))
+        .routes(routes!(rolls::reissue_entry))
+        .routes(routes!(rolls::claim_invitation))
         .routes(routes!(sensors::register_sensor, sensors::list_sensors))
         .routes(routes!(sensors::process_sensor_data))
         .routes(routes!(sensors::ingest_environmental_data))

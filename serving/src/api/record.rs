@@ -13,9 +13,8 @@ use super::extract::{ApiJson, Caller, ErrorBody};
 use crate::ServingError;
 use crate::auth::Action;
 use crate::state::SharedState;
-use canopy_chain::AnchorJournal;
 
-use crate::record::{batch_tree, parse_hash};
+use crate::record::{journal_note, parse_hash, stored_batch_tree};
 use crate::store::CheckpointRow;
 
 #[utoipa::path(get, path = "/api/v1/audit/key", tag = "record", responses((status = 200, description = "the verifier key every checkpoint is signed with")))]
@@ -231,23 +230,9 @@ async fn anchor_info(
     if batch.confirmed_at.is_none() {
         return Ok(None);
     }
-    let entries = state.store.batch_entries(batch_id).await?;
-    let tree = batch_tree(&entries)?;
+    let tree = stored_batch_tree(state.store.as_ref(), batch_id).await?;
     let path: Vec<Hash> = tree.path(entry_index as u64)?;
-    let batch_note = if batch.target == "journal" {
-        let journal = state.data_dir.join("anchors").join("journal.jsonl");
-        let entries = tokio::task::spawn_blocking(move || AnchorJournal::entries(&journal))
-            .await
-            .map_err(|e| ServingError::Internal(e.to_string()))?
-            .map_err(|e| ServingError::Internal(e.to_string()))?;
-        entries
-            .into_iter()
-            .rev()
-            .find(|(id, _)| *id == batch_id)
-            .map(|(_, note)| note)
-    } else {
-        None
-    };
+    let batch_note = journal_note(&state.data_dir, &batch).await?;
     Ok(Some(AnchorInfo {
         batch_id,
         target: batch.target,
@@ -268,7 +253,7 @@ pub(crate) struct EraseBody {
     voter_id: Uuid,
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/erase-voter", tag = "record", request_body = EraseBody, security(("bearer" = [])), responses((status = 200, description = "the voter's salt is gone: their leaves can no longer be linked to them; every proof still verifies"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/admin/erase-voter", tag = "record", request_body = EraseBody, security(("bearer" = [])), responses((status = 200, description = "the account, its key, salt and pseudonym are gone: no stored byte links the person to a ballot or an audit entry; every proof still verifies"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the account created decisions or verified others")))]
 pub(crate) async fn erase_voter(
     State(state): State<SharedState>,
     caller: Caller,
@@ -278,9 +263,10 @@ pub(crate) async fn erase_voter(
     let voter = VoterId::from(body.voter_id);
     let erased = state
         .store
-        .erase_voter_salt(voter.as_uuid(), canopy_schemas::clock::now_micros())
+        .erase_voter(voter.as_uuid(), canopy_schemas::clock::now_micros())
         .await?;
-    state.salts.forget(voter.as_uuid());
+    state.salts.forget_all();
+    state.recent_casts.forget_all();
     if let Some(replicas) = state.replicas.clone() {
         // The other replicas drop their cached salts at their next heartbeat.
         let told = tokio::task::spawn_blocking(move || replicas.voter_erased()).await;
@@ -290,16 +276,17 @@ pub(crate) async fn erase_voter(
             );
         }
     }
-    if !erased {
+    let Some(pseudonym) = erased else {
         return Err(ServingError::NotFound {
-            what: "a voter with a salt to erase",
+            what: "an account to erase",
         });
-    }
+    };
+    // The trail names the erased person by the pseudonym whose mapping was just deleted.
     state
-        .audit(
-            &caller.0.sub.to_string(),
+        .audit_as_user(
+            caller.0.sub,
             "erase_voter",
-            json!({ "voter_id": voter }),
+            json!({ "voter": pseudonym }),
         )
         .await;
     Ok(Json(json!({ "voter_id": voter, "erased": true })))

@@ -11,8 +11,8 @@ use canopy_dataflow::DecisionView;
 use canopy_ingest::{IngestError, Position};
 use canopy_schemas::clock::{now_micros, unix_now};
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, Electorate, LoggedVote, Method, Vote,
-    VoteId, VoterId, VoterSalt, Weight,
+    Component, ComponentWeights, Decision, DecisionId, Electorate, LoggedVote, Method,
+    SchemaError, Vote, VoteId, VoterId, VoterSalt, Weight,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::extract::{ApiJson, Caller, ErrorBody};
 use crate::ServingError;
 use crate::auth::{Action, Claims};
+use crate::salts::seal_voter;
 use crate::state::SharedState;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -44,8 +45,9 @@ pub(crate) struct DecisionBody {
     #[schema(value_type = Option<String>, example = "single_choice")]
     method: Method,
     /// Who may vote: `{"roles": ["citizen", "expert", "stakeholder", "analysis_agent"],
-    /// "regions": ["north"]}`, each list empty or absent for no restriction. Stakeholders
-    /// vote only on decisions of a region they are verified for.
+    /// "regions": ["north"], "roll": "<roll id>"}`, each absent for no restriction.
+    /// Stakeholders vote only on decisions of a region they are verified for. With a roll,
+    /// only accounts holding one of its entries vote, in the entry's region.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     electorate: Electorate,
@@ -58,6 +60,11 @@ pub(crate) async fn create_decision(
     ApiJson(body): ApiJson<DecisionBody>,
 ) -> Result<Response, ServingError> {
     caller.require(&state, Action::CreateDecision).await?;
+    if let Some(roll) = body.electorate.roll
+        && state.store.roll_summary(roll.as_uuid()).await?.is_none()
+    {
+        return Err(SchemaError::Electorate("no roll has that id").into());
+    }
     let now = now_micros();
     let decision = Decision {
         electorate: body.electorate,
@@ -80,8 +87,8 @@ pub(crate) async fn create_decision(
         engine.register(decision.clone());
     }
     state
-        .audit(
-            &caller.0.sub.to_string(),
+        .audit_as_user(
+            caller.0.sub,
             "create_decision",
             json!({ "decision_id": decision.id, "title": decision.title }),
         )
@@ -119,14 +126,16 @@ pub(crate) struct CastReceipt {
 }
 
 /// The caller's vote (the `index`th of a batch), once the decision's electorate admits
-/// them: their role, and the regions they are verified for when the decision asks for any
-/// (refused `not_eligible`).
+/// them: their role, the entry of the decision's roll they hold, and the regions they are
+/// verified for (the entry's, with a roll) when the decision asks for any (refused
+/// `not_eligible`). The vote's voter is the ballot's subject: the account, or with a roll
+/// the entry, so that an entry casts one ballot whoever holds it.
 async fn eligible_vote(
     state: &SharedState,
     claims: &Claims,
     body: &CastBody,
     index: usize,
-) -> Result<Vote, ServingError> {
+) -> Result<LoggedVote, ServingError> {
     let voter_role = claims.role.voter_role().ok_or(ServingError::Forbidden {
         role: claims.role.as_str(),
         action: Action::CastVote.as_str(),
@@ -142,16 +151,27 @@ async fn eligible_vote(
         }
         found => found?,
     };
-    let voter_regions = match decision.required_regions(voter_role).is_empty() {
-        true => Vec::new(),
-        false => state.store.regions_of(claims.sub).await?,
+    let (subject, voter_regions) = match decision.electorate.roll {
+        Some(roll) => {
+            let claim = state
+                .store
+                .roll_claim(roll.as_uuid(), claims.sub)
+                .await?
+                .ok_or_else(|| SchemaError::NotEligible {
+                    reason: "this decision counts only its voter roll: claim your invitation first"
+                        .into(),
+                })?;
+            (claim.entry, vec![claim.region])
+        }
+        None if decision.required_regions(voter_role).is_empty() => (claims.sub, Vec::new()),
+        None => (claims.sub, state.store.regions_of(claims.sub).await?),
     };
     decision.admits(voter_role, &voter_regions)?;
     let component: Component = voter_role.component();
-    Ok(Vote {
+    let vote = Vote {
         vote_id: body.vote_id.map_or_else(VoteId::new_random, VoteId::from),
         decision_id: DecisionId::from(body.decision_id),
-        voter_id: VoterId::from(claims.sub),
+        voter_id: VoterId::from(subject),
         option: body.option,
         component,
         weight: Weight(if component == Component::Democratic {
@@ -160,7 +180,22 @@ async fn eligible_vote(
             claims.weight
         }),
         cast_at: now_micros(),
-    })
+    };
+    stand_in(state, vote, claims.sub).await
+}
+
+/// `vote` as the log will hold it: its subject stood in for by the salted commitment (and
+/// its pseudonym), the casting account sealed under the account's own key. An erased
+/// account has no key and casts nothing (`account_erased`).
+async fn stand_in(
+    state: &SharedState,
+    vote: Vote,
+    account: Uuid,
+) -> Result<LoggedVote, ServingError> {
+    let store = state.store.as_ref();
+    let key = state.salts.key(store, account).await?;
+    let salt = state.salts.salt(store, vote.voter_id.as_uuid()).await?;
+    Ok(LoggedVote::new(vote, &VoterSalt(salt)).with_sealed_voter(seal_voter(&key, account)))
 }
 
 fn receipt(logged: &LoggedVote, position: Position) -> CastReceipt {
@@ -204,6 +239,7 @@ async fn first_cast(
     state: &SharedState,
     vote: &Vote,
 ) -> Result<Option<(LoggedVote, Position)>, ServingError> {
+    // `vote.voter_id` is the ballot's pseudonym: what the record knows the voter as.
     let (voter, vote_id) = (vote.voter_id.0, vote.vote_id.0);
     if let Some(first) = state.recent_casts.get(voter, vote_id)
         && first.0.vote.decision_id == vote.decision_id
@@ -242,19 +278,11 @@ fn retried_receipt(
     Ok(receipt(&first, position))
 }
 
-/// Stands each voter in for by their salted commitment, then appends durably.
+/// Appends votes, already stood in for, durably.
 async fn submit(
     state: &SharedState,
-    votes: Vec<Vote>,
+    logged: Vec<LoggedVote>,
 ) -> Result<(Vec<LoggedVote>, Vec<Position>), ServingError> {
-    let mut logged = Vec::with_capacity(votes.len());
-    for vote in votes {
-        let salt = state
-            .salts
-            .salt(state.store.as_ref(), vote.voter_id.as_uuid())
-            .await?;
-        logged.push(LoggedVote::new(vote, &VoterSalt(salt)));
-    }
     let positions = match state.gate.submit_async(&logged).await {
         // Created on another replica since this one started: learn it and try once more
         // (the gate refused the whole batch, so nothing was appended).
@@ -274,14 +302,14 @@ pub(crate) async fn cast_vote(
     ApiJson(body): ApiJson<CastBody>,
 ) -> Result<Response, ServingError> {
     caller.require(&state, Action::CastVote).await?;
-    let vote = eligible_vote(&state, &caller.0, &body, 0).await?;
+    let logged = eligible_vote(&state, &caller.0, &body, 0).await?;
     if body.vote_id.is_some()
-        && let Some(first) = first_cast(&state, &vote).await?
+        && let Some(first) = first_cast(&state, &logged.vote).await?
     {
-        let receipt = retried_receipt(&vote, first)?;
+        let receipt = retried_receipt(&logged.vote, first)?;
         return Ok((StatusCode::CREATED, Json(receipt)).into_response());
     }
-    let (logged, positions) = submit(&state, vec![vote]).await?;
+    let (logged, positions) = submit(&state, vec![logged]).await?;
     state.recent_casts.remember(&logged[0], positions[0]);
     Ok((StatusCode::CREATED, Json(receipt(&logged[0], positions[0]))).into_response())
 }
@@ -332,11 +360,11 @@ pub(crate) async fn cast_votes(
     let mut new_votes = Vec::new();
     for (vote, entry) in votes.into_iter().zip(&body.votes) {
         let first = match entry.vote.vote_id {
-            Some(_) => first_cast(&state, &vote).await?,
+            Some(_) => first_cast(&state, &vote.vote).await?,
             None => None,
         };
         match first {
-            Some(first) => receipts.push(Some(retried_receipt(&vote, first)?)),
+            Some(first) => receipts.push(Some(retried_receipt(&vote.vote, first)?)),
             None => {
                 receipts.push(None);
                 new_votes.push(vote);
