@@ -670,5 +670,8 @@ async fn replicas_share_rate_limits_and_erasures() {
     let (status, refusal) = common::try_cast(&client, &base_b, voter, &decision, 0)
         .await
         .unwrap();
-    assert_eq!(status, 401, "replica B still takes the erased account's votes: {refusal}");
+    assert_eq!(
+        status, 401,
+        "replica B still takes the erased account's votes: {refusal}"
+    );
 }

@@ -940,7 +940,11 @@ fn read_or_create_meta(
                 .and_then(|line| line.strip_prefix(&format!("canopy-{kind}-log ")))
                 .and_then(|version| version.parse::<u32>().ok())
                 .filter(|version| (OLDEST_FORMAT..=format).contains(version))
-                .ok_or_else(|| bad(&format!("not a canopy {kind} log of a version this build reads")))?;
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "not a canopy {kind} log of a version this build reads"
+                    ))
+                })?;
             let partitions = lines
                 .next()
                 .and_then(|line| line.strip_prefix("partitions "))
@@ -964,8 +968,11 @@ fn write_meta(dir: &Path, kind: &str, format: u32, partitions: u32) -> Result<()
     let path = dir.join(META_FILE);
     let temp = dir.join(format!("{META_FILE}.tmp"));
     let mut file = File::create(&temp).map_err(IngestError::io(&temp))?;
-    write!(file, "canopy-{kind}-log {format}\npartitions {partitions}\n")
-        .map_err(IngestError::io(&temp))?;
+    write!(
+        file,
+        "canopy-{kind}-log {format}\npartitions {partitions}\n"
+    )
+    .map_err(IngestError::io(&temp))?;
     file.sync_all().map_err(IngestError::io(&temp))?;
     fs::rename(&temp, &path).map_err(IngestError::io(&path))?;
     sync_dir(dir)
@@ -1001,7 +1008,12 @@ fn upgrade_entries<E: LogEntry>(dir: &Path, partitions: u32) -> Result<(), Inges
                     let new_payload = E::upgrade(payload);
                     upgraded += u64::from(new_payload.is_some());
                     let payload = new_payload.as_deref().unwrap_or(payload);
-                    encode_frame(partition, offset, |out| out.extend_from_slice(payload), &mut out);
+                    encode_frame(
+                        partition,
+                        offset,
+                        |out| out.extend_from_slice(payload),
+                        &mut out,
+                    );
                 }
                 FrameRead::End => break,
                 FrameRead::Damaged(_) => {

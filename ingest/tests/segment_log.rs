@@ -484,12 +484,20 @@ impl LogEntry for FormatThreeVote {
 #[test]
 fn a_format_three_log_is_upgraded_on_open_and_keeps_no_voter_id() {
     let dir = tempfile::tempdir().unwrap();
-    let voters: Vec<u128> = (1..=5).map(|n| 0x5eed_0000_0000_0000_0000_0000_0000_0000 + n).collect();
+    let voters: Vec<u128> = (1..=5)
+        .map(|n| 0x5eed_0000_0000_0000_0000_0000_0000_0000 + n)
+        .collect();
     let old: Vec<FormatThreeVote> = (0..40u128)
         .map(|n| {
             let logged = vote(1 + n % 3, voters[(n % 5) as usize], n);
-            let vote = Vote { voter_id: VoterId(voters[(n % 5) as usize]), ..logged.vote };
-            FormatThreeVote { vote, commitment: logged.commitment }
+            let vote = Vote {
+                voter_id: VoterId(voters[(n % 5) as usize]),
+                ..logged.vote
+            };
+            FormatThreeVote {
+                vote,
+                commitment: logged.commitment,
+            }
         })
         .collect();
     {
@@ -501,10 +509,15 @@ fn a_format_three_log_is_upgraded_on_open_and_keeps_no_voter_id() {
     let holds_a_voter_id = || {
         fs::read_dir(dir.path()).unwrap().any(|entry| {
             let bytes = fs::read(entry.unwrap().path()).unwrap();
-            voters.iter().any(|v| bytes.windows(16).any(|w| w == v.to_be_bytes()))
+            voters
+                .iter()
+                .any(|v| bytes.windows(16).any(|w| w == v.to_be_bytes()))
         })
     };
-    assert!(holds_a_voter_id(), "the format-3 log should hold the ids this test looks for");
+    assert!(
+        holds_a_voter_id(),
+        "the format-3 log should hold the ids this test looks for"
+    );
 
     let log = SegmentLog::open(dir.path(), config(2, 2048)).unwrap();
     assert!(!holds_a_voter_id(), "a voter id survived the upgrade");
@@ -516,15 +529,30 @@ fn a_format_three_log_is_upgraded_on_open_and_keeps_no_voter_id() {
     for (record, before) in upgraded.iter().zip(&old) {
         assert_eq!(record.commitment, before.commitment);
         assert_eq!(record.vote.voter_id, before.commitment.pseudonym());
-        assert_eq!(Vote { voter_id: before.vote.voter_id, ..record.vote }, before.vote);
+        assert_eq!(
+            Vote {
+                voter_id: before.vote.voter_id,
+                ..record.vote
+            },
+            before.vote
+        );
         assert_eq!(record.sealed_voter, SealedVoter::NONE);
         let fresh = vote(before.vote.decision_id.0, before.vote.voter_id.0, 0);
-        assert_eq!(fresh.vote.voter_id, record.vote.voter_id, "new votes key the ballot the same way");
+        assert_eq!(
+            fresh.vote.voter_id, record.vote.voter_id,
+            "new votes key the ballot the same way"
+        );
     }
     // The log goes on where it was, and opening it again changes nothing.
     let positions = log.append(&[vote(1, 9, 1000)]).unwrap();
     drop(log);
     let again = SegmentLog::open(dir.path(), config(2, 2048)).unwrap();
     assert_eq!(again.verify().unwrap(), old.len() as u64 + 1);
-    assert_eq!(again.read(positions[0].partition, positions[0].offset, 1).unwrap().len(), 1);
+    assert_eq!(
+        again
+            .read(positions[0].partition, positions[0].offset, 1)
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -77,8 +77,13 @@ async fn an_erased_voter_leaves_no_link_in_any_file_and_every_proof_still_verifi
         .unwrap();
     let roll = imported["roll_id"].as_str().unwrap().to_string();
     let code = imported["invitations"][0]["code"].as_str().unwrap();
-    node.post_expecting("/api/v1/rolls/claim", Some(&token), json!({ "code": code }), StatusCode::OK)
-        .await;
+    node.post_expecting(
+        "/api/v1/rolls/claim",
+        Some(&token),
+        json!({ "code": code }),
+        StatusCode::OK,
+    )
+    .await;
     let mut receipts = Vec::new();
     for electorate in [json!({}), json!({ "roll": roll })] {
         let body = json!({ "title": "Close the quarry road?", "region": "north", "options": ["yes", "no"], "closes_at": i64::MAX, "electorate": electorate });
@@ -87,7 +92,10 @@ async fn an_erased_voter_leaves_no_link_in_any_file_and_every_proof_still_verifi
             .await["id"]
             .clone();
         let vote = json!({ "decision_id": decision, "option": 1 });
-        receipts.push(node.post_expecting(CAST_VOTE, Some(&token), vote, StatusCode::CREATED).await);
+        receipts.push(
+            node.post_expecting(CAST_VOTE, Some(&token), vote, StatusCode::CREATED)
+                .await,
+        );
     }
     let proofs_before: Vec<Value> = futures_proofs(&node, &receipts).await;
 
@@ -100,22 +108,43 @@ async fn an_erased_voter_leaves_no_link_in_any_file_and_every_proof_still_verifi
         .unwrap()
         .entry;
     let secrets = [
-        ("account salt", store.voter_salt(vera, 0).await.unwrap().to_vec()),
-        ("roll entry salt", store.voter_salt(entry, 0).await.unwrap().to_vec()),
-        ("sealing key", store.voter_key(vera, 0).await.unwrap().unwrap().to_vec()),
+        (
+            "account salt",
+            store.voter_salt(vera, 0).await.unwrap().to_vec(),
+        ),
+        (
+            "roll entry salt",
+            store.voter_salt(entry, 0).await.unwrap().to_vec(),
+        ),
+        (
+            "sealing key",
+            store.voter_key(vera, 0).await.unwrap().unwrap().to_vec(),
+        ),
     ];
     let pseudonym = store.user_pseudonym(vera).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await; // the lake takes the votes
 
     let erased = node
-        .post_expecting("/api/v1/admin/erase-voter", Some(&admin), json!({ "voter_id": vera }), StatusCode::OK)
+        .post_expecting(
+            "/api/v1/admin/erase-voter",
+            Some(&admin),
+            json!({ "voter_id": vera }),
+            StatusCode::OK,
+        )
         .await;
     assert_eq!(erased["erased"], true);
     // The account is gone: it neither signs in nor votes, even with a token issued before.
     let (status, body) = node
-        .post("/api/v1/auth/login", None, json!({ "username": username, "password": common::api::PASSWORD }))
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "username": username, "password": common::api::PASSWORD }),
+        )
         .await;
-    assert_eq!((status, error_code(&body)), (StatusCode::UNAUTHORIZED, "bad_credentials"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "bad_credentials")
+    );
     let vote = json!({ "decision_id": receipts[0]["decision_id"], "option": 0 });
     let refusal = node.post_refusal(CAST_VOTE, Some(&token), vote).await;
     assert_eq!(refusal, (StatusCode::UNAUTHORIZED, "account_erased"));
@@ -138,10 +167,17 @@ async fn an_erased_voter_leaves_no_link_in_any_file_and_every_proof_still_verifi
 
     // Shut down, so every file the node keeps is written, then search every byte.
     let data_dir = node.dir.path().to_path_buf();
-    let TestNode { node: running, dir: _dir, .. } = node;
+    let TestNode {
+        node: running,
+        dir: _dir,
+        ..
+    } = node;
     running.shutdown().await.unwrap();
     let lake_votes = files_holding(&data_dir.join("lake").join("votes"), b"PAR1");
-    assert!(!lake_votes.is_empty(), "the lake holds no votes: the search below would prove nothing");
+    assert!(
+        !lake_votes.is_empty(),
+        "the lake holds no votes: the search below would prove nothing"
+    );
     let mut needles: Vec<(&str, Vec<u8>)> = vec![
         ("voter id (bytes)", vera.as_bytes().to_vec()),
         ("voter id (text)", vera.to_string().into_bytes()),
@@ -154,7 +190,10 @@ async fn an_erased_voter_leaves_no_link_in_any_file_and_every_proof_still_verifi
     }
     for (what, needle) in needles {
         let found = files_holding(&data_dir, &needle);
-        assert!(found.is_empty(), "the {what} survived the erasure in {found:?}");
+        assert!(
+            found.is_empty(),
+            "the {what} survived the erasure in {found:?}"
+        );
     }
 }
 

@@ -64,7 +64,12 @@ async fn roll_decision(node: &TestNode, token: &str, roll: &str, electorate: Val
 
 /// The decision's democratic count per option once the result has taken the vote at
 /// `last_offset` of its partition (the last receipt's; none if nothing was cast).
-async fn counts(node: &TestNode, token: &str, decision: &str, last_offset: Option<u64>) -> Vec<u64> {
+async fn counts(
+    node: &TestNode,
+    token: &str,
+    decision: &str,
+    last_offset: Option<u64>,
+) -> Vec<u64> {
     let freshness = last_offset.map_or(String::new(), |offset| format!("?min_offset={offset}"));
     let path = format!("/api/v1/voting/decision/{decision}/breakdown{freshness}");
     let breakdown = node.get_ok(&path, token).await;
@@ -82,8 +87,12 @@ fn offset(receipt: &Value) -> Option<u64> {
 }
 
 async fn cast(node: &TestNode, token: &str, decision: &str, option: u16) -> (StatusCode, Value) {
-    node.post(CAST_VOTE, Some(token), json!({ "decision_id": decision, "option": option }))
-        .await
+    node.post(
+        CAST_VOTE,
+        Some(token),
+        json!({ "decision_id": decision, "option": option }),
+    )
+    .await
 }
 
 /// The attack of the issue: sixty fresh accounts from one address vote on a roll decision
@@ -103,7 +112,10 @@ async fn a_roll_decision_counts_claimed_entries_and_nothing_else() {
         node.register(&name).await;
         let (token, _) = node.login(&name).await;
         let (status, body) = cast(&node, &token, &decision, 1).await;
-        assert_eq!((status, error_code(&body)), (StatusCode::FORBIDDEN, "not_eligible"));
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::FORBIDDEN, "not_eligible")
+        );
     }
     assert_eq!(node.log_records(), before, "a refused vote reached the log");
 
@@ -112,25 +124,39 @@ async fn a_roll_decision_counts_claimed_entries_and_nothing_else() {
     let (ana, _) = node.login("ana").await;
     let (ben, _) = node.login("ben").await;
     let claimed = node
-        .post_expecting(CLAIM, Some(&ana), json!({ "code": codes[0].to_lowercase() }), StatusCode::OK)
+        .post_expecting(
+            CLAIM,
+            Some(&ana),
+            json!({ "code": codes[0].to_lowercase() }),
+            StatusCode::OK,
+        )
         .await;
     assert_eq!(claimed["roll_id"], json!(roll));
     assert_eq!(claimed["region"], "north");
     // The code is spent: for another account, and for the same one.
     for token in [&ben, &ana] {
-        let refusal = node.post_refusal(CLAIM, Some(token), json!({ "code": codes[0] })).await;
+        let refusal = node
+            .post_refusal(CLAIM, Some(token), json!({ "code": codes[0] }))
+            .await;
         assert_eq!(refusal, (StatusCode::NOT_FOUND, "invalid_invitation"));
     }
     // One entry per account and roll.
-    let refusal = node.post_refusal(CLAIM, Some(&ana), json!({ "code": codes[1] })).await;
+    let refusal = node
+        .post_refusal(CLAIM, Some(&ana), json!({ "code": codes[1] }))
+        .await;
     assert_eq!(refusal, (StatusCode::CONFLICT, "roll_already_claimed"));
     // A role that does not vote claims nothing.
-    let refusal = node.post_refusal(CLAIM, Some(&operator), json!({ "code": codes[1] })).await;
+    let refusal = node
+        .post_refusal(CLAIM, Some(&operator), json!({ "code": codes[1] }))
+        .await;
     assert_eq!(refusal, (StatusCode::FORBIDDEN, "forbidden"));
 
     let (status, receipt) = cast(&node, &ana, &decision, 0).await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(counts(&node, &operator, &decision, offset(&receipt)).await, [1, 0, 0]);
+    assert_eq!(
+        counts(&node, &operator, &decision, offset(&receipt)).await,
+        [1, 0, 0]
+    );
 
     // The operator takes ana's claim back and hands the entry to ben.
     let reissued = node
@@ -143,14 +169,25 @@ async fn a_roll_decision_counts_claimed_entries_and_nothing_else() {
         .await;
     assert_eq!(reissued["revoked_claim"], true);
     let (status, body) = cast(&node, &ana, &decision, 2).await;
-    assert_eq!((status, error_code(&body)), (StatusCode::FORBIDDEN, "not_eligible"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "not_eligible")
+    );
     let new_code = reissued["code"].as_str().unwrap();
-    node.post_expecting(CLAIM, Some(&ben), json!({ "code": new_code }), StatusCode::OK)
-        .await;
+    node.post_expecting(
+        CLAIM,
+        Some(&ben),
+        json!({ "code": new_code }),
+        StatusCode::OK,
+    )
+    .await;
     let (status, receipt) = cast(&node, &ben, &decision, 1).await;
     assert_eq!(status, StatusCode::CREATED);
     // One entry, one ballot: ben's replaced the one cast through ana's claim.
-    assert_eq!(counts(&node, &operator, &decision, offset(&receipt)).await, [0, 1, 0]);
+    assert_eq!(
+        counts(&node, &operator, &decision, offset(&receipt)).await,
+        [0, 1, 0]
+    );
 
     let summary = node
         .get_ok(&format!("/api/v1/admin/rolls/{roll}"), &operator)
@@ -182,9 +219,15 @@ async fn a_roll_entry_votes_only_in_its_region() {
             .await;
         tokens.push(token);
     }
-    assert_eq!(cast(&node, &tokens[0], &decision, 0).await.0, StatusCode::CREATED);
+    assert_eq!(
+        cast(&node, &tokens[0], &decision, 0).await.0,
+        StatusCode::CREATED
+    );
     let (status, body) = cast(&node, &tokens[1], &decision, 0).await;
-    assert_eq!((status, error_code(&body)), (StatusCode::FORBIDDEN, "not_eligible"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "not_eligible")
+    );
 }
 
 /// Guessing codes is capped per account, refusals change nothing, and only operators and
@@ -201,38 +244,86 @@ async fn rolls_refuse_guessing_reaching_and_bad_input() {
     let mut refusals = HashMap::new();
     for attempt in 0..12 {
         let guess = format!("{:05}-00000-00000-0000{}", attempt, attempt % 10);
-        let refusal = node.post_refusal(CLAIM, Some(&guesser), json!({ "code": guess })).await;
+        let refusal = node
+            .post_refusal(CLAIM, Some(&guesser), json!({ "code": guess }))
+            .await;
         *refusals.entry(refusal.code).or_insert(0) += 1;
     }
-    assert_eq!(refusals.get("invalid_invitation"), Some(&10), "{refusals:?}");
-    assert_eq!(refusals.get("too_many_claim_attempts"), Some(&2), "{refusals:?}");
+    assert_eq!(
+        refusals.get("invalid_invitation"),
+        Some(&10),
+        "{refusals:?}"
+    );
+    assert_eq!(
+        refusals.get("too_many_claim_attempts"),
+        Some(&2),
+        "{refusals:?}"
+    );
     // Even the right code waits out the limit.
-    let refusal = node.post_refusal(CLAIM, Some(&guesser), json!({ "code": codes[0] })).await;
-    assert_eq!(refusal, (StatusCode::TOO_MANY_REQUESTS, "too_many_claim_attempts"));
-    let summary = node.get_ok(&format!("/api/v1/admin/rolls/{roll}"), &operator).await;
+    let refusal = node
+        .post_refusal(CLAIM, Some(&guesser), json!({ "code": codes[0] }))
+        .await;
+    assert_eq!(
+        refusal,
+        (StatusCode::TOO_MANY_REQUESTS, "too_many_claim_attempts")
+    );
+    let summary = node
+        .get_ok(&format!("/api/v1/admin/rolls/{roll}"), &operator)
+        .await;
     assert_eq!(summary["summary"]["claimed"], 0);
 
     let (status, body) = import(&node, &guesser, "identifier,region\nx,north\n").await;
-    assert_eq!((status, error_code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
     let refusal = node
-        .post_refusal(&format!("/api/v1/admin/rolls/{roll}/reissue"), Some(&guesser), json!({ "identifier": "p0" }))
+        .post_refusal(
+            &format!("/api/v1/admin/rolls/{roll}/reissue"),
+            Some(&guesser),
+            json!({ "identifier": "p0" }),
+        )
         .await;
     assert_eq!(refusal, (StatusCode::FORBIDDEN, "forbidden"));
     for (csv, status, code) in [
-        ("identifier,region\na,north\na,delta\n", StatusCode::CONFLICT, "conflict"),
-        ("identifier\na\n", StatusCode::UNPROCESSABLE_ENTITY, "bad_roll"),
-        ("identifier,region\na,north\n\"b,north\n", StatusCode::UNPROCESSABLE_ENTITY, "bad_roll"),
-        ("identifier,region\n", StatusCode::UNPROCESSABLE_ENTITY, "bad_roll"),
+        (
+            "identifier,region\na,north\na,delta\n",
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            "identifier\na\n",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_roll",
+        ),
+        (
+            "identifier,region\na,north\n\"b,north\n",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_roll",
+        ),
+        (
+            "identifier,region\n",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_roll",
+        ),
     ] {
         let (got, body) = import(&node, &operator, csv).await;
         assert_eq!((got, error_code(&body)), (status, code), "{csv:?}: {body}");
     }
     let huge = format!("identifier,region\n{}", "p,north\n".repeat(3 << 20));
     let (status, body) = import(&node, &operator, &huge).await;
-    assert_eq!((status, error_code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
     let unknown_roll = json!({ "title": "t", "options": ["a", "b"], "closes_at": i64::MAX, "electorate": { "roll": uuid::Uuid::new_v4() } });
-    let refusal = node.post_refusal(CREATE_DECISION, Some(&operator), unknown_roll).await;
-    assert_eq!(refusal, (StatusCode::UNPROCESSABLE_ENTITY, "invalid_electorate"));
+    let refusal = node
+        .post_refusal(CREATE_DECISION, Some(&operator), unknown_roll)
+        .await;
+    assert_eq!(
+        refusal,
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_electorate")
+    );
 }
 
 /// One step of the property test, over a roll of [`ENTRIES`] entries and [`ACCOUNTS`]
@@ -266,7 +357,11 @@ struct Model {
 async fn run_steps(node: &TestNode, operator: &str, tokens: &[String], steps: Vec<Step>) {
     let (roll, codes) = import_roll(node, operator, &["north"; ENTRIES]).await;
     let decision = roll_decision(node, operator, &roll, json!({})).await;
-    let mut model = Model { codes, holder: vec![None; ENTRIES], ballots: BTreeMap::new() };
+    let mut model = Model {
+        codes,
+        holder: vec![None; ENTRIES],
+        ballots: BTreeMap::new(),
+    };
     let mut last_offset = None;
     for step in steps {
         match step {
@@ -279,7 +374,11 @@ async fn run_steps(node: &TestNode, operator: &str, tokens: &[String], steps: Ve
                     (None, true) => (StatusCode::CONFLICT, "roll_already_claimed"),
                     (None, false) => (StatusCode::OK, "<none>"),
                 };
-                assert_eq!((status, error_code(&answer)), expected, "{step:?}: {answer}");
+                assert_eq!(
+                    (status, error_code(&answer)),
+                    expected,
+                    "{step:?}: {answer}"
+                );
                 if status == StatusCode::OK {
                     model.holder[entry] = Some(account);
                 }
@@ -287,7 +386,9 @@ async fn run_steps(node: &TestNode, operator: &str, tokens: &[String], steps: Ve
             Step::Reissue { entry } => {
                 let path = format!("/api/v1/admin/rolls/{roll}/reissue");
                 let body = json!({ "identifier": format!("p{entry}") });
-                let answer = node.post_expecting(&path, Some(operator), body, StatusCode::OK).await;
+                let answer = node
+                    .post_expecting(&path, Some(operator), body, StatusCode::OK)
+                    .await;
                 assert_eq!(answer["revoked_claim"], model.holder[entry].is_some());
                 model.codes[entry] = answer["code"].as_str().unwrap().to_string();
                 model.holder[entry] = None;
@@ -313,7 +414,12 @@ async fn run_steps(node: &TestNode, operator: &str, tokens: &[String], steps: Ve
     for option in model.ballots.values() {
         recount[usize::from(*option)] += 1;
     }
-    assert_eq!(counts(node, operator, &decision, last_offset).await, recount, "{:?}", model.ballots);
+    assert_eq!(
+        counts(node, operator, &decision, last_offset).await,
+        recount,
+        "{:?}",
+        model.ballots
+    );
 }
 
 /// For random rolls, claims, reissues (revocations) and votes, the tally equals a recount
@@ -324,7 +430,10 @@ fn the_tally_equals_a_recount_of_eligible_votes() {
     let (node, operator, tokens) = runtime.block_on(async {
         let node = TestNode::start_with(ApiConfig::default(), |config| {
             config.api.claims_per_account = Rate::per_hour(100_000);
-            config.api.per_user = Rate { per_second: 10_000.0, burst: 10_000.0 };
+            config.api.per_user = Rate {
+                per_second: 10_000.0,
+                burst: 10_000.0,
+            };
         })
         .await;
         node.create("ops", Role::Operator).await;
@@ -337,7 +446,10 @@ fn the_tally_equals_a_recount_of_eligible_votes() {
         }
         (node, operator, tokens)
     });
-    let config = ProptestConfig { cases: 32, ..ProptestConfig::default() };
+    let config = ProptestConfig {
+        cases: 32,
+        ..ProptestConfig::default()
+    };
     let mut runner = proptest::test_runner::TestRunner::new(config);
     runner
         .run(&proptest::collection::vec(step(), 1..30), |steps| {

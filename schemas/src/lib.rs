@@ -28,15 +28,14 @@ pub mod synthetic;
 mod vote;
 
 pub use decision::{
-    ComponentWeights, Decision, DecisionId, Electorate, RollId, MAX_ELECTORATE_REGIONS, MAX_OPTIONS,
-    Method, Timestamp, validate_decision,
+    ComponentWeights, Decision, DecisionId, Electorate, MAX_ELECTORATE_REGIONS, MAX_OPTIONS,
+    Method, RollId, Timestamp, validate_decision,
 };
 pub use encoding::{VOTE_ENCODING_LEN, VOTE_ENCODING_VERSION};
 pub use error::SchemaError;
 pub use record::{
     LEAF_ENCODING_LEN, LEAF_ENCODING_VERSION, LOGGED_VOTE_LEN, LOGGED_VOTE_V1_LEN, LoggedVote,
-    SEALED_VOTER_LEN, SealedVoter, VoterCommitment,
-    VoterSalt,
+    SEALED_VOTER_LEN, SealedVoter, VoterCommitment, VoterSalt,
 };
 pub use sensor::{
     EventTimeMs, MAX_FUTURE_SKEW_MS, MAX_NAME_LEN, Metric, Quality, READING_ENCODING_VERSION,

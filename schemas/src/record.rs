@@ -96,7 +96,9 @@ impl VoterCommitment {
     /// (voter, decision) while the salt lives, like the commitment it is cut from, so the
     /// engines count one current vote per voter without ever holding the voter's id.
     pub fn pseudonym(&self) -> VoterId {
-        VoterId(u128::from_be_bytes(self.0[..16].try_into().expect("16 bytes")))
+        VoterId(u128::from_be_bytes(
+            self.0[..16].try_into().expect("16 bytes"),
+        ))
     }
 }
 
@@ -112,7 +114,11 @@ impl SealedVoter {
 
 impl fmt::Debug for SealedVoter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if *self == Self::NONE { "SealedVoter(none)" } else { "SealedVoter(..)" })
+        f.write_str(if *self == Self::NONE {
+            "SealedVoter(none)"
+        } else {
+            "SealedVoter(..)"
+        })
     }
 }
 
@@ -170,7 +176,9 @@ impl LoggedVote {
                 .expect("32 bytes"),
         );
         let sealed_voter = match bytes.len() {
-            LOGGED_VOTE_LEN => SealedVoter(bytes[LOGGED_VOTE_V1_LEN..].try_into().expect("56 bytes")),
+            LOGGED_VOTE_LEN => {
+                SealedVoter(bytes[LOGGED_VOTE_V1_LEN..].try_into().expect("56 bytes"))
+            }
             _ => SealedVoter::NONE,
         };
         Ok(Self {

@@ -129,7 +129,9 @@ impl Action {
     pub fn allowed(self, role: Role) -> bool {
         use Role::*;
         match self {
-            Self::CastVote | Self::ClaimInvitation => matches!(role, Citizen | Expert | Stakeholder),
+            Self::CastVote | Self::ClaimInvitation => {
+                matches!(role, Citizen | Expert | Stakeholder)
+            }
             Self::CastForOthers
             | Self::CreateDecision
             | Self::RegisterSensors

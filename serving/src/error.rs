@@ -165,9 +165,7 @@ impl ServingError {
             Self::Conflict(_)
             | Self::VoteIdReused { .. }
             | Self::NotYet { .. }
-            | Self::RollAlreadyClaimed => {
-                StatusCode::CONFLICT
-            }
+            | Self::RollAlreadyClaimed => StatusCode::CONFLICT,
             Self::Chain(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Analytics(error) => match error.code() {
                 "sql" | "sql_not_read_only" => StatusCode::UNPROCESSABLE_ENTITY,

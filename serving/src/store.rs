@@ -132,7 +132,11 @@ pub struct NewRollEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// The account now holds the entry; the code is spent.
-    Claimed { roll: Uuid, entry: Uuid, region: String },
+    Claimed {
+        roll: Uuid,
+        entry: Uuid,
+        region: String,
+    },
     /// No entry waits for this code (unknown, used, revoked or spent).
     UnknownCode,
     /// The account already holds another entry of the code's roll.
@@ -150,7 +154,10 @@ pub struct RollClaim {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reissue {
     /// The old code (or the claim) no longer works; `former_claimant` held the entry.
-    Reissued { entry: Uuid, former_claimant: Option<Uuid> },
+    Reissued {
+        entry: Uuid,
+        former_claimant: Option<Uuid>,
+    },
     NoSuchEntry,
     /// Its claimant was erased: the entry has voted its last.
     Spent,
@@ -219,7 +226,8 @@ pub trait MetadataStore: Send + Sync {
     /// The key the store keys audit entries with, if it has one.
     fn audit_key(&self) -> Option<&AuditKey>;
     /// Up to `limit` anchored audit heads in batches after `after_batch`, by batch.
-    async fn audit_anchors(&self, after_batch: i64, limit: i64) -> StoreResult<Vec<AuditAnchorRow>>;
+    async fn audit_anchors(&self, after_batch: i64, limit: i64)
+    -> StoreResult<Vec<AuditAnchorRow>>;
     /// The anchored audit head with the highest sequence number.
     async fn latest_audit_anchor(&self) -> StoreResult<Option<AuditAnchorRow>>;
     /// The audit head a batch anchors, if it anchors one.
@@ -237,9 +245,19 @@ pub trait MetadataStore: Send + Sync {
     async fn roll_summary(&self, roll: Uuid) -> StoreResult<Option<RollSummary>>;
     /// Spends the code whose SHA-256 is `code_hash` on `user`, atomically: one account per
     /// code, one entry per account and roll.
-    async fn claim_roll_entry(&self, code_hash: &str, user: Uuid, now: i64) -> StoreResult<ClaimOutcome>;
+    async fn claim_roll_entry(
+        &self,
+        code_hash: &str,
+        user: Uuid,
+        now: i64,
+    ) -> StoreResult<ClaimOutcome>;
     /// Frees the entry `identifier` of `roll` from its claim, if any, and gives it a new code.
-    async fn reissue_roll_entry(&self, roll: Uuid, identifier: &str, code_hash: &str) -> StoreResult<Reissue>;
+    async fn reissue_roll_entry(
+        &self,
+        roll: Uuid,
+        identifier: &str,
+        code_hash: &str,
+    ) -> StoreResult<Reissue>;
     /// The entry of `roll` that `user` holds.
     async fn roll_claim(&self, roll: Uuid, user: Uuid) -> StoreResult<Option<RollClaim>>;
 
@@ -341,8 +359,14 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0005_audit_append_only",
         include_str!("../../migrations/sqlite/0005_audit_append_only.sql"),
     ),
-    ("0006_rolls", include_str!("../../migrations/sqlite/0006_rolls.sql")),
-    ("0007_voter_keys", include_str!("../../migrations/sqlite/0007_voter_keys.sql")),
+    (
+        "0006_rolls",
+        include_str!("../../migrations/sqlite/0006_rolls.sql"),
+    ),
+    (
+        "0007_voter_keys",
+        include_str!("../../migrations/sqlite/0007_voter_keys.sql"),
+    ),
     (
         "0008_audit_keys",
         include_str!("../../migrations/sqlite/0008_audit_keys.sql"),
@@ -369,8 +393,14 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
         "0005_audit_append_only",
         include_str!("../../migrations/postgres/0005_audit_append_only.sql"),
     ),
-    ("0006_rolls", include_str!("../../migrations/postgres/0006_rolls.sql")),
-    ("0007_voter_keys", include_str!("../../migrations/postgres/0007_voter_keys.sql")),
+    (
+        "0006_rolls",
+        include_str!("../../migrations/postgres/0006_rolls.sql"),
+    ),
+    (
+        "0007_voter_keys",
+        include_str!("../../migrations/postgres/0007_voter_keys.sql"),
+    ),
     (
         "0008_audit_keys",
         include_str!("../../migrations/postgres/0008_audit_keys.sql"),

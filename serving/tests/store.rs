@@ -315,13 +315,29 @@ async fn record_tables(store: &Arc<dyn MetadataStore>) {
     assert_eq!(store.voter_key(voter, 3).await.unwrap(), Some(key));
     let pseudonym = store.user_pseudonym(voter).await.unwrap();
     assert!(pseudonym.starts_with("p-") && !pseudonym.contains(&voter.to_string()));
-    assert_eq!(store.erase_voter(voter, 4).await.unwrap(), Some(pseudonym.clone()));
+    assert_eq!(
+        store.erase_voter(voter, 4).await.unwrap(),
+        Some(pseudonym.clone())
+    );
     assert_eq!(store.erase_voter(voter, 5).await.unwrap(), None);
     assert!(store.user_by_id(voter).await.unwrap().is_none());
     assert_eq!(store.voter_key(voter, 6).await.unwrap(), None);
-    assert_eq!(store.voter_salt(voter, 6).await.unwrap_err().code(), "account_erased");
-    assert_eq!(store.user_pseudonym(voter).await.unwrap(), UNKNOWN_USER_PSEUDONYM);
-    assert_eq!(store.voter_salt(Uuid::new_v4(), 6).await.unwrap_err().code(), "account_erased");
+    assert_eq!(
+        store.voter_salt(voter, 6).await.unwrap_err().code(),
+        "account_erased"
+    );
+    assert_eq!(
+        store.user_pseudonym(voter).await.unwrap(),
+        UNKNOWN_USER_PSEUDONYM
+    );
+    assert_eq!(
+        store
+            .voter_salt(Uuid::new_v4(), 6)
+            .await
+            .unwrap_err()
+            .code(),
+        "account_erased"
+    );
 
     // Checkpoints only grow: a replayed cut at or below the latest is not stored.
     let (a, b) = (DecisionId(1), DecisionId(2));

@@ -92,9 +92,7 @@ pub(crate) async fn register(
         Role::Citizen,
     )
     .await?;
-    state
-        .audit_as_user(id, "register", json!({}))
-        .await;
+    state.audit_as_user(id, "register", json!({})).await;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "user_id": id, "role": Role::Citizen })),
@@ -161,7 +159,8 @@ pub(crate) async fn login(
     if user.totp_enabled {
         let Some(code) = body.totp.as_deref() else {
             state
-                .audit_as_user(user.id,
+                .audit_as_user(
+                    user.id,
                     "login_failed",
                     json!({ "reason": "totp_required" }),
                 )
@@ -170,10 +169,7 @@ pub(crate) async fn login(
         };
         if let Err(error) = check_totp(&state, &user, code).await {
             state
-                .audit_as_user(user.id,
-                    "login_failed",
-                    json!({ "reason": error.code() }),
-                )
+                .audit_as_user(user.id, "login_failed", json!({ "reason": error.code() }))
                 .await;
             return Err(error);
         }
@@ -184,12 +180,7 @@ pub(crate) async fn login(
         .create_refresh_family(family, user.id, unix_now() as i64)
         .await?;
     let pair = issue_pair(&state, &user, family).await?;
-    state
-        .audit_as_user(user.id,
-            "login",
-            json!({}),
-        )
-        .await;
+    state.audit_as_user(user.id, "login", json!({})).await;
     Ok(Json(pair))
 }
 
@@ -231,10 +222,7 @@ pub(crate) async fn refresh_token(
         RefreshUse::Reused { family, user } => {
             state.store.revoke_refresh_family(family).await?;
             state
-                .audit_as_user(user,
-                    "refresh_token_reused",
-                    json!({ "family": family }),
-                )
+                .audit_as_user(user, "refresh_token_reused", json!({ "family": family }))
                 .await;
             Err(ServingError::RefreshTokenReused)
         }
@@ -337,9 +325,7 @@ pub(crate) async fn totp_enrol(
         "otpauth://totp/Canopy:{}?secret={secret_base32}&issuer=Canopy&algorithm=SHA1&digits=6&period=30",
         user.username
     );
-    state
-        .audit_as_user(user.id, "totp_enrol", json!({}))
-        .await;
+    state.audit_as_user(user.id, "totp_enrol", json!({})).await;
     Ok(Json(
         json!({ "secret_base32": secret_base32, "otpauth_url": url }),
     ))

@@ -123,9 +123,7 @@ impl Caller {
             return Ok(());
         }
         let detail = json!({ "action": action.as_str(), "role": self.0.role.as_str() });
-        state
-            .audit_as_user(self.0.sub, "refused", detail)
-            .await;
+        state.audit_as_user(self.0.sub, "refused", detail).await;
         Err(ServingError::Forbidden {
             role: self.0.role.as_str(),
             action: action.as_str(),

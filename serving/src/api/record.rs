@@ -283,11 +283,7 @@ pub(crate) async fn erase_voter(
     };
     // The trail names the erased person by the pseudonym whose mapping was just deleted.
     state
-        .audit_as_user(
-            caller.0.sub,
-            "erase_voter",
-            json!({ "voter": pseudonym }),
-        )
+        .audit_as_user(caller.0.sub, "erase_voter", json!({ "voter": pseudonym }))
         .await;
     Ok(Json(json!({ "voter_id": voter, "erased": true })))
 }

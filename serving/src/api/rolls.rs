@@ -302,7 +302,10 @@ mod tests {
     fn a_roll_needs_its_columns_and_sane_fields() {
         let rows = parse_roll("region,identifier\nnorth,a1\n south , b2 \n").unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!((rows[1].identifier.as_str(), rows[1].region.as_str()), ("b2", "south"));
+        assert_eq!(
+            (rows[1].identifier.as_str(), rows[1].region.as_str()),
+            ("b2", "south")
+        );
         let refused = |text: &str| parse_roll(text).unwrap_err().code();
         assert_eq!(refused("identifier\na1\n"), "bad_roll");
         assert_eq!(refused("identifier,region\n"), "bad_roll");

@@ -11,8 +11,8 @@ use canopy_dataflow::DecisionView;
 use canopy_ingest::{IngestError, Position};
 use canopy_schemas::clock::{now_micros, unix_now};
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, Electorate, LoggedVote, Method,
-    SchemaError, Vote, VoteId, VoterId, VoterSalt, Weight,
+    Component, ComponentWeights, Decision, DecisionId, Electorate, LoggedVote, Method, SchemaError,
+    Vote, VoteId, VoterId, VoterSalt, Weight,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
