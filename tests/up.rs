@@ -161,7 +161,10 @@ fn migrate_applies_each_migration_once() {
             "0002_record",
             "0003_engine_state",
             "0004_sensors",
-            "0005_audit_append_only"
+            "0005_audit_append_only",
+            "0006_rolls",
+            "0007_voter_keys",
+            "0008_audit_keys"
         ])
     );
     assert_eq!(run()["applied"], json!([]));
