@@ -236,7 +236,7 @@ async fn votes_are_anchored_on_chain_and_proofs_verify_there_and_offline() {
     let latest_before = later["tree_size"].as_u64().unwrap();
     let newer = register(&client, &base, "after-restart").await;
     cast(&client, &base, &newer, &decision, 1).await;
-    let grown = anchored_proof(&client, &base, &decision, &leaf, latest_before + 2).await;
+    let grown = anchored_proof(&client, &base, &decision, &leaf, latest_before + 1).await;
     let grown_file = write(files.path(), "grown.json", &grown.to_string());
     let previous = write(
         files.path(),
