@@ -164,8 +164,6 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
         }
     };
     let gate = Arc::clone(&state.gate);
-    let salted = Arc::clone(&state);
-    let runtime = tokio::runtime::Handle::current();
     let demo = decision.clone();
     std::thread::Builder::new()
         .name("canopy-demo-voters".into())
