@@ -80,7 +80,8 @@ pub struct ApiSection {
     pub user_rate: f64,
     /// Requests per second per client address (burst twice as many).
     pub address_rate: f64,
-    /// A decision's trends show a (bucket, option) only with at least this many voters.
+    /// k: a decision's trends show a (bucket, option) only with at least this many voters,
+    /// and the lake's `tally_changes` a cell's new state only once this many moved it.
     pub trend_min_voters: u64,
     /// New accounts per hour from one client address (all at once at most).
     pub registrations_per_address_hour: u32,
@@ -1084,6 +1085,7 @@ impl CanopyConfig {
             lake.sql.memory_bytes = self.lake.sql_memory_mib.max(1) << 20;
             lake.sql.target_partitions = self.workers.threads.max(1);
             lake.pg_listen = self.lake.pg_listen;
+            lake.min_group_voters = self.api.trend_min_voters.max(1);
             config.lake = Some(lake);
         }
         Ok(config)

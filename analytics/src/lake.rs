@@ -51,6 +51,10 @@ pub struct LakeConfig {
     pub compact_target_bytes: u64,
     /// How long a superseded file stays for queries that listed it before it was merged.
     pub compact_grace: Duration,
+    /// k: the fewest voters an aggregate of votes the lake shows may stand for. A tally
+    /// cell's new state is written only once at least this many voters joined or left it
+    /// since the state written before (see `ReleaseGate`).
+    pub min_group_voters: u64,
 }
 
 impl LakeConfig {
@@ -61,6 +65,7 @@ impl LakeConfig {
             zstd_level: 3,
             compact_target_bytes: 128 << 20,
             compact_grace: Duration::from_secs(300),
+            min_group_voters: 5,
         }
     }
 }
@@ -162,6 +167,14 @@ impl TableFiles {
         Ok(by_folder(self.location.list(self.table)?))
     }
 
+    /// The files not superseded by another in their folder, in the order they were written
+    /// (for the files of a sink: the order of their numbers).
+    pub fn live_files(&self) -> Result<Vec<LakeFile>, AnalyticsError> {
+        let mut files = live(self.all_files()?);
+        files.sort_by_key(|f| (f.name.space.clone(), f.name.first));
+        Ok(files)
+    }
+
     /// The files a reader takes: every file not superseded by another in its folder. A
     /// table whose files are not all of its layout yet is refused.
     pub async fn live_files_async(&self) -> Result<Vec<LakeFile>, AnalyticsError> {
@@ -233,6 +246,59 @@ impl TableFiles {
             );
         }
         Ok(rewritten)
+    }
+
+    /// Before a table is brought to its layout, when some of the rows it kept say more than
+    /// the layout may: keeps, of every live file, the rows `keep` admits (files in the order
+    /// they were written, each file's rows in its order), written in the new layout under
+    /// the file's own name with its footer's notes. Superseded files go first: their rows
+    /// are in the file that merged them. Filtering twice keeps what filtering once kept, so
+    /// a crash midway is mended by running it again. Returns the rows left out.
+    pub(crate) fn filter_rows_before_layout(
+        &self,
+        config: &LakeConfig,
+        mut keep: impl FnMut(&RecordBatch) -> Result<arrow_array::BooleanArray, ArrowError>,
+    ) -> Result<u64, AnalyticsError> {
+        let listed = self.location.list(self.table)?;
+        if layout_of(self.table, &listed) >= self.layout {
+            return Ok(0);
+        }
+        for files in by_folder(listed).values() {
+            for file in files {
+                if files.iter().any(|g| file.name.within(&g.name)) {
+                    self.location.delete(&file.key)?;
+                }
+            }
+        }
+        let mut left_out = 0;
+        for file in self.live_files()? {
+            let (batches, metadata) = self.read_file(&file.key)?;
+            let Some(first) = batches.first() else {
+                continue;
+            };
+            let kept = arrow_select::concat::concat_batches(&first.schema(), &batches)
+                .and_then(|batch| {
+                    let mask = keep(&batch)?;
+                    let kept = arrow_select::filter::filter_record_batch(&batch, &mask)?;
+                    left_out += (batch.num_rows() - kept.num_rows()) as u64;
+                    self.in_layout(&kept)
+                })
+                .and_then(|batch| sort_batch(&batch, &self.sort_columns))
+                .map_err(|e| parquet_error(&file.key, e))?;
+            let metadata = metadata
+                .into_iter()
+                .filter(|kv| kv.key != parquet::arrow::ARROW_SCHEMA_META_KEY)
+                .collect();
+            self.write_key(config, &file.key, &kept, metadata)?;
+        }
+        if left_out > 0 {
+            tracing::info!(
+                table = self.table,
+                rows = left_out,
+                "left out rows an earlier layout kept and this one may not show"
+            );
+        }
+        Ok(left_out)
     }
 
     /// `batch`, of an earlier layout, in this one: the columns it keeps as they were, the

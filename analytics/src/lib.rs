@@ -33,7 +33,7 @@ pub use decisions::{DecisionLake, decision_schema};
 pub use error::AnalyticsError;
 pub use lake::{LakeConfig, TABLES};
 pub use sinks::{
-    CheckpointEntry, CheckpointLake, Checkpoints, SinkLake, SinkTable, TallyChange,
+    CheckpointEntry, CheckpointLake, Checkpoints, ReleaseGate, SinkLake, SinkTable, TallyChange,
     TallyChangeLake, TallyChanges, WindowFeature, WindowFeatureLake, WindowFeatures,
 };
 pub use sql::{

@@ -10,9 +10,13 @@
 //! below its group's mark, so rows a restart publishes again are not written twice, and rows
 //! that never reached a file are written when they are published again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{BooleanArray, RecordBatch};
+use arrow_schema::ArrowError;
 use parquet::file::metadata::KeyValue;
 
 use crate::AnalyticsError;
@@ -30,7 +34,15 @@ pub trait SinkTable: TableLayout {
     fn order(row: &Self::Row) -> i64;
     /// UTC microseconds: the row's date. Within a group it grows with the order.
     fn time_micros(row: &Self::Row) -> i64;
+    /// Which rows of files of an earlier layout this layout keeps (its columns are seen to
+    /// apart), if it leaves some out; rows come a file at a time, in the order written.
+    fn old_rows_kept(_config: &LakeConfig) -> Option<RowFilter> {
+        None
+    }
 }
+
+/// A filter over record batches, stateful across them.
+pub type RowFilter = Box<dyn FnMut(&RecordBatch) -> Result<BooleanArray, ArrowError> + Send>;
 
 /// A table of the lake fed by a sink.
 #[derive(Debug)]
@@ -48,6 +60,9 @@ impl<T: SinkTable> SinkLake<T> {
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
         let files = TableFiles::of::<T>(config.location.clone(), Vec::new());
         files.open()?;
+        if let Some(kept) = T::old_rows_kept(&config) {
+            files.filter_rows_before_layout(&config, kept)?;
+        }
         files.bring_to_layout(&config)?;
         let newest = files
             .all_files()?
@@ -129,6 +144,19 @@ impl<T: SinkTable> SinkLake<T> {
         Ok(written)
     }
 
+    /// The table's rows, a file at a time in the order the files were written.
+    pub(crate) fn for_each_batch(
+        &self,
+        mut each: impl FnMut(&RecordBatch) -> Result<(), ArrowError>,
+    ) -> Result<(), AnalyticsError> {
+        for file in self.files.live_files()? {
+            for batch in self.files.read_file(&file.key)?.0 {
+                each(&batch).map_err(|e| parquet_error(&file.key, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Merges small files and deletes superseded ones past their grace period.
     pub fn compact(&self) -> Result<(u64, u64), AnalyticsError> {
         self.files.compact(&self.config)
@@ -160,7 +188,6 @@ pub struct TallyChange {
     /// Voters whose current vote is in this cell (0: the cell emptied).
     pub count: i64,
     pub weight_millionths: i64,
-    pub share_ppb: i64,
     pub as_of_partition: u32,
     /// Every vote of the partition below this offset is counted.
     pub as_of_offset: u64,
@@ -177,7 +204,10 @@ impl TableLayout for TallyChanges {
     type Row = TallyChange;
     const NAME: &'static str = "tally_changes";
     /// Layout 1 had `published_at` (µs), which put a time on each vote's change of the tally.
-    const LAYOUT: u32 = 2;
+    /// Layout 2 kept every published change and each cell's share: the difference of two
+    /// rows was one voter's weight. Layout 3 keeps the changes [`ReleaseGate`] admits and no
+    /// share (the share moved with every other cell's changes, gated or not).
+    const LAYOUT: u32 = 3;
     const HOURS_FROM: &'static [(&'static str, &'static str)] =
         &[("published_at", "published_hour")];
 
@@ -188,7 +218,6 @@ impl TableLayout for TallyChanges {
             .text("component", |r| r.component)
             .int64("count", |r| r.count)
             .int64("weight_millionths", |r| r.weight_millionths)
-            .int64("share_ppb", |r| r.share_ppb)
             .int32("as_of_partition", |r| r.as_of_partition as i32)
             .int64("as_of_offset", |r| r.as_of_offset as i64)
             .utc_hour("published_hour", |r| r.published_at)
@@ -196,7 +225,7 @@ impl TableLayout for TallyChanges {
     }
 
     fn sort_columns() -> Vec<usize> {
-        vec![0, 7, 1, 2]
+        vec![0, 6, 1, 2]
     }
 }
 
@@ -211,6 +240,125 @@ impl SinkTable for TallyChanges {
 
     fn time_micros(row: &TallyChange) -> i64 {
         row.published_at
+    }
+
+    /// Rows an older file kept that the gate would not have let through are left out.
+    fn old_rows_kept(config: &LakeConfig) -> Option<RowFilter> {
+        let mut gate = ReleaseGate::new(config.min_group_voters);
+        Some(Box::new(move |batch| gate.admit_rows(batch)))
+    }
+}
+
+/// Which tally changes the lake may show, so that no difference between two rows it shows
+/// is fewer than k voters' votes. A cell's new state is shown once at least k voters
+/// joined or left it since the state it showed before (from none: once it holds k); until
+/// then the cell keeps showing the older state. The difference of two shown states of a
+/// cell is then the weights of at least k voters together (voters moving in and out at
+/// once only count as the net change, which undercounts them: the gate waits longer, never
+/// shorter). With k = 1 every change is shown.
+#[derive(Clone, Debug)]
+pub struct ReleaseGate {
+    min_group_voters: i64,
+    /// Per cell (decision, option, component): the count of the state last shown.
+    shown: HashMap<(String, i32, String), i64>,
+}
+
+impl ReleaseGate {
+    pub fn new(min_group_voters: u64) -> Self {
+        Self {
+            min_group_voters: min_group_voters.max(1) as i64,
+            shown: HashMap::new(),
+        }
+    }
+
+    /// A gate that knows what `lake` shows already: its newest row of each cell.
+    pub fn seeded(lake: &TallyChangeLake, min_group_voters: u64) -> Result<Self, AnalyticsError> {
+        let mut gate = Self::new(min_group_voters);
+        lake.for_each_batch(|batch| {
+            let cells = TallyCells::of(batch)?;
+            for row in 0..batch.num_rows() {
+                let (cell, count) = cells.get(row);
+                gate.shown.insert(cell, count);
+            }
+            Ok(())
+        })?;
+        Ok(gate)
+    }
+
+    /// Whether the change may be shown; if so it is from now on the state shown.
+    pub fn admits(&mut self, row: &TallyChange) -> bool {
+        self.admit(
+            (
+                row.decision_id.clone(),
+                row.option,
+                row.component.to_string(),
+            ),
+            row.count,
+        )
+    }
+
+    fn admit(&mut self, cell: (String, i32, String), count: i64) -> bool {
+        let shown = self.shown.get(&cell).copied().unwrap_or(0);
+        let admitted = self.min_group_voters == 1 || (count - shown).abs() >= self.min_group_voters;
+        if admitted {
+            self.shown.insert(cell, count);
+        }
+        admitted
+    }
+
+    fn admit_rows(&mut self, batch: &RecordBatch) -> Result<BooleanArray, ArrowError> {
+        let cells = TallyCells::of(batch)?;
+        Ok((0..batch.num_rows())
+            .map(|row| {
+                let (cell, count) = cells.get(row);
+                Some(self.admit(cell, count))
+            })
+            .collect())
+    }
+}
+
+/// The columns of `tally_changes` rows that name a cell and its count, in any layout.
+struct TallyCells<'b> {
+    decision: &'b arrow_array::StringArray,
+    option: &'b arrow_array::Int32Array,
+    component: &'b arrow_array::StringArray,
+    count: &'b arrow_array::Int64Array,
+}
+
+impl<'b> TallyCells<'b> {
+    fn of(batch: &'b RecordBatch) -> Result<Self, ArrowError> {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| ArrowError::SchemaError(format!("tally_changes has no {name}")))
+        };
+        let wrong =
+            |name: &str| ArrowError::SchemaError(format!("tally_changes.{name}: wrong type"));
+        Ok(Self {
+            decision: column("decision_id")?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| wrong("decision_id"))?,
+            option: column("option")?
+                .as_primitive_opt::<Int32Type>()
+                .ok_or_else(|| wrong("option"))?,
+            component: column("component")?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| wrong("component"))?,
+            count: column("count")?
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| wrong("count"))?,
+        })
+    }
+
+    fn get(&self, row: usize) -> ((String, i32, String), i64) {
+        (
+            (
+                self.decision.value(row).to_string(),
+                self.option.value(row),
+                self.component.value(row).to_string(),
+            ),
+            self.count.value(row),
+        )
     }
 }
 

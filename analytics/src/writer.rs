@@ -17,16 +17,17 @@ use crate::AnalyticsError;
 use crate::decisions::DecisionLake;
 use crate::lake::LakeConfig;
 use crate::sinks::{
-    CheckpointEntry, CheckpointLake, TallyChange, TallyChangeLake, WindowFeature, WindowFeatureLake,
+    CheckpointEntry, CheckpointLake, ReleaseGate, TallyChange, TallyChangeLake, WindowFeature,
+    WindowFeatureLake,
 };
 use crate::votes::{ReadingLake, SyncCursor, VoteLake, sync_log};
 use canopy_schemas::clock::now_micros;
 
-type CellValues = (u64, u64, u64);
+type CellValues = (u64, u64);
 
 #[derive(Default)]
 struct Changes {
-    /// Per decision, its cells as last published: (option, component) → (count, weight, share).
+    /// Per decision, its cells as last published: (option, component) → (count, weight).
     cells: HashMap<DecisionId, HashMap<(u16, Component), CellValues>>,
     rows: Vec<TallyChange>,
 }
@@ -72,28 +73,20 @@ impl LakeViews {
                 .tally
                 .iter()
                 .flat_map(|tally| &tally.cells)
-                .map(|c: &CellTally| {
-                    (
-                        (c.option, c.component),
-                        (c.count, c.weight_sum, c.share_ppb),
-                    )
-                })
+                .map(|c: &CellTally| ((c.option, c.component), (c.count, c.weight_sum)))
                 .collect();
             let old = cells.remove(&update.decision).unwrap_or_default();
-            let row = |(option, component): (u16, Component),
-                       (count, weight, share): CellValues| {
-                TallyChange {
+            let row =
+                |(option, component): (u16, Component), (count, weight): CellValues| TallyChange {
                     decision_id: update.decision.to_string(),
                     option: i32::from(option),
                     component: component.as_str(),
                     count: count as i64,
                     weight_millionths: weight as i64,
-                    share_ppb: share as i64,
                     as_of_partition: update.as_of.partition,
                     as_of_offset: update.as_of.offset,
                     published_at,
-                }
-            };
+                };
             for (cell, values) in &new {
                 if old.get(cell) != Some(values) {
                     rows.push(row(*cell, *values));
@@ -101,7 +94,7 @@ impl LakeViews {
             }
             for cell in old.keys() {
                 if !new.contains_key(cell) {
-                    rows.push(row(*cell, (0, 0, 0)));
+                    rows.push(row(*cell, (0, 0)));
                 }
             }
             if !new.is_empty() {
@@ -276,6 +269,7 @@ pub struct LakeWriter {
     readings: ReadingLake,
     reading_cursor: SyncCursor,
     tally_changes: TallyChangeLake,
+    tally_gate: ReleaseGate,
     window_features: WindowFeatureLake,
     checkpoints: CheckpointLake,
     range_rows: usize,
@@ -283,13 +277,16 @@ pub struct LakeWriter {
 
 impl LakeWriter {
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
+        let tally_changes = TallyChangeLake::open(config.clone())?;
+        let tally_gate = ReleaseGate::seeded(&tally_changes, config.min_group_voters)?;
         Ok(Self {
             decisions: DecisionLake::open(config.clone())?,
             votes: VoteLake::open(config.clone())?,
             vote_cursor: SyncCursor::default(),
             readings: ReadingLake::open(config.clone())?,
             reading_cursor: SyncCursor::default(),
-            tally_changes: TallyChangeLake::open(config.clone())?,
+            tally_changes,
+            tally_gate,
             window_features: WindowFeatureLake::open(config.clone())?,
             checkpoints: CheckpointLake::open(config)?,
             range_rows: 1 << 20,
@@ -317,8 +314,21 @@ impl LakeWriter {
         .rows)
     }
 
+    /// Writes the changes not written before that the gate lets through (see
+    /// [`ReleaseGate`]); the others are left out for good, as the next change of their cell
+    /// carries the cell's whole state.
     pub fn write_tally_changes(&mut self, rows: Vec<TallyChange>) -> Result<u64, AnalyticsError> {
-        self.tally_changes.append(rows)
+        // The gate moves on only once the rows it let through are in a file: a failed write
+        // is tried again with the same rows, and they must pass again.
+        let mut gate = self.tally_gate.clone();
+        let lake = &mut self.tally_changes;
+        let shown = rows
+            .into_iter()
+            .filter(|row| lake.is_new(row) && gate.admits(row))
+            .collect();
+        let written = lake.append(shown)?;
+        self.tally_gate = gate;
+        Ok(written)
     }
 
     pub fn write_window_features(

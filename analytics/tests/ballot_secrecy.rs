@@ -14,8 +14,8 @@ use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use canopy_analytics::{
-    CheckpointEntry, CheckpointLake, LakeConfig, LakeQuery, LakeSql, LakeViews, TABLES,
-    TallyChangeLake, VoteLake, sync_votes,
+    CheckpointEntry, CheckpointLake, LakeConfig, LakeQuery, LakeSql, LakeViews, LakeWriter, TABLES,
+    TallyChange, TallyChangeLake, VoteLake, sync_votes,
 };
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore};
 use canopy_ingest::{EntryLog, SegmentLog, SegmentLogConfig, VoteLog};
@@ -28,6 +28,8 @@ const DECISIONS: [u128; 3] = [1, 2, 3];
 /// Verified weights, one per expert, all different: each would name its expert.
 const EXPERT_WEIGHTS: [u32; 5] = [600_000, 1_500_000, 2_250_000, 3_000_000, 4_750_000];
 const CITIZENS: u128 = 10;
+/// k of the lake's gate on tally changes.
+const MIN_GROUP: u64 = 2;
 
 /// Who cast a vote, as the test knows and the lake must not tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -121,8 +123,15 @@ fn secrecy_lake(root: &Path) -> Vec<(Vote, Person)> {
         1_000,
     )
     .unwrap();
-    let mut tally = TallyChangeLake::open(config.clone()).unwrap();
-    assert!(tally.append(recorder.take_changes()).unwrap() > 0);
+    // What a node writes: the changes its gate lets through. k = 2, as the default of 5
+    // would show none of these small cells at all.
+    let mut writer = LakeWriter::open(LakeConfig {
+        min_group_voters: MIN_GROUP,
+        ..config.clone()
+    })
+    .unwrap();
+    assert!(writer.write_tally_changes(recorder.take_changes()).unwrap() > 0);
+    drop(writer);
     let checkpoints = DECISIONS
         .into_iter()
         .map(|decision| CheckpointEntry {
@@ -320,12 +329,12 @@ async fn issue_16_no_time_about_votes_is_finer_than_the_hour() {
     assert_eq!(checked, 3);
 }
 
-/// Not fixed yet, and named here so that it is not forgotten: `tally_changes` records the
-/// tally after every published epoch, so on a quiet day a cell's consecutive rows differ by
-/// one vote, and the difference is that expert's weight: the same pairing as the weight
-/// column's, one window function away.
+/// `tally_changes` as layout 2 kept it recorded the tally after every published epoch, so on
+/// a quiet day a cell's consecutive rows differed by one vote, and the difference was that
+/// expert's weight: the same pairing as the weight column's, one window function away. The
+/// gate shows a cell's new state only once k voters moved it: the differences are sums of
+/// at least k experts' weights.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 16, open: tally_changes keeps every epoch's exact cell weights"]
 async fn issue_16_tally_changes_differences_link_no_votes_across_decisions() {
     let dir = tempfile::tempdir().unwrap();
     secrecy_lake(dir.path());
@@ -342,6 +351,127 @@ async fn issue_16_tally_changes_differences_link_no_votes_across_decisions() {
     )
     .await;
     assert_eq!(pairs, Vec::<Vec<String>>::new());
+    // Expert cells are shown, each difference k or more experts together.
+    let (_, steps) = text_rows(
+        &sql.query(
+            "SELECT joined FROM (
+                 SELECT count - LAG(count, 1, 0) OVER (
+                     PARTITION BY decision_id, option, component ORDER BY as_of_offset) AS joined
+                 FROM tally_changes WHERE component = 'expert')",
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(!steps.is_empty(), "no expert cell shown: nothing checked");
+    for step in steps {
+        assert!(
+            step[0].parse::<i64>().unwrap().unsigned_abs() >= MIN_GROUP,
+            "{step:?}"
+        );
+    }
+}
+
+/// A lake of layout 2 kept every change: opened by a node, the rows its gate would not have
+/// let through are left out (the share column with them), and what stays is each cell's
+/// changes k voters apart, the marks kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_16_a_lake_of_every_change_keeps_only_what_the_gate_lets_through() {
+    use arrow_array::TimestampMicrosecondArray;
+    use arrow_array::{ArrayRef, Date32Array, Int32Array, Int64Array, StringArray};
+    use parquet::file::metadata::KeyValue;
+    use parquet::file::properties::WriterProperties;
+
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("lake/tally_changes/date=2026-06-01");
+    std::fs::create_dir_all(&folder).unwrap();
+    // One expert cell gaining a voter at each of offsets 1..=7, in two files.
+    let write = |file: u64, offsets: std::ops::RangeInclusive<i64>| {
+        let rows = offsets.clone().count();
+        let int64 = |values: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(values)) };
+        let batch = RecordBatch::try_from_iter([
+            (
+                "decision_id",
+                Arc::new(StringArray::from(vec!["d"; rows])) as ArrayRef,
+            ),
+            ("option", Arc::new(Int32Array::from(vec![1; rows]))),
+            (
+                "component",
+                Arc::new(StringArray::from(vec!["expert"; rows])),
+            ),
+            ("count", int64(offsets.clone().collect())),
+            (
+                "weight_millionths",
+                int64(offsets.clone().map(|o| o * 1_100_000).collect()),
+            ),
+            ("share_ppb", int64(vec![1_000_000_000; rows])),
+            ("as_of_partition", Arc::new(Int32Array::from(vec![0; rows]))),
+            ("as_of_offset", int64(offsets.clone().collect())),
+            (
+                "published_hour",
+                Arc::new(TimestampMicrosecondArray::from(vec![START; rows]).with_timezone("UTC")),
+            ),
+            ("date", Arc::new(Date32Array::from(vec![20_605; rows]))),
+        ])
+        .unwrap();
+        let properties = WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![KeyValue::new(
+                "canopy.marks".into(),
+                format!(r#"{{"p0":{}}}"#, offsets.end()),
+            )]))
+            .build();
+        let path = folder.join(format!("part-s-{file:020}-{file:020}.parquet"));
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(path).unwrap(),
+            batch.schema(),
+            Some(properties),
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    };
+    write(0, 1..=4);
+    write(1, 5..=7);
+    std::fs::create_dir_all(dir.path().join("lake/tally_changes/_layout")).unwrap();
+    std::fs::write(dir.path().join("lake/tally_changes/_layout/v2"), "layout 2").unwrap();
+
+    let config = LakeConfig {
+        min_group_voters: 3,
+        ..LakeConfig::new(dir.path().join("lake"))
+    };
+    let lake = TallyChangeLake::open(config.clone()).unwrap();
+    assert_eq!(lake.mark("p0"), Some(7));
+    let sql = sql_over(dir.path()).await;
+    let (names, rows) = text_rows(
+        &sql.query("SELECT * FROM tally_changes ORDER BY as_of_offset")
+            .await
+            .unwrap(),
+    );
+    assert!(!names.contains(&"share_ppb".to_string()), "{names:?}");
+    let counts: Vec<&str> = rows.iter().map(|row| row[3].as_str()).collect();
+    // From none: 3 voters, then 6; the 7th is one voter on from the 6th.
+    assert_eq!(counts, ["3", "6"]);
+    // A node writing on: the gate knows the lake shows 6, so 8 waits and 9 is shown.
+    drop(lake);
+    let mut writer = LakeWriter::open(config).unwrap();
+    let change = |count: i64| TallyChange {
+        decision_id: "d".into(),
+        option: 1,
+        component: "expert",
+        count,
+        weight_millionths: count * 1_100_000,
+        as_of_partition: 0,
+        as_of_offset: 10 + count as u64,
+        published_at: START,
+    };
+    assert_eq!(writer.write_tally_changes(vec![change(8)]).unwrap(), 0);
+    drop(writer);
+    let mut writer = LakeWriter::open(LakeConfig {
+        min_group_voters: 3,
+        ..LakeConfig::new(dir.path().join("lake"))
+    })
+    .unwrap();
+    assert_eq!(writer.write_tally_changes(vec![change(8)]).unwrap(), 0);
+    assert_eq!(writer.write_tally_changes(vec![change(9)]).unwrap(), 1);
 }
 
 /// A `tally_changes` file an earlier version wrote (layout 1, `published_at` to the
@@ -403,7 +533,12 @@ async fn issue_16_an_old_tally_changes_file_is_rewritten_with_its_marks() {
         .unwrap_err();
     assert_eq!(error.code(), "lake_old_layout", "{error}");
 
-    let lake = TallyChangeLake::open(LakeConfig::new(dir.path().join("lake"))).unwrap();
+    // k = 1: the gate lets every change through, and this test is about the hour.
+    let config = LakeConfig {
+        min_group_voters: 1,
+        ..LakeConfig::new(dir.path().join("lake"))
+    };
+    let lake = TallyChangeLake::open(config.clone()).unwrap();
     assert_eq!(lake.mark("p0"), Some(8));
     let (_, rows) = text_rows(
         &sql.query(
@@ -423,7 +558,7 @@ async fn issue_16_an_old_tally_changes_file_is_rewritten_with_its_marks() {
     );
     // Opened again, nothing is left to rewrite, and the marks still hold.
     drop(lake);
-    let lake = TallyChangeLake::open(LakeConfig::new(dir.path().join("lake"))).unwrap();
+    let lake = TallyChangeLake::open(config).unwrap();
     assert_eq!(lake.mark("p0"), Some(8));
 }
 

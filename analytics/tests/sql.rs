@@ -13,8 +13,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, RecordBatch};
 use canopy_analytics::{
-    LakeConfig, LakeLocation, LakeQuery, LakeSql, LakeViews, TallyChange, TallyChangeLake,
-    VoteLake, sync_votes,
+    LakeConfig, LakeLocation, LakeQuery, LakeSql, LakeViews, LakeWriter, TallyChange,
+    TallyChangeLake, VoteLake, sync_votes,
 };
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore, recount};
 use canopy_ingest::{EntryLog, SegmentLog, SegmentLogConfig, VoteLog};
@@ -489,7 +489,10 @@ async fn an_unreachable_store_fails_with_its_own_code() {
 mod recount_property {
     //! Issue 16: the lake's recount (voters from `votes`, weights from `tally_changes`)
     //! equals the engine's tally after every flush, whatever the votes, their weights, the
-    //! changes of mind, the redeliveries and the sizes of the ranges copied.
+    //! changes of mind, the redeliveries and the sizes of the ranges copied. Beside it, a
+    //! node's writer with a random k gates the same changes: each row it shows is the
+    //! recount of the log up to the row's position, and two rows of a cell are k voters
+    //! apart, across restarts of the writer too.
 
     use super::*;
     use canopy_schemas::{DecisionId, Vote, VoteId, VoterId, Weight};
@@ -509,6 +512,8 @@ mod recount_property {
         Redeliver { back: usize },
         /// The node flushes: the engine catches up and the lake copies what is new.
         Flush,
+        /// The gated writer stops and opens again (what a node's restart does to it).
+        Restart,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -522,6 +527,7 @@ mod recount_property {
                 }),
             2 => (0usize..30).prop_map(|back| Step::Redeliver { back }),
             1 => Just(Step::Flush),
+            1 => Just(Step::Restart),
         ]
     }
 
@@ -557,6 +563,56 @@ mod recount_property {
         Some(canopy_testkit::logged(vote, voter))
     }
 
+    /// The gated lake's rows, each cell's in the order they were shown.
+    const GATED_ROWS: &str = "SELECT decision_id, option, component, count, weight_millionths,
+            CAST(as_of_partition AS BIGINT), as_of_offset
+        FROM tally_changes ORDER BY decision_id, option, component, as_of_offset";
+
+    /// Each row the gate let through is the cell as a recount of the log up to the row's
+    /// position gives it, and its count is at least `min_group` from the row before (none:
+    /// zero), so the difference of any two is at least that many voters' votes.
+    fn shown_rows_are_recounts_k_apart(
+        shown: &[RecordBatch],
+        log: &SegmentLog,
+        decisions: &[Decision],
+        min_group: u64,
+    ) -> Result<(), TestCaseError> {
+        let mut records = Vec::new();
+        for partition in 0..log.partitions() {
+            records.extend(log.read(partition, 0, usize::MAX).unwrap());
+        }
+        let mut before: Counts = Counts::new();
+        for (cell, values) in rows_of(shown) {
+            let [Some(count), Some(weight), Some(partition), Some(offset)] = values[..] else {
+                panic!("{values:?}")
+            };
+            let previous = before.insert(cell.clone(), count).unwrap_or(0);
+            if min_group > 1 {
+                prop_assert!(
+                    (count - previous).unsigned_abs() >= min_group,
+                    "{cell:?}: {previous} then {count} voters, k = {min_group}"
+                );
+            }
+            let prefix = records.iter().filter(|r| {
+                r.position.partition != partition as u32 || (r.position.offset as i64) < offset
+            });
+            let recounted = recount(prefix, decisions)
+                .into_iter()
+                .flat_map(|(id, tally)| {
+                    tally.cells.into_iter().map(move |c| {
+                        (
+                            (id.to_string(), i64::from(c.option), c.component.to_string()),
+                            (c.count as i64, c.weight_sum as i64),
+                        )
+                    })
+                })
+                .find(|(recounted_cell, _)| *recounted_cell == cell)
+                .map_or((0, 0), |(_, values)| values);
+            prop_assert_eq!(recounted, (count, weight), "{:?} as of {}", cell, offset);
+        }
+        Ok(())
+    }
+
     /// Waits until the engine has published everything the log holds.
     fn caught_up(log: &SegmentLog, views: &InMemoryViews) {
         let started = std::time::Instant::now();
@@ -580,6 +636,7 @@ mod recount_property {
         fn issue_16_the_recount_from_the_lake_equals_the_engines_tally(
             steps in proptest::collection::vec(step(), 1..150),
             range_rows in 1usize..60,
+            min_group in 1u64..4,
         ) {
             let dir = tempfile::tempdir().unwrap();
             let log = Arc::new(
@@ -601,6 +658,12 @@ mod recount_property {
             let mut cursor = canopy_analytics::SyncCursor::default();
             let mut tally = TallyChangeLake::open(config).unwrap();
             let sql = LakeSql::new(dir.path().join("lake"), Default::default());
+            let gated_config = LakeConfig {
+                min_group_voters: min_group,
+                ..LakeConfig::new(dir.path().join("gated"))
+            };
+            let mut gated = LakeWriter::open(gated_config.clone()).unwrap();
+            let gated_sql = LakeSql::new(dir.path().join("gated"), Default::default());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -614,6 +677,10 @@ mod recount_property {
                         pending.push(cast[cast.len() - 1 - back % cast.len()]);
                     }
                     Step::Redeliver { .. } => {}
+                    Step::Restart => {
+                        drop(gated);
+                        gated = LakeWriter::open(gated_config.clone()).unwrap();
+                    }
                     Step::Cast { .. } => {
                         let vote = logged_vote(step, cast.len() as u128).expect("a cast");
                         cast.push(vote);
@@ -626,9 +693,13 @@ mod recount_property {
                         caught_up(&log, &views);
                         canopy_analytics::sync_log(&votes, log.as_ref(), range_rows, &mut cursor)
                             .unwrap();
-                        tally.append(recorder.take_changes()).unwrap();
+                        let changes = recorder.take_changes();
+                        tally.append(changes.clone()).unwrap();
+                        gated.write_tally_changes(changes).unwrap();
                         let got = runtime.block_on(recount_from_the_lake(&sql));
                         prop_assert_eq!(got, recounted(&log, &decisions));
+                        let shown = runtime.block_on(gated_sql.query(GATED_ROWS)).unwrap();
+                        shown_rows_are_recounts_k_apart(&shown, &log, &decisions, min_group)?;
                     }
                 }
             }

@@ -29,6 +29,8 @@ pub struct LakeSettings {
     pub concurrent_queries: usize,
     /// Where the lake's SQL is served over the PostgreSQL protocol (none: not served).
     pub pg_listen: Option<std::net::SocketAddr>,
+    /// k: a tally cell's change is written once at least this many voters moved it.
+    pub min_group_voters: u64,
 }
 
 impl LakeSettings {
@@ -44,6 +46,7 @@ impl LakeSettings {
             },
             concurrent_queries: 4,
             pg_listen: None,
+            min_group_voters: 5,
         }
     }
 }
@@ -77,7 +80,9 @@ impl LakeFeed {
         tally_changes: Option<Arc<LakeViews>>,
         final_windows: Option<Arc<FinalWindows>>,
     ) -> Result<Self, NodeError> {
-        let writer = LakeWriter::open(LakeConfig::new(settings.location.clone()))?;
+        let mut config = LakeConfig::new(settings.location.clone());
+        config.min_group_voters = settings.min_group_voters;
+        let writer = LakeWriter::open(config)?;
         Ok(Self {
             settings,
             writer: Arc::new(Mutex::new(writer)),

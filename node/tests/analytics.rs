@@ -22,8 +22,8 @@ fn quickly_flushed_lake(location: impl Into<LakeLocation>) -> LakeSettings {
     lake
 }
 
-/// A node with a lake; its trends show every group (the smallest group size has a test of
-/// its own).
+/// A node with a lake; its trends and tally changes show every group (the smallest group
+/// size has tests of its own).
 async fn start() -> TestNode {
     let api = ApiConfig {
         trend_min_voters: 1,
@@ -32,6 +32,7 @@ async fn start() -> TestNode {
     TestNode::start_with(api, |config| {
         let mut lake = quickly_flushed_lake(config.data_dir.join("lake"));
         lake.sql.timeout = Duration::from_secs(2);
+        lake.min_group_voters = 1;
         config.lake = Some(lake);
     })
     .await

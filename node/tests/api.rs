@@ -76,7 +76,19 @@ async fn voters_of_every_role_cast_change_and_read_their_own_votes() {
         (StatusCode::FORBIDDEN, "forbidden")
     );
 
-    let breakdown = breakdown_including(&node, &decision, last_offset, &ana).await;
+    // Below admin, a cell shows its count and share and never its weighted sum: watched
+    // before and after a vote, the sum would give that voter's weight, which names an expert
+    // from one decision to the next.
+    let seen_by_analyst = breakdown_including(&node, &decision, last_offset, &ana).await;
+    for shown in elements(&seen_by_analyst["cells"]) {
+        assert_eq!(shown.get("weight"), None, "{seen_by_analyst}");
+    }
+    let expert_seen = cell(&seen_by_analyst, 1, "expert").unwrap();
+    assert_eq!(
+        (expert_seen["count"].as_u64(), expert_seen["share"].as_f64()),
+        (Some(1), Some(1.0))
+    );
+    let breakdown = breakdown_including(&node, &decision, last_offset, &admin).await;
     // Cora changed her vote from 0 to 2: only the latest counts.
     assert_eq!(cell(&breakdown, 0, "democratic"), None);
     let democratic = cell(&breakdown, 2, "democratic").unwrap();

@@ -403,6 +403,9 @@ pub(crate) struct FreshnessQuery {
 pub(crate) struct ResultsRead {
     decision: Decision,
     view: Option<DecisionView>,
+    /// Whether the caller may see weighted sums (an admin): a cell's weight, watched before
+    /// and after a vote, is that voter's weight, which would name an expert across decisions.
+    sees_weights: bool,
 }
 
 impl FromRequestParts<SharedState> for ResultsRead {
@@ -435,13 +438,17 @@ impl FromRequestParts<SharedState> for ResultsRead {
                 .map_err(|e| ServingError::Internal(e.to_string()))??
             }
         };
-        Ok(Self { decision, view })
+        Ok(Self {
+            decision,
+            view,
+            sees_weights: caller.0.role == crate::auth::Role::Admin,
+        })
     }
 }
 
 #[utoipa::path(get, path = "/api/v1/voting/decision/{id}/results", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "composite score per option, turnout, quorum, as_of"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody, description = "results_timeout")))]
 pub(crate) async fn results(
-    ResultsRead { decision, view }: ResultsRead,
+    ResultsRead { decision, view, .. }: ResultsRead,
 ) -> Json<serde_json::Value> {
     let tally = view.as_ref().map(|v| &v.tally);
     let options: Vec<serde_json::Value> = decision
@@ -464,9 +471,13 @@ pub(crate) async fn results(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/voting/decision/{id}/breakdown", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "count, weight and share per option and component"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/voting/decision/{id}/breakdown", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "count and share per option and component, and the weighted sum for admins"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody)))]
 pub(crate) async fn breakdown(
-    ResultsRead { decision, view }: ResultsRead,
+    ResultsRead {
+        decision,
+        view,
+        sees_weights,
+    }: ResultsRead,
 ) -> Json<serde_json::Value> {
     let cells: Vec<serde_json::Value> = view
         .as_ref()
@@ -474,13 +485,17 @@ pub(crate) async fn breakdown(
         .unwrap_or_default()
         .iter()
         .map(|cell| {
-            json!({
+            let mut shown = json!({
                 "option": cell.option,
                 "component": cell.component,
                 "count": cell.count,
-                "weight": cell.weight_sum as f64 / f64::from(canopy_schemas::WEIGHT_SCALE),
                 "share": cell.share_ppb as f64 / canopy_schemas::SHARE_SCALE as f64,
-            })
+            });
+            if sees_weights {
+                shown["weight"] =
+                    json!(cell.weight_sum as f64 / f64::from(canopy_schemas::WEIGHT_SCALE));
+            }
+            shown
         })
         .collect();
     Json(json!({
