@@ -60,6 +60,7 @@ pub struct CanopyConfig {
     pub evm: EvmSection,
     pub sensors: SensorsSection,
     pub lake: LakeSection,
+    pub tls: TlsSection,
 }
 
 /// The HTTP API of `up` and `serve`.
@@ -67,6 +68,17 @@ pub struct CanopyConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
     pub listen: SocketAddr,
+    /// Seconds from accept (or the end of the previous request) to a whole request head.
+    pub header_read_timeout_s: u64,
+    /// Seconds a kept-alive connection may sit idle, or a response wait for its reader.
+    pub idle_timeout_s: u64,
+    /// Connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Browser origins allowed to call the API (CORS); none: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Results reads waiting for a `min_offset` at once, per user and in all.
+    pub max_waits_per_user: usize,
+    pub max_waits: usize,
     /// The RS256 key (PKCS#8 PEM) every replica of a cluster shares; generated under the
     /// data directory if absent.
     pub jwt_key: Option<PathBuf>,
@@ -89,6 +101,20 @@ pub struct ApiSection {
     pub registrations_per_block_hour: u32,
     /// Invitation codes one account may try per hour (all at once at most).
     pub claims_per_account_hour: u32,
+    /// Sign-in attempts (password, TOTP or recovery code) on one account that never wait;
+    /// each one past them makes the next wait twice as long, from
+    /// `signin_first_delay_ms` up to `signin_max_delay_s`.
+    pub signin_free_attempts: u32,
+    /// Sign-in attempts from one client address (IPv6: its /64) that never wait.
+    pub signin_address_free_attempts: u32,
+    pub signin_first_delay_ms: u64,
+    pub signin_max_delay_s: u64,
+    /// An account's or address's count is forgotten this long after its last attempt.
+    pub signin_forget_after_s: u64,
+    /// Memory password hashing may hold (MiB): this over 19 MiB hashes run at once.
+    pub hashing_memory_mib: u32,
+    /// Sign-ins that may wait for a hash; more are told 503 `busy`.
+    pub hashing_max_waiting: usize,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -174,6 +200,22 @@ pub struct LakeSection {
     pub sql_memory_mib: usize,
     /// SQL over the PostgreSQL wire protocol here (`up` only).
     pub pg_listen: Option<SocketAddr>,
+    /// With `tls.cert`/`tls.key` set: still take PostgreSQL clients that do not ask for TLS.
+    pub pg_allow_plaintext: bool,
+    /// PostgreSQL connections served at once; beyond it a client is told FATAL 53300.
+    pub pg_max_connections: usize,
+    /// A PostgreSQL session silent this long is closed, in seconds.
+    pub pg_idle_timeout_s: u64,
+}
+
+/// The certificate of the HTTP listener and the PostgreSQL port; both or neither.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The certificate chain, leaf first (PEM); re-read on SIGHUP.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
 }
 
 /// A metric's alert level, or `"off"` to drop its alert.
@@ -190,6 +232,12 @@ impl Default for CanopyConfig {
             demo: false,
             api: ApiSection {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                header_read_timeout_s: 10,
+                idle_timeout_s: 60,
+                max_connections: 4096,
+                cors_origins: Vec::new(),
+                max_waits_per_user: 4,
+                max_waits: 1024,
                 jwt_key: None,
                 audit_key: None,
                 secrets_key: None,
@@ -199,6 +247,13 @@ impl Default for CanopyConfig {
                 registrations_per_address_hour: 5,
                 registrations_per_block_hour: 30,
                 claims_per_account_hour: 10,
+                signin_free_attempts: 5,
+                signin_address_free_attempts: 20,
+                signin_first_delay_ms: 1000,
+                signin_max_delay_s: 900,
+                signin_forget_after_s: 24 * 3600,
+                hashing_memory_mib: 64,
+                hashing_max_waiting: 32,
             },
             database: DatabaseSection { url: None },
             kafka: KafkaSection {
@@ -240,7 +295,11 @@ impl Default for CanopyConfig {
                 sql_timeout_s: 120,
                 sql_memory_mib: 2048,
                 pg_listen: None,
+                pg_allow_plaintext: false,
+                pg_max_connections: 64,
+                pg_idle_timeout_s: 900,
             },
+            tls: TlsSection::default(),
         }
     }
 }
@@ -394,6 +453,24 @@ pub struct ConfigFlags {
     /// lake.pg_listen: serve the lake's SQL over the PostgreSQL wire protocol here.
     #[arg(long, conflicts_with = "no_lake")]
     pg_listen: Option<SocketAddr>,
+    /// tls.cert: the listeners' certificate chain (PEM; re-read on SIGHUP).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// tls.key: the certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// api.header_read_timeout_s: seconds a client has to send a request head (default 10).
+    #[arg(long)]
+    header_read_timeout_s: Option<u64>,
+    /// api.idle_timeout_s: seconds an idle connection stays open (default 60).
+    #[arg(long)]
+    idle_timeout_s: Option<u64>,
+    /// api.max_connections: HTTP connections open at once (default 4096).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// api.cors_origins: a browser origin allowed to call the API (repeatable).
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
     /// evm.rpc: anchor batch roots on this EVM node (http JSON-RPC).
     #[arg(long)]
     evm_rpc: Option<String>,
@@ -624,6 +701,12 @@ impl ConfigFlags {
             "lake.sql_timeout_s" "--sql-timeout-s" = self.sql_timeout_s;
             "lake.sql_memory_mib" "--sql-memory-mib" = self.sql_memory_mib;
             "lake.pg_listen" "--pg-listen" = self.pg_listen;
+            "tls.cert" "--tls-cert" = self.tls_cert.as_ref();
+            "tls.key" "--tls-key" = self.tls_key.as_ref();
+            "api.header_read_timeout_s" "--header-read-timeout-s" = self.header_read_timeout_s;
+            "api.idle_timeout_s" "--idle-timeout-s" = self.idle_timeout_s;
+            "api.max_connections" "--max-connections" = self.max_connections;
+            "api.cors_origins" "--cors-origin" = (!self.cors_origins.is_empty()).then_some(&self.cors_origins);
             "evm.rpc" "--evm-rpc" = self.evm_rpc.as_ref();
             "evm.contract" "--evm-contract" = self.evm_contract.as_ref();
             "evm.key" "--evm-key" = self.evm_key.as_ref();
@@ -973,6 +1056,9 @@ impl CanopyConfig {
 
     /// What no single key's type can say.
     fn check(&self) -> anyhow::Result<()> {
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bail!("tls.cert and tls.key go together: set both or neither");
+        }
         if self.lake.pg_listen.is_some() && !self.lake.enabled {
             bail!("lake.pg_listen serves the lake's SQL, but lake.enabled is false");
         }
@@ -1040,10 +1126,47 @@ impl CanopyConfig {
         config
     }
 
+    /// The sign-in throttle and the bounds of password hashing.
+    fn signin_limits(&self, api: &mut canopy_serving::state::ApiConfig) {
+        let section = &self.api;
+        api.signin_throttle = canopy_serving::throttle::ThrottlePolicy {
+            account_free_attempts: section.signin_free_attempts,
+            address_free_attempts: section.signin_address_free_attempts,
+            first_delay: Duration::from_millis(section.signin_first_delay_ms.max(1)),
+            max_delay: Duration::from_secs(section.signin_max_delay_s),
+            forget_after: Duration::from_secs(section.signin_forget_after_s.max(1)),
+        };
+        api.password_hashing = canopy_serving::auth::HashingLimits {
+            memory_kib: section.hashing_memory_mib.saturating_mul(1024),
+            max_waiting: section.hashing_max_waiting,
+        };
+    }
+
+    /// The HTTP listener's limits, its certificate and the waits a user may park.
+    fn listener_limits(&self, config: &mut NodeConfig) {
+        let api = &self.api;
+        config.http = canopy_node::listener::HttpSettings {
+            header_read_timeout: Duration::from_secs(api.header_read_timeout_s.max(1)),
+            idle_timeout: Duration::from_secs(api.idle_timeout_s.max(1)),
+            max_connections: api.max_connections.max(1),
+            cors_origins: api.cors_origins.clone(),
+        };
+        config.tls = match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => Some(canopy_node::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        config.api.max_waits_per_user = api.max_waits_per_user.max(1);
+        config.api.max_waits = api.max_waits.max(1);
+    }
+
     /// `canopy up`: the whole node in one process.
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
         let mut config = NodeConfig::new(&self.data_dir);
         config.listen = self.api.listen;
+        self.listener_limits(&mut config);
         config.workers = self.workers.threads;
         config.database_url = self.database.url.clone();
         config.jwt_key = self.api.jwt_key.clone();
@@ -1058,6 +1181,7 @@ impl CanopyConfig {
             canopy_serving::limits::Rate::per_hour(self.api.registrations_per_block_hour);
         config.api.claims_per_account =
             canopy_serving::limits::Rate::per_hour(self.api.claims_per_account_hour);
+        self.signin_limits(&mut config.api);
         config.record.anchor.interval = self.anchor_interval();
         config.record.origin = self.record.origin.clone();
         config.kafka = self.kafka();
@@ -1085,6 +1209,9 @@ impl CanopyConfig {
             lake.sql.memory_bytes = self.lake.sql_memory_mib.max(1) << 20;
             lake.sql.target_partitions = self.workers.threads.max(1);
             lake.pg_listen = self.lake.pg_listen;
+            config.sql_port.allow_plaintext = self.lake.pg_allow_plaintext;
+            config.sql_port.max_connections = self.lake.pg_max_connections.max(1);
+            config.sql_port.idle_timeout = Duration::from_secs(self.lake.pg_idle_timeout_s.max(1));
             lake.min_group_voters = self.api.trend_min_voters.max(1);
             config.lake = Some(lake);
         }
@@ -1106,6 +1233,7 @@ impl CanopyConfig {
     pub fn serve_config(&self) -> anyhow::Result<NodeConfig> {
         let mut config = NodeConfig::new(&self.data_dir);
         config.listen = self.api.listen;
+        self.listener_limits(&mut config);
         config.database_url = Some(self.cluster_database_url()?);
         config.jwt_key = self.api.jwt_key.clone();
         config.audit_key = self.api.audit_key.clone();
@@ -1123,6 +1251,7 @@ impl CanopyConfig {
             canopy_serving::limits::Rate::per_hour(self.api.registrations_per_block_hour);
         config.api.claims_per_account =
             canopy_serving::limits::Rate::per_hour(self.api.claims_per_account_hour);
+        self.signin_limits(&mut config.api);
         Ok(config)
     }
 

@@ -1,5 +1,6 @@
 //! `canopy tally` and `canopy log verify`: read what the embedded vote log holds.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,10 +51,11 @@ pub fn verify(data_dir: &Path) -> anyhow::Result<()> {
     let ends: Vec<u64> = (0..log.partitions())
         .map(|p| log.end_offset(p))
         .collect::<Result<_, _>>()?;
-    println!(
+    writeln!(
+        std::io::stdout().lock(),
         "{}",
         serde_json::json!({ "records": records, "partitions": log.partitions(), "end_offsets": ends, "bytes": log.size_bytes()? })
-    );
+    )?;
     Ok(())
 }
 
@@ -85,11 +87,17 @@ pub fn tally(data_dir: &Path, workers: usize) -> anyhow::Result<()> {
         "canopy: replayed the log in {:.3}s on {workers} worker threads",
         started.elapsed().as_secs_f64()
     );
-    for decision in &decisions {
-        if let Some(view) = views.get(decision.id)? {
-            println!("{}", serde_json::to_string(&view)?);
-        }
-    }
+    // Written, not printed: a reader that closes the pipe early ends the output quietly
+    // (the engine still shuts down cleanly) instead of a panic.
+    let mut out = std::io::stdout().lock();
+    let written = decisions
+        .iter()
+        .try_for_each(|decision| -> anyhow::Result<()> {
+            if let Some(view) = views.get(decision.id)? {
+                writeln!(out, "{}", serde_json::to_string(&view)?)?;
+            }
+            Ok(())
+        });
     engine.shutdown()?;
-    Ok(())
+    written
 }

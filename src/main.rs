@@ -151,5 +151,18 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             command: LogCommand::Verify(flags),
         } => log_cmd::verify(&flags.load()?.data_dir),
     };
-    done.map(|()| std::process::ExitCode::SUCCESS)
+    match done {
+        // A reader that has read enough (`canopy tally | head`) is not a failure of ours.
+        Err(error) if reader_went_away(&error) => Ok(std::process::ExitCode::SUCCESS),
+        done => done.map(|()| std::process::ExitCode::SUCCESS),
+    }
+}
+
+/// Whether `error` comes from writing to a pipe whose reader closed it.
+fn reader_went_away(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

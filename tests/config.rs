@@ -392,6 +392,21 @@ fn offline_commands_read_the_same_configuration() {
     let replayed = String::from_utf8_lossy(&tally.stderr);
     assert!(replayed.contains("on 3 worker threads"), "{replayed}");
 
+    // `canopy tally | head -0`: the reader is gone before the first line; the command ends
+    // quietly and successfully, as Unix tools do, instead of panicking on the closed pipe.
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args(["tally", "--config", file])
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let ended = piped.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert!(ended.status.success(), "{:?}: {stderr}", ended.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     stdout(&canopy(&["lake", "sync", "--config", file], &[]));
     assert!(lake.join("votes").is_dir(), "lake sync wrote elsewhere");
     let counted = stdout(&canopy(

@@ -164,7 +164,9 @@ fn migrate_applies_each_migration_once() {
             "0005_audit_append_only",
             "0006_rolls",
             "0007_voter_keys",
-            "0008_audit_keys"
+            "0008_audit_keys",
+            "0009_signin",
+            "0010_sql_tokens"
         ])
     );
     assert_eq!(run()["applied"], json!([]));

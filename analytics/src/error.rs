@@ -36,6 +36,8 @@ pub enum AnalyticsError {
     QueryTimeout(std::time::Duration),
     #[error("the query needs more memory than its limit allows: {0}")]
     QueryMemory(String),
+    #[error("the query asks for more than a query may: {0}")]
+    SqlLimit(String),
     #[error("the log has a gap in partition {partition}: expected offset {expected}, got {got}")]
     LogGap {
         partition: u32,
@@ -59,6 +61,7 @@ impl AnalyticsError {
             Self::SqlNotReadOnly(_) => "sql_not_read_only",
             Self::QueryTimeout(_) => "query_timeout",
             Self::QueryMemory(_) => "query_memory_exceeded",
+            Self::SqlLimit(_) => "sql_limit",
         }
     }
 

@@ -7,7 +7,8 @@
 //!  features dataflow ─final windows─▶ window_features/
 //!  vote record ─signed checkpoints─▶ checkpoints/
 //!                 ▼
-//!  LakeSql: DataFusion, one fresh read-only session per query, time and memory limits
+//!  LakeSql: DataFusion, one fresh read-only session per query, time and memory limits,
+//!  capped scalar functions (`sql_caps.rs`), on a runtime of its own
 //!  (all of it in a local folder or an S3 bucket prefix: `store.rs`)
 //! ```
 //!
@@ -24,6 +25,7 @@ mod error;
 mod lake;
 mod sinks;
 mod sql;
+mod sql_caps;
 mod store;
 mod trends;
 mod votes;
@@ -37,7 +39,8 @@ pub use sinks::{
     TallyChangeLake, TallyChanges, WindowFeature, WindowFeatureLake, WindowFeatures,
 };
 pub use sql::{
-    BatchEncoder, LakeQuery, LakeSql, OutputFormat, QueryStream, SqlLimits, render, write_parquet,
+    BatchEncoder, LakeQuery, LakeSql, MAX_SQL_THREADS, MAX_VALUE_BYTES, OutputFormat, QueryStream,
+    SqlLimits, render, write_parquet,
 };
 pub use store::LakeLocation;
 pub use trends::{TimeRange, TrendBucket, TrendsSubject, trend_points, trends_sql};

@@ -4,6 +4,16 @@
 //! Every query gets a fresh session whose tables list their live files when the query is
 //! planned, so files the sinks add show in the next query and files compaction superseded
 //! never count twice.
+//!
+//! ```text
+//!  caller (API, PostgreSQL port)            SQL runtime (≤ 2 threads, lower priority)
+//!  execute ──spawn──────────────────────▶   plan, run: batches ─▶ channel (2 batches)
+//!  QueryStream ◀── batches ─────────────    stops at the deadline, or when the reader
+//!   checks the deadline on every poll        drops the stream; `finished()` resolves then
+//! ```
+//!
+//! A reader that stops reading cannot hold a query past its deadline: the query runs on
+//! its own task, which stops at the deadline whether or not anyone polls the stream.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +38,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
 use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::AnalyticsError;
 use crate::columns::TableLayout;
@@ -57,19 +68,89 @@ impl Default for SqlLimits {
     }
 }
 
+/// One value a scalar function returns (`lpad`, `repeat`, `concat`, …) may hold this many
+/// bytes; see `sql_caps.rs`.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// The most threads analysts' queries take from the machine, whatever `target_partitions`.
+pub const MAX_SQL_THREADS: usize = 2;
+
 /// SQL over a lake.
 #[derive(Clone, Debug)]
 pub struct LakeSql {
     location: LakeLocation,
     limits: SqlLimits,
+    /// Started on the first query, shared by every clone.
+    runtime: Arc<std::sync::OnceLock<SqlRuntime>>,
+}
+
+/// The threads queries run on, apart from the caller's (the API's latency holds while
+/// analysts scan).
+#[derive(Debug)]
+struct SqlRuntime(Option<tokio::runtime::Runtime>);
+
+impl SqlRuntime {
+    fn start(threads: usize) -> Result<Self, AnalyticsError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .max_blocking_threads(threads * 4)
+            .thread_name("canopy-sql")
+            .on_thread_start(lower_thread_priority)
+            .enable_all()
+            .build()
+            .map_err(|e| AnalyticsError::Sql(format!("starting the SQL threads: {e}")))?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .handle()
+    }
+}
+
+impl Drop for SqlRuntime {
+    fn drop(&mut self) {
+        // Dropped from async code too (a node's state): never wait for the threads.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The scheduler favours the API's threads when both want the CPU: at nice 19 a query
+/// thread yields a core to a woken API thread at once (tested by `/healthz` p99 under
+/// heavy SQL in node/tests/resource_limits.rs).
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
+    }
 }
 
 fn sql_error(error: impl std::fmt::Display) -> AnalyticsError {
     AnalyticsError::Sql(error.to_string())
 }
 
+/// A refusal of `sql_caps`, however deeply DataFusion wrapped it (arrow's and its own
+/// error types box it on the way out of a kernel).
+fn sql_limit_in(error: &DataFusionError) -> Option<AnalyticsError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(AnalyticsError::SqlLimit(reason)) = error.downcast_ref::<AnalyticsError>() {
+            return Some(AnalyticsError::SqlLimit(reason.clone()));
+        }
+        cause = error.source();
+    }
+    None
+}
+
 /// Sorts DataFusion's errors into the codes a caller can act on.
 fn classify(error: DataFusionError) -> AnalyticsError {
+    if let Some(refusal) = sql_limit_in(&error) {
+        return refusal;
+    }
     match error.find_root() {
         DataFusionError::ResourcesExhausted(reason) => AnalyticsError::QueryMemory(reason.clone()),
         // The lake's own failures while a scan listed or read files keep their codes.
@@ -121,7 +202,18 @@ impl LakeSql {
         Self {
             location: location.into(),
             limits,
+            runtime: Arc::default(),
         }
+    }
+
+    fn runtime(&self) -> Result<tokio::runtime::Handle, AnalyticsError> {
+        if let Some(runtime) = self.runtime.get() {
+            return Ok(runtime.handle().clone());
+        }
+        let threads = self.limits.target_partitions.clamp(1, MAX_SQL_THREADS);
+        let started = SqlRuntime::start(threads)?;
+        // Two first queries at once: one runtime wins, the other shuts down unused.
+        Ok(self.runtime.get_or_init(|| started).handle().clone())
     }
 
     /// SQL over the lake at `location` with the default limits.
@@ -153,6 +245,13 @@ impl LakeSql {
             .with_default_features()
             .build();
         let context = SessionContext::new_with_state(state);
+        crate::sql_caps::cap_functions(
+            &context,
+            crate::sql_caps::ValueCaps {
+                max_value_bytes: MAX_VALUE_BYTES.min(self.limits.memory_bytes),
+                max_call_bytes: self.limits.memory_bytes,
+            },
+        );
         if let Some((url, store)) = self.location.object_store() {
             context.register_object_store(url, store);
         }
@@ -198,7 +297,8 @@ impl LakeSql {
 #[async_trait::async_trait]
 pub trait LakeQuery: Send + Sync + std::fmt::Debug {
     /// Plans one read-only statement (no DDL, no DML, no `SET`) and starts it. The rows
-    /// stream; the stream ends with `query_timeout` once the time limit has passed.
+    /// stream; the stream ends with `query_timeout` once the time limit has passed, and the
+    /// query stops then even if nobody reads (see [`QueryStream::finished`]).
     async fn execute(&self, sql: &str) -> Result<QueryStream, AnalyticsError>;
 
     /// Runs one read-only statement and returns all its rows.
@@ -218,33 +318,142 @@ pub trait LakeQuery: Send + Sync + std::fmt::Debug {
         }
         Ok((stream.schema(), out))
     }
+
+    /// The types `sql`'s `$1`, `$2`, … placeholders take from where they stand (`None`
+    /// where nothing tells), for clients that send parameters untyped; empty when the
+    /// statement does not plan (running it says why).
+    async fn parameter_types(&self, _sql: &str) -> Vec<Option<arrow_schema::DataType>> {
+        Vec::new()
+    }
 }
 
 #[async_trait::async_trait]
 impl LakeQuery for LakeSql {
+    async fn parameter_types(&self, sql: &str) -> Vec<Option<arrow_schema::DataType>> {
+        let Ok(context) = self.session() else {
+            return Vec::new();
+        };
+        // Planning only: nothing runs, and DataFusion infers each placeholder's type from
+        // the column or operator it meets.
+        let state = context.state();
+        let planning = state.create_logical_plan(sql);
+        let Ok(Ok(plan)) = tokio::time::timeout(self.limits.timeout, planning).await else {
+            return Vec::new();
+        };
+        let Ok(types) = plan.get_parameter_types() else {
+            return Vec::new();
+        };
+        let count = types
+            .keys()
+            .filter_map(|name| name.strip_prefix('$')?.parse::<usize>().ok())
+            .max()
+            .unwrap_or(0);
+        (1..=count)
+            .map(|n| types.get(&format!("${n}")).cloned().flatten())
+            .collect()
+    }
+
     async fn execute(&self, sql: &str) -> Result<QueryStream, AnalyticsError> {
-        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let timeout = self.limits.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let runtime = self.runtime()?;
+        let (planned_tx, planned) = oneshot::channel();
+        let (rows_tx, rows) = mpsc::channel(2);
+        let (running, finished) = watch::channel(());
+        let lake = self.clone();
+        let sql = sql.to_string();
+        let task = runtime.spawn(async move {
+            // Held until the query ends, however it ends: `finished()` waits for its drop.
+            let _running = running;
+            let planning = tokio::time::timeout_at(deadline, lake.plan(&sql));
+            let stream = match planning.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    let _ = planned_tx.send(Err(error));
+                    return;
+                }
+                Err(_) => {
+                    let _ = planned_tx.send(Err(AnalyticsError::QueryTimeout(timeout)));
+                    return;
+                }
+            };
+            if planned_tx.send(Ok(stream.schema())).is_ok() {
+                pump(stream, rows_tx, deadline, timeout).await;
+            }
+        });
+        let schema = match tokio::time::timeout_at(deadline, planned).await {
+            Ok(Ok(planned)) => planned,
+            Ok(Err(_)) => Err(AnalyticsError::Sql("the query's task ended early".into())),
+            Err(_) => Err(AnalyticsError::QueryTimeout(timeout)),
+        };
+        let schema = match schema {
+            Ok(schema) => schema,
+            Err(error) => {
+                task.abort();
+                return Err(error);
+            }
+        };
+        Ok(QueryStream {
+            schema,
+            rows,
+            deadline,
+            wake_at_deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            timeout,
+            done: false,
+            task: task.abort_handle(),
+            finished,
+        })
+    }
+}
+
+impl LakeSql {
+    /// Plans `sql` read-only and starts it (on the SQL runtime).
+    async fn plan(
+        &self,
+        sql: &str,
+    ) -> Result<datafusion::execution::SendableRecordBatchStream, AnalyticsError> {
         let context = self.session()?;
         let read_only = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let planned = tokio::time::timeout_at(deadline, async {
-            let frame = context
-                .sql_with_options(sql, read_only)
-                .await
-                .map_err(classify)?;
-            frame.execute_stream().await.map_err(classify)
-        })
-        .await
-        .map_err(|_| AnalyticsError::QueryTimeout(self.limits.timeout))??;
-        Ok(QueryStream {
-            schema: planned.schema(),
-            inner: planned,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            timeout: self.limits.timeout,
-            done: false,
-        })
+        let frame = context
+            .sql_with_options(sql, read_only)
+            .await
+            .map_err(classify)?;
+        frame.execute_stream().await.map_err(classify)
+    }
+}
+
+/// Moves a query's batches to its reader until the query ends, the deadline passes or the
+/// reader leaves; waits for room no longer than the deadline.
+async fn pump(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    rows: mpsc::Sender<Result<RecordBatch, AnalyticsError>>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = rows.closed() => return,
+            next = stream.next() => Some(next),
+        };
+        let item = match next {
+            None => Err(AnalyticsError::QueryTimeout(timeout)),
+            Some(None) => return,
+            Some(Some(batch)) => batch.map_err(classify),
+        };
+        let last = item.is_err();
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(deadline) => return,
+            sent = rows.send(item) => if sent.is_err() { return },
+        }
+        if last {
+            return;
+        }
     }
 }
 
@@ -258,10 +467,19 @@ fn sort_names(schema: &SchemaRef, columns: &[usize]) -> Vec<String> {
 /// A query's rows as they come, under its deadline. Dropping it cancels the query.
 pub struct QueryStream {
     schema: SchemaRef,
-    inner: datafusion::execution::SendableRecordBatchStream,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    rows: mpsc::Receiver<Result<RecordBatch, AnalyticsError>>,
+    deadline: tokio::time::Instant,
+    wake_at_deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
     done: bool,
+    task: tokio::task::AbortHandle,
+    finished: watch::Receiver<()>,
+}
+
+impl Drop for QueryStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl std::fmt::Debug for QueryStream {
@@ -276,6 +494,14 @@ impl QueryStream {
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
+
+    /// Resolves once the query has stopped computing: its last batch handed over (rows may
+    /// still wait in the stream), its deadline passed, or the stream dropped. A caller that
+    /// limits queries running at once frees the slot then, not when a slow reader is done.
+    pub fn finished(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut finished = self.finished.clone();
+        async move { while finished.changed().await.is_ok() {} }
+    }
 }
 
 impl Stream for QueryStream {
@@ -286,17 +512,19 @@ impl Stream for QueryStream {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(item) = this.inner.poll_next_unpin(cx) {
-            return Poll::Ready(match item {
-                None => None,
-                Some(Ok(batch)) => Some(Ok(batch)),
-                Some(Err(error)) => {
-                    this.done = true;
-                    Some(Err(classify(error)))
-                }
-            });
+        // Checked first, every time: a stream that is always ready must stop too.
+        if tokio::time::Instant::now() >= this.deadline {
+            this.done = true;
+            this.task.abort();
+            return Poll::Ready(Some(Err(AnalyticsError::QueryTimeout(this.timeout))));
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        if let Poll::Ready(item) = this.rows.poll_recv(cx) {
+            if !matches!(item, Some(Ok(_))) {
+                this.done = true;
+            }
+            return Poll::Ready(item);
+        }
+        if this.wake_at_deadline.as_mut().poll(cx).is_ready() {
             this.done = true;
             return Poll::Ready(Some(Err(AnalyticsError::QueryTimeout(this.timeout))));
         }

@@ -133,6 +133,10 @@ impl ViewStore for LakeViews {
     fn wait_for(&self, decision: DecisionId, position: Position, timeout: Duration) -> ViewRead {
         self.inner.wait_for(decision, position, timeout)
     }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.changes()
+    }
 }
 
 #[derive(Default)]

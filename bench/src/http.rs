@@ -205,7 +205,7 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     let owner = create_user(
         state.store.as_ref(),
         "bench-owner",
-        "bench-owner-password",
+        "a long passphrase for the benchmark",
         Role::Operator,
     )
     .await?;

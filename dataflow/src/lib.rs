@@ -74,6 +74,6 @@ pub use state::{
 };
 pub use tally::{DueCheckpoint, TallyInputs, build_tally_dataflow};
 pub use views::{
-    DecisionView, InMemoryViews, ViewRead, ViewStore, ViewUpdate, includes_position,
+    DecisionView, InMemoryViews, ViewRead, ViewStore, ViewUpdate, includes_position, wait_included,
     wait_until_included,
 };

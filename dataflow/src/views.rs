@@ -1,9 +1,16 @@
 //! Where results go: a [`ViewStore`] holds the latest tally of each decision, tagged with
 //! the log position it includes, and lets a reader wait for "at least position p".
+//!
+//! Two ways to wait: [`ViewStore::wait_for`] blocks its thread (the dataflow's tests, tools),
+//! [`wait_included`] parks a task instead, woken by the store's change counter
+//! ([`ViewStore::changes`]) or, for a store that cannot notify, by polling; the API uses it,
+//! so a thousand waiting readers hold no thread.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use canopy_ingest::Position;
 use canopy_schemas::DecisionId;
@@ -93,15 +100,80 @@ pub trait ViewStore: Send + Sync {
     fn get(&self, decision: DecisionId) -> Result<Option<DecisionView>, DataflowError>;
 
     /// Waits until the view of `decision` includes the record at `position` (read your own
-    /// vote), up to `timeout`.
+    /// vote), up to `timeout`. Blocks the calling thread; async callers use [`wait_included`].
     fn wait_for(&self, decision: DecisionId, position: Position, timeout: Duration) -> ViewRead;
+
+    /// A counter that moves whenever a view, a frontier or the failure may have changed;
+    /// `None` when the store cannot tell (readers then poll it).
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
 
-/// The in-process [`ViewStore`]: a map under a mutex, with a condition variable for waiters.
-#[derive(Debug, Default)]
+/// How often [`wait_included`] looks again at a store that gives no change notices: soon at
+/// first (a vote is usually counted within milliseconds), then less often.
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const LONGEST_POLL: Duration = Duration::from_millis(250);
+
+/// Waits, without holding a thread, until the view of `decision` includes the record at
+/// `position`, up to `timeout`: [`ViewStore::wait_for`] for async callers.
+pub async fn wait_included(
+    views: &dyn ViewStore,
+    decision: DecisionId,
+    position: Position,
+    timeout: Duration,
+) -> ViewRead {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut changes = views.changes();
+    let mut poll = FIRST_POLL;
+    loop {
+        // Marked seen before the look: a change after it wakes the wait below.
+        if let Some(changes) = changes.as_mut() {
+            changes.borrow_and_update();
+        }
+        let view = views.get(decision)?;
+        let frontier = views.frontier(position.partition);
+        if includes_position(frontier, view.as_ref(), position) {
+            return Ok(view);
+        }
+        let timed_out = DataflowError::Timeout {
+            position,
+            waited: timeout,
+        };
+        match changes.as_mut() {
+            Some(changes) => match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                // The store is gone: nothing will change any more.
+                Ok(Err(_)) | Err(_) => return Err(timed_out),
+            },
+            None => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(timed_out);
+                }
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + poll)).await;
+                poll = (poll * 2).min(LONGEST_POLL);
+            }
+        }
+    }
+}
+
+/// The in-process [`ViewStore`]: a map under a mutex, with a condition variable for waiting
+/// threads and a change counter for waiting tasks.
+#[derive(Debug)]
 pub struct InMemoryViews {
     state: Mutex<ViewsState>,
     changed: Condvar,
+    version: watch::Sender<u64>,
+}
+
+impl Default for InMemoryViews {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            version: watch::Sender::new(0),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +190,13 @@ impl InMemoryViews {
 
     fn lock(&self) -> MutexGuard<'_, ViewsState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes every waiter, threads and tasks.
+    fn notify(&self) {
+        self.changed.notify_all();
+        self.version
+            .send_modify(|version| *version = version.wrapping_add(1));
     }
 
     /// Every decision's current view; for tests and snapshots.
@@ -170,7 +249,7 @@ impl ViewStore for InMemoryViews {
             }
         }
         drop(state);
-        self.changed.notify_all();
+        self.notify();
     }
 
     fn advance(&self, partition: u32, end: u64) {
@@ -178,12 +257,16 @@ impl ViewStore for InMemoryViews {
         let slot = state.frontier.entry(partition).or_insert(0);
         *slot = (*slot).max(end);
         drop(state);
-        self.changed.notify_all();
+        self.notify();
     }
 
     fn fail(&self, reason: String) {
         self.lock().failure = Some(reason);
-        self.changed.notify_all();
+        self.notify();
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.version.subscribe())
     }
 
     fn failure(&self) -> Option<String> {

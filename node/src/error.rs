@@ -25,6 +25,8 @@ pub enum NodeError {
     Chain(#[from] ChainError),
     #[error(transparent)]
     SqlPort(#[from] SqlWireError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -46,6 +48,7 @@ impl NodeError {
             Self::Analytics(error) => error.code(),
             Self::Chain(error) => error.code(),
             Self::SqlPort(error) => error.code(),
+            Self::Tls(_) => "tls",
             Self::Internal(_) => "internal",
         }
     }

@@ -16,6 +16,8 @@
 //! - [`keys`]: the node's key files: the record key's seed, the audit and secrets keys.
 //! - [`lake`]: the analytics lake's flush and compaction loop.
 //! - [`redis`]: the cluster's view store and replica coordination in Redis.
+//! - [`listener`]: the HTTP listener's accept loop: timeouts, connection cap, headers.
+//! - [`tls`]: the listeners' certificate, reloaded on SIGHUP.
 
 #![deny(unsafe_code)]
 
@@ -23,14 +25,17 @@ pub mod data_dir;
 mod error;
 pub mod keys;
 pub mod lake;
+pub mod listener;
 pub mod node;
 mod readiness;
 pub mod record;
 pub mod redis;
 pub mod sensors;
 mod sql_port;
+pub mod tls;
 pub mod worker;
 
 pub use error::NodeError;
 pub use node::{Node, NodeConfig};
 pub use sensors::SensorSettings;
+pub use sql_port::SqlPortSettings;

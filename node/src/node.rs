@@ -15,11 +15,12 @@ use canopy_ingest::{Gate, KafkaConfig, KafkaLog, SegmentLog, SegmentLogConfig, V
 use canopy_schemas::Decision;
 use canopy_schemas::clock::now_micros;
 use canopy_serving::api::router;
-use canopy_serving::auth::TokenKeys;
+use canopy_serving::auth::{PasswordHashing, TokenKeys};
 use canopy_serving::limits::RateLimiter;
 use canopy_serving::salts::SaltCache;
 use canopy_serving::state::{AnalyticsService, ApiConfig, AppState, ReplicaNotices};
 use canopy_serving::store::{MetadataStore, PostgresStore, SqliteStore};
+use canopy_serving::throttle::SecretThrottle;
 use canopy_sqlwire::PgServer;
 
 use crate::NodeError;
@@ -27,11 +28,13 @@ use crate::data_dir::make_private;
 use crate::error::blocking;
 use crate::keys::StoreKeyPaths;
 use crate::lake::{LakeFeed, LakeSettings, lake_loop};
+use crate::listener::{HttpSettings, Listener, listen, raise_open_file_limit};
 use crate::readiness::become_ready_after_replay;
 use crate::record::{Anchorer, RecordSettings, anchor_loop, open_record, record_signer};
-use crate::redis::{RedisViews, ReplicaCoordinator};
+use crate::redis::{RedisAttemptLedger, RedisViews, ReplicaCoordinator};
 use crate::sensors::{SensorSettings, start_sensors};
-use crate::sql_port::start_sql_port;
+use crate::sql_port::{SqlPortSettings, start_sql_port};
+use crate::tls::TlsFiles;
 use crate::worker::{RedisTarget, SqlStateStore};
 
 #[derive(Clone)]
@@ -67,6 +70,12 @@ pub struct NodeConfig {
     pub sensors: SensorSettings,
     /// The analytics lake, in a node that runs the engine.
     pub lake: Option<LakeSettings>,
+    /// The HTTP listener's timeouts, connection cap and CORS policy.
+    pub http: HttpSettings,
+    /// The certificate of the HTTP listener and the PostgreSQL port (plain TCP if absent).
+    pub tls: Option<TlsFiles>,
+    /// The PostgreSQL port's plaintext policy, connection cap and timeouts.
+    pub sql_port: SqlPortSettings,
 }
 
 impl NodeConfig {
@@ -87,6 +96,9 @@ impl NodeConfig {
             engine_checkpoints: false,
             sensors: SensorSettings::default(),
             lake: None,
+            http: HttpSettings::default(),
+            tls: None,
+            sql_port: SqlPortSettings::default(),
         }
     }
 }
@@ -132,6 +144,8 @@ pub struct Node {
     lake_stop: tokio::sync::watch::Sender<bool>,
     lake_task: Option<tokio::task::JoinHandle<()>>,
     sql_port: Option<PgServer>,
+    /// Reloads the listeners' certificate on SIGHUP.
+    tls_reload: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Every second: announce this replica, share the rate limits among the live ones, and drop
@@ -201,6 +215,23 @@ async fn connect_coordinator(
     Ok(Some(Arc::new(coordinator)))
 }
 
+/// Argon2 within the configured memory (its dummy hash is computed off the async threads).
+async fn password_hashing(config: &NodeConfig) -> Result<PasswordHashing, NodeError> {
+    let limits = config.api.password_hashing;
+    blocking(move || PasswordHashing::new(limits).map_err(NodeError::from)).await
+}
+
+/// The sign-in throttle: counting in Redis in a cluster (every replica together), in this
+/// process otherwise.
+async fn signin_throttle(config: &NodeConfig) -> Result<SecretThrottle, NodeError> {
+    let policy = config.api.signin_throttle;
+    let Some(redis) = config.redis.clone() else {
+        return Ok(SecretThrottle::in_process(policy));
+    };
+    let ledger = blocking(move || RedisAttemptLedger::connect(&redis.url, &redis.prefix)).await?;
+    Ok(SecretThrottle::new(policy, Arc::new(ledger)))
+}
+
 /// What a node that runs the engine has started: the engine, the record it grows, and the
 /// anchoring loop over the record's checkpoints.
 struct Tally {
@@ -246,37 +277,16 @@ async fn start_tally(
     })
 }
 
-/// The HTTP listener, serving until `stop` fires.
-struct Listener {
-    addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-async fn listen(address: SocketAddr, state: &Arc<AppState>) -> Result<Listener, NodeError> {
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|e| NodeError::Internal(format!("listening on {address}: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| NodeError::Internal(e.to_string()))?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = router(Arc::clone(state)).into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    Ok(Listener { addr, stop, server })
-}
-
 impl Node {
     /// Opens the store, keys, logs and views, starts the engines, loops and the listener;
     /// the node turns ready once its views have replayed the logs.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        raise_open_file_limit();
         make_private(&config.data_dir)?;
+        let tls = match config.tls.clone() {
+            Some(files) => Some(blocking(move || files.load()).await?),
+            None => None,
+        };
         let store = open_store(&config).await?;
         let keys = load_token_keys(&config).await?;
         let log = open_vote_log(&config).await?;
@@ -345,12 +355,6 @@ impl Node {
             ))),
             _ => None,
         };
-        let sql_port = match (config.lake.as_ref().and_then(|l| l.pg_listen), lake_sql) {
-            (Some(listen), Some(sql)) => {
-                Some(start_sql_port(listen, sql, Arc::clone(&store)).await?)
-            }
-            _ => None,
-        };
         let lake_feed = match (&config.lake, keep_lake) {
             (Some(lake), true) => Some(LakeFeed::new(
                 lake.clone(),
@@ -379,6 +383,9 @@ impl Node {
                 RateLimiter::new(config.api.registrations_per_block),
             ),
             claim_attempts: RateLimiter::new(config.api.claims_per_account),
+            throttle: signin_throttle(&config).await?,
+            passwords: password_hashing(&config).await?,
+            parked_waits: Default::default(),
             config: config.api.clone(),
             ready: Default::default(),
             record,
@@ -395,7 +402,26 @@ impl Node {
         let heartbeat = coordinator
             .clone()
             .map(|coordinator| tokio::spawn(replica_heartbeat(coordinator, Arc::clone(&state))));
-        let Listener { addr, stop, server } = listen(config.listen, &state).await?;
+        // The port signs in against the API's store and throttle, so both count together.
+        let sql_port = match (config.lake.as_ref().and_then(|l| l.pg_listen), lake_sql) {
+            (Some(listen), Some(sql)) => {
+                let port_tls = match &tls {
+                    Some(tls) => Some(tls.server_config(&[b"postgresql"])?),
+                    None => None,
+                };
+                let (state, settings) = (Arc::clone(&state), &config.sql_port);
+                let data_dir = &config.data_dir;
+                Some(start_sql_port(listen, sql, state, settings, port_tls, data_dir).await?)
+            }
+            _ => None,
+        };
+        let app = router(Arc::clone(&state));
+        let Listener { addr, stop, server } =
+            listen(config.listen, &config.http, tls.as_ref(), app).await?;
+        let tls_reload = match &tls {
+            Some(tls) => Some(tls.reload_on_sighup()?),
+            None => None,
+        };
         become_ready_after_replay(&state)?;
         Ok(Node {
             addr,
@@ -409,6 +435,7 @@ impl Node {
             lake_stop,
             lake_task,
             sql_port,
+            tls_reload,
         })
     }
 
@@ -426,6 +453,9 @@ impl Node {
         }
         if let Some(heartbeat) = self.heartbeat {
             heartbeat.abort();
+        }
+        if let Some(tls_reload) = self.tls_reload {
+            tls_reload.abort();
         }
         if let Some(coordinator) = self.coordinator.clone() {
             let _ = tokio::task::spawn_blocking(move || coordinator.leave()).await;

@@ -368,3 +368,129 @@ impl canopy_serving::state::ReplicaNotices for ReplicaCoordinator {
         self.erased().map_err(|error| error.to_string())
     }
 }
+
+/// Counts one sign-in attempt on every key, atomically, on Redis's clock: refused (the
+/// longest wait, in ms, and no change) while any key waits; otherwise each key's count is
+/// raised and, past its free attempts, its wait begins.
+/// KEYS: the ledger keys; ARGV: first delay ms, max delay ms, forget after ms, then each
+/// key's free attempts.
+const RESERVE_ATTEMPT: &str = "local t = redis.call('TIME') \
+     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+     local wait = 0 \
+     for i, key in ipairs(KEYS) do \
+       local waits_until = tonumber(redis.call('HGET', key, 'until') or '0') \
+       if waits_until - now > wait then wait = waits_until - now end \
+     end \
+     if wait > 0 then return wait end \
+     local first, max, forget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]) \
+     for i, key in ipairs(KEYS) do \
+       local attempts = redis.call('HINCRBY', key, 'n', 1) \
+       local past = attempts - tonumber(ARGV[3 + i]) - 1 \
+       local delay = 0 \
+       if past >= 0 then delay = math.floor(math.min(first * 2 ^ math.min(past, 40), max)) end \
+       redis.call('HSET', key, 'until', now + delay) \
+       redis.call('PEXPIRE', key, math.floor(delay + forget)) \
+     end \
+     return 0";
+
+/// After a success: forgets KEYS[1] (the account) and returns one attempt to KEYS[2] (the
+/// address), if it is still counted.
+const RELEASE_ATTEMPT: &str = "redis.call('DEL', KEYS[1]) \
+     if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then \
+       if redis.call('HINCRBY', KEYS[2], 'n', -1) < 0 then redis.call('HSET', KEYS[2], 'n', 0) end \
+     end \
+     return 0";
+
+/// The sign-in attempt ledger of a cluster: every API replica counts in the same Redis
+/// hashes, so guesses spread over replicas wait as if they had hit one.
+///
+/// ```text
+///  <prefix>:signin:account:<hash>   hash  n → attempts, until → ms its wait ends (expires)
+///  <prefix>:signin:address:<addr>   the same, per client address (IPv6 per /64)
+/// ```
+pub struct RedisAttemptLedger {
+    client: redis::Client,
+    connection: Mutex<Option<redis::Connection>>,
+    prefix: String,
+}
+
+impl RedisAttemptLedger {
+    pub fn connect(url: &str, prefix: &str) -> Result<Self, DataflowError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let connection = client.get_connection().map_err(unavailable)?;
+        Ok(Self {
+            client,
+            connection: Mutex::new(Some(connection)),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}:signin:{key}", self.prefix)
+    }
+
+    /// Runs `command`, reconnecting on the next call after a failure.
+    fn run<T>(
+        &self,
+        command: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            let connection = self
+                .client
+                .get_connection_with_timeout(Duration::from_secs(1))
+                .map_err(|e| e.to_string())?;
+            *slot = Some(connection);
+        }
+        let connection = slot.as_mut().expect("just connected");
+        command(connection).map_err(|error| {
+            *slot = None;
+            error.to_string()
+        })
+    }
+}
+
+impl canopy_serving::throttle::AttemptLedger for RedisAttemptLedger {
+    fn reserve(
+        &self,
+        keys: &[canopy_serving::throttle::LedgerKey],
+        policy: &canopy_serving::throttle::ThrottlePolicy,
+    ) -> Result<canopy_serving::throttle::Reservation, String> {
+        use canopy_serving::throttle::Reservation;
+        let script = redis::Script::new(RESERVE_ATTEMPT);
+        let wait_ms: u64 = self.run(|c| {
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(self.key(&key.key));
+            }
+            invocation
+                .arg(policy.first_delay.as_millis() as u64)
+                .arg(policy.max_delay.as_millis() as u64)
+                .arg(policy.forget_after.as_millis() as u64);
+            for key in keys {
+                invocation.arg(key.free);
+            }
+            invocation.invoke(c)
+        })?;
+        Ok(match wait_ms {
+            0 => Reservation::Granted,
+            wait_ms => Reservation::Wait(Duration::from_millis(wait_ms)),
+        })
+    }
+
+    fn release(&self, cleared: &str, returned: Option<&str>) -> Result<(), String> {
+        let script = redis::Script::new(RELEASE_ATTEMPT);
+        self.run(|c| {
+            let mut invocation = script.prepare_invoke();
+            invocation.key(self.key(cleared));
+            if let Some(returned) = returned {
+                invocation.key(self.key(returned));
+            }
+            invocation.invoke::<i64>(c)
+        })
+        .map(|_| ())
+    }
+}

@@ -251,8 +251,9 @@ async fn a_node_keeps_its_lake_in_an_s3_bucket() {
 }
 
 /// With `lake.pg_listen` the node serves the same lake over the PostgreSQL protocol: an
-/// analyst's count there equals the votes cast, a citizen's sign-in is refused, and the
-/// port closes with the node.
+/// analyst signs in with an SQL token issued over HTTP (SCRAM), never the account password;
+/// the count there equals the votes cast; a revoked token and a citizen are refused; the
+/// sign-ins, the failure and the query are in the audit trail; the port closes with the node.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_node_serves_its_lake_over_the_postgresql_protocol() {
     use sqlx::Connection;
@@ -272,13 +273,32 @@ async fn the_node_serves_its_lake_over_the_postgresql_protocol() {
     }
     wait_for_votes(&node, &analyst, 2).await;
 
-    let url = |user: &str| {
+    let issued = node
+        .post_expecting(
+            "/api/v1/analytics/sql-tokens",
+            Some(&analyst),
+            json!({ "name": "psql", "expires_in_s": 3600 }),
+            StatusCode::CREATED,
+        )
+        .await;
+    let token = issued["token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 32);
+    let (_, listed) = node.get("/api/v1/analytics/sql-tokens", &analyst).await;
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 1);
+    assert!(
+        !listed.to_string().contains(&token),
+        "the list shows the secret"
+    );
+
+    let url = |user: &str, secret: &str| {
         format!(
             "postgres://{user}:{}@127.0.0.1:{port}/canopy?sslmode=disable",
-            common::api::PASSWORD.replace(' ', "%20")
+            secret.replace(' ', "%20")
         )
     };
-    let mut connection = sqlx::PgConnection::connect(&url("ana")).await.unwrap();
+    let mut connection = sqlx::PgConnection::connect(&url("ana", &token))
+        .await
+        .unwrap();
     let (votes,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM votes")
         .fetch_one(&mut connection)
         .await
@@ -286,8 +306,53 @@ async fn the_node_serves_its_lake_over_the_postgresql_protocol() {
     assert_eq!(votes, 2);
     connection.close().await.unwrap();
     assert!(
-        sqlx::PgConnection::connect(&url("cora")).await.is_err(),
+        sqlx::PgConnection::connect(&url("ana", common::api::PASSWORD))
+            .await
+            .is_err(),
+        "the account password signed in to the SQL port"
+    );
+    assert!(
+        sqlx::PgConnection::connect(&url("cora", common::api::PASSWORD))
+            .await
+            .is_err(),
         "a citizen signed in to the SQL port"
+    );
+    let id = issued["id"].as_str().unwrap();
+    let revoked = node
+        .client
+        .delete(format!("{}/api/v1/analytics/sql-tokens/{id}", node.base))
+        .bearer_auth(&analyst)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert!(
+        sqlx::PgConnection::connect(&url("ana", &token))
+            .await
+            .is_err(),
+        "a revoked token signed in"
+    );
+    let trail = node.node.state.store.audit_trail().await.unwrap();
+    let actions: Vec<&str> = trail.iter().map(|entry| entry.action.as_str()).collect();
+    for action in [
+        "sql_token_created",
+        "sql_port_sign_in",
+        "sql_port_query",
+        "sql_port_sign_in_failed",
+        "sql_token_revoked",
+    ] {
+        assert!(actions.contains(&action), "{action} not in {actions:?}");
+    }
+    let query = trail.iter().find(|e| e.action == "sql_port_query").unwrap();
+    assert!(
+        query.detail.contains("SELECT COUNT(*) FROM votes"),
+        "{}",
+        query.detail
+    );
+    assert!(
+        !query.actor.contains("ana"),
+        "the trail names the analyst: {}",
+        query.actor
     );
 
     node.node.shutdown().await.unwrap();

@@ -203,8 +203,81 @@ async fn health_readiness_and_unknown_routes() {
     node.node.shutdown().await.unwrap();
 }
 
+/// Whatever part of a request is malformed (a path segment, the query string, the method,
+/// the body's type), the answer is the JSON error body with a code, as for every other error.
+#[tokio::test]
+async fn malformed_requests_answer_the_json_error_body() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.create("root", Role::Admin).await;
+    let (admin, _) = node.login("root").await;
+    let decision = uuid::Uuid::new_v4();
+    let client = reqwest::Client::new();
+    for (method, path, content_type, expected) in [
+        (
+            reqwest::Method::GET,
+            "/api/v1/voting/decision/not-a-uuid/results".to_string(),
+            None,
+            (StatusCode::UNPROCESSABLE_ENTITY, "bad_request"),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/api/v1/audit/decisions/{decision}/proof"),
+            None,
+            (StatusCode::BAD_REQUEST, "bad_request"),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/api/v1/audit/decisions/{decision}/consistency?from=x&to=2"),
+            None,
+            (StatusCode::BAD_REQUEST, "bad_request"),
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/api/v1/auth/login".to_string(),
+            None,
+            (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/voting/cast-vote".to_string(),
+            Some("text/plain"),
+            (StatusCode::UNPROCESSABLE_ENTITY, "bad_request"),
+        ),
+    ] {
+        let mut request = client
+            .request(method.clone(), format!("http://{}{path}", node.node.addr))
+            .bearer_auth(&admin);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type).body("{}");
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let code = body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!((status, code.as_str()), expected, "{method} {path}: {body}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{method} {path}"
+        );
+        assert!(
+            !body["error"]["message"].as_str().unwrap().is_empty(),
+            "{method} {path}: {body}"
+        );
+    }
+    node.node.shutdown().await.unwrap();
+}
+
 /// The served OpenAPI document is generated from the handlers: every operation it lists is
-/// routed (no 404 route-not-found, no 405), and every voting and auth route is in it.
+/// routed (no 404 route-not-found, no 405), answers only statuses it documents (asked
+/// without a token, with an empty body, and with a malformed id), and every voting and
+/// auth route is in it.
 #[tokio::test]
 async fn the_openapi_document_matches_the_routes() {
     let node = TestNode::start(ApiConfig::default()).await;
@@ -215,8 +288,9 @@ async fn the_openapi_document_matches_the_routes() {
     let mut operations = 0;
     for (path, item) in paths {
         let concrete = path.replace("{id}", &uuid::Uuid::new_v4().to_string());
-        for method in item.as_object().unwrap().keys() {
-            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        for (method_name, operation) in item.as_object().unwrap() {
+            let method =
+                reqwest::Method::from_bytes(method_name.to_uppercase().as_bytes()).unwrap();
             let body = (method == reqwest::Method::POST).then(|| json!({}));
             let response = node.request(method.clone(), &concrete, None, body).await;
             let unrouted = response.0 == StatusCode::METHOD_NOT_ALLOWED
@@ -227,6 +301,25 @@ async fn the_openapi_document_matches_the_routes() {
                 "{method} {path} is documented but not routed: {:?}",
                 response
             );
+            let documented =
+                |status: StatusCode| operation["responses"].get(status.as_str()).is_some();
+            assert!(
+                documented(response.0),
+                "{method} {path} answered {} undocumented: {}",
+                response.0,
+                response.1
+            );
+            if path.contains("{id}") {
+                let malformed = path.replace("{id}", "not-an-id");
+                let body = (method == reqwest::Method::POST).then(|| json!({}));
+                let response = node.request(method.clone(), &malformed, None, body).await;
+                assert!(
+                    documented(response.0),
+                    "{method} {malformed} answered {} undocumented: {}",
+                    response.0,
+                    response.1
+                );
+            }
             operations += 1;
         }
     }
@@ -238,6 +331,9 @@ async fn the_openapi_document_matches_the_routes() {
         "/api/v1/auth/verify-expert",
         "/api/v1/auth/2fa/enrol",
         "/api/v1/auth/2fa/confirm",
+        "/api/v1/auth/2fa/disable",
+        "/api/v1/auth/2fa/recovery-codes",
+        "/api/v1/auth/password",
         "/api/v1/voting/decision/create",
         "/api/v1/voting/cast-vote",
         "/api/v1/voting/cast-votes",
@@ -264,7 +360,7 @@ async fn the_openapi_document_matches_the_routes() {
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
-    assert_eq!(operations, 35);
+    assert_eq!(operations, 41);
     let (status, body) = node.get_anonymous("/api/v1/undocumented").await;
     assert_eq!(
         (status, body["error"]["message"].as_str()),

@@ -400,7 +400,7 @@ async fn totp_secrets_are_sealed_and_survive_a_restart(metadata: Metadata) {
         .post_expecting(
             "/api/v1/auth/2fa/enrol",
             Some(&access),
-            json!({}),
+            json!({ "password": PASSWORD }),
             StatusCode::OK,
         )
         .await;
@@ -409,8 +409,8 @@ async fn totp_secrets_are_sealed_and_survive_a_restart(metadata: Metadata) {
     node.post_expecting(
         "/api/v1/auth/2fa/confirm",
         Some(&access),
-        json!({ "code": totp.generate(step * 30) }),
-        StatusCode::NO_CONTENT,
+        json!({ "password": PASSWORD, "code": totp.generate(step * 30) }),
+        StatusCode::OK,
     )
     .await;
 
@@ -440,7 +440,7 @@ async fn totp_secrets_are_sealed_and_survive_a_restart(metadata: Metadata) {
         .await;
     assert_eq!(
         node.post_refusal(LOGIN, None, login).await,
-        (StatusCode::UNAUTHORIZED, "bad_totp")
+        (StatusCode::UNAUTHORIZED, "bad_credentials")
     );
     node.node.shutdown().await.unwrap();
 }

@@ -174,7 +174,7 @@ async fn a_totp_code_works_once() {
         .post_expecting(
             "/api/v1/auth/2fa/enrol",
             Some(&access),
-            json!({}),
+            json!({ "password": PASSWORD }),
             StatusCode::OK,
         )
         .await;
@@ -184,12 +184,12 @@ async fn a_totp_code_works_once() {
     let totp = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, secret).unwrap();
     let step = now() / 30;
     let code_now = totp.generate(step * 30);
-    let confirm = json!({ "code": code_now });
+    let confirm = json!({ "password": PASSWORD, "code": code_now });
     node.post_expecting(
         "/api/v1/auth/2fa/confirm",
         Some(&access),
         confirm,
-        StatusCode::NO_CONTENT,
+        StatusCode::OK,
     )
     .await;
 
@@ -198,12 +198,12 @@ async fn a_totp_code_works_once() {
     let without_code = json!({ "username": "cora", "password": PASSWORD });
     assert_eq!(
         node.post_refusal(LOGIN, None, without_code).await,
-        (StatusCode::UNAUTHORIZED, "totp_required")
+        (StatusCode::UNAUTHORIZED, "bad_credentials")
     );
     // The code that confirmed enrolment is spent: a replay is refused.
     assert_eq!(
         node.post_refusal(LOGIN, None, login(Some(&code_now))).await,
-        (StatusCode::UNAUTHORIZED, "bad_totp")
+        (StatusCode::UNAUTHORIZED, "bad_credentials")
     );
     // A wrong code is refused.
     node.post_expecting(LOGIN, None, login(Some("000000")), StatusCode::UNAUTHORIZED)
@@ -215,7 +215,7 @@ async fn a_totp_code_works_once() {
     assert_eq!(
         node.post_refusal(LOGIN, None, login(Some(&code_next)))
             .await,
-        (StatusCode::UNAUTHORIZED, "bad_totp")
+        (StatusCode::UNAUTHORIZED, "bad_credentials")
     );
     node.node.shutdown().await.unwrap();
 }

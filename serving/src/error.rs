@@ -11,16 +11,19 @@ use serde_json::json;
 pub enum ServingError {
     #[error("missing or malformed bearer token")]
     Unauthenticated,
-    #[error("the token is invalid: {0}")]
-    InvalidToken(String),
+    #[error("the token is not valid")]
+    InvalidToken,
     #[error("the token has expired")]
     TokenExpired,
-    #[error("wrong username or password")]
+    /// Any failed sign-in: unknown user, wrong password, missing, wrong or spent code.
+    #[error("the username, password or one-time code is not right")]
     BadCredentials,
-    #[error("a one-time code is required for this account")]
-    TotpRequired,
-    #[error("the one-time code is wrong or was already used")]
-    BadTotp,
+    #[error("too many sign-in attempts for this account or address; retry in {retry_after_s} s")]
+    TooManyAttempts { retry_after_s: u64 },
+    #[error("too many sign-ins are being checked at once; retry in {retry_after_s} s")]
+    Busy { retry_after_s: u64 },
+    #[error("{0}")]
+    WeakPassword(&'static str),
     #[error("the refresh token is unknown, expired or revoked")]
     BadRefreshToken,
     #[error("the refresh token was already used; every token of its family is revoked")]
@@ -52,6 +55,8 @@ pub enum ServingError {
     RollAlreadyClaimed,
     #[error("too many invitation codes tried; retry in {retry_after_s} s")]
     TooManyClaimAttempts { retry_after_s: u64 },
+    #[error("too many reads of this account wait for a position; retry in {retry_after_s} s")]
+    TooManyWaits { retry_after_s: u64 },
     #[error("the roll is not valid CSV: {0}")]
     BadRoll(String),
     #[error("this account was erased")]
@@ -113,11 +118,12 @@ impl ServingError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthenticated => "unauthenticated",
-            Self::InvalidToken(_) => "invalid_token",
+            Self::InvalidToken => "invalid_token",
             Self::TokenExpired => "token_expired",
             Self::BadCredentials => "bad_credentials",
-            Self::TotpRequired => "totp_required",
-            Self::BadTotp => "bad_totp",
+            Self::TooManyAttempts { .. } => "too_many_attempts",
+            Self::Busy { .. } => "busy",
+            Self::WeakPassword(_) => "weak_password",
             Self::BadRefreshToken => "bad_refresh_token",
             Self::RefreshTokenReused => "refresh_token_reused",
             Self::Forbidden { .. } => "forbidden",
@@ -131,6 +137,7 @@ impl ServingError {
             Self::InvalidInvitation => "invalid_invitation",
             Self::RollAlreadyClaimed => "roll_already_claimed",
             Self::TooManyClaimAttempts { .. } => "too_many_claim_attempts",
+            Self::TooManyWaits { .. } => "too_many_waits",
             Self::BadRoll(_) => "bad_roll",
             Self::AccountErased => "account_erased",
             Self::Schema(error) => error.code(),
@@ -152,14 +159,11 @@ impl ServingError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthenticated
-            | Self::InvalidToken(_)
+            | Self::InvalidToken
             | Self::TokenExpired
             | Self::BadCredentials
             | Self::AccountErased => StatusCode::UNAUTHORIZED,
-            Self::TotpRequired
-            | Self::BadTotp
-            | Self::BadRefreshToken
-            | Self::RefreshTokenReused => StatusCode::UNAUTHORIZED,
+            Self::BadRefreshToken | Self::RefreshTokenReused => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } | Self::InvalidInvitation => StatusCode::NOT_FOUND,
             Self::Conflict(_)
@@ -168,7 +172,7 @@ impl ServingError {
             | Self::RollAlreadyClaimed => StatusCode::CONFLICT,
             Self::Chain(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Analytics(error) => match error.code() {
-                "sql" | "sql_not_read_only" => StatusCode::UNPROCESSABLE_ENTITY,
+                "sql" | "sql_not_read_only" | "sql_limit" => StatusCode::UNPROCESSABLE_ENTITY,
                 "query_timeout" => StatusCode::GATEWAY_TIMEOUT,
                 "query_memory_exceeded" => StatusCode::INSUFFICIENT_STORAGE,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -179,11 +183,15 @@ impl ServingError {
             | Self::Schema(_)
             | Self::InvalidReading { .. }
             | Self::BadUpload { .. }
-            | Self::BadRoll(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | Self::BadRoll(_)
+            | Self::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. }
             | Self::TooManyRegistrations { .. }
-            | Self::TooManyClaimAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Self::TooManyClaimAttempts { .. }
+            | Self::TooManyWaits { .. }
+            | Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Ingest(IngestError::UnknownDecision { .. }) => StatusCode::NOT_FOUND,
             Self::Ingest(IngestError::DecisionFrozen { .. }) => StatusCode::CONFLICT,
             Self::Dataflow(DataflowError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -205,6 +213,7 @@ impl ServingError {
                     | Self::LakeNotHere
                     | Self::RecordNotHere
                     | Self::SensorsNotHere
+                    | Self::Busy { .. }
             )
     }
 }
@@ -224,7 +233,10 @@ impl IntoResponse for ServingError {
             .into_response();
         if let Self::RateLimited { retry_after_s }
         | Self::TooManyRegistrations { retry_after_s }
-        | Self::TooManyClaimAttempts { retry_after_s } = self
+        | Self::TooManyClaimAttempts { retry_after_s }
+        | Self::TooManyWaits { retry_after_s }
+        | Self::TooManyAttempts { retry_after_s }
+        | Self::Busy { retry_after_s } = self
         {
             response
                 .headers_mut()

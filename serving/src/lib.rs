@@ -24,6 +24,7 @@ pub mod salts;
 pub mod state;
 pub mod store;
 pub mod store_keys;
+pub mod throttle;
 pub mod trail;
 
 pub use error::ServingError;

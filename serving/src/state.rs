@@ -15,11 +15,12 @@ use canopy_schemas::SensorRegistry;
 use canopy_schemas::clock::now_micros;
 
 use crate::ServingError;
-use crate::auth::TokenKeys;
+use crate::auth::{HashingLimits, PasswordHashing, TokenKeys};
 use crate::limits::{Rate, RateLimiter};
 use crate::receipts::RecentCasts;
 use crate::salts::SaltCache;
 use crate::store::MetadataStore;
+use crate::throttle::{SecretThrottle, ThrottlePolicy};
 
 /// Limits and timeouts of the API.
 #[derive(Clone, Debug)]
@@ -37,6 +38,13 @@ pub struct ApiConfig {
     pub registrations_per_block: Rate,
     /// Invitation codes tried by one account.
     pub claims_per_account: Rate,
+    /// Secret checks (password, TOTP, recovery code) per account and address.
+    pub signin_throttle: ThrottlePolicy,
+    /// Memory and waiting line of password hashing.
+    pub password_hashing: HashingLimits,
+    /// Results reads waiting for a `min_offset` at once, per user and in all.
+    pub max_waits_per_user: usize,
+    pub max_waits: usize,
 }
 
 impl Default for ApiConfig {
@@ -57,6 +65,10 @@ impl Default for ApiConfig {
             registrations_per_address: Rate::per_hour(5),
             registrations_per_block: Rate::per_hour(30),
             claims_per_account: Rate::per_hour(10),
+            signin_throttle: ThrottlePolicy::default(),
+            password_hashing: HashingLimits::default(),
+            max_waits_per_user: 4,
+            max_waits: 1024,
         }
     }
 }
@@ -94,6 +106,12 @@ pub struct AppState {
     pub registration_limits: (RateLimiter, RateLimiter),
     /// Invitation codes tried, per account.
     pub claim_attempts: RateLimiter,
+    /// Every secret check, per account and address (shared through Redis in a cluster).
+    pub throttle: SecretThrottle,
+    /// Argon2, bounded in memory and waiting.
+    pub passwords: PasswordHashing,
+    /// Results reads parked on a `min_offset`, per user.
+    pub parked_waits: ParkedWaits,
     /// False until start-up finished and again once shutdown began.
     pub ready: AtomicBool,
     /// Every decision's Merkle log, grown by the engine (absent with the engine).
@@ -172,6 +190,71 @@ pub struct SensorService {
 impl std::fmt::Debug for SensorService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SensorService").finish_non_exhaustive()
+    }
+}
+
+/// Results reads parked until the views include a position: each is a task and a timer,
+/// no thread, but a user may park only a few and all users together a bounded number.
+#[derive(Debug, Default)]
+pub struct ParkedWaits {
+    parked: std::sync::Mutex<WaitCounts>,
+}
+
+/// Waits parked in all, and per user.
+type WaitCounts = (usize, std::collections::HashMap<uuid::Uuid, usize>);
+
+/// A parked wait; dropping it frees its place.
+#[derive(Debug)]
+pub struct ParkedWait<'a> {
+    waits: &'a ParkedWaits,
+    user: uuid::Uuid,
+}
+
+impl ParkedWaits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaitCounts> {
+        self.parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for one more wait of `user`, or `too_many_waits`.
+    pub fn park(
+        &self,
+        user: uuid::Uuid,
+        per_user: usize,
+        in_all: usize,
+    ) -> Result<ParkedWait<'_>, ServingError> {
+        let mut parked = self.lock();
+        let (total, by_user) = &mut *parked;
+        let mine = by_user.entry(user).or_insert(0);
+        if *mine >= per_user || *total >= in_all {
+            if *mine == 0 {
+                by_user.remove(&user);
+            }
+            return Err(ServingError::TooManyWaits { retry_after_s: 1 });
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(ParkedWait { waits: self, user })
+    }
+
+    /// Waits parked now, in all.
+    pub fn parked(&self) -> usize {
+        self.lock().0
+    }
+}
+
+impl Drop for ParkedWait<'_> {
+    fn drop(&mut self) {
+        let mut parked = self.waits.lock();
+        let (total, by_user) = &mut *parked;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = by_user.get_mut(&self.user) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                by_user.remove(&self.user);
+            }
+        }
     }
 }
 

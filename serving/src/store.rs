@@ -176,9 +176,22 @@ pub struct RollSummary {
 pub trait MetadataStore: Send + Sync {
     /// Applies the migrations not yet applied; returns their names.
     async fn migrate(&self) -> StoreResult<Vec<String>>;
-    /// Refuses a taken username with `Conflict`.
+    /// Refuses a taken username with `Conflict`: taken in any case or Unicode spelling
+    /// ([`crate::auth::username_key`]).
     async fn create_user(&self, user: &UserRecord, now: i64) -> StoreResult<()>;
+    /// The account of that exact name, else the one whose normalised name it is.
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    /// Replaces a user's password hash and revokes every refresh-token family of theirs.
+    async fn set_password_hash(&self, user: Uuid, password_hash: &str) -> StoreResult<()>;
+    /// Replaces a user's recovery codes (SHA-256 hex of each) with `code_hashes`.
+    async fn replace_recovery_codes(&self, user: Uuid, code_hashes: &[String]) -> StoreResult<()>;
+    /// Whether `code_hash` is an unused recovery code of `user` (reads only).
+    async fn recovery_code_unused(&self, user: Uuid, code_hash: &str) -> StoreResult<bool>;
+    /// Spends a recovery code, atomically: exactly one caller ever gets true.
+    async fn spend_recovery_code(&self, user: Uuid, code_hash: &str, now: i64)
+    -> StoreResult<bool>;
+    /// How many unused recovery codes a user has.
+    async fn recovery_codes_left(&self, user: Uuid) -> StoreResult<i64>;
     async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<UserRecord>>;
     /// Sets a user's role and weight and records who verified it; false if no such user.
     async fn verify_user(
@@ -305,6 +318,47 @@ pub trait MetadataStore: Send + Sync {
     async fn write_engine_chunk(&self, chunk: &StateChunk, now: i64) -> StoreResult<()>;
     /// The latest complete engine checkpoint; drops the parts of later, incomplete ones.
     async fn load_engine_snapshot(&self) -> StoreResult<Option<EngineSnapshot>>;
+
+    // --- SQL access tokens (the PostgreSQL port's credentials) ---
+
+    /// The account's SCRAM salt: the stored one, or `fresh` stored now if it has none.
+    async fn sql_token_salt(&self, user: Uuid, fresh: &[u8]) -> StoreResult<Vec<u8>>;
+    /// Stores a token's verifier.
+    async fn create_sql_token(&self, token: &SqlTokenRecord) -> StoreResult<()>;
+    /// The account's tokens not expired at `now` (unix seconds), oldest first; the expired
+    /// ones are deleted.
+    async fn sql_tokens(&self, user: Uuid, now: i64) -> StoreResult<Vec<SqlTokenRecord>>;
+    /// Deletes the account's token `id`; false if it has no such token.
+    async fn revoke_sql_token(&self, user: Uuid, id: Uuid) -> StoreResult<bool>;
+    /// Records a sign-in with token `id`.
+    async fn touch_sql_token(&self, id: Uuid, now: i64) -> StoreResult<()>;
+}
+
+/// An SQL access token as stored: its SCRAM-SHA-256 verifier (under the account's salt,
+/// [`MetadataStore::sql_token_salt`]), never the token. Times in unix seconds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SqlTokenRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    /// The account's salt (read with the token; not written with it).
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+impl std::fmt::Debug for SqlTokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlTokenRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A stored checkpoint. `root` is hex; `note` the signed note.
@@ -371,6 +425,14 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0008_audit_keys",
         include_str!("../../migrations/sqlite/0008_audit_keys.sql"),
     ),
+    (
+        "0009_signin",
+        include_str!("../../migrations/sqlite/0009_signin.sql"),
+    ),
+    (
+        "0010_sql_tokens",
+        include_str!("../../migrations/sqlite/0010_sql_tokens.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -404,6 +466,14 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_audit_keys",
         include_str!("../../migrations/postgres/0008_audit_keys.sql"),
+    ),
+    (
+        "0009_signin",
+        include_str!("../../migrations/postgres/0009_signin.sql"),
+    ),
+    (
+        "0010_sql_tokens",
+        include_str!("../../migrations/postgres/0010_sql_tokens.sql"),
     ),
 ];
 
@@ -605,8 +675,8 @@ macro_rules! sql_store {
 
             async fn create_user(&self, user: &UserRecord, now: i64) -> StoreResult<()> {
                 let inserted = sqlx::query(
-                    "INSERT INTO users (id, username, password_hash, role, weight, totp_secret_sealed, totp_enabled, totp_last_step, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)",
+                    "INSERT INTO users (id, username, password_hash, role, weight, totp_secret_sealed, totp_enabled, totp_last_step, created_at, username_key) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9)",
                 )
                 .bind(user.id.to_string())
                 .bind(&user.username)
@@ -616,6 +686,7 @@ macro_rules! sql_store {
                 .bind(self.sealed_secret(user.id, user.totp_secret.as_deref())?)
                 .bind(i64::from(user.totp_enabled))
                 .bind(now)
+                .bind(crate::auth::username_key(&user.username))
                 .execute(&self.pool)
                 .await;
                 match inserted {
@@ -626,8 +697,59 @@ macro_rules! sql_store {
             }
 
             async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-                let row = sqlx::query("SELECT * FROM users WHERE username = $1").bind(username).fetch_optional(&self.pool).await?;
+                // The exact name first: an account whose name collided with an older one's
+                // when names became case-insensitive (migration 0009) keeps signing in by it.
+                let row = sqlx::query("SELECT * FROM users WHERE username = $1 OR username_key = $2 ORDER BY CASE WHEN username = $1 THEN 0 ELSE 1 END LIMIT 1")
+                    .bind(username)
+                    .bind(crate::auth::username_key(username))
+                    .fetch_optional(&self.pool)
+                    .await?;
                 row.as_ref().map(|row| self.user_from_row(row)).transpose()
+            }
+
+            async fn set_password_hash(&self, user: Uuid, password_hash: &str) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2").bind(password_hash).bind(user.to_string()).execute(&mut *tx).await?;
+                sqlx::query("UPDATE refresh_families SET revoked = 1 WHERE user_id = $1").bind(user.to_string()).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn replace_recovery_codes(&self, user: Uuid, code_hashes: &[String]) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1").bind(user.to_string()).execute(&mut *tx).await?;
+                for hash in code_hashes {
+                    sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)").bind(user.to_string()).bind(hash).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn recovery_code_unused(&self, user: Uuid, code_hash: &str) -> StoreResult<bool> {
+                let row = sqlx::query("SELECT 1 AS found FROM recovery_codes WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL")
+                    .bind(user.to_string())
+                    .bind(code_hash)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.is_some())
+            }
+
+            async fn spend_recovery_code(&self, user: Uuid, code_hash: &str, now: i64) -> StoreResult<bool> {
+                let spent = sqlx::query("UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL")
+                    .bind(user.to_string())
+                    .bind(code_hash)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(spent.rows_affected() == 1)
+            }
+
+            async fn recovery_codes_left(&self, user: Uuid) -> StoreResult<i64> {
+                let row = sqlx::query("SELECT COUNT(*) AS left_over FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL")
+                    .bind(user.to_string())
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(row.try_get("left_over")?)
             }
 
             async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<UserRecord>> {
@@ -1097,6 +1219,7 @@ macro_rules! sql_store {
                     "DELETE FROM user_pseudonyms WHERE user_id = $1",
                     "DELETE FROM stakeholder_regions WHERE user_id = $1",
                     "DELETE FROM expert_verifications WHERE user_id = $1",
+                    "DELETE FROM recovery_codes WHERE user_id = $1",
                     "DELETE FROM refresh_tokens WHERE user_id = $1",
                     "DELETE FROM refresh_families WHERE user_id = $1",
                     "DELETE FROM users WHERE id = $1",
@@ -1275,6 +1398,74 @@ macro_rules! sql_store {
                     chunks.push(row.try_get::<Vec<u8>, _>("data")?);
                 }
                 Ok(Some(EngineSnapshot { seq: seq as u64, ends: ends.into_iter().collect(), chunks }))
+            }
+
+            // --- SQL access tokens ---
+
+            async fn sql_token_salt(&self, user: Uuid, fresh: &[u8]) -> StoreResult<Vec<u8>> {
+                let id = user.to_string();
+                sqlx::query("INSERT INTO sql_token_salts (user_id, salt) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING")
+                    .bind(&id)
+                    .bind(fresh)
+                    .execute(&self.pool)
+                    .await?;
+                let row = sqlx::query("SELECT salt FROM sql_token_salts WHERE user_id = $1").bind(&id).fetch_one(&self.pool).await?;
+                Ok(row.try_get("salt")?)
+            }
+
+            async fn create_sql_token(&self, token: &SqlTokenRecord) -> StoreResult<()> {
+                sqlx::query("INSERT INTO sql_tokens (id, user_id, name, iterations, stored_key, server_key, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                    .bind(token.id.to_string())
+                    .bind(token.user_id.to_string())
+                    .bind(&token.name)
+                    .bind(i64::from(token.iterations))
+                    .bind(&token.stored_key)
+                    .bind(&token.server_key)
+                    .bind(token.created_at)
+                    .bind(token.expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn sql_tokens(&self, user: Uuid, now: i64) -> StoreResult<Vec<SqlTokenRecord>> {
+                let id = user.to_string();
+                sqlx::query("DELETE FROM sql_tokens WHERE user_id = $1 AND expires_at <= $2").bind(&id).bind(now).execute(&self.pool).await?;
+                let rows = sqlx::query("SELECT t.*, s.salt FROM sql_tokens t JOIN sql_token_salts s ON s.user_id = t.user_id WHERE t.user_id = $1 AND t.expires_at > $2 ORDER BY t.created_at, t.id")
+                    .bind(&id)
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(SqlTokenRecord {
+                            id: parse_uuid(&row.try_get::<String, _>("id")?)?,
+                            user_id: user,
+                            name: row.try_get("name")?,
+                            salt: row.try_get("salt")?,
+                            iterations: u32::try_from(row.try_get::<i64, _>("iterations")?).unwrap_or(0),
+                            stored_key: row.try_get("stored_key")?,
+                            server_key: row.try_get("server_key")?,
+                            created_at: row.try_get("created_at")?,
+                            expires_at: row.try_get("expires_at")?,
+                            last_used_at: row.try_get("last_used_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn revoke_sql_token(&self, user: Uuid, id: Uuid) -> StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM sql_tokens WHERE id = $1 AND user_id = $2")
+                    .bind(id.to_string())
+                    .bind(user.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn touch_sql_token(&self, id: Uuid, now: i64) -> StoreResult<()> {
+                sqlx::query("UPDATE sql_tokens SET last_used_at = $2 WHERE id = $1").bind(id.to_string()).bind(now).execute(&self.pool).await?;
+                Ok(())
             }
         }
     };

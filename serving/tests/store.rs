@@ -88,6 +88,8 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
             "0006_rolls".to_string(),
             "0007_voter_keys".to_string(),
             "0008_audit_keys".to_string(),
+            "0009_signin".to_string(),
+            "0010_sql_tokens".to_string(),
         ]
     );
     assert!(
@@ -118,6 +120,60 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
         Some(alice.clone())
     );
     assert_eq!(store.user_by_username("nobody").await.unwrap(), None);
+    // A name is one account in any case (issue 17): found by every spelling, taken by it.
+    assert_eq!(
+        store.user_by_username("ALICE").await.unwrap(),
+        Some(alice.clone())
+    );
+    let shouted = store
+        .create_user(
+            &UserRecord {
+                id: Uuid::new_v4(),
+                ..user("Alice")
+            },
+            1,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(shouted, ServingError::Conflict(_)), "{shouted:?}");
+    // Recovery codes: each spent once, all replaced at once.
+    let codes = ["a".repeat(64), "b".repeat(64)];
+    store
+        .replace_recovery_codes(alice.id, &codes)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .recovery_code_unused(alice.id, &codes[0])
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .spend_recovery_code(alice.id, &codes[0], 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .spend_recovery_code(alice.id, &codes[0], 3)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .recovery_code_unused(alice.id, &codes[0])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.recovery_codes_left(alice.id).await.unwrap(), 1);
+    store.replace_recovery_codes(alice.id, &[]).await.unwrap();
+    assert!(
+        !store
+            .spend_recovery_code(alice.id, &codes[1], 4)
+            .await
+            .unwrap()
+    );
     let admin = user("admin");
     store.create_user(&admin, 1).await.unwrap();
     let verification = Verification {
@@ -577,5 +633,5 @@ async fn processes_starting_together_migrate_once() {
         1,
         "{applied:?}"
     );
-    assert_eq!(applied.concat().len(), 8, "{applied:?}");
+    assert_eq!(applied.concat().len(), 10, "{applied:?}");
 }

@@ -130,6 +130,12 @@ impl Kind {
     }
 }
 
+/// The PostgreSQL type a value of this Arrow type is sent as (what a result column or an
+/// inferred parameter is announced as).
+pub(crate) fn pg_type(data_type: &DataType) -> Type {
+    Kind::of(data_type).pg_type()
+}
+
 /// The wire format of a portal's column `index` (text when the client's list is short).
 pub(crate) fn format_of(format: &Format, index: usize) -> FieldFormat {
     match format {

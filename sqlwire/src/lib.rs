@@ -2,32 +2,38 @@
 //! drivers can query it.
 //!
 //! ```text
-//!  psql / driver ──TCP──▶ PgServer accept loop ──▶ pgwire::process_socket (per connection)
-//!                                                   ├─ PasswordStartup ─▶ Credentials::check
-//!                                                   └─ LakeQueries ─▶ LakeQuery::execute
-//!                                                        └─ QueryStream ─▶ DataRows
+//!  psql / driver ──TCP──▶ PgServer accept loop ──▶ serve_connection (per connection)
+//!                          (FATAL 53300 past the cap)  ├─ SSLRequest ─▶ rustls (tls.rs)
+//!                                                      ├─ ScramStartup ─▶ Credentials::admit/settle
+//!                                                      └─ pgwire::process_message ─▶ LakeQueries
+//!                                                           ├─ Credentials::statement (audit)
+//!                                                           ├─ params: $n ─▶ typed literals
+//!                                                           ├─ catalog: psql \d, JDBC metadata
+//!                                                           └─ LakeQuery::execute ─▶ DataRows
 //! ```
 //!
 //! # Design
 //!
-//! - **Own accept loop.** [`PgServer::start`] binds the listener itself, so a test can ask
-//!   for port 0 and read the port back ([`PgServer::local_addr`]), and so
+//! - **Own accept and connection loops.** [`PgServer::start`] binds the listener itself, so
+//!   a test can ask for port 0 and read the port back ([`PgServer::local_addr`]), and so
 //!   [`PgServer::shutdown`] can stop accepting and drop open connections. Each connection
-//!   is handed to pgwire's `process_socket`; at most [`MAX_CONNECTIONS`] are served at once.
-//! - **Own startup handler.** Clients send a cleartext password, which goes to
-//!   [`Credentials::check`]: the node compares it with the argon2 hash in its user store,
-//!   so there is no stored cleartext (pgwire's cleartext handler wants one) and no way to
-//!   derive MD5 or SCRAM secrets. A failure is a FATAL error with SQLSTATE 28P01 and
-//!   PostgreSQL's own message (`password authentication failed for user "…"`). There is no
-//!   TLS here yet: serve on loopback or behind a TLS-terminating proxy. Startup reports
+//!   negotiates TLS here ([`PortTls`]) and then feeds pgwire's `process_message`; at most
+//!   [`PortOptions::max_connections`] are served at once, and a client may send at most
+//!   [`PRE_AUTH_BYTES`] before it signed in.
+//! - **SCRAM-SHA-256 only** ([`scram`]). The node hands [`Credentials::admit`] the verifiers
+//!   of the account's SQL tokens (made-up ones for anyone else), hears every outcome in
+//!   [`Credentials::settle`] and every statement in [`Credentials::statement`]. A failure is
+//!   a FATAL error with SQLSTATE 28P01 and PostgreSQL's own message (`password
+//!   authentication failed for user "…"`), whatever the cause. Startup reports
 //!   `server_version` [`SERVER_VERSION`], UTF8 encodings, `DateStyle` `ISO, MDY`,
 //!   `TimeZone` UTC, `integer_datetimes` and `standard_conforming_strings` on, and
 //!   `default_transaction_read_only` on so clients know writes will not work.
 //! - **Protocol parts.** The simple protocol (what `psql -c` uses), several statements per
 //!   string included (run one after the other, stopping at the first error), and the
 //!   extended protocol (Parse/Bind/Describe/Execute/Sync, with `max_rows` portals, as
-//!   drivers and BI tools use it) in text and binary result formats. Statements with
-//!   parameters (`$1`) are refused at Parse (SQLSTATE 0A000): write values into the SQL.
+//!   drivers and BI tools use it) in text and binary result formats. Parameters (`$1`) are
+//!   bound as typed literals, from text or binary values; untyped ones are announced as
+//!   the type the lake infers for them, else TEXT.
 //!   Cancel requests stop the running query (57014).
 //! - **Not the lake's statements.** `SET`, `RESET`, `DISCARD` are accepted and ignored;
 //!   `BEGIN`/`COMMIT`/`ROLLBACK` only track the transaction status clients expect (every
@@ -36,8 +42,9 @@
 //!   `transaction_isolation`, `standard_conforming_strings`, …) and refuses unknown ones
 //!   (42704); `SHOW TABLES` and `SHOW COLUMNS` go to the lake. `COPY` is refused.
 //!   Everything else goes to [`LakeQuery::execute`], which refuses DDL, DML and `SET`
-//!   (25006). There is no `pg_catalog`, so psql's `\d` and catalog-browsing tools fail;
-//!   plain SQL and `information_schema` work.
+//!   (25006). Of `pg_catalog`, only the queries psql sends for `\d`/`\dt` and JDBC for
+//!   `getTables`/`getColumns` are answered (`catalog`, from the lake's schemas); other
+//!   catalog browsing fails; plain SQL and `information_schema` work.
 //! - **Errors** carry the lake's stable code first in the message (`sql_not_read_only: …`,
 //!   `query_timeout: …`) and a SQLSTATE: 25006 not read-only, 57014 timeout, 53200
 //!   memory, 42601 syntax, 42P01 unknown table, 42703 unknown column, 22012 division by
@@ -57,16 +64,21 @@
 #![deny(unsafe_code)]
 
 mod auth;
+mod catalog;
 mod encode;
 mod error;
+mod params;
 mod query;
+pub mod scram;
 mod server;
 mod statement;
+mod tls;
 
-pub use auth::Credentials;
+pub use auth::{Admission, Credentials, Pending, Session, SignIn};
 pub use canopy_analytics::LakeSql;
 pub use error::SqlWireError;
-pub use server::{MAX_CONNECTIONS, PgServer};
+pub use server::{MAX_CONNECTIONS, PRE_AUTH_BYTES, PgServer, PortOptions};
+pub use tls::{PortTls, TlsFiles};
 
 /// The `server_version` clients see: PostgreSQL 15's protocol and behaviour, and what
 /// actually answers.

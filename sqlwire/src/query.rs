@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
-use canopy_analytics::{AnalyticsError, LakeQuery, QueryStream};
+use canopy_analytics::{LakeQuery, QueryStream};
 use futures::channel::oneshot;
 use futures::{Sink, SinkExt, StreamExt, stream};
 use pgwire::api::portal::{Format, Portal, PortalExecutionState};
@@ -31,29 +31,48 @@ use pgwire::messages::response::{
 };
 use pgwire::messages::simplequery::Query;
 
+use crate::auth::{Credentials, Session};
+use crate::catalog;
 use crate::encode::{self, RowEncoder};
+use crate::error::lake_error;
+use crate::params::{self, Placeholders};
 use crate::statement::{self, Command};
 
 /// The query handlers of every connection (they keep no per-connection state).
-#[derive(Debug)]
 pub(crate) struct LakeQueries {
     lake: Arc<dyn LakeQuery>,
     parser: Arc<LakeParser>,
+    credentials: Arc<dyn Credentials>,
 }
 
 impl LakeQueries {
-    pub(crate) fn new(lake: Arc<dyn LakeQuery>) -> Self {
+    pub(crate) fn new(lake: Arc<dyn LakeQuery>, credentials: Arc<dyn Credentials>) -> Self {
         Self {
             parser: Arc::new(LakeParser {
                 lake: Arc::clone(&lake),
             }),
             lake,
+            credentials,
         }
+    }
+
+    /// One statement's response, after the node heard of it (its audit trail).
+    async fn respond<C: ClientInfo>(
+        &self,
+        client: &C,
+        sql: &str,
+        command: &Command,
+        format: &Format,
+    ) -> PgWireResult<Response> {
+        if let Some(session) = client.session_extensions().get::<Session>() {
+            self.credentials.statement(&session, sql).await;
+        }
+        self.respond_unaudited(client, sql, command, format).await
     }
 
     /// One statement's response. A lake query is planned and started; its rows stream
     /// while they are sent.
-    async fn respond<C: ClientInfo>(
+    async fn respond_unaudited<C: ClientInfo>(
         &self,
         client: &C,
         sql: &str,
@@ -86,6 +105,13 @@ impl LakeQueries {
                 Response::Query(response)
             }
             Command::ShowUnknown(_) | Command::Copy => return Err(refusal(command)),
+            Command::Catalog(query) => {
+                let rows = catalog::rows(&self.lake, query).await?;
+                Response::Query(QueryResponse::new(
+                    Arc::new(catalog::fields(query)),
+                    stream::iter(rows.into_iter().map(Ok)),
+                ))
+            }
             Command::Lake => {
                 let rows = self.lake.execute(sql).await.map_err(lake_error)?;
                 let schema = rows.schema();
@@ -436,19 +462,47 @@ impl ExtendedQueryHandler for LakeQueries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if !portal.parameters.is_empty() {
+        let prepared = &portal.statement.statement;
+        if portal.parameters.len() != prepared.placeholders.count {
             return Err(user_error(
                 "08P01",
                 format!(
-                    "bind message supplies {} parameters, but prepared statement requires 0",
-                    portal.parameters.len()
+                    "bind message supplies {} parameters, but prepared statement requires {}",
+                    portal.parameters.len(),
+                    prepared.placeholders.count
                 ),
             ));
         }
-        let prepared = &portal.statement.statement;
-        self.respond(
+        if prepared.placeholders.count == 0 {
+            return self
+                .respond(
+                    client,
+                    &prepared.sql,
+                    &prepared.command,
+                    &portal.result_column_format,
+                )
+                .await;
+        }
+        let literals = portal
+            .parameters
+            .iter()
+            .zip(&prepared.parameter_types)
+            .enumerate()
+            .map(|(index, (value, ty))| {
+                params::literal(
+                    ty,
+                    value.as_deref(),
+                    portal.parameter_format.is_binary(index),
+                )
+            })
+            .collect::<PgWireResult<Vec<String>>>()?;
+        let sql = prepared.placeholders.substitute(&prepared.sql, &literals);
+        if let Some(session) = client.session_extensions().get::<Session>() {
+            self.credentials.statement(&session, &prepared.sql).await;
+        }
+        self.respond_unaudited(
             client,
-            &prepared.sql,
+            &sql,
             &prepared.command,
             &portal.result_column_format,
         )
@@ -456,12 +510,16 @@ impl ExtendedQueryHandler for LakeQueries {
     }
 }
 
-/// A statement prepared by `Parse`: lake queries are planned then, to describe their rows.
+/// A statement prepared by `Parse`: lake queries are planned then, to describe their rows
+/// (with a typed NULL for each parameter).
 #[derive(Clone, Debug)]
 pub(crate) struct Prepared {
     sql: String,
     command: Command,
     schema: Option<SchemaRef>,
+    placeholders: Placeholders,
+    /// What each parameter is announced as and its value decoded as.
+    parameter_types: Vec<Type>,
 }
 
 #[derive(Debug)]
@@ -477,7 +535,7 @@ impl QueryParser for LakeParser {
         &self,
         _client: &C,
         sql: &str,
-        _types: &[Option<Type>],
+        types: &[Option<Type>],
     ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
@@ -493,20 +551,40 @@ impl QueryParser for LakeParser {
                 ));
             }
         };
-        if let Some(placeholder) = statement::first_placeholder(sql) {
-            return Err(user_error(
-                "0A000",
-                format!(
-                    "statement parameters ({placeholder}) are not supported: \
-                     write the values into the SQL"
-                ),
-            ));
-        }
+        let placeholders = Placeholders::find(sql)?;
         let command = statement::classify(sql);
+        let untyped = (0..placeholders.count).any(|index| {
+            types
+                .get(index)
+                .and_then(Option::as_ref)
+                .is_none_or(|ty| *ty == Type::UNKNOWN)
+        });
+        let inferred = match command {
+            Command::Lake if untyped => self.lake.parameter_types(sql).await,
+            _ => Vec::new(),
+        };
+        let parameter_types: Vec<Type> = (0..placeholders.count)
+            .map(|index| {
+                params::announced(
+                    types.get(index).and_then(Option::as_ref),
+                    inferred.get(index).and_then(Option::as_ref),
+                )
+            })
+            .collect();
         let schema = match command {
             // Starting the query is how the lake tells its result schema; dropping the
-            // stream right away cancels it. `Execute` starts it again.
-            Command::Lake => Some(self.lake.execute(sql).await.map_err(lake_error)?.schema()),
+            // stream right away cancels it. `Execute` starts it again, with the values.
+            Command::Lake => {
+                let nulls: Vec<String> = parameter_types.iter().map(params::null_literal).collect();
+                let described = placeholders.substitute(sql, &nulls);
+                Some(
+                    self.lake
+                        .execute(&described)
+                        .await
+                        .map_err(lake_error)?
+                        .schema(),
+                )
+            }
             Command::ShowUnknown(_) | Command::Copy => return Err(refusal(&command)),
             _ => None,
         };
@@ -514,11 +592,13 @@ impl QueryParser for LakeParser {
             sql: sql.to_owned(),
             command,
             schema,
+            placeholders,
+            parameter_types,
         }))
     }
 
-    fn get_parameter_types(&self, _statement: &Prepared) -> PgWireResult<Vec<Type>> {
-        Ok(Vec::new())
+    fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(statement.parameter_types.clone())
     }
 
     fn get_result_schema(
@@ -530,6 +610,7 @@ impl QueryParser for LakeParser {
         Ok(match (&statement.command, &statement.schema) {
             (Command::Lake, Some(schema)) => encode::fields(schema, &format),
             (Command::Show { name, .. }, _) => vec![encode::text_field(name)],
+            (Command::Catalog(query), _) => catalog::fields(query),
             _ => Vec::new(),
         })
     }
@@ -556,37 +637,5 @@ fn refusal(command: &Command) -> PgWireError {
              query it with SELECT"
                 .to_owned(),
         ),
-    }
-}
-
-/// The lake's error as PostgreSQL's: its SQLSTATE, and the lake's stable code leading the
-/// message so scripts can match on it.
-pub(crate) fn lake_error(error: AnalyticsError) -> PgWireError {
-    let code = error.code();
-    let text = error.to_string();
-    let sqlstate = match code {
-        "sql_not_read_only" => "25006",
-        "query_timeout" => "57014",
-        "query_memory_exceeded" => "53200",
-        "sql" => sql_state(&text),
-        "lake_io" | "lake_store" => "58030",
-        _ => "XX000",
-    };
-    user_error(sqlstate, format!("{code}: {text}"))
-}
-
-/// DataFusion's errors are text; these are the cases clients commonly branch on.
-fn sql_state(text: &str) -> &'static str {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("parsererror") || lower.contains("parser error") {
-        "42601"
-    } else if lower.contains("table") && lower.contains("not found") {
-        "42P01"
-    } else if lower.contains("no field named") {
-        "42703"
-    } else if lower.contains("divide by zero") {
-        "22012"
-    } else {
-        "42000"
     }
 }

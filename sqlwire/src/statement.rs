@@ -24,6 +24,8 @@ pub(crate) enum Command {
     ShowUnknown(String),
     /// `COPY`: refused, the lake is read-only here and there is no COPY support.
     Copy,
+    /// One of psql's `\d` catalog queries, answered from the lake's schemas.
+    Catalog(crate::catalog::CatalogQuery),
 }
 
 /// The session parameters `SHOW` answers, as PostgreSQL names them (lower case).
@@ -75,15 +77,17 @@ fn push_trimmed<'a>(out: &mut Vec<&'a str>, piece: &'a str) {
     }
 }
 
-/// The first `$n` parameter placeholder outside quotes and comments, if any.
-pub(crate) fn first_placeholder(sql: &str) -> Option<String> {
+/// The `$n` parameter placeholders outside quotes and comments: where each is in `sql`
+/// (a byte range) and its text.
+pub(crate) fn placeholders(sql: &str) -> Vec<(std::ops::Range<usize>, &str)> {
+    let mut out = Vec::new();
     let mut lexer = Lexer::new(sql);
     while let Some(token) = lexer.next_token() {
         if let Token::Placeholder(text) = token {
-            return Some(text.to_owned());
+            out.push((lexer.at - text.len()..lexer.at, text));
         }
     }
-    None
+    out
 }
 
 /// Sorts one statement (as [`split`] returns them).
@@ -104,6 +108,7 @@ pub(crate) fn classify(statement: &str) -> Command {
         "rollback" | "abort" => Command::Rollback,
         "copy" => Command::Copy,
         "show" => show(statement),
+        "select" => crate::catalog::recognise(statement).map_or(Command::Lake, Command::Catalog),
         _ => Command::Lake,
     }
 }
@@ -310,10 +315,10 @@ mod tests {
     #[test]
     fn finds_placeholders_but_not_dollar_quotes() {
         assert_eq!(
-            first_placeholder("SELECT * FROM votes WHERE option = $1"),
-            Some("$1".to_owned())
+            placeholders("SELECT * FROM votes WHERE option = $1 OR option = $12"),
+            vec![(35..37, "$1"), (50..53, "$12")]
         );
-        assert_eq!(first_placeholder("SELECT '$1', $tag$ $2 $tag$"), None);
+        assert!(placeholders("SELECT '$1', $tag$ $2 $tag$, \"$3\" -- $4").is_empty());
     }
 
     #[test]

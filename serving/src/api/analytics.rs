@@ -5,8 +5,11 @@
 //!  GET  /api/v1/data/historical-trends   (bucket=day|week, or decision_id) from the lake
 //! ```
 //!
-//! Queries run under the node's limits (time, memory) and at most `concurrent` at once;
-//! another is refused with `rate_limited` rather than queued behind a long scan.
+//! Queries run under the node's limits (time, memory) and at most `concurrent` at once
+//! (SQL and lake trends together); another is refused with `rate_limited` rather than
+//! queued behind a long scan. A query's slot is freed when the query stops computing (its
+//! last row computed, its deadline passed, or its client gone), not when a client that
+//! stopped reading gets round to it.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -39,9 +42,9 @@ pub(crate) struct SqlRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/analytics/sql", tag = "analytics", request_body = SqlRequest, security(("bearer" = [])), responses(
-    (status = 200, description = "the rows as they are computed: JSON lines or CSV. An error after the first rows ends the body with a line {\"error\":{\"code\",\"message\"}} (CSV: `# error <code>: <message>`)"),
+    (status = 200, description = "the rows as they are computed: JSON lines or CSV. An error after the first rows ends the body with a line {\"error\":{\"code\",\"message\"}} (CSV: `# error <code>: <message>`); an error before the first row is an error status"),
     (status = 403, body = super::ErrorBody),
-    (status = 422, body = super::ErrorBody, description = "sql (not valid SQL, unknown table or column), sql_not_read_only"),
+    (status = 422, body = super::ErrorBody, description = "sql (not valid SQL, unknown table or column, an error such as division by zero before the first row), sql_not_read_only, sql_limit (a function asked to build a value or batch larger than a query may)"),
     (status = 429, body = super::ErrorBody, description = "as many queries are running as the node allows"),
     (status = 503, body = super::ErrorBody, description = "lake_not_here"),
     (status = 504, body = super::ErrorBody, description = "query_timeout")))]
@@ -71,12 +74,28 @@ pub(crate) async fn analytics_sql(
             json!({ "sql": request.sql }),
         )
         .await;
-    let stream = service.sql.execute(&request.sql).await?;
+    let mut stream = service.sql.execute(&request.sql).await?;
+    // The slot is the query's, not the reader's: a client that stops reading does not keep
+    // it past the deadline.
+    let finished = stream.finished();
+    tokio::spawn(async move {
+        finished.await;
+        drop(permit);
+    });
+    // Until a row is ready an error can still be a status, not a line in a 200 body.
+    let mut first = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let has_rows = batch.num_rows() > 0;
+        first.push(Ok(batch));
+        if has_rows {
+            break;
+        }
+    }
     let mut encoder = BatchEncoder::new(format);
-    let body = stream
+    let body = futures_util::stream::iter(first)
+        .chain(stream)
         .map(move |batch| {
-            // The permit lives as long as the body: a slow reader holds its slot.
-            let _running = &permit;
             let bytes = match batch.and_then(|batch| encoder.encode(&batch)) {
                 Ok(bytes) => bytes,
                 Err(error) => match format {
@@ -114,6 +133,10 @@ pub(crate) async fn trends_from_lake(
             "bucket {bucket:?} is not minute, hour, day or week"
         )));
     };
+    // Trends scan the lake as SQL does, under the same limit on queries at once.
+    let _running = std::sync::Arc::clone(&service.running)
+        .try_acquire_owned()
+        .map_err(|_| ServingError::RateLimited { retry_after_s: 1 })?;
     let points = trend_points(service.sql.as_ref(), subject, bucket, range).await?;
     Ok(json!({
         "source": "lake",

@@ -8,6 +8,7 @@
 //!  audit     /api/v1/audit/trail[/anchors] record  /api/v1/audit/{key,decisions/*}, admin erasure
 //!  rolls     /api/v1/admin/rolls*, /api/v1/rolls/claim
 //!  sensors   /api/v1/data/*              analytics  /api/v1/analytics/sql
+//!  sql_tokens /api/v1/analytics/sql-tokens[/{id}] (the PostgreSQL port's credentials)
 //! ```
 
 mod accounts;
@@ -18,6 +19,7 @@ mod health;
 mod record;
 mod rolls;
 mod sensors;
+mod sql_tokens;
 mod voting;
 
 use std::net::SocketAddr;
@@ -75,6 +77,9 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
         .routes(routes!(accounts::verify_expert))
         .routes(routes!(accounts::totp_enrol))
         .routes(routes!(accounts::totp_confirm))
+        .routes(routes!(accounts::totp_disable))
+        .routes(routes!(accounts::recovery_codes))
+        .routes(routes!(accounts::change_password))
         .routes(routes!(voting::create_decision))
         .routes(routes!(voting::cast_vote))
         .routes(routes!(voting::cast_votes))
@@ -100,7 +105,14 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
         .routes(routes!(sensors::historical_trends))
         .routes(routes!(sensors::alert_stream))
         .routes(routes!(analytics::analytics_sql))
+        .routes(routes!(
+            sql_tokens::create_sql_token,
+            sql_tokens::list_sql_tokens
+        ))
+        .routes(routes!(sql_tokens::revoke_sql_token))
         .split_for_parts();
+    let mut openapi = openapi;
+    complete_responses(&mut openapi);
     let document = Arc::new(openapi.clone());
     let router = router
         .route(
@@ -113,14 +125,121 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
             limit_by_address,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(json_errors))
         .with_state(state);
     (router, openapi)
+}
+
+/// Adds to every operation the refusals any of its kind can answer, where its own
+/// annotation does not list them: 401 to those that take a token, 400 and 422 to those
+/// that take a path, query or body (malformed, or well-formed and invalid), 413 to those
+/// with a body, and 429 (the per-address limit) to every one but the probes.
+fn complete_responses(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let refusal = |what: &str| {
+        ResponseBuilder::new()
+            .description(what)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let probe = path == "/healthz" || path == "/readyz";
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let takes_token = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+            let takes_input =
+                operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) || path.contains('{');
+            let takes_body = operation.request_body.is_some();
+            let mut add = |status: &str, what: &str| {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| refusal(what).into());
+            };
+            if takes_token {
+                add(
+                    "401",
+                    "unauthenticated, invalid_token, token_expired, account_erased",
+                );
+            }
+            if takes_input || takes_body {
+                add("400", "bad_request: a malformed path, query string or body");
+                add("422", "bad_request and the like: well-formed, not valid");
+            }
+            if takes_body {
+                add("413", "body_too_large");
+            }
+            if !probe {
+                add("429", "rate_limited: too many requests from this address");
+            }
+        }
+    }
 }
 
 /// The router of the whole API.
 pub fn router(state: SharedState) -> Router {
     router_and_openapi(state).0
 }
+/// axum's own refusals (a path segment that is not a UUID, a query string that does not
+/// parse, a method the route lacks) are plain text; every error of the API is the JSON
+/// error body with a code, so a client parses one shape.
+async fn json_errors(request: Request, next: Next) -> Response {
+    use axum::http::{StatusCode, header};
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        _ if status.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let (mut parts, body) = response.into_parts();
+    let said = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&said).trim() {
+        "" => status
+            .canonical_reason()
+            .unwrap_or("the request was refused")
+            .to_string(),
+        said => said.to_string(),
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut response = (
+        status,
+        Json(serde_json::json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response();
+    // What the refusal said in its headers (`Allow`, `Retry-After`) stays.
+    for (name, value) in parts.headers.iter() {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
 async fn limit_by_address(
     State(state): State<SharedState>,
     request: Request,

@@ -428,14 +428,20 @@ impl FromRequestParts<SharedState> for ResultsRead {
         let view = match freshness.min_offset {
             None => state.views.get(decision_id)?,
             Some(offset) => {
-                let views = Arc::clone(&state.views);
+                // A task and a timer while it waits, no thread; a user parks only a few.
+                let _parked = state.parked_waits.park(
+                    caller.0.sub,
+                    state.config.max_waits_per_user,
+                    state.config.max_waits,
+                )?;
                 let partition = state.gate.log().partition_of(decision_id);
-                let wait = state.config.max_results_wait;
-                tokio::task::spawn_blocking(move || {
-                    views.wait_for(decision_id, Position { partition, offset }, wait)
-                })
-                .await
-                .map_err(|e| ServingError::Internal(e.to_string()))??
+                canopy_dataflow::wait_included(
+                    state.views.as_ref(),
+                    decision_id,
+                    Position { partition, offset },
+                    state.config.max_results_wait,
+                )
+                .await?
             }
         };
         Ok(Self {
@@ -446,7 +452,7 @@ impl FromRequestParts<SharedState> for ResultsRead {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/voting/decision/{id}/results", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "composite score per option, turnout, quorum, as_of"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody, description = "results_timeout")))]
+#[utoipa::path(get, path = "/api/v1/voting/decision/{id}/results", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "composite score per option, turnout, quorum, as_of"), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody, description = "too_many_waits: the account already has as many reads waiting for a min_offset as it may (or rate_limited)"), (status = 504, body = ErrorBody, description = "results_timeout")))]
 pub(crate) async fn results(
     ResultsRead { decision, view, .. }: ResultsRead,
 ) -> Json<serde_json::Value> {
