@@ -476,17 +476,14 @@ fn start_serve_with_rate(deployment: &Deployment, port: u16, name: &str, user_ra
         .unwrap()
 }
 
-fn create_admin_in(database_url: &str) {
+/// Creates the admin through the deployment's own configuration: its database, and its
+/// data directory for the keys the store's audit entries are keyed with (without it the
+/// command would make keys of its own under `./canopy-data`, in the checkout).
+fn create_admin_in(deployment: &Deployment) {
     use std::io::Write;
     let mut admin = Command::new(env!("CARGO_BIN_EXE_canopy"))
-        .args([
-            "admin",
-            "create",
-            "--username",
-            "root",
-            "--database-url",
-            database_url,
-        ])
+        .args(["admin", "create", "--username", "root", "--config"])
+        .arg(&deployment.config)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -507,7 +504,7 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
     })
     .unwrap();
     deployment.store().await;
-    create_admin_in(&deployment.database.url);
+    create_admin_in(&deployment);
     let mut workers = deployment.start(1, 2, "w");
     // Replica A makes the shared keys; B starts once they exist.
     let (port_a, port_b) = (common::free_port(), common::free_port());
@@ -603,7 +600,7 @@ async fn replicas_share_rate_limits_and_erasures() {
     let topic = format!("canopy-share-{}", uuid::Uuid::new_v4().simple());
     let deployment = Deployment::new(&topic);
     deployment.store().await;
-    create_admin_in(&deployment.database.url);
+    create_admin_in(&deployment);
     let (port_a, port_b) = (common::free_port(), common::free_port());
     let (base_a, base_b) = (
         format!("http://127.0.0.1:{port_a}"),
