@@ -426,11 +426,20 @@ async fn a_cluster_survives_sigkill_and_rescaling_and_equals_one_process() {
         &mut workers,
         "restarted after SIGKILL",
     );
-    assert!(
-        cluster
-            .log("c", 0)
-            .contains("resuming from an engine checkpoint")
-    );
+    // The views may have been caught up already (the killed cluster took every vote before
+    // it died), so the restarted process may not have written its first lines yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .log("c", 0)
+        .contains("resuming from an engine checkpoint")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted cluster replayed instead of resuming:\n{}",
+            cluster.log("c", 0)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     check(&cluster, &log, "restarted after SIGKILL").await;
     stop(&mut workers);
 
