@@ -74,7 +74,7 @@ pub(crate) async fn start_sql_port(
     let key_path = data_dir.join("keys").join(SQL_PORT_KEY_FILE);
     let port_key = crate::error::blocking(move || load_or_generate_key(&key_path)).await?;
     let options = PortOptions {
-        tls: tls.map(canopy_sqlwire::PortTls::Config),
+        tls,
         require_tls: !settings.allow_plaintext,
         max_connections: settings.max_connections,
         startup_timeout: settings.startup_timeout,

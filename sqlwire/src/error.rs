@@ -13,11 +13,6 @@ pub enum SqlWireError {
     },
     #[error("the PostgreSQL server's accept loop failed: {0}")]
     AcceptLoop(String),
-    #[error("loading TLS from {cert}: {reason}")]
-    Tls {
-        cert: std::path::PathBuf,
-        reason: String,
-    },
 }
 
 impl SqlWireError {
@@ -26,7 +21,6 @@ impl SqlWireError {
         match self {
             Self::Listen { .. } => "sqlwire_listen",
             Self::AcceptLoop(_) => "sqlwire_accept_loop",
-            Self::Tls { .. } => "sqlwire_tls",
         }
     }
 }

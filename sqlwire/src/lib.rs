@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  psql / driver ──TCP──▶ PgServer accept loop ──▶ serve_connection (per connection)
-//!                          (FATAL 53300 past the cap)  ├─ SSLRequest ─▶ rustls (tls.rs)
+//!                          (FATAL 53300 past the cap)  ├─ SSLRequest ─▶ rustls (server.rs)
 //!                                                      ├─ ScramStartup ─▶ Credentials::admit/settle
 //!                                                      └─ pgwire::process_message ─▶ LakeQueries
 //!                                                           ├─ Credentials::statement (audit)
@@ -17,7 +17,7 @@
 //! - **Own accept and connection loops.** [`PgServer::start`] binds the listener itself, so
 //!   a test can ask for port 0 and read the port back ([`PgServer::local_addr`]), and so
 //!   [`PgServer::shutdown`] can stop accepting and drop open connections. Each connection
-//!   negotiates TLS here ([`PortTls`]) and then feeds pgwire's `process_message`; at most
+//!   negotiates TLS here (with the caller's `rustls::ServerConfig`, [`PortOptions::tls`]) and then feeds pgwire's `process_message`; at most
 //!   [`PortOptions::max_connections`] are served at once, and a client may send at most
 //!   [`PRE_AUTH_BYTES`] before it signed in.
 //! - **SCRAM-SHA-256 only** ([`scram`]). The node hands [`Credentials::admit`] the verifiers
@@ -72,13 +72,11 @@ mod query;
 pub mod scram;
 mod server;
 mod statement;
-mod tls;
 
 pub use auth::{Admission, Credentials, Pending, Session, SignIn};
 pub use canopy_analytics::LakeSql;
 pub use error::SqlWireError;
 pub use server::{MAX_CONNECTIONS, PRE_AUTH_BYTES, PgServer, PortOptions};
-pub use tls::{PortTls, TlsFiles};
 
 /// The `server_version` clients see: PostgreSQL 15's protocol and behaviour, and what
 /// actually answers.

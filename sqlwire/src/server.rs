@@ -31,12 +31,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+/// ALPN name PostgreSQL 17 clients send (and require for a direct TLS connection).
+const POSTGRESQL_ALPN: &[u8] = b"postgresql";
 use tokio_util::codec::{Framed, FramedParts};
 
 use crate::auth::{Credentials, ScramStartup};
 use crate::query::LakeQueries;
-use crate::tls::{POSTGRESQL_ALPN, PortTls, TlsSource};
 use crate::{SERVER_VERSION, SqlWireError};
 
 /// Connections served at once by default. Each runs one query at a time under the lake's
@@ -54,7 +57,7 @@ const GSSENC_REQUEST: i32 = 80_877_104;
 #[derive(Clone, Debug)]
 pub struct PortOptions {
     /// TLS (`sslmode=require`); none: plaintext only.
-    pub tls: Option<PortTls>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// With TLS: refuse clients that did not negotiate it (FATAL 28000).
     pub require_tls: bool,
     /// Connections served at once; beyond it a client is answered FATAL 53300.
@@ -99,14 +102,14 @@ impl PgServer {
             addr: listen,
             source,
         };
-        let tls = options.tls.clone().map(TlsSource::open).transpose()?;
+        let tls = options.tls.clone().map(TlsAcceptor::from);
         let listener = TcpListener::bind(listen).await.map_err(listen_error)?;
         let local_addr = listener.local_addr().map_err(listen_error)?;
         let require_tls = options.require_tls && tls.is_some();
         let handlers = Arc::new(Handlers::new(Arc::new(lake), credentials, require_tls));
         let port = Arc::new(Port {
             handlers,
-            tls: tls.map(Arc::new),
+            tls,
             options,
         });
         let (stop, stopped) = oneshot::channel();
@@ -136,7 +139,7 @@ impl PgServer {
 
 struct Port {
     handlers: Arc<Handlers>,
-    tls: Option<Arc<TlsSource>>,
+    tls: Option<TlsAcceptor>,
     options: PortOptions,
 }
 
@@ -261,7 +264,7 @@ impl AsyncWrite for Transport {
 /// from a plaintext client.
 async fn negotiate(
     mut socket: TcpStream,
-    tls: Option<&TlsSource>,
+    tls: Option<&TlsAcceptor>,
 ) -> io::Result<Option<(Stream, Vec<u8>)>> {
     let mut first = [0u8; 1];
     if socket.peek(&mut first).await? == 0 {
@@ -272,7 +275,7 @@ async fn negotiate(
         let Some(tls) = tls else {
             return Ok(None);
         };
-        let stream = tls.acceptor().accept(socket).await?;
+        let stream = tls.accept(socket).await?;
         if stream.get_ref().1.alpn_protocol() != Some(POSTGRESQL_ALPN) {
             return Err(io::Error::other("direct TLS without the postgresql ALPN"));
         }
@@ -290,7 +293,7 @@ async fn negotiate(
                     socket.write_all(b"S").await?;
                     // Nothing the client sent after the request was read: bytes smuggled
                     // in before the handshake go into it and fail it.
-                    let stream = tls.acceptor().accept(socket).await?;
+                    let stream = tls.accept(socket).await?;
                     return Ok(Some((Stream::Tls(Box::new(stream)), Vec::new())));
                 }
                 None => socket.write_all(b"N").await?,
@@ -309,7 +312,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, port: &Port) -> i
     tokio::pin!(startup_deadline);
     let negotiated = tokio::select! {
         () = &mut startup_deadline => return Ok(()),
-        negotiated = negotiate(socket, port.tls.as_deref()) => negotiated?,
+        negotiated = negotiate(socket, port.tls.as_ref()) => negotiated?,
     };
     let Some((stream, read_already)) = negotiated else {
         return Ok(());

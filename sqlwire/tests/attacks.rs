@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use canopy_analytics::{LakeSql, SqlLimits};
 use canopy_sqlwire::scram::{Candidates, ScramVerifier};
-use canopy_sqlwire::{
-    Admission, Credentials, Pending, PgServer, PortOptions, PortTls, Session, SignIn, TlsFiles,
-};
+use canopy_sqlwire::{Admission, Credentials, Pending, PgServer, PortOptions, Session, SignIn};
 use proptest::prelude::*;
 
 const TOKEN: &str = "Xk2v9Qm4rT7yW1zA8cE5gJ0lN3pS6uB2";
@@ -56,8 +54,11 @@ impl Credentials for Counting {
     }
 }
 
-/// A self-signed certificate for localhost, made with the openssl command.
-fn certificate(dir: &Path) -> TlsFiles {
+/// A TLS configuration for localhost: a self-signed certificate made with the openssl
+/// command, offering PostgreSQL's ALPN as a node's does.
+fn certificate(dir: &Path) -> Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let status = std::process::Command::new("openssl")
         .args([
@@ -71,7 +72,20 @@ fn certificate(dir: &Path) -> TlsFiles {
         .status()
         .expect("these tests need the openssl command");
     assert!(status.success());
-    TlsFiles { cert, key }
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Arc::new(config)
 }
 
 struct Port {
@@ -85,7 +99,7 @@ async fn port(tls: bool) -> Port {
     let lake = LakeSql::new(dir.path().join("lake"), SqlLimits::default());
     let credentials = Arc::new(Counting::default());
     let options = PortOptions {
-        tls: tls.then(|| PortTls::Files(certificate(dir.path()))),
+        tls: tls.then(|| certificate(dir.path())),
         startup_timeout: Duration::from_secs(2),
         ..PortOptions::default()
     };
