@@ -135,6 +135,9 @@ pub struct KafkaSection {
     pub partitions: u32,
     /// Replicas per partition, and min.insync.replicas, of a topic created here.
     pub replication: i32,
+    /// The sensor readings' topic (keyed by region, the same partition count);
+    /// `<topic>-sensors` if absent.
+    pub sensor_topic: Option<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -153,6 +156,9 @@ pub struct WorkersSection {
     /// Dataflow threads per process (`up`'s one process included).
     pub threads: usize,
     pub checkpoint_interval_ms: u64,
+    /// Every this many engine checkpoints a full one, after which older ones are deleted
+    /// (0: never, and checkpoints accumulate).
+    pub full_checkpoint_every: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -161,6 +167,10 @@ pub struct RecordSection {
     /// Checkpoint origins: `<origin>/decision/<uuid>`.
     pub origin: String,
     pub anchor_interval_s: f64,
+    /// The record store: every decision's log as C2SP tlog tiles, in a folder or
+    /// `s3://bucket/prefix` (credentials from the `AWS_*` variables);
+    /// `<data_dir>/record-tiles` if absent. Every process of a cluster names the same.
+    pub tile_store: Option<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -193,12 +203,15 @@ pub struct SensorsSection {
 pub struct LakeSection {
     pub enabled: bool,
     /// A folder or `s3://bucket/prefix` (credentials from the `AWS_*` variables);
-    /// `<data_dir>/lake` if absent.
+    /// `<data_dir>/lake` if absent for `up`. `worker` and `serve` keep and read a lake only
+    /// at a location set here, the same for every process of the cluster.
     pub location: Option<String>,
     pub flush_s: f64,
+    /// Small files are merged every this many flushes (by `up`, or a cluster's process 0).
+    pub compact_every: u32,
     pub sql_timeout_s: u64,
     pub sql_memory_mib: usize,
-    /// SQL over the PostgreSQL wire protocol here (`up` only).
+    /// SQL over the PostgreSQL wire protocol here (`up`, and `serve` with a location).
     pub pg_listen: Option<SocketAddr>,
     /// With `tls.cert`/`tls.key` set: still take PostgreSQL clients that do not ask for TLS.
     pub pg_allow_plaintext: bool,
@@ -261,6 +274,7 @@ impl Default for CanopyConfig {
                 topic: "canopy.votes".into(),
                 partitions: 8,
                 replication: 1,
+                sensor_topic: None,
             },
             redis: RedisSection {
                 url: None,
@@ -270,10 +284,12 @@ impl Default for CanopyConfig {
                 hosts: vec!["127.0.0.1:2101".into()],
                 threads: 2,
                 checkpoint_interval_ms: 2000,
+                full_checkpoint_every: 20,
             },
             record: RecordSection {
                 origin: "canopy.local".into(),
                 anchor_interval_s: 10.0,
+                tile_store: None,
             },
             evm: EvmSection {
                 rpc: None,
@@ -292,6 +308,7 @@ impl Default for CanopyConfig {
                 enabled: true,
                 location: None,
                 flush_s: 10.0,
+                compact_every: 30,
                 sql_timeout_s: 120,
                 sql_memory_mib: 2048,
                 pg_listen: None,
@@ -1079,18 +1096,24 @@ impl CanopyConfig {
         }
     }
 
-    fn kafka(&self) -> Option<KafkaConfig> {
+    /// With the log's signing key, `<data_dir>/keys/log-hmac.key` (made if missing).
+    fn kafka(&self) -> anyhow::Result<Option<KafkaConfig>> {
         let kafka = &self.kafka;
-        kafka.brokers.as_ref().map(|brokers| KafkaConfig {
+        let Some(brokers) = &kafka.brokers else {
+            return Ok(None);
+        };
+        let signing_key = canopy_node::keys::load_log_key(&self.data_dir)
+            .context("the Kafka log's signing key")?;
+        Ok(Some(KafkaConfig {
             partitions: kafka.partitions,
             replication: kafka.replication,
             min_insync_replicas: kafka.replication,
-            ..KafkaConfig::new(brokers.clone(), kafka.topic.clone())
-        })
+            ..KafkaConfig::new(brokers.clone(), kafka.topic.clone(), signing_key)
+        }))
     }
 
     fn cluster_kafka(&self) -> anyhow::Result<KafkaConfig> {
-        self.kafka().context(
+        self.kafka()?.context(
             "kafka.brokers is not set (config file, CANOPY_KAFKA__BROKERS or --kafka-brokers)",
         )
     }
@@ -1184,27 +1207,13 @@ impl CanopyConfig {
         self.signin_limits(&mut config.api);
         config.record.anchor.interval = self.anchor_interval();
         config.record.origin = self.record.origin.clone();
-        config.kafka = self.kafka();
-        let sensors = &self.sensors;
-        config.sensors.enabled = sensors.enabled;
-        config.sensors.onnxruntime = sensors.onnxruntime.clone();
-        let windows = &mut config.sensors.engine.windows;
-        windows.sizes_ms = [
-            sensors.windows_s[0].saturating_mul(1000),
-            sensors.windows_s[1].saturating_mul(1000),
-        ];
-        windows.allowed_lateness_ms = sensors.allowed_lateness_s.saturating_mul(1000);
-        let thresholds = &mut config.sensors.alert_rules.thresholds;
-        for (name, threshold) in &sensors.alert_thresholds {
-            let metric: canopy_schemas::Metric = name.parse()?;
-            match threshold {
-                AlertThreshold::Level(level) => thresholds.insert(metric, *level),
-                AlertThreshold::Off => thresholds.remove(&metric),
-            };
-        }
+        config.record.tile_store = self.record.tile_store.clone();
+        config.kafka = self.kafka()?;
+        config.sensors = self.sensor_settings()?;
         if self.lake.enabled {
             let mut lake = canopy_node::lake::LakeSettings::new(self.lake_location()?);
             lake.flush_interval = Duration::from_secs_f64(self.lake.flush_s.max(0.05));
+            lake.compact_every = self.lake.compact_every.max(1);
             lake.sql.timeout = Duration::from_secs(self.lake.sql_timeout_s.max(1));
             lake.sql.memory_bytes = self.lake.sql_memory_mib.max(1) << 20;
             lake.sql.target_partitions = self.workers.threads.max(1);
@@ -1218,6 +1227,37 @@ impl CanopyConfig {
         Ok(config)
     }
 
+    /// The `[sensors]` section and `kafka.sensor_topic`: the same for `up`, every worker
+    /// (which run the features dataflow) and every replica (which read its windows).
+    fn sensor_settings(&self) -> anyhow::Result<canopy_node::SensorSettings> {
+        let sensors = &self.sensors;
+        let mut settings = canopy_node::SensorSettings {
+            enabled: sensors.enabled,
+            onnxruntime: sensors.onnxruntime.clone(),
+            topic: self.kafka.sensor_topic.clone(),
+            ..Default::default()
+        };
+        let windows = &mut settings.engine.windows;
+        windows.sizes_ms = [
+            sensors.windows_s[0].saturating_mul(1000),
+            sensors.windows_s[1].saturating_mul(1000),
+        ];
+        windows.allowed_lateness_ms = sensors.allowed_lateness_s.saturating_mul(1000);
+        windows
+            .validate()
+            .map_err(anyhow::Error::msg)
+            .context("sensors.windows_s")?;
+        let thresholds = &mut settings.alert_rules.thresholds;
+        for (name, threshold) in &sensors.alert_thresholds {
+            let metric: canopy_schemas::Metric = name.parse()?;
+            match threshold {
+                AlertThreshold::Level(level) => thresholds.insert(metric, *level),
+                AlertThreshold::Off => thresholds.remove(&metric),
+            };
+        }
+        Ok(settings)
+    }
+
     /// `lake.location`, else `<data_dir>/lake`.
     pub fn lake_location(&self) -> anyhow::Result<canopy_analytics::LakeLocation> {
         match &self.lake.location {
@@ -1227,6 +1267,24 @@ impl CanopyConfig {
                 self.data_dir.join("lake"),
             )),
         }
+    }
+
+    /// The lake of a cluster's process: only at an explicit `lake.location`, which every
+    /// process must share (the default, under each process's own data directory, would
+    /// split the lake).
+    fn cluster_lake(&self) -> anyhow::Result<Option<canopy_node::lake::LakeSettings>> {
+        if !self.lake.enabled || self.lake.location.is_none() {
+            return Ok(None);
+        }
+        let mut lake = canopy_node::lake::LakeSettings::new(self.lake_location()?);
+        lake.flush_interval = Duration::from_secs_f64(self.lake.flush_s.max(0.05));
+        lake.compact_every = self.lake.compact_every.max(1);
+        lake.sql.timeout = Duration::from_secs(self.lake.sql_timeout_s.max(1));
+        lake.sql.memory_bytes = self.lake.sql_memory_mib.max(1) << 20;
+        lake.sql.target_partitions = self.workers.threads.max(1);
+        lake.pg_listen = self.lake.pg_listen;
+        lake.min_group_voters = self.api.trend_min_voters.max(1);
+        Ok(Some(lake))
     }
 
     /// `canopy serve`: a stateless API replica of a cluster.
@@ -1241,7 +1299,17 @@ impl CanopyConfig {
         config.kafka = Some(self.cluster_kafka()?);
         config.redis = Some(self.cluster_redis()?);
         config.run_engine = false;
+        config.sensors = self.sensor_settings()?;
+        // SQL, trends and the PostgreSQL port over the lake the workers write.
+        if self.lake.pg_listen.is_some() && self.lake.location.is_none() {
+            bail!("lake.pg_listen on a replica needs lake.location: the lake the workers write");
+        }
+        config.lake = self.cluster_lake()?;
+        config.sql_port.allow_plaintext = self.lake.pg_allow_plaintext;
+        config.sql_port.max_connections = self.lake.pg_max_connections.max(1);
+        config.sql_port.idle_timeout = Duration::from_secs(self.lake.pg_idle_timeout_s.max(1));
         config.record.origin = self.record.origin.clone();
+        config.record.tile_store = self.record.tile_store.clone();
         config.api.per_user = Self::rate(self.api.user_rate);
         config.api.per_address = Self::rate(self.api.address_rate);
         config.api.trend_min_voters = self.api.trend_min_voters.max(1);
@@ -1273,7 +1341,17 @@ impl CanopyConfig {
         config.threads = self.workers.threads.max(1);
         config.checkpoint_interval =
             Duration::from_millis(self.workers.checkpoint_interval_ms.max(10));
+        config.full_checkpoint_every = self.workers.full_checkpoint_every;
+        config.sensors = self.sensor_settings()?;
+        // Workers write the lake; its SQL port is a replica's.
+        config.lake = self
+            .cluster_lake()?
+            .map(|lake| canopy_node::lake::LakeSettings {
+                pg_listen: None,
+                ..lake
+            });
         config.record.origin = self.record.origin.clone();
+        config.record.tile_store = self.record.tile_store.clone();
         config.record.anchor.interval = self.anchor_interval();
         config.cluster = (hosts.len() > 1).then(|| ClusterConfig {
             process,

@@ -2,6 +2,11 @@
 //! earlier checkpoint and (optionally) the chain. `canopy verify --audit` (the module
 //! `verify_audit`) checks an export of the audit trail against its anchors the same way.
 //!
+//! `canopy verify --tiles` checks a vote against the record store itself (a folder, a bucket
+//! or a server's `tlog/` URL): the signed checkpoint, the leaf's index found in the level-0
+//! tiles, the inclusion proof built from the tiles, the leaf's entry in its bundle; no
+//! Canopy server needs to be up.
+//!
 //! Prints one line a script can read, `OK …` or `FAIL <code>: …`, and exits 0 when every
 //! check passed, 1 when one failed, 2 when the input could not be read.
 
@@ -17,8 +22,19 @@ use serde::Deserialize;
 pub struct VerifyArgs {
     /// The proof: a file holding the JSON of /api/v1/audit/decisions/{id}/proof, or that URL,
     /// or a bare C2SP tlog-proof bundle (its `bundle` field; then --leaf and --key are needed).
-    #[arg(required_unless_present = "audit", conflicts_with = "audit")]
+    #[arg(required_unless_present_any = ["audit", "tiles"], conflicts_with_all = ["audit", "tiles"])]
     source: Option<String>,
+    /// Check against the record store instead of a proof: a folder (the store's root),
+    /// `s3://bucket/prefix` (credentials from the `AWS_*` variables; anonymous without them)
+    /// or a server's `…/api/v1/audit/decisions/<id>/tlog/` URL. Needs --decision and --leaf.
+    #[arg(long, conflicts_with = "audit", requires_all = ["decision", "leaf"])]
+    tiles: Option<String>,
+    /// With --tiles: the decision the vote is in.
+    #[arg(long, requires = "tiles")]
+    pub decision: Option<uuid::Uuid>,
+    /// With --tiles and an s3:// store: the S3 endpoint (e.g. http://127.0.0.1:9000).
+    #[arg(long, requires = "tiles")]
+    s3_endpoint: Option<String>,
     /// An export of the audit trail to check instead of a proof: the JSON pages of
     /// /api/v1/audit/trail (from after=0 on) and of /api/v1/audit/trail/anchors, concatenated
     /// in one file. Checked against the anchors in --journal, on chain with --rpc, or else
@@ -40,7 +56,7 @@ pub struct VerifyArgs {
     pub key: Option<String>,
     /// The leaf hash (hex) from your cast-vote receipt; it must be the one proven.
     #[arg(long)]
-    leaf: Option<String>,
+    pub leaf: Option<String>,
     /// A checkpoint you saw earlier (a file with the signed note): checks that the record
     /// only grew since, with a consistency proof from the node.
     #[arg(long)]
@@ -89,6 +105,12 @@ pub(crate) fn fail(code: &'static str, message: impl Into<String>) -> Failure {
 }
 
 pub fn run(args: VerifyArgs) -> std::process::ExitCode {
+    if let Some(tiles) = &args.tiles {
+        return match open_tiles(tiles, args.s3_endpoint.as_deref()) {
+            Ok(store) => verdict(check_tiles(&args, store.as_ref())),
+            Err(error) => unreadable(error),
+        };
+    }
     let source = args.source.clone().unwrap_or_default();
     let text = match read_source(&source) {
         Ok(text) => text,
@@ -421,4 +443,197 @@ fn on_chain(
         "no_evm_support",
         "this canopy was built without the `evm` feature",
     ))
+}
+
+/// Where `--tiles` reads a decision's log from.
+trait TileFiles {
+    /// `checkpoint` or a tile path (`tile/0/000.p/5`) of `decision`'s log; None if absent.
+    fn read(&self, decision: uuid::Uuid, path: &str) -> anyhow::Result<Option<Vec<u8>>>;
+    /// The record key a server publishes, when the source is one.
+    fn server_key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A record store (folder or bucket), read as the node writes it.
+struct StoreFiles(canopy_node::tiles::RecordStore);
+
+impl TileFiles for StoreFiles {
+    fn read(&self, decision: uuid::Uuid, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let decision = canopy_schemas::DecisionId::from(decision);
+        if path == "checkpoint" {
+            return Ok(self
+                .0
+                .read_checkpoint_blocking(decision)?
+                .map(String::into_bytes));
+        }
+        Ok(self
+            .0
+            .read_tile_blocking(decision, canopy_chain::TileRef::parse(path)?)?)
+    }
+}
+
+/// A server's `…/decisions/<id>/tlog/` (the decision is in the URL).
+struct HttpFiles(String);
+
+impl TileFiles for HttpFiles {
+    fn read(&self, _decision: uuid::Uuid, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let url = format!("{}/{path}", self.0.trim_end_matches('/'));
+        let response = reqwest::blocking::get(&url)?;
+        match response.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => Ok(Some(response.bytes()?.to_vec())),
+            status => anyhow::bail!("{url} answered {status}"),
+        }
+    }
+
+    fn server_key(&self) -> Option<String> {
+        let (server, _) = self.0.split_once("/api/v1/audit/decisions/")?;
+        let answer: serde_json::Value =
+            serde_json::from_str(&read_source(&format!("{server}/api/v1/audit/key")).ok()?).ok()?;
+        answer["key"].as_str().map(str::to_string)
+    }
+}
+
+fn open_tiles(location: &str, s3_endpoint: Option<&str>) -> anyhow::Result<Box<dyn TileFiles>> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Ok(Box::new(HttpFiles(location.to_string())));
+    }
+    let mut options: Vec<(&str, String)> = Vec::new();
+    if let Some(endpoint) = s3_endpoint {
+        options.push(("aws_endpoint", endpoint.to_string()));
+        options.push((
+            "aws_allow_http",
+            endpoint.starts_with("http://").to_string(),
+        ));
+    }
+    // Anyone may check a public bucket: without credentials, read it unsigned.
+    if location.starts_with("s3") && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        options.push(("aws_skip_signature", "true".to_string()));
+    }
+    if !location.contains("://") && !std::path::Path::new(location).is_dir() {
+        anyhow::bail!("{location} is not a folder");
+    }
+    Ok(Box::new(StoreFiles(
+        canopy_node::tiles::RecordStore::open_with(location, options)?,
+    )))
+}
+
+/// A decision's hash tiles through `TileFiles`, for `TiledLog`.
+struct FetchedTiles<'a> {
+    files: &'a dyn TileFiles,
+    decision: uuid::Uuid,
+}
+
+impl canopy_chain::TileSource for FetchedTiles<'_> {
+    fn tile(
+        &self,
+        level: u8,
+        index: u64,
+        width: u16,
+    ) -> Result<Option<Vec<u8>>, canopy_chain::ChainError> {
+        let path = canopy_chain::TileRef::hashes(level, index, width).path();
+        self.files
+            .read(self.decision, &path)
+            .map_err(|e| canopy_chain::ChainError::TileStore(e.to_string()))
+    }
+}
+
+/// `--tiles`: the checkpoint, its signature, the leaf's index from the level-0 tiles, the
+/// inclusion proof from the tiles, the leaf's entry from its bundle.
+fn check_tiles(args: &VerifyArgs, files: &dyn TileFiles) -> Result<String, Failure> {
+    use canopy_chain::tiles::{TILE_WIDTH, decode_bundle, leaf_tiles, tile_hashes};
+    use canopy_chain::{TileRef, TiledLog, leaf_hash, verify_inclusion};
+    let chain_fail = |e: canopy_chain::ChainError| fail(e.code(), e.to_string());
+    let unreachable = |e: anyhow::Error| fail("unreachable", e.to_string());
+    let decision = args
+        .decision
+        .ok_or_else(|| fail("bad_input", "--tiles needs --decision"))?;
+    let leaf = hash(
+        args.leaf
+            .as_deref()
+            .ok_or_else(|| fail("bad_input", "--tiles needs --leaf (from the receipt)"))?,
+    )?;
+    let (key_text, key_source) = match (&args.key, files.server_key()) {
+        (Some(key), _) => (key.clone(), "trusted key"),
+        (None, Some(key)) => (key, "key from the server itself"),
+        (None, None) => {
+            return Err(fail(
+                "bad_input",
+                "a record store carries no key: give --key (from /api/v1/audit/key)",
+            ));
+        }
+    };
+    let verifier = NoteVerifier::parse(&key_text).map_err(chain_fail)?;
+    let note = files
+        .read(decision, "checkpoint")
+        .map_err(unreachable)?
+        .ok_or_else(|| {
+            fail(
+                "not_checkpointed",
+                "the store holds no checkpoint of the decision",
+            )
+        })?;
+    let note = String::from_utf8(note).map_err(|_| fail("bad_checkpoint", "not UTF-8"))?;
+    let checkpoint = Checkpoint::verify(&note, &verifier).map_err(chain_fail)?;
+    if !checkpoint
+        .origin
+        .ends_with(&format!("/decision/{decision}"))
+    {
+        return Err(fail(
+            "wrong_decision",
+            format!("the checkpoint is of the log {:?}", checkpoint.origin),
+        ));
+    }
+    let mut index = None;
+    for tile in leaf_tiles(0, checkpoint.size) {
+        let bytes = files
+            .read(decision, &tile.path())
+            .map_err(unreachable)?
+            .ok_or_else(|| fail("tile_missing", format!("{tile} is not in the store")))?;
+        let found = tile_hashes(&tile, &bytes)
+            .map_err(chain_fail)?
+            .iter()
+            .position(|hash| *hash == leaf);
+        if let Some(at) = found {
+            index = Some(tile.index * u64::from(TILE_WIDTH) + at as u64);
+            break;
+        }
+    }
+    let index = index.ok_or_else(|| {
+        fail(
+            "leaf_not_found",
+            format!(
+                "no leaf with this hash in the {} leaves of the checkpoint",
+                checkpoint.size
+            ),
+        )
+    })?;
+    let tiled = TiledLog::new(FetchedTiles { files, decision }, checkpoint.size);
+    let proof = tiled
+        .inclusion_proof(index, checkpoint.size)
+        .map_err(chain_fail)?;
+    verify_inclusion(&leaf, index, checkpoint.size, &proof, &checkpoint.root)
+        .map_err(chain_fail)?;
+    let mut verdict = format!(
+        "inclusion+signature ({key_source}) decision={decision} index={index} size={} from tiles",
+        checkpoint.size
+    );
+    // The entry bundle holds the leaf's encoding: its hash must be the leaf.
+    let bundle = leaf_tiles(index, checkpoint.size)[0];
+    let bundle = TileRef::entries(bundle.index, bundle.width);
+    if let Some(bytes) = files.read(decision, &bundle.path()).map_err(unreachable)? {
+        let entries = decode_bundle(&bytes).map_err(chain_fail)?;
+        let entry = entries
+            .get((index % u64::from(TILE_WIDTH)) as usize)
+            .ok_or_else(|| fail("bad_entry_bundle", format!("{bundle} has no entry {index}")))?;
+        if leaf_hash(entry) != leaf {
+            return Err(fail(
+                "bad_entry_bundle",
+                format!("entry {index} in {bundle} does not hash to the leaf"),
+            ));
+        }
+        verdict.push_str(" +entry");
+    }
+    Ok(verdict)
 }

@@ -10,10 +10,16 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, LogRecord, Position};
+use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, LogKey, LogRecord, Position};
 use canopy_schemas::VoteId;
 use common::*;
 use serde_json::Value;
+
+/// The key the node at `data` signs its records with (it made it on its first start).
+fn node_log_key(data: &Path) -> LogKey {
+    let bytes = std::fs::read(data.join("keys/log-hmac.key")).unwrap();
+    LogKey::from_bytes(bytes.try_into().expect("a 32-byte key"))
+}
 
 fn kafka_args<'a>(brokers: &'a str, topic: &'a str) -> [&'a str; 6] {
     [
@@ -146,7 +152,8 @@ async fn a_node_on_kafka_keeps_every_acknowledged_vote_across_a_kill() {
     let log = KafkaLog::connect(KafkaConfig {
         partitions: 4,
         create_topic: false,
-        ..KafkaConfig::new(brokers.clone(), topic.clone())
+        write_dead_letters: false,
+        ..KafkaConfig::new(brokers.clone(), topic.clone(), node_log_key(data.path()))
     })
     .unwrap();
     let (stored, _) = topic_positions(&log);
@@ -315,9 +322,11 @@ async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
     let log = KafkaLog::connect(KafkaConfig {
         partitions: 4,
         create_topic: false,
+        write_dead_letters: false,
         ..KafkaConfig::new(
             format!("127.0.0.1:{broker_port}"),
             "canopy.votes".to_string(),
+            node_log_key(data.path()),
         )
     })
     .unwrap();

@@ -166,7 +166,8 @@ fn migrate_applies_each_migration_once() {
             "0007_voter_keys",
             "0008_audit_keys",
             "0009_signin",
-            "0010_sql_tokens"
+            "0010_sql_tokens",
+            "0011_engine_state_parts"
         ])
     );
     assert_eq!(run()["applied"], json!([]));

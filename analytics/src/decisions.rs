@@ -48,7 +48,7 @@ impl DecisionLake {
             layout: 1,
             hours_from: &[],
         };
-        files.open()?;
+        files.open(&config)?;
         Ok(Self {
             config,
             files,

@@ -38,6 +38,11 @@ pub enum AnalyticsError {
     QueryMemory(String),
     #[error("the query asks for more than a query may: {0}")]
     SqlLimit(String),
+    #[error(
+        "a file of the lake went away while the query read it (compaction replaced it); \
+         run the query again: {0}"
+    )]
+    FileGone(String),
     #[error("the log has a gap in partition {partition}: expected offset {expected}, got {got}")]
     LogGap {
         partition: u32,
@@ -57,6 +62,7 @@ impl AnalyticsError {
             Self::OldLayout { .. } => "lake_old_layout",
             Self::Log(error) => error.code(),
             Self::LogGap { .. } => "log_gap",
+            Self::FileGone(_) => "lake_file_gone",
             Self::Sql(_) => "sql",
             Self::SqlNotReadOnly(_) => "sql_not_read_only",
             Self::QueryTimeout(_) => "query_timeout",

@@ -55,6 +55,8 @@ pub struct LakeConfig {
     /// cell's new state is written only once at least this many voters joined or left it
     /// since the state written before (see `ReleaseGate`).
     pub min_group_voters: u64,
+    /// Which part of the lake this writer keeps (all of it for a node alone).
+    pub share: LakeShare,
 }
 
 impl LakeConfig {
@@ -66,9 +68,83 @@ impl LakeConfig {
             compact_target_bytes: 128 << 20,
             compact_grace: Duration::from_secs(300),
             min_group_voters: 5,
+            share: LakeShare::Alone,
         }
     }
 }
+
+/// Which part of a shared lake one writer keeps.
+///
+/// A cluster's processes write one lake together. Each copies the log partitions its
+/// dataflow workers read (timely worker w of W reads p ≡ w (mod W), and a process runs a
+/// contiguous block of the W workers), and numbers the files it feeds from sinks in a
+/// sequence of its own (`space`), so two processes never write the same file name. Process
+/// 0 alone keeps what belongs to the whole lake: decisions, record checkpoints, layout
+/// rewrites and compaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LakeShare {
+    /// The only writer of the lake: every partition, every table.
+    Alone,
+    /// Process `process` of a cluster whose processes run `threads` workers each, out of
+    /// `workers` in all.
+    Process {
+        process: usize,
+        threads: usize,
+        workers: usize,
+    },
+}
+
+impl LakeShare {
+    /// Process `process` of `processes`, each running `threads` dataflow workers.
+    pub fn process(process: usize, processes: usize, threads: usize) -> Self {
+        if processes <= 1 {
+            return Self::Alone;
+        }
+        let threads = threads.max(1);
+        Self::Process {
+            process,
+            threads,
+            workers: processes * threads,
+        }
+    }
+
+    /// Whether this writer copies `partition` of a log (any log partitioned the same way).
+    pub fn owns(&self, partition: u32) -> bool {
+        match *self {
+            Self::Alone => true,
+            Self::Process {
+                process,
+                threads,
+                workers,
+            } => (partition as usize % workers) / threads == process,
+        }
+    }
+
+    /// Whether this writer keeps the tables and the upkeep of the whole lake.
+    pub fn keeps_whole_lake(&self) -> bool {
+        match *self {
+            Self::Alone => true,
+            Self::Process { process, .. } => process == 0,
+        }
+    }
+
+    /// Whether other processes write the lake at the same time.
+    pub fn is_shared(&self) -> bool {
+        !matches!(self, Self::Alone)
+    }
+
+    /// The sequence this writer numbers its sink files in: `s` for process 0 (and a node
+    /// alone, as before clusters), `s<n>` for process n.
+    pub(crate) fn space(&self) -> String {
+        match *self {
+            Self::Process { process, .. } if process > 0 => format!("{SINK_SPACE}{process}"),
+            _ => SINK_SPACE.to_string(),
+        }
+    }
+}
+
+/// The file sequence of tables fed by sinks (process 0's; process n's is `s<n>`).
+pub(crate) const SINK_SPACE: &str = "s";
 
 /// The lake's tables, by name.
 pub const TABLES: [&str; 6] = [
@@ -157,9 +233,12 @@ impl TableFiles {
         }
     }
 
-    /// Creates the folder and removes the temporaries a crash left.
-    pub fn open(&self) -> Result<(), AnalyticsError> {
-        self.location.clean(self.table)
+    /// Creates the folder and removes the temporaries a crash left. In a lake other
+    /// processes write too, only temporaries older than the grace period: a younger one may
+    /// be another process's write in progress.
+    pub fn open(&self, config: &LakeConfig) -> Result<(), AnalyticsError> {
+        let older_than = config.share.is_shared().then_some(config.compact_grace);
+        self.location.clean(self.table, older_than)
     }
 
     /// Every file, by folder, superseded ones included.
@@ -719,6 +798,37 @@ mod tests {
         ] {
             assert_eq!(day_number(bad), None, "{bad}");
         }
+    }
+
+    /// Every partition has exactly one owner, the process running worker p mod W (timely
+    /// numbers process i's workers i·T..(i+1)·T), and a node alone owns them all.
+    #[test]
+    fn every_partition_has_one_owner_the_process_of_its_worker() {
+        for processes in 1..=4 {
+            for threads in 1..=3 {
+                let shares: Vec<LakeShare> = (0..processes)
+                    .map(|process| LakeShare::process(process, processes, threads))
+                    .collect();
+                for partition in 0..64u32 {
+                    let owners: Vec<usize> = (0..processes)
+                        .filter(|&process| shares[process].owns(partition))
+                        .collect();
+                    let worker = partition as usize % (processes * threads);
+                    assert_eq!(
+                        owners,
+                        vec![worker / threads],
+                        "{processes}×{threads} p{partition}"
+                    );
+                }
+                let spaces: std::collections::BTreeSet<String> =
+                    shares.iter().map(LakeShare::space).collect();
+                assert_eq!(spaces.len(), processes, "one file sequence per process");
+                assert!(shares[0].keeps_whole_lake());
+                assert!(shares.iter().skip(1).all(|share| !share.keeps_whole_lake()));
+            }
+        }
+        assert_eq!(LakeShare::process(0, 1, 4), LakeShare::Alone);
+        assert_eq!(LakeShare::Alone.space(), "s");
     }
 
     #[test]

@@ -33,7 +33,7 @@ mod writer;
 
 pub use decisions::{DecisionLake, decision_schema};
 pub use error::AnalyticsError;
-pub use lake::{LakeConfig, TABLES};
+pub use lake::{LakeConfig, LakeShare, TABLES};
 pub use sinks::{
     CheckpointEntry, CheckpointLake, Checkpoints, ReleaseGate, SinkLake, SinkTable, TallyChange,
     TallyChangeLake, TallyChanges, WindowFeature, WindowFeatureLake, WindowFeatures,
@@ -48,4 +48,4 @@ pub use votes::{
     LogLake, LogTable, ReadingLake, Readings, SyncCursor, SyncReport, VoteLake, Votes, sync_log,
     sync_readings, sync_votes, vote_schema,
 };
-pub use writer::{FinalWindows, LakeViews, LakeWriter, WriterReport};
+pub use writer::{FinalWindows, LakeViews, LakeWriter, Published, WriterReport};

@@ -9,6 +9,12 @@
 //! were written. At start the lake reads the newest file's marks and drops every row at or
 //! below its group's mark, so rows a restart publishes again are not written twice, and rows
 //! that never reached a file are written when they are published again.
+//!
+//! In a lake a cluster writes, each process numbers its files in a sequence of its own (its
+//! `space`, see [`LakeShare`](crate::LakeShare)), and a group's rows may sit in several
+//! (the process that publishes a decision changes when the cluster is rescaled). At start
+//! the marks are the highest of every sequence's newest file: each writer's newest file
+//! carries every mark it knew, so the highest is every row written, by whoever.
 
 use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
@@ -26,11 +32,14 @@ use crate::lake::{
 };
 
 const MARKS_KEY: &str = "canopy.marks";
-const SPACE: &str = "s";
 
 /// A table whose rows a sink hands over.
 pub trait SinkTable: TableLayout {
     fn group(row: &Self::Row) -> String;
+    /// A group an earlier version marked the row under, whose mark still holds.
+    fn earlier_group(_row: &Self::Row) -> Option<String> {
+        None
+    }
     fn order(row: &Self::Row) -> i64;
     /// UTC microseconds: the row's date. Within a group it grows with the order.
     fn time_micros(row: &Self::Row) -> i64;
@@ -59,20 +68,35 @@ impl<T: SinkTable> SinkLake<T> {
     /// from the newest file.
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
         let files = TableFiles::of::<T>(config.location.clone(), Vec::new());
-        files.open()?;
-        if let Some(kept) = T::old_rows_kept(&config) {
-            files.filter_rows_before_layout(&config, kept)?;
+        files.open(&config)?;
+        // Rewriting files is the whole lake's upkeep: one process of a cluster does it.
+        if config.share.keeps_whole_lake() {
+            if let Some(kept) = T::old_rows_kept(&config) {
+                files.filter_rows_before_layout(&config, kept)?;
+            }
+            files.bring_to_layout(&config)?;
         }
-        files.bring_to_layout(&config)?;
-        let newest = files
-            .all_files()?
-            .into_values()
-            .flatten()
-            .max_by_key(|f| (f.name.last, std::cmp::Reverse(f.name.first)));
-        let (marks, next_file) = match newest {
-            None => (BTreeMap::new(), 0),
-            Some(file) => (read_marks(&files, &file)?, file.name.last + 1),
-        };
+        // Per sequence, the newest file: of those ending last the widest, which no later
+        // compaction supersedes (so it is not deleted while this reads it).
+        let mut newest: BTreeMap<String, LakeFile> = BTreeMap::new();
+        for file in files.all_files()?.into_values().flatten() {
+            let key = |f: &LakeFile| (f.name.last, std::cmp::Reverse(f.name.first));
+            match newest.get(&file.name.space) {
+                Some(known) if key(known) >= key(&file) => {}
+                _ => {
+                    newest.insert(file.name.space.clone(), file);
+                }
+            }
+        }
+        let space = config.share.space();
+        let next_file = newest.get(&space).map_or(0, |file| file.name.last + 1);
+        let mut marks = BTreeMap::new();
+        for file in newest.values() {
+            for (group, mark) in read_marks(&files, file)? {
+                let known = marks.entry(group).or_insert(mark);
+                *known = (*known).max(mark);
+            }
+        }
         Ok(Self {
             config,
             files,
@@ -94,8 +118,8 @@ impl<T: SinkTable> SinkLake<T> {
 
     /// Whether `row` is not in the table yet.
     pub fn is_new(&self, row: &T::Row) -> bool {
-        self.mark(&T::group(row))
-            .is_none_or(|mark| T::order(row) > mark)
+        let above = |group: &str| self.mark(group).is_none_or(|mark| T::order(row) > mark);
+        above(&T::group(row)) && T::earlier_group(row).is_none_or(|group| above(&group))
     }
 
     /// Writes the rows not written before: one file per date, in date order, each carrying
@@ -118,7 +142,7 @@ impl<T: SinkTable> SinkLake<T> {
                 *mark = (*mark).max(T::order(row));
             }
             let name = FileName {
-                space: SPACE.into(),
+                space: self.config.share.space(),
                 first: self.next_file,
                 last: self.next_file,
             };
@@ -144,7 +168,8 @@ impl<T: SinkTable> SinkLake<T> {
         Ok(written)
     }
 
-    /// The table's rows, a file at a time in the order the files were written.
+    /// The table's rows, a file at a time: each writer's files in the order written, the
+    /// writers one after another.
     pub(crate) fn for_each_batch(
         &self,
         mut each: impl FnMut(&RecordBatch) -> Result<(), ArrowError>,
@@ -230,8 +255,15 @@ impl TableLayout for TallyChanges {
 }
 
 impl SinkTable for TallyChanges {
+    /// The decision: one process publishes all of a decision's changes, in log order
+    /// (while a partition's decisions may be published by several processes of a cluster).
     fn group(row: &TallyChange) -> String {
-        format!("p{}", row.as_of_partition)
+        row.decision_id.clone()
+    }
+
+    /// Before clusters wrote the lake, the group was the log partition.
+    fn earlier_group(row: &TallyChange) -> Option<String> {
+        Some(format!("p{}", row.as_of_partition))
     }
 
     fn order(row: &TallyChange) -> i64 {
@@ -271,14 +303,20 @@ impl ReleaseGate {
         }
     }
 
-    /// A gate that knows what `lake` shows already: its newest row of each cell.
+    /// A gate that knows what `lake` shows already: its newest row of each cell (by log
+    /// position; of rows at the same position, the one written last).
     pub fn seeded(lake: &TallyChangeLake, min_group_voters: u64) -> Result<Self, AnalyticsError> {
         let mut gate = Self::new(min_group_voters);
+        let mut newest: HashMap<(String, i32, String), i64> = HashMap::new();
         lake.for_each_batch(|batch| {
             let cells = TallyCells::of(batch)?;
             for row in 0..batch.num_rows() {
                 let (cell, count) = cells.get(row);
-                gate.shown.insert(cell, count);
+                let offset = cells.offset.value(row);
+                if newest.get(&cell).is_none_or(|&seen| offset >= seen) {
+                    newest.insert(cell.clone(), offset);
+                    gate.shown.insert(cell, count);
+                }
             }
             Ok(())
         })?;
@@ -323,6 +361,7 @@ struct TallyCells<'b> {
     option: &'b arrow_array::Int32Array,
     component: &'b arrow_array::StringArray,
     count: &'b arrow_array::Int64Array,
+    offset: &'b arrow_array::Int64Array,
 }
 
 impl<'b> TallyCells<'b> {
@@ -347,6 +386,9 @@ impl<'b> TallyCells<'b> {
             count: column("count")?
                 .as_primitive_opt::<Int64Type>()
                 .ok_or_else(|| wrong("count"))?,
+            offset: column("as_of_offset")?
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| wrong("as_of_offset"))?,
         })
     }
 

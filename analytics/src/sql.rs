@@ -146,10 +146,32 @@ fn sql_limit_in(error: &DataFusionError) -> Option<AnalyticsError> {
     None
 }
 
+/// A file missing when a scan came to read it, however deeply wrapped: the listing at
+/// planning named it, and compaction deleted it since (another process's, on a shared lake).
+fn file_gone_in(error: &DataFusionError) -> Option<AnalyticsError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        let gone = match error.downcast_ref::<object_store::Error>() {
+            Some(object_store::Error::NotFound { .. }) => true,
+            _ => error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound),
+        };
+        if gone {
+            return Some(AnalyticsError::FileGone(error.to_string()));
+        }
+        cause = error.source();
+    }
+    None
+}
+
 /// Sorts DataFusion's errors into the codes a caller can act on.
 fn classify(error: DataFusionError) -> AnalyticsError {
     if let Some(refusal) = sql_limit_in(&error) {
         return refusal;
+    }
+    if let Some(gone) = file_gone_in(&error) {
+        return gone;
     }
     match error.find_root() {
         DataFusionError::ResourcesExhausted(reason) => AnalyticsError::QueryMemory(reason.clone()),
@@ -805,4 +827,78 @@ pub fn write_parquet(
     }
     writer.close().map_err(sql_error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lake::LakeConfig;
+    use crate::sinks::{TallyChange, TallyChangeLake};
+
+    fn change(offset: u64) -> TallyChange {
+        TallyChange {
+            decision_id: "d".into(),
+            option: 0,
+            component: "democratic",
+            count: offset as i64,
+            weight_millionths: offset as i64,
+            as_of_partition: 0,
+            as_of_offset: offset,
+            published_at: 1_780_272_000_000_000,
+        }
+    }
+
+    /// A file a query listed and then found gone (another process's compaction deleted it
+    /// after its grace period) is a retryable `lake_file_gone`, not a panic or a bare error.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_file_deleted_under_a_query_is_a_retryable_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LakeConfig {
+            min_group_voters: 1,
+            ..LakeConfig::new(dir.path().to_path_buf())
+        };
+        let mut lake = TallyChangeLake::open(config).unwrap();
+        // Files larger than the footer DataFusion fetches at planning, so their rows are
+        // read only when the query runs: random decision ids, which do not compress.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for file in 1..=2 {
+            let rows = (0..100_000u64)
+                .map(|n| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    TallyChange {
+                        decision_id: format!("{state:016x}{:016x}", state.rotate_left(29)),
+                        as_of_offset: file * 1_000_000 + n,
+                        ..change(file)
+                    }
+                })
+                .collect();
+            lake.append(rows).unwrap();
+        }
+        let sql = LakeSql::new(dir.path().to_path_buf(), SqlLimits::default());
+        let context = sql.session().unwrap();
+        let plan = context
+            .sql("SELECT COUNT(DISTINCT decision_id) FROM tally_changes")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let files = TableFiles::of::<TallyChanges>(dir.path().to_path_buf().into(), Vec::new());
+        let victim = files.live_files().unwrap().remove(0);
+        std::fs::remove_file(dir.path().join(&victim.key)).unwrap();
+        let error = datafusion::physical_plan::collect(plan, context.task_ctx())
+            .await
+            .unwrap_err();
+        let error = classify(error);
+        assert_eq!(error.code(), "lake_file_gone", "{error}");
+
+        // The next query lists the files again.
+        let rows = sql
+            .query("SELECT COUNT(*) FROM tally_changes")
+            .await
+            .unwrap();
+        assert_eq!(rows[0].num_rows(), 1);
+    }
 }

@@ -160,7 +160,8 @@ impl LakeLocation {
                 let path = root.join(key);
                 let dir = path.parent().unwrap_or(root).to_path_buf();
                 fs::create_dir_all(&dir).map_err(AnalyticsError::io(&dir))?;
-                let temp = path.with_extension("parquet.tmp");
+                // Named by the process too: two processes never share a temporary.
+                let temp = path.with_extension(format!("parquet.{}.tmp", std::process::id()));
                 let file = File::create(&temp).map_err(AnalyticsError::io(&temp))?;
                 let Body::File(file) = encode(Body::File(file))? else {
                     unreachable!("encode hands back the body it was given");
@@ -266,8 +267,13 @@ impl LakeLocation {
     }
 
     /// Removes what a crash left half-written (only local folders have such leftovers: an
-    /// object that was not put whole does not exist).
-    pub(crate) fn clean(&self, table: &str) -> Result<(), AnalyticsError> {
+    /// object that was not put whole does not exist); with `older_than`, only leftovers
+    /// not touched for that long.
+    pub(crate) fn clean(
+        &self,
+        table: &str,
+        older_than: Option<std::time::Duration>,
+    ) -> Result<(), AnalyticsError> {
         let Self::Local(root) = self else {
             return Ok(());
         };
@@ -276,8 +282,22 @@ impl LakeLocation {
         for folder in subdirs(&dir)? {
             for entry in fs::read_dir(&folder).map_err(AnalyticsError::io(&folder))? {
                 let path = entry.map_err(AnalyticsError::io(&folder))?.path();
-                if path.extension().is_some_and(|e| e == "tmp") {
-                    fs::remove_file(&path).map_err(AnalyticsError::io(&path))?;
+                if path.extension().is_none_or(|e| e != "tmp") {
+                    continue;
+                }
+                let untouched = |age: std::time::Duration| {
+                    fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|at| at.elapsed().ok())
+                        .is_some_and(|elapsed| elapsed >= age)
+                };
+                if older_than.is_none_or(untouched) {
+                    match fs::remove_file(&path) {
+                        // Another process renamed or removed it meanwhile.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        other => other.map_err(AnalyticsError::io(&path))?,
+                    }
                 }
             }
         }

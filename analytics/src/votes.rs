@@ -158,8 +158,10 @@ impl<T: LogTable> LogLake<T> {
     /// rewrites files of an earlier layout.
     pub fn open(config: LakeConfig) -> Result<Self, AnalyticsError> {
         let files = TableFiles::of::<T>(config.location.clone(), T::plain_columns());
-        files.open()?;
-        files.bring_to_layout(&config)?;
+        files.open(&config)?;
+        if config.share.keeps_whole_lake() {
+            files.bring_to_layout(&config)?;
+        }
         Ok(Self {
             config,
             files,
@@ -224,13 +226,20 @@ impl<T: LogTable> LogLake<T> {
     pub fn compact(&self) -> Result<(u64, u64), AnalyticsError> {
         self.files.compact(&self.config)
     }
+
+    /// Whether this writer copies `partition` (a cluster's process: the partitions its
+    /// workers read).
+    pub fn owns(&self, partition: u32) -> bool {
+        self.config.share.owns(partition)
+    }
 }
 
 fn space(partition: u32) -> String {
     format!("p{partition:04}")
 }
 
-/// Reads exactly offsets `first..=last` of `partition`.
+/// Reads the records of offsets `first..=last` of `partition`: every offset, but those the
+/// log refuses to hand over (a Kafka log's dead letters), which it refuses every time.
 fn read_exact<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Sized>(
     log: &L,
     partition: u32,
@@ -240,25 +249,27 @@ fn read_exact<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Sized
     let mut out = Vec::with_capacity((last - first + 1) as usize);
     let mut next = first;
     while next <= last {
-        let batch = log.read(partition, next, (last - next + 1) as usize)?;
-        if batch.is_empty() {
+        let batch = log.read_batch(partition, next, (last - next + 1) as usize)?;
+        if batch.next <= next {
             return Err(AnalyticsError::LogGap {
                 partition,
                 expected: next,
                 got: log.end_offset(partition)?,
             });
         }
-        for record in batch {
-            if T::offset(&record) != next {
+        for record in batch.records {
+            let offset = T::offset(&record);
+            if offset < next || offset > last {
                 return Err(AnalyticsError::LogGap {
                     partition,
                     expected: next,
-                    got: T::offset(&record),
+                    got: offset,
                 });
             }
-            next += 1;
+            next = offset + 1;
             out.push(record);
         }
+        next = next.max(batch.next);
     }
     Ok(out)
 }
@@ -282,7 +293,7 @@ pub fn sync_log<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Siz
     let partitions = log.partitions();
     if cursor.next.is_none() {
         let mut next = vec![0; partitions as usize];
-        for partition in 0..partitions {
+        for partition in (0..partitions).filter(|&p| lake.owns(p)) {
             if let Some((first, last)) = lake.last_range(partition)? {
                 let records = read_exact::<T, E, L>(log, partition, first, last)?;
                 report.files += lake.write_range(partition, &records)?;
@@ -293,24 +304,30 @@ pub fn sync_log<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Siz
         cursor.next = Some(next);
     }
     let next = cursor.next.as_mut().expect("set above");
-    for partition in 0..partitions {
+    for partition in (0..partitions).filter(|&p| lake.owns(p)) {
         let at = &mut next[partition as usize];
         loop {
-            let records = log.read(partition, *at, range_rows.max(1))?;
-            let (Some(head), Some(end)) = (records.first(), records.last()) else {
-                break;
-            };
-            if T::offset(head) != *at {
+            // Records the log refuses (dead letters) are left out, the same every time, so
+            // a range's content is still a function of its offsets.
+            let batch = log.read_batch(partition, *at, range_rows.max(1))?;
+            let records = batch.records;
+            if let Some(head) = records.first()
+                && T::offset(head) < *at
+            {
                 return Err(AnalyticsError::LogGap {
                     partition,
                     expected: *at,
                     got: T::offset(head),
                 });
             }
-            let end = T::offset(end);
-            report.files += lake.write_range(partition, &records)?;
-            report.rows += records.len() as u64;
-            *at = end + 1;
+            if !records.is_empty() {
+                report.files += lake.write_range(partition, &records)?;
+                report.rows += records.len() as u64;
+            }
+            if batch.next <= *at {
+                break;
+            }
+            *at = batch.next;
         }
     }
     Ok(report)

@@ -15,7 +15,7 @@ use canopy_schemas::{Component, Decision, DecisionId};
 
 use crate::AnalyticsError;
 use crate::decisions::DecisionLake;
-use crate::lake::LakeConfig;
+use crate::lake::{LakeConfig, LakeShare};
 use crate::sinks::{
     CheckpointEntry, CheckpointLake, ReleaseGate, TallyChange, TallyChangeLake, WindowFeature,
     WindowFeatureLake,
@@ -30,6 +30,19 @@ struct Changes {
     /// Per decision, its cells as last published: (option, component) → (count, weight).
     cells: HashMap<DecisionId, HashMap<(u16, Component), CellValues>>,
     rows: Vec<TallyChange>,
+    /// Per log partition, the end this process's workers saw published everywhere: every
+    /// decision's tally as of it is what was last published of it.
+    ends: HashMap<u32, u64>,
+}
+
+/// What [`LakeViews::take_published`] hands over.
+#[derive(Clone, Debug, Default)]
+pub struct Published {
+    /// The changes recorded since the last call, in the order published.
+    pub rows: Vec<TallyChange>,
+    /// Per log partition this process feeds, the end published everywhere: no recorded
+    /// change is missing below it.
+    pub ends: HashMap<u32, u64>,
 }
 
 /// A [`ViewStore`] in front of another that also records, per published epoch, every
@@ -55,19 +68,23 @@ impl LakeViews {
 
     /// The changes recorded since the last call.
     pub fn take_changes(&self) -> Vec<TallyChange> {
-        std::mem::take(
-            &mut self
-                .changes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .rows,
-        )
+        self.take_published().rows
+    }
+
+    /// The changes recorded since the last call, and the ends published as of them (taken
+    /// together, so no change at or below an end is still to come).
+    pub fn take_published(&self) -> Published {
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        Published {
+            rows: std::mem::take(&mut changes.rows),
+            ends: changes.ends.clone(),
+        }
     }
 
     fn record(&self, updates: &[ViewUpdate]) {
         let published_at = now_micros();
         let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let Changes { cells, rows } = &mut *changes;
+        let Changes { cells, rows, .. } = &mut *changes;
         for update in updates {
             let new: HashMap<(u16, Component), CellValues> = update
                 .tally
@@ -111,6 +128,13 @@ impl ViewStore for LakeViews {
     }
 
     fn advance(&self, partition: u32, end: u64) {
+        // Called once the epoch is published everywhere: every change below `end` has been
+        // recorded by whichever process publishes it.
+        {
+            let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+            let known = changes.ends.entry(partition).or_insert(end);
+            *known = (*known).max(end);
+        }
         self.inner.advance(partition, end);
     }
 
@@ -264,9 +288,13 @@ impl WriterReport {
     }
 }
 
-/// Every table of a node's lake, written on each flush.
+/// A tally cell: (decision, option, component).
+type CellKey = (String, i32, &'static str);
+
+/// Every table of a node's lake (or a cluster process's share of it), written on each flush.
 #[derive(Debug)]
 pub struct LakeWriter {
+    share: LakeShare,
     decisions: DecisionLake,
     votes: VoteLake,
     vote_cursor: SyncCursor,
@@ -274,6 +302,12 @@ pub struct LakeWriter {
     reading_cursor: SyncCursor,
     tally_changes: TallyChangeLake,
     tally_gate: ReleaseGate,
+    /// Per cell, its newest state published at or below the lake's mark: a restart
+    /// publishes a decision's tally as of its engine checkpoint, which may be older than
+    /// what the lake shows, and the state may have moved on since what the lake shows.
+    /// Written once a later position of the decision is known (see
+    /// [`LakeWriter::write_published`]), unless a newer change of the cell comes first.
+    stale: HashMap<CellKey, TallyChange>,
     window_features: WindowFeatureLake,
     checkpoints: CheckpointLake,
     range_rows: usize,
@@ -284,6 +318,8 @@ impl LakeWriter {
         let tally_changes = TallyChangeLake::open(config.clone())?;
         let tally_gate = ReleaseGate::seeded(&tally_changes, config.min_group_voters)?;
         Ok(Self {
+            share: config.share.clone(),
+            stale: HashMap::new(),
             decisions: DecisionLake::open(config.clone())?,
             votes: VoteLake::open(config.clone())?,
             vote_cursor: SyncCursor::default(),
@@ -297,8 +333,17 @@ impl LakeWriter {
         })
     }
 
-    /// Writes the registered decisions, if they changed since the last call.
+    /// Which part of the lake this writer keeps.
+    pub fn share(&self) -> &LakeShare {
+        &self.share
+    }
+
+    /// Writes the registered decisions, if they changed since the last call (only the
+    /// writer that keeps the whole lake does).
     pub fn write_decisions(&mut self, decisions: &[Decision]) -> Result<bool, AnalyticsError> {
+        if !self.share.keeps_whole_lake() {
+            return Ok(false);
+        }
         self.decisions.write_snapshot(decisions)
     }
 
@@ -322,16 +367,74 @@ impl LakeWriter {
     /// [`ReleaseGate`]); the others are left out for good, as the next change of their cell
     /// carries the cell's whole state.
     pub fn write_tally_changes(&mut self, rows: Vec<TallyChange>) -> Result<u64, AnalyticsError> {
-        // The gate moves on only once the rows it let through are in a file: a failed write
-        // is tried again with the same rows, and they must pass again.
+        self.write_published(Published {
+            rows,
+            ends: HashMap::new(),
+        })
+    }
+
+    /// [`write_tally_changes`](Self::write_tally_changes) of what [`LakeViews`] published,
+    /// with the ends it saw published: a cell whose change came at or below the lake's
+    /// mark (a restart's replay) is written as of a later position of its decision once
+    /// one is known, if no newer change of it came first. So what the lake shows last of a
+    /// cell is its state, after any restart.
+    pub fn write_published(&mut self, published: Published) -> Result<u64, AnalyticsError> {
+        // The gate and the stale cells move on only once the rows are in a file: a failed
+        // write is tried again with the same rows, and they must pass again.
         let mut gate = self.tally_gate.clone();
+        let mut stale = self.stale.clone();
         let lake = &mut self.tally_changes;
-        let shown = rows
-            .into_iter()
-            .filter(|row| lake.is_new(row) && gate.admits(row))
-            .collect();
+        let mut fresh = Vec::with_capacity(published.rows.len());
+        // Per decision, the newest position of it this batch brings above the lake's mark.
+        let mut known_at: HashMap<String, (u64, i64)> = HashMap::new();
+        for row in published.rows {
+            let cell = (row.decision_id.clone(), row.option, row.component);
+            if lake.is_new(&row) {
+                stale.remove(&cell);
+                let at = known_at
+                    .entry(row.decision_id.clone())
+                    .or_insert((0, row.published_at));
+                *at = (at.0.max(row.as_of_offset), at.1.max(row.published_at));
+                fresh.push(row);
+            } else {
+                stale.insert(cell, row);
+            }
+        }
+        let now = now_micros();
+        let cells: Vec<CellKey> = stale.keys().cloned().collect();
+        for cell in cells {
+            let row = &stale[&cell];
+            let later = known_at
+                .get(&row.decision_id)
+                .copied()
+                .into_iter()
+                .chain(
+                    published
+                        .ends
+                        .get(&row.as_of_partition)
+                        .map(|&end| (end, now)),
+                )
+                .filter(|&(offset, _)| {
+                    lake.is_new(&TallyChange {
+                        as_of_offset: offset,
+                        ..row.clone()
+                    })
+                })
+                .max_by_key(|&(offset, _)| offset);
+            if let Some((offset, published_at)) = later
+                && let Some(row) = stale.remove(&cell)
+            {
+                fresh.push(TallyChange {
+                    as_of_offset: offset,
+                    published_at,
+                    ..row
+                });
+            }
+        }
+        let shown = fresh.into_iter().filter(|row| gate.admits(row)).collect();
         let written = lake.append(shown)?;
         self.tally_gate = gate;
+        self.stale = stale;
         Ok(written)
     }
 
@@ -347,12 +450,23 @@ impl LakeWriter {
         self.checkpoints.mark(decision)
     }
 
+    /// Writes the record's new checkpoints (only the writer that keeps the whole lake does).
     pub fn write_checkpoints(&mut self, rows: Vec<CheckpointEntry>) -> Result<u64, AnalyticsError> {
+        if !self.share.keeps_whole_lake() {
+            return Ok(0);
+        }
         self.checkpoints.append(rows)
     }
 
-    /// Merges small files of every table; returns (files merged away, files deleted).
+    /// Merges small files of every table; returns (files merged away, files deleted). Only
+    /// the writer that keeps the whole lake compacts, the other processes' files too: a
+    /// merge takes a run of files already written and names the union after their ranges,
+    /// a name no writer writes, and carries the marks of the run's newest file, which are
+    /// its writer's marks as of then (see `sinks.rs`).
     pub fn compact(&self) -> Result<(u64, u64), AnalyticsError> {
+        if !self.share.keeps_whole_lake() {
+            return Ok((0, 0));
+        }
         let mut total = (0, 0);
         for (merged, deleted) in [
             self.decisions.compact()?,
@@ -366,5 +480,118 @@ impl LakeWriter {
             total.1 += deleted;
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(count: i64, offset: u64) -> TallyChange {
+        TallyChange {
+            decision_id: "d".into(),
+            option: 1,
+            component: "democratic",
+            count,
+            weight_millionths: count * 1_000_000,
+            as_of_partition: 2,
+            as_of_offset: offset,
+            published_at: 1_780_272_000_000_000,
+        }
+    }
+
+    fn newest(writer: &LakeWriter) -> (u64, i64) {
+        let mut newest = (0, 0);
+        writer
+            .tally_changes
+            .for_each_batch(|batch| {
+                use arrow_array::cast::AsArray;
+                use arrow_array::types::Int64Type;
+                let column = |name| {
+                    batch
+                        .column_by_name(name)
+                        .unwrap()
+                        .as_primitive::<Int64Type>()
+                };
+                let (offsets, counts) = (column("as_of_offset"), column("count"));
+                for row in 0..batch.num_rows() {
+                    if offsets.value(row) as u64 >= newest.0 {
+                        newest = (offsets.value(row) as u64, counts.value(row));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        newest
+    }
+
+    /// The lake shows a cell at 4 as of offset 110; the cell went back to 3 at 125 and the
+    /// node crashed before writing it. The restart resumes from an engine checkpoint at 105
+    /// and publishes 3 as of 105 (at or below the mark: dropped), and nothing of the
+    /// decision after (its tally did not change since 105). Once the partition's end past
+    /// the mark is published, the lake shows 3, as of that end.
+    #[test]
+    fn a_replay_below_the_mark_still_ends_in_the_live_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LakeConfig {
+            min_group_voters: 1,
+            ..LakeConfig::new(dir.path().to_path_buf())
+        };
+        let mut writer = LakeWriter::open(config.clone()).unwrap();
+        assert_eq!(writer.write_tally_changes(vec![cell(4, 110)]).unwrap(), 1);
+        drop(writer);
+
+        let mut writer = LakeWriter::open(config.clone()).unwrap();
+        let replay = Published {
+            rows: vec![cell(3, 105)],
+            ends: HashMap::from([(2, 105)]),
+        };
+        assert_eq!(writer.write_published(replay).unwrap(), 0);
+        assert_eq!(newest(&writer), (110, 4), "nothing known past the mark yet");
+        let later = Published {
+            rows: Vec::new(),
+            ends: HashMap::from([(2, 130)]),
+        };
+        assert_eq!(writer.write_published(later).unwrap(), 1);
+        assert_eq!(newest(&writer), (130, 3));
+        // Written once: a restart at the same point writes nothing more.
+        drop(writer);
+        let mut writer = LakeWriter::open(config).unwrap();
+        let again = Published {
+            rows: vec![cell(3, 105)],
+            ends: HashMap::from([(2, 130)]),
+        };
+        assert_eq!(writer.write_published(again).unwrap(), 0);
+        assert_eq!(newest(&writer), (130, 3));
+    }
+
+    /// A newer change of the cell makes the dropped state moot, and a later change of the
+    /// decision carries the other cells' dropped states with it.
+    #[test]
+    fn a_newer_change_replaces_a_dropped_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LakeConfig {
+            min_group_voters: 1,
+            ..LakeConfig::new(dir.path().to_path_buf())
+        };
+        let mut writer = LakeWriter::open(config.clone()).unwrap();
+        writer.write_tally_changes(vec![cell(4, 110)]).unwrap();
+        drop(writer);
+        let mut writer = LakeWriter::open(config).unwrap();
+        let other = TallyChange {
+            option: 0,
+            ..cell(7, 140)
+        };
+        let rows = vec![cell(3, 105), cell(5, 120), other];
+        assert_eq!(
+            writer
+                .write_published(Published {
+                    rows,
+                    ends: HashMap::new()
+                })
+                .unwrap(),
+            2
+        );
+        assert!(writer.stale.is_empty());
     }
 }

@@ -81,13 +81,24 @@ pub struct KafkaWorkerArgs {
     threads: usize,
 }
 
+/// The log's signing key of a run, the same in the benchmark and its worker processes
+/// (each run has a topic of its own; the key guards nothing here).
+fn log_key(topic: &str) -> canopy_ingest::LogKey {
+    use sha2::Digest;
+    canopy_ingest::LogKey::from_bytes(sha2::Sha256::digest(topic.as_bytes()).into())
+}
+
 /// One worker process: the engine over the topic, results into Redis, until stdin closes.
 pub fn worker(args: KafkaWorkerArgs) -> anyhow::Result<()> {
     let (decisions, _) = vote_stream(0, args.decisions, args.partitions, args.seed);
     let log = KafkaLog::connect(KafkaConfig {
         partitions: args.partitions,
         create_topic: false,
-        ..KafkaConfig::new(args.brokers.clone(), args.topic.clone())
+        ..KafkaConfig::new(
+            args.brokers.clone(),
+            args.topic.clone(),
+            log_key(&args.topic),
+        )
     })?;
     let views = Arc::new(RedisViews::connect(&args.redis, &args.prefix)?);
     let addresses: Vec<String> = args.hosts.split(',').map(str::to_string).collect();
@@ -229,7 +240,7 @@ fn run(
     let prefix = format!("canopy-bench-{id}");
     let log = KafkaLog::connect(KafkaConfig {
         partitions: args.partitions,
-        ..KafkaConfig::new(args.brokers.clone(), topic.clone())
+        ..KafkaConfig::new(args.brokers.clone(), topic.clone(), log_key(&topic))
     })?;
     let views = RedisViews::connect(&args.redis, &prefix)?;
     let _workers = start_workers(args, processes, &topic, &prefix)?;

@@ -25,6 +25,7 @@ use serde_json::json;
 mod analytics;
 mod http;
 mod kafka;
+mod restore;
 mod sensors;
 
 #[global_allocator]
@@ -86,6 +87,9 @@ enum Bench {
     /// Typical analyst queries in SQL over a lake of generated votes (50M by default),
     /// against a hand-written single-threaded computation from the same Parquet files.
     Analytics(analytics::AnalyticsArgs),
+    /// Restore time of engine checkpoints in PostgreSQL as history grows, with full
+    /// checkpoints and compaction and without.
+    Restore(restore::RestoreArgs),
     /// Leaves per second into a Merkle log with a signed checkpoint every 1000 leaves,
     /// against raw SHA-256 of the same bytes.
     Merkle {
@@ -118,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         Bench::KafkaWorker(args) => kafka::worker(args),
         Bench::Sensors(args) => sensors::run(args),
         Bench::Analytics(args) => analytics::run(args),
+        Bench::Restore(args) => restore::run(args),
         Bench::Merkle {
             leaves,
             checkpoint_every,

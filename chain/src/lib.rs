@@ -13,6 +13,8 @@
 //!   anchor   AnchorBatch: one entry per decision (its log size and root), and the audit
 //!            trail's head under AUDIT_TRAIL_ID ─▶ batch root, AnchorPath, verify_anchored,
 //!            verify_audit_anchor
+//!   tiles    the log as C2SP tlog tiles: what a growth writes (growth_tiles, growth_bundles),
+//!            roots and proofs read back from tiles (TiledLog over a TileSource)
 //!   target   trait AnchorTarget ─┬─ AnchorJournal: a signed line per batch, fsync'd
 //!                                └─ evm::EvmTarget (feature `evm`): recordBatch + confirmations
 //!   evm      EvmAnchor (alloy client: deploy, record_batch, batch, decision_history,
@@ -31,6 +33,7 @@ pub mod evm;
 pub mod merkle;
 pub mod note;
 pub mod target;
+pub mod tiles;
 
 pub use anchor::{
     AUDIT_TRAIL_ID, AnchorBatch, AnchorEntry, AnchorPath, verify_anchored, verify_audit_anchor,
@@ -42,6 +45,7 @@ pub use merkle::{
 };
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use target::{AnchorJournal, AnchorReceipt, AnchorTarget, JournalAuditAnchor, batch_origin};
+pub use tiles::{TileKind, TileRef, TileSource, TileWrite, TiledLog};
 
 /// Why a proof, checkpoint or key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +68,24 @@ pub enum ChainError {
     BadBundle(String),
     #[error("anchoring: {0}")]
     Anchoring(String),
+    /// A tile the answer needs is not in the store (yet).
+    #[error("the tile {0} is missing")]
+    TileMissing(String),
+    /// A tile's bytes are not what its address says (length, or short for the size read).
+    #[error("bad tile: {0}")]
+    BadTile(String),
+    /// Not a tile path of the C2SP tlog-tiles layout, spelled the one canonical way.
+    #[error("bad tile path: {0}")]
+    BadTilePath(String),
+    #[error("bad entry bundle: {0}")]
+    BadEntryBundle(String),
+    /// The record store (folder or bucket) could not be read or written. Transient.
+    #[error("the record store failed: {0}")]
+    TileStore(String),
+    /// A tile already stored holds other bytes than the ones being written: tiles never
+    /// change, so the store or the log is corrupt.
+    #[error("the tile {0} is stored with other bytes")]
+    TileConflict(String),
 
     // The EVM anchoring client's failures (`evm::EvmAnchor`, `evm::deploy`, `evm::EvmTarget`);
     // plain data, so they exist with or without the `evm` feature and a `match` reads the
@@ -129,6 +151,12 @@ impl ChainError {
             Self::BadKey(_) => "bad_key",
             Self::BadBundle(_) => "bad_bundle",
             Self::Anchoring(_) => "anchoring",
+            Self::TileMissing(_) => "tile_missing",
+            Self::BadTile(_) => "bad_tile",
+            Self::BadTilePath(_) => "bad_tile_path",
+            Self::BadEntryBundle(_) => "bad_entry_bundle",
+            Self::TileStore(_) => "tile_store",
+            Self::TileConflict(_) => "tile_conflict",
             Self::EvmBadConfig(_) => "evm_bad_config",
             Self::EvmBadKey(_) => "evm_bad_key",
             Self::EvmUnreachable(_) => "evm_unreachable",

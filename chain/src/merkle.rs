@@ -169,14 +169,20 @@ impl MerkleLog {
             .copied()
     }
 
+    /// The hash of the complete, aligned block of `2^level` leaves starting at leaf
+    /// `index << level`, if the log has all of it: what a tile of the C2SP tlog-tiles
+    /// layout holds (`level` 8L is the bottom row of the tiles at level L).
+    pub fn stored_hash(&self, level: u32, index: u64) -> Option<Hash> {
+        self.levels
+            .get(usize::try_from(level).ok()?)?
+            .get(usize::try_from(index).ok()?)
+            .copied()
+    }
+
     /// The root of the first `size` leaves: the current root, or any earlier one.
     pub fn root_at(&self, size: u64) -> Result<Hash, ChainError> {
         self.check_size(size)?;
-        Ok(if size == 0 {
-            empty_root()
-        } else {
-            self.subtree(0, size)
-        })
+        tree_root(self, size)
     }
 
     pub fn root(&self) -> Hash {
@@ -188,26 +194,14 @@ impl MerkleLog {
     /// (RFC 9162 §2.1.3.1).
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ChainError> {
         self.check_size(size)?;
-        if index >= size {
-            return Err(ChainError::IndexOutOfRange { index, size });
-        }
-        let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof);
-        Ok(proof)
+        inclusion_path(self, index, size)
     }
 
     /// The proof that the tree of `old` leaves is a prefix of the tree of `new` leaves
     /// (RFC 9162 §2.1.4.1). Empty when `old` is 0 or equals `new`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ChainError> {
         self.check_size(new)?;
-        if old > new {
-            return Err(ChainError::SizesOutOfOrder { old, new });
-        }
-        let mut proof = Vec::new();
-        if old > 0 && old < new {
-            self.subproof(old, 0, new, true, &mut proof);
-        }
-        Ok(proof)
+        consistency_path(self, old, new)
     }
 
     fn check_size(&self, size: u64) -> Result<(), ChainError> {
@@ -219,47 +213,116 @@ impl MerkleLog {
         }
         Ok(())
     }
+}
 
-    /// MTH of leaves [start, start + len), len ≥ 1.
-    fn subtree(&self, start: u64, len: u64) -> Hash {
-        if len.is_power_of_two() && start.is_multiple_of(len) {
-            let level = len.trailing_zeros() as usize;
-            return self.levels[level][(start / len) as usize];
-        }
-        let k = split_point(len);
-        node_hash(&self.subtree(start, k), &self.subtree(start + k, len - k))
-    }
+/// Where the proof algorithms below read the hash of a complete, aligned block of
+/// `2^level` leaves (block `index` of its level): a `MerkleLog` in memory, or the tiles of
+/// a log in a store (the tiles module). The callers only ask for blocks inside the tree they
+/// were given.
+pub(crate) trait StoredHashes {
+    fn stored(&self, level: u32, index: u64) -> Result<Hash, ChainError>;
+}
 
-    fn path(&self, index: u64, start: u64, len: u64, proof: &mut Vec<Hash>) {
-        if len == 1 {
-            return;
-        }
-        let k = split_point(len);
-        if index < k {
-            self.path(index, start, k, proof);
-            proof.push(self.subtree(start + k, len - k));
-        } else {
-            self.path(index - k, start + k, len - k, proof);
-            proof.push(self.subtree(start, k));
-        }
+impl StoredHashes for MerkleLog {
+    fn stored(&self, level: u32, index: u64) -> Result<Hash, ChainError> {
+        Ok(self.levels[level as usize][index as usize])
     }
+}
 
-    fn subproof(&self, old: u64, start: u64, len: u64, complete: bool, proof: &mut Vec<Hash>) {
-        if old == len {
-            if !complete {
-                proof.push(self.subtree(start, len));
-            }
-            return;
-        }
-        let k = split_point(len);
-        if old <= k {
-            self.subproof(old, start, k, complete, proof);
-            proof.push(self.subtree(start + k, len - k));
-        } else {
-            self.subproof(old - k, start + k, len - k, false, proof);
-            proof.push(self.subtree(start, k));
-        }
+/// The root of the tree of the first `size` leaves.
+pub(crate) fn tree_root(hashes: &impl StoredHashes, size: u64) -> Result<Hash, ChainError> {
+    if size == 0 {
+        return Ok(empty_root());
     }
+    subtree(hashes, 0, size)
+}
+
+/// The audit path of leaf `index` in the tree of `size` leaves (RFC 9162 §2.1.3.1).
+pub(crate) fn inclusion_path(
+    hashes: &impl StoredHashes,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, ChainError> {
+    if index >= size {
+        return Err(ChainError::IndexOutOfRange { index, size });
+    }
+    let mut proof = Vec::new();
+    path(hashes, index, 0, size, &mut proof)?;
+    Ok(proof)
+}
+
+/// The consistency proof between the trees of `old` and `new` leaves (RFC 9162 §2.1.4.1).
+pub(crate) fn consistency_path(
+    hashes: &impl StoredHashes,
+    old: u64,
+    new: u64,
+) -> Result<Vec<Hash>, ChainError> {
+    if old > new {
+        return Err(ChainError::SizesOutOfOrder { old, new });
+    }
+    let mut proof = Vec::new();
+    if old > 0 && old < new {
+        subproof(hashes, old, 0, new, true, &mut proof)?;
+    }
+    Ok(proof)
+}
+
+/// MTH of leaves [start, start + len), len ≥ 1.
+fn subtree(hashes: &impl StoredHashes, start: u64, len: u64) -> Result<Hash, ChainError> {
+    if len.is_power_of_two() && start.is_multiple_of(len) {
+        return hashes.stored(len.trailing_zeros(), start / len);
+    }
+    let k = split_point(len);
+    Ok(node_hash(
+        &subtree(hashes, start, k)?,
+        &subtree(hashes, start + k, len - k)?,
+    ))
+}
+
+fn path(
+    hashes: &impl StoredHashes,
+    index: u64,
+    start: u64,
+    len: u64,
+    proof: &mut Vec<Hash>,
+) -> Result<(), ChainError> {
+    if len == 1 {
+        return Ok(());
+    }
+    let k = split_point(len);
+    if index < k {
+        path(hashes, index, start, k, proof)?;
+        proof.push(subtree(hashes, start + k, len - k)?);
+    } else {
+        path(hashes, index - k, start + k, len - k, proof)?;
+        proof.push(subtree(hashes, start, k)?);
+    }
+    Ok(())
+}
+
+fn subproof(
+    hashes: &impl StoredHashes,
+    old: u64,
+    start: u64,
+    len: u64,
+    complete: bool,
+    proof: &mut Vec<Hash>,
+) -> Result<(), ChainError> {
+    if old == len {
+        if !complete {
+            proof.push(subtree(hashes, start, len)?);
+        }
+        return Ok(());
+    }
+    let k = split_point(len);
+    if old <= k {
+        subproof(hashes, old, start, k, complete, proof)?;
+        proof.push(subtree(hashes, start + k, len - k)?);
+    } else {
+        subproof(hashes, old - k, start + k, len - k, false, proof)?;
+        proof.push(subtree(hashes, start, k)?);
+    }
+    Ok(())
 }
 
 /// Checks an audit path (RFC 9162 §2.1.3.2): that `leaf` is leaf `index` of the tree of

@@ -17,7 +17,11 @@ use crate::DataflowError;
 use crate::epoch::Epoch;
 use crate::log_reader::PartitionCursors;
 use crate::record::VoteRecord;
-use crate::state::{EngineSnapshot, StateChunk, StateStore, decode_entries, encode_entries};
+use crate::sensor_feed::{SensorFeed, SensorWorker};
+use crate::state::{
+    EngineSnapshot, MAX_PART_BYTES, StateChunk, StateStore, decode_entries, encode_parts,
+    pack_parts,
+};
 use crate::tally::{TallyInputs, build_tally_dataflow};
 use crate::views::ViewStore;
 use crate::worker_pool::{StopFlag, WorkerPool, partitions_of};
@@ -45,9 +49,16 @@ pub struct EngineConfig {
     pub state: Option<Arc<dyn StateStore>>,
     /// How often worker 0 starts an engine checkpoint.
     pub checkpoint_interval: Duration,
+    /// Every this many checkpoints (by number), each worker also writes its base, making a
+    /// full checkpoint that lets the store delete every older one (0: never). Every process
+    /// of a cluster must use the same value, or no full checkpoint completes.
+    pub full_checkpoint_every: u64,
     /// Where a worker looks up a decision it meets in the log but was never told about (in a
     /// cluster, decisions are registered by API replicas in the shared metadata store).
     pub directory: Option<Arc<dyn DecisionDirectory>>,
+    /// With a sensor log: the features dataflow runs in the same computation, each worker
+    /// reading the sensor partitions p ≡ i (mod W), sealed with the tally's epochs.
+    pub sensors: Option<SensorFeed>,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -57,6 +68,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_epoch_records", &self.max_epoch_records)
             .field("cluster", &self.cluster)
             .field("checkpoints", &self.state.is_some())
+            .field("sensors", &self.sensors)
             .finish_non_exhaustive()
     }
 }
@@ -72,7 +84,9 @@ impl Default for EngineConfig {
             cluster_tick: Duration::from_secs(1),
             state: None,
             checkpoint_interval: Duration::from_secs(2),
+            full_checkpoint_every: 20,
             directory: None,
+            sensors: None,
         }
     }
 }
@@ -197,6 +211,7 @@ fn load_snapshot(config: &EngineConfig) -> Result<EngineSnapshot, DataflowError>
     if let Some(snapshot) = &snapshot {
         tracing::info!(
             checkpoint = snapshot.seq,
+            full = ?snapshot.full,
             chunks = snapshot.chunks.len(),
             "resuming from an engine checkpoint"
         );
@@ -255,6 +270,9 @@ fn drive_worker(
     });
     if let Err(reason) = &result {
         context.views.fail(reason.clone());
+        if let Some(sensors) = &context.config.sensors {
+            sensors.views.fail(reason.clone());
+        }
     }
     result
 }
@@ -271,8 +289,15 @@ struct TallyWorker<'a> {
     cursors: PartitionCursors,
     decisions_version: u64,
     next_checkpoint: u64,
+    /// What this worker has put into checkpoints, for its base at a full one: its share of
+    /// the restored chunks (indices into the snapshot, which the context keeps anyway) and
+    /// the deltas it wrote since.
+    restored_share: Vec<usize>,
+    written: Vec<Vec<u8>>,
     last_mark: Instant,
     last_cut_check: Instant,
+    /// The features dataflow, when the engine has a sensor log.
+    sensors: Option<SensorWorker>,
 }
 
 impl<'a> TallyWorker<'a> {
@@ -291,8 +316,10 @@ impl<'a> TallyWorker<'a> {
         );
         // The checkpoint's chunks are shared out among the workers of this run, whatever
         // the size of the run that wrote them; the dataflow routes each entry to its owner.
-        for chunk in snapshot.chunks.iter().skip(index).step_by(peers) {
-            let entries = decode_entries(chunk).map_err(|error| error.to_string())?;
+        let restored_share: Vec<usize> = (index..snapshot.chunks.len()).step_by(peers).collect();
+        for &chunk in &restored_share {
+            let entries =
+                decode_entries(&snapshot.chunks[chunk]).map_err(|error| error.to_string())?;
             inputs.restore(&entries);
         }
         let resume: HashMap<u32, u64> = snapshot.ends.iter().copied().collect();
@@ -302,6 +329,10 @@ impl<'a> TallyWorker<'a> {
         for (partition, end) in cursors.ends() {
             inputs.note_end(partition, end);
         }
+        let sensors = context.config.sensors.as_ref().map(|feed| {
+            let owned = partitions_of(index, peers, feed.log.partitions());
+            SensorWorker::build(worker, feed, owned)
+        });
         Ok(Self {
             context,
             index,
@@ -311,8 +342,11 @@ impl<'a> TallyWorker<'a> {
             cursors,
             decisions_version: 0,
             next_checkpoint: snapshot.seq + 1,
+            restored_share,
+            written: Vec::new(),
             last_mark: Instant::now(),
             last_cut_check: Instant::now(),
+            sensors,
         })
     }
 
@@ -324,13 +358,19 @@ impl<'a> TallyWorker<'a> {
         let start = clock_epoch().max(shared.epoch.load(Ordering::Acquire));
         shared.epoch.fetch_max(start, Ordering::AcqRel);
         self.inputs.seal_until(start);
+        if let Some(sensors) = &mut self.sensors {
+            sensors.seal_until(start);
+        }
     }
 
     /// One look at the log and at the epochs: read, agree on the epoch, write due
     /// checkpoints, watch the record, seal.
     fn round(&mut self, worker: &mut Worker) -> Result<(), String> {
         self.sync_decisions();
-        let fed = self.read()?;
+        let mut fed = self.read()?;
+        if let Some(sensors) = &mut self.sensors {
+            fed += sensors.read()?;
+        }
         let current = self.inputs.current_epoch();
         self.announce(current, fed);
         self.checkpoint(current)?;
@@ -422,18 +462,34 @@ impl<'a> TallyWorker<'a> {
         // A checkpoint's epoch may complete while this worker rests (it waits only for the
         // epochs it seals): look every time round.
         for due in self.inputs.due_checkpoints() {
+            let full = config.full_checkpoint_every > 0
+                && due.seq.is_multiple_of(config.full_checkpoint_every);
+            let delta = encode_parts(&due.entries, MAX_PART_BYTES);
+            let base = full.then(|| self.base()).transpose()?;
             let chunk = StateChunk {
                 seq: due.seq,
                 worker: self.index as u32,
                 workers: self.peers as u32,
                 ends: due.ends,
-                data: encode_entries(&due.entries),
+                delta: delta.clone(),
+                base,
             };
             state
                 .write(chunk)
                 .map_err(|error| format!("writing engine checkpoint {}: {error}", due.seq))?;
+            self.written
+                .extend(delta.into_iter().filter(|part| !part.is_empty()));
         }
         Ok(())
+    }
+
+    /// Everything this worker restored or wrote so far, in parts: its base at a full
+    /// checkpoint. Together the workers' bases hold every entry of the state exactly once.
+    fn base(&self) -> Result<Vec<Vec<u8>>, String> {
+        let chunks = &self.context.snapshot.chunks;
+        let restored = self.restored_share.iter().map(|&i| chunks[i].as_slice());
+        let written = self.written.iter().map(Vec::as_slice);
+        pack_parts(restored.chain(written), MAX_PART_BYTES).map_err(|error| error.to_string())
     }
 
     /// The record's time-based checkpoint rule and its health, a few times a second, on
@@ -464,12 +520,19 @@ impl<'a> TallyWorker<'a> {
             .shared
             .epoch
             .load(Ordering::Acquire)
-            .max(self.inputs.wanted_epoch());
+            .max(self.inputs.wanted_epoch())
+            .max(self.sensors.as_ref().map_or(0, SensorWorker::wanted_epoch));
         if target > current {
             // Waits for the epoch just sealed only: the workers that must pass it know of
             // it, while a later target may be this process's alone.
             let sealed = self.inputs.seal_until(target);
+            if let Some(sensors) = &mut self.sensors {
+                sensors.seal_until(target);
+            }
             self.inputs.run_until_published(worker, sealed);
+            if let Some(sensors) = &mut self.sensors {
+                sensors.run_until_published(worker, sealed);
+            }
             // A trickle makes tiny epochs, each paying the dataflow's fixed cost:
             // rest a moment so the next one gathers more.
             if fed < config.max_epoch_records / 100 {

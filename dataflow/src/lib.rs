@@ -29,8 +29,10 @@
 //! - `record` (the Merkle logs), `state` (checkpoint entries and their store), `views`,
 //!   `sensor_views`, `scoring`, `recount`;
 //! - `tally/` (the tally dataflow: the latest-vote fold, the count, the record operator,
-//!   checkpoint capture, the worker's inputs), `sensors` (the features dataflow);
-//! - `engine` and `sensor_engine`, which drive them over a log.
+//!   checkpoint capture, the worker's inputs), `sensors` (the features dataflow),
+//!   `sensor_feed` (the features dataflow on a tally engine's workers);
+//! - `engine` (which runs the features dataflow too when given a sensor log) and
+//!   `sensor_engine`, which drive them over a log.
 
 #![deny(unsafe_code)]
 
@@ -43,6 +45,7 @@ mod record;
 mod recount;
 mod scoring;
 mod sensor_engine;
+mod sensor_feed;
 mod sensor_views;
 mod sensor_windows;
 mod sensors;
@@ -56,21 +59,24 @@ pub use engine::{ClusterConfig, DecisionDirectory, EngineConfig, TallyEngine};
 pub use epoch::Epoch;
 pub use error::DataflowError;
 pub use record::{
-    CheckpointSink, CutCheckpoint, RecordConfig, RecordLeaf, RecordReader, StoredCheckpoint,
-    VoteRecord,
+    CheckpointSink, CutCheckpoint, LeafEntry, RecordConfig, RecordLeaf, RecordReader, RecordTiles,
+    StoredCheckpoint, VoteRecord,
 };
 pub use recount::{recount, recount_trees};
 pub use scoring::{AnomalyModel, Scorer, ScorerConfig};
 pub use sensor_engine::{SensorEngine, SensorEngineConfig};
-pub use sensor_views::{Alert, AlertRules, ModelScore, Retention, SensorViews, WindowView};
+pub use sensor_feed::SensorFeed;
+pub use sensor_views::{
+    Alert, AlertRules, ModelScore, Retention, SensorMirror, SensorViewRead, SensorViews, WindowView,
+};
 pub use sensor_windows::{
     FeedReading, LatenessGate, Owner, WindowConfig, WindowKey, WindowSize, WindowStats,
     WindowUpdate, ZScores, floor_std, recompute_features, z_scores,
 };
 pub use sensors::{SensorInputs, build_sensor_dataflow};
 pub use state::{
-    EngineSnapshot, InMemoryStateStore, StateChunk, StateEntry, StateStore, decode_entries,
-    encode_entries,
+    EngineSnapshot, InMemoryStateStore, MAX_PART_BYTES, PartKey, PartKind, RestorePlan, StateChunk,
+    StateEntry, StateStore, decode_entries, encode_entries, encode_parts, pack_parts,
 };
 pub use tally::{DueCheckpoint, TallyInputs, build_tally_dataflow};
 pub use views::{

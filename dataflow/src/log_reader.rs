@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use canopy_ingest::{EntryLog, IngestError, LogEntry, Positioned};
+use canopy_ingest::{EntryLog, IngestError, LogEntry};
 
 /// How long a worker waits before reading again after a transient log error.
 const TRANSIENT_RETRY: Duration = Duration::from_millis(200);
@@ -32,9 +32,10 @@ impl PartitionCursors {
     }
 
     /// One pass over the partitions: reads up to `max` new records of each and hands them to
-    /// `take` with the partition and its new end (the offset after the last record). A
-    /// partition whose read fails transiently is left for the next pass, after a short wait;
-    /// any other error ends the pass. Returns how many records were handed over.
+    /// `take` with the partition and its new end (the offset after the last record read,
+    /// handed over or refused). A partition whose read fails transiently is left for the
+    /// next pass, after a short wait; any other error ends the pass. Returns how many
+    /// offsets the pass moved past.
     pub(crate) fn read_pass<E, L>(
         &mut self,
         log: &L,
@@ -47,7 +48,7 @@ impl PartitionCursors {
     {
         let mut read = 0;
         for (partition, next) in self.partitions.iter().copied().zip(&mut self.next) {
-            let batch = match log.read(partition, *next, max) {
+            let batch = match log.read_batch(partition, *next, max) {
                 Ok(batch) => batch,
                 // A broker that is away: results wait (reads of a position time out) and
                 // the worker tries again; nothing is skipped.
@@ -63,11 +64,11 @@ impl PartitionCursors {
                 }
                 Err(error) => return Err(error),
             };
-            if let Some(last) = batch.last() {
-                *next = last.position().offset + 1;
-            }
-            take(partition, &batch, *next);
-            read += batch.len();
+            // Records the log refused (dead letters) still move the partition on, and count
+            // as read so that the epoch holding the new end is sealed.
+            read += (batch.next.saturating_sub(*next) as usize).max(batch.records.len());
+            *next = batch.next.max(*next);
+            take(partition, &batch.records, *next);
         }
         Ok(read)
     }

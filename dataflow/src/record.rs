@@ -8,8 +8,14 @@
 //!                                              │ ≥ `checkpoint_every` new leaves at an epoch's
 //!                                              │ end, or leaves waiting ≥ `checkpoint_interval`
 //!                                              ▼
-//!                              signed checkpoint + the log position it covers ─▶ CheckpointSink
+//!                              signed checkpoint + the log position it covers
+//!                              + the tiles and entry bundles of the growth ─▶ CheckpointSink
 //! ```
+//!
+//! Each leaf carries its entry (the 80-byte leaf encoding its hash is taken over), so a cut
+//! also hands the sink the C2SP tlog tiles and entry bundles the tree grew by since the
+//! previous cut (`canopy_chain::tiles`); the record keeps only the entries of its last
+//! partial bundle and of the leaves not cut yet.
 //!
 //! A decision's leaves are exactly the first deliveries of its votes, so the record agrees
 //! with the tally: a checkpoint cut after epoch e covers the position the tally of epoch e
@@ -21,9 +27,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use canopy_chain::{ChainError, Checkpoint, Hash, MerkleLog, NoteSigner};
+use canopy_chain::tiles::{bundle_start, growth_bundles, growth_tiles};
+use canopy_chain::{ChainError, Checkpoint, Hash, MerkleLog, NoteSigner, TileRef, TileWrite};
 use canopy_ingest::{Position, partition_for};
-use canopy_schemas::DecisionId;
+use canopy_schemas::{DecisionId, LEAF_ENCODING_LEN};
 use foldhash::quality::FixedState;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +41,66 @@ pub struct RecordLeaf {
     pub voter: u128,
     pub vote_id: u128,
     pub leaf: Hash,
+    /// The leaf encoding `leaf` is the hash of, for the record's entry bundles. None only
+    /// for a leaf restored from an engine checkpoint written before leaves carried it.
+    pub entry: Option<LeafEntry>,
+}
+
+/// A leaf's encoding (`canopy_schemas::LoggedVote::leaf_data`): an entry of the record's
+/// entry bundles.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeafEntry(pub [u8; LEAF_ENCODING_LEN]);
+
+impl std::fmt::Debug for LeafEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LeafEntry({})", hex_prefix(&self.0))
+    }
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        + "…"
+}
+
+// serde derives arrays up to 32 bytes only; the entry travels as one byte string.
+impl Serialize for LeafEntry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for LeafEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = LeafEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{LEAF_ENCODING_LEN} bytes of leaf encoding")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<LeafEntry, E> {
+                bytes
+                    .try_into()
+                    .map(LeafEntry)
+                    .map_err(|_| E::invalid_length(bytes.len(), &self))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<LeafEntry, A::Error> {
+                let mut out = [0u8; LEAF_ENCODING_LEN];
+                for (n, byte) in out.iter_mut().enumerate() {
+                    *byte = seq
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(n, &self))?;
+                }
+                Ok(LeafEntry(out))
+            }
+        }
+        deserializer.deserialize_bytes(Bytes)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +134,14 @@ pub struct CutCheckpoint {
     /// Every vote of the decision below this position is in the tree, none above: the
     /// position the decision's tally was published at in the same epoch.
     pub as_of: Position,
+    /// The tiles and entry bundles the tree grew by since the previous cut (C2SP
+    /// tlog-tiles): written before the checkpoint is stored, so no reader meets a
+    /// checkpoint whose tiles are missing. Without entry bundles for leaves restored
+    /// without their entries (see [`RecordLeaf::entry`]).
+    pub tiles: Vec<TileWrite>,
+    /// Stored before a restart and cut again by the replay, only so that the record
+    /// store's `checkpoint` object catches up with it (the store holds the row already).
+    pub already_stored: bool,
 }
 
 /// Where cut checkpoints go (the metadata store, in a served node).
@@ -80,16 +155,26 @@ pub struct StoredCheckpoint {
     pub decision: DecisionId,
     pub size: u64,
     pub root: Hash,
+    /// Whether the record store holds the tiles of this size. False for a store that is
+    /// new to a record older than it: the replay then writes every tile up to this size.
+    pub tiles_stored: bool,
 }
 
 struct DecisionRecord {
     tree: MerkleLog,
+    /// The entries of leaves `entries_from ..`: from the start of the last cut's partial
+    /// bundle on, what the next cut's bundles are made of.
+    entries: Vec<Option<LeafEntry>>,
+    entries_from: u64,
     index_of: HashMap<Hash, u64, FixedState>,
     /// Each (voter, vote id)'s first delivery: its log offset. Later ones are skipped.
     first_offset: HashMap<(u128, u128), u64, FixedState>,
     /// The log end (of the decision's partition) the tree reflects.
     covered_end: u64,
     last_cut: u64,
+    /// The size whose tiles the record store holds (or the sink has been handed): the
+    /// last cut's, or less for a store that is new to an older record.
+    tiles_written: u64,
     /// When the oldest leaf not yet in a checkpoint arrived.
     waiting_since: Option<Instant>,
     /// The latest stored checkpoint, until the replayed tree has reached and matched it.
@@ -100,10 +185,13 @@ impl DecisionRecord {
     fn new() -> Self {
         Self {
             tree: MerkleLog::new(),
+            entries: Vec::new(),
+            entries_from: 0,
             index_of: HashMap::with_hasher(FixedState::with_seed(0)),
             first_offset: HashMap::with_hasher(FixedState::with_seed(0)),
             covered_end: 0,
             last_cut: 0,
+            tiles_written: 0,
             waiting_since: None,
             resume: None,
         }
@@ -146,6 +234,15 @@ pub trait RecordReader: Send + Sync {
     fn first_delivery(&self, decision: DecisionId, voter: u128, vote_id: u128) -> Option<u64>;
 }
 
+/// The record store's tiles and checkpoint as stored, for serving them under the C2SP
+/// tlog-tiles paths to any tlog client. Blocking: call it off the async threads.
+pub trait RecordTiles: Send + Sync {
+    /// A hash tile or entry bundle of `decision`'s log; None where the store has none.
+    fn tile(&self, decision: DecisionId, tile: TileRef) -> Result<Option<Vec<u8>>, ChainError>;
+    /// The latest signed checkpoint (note) in the store.
+    fn checkpoint(&self, decision: DecisionId) -> Result<Option<String>, ChainError>;
+}
+
 impl std::fmt::Debug for VoteRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VoteRecord").finish_non_exhaustive()
@@ -182,6 +279,9 @@ impl VoteRecord {
         let record = self.entry(stored.decision);
         let mut record = lock(&record);
         record.last_cut = record.last_cut.max(stored.size);
+        if stored.tiles_stored {
+            record.tiles_written = record.tiles_written.max(stored.size);
+        }
         record.resume = Some((stored.size, stored.root));
     }
 
@@ -235,6 +335,7 @@ impl VoteRecord {
                 std::collections::hash_map::Entry::Vacant(first) => first.insert(leaf.offset),
             };
             let index = record.tree.append_hash(leaf.leaf);
+            record.entries.push(leaf.entry);
             record.index_of.entry(leaf.leaf).or_insert(index);
         }
         record.covered_end = record.covered_end.max(end);
@@ -242,7 +343,10 @@ impl VoteRecord {
             && record.tree.size() >= size
         {
             match record.tree.root_at(size) {
-                Ok(rebuilt) if rebuilt == root => record.resume = None,
+                Ok(rebuilt) if rebuilt == root => {
+                    record.resume = None;
+                    self.store_again(decision, &mut record, size, root);
+                }
                 _ => {
                     *lock(&self.failure) = Some(format!(
                         "the vote log no longer gives decision {decision} the stored \
@@ -252,6 +356,8 @@ impl VoteRecord {
                 }
             }
         }
+        let keep_from = bundle_start(record.tiles_written.min(record.tree.size()));
+        forget_entries_before(&mut record, keep_from);
         if record.tree.size() == before || record.tree.size() <= record.last_cut {
             return;
         }
@@ -275,7 +381,10 @@ impl VoteRecord {
             root,
         }
         .sign(&self.signer);
+        let tiles = self.grown_tiles(decision, record, size);
         record.last_cut = size;
+        record.tiles_written = size;
+        forget_entries_before(record, bundle_start(size));
         self.sink.store(CutCheckpoint {
             decision,
             size,
@@ -285,6 +394,80 @@ impl VoteRecord {
                 partition: partition_for(decision, self.partitions),
                 offset: record.covered_end,
             },
+            tiles,
+            already_stored: false,
+        });
+    }
+
+    /// The tiles and bundles of the growth from the last cut to `size`. A growth whose
+    /// entries are not all known (leaves restored from an old engine checkpoint) gets its
+    /// hash tiles, which every proof needs, and no bundles.
+    fn grown_tiles(
+        &self,
+        decision: DecisionId,
+        record: &DecisionRecord,
+        size: u64,
+    ) -> Vec<TileWrite> {
+        let old = record.tiles_written;
+        let mut tiles =
+            growth_tiles(&record.tree, old, size).expect("sizes the tree has, in order");
+        let from = bundle_start(old);
+        let known: Option<Vec<&[u8]>> = record
+            .entries
+            .get(from.saturating_sub(record.entries_from) as usize..)
+            .filter(|_| record.entries_from <= from)
+            .and_then(|entries| {
+                entries
+                    .iter()
+                    .map(|entry| entry.as_ref().map(|e| &e.0[..]))
+                    .collect()
+            });
+        match known.map(|entries| growth_bundles(old, size, from, &entries)) {
+            Some(Ok(bundles)) => tiles.extend(bundles),
+            Some(Err(error)) => {
+                tracing::warn!(%decision, %error, "the record's entry bundles could not be made")
+            }
+            None => tracing::warn!(
+                %decision, from, size,
+                "leaves restored without their entries: this growth's entry bundles are not written"
+            ),
+        }
+        tiles
+    }
+
+    /// Hands the sink a checkpoint stored before a restart, which the replayed tree has
+    /// just reproduced, so the record store's `checkpoint` object catches up with it (the
+    /// signature is deterministic: the same note as stored), with the tiles up to it that a
+    /// store new to this record lacks.
+    fn store_again(
+        &self,
+        decision: DecisionId,
+        record: &mut DecisionRecord,
+        size: u64,
+        root: Hash,
+    ) {
+        let tiles = match record.tiles_written < size {
+            true => self.grown_tiles(decision, record, size),
+            false => Vec::new(),
+        };
+        record.tiles_written = size;
+        let note = Checkpoint {
+            origin: self.origin(decision),
+            size,
+            root,
+        }
+        .sign(&self.signer);
+        self.sink.store(CutCheckpoint {
+            decision,
+            size,
+            root,
+            note,
+            as_of: Position {
+                partition: partition_for(decision, self.partitions),
+                offset: record.covered_end,
+            },
+            tiles,
+            already_stored: true,
         });
     }
 
@@ -355,6 +538,15 @@ impl RecordReader for VoteRecord {
     }
 }
 
+/// Drops the entries of leaves below `first` (a bundle start): their bundles are written.
+fn forget_entries_before(record: &mut DecisionRecord, first: u64) {
+    if first > record.entries_from {
+        let drop = ((first - record.entries_from) as usize).min(record.entries.len());
+        record.entries.drain(..drop);
+        record.entries_from += drop as u64;
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -373,5 +565,139 @@ pub(crate) fn apply_record_epoch(
         let decision = DecisionId(group[0].0);
         let end = end_of(partition_for(decision, record.partitions));
         record.append_epoch(decision, group.iter().map(|(_, leaf)| leaf), end, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canopy_chain::tiles::{decode_bundle, leaf_tiles};
+    use canopy_chain::{TileKind, TiledLog, leaf_hash};
+    use proptest::prelude::*;
+
+    /// A record store in memory: tiles written once (a second write must be the same
+    /// bytes), the cuts in order.
+    #[derive(Default)]
+    struct MemoryStore {
+        tiles: Mutex<HashMap<TileRef, Vec<u8>>>,
+        cuts: Mutex<Vec<CutCheckpoint>>,
+    }
+
+    impl CheckpointSink for MemoryStore {
+        fn store(&self, mut cut: CutCheckpoint) {
+            let mut tiles = lock(&self.tiles);
+            for write in std::mem::take(&mut cut.tiles) {
+                if let Some(before) = tiles.get(&write.tile) {
+                    assert_eq!(before, &write.bytes, "{} rewritten", write.tile);
+                }
+                tiles.insert(write.tile, write.bytes);
+            }
+            lock(&self.cuts).push(cut);
+        }
+    }
+
+    fn leaf(n: u64) -> RecordLeaf {
+        let mut entry = [0u8; LEAF_ENCODING_LEN];
+        entry[..8].copy_from_slice(&n.to_be_bytes());
+        RecordLeaf {
+            offset: n,
+            voter: u128::from(n),
+            vote_id: u128::from(n),
+            leaf: leaf_hash(&entry),
+            entry: Some(LeafEntry(entry)),
+        }
+    }
+
+    fn record(sink: Arc<MemoryStore>, every: u64) -> VoteRecord {
+        let signer = NoteSigner::from_seed("canopy.test", &[3; 32]).unwrap();
+        let config = RecordConfig {
+            checkpoint_every: every,
+            checkpoint_interval: Duration::from_secs(3600),
+            origin_prefix: "canopy.test".into(),
+        };
+        VoteRecord::new(signer, config, 1, sink)
+    }
+
+    fn feed(record: &VoteRecord, decision: u128, leaves: std::ops::Range<u64>, epochs: &[u64]) {
+        let mut at = leaves.start;
+        for step in epochs.iter().cycle() {
+            if at >= leaves.end {
+                return;
+            }
+            let end = (at + step).min(leaves.end);
+            let epoch: Vec<(u128, RecordLeaf)> = (at..end).map(|n| (decision, leaf(n))).collect();
+            apply_record_epoch(record, epoch, |_| end);
+            at = end;
+        }
+    }
+
+    /// Every cut's tiles, with those before it, answer for the cut: its root, and each leaf's
+    /// entry in its bundle.
+    fn check_store(store: &MemoryStore, leaves: u64) -> Result<(), TestCaseError> {
+        let tiles = lock(&store.tiles);
+        let hashes: HashMap<TileRef, Vec<u8>> = tiles
+            .iter()
+            .filter(|(t, _)| matches!(t.kind, TileKind::Hashes(_)))
+            .map(|(t, b)| (*t, b.clone()))
+            .collect();
+        for cut in lock(&store.cuts).iter() {
+            let tiled = TiledLog::new(&hashes, cut.size);
+            prop_assert_eq!(tiled.root_at(cut.size).unwrap(), cut.root);
+            let mut index = 0;
+            for tile in leaf_tiles(0, cut.size) {
+                let bundle = &tiles[&TileRef::entries(tile.index, tile.width)];
+                for entry in decode_bundle(bundle).unwrap() {
+                    prop_assert_eq!(leaf_hash(entry), leaf(index).leaf);
+                    index += 1;
+                }
+            }
+            prop_assert!(cut.size <= leaves);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The tiles a record hands over with its cuts are its trees', across a restart that
+        /// resumes from the last stored checkpoint and replays every leaf again.
+        #[test]
+        fn cuts_carry_the_tiles_of_their_growth(
+            epochs in proptest::collection::vec(1u64..200, 1..6),
+            every in 1u64..400,
+            first in 1u64..900,
+            more in 0u64..700,
+            tiles_stored in any::<bool>(),
+        ) {
+            let store = Arc::new(MemoryStore::default());
+            let before = record(Arc::clone(&store), every);
+            feed(&before, 7, 0..first, &epochs);
+            before.cut_due(Instant::now() + Duration::from_secs(7200));
+            let last = lock(&store.cuts).last().map(|c| (c.size, c.root));
+            check_store(&store, first)?;
+
+            // Restarted: resumes from the last cut and replays everything; a record store new
+            // to the record (emptied here) gets every tile again.
+            if !tiles_stored {
+                lock(&store.tiles).clear();
+                lock(&store.cuts).clear();
+            }
+            let after = record(Arc::clone(&store), every);
+            if let Some((size, root)) = last {
+                after.resume_from(StoredCheckpoint { decision: DecisionId(7), size, root, tiles_stored });
+            }
+            feed(&after, 7, 0..first + more, &epochs);
+            after.cut_due(Instant::now() + Duration::from_secs(7200));
+            prop_assert!(after.failure().is_none());
+            check_store(&store, first + more)?;
+            let (latest, again) = {
+                let cuts = lock(&store.cuts);
+                (cuts.last().unwrap().size, cuts.iter().filter(|c| c.already_stored).count())
+            };
+            prop_assert_eq!(latest, first + more);
+            // The stored checkpoint came back once, for the store's `checkpoint` object, with
+            // every tile up to it when the store was new.
+            prop_assert_eq!(again, usize::from(last.is_some()));
+        }
     }
 }

@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use canopy_ingest::{Position, partition_for_region};
 use canopy_schemas::{Metric, name_key};
 use serde::{Deserialize, Serialize};
 
+use crate::DataflowError;
 use crate::sensor_windows::{
     Owner, WindowConfig, WindowKey, WindowSize, WindowStats, WindowUpdate, ZScores, floor_std,
 };
@@ -76,6 +77,61 @@ impl AlertRules {
 type AlertSink = Box<dyn Fn(Alert) + Send + Sync>;
 type WindowSink = Box<dyn Fn(&[WindowUpdate]) + Send + Sync>;
 
+/// What readers of sensor features ask: the in-process [`SensorViews`] (`canopy up`), or a
+/// store the workers of a cluster copy theirs into (Redis, in the node crate).
+pub trait SensorViewRead: Send + Sync {
+    /// The window lengths (every reader reports a window's end).
+    fn config(&self) -> &WindowConfig;
+    /// The position a region's views include: its partition and the partition's frontier.
+    fn as_of(&self, region: &str) -> Result<Position, DataflowError>;
+    /// Every reading of `partition` below this is in the views (0 when unknown).
+    fn frontier(&self, partition: u32) -> u64;
+    /// Waits until the views include `position` (read your own readings), up to `timeout`.
+    fn wait_for(&self, position: Position, timeout: Duration) -> Result<(), DataflowError>;
+    /// The metrics a region has windows of.
+    fn region_metrics(&self, region: &str) -> Result<Vec<Metric>, DataflowError>;
+    /// The sensors of a region (those that sent readings), with names.
+    fn region_sensors(&self, region: &str) -> Result<Vec<(u64, String)>, DataflowError>;
+    /// The newest window of a series.
+    fn latest(
+        &self,
+        owner: Owner,
+        metric: Metric,
+        size: WindowSize,
+    ) -> Result<Option<(i64, WindowView)>, DataflowError>;
+    /// The windows of one series with `from_ms <= start < until_ms`, oldest first.
+    fn windows(
+        &self,
+        owner: Owner,
+        metric: Metric,
+        size: WindowSize,
+        from_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<(i64, WindowView)>, DataflowError>;
+    /// Readings dropped because they came after their windows were final.
+    fn too_late(&self) -> Result<u64, DataflowError>;
+    /// Why the features dataflow stopped, if it did.
+    fn failure(&self) -> Option<String>;
+    /// Why the workers score nothing with the model, when the views know it.
+    fn model_unavailable(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Where a worker process copies what its views take, for readers in other processes: the
+/// same calls the dataflow and the scorer make, in the same order.
+pub trait SensorMirror: Send + Sync {
+    fn name_region(&self, key: u64, name: &str);
+    fn name_sensor(&self, key: u64, name: &str, region: u64);
+    /// One complete epoch's window changes (before the partitions' frontiers move past it).
+    fn windows(&self, updates: &[WindowUpdate]);
+    fn advance(&self, partition: u32, end: u64);
+    /// The count of too-late readings of `partition` so far.
+    fn too_late(&self, partition: u32, count: u64);
+    fn model_scores(&self, scores: &[(WindowKey, ModelScore)]);
+    fn fail(&self, reason: &str);
+}
+
 /// How many windows of each size a series keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
@@ -109,7 +165,8 @@ struct Inner {
     unscored: HashSet<WindowKey>,
     /// Per (region, metric): whether its newest short window is above the threshold.
     above: HashMap<(u64, Metric), bool>,
-    too_late: u64,
+    /// Too-late readings per partition.
+    too_late: HashMap<u32, u64>,
     failure: Option<String>,
 }
 
@@ -122,8 +179,10 @@ pub struct SensorViews {
     inner: Mutex<Inner>,
     advanced: Condvar,
     alert_sink: Mutex<Option<AlertSink>>,
-    /// Sees every epoch's window changes before they are applied (the analytics lake).
-    window_sink: Mutex<Option<WindowSink>>,
+    /// See every epoch's window changes before they are applied (the analytics lake).
+    window_sinks: Mutex<Vec<WindowSink>>,
+    /// In a worker process of a cluster: where everything is copied for the API replicas.
+    mirror: Mutex<Option<Arc<dyn SensorMirror>>>,
     /// Whether a scorer takes the changed windows; without one they are not collected
     /// (the set would only grow).
     scoring: AtomicBool,
@@ -155,7 +214,8 @@ impl SensorViews {
             }),
             advanced: Condvar::new(),
             alert_sink: Mutex::new(None),
-            window_sink: Mutex::new(None),
+            window_sinks: Mutex::new(Vec::new()),
+            mirror: Mutex::new(None),
             scoring: AtomicBool::new(false),
         }
     }
@@ -180,12 +240,26 @@ impl SensorViews {
             .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(sink));
     }
 
-    /// Where every epoch's window changes also go (the analytics lake keeps final windows).
+    /// Where every epoch's window changes also go (the analytics lake keeps final windows);
+    /// each call adds a sink.
     pub fn on_windows(&self, sink: impl Fn(&[WindowUpdate]) + Send + Sync + 'static) {
-        *self
-            .window_sink
+        self.window_sinks
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(sink));
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::new(sink));
+    }
+
+    /// Copies everything these views take from now on to `mirror` (attach it before the
+    /// engine starts, so the copy misses nothing).
+    pub fn mirror_to(&self, mirror: Arc<dyn SensorMirror>) {
+        *self.mirror.lock().unwrap_or_else(PoisonError::into_inner) = Some(mirror);
+    }
+
+    fn mirror(&self) -> Option<Arc<dyn SensorMirror>> {
+        self.mirror
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn region_name(&self, key: u64) -> Option<String> {
@@ -194,12 +268,20 @@ impl SensorViews {
 
     pub fn name_region(&self, key: u64, name: &str) {
         self.lock().region_names.insert(key, name.to_string());
+        if let Some(mirror) = self.mirror() {
+            mirror.name_region(key, name);
+        }
     }
 
     pub fn name_sensor(&self, key: u64, name: &str, region: u64) {
-        let mut inner = self.lock();
-        inner.sensor_names.insert(key, name.to_string());
-        inner.region_sensors.entry(region).or_default().insert(key);
+        {
+            let mut inner = self.lock();
+            inner.sensor_names.insert(key, name.to_string());
+            inner.region_sensors.entry(region).or_default().insert(key);
+        }
+        if let Some(mirror) = self.mirror() {
+            mirror.name_sensor(key, name, region);
+        }
     }
 
     /// From now on, collect the sensor windows each epoch changes for a scorer to take.
@@ -209,13 +291,16 @@ impl SensorViews {
 
     /// Applies one complete epoch of window changes.
     pub fn publish(&self, updates: Vec<WindowUpdate>) {
-        if let Some(sink) = self
-            .window_sink
+        for sink in self
+            .window_sinks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
+            .iter()
         {
             sink(&updates);
+        }
+        if let Some(mirror) = self.mirror() {
+            mirror.windows(&updates);
         }
         let mut alerts = Vec::new();
         let scoring = self.scoring.load(Ordering::Acquire);
@@ -312,25 +397,43 @@ impl SensorViews {
 
     /// Declares every reading of `partition` below `end` reflected in the views.
     pub fn advance(&self, partition: u32, end: u64) {
-        let mut inner = self.lock();
-        if let Some(slot) = inner.frontier.get_mut(partition as usize)
-            && end > *slot
         {
-            *slot = end;
-            self.advanced.notify_all();
+            let mut inner = self.lock();
+            if let Some(slot) = inner.frontier.get_mut(partition as usize)
+                && end > *slot
+            {
+                *slot = end;
+                self.advanced.notify_all();
+            }
+        }
+        if let Some(mirror) = self.mirror() {
+            mirror.advance(partition, end);
         }
     }
 
-    pub fn note_too_late(&self, more: u64) {
-        self.lock().too_late += more;
+    /// Records that `count` readings of `partition` so far came too late.
+    pub fn note_too_late(&self, partition: u32, count: u64) {
+        let changed = {
+            let mut inner = self.lock();
+            let slot = inner.too_late.entry(partition).or_insert(0);
+            let changed = count > *slot;
+            *slot = (*slot).max(count);
+            changed
+        };
+        if changed && let Some(mirror) = self.mirror() {
+            mirror.too_late(partition, count);
+        }
     }
 
     /// Readings dropped because they came after their windows were final.
     pub fn too_late(&self) -> u64 {
-        self.lock().too_late
+        self.lock().too_late.values().sum()
     }
 
     pub fn fail(&self, reason: String) {
+        if let Some(mirror) = self.mirror() {
+            mirror.fail(&reason);
+        }
         self.lock().failure = Some(reason);
         self.advanced.notify_all();
     }
@@ -539,6 +642,9 @@ impl SensorViews {
 
     /// Stores the model's verdicts.
     pub fn set_model_scores(&self, scores: Vec<(WindowKey, ModelScore)>) {
+        if let Some(mirror) = self.mirror() {
+            mirror.model_scores(&scores);
+        }
         let mut inner = self.lock();
         for (key, score) in scores {
             if let Some(view) = inner
@@ -561,4 +667,66 @@ fn leave_one_out(all: &WindowStats, part: &WindowStats) -> Option<(f64, f64)> {
     let sum_sq = (all.sum_sq - part.sum_sq) as f64 / (scale * scale);
     let mean = sum / n;
     Some((mean, (sum_sq / n - mean * mean).max(0.0).sqrt()))
+}
+
+impl SensorViewRead for SensorViews {
+    fn config(&self) -> &WindowConfig {
+        &self.config
+    }
+
+    fn as_of(&self, region: &str) -> Result<Position, DataflowError> {
+        Ok(SensorViews::as_of(self, region))
+    }
+
+    fn frontier(&self, partition: u32) -> u64 {
+        SensorViews::frontier(self, partition)
+    }
+
+    fn wait_for(&self, position: Position, timeout: Duration) -> Result<(), DataflowError> {
+        SensorViews::wait_for(self, position, timeout).map_err(|reason| match self.failure() {
+            Some(_) => DataflowError::Stopped(reason),
+            None => DataflowError::Timeout {
+                position,
+                waited: timeout,
+            },
+        })
+    }
+
+    fn region_metrics(&self, region: &str) -> Result<Vec<Metric>, DataflowError> {
+        Ok(SensorViews::region_metrics(self, region))
+    }
+
+    fn region_sensors(&self, region: &str) -> Result<Vec<(u64, String)>, DataflowError> {
+        Ok(SensorViews::region_sensors(self, region))
+    }
+
+    fn latest(
+        &self,
+        owner: Owner,
+        metric: Metric,
+        size: WindowSize,
+    ) -> Result<Option<(i64, WindowView)>, DataflowError> {
+        Ok(SensorViews::latest(self, owner, metric, size))
+    }
+
+    fn windows(
+        &self,
+        owner: Owner,
+        metric: Metric,
+        size: WindowSize,
+        from_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<(i64, WindowView)>, DataflowError> {
+        Ok(SensorViews::windows(
+            self, owner, metric, size, from_ms, until_ms,
+        ))
+    }
+
+    fn too_late(&self) -> Result<u64, DataflowError> {
+        Ok(SensorViews::too_late(self))
+    }
+
+    fn failure(&self) -> Option<String> {
+        SensorViews::failure(self)
+    }
 }

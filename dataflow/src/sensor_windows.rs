@@ -266,6 +266,17 @@ pub struct WindowUpdate {
     pub stats: WindowStats,
     /// Sensor short windows only, once the sensor has a baseline.
     pub z: Option<ZScores>,
+    /// How many readings the baseline the z-scores were taken against held (0 without).
+    /// With `stats.count` it orders a window's states: both only grow along the log, so a
+    /// store can refuse an older state republished by a replay.
+    pub baseline_count: u64,
+}
+
+impl WindowUpdate {
+    /// Orders the states of one window along the log (see `baseline_count`).
+    pub fn version(&self) -> (u64, u64) {
+        (self.stats.count, self.baseline_count)
+    }
 }
 
 fn window_start(at: i64, size_ms: i64) -> i64 {
@@ -278,6 +289,9 @@ pub struct LatenessGate {
     watermarks: HashMap<u32, i64>,
     /// Readings that arrived after both their windows were final.
     pub too_late: u64,
+    /// The same, per partition: a function of the partition's log prefix, so a replay on
+    /// any number of workers reaches the same counts.
+    pub too_late_by_partition: HashMap<u32, u64>,
 }
 
 impl LatenessGate {
@@ -299,6 +313,7 @@ impl LatenessGate {
         *watermark = seen.max(observed_at);
         if open == [false, false] {
             self.too_late += 1;
+            *self.too_late_by_partition.entry(partition).or_insert(0) += 1;
             return None;
         }
         Some((open, seen.max(observed_at)))
@@ -368,11 +383,13 @@ impl WindowState {
             .into_iter()
             .map(|key| {
                 let (region, stats) = self.windows[&key];
+                let (z, baseline_count) = self.z_of(config, &key, &stats);
                 WindowUpdate {
                     key,
                     region,
                     stats,
-                    z: self.z_of(config, &key, &stats),
+                    z,
+                    baseline_count,
                 }
             })
             .collect();
@@ -383,9 +400,15 @@ impl WindowState {
         updates
     }
 
-    fn z_of(&self, config: &WindowConfig, key: &WindowKey, stats: &WindowStats) -> Option<ZScores> {
+    /// The z-scores of a sensor short window, and the size of the baseline they used.
+    fn z_of(
+        &self,
+        config: &WindowConfig,
+        key: &WindowKey,
+        stats: &WindowStats,
+    ) -> (Option<ZScores>, u64) {
         if key.size != WindowSize::Short || !matches!(key.owner, Owner::Sensor(_)) {
-            return None;
+            return (None, 0);
         }
         let long = config.sizes_ms[WindowSize::Long as usize];
         let baseline = WindowKey {
@@ -393,10 +416,10 @@ impl WindowState {
             start_ms: window_start(key.start_ms, long) - long,
             ..*key
         };
-        z_scores(
-            stats,
-            self.windows.get(&baseline).map(|(_, b)| b),
-            config.z_threshold,
+        let baseline = self.windows.get(&baseline).map(|(_, b)| b);
+        (
+            z_scores(stats, baseline, config.z_threshold),
+            baseline.map_or(0, |b| b.count),
         )
     }
 

@@ -9,18 +9,25 @@
 //!      │ (the largest event time the partition's earlier readings carried); a window
 //!      │ whose end + allowed lateness ≤ watermark is final and takes no more readings
 //!      ▼
-//!  "WindowFeatures" exchange by (region, metric): per complete epoch add each reading to
+//!  "WindowFeatures" exchange by partition (a logged reading stays on the worker that reads
+//!      its region's partition, on any process, so a region's windows, names, alerts and
+//!      scores live in one place; readings fed without a position go by (region, metric)):
+//!      per complete epoch add each reading to
 //!      its sensor's and its region's short and long window (integer sums: exact in any
 //!      order); re-derive the z-scores of the sensor's short windows whose window or
 //!      baseline (the sensor's previous long window) changed
 //!      ▼
 //!  "PublishFeatures": SensorViews::publish, one complete epoch at a time
+//!  log ends (partition, end) ─ broadcast ─▶ "SensorSignals": an epoch some worker fed is
+//!      one every worker must seal past (in a cluster, other processes learn it this way)
 //! ```
 //!
 //! The windows' arithmetic lives in the sensor_windows module; this one wires it into
 //! timely operators and feeds them.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use canopy_ingest::SensorRecord;
@@ -29,14 +36,15 @@ use timely::dataflow::InputHandle;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
-use timely::dataflow::operators::vec::Input as TimelyInput;
+use timely::dataflow::operators::vec::{Broadcast, Input as TimelyInput};
 use timely::worker::Worker;
 
-use crate::epoch::{Epoch, EpochBuffer};
+use crate::epoch::{Epoch, EpochBuffer, epoch_of};
 use crate::sensor_views::SensorViews;
 use crate::sensor_windows::{FeedReading, LatenessGate, WindowConfig, WindowState, WindowUpdate};
 
-/// Whether `(region, metric)` readings of different epochs reach the same worker.
+/// Where a reading fed without a log position goes: `(region, metric)` readings of
+/// different epochs reach the same worker.
 fn route(reading: &FeedReading) -> u64 {
     reading.region ^ (u64::from(reading.metric.code()).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
@@ -57,7 +65,15 @@ fn cached_key(
 
 /// One worker's handles on the features dataflow.
 pub struct SensorInputs {
-    readings: InputHandle<Epoch, CapacityContainerBuilder<Vec<FeedReading>>>,
+    /// Each reading with the worker index it is routed by (see the module's picture).
+    readings: InputHandle<Epoch, CapacityContainerBuilder<Vec<(u64, FeedReading)>>>,
+    /// (partition, end) of the partitions this worker fed, sent when an epoch is sealed.
+    ends_input: InputHandle<Epoch, CapacityContainerBuilder<Vec<(u32, u64)>>>,
+    sent_ends: HashMap<u32, u64>,
+    /// The epoch this worker must seal past for what any worker fed to complete.
+    wanted: Rc<Cell<Epoch>>,
+    /// Too-late counts already handed to the views, per partition.
+    reported_too_late_by_partition: HashMap<u32, u64>,
     probe: ProbeHandle<Epoch>,
     config: WindowConfig,
     gate: LatenessGate,
@@ -65,8 +81,8 @@ pub struct SensorInputs {
     /// window arithmetic.
     sensor_keys: HashMap<String, u64>,
     region_keys: HashMap<String, u64>,
-    /// Too-late readings already counted in the views.
-    reported_too_late: u64,
+    /// Partition ends already handed to the views.
+    published_ends: HashMap<u32, u64>,
     views: Arc<SensorViews>,
     /// End offsets of the partitions this worker fed, as of the current epoch.
     ends: HashMap<u32, u64>,
@@ -80,16 +96,29 @@ pub fn build_sensor_dataflow(
 ) -> SensorInputs {
     let sink = Arc::clone(&views);
     let operator_config = config.clone();
-    let (readings, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
-        let (input, readings) = TimelyInput::new_input::<FeedReading>(&scope);
+    let wanted: Rc<Cell<Epoch>> = Rc::default();
+    let signal = Rc::clone(&wanted);
+    let (readings, ends_input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+        let (input, readings) = TimelyInput::new_input::<(u64, FeedReading)>(&scope);
+        let (ends_input, ends) = TimelyInput::new_input::<(u32, u64)>(&scope);
+        // Ends are sent only when they move: a message at epoch e means some worker fed e.
+        ends.broadcast()
+            .sink(Pipeline, "SensorSignals", move |(input, _frontier)| {
+                input.for_each(|time, ends| {
+                    if !ends.is_empty() {
+                        signal.set(signal.get().max(epoch_of(&time) + 1));
+                    }
+                    ends.clear();
+                });
+            });
         let probe = ProbeHandle::new();
         readings
             .unary_frontier::<CapacityContainerBuilder<Vec<WindowUpdate>>, _, _, _>(
-                Exchange::new(route),
+                Exchange::new(|(worker, _): &(u64, FeedReading)| *worker),
                 "WindowFeatures",
                 move |_capability, _info| {
                     let mut state = WindowState::new();
-                    let mut pending: EpochBuffer<FeedReading> = EpochBuffer::default();
+                    let mut pending: EpochBuffer<(u64, FeedReading)> = EpochBuffer::default();
                     move |(input, frontier), output| {
                         input.for_each(|capability, readings| {
                             pending.hold_batch(&capability, readings)
@@ -97,7 +126,9 @@ pub fn build_sensor_dataflow(
                         while let Some(complete) =
                             pending.pop_complete(|epoch| frontier.less_equal(epoch))
                         {
-                            let updates = state.apply(&operator_config, &complete.records);
+                            let readings: Vec<FeedReading> =
+                                complete.records.iter().map(|(_, r)| *r).collect();
+                            let updates = state.apply(&operator_config, &readings);
                             if !updates.is_empty() {
                                 output
                                     .session(&complete.capability)
@@ -127,16 +158,20 @@ pub fn build_sensor_dataflow(
                 },
             )
             .probe_with(&probe);
-        (input, probe)
+        (input, ends_input, probe)
     });
     SensorInputs {
         readings,
+        ends_input,
+        sent_ends: HashMap::new(),
+        wanted,
+        reported_too_late_by_partition: HashMap::new(),
         probe,
         config,
         gate: LatenessGate::default(),
         sensor_keys: HashMap::new(),
         region_keys: HashMap::new(),
-        reported_too_late: 0,
+        published_ends: HashMap::new(),
         views,
         ends: HashMap::new(),
     }
@@ -169,21 +204,25 @@ impl SensorInputs {
             views.name_sensor(key, name, region);
             key
         });
-        self.readings.send(FeedReading {
-            region,
-            sensor,
-            metric: reading.metric,
-            value: reading.value_micro,
-            observed_at: reading.observed_at,
-            offset: record.position.offset,
-            open,
-            watermark,
-        });
+        // The worker that reads the partition keeps its windows (Exchange takes it mod peers).
+        self.readings.send((
+            u64::from(partition),
+            FeedReading {
+                region,
+                sensor,
+                metric: reading.metric,
+                value: reading.value_micro,
+                observed_at: reading.observed_at,
+                offset: record.position.offset,
+                open,
+                watermark,
+            },
+        ));
     }
 
     /// Feeds a reading whose keys and lateness are already decided (the benchmark).
     pub fn push_feed(&mut self, reading: FeedReading) {
-        self.readings.send(reading);
+        self.readings.send((route(&reading), reading));
     }
 
     /// Records that `partition` was read up to `end` (nothing new may have come).
@@ -200,11 +239,30 @@ impl SensorInputs {
     /// Closes the current epoch; returns it.
     pub fn seal_until(&mut self, next: Epoch) -> Epoch {
         let sealed = *self.readings.time();
+        for (partition, end) in &self.ends {
+            if self.sent_ends.get(partition) != Some(end) {
+                self.ends_input.send((*partition, *end));
+                self.sent_ends.insert(*partition, *end);
+            }
+        }
         if next > sealed {
             self.readings.advance_to(next);
+            self.ends_input.advance_to(next);
         }
         self.readings.flush();
+        self.ends_input.flush();
         sealed
+    }
+
+    /// The epoch this worker must seal up to so that every epoch another worker fed, on any
+    /// process, can complete.
+    pub fn wanted_epoch(&self) -> Epoch {
+        self.wanted.get()
+    }
+
+    /// Whether `epoch` is in the views (on every worker).
+    pub fn is_published(&self, epoch: Epoch) -> bool {
+        !self.probe.less_equal(&epoch)
     }
 
     pub fn current_epoch(&self) -> Epoch {
@@ -216,11 +274,24 @@ impl SensorInputs {
         while self.probe.less_equal(&epoch) {
             worker.step_or_park(Some(std::time::Duration::from_millis(1)));
         }
-        for (partition, end) in &self.ends {
-            self.views.advance(*partition, *end);
+        self.publish_frontier();
+    }
+
+    /// Tells the views that this worker's partitions are in them up to their ends as of the
+    /// last published epoch. Call once [`is_published`](Self::is_published).
+    pub fn publish_frontier(&mut self) {
+        for (partition, count) in &self.gate.too_late_by_partition {
+            if self.reported_too_late_by_partition.get(partition) != Some(count) {
+                self.views.note_too_late(*partition, *count);
+                self.reported_too_late_by_partition
+                    .insert(*partition, *count);
+            }
         }
-        self.views
-            .note_too_late(self.gate.too_late - self.reported_too_late);
-        self.reported_too_late = self.gate.too_late;
+        for (partition, end) in &self.ends {
+            if self.published_ends.get(partition) != Some(end) {
+                self.views.advance(*partition, *end);
+                self.published_ends.insert(*partition, *end);
+            }
+        }
     }
 }

@@ -3,26 +3,40 @@
 //! replaying the log from the start.
 //!
 //! The engine's state only ever grows: the first delivery of each vote (which decides the
-//! tally) and each record leaf (which grows a decision's Merkle log). A checkpoint is
-//! therefore incremental: worker `w` writes, for checkpoint `seq`, the entries its operators
-//! produced since its previous checkpoint, with the end offsets of the partitions it feeds.
-//! Checkpoint `seq` is complete once every worker of the run has written its chunk; a
-//! restart loads every chunk up to the latest complete checkpoint, feeds the entries back
-//! into the dataflow (which routes them to whichever worker now owns their key) and resumes
-//! each partition at its offset.
+//! tally and absorbs later redeliveries of its id) and each record leaf (which grows a
+//! decision's Merkle log). No entry ever becomes obsolete, so a checkpoint is incremental:
+//! worker `w` writes, for checkpoint `seq`, the entries its operators produced since its
+//! previous checkpoint (the *delta*), with the end offsets of the partitions it feeds.
+//! Checkpoint `seq` is complete once every worker of the run has written its chunk.
+//!
+//! Every `full_checkpoint_every`-th checkpoint is also *full*: with its delta each worker
+//! writes, in the same atomic write, its *base* — every entry it restored or wrote before
+//! `seq`. The bases of all workers together hold the whole state before `seq`; with the
+//! deltas of `seq` it is the whole state at `seq`. Once a full checkpoint is complete, the
+//! rows of every lower `seq` are redundant and are deleted (never before it is complete, so
+//! a crash at any point leaves a loadable chain). A restart loads the latest complete full
+//! checkpoint's bases and the deltas from it to the latest complete checkpoint (only
+//! deltas, from the first, when no full one is complete yet: tables written before full
+//! checkpoints existed), feeds the entries back into the dataflow (which routes them to
+//! whichever worker now owns their key) and resumes each partition at its offset. The rows
+//! read stay bounded by `full_checkpoint_every` checkpoints however long the history; the
+//! bytes are the state's, which no compaction can shrink.
 //!
 //! ```text
 //!  worker 0 ─ marker(seq) at epoch E ─ broadcast ─▶ every worker, once epoch E is complete:
-//!     chunk(seq, worker) = entries of epochs ≤ E not yet written + its partitions' ends at E
-//!                        ─▶ StateStore (one atomic row each)
+//!     delta(seq, worker) = entries of epochs ≤ E not yet written + its partitions' ends at E
+//!     base(seq, worker)  = everything it restored or wrote before (full checkpoints only)
+//!                        ─▶ StateStore (one atomic write each, in parts ≤ MAX_PART_BYTES)
+//!  full seq F complete ─▶ rows with seq < F deleted
+//!  load = bases(F) + deltas(F..=C), C the latest complete checkpoint
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::DataflowError;
 use crate::arithmetic::Ballot;
-use crate::record::RecordLeaf;
+use crate::record::{LeafEntry, RecordLeaf};
 use canopy_schemas::Component;
 
 /// One piece of engine state.
@@ -43,6 +57,10 @@ const BALLOT_TAG: u8 = 1;
 const LEAF_TAG: u8 = 2;
 const BALLOT_LEN: usize = 1 + 16 + 16 + 16 + 8 + 2 + 1 + 4;
 const LEAF_LEN: usize = 1 + 16 + 8 + 16 + 16 + 32;
+/// A leaf with its entry (the leaf encoding, for the record's entry bundles); tag 2 is a
+/// leaf written before leaves carried it, still read.
+const LEAF_WITH_ENTRY_TAG: u8 = 3;
+const LEAF_WITH_ENTRY_LEN: usize = LEAF_LEN + canopy_schemas::LEAF_ENCODING_LEN;
 
 /// Encodes entries in the chunk format (version 1): a tag byte then fixed little-endian
 /// fields per entry.
@@ -65,12 +83,18 @@ pub fn encode_entries<'a>(entries: impl IntoIterator<Item = &'a StateEntry>) -> 
                 out.extend_from_slice(&ballot.weight.to_le_bytes());
             }
             StateEntry::Leaf { decision, leaf } => {
-                out.push(LEAF_TAG);
+                out.push(match leaf.entry {
+                    Some(_) => LEAF_WITH_ENTRY_TAG,
+                    None => LEAF_TAG,
+                });
                 out.extend_from_slice(&decision.to_le_bytes());
                 out.extend_from_slice(&leaf.offset.to_le_bytes());
                 out.extend_from_slice(&leaf.voter.to_le_bytes());
                 out.extend_from_slice(&leaf.vote_id.to_le_bytes());
                 out.extend_from_slice(&leaf.leaf);
+                if let Some(entry) = &leaf.entry {
+                    out.extend_from_slice(&entry.0);
+                }
             }
         }
     }
@@ -88,6 +112,7 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<StateEntry>, DataflowError> {
         let len = match tag {
             BALLOT_TAG => BALLOT_LEN,
             LEAF_TAG => LEAF_LEN,
+            LEAF_WITH_ENTRY_TAG => LEAF_WITH_ENTRY_LEN,
             other => return Err(corrupt(at, &format!("unknown entry tag {other}"))),
         };
         let Some(entry) = bytes.get(at..at + len) else {
@@ -116,6 +141,7 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<StateEntry>, DataflowError> {
                     voter: fields.u128(),
                     vote_id: fields.u128(),
                     leaf: fields.take(),
+                    entry: (tag == LEAF_WITH_ENTRY_TAG).then(|| LeafEntry(fields.take())),
                 },
             },
         });
@@ -140,7 +166,52 @@ impl Fields<'_> {
     }
 }
 
-/// What one worker writes for one checkpoint.
+/// The most bytes in one stored part of a chunk. PostgreSQL refuses a `bytea` over 1 GB and
+/// every row travels whole through the client: a worker's base, which holds its share of
+/// the whole state, is cut into parts of at most this size, each decodable on its own (so a
+/// restart can also share one worker's base out among several).
+pub const MAX_PART_BYTES: usize = 32 << 20;
+
+/// Encodes entries into parts of at most `max_part` bytes each (one entry is never cut;
+/// always at least one part, maybe empty, so that a chunk without entries is still a row).
+pub fn encode_parts(entries: &[StateEntry], max_part: usize) -> Vec<Vec<u8>> {
+    let mut parts = vec![Vec::new()];
+    for entry in entries {
+        let encoded = encode_entries(std::slice::from_ref(entry));
+        let current = parts.last_mut().expect("parts starts with one");
+        if !current.is_empty() && current.len() + encoded.len() > max_part {
+            parts.push(encoded);
+        } else {
+            current.extend_from_slice(&encoded);
+        }
+    }
+    parts
+}
+
+/// Packs blocks of encoded entries (each decodable on its own) into parts of at most
+/// `max_part` bytes, re-cutting a block larger than that at its entries' boundaries (a chunk
+/// written before parts existed may be). Always at least one part.
+pub fn pack_parts<'a>(
+    blocks: impl IntoIterator<Item = &'a [u8]>,
+    max_part: usize,
+) -> Result<Vec<Vec<u8>>, DataflowError> {
+    let mut parts = vec![Vec::new()];
+    for block in blocks {
+        if block.len() > max_part {
+            parts.extend(encode_parts(&decode_entries(block)?, max_part));
+            continue;
+        }
+        let current = parts.last_mut().expect("parts starts with one");
+        if !current.is_empty() && current.len() + block.len() > max_part {
+            parts.push(block.to_vec());
+        } else {
+            current.extend_from_slice(block);
+        }
+    }
+    Ok(parts)
+}
+
+/// What one worker writes for one checkpoint, atomically.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateChunk {
     pub seq: u64,
@@ -150,96 +221,281 @@ pub struct StateChunk {
     pub workers: u32,
     /// End offsets of the partitions this worker feeds, as of the checkpoint's epoch.
     pub ends: Vec<(u32, u64)>,
-    /// Entries in the format of [`encode_entries`].
-    pub data: Vec<u8>,
+    /// The entries its operators produced since its previous checkpoint, in parts in the
+    /// format of [`encode_entries`] (at least one, maybe empty).
+    pub delta: Vec<Vec<u8>>,
+    /// At a full checkpoint: every entry this worker restored or wrote before `seq`, in
+    /// parts (at least one, maybe empty).
+    pub base: Option<Vec<Vec<u8>>>,
+}
+
+/// Whether a stored part belongs to a chunk's delta or to its base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PartKind {
+    Delta,
+    Base,
+}
+
+impl PartKind {
+    /// The name stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delta => "delta",
+            Self::Base => "base",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Result<Self, DataflowError> {
+        match stored {
+            "delta" => Ok(Self::Delta),
+            "base" => Ok(Self::Base),
+            other => Err(DataflowError::CorruptState(format!(
+                "unknown checkpoint part kind {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Where one stored part sits, without its bytes: what deciding what to load and what to
+/// delete needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartKey {
+    pub seq: u64,
+    pub worker: u32,
+    pub workers: u32,
+    pub kind: PartKind,
+    pub part: u32,
+}
+
+/// One stored row of a chunk: where it sits, its bytes, and the partition ends it records.
+pub type ChunkPart<'a> = (PartKey, &'a [u8], &'a [(u32, u64)]);
+
+impl StateChunk {
+    /// The chunk's rows. The ends go with the first delta part only.
+    pub fn parts(&self) -> Vec<ChunkPart<'_>> {
+        let key = |kind, part: usize| PartKey {
+            seq: self.seq,
+            worker: self.worker,
+            workers: self.workers,
+            kind,
+            part: part as u32,
+        };
+        let mut rows = Vec::new();
+        for (part, bytes) in self.delta.iter().enumerate() {
+            let ends: &[(u32, u64)] = if part == 0 { &self.ends } else { &[] };
+            rows.push((key(PartKind::Delta, part), bytes.as_slice(), ends));
+        }
+        for (part, bytes) in self.base.iter().flatten().enumerate() {
+            rows.push((key(PartKind::Base, part), bytes.as_slice(), &[][..]));
+        }
+        if self.delta.is_empty() {
+            // A chunk is counted by its first delta part: it must exist.
+            rows.push((key(PartKind::Delta, 0), &[][..], &self.ends));
+        }
+        if self.base.as_ref().is_some_and(Vec::is_empty) {
+            rows.push((key(PartKind::Base, 0), &[][..], &[][..]));
+        }
+        rows
+    }
+}
+
+/// What a store holds, read from its parts' keys: the latest complete checkpoint and the
+/// latest complete full one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestorePlan {
+    /// The highest `seq` of which every worker of its run wrote its chunk.
+    pub complete: Option<u64>,
+    /// The highest complete `seq` of which every worker also wrote its base.
+    pub full: Option<u64>,
+}
+
+impl RestorePlan {
+    pub fn of<'a>(keys: impl IntoIterator<Item = &'a PartKey>) -> Self {
+        // Per seq: its run's worker count, the workers with a delta, those with a base.
+        type Written = (u32, BTreeSet<u32>, BTreeSet<u32>);
+        let mut written: BTreeMap<u64, Written> = BTreeMap::new();
+        for key in keys.into_iter().filter(|key| key.part == 0) {
+            let slot = written.entry(key.seq).or_default();
+            slot.0 = slot.0.max(key.workers);
+            match key.kind {
+                PartKind::Delta => slot.1.insert(key.worker),
+                PartKind::Base => slot.2.insert(key.worker),
+            };
+        }
+        let mut plan = Self::default();
+        for (seq, (workers, deltas, bases)) in written {
+            if deltas.len() as u64 == u64::from(workers) {
+                plan.complete = Some(seq);
+                if bases.len() as u64 == u64::from(workers) {
+                    plan.full = Some(seq);
+                }
+            }
+        }
+        plan
+    }
+
+    /// Whether a restart reads this part: the full checkpoint's bases and every delta from
+    /// it (from the first without one) to the latest complete checkpoint.
+    pub fn loads(&self, key: &PartKey) -> bool {
+        let Some(complete) = self.complete else {
+            return false;
+        };
+        let from = self.full.unwrap_or(0);
+        match key.kind {
+            PartKind::Base => Some(key.seq) == self.full,
+            PartKind::Delta => key.seq >= from && key.seq <= complete,
+        }
+    }
+
+    /// Whether a part is below the latest complete full checkpoint, which holds all it did:
+    /// deleted by whoever sees it (a writer or a restart).
+    pub fn is_superseded(&self, seq: u64) -> bool {
+        self.full.is_some_and(|full| seq < full)
+    }
+
+    /// Whether a part belongs to a checkpoint after the latest complete one: at a restart,
+    /// left by a run that stopped while writing it, and deleted so a new run can reuse the
+    /// number. (While a run writes, it is simply not complete yet.)
+    pub fn is_unfinished(&self, seq: u64) -> bool {
+        self.complete.is_none_or(|complete| seq > complete)
+    }
 }
 
 /// The latest complete checkpoint, as loaded for a restart.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineSnapshot {
     pub seq: u64,
+    /// The full checkpoint the chunks start from, if one is complete.
+    pub full: Option<u64>,
     /// Where each partition resumes (a partition absent here resumes at 0).
     pub ends: Vec<(u32, u64)>,
-    /// Every chunk of every checkpoint up to `seq`.
+    /// The bases of `full` and the deltas from it to `seq`, each part decodable alone.
     pub chunks: Vec<Vec<u8>>,
+}
+
+impl EngineSnapshot {
+    /// Builds the snapshot a plan loads from the stored parts it selected, in key order;
+    /// each partition resumes at the highest end recorded for it.
+    pub fn from_parts<'a>(
+        plan: &RestorePlan,
+        parts: impl IntoIterator<Item = (PartKey, Vec<u8>, &'a [(u32, u64)])>,
+    ) -> Option<Self> {
+        let seq = plan.complete?;
+        let mut ends: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut chunks = Vec::new();
+        for (key, bytes, part_ends) in parts {
+            debug_assert!(plan.loads(&key), "{key:?} is not part of the plan");
+            for &(partition, end) in part_ends {
+                let slot = ends.entry(partition).or_insert(0);
+                *slot = (*slot).max(end);
+            }
+            chunks.push(bytes);
+        }
+        Some(Self {
+            seq,
+            full: plan.full,
+            ends: ends.into_iter().collect(),
+            chunks,
+        })
+    }
 }
 
 /// Where engine checkpoints are kept (the metadata store, in a served node or a cluster).
 pub trait StateStore: Send + Sync {
-    /// The latest complete checkpoint, if any. Chunks of later, incomplete checkpoints (a
-    /// run that stopped mid-checkpoint) are discarded, so a new run can reuse their numbers.
+    /// The latest complete checkpoint, if any. Parts of later, incomplete checkpoints (a
+    /// run that stopped mid-checkpoint) are discarded, so a new run can reuse their numbers;
+    /// so are those a complete full checkpoint supersedes.
     fn load(&self) -> Result<Option<EngineSnapshot>, String>;
 
-    /// Stores one worker's chunk atomically.
+    /// Stores one worker's chunk atomically (all its parts or none); then, if that completed
+    /// a full checkpoint, deletes the parts it supersedes.
     fn write(&self, chunk: StateChunk) -> Result<(), String>;
+}
+
+/// One stored part, in memory.
+#[derive(Clone, Debug)]
+struct StoredPart {
+    key: PartKey,
+    bytes: Vec<u8>,
+    ends: Vec<(u32, u64)>,
 }
 
 /// A [`StateStore`] in memory: for an engine embedded in a test or a tool, where a restart
 /// means a new engine in the same process.
 #[derive(Debug, Default)]
 pub struct InMemoryStateStore {
-    chunks: Mutex<Vec<StateChunk>>,
+    parts: Mutex<Vec<StoredPart>>,
 }
 
 impl InMemoryStateStore {
     /// The latest complete checkpoint's number, without touching anything (unlike `load`,
     /// safe while an engine writes).
     pub fn latest_complete(&self) -> Option<u64> {
-        latest_complete(&self.lock())
+        self.plan().complete
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<StateChunk>> {
-        self.chunks.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The latest complete full checkpoint's number.
+    pub fn latest_full(&self) -> Option<u64> {
+        self.plan().full
     }
-}
 
-/// The highest `seq` with as many chunks as its run had workers.
-fn latest_complete(chunks: &[StateChunk]) -> Option<u64> {
-    let mut written: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
-    for chunk in chunks {
-        let slot = written.entry(chunk.seq).or_insert((0, chunk.workers));
-        slot.0 += 1;
+    /// How many parts are stored: what compaction keeps bounded.
+    pub fn stored_parts(&self) -> usize {
+        self.lock().len()
     }
-    written
-        .into_iter()
-        .filter(|(_, (count, workers))| count == workers)
-        .map(|(seq, _)| seq)
-        .next_back()
+
+    fn plan(&self) -> RestorePlan {
+        RestorePlan::of(self.lock().iter().map(|stored| &stored.key))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<StoredPart>> {
+        self.parts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl StateStore for InMemoryStateStore {
     fn load(&self) -> Result<Option<EngineSnapshot>, String> {
-        let mut chunks = self.lock();
-        let complete = latest_complete(&chunks);
-        chunks.retain(|chunk| Some(chunk.seq) <= complete);
-        let Some(seq) = complete else {
-            return Ok(None);
-        };
-        chunks.sort_by_key(|chunk| (chunk.seq, chunk.worker));
-        let mut ends: BTreeMap<u32, u64> = BTreeMap::new();
-        for (partition, end) in chunks.iter().flat_map(|chunk| &chunk.ends) {
-            let slot = ends.entry(*partition).or_insert(0);
-            *slot = (*slot).max(*end);
-        }
-        Ok(Some(EngineSnapshot {
-            seq,
-            ends: ends.into_iter().collect(),
-            chunks: chunks.iter().map(|chunk| chunk.data.clone()).collect(),
-        }))
+        let mut parts = self.lock();
+        let plan = RestorePlan::of(parts.iter().map(|stored| &stored.key));
+        parts.retain(|stored| {
+            !plan.is_unfinished(stored.key.seq) && !plan.is_superseded(stored.key.seq)
+        });
+        let mut loaded: Vec<&StoredPart> = parts
+            .iter()
+            .filter(|stored| plan.loads(&stored.key))
+            .collect();
+        loaded.sort_by_key(|stored| stored.key);
+        Ok(EngineSnapshot::from_parts(
+            &plan,
+            loaded
+                .into_iter()
+                .map(|stored| (stored.key, stored.bytes.clone(), stored.ends.as_slice())),
+        ))
     }
 
     fn write(&self, chunk: StateChunk) -> Result<(), String> {
-        let mut chunks = self.lock();
-        if chunks
+        let mut parts = self.lock();
+        if parts
             .iter()
-            .any(|c| c.seq == chunk.seq && c.worker == chunk.worker)
+            .any(|stored| stored.key.seq == chunk.seq && stored.key.worker == chunk.worker)
         {
             return Err(format!(
                 "checkpoint {} of worker {} is already stored",
                 chunk.seq, chunk.worker
             ));
         }
-        chunks.push(chunk);
+        parts.extend(
+            chunk
+                .parts()
+                .into_iter()
+                .map(|(key, bytes, ends)| StoredPart {
+                    key,
+                    bytes: bytes.to_vec(),
+                    ends: ends.to_vec(),
+                }),
+        );
+        let plan = RestorePlan::of(parts.iter().map(|stored| &stored.key));
+        parts.retain(|stored| !plan.is_superseded(stored.key.seq));
         Ok(())
     }
 }
@@ -278,9 +534,10 @@ mod tests {
                 any::<u64>(),
                 any::<u128>(),
                 any::<u128>(),
-                any::<[u8; 32]>()
+                any::<[u8; 32]>(),
+                proptest::option::of(any::<[u8; 32]>()),
             )
-                .prop_map(|(decision, offset, voter, vote_id, leaf)| {
+                .prop_map(|(decision, offset, voter, vote_id, leaf, entry)| {
                     StateEntry::Leaf {
                         decision,
                         leaf: RecordLeaf {
@@ -288,6 +545,14 @@ mod tests {
                             voter,
                             vote_id,
                             leaf,
+                            // Any 80 bytes: the state keeps the entry as it is given.
+                            entry: entry.map(|seed| {
+                                let mut bytes = [0u8; canopy_schemas::LEAF_ENCODING_LEN];
+                                for (n, byte) in bytes.iter_mut().enumerate() {
+                                    *byte = seed[n % 32] ^ n as u8;
+                                }
+                                crate::record::LeafEntry(bytes)
+                            }),
                         },
                     }
                 }),
@@ -307,7 +572,8 @@ mod tests {
             let chunk = |seq: u64, worker: u32| StateChunk {
                 seq, worker, workers,
                 ends: vec![(worker, seq * 10)],
-                data: encode_entries(&[]),
+                delta: vec![encode_entries(&[])],
+                base: None,
             };
             for seq in 1..=complete {
                 for worker in 0..workers {
@@ -325,6 +591,7 @@ mod tests {
             } else {
                 let loaded = loaded.unwrap();
                 prop_assert_eq!(loaded.seq, complete);
+                prop_assert_eq!(loaded.full, None);
                 prop_assert_eq!(loaded.chunks.len() as u64, complete * u64::from(workers));
                 prop_assert!(loaded.ends.iter().all(|(_, end)| *end == complete * 10));
             }
@@ -333,6 +600,40 @@ mod tests {
                 store.write(chunk(complete + 1, worker)).unwrap();
             }
             prop_assert_eq!(store.load().unwrap().unwrap().seq, complete + 1);
+        }
+
+        #[test]
+        fn parts_hold_every_entry_once_within_the_size(
+            entries in proptest::collection::vec(entry(), 0..60),
+            max_part in 1usize..400,
+            cuts in proptest::collection::vec(0usize..60, 0..4),
+        ) {
+            let parts = encode_parts(&entries, max_part);
+            prop_assert!(!parts.is_empty());
+            let mut decoded = Vec::new();
+            for part in &parts {
+                // Only a part of one entry larger than the limit may exceed it.
+                let part_entries = decode_entries(part).unwrap();
+                prop_assert!(part.len() <= max_part || part_entries.len() == 1);
+                decoded.extend(part_entries);
+            }
+            prop_assert_eq!(&decoded, &entries);
+            // Blocks cut anywhere at entry boundaries pack back into the same entries.
+            let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c.min(entries.len())).collect();
+            bounds.extend([0, entries.len()]);
+            bounds.sort_unstable();
+            let blocks: Vec<Vec<u8>> = bounds
+                .windows(2)
+                .map(|w| encode_entries(&entries[w[0]..w[1]]))
+                .collect();
+            let packed = pack_parts(blocks.iter().map(Vec::as_slice), max_part).unwrap();
+            let mut repacked = Vec::new();
+            for part in &packed {
+                let part_entries = decode_entries(part).unwrap();
+                prop_assert!(part.len() <= max_part || part_entries.len() == 1);
+                repacked.extend(part_entries);
+            }
+            prop_assert_eq!(repacked, entries);
         }
 
         #[test]
@@ -346,5 +647,61 @@ mod tests {
                 Err(error) => prop_assert_eq!(error.code(), "corrupt_state"),
             }
         }
+    }
+
+    fn key(seq: u64, worker: u32, workers: u32, kind: PartKind, part: u32) -> PartKey {
+        PartKey {
+            seq,
+            worker,
+            workers,
+            kind,
+            part,
+        }
+    }
+
+    #[test]
+    fn a_full_checkpoint_counts_only_when_every_worker_wrote_its_base() {
+        use PartKind::{Base, Delta};
+        let mut keys = vec![
+            key(1, 0, 2, Delta, 0),
+            key(1, 1, 2, Delta, 0),
+            // Checkpoint 2 is complete, but one worker (another configuration) wrote no base.
+            key(2, 0, 2, Delta, 0),
+            key(2, 0, 2, Base, 0),
+            key(2, 1, 2, Delta, 0),
+        ];
+        let plan = RestorePlan::of(&keys);
+        assert_eq!((plan.complete, plan.full), (Some(2), None));
+        assert!(plan.loads(&key(1, 0, 2, Delta, 0)));
+        assert!(!plan.loads(&key(2, 0, 2, Base, 0)));
+        // Checkpoint 3 is full, its second part included; 4 is unfinished.
+        keys.extend([
+            key(3, 0, 1, Delta, 0),
+            key(3, 0, 1, Base, 0),
+            key(3, 0, 1, Base, 1),
+            key(4, 1, 2, Delta, 0),
+        ]);
+        let plan = RestorePlan::of(&keys);
+        assert_eq!((plan.complete, plan.full), (Some(3), Some(3)));
+        let loaded: Vec<_> = keys.iter().filter(|k| plan.loads(k)).collect();
+        assert_eq!(
+            loaded,
+            [
+                &key(3, 0, 1, Delta, 0),
+                &key(3, 0, 1, Base, 0),
+                &key(3, 0, 1, Base, 1)
+            ]
+        );
+        assert!(plan.is_superseded(2) && !plan.is_superseded(3));
+        assert!(plan.is_unfinished(4) && !plan.is_unfinished(3));
+    }
+
+    #[test]
+    fn an_unknown_part_kind_is_corrupt_state() {
+        assert_eq!(PartKind::parse("base").unwrap(), PartKind::Base);
+        assert_eq!(
+            PartKind::parse("snapshot").unwrap_err().code(),
+            "corrupt_state"
+        );
     }
 }

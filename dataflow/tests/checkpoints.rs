@@ -104,6 +104,20 @@ struct Run {
 }
 
 fn start(log: &Arc<SegmentLog>, state: &Arc<InMemoryStateStore>, workers: usize) -> Run {
+    start_with(
+        log,
+        state,
+        workers,
+        EngineConfig::default().full_checkpoint_every,
+    )
+}
+
+fn start_with(
+    log: &Arc<SegmentLog>,
+    state: &Arc<InMemoryStateStore>,
+    workers: usize,
+    full_checkpoint_every: u64,
+) -> Run {
     let views = Arc::new(InMemoryViews::new());
     let spy = Arc::new(ReadSpy::new(Arc::clone(log)));
     let record = Arc::new(VoteRecord::new(
@@ -121,6 +135,7 @@ fn start(log: &Arc<SegmentLog>, state: &Arc<InMemoryStateStore>, workers: usize)
             state: Some(Arc::clone(state) as Arc<dyn StateStore>),
             checkpoint_interval: Duration::from_millis(20),
             max_epoch_records: 97,
+            full_checkpoint_every,
             ..EngineConfig::default()
         },
         Arc::clone(&spy) as Arc<dyn VoteLog>,
@@ -218,5 +233,48 @@ proptest! {
             );
         }
         run.engine.shutdown().unwrap();
+    }
+
+    /// Runs of changing sizes, each writing several checkpoints while votes arrive, every
+    /// few of them full (so the store keeps only the latest full one and what follows):
+    /// after every restart the tallies and Merkle logs equal a recount of the whole log.
+    #[test]
+    fn restarts_through_full_checkpoints_lose_and_repeat_nothing(
+        seed in any::<u64>(),
+        sizes in proptest::collection::vec(1usize..4, 3..5),
+        full_checkpoint_every in 1u64..4,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_segment_log(dir.path(), 5);
+        let state = Arc::new(InMemoryStateStore::default());
+        let mut earlier: Vec<LoggedVote> = Vec::new();
+        let mut fulls_loaded = 0;
+        for (run_index, workers) in sizes.into_iter().enumerate() {
+            let loaded = state.load().unwrap();
+            fulls_loaded += usize::from(loaded.as_ref().is_some_and(|s| s.full.is_some()));
+            let before = state.latest_complete().unwrap_or(0);
+            let run = start_with(&log, &state, workers, full_checkpoint_every);
+            // Votes in a few bursts, so that several checkpoints are written in this run.
+            for burst in 0..4u64 {
+                let more = votes(seed ^ (run_index as u64 * 16 + burst), 60, &earlier);
+                log.append(&more).unwrap();
+                earlier.extend(more);
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            wait_until_caught_up(&log, &run.views);
+            check_against_recount(&log, &run)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while state.latest_complete().unwrap_or(0) < before + 2 {
+                prop_assert!(Instant::now() < deadline, "no checkpoints were completed");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            run.engine.shutdown().unwrap();
+        }
+        // The last runs resumed from full checkpoints, and the store holds no more than
+        // the latest full one and what follows it.
+        prop_assert!(fulls_loaded > 0, "no run resumed from a full checkpoint");
+        let snapshot = state.load().unwrap().unwrap();
+        let full = snapshot.full.unwrap();
+        prop_assert!(snapshot.seq - full < full_checkpoint_every);
     }
 }

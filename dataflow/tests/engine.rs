@@ -190,7 +190,7 @@ fn over_a_kafka_topic_the_tallies_equal_a_recount() {
     let log = Arc::new(
         KafkaLog::connect(KafkaConfig {
             partitions: 3,
-            ..KafkaConfig::new(broker, topic)
+            ..KafkaConfig::new(broker, topic, canopy_ingest::LogKey::from_bytes([7; 32]))
         })
         .unwrap(),
     );

@@ -305,7 +305,7 @@ fn the_engine_over_a_kafka_topic_keyed_by_region_equals_the_recomputation() {
     let topic = format!("canopy-sensors-{}", uuid::Uuid::new_v4().simple());
     let log = KafkaSensorLog::connect(KafkaConfig {
         partitions: PARTITIONS,
-        ..KafkaConfig::new(broker, topic)
+        ..KafkaConfig::new(broker, topic, canopy_ingest::LogKey::from_bytes([7; 32]))
     })
     .unwrap();
     engine_equals_the_recomputation(Arc::new(log));

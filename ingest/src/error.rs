@@ -47,14 +47,6 @@ pub enum IngestError {
     },
     #[error("decision {decision} has opened; its options, weights and method can no longer change")]
     DecisionFrozen { decision: DecisionId },
-    #[error(
-        "partition {partition}, offset {offset} of the Kafka topic is not a logged vote: {reason}"
-    )]
-    KafkaRecord {
-        partition: u32,
-        offset: u64,
-        reason: String,
-    },
     #[error("the Kafka log failed: {reason}")]
     Kafka { reason: String },
     #[error("the Kafka topic {topic} is not usable: {reason}")]
@@ -100,7 +92,6 @@ impl IngestError {
             }
             Self::DecisionFrozen { .. } => "decision_frozen",
             Self::Kafka { .. } => "kafka",
-            Self::KafkaRecord { .. } => "kafka_record",
             Self::KafkaTopic { .. } => "kafka_topic",
         }
     }

@@ -35,11 +35,16 @@ mod kafka;
 mod segment;
 mod segment_files;
 
-use canopy_schemas::{DecisionId, LoggedVote, SealedVoter, SensorReading, Vote, VoterCommitment};
+use canopy_schemas::{
+    DecisionId, LoggedVote, MAX_WEIGHT, SealedVoter, SensorReading, Vote, VoterCommitment,
+};
 
 pub use error::IngestError;
 pub use gate::Gate;
-pub use kafka::{KafkaConfig, KafkaEntryLog, KafkaLog, KafkaSensorLog};
+pub use kafka::{
+    DeadLetter, DeadLetterReason, KafkaConfig, KafkaEntryLog, KafkaLog, KafkaSensorLog, LogKey,
+    MAC_HEADER, OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER,
+};
 pub use segment::{
     Recovery, Retention, SegmentEntryLog, SegmentLog, SegmentLogConfig, SensorSegmentLog,
 };
@@ -155,6 +160,11 @@ pub trait LogEntry: Clone + PartialEq + Send + Sync + 'static {
     fn key(&self) -> Vec<u8>;
     fn encode_into(&self, out: &mut Vec<u8>);
     fn decode(bytes: &[u8]) -> Result<Self, String>;
+    /// The checks an entry passes on its own, with no decision or sensor registry at hand:
+    /// what a reader of a topic anyone may produce to can still refuse.
+    fn validate_alone(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// The version of the segment log format whose entries this build writes (`log.meta`).
     const LOG_FORMAT: u32 = 3;
     /// An entry of an older log format rewritten as this build writes it; `None` when it
@@ -194,6 +204,23 @@ impl LogEntry for LoggedVote {
         LoggedVote::decode(bytes).map_err(|e| e.to_string())
     }
 
+    /// The bounds of `validate_vote`'s weight rule, which hold whatever the decision (the
+    /// democratic component's exact weight of one is the gate's to enforce: the tally does
+    /// not depend on it).
+    fn validate_alone(&self) -> Result<(), String> {
+        let weight = self.vote.weight;
+        if weight.0 == 0 || weight.0 > MAX_WEIGHT {
+            return Err(format!(
+                "weight {} millionths, outside (0, {MAX_WEIGHT}]",
+                weight.0
+            ));
+        }
+        if self.vote.cast_at < 0 {
+            return Err(format!("cast at {} µs, before 1970", self.vote.cast_at));
+        }
+        Ok(())
+    }
+
     /// Format 4: the logged vote's version 2, the voter's id never in the clear.
     const LOG_FORMAT: u32 = 4;
 
@@ -229,10 +256,30 @@ impl LogEntry for SensorReading {
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         SensorReading::decode(bytes).map_err(|e| e.to_string())
     }
+
+    /// Named, and observed after 1970 (plausible values are the registry's to check, at
+    /// the API: the windows take any value).
+    fn validate_alone(&self) -> Result<(), String> {
+        if self.sensor_id.is_empty() || self.region.is_empty() {
+            return Err("a reading without a sensor or region".into());
+        }
+        if self.observed_at < 0 {
+            return Err(format!("observed at {} ms, before 1970", self.observed_at));
+        }
+        Ok(())
+    }
 }
 
 /// What [`EntryLog::read_entries`] answers: entries with their positions, in offset order.
 pub type EntriesRead<E> = Result<Vec<(Position, E)>, IngestError>;
+
+/// What [`EntryLog::read_batch`] answers: records in offset order, and the offset to read
+/// from next, past records a log refused to hand over (a Kafka log's dead letters).
+#[derive(Debug)]
+pub struct ReadBatch<R> {
+    pub records: Vec<R>,
+    pub next: u64,
+}
 
 /// A durable, partitioned, append-only log of entries of one kind: votes partitioned by
 /// decision, sensor readings by region.
@@ -262,8 +309,27 @@ pub trait EntryLog<E: LogEntry>: Send + Sync {
             .collect())
     }
 
+    /// [`read`](Self::read), and the offset to read from next. A reader that follows the
+    /// log reads with this: a batch of refused records only is empty but still moves on.
+    fn read_batch(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<ReadBatch<E::Record>, IngestError> {
+        let records = self.read(partition, from, max)?;
+        let next = records.last().map_or(from, |r| r.position().offset + 1);
+        Ok(ReadBatch { records, next })
+    }
+
     /// The offset the next record of `partition` will get: every offset below it is durable.
     fn end_offset(&self, partition: u32) -> Result<u64, IngestError>;
+
+    /// How many records reads of this log refused and wrote to a dead-letter topic (a log
+    /// that refuses nothing: 0).
+    fn dead_letters(&self) -> u64 {
+        0
+    }
 
     /// The partition of `key` (a decision id, a region name) in this log.
     fn partition_of(&self, key: E::PartitionKey<'_>) -> u32 {

@@ -23,7 +23,7 @@ fn topic() -> String {
 fn config(topic: &str, partitions: u32) -> KafkaConfig {
     KafkaConfig {
         partitions,
-        ..KafkaConfig::new(broker(), topic)
+        ..KafkaConfig::new(broker(), topic, LogKey::from_bytes([3; 32]))
     }
 }
 

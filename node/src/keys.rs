@@ -1,7 +1,8 @@
 //! The node's 32-byte keys, each a file of its own under `<data>/keys/` (or where the
-//! configuration puts it), 0600, generated on first start: the record key's seed, the audit
-//! key and the secrets key. The last two are the metadata store's, kept outside the database
-//! so that write access to it is not enough to rewrite the audit trail or read TOTP secrets.
+//! configuration puts it), 0600, generated on first start: the record key's seed, the Kafka
+//! log's signing key, the audit key and the secrets key. The last two are the metadata
+//! store's, kept outside the database so that write access to it is not enough to rewrite
+//! the audit trail or read TOTP secrets.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,6 +17,19 @@ use crate::error::blocking;
 pub const AUDIT_KEY_FILE: &str = "audit-hmac.key";
 /// The secrets key's file under the data directory, unless configured elsewhere.
 pub const SECRETS_KEY_FILE: &str = "secrets.key";
+
+/// The Kafka log's signing key's file under `<data>/keys/`: the same file on every process
+/// of a cluster, as the record key's seed must be.
+pub const LOG_KEY_FILE: &str = "log-hmac.key";
+
+/// The key every record Canopy appends to a Kafka topic is signed with, and reads check:
+/// `<data_dir>/keys/log-hmac.key`, made on first start (the data directory made private
+/// first, as a node makes it).
+pub fn load_log_key(data_dir: &Path) -> Result<canopy_ingest::LogKey, NodeError> {
+    crate::data_dir::make_private(data_dir)?;
+    let key = load_or_generate_key(&data_dir.join("keys").join(LOG_KEY_FILE))?;
+    Ok(canopy_ingest::LogKey::from_bytes(key))
+}
 
 /// Reads the 32-byte key at `path`, or makes one there (0600) if there is none. Processes
 /// starting together over one shared file agree: only one creates it, the others read it.

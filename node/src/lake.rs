@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use canopy_analytics::{
-    CheckpointEntry, FinalWindows, LakeConfig, LakeLocation, LakeViews, LakeWriter, SqlLimits,
-    TallyChange, WindowFeature, WriterReport,
+    CheckpointEntry, FinalWindows, LakeConfig, LakeLocation, LakeShare, LakeViews, LakeWriter,
+    Published, SqlLimits, TallyChange, WindowFeature, WriterReport,
 };
 use canopy_ingest::{SensorLog, VoteLog};
 
@@ -31,6 +31,9 @@ pub struct LakeSettings {
     pub pg_listen: Option<std::net::SocketAddr>,
     /// k: a tally cell's change is written once at least this many voters moved it.
     pub min_group_voters: u64,
+    /// Which part of a shared lake this process writes (a cluster's worker process); a
+    /// node alone writes all of it.
+    pub share: LakeShare,
 }
 
 impl LakeSettings {
@@ -47,6 +50,7 @@ impl LakeSettings {
             concurrent_queries: 4,
             pg_listen: None,
             min_group_voters: 5,
+            share: LakeShare::Alone,
         }
     }
 }
@@ -60,6 +64,13 @@ struct Unwritten {
 }
 
 /// Everything the lake task needs.
+///
+/// In a cluster's worker process (`settings.share`), `votes` and `sensors` are the whole
+/// logs: the writer copies only the partitions this process's workers read. `tally_changes`
+/// records what this process's workers publish; `final_windows` must likewise collect only
+/// the windows this process's workers compute (the features dataflow's sink in this
+/// process). Decisions and record checkpoints are written, and the lake compacted, by
+/// process 0 alone.
 pub(crate) struct LakeFeed {
     pub settings: LakeSettings,
     pub writer: Arc<Mutex<LakeWriter>>,
@@ -82,6 +93,7 @@ impl LakeFeed {
     ) -> Result<Self, NodeError> {
         let mut config = LakeConfig::new(settings.location.clone());
         config.min_group_voters = settings.min_group_voters;
+        config.share = settings.share.clone();
         let writer = LakeWriter::open(config)?;
         Ok(Self {
             settings,
@@ -97,9 +109,18 @@ impl LakeFeed {
 
     /// Writes what is new since the last flush.
     pub async fn flush(&self) -> Result<WriterReport, NodeError> {
-        let decisions = self.store.decisions().await?;
+        // The whole lake's tables are one process's: the others need not read the store.
+        let whole_lake = self.settings.share.keeps_whole_lake();
+        let decisions = match whole_lake {
+            true => self.store.decisions().await?,
+            false => Vec::new(),
+        };
+        let latest_checkpoints = match whole_lake {
+            true => self.store.latest_checkpoints().await?,
+            false => Vec::new(),
+        };
         let mut checkpoints = Vec::new();
-        for latest in self.store.latest_checkpoints().await? {
+        for latest in latest_checkpoints {
             let id = latest.decision_id.to_string();
             let mark = lock(&self.writer).checkpoint_mark(&id);
             if mark.is_some_and(|mark| latest.tree_size <= mark) {
@@ -136,10 +157,13 @@ impl LakeFeed {
             if let Some(sensors) = &sensors {
                 report.sensor_readings = writer.sync_readings(sensors.as_ref())?;
             }
+            let mut published = Published::default();
             if let Some(views) = &tally_changes {
-                unwritten.tally_changes.extend(views.take_changes());
+                published = views.take_published();
+                unwritten.tally_changes.append(&mut published.rows);
             }
-            report.tally_changes = writer.write_tally_changes(unwritten.tally_changes.clone())?;
+            published.rows = unwritten.tally_changes.clone();
+            report.tally_changes = writer.write_published(published)?;
             unwritten.tally_changes.clear();
             if let Some(windows) = &final_windows {
                 unwritten.window_features.extend(windows.take_final());

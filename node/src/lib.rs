@@ -5,17 +5,21 @@
 //! ```text
 //!  canopy up      Node: metadata store, keys, vote log (segments | Kafka), TallyEngine +
 //!                 VoteRecord, CheckpointWriter, anchor_loop, sensors, lake_loop, listener
-//!  canopy serve   Node without an engine: appends to Kafka, reads results from Redis
-//!  canopy worker  WorkerNode: the tally dataflow as one timely cluster over Kafka, engine
-//!                 checkpoints in PostgreSQL, results into Redis, the record and anchoring
+//!  canopy serve   Node without an engine: appends votes and readings to Kafka, reads
+//!                 results, features and alerts from Redis
+//!  canopy worker  WorkerNode: the tally and features dataflows as one timely cluster over
+//!                 Kafka, engine checkpoints in PostgreSQL, results, features and alerts
+//!                 into Redis, the record and anchoring
 //! ```
 //!
 //! - [`node`]: the single node and the `serve` replica ([`Node`], [`NodeConfig`]).
 //! - [`worker`]: the cluster worker ([`worker::WorkerNode`]).
 //! - [`record`]: the record key, the checkpoint writer and the anchoring loop.
+//! - [`tiles`]: the record store (C2SP tlog tiles in a folder or bucket) and its reader.
 //! - [`keys`]: the node's key files: the record key's seed, the audit and secrets keys.
 //! - [`lake`]: the analytics lake's flush and compaction loop.
 //! - [`redis`]: the cluster's view store and replica coordination in Redis.
+//! - [`redis_sensors`]: the cluster's sensor features and alerts in Redis.
 //! - [`listener`]: the HTTP listener's accept loop: timeouts, connection cap, headers.
 //! - [`tls`]: the listeners' certificate, reloaded on SIGHUP.
 
@@ -30,8 +34,10 @@ pub mod node;
 mod readiness;
 pub mod record;
 pub mod redis;
+pub mod redis_sensors;
 pub mod sensors;
 mod sql_port;
+pub mod tiles;
 pub mod tls;
 pub mod worker;
 

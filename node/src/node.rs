@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use canopy_analytics::{LakeSql, LakeViews};
 use canopy_chain::NoteSigner;
 use canopy_dataflow::{
-    EngineConfig, InMemoryViews, RecordReader, StateStore, TallyEngine, ViewStore, VoteRecord,
+    EngineConfig, InMemoryViews, RecordReader, RecordTiles, StateStore, TallyEngine, ViewStore,
+    VoteRecord,
 };
 use canopy_ingest::{Gate, KafkaConfig, KafkaLog, SegmentLog, SegmentLogConfig, VoteLog};
 use canopy_schemas::Decision;
@@ -30,10 +31,13 @@ use crate::keys::StoreKeyPaths;
 use crate::lake::{LakeFeed, LakeSettings, lake_loop};
 use crate::listener::{HttpSettings, Listener, listen, raise_open_file_limit};
 use crate::readiness::become_ready_after_replay;
-use crate::record::{Anchorer, RecordSettings, anchor_loop, open_record, record_signer};
+use crate::record::{
+    Anchorer, RecordSettings, anchor_loop, open_record, open_tile_store, record_signer,
+};
 use crate::redis::{RedisAttemptLedger, RedisViews, ReplicaCoordinator};
-use crate::sensors::{SensorSettings, start_sensors};
+use crate::sensors::{SensorSettings, start_replica_sensors, start_sensors};
 use crate::sql_port::{SqlPortSettings, start_sql_port};
+use crate::tiles::{ReaderLimits, RecordStore, TileRecordReader};
 use crate::tls::TlsFiles;
 use crate::worker::{RedisTarget, SqlStateStore};
 
@@ -68,7 +72,8 @@ pub struct NodeConfig {
     /// Engine checkpoints in the metadata store, so a restart resumes rather than replays.
     pub engine_checkpoints: bool,
     pub sensors: SensorSettings,
-    /// The analytics lake, in a node that runs the engine.
+    /// The analytics lake: kept (written) by a node that runs the engine, only read (SQL,
+    /// trends, the PostgreSQL port) by a `serve` replica.
     pub lake: Option<LakeSettings>,
     /// The HTTP listener's timeouts, connection cap and CORS policy.
     pub http: HttpSettings,
@@ -240,16 +245,22 @@ struct Tally {
     anchoring: tokio::task::JoinHandle<()>,
 }
 
+/// Where the record's checkpoints are signed and written.
+struct RecordOutputs<'a> {
+    signer: &'a Arc<NoteSigner>,
+    tiles: &'a RecordStore,
+}
+
 async fn start_tally(
     config: &NodeConfig,
     store: &Arc<dyn MetadataStore>,
-    signer: &Arc<NoteSigner>,
+    RecordOutputs { signer, tiles }: RecordOutputs<'_>,
     log: &Arc<dyn VoteLog>,
     views: Arc<dyn ViewStore>,
     decisions: Vec<Decision>,
     anchor_stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Tally, NodeError> {
-    let record = open_record(store, signer, &config.record, log.partitions()).await?;
+    let record = open_record(store, tiles, signer, &config.record, log.partitions()).await?;
     let runtime = tokio::runtime::Handle::current();
     let engine_config = EngineConfig {
         workers: config.workers,
@@ -301,6 +312,14 @@ impl Node {
         // The engine publishes through the lake's recorder of tally changes.
         let tally_changes = keep_lake.then(|| Arc::new(LakeViews::new(Arc::clone(&views))));
         let signer = record_signer(&config.data_dir, &config.record.origin).await?;
+        // The record store: written by the engine's checkpoint writer (here or in the
+        // workers), read for raw tiles, and for proofs where the trees are not in memory.
+        let tile_store = open_tile_store(&config.record, &config.data_dir)?;
+        let tile_reader = Arc::new(TileRecordReader::new(
+            tile_store.clone(),
+            signer.verifier(),
+            ReaderLimits::default(),
+        ));
         let coordinator = connect_coordinator(&config).await?;
         let (anchoring, anchor_stop) = tokio::sync::watch::channel(false);
         let tally = if config.run_engine {
@@ -311,7 +330,10 @@ impl Node {
             let tally = start_tally(
                 &config,
                 &store,
-                &signer,
+                RecordOutputs {
+                    signer: &signer,
+                    tiles: &tile_store,
+                },
                 &log,
                 engine_views,
                 decisions,
@@ -328,7 +350,11 @@ impl Node {
                 Some(tally.record as Arc<dyn RecordReader>),
                 Some(tally.anchoring),
             ),
-            None => (None, None, None),
+            None => (
+                None,
+                Some(Arc::clone(&tile_reader) as Arc<dyn RecordReader>),
+                None,
+            ),
         };
         let sensors = if config.run_engine && config.sensors.enabled {
             Some(Arc::new(
@@ -341,13 +367,21 @@ impl Node {
                 )
                 .await?,
             ))
+        } else if let (Some(kafka), Some(redis), true) =
+            (&config.kafka, &config.redis, config.sensors.enabled)
+        {
+            // A cluster's replica: readings to the sensor topic, features from Redis.
+            let redis = (redis.url.as_str(), redis.prefix.as_str());
+            Some(start_replica_sensors(&config.sensors, kafka, redis, &store).await?)
         } else {
             None
         };
-        let lake_sql = match (&config.lake, keep_lake) {
-            (Some(lake), true) => Some(LakeSql::new(lake.location.clone(), lake.sql)),
-            _ => None,
-        };
+        // A replica without an engine answers SQL over the lake the workers write; new
+        // files show in its next query (each query lists them).
+        let lake_sql = config
+            .lake
+            .as_ref()
+            .map(|lake| LakeSql::new(lake.location.clone(), lake.sql));
         let analytics = match (&config.lake, &lake_sql) {
             (Some(lake), Some(sql)) => Some(Arc::new(AnalyticsService::new(
                 Arc::new(sql.clone()),
@@ -389,6 +423,7 @@ impl Node {
             config: config.api.clone(),
             ready: Default::default(),
             record,
+            record_tiles: Some(tile_reader as Arc<dyn RecordTiles>),
             record_key: signer.verifier().encode(),
             record_origin: config.record.origin.clone(),
             salts: SaltCache::default(),

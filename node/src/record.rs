@@ -3,7 +3,8 @@
 //! or an EVM contract).
 //!
 //! ```text
-//!  dataflow ─cut checkpoint─▶ CheckpointWriter ─▶ checkpoints table (SQL)
+//!  dataflow ─cut checkpoint + tiles─▶ CheckpointWriter ─▶ tiles, bundles (record store)
+//!                                    ─▶ checkpoints table (SQL) ─▶ `checkpoint` (record store)
 //!                                                     │ every anchor interval
 //!                                                     ▼
 //!   AnchorLoop: unanchored checkpoints (+ the audit trail's head, if it grew) ─▶ batch
@@ -11,6 +12,10 @@
 //!        ─▶ AnchorTarget::anchor (journal line fsync'd | EVM tx + N confirmations),
 //!           retried with exponential backoff ─▶ batch confirmed (tx hash, block) in SQL
 //! ```
+//!
+//! The write order makes every reader safe: a checkpoint row or `checkpoint` object exists
+//! only once its tiles do. A failed write is retried with backoff (logged), never dropped:
+//! later cuts wait behind it, in order.
 //!
 //! A batch is written to SQL before it is sent, so a crash in between re-sends the same
 //! batch on restart; a duplicate on chain is harmless (the same root twice).
@@ -20,6 +25,7 @@
 //! a trail that grew alone makes a batch of its own, so a rewrite or a cut tail of the audit
 //! trail shows against the anchor within one anchoring interval.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +40,7 @@ use canopy_serving::store::{AnchorBatchRow, AuditAnchorRow, CheckpointRow, Metad
 
 use crate::NodeError;
 use crate::keys::load_or_generate_key;
+use crate::tiles::RecordStore;
 
 /// What a process that keeps the vote record needs to know of it: the same for a node and
 /// a cluster worker.
@@ -46,6 +53,9 @@ pub struct RecordSettings {
     pub anchor: AnchorConfig,
     /// Where batch roots go; the local anchor journal (`anchors/journal.jsonl`) if absent.
     pub anchor_target: Option<Arc<dyn AnchorTarget>>,
+    /// The record store (C2SP tlog tiles): a folder or `s3://bucket/prefix`;
+    /// `<data_dir>/record-tiles` if absent. Every process of a cluster must name the same.
+    pub tile_store: Option<String>,
 }
 
 impl Default for RecordSettings {
@@ -55,6 +65,7 @@ impl Default for RecordSettings {
             record: RecordConfig::default(),
             anchor: AnchorConfig::default(),
             anchor_target: None,
+            tile_store: None,
         }
     }
 }
@@ -78,10 +89,24 @@ pub(crate) async fn record_signer(
     Ok(Arc::new(signer))
 }
 
-/// The vote record an engine grows: checkpoints go to the store, and the latest stored ones
-/// are what the replayed or restored trees must reproduce.
+/// The record store the settings name (`<data_dir>/record-tiles` by default).
+pub(crate) fn open_tile_store(
+    settings: &RecordSettings,
+    data_dir: &Path,
+) -> Result<RecordStore, NodeError> {
+    let location = match &settings.tile_store {
+        Some(location) => location.clone(),
+        None => data_dir.join("record-tiles").display().to_string(),
+    };
+    Ok(RecordStore::open(&location)?)
+}
+
+/// The vote record an engine grows: checkpoints go to the store (their tiles to the record
+/// store first), and the latest stored ones are what the replayed or restored trees must
+/// reproduce.
 pub(crate) async fn open_record(
     store: &Arc<dyn MetadataStore>,
+    tiles: &RecordStore,
     signer: &NoteSigner,
     settings: &RecordSettings,
     partitions: u32,
@@ -93,55 +118,94 @@ pub(crate) async fn open_record(
             ..settings.record.clone()
         },
         partitions,
-        Arc::new(CheckpointWriter::start(Arc::clone(store))),
+        Arc::new(CheckpointWriter::start(Arc::clone(store), tiles.clone())),
     ));
     for stored in store.latest_checkpoints().await? {
+        // A record store new to this record (configured after checkpoints were cut) has
+        // no `checkpoint` object: the replay then writes every tile up to the stored size.
+        let tiles_stored = tiles.read_checkpoint(stored.decision_id).await?.is_some();
         record.resume_from(StoredCheckpoint {
             decision: stored.decision_id,
             size: stored.tree_size as u64,
             root: parse_hash(&stored.root)?,
+            tiles_stored,
         });
     }
     Ok(record)
 }
 
-/// The dataflow's checkpoint sink: hands each cut checkpoint to a task that stores it.
+/// The dataflow's checkpoint sink: hands each cut checkpoint to a task that stores it, off
+/// the dataflow's threads.
 pub struct CheckpointWriter {
     sender: tokio::sync::mpsc::UnboundedSender<CutCheckpoint>,
 }
 
+/// Retries `attempt` with backoff (0.1 s doubling to 10 s) until it succeeds, logging each
+/// failure with `what`.
+async fn until_done<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    cut: &CutCheckpoint,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(error) => {
+                tracing::warn!(%error, decision = %cut.decision, size = cut.size, retry_in_ms = backoff.as_millis() as u64, "{what} failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
 impl CheckpointWriter {
-    /// Starts the storing task on the current runtime.
-    pub fn start(store: Arc<dyn MetadataStore>) -> Self {
+    /// Starts the storing task on the current runtime: per cut, its tiles into the record
+    /// store, then the row into the metadata store, then the record store's `checkpoint`.
+    pub fn start(store: Arc<dyn MetadataStore>, tiles: RecordStore) -> Self {
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<CutCheckpoint>();
         tokio::spawn(async move {
-            while let Some(cut) = receiver.recv().await {
-                let row = CheckpointRow {
-                    decision_id: cut.decision,
-                    tree_size: cut.size as i64,
-                    root: hex::encode(cut.root),
-                    note: cut.note,
-                    log_partition: i64::from(cut.as_of.partition),
-                    log_offset: cut.as_of.offset as i64,
-                    cut_at: now_micros(),
-                    batch_id: None,
-                    entry_index: None,
-                };
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    match store.insert_checkpoint(&row).await {
-                        Ok(_) => break,
-                        Err(error) => {
-                            tracing::warn!(%error, decision = %row.decision_id, size = row.tree_size, "storing a checkpoint failed; retrying");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(10));
-                        }
-                    }
+            while let Some(mut cut) = receiver.recv().await {
+                let tile_writes = std::mem::take(&mut cut.tiles);
+                if !tile_writes.is_empty() {
+                    until_done(
+                        "writing a checkpoint's tiles to the record store",
+                        &cut,
+                        || tiles.write_tiles(cut.decision, tile_writes.clone()),
+                    )
+                    .await;
                 }
+                if !cut.already_stored {
+                    store_row(store.as_ref(), &cut).await;
+                }
+                until_done("writing the checkpoint to the record store", &cut, || {
+                    tiles.write_checkpoint(cut.decision, cut.size, cut.note.clone())
+                })
+                .await;
             }
         });
         Self { sender }
     }
+}
+
+/// The checkpoint's row, retried until stored.
+async fn store_row(store: &dyn MetadataStore, cut: &CutCheckpoint) {
+    let row = CheckpointRow {
+        decision_id: cut.decision,
+        tree_size: cut.size as i64,
+        root: hex::encode(cut.root),
+        note: cut.note.clone(),
+        log_partition: i64::from(cut.as_of.partition),
+        log_offset: cut.as_of.offset as i64,
+        cut_at: now_micros(),
+        batch_id: None,
+        entry_index: None,
+    };
+    until_done("storing a checkpoint", cut, || {
+        store.insert_checkpoint(&row)
+    })
+    .await;
 }
 
 impl CheckpointSink for CheckpointWriter {

@@ -24,8 +24,13 @@ use canopy_schemas::{Decision, DecisionId};
 
 use crate::NodeError;
 use crate::data_dir::make_private;
-use crate::record::{Anchorer, RecordSettings, anchor_loop, open_record, record_signer};
+use crate::lake::{LakeFeed, LakeSettings, lake_loop};
+use crate::record::{
+    Anchorer, RecordSettings, anchor_loop, open_record, open_tile_store, record_signer,
+};
 use crate::redis::RedisViews;
+use crate::sensors::{SensorSettings, WorkerSensors, start_worker_sensors};
+use canopy_analytics::{FinalWindows, LakeShare, LakeViews};
 use canopy_serving::store::MetadataStore;
 
 /// Runs `future` to completion from a thread that is not one of the runtime's (a timely
@@ -61,8 +66,16 @@ impl StateStore for SqlStateStore {
 
     fn write(&self, chunk: StateChunk) -> Result<(), String> {
         let now = canopy_schemas::clock::unix_now() as i64;
-        block_on(&self.runtime, self.store.write_engine_chunk(&chunk, now))?
-            .map_err(|e| e.to_string())
+        block_on(&self.runtime, async {
+            self.store.write_engine_chunk(&chunk, now).await?;
+            // After the chunk's own transaction: if it completed a full checkpoint, the
+            // older parts go. The last worker to write sees every chunk committed.
+            if chunk.base.is_some() {
+                self.store.compact_engine_checkpoints().await?;
+            }
+            Ok::<_, canopy_serving::ServingError>(())
+        })?
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -118,10 +131,18 @@ pub struct WorkerConfig {
     /// This process's place in the cluster; alone if absent.
     pub cluster: Option<ClusterConfig>,
     pub checkpoint_interval: Duration,
+    /// Every this many engine checkpoints, a full one that lets older ones be deleted.
+    pub full_checkpoint_every: u64,
     /// The vote record: checkpoint origin, schedule, anchoring.
     pub record: RecordSettings,
     /// How often decisions are re-read from the store (parameter changes before opening).
     pub decision_refresh: Duration,
+    /// Sensor data: the features dataflow runs in the same timely computation over the
+    /// sensor topic (unless `enabled` is false), its views and alerts go to Redis.
+    pub sensors: SensorSettings,
+    /// The analytics lake, shared by every process (a folder on shared storage or a bucket):
+    /// this process writes its share of it (`LakeShare`).
+    pub lake: Option<LakeSettings>,
 }
 
 impl WorkerConfig {
@@ -139,8 +160,11 @@ impl WorkerConfig {
             threads: 2,
             cluster: None,
             checkpoint_interval: Duration::from_secs(2),
+            full_checkpoint_every: EngineConfig::default().full_checkpoint_every,
             record: RecordSettings::default(),
             decision_refresh: Duration::from_secs(1),
+            sensors: SensorSettings::default(),
+            lake: None,
         }
     }
 }
@@ -148,6 +172,8 @@ impl WorkerConfig {
 /// One process of the dataflow cluster.
 pub struct WorkerNode {
     engine: Option<Arc<TallyEngine>>,
+    /// Holds the anomaly scorer of this process's regions while the worker runs.
+    _sensors: Option<WorkerSensors>,
     views: Arc<dyn ViewStore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -180,9 +206,23 @@ impl WorkerNode {
         .map_err(|e| NodeError::Internal(e.to_string()))?
         .map(Arc::new)?;
         let signer = record_signer(&config.data_dir, &config.record.origin).await?;
-        let record = open_record(&store, &signer, &config.record, log.partitions()).await?;
+        let tiles = open_tile_store(&config.record, &config.data_dir)?;
+        let record = open_record(&store, &tiles, &signer, &config.record, log.partitions()).await?;
         let runtime = tokio::runtime::Handle::current();
         let decisions = store.decisions().await?;
+        let sensors = match config.sensors.enabled {
+            true => Some(
+                start_worker_sensors(
+                    &config.sensors,
+                    &config.kafka,
+                    (&config.redis.url, &config.redis.prefix),
+                    &store,
+                    first_process,
+                )
+                .await?,
+            ),
+            false => None,
+        };
         let engine_config = EngineConfig {
             workers: config.threads,
             cluster: config.cluster.clone(),
@@ -191,13 +231,45 @@ impl WorkerNode {
                 runtime.clone(),
             ))),
             checkpoint_interval: config.checkpoint_interval,
+            full_checkpoint_every: config.full_checkpoint_every,
             directory: Some(Arc::new(StoreDirectory::new(
                 Arc::clone(&store),
                 runtime.clone(),
             ))),
+            sensors: sensors.as_ref().map(|sensors| sensors.feed.clone()),
             ..EngineConfig::default()
         };
-        let engine_views = Arc::clone(&views);
+        // The lake's recorder of tally changes sits in front of the views, so this process
+        // writes the changes its workers publish; the feed copies its partitions of the logs.
+        let lake_changes = config
+            .lake
+            .as_ref()
+            .map(|_| Arc::new(LakeViews::new(Arc::clone(&views))));
+        let lake_feed = match &config.lake {
+            Some(settings) => Some(LakeFeed::new(
+                LakeSettings {
+                    share: lake_share(&config),
+                    ..settings.clone()
+                },
+                Arc::clone(&store),
+                Arc::clone(&log),
+                // The sensor log and the final windows of this process's workers (its views
+                // hold only the regions they own); attached before the engine starts, so the
+                // lake sees every window, replay included.
+                sensors
+                    .as_ref()
+                    .map(|sensors| Arc::clone(&sensors.feed.log)),
+                lake_changes.clone(),
+                sensors
+                    .as_ref()
+                    .map(|sensors| FinalWindows::attach(&sensors.feed.views)),
+            )?),
+            None => None,
+        };
+        let engine_views = match &lake_changes {
+            Some(recorder) => Arc::clone(recorder) as Arc<dyn ViewStore>,
+            None => Arc::clone(&views),
+        };
         // Starting a cluster process waits for its peers to connect: off the runtime.
         let engine = tokio::task::spawn_blocking(move || {
             TallyEngine::start(engine_config, log, engine_views, Some(record), decisions)
@@ -213,12 +285,16 @@ impl WorkerNode {
             config.decision_refresh,
             stopped.clone(),
         )));
+        if let Some(feed) = lake_feed {
+            tasks.push(tokio::spawn(lake_loop(feed, stopped.clone())));
+        }
         if first_process {
             let anchorer = Anchorer::new(&store, &signer, &config.record, &config.data_dir);
             tasks.push(tokio::spawn(anchor_loop(anchorer, stopped)));
         }
         Ok(Self {
             engine: Some(engine),
+            _sensors: sensors,
             views,
             tasks,
             stop,
@@ -249,6 +325,16 @@ impl WorkerNode {
                 .map_err(|e| NodeError::Internal(e.to_string()))??;
         }
         Ok(())
+    }
+}
+
+/// This process's share of the lake: the partitions its workers read.
+fn lake_share(config: &WorkerConfig) -> LakeShare {
+    match &config.cluster {
+        Some(cluster) => {
+            LakeShare::process(cluster.process, cluster.addresses.len(), config.threads)
+        }
+        None => LakeShare::Alone,
     }
 }
 

@@ -345,6 +345,8 @@ async fn the_openapi_document_matches_the_routes() {
         "/api/v1/audit/decisions/{id}/proof",
         "/api/v1/audit/decisions/{id}/consistency",
         "/api/v1/audit/decisions/{id}/checkpoints/{size}/anchor",
+        "/api/v1/audit/decisions/{id}/tlog/checkpoint",
+        "/api/v1/audit/decisions/{id}/tlog/tile/{*path}",
         "/api/v1/admin/erase-voter",
         "/api/v1/admin/rolls",
         "/api/v1/admin/rolls/{id}",
@@ -360,7 +362,7 @@ async fn the_openapi_document_matches_the_routes() {
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
-    assert_eq!(operations, 41);
+    assert_eq!(operations, 43);
     let (status, body) = node.get_anonymous("/api/v1/undocumented").await;
     assert_eq!(
         (status, body["error"]["message"].as_str()),

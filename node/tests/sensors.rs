@@ -261,7 +261,7 @@ async fn planted_faults_are_flagged_by_the_model() {
     assert_eq!(body["rejected_count"], 0, "{body}");
     wait_for(&node, &token, "test-north", &body["as_of"]).await;
     let sensors = node.node.state.sensors.as_ref().unwrap();
-    let views = &sensors.views;
+    let views = sensors.local_views.as_ref().unwrap();
     let reference = parse_reference_windows();
     assert!(
         reference.len() > 500,
@@ -452,7 +452,14 @@ async fn a_restarted_node_is_ready_only_once_its_sensor_views_are_complete() {
         assert!(std::time::Instant::now() < deadline, "not ready after 30 s");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let views = &restarted.state.sensors.as_ref().unwrap().views;
+    let views = restarted
+        .state
+        .sensors
+        .as_ref()
+        .unwrap()
+        .local_views
+        .as_ref()
+        .unwrap();
     let counted: u64 = views
         .windows(
             Owner::Region(name_key("region", "test-north")),

@@ -170,6 +170,14 @@ impl ServingError {
             | Self::VoteIdReused { .. }
             | Self::NotYet { .. }
             | Self::RollAlreadyClaimed => StatusCode::CONFLICT,
+            Self::Chain(canopy_chain::ChainError::BadTilePath(_)) => StatusCode::BAD_REQUEST,
+            // The record store failed or is behind: the request may succeed later.
+            Self::Chain(
+                canopy_chain::ChainError::TileStore(_)
+                | canopy_chain::ChainError::TileMissing(_)
+                | canopy_chain::ChainError::TileConflict(_)
+                | canopy_chain::ChainError::BadTile(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Chain(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Analytics(error) => match error.code() {
                 "sql" | "sql_not_read_only" | "sql_limit" => StatusCode::UNPROCESSABLE_ENTITY,

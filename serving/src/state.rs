@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use canopy_analytics::{FinalWindows, LakeQuery};
 use canopy_dataflow::{
-    Alert, RecordReader, Scorer, SensorEngine, SensorViews, TallyEngine, ViewStore,
+    Alert, RecordReader, RecordTiles, Scorer, SensorEngine, SensorViewRead, SensorViews,
+    TallyEngine, ViewStore,
 };
 use canopy_ingest::{Gate, SensorLog, VoteLog};
 use canopy_schemas::SensorRegistry;
@@ -114,8 +115,12 @@ pub struct AppState {
     pub parked_waits: ParkedWaits,
     /// False until start-up finished and again once shutdown began.
     pub ready: AtomicBool,
-    /// Every decision's Merkle log, grown by the engine (absent with the engine).
+    /// Every decision's Merkle log: the engine's trees in memory, or (in a `canopy serve`
+    /// replica) the record store's tiles.
     pub record: Option<Arc<dyn RecordReader>>,
+    /// The record store's tiles and checkpoints as stored, served under the C2SP
+    /// tlog-tiles paths.
+    pub record_tiles: Option<Arc<dyn RecordTiles>>,
     /// The record key's verifier (`<name>+<hash>+<key>`), for auditors.
     pub record_key: String,
     pub record_origin: String,
@@ -123,7 +128,8 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// In a cluster: the other replicas (shared rate limits, erasure notices).
     pub replicas: Option<Arc<dyn ReplicaNotices>>,
-    /// Sensor ingest, features and alerts, in a node that runs the engine.
+    /// Sensor ingest, features and alerts: in a node that runs the engine, and in a cluster's
+    /// API replicas (features from Redis).
     pub sensors: Option<Arc<SensorService>>,
     /// SQL over the analytics lake, in a node that keeps one.
     pub analytics: Option<Arc<AnalyticsService>>,
@@ -133,11 +139,6 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    /// The vote record, which only a node running the engine holds.
-    pub(crate) fn record(&self) -> Result<&dyn RecordReader, ServingError> {
-        self.record.as_deref().ok_or(ServingError::RecordNotHere)
-    }
-
     /// Audits an action of a user, named by their pseudonym: the append-only trail never
     /// holds a person's id or name, and erasing the pseudonym's mapping unlinks them.
     pub(crate) async fn audit_as_user(
@@ -170,11 +171,14 @@ pub trait ReplicaNotices: Send + Sync {
     fn voter_erased(&self) -> Result<(), String>;
 }
 
-/// What a node that processes sensor data holds.
+/// What a node that takes sensor data holds.
 pub struct SensorService {
     pub log: Arc<dyn SensorLog>,
     pub registry: RwLock<SensorRegistry>,
-    pub views: Arc<SensorViews>,
+    /// Where features are read: the in-process views, or Redis on a cluster's replica.
+    pub views: Arc<dyn SensorViewRead>,
+    /// The in-process views, in a node that runs the features dataflow itself.
+    pub local_views: Option<Arc<SensorViews>>,
     pub engine: Option<SensorEngine>,
     pub scorer: Option<Scorer>,
     /// Why there is no scorer (no ONNX Runtime library, a model that does not load).

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use canopy_dataflow::{EngineSnapshot, StateChunk};
+use canopy_dataflow::{EngineSnapshot, PartKey, PartKind, RestorePlan, StateChunk};
 use canopy_schemas::{Decision, DecisionId, Sensor};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -314,10 +314,18 @@ pub trait MetadataStore: Send + Sync {
     async fn batch_entries(&self, batch_id: i64) -> StoreResult<Vec<CheckpointRow>>;
     async fn next_anchor_batch_id(&self) -> StoreResult<i64>;
 
-    /// Stores one worker's part of an engine checkpoint.
+    /// Stores one worker's chunk of an engine checkpoint: all its parts (delta and, at a
+    /// full checkpoint, base) in one transaction.
     async fn write_engine_chunk(&self, chunk: &StateChunk, now: i64) -> StoreResult<()>;
-    /// The latest complete engine checkpoint; drops the parts of later, incomplete ones.
+    /// Deletes the engine checkpoint parts that the latest complete full checkpoint
+    /// supersedes (every lower `seq`), in one statement; returns how many.
+    async fn compact_engine_checkpoints(&self) -> StoreResult<u64>;
+    /// The latest complete engine checkpoint: the latest complete full one's bases and the
+    /// deltas from it (every delta, without one). Drops the parts of later, incomplete
+    /// checkpoints and those a full one supersedes.
     async fn load_engine_snapshot(&self) -> StoreResult<Option<EngineSnapshot>>;
+    /// How many engine checkpoint parts (rows) are stored.
+    async fn engine_checkpoint_parts(&self) -> StoreResult<i64>;
 
     // --- SQL access tokens (the PostgreSQL port's credentials) ---
 
@@ -433,6 +441,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0010_sql_tokens",
         include_str!("../../migrations/sqlite/0010_sql_tokens.sql"),
     ),
+    (
+        "0011_engine_state_parts",
+        include_str!("../../migrations/sqlite/0011_engine_state_parts.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -474,6 +486,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0010_sql_tokens",
         include_str!("../../migrations/postgres/0010_sql_tokens.sql"),
+    ),
+    (
+        "0011_engine_state_parts",
+        include_str!("../../migrations/postgres/0011_engine_state_parts.sql"),
     ),
 ];
 
@@ -622,6 +638,28 @@ macro_rules! sql_store {
                     cut_at: row.try_get("cut_at")?,
                     batch_id: row.try_get("batch_id")?,
                     entry_index: row.try_get("entry_index")?,
+                })
+            }
+
+            /// Where every stored engine checkpoint part sits, and what that makes complete.
+            async fn engine_checkpoint_plan(tx: &mut sqlx::Transaction<'_, $db>) -> StoreResult<RestorePlan> {
+                let rows = sqlx::query("SELECT seq, worker, workers, kind, part FROM engine_checkpoints")
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let keys = rows.iter().map(Self::engine_part_key).collect::<StoreResult<Vec<_>>>()?;
+                Ok(RestorePlan::of(&keys))
+            }
+
+            fn engine_part_key(row: &<$db as sqlx::Database>::Row) -> StoreResult<PartKey> {
+                let number = |column: &str| -> StoreResult<i64> { Ok(row.try_get::<i64, _>(column)?) };
+                let kind = PartKind::parse(&row.try_get::<String, _>("kind")?)
+                    .map_err(|e| ServingError::Storage(e.to_string()))?;
+                Ok(PartKey {
+                    seq: number("seq")? as u64,
+                    worker: number("worker")? as u32,
+                    workers: number("workers")? as u32,
+                    kind,
+                    part: number("part")? as u32,
                 })
             }
 
@@ -1349,55 +1387,77 @@ macro_rules! sql_store {
             }
 
             async fn write_engine_chunk(&self, chunk: &StateChunk, now: i64) -> StoreResult<()> {
-                let ends = serde_json::to_string(&chunk.ends).map_err(|e| ServingError::Internal(e.to_string()))?;
-                sqlx::query("INSERT INTO engine_checkpoints (seq, worker, workers, ends, data, written_at) VALUES ($1, $2, $3, $4, $5, $6)")
-                    .bind(chunk.seq as i64)
-                    .bind(i64::from(chunk.worker))
-                    .bind(i64::from(chunk.workers))
-                    .bind(ends)
-                    .bind(&chunk.data)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await?;
+                let mut tx = self.pool.begin().await?;
+                for (key, bytes, ends) in chunk.parts() {
+                    let ends = serde_json::to_string(ends).map_err(|e| ServingError::Internal(e.to_string()))?;
+                    sqlx::query("INSERT INTO engine_checkpoints (seq, worker, workers, kind, part, ends, data, written_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                        .bind(key.seq as i64)
+                        .bind(i64::from(key.worker))
+                        .bind(i64::from(key.workers))
+                        .bind(key.kind.as_str())
+                        .bind(i64::from(key.part))
+                        .bind(ends)
+                        .bind(bytes)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
                 Ok(())
+            }
+
+            async fn compact_engine_checkpoints(&self) -> StoreResult<u64> {
+                let mut tx = self.pool.begin().await?;
+                let plan = Self::engine_checkpoint_plan(&mut tx).await?;
+                let Some(full) = plan.full else {
+                    return Ok(0);
+                };
+                // Everything below a complete full checkpoint is in its bases: one statement,
+                // so a crash leaves either every older part or none.
+                let deleted = sqlx::query("DELETE FROM engine_checkpoints WHERE seq < $1")
+                    .bind(full as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(deleted.rows_affected())
             }
 
             async fn load_engine_snapshot(&self) -> StoreResult<Option<EngineSnapshot>> {
                 let mut tx = self.pool.begin().await?;
-                let counts = sqlx::query("SELECT seq, MAX(workers) AS workers, COUNT(*) AS written FROM engine_checkpoints GROUP BY seq ORDER BY seq")
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let mut complete: Option<i64> = None;
-                for row in &counts {
-                    if row.try_get::<i64, _>("written")? == row.try_get::<i64, _>("workers")? {
-                        complete = Some(row.try_get("seq")?);
-                    }
-                }
-                sqlx::query("DELETE FROM engine_checkpoints WHERE seq > $1")
-                    .bind(complete.unwrap_or(-1))
+                let plan = Self::engine_checkpoint_plan(&mut tx).await?;
+                // Parts of a checkpoint the last run did not finish go, so a new run can reuse
+                // its number; so do those the latest full one supersedes.
+                sqlx::query("DELETE FROM engine_checkpoints WHERE seq > $1 OR seq < $2")
+                    .bind(plan.complete.map_or(-1, |seq| seq as i64))
+                    .bind(plan.full.map_or(0, |seq| seq as i64))
                     .execute(&mut *tx)
                     .await?;
-                let Some(seq) = complete else {
+                let Some(complete) = plan.complete else {
                     tx.commit().await?;
                     return Ok(None);
                 };
-                let rows = sqlx::query("SELECT ends, data FROM engine_checkpoints WHERE seq <= $1 ORDER BY seq, worker")
-                    .bind(seq)
+                let rows = sqlx::query("SELECT seq, worker, workers, kind, part, ends, data FROM engine_checkpoints WHERE (kind = 'base' AND seq = $1) OR (kind = 'delta' AND seq >= $2 AND seq <= $3) ORDER BY seq, worker, kind, part")
+                    .bind(plan.full.map_or(-1, |seq| seq as i64))
+                    .bind(plan.full.map_or(0, |seq| seq as i64))
+                    .bind(complete as i64)
                     .fetch_all(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                let mut ends: std::collections::BTreeMap<u32, u64> = Default::default();
-                let mut chunks = Vec::with_capacity(rows.len());
+                let mut parts = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let row_ends: Vec<(u32, u64)> = serde_json::from_str(&row.try_get::<String, _>("ends")?)
+                    let ends: Vec<(u32, u64)> = serde_json::from_str(&row.try_get::<String, _>("ends")?)
                         .map_err(|e| ServingError::Storage(format!("engine checkpoint ends do not parse: {e}")))?;
-                    for (partition, end) in row_ends {
-                        let slot = ends.entry(partition).or_insert(0);
-                        *slot = (*slot).max(end);
-                    }
-                    chunks.push(row.try_get::<Vec<u8>, _>("data")?);
+                    parts.push((Self::engine_part_key(row)?, row.try_get::<Vec<u8>, _>("data")?, ends));
                 }
-                Ok(Some(EngineSnapshot { seq: seq as u64, ends: ends.into_iter().collect(), chunks }))
+                Ok(EngineSnapshot::from_parts(
+                    &plan,
+                    parts.iter_mut().map(|(key, data, ends)| (*key, std::mem::take(data), ends.as_slice())),
+                ))
+            }
+
+            async fn engine_checkpoint_parts(&self) -> StoreResult<i64> {
+                let row = sqlx::query("SELECT COUNT(*) AS parts FROM engine_checkpoints").fetch_one(&self.pool).await?;
+                Ok(row.try_get::<i64, _>("parts")?)
             }
 
             // --- SQL access tokens ---

@@ -90,6 +90,7 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
             "0008_audit_keys".to_string(),
             "0009_signin".to_string(),
             "0010_sql_tokens".to_string(),
+            "0011_engine_state_parts".to_string(),
         ]
     );
     assert!(
@@ -482,7 +483,8 @@ async fn engine_checkpoints(store: &dyn MetadataStore) {
         worker,
         workers,
         ends,
-        data: vec![seq as u8, worker as u8],
+        delta: vec![vec![seq as u8, worker as u8]],
+        base: None,
     };
     // A run of two workers completes checkpoints 1 and 2, and stops while writing 3.
     for (written, at) in [
@@ -633,5 +635,5 @@ async fn processes_starting_together_migrate_once() {
         1,
         "{applied:?}"
     );
-    assert_eq!(applied.concat().len(), 10, "{applied:?}");
+    assert_eq!(applied.concat().len(), 11, "{applied:?}");
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod anvil;
+pub mod cluster;
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -18,7 +18,7 @@ use super::latest::VoteKey;
 use super::signals::EpochSignals;
 use crate::arithmetic::{Ballot, DecisionParams};
 use crate::epoch::Epoch;
-use crate::record::RecordLeaf;
+use crate::record::{LeafEntry, RecordLeaf};
 use crate::state::StateEntry;
 use crate::views::ViewStore;
 
@@ -88,11 +88,13 @@ impl TallyInputs {
         self.votes
             .update(((vote.decision_id.0, vote.voter_id.0), ballot), 1);
         if let Some(records) = &mut self.records {
+            let entry = record.logged().leaf_data();
             let leaf = RecordLeaf {
                 offset: record.position.offset,
                 voter: vote.voter_id.0,
                 vote_id: vote.vote_id.0,
-                leaf: leaf_hash(&record.logged().leaf_data()),
+                leaf: leaf_hash(&entry),
+                entry: Some(LeafEntry(entry)),
             };
             records.update((vote.decision_id.0, leaf), 1);
         }

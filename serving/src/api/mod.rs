@@ -5,7 +5,8 @@
 //!  extract   ApiJson, Caller (token, per-user limit, role check), ErrorBody
 //!  health    /healthz, /readyz
 //!  accounts  /api/v1/auth/*              voting  /api/v1/voting/*
-//!  audit     /api/v1/audit/trail[/anchors] record  /api/v1/audit/{key,decisions/*}, admin erasure
+//!  audit     /api/v1/audit/trail[/anchors] record  /api/v1/audit/{key,decisions/*} (proofs,
+//!            tlog/checkpoint, tlog/tile/*: C2SP tlog tiles), admin erasure
 //!  rolls     /api/v1/admin/rolls*, /api/v1/rolls/claim
 //!  sensors   /api/v1/data/*              analytics  /api/v1/analytics/sql
 //!  sql_tokens /api/v1/analytics/sql-tokens[/{id}] (the PostgreSQL port's credentials)
@@ -93,6 +94,8 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
         .routes(routes!(record::inclusion_proof))
         .routes(routes!(record::consistency_proof))
         .routes(routes!(record::checkpoint_anchor))
+        .routes(routes!(record::tlog_checkpoint))
+        .routes(routes!(record::tlog_tile))
         .routes(routes!(record::erase_voter))
         .routes(routes!(rolls::import_roll))
         .routes(routes!(rolls::roll_summary))

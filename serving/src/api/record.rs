@@ -1,9 +1,18 @@
-//! The auditor API: checkpoints, inclusion and consistency proofs, anchors; and the GDPR
-//! erasure of a voter. Reading the record is public: anyone may check it.
+//! The auditor API: checkpoints, inclusion and consistency proofs, anchors, the record's
+//! C2SP tlog tiles; and the GDPR erasure of a voter. Reading the record is public: anyone
+//! may check it.
+//!
+//! The record is read through `RecordReader` (the engine's trees, or a replica's tiles from
+//! the record store), whose reads may wait on the store: they run off the async threads.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use canopy_chain::{Hash, ProofBundle};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use canopy_chain::{Hash, ProofBundle, TileRef};
+use canopy_dataflow::{RecordReader, RecordTiles};
 use canopy_schemas::{DecisionId, VoterId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -97,9 +106,8 @@ pub(crate) async fn inclusion_proof(
 ) -> Result<Json<ProofResponse>, ServingError> {
     let decision = DecisionId::from(id);
     let leaf = parse_hash(&query.leaf)?;
-    let index = state
-        .record()?
-        .index_of(decision, &leaf)
+    let index = read_record(&state, move |record| record.index_of(decision, &leaf))
+        .await?
         .ok_or(ServingError::NotFound {
             what: "a vote with this leaf hash in the decision's record",
         })?;
@@ -130,7 +138,10 @@ pub(crate) async fn inclusion_proof(
             })?,
     };
     let size = chosen.tree_size as u64;
-    let proof = state.record()?.inclusion_proof(decision, index, size)?;
+    let proof = read_record(&state, move |record| {
+        record.inclusion_proof(decision, index, size)
+    })
+    .await??;
     let anchor = match chosen.batch_id {
         Some(_) => anchor_info(&state, chosen).await?,
         None => None,
@@ -181,11 +192,15 @@ pub(crate) async fn consistency_proof(
         }
         .into());
     }
-    let proof = state
-        .record()?
-        .consistency_proof(decision, query.from, query.to)?;
-    let from_root = state.record()?.root_at(decision, query.from)?;
-    let to_root = state.record()?.root_at(decision, query.to)?;
+    let (from, to) = (query.from, query.to);
+    let (proof, from_root, to_root) = read_record(&state, move |record| {
+        Ok::<_, canopy_chain::ChainError>((
+            record.consistency_proof(decision, from, to)?,
+            record.root_at(decision, from)?,
+            record.root_at(decision, to)?,
+        ))
+    })
+    .await??;
     Ok(Json(json!({
         "decision_id": decision,
         "from": query.from,
@@ -194,6 +209,78 @@ pub(crate) async fn consistency_proof(
         "to_root": hex::encode(to_root),
         "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
     })))
+}
+
+/// Runs a read of the record off the async threads (a replica's reads wait on the store).
+async fn read_record<T: Send + 'static>(
+    state: &SharedState,
+    read: impl FnOnce(&dyn RecordReader) -> T + Send + 'static,
+) -> Result<T, ServingError> {
+    let record = state.record.clone().ok_or(ServingError::RecordNotHere)?;
+    tokio::task::spawn_blocking(move || read(record.as_ref()))
+        .await
+        .map_err(|e| ServingError::Internal(e.to_string()))
+}
+
+/// The same for the record store's raw tiles.
+async fn read_tiles<T: Send + 'static>(
+    state: &SharedState,
+    read: impl FnOnce(&dyn RecordTiles) -> T + Send + 'static,
+) -> Result<T, ServingError> {
+    let tiles: Arc<dyn RecordTiles> = state
+        .record_tiles
+        .clone()
+        .ok_or(ServingError::RecordNotHere)?;
+    tokio::task::spawn_blocking(move || read(tiles.as_ref()))
+        .await
+        .map_err(|e| ServingError::Internal(e.to_string()))
+}
+
+fn with_headers(body: Vec<u8>, content_type: &'static str, cache: &'static str) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
+}
+
+#[utoipa::path(get, path = "/api/v1/audit/decisions/{id}/tlog/checkpoint", tag = "record", params(("id" = uuid::Uuid, Path, description = "decision id")), responses((status = 200, content_type = "text/plain", description = "the decision's latest signed checkpoint in the record store (C2SP tlog-checkpoint; the log's tiles are under tlog/tile/)"), (status = 404, body = ErrorBody, description = "no checkpoint yet"), (status = 503, body = ErrorBody, description = "the record store is unreachable")))]
+pub(crate) async fn tlog_checkpoint(
+    State(state): State<SharedState>,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ServingError> {
+    let decision = DecisionId::from(id);
+    let note = read_tiles(&state, move |tiles| tiles.checkpoint(decision))
+        .await??
+        .ok_or(ServingError::NotFound {
+            what: "a checkpoint of the decision in the record store",
+        })?;
+    // Clients poll it; a stale copy for a second is harmless, a day is not.
+    Ok(with_headers(
+        note.into_bytes(),
+        "text/plain; charset=utf-8",
+        "public, max-age=1",
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/audit/decisions/{id}/tlog/tile/{*path}", tag = "record", params(("id" = uuid::Uuid, Path, description = "decision id"), ("path" = String, Path, description = "the rest of a C2SP tlog-tiles path: `<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`, N in 3-digit groups (x001/x234/067)")), responses((status = 200, content_type = "application/octet-stream", description = "the hash tile (32-byte hashes) or entry bundle (u16 length-prefixed leaf encodings); full tiles never change"), (status = 400, body = ErrorBody, description = "bad_tile_path"), (status = 404, body = ErrorBody, description = "no such tile (yet)"), (status = 503, body = ErrorBody, description = "the record store is unreachable")))]
+pub(crate) async fn tlog_tile(
+    State(state): State<SharedState>,
+    Path((id, path)): Path<(Uuid, String)>,
+) -> Result<Response, ServingError> {
+    let decision = DecisionId::from(id);
+    let tile = TileRef::parse(&format!("tile/{path}"))?;
+    let bytes = read_tiles(&state, move |tiles| tiles.tile(decision, tile))
+        .await??
+        .ok_or(ServingError::NotFound { what: "tile" })?;
+    // Every tile is a function of the log's first leaves; a full one is also never
+    // replaced by another path, so it may be kept forever.
+    let cache = if tile.is_full() {
+        "public, max-age=31536000, immutable"
+    } else {
+        "public, max-age=60"
+    };
+    Ok(with_headers(bytes, "application/octet-stream", cache))
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/decisions/{id}/checkpoints/{size}/anchor", tag = "record", params(("id" = uuid::Uuid, Path, description = "decision id"), ("size" = u64, Path, description = "checkpoint tree size")), responses((status = 200, body = AnchorInfo), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not_anchored: retry later")))]

@@ -10,6 +10,9 @@
 //!  GET  /api/v1/data/historical-trends           a region's windows over a range
 //!  GET  /api/v1/data/alerts/stream               threshold alerts as server-sent events
 //! ```
+//!
+//! Features are read through `SensorViewRead`: the in-process views in `canopy up`, Redis on
+//! a cluster's `canopy serve` replica (which appends readings to the sensor topic).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,7 +25,7 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use canopy_analytics::{TimeRange, TrendsSubject};
-use canopy_dataflow::{Owner, SensorViews, WindowSize, WindowView};
+use canopy_dataflow::{Owner, SensorViewRead, WindowSize, WindowView};
 use canopy_ingest::Position;
 use canopy_schemas::{
     DecisionId, Metric, RawReading, Sensor, SensorReading, SensorRegistry, name_key,
@@ -452,7 +455,7 @@ pub(crate) struct MetricsQuery {
 }
 
 fn window_json(
-    views: &SensorViews,
+    views: &dyn SensorViewRead,
     size: WindowSize,
     start: i64,
     view: &WindowView,
@@ -483,48 +486,59 @@ pub(crate) async fn region_metrics(
     caller.require(&state, Action::ReadEnvironment).await?;
     let sensors = service(&state)?;
     let views = Arc::clone(&sensors.views);
-    if let Some(offset) = query.min_offset {
+    let wait = query
+        .min_offset
+        .map(|offset| (offset, state.config.max_results_wait));
+    let scorer_unavailable = sensors.scorer_unavailable.clone();
+    let scored = sensors.scorer.as_ref().map(canopy_dataflow::Scorer::scored);
+    // Every read may be a Redis round trip: off the async threads.
+    tokio::task::spawn_blocking(move || {
+        region_metrics_blocking(&*views, &region, wait, scorer_unavailable, scored)
+    })
+    .await
+    .map_err(|e| ServingError::Internal(e.to_string()))?
+    .map(Json)
+}
+
+fn region_metrics_blocking(
+    views: &dyn SensorViewRead,
+    region: &str,
+    wait: Option<(u64, Duration)>,
+    scorer_unavailable: Option<String>,
+    scored: Option<u64>,
+) -> Result<serde_json::Value, ServingError> {
+    if let Some((offset, timeout)) = wait {
         let position = Position {
-            partition: views.as_of(&region).partition,
+            partition: views.as_of(region)?.partition,
             offset,
         };
-        let wait = state.config.max_results_wait;
-        let waiting = Arc::clone(&views);
-        tokio::task::spawn_blocking(move || waiting.wait_for(position, wait))
-            .await
-            .map_err(|e| ServingError::Internal(e.to_string()))?
-            .map_err(|_| canopy_dataflow::DataflowError::Timeout {
-                position,
-                waited: wait,
-            })?;
+        views.wait_for(position, timeout)?;
     }
-    let as_of = views.as_of(&region);
-    let metrics = views.region_metrics(&region);
+    let as_of = views.as_of(region)?;
+    let metrics = views.region_metrics(region)?;
     if metrics.is_empty() {
         return Err(ServingError::NotFound {
             what: "region with readings",
         });
     }
-    let owner = Owner::Region(name_key("region", &region));
-    let sensors_of_region = views.region_sensors(&region);
+    let owner = Owner::Region(name_key("region", region));
+    let sensors_of_region = views.region_sensors(region)?;
     let mut out = Vec::new();
     for metric in metrics {
-        let windows: serde_json::Map<String, serde_json::Value> = WindowSize::BOTH
-            .iter()
-            .filter_map(|size| {
-                views.latest(owner, metric, *size).map(|(start, view)| {
-                    let name = match size {
-                        WindowSize::Short => "short_window",
-                        WindowSize::Long => "long_window",
-                    };
-                    (name.to_string(), window_json(&views, *size, start, &view))
-                })
-            })
-            .collect();
+        let mut windows = serde_json::Map::new();
+        for size in WindowSize::BOTH {
+            if let Some((start, view)) = views.latest(owner, metric, size)? {
+                let name = match size {
+                    WindowSize::Short => "short_window",
+                    WindowSize::Long => "long_window",
+                };
+                windows.insert(name.to_string(), window_json(views, size, start, &view));
+            }
+        }
         let mut anomalies = Vec::new();
         for (key, name) in &sensors_of_region {
             if let Some((start, view)) =
-                views.latest(Owner::Sensor(*key), metric, WindowSize::Short)
+                views.latest(Owner::Sensor(*key), metric, WindowSize::Short)?
             {
                 let z_flagged = view.z.is_some_and(|z| z.flagged);
                 let model_flagged = view.model.is_some_and(|m| m.flagged);
@@ -547,16 +561,16 @@ pub(crate) async fn region_metrics(
         entry.insert("anomalies".into(), json!(anomalies));
         out.push(serde_json::Value::Object(entry));
     }
-    Ok(Json(json!({
+    Ok(json!({
         "region": region,
         "as_of": as_of,
         "metrics": out,
-        "model": match &sensors.scorer_unavailable {
+        "model": match scorer_unavailable.or_else(|| views.model_unavailable()) {
             Some(reason) => json!({ "available": false, "reason": reason }),
-            None => json!({ "available": true, "scored_windows": sensors.scorer.as_ref().map(canopy_dataflow::Scorer::scored) }),
+            None => json!({ "available": true, "scored_windows": scored }),
         },
-        "too_late_readings": views.too_late(),
-    })))
+        "too_late_readings": views.too_late()?,
+    }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -660,18 +674,24 @@ pub(crate) async fn historical_trends(
         Some(sensor) => Owner::Sensor(name_key("sensor", sensor)),
         None => Owner::Region(name_key("region", region)),
     };
-    let views = &sensors.views;
-    let points: Vec<serde_json::Value> = views
-        .windows(
-            owner,
-            metric,
-            size,
-            from.unwrap_or(i64::MIN),
-            to.unwrap_or(i64::MAX),
-        )
-        .iter()
-        .map(|(start, view)| window_json(views, size, *start, view))
-        .collect();
+    let views = Arc::clone(&sensors.views);
+    let region_name = region.clone();
+    let (points, as_of) = tokio::task::spawn_blocking(move || {
+        let points: Vec<serde_json::Value> = views
+            .windows(
+                owner,
+                metric,
+                size,
+                from.unwrap_or(i64::MIN),
+                to.unwrap_or(i64::MAX),
+            )?
+            .iter()
+            .map(|(start, view)| window_json(&*views, size, *start, view))
+            .collect();
+        Ok::<_, ServingError>((points, views.as_of(&region_name)?))
+    })
+    .await
+    .map_err(|e| ServingError::Internal(e.to_string()))??;
     Ok(Json(json!({
         "source": "views",
         "region": region,
@@ -679,7 +699,7 @@ pub(crate) async fn historical_trends(
         "metric": metric,
         "unit": metric.unit(),
         "bucket": if size == WindowSize::Short { "minute" } else { "hour" },
-        "as_of": views.as_of(region),
+        "as_of": as_of,
         "points": points,
     })))
 }
