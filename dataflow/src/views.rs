@@ -131,8 +131,12 @@ pub async fn wait_included(
         if let Some(changes) = changes.as_mut() {
             changes.borrow_and_update();
         }
-        let view = views.get(decision)?;
+        // The frontier before the view: a store publishes an epoch's views with its
+        // frontier at once, so a view read after a frontier past the position includes it.
+        // Read the other way round, a publish in between paired an older view with a newer
+        // frontier and answered a read-your-writes wait without the caller's vote.
         let frontier = views.frontier(position.partition);
+        let view = views.get(decision)?;
         if includes_position(frontier, view.as_ref(), position) {
             return Ok(view);
         }
