@@ -1296,8 +1296,9 @@ impl CanopyConfig {
         config.jwt_key = self.api.jwt_key.clone();
         config.audit_key = self.api.audit_key.clone();
         config.secrets_key = self.api.secrets_key.clone();
-        config.kafka = Some(self.cluster_kafka()?);
+        // Redis before Kafka: a refused start makes no log key.
         config.redis = Some(self.cluster_redis()?);
+        config.kafka = Some(self.cluster_kafka()?);
         config.run_engine = false;
         config.sensors = self.sensor_settings()?;
         // SQL, trends and the PostgreSQL port over the lake the workers write.
@@ -1332,11 +1333,13 @@ impl CanopyConfig {
                 hosts.len()
             );
         }
+        // The Kafka configuration last: it makes the log key, which a refused start must not.
+        let (database_url, redis) = (self.cluster_database_url()?, self.cluster_redis()?);
         let mut config = WorkerConfig::new(
             self.data_dir.clone(),
-            self.cluster_database_url()?,
+            database_url,
             self.cluster_kafka()?,
-            self.cluster_redis()?,
+            redis,
         );
         config.threads = self.workers.threads.max(1);
         config.checkpoint_interval =
@@ -1420,7 +1423,12 @@ mod tests {
     fn the_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("canopy.example.toml");
         let loaded = Loaded::load(Some(&path), FlagValues::default()).unwrap();
-        let config = &loaded.config;
+        // Building a Kafka configuration makes the log key under data_dir: not under /srv.
+        let data = tempfile::tempdir().unwrap();
+        let config = &CanopyConfig {
+            data_dir: data.path().to_path_buf(),
+            ..loaded.config.clone()
+        };
         assert_eq!(config.workers.hosts.len(), 2);
         assert!(config.worker_config(1).is_ok() && config.serve_config().is_ok());
         assert!(config.node_config().is_ok());
