@@ -28,7 +28,8 @@ struct StoredView {
     as_of: Position,
 }
 
-const RAISE_FRONTIER: &str = "local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1') \
+/// Raises a hash field to ARGV[2] if it is lower. KEYS: the hash; ARGV: field, value.
+pub(crate) const RAISE: &str = "local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1') \
      if current < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0";
 
 /// Replaces each decision's view unless the stored one is newer (a cluster restarted from a
@@ -48,11 +49,10 @@ const PUBLISH_NEWER: &str = "for i = 1, #ARGV, 3 do \
 /// How long a writer keeps retrying Redis before it gives up and panics the worker (the
 /// engine then stops and the node reports itself failed): results must not silently miss an
 /// epoch.
-const WRITE_PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const WRITE_PATIENCE: Duration = Duration::from_secs(30);
 
 pub struct RedisViews {
-    connection: Mutex<redis::Connection>,
-    client: redis::Client,
+    connection: Connection,
     prefix: String,
     poll: Duration,
 }
@@ -65,32 +65,25 @@ impl std::fmt::Debug for RedisViews {
     }
 }
 
-fn unavailable(error: redis::RedisError) -> DataflowError {
+pub(crate) fn unavailable(error: redis::RedisError) -> DataflowError {
     DataflowError::ViewsUnavailable(error.to_string())
 }
 
-impl RedisViews {
-    /// `url` as `redis://host:port/db`; every key starts with `prefix`.
-    pub fn connect(url: &str, prefix: &str) -> Result<Self, DataflowError> {
+/// One connection to Redis, reconnected once when it broke: the views' and the sensor
+/// copy's.
+pub(crate) struct Connection {
+    client: redis::Client,
+    connection: Mutex<redis::Connection>,
+}
+
+impl Connection {
+    pub(crate) fn open(url: &str) -> Result<Self, DataflowError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let connection = client.get_connection().map_err(unavailable)?;
         Ok(Self {
-            connection: Mutex::new(connection),
             client,
-            prefix: prefix.to_string(),
-            poll: Duration::from_millis(2),
+            connection: Mutex::new(connection),
         })
-    }
-
-    /// Clears a failure a previous run of the cluster recorded: called by a cluster starting
-    /// afresh from its checkpoint.
-    pub fn clear_failure(&self) -> Result<(), DataflowError> {
-        let key = self.key("failure");
-        self.run(|c| redis::cmd("DEL").arg(&key).query::<()>(c))
-    }
-
-    fn key(&self, name: &str) -> String {
-        format!("{}:{name}", self.prefix)
     }
 
     fn lock(&self) -> MutexGuard<'_, redis::Connection> {
@@ -100,7 +93,7 @@ impl RedisViews {
     }
 
     /// Runs `command`, reconnecting once on a broken connection.
-    fn run<T>(
+    pub(crate) fn run<T>(
         &self,
         command: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, DataflowError> {
@@ -117,7 +110,7 @@ impl RedisViews {
 
     /// Writes with retries; a write that cannot be made within [`WRITE_PATIENCE`] stops the
     /// worker rather than drop results.
-    fn write(
+    pub(crate) fn write(
         &self,
         what: &str,
         command: impl Fn(&mut redis::Connection) -> redis::RedisResult<()>,
@@ -128,7 +121,7 @@ impl RedisViews {
             match self.run(&command) {
                 Ok(()) => return,
                 Err(error) if started.elapsed() < WRITE_PATIENCE => {
-                    tracing::warn!(%error, what, "writing views to Redis failed; retrying");
+                    tracing::warn!(%error, what, "writing to Redis failed; retrying");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -137,6 +130,43 @@ impl RedisViews {
                 }
             }
         }
+    }
+}
+
+impl RedisViews {
+    /// `url` as `redis://host:port/db`; every key starts with `prefix`.
+    pub fn connect(url: &str, prefix: &str) -> Result<Self, DataflowError> {
+        Ok(Self {
+            connection: Connection::open(url)?,
+            prefix: prefix.to_string(),
+            poll: Duration::from_millis(2),
+        })
+    }
+
+    /// Clears a failure a previous run of the cluster recorded: called by a cluster starting
+    /// afresh from its checkpoint.
+    pub fn clear_failure(&self) -> Result<(), DataflowError> {
+        let key = self.key("failure");
+        self.run(|c| redis::cmd("DEL").arg(&key).query::<()>(c))
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    fn run<T>(
+        &self,
+        command: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, DataflowError> {
+        self.connection.run(command)
+    }
+
+    fn write(
+        &self,
+        what: &str,
+        command: impl Fn(&mut redis::Connection) -> redis::RedisResult<()>,
+    ) {
+        self.connection.write(what, command)
     }
 
     fn check(&self) -> Result<(), DataflowError> {
@@ -221,7 +251,7 @@ impl ViewStore for RedisViews {
     fn advance(&self, partition: u32, end: u64) {
         let key = self.key("frontier");
         self.write("a partition frontier", |c| {
-            redis::Script::new(RAISE_FRONTIER)
+            redis::Script::new(RAISE)
                 .key(&key)
                 .arg(partition)
                 .arg(end)

@@ -20,7 +20,6 @@
 //! replaced by a newer one: its reading count, then its baseline's, only grow along the log,
 //! so a worker replaying the sensor topic after a restart cannot take a window back.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use canopy_dataflow::{
@@ -30,6 +29,8 @@ use canopy_dataflow::{
 use canopy_ingest::{Position, partition_for_region};
 use canopy_schemas::{Metric, name_key};
 use serde::{Deserialize, Serialize};
+
+use crate::redis::{Connection, RAISE, unavailable};
 
 /// A window as stored: what a reader needs of it besides its key.
 #[derive(Serialize, Deserialize)]
@@ -63,18 +64,6 @@ const PUBLISH_WINDOWS: &str = "local n = #KEYS - 1 \
        end \
      end \
      redis.call('PUBLISH', KEYS[n + 1], n) return 0";
-
-/// Raises a hash field to ARGV[2] if it is lower. KEYS: the hash; ARGV: field, value.
-const RAISE: &str = "local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1') \
-     if current < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0";
-
-/// How long a worker keeps retrying a write before it panics (its engine then stops and
-/// the cluster is restarted): the copy must not silently miss an epoch.
-const WRITE_PATIENCE: Duration = Duration::from_secs(30);
-
-fn unavailable(error: redis::RedisError) -> DataflowError {
-    DataflowError::ViewsUnavailable(error.to_string())
-}
 
 fn owner_key(owner: Owner) -> String {
     match owner {
@@ -123,64 +112,11 @@ impl Keys {
     }
 }
 
-/// One connection, reconnected once when it broke.
-struct Connection {
-    client: redis::Client,
-    connection: Mutex<redis::Connection>,
-}
-
-impl Connection {
-    fn open(url: &str) -> Result<Self, DataflowError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let connection = client.get_connection().map_err(unavailable)?;
-        Ok(Self {
-            client,
-            connection: Mutex::new(connection),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, redis::Connection> {
-        self.connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn run<T>(
-        &self,
-        command: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, DataflowError> {
-        let mut connection = self.lock();
-        match command(&mut connection) {
-            Ok(value) => Ok(value),
-            Err(error) if error.is_io_error() || error.is_connection_dropped() => {
-                *connection = self.client.get_connection().map_err(unavailable)?;
-                command(&mut connection).map_err(unavailable)
-            }
-            Err(error) => Err(unavailable(error)),
-        }
-    }
-
-    /// Writes with retries for [`WRITE_PATIENCE`], then panics the calling worker.
-    fn write(
-        &self,
-        what: &str,
-        command: impl Fn(&mut redis::Connection) -> redis::RedisResult<()>,
-    ) {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            match self.run(&command) {
-                Ok(()) => return,
-                Err(error) if started.elapsed() < WRITE_PATIENCE => {
-                    tracing::warn!(%error, what, "writing sensor views to Redis failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Err(error) => {
-                    panic!("could not write {what} to Redis for {WRITE_PATIENCE:?}: {error}")
-                }
-            }
-        }
+impl std::fmt::Debug for RedisSensorMirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSensorMirror")
+            .field("prefix", &self.keys.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,14 +125,6 @@ pub struct RedisSensorMirror {
     connection: Connection,
     keys: Keys,
     retention: Retention,
-}
-
-impl std::fmt::Debug for RedisSensorMirror {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSensorMirror")
-            .field("prefix", &self.keys.prefix)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisSensorMirror {
