@@ -33,45 +33,52 @@ pub fn load_log_key(data_dir: &Path) -> Result<canopy_ingest::LogKey, NodeError>
 
 /// Reads the 32-byte key at `path`, or makes one there (0600) if there is none. Processes
 /// starting together over one shared file agree: only one creates it, the others read it.
+/// The key is written whole to a file of this process's own and then linked into place, so
+/// no reader ever finds the file made but its key not yet written.
 pub fn load_or_generate_key(path: &Path) -> Result<[u8; 32], NodeError> {
+    let failed = |what: &str, path: &Path, e: std::io::Error| {
+        NodeError::Internal(format!("{what} {}: {e}", path.display()))
+    };
     match std::fs::read(path) {
         Ok(bytes) => return key_bytes(path, bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(NodeError::Internal(format!(
-                "reading {}: {e}",
-                path.display()
-            )));
-        }
+        Err(e) => return Err(failed("reading", path, e)),
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
-    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| failed("creating", dir, e))?;
     let key: [u8; 32] = rand::random();
-    let created = std::fs::OpenOptions::new()
+    let staged = dir.join(format!(
+        ".{}.{}-{:016x}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path);
-    let mut file = match created {
-        Ok(file) => file,
+        .open(&staged)
+        .and_then(|mut file| file.write_all(&key).and_then(|()| file.sync_all()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&staged);
+        return Err(failed("writing", &staged, e));
+    }
+    let linked = std::fs::hard_link(&staged, path);
+    let _ = std::fs::remove_file(&staged);
+    match linked {
+        Ok(()) => {
+            // The new name must survive a crash as the key does.
+            if let Ok(dir_file) = std::fs::File::open(dir) {
+                let _ = dir_file.sync_all();
+            }
+            Ok(key)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| NodeError::Internal(format!("reading {}: {e}", path.display())))?;
-            return key_bytes(path, bytes);
+            let bytes = std::fs::read(path).map_err(|e| failed("reading", path, e))?;
+            key_bytes(path, bytes)
         }
-        Err(e) => {
-            return Err(NodeError::Internal(format!(
-                "creating {}: {e}",
-                path.display()
-            )));
-        }
-    };
-    file.write_all(&key)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| NodeError::Internal(format!("writing {}: {e}", path.display())))?;
-    Ok(key)
+        Err(e) => Err(failed("creating", path, e)),
+    }
 }
 
 fn key_bytes(path: &Path, bytes: Vec<u8>) -> Result<[u8; 32], NodeError> {
@@ -108,5 +115,32 @@ impl StoreKeyPaths {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Processes of a cluster start together over one data directory: every one of them
+    /// must come away with the same whole key, never a half-written file.
+    #[test]
+    fn keys_made_at_once_by_many_agree() {
+        for round in 0..40 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keys").join(format!("k{round}.key"));
+            let keys: Vec<[u8; 32]> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| scope.spawn(|| load_or_generate_key(&path).unwrap()))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(keys.iter().all(|k| *k == keys[0]), "round {round}: {keys:?}");
+            assert_eq!(std::fs::read(&path).unwrap(), keys[0]);
+            let mode = std::fs::metadata(&path).unwrap().permissions();
+            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+            let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
+            assert_eq!(leftovers, 1, "round {round}: staged files left behind");
+        }
     }
 }
