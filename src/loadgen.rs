@@ -135,6 +135,7 @@ fn create_decisions(args: &LoadgenArgs, data_dir: &Path) -> anyhow::Result<Vec<D
             electorate: Default::default(),
             id: DecisionId(rng.random()),
             title: format!("Synthetic decision {i}"),
+            description: String::new(),
             region: format!("region-{}", i % 5),
             options: (0..2 + i % 3).map(|o| format!("option {o}")).collect(),
             opens_at: 0,

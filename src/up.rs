@@ -140,6 +140,7 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
                 electorate: Default::default(),
                 id: DecisionId::new_random(),
                 title: title.into(),
+                description: String::new(),
                 region: "delta".into(),
                 options: vec![
                     "restore".into(),

@@ -7,10 +7,19 @@
 //! - Rescaling from 1 process to 2 and back resumes from the checkpoint each time.
 //! - One process and a 2-process × 2-thread cluster give identical tallies, checkpoints and
 //!   Merkle roots.
+//! - The whole system at once (votes and readings through two serve replicas, the record's
+//!   tiles and the lake in an S3 bucket on moto): every receipt proves from a replica, the
+//!   features equal the recomputation and the lake holds every acknowledged vote and reading
+//!   once, across a rescale 1 → 2 → 1 processes and a SIGKILL of a worker.
 
 mod common;
 
 use common::cluster::*;
+use common::lake::{lake_and_tiles_env, s3, sql_rows};
+use common::sensors::{
+    LakeWindow, REGIONS, SENSORS_PER_REGION, check_features, check_trends, close, final_windows,
+    phase, post_readings, register_sensors, sensor_log, sensor_views, wait_until_sensors_caught_up,
+};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -198,9 +207,9 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
         format!("http://127.0.0.1:{port_b}"),
     );
     let client = reqwest::Client::new();
-    let mut replica_a = Running(vec![start_serve(&deployment, port_a, "a")]);
+    let mut replica_a = Running::new(vec![start_serve(&deployment, port_a, "a")]);
     common::wait_healthy(&client, &base_a).await;
-    let mut replica_b = Running(vec![start_serve(&deployment, port_b, "b")]);
+    let mut replica_b = Running::new(vec![start_serve(&deployment, port_b, "b")]);
     common::wait_healthy(&client, &base_b).await;
 
     let admin = common::login(&client, &base_a, "root").await;
@@ -294,9 +303,9 @@ async fn replicas_share_rate_limits_and_erasures() {
     );
     let client = reqwest::Client::new();
     // 4 requests/s per user, bursts of 8, for the whole cluster.
-    let _replica_a = Running(vec![start_serve_with_rate(&deployment, port_a, "a", 4.0)]);
+    let _replica_a = Running::new(vec![start_serve_with_rate(&deployment, port_a, "a", 4.0)]);
     common::wait_healthy(&client, &base_a).await;
-    let _replica_b = Running(vec![start_serve_with_rate(&deployment, port_b, "b", 4.0)]);
+    let _replica_b = Running::new(vec![start_serve_with_rate(&deployment, port_b, "b", 4.0)]);
     common::wait_healthy(&client, &base_b).await;
     // Both have counted each other (heartbeats every second).
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -377,9 +386,9 @@ async fn any_replica_proves_every_vote_from_tiles_across_a_worker_sigkill() {
         format!("http://127.0.0.1:{port_b}"),
     ];
     let client = reqwest::Client::new();
-    let _replica_a = Running(vec![start_serve(&deployment, port_a, "ta")]);
+    let _replica_a = Running::new(vec![start_serve(&deployment, port_a, "ta")]);
     common::wait_healthy(&client, &bases[0]).await;
-    let _replica_b = Running(vec![start_serve(&deployment, port_b, "tb")]);
+    let _replica_b = Running::new(vec![start_serve(&deployment, port_b, "tb")]);
     common::wait_healthy(&client, &bases[1]).await;
     let admin = common::login(&client, &bases[0], "root").await;
     let decision = common::create_decision(
@@ -539,4 +548,417 @@ async fn any_replica_proves_every_vote_from_tiles_across_a_worker_sigkill() {
         took[100], took[197]
     );
     stop(&mut workers);
+}
+
+/// A vote the API acknowledged (201): who cast what, and the receipt.
+struct AcknowledgedVote {
+    decision: String,
+    voter: usize,
+    vote_id: String,
+    option: u16,
+    position: canopy_ingest::Position,
+    leaf_hash: String,
+}
+
+/// Everything the replicas acknowledged: the oracle of what the record and the lake hold.
+#[derive(Default)]
+struct Acknowledged {
+    votes: Vec<AcknowledgedVote>,
+    /// Where the sensor log holds each accepted reading, as the answers said.
+    readings: Vec<canopy_ingest::Position>,
+}
+
+/// The test's accounts and the decisions they vote in.
+struct Participants {
+    admin: String,
+    voters: Vec<String>,
+    decisions: Vec<String>,
+}
+
+/// One step's traffic through both replicas at once: `readings` posted a minute's worth
+/// at a time, alternately to each replica (in time order, so few readings are late), while
+/// `votes` votes are cast on both, by the voters in turn, in both decisions.
+async fn traffic(
+    client: &reqwest::Client,
+    bases: &[String; 2],
+    who: &Participants,
+    readings: &[serde_json::Value],
+    votes: usize,
+    step: usize,
+    acknowledged: &mut Acknowledged,
+) {
+    let posting = async {
+        let per_minute = 2 * REGIONS.len() * SENSORS_PER_REGION;
+        let mut positions = Vec::new();
+        for (n, minute) in readings.chunks(per_minute).enumerate() {
+            let base = &bases[(n + step) % 2];
+            positions.extend(post_readings(client, base, &who.admin, minute).await);
+        }
+        positions
+    };
+    let casting = async {
+        let mut cast = Vec::new();
+        for n in 0..votes {
+            let voter = (n + step) % who.voters.len();
+            let decision = &who.decisions[n % who.decisions.len()];
+            let option = ((n / 2 + step) % 2) as u16;
+            let base = &bases[(n + n / 2 + step) % 2];
+            let receipt = common::cast(client, base, &who.voters[voter], decision, option).await;
+            cast.push(AcknowledgedVote {
+                decision: decision.clone(),
+                voter,
+                vote_id: receipt["vote_id"].as_str().unwrap().to_string(),
+                option,
+                position: serde_json::from_value(receipt["position"].clone()).unwrap(),
+                leaf_hash: receipt["leaf_hash"].as_str().unwrap().to_string(),
+            });
+        }
+        cast
+    };
+    let (positions, cast) = tokio::join!(posting, casting);
+    acknowledged.readings.extend(positions);
+    acknowledged.votes.extend(cast);
+}
+
+/// Waits until the tallies and the features are as of the end of both topics.
+fn wait_until_everything_caught_up(
+    deployment: &Deployment,
+    topic: &str,
+    workers: &mut Running,
+    what: &str,
+) {
+    let votes = KafkaLog::connect(test_kafka_config(topic)).unwrap();
+    wait_until_caught_up(&votes, &deployment.views(), workers, what);
+    let readings = sensor_log(topic);
+    wait_until_sensors_caught_up(&readings, &sensor_views(deployment), workers, what);
+}
+
+/// Every acknowledged vote's proof, asked of the replicas in turn (shifted by `step`),
+/// verifies with `canopy verify`; each decision's last proof is of a tree of exactly its
+/// acknowledged votes. Returns that last proof per decision.
+async fn verify_every_receipt(
+    client: &reqwest::Client,
+    bases: &[String; 2],
+    files: &std::path::Path,
+    key: &str,
+    acknowledged: &Acknowledged,
+    step: usize,
+) -> BTreeMap<String, serde_json::Value> {
+    let mut last = BTreeMap::new();
+    for (n, vote) in acknowledged.votes.iter().enumerate() {
+        let base = &bases[(n + step + 1) % 2];
+        let proof = proof_from_replica(client, base, &vote.decision, &vote.leaf_hash).await;
+        verify_proof(files, &proof, key);
+        last.insert(vote.decision.clone(), proof);
+    }
+    for (decision, proof) in &last {
+        let cast = acknowledged
+            .votes
+            .iter()
+            .filter(|vote| &vote.decision == decision)
+            .count();
+        assert_eq!(
+            proof["tree_size"].as_u64(),
+            Some(cast as u64),
+            "step {step}: every acknowledged vote of {decision} is a leaf once"
+        );
+    }
+    last
+}
+
+/// Waits until the lake, asked through a replica, holds as many votes and readings as were
+/// acknowledged and as many windows as are final; more is a row written twice, which is
+/// never waited out.
+async fn wait_for_lake(
+    client: &reqwest::Client,
+    base: &str,
+    analyst: &str,
+    wanted: [usize; 3],
+    workers: &mut Running,
+) {
+    let tables = ["votes", "sensor_readings", "window_features"];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seen = [0; 3];
+        for (n, table) in tables.iter().enumerate() {
+            let statement = format!("SELECT COUNT(*) FROM {table}");
+            let rows = sql_rows(client, base, analyst, &statement).await;
+            seen[n] = rows[0][0].parse().unwrap();
+            assert!(
+                seen[n] <= wanted[n],
+                "{} rows in {table}, {} wanted: a row written twice",
+                seen[n],
+                wanted[n]
+            );
+        }
+        if seen == wanted {
+            return;
+        }
+        workers.assert_none_exited("before the lake caught up");
+        assert!(
+            Instant::now() < deadline,
+            "the lake did not catch up: {seen:?} rows in {tables:?}, {wanted:?} wanted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The whole system on a cluster, as an operator runs it: the record's tiles and the lake
+/// in an S3 bucket (moto), two serve replicas taking readings and votes at once, the
+/// workers rescaled 1 → 2 processes, one of them SIGKILLed mid-traffic and the cluster
+/// restarted, then back to 1. At every step each receipt's proof, from a replica, verifies
+/// with `canopy verify` and the features equal the recomputation over the sensor topic; a
+/// consistency proof across the rescale verifies; at the end SQL on a replica counts every
+/// acknowledged vote and reading once and holds each final window once, as recomputed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_system_survives_sigkill_and_rescaling_on_a_cluster() {
+    let started = Instant::now();
+    let topic = format!("canopy-whole-{}", uuid::Uuid::new_v4().simple());
+    let deployment = Deployment::new(&topic);
+    deployment.store().await;
+    create_admin_in(&deployment);
+    create_account_in(&deployment, "analyst", "analyst");
+    let env = lake_and_tiles_env(&s3::s3_url());
+    let readings_log = sensor_log(&topic);
+    let features = sensor_views(&deployment);
+    let mut workers = deployment.start_with_env(1, 2, "a", &env);
+    let ports = [common::free_port(), common::free_port()];
+    let bases = ports.map(|port| format!("http://127.0.0.1:{port}"));
+    let client = reqwest::Client::new();
+    // Replica A makes the shared keys; B starts once they exist.
+    let mut replicas = Running::new(Vec::new());
+    for (n, name) in ["wa", "wb"].into_iter().enumerate() {
+        replicas.push(start_serve_with_env(&deployment, ports[n], name, &env));
+        common::wait_healthy(&client, &bases[n]).await;
+    }
+
+    let admin = common::login(&client, &bases[0], "root").await;
+    register_sensors(&client, &bases[0], &admin).await;
+    let registered = Instant::now();
+    let mut decisions = Vec::new();
+    for title in ["Plant the square?", "Close the bridge to cars?"] {
+        let body = common::yes_or_no(title);
+        decisions.push(common::create_decision(&client, &bases[0], &admin, body).await);
+    }
+    let mut voters = Vec::new();
+    for n in 0..4 {
+        let name = format!("whole-voter{n}");
+        common::sign_up(&client, &bases[n % 2], &name).await;
+        voters.push(common::login(&client, &bases[(n + 1) % 2], &name).await);
+    }
+    let who = Participants {
+        admin,
+        voters,
+        decisions,
+    };
+    let analyst = common::login(&client, &bases[1], "analyst").await;
+    let key: serde_json::Value =
+        common::get_public_json(&client, format!("{}/api/v1/audit/key", bases[1])).await;
+    let key = key["key"].as_str().unwrap().to_string();
+    let files = tempfile::tempdir().unwrap();
+    // Replica B learns the sensors registered through A from the store within a second.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(registered.elapsed())).await;
+    let now = canopy_schemas::clock::now_millis();
+    let hour = (now - 4 * 3_600_000) / 3_600_000 * 3_600_000;
+    let mut acknowledged = Acknowledged::default();
+    let steps = [
+        "1 process",
+        "rescaled to 2 processes",
+        "restarted after SIGKILL",
+        "back to 1 process",
+    ];
+
+    // One process of two threads.
+    let readings = phase(hour, (0, 15), false, (0, 0), 1);
+    traffic(&client, &bases, &who, &readings, 6, 0, &mut acknowledged).await;
+    wait_until_everything_caught_up(&deployment, &topic, &mut workers, steps[0]);
+    let earlier = verify_every_receipt(&client, &bases, files.path(), &key, &acknowledged, 0).await;
+    check_features(&readings_log, &features, steps[0]);
+    stop(&mut workers);
+
+    // Two processes: they resume from the single process's checkpoint.
+    let mut workers = deployment.start_with_env(2, 1, "b", &env);
+    let readings = phase(hour, (15, 30), false, (2, 2), 2);
+    traffic(&client, &bases, &who, &readings, 6, 1, &mut acknowledged).await;
+    wait_until_everything_caught_up(&deployment, &topic, &mut workers, steps[1]);
+    verify_every_receipt(&client, &bases, files.path(), &key, &acknowledged, 1).await;
+    check_features(&readings_log, &features, steps[1]);
+
+    // SIGKILL one process as soon as the replicas have acknowledged a burst of readings
+    // and votes (the workers are still taking it in), and more comes in while its peer
+    // stops on its own: the replicas go on acknowledging, the restarted cluster takes it all.
+    let readings = phase(hour, (30, 38), false, (0, 0), 3);
+    traffic(&client, &bases, &who, &readings, 3, 2, &mut acknowledged).await;
+    common::kill_9(&mut workers[1]);
+    let readings = phase(hour, (38, 45), false, (0, 0), 5);
+    traffic(&client, &bases, &who, &readings, 3, 3, &mut acknowledged).await;
+    wait_for_exit(&mut workers[0], "after SIGKILL");
+    let mut workers = deployment.start_with_env(2, 1, "c", &env);
+    wait_until_everything_caught_up(&deployment, &topic, &mut workers, steps[2]);
+    verify_every_receipt(&client, &bases, files.path(), &key, &acknowledged, 2).await;
+    check_features(&readings_log, &features, steps[2]);
+    stop(&mut workers);
+
+    // Back to one process; the last readings include some too late for any window.
+    let mut workers = deployment.start_with_env(1, 2, "d", &env);
+    let readings = phase(hour, (45, 60), false, (2, 70), 4);
+    traffic(&client, &bases, &who, &readings, 6, 3, &mut acknowledged).await;
+    wait_until_everything_caught_up(&deployment, &topic, &mut workers, steps[3]);
+    let later = verify_every_receipt(&client, &bases, files.path(), &key, &acknowledged, 3).await;
+    let compared = check_features(&readings_log, &features, steps[3]);
+    assert!(compared > 300, "only {compared} windows compared");
+    check_trends(&client, &bases[0], &who.admin, &readings_log, "north").await;
+    check_trends(&client, &bases[1], &who.admin, &readings_log, "hot").await;
+
+    // The record only grew across the rescale and the SIGKILL: a replica's consistency
+    // proof from each decision's first checkpoint to its last verifies.
+    assert_eq!(
+        earlier.len(),
+        who.decisions.len(),
+        "both decisions had votes at first"
+    );
+    for (decision, before) in &earlier {
+        let after = &later[decision];
+        let (from, to) = (before["tree_size"].as_u64(), after["tree_size"].as_u64());
+        let (from, to) = (from.unwrap(), to.unwrap());
+        assert!(from < to, "{decision}: {from} → {to}");
+        let note = files.path().join(format!("earlier-{decision}.note"));
+        std::fs::write(&note, before["checkpoint"].as_str().unwrap()).unwrap();
+        let proof = files.path().join(format!("later-{decision}.json"));
+        std::fs::write(&proof, after.to_string()).unwrap();
+        let (status, verdict) = canopy_line(&[
+            "verify",
+            proof.to_str().unwrap(),
+            "--key",
+            &key,
+            "--previous",
+            note.to_str().unwrap(),
+            "--node",
+            &bases[0],
+        ]);
+        assert_eq!(status, 0, "{verdict}");
+        assert!(
+            verdict.contains(&format!("+consistency({from}->{to})")),
+            "{verdict}"
+        );
+    }
+
+    // SQL on a replica, as an analyst: every acknowledged vote and reading exactly once,
+    // and every final window once, as the recomputation has it.
+    let windows = final_windows(&readings_log);
+    let wanted = [
+        acknowledged.votes.len(),
+        acknowledged.readings.len(),
+        windows.len(),
+    ];
+    wait_for_lake(&client, &bases[1], &analyst, wanted, &mut workers).await;
+    let sql = |statement: &'static str| sql_rows(&client, &bases[1], &analyst, statement);
+    let mut expected: Vec<Vec<String>> = acknowledged
+        .votes
+        .iter()
+        .map(|vote| {
+            vec![
+                vote.position.partition.to_string(),
+                vote.position.offset.to_string(),
+                vote.decision.clone(),
+                vote.vote_id.clone(),
+                vote.option.to_string(),
+            ]
+        })
+        .collect();
+    expected.sort_by_key(|row| {
+        (
+            row[0].parse::<u32>().unwrap(),
+            row[1].parse::<u64>().unwrap(),
+        )
+    });
+    let rows = sql(
+        "SELECT log_partition, log_offset, decision_id, vote_id, option FROM votes \
+         ORDER BY log_partition, log_offset",
+    )
+    .await;
+    assert_eq!(
+        rows, expected,
+        "the lake's votes are the acknowledged votes"
+    );
+    // A voter is one commitment per decision, however often they changed their vote.
+    let mut voters_by_decision: BTreeMap<&str, std::collections::BTreeSet<usize>> = BTreeMap::new();
+    for vote in &acknowledged.votes {
+        voters_by_decision
+            .entry(&vote.decision)
+            .or_default()
+            .insert(vote.voter);
+    }
+    let rows = sql(
+        "SELECT decision_id, COUNT(DISTINCT voter_commitment) FROM votes \
+         GROUP BY decision_id ORDER BY decision_id",
+    )
+    .await;
+    let expected: Vec<Vec<String>> = voters_by_decision
+        .iter()
+        .map(|(decision, voters)| vec![decision.to_string(), voters.len().to_string()])
+        .collect();
+    assert_eq!(rows, expected, "voters per decision");
+    for (decision, voters) in &voters_by_decision {
+        let results = common::results(&client, &bases[0], decision, &who.admin).await;
+        assert_eq!(results["turnout"], voters.len(), "{results}");
+    }
+    let mut expected: Vec<Vec<String>> = acknowledged
+        .readings
+        .iter()
+        .map(|p| vec![p.partition.to_string(), p.offset.to_string()])
+        .collect();
+    expected.sort_by_key(|row| {
+        (
+            row[0].parse::<u32>().unwrap(),
+            row[1].parse::<u64>().unwrap(),
+        )
+    });
+    let rows = sql(
+        "SELECT log_partition, log_offset FROM sensor_readings ORDER BY log_partition, log_offset",
+    )
+    .await;
+    assert_eq!(
+        rows, expected,
+        "the lake's readings are the accepted readings"
+    );
+    let rows = sql(
+        "SELECT region, sensor, width_s, CAST(window_start AS BIGINT), count, mean \
+         FROM window_features",
+    )
+    .await;
+    let mut in_lake = BTreeMap::new();
+    for row in rows {
+        let window: LakeWindow = (
+            row[0].clone(),
+            row[1].clone(),
+            row[2].parse().unwrap(),
+            row[3].parse::<i64>().unwrap() / 1000,
+        );
+        let values: (u64, f64) = (row[4].parse().unwrap(), row[5].parse().unwrap());
+        assert!(
+            in_lake.insert(window.clone(), values).is_none(),
+            "window {window:?} twice in the lake"
+        );
+    }
+    assert_eq!(
+        in_lake.keys().collect::<Vec<_>>(),
+        windows.keys().collect::<Vec<_>>(),
+        "the lake's windows are the final windows of the recomputation"
+    );
+    for (window, stats) in &windows {
+        let (count, mean) = in_lake[window];
+        assert!(
+            count == stats.count && close(mean, stats.mean()),
+            "window {window:?}: {count} readings, mean {mean} in the lake; recomputed {stats:?}"
+        );
+    }
+    stop(&mut workers);
+    eprintln!(
+        "the whole system: {} votes, {} readings, {} final windows in {:.1} s",
+        acknowledged.votes.len(),
+        acknowledged.readings.len(),
+        windows.len(),
+        started.elapsed().as_secs_f64()
+    );
 }

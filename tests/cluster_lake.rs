@@ -9,10 +9,9 @@
 //! per decision, and the newest `tally_changes` row of each cell is the recount's cell.
 
 mod common;
-#[path = "../analytics/tests/common/s3.rs"]
-mod s3;
 
 use common::cluster::*;
+use common::lake::{lake_env, s3};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -24,22 +23,6 @@ use canopy_dataflow::recount;
 use canopy_ingest::{KafkaLog, LogRecord};
 use canopy_serving::store::MetadataStore;
 
-/// What points a process at the test's lake: the bucket, the `AWS_*` variables object_store
-/// reads, a short flush, frequent compaction, and k = 1 so that every tally change is written (the recount is
-/// compared cell by cell).
-fn lake_env(url: &str) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = s3::s3_options()
-        .into_iter()
-        .map(|(key, value)| (key.to_ascii_uppercase(), value))
-        .collect();
-    env.push(("CANOPY_LAKE__LOCATION".into(), url.into()));
-    env.push(("CANOPY_LAKE__FLUSH_S".into(), "0.3".into()));
-    // Process 0 compacts every second, while process 1 writes.
-    env.push(("CANOPY_LAKE__COMPACT_EVERY".into(), "3".into()));
-    env.push(("CANOPY_API__TREND_MIN_VOTERS".into(), "1".into()));
-    env
-}
-
 /// [`Deployment::start`] with the lake's variables.
 fn start_workers(
     deployment: &Deployment,
@@ -48,29 +31,7 @@ fn start_workers(
     run: &str,
     env: &[(String, String)],
 ) -> Running {
-    let hosts = deployment.dir.path().join(format!("hosts-{run}"));
-    let lines: Vec<String> = (0..processes)
-        .map(|_| format!("127.0.0.1:{}", common::free_port()))
-        .collect();
-    std::fs::write(&hosts, lines.join("\n")).unwrap();
-    Running(
-        (0..processes)
-            .map(|process| {
-                let log = std::fs::File::create(deployment.log_path(run, process)).unwrap();
-                Command::new(env!("CARGO_BIN_EXE_canopy"))
-                    .args(["worker", "--config"])
-                    .arg(&deployment.config)
-                    .args(["--process", &process.to_string(), "--hosts"])
-                    .arg(&hosts)
-                    .args(["--threads", &threads.to_string()])
-                    .envs(env.iter().map(|(k, v)| (k, v)))
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    )
+    deployment.start_with_env(processes, threads, run, env)
 }
 
 fn start_replica(
@@ -362,7 +323,7 @@ async fn a_cluster_writes_one_lake_exactly_once_and_a_replica_answers_sql() {
     let (port, pg_port) = (common::free_port(), common::free_port());
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let _replica = Running(vec![start_replica(&deployment, port, pg_port, &env)]);
+    let _replica = Running::new(vec![start_replica(&deployment, port, pg_port, &env)]);
     common::wait_healthy(&client, &base).await;
     let admin = common::login(&client, &base, "root").await;
     let records = topic_records(&log);

@@ -12,245 +12,15 @@
 mod common;
 
 use common::cluster::*;
+use common::sensors::*;
 
-use std::collections::BTreeMap;
-use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use canopy_dataflow::{
-    LatenessGate, Owner, SensorViewRead, WindowConfig, WindowSize, WindowStats, ZScores,
-    recompute_features,
-};
-use canopy_ingest::{EntryLog, KafkaSensorLog, SensorRecord, partition_for_region};
-use canopy_node::redis_sensors::RedisSensorViews;
+use canopy_dataflow::{Owner, SensorViewRead, WindowSize};
+use canopy_ingest::EntryLog;
 use canopy_schemas::{Metric, name_key};
-use serde_json::{Value, json};
-
-const REGIONS: [&str; 4] = ["north", "south", "east", "hot"];
-const SENSORS_PER_REGION: usize = 2;
-
-fn sensor_name(region: &str, n: usize) -> String {
-    format!("{region}-{n}")
-}
-
-/// The readings of one phase: every sensor every 30 s over `[from_min, to_min)` minutes after
-/// `base`, pm25 around 20 µg/m³ (around 120 in region "hot" while `hot`), and `late` readings
-/// per sensor stamped `late_by_min` minutes before the phase (late or too late).
-fn phase(
-    base: i64,
-    (from_min, to_min): (i64, i64),
-    hot: bool,
-    (late, late_by_min): (usize, i64),
-    seed: u64,
-) -> Vec<Value> {
-    let mut state = seed | 1;
-    let mut noise = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) % 1000) as f64 / 100.0
-    };
-    let mut readings = Vec::new();
-    let mut t = base + from_min * 60_000;
-    while t < base + to_min * 60_000 {
-        for region in REGIONS {
-            for n in 0..SENSORS_PER_REGION {
-                let level = if hot && region == "hot" { 120.0 } else { 20.0 };
-                readings.push(json!({
-                    "sensor_id": sensor_name(region, n),
-                    "region": region,
-                    "metric": "pm25",
-                    "value": level + noise(),
-                    "timestamp": t,
-                }));
-            }
-        }
-        t += 30_000;
-    }
-    for i in 0..late {
-        for region in REGIONS {
-            for n in 0..SENSORS_PER_REGION {
-                readings.push(json!({
-                    "sensor_id": sensor_name(region, n),
-                    "region": region,
-                    "metric": "pm25",
-                    "value": 20.0 + noise(),
-                    "timestamp": base + (from_min - late_by_min) * 60_000 + i as i64 * 1_000,
-                }));
-            }
-        }
-    }
-    readings
-}
-
-async fn post_readings(client: &reqwest::Client, base: &str, token: &str, readings: &[Value]) {
-    for chunk in readings.chunks(200) {
-        let (status, body) = common::post(
-            client,
-            format!("{base}/api/v1/data/process-sensor-data"),
-            Some(token),
-            Value::Array(chunk.to_vec()),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 201, "{body}");
-    }
-}
-
-fn sensor_records(log: &KafkaSensorLog) -> Vec<SensorRecord> {
-    (0..PARTITIONS)
-        .flat_map(|p| log.read(p, 0, usize::MAX).unwrap())
-        .collect()
-}
-
-fn wait_until_sensors_caught_up(
-    log: &KafkaSensorLog,
-    views: &RedisSensorViews,
-    workers: &mut [Child],
-    what: &str,
-) -> Duration {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(180);
-    for partition in 0..PARTITIONS {
-        let end = log.end_offset(partition).unwrap();
-        while views.frontier(partition) < end {
-            for worker in workers.iter_mut() {
-                if let Some(status) = worker.try_wait().unwrap() {
-                    panic!("{what}: a worker exited ({status}) before catching up");
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: the features did not catch up with partition {partition} (at {} of {end})",
-                views.frontier(partition)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    started.elapsed()
-}
-
-type Series = BTreeMap<i64, (WindowStats, Option<ZScores>)>;
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
-}
-
-/// Every window and z-score in Redis equals the recomputation over the sensor topic, and so
-/// does the count of too-late readings. Returns how many windows were compared.
-fn check_features(log: &KafkaSensorLog, views: &RedisSensorViews, what: &str) -> usize {
-    let config = WindowConfig::default();
-    let records = sensor_records(log);
-    let expected = recompute_features(&config, PARTITIONS, &records);
-    let mut series: BTreeMap<(Owner, Metric, WindowSize), Series> = BTreeMap::new();
-    for (key, window) in &expected {
-        series
-            .entry((key.owner, key.metric, key.size))
-            .or_default()
-            .insert(key.start_ms, *window);
-    }
-    // Every series the readings name, so a window Redis has and the oracle lacks is seen.
-    for region in REGIONS {
-        for size in WindowSize::BOTH {
-            let owners = std::iter::once(Owner::Region(name_key("region", region))).chain(
-                (0..SENSORS_PER_REGION)
-                    .map(|n| Owner::Sensor(name_key("sensor", &sensor_name(region, n)))),
-            );
-            for owner in owners {
-                series.entry((owner, Metric::Pm25, size)).or_default();
-            }
-        }
-    }
-    let mut compared = 0;
-    for ((owner, metric, size), want) in &series {
-        let got = views
-            .windows(*owner, *metric, *size, i64::MIN, i64::MAX)
-            .unwrap();
-        let got_starts: Vec<i64> = got.iter().map(|(start, _)| *start).collect();
-        let want_starts: Vec<i64> = want.keys().copied().collect();
-        assert_eq!(
-            got_starts, want_starts,
-            "{what}: the windows of {owner:?} {size:?} differ from the recomputation"
-        );
-        for (start, view) in &got {
-            let (stats, z) = &want[start];
-            assert_eq!(
-                &view.stats, stats,
-                "{what}: window {owner:?} {size:?} at {start} differs from the recomputation"
-            );
-            match (view.z, z) {
-                (None, None) => {}
-                (Some(got), Some(want)) => assert!(
-                    close(got.mean, want.mean)
-                        && close(got.max_abs, want.max_abs)
-                        && got.flagged == want.flagged,
-                    "{what}: the z-scores of {owner:?} at {start}: {got:?}, recomputed {want:?}"
-                ),
-                (got, want) => panic!(
-                    "{what}: the z-scores of {owner:?} at {start}: {got:?}, recomputed {want:?}"
-                ),
-            }
-            compared += 1;
-        }
-    }
-    let mut gate = LatenessGate::default();
-    for record in &records {
-        let reading = &record.reading;
-        if reading.quality.counts() {
-            let partition = partition_for_region(&reading.region, PARTITIONS);
-            gate.admit(&config, partition, reading.observed_at);
-        }
-    }
-    assert_eq!(
-        views.too_late().unwrap(),
-        gate.too_late,
-        "{what}: too-late readings"
-    );
-    compared
-}
-
-/// A replica's minute trends of a region equal the recomputation.
-async fn check_trends(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    log: &KafkaSensorLog,
-    region: &str,
-) {
-    let expected = recompute_features(&WindowConfig::default(), PARTITIONS, &sensor_records(log));
-    let owner = Owner::Region(name_key("region", region));
-    let want: Vec<(i64, u64, f64)> = expected
-        .iter()
-        .filter(|(key, _)| key.owner == owner && key.size == WindowSize::Short)
-        .map(|(key, (stats, _))| (key.start_ms, stats.count, stats.mean()))
-        .collect();
-    let trends = common::get_json(
-        client,
-        format!("{base}/api/v1/data/historical-trends?region={region}&metric=pm25&bucket=minute"),
-        token,
-    )
-    .await;
-    let got: Vec<(i64, u64, f64)> = trends["points"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no points: {trends}"))
-        .iter()
-        .map(|p| {
-            (
-                p["start"].as_i64().unwrap(),
-                p["count"].as_u64().unwrap(),
-                p["mean"].as_f64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(got.len(), want.len(), "{region}: {trends}");
-    for (got, want) in got.iter().zip(&want) {
-        assert!(
-            got.0 == want.0 && got.1 == want.1 && close(got.2, want.2),
-            "{region}: trend point {got:?}, recomputed {want:?}"
-        );
-    }
-}
+use serde_json::json;
 
 /// Collects what a replica's alert stream sends.
 fn follow_alerts(client: &reqwest::Client, base: &str, token: &str) -> Arc<Mutex<String>> {
@@ -273,39 +43,14 @@ fn follow_alerts(client: &reqwest::Client, base: &str, token: &str) -> Arc<Mutex
     seen
 }
 
-fn wait_for_exit(worker: &mut Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = worker.try_wait().unwrap() {
-            assert!(
-                !status.success(),
-                "{what}: the survivor must report the failure"
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: the survivor did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensor_features_on_the_cluster_equal_the_recomputation() {
     let topic = format!("canopy-sensors-{}", uuid::Uuid::new_v4().simple());
     let deployment = Deployment::new(&topic);
     deployment.store().await;
     create_admin_in(&deployment);
-    let sensor_log =
-        KafkaSensorLog::connect(test_kafka_config(&format!("{topic}-sensors"))).unwrap();
-    let views = RedisSensorViews::connect(
-        &redis_url(),
-        &deployment.prefix,
-        WindowConfig::default(),
-        PARTITIONS,
-    )
-    .unwrap();
+    let sensor_log = sensor_log(&topic);
+    let views = sensor_views(&deployment);
     let mut workers = deployment.start(2, 1, "a");
     let (port_a, port_b) = (common::free_port(), common::free_port());
     let (base_a, base_b) = (
@@ -313,30 +58,12 @@ async fn sensor_features_on_the_cluster_equal_the_recomputation() {
         format!("http://127.0.0.1:{port_b}"),
     );
     let client = reqwest::Client::new();
-    let _replica_a = Running(vec![start_serve(&deployment, port_a, "a")]);
+    let _replica_a = Running::new(vec![start_serve(&deployment, port_a, "a")]);
     common::wait_healthy(&client, &base_a).await;
-    let _replica_b = Running(vec![start_serve(&deployment, port_b, "b")]);
+    let _replica_b = Running::new(vec![start_serve(&deployment, port_b, "b")]);
     common::wait_healthy(&client, &base_b).await;
     let admin = common::login(&client, &base_a, "root").await;
-    for region in REGIONS {
-        for n in 0..SENSORS_PER_REGION {
-            let (status, body) = common::post(
-                &client,
-                format!("{base_a}/api/v1/data/sensors"),
-                Some(&admin),
-                json!({
-                    "sensor_id": sensor_name(region, n),
-                    "region": region,
-                    "latitude": 52.0,
-                    "longitude": 4.0,
-                    "metrics": ["pm25"],
-                }),
-            )
-            .await
-            .unwrap();
-            assert_eq!(status, 201, "{body}");
-        }
-    }
+    register_sensors(&client, &base_a, &admin).await;
     // Replica B learns the sensors registered through A from the store.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let now = canopy_schemas::clock::now_millis();
@@ -512,13 +239,7 @@ async fn sensor_features_on_the_cluster_equal_the_recomputation() {
     // what the earlier runs had left in Redis.
     let fresh = Deployment::new(&topic);
     fresh.store().await;
-    let fresh_views = RedisSensorViews::connect(
-        &redis_url(),
-        &fresh.prefix,
-        WindowConfig::default(),
-        PARTITIONS,
-    )
-    .unwrap();
+    let fresh_views = sensor_views(&fresh);
     let mut workers = fresh.start(2, 1, "fresh");
     let replay = wait_until_sensors_caught_up(&sensor_log, &fresh_views, &mut workers, "fresh");
     eprintln!(
@@ -542,7 +263,7 @@ async fn replaying_the_sensor_topic_takes() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
     let topic = format!("canopy-replay-{}", uuid::Uuid::new_v4().simple());
-    let log = KafkaSensorLog::connect(test_kafka_config(&format!("{topic}-sensors"))).unwrap();
+    let log = sensor_log(&topic);
     let base = (canopy_schemas::clock::now_millis() - 30 * 86_400_000) / 3_600_000 * 3_600_000;
     let readings: Vec<canopy_schemas::SensorReading> = (0..count)
         .map(|i| canopy_schemas::SensorReading {
@@ -564,13 +285,7 @@ async fn replaying_the_sensor_topic_takes() {
     );
     let deployment = Deployment::new(&topic);
     deployment.store().await;
-    let views = RedisSensorViews::connect(
-        &redis_url(),
-        &deployment.prefix,
-        WindowConfig::default(),
-        PARTITIONS,
-    )
-    .unwrap();
+    let views = sensor_views(&deployment);
     let mut workers = deployment.start(2, 1, "replay");
     let took = wait_until_sensors_caught_up(&log, &views, &mut workers, "replay");
     eprintln!(

@@ -167,7 +167,8 @@ fn migrate_applies_each_migration_once() {
             "0008_audit_keys",
             "0009_signin",
             "0010_sql_tokens",
-            "0011_engine_state_parts"
+            "0011_engine_state_parts",
+            "0012_decision_search"
         ])
     );
     assert_eq!(run()["applied"], json!([]));

@@ -32,6 +32,7 @@ fn build_lake(root: &Path) {
                 electorate: Default::default(),
                 id: DecisionId(f[0].parse().unwrap()),
                 title: f[1].into(),
+                description: String::new(),
                 region: f[2].into(),
                 options: f[3].split('|').map(String::from).collect(),
                 opens_at: 0,

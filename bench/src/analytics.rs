@@ -346,6 +346,7 @@ impl VoteGenerator {
                 electorate: Default::default(),
                 id: DecisionId(rng.random()),
                 title: format!("decision {i}"),
+                description: String::new(),
                 region: format!("region {:02}", i % args.regions),
                 options: (0..2 + i % 4).map(|o| format!("option {o}")).collect(),
                 opens_at: START_MICROS,

@@ -23,6 +23,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 mod analytics;
+mod cluster;
 mod http;
 mod kafka;
 mod restore;
@@ -81,6 +82,10 @@ enum Bench {
     /// One worker process of the kafka benchmark (started by it).
     #[command(hide = true)]
     KafkaWorker(kafka::KafkaWorkerArgs),
+    /// The cluster as operators run it: votes and sensor readings through the broker into
+    /// `canopy worker` processes (record tiles and lake on) and Redis, with one and with two
+    /// processes; freshness, and proofs from a `canopy serve` replica.
+    Cluster(cluster::ClusterArgs),
     /// Readings per second through the sensor features dataflow, against a hand-written
     /// single-threaded computation of the same windows.
     Sensors(sensors::SensorArgs),
@@ -120,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Http(args) => http::run(args),
         Bench::Kafka(args) => kafka::bench(args),
         Bench::KafkaWorker(args) => kafka::worker(args),
+        Bench::Cluster(args) => cluster::bench(args),
         Bench::Sensors(args) => sensors::run(args),
         Bench::Analytics(args) => analytics::run(args),
         Bench::Restore(args) => restore::run(args),
@@ -144,6 +150,7 @@ fn vote_stream(
             electorate: Default::default(),
             id: DecisionId(rng.random()),
             title: format!("decision {i}"),
+            description: String::new(),
             region: format!("region {}", i % 17),
             options: (0..2 + i % 4).map(|o| format!("option {o}")).collect(),
             opens_at: 0,

@@ -60,7 +60,7 @@ pub use epoch::Epoch;
 pub use error::DataflowError;
 pub use record::{
     CheckpointSink, CutCheckpoint, LeafEntry, RecordConfig, RecordLeaf, RecordReader, RecordTiles,
-    StoredCheckpoint, VoteRecord,
+    StoredCheckpoint, VoteRecord, VoterLeaf,
 };
 pub use recount::{recount, recount_trees};
 pub use scoring::{AnomalyModel, Scorer, ScorerConfig};

@@ -169,6 +169,8 @@ struct DecisionRecord {
     index_of: HashMap<Hash, u64, FixedState>,
     /// Each (voter, vote id)'s first delivery: its log offset. Later ones are skipped.
     first_offset: HashMap<(u128, u128), u64, FixedState>,
+    /// Each voter's latest leaf (the one the tally counts): its index and log offset.
+    latest_of_voter: HashMap<u128, (u64, u64), FixedState>,
     /// The log end (of the decision's partition) the tree reflects.
     covered_end: u64,
     last_cut: u64,
@@ -189,6 +191,7 @@ impl DecisionRecord {
             entries_from: 0,
             index_of: HashMap::with_hasher(FixedState::with_seed(0)),
             first_offset: HashMap::with_hasher(FixedState::with_seed(0)),
+            latest_of_voter: HashMap::with_hasher(FixedState::with_seed(0)),
             covered_end: 0,
             last_cut: 0,
             tiles_written: 0,
@@ -232,6 +235,22 @@ pub trait RecordReader: Send + Sync {
     /// Where in the log the vote `vote_id` of `voter` was first delivered, once the record
     /// took it: the vote its leaf stands for (later deliveries count nowhere).
     fn first_delivery(&self, decision: DecisionId, voter: u128, vote_id: u128) -> Option<u64>;
+
+    /// The latest leaf of the voter with this ballot pseudonym in `decision`'s log: the
+    /// vote the tally counts for them. What a reader does not know of it (the log offset,
+    /// or the entry once its bundle is written) is None.
+    fn latest_of(&self, decision: DecisionId, voter: u128) -> Option<VoterLeaf>;
+}
+
+/// A voter's latest leaf in a decision's log.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct VoterLeaf {
+    pub index: u64,
+    /// Where the vote is in the log (the engine's record knows; the tiles do not).
+    pub offset: Option<u64>,
+    /// The leaf encoding (the tiles' entry bundles hold it; the engine's record only until
+    /// its bundle is written, after which the log has it at `offset`).
+    pub entry: Option<LeafEntry>,
 }
 
 /// The record store's tiles and checkpoint as stored, for serving them under the C2SP
@@ -337,6 +356,10 @@ impl VoteRecord {
             let index = record.tree.append_hash(leaf.leaf);
             record.entries.push(leaf.entry);
             record.index_of.entry(leaf.leaf).or_insert(index);
+            // Leaves arrive in log order: the last one appended is the voter's latest.
+            record
+                .latest_of_voter
+                .insert(leaf.voter, (index, leaf.offset));
         }
         record.covered_end = record.covered_end.max(end);
         if let Some((size, root)) = record.resume
@@ -502,6 +525,21 @@ impl VoteRecord {
 }
 
 impl RecordReader for VoteRecord {
+    fn latest_of(&self, decision: DecisionId, voter: u128) -> Option<VoterLeaf> {
+        self.with(decision, |r| {
+            let (index, offset) = *r.latest_of_voter.get(&voter)?;
+            let entry = index
+                .checked_sub(r.entries_from)
+                .and_then(|held| r.entries.get(held as usize).copied().flatten());
+            Some(VoterLeaf {
+                index,
+                offset: Some(offset),
+                entry,
+            })
+        })
+        .flatten()
+    }
+
     fn first_delivery(&self, decision: DecisionId, voter: u128, vote_id: u128) -> Option<u64> {
         self.with(decision, |r| r.first_offset.get(&(voter, vote_id)).copied())
             .flatten()
@@ -656,8 +694,65 @@ mod tests {
         Ok(())
     }
 
+    /// A voter's leaf as `latest_of` must find it: the last first delivery of the voter in
+    /// log order, recounted from the leaves fed.
+    fn voter_leaf(n: u64, voters: u64) -> RecordLeaf {
+        RecordLeaf {
+            voter: u128::from(n % voters),
+            ..leaf(n)
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// `latest_of` answers each voter's latest counted leaf: its index in the tree, its
+        /// log offset, and its entry while the record holds it; redeliveries change nothing.
+        #[test]
+        fn latest_of_is_each_voters_last_counted_leaf(
+            epochs in proptest::collection::vec(1u64..50, 1..6),
+            voters in 1u64..12,
+            count in 1u64..600,
+            redelivered in proptest::collection::vec(0u64..600, 0..20),
+        ) {
+            let store = Arc::new(MemoryStore::default());
+            let record = record(Arc::clone(&store), 100);
+            let mut fed: Vec<RecordLeaf> = (0..count).map(|n| voter_leaf(n, voters)).collect();
+            // A redelivery comes later in the log with the same (voter, vote id).
+            for (extra, n) in redelivered.iter().filter(|n| **n < count).enumerate() {
+                fed.push(RecordLeaf { offset: count + extra as u64, ..voter_leaf(*n, voters) });
+            }
+            let mut at = 0;
+            for step in epochs.iter().cycle() {
+                if at >= fed.len() {
+                    break;
+                }
+                let end = (at + *step as usize).min(fed.len());
+                let epoch: Vec<(u128, RecordLeaf)> = fed[at..end].iter().map(|l| (7, *l)).collect();
+                let log_end = fed[end - 1].offset + 1;
+                apply_record_epoch(&record, epoch, |_| log_end);
+                at = end;
+            }
+            for voter in 0..voters + 1 {
+                // The recount: first deliveries in log order, the voter's last of them.
+                let mut seen = std::collections::HashSet::new();
+                let expected = fed
+                    .iter()
+                    .filter(|l| seen.insert((l.voter, l.vote_id)))
+                    .enumerate()
+                    .filter(|(_, l)| l.voter == u128::from(voter))
+                    .last()
+                    .map(|(index, l)| (index as u64, l.offset, l.entry));
+                let found = record.latest_of(DecisionId(7), u128::from(voter));
+                prop_assert_eq!(found.map(|f| (f.index, f.offset.unwrap())), expected.map(|e| (e.0, e.1)));
+                if let (Some(found), Some(expected)) = (found, expected)
+                    && let Some(entry) = found.entry
+                {
+                    prop_assert_eq!(Some(entry), expected.2);
+                }
+            }
+            prop_assert!(record.latest_of(DecisionId(8), 0).is_none());
+        }
 
         /// The tiles a record hands over with its cuts are its trees', across a restart that
         /// resumes from the last stored checkpoint and replays every leaf again.

@@ -64,6 +64,7 @@ fn decision(index: usize, weights: [u32; 4], quorum: u64) -> Decision {
         electorate: Default::default(),
         id: DecisionId(1000 + index as u128),
         title: format!("decision {index}"),
+        description: String::new(),
         region: "r".into(),
         options: vec!["a".into(), "b".into(), "c".into()],
         opens_at: 0,

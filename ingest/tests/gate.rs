@@ -8,6 +8,7 @@ fn decision() -> Decision {
         electorate: Default::default(),
         id: DecisionId(42),
         title: "Close the quarry road?".into(),
+        description: String::new(),
         region: "north".into(),
         options: vec!["yes".into(), "no".into()],
         opens_at: 1_000,

@@ -135,10 +135,16 @@ mod tests {
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap()).collect()
             });
-            assert!(keys.iter().all(|k| *k == keys[0]), "round {round}: {keys:?}");
+            assert!(
+                keys.iter().all(|k| *k == keys[0]),
+                "round {round}: {keys:?}"
+            );
             assert_eq!(std::fs::read(&path).unwrap(), keys[0]);
             let mode = std::fs::metadata(&path).unwrap().permissions();
-            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o600
+            );
             let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
             assert_eq!(leftovers, 1, "round {round}: staged files left behind");
         }

@@ -28,12 +28,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use canopy_chain::tiles::{leaf_tiles, tile_hashes};
+use canopy_chain::tiles::{TILE_WIDTH, decode_bundle, leaf_tiles, tile_hashes};
 use canopy_chain::{
     ChainError, Checkpoint, Hash, MerkleLog, NoteVerifier, TileRef, TileSource, TileWrite, TiledLog,
 };
-use canopy_dataflow::{RecordReader, RecordTiles};
-use canopy_schemas::DecisionId;
+use canopy_dataflow::{LeafEntry, RecordReader, RecordTiles, VoterLeaf};
+use canopy_schemas::{DecisionId, LoggedVote};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::SpawnedReqwestConnector;
 use object_store::path::Path as ObjectPath;
@@ -505,6 +505,7 @@ pub struct TileRecordReader {
     tiles: Mutex<TileCache>,
     checkpoints: Mutex<HashMap<DecisionId, CheckpointSeen>>,
     indexes: Mutex<LeafIndexes>,
+    voters: Mutex<VoterIndexes>,
 }
 
 impl std::fmt::Debug for TileRecordReader {
@@ -522,6 +523,23 @@ struct LeafIndexes {
     maps: HashMap<DecisionId, LeafIndex>,
     total: usize,
     clock: u64,
+}
+
+/// Ballot pseudonym → index of the voter's latest leaf, per decision, grown from the entry
+/// bundles as checkpoints grow; evicted as [`LeafIndexes`] are.
+#[derive(Default)]
+struct VoterIndexes {
+    maps: HashMap<DecisionId, VoterIndex>,
+    total: usize,
+    clock: u64,
+}
+
+#[derive(Default)]
+struct VoterIndex {
+    latest: HashMap<u128, u64>,
+    /// Leaves below this are in `latest`.
+    scanned: u64,
+    last_used: u64,
 }
 
 #[derive(Default)]
@@ -542,6 +560,7 @@ impl TileRecordReader {
             tiles: Mutex::new(lru::LruCache::new(capacity)),
             checkpoints: Mutex::new(HashMap::new()),
             indexes: Mutex::new(LeafIndexes::default()),
+            voters: Mutex::new(VoterIndexes::default()),
         }
     }
 
@@ -676,6 +695,105 @@ impl TileRecordReader {
     }
 }
 
+impl TileRecordReader {
+    /// The voter's latest leaf up to the latest checkpoint: the voter index caught up from
+    /// the entry bundles it has not seen, then the leaf's entry read from its bundle.
+    fn find_voter(
+        &self,
+        decision: DecisionId,
+        voter: u128,
+    ) -> Result<Option<VoterLeaf>, ChainError> {
+        let size = self.latest_size(decision)?;
+        let (mut found, scanned) = {
+            let mut voters = lock(&self.voters);
+            voters.clock += 1;
+            let clock = voters.clock;
+            let index = voters.maps.entry(decision).or_default();
+            index.last_used = clock;
+            (index.latest.get(&voter).copied(), index.scanned)
+        };
+        if scanned < size {
+            // Too large to keep: scan without keeping (through the tile cache).
+            let keep = size as usize <= self.limits.indexed_leaves;
+            let from = if keep { scanned } else { 0 };
+            let mut added: Vec<(u128, u64)> = Vec::new();
+            for tile in leaf_tiles(from, size) {
+                let bundle = TileRef::entries(tile.index, tile.width);
+                let bytes = self
+                    .cached_tile(decision, bundle)?
+                    .ok_or_else(|| ChainError::TileMissing(bundle.path()))?;
+                let first = tile.index * u64::from(TILE_WIDTH);
+                for (n, entry) in decode_bundle(&bytes)?.into_iter().enumerate() {
+                    let index = first + n as u64;
+                    if index < from {
+                        continue;
+                    }
+                    let Ok(logged) = LoggedVote::from_leaf_data(entry) else {
+                        continue;
+                    };
+                    let pseudonym = logged.vote.voter_id.0;
+                    // In index order: a later leaf of the voter replaces an earlier one.
+                    if pseudonym == voter {
+                        found = Some(index);
+                    }
+                    if keep {
+                        added.push((pseudonym, index));
+                    }
+                }
+            }
+            if keep {
+                let mut voters = lock(&self.voters);
+                let entry = voters.maps.entry(decision).or_default();
+                // Another reader may have scanned the same bundles meanwhile: add once.
+                if entry.scanned == scanned {
+                    entry.latest.extend(added);
+                    entry.scanned = size;
+                }
+                voters.total = voters.maps.values().map(|m| m.latest.len()).sum();
+                voters.evict_beyond(self.limits.indexed_leaves, decision);
+            }
+        }
+        let Some(index) = found else {
+            return Ok(None);
+        };
+        let tile = index / u64::from(TILE_WIDTH);
+        let width = (size - tile * u64::from(TILE_WIDTH)).min(u64::from(TILE_WIDTH)) as u16;
+        let bundle = TileRef::entries(tile, width);
+        let bytes = self
+            .cached_tile(decision, bundle)?
+            .ok_or_else(|| ChainError::TileMissing(bundle.path()))?;
+        let entry = decode_bundle(&bytes)?
+            .get((index % u64::from(TILE_WIDTH)) as usize)
+            .and_then(|entry| <[u8; canopy_schemas::LEAF_ENCODING_LEN]>::try_from(*entry).ok())
+            .map(LeafEntry);
+        Ok(Some(VoterLeaf {
+            index,
+            offset: None,
+            entry,
+        }))
+    }
+}
+
+impl VoterIndexes {
+    /// Drops the least recently used decisions' maps (never `keep`'s) until within `limit`.
+    fn evict_beyond(&mut self, limit: usize, keep: DecisionId) {
+        while self.total > limit {
+            let Some(oldest) = self
+                .maps
+                .iter()
+                .filter(|(id, _)| **id != keep)
+                .min_by_key(|(_, m)| m.last_used)
+                .map(|(id, _)| *id)
+            else {
+                return;
+            };
+            if let Some(map) = self.maps.remove(&oldest) {
+                self.total -= map.latest.len();
+            }
+        }
+    }
+}
+
 impl LeafIndexes {
     /// Drops the least recently used decisions' maps (never `keep`'s) until within `limit`.
     fn evict_beyond(&mut self, limit: usize, keep: DecisionId) {
@@ -753,6 +871,18 @@ impl RecordReader for TileRecordReader {
     fn first_delivery(&self, _decision: DecisionId, _voter: u128, _vote_id: u128) -> Option<u64> {
         None
     }
+
+    /// From the entry bundles up to the latest checkpoint: a vote not checkpointed yet is
+    /// not found here (the node running the engine finds it at once).
+    fn latest_of(&self, decision: DecisionId, voter: u128) -> Option<VoterLeaf> {
+        match self.find_voter(decision, voter) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%decision, %error, "finding a voter's leaf in the record store failed");
+                None
+            }
+        }
+    }
 }
 
 impl RecordTiles for TileRecordReader {
@@ -783,6 +913,76 @@ mod tests {
             log.append(&n.to_be_bytes());
         }
         log
+    }
+
+    /// A replica finds each voter's latest leaf from the entry bundles, up to the latest
+    /// checkpoint only, as a recount of the entries says; the entry is the leaf's own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_finds_each_voters_latest_leaf_in_the_bundles() {
+        use canopy_chain::tiles::growth_bundles;
+        use canopy_schemas::{Component, Vote, VoteId, VoterId, VoterSalt, Weight};
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(dir.path().to_str().unwrap()).unwrap();
+        let decision = DecisionId(42);
+        let salt = VoterSalt([7; 32]);
+        let entries: Vec<[u8; 80]> = (0..700u64)
+            .map(|n| {
+                let vote = Vote {
+                    vote_id: VoteId(u128::from(n)),
+                    decision_id: decision,
+                    voter_id: VoterId(u128::from(n * n % 37)),
+                    option: (n % 3) as u16,
+                    component: Component::Democratic,
+                    weight: Weight::ONE,
+                    cast_at: n as i64,
+                };
+                LoggedVote::new(vote, &salt).leaf_data()
+            })
+            .collect();
+        let mut log = MerkleLog::new();
+        for entry in &entries {
+            log.append(entry);
+        }
+        let signer = NoteSigner::from_seed("canopy.test", &[5; 32]).unwrap();
+        for (old, new) in [(0, 300), (300, 600)] {
+            let mut tiles = growth_tiles(&log, old, new).unwrap();
+            tiles.extend(growth_bundles(old, new, 0, &entries).unwrap());
+            store.write_tiles(decision, tiles).await.unwrap();
+            let note = Checkpoint {
+                origin: format!("canopy.test/decision/{decision}"),
+                size: new,
+                root: log.root_at(new).unwrap(),
+            }
+            .sign(&signer);
+            store.write_checkpoint(decision, new, note).await.unwrap();
+        }
+        let reader = TileRecordReader::new(store, signer.verifier(), ReaderLimits::default());
+        tokio::task::spawn_blocking(move || {
+            for voter in 0..40u128 {
+                let pseudonym =
+                    canopy_schemas::VoterCommitment::new(&salt, VoterId(voter), decision)
+                        .pseudonym()
+                        .0;
+                // Leaves past the checkpoint (600..700) are not the reader's yet.
+                let expected = entries[..600].iter().enumerate().rev().find(|(_, entry)| {
+                    LoggedVote::from_leaf_data(&entry[..])
+                        .unwrap()
+                        .vote
+                        .voter_id
+                        .0
+                        == pseudonym
+                });
+                let found = reader.latest_of(decision, pseudonym);
+                assert_eq!(
+                    found.map(|f| (f.index, f.entry.map(|e| e.0))),
+                    expected.map(|(index, entry)| (index as u64, Some(*entry))),
+                    "voter {voter}"
+                );
+                assert_eq!(found.and_then(|f| f.offset), None);
+            }
+        })
+        .await
+        .unwrap();
     }
 
     /// Tiles are written once: the same bytes again are fine, other bytes are refused and

@@ -4,7 +4,7 @@ mod common;
 
 use canopy_serving::auth::Role;
 use canopy_serving::state::ApiConfig;
-use common::api::{CAST_VOTE, TestNode, elements};
+use common::api::{CAST_VOTE, CREATE_DECISION, TestNode, elements};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -340,6 +340,8 @@ async fn the_openapi_document_matches_the_routes() {
         "/api/v1/voting/decision/{id}/results",
         "/api/v1/voting/decision/{id}/breakdown",
         "/api/v1/voting/active-decisions",
+        "/api/v1/voting/decisions",
+        "/api/v1/voting/my-votes",
         "/api/v1/audit/key",
         "/api/v1/audit/decisions/{id}/checkpoints",
         "/api/v1/audit/decisions/{id}/proof",
@@ -362,7 +364,7 @@ async fn the_openapi_document_matches_the_routes() {
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
-    assert_eq!(operations, 43);
+    assert_eq!(operations, 46);
     let (status, body) = node.get_anonymous("/api/v1/undocumented").await;
     assert_eq!(
         (status, body["error"]["message"].as_str()),
@@ -532,4 +534,572 @@ async fn a_retry_after_a_restart_gets_the_first_receipt() {
         node.post_refusal(CAST_VOTE, Some(&cora), reused).await,
         (StatusCode::CONFLICT, "vote_id_reused")
     );
+}
+
+const VERIFY_EXPERT: &str = "/api/v1/auth/verify-expert";
+const MY_VOTES: &str = "/api/v1/voting/my-votes";
+const SEARCH: &str = "/api/v1/voting/decisions";
+
+/// The GET of verify-expert answers the caller's own verification, naming the verifier as
+/// the audit trail does, never by account id; an account never verified is told so; the
+/// admin's POST still verifies.
+#[tokio::test]
+async fn verify_expert_shows_the_caller_their_own_verification() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    let root = node.create("root", Role::Admin).await;
+    let (admin, _) = node.login("root").await;
+    let ezra = node.register("ezra").await;
+    let cora = node.register("cora").await;
+    let verification = json!({ "user_id": ezra, "role": "expert", "weight": 2.5, "field": "hydrology", "regions": ["north", "east"] });
+    node.post_expecting(VERIFY_EXPERT, Some(&admin), verification, StatusCode::OK)
+        .await;
+    // The role and weight are the account's now: a token issued after the verification.
+    let (ezra_token, _) = node.login("ezra").await;
+    let (cora_token, _) = node.login("cora").await;
+
+    let shown = node.get_ok(VERIFY_EXPERT, &ezra_token).await;
+    let (_, trail) = node.get("/api/v1/audit/trail", &admin).await;
+    let verifier = elements(&trail["entries"])
+        .find(|entry| entry["action"] == "verify_user")
+        .unwrap()["actor"]
+        .clone();
+    assert_eq!(shown["role"], "expert", "{shown}");
+    assert_eq!(shown["weight"], 2.5);
+    assert_eq!(shown["verified"], true);
+    assert_eq!(shown["field"], "hydrology");
+    assert_eq!(shown["regions"], json!(["east", "north"]));
+    assert_eq!(shown["verified_by"], verifier);
+    assert!(shown["verified_at"].as_i64().unwrap() > 0);
+    let text = shown.to_string();
+    for id in [root, ezra, cora] {
+        assert!(!text.contains(&id.to_string()), "an account id in {text}");
+    }
+
+    let never = node.get_ok(VERIFY_EXPERT, &cora_token).await;
+    assert_eq!(
+        never,
+        json!({ "role": "citizen", "weight": 1.0, "verified": false })
+    );
+    // Nobody asks for someone else's: the route takes no account.
+    assert_eq!(
+        node.refusal(
+            reqwest::Method::GET,
+            &format!("{VERIFY_EXPERT}?user_id={ezra}"),
+            Some(&admin),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let admins_own = node
+        .get_ok(&format!("{VERIFY_EXPERT}?user_id={ezra}"), &admin)
+        .await;
+    assert_eq!(admins_own["role"], "admin", "{admins_own}");
+    assert_eq!(admins_own["verified"], false, "{admins_own}");
+    assert_eq!(
+        node.refusal(reqwest::Method::GET, VERIFY_EXPERT, None, None)
+            .await,
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+    node.node.shutdown().await.unwrap();
+}
+
+/// `my-votes` once it lists `votes` votes, each with one of `statuses` (the engine takes a
+/// vote into the record within an epoch, a checkpoint within a second, an anchor batch at
+/// the anchoring interval).
+async fn my_votes_once(node: &TestNode, token: &str, votes: usize, statuses: &[&str]) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = node.get_ok(MY_VOTES, token).await;
+        let listed: Vec<&Value> = elements(&last["votes"]).collect();
+        if listed.len() == votes
+            && listed
+                .iter()
+                .all(|vote| statuses.iter().any(|s| vote["proof"]["status"] == *s))
+        {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("not {votes} votes, each {statuses:?}: {last}");
+}
+
+/// A voter lists their current vote per decision, most recent decision first, each with
+/// the receipt its cast answered and its proof status, whose links prove it; nobody lists
+/// anyone else's, and no answer carries another voter's ballot.
+#[tokio::test(flavor = "multi_thread")]
+async fn voters_list_their_own_votes_with_receipts_and_proofs() {
+    let node = TestNode::start_with(ApiConfig::default(), |config| {
+        config.record.anchor.interval = std::time::Duration::from_millis(200);
+    })
+    .await;
+    node.create("root", Role::Admin).await;
+    let (admin, _) = node.login("root").await;
+    let decisions = [
+        node.create_decision(&admin, 1).await,
+        node.create_decision(&admin, 1).await,
+        node.create_decision(&admin, 1).await,
+    ];
+    let cora_id = node.register("cora").await;
+    node.register("ezra").await;
+    let (cora, _) = node.login("cora").await;
+    let (ezra, _) = node.login("ezra").await;
+
+    // Cora changes her mind in the first decision; only the latest vote is hers now.
+    let mut receipts: Vec<(String, &str, String, u16, Value)> = Vec::new();
+    for (voter, token, decision, option) in [
+        ("cora", &cora, &decisions[0], 0u16),
+        ("ezra", &ezra, &decisions[0], 1),
+        ("cora", &cora, &decisions[1], 1),
+        ("cora", &cora, &decisions[0], 2),
+        ("ezra", &ezra, &decisions[2], 0),
+    ] {
+        let receipt = node
+            .post_expecting(
+                CAST_VOTE,
+                Some(token),
+                json!({ "decision_id": decision, "option": option }),
+                StatusCode::CREATED,
+            )
+            .await;
+        receipts.push((voter.into(), token, decision.clone(), option, receipt));
+    }
+    // The oracle: per voter and decision the last receipt, most recent decision first (the
+    // order the decisions are listed in, reversed).
+    let listed: Vec<String> =
+        elements(&node.get_ok("/api/v1/voting/active-decisions", &admin).await)
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect();
+    let expected = |voter: &str| -> Vec<(String, u16, Value)> {
+        listed
+            .iter()
+            .rev()
+            .filter_map(|decision| {
+                receipts
+                    .iter()
+                    .rev()
+                    .find(|(v, _, d, _, _)| v == voter && d == decision)
+                    .map(|(_, _, d, option, receipt)| (d.clone(), *option, receipt.clone()))
+            })
+            .collect()
+    };
+
+    for (voter, token) in [("cora", &cora), ("ezra", &ezra)] {
+        let wanted = expected(voter);
+        let mine = my_votes_once(&node, token, wanted.len(), &["anchored"]).await;
+        assert_eq!(mine["total"], wanted.len(), "{mine}");
+        assert_eq!(mine["next_page"], Value::Null);
+        let votes: Vec<&Value> = elements(&mine["votes"]).collect();
+        assert_eq!(votes.len(), wanted.len(), "{mine}");
+        for (vote, (decision, option, receipt)) in votes.iter().zip(&wanted) {
+            assert_eq!(vote["decision_id"], decision.as_str(), "{mine}");
+            assert_eq!(vote["title"], "Protect the old forest?");
+            assert_eq!(vote["option"]["index"], *option);
+            let label = ["protect", "log", "defer"][usize::from(*option)];
+            assert_eq!(vote["option"]["label"], label);
+            assert_eq!(&vote["receipt"], receipt, "the receipt is the cast's");
+            // The links prove the vote: its inclusion proof, its checkpoint's anchor.
+            let links = &vote["proof"]["links"];
+            let (status, proof) = node.get_anonymous(links["proof"].as_str().unwrap()).await;
+            assert_eq!(status, StatusCode::OK, "{proof}");
+            assert_eq!(proof["leaf_hash"], receipt["leaf_hash"]);
+            assert_eq!(proof["index"], vote["proof"]["index"]);
+            let (status, anchor) = node.get_anonymous(links["anchor"].as_str().unwrap()).await;
+            assert_eq!(status, StatusCode::OK, "{anchor}");
+        }
+        // Nothing of another voter's ballots is in the answer.
+        let text = mine.to_string();
+        for (other, _, _, _, receipt) in &receipts {
+            if other != voter {
+                let leaf = receipt["leaf"].as_str().unwrap();
+                assert!(!text.contains(receipt["leaf_hash"].as_str().unwrap()));
+                // Bytes 33..65 of a leaf: the voter's commitment.
+                assert!(
+                    !text.contains(&leaf[66..130]),
+                    "{voter} sees {other}'s commitment"
+                );
+            }
+        }
+    }
+
+    // Past the last page: nothing, the total still told; bad pages refused.
+    let beyond = node.get_ok(&format!("{MY_VOTES}?page=2"), &cora).await;
+    assert_eq!(
+        (
+            beyond["votes"].as_array().unwrap().len(),
+            beyond["total"].as_u64()
+        ),
+        (0, Some(2))
+    );
+    for page in ["0", "10001", "x"] {
+        assert_eq!(
+            node.refusal(
+                reqwest::Method::GET,
+                &format!("{MY_VOTES}?page={page}"),
+                Some(&cora),
+                None
+            )
+            .await,
+            (StatusCode::BAD_REQUEST, "page_out_of_range")
+        );
+    }
+
+    // Nobody names whose votes to list: an admin, or another voter, asking for Cora's gets
+    // refused, and the admin's own list is empty.
+    for token in [&admin, &ezra] {
+        for query in [format!("user_id={cora_id}"), format!("voter={cora_id}")] {
+            assert_eq!(
+                node.refusal(
+                    reqwest::Method::GET,
+                    &format!("{MY_VOTES}?{query}"),
+                    Some(token),
+                    None
+                )
+                .await,
+                (StatusCode::BAD_REQUEST, "bad_request")
+            );
+        }
+    }
+    let admins = node.get_ok(MY_VOTES, &admin).await;
+    assert_eq!(
+        (
+            admins["total"].as_u64(),
+            admins["votes"].as_array().unwrap().len()
+        ),
+        (Some(0), 0)
+    );
+    assert_eq!(
+        node.refusal(reqwest::Method::GET, MY_VOTES, None, None)
+            .await,
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+
+    // Erased, Cora's leftover token lists nothing.
+    node.post_expecting(
+        "/api/v1/admin/erase-voter",
+        Some(&admin),
+        json!({ "voter_id": cora_id }),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        node.refusal(reqwest::Method::GET, MY_VOTES, Some(&cora), None)
+            .await,
+        (StatusCode::UNAUTHORIZED, "account_erased")
+    );
+    node.node.shutdown().await.unwrap();
+}
+
+/// In a decision of a voter roll, the ballot is the entry's: whoever holds the entry lists
+/// it (its votes are not the account's own in other decisions).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_holder_of_a_roll_entry_lists_the_entrys_ballot() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.create("root", Role::Admin).await;
+    let (admin, _) = node.login("root").await;
+    let response = node
+        .client
+        .post(format!("{}/api/v1/admin/rolls?name=riverside", node.base))
+        .bearer_auth(&admin)
+        .header("content-type", "text/csv")
+        .body("identifier,region\np0,north\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let roll: Value = response.json().await.unwrap();
+    let code = roll["invitations"][0]["code"].as_str().unwrap().to_string();
+    let body = json!({ "title": "Reopen the river path?", "region": "north", "options": ["yes", "no"], "closes_at": i64::MAX, "electorate": { "roll": roll["roll_id"] } });
+    let decision = node
+        .post_expecting(CREATE_DECISION, Some(&admin), body, StatusCode::CREATED)
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let open = node.create_decision(&admin, 1).await;
+    node.register("rhea").await;
+    let (rhea, _) = node.login("rhea").await;
+    node.post_expecting(
+        "/api/v1/rolls/claim",
+        Some(&rhea),
+        json!({ "code": code }),
+        StatusCode::OK,
+    )
+    .await;
+    let mut receipts = Vec::new();
+    for (decision, option) in [(&decision, 1u16), (&open, 0)] {
+        receipts.push(
+            node.post_expecting(
+                CAST_VOTE,
+                Some(&rhea),
+                json!({ "decision_id": decision, "option": option }),
+                StatusCode::CREATED,
+            )
+            .await,
+        );
+    }
+    let mine = my_votes_once(&node, &rhea, 2, &["checkpointed", "anchored"]).await;
+    let shown: Vec<&Value> = elements(&mine["votes"])
+        .map(|vote| &vote["receipt"])
+        .collect();
+    assert_eq!(shown.len(), 2, "{mine}");
+    for receipt in &receipts {
+        assert!(shown.contains(&receipt), "{receipt} not in {mine}");
+    }
+    node.node.shutdown().await.unwrap();
+}
+
+/// Search through the API: words, filters and pages as the store test checks them, the
+/// status each decision has now, its description; every bad parameter refused with its
+/// own code.
+#[tokio::test]
+async fn decisions_are_searched_by_words_and_filters_in_pages() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.create("root", Role::Admin).await;
+    node.register("cora").await;
+    let (admin, _) = node.login("root").await;
+    let (cora, _) = node.login("cora").await;
+    let now = canopy_schemas::clock::now_micros();
+    let hour = 3_600_000_000;
+    let mut made = Vec::new();
+    for n in 0..12i64 {
+        let (opens_at, closes_at) = match n % 3 {
+            0 => (now + hour, now + 2 * hour),
+            1 => (now - hour, now + hour),
+            _ => (now - 2 * hour, now - hour),
+        };
+        let title = if n % 2 == 0 {
+            "Widen the river path?"
+        } else {
+            "Repair the school roof?"
+        };
+        let body = json!({
+            "title": title,
+            "description": format!("Proposal {n}: costs and flooding risks."),
+            "region": if n < 6 { "north" } else { "south" },
+            "options": ["yes", "no"],
+            "opens_at": opens_at,
+            "closes_at": closes_at,
+        });
+        let created = node
+            .post_expecting(CREATE_DECISION, Some(&admin), body, StatusCode::CREATED)
+            .await;
+        assert_eq!(
+            created["description"],
+            format!("Proposal {n}: costs and flooding risks.")
+        );
+        made.push(created);
+    }
+    let status_of = |d: &Value| -> &str {
+        let (opens_at, closes_at) = (
+            d["opens_at"].as_i64().unwrap(),
+            d["closes_at"].as_i64().unwrap(),
+        );
+        let now = canopy_schemas::clock::now_micros();
+        if now < opens_at {
+            "scheduled"
+        } else if now < closes_at {
+            "open"
+        } else {
+            "closed"
+        }
+    };
+    let ids = |answer: &Value| -> Vec<String> {
+        elements(&answer["decisions"])
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Newest first: the order the decisions were made in, reversed (ties by id only
+    // within a second, which the store test covers).
+    let all = node.get_ok(&format!("{SEARCH}?per_page=100"), &cora).await;
+    assert_eq!(all["total"], 12);
+    for decision in elements(&all["decisions"]) {
+        assert_eq!(decision["status"], status_of(decision), "{decision}");
+        assert!(
+            decision["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("Proposal")
+        );
+    }
+    for (query, wanted) in [
+        (
+            "q=river",
+            made.iter()
+                .filter(|d| d["title"] == "Widen the river path?")
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "q=flood%20school&region=south",
+            made.iter()
+                .filter(|d| d["title"] == "Repair the school roof?" && d["region"] == "south")
+                .collect(),
+        ),
+        (
+            "status=open",
+            made.iter().filter(|d| status_of(d) == "open").collect(),
+        ),
+        ("status=final", Vec::new()),
+        (
+            "method=single_choice&region=north",
+            made.iter().filter(|d| d["region"] == "north").collect(),
+        ),
+        (
+            &format!("from={now}&q=roof") as &str,
+            made.iter()
+                .filter(|d| {
+                    d["title"] == "Repair the school roof?"
+                        && d["closes_at"].as_i64().unwrap() > now
+                })
+                .collect(),
+        ),
+    ] {
+        let mut wanted_ids: Vec<String> = wanted
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect();
+        let order: Vec<String> = ids(&all);
+        wanted_ids.sort_by_key(|id| order.iter().position(|o| o == id));
+        let mut paged = Vec::new();
+        let mut page = 1;
+        loop {
+            let answer = node
+                .get_ok(&format!("{SEARCH}?{query}&per_page=2&page={page}"), &cora)
+                .await;
+            assert_eq!(answer["total"], wanted_ids.len(), "{query}: {answer}");
+            paged.extend(ids(&answer));
+            match answer["next_page"].as_i64() {
+                Some(next) => page = next,
+                None => break,
+            }
+        }
+        assert_eq!(paged, wanted_ids, "{query}");
+    }
+    for (query, code) in [
+        ("status=ongoing", "unknown_status"),
+        ("method=borda", "unknown_method"),
+        ("page=0", "page_out_of_range"),
+        ("page=10001", "page_out_of_range"),
+        ("per_page=101", "page_size_out_of_range"),
+        ("from=yesterday", "bad_date"),
+        ("from=10&to=5", "bad_date"),
+        (&format!("q={}", "a".repeat(201)) as &str, "query_too_long"),
+        ("sort=title", "bad_request"),
+    ] {
+        assert_eq!(
+            node.refusal(
+                reqwest::Method::GET,
+                &format!("{SEARCH}?{query}"),
+                Some(&cora),
+                None
+            )
+            .await,
+            (StatusCode::BAD_REQUEST, code),
+            "{query}"
+        );
+    }
+    let long = json!({ "title": "t", "description": "d".repeat(10_001), "options": ["a", "b"], "closes_at": i64::MAX });
+    assert_eq!(
+        node.post_refusal(CREATE_DECISION, Some(&admin), long).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "bad_request")
+    );
+    assert_eq!(
+        node.refusal(reqwest::Method::GET, SEARCH, None, None).await,
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+    node.node.shutdown().await.unwrap();
+}
+
+/// A vote the record has taken but no checkpoint covers yet is `pending`: its proof link
+/// answers 409 `not_checkpointed`, and it has no anchor link.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vote_no_checkpoint_covers_is_pending() {
+    let node = TestNode::start_with(ApiConfig::default(), |config| {
+        config.record.record.checkpoint_interval = std::time::Duration::from_secs(3_600);
+        config.record.record.checkpoint_every = 1_000;
+    })
+    .await;
+    node.create("root", Role::Admin).await;
+    let (admin, _) = node.login("root").await;
+    let decision = node.create_decision(&admin, 1).await;
+    node.register("cora").await;
+    let (cora, _) = node.login("cora").await;
+    let receipt = node
+        .post_expecting(
+            CAST_VOTE,
+            Some(&cora),
+            json!({ "decision_id": decision, "option": 1 }),
+            StatusCode::CREATED,
+        )
+        .await;
+    let mine = my_votes_once(&node, &cora, 1, &["pending"]).await;
+    let vote = &mine["votes"][0];
+    assert_eq!(vote["receipt"], receipt);
+    assert_eq!(vote["proof"]["checkpoint_size"], Value::Null);
+    assert_eq!(vote["proof"]["links"].get("anchor"), None);
+    assert_eq!(
+        node.refusal(
+            reqwest::Method::GET,
+            vote["proof"]["links"]["proof"].as_str().unwrap(),
+            None,
+            None
+        )
+        .await,
+        (StatusCode::CONFLICT, "not_checkpointed")
+    );
+    node.node.shutdown().await.unwrap();
+}
+
+/// Once a voter's leaf is in a written entry bundle the record no longer holds its entry:
+/// `my-votes` reads the vote back from the log at the leaf's offset, and the receipt is
+/// still the one its cast answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vote_whose_bundle_is_written_is_read_back_from_the_log() {
+    let node = TestNode::start(ApiConfig {
+        body_limit: 1 << 20,
+        ..ApiConfig::default()
+    })
+    .await;
+    node.create("root", Role::Admin).await;
+    let (admin, _) = node.login("root").await;
+    let decision = node.create_decision(&admin, 1).await;
+    node.register("cora").await;
+    node.register("ezra").await;
+    let (cora, _) = node.login("cora").await;
+    let (ezra, _) = node.login("ezra").await;
+    // A full bundle of Cora's votes (leaves 0..256), then one of Ezra's after it.
+    let votes: Vec<Value> = (0..256)
+        .map(|n| json!({ "voter_token": cora, "decision_id": decision, "option": n % 3 }))
+        .collect();
+    let batch = node
+        .post_expecting(
+            "/api/v1/voting/cast-votes",
+            Some(&admin),
+            json!({ "votes": votes }),
+            StatusCode::CREATED,
+        )
+        .await;
+    let last = batch["receipts"][255].clone();
+    node.post_expecting(
+        CAST_VOTE,
+        Some(&ezra),
+        json!({ "decision_id": decision, "option": 0 }),
+        StatusCode::CREATED,
+    )
+    .await;
+    let mut mine = Value::Null;
+    for _ in 0..300 {
+        mine = node.get_ok(MY_VOTES, &cora).await;
+        if mine["votes"][0]["proof"]["checkpoint_size"] == 257 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let vote = &mine["votes"][0];
+    assert_eq!(vote["proof"]["checkpoint_size"], 257, "{mine}");
+    assert_eq!(vote["proof"]["index"], 255);
+    assert_eq!(vote["receipt"], last);
+    assert_eq!(vote["option"]["index"], 255 % 3);
+    node.node.shutdown().await.unwrap();
 }

@@ -53,6 +53,9 @@ impl Default for ComponentWeights {
 pub struct Decision {
     pub id: DecisionId,
     pub title: String,
+    /// What is being decided, in words; searched with the title.
+    #[serde(default)]
+    pub description: String,
     pub region: String,
     /// Option labels; a vote names an option by its index here.
     pub options: Vec<String>,
@@ -87,10 +90,99 @@ pub struct Electorate {
     pub roll: Option<RollId>,
 }
 
+/// The most bytes a decision's description may hold.
+pub const MAX_DESCRIPTION_LEN: usize = 10_000;
+
+/// Where a decision is in its life. Only `scheduled`, `open` and `closed` occur so far, read
+/// from the window and the clock ([`Decision::status_at`]); `final` and `cancelled` are the
+/// lifecycle's, named here so that clients and filters know them already.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionStatus {
+    Scheduled,
+    Open,
+    Closed,
+    Final,
+    Cancelled,
+}
+
+impl DecisionStatus {
+    pub const ALL: [DecisionStatus; 5] = [
+        Self::Scheduled,
+        Self::Open,
+        Self::Closed,
+        Self::Final,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Open => "open",
+            Self::Closed => "closed",
+            Self::Final => "final",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+
+    /// The windows of the decisions that have this status at `now`, for a store to filter
+    /// on; None when no decision can have it yet. The same rule as [`Decision::status_at`],
+    /// which a test holds it to.
+    pub fn window_at(self, now: Timestamp) -> Option<StatusWindow> {
+        let any = Timestamp::MIN..=Timestamp::MAX;
+        // Nothing opens or closes after the last instant: no window is still to come then.
+        let after_now = now.checked_add(1);
+        match self {
+            Self::Scheduled => Some(StatusWindow {
+                opens_at: after_now?..=Timestamp::MAX,
+                closes_at: any,
+            }),
+            Self::Open => Some(StatusWindow {
+                opens_at: Timestamp::MIN..=now,
+                closes_at: after_now?..=Timestamp::MAX,
+            }),
+            Self::Closed => Some(StatusWindow {
+                opens_at: any,
+                closes_at: Timestamp::MIN..=now,
+            }),
+            Self::Final | Self::Cancelled => None,
+        }
+    }
+}
+
+impl fmt::Display for DecisionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Bounds (inclusive) on a decision's `opens_at` and `closes_at`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StatusWindow {
+    pub opens_at: std::ops::RangeInclusive<Timestamp>,
+    pub closes_at: std::ops::RangeInclusive<Timestamp>,
+}
+
 /// The most regions an electorate may name.
 pub const MAX_ELECTORATE_REGIONS: usize = 256;
 
 impl Decision {
+    /// The decision's status at `now`: scheduled before its window, open inside it, closed
+    /// after it. The one place the status is derived (the lifecycle will store it instead).
+    pub fn status_at(&self, now: Timestamp) -> DecisionStatus {
+        if now < self.opens_at {
+            DecisionStatus::Scheduled
+        } else if now < self.closes_at {
+            DecisionStatus::Open
+        } else {
+            DecisionStatus::Closed
+        }
+    }
+
     /// The regions a voter of `role` must be verified for (any one of them); empty when
     /// none is needed. A stakeholder speaks for the people affected in a region, so without
     /// regions of the electorate they vote only on decisions of a region they are verified
@@ -197,10 +289,69 @@ pub fn validate_decision(decision: &Decision) -> Result<(), SchemaError> {
     Ok(())
 }
 
+impl Method {
+    pub const ALL: [Method; 1] = [Self::SingleChoice];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SingleChoice => "single_choice",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|method| method.as_str() == text)
+    }
+}
+
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::SingleChoice => f.write_str("single_choice"),
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store filtering on [`DecisionStatus::window_at`] finds exactly the decisions whose
+    /// [`Decision::status_at`] is that status, at and around the window's edges.
+    #[test]
+    fn status_windows_agree_with_the_status() {
+        let decision = |opens_at, closes_at| Decision {
+            id: DecisionId(1),
+            title: "t".into(),
+            description: String::new(),
+            region: String::new(),
+            options: vec!["a".into(), "b".into()],
+            opens_at,
+            closes_at,
+            weights: ComponentWeights::DEFAULT,
+            quorum: 0,
+            method: Method::SingleChoice,
+            electorate: Electorate::default(),
+        };
+        for (opens_at, closes_at) in [(10, 20), (10, 11), (-5, 0), (0, Timestamp::MAX)] {
+            let decision = decision(opens_at, closes_at);
+            for now in [
+                Timestamp::MIN,
+                opens_at - 1,
+                opens_at,
+                closes_at - 1,
+                closes_at,
+                30,
+            ] {
+                for status in DecisionStatus::ALL {
+                    let in_window = status.window_at(now).is_some_and(|w| {
+                        w.opens_at.contains(&decision.opens_at)
+                            && w.closes_at.contains(&decision.closes_at)
+                    });
+                    assert_eq!(
+                        in_window,
+                        decision.status_at(now) == status,
+                        "{status} at {now} for {opens_at}..{closes_at}"
+                    );
+                }
+            }
         }
     }
 }

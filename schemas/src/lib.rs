@@ -28,8 +28,9 @@ pub mod synthetic;
 mod vote;
 
 pub use decision::{
-    ComponentWeights, Decision, DecisionId, Electorate, MAX_ELECTORATE_REGIONS, MAX_OPTIONS,
-    Method, RollId, Timestamp, validate_decision,
+    ComponentWeights, Decision, DecisionId, DecisionStatus, Electorate, MAX_DESCRIPTION_LEN,
+    MAX_ELECTORATE_REGIONS, MAX_OPTIONS, Method, RollId, StatusWindow, Timestamp,
+    validate_decision,
 };
 pub use encoding::{VOTE_ENCODING_LEN, VOTE_ENCODING_VERSION};
 pub use error::SchemaError;

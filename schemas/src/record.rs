@@ -196,6 +196,39 @@ impl LoggedVote {
         bytes.len() == LOGGED_VOTE_V1_LEN
     }
 
+    /// What a leaf encoding holds: the vote (its voter the ballot pseudonym) and the
+    /// commitment, with no sealed voter (the leaf carries none). The inverse of
+    /// [`Self::leaf_data`].
+    pub fn from_leaf_data(bytes: &[u8]) -> Result<Self, SchemaError> {
+        let bytes: &[u8; LEAF_ENCODING_LEN] =
+            bytes.try_into().map_err(|_| SchemaError::EncodingLength {
+                got: bytes.len(),
+                expected: LEAF_ENCODING_LEN,
+            })?;
+        if bytes[0] != LEAF_ENCODING_VERSION {
+            return Err(SchemaError::EncodingVersion(bytes[0]));
+        }
+        let commitment = VoterCommitment(bytes[33..65].try_into().expect("32 bytes"));
+        let u128_at =
+            |at: usize| u128::from_be_bytes(bytes[at..at + 16].try_into().expect("16 bytes"));
+        let vote = Vote {
+            vote_id: crate::VoteId(u128_at(1)),
+            decision_id: DecisionId(u128_at(17)),
+            voter_id: commitment.pseudonym(),
+            option: u16::from_be_bytes([bytes[65], bytes[66]]),
+            component: crate::Component::from_code(bytes[67])?,
+            weight: crate::Weight(u32::from_be_bytes(
+                bytes[68..72].try_into().expect("4 bytes"),
+            )),
+            cast_at: i64::from_be_bytes(bytes[72..80].try_into().expect("8 bytes")),
+        };
+        Ok(Self {
+            vote,
+            commitment,
+            sealed_voter: SealedVoter::NONE,
+        })
+    }
+
     /// The bytes the Merkle leaf is taken over (see the module docs).
     pub fn leaf_data(&self) -> [u8; LEAF_ENCODING_LEN] {
         let vote = &self.vote;

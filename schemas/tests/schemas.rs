@@ -6,6 +6,7 @@ fn decision() -> Decision {
         electorate: Default::default(),
         id: DecisionId(7),
         title: "Restore the wetland?".into(),
+        description: String::new(),
         region: "delta".into(),
         options: vec!["yes".into(), "no".into(), "defer".into()],
         opens_at: 1_000,

@@ -43,6 +43,9 @@ pub enum ServingError {
     VoteIdReused { vote_id: canopy_schemas::VoteId },
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// A query parameter outside its vocabulary or range; `code` says which (400).
+    #[error("{message}")]
+    BadParameter { code: &'static str, message: String },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("too many requests; retry in {retry_after_s} s")]
@@ -131,6 +134,7 @@ impl ServingError {
             Self::Conflict(_) => "conflict",
             Self::VoteIdReused { .. } => "vote_id_reused",
             Self::BadRequest(_) => "bad_request",
+            Self::BadParameter { code, .. } => code,
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyRegistrations { .. } => "too_many_registrations",
@@ -170,7 +174,9 @@ impl ServingError {
             | Self::VoteIdReused { .. }
             | Self::NotYet { .. }
             | Self::RollAlreadyClaimed => StatusCode::CONFLICT,
-            Self::Chain(canopy_chain::ChainError::BadTilePath(_)) => StatusCode::BAD_REQUEST,
+            Self::Chain(canopy_chain::ChainError::BadTilePath(_)) | Self::BadParameter { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             // The record store failed or is behind: the request may succeed later.
             Self::Chain(
                 canopy_chain::ChainError::TileStore(_)

@@ -2,14 +2,15 @@
 //! token families, the hash-chained audit trail. One trait, two implementations through
 //! sqlx: SQLite (embedded, WAL mode) and PostgreSQL (cluster). Both run the same SQL text
 //! (`$n` placeholders, integer booleans, TEXT ids), generated from one macro, and the same
-//! test suite.
+//! test suite; only a search's full-text match differs (FTS5 or a tsvector), one argument of
+//! the macro.
 
 use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
 use canopy_dataflow::{EngineSnapshot, PartKey, PartKind, RestorePlan, StateChunk};
-use canopy_schemas::{Decision, DecisionId, Sensor};
+use canopy_schemas::{Decision, DecisionId, DecisionStatus, Method, Sensor};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use uuid::Uuid;
@@ -118,6 +119,72 @@ pub struct Verification {
     pub verified_by: Uuid,
 }
 
+/// An account's latest verification as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerificationRecord {
+    pub role: Role,
+    /// Vote weight in millionths.
+    pub weight: u32,
+    pub field: String,
+    pub verified_by: Uuid,
+    /// Unix seconds.
+    pub verified_at: i64,
+}
+
+/// The most words of a search that are looked for.
+pub const MAX_SEARCH_WORDS: usize = 32;
+
+/// A search of the decisions; every filter given must hold (AND).
+#[derive(Clone, Debug, Default)]
+pub struct DecisionSearch {
+    /// Each must appear in the title or the description (stemmed: "flooding" finds
+    /// "flood"); the letters and digits of the query, split at everything else.
+    pub words: Vec<String>,
+    pub region: Option<String>,
+    /// As of `now` ([`DecisionStatus::window_at`]).
+    pub status: Option<DecisionStatus>,
+    pub method: Option<Method>,
+    /// The voting window meets [`from`, `to`): it closes after `from` and opens before
+    /// `to` (µs since the Unix epoch).
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// µs since the Unix epoch.
+    pub now: i64,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+impl DecisionSearch {
+    /// The words of `query` (letters and digits; everything else separates them), at most
+    /// [`MAX_SEARCH_WORDS`] of them.
+    pub fn words_of(query: &str) -> Vec<String> {
+        query
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|word| !word.is_empty())
+            .take(MAX_SEARCH_WORDS)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The words as both full-text engines read them: each quoted, all required. FTS5 takes
+    /// a quoted string as one term (no operator or column syntax gets through), and
+    /// PostgreSQL's `plainto_tsquery` ignores the quotes.
+    fn match_text(&self) -> String {
+        self.words
+            .iter()
+            .map(|word| format!("\"{word}\""))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// A page of a search, newest first, and how many decisions match in all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionPage {
+    pub decisions: Vec<Decision>,
+    pub total: i64,
+}
+
 /// An entry of a voter roll as imported: its id, the operator's opaque identifier, its
 /// region, and the SHA-256 (hex) of its one-time invitation code.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,6 +268,8 @@ pub trait MetadataStore: Send + Sync {
         now: i64,
     ) -> StoreResult<bool>;
     async fn regions_of(&self, user: Uuid) -> StoreResult<Vec<String>>;
+    /// The account's latest verification, if it was ever verified.
+    async fn latest_verification(&self, user: Uuid) -> StoreResult<Option<VerificationRecord>>;
     async fn set_totp(&self, user: Uuid, secret: Option<&[u8]>, enabled: bool) -> StoreResult<()>;
     /// Records that TOTP step `step` was used; false if it or a later one already was.
     async fn claim_totp_step(&self, user: Uuid, step: i64) -> StoreResult<bool>;
@@ -218,6 +287,8 @@ pub trait MetadataStore: Send + Sync {
     async fn revoke_refresh_token(&self, hash: &str) -> StoreResult<bool>;
     async fn put_decision(&self, decision: &Decision, owner: Uuid, now: i64) -> StoreResult<()>;
     async fn decisions(&self) -> StoreResult<Vec<Decision>>;
+    /// The decisions matching every filter of `search`, newest first (then by id), one page.
+    async fn search_decisions(&self, search: &DecisionSearch) -> StoreResult<DecisionPage>;
     /// Registers a sensor, or replaces its registration.
     async fn put_sensor(&self, sensor: &Sensor, now: i64) -> StoreResult<()>;
     async fn sensors(&self) -> StoreResult<Vec<Sensor>>;
@@ -277,6 +348,8 @@ pub trait MetadataStore: Send + Sync {
     /// The salt of a ballot's subject (an account, or a roll entry still in play), created on
     /// first use; `AccountErased` for an id that is neither.
     async fn voter_salt(&self, voter: Uuid, now: i64) -> StoreResult<[u8; 32]>;
+    /// The salt of a ballot's subject if it has one (it has cast), creating none.
+    async fn existing_voter_salt(&self, voter: Uuid) -> StoreResult<Option<[u8; 32]>>;
     /// The account's sealing key, created on first use; `None` once the account is gone
     /// (erased), so an erased voter's token cannot start a new key, salt or ballot.
     async fn voter_key(&self, user: Uuid, now: i64) -> StoreResult<Option<[u8; 32]>>;
@@ -445,6 +518,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0011_engine_state_parts",
         include_str!("../../migrations/sqlite/0011_engine_state_parts.sql"),
     ),
+    (
+        "0012_decision_search",
+        include_str!("../../migrations/sqlite/0012_decision_search.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -491,6 +568,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
         "0011_engine_state_parts",
         include_str!("../../migrations/postgres/0011_engine_state_parts.sql"),
     ),
+    (
+        "0012_decision_search",
+        include_str!("../../migrations/postgres/0012_decision_search.sql"),
+    ),
 ];
 
 fn parse_uuid(text: &str) -> StoreResult<Uuid> {
@@ -503,7 +584,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 macro_rules! sql_store {
-    ($(#[$doc:meta])* $name:ident, $db:ty, $migrations:expr, $migration_lock:expr, $begin_write:expr, $after_erase:expr) => {
+    ($(#[$doc:meta])* $name:ident, $db:ty, $migrations:expr, $migration_lock:expr, $begin_write:expr, $after_erase:expr, $words_match:expr) => {
         $(#[$doc])*
         pub struct $name {
             pool: sqlx::Pool<$db>,
@@ -661,6 +742,45 @@ macro_rules! sql_store {
                     kind,
                     part: number("part")? as u32,
                 })
+            }
+
+            /// The WHERE clause of a search, its values bound: the same for the page and the count.
+            fn push_search_filters(query: &mut sqlx::QueryBuilder<$db>, search: &DecisionSearch) {
+                query.push(" WHERE 1 = 1");
+                if !search.words.is_empty() {
+                    let (before, after): (&str, &str) = $words_match;
+                    query.push(" AND ").push(before).push_bind(search.match_text()).push(after);
+                }
+                if let Some(region) = &search.region {
+                    query.push(" AND region = ").push_bind(region.clone());
+                }
+                if let Some(method) = search.method {
+                    query.push(" AND method = ").push_bind(method.as_str());
+                }
+                if let Some(status) = search.status {
+                    match status.window_at(search.now) {
+                        Some(window) => {
+                            query
+                                .push(" AND opens_at BETWEEN ")
+                                .push_bind(*window.opens_at.start())
+                                .push(" AND ")
+                                .push_bind(*window.opens_at.end())
+                                .push(" AND closes_at BETWEEN ")
+                                .push_bind(*window.closes_at.start())
+                                .push(" AND ")
+                                .push_bind(*window.closes_at.end());
+                        }
+                        None => {
+                            query.push(" AND 1 = 0");
+                        }
+                    }
+                }
+                if let Some(from) = search.from {
+                    query.push(" AND closes_at > ").push_bind(from);
+                }
+                if let Some(to) = search.to {
+                    query.push(" AND opens_at < ").push_bind(to);
+                }
             }
 
             fn batch_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<AnchorBatchRow> {
@@ -835,6 +955,24 @@ macro_rules! sql_store {
                 rows.iter().map(|row| row.try_get("region").map_err(Into::into)).collect()
             }
 
+            async fn latest_verification(&self, user: Uuid) -> StoreResult<Option<VerificationRecord>> {
+                let row = sqlx::query("SELECT role, weight, field, verified_by, verified_at FROM expert_verifications WHERE user_id = $1 ORDER BY verified_at DESC, id DESC LIMIT 1")
+                    .bind(user.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| {
+                    let role: String = row.try_get("role")?;
+                    Ok(VerificationRecord {
+                        role: Role::parse(&role).ok_or_else(|| ServingError::Storage(format!("unknown role {role:?}")))?,
+                        weight: u32::try_from(row.try_get::<i64, _>("weight")?).unwrap_or(0),
+                        field: row.try_get("field")?,
+                        verified_by: parse_uuid(&row.try_get::<String, _>("verified_by")?)?,
+                        verified_at: row.try_get("verified_at")?,
+                    })
+                })
+                .transpose()
+            }
+
             async fn set_totp(&self, user: Uuid, secret: Option<&[u8]>, enabled: bool) -> StoreResult<()> {
                 sqlx::query("UPDATE users SET totp_secret_sealed = $1, totp_secret = NULL, totp_enabled = $2 WHERE id = $3")
                     .bind(self.sealed_secret(user, secret)?)
@@ -919,8 +1057,10 @@ macro_rules! sql_store {
             async fn put_decision(&self, decision: &Decision, owner: Uuid, now: i64) -> StoreResult<()> {
                 let body = serde_json::to_string(decision).map_err(|e| ServingError::Internal(e.to_string()))?;
                 sqlx::query(
-                    "INSERT INTO decisions (id, owner, body, opens_at, closes_at, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (id) DO UPDATE SET body = excluded.body, opens_at = excluded.opens_at, closes_at = excluded.closes_at",
+                    "INSERT INTO decisions (id, owner, body, opens_at, closes_at, created_at, title, description, region, method) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT (id) DO UPDATE SET body = excluded.body, opens_at = excluded.opens_at, closes_at = excluded.closes_at, \
+                     title = excluded.title, description = excluded.description, region = excluded.region, method = excluded.method",
                 )
                 .bind(decision.id.to_string())
                 .bind(owner.to_string())
@@ -928,9 +1068,34 @@ macro_rules! sql_store {
                 .bind(decision.opens_at)
                 .bind(decision.closes_at)
                 .bind(now)
+                .bind(&decision.title)
+                .bind(&decision.description)
+                .bind(&decision.region)
+                .bind(decision.method.as_str())
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn search_decisions(&self, search: &DecisionSearch) -> StoreResult<DecisionPage> {
+                let mut count = sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) AS total FROM decisions");
+                Self::push_search_filters(&mut count, search);
+                let total: i64 = count.build().fetch_one(&self.pool).await?.try_get("total")?;
+                let mut page = sqlx::QueryBuilder::<$db>::new("SELECT body FROM decisions");
+                Self::push_search_filters(&mut page, search);
+                page.push(" ORDER BY created_at DESC, id LIMIT ")
+                    .push_bind(search.limit)
+                    .push(" OFFSET ")
+                    .push_bind(search.offset);
+                let rows = page.build().fetch_all(&self.pool).await?;
+                let decisions = rows
+                    .iter()
+                    .map(|row| {
+                        let body: String = row.try_get("body")?;
+                        serde_json::from_str(&body).map_err(|e| ServingError::Storage(format!("a stored decision does not parse: {e}")))
+                    })
+                    .collect::<StoreResult<Vec<Decision>>>()?;
+                Ok(DecisionPage { decisions, total })
             }
 
             async fn decisions(&self) -> StoreResult<Vec<Decision>> {
@@ -1182,6 +1347,13 @@ macro_rules! sql_store {
                 let salt: Option<Vec<u8>> = row.map(|row| row.try_get("salt")).transpose()?.flatten();
                 salt.map(|salt| <[u8; 32]>::try_from(salt).map_err(|_| ServingError::Storage("a stored salt is not 32 bytes".into())))
                     .unwrap_or(Err(ServingError::AccountErased))
+            }
+
+            async fn existing_voter_salt(&self, voter: Uuid) -> StoreResult<Option<[u8; 32]>> {
+                let row = sqlx::query("SELECT salt FROM voter_salts WHERE voter_id = $1").bind(voter.to_string()).fetch_optional(&self.pool).await?;
+                let salt: Option<Vec<u8>> = row.map(|row| row.try_get("salt")).transpose()?.flatten();
+                salt.map(|salt| <[u8; 32]>::try_from(salt).map_err(|_| ServingError::Storage("a stored salt is not 32 bytes".into())))
+                    .transpose()
             }
 
             async fn voter_key(&self, user: Uuid, now: i64) -> StoreResult<Option<[u8; 32]>> {
@@ -1543,7 +1715,12 @@ sql_store!(
     "BEGIN IMMEDIATE",
     // Move the erasure into the database file and empty the WAL, which still holds the
     // pages from before it.
-    "PRAGMA wal_checkpoint(TRUNCATE)"
+    "PRAGMA wal_checkpoint(TRUNCATE)",
+    // Words: the FTS5 index kept in step by triggers (migration 0012).
+    (
+        "id IN (SELECT decision_id FROM decisions_fts WHERE decisions_fts MATCH ",
+        ")"
+    )
 );
 sql_store!(
     /// The cluster metadata store: PostgreSQL.
@@ -1553,7 +1730,9 @@ sql_store!(
     "SELECT pg_advisory_xact_lock(7261726)",
     "BEGIN",
     // Dead tuples are PostgreSQL's to reclaim (VACUUM); its files are the operator's.
-    "SELECT 1"
+    "SELECT 1",
+    // Words: the generated tsvector column and its GIN index (migration 0012).
+    ("search @@ plainto_tsquery('english', ", ")")
 );
 
 impl SqliteStore {

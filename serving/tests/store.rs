@@ -4,7 +4,9 @@ use canopy_testkit::TestDatabase;
 
 use std::sync::Arc;
 
-use canopy_schemas::{ComponentWeights, Decision, DecisionId, Method, Metric, Sensor};
+use canopy_schemas::{
+    ComponentWeights, Decision, DecisionId, DecisionStatus, Method, Metric, Sensor,
+};
 use canopy_serving::ServingError;
 use canopy_serving::auth::Role;
 use canopy_serving::store::*;
@@ -38,6 +40,7 @@ fn decision(title: &str) -> Decision {
         electorate: Default::default(),
         id: DecisionId::new_random(),
         title: title.into(),
+        description: String::new(),
         region: "north".into(),
         options: vec!["yes".into(), "no".into()],
         opens_at: 10,
@@ -91,6 +94,7 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
             "0009_signin".to_string(),
             "0010_sql_tokens".to_string(),
             "0011_engine_state_parts".to_string(),
+            "0012_decision_search".to_string(),
         ]
     );
     assert!(
@@ -635,5 +639,330 @@ async fn processes_starting_together_migrate_once() {
         1,
         "{applied:?}"
     );
-    assert_eq!(applied.concat().len(), 11, "{applied:?}");
+    assert_eq!(applied.concat().len(), 12, "{applied:?}");
+}
+
+/// Words the search tests build titles and descriptions from: none is a stop word, and
+/// each is its own token in both full-text engines.
+const SEARCH_WORDS: [&str; 5] = ["river", "school", "budget", "park", "library"];
+const SEARCH_NOW: i64 = 1_000;
+
+/// The `n`th decision of the search tests: its words picked by the bits of `n` (the first
+/// three for the title, the last two for the description), one of three regions, and one
+/// of four windows (scheduled, open, closed, and open for exactly one µs around now).
+fn searchable(n: u32) -> Decision {
+    let picked = |bits: std::ops::Range<usize>| -> Vec<&str> {
+        bits.filter(|bit| n >> bit & 1 == 1)
+            .map(|bit| SEARCH_WORDS[bit])
+            .collect()
+    };
+    let (opens_at, closes_at) = match n % 4 {
+        0 => (2_000, 3_000),
+        1 => (0, 2_000),
+        2 => (0, SEARCH_NOW),
+        _ => (SEARCH_NOW, SEARCH_NOW + 1),
+    };
+    Decision {
+        title: format!("Proposal {n}: {}", picked(0..3).join(" and ")),
+        description: format!("About the {}.", picked(3..5).join(", ")),
+        region: ["north", "south", "east"][n as usize % 3].into(),
+        opens_at,
+        closes_at,
+        ..decision("")
+    }
+}
+
+/// What a search must find, recounted from the decisions themselves: every word a token of
+/// the title or description (the test's words need no stemming), every filter true, newest
+/// first then by id, the page cut from that.
+fn expected_search(made: &[(Decision, i64)], search: &DecisionSearch) -> (Vec<Decision>, i64) {
+    let tokens = |d: &Decision| -> Vec<String> {
+        format!("{} {}", d.title, d.description)
+            .split(|c: char| !c.is_alphanumeric())
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let mut hits: Vec<&(Decision, i64)> = made
+        .iter()
+        .filter(|(d, _)| {
+            let tokens = tokens(d);
+            search
+                .words
+                .iter()
+                .all(|word| tokens.contains(&word.to_lowercase()))
+                && search.region.as_ref().is_none_or(|r| &d.region == r)
+                && search.method.is_none_or(|m| d.method == m)
+                && search.status.is_none_or(|s| d.status_at(search.now) == s)
+                && search.from.is_none_or(|from| d.closes_at > from)
+                && search.to.is_none_or(|to| d.opens_at < to)
+        })
+        .collect();
+    hits.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then_with(|| a.0.id.to_string().cmp(&b.0.id.to_string()))
+    });
+    let total = hits.len() as i64;
+    let page = hits
+        .into_iter()
+        .skip(search.offset as usize)
+        .take(search.limit as usize)
+        .map(|(d, _)| d.clone())
+        .collect();
+    (page, total)
+}
+
+/// Search by words, region, status, method and window, alone and together, each page
+/// against a recount of the stored decisions; a changed title is found by its new words
+/// only; stemmed words match.
+async fn decision_search(store: Arc<dyn MetadataStore>) {
+    store.migrate().await.unwrap();
+    let owner = user("owner");
+    store.create_user(&owner, 1).await.unwrap();
+    let mut made = Vec::new();
+    for n in 0..40u32 {
+        let decision = searchable(n);
+        // Two decisions a second: ties on the time are ordered by id.
+        let created_at = 100 + i64::from(n / 2);
+        store
+            .put_decision(&decision, owner.id, created_at)
+            .await
+            .unwrap();
+        made.push((decision, created_at));
+    }
+    let search = |words: &[&str]| DecisionSearch {
+        words: words.iter().map(|w| w.to_string()).collect(),
+        now: SEARCH_NOW,
+        limit: 100,
+        ..Default::default()
+    };
+    let mut searches = vec![
+        search(&[]),
+        search(&["river"]),
+        search(&["RIVER"]),
+        search(&["river", "park"]),
+        search(&["library", "school", "budget"]),
+        search(&["nowhere"]),
+    ];
+    for status in DecisionStatus::ALL {
+        searches.push(DecisionSearch {
+            status: Some(status),
+            ..search(&[])
+        });
+        searches.push(DecisionSearch {
+            status: Some(status),
+            region: Some("south".into()),
+            ..search(&["park"])
+        });
+    }
+    searches.extend([
+        DecisionSearch {
+            region: Some("north".into()),
+            ..search(&[])
+        },
+        DecisionSearch {
+            region: Some("nowhere".into()),
+            ..search(&[])
+        },
+        DecisionSearch {
+            method: Some(Method::SingleChoice),
+            ..search(&["budget"])
+        },
+        DecisionSearch {
+            from: Some(SEARCH_NOW),
+            ..search(&[])
+        },
+        DecisionSearch {
+            to: Some(SEARCH_NOW),
+            ..search(&["school"])
+        },
+        DecisionSearch {
+            from: Some(2_500),
+            to: Some(2_600),
+            region: Some("east".into()),
+            ..search(&[])
+        },
+    ]);
+    for wanted in &searches {
+        let found = store.search_decisions(wanted).await.unwrap();
+        let (decisions, total) = expected_search(&made, wanted);
+        assert_eq!(found.total, total, "{wanted:?}");
+        assert_eq!(found.decisions, decisions, "{wanted:?}");
+        // Page by page, the pages put together are the whole answer, in the same order.
+        let mut paged = Vec::new();
+        for page in 0.. {
+            let one = DecisionSearch {
+                offset: page * 7,
+                limit: 7,
+                ..wanted.clone()
+            };
+            let found = store.search_decisions(&one).await.unwrap();
+            assert_eq!(found.total, total, "{one:?}");
+            assert_eq!(found.decisions, expected_search(&made, &one).0, "{one:?}");
+            if found.decisions.is_empty() {
+                break;
+            }
+            paged.extend(found.decisions);
+        }
+        assert_eq!(paged, decisions, "{wanted:?}");
+    }
+    assert!(
+        searches
+            .iter()
+            .any(|s| expected_search(&made, s).1 > 7 && s.words.len() == 1),
+        "a words search spans pages"
+    );
+
+    // A new title is found by its words, the old ones no longer.
+    let (first, created_at) = made[1].clone();
+    let renamed = Decision {
+        title: "Proposal 1: a new bridge".into(),
+        ..first
+    };
+    store
+        .put_decision(&renamed, owner.id, created_at)
+        .await
+        .unwrap();
+    made[1].0 = renamed.clone();
+    for words in [&["bridge"][..], &["river"][..]] {
+        let found = store.search_decisions(&search(words)).await.unwrap();
+        assert_eq!(found.decisions, expected_search(&made, &search(words)).0);
+    }
+    let found = store.search_decisions(&search(&["bridge"])).await.unwrap();
+    assert_eq!(found.decisions, vec![renamed]);
+
+    // Words are stemmed alike in the text and the query: "floods" finds "Flooding".
+    let flooding = Decision {
+        title: "Flooding on the lower meadows".into(),
+        description: "Dykes or retention basins?".into(),
+        ..decision("")
+    };
+    store.put_decision(&flooding, owner.id, 500).await.unwrap();
+    for words in [&["floods"][..], &["meadow", "basin"][..], &["DYKES"][..]] {
+        let found = store.search_decisions(&search(words)).await.unwrap();
+        assert_eq!(found.decisions, vec![flooding.clone()], "{words:?}");
+    }
+    assert_eq!(
+        DecisionSearch::words_of("\"flood\" OR -basin* title:x"),
+        vec!["flood", "OR", "basin", "title", "x"]
+    );
+    // Query syntax of either engine is only words here: nothing is an operator.
+    let odd = DecisionSearch {
+        words: DecisionSearch::words_of("NOT \"meadows\" NEAR(basins) *"),
+        ..search(&[])
+    };
+    assert!(
+        store
+            .search_decisions(&odd)
+            .await
+            .unwrap()
+            .decisions
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_decision_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("canopy.db"))
+        .await
+        .unwrap();
+    decision_search(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn postgres_decision_search() {
+    let database = TestDatabase::create().await;
+    let store = PostgresStore::connect(&database.url).await.unwrap();
+    decision_search(Arc::new(store)).await;
+}
+
+/// The migrations of `dialect` before `before`, as one script that also records them as
+/// applied: a store as an older release left it.
+fn migrations_before(dialect: &str, before: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(dialect);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.as_str() < before)
+        .collect();
+    names.sort();
+    let mut script = String::from(
+        "CREATE TABLE canopy_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
+    );
+    for name in &names {
+        script += &std::fs::read_to_string(dir.join(name)).unwrap();
+        script += ";\n";
+        let stem = name.trim_end_matches(".sql");
+        script +=
+            &format!("INSERT INTO canopy_migrations (name, applied_at) VALUES ('{stem}', 0);\n");
+    }
+    script
+}
+
+/// Decisions stored before migration 0012 (a body without a description, no search
+/// columns) are found by their words, region and method once it has run.
+async fn decisions_from_before_search_are_found(
+    store: &dyn MetadataStore,
+    dialect: &str,
+    apply: impl AsyncFn(&str),
+) {
+    apply(&migrations_before(dialect, "0012")).await;
+    let owner = user("owner");
+    store.create_user(&owner, 1).await.unwrap();
+    let old = Decision {
+        title: "Dredge the harbour?".into(),
+        region: "south".into(),
+        ..decision("")
+    };
+    let mut body = serde_json::to_value(&old).unwrap();
+    body.as_object_mut().unwrap().remove("description");
+    apply(&format!(
+        "INSERT INTO decisions (id, owner, body, opens_at, closes_at, created_at) \
+         VALUES ('{}', '{}', '{body}', {}, {}, 7)",
+        old.id, owner.id, old.opens_at, old.closes_at
+    ))
+    .await;
+    assert_eq!(store.migrate().await.unwrap(), vec!["0012_decision_search"]);
+    let search = DecisionSearch {
+        words: vec!["harbour".into()],
+        region: Some("south".into()),
+        method: Some(Method::SingleChoice),
+        now: SEARCH_NOW,
+        limit: 10,
+        ..Default::default()
+    };
+    let found = store.search_decisions(&search).await.unwrap();
+    assert_eq!((found.decisions, found.total), (vec![old], 1));
+}
+
+#[tokio::test]
+async fn sqlite_decisions_from_before_search_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("canopy.db"))
+        .await
+        .unwrap();
+    let pool = store.pool().clone();
+    decisions_from_before_search_are_found(&store, "sqlite", async |script: &str| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(script.to_string()))
+            .execute(&pool)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_decisions_from_before_search_are_found() {
+    let database = TestDatabase::create().await;
+    let store = PostgresStore::connect(&database.url).await.unwrap();
+    let pool = store.pool().clone();
+    decisions_from_before_search_are_found(&store, "postgres", async |script: &str| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(script.to_string()))
+            .execute(&pool)
+            .await
+            .unwrap();
+    })
+    .await;
 }

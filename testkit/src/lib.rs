@@ -17,6 +17,7 @@ pub fn decision_in(n: u128, region: &str) -> Decision {
         electorate: Default::default(),
         id: DecisionId(n),
         title: format!("decision {n}"),
+        description: String::new(),
         region: region.into(),
         options: vec!["a".into(), "b".into(), "c".into()],
         opens_at: 0,

@@ -110,28 +110,41 @@ impl Deployment {
 
     /// Starts `processes` worker processes of `threads` threads each.
     pub fn start(&self, processes: usize, threads: usize, run: &str) -> Running {
+        self.start_with_env(processes, threads, run, &[])
+    }
+
+    /// [`Deployment::start`] with extra environment variables for every worker.
+    pub fn start_with_env(
+        &self,
+        processes: usize,
+        threads: usize,
+        run: &str,
+        env: &[(String, String)],
+    ) -> Running {
         let hosts = self.dir.path().join(format!("hosts-{run}"));
         let lines: Vec<String> = (0..processes)
             .map(|_| format!("127.0.0.1:{}", super::free_port()))
             .collect();
         std::fs::write(&hosts, lines.join("\n")).unwrap();
-        Running(
-            (0..processes)
-                .map(|process| {
-                    let log = std::fs::File::create(self.log_path(run, process)).unwrap();
-                    Command::new(env!("CARGO_BIN_EXE_canopy"))
-                        .args(["worker", "--config"])
-                        .arg(&self.config)
-                        .args(["--process", &process.to_string(), "--hosts"])
-                        .arg(&hosts)
-                        .args(["--threads", &threads.to_string()])
-                        .stdout(Stdio::null())
-                        .stderr(log)
-                        .spawn()
-                        .unwrap()
-                })
-                .collect(),
-        )
+        let logs: Vec<PathBuf> = (0..processes).map(|p| self.log_path(run, p)).collect();
+        let children = logs
+            .iter()
+            .enumerate()
+            .map(|(process, log)| {
+                Command::new(env!("CARGO_BIN_EXE_canopy"))
+                    .args(["worker", "--config"])
+                    .arg(&self.config)
+                    .args(["--process", &process.to_string(), "--hosts"])
+                    .arg(&hosts)
+                    .args(["--threads", &threads.to_string()])
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(log).unwrap())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        Running { children, logs }
     }
 
     pub fn log_path(&self, run: &str, process: usize) -> PathBuf {
@@ -154,24 +167,51 @@ impl Deployment {
 }
 
 /// Processes a test started; whatever still runs when the test ends (or fails) is killed.
-pub struct Running(pub Vec<Child>);
+pub struct Running {
+    pub children: Vec<Child>,
+    /// Where each child's standard error goes, when the test keeps it.
+    pub logs: Vec<PathBuf>,
+}
+
+impl Running {
+    pub fn new(children: Vec<Child>) -> Self {
+        Self {
+            children,
+            logs: Vec::new(),
+        }
+    }
+
+    /// Panics with the child's log if any child has exited.
+    pub fn assert_none_exited(&mut self, what: &str) {
+        for (n, child) in self.children.iter_mut().enumerate() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = self
+                    .logs
+                    .get(n)
+                    .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+                    .unwrap_or_default();
+                panic!("{what}: process {n} exited ({status}); its log:\n{log}");
+            }
+        }
+    }
+}
 
 impl std::ops::Deref for Running {
     type Target = Vec<Child>;
     fn deref(&self) -> &Vec<Child> {
-        &self.0
+        &self.children
     }
 }
 
 impl std::ops::DerefMut for Running {
     fn deref_mut(&mut self) -> &mut Vec<Child> {
-        &mut self.0
+        &mut self.children
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for child in &mut self.0 {
+        for child in &mut self.children {
             if child.try_wait().ok().flatten().is_none() {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -193,12 +233,33 @@ pub fn stop(workers: &mut [Child]) {
     }
 }
 
+/// Waits for the survivor of a cluster whose peer was killed to stop on its own, reporting
+/// the failure.
+pub fn wait_for_exit(worker: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            assert!(
+                !status.success(),
+                "{what}: the survivor must report the failure"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the survivor did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn decisions() -> Vec<Decision> {
     (1..=6u128)
         .map(|n| Decision {
             electorate: Default::default(),
             id: DecisionId(0xC1_0000 + n),
             title: format!("cluster decision {n}"),
+            description: String::new(),
             region: "r".into(),
             options: vec!["a".into(), "b".into(), "c".into()],
             opens_at: 0,
@@ -270,16 +331,12 @@ pub fn topic_records(log: &KafkaLog) -> Vec<LogRecord> {
         .collect()
 }
 
-pub fn wait_until_caught_up(log: &KafkaLog, views: &RedisViews, workers: &mut [Child], what: &str) {
+pub fn wait_until_caught_up(log: &KafkaLog, views: &RedisViews, workers: &mut Running, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     for partition in 0..PARTITIONS {
         let end = log.end_offset(partition).unwrap();
         while views.frontier(partition) < end {
-            for worker in workers.iter_mut() {
-                if let Some(status) = worker.try_wait().unwrap() {
-                    panic!("{what}: a worker exited ({status}) before catching up");
-                }
-            }
+            workers.assert_none_exited(&format!("{what}, before catching up"));
             assert!(
                 Instant::now() < deadline,
                 "{what}: the cluster did not catch up with partition {partition} (at {} of {end})",
@@ -300,12 +357,33 @@ pub fn start_serve_with_rate(
     name: &str,
     user_rate: f64,
 ) -> Child {
+    start_serve_with(deployment, port, name, user_rate, &[])
+}
+
+/// [`start_serve`] with extra environment variables (the lake's, the record store's).
+pub fn start_serve_with_env(
+    deployment: &Deployment,
+    port: u16,
+    name: &str,
+    env: &[(String, String)],
+) -> Child {
+    start_serve_with(deployment, port, name, 100_000.0, env)
+}
+
+fn start_serve_with(
+    deployment: &Deployment,
+    port: u16,
+    name: &str,
+    user_rate: f64,
+    env: &[(String, String)],
+) -> Child {
     let log =
         std::fs::File::create(deployment.dir.path().join(format!("serve-{name}.log"))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_canopy"))
         .args(["serve", "--config"])
         .arg(&deployment.config)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("CANOPY_API__USER_RATE", user_rate.to_string())
         .env("CANOPY_API__REGISTRATIONS_PER_ADDRESS_HOUR", "100000")
         .env("CANOPY_API__REGISTRATIONS_PER_BLOCK_HOUR", "100000")
@@ -319,17 +397,30 @@ pub fn start_serve_with_rate(
 /// data directory for the keys the store's audit entries are keyed with (without it the
 /// command would make keys of its own under `./canopy-data`, in the checkout).
 pub fn create_admin_in(deployment: &Deployment) {
+    create_account_in(deployment, "root", "admin");
+}
+
+/// [`create_admin_in`] for an account of any role (`analyst`, `operator`, …).
+pub fn create_account_in(deployment: &Deployment, username: &str, role: &str) {
     use std::io::Write;
-    let mut admin = Command::new(env!("CARGO_BIN_EXE_canopy"))
-        .args(["admin", "create", "--username", "root", "--config"])
+    let mut account = Command::new(env!("CARGO_BIN_EXE_canopy"))
+        .args([
+            "admin",
+            "create",
+            "--username",
+            username,
+            "--role",
+            role,
+            "--config",
+        ])
         .arg(&deployment.config)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    writeln!(admin.stdin.take().unwrap(), "{}", super::PASSWORD).unwrap();
-    assert!(admin.wait().unwrap().success());
+    writeln!(account.stdin.take().unwrap(), "{}", super::PASSWORD).unwrap();
+    assert!(account.wait().unwrap().success());
 }
 
 /// The Kafka log's signing key of every test deployment: a topic outlives a deployment

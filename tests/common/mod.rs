@@ -3,6 +3,8 @@
 
 pub mod anvil;
 pub mod cluster;
+pub mod lake;
+pub mod sensors;
 
 use std::collections::HashMap;
 use std::io::Write;

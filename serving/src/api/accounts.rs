@@ -421,6 +421,36 @@ pub(crate) async fn verify_expert(
     Ok(Json(detail))
 }
 
+#[utoipa::path(get, path = "/api/v1/auth/verify-expert", tag = "auth", security(("bearer" = [])), responses((status = 200, description = "the caller's own verification: `role`, `weight` (a decimal, as verified), `verified`, and once verified `field`, `regions`, `verified_by` (the verifier as the audit trail names them) and `verified_at` (unix seconds); an account never verified gets its role with `verified: false`")))]
+pub(crate) async fn my_verification(
+    State(state): State<SharedState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    // The account as stored now, not the token's claims (which may be minutes old).
+    let user = state
+        .store
+        .user_by_id(caller.0.sub)
+        .await?
+        .ok_or(ServingError::AccountErased)?;
+    let weight = f64::from(user.weight) / f64::from(canopy_schemas::WEIGHT_SCALE);
+    let Some(verification) = state.store.latest_verification(user.id).await? else {
+        return Ok(Json(
+            json!({ "role": user.role, "weight": weight, "verified": false }),
+        ));
+    };
+    let verified_by = state.store.user_pseudonym(verification.verified_by).await?;
+    let regions = state.store.regions_of(user.id).await?;
+    Ok(Json(json!({
+        "role": user.role,
+        "weight": weight,
+        "verified": true,
+        "field": verification.field,
+        "regions": regions,
+        "verified_by": verified_by,
+        "verified_at": verification.verified_at,
+    })))
+}
+
 /// The signed-in caller's account.
 async fn caller_account(state: &AppState, caller: &Caller) -> Result<UserRecord, ServingError> {
     state

@@ -11,8 +11,9 @@ use canopy_dataflow::DecisionView;
 use canopy_ingest::{IngestError, Position};
 use canopy_schemas::clock::{now_micros, unix_now};
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, Electorate, LoggedVote, Method, SchemaError,
-    Vote, VoteId, VoterId, VoterSalt, Weight,
+    Component, ComponentWeights, Decision, DecisionId, DecisionStatus, Electorate, LoggedVote,
+    MAX_DESCRIPTION_LEN, Method, SchemaError, Vote, VoteId, VoterCommitment, VoterId, VoterSalt,
+    Weight,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -23,11 +24,15 @@ use crate::ServingError;
 use crate::auth::{Action, Claims};
 use crate::salts::seal_voter;
 use crate::state::SharedState;
+use crate::store::{CheckpointRow, DecisionSearch};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DecisionBody {
     title: String,
+    /// What is being decided, in words (at most 10000 bytes); searched with the title.
+    #[serde(default)]
+    description: String,
     #[serde(default)]
     region: String,
     options: Vec<String>,
@@ -60,6 +65,11 @@ pub(crate) async fn create_decision(
     ApiJson(body): ApiJson<DecisionBody>,
 ) -> Result<Response, ServingError> {
     caller.require(&state, Action::CreateDecision).await?;
+    if body.description.len() > MAX_DESCRIPTION_LEN {
+        return Err(ServingError::BadRequest(format!(
+            "a description is at most {MAX_DESCRIPTION_LEN} bytes"
+        )));
+    }
     if let Some(roll) = body.electorate.roll
         && state.store.roll_summary(roll.as_uuid()).await?.is_none()
     {
@@ -70,6 +80,7 @@ pub(crate) async fn create_decision(
         electorate: body.electorate,
         id: DecisionId::new_random(),
         title: body.title,
+        description: body.description,
         region: body.region,
         options: body.options,
         opens_at: body.opens_at.unwrap_or(now),
@@ -527,4 +538,404 @@ pub(crate) async fn active_decisions(
             .filter(|d| d.opens_at <= now && now < d.closes_at)
             .collect(),
     ))
+}
+
+/// A decision as answers show it: with its status now.
+#[derive(Serialize)]
+struct DecisionShown<'a> {
+    #[serde(flatten)]
+    decision: &'a Decision,
+    status: DecisionStatus,
+}
+
+/// The highest page number any paged listing here accepts.
+pub const MAX_PAGE: i64 = 10_000;
+/// The most decisions a page of a search holds, and how many it holds when not told.
+pub const MAX_SEARCH_PAGE_SIZE: i64 = 100;
+pub const DEFAULT_SEARCH_PAGE_SIZE: i64 = 20;
+/// The longest search query, in characters.
+pub const MAX_SEARCH_QUERY_CHARS: usize = 200;
+/// How many votes a page of `my-votes` holds.
+pub const MY_VOTES_PAGE_SIZE: usize = 50;
+
+fn bad_parameter(code: &'static str, message: impl Into<String>) -> ServingError {
+    ServingError::BadParameter {
+        code,
+        message: message.into(),
+    }
+}
+
+/// `page`: 1 (absent) to [`MAX_PAGE`].
+fn page_number(page: Option<&str>) -> Result<i64, ServingError> {
+    let Some(page) = page else { return Ok(1) };
+    page.parse::<i64>()
+        .ok()
+        .filter(|page| (1..=MAX_PAGE).contains(page))
+        .ok_or_else(|| {
+            bad_parameter(
+                "page_out_of_range",
+                format!("page is a whole number from 1 to {MAX_PAGE}"),
+            )
+        })
+}
+
+/// The next page's number, if there are decisions or votes past this one.
+fn next_page(page: i64, per_page: i64, total: i64) -> Option<i64> {
+    (page * per_page < total).then_some(page + 1)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SearchQuery {
+    /// Words that must all be in the title or the description (stemmed: "flooding" finds
+    /// "flood"); at most 200 characters.
+    #[serde(default)]
+    q: Option<String>,
+    /// The decision's region, exactly.
+    #[serde(default)]
+    region: Option<String>,
+    /// `scheduled`, `open`, `closed`, `final` or `cancelled`, as of now.
+    #[serde(default)]
+    status: Option<String>,
+    /// The voting method: `single_choice`.
+    #[serde(default)]
+    method: Option<String>,
+    /// µs since the Unix epoch: only decisions whose window closes after it.
+    #[serde(default)]
+    from: Option<String>,
+    /// µs since the Unix epoch: only decisions whose window opens before it.
+    #[serde(default)]
+    to: Option<String>,
+    /// 1 to 10000; 1 by default.
+    #[serde(default)]
+    page: Option<String>,
+    /// 1 to 100; 20 by default.
+    #[serde(default)]
+    per_page: Option<String>,
+}
+
+impl SearchQuery {
+    /// The search this asks for, refused with a stable code per parameter when malformed.
+    fn search(&self, now: i64) -> Result<(DecisionSearch, i64, i64), ServingError> {
+        let q = self.q.as_deref().unwrap_or_default();
+        if q.chars().count() > MAX_SEARCH_QUERY_CHARS {
+            return Err(bad_parameter(
+                "query_too_long",
+                format!("q is at most {MAX_SEARCH_QUERY_CHARS} characters"),
+            ));
+        }
+        if self
+            .region
+            .as_ref()
+            .is_some_and(|region| region.len() > 100)
+        {
+            return Err(bad_parameter("bad_region", "a region is at most 100 bytes"));
+        }
+        let status = self
+            .status
+            .as_deref()
+            .map(|status| {
+                DecisionStatus::parse(status).ok_or_else(|| {
+                    bad_parameter(
+                        "unknown_status",
+                        format!(
+                            "status is one of {}",
+                            DecisionStatus::ALL.map(DecisionStatus::as_str).join(", ")
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
+        let method = self
+            .method
+            .as_deref()
+            .map(|method| {
+                Method::parse(method).ok_or_else(|| {
+                    bad_parameter(
+                        "unknown_method",
+                        format!(
+                            "method is one of {}",
+                            Method::ALL.map(Method::as_str).join(", ")
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
+        let instant = |name: &str, value: Option<&str>| {
+            value
+                .map(|value| {
+                    value.parse::<i64>().map_err(|_| {
+                        bad_parameter(
+                            "bad_date",
+                            format!("{name} is µs since the Unix epoch, a whole number"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let from = instant("from", self.from.as_deref())?;
+        let to = instant("to", self.to.as_deref())?;
+        if let (Some(from), Some(to)) = (from, to)
+            && from >= to
+        {
+            return Err(bad_parameter("bad_date", "from is before to"));
+        }
+        let page = page_number(self.page.as_deref())?;
+        let per_page = match self.per_page.as_deref() {
+            None => DEFAULT_SEARCH_PAGE_SIZE,
+            Some(size) => size
+                .parse::<i64>()
+                .ok()
+                .filter(|size| (1..=MAX_SEARCH_PAGE_SIZE).contains(size))
+                .ok_or_else(|| {
+                    bad_parameter(
+                        "page_size_out_of_range",
+                        format!("per_page is a whole number from 1 to {MAX_SEARCH_PAGE_SIZE}"),
+                    )
+                })?,
+        };
+        let search = DecisionSearch {
+            words: DecisionSearch::words_of(q),
+            region: self.region.clone(),
+            status,
+            method,
+            from,
+            to,
+            now,
+            offset: (page - 1) * per_page,
+            limit: per_page,
+        };
+        Ok((search, page, per_page))
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/voting/decisions", tag = "voting", params(SearchQuery), security(("bearer" = [])), responses((status = 200, description = "`decisions` (each with its `status` now) matching every filter, newest first, then by id; `page`, `per_page`, `total`, `next_page`"), (status = 400, body = ErrorBody, description = "query_too_long, unknown_status, unknown_method, bad_date, bad_region, page_out_of_range, page_size_out_of_range; bad_request for a parameter it does not know")))]
+pub(crate) async fn search_decisions(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(query): Query<SearchQuery>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::ReadResults).await?;
+    let now = now_micros();
+    let (search, page, per_page) = query.search(now)?;
+    let found = state.store.search_decisions(&search).await?;
+    let decisions: Vec<DecisionShown> = found
+        .decisions
+        .iter()
+        .map(|decision| DecisionShown {
+            decision,
+            status: decision.status_at(now),
+        })
+        .collect();
+    Ok(Json(json!({
+        "decisions": decisions,
+        "page": page,
+        "per_page": per_page,
+        "total": found.total,
+        "next_page": next_page(page, per_page, found.total),
+    })))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MyVotesQuery {
+    /// 1 to 10000; 1 by default. 50 votes a page.
+    #[serde(default)]
+    page: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/voting/my-votes", tag = "voting", params(MyVotesQuery), security(("bearer" = [])), responses((status = 200, description = "the caller's current vote in each decision they voted in, most recent decisions first, 50 a page: the decision, the option, the receipt (as cast-vote gave it; `position` null on a replica reading the record from tiles) and the proof status (`pending`, `checkpointed`, `anchored`) with links to the proof routes; `page`, `per_page`, `total`, `next_page`"), (status = 400, body = ErrorBody, description = "page_out_of_range"), (status = 503, body = ErrorBody, description = "record_not_here")))]
+pub(crate) async fn my_votes(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(query): Query<MyVotesQuery>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    let page = page_number(query.page.as_deref())?;
+    let account = caller.0.sub;
+    // A living account only: an erased one's leftover token finds nothing.
+    state
+        .store
+        .user_by_id(account)
+        .await?
+        .ok_or(ServingError::AccountErased)?;
+    let record = state.record.clone().ok_or(ServingError::RecordNotHere)?;
+    let lookups = ballot_pseudonyms(&state, account).await?;
+    let found = tokio::task::spawn_blocking(move || {
+        lookups
+            .into_iter()
+            .filter_map(|(decision, pseudonym)| {
+                record
+                    .latest_of(decision.id, pseudonym)
+                    .map(|leaf| (decision, pseudonym, leaf))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ServingError::Internal(e.to_string()))?;
+    let total = found.len() as i64;
+    let per_page = MY_VOTES_PAGE_SIZE as i64;
+    let mut votes = Vec::new();
+    let mut confirmed_batches = std::collections::HashMap::new();
+    for (decision, pseudonym, leaf) in found
+        .into_iter()
+        .skip((page as usize - 1) * MY_VOTES_PAGE_SIZE)
+        .take(MY_VOTES_PAGE_SIZE)
+    {
+        if let Some(vote) =
+            my_vote(&state, &decision, pseudonym, leaf, &mut confirmed_batches).await?
+        {
+            votes.push(vote);
+        }
+    }
+    Ok(Json(json!({
+        "votes": votes,
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+        "next_page": next_page(page, per_page, total),
+    })))
+}
+
+/// Every decision the account may have a ballot in, most recent first, with the ballot's
+/// pseudonym there: its subject is the account, or in a decision of a roll the entry the
+/// account holds, and the pseudonym is cut from the subject's salted commitment. Nothing
+/// is stored from voter to decision; a subject without a salt never cast.
+async fn ballot_pseudonyms(
+    state: &SharedState,
+    account: Uuid,
+) -> Result<Vec<(Decision, u128)>, ServingError> {
+    use std::collections::HashMap;
+    let mut entries: HashMap<canopy_schemas::RollId, Option<Uuid>> = HashMap::new();
+    let mut salts: HashMap<Uuid, Option<[u8; 32]>> = HashMap::new();
+    let mut decisions = state.store.decisions().await?;
+    decisions.reverse();
+    let mut lookups = Vec::new();
+    for decision in decisions {
+        let subject = match decision.electorate.roll {
+            None => Some(account),
+            Some(roll) => match entries.get(&roll) {
+                Some(entry) => *entry,
+                None => {
+                    let entry = state
+                        .store
+                        .roll_claim(roll.as_uuid(), account)
+                        .await?
+                        .map(|claim| claim.entry);
+                    *entries.entry(roll).or_insert(entry)
+                }
+            },
+        };
+        let Some(subject) = subject else { continue };
+        let salt = match salts.get(&subject) {
+            Some(salt) => *salt,
+            None => {
+                let salt = state.store.existing_voter_salt(subject).await?;
+                *salts.entry(subject).or_insert(salt)
+            }
+        };
+        let Some(salt) = salt else { continue };
+        let pseudonym =
+            VoterCommitment::new(&VoterSalt(salt), VoterId::from(subject), decision.id).pseudonym();
+        lookups.push((decision, pseudonym.0));
+    }
+    Ok(lookups)
+}
+
+/// One entry of `my-votes`: the vote the leaf holds (from the record's entry, else from
+/// the log at the leaf's offset), its receipt and its proof status.
+async fn my_vote(
+    state: &SharedState,
+    decision: &Decision,
+    pseudonym: u128,
+    leaf: canopy_dataflow::VoterLeaf,
+    confirmed_batches: &mut std::collections::HashMap<i64, bool>,
+) -> Result<Option<serde_json::Value>, ServingError> {
+    let log = Arc::clone(state.gate.log());
+    let partition = log.partition_of(decision.id);
+    let position = leaf.offset.map(|offset| Position { partition, offset });
+    let logged = match (leaf.entry, leaf.offset) {
+        (Some(entry), _) => Some(LoggedVote::from_leaf_data(&entry.0)?),
+        (None, Some(offset)) => {
+            tokio::task::spawn_blocking(move || log.read_entries(partition, offset, 1))
+                .await
+                .map_err(|e| ServingError::Internal(e.to_string()))??
+                .into_iter()
+                .next()
+                .map(|(_, logged)| logged)
+        }
+        (None, None) => None,
+    };
+    // Only the caller's own ballot, whatever the record answered.
+    let Some(logged) = logged.filter(|logged| {
+        logged.vote.voter_id.0 == pseudonym && logged.vote.decision_id == decision.id
+    }) else {
+        tracing::warn!(decision = %decision.id, index = leaf.index, "a voter's leaf could not be read back");
+        return Ok(None);
+    };
+    let entry = logged.leaf_data();
+    let leaf_hash = hex::encode(canopy_chain::leaf_hash(&entry));
+    let checkpoints = state.store.checkpoints(decision.id).await?;
+    let covering: Vec<&CheckpointRow> = checkpoints
+        .iter()
+        .filter(|checkpoint| checkpoint.tree_size as u64 > leaf.index)
+        .collect();
+    let mut anchored = None;
+    for checkpoint in covering.iter().rev() {
+        let Some(batch) = checkpoint.batch_id else {
+            continue;
+        };
+        let confirmed = match confirmed_batches.get(&batch) {
+            Some(confirmed) => *confirmed,
+            None => {
+                let confirmed = state
+                    .store
+                    .anchor_batch(batch)
+                    .await?
+                    .is_some_and(|row| row.confirmed_at.is_some());
+                *confirmed_batches.entry(batch).or_insert(confirmed)
+            }
+        };
+        if confirmed {
+            anchored = Some(checkpoint.tree_size);
+            break;
+        }
+    }
+    let base = format!("/api/v1/audit/decisions/{}", decision.id);
+    let mut links = json!({
+        "proof": format!("{base}/proof?leaf={leaf_hash}"),
+        "checkpoints": format!("{base}/checkpoints"),
+    });
+    let (status, checkpoint_size) = match (anchored, covering.last()) {
+        (Some(size), _) => {
+            links["anchor"] = json!(format!("{base}/checkpoints/{size}/anchor"));
+            ("anchored", Some(size))
+        }
+        (None, Some(latest)) => ("checkpointed", Some(latest.tree_size)),
+        (None, None) => ("pending", None),
+    };
+    let option = logged.vote.option;
+    Ok(Some(json!({
+        "decision_id": decision.id,
+        "title": decision.title,
+        "option": {
+            "index": option,
+            "label": decision.options.get(usize::from(option)),
+        },
+        "cast_at": logged.vote.cast_at,
+        "receipt": {
+            "vote_id": logged.vote.vote_id,
+            "decision_id": decision.id,
+            "position": position,
+            "leaf_hash": leaf_hash,
+            "leaf": hex::encode(entry),
+        },
+        "proof": {
+            "status": status,
+            "index": leaf.index,
+            "checkpoint_size": checkpoint_size,
+            "links": links,
+        },
+    })))
 }
