@@ -21,8 +21,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -39,7 +37,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::kafka::{free_port, percentile};
+use crate::kafka::{free_port, paced_freshness, percentile};
 use crate::{round3, vote_stream};
 
 #[derive(clap::Args)]
@@ -540,7 +538,14 @@ fn run(
         workload.paced.len(),
         args.fresh_rate
     );
-    let fresh_ms = freshness(args, &deployment, &votes_log, &workload.paced)?;
+    let fresh_ms = paced_freshness(
+        &votes_log,
+        RedisViews::connect(&args.redis, &deployment.prefix)?,
+        args.partitions,
+        &workload.paced,
+        args.fresh_rate,
+        DRAIN_LIMIT,
+    )?;
     workers.check_running("the freshness phase")?;
 
     eprintln!("  checking the tallies in Redis against a recount of the topic ...");
@@ -613,86 +618,11 @@ fn count_files(dir: &Path) -> anyhow::Result<usize> {
     Ok(count)
 }
 
-/// A paced trickle of votes; for each acknowledged batch, the time until every partition's
-/// frontier in Redis passes its offsets.
-fn freshness(
-    args: &ClusterArgs,
-    deployment: &Deployment,
-    log: &KafkaLog,
-    paced: &[LoggedVote],
-) -> anyhow::Result<Vec<f64>> {
-    let pending: Arc<Mutex<Vec<(u32, u64, Instant)>>> = Arc::default();
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (pending, done) = (Arc::clone(&pending), Arc::clone(&done));
-        let views = RedisViews::connect(&args.redis, &deployment.prefix)?;
-        let partitions = args.partitions;
-        std::thread::spawn(move || {
-            let mut latencies = Vec::new();
-            let give_up = Instant::now() + DRAIN_LIMIT;
-            loop {
-                let frontiers: Vec<u64> = (0..partitions).map(|p| views.frontier(p)).collect();
-                let now = Instant::now();
-                let mut waiting = pending.lock().expect("not poisoned");
-                waiting.retain(|(p, offset, acked)| {
-                    if frontiers[*p as usize] > *offset {
-                        latencies.push(now.duration_since(*acked).as_secs_f64() * 1000.0);
-                        false
-                    } else {
-                        true
-                    }
-                });
-                let finished = done.load(Ordering::Acquire) && waiting.is_empty();
-                drop(waiting);
-                if finished || now > give_up {
-                    return latencies;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
-    let per_batch = 10usize;
-    let gap = Duration::from_secs_f64(per_batch as f64 / args.fresh_rate.max(1.0));
-    let mut next = Instant::now();
-    for batch in paced.chunks(per_batch) {
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        next += gap;
-        let positions = log.append(batch)?;
-        let acked = Instant::now();
-        let mut waiting = pending.lock().expect("not poisoned");
-        for position in positions {
-            waiting.push((position.partition, position.offset, acked));
-        }
-    }
-    done.store(true, Ordering::Release);
-    let latencies = watcher
-        .join()
-        .map_err(|_| anyhow::anyhow!("the freshness watcher panicked"))?;
-    if latencies.len() != paced.len() {
-        bail!(
-            "only {} of {} paced votes became visible",
-            latencies.len(),
-            paced.len()
-        );
-    }
-    Ok(latencies)
-}
-
 fn hash_from_hex(text: &str) -> anyhow::Result<Hash> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        bail!("not a 32-byte hex hash: {text:?}");
-    }
     let mut hash = [0u8; 32];
-    for (n, pair) in bytes.chunks(2).enumerate() {
-        let digits = std::str::from_utf8(pair)?;
-        hash[n] = u8::from_str_radix(digits, 16).with_context(|| format!("hex {text:?}"))?;
-    }
+    hex::decode_to_slice(text, &mut hash)
+        .with_context(|| format!("not a 32-byte hex hash: {text:?}"))?;
     Ok(hash)
-}
-
-fn hex(hash: &Hash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Leaves of `votes` to ask proofs of: up to `count` distinct ones, spread over the stream.
@@ -719,7 +649,7 @@ async fn ask_proof(
     let response = client
         .get(format!(
             "{base}/api/v1/audit/decisions/{decision}/proof?leaf={}",
-            hex(&leaf)
+            hex::encode(leaf)
         ))
         .send()
         .await?;
@@ -732,7 +662,7 @@ async fn ask_proof(
         404 | 409 => return Ok(None),
         _ => bail!(
             "proof of {} in {decision}: {status} {}",
-            hex(&leaf),
+            hex::encode(leaf),
             String::from_utf8_lossy(&body)
         ),
     }
@@ -753,7 +683,7 @@ async fn ask_proof(
     {
         bail!(
             "the replica's proof of {} in {decision} (index {index}, size {size}) disagrees with the recount's tree",
-            hex(&leaf)
+            hex::encode(leaf)
         );
     }
     Ok(Some(took))
@@ -815,7 +745,10 @@ async fn proofs(
             }
             retried += 1;
             if Instant::now() > deadline {
-                bail!("no checkpoint covered leaf {} within 60 s", hex(&leaf.1));
+                bail!(
+                    "no checkpoint covered leaf {} within 60 s",
+                    hex::encode(leaf.1)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -273,14 +273,38 @@ fn run(
         paced.len(),
         args.fresh_rate
     );
+    let fresh_ms = paced_freshness(
+        &log,
+        RedisViews::connect(&args.redis, &prefix)?,
+        args.partitions,
+        paced,
+        args.fresh_rate,
+        Duration::from_secs(600),
+    )?;
+    Ok(Run {
+        votes_per_s: votes.len() as f64 / elapsed,
+        fresh_ms,
+    })
+}
+
+/// Appends `paced` in batches of 10 at `rate` votes per second; for each acknowledged batch,
+/// the milliseconds until every partition's frontier in `views` passes its offsets. Fails
+/// unless every vote became visible within `give_up`.
+pub(crate) fn paced_freshness(
+    log: &KafkaLog,
+    views: RedisViews,
+    partitions: u32,
+    paced: &[LoggedVote],
+    rate: f64,
+    give_up: Duration,
+) -> anyhow::Result<Vec<f64>> {
     let pending: Arc<Mutex<Vec<(u32, u64, Instant)>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (pending, done) = (Arc::clone(&pending), Arc::clone(&done));
-        let views = RedisViews::connect(&args.redis, &prefix)?;
-        let partitions = args.partitions;
         std::thread::spawn(move || {
             let mut latencies = Vec::new();
+            let give_up = Instant::now() + give_up;
             loop {
                 let frontiers: Vec<u64> = (0..partitions).map(|p| views.frontier(p)).collect();
                 let now = Instant::now();
@@ -295,7 +319,7 @@ fn run(
                 });
                 let finished = done.load(Ordering::Acquire) && waiting.is_empty();
                 drop(waiting);
-                if finished {
+                if finished || now > give_up {
                     return latencies;
                 }
                 std::thread::sleep(Duration::from_millis(1));
@@ -303,7 +327,7 @@ fn run(
         })
     };
     let per_batch = 10usize;
-    let gap = Duration::from_secs_f64(per_batch as f64 / args.fresh_rate.max(1.0));
+    let gap = Duration::from_secs_f64(per_batch as f64 / rate.max(1.0));
     let mut next = Instant::now();
     for batch in paced.chunks(per_batch) {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -316,13 +340,17 @@ fn run(
         }
     }
     done.store(true, Ordering::Release);
-    let fresh_ms = watcher
+    let latencies = watcher
         .join()
         .map_err(|_| anyhow::anyhow!("the freshness watcher panicked"))?;
-    Ok(Run {
-        votes_per_s: votes.len() as f64 / elapsed,
-        fresh_ms,
-    })
+    if latencies.len() != paced.len() {
+        bail!(
+            "only {} of {} paced votes became visible",
+            latencies.len(),
+            paced.len()
+        );
+    }
+    Ok(latencies)
 }
 
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -504,8 +504,8 @@ pub struct TileRecordReader {
     limits: ReaderLimits,
     tiles: Mutex<TileCache>,
     checkpoints: Mutex<HashMap<DecisionId, CheckpointSeen>>,
-    indexes: Mutex<LeafIndexes>,
-    voters: Mutex<VoterIndexes>,
+    indexes: Mutex<DecisionIndexes<Hash>>,
+    voters: Mutex<DecisionIndexes<u128>>,
 }
 
 impl std::fmt::Debug for TileRecordReader {
@@ -516,38 +516,87 @@ impl std::fmt::Debug for TileRecordReader {
     }
 }
 
-/// Leaf hash → index per decision, grown from the level-0 tiles as checkpoints grow; the
-/// least recently asked decision's map goes first when the total passes the limit.
-#[derive(Default)]
-struct LeafIndexes {
-    maps: HashMap<DecisionId, LeafIndex>,
+/// A map to leaf indexes per decision, grown from the tiles as checkpoints grow; the least
+/// recently asked decision's map goes first when the total passes the limit. Keyed by leaf
+/// hash (the first index of each) or by ballot pseudonym (the voter's latest leaf).
+struct DecisionIndexes<K> {
+    maps: HashMap<DecisionId, DecisionIndex<K>>,
     total: usize,
     clock: u64,
 }
 
-/// Ballot pseudonym → index of the voter's latest leaf, per decision, grown from the entry
-/// bundles as checkpoints grow; evicted as [`LeafIndexes`] are.
-#[derive(Default)]
-struct VoterIndexes {
-    maps: HashMap<DecisionId, VoterIndex>,
-    total: usize,
-    clock: u64,
-}
-
-#[derive(Default)]
-struct VoterIndex {
-    latest: HashMap<u128, u64>,
-    /// Leaves below this are in `latest`.
-    scanned: u64,
-    last_used: u64,
-}
-
-#[derive(Default)]
-struct LeafIndex {
-    of: HashMap<Hash, u64>,
+struct DecisionIndex<K> {
+    of: HashMap<K, u64>,
     /// Leaves below this are in `of`.
     scanned: u64,
     last_used: u64,
+}
+
+impl<K> Default for DecisionIndexes<K> {
+    fn default() -> Self {
+        Self {
+            maps: HashMap::new(),
+            total: 0,
+            clock: 0,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> DecisionIndexes<K> {
+    /// The decision's index, marked as the most recently used: what it maps `key` to, and
+    /// how far it has scanned.
+    fn look_up(&mut self, decision: DecisionId, key: &K) -> (Option<u64>, u64) {
+        self.clock += 1;
+        let clock = self.clock;
+        let index = self.maps.entry(decision).or_insert_with(|| DecisionIndex {
+            of: HashMap::new(),
+            scanned: 0,
+            last_used: clock,
+        });
+        index.last_used = clock;
+        (index.of.get(key).copied(), index.scanned)
+    }
+
+    /// Adds what a scan from `scanned` to `size` found, unless another reader added it
+    /// meanwhile; a key already mapped keeps its index unless `later_wins`. Then evicts
+    /// down to `limit` entries (never this decision's).
+    fn add_scan(
+        &mut self,
+        decision: DecisionId,
+        scanned: u64,
+        size: u64,
+        added: Vec<(K, u64)>,
+        later_wins: bool,
+        limit: usize,
+    ) {
+        if let Some(index) = self.maps.get_mut(&decision)
+            && index.scanned == scanned
+        {
+            for (key, at) in added {
+                if later_wins {
+                    index.of.insert(key, at);
+                } else {
+                    index.of.entry(key).or_insert(at);
+                }
+            }
+            index.scanned = size;
+        }
+        self.total = self.maps.values().map(|m| m.of.len()).sum();
+        while self.total > limit {
+            let Some(oldest) = self
+                .maps
+                .iter()
+                .filter(|(id, _)| **id != decision)
+                .min_by_key(|(_, m)| m.last_used)
+                .map(|(id, _)| *id)
+            else {
+                return;
+            };
+            if let Some(map) = self.maps.remove(&oldest) {
+                self.total -= map.of.len();
+            }
+        }
+    }
 }
 
 impl TileRecordReader {
@@ -559,8 +608,8 @@ impl TileRecordReader {
             limits,
             tiles: Mutex::new(lru::LruCache::new(capacity)),
             checkpoints: Mutex::new(HashMap::new()),
-            indexes: Mutex::new(LeafIndexes::default()),
-            voters: Mutex::new(VoterIndexes::default()),
+            indexes: Mutex::new(DecisionIndexes::default()),
+            voters: Mutex::new(DecisionIndexes::default()),
         }
     }
 
@@ -641,16 +690,9 @@ impl TileRecordReader {
     /// Scans the level-0 tiles the index has not seen, up to the latest checkpoint.
     fn find_leaf(&self, decision: DecisionId, leaf: &Hash) -> Result<Option<u64>, ChainError> {
         let size = self.latest_size(decision)?;
-        let scanned = {
-            let mut indexes = lock(&self.indexes);
-            indexes.clock += 1;
-            let clock = indexes.clock;
-            let index = indexes.maps.entry(decision).or_default();
-            index.last_used = clock;
-            if let Some(found) = index.of.get(leaf) {
-                return Ok(Some(*found));
-            }
-            index.scanned
+        let scanned = match lock(&self.indexes).look_up(decision, leaf) {
+            (Some(found), _) => return Ok(Some(found)),
+            (None, scanned) => scanned,
         };
         if scanned >= size {
             return Ok(None);
@@ -679,17 +721,14 @@ impl TileRecordReader {
             }
         }
         if keep {
-            let mut indexes = lock(&self.indexes);
-            let entry = indexes.maps.entry(decision).or_default();
-            // Another reader may have scanned the same tiles meanwhile: add once.
-            if entry.scanned == scanned {
-                for (hash, index) in added {
-                    entry.of.entry(hash).or_insert(index);
-                }
-                entry.scanned = size;
-            }
-            indexes.total = indexes.maps.values().map(|m| m.of.len()).sum();
-            indexes.evict_beyond(self.limits.indexed_leaves, decision);
+            lock(&self.indexes).add_scan(
+                decision,
+                scanned,
+                size,
+                added,
+                false,
+                self.limits.indexed_leaves,
+            );
         }
         Ok(found)
     }
@@ -704,14 +743,7 @@ impl TileRecordReader {
         voter: u128,
     ) -> Result<Option<VoterLeaf>, ChainError> {
         let size = self.latest_size(decision)?;
-        let (mut found, scanned) = {
-            let mut voters = lock(&self.voters);
-            voters.clock += 1;
-            let clock = voters.clock;
-            let index = voters.maps.entry(decision).or_default();
-            index.last_used = clock;
-            (index.latest.get(&voter).copied(), index.scanned)
-        };
+        let (mut found, scanned) = lock(&self.voters).look_up(decision, &voter);
         if scanned < size {
             // Too large to keep: scan without keeping (through the tile cache).
             let keep = size as usize <= self.limits.indexed_leaves;
@@ -742,15 +774,14 @@ impl TileRecordReader {
                 }
             }
             if keep {
-                let mut voters = lock(&self.voters);
-                let entry = voters.maps.entry(decision).or_default();
-                // Another reader may have scanned the same bundles meanwhile: add once.
-                if entry.scanned == scanned {
-                    entry.latest.extend(added);
-                    entry.scanned = size;
-                }
-                voters.total = voters.maps.values().map(|m| m.latest.len()).sum();
-                voters.evict_beyond(self.limits.indexed_leaves, decision);
+                lock(&self.voters).add_scan(
+                    decision,
+                    scanned,
+                    size,
+                    added,
+                    true,
+                    self.limits.indexed_leaves,
+                );
             }
         }
         let Some(index) = found else {
@@ -771,46 +802,6 @@ impl TileRecordReader {
             offset: None,
             entry,
         }))
-    }
-}
-
-impl VoterIndexes {
-    /// Drops the least recently used decisions' maps (never `keep`'s) until within `limit`.
-    fn evict_beyond(&mut self, limit: usize, keep: DecisionId) {
-        while self.total > limit {
-            let Some(oldest) = self
-                .maps
-                .iter()
-                .filter(|(id, _)| **id != keep)
-                .min_by_key(|(_, m)| m.last_used)
-                .map(|(id, _)| *id)
-            else {
-                return;
-            };
-            if let Some(map) = self.maps.remove(&oldest) {
-                self.total -= map.latest.len();
-            }
-        }
-    }
-}
-
-impl LeafIndexes {
-    /// Drops the least recently used decisions' maps (never `keep`'s) until within `limit`.
-    fn evict_beyond(&mut self, limit: usize, keep: DecisionId) {
-        while self.total > limit {
-            let Some(oldest) = self
-                .maps
-                .iter()
-                .filter(|(id, _)| **id != keep)
-                .min_by_key(|(_, m)| m.last_used)
-                .map(|(id, _)| *id)
-            else {
-                return;
-            };
-            if let Some(map) = self.maps.remove(&oldest) {
-                self.total -= map.of.len();
-            }
-        }
     }
 }
 
