@@ -267,6 +267,9 @@ proptest! {
         prop_assert_eq!(LoggedVote::decode(&logged.encode()).unwrap(), logged);
         let leaf = logged.leaf_data();
         prop_assert_eq!(&leaf[33..65], &logged.commitment.0[..]);
+        // A published leaf reads back as the ballot it stands for (the sealed voter, which
+        // no leaf holds, stays sealed in the log only).
+        prop_assert_eq!(LoggedVote::from_leaf_data(&leaf).unwrap(), logged);
         prop_assert_eq!(LoggedVote::new(v, &VoterSalt(salt)).commitment, logged.commitment);
         if other != salt {
             prop_assert_ne!(LoggedVote::new(v, &VoterSalt(other)).commitment, logged.commitment);
@@ -274,6 +277,22 @@ proptest! {
         let elsewhere = Vote { decision_id: DecisionId(v.decision_id.0 ^ 1), ..v };
         prop_assert_ne!(LoggedVote::new(elsewhere, &VoterSalt(salt)).commitment, logged.commitment);
     }
+}
+
+#[test]
+fn a_leaf_of_the_wrong_length_version_or_component_is_refused() {
+    let leaf = LoggedVote::new(vote(), &VoterSalt([0; 32])).leaf_data();
+    let code = |bytes: &[u8]| LoggedVote::from_leaf_data(bytes).unwrap_err().code();
+    assert_eq!(code(&leaf[..79]), "encoding_length");
+    let mut longer = leaf.to_vec();
+    longer.push(0);
+    assert_eq!(code(&longer), "encoding_length");
+    let mut other_version = leaf;
+    other_version[0] = 2;
+    assert_eq!(code(&other_version), "encoding_version");
+    let mut unknown_component = leaf;
+    unknown_component[67] = 9;
+    assert_eq!(code(&unknown_component), "unknown_component");
 }
 
 #[test]
