@@ -329,19 +329,7 @@ async fn a_cluster_writes_one_lake_exactly_once_and_a_replica_answers_sql() {
     let records = topic_records(&log);
     let ask = |statement: String| {
         let (client, base, admin) = (client.clone(), base.clone(), admin.clone());
-        async move {
-            let response = client
-                .post(format!("{base}/api/v1/analytics/sql"))
-                .bearer_auth(&admin)
-                .json(&serde_json::json!({"sql": statement, "format": "csv"}))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            let body = response.text().await.unwrap();
-            assert_eq!(status, 200, "{statement}: {body}");
-            body
-        }
+        async move { common::lake::sql_csv(&client, &base, &admin, &statement).await }
     };
     let total = ask("SELECT COUNT(*) AS n FROM votes".into()).await;
     assert_eq!(total, format!("n\n{}\n", records.len()));

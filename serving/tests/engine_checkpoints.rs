@@ -7,7 +7,6 @@
 //! real PostgreSQL; plus tables written before full checkpoints existed (migration 0011).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use canopy_dataflow::{
@@ -422,25 +421,7 @@ async fn legacy_rows_load_after_the_migration<S: MetadataStore>(
     dialect: &str,
     insert_legacy: impl AsyncFn(u64, u32, &[u8]),
 ) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../migrations")
-        .join(dialect);
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .filter(|name| name.as_str() < "0011")
-        .collect();
-    names.sort();
-    let mut script = String::from(
-        "CREATE TABLE canopy_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
-    );
-    for name in &names {
-        script += &std::fs::read_to_string(dir.join(name)).unwrap();
-        script += ";\n";
-        let stem = name.trim_end_matches(".sql");
-        script +=
-            &format!("INSERT INTO canopy_migrations (name, applied_at) VALUES ('{stem}', 0);\n");
-    }
+    let script = canopy_testkit::migrations_before(dialect, "0011");
     apply_before(&script).await;
     // Two workers, checkpoints 1 and 2 complete, 3 unfinished.
     let mut ids = 0u128;

@@ -876,31 +876,6 @@ async fn postgres_decision_search() {
     decision_search(Arc::new(store)).await;
 }
 
-/// The migrations of `dialect` before `before`, as one script that also records them as
-/// applied: a store as an older release left it.
-fn migrations_before(dialect: &str, before: &str) -> String {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../migrations")
-        .join(dialect);
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .filter(|name| name.as_str() < before)
-        .collect();
-    names.sort();
-    let mut script = String::from(
-        "CREATE TABLE canopy_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
-    );
-    for name in &names {
-        script += &std::fs::read_to_string(dir.join(name)).unwrap();
-        script += ";\n";
-        let stem = name.trim_end_matches(".sql");
-        script +=
-            &format!("INSERT INTO canopy_migrations (name, applied_at) VALUES ('{stem}', 0);\n");
-    }
-    script
-}
-
 /// Decisions stored before migration 0012 (a body without a description, no search
 /// columns) are found by their words, region and method once it has run.
 async fn decisions_from_before_search_are_found(
@@ -908,7 +883,7 @@ async fn decisions_from_before_search_are_found(
     dialect: &str,
     apply: impl AsyncFn(&str),
 ) {
-    apply(&migrations_before(dialect, "0012")).await;
+    apply(&canopy_testkit::migrations_before(dialect, "0012")).await;
     let owner = user("owner");
     store.create_user(&owner, 1).await.unwrap();
     let old = Decision {

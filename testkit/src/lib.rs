@@ -118,3 +118,28 @@ impl Drop for TestDatabase {
         .join();
     }
 }
+
+/// The migrations of `dialect` before `before`, as one script that also records them as
+/// applied: a store as an older release left it.
+pub fn migrations_before(dialect: &str, before: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(dialect);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.as_str() < before)
+        .collect();
+    names.sort();
+    let mut script = String::from(
+        "CREATE TABLE canopy_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
+    );
+    for name in &names {
+        script += &std::fs::read_to_string(dir.join(name)).unwrap();
+        script += ";\n";
+        let stem = name.trim_end_matches(".sql");
+        script +=
+            &format!("INSERT INTO canopy_migrations (name, applied_at) VALUES ('{stem}', 0);\n");
+    }
+    script
+}

@@ -35,6 +35,16 @@ pub async fn sql_rows(
     token: &str,
     statement: &str,
 ) -> Vec<Vec<String>> {
+    sql_csv(client, base, token, statement)
+        .await
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+/// The CSV (header first) `statement` gives on the replica at `base`, as `token`.
+pub async fn sql_csv(client: &reqwest::Client, base: &str, token: &str, statement: &str) -> String {
     let response = client
         .post(format!("{base}/api/v1/analytics/sql"))
         .bearer_auth(token)
@@ -45,8 +55,5 @@ pub async fn sql_rows(
     let status = response.status();
     let body = response.text().await.unwrap();
     assert_eq!(status, 200, "{statement}: {body}");
-    body.lines()
-        .skip(1)
-        .map(|line| line.split(',').map(str::to_string).collect())
-        .collect()
+    body
 }
