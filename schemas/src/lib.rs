@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 pub mod clock;
+mod close;
 mod decision;
 mod encoding;
 mod error;
@@ -27,6 +28,9 @@ mod sensor;
 pub mod synthetic;
 mod vote;
 
+pub use close::{
+    CLOSE_ENCODING_LEN, CLOSE_ENCODING_TAG, CloseKind, DecisionClose, VoteLogEntry,
+};
 pub use decision::{
     ComponentWeights, Decision, DecisionId, DecisionStatus, Electorate, MAX_DESCRIPTION_LEN,
     MAX_ELECTORATE_REGIONS, MAX_OPTIONS, Method, RollId, StatusWindow, Timestamp,
