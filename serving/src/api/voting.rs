@@ -12,8 +12,8 @@ use canopy_ingest::{IngestError, Position};
 use canopy_schemas::clock::{now_micros, unix_now};
 use canopy_schemas::{
     Component, ComponentWeights, Decision, DecisionId, DecisionStatus, Electorate, LoggedVote,
-    MAX_DESCRIPTION_LEN, Method, SchemaError, Vote, VoteId, VoterCommitment, VoterId, VoterSalt,
-    Weight,
+    MAX_DESCRIPTION_LEN, Method, SchemaError, Vote, VoteId, VoteLogEntry, VoterCommitment, VoterId,
+    VoterSalt, Weight,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -272,7 +272,10 @@ async fn first_cast(
     Ok(entries
         .into_iter()
         .next()
-        .map(|(position, logged)| (logged, position)))
+        .and_then(|(position, entry)| match entry {
+            VoteLogEntry::Vote(logged) => Some((logged, position)),
+            VoteLogEntry::Close(_) => None,
+        }))
 }
 
 /// The receipt a retried cast gets: the first one's, when the retry is the same vote;
@@ -863,7 +866,10 @@ async fn my_vote(
                 .map_err(|e| ServingError::Internal(e.to_string()))??
                 .into_iter()
                 .next()
-                .map(|(_, logged)| logged)
+                .and_then(|(_, entry)| match entry {
+                    VoteLogEntry::Vote(logged) => Some(logged),
+                    VoteLogEntry::Close(_) => None,
+                })
         }
         (None, None) => None,
     };
