@@ -168,7 +168,8 @@ fn migrate_applies_each_migration_once() {
             "0009_signin",
             "0010_sql_tokens",
             "0011_engine_state_parts",
-            "0012_decision_search"
+            "0012_decision_search",
+            "0013_decision_lifecycle"
         ])
     );
     assert_eq!(run()["applied"], json!([]));

@@ -278,8 +278,8 @@ mod tests {
             leaf(3, 2, Component::Expert, 2_500_000),
             close_leaf(),
         ];
-        let recount = recount_leaves(decision.id, &params, leaves.iter().map(Vec::as_slice))
-            .unwrap();
+        let recount =
+            recount_leaves(decision.id, &params, leaves.iter().map(Vec::as_slice)).unwrap();
         assert_eq!(recount.tree_size, 5);
         assert_eq!(recount.tally.turnout, 3);
         assert!(recount.close.is_some());
@@ -304,7 +304,10 @@ mod tests {
         );
         let signer = NoteSigner::from_seed("canopy.test", &[3; 32]).unwrap();
         let statement = result.sign("canopy.test", &signer);
-        assert_eq!(FinalResult::open(&statement, &signer.verifier()).unwrap(), result);
+        assert_eq!(
+            FinalResult::open(&statement, &signer.verifier()).unwrap(),
+            result
+        );
         let stranger = NoteSigner::from_seed("canopy.test", &[4; 32]).unwrap();
         assert!(FinalResult::open(&statement, &stranger.verifier()).is_err());
         let altered = statement.replace("\"turnout\":3", "\"turnout\":4");
@@ -316,8 +319,12 @@ mod tests {
     fn leaves_after_the_close_or_of_another_decision_are_refused() {
         let params = DecisionParams::from(&decision());
         let after_close = [close_leaf(), leaf(1, 0, Component::Democratic, 1_000_000)];
-        let error = recount_leaves(DecisionId(9), &params, after_close.iter().map(Vec::as_slice))
-            .unwrap_err();
+        let error = recount_leaves(
+            DecisionId(9),
+            &params,
+            after_close.iter().map(Vec::as_slice),
+        )
+        .unwrap_err();
         assert_eq!(error.code(), "bad_result");
         let foreign = [leaf(1, 0, Component::Democratic, 1_000_000)];
         assert!(recount_leaves(DecisionId(8), &params, foreign.iter().map(Vec::as_slice)).is_err());

@@ -95,6 +95,7 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
             "0010_sql_tokens".to_string(),
             "0011_engine_state_parts".to_string(),
             "0012_decision_search".to_string(),
+            "0013_decision_lifecycle".to_string(),
         ]
     );
     assert!(
@@ -639,7 +640,7 @@ async fn processes_starting_together_migrate_once() {
         1,
         "{applied:?}"
     );
-    assert_eq!(applied.concat().len(), 12, "{applied:?}");
+    assert_eq!(applied.concat().len(), 13, "{applied:?}");
 }
 
 /// Words the search tests build titles and descriptions from: none is a stop word, and
@@ -899,7 +900,10 @@ async fn decisions_from_before_search_are_found(
         old.id, owner.id, old.opens_at, old.closes_at
     ))
     .await;
-    assert_eq!(store.migrate().await.unwrap(), vec!["0012_decision_search"]);
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        vec!["0012_decision_search", "0013_decision_lifecycle"]
+    );
     let search = DecisionSearch {
         words: vec!["harbour".into()],
         region: Some("south".into()),
