@@ -138,6 +138,7 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
             let now = canopy_schemas::clock::now_micros();
             let decision = Decision {
                 electorate: Default::default(),
+                credits: 0,
                 id: DecisionId::new_random(),
                 title: title.into(),
                 description: String::new(),
