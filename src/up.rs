@@ -163,6 +163,7 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Vec<Decision>> {
         }
         let decision = Decision {
             electorate: Default::default(),
+            credits: 0,
             id: DecisionId::new_random(),
             title: demo.title.into(),
             description: String::new(),

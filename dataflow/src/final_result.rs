@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::DataflowError;
 use crate::arithmetic::{DecisionParams, Tally};
+use crate::methods::Outcome;
 
 /// Where in the log a decision closed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -29,33 +30,6 @@ pub struct ClosePoint {
     pub partition: u32,
     pub offset: u64,
     pub kind: CloseKind,
-}
-
-/// Who won: the option with the highest composite score, every option sharing it when
-/// several do, or nobody when no vote counted.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Outcome {
-    Winner { option: u16 },
-    Tie { options: Vec<u16> },
-    NoVotes,
-}
-
-impl Outcome {
-    /// The outcome of a tally: by composite score, ties as ties.
-    pub fn of(tally: &Tally) -> Outcome {
-        if tally.turnout == 0 {
-            return Outcome::NoVotes;
-        }
-        let top = tally.composite_ppb.iter().copied().max().unwrap_or(0);
-        let leaders: Vec<u16> = (0..tally.composite_ppb.len() as u16)
-            .filter(|option| tally.composite_ppb[usize::from(*option)] == top)
-            .collect();
-        match leaders.as_slice() {
-            [option] => Outcome::Winner { option: *option },
-            _ => Outcome::Tie { options: leaders },
-        }
-    }
 }
 
 /// A decision's final result: what the statement signs.
@@ -66,6 +40,8 @@ pub struct FinalResult {
     pub options: Vec<String>,
     pub weights: ComponentWeights,
     pub quorum: u64,
+    /// The per-voter credit budget of a quadratic decision (0 otherwise).
+    pub credits: u32,
     pub close: ClosePoint,
     /// The checkpoint of exactly the counted votes' leaves.
     pub tree_size: u64,
@@ -91,6 +67,7 @@ impl FinalResult {
             options: decision.options.clone(),
             weights: decision.weights,
             quorum: decision.quorum,
+            credits: decision.credits,
             close,
             tree_size,
             root: hex::encode(root),
@@ -105,6 +82,8 @@ impl FinalResult {
             options: self.options.len() as u16,
             weights: self.weights,
             quorum: self.quorum,
+            method: self.method,
+            credits: self.credits,
         }
     }
 
@@ -233,6 +212,7 @@ mod tests {
             weights: ComponentWeights::DEFAULT,
             quorum: 2,
             method: Method::SingleChoice,
+            credits: 0,
             electorate: Electorate::default(),
         };
         validate_decision(&decision).unwrap();
