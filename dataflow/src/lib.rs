@@ -40,6 +40,7 @@ mod arithmetic;
 mod engine;
 mod epoch;
 mod error;
+mod final_result;
 mod log_reader;
 mod record;
 mod recount;
@@ -58,11 +59,12 @@ pub use arithmetic::{Ballot, CellTally, DecisionParams, Tally};
 pub use engine::{ClusterConfig, DecisionDirectory, EngineConfig, TallyEngine};
 pub use epoch::Epoch;
 pub use error::DataflowError;
+pub use final_result::{ClosePoint, FinalResult, LeafRecount, Outcome, recount_leaves};
 pub use record::{
     CheckpointSink, CutCheckpoint, LeafEntry, RecordConfig, RecordLeaf, RecordReader, RecordTiles,
     StoredCheckpoint, VoteRecord, VoterLeaf,
 };
-pub use recount::{recount, recount_trees};
+pub use recount::{counted_votes, recount, recount_log_trees, recount_trees};
 pub use scoring::{AnomalyModel, Scorer, ScorerConfig};
 pub use sensor_engine::{SensorEngine, SensorEngineConfig};
 pub use sensor_feed::SensorFeed;

@@ -28,9 +28,7 @@ mod sensor;
 pub mod synthetic;
 mod vote;
 
-pub use close::{
-    CLOSE_ENCODING_LEN, CLOSE_ENCODING_TAG, CloseKind, DecisionClose, VoteLogEntry,
-};
+pub use close::{CLOSE_ENCODING_LEN, CLOSE_ENCODING_TAG, CloseKind, DecisionClose, VoteLogEntry};
 pub use decision::{
     ComponentWeights, Decision, DecisionId, DecisionStatus, Electorate, MAX_DESCRIPTION_LEN,
     MAX_ELECTORATE_REGIONS, MAX_OPTIONS, Method, RollId, StatusWindow, Timestamp,

@@ -125,6 +125,7 @@ impl From<IngestError> for ServingError {
         match error {
             IngestError::InvalidVote { source, .. }
             | IngestError::InvalidDecision { source, .. } => Self::Schema(source),
+            IngestError::DecisionClosed { decision, .. } => Self::DecisionClosed { decision },
             other => Self::Ingest(other),
         }
     }
