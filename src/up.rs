@@ -80,10 +80,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                     decision.id, decision.title
                 );
                 println!(
-                    "    a signed-in user can read /api/v1/voting/decision/{}/results; \
-                     its status and, once final, its signed result: \
-                     http://{}/api/v1/voting/decisions/{}",
-                    decision.id, node.addr, decision.id
+                    "    a signed-in user can read /api/v1/voting/decision/{0}/results and \
+                     /api/v1/voting/decisions/{0} (its status); once final, anyone can read \
+                     its signed result at http://{1}/api/v1/audit/decisions/{0}/result",
+                    decision.id, node.addr
                 );
             }
         }

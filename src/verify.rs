@@ -24,9 +24,9 @@ pub struct VerifyArgs {
     /// or a bare C2SP tlog-proof bundle (its `bundle` field; then --leaf and --key are needed).
     #[arg(required_unless_present_any = ["audit", "tiles"], conflicts_with_all = ["audit", "tiles"])]
     source: Option<String>,
-    /// Recount a decision's final result: the signed statement (a file, or the URL of
-    /// /api/v1/voting/decisions/{id}, whose `statement` is taken), checked against the
-    /// decision's leaves in the record store given by --tiles.
+    /// Recount a decision's final result: the signed statement (a file, or its URL
+    /// /api/v1/audit/decisions/{id}/result), checked against the decision's leaves in the
+    /// record store given by --tiles.
     #[arg(long, requires = "tiles", conflicts_with = "audit")]
     pub tally: Option<String>,
     /// Check against the record store instead of a proof: a folder (the store's root),

@@ -29,8 +29,8 @@ pub fn run(args: VerifyArgs) -> std::process::ExitCode {
     }
 }
 
-/// The statement's text: the file or URL as given, or the `statement` field of a JSON
-/// answer (GET /api/v1/voting/decisions/{id}).
+/// The statement's text: the file or URL as given (GET /api/v1/audit/decisions/{id}/result),
+/// or the `statement` field of a saved JSON answer (GET /api/v1/voting/decisions/{id}).
 fn read_statement(source: &str) -> anyhow::Result<String> {
     let text = read_source(source)?;
     if !text.trim_start().starts_with('{') {

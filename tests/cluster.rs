@@ -1092,9 +1092,10 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
     // The result becomes final; every replica answers it.
     let deadline = Instant::now() + Duration::from_secs(90);
     let answer: Value = loop {
-        let answer = common::get_public_json(
+        let answer = common::get_json(
             &client,
             format!("{base_b}/api/v1/voting/decisions/{decision}"),
+            &admin,
         )
         .await;
         if answer["status"] == "final" {
@@ -1133,7 +1134,7 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
     // Anyone recounts it from the published leaves, trusting the key they were given.
     let key: Value = common::get_public_json(&client, format!("{base_a}/api/v1/audit/key")).await;
     let key = key["key"].as_str().unwrap().to_string();
-    let statement_url = format!("{base_a}/api/v1/voting/decisions/{decision}");
+    let statement_url = format!("{base_a}/api/v1/audit/decisions/{decision}/result");
     let tiles_url = format!("{base_a}/api/v1/audit/decisions/{decision}/tlog/");
     let (status, verdict) = canopy_line(&[
         "verify",

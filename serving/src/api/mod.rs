@@ -100,6 +100,7 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
         .routes(routes!(record::consistency_proof))
         .routes(routes!(record::checkpoint_anchor))
         .routes(routes!(record::tlog_checkpoint))
+        .routes(routes!(record::final_result))
         .routes(routes!(record::tlog_tile))
         .routes(routes!(record::erase_voter))
         .routes(routes!(rolls::import_roll))

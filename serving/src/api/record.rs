@@ -263,6 +263,25 @@ pub(crate) async fn tlog_checkpoint(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/audit/decisions/{id}/result", tag = "record", params(("id" = uuid::Uuid, Path, description = "decision id")), responses((status = 200, content_type = "text/plain", description = "the decision's final result: a C2SP signed note by the record key (origin line, then the result as JSON), for `canopy verify --tally`; it never changes"), (status = 404, body = ErrorBody, description = "not_found: the decision is not final (yet)")))]
+pub(crate) async fn final_result(
+    State(state): State<SharedState>,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ServingError> {
+    let result = state
+        .store
+        .decision_result(DecisionId::from(id))
+        .await?
+        .ok_or(ServingError::NotFound {
+            what: "a final result of the decision",
+        })?;
+    Ok(with_headers(
+        result.statement.into_bytes(),
+        "text/plain; charset=utf-8",
+        "public, max-age=31536000, immutable",
+    ))
+}
+
 #[utoipa::path(get, path = "/api/v1/audit/decisions/{id}/tlog/tile/{*path}", tag = "record", params(("id" = uuid::Uuid, Path, description = "decision id"), ("path" = String, Path, description = "the rest of a C2SP tlog-tiles path: `<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`, N in 3-digit groups (x001/x234/067)")), responses((status = 200, content_type = "application/octet-stream", description = "the hash tile (32-byte hashes) or entry bundle (u16 length-prefixed leaf encodings); full tiles never change"), (status = 400, body = ErrorBody, description = "bad_tile_path"), (status = 404, body = ErrorBody, description = "no such tile (yet)"), (status = 503, body = ErrorBody, description = "the record store is unreachable")))]
 pub(crate) async fn tlog_tile(
     State(state): State<SharedState>,
