@@ -163,6 +163,7 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Vec<Decision>> {
         }
         let decision = Decision {
             electorate: Default::default(),
+            credits: 0,
             id: DecisionId::new_random(),
             title: demo.title.into(),
             description: String::new(),
@@ -200,7 +201,9 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Vec<Decision>> {
                     decision_id: demo.id,
                     voter_id: VoterId(rng.random_range(0..2_000)),
                     // Skewed towards the first options, so the result is not a coin toss.
-                    option: rng.random_range(0..options).min(rng.random_range(0..options)),
+                    option: rng
+                        .random_range(0..options)
+                        .min(rng.random_range(0..options)),
                     component: if expert {
                         Component::Expert
                     } else {

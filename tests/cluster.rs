@@ -1044,7 +1044,10 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
     for caster in casters {
         acknowledged += caster.await.unwrap();
     }
-    assert!(acknowledged >= voters.len(), "too few votes before the close");
+    assert!(
+        acknowledged >= voters.len(),
+        "too few votes before the close"
+    );
 
     // The close is in the topic; a replica with a slow clock still appends votes after it,
     // stamped before closes_at: none of them may count.
@@ -1062,7 +1065,10 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
         if let Some(first) = closes.into_iter().min() {
             break first;
         }
-        assert!(Instant::now() < deadline, "no close entry reached the topic");
+        assert!(
+            Instant::now() < deadline,
+            "no close entry reached the topic"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let late: Vec<LoggedVote> = (0..20u8)
@@ -1130,7 +1136,13 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
     let statement_url = format!("{base_a}/api/v1/voting/decisions/{decision}");
     let tiles_url = format!("{base_a}/api/v1/audit/decisions/{decision}/tlog/");
     let (status, verdict) = canopy_line(&[
-        "verify", "--tally", &statement_url, "--tiles", &tiles_url, "--key", &key,
+        "verify",
+        "--tally",
+        &statement_url,
+        "--tiles",
+        &tiles_url,
+        "--key",
+        &key,
     ]);
     assert_eq!(status, 0, "{verdict}");
     assert!(verdict.starts_with("OK tally"), "{verdict}");
@@ -1146,7 +1158,13 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
     )
     .unwrap();
     let (status, verdict) = canopy_line(&[
-        "verify", "--tally", altered.to_str().unwrap(), "--tiles", &tiles_url, "--key", &key,
+        "verify",
+        "--tally",
+        altered.to_str().unwrap(),
+        "--tiles",
+        &tiles_url,
+        "--key",
+        &key,
     ]);
     assert_eq!(status, 1, "{verdict}");
     assert!(verdict.starts_with("FAIL bad_signature"), "{verdict}");
@@ -1155,7 +1173,11 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
     let tiles = deployment.dir.path().join("data").join("record-tiles");
     let copy = deployment.dir.path().join("record-tiles-without-a-leaf");
     copy_dir(&tiles, &copy);
-    let bundles = copy.join("decision").join(&decision).join("tile").join("entries");
+    let bundles = copy
+        .join("decision")
+        .join(&decision)
+        .join("tile")
+        .join("entries");
     let bundle = last_bundle(&bundles);
     let bytes = std::fs::read(&bundle).unwrap();
     let entries_read = canopy_chain::tiles::decode_bundle(&bytes).unwrap();
@@ -1164,7 +1186,13 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
     let statement_file = deployment.dir.path().join("statement.txt");
     std::fs::write(&statement_file, statement).unwrap();
     let (status, verdict) = canopy_line(&[
-        "verify", "--tally", statement_file.to_str().unwrap(), "--tiles", copy.to_str().unwrap(), "--key", &key,
+        "verify",
+        "--tally",
+        statement_file.to_str().unwrap(),
+        "--tiles",
+        copy.to_str().unwrap(),
+        "--key",
+        &key,
     ]);
     assert_eq!(status, 1, "{verdict}");
     assert!(verdict.starts_with("FAIL"), "{verdict}");

@@ -150,6 +150,7 @@ fn vote_stream(
     let decisions: Vec<Decision> = (0..decision_count)
         .map(|i| Decision {
             electorate: Default::default(),
+            credits: 0,
             id: DecisionId(rng.random()),
             title: format!("decision {i}"),
             description: String::new(),

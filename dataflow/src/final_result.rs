@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::DataflowError;
 use crate::arithmetic::{DecisionParams, Tally};
+use crate::methods::Outcome;
 
 /// Where in the log a decision closed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -29,33 +30,6 @@ pub struct ClosePoint {
     pub partition: u32,
     pub offset: u64,
     pub kind: CloseKind,
-}
-
-/// Who won: the option with the highest composite score, every option sharing it when
-/// several do, or nobody when no vote counted.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Outcome {
-    Winner { option: u16 },
-    Tie { options: Vec<u16> },
-    NoVotes,
-}
-
-impl Outcome {
-    /// The outcome of a tally: by composite score, ties as ties.
-    pub fn of(tally: &Tally) -> Outcome {
-        if tally.turnout == 0 {
-            return Outcome::NoVotes;
-        }
-        let top = tally.composite_ppb.iter().copied().max().unwrap_or(0);
-        let leaders: Vec<u16> = (0..tally.composite_ppb.len() as u16)
-            .filter(|option| tally.composite_ppb[usize::from(*option)] == top)
-            .collect();
-        match leaders.as_slice() {
-            [option] => Outcome::Winner { option: *option },
-            _ => Outcome::Tie { options: leaders },
-        }
-    }
 }
 
 /// A decision's final result: what the statement signs.
@@ -66,6 +40,8 @@ pub struct FinalResult {
     pub options: Vec<String>,
     pub weights: ComponentWeights,
     pub quorum: u64,
+    /// The per-voter credit budget of a quadratic decision (0 otherwise).
+    pub credits: u32,
     pub close: ClosePoint,
     /// The checkpoint of exactly the counted votes' leaves.
     pub tree_size: u64,
@@ -91,6 +67,7 @@ impl FinalResult {
             options: decision.options.clone(),
             weights: decision.weights,
             quorum: decision.quorum,
+            credits: decision.credits,
             close,
             tree_size,
             root: hex::encode(root),
@@ -105,6 +82,8 @@ impl FinalResult {
             options: self.options.len() as u16,
             weights: self.weights,
             quorum: self.quorum,
+            method: self.method,
+            credits: self.credits,
         }
     }
 
@@ -233,6 +212,7 @@ mod tests {
             weights: ComponentWeights::DEFAULT,
             quorum: 2,
             method: Method::SingleChoice,
+            credits: 0,
             electorate: Electorate::default(),
         };
         validate_decision(&decision).unwrap();
@@ -278,8 +258,8 @@ mod tests {
             leaf(3, 2, Component::Expert, 2_500_000),
             close_leaf(),
         ];
-        let recount = recount_leaves(decision.id, &params, leaves.iter().map(Vec::as_slice))
-            .unwrap();
+        let recount =
+            recount_leaves(decision.id, &params, leaves.iter().map(Vec::as_slice)).unwrap();
         assert_eq!(recount.tree_size, 5);
         assert_eq!(recount.tally.turnout, 3);
         assert!(recount.close.is_some());
@@ -304,7 +284,10 @@ mod tests {
         );
         let signer = NoteSigner::from_seed("canopy.test", &[3; 32]).unwrap();
         let statement = result.sign("canopy.test", &signer);
-        assert_eq!(FinalResult::open(&statement, &signer.verifier()).unwrap(), result);
+        assert_eq!(
+            FinalResult::open(&statement, &signer.verifier()).unwrap(),
+            result
+        );
         let stranger = NoteSigner::from_seed("canopy.test", &[4; 32]).unwrap();
         assert!(FinalResult::open(&statement, &stranger.verifier()).is_err());
         let altered = statement.replace("\"turnout\":3", "\"turnout\":4");
@@ -312,12 +295,48 @@ mod tests {
         assert!(FinalResult::open(&altered, &signer.verifier()).is_err());
     }
 
+    proptest::proptest! {
+        /// A statement with any byte changed either no longer opens, or says exactly what
+        /// the signed one said: nobody alters a result and keeps the record's signature.
+        #[test]
+        fn an_altered_statement_never_opens_to_another_result(
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let decision = decision();
+            let leaves = [leaf(1, 0, Component::Democratic, 1_000_000), close_leaf()];
+            let params = DecisionParams::from(&decision);
+            let recount =
+                recount_leaves(decision.id, &params, leaves.iter().map(Vec::as_slice)).unwrap();
+            let result = FinalResult::new(
+                &decision,
+                ClosePoint { partition: 0, offset: 1, kind: CloseKind::Early },
+                recount.tree_size,
+                recount.root,
+                recount.tally,
+            );
+            let signer = NoteSigner::from_seed("canopy.test", &[3; 32]).unwrap();
+            let mut bytes = result.sign("canopy.test", &signer).into_bytes();
+            let at = at.index(bytes.len());
+            bytes[at] = byte;
+            if let Ok(altered) = String::from_utf8(bytes)
+                && let Ok(opened) = FinalResult::open(&altered, &signer.verifier())
+            {
+                proptest::prop_assert_eq!(opened, result);
+            }
+        }
+    }
+
     #[test]
     fn leaves_after_the_close_or_of_another_decision_are_refused() {
         let params = DecisionParams::from(&decision());
         let after_close = [close_leaf(), leaf(1, 0, Component::Democratic, 1_000_000)];
-        let error = recount_leaves(DecisionId(9), &params, after_close.iter().map(Vec::as_slice))
-            .unwrap_err();
+        let error = recount_leaves(
+            DecisionId(9),
+            &params,
+            after_close.iter().map(Vec::as_slice),
+        )
+        .unwrap_err();
         assert_eq!(error.code(), "bad_result");
         let foreign = [leaf(1, 0, Component::Democratic, 1_000_000)];
         assert!(recount_leaves(DecisionId(8), &params, foreign.iter().map(Vec::as_slice)).is_err());

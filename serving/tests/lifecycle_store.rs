@@ -35,6 +35,7 @@ fn owner() -> UserRecord {
 fn decision(title: &str, opens_at: i64, closes_at: i64) -> Decision {
     Decision {
         electorate: Default::default(),
+        credits: 0,
         id: DecisionId::new_random(),
         title: title.into(),
         description: String::new(),

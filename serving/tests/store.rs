@@ -38,6 +38,7 @@ fn user(name: &str) -> UserRecord {
 fn decision(title: &str) -> Decision {
     Decision {
         electorate: Default::default(),
+        credits: 0,
         id: DecisionId::new_random(),
         title: title.into(),
         description: String::new(),

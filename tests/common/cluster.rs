@@ -257,6 +257,7 @@ pub fn decisions() -> Vec<Decision> {
     (1..=6u128)
         .map(|n| Decision {
             electorate: Default::default(),
+            credits: 0,
             id: DecisionId(0xC1_0000 + n),
             title: format!("cluster decision {n}"),
             description: String::new(),

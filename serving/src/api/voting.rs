@@ -78,6 +78,8 @@ pub(crate) async fn create_decision(
     let now = now_micros();
     let decision = Decision {
         electorate: body.electorate,
+        // The body takes no credits yet, so a quadratic decision is refused (invalid_credits).
+        credits: 0,
         id: DecisionId::new_random(),
         title: body.title,
         description: body.description,
