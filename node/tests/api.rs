@@ -341,6 +341,9 @@ async fn the_openapi_document_matches_the_routes() {
         "/api/v1/voting/decision/{id}/breakdown",
         "/api/v1/voting/active-decisions",
         "/api/v1/voting/decisions",
+        "/api/v1/voting/decisions/{id}",
+        "/api/v1/voting/decisions/{id}/close",
+        "/api/v1/voting/decisions/{id}/cancel",
         "/api/v1/voting/my-votes",
         "/api/v1/audit/key",
         "/api/v1/audit/decisions/{id}/checkpoints",
@@ -364,7 +367,7 @@ async fn the_openapi_document_matches_the_routes() {
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
-    assert_eq!(operations, 46);
+    assert_eq!(operations, 50);
     let (status, body) = node.get_anonymous("/api/v1/undocumented").await;
     assert_eq!(
         (status, body["error"]["message"].as_str()),

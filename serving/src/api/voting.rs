@@ -556,7 +556,7 @@ pub(crate) async fn breakdown(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/voting/active-decisions", tag = "voting", security(("bearer" = [])), responses((status = 200, description = "decisions open now (in their window, not closed early or cancelled), oldest first")))]
+#[utoipa::path(get, path = "/api/v1/voting/active-decisions", tag = "voting", security(("bearer" = [])), responses((status = 200, description = "decisions open now (in their window, not closed early or cancelled), in the order they were made")))]
 pub(crate) async fn active_decisions(
     State(state): State<SharedState>,
     caller: Caller,
@@ -569,10 +569,22 @@ pub(crate) async fn active_decisions(
         limit: i64::MAX,
         ..Default::default()
     };
-    let mut decisions = state.store.search_decisions(&open).await?.decisions;
-    // Oldest first, as this list always was.
-    decisions.reverse();
-    Ok(Json(decisions))
+    let open: std::collections::HashSet<DecisionId> = state
+        .store
+        .search_decisions(&open)
+        .await?
+        .decisions
+        .iter()
+        .map(|decision| decision.id)
+        .collect();
+    // In the order they were made, as this list always was.
+    let decisions = state.store.decisions().await?;
+    Ok(Json(
+        decisions
+            .into_iter()
+            .filter(|decision| open.contains(&decision.id))
+            .collect(),
+    ))
 }
 
 /// A decision as answers show it: with its status now.
