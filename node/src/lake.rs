@@ -1,13 +1,14 @@
 //! The node's analytics lake: on every flush the logs' new entries, the tally changes and
-//! final feature windows the dataflows published, the new signed checkpoints and the
-//! decisions go to Parquet files; every few flushes small files are merged.
+//! final feature windows the dataflows published, the new signed checkpoints, the
+//! decisions and the store's new audit entries and decision status changes go to Parquet
+//! files; every few flushes small files are merged.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use canopy_analytics::{
-    CheckpointEntry, FinalWindows, LakeConfig, LakeLocation, LakeShare, LakeViews, LakeWriter,
-    Published, SqlLimits, TallyChange, WindowFeature, WriterReport,
+    AuditEntry, CheckpointEntry, FinalWindows, LakeConfig, LakeLocation, LakeShare, LakeViews,
+    LakeWriter, Published, SqlLimits, TallyChange, WindowFeature, WriterReport,
 };
 use canopy_ingest::{SensorLog, VoteLog};
 
@@ -54,6 +55,12 @@ impl LakeSettings {
         }
     }
 }
+
+/// Entries of the store's logs (audit trail, decision history) one page reads.
+const STORE_LOG_PAGE: i64 = 1_000;
+/// Entries of each store log one flush copies at most, so that catching up with a long
+/// trail neither holds it all in memory nor writes one file of it.
+const STORE_LOG_ROWS_PER_FLUSH: usize = 100_000;
 
 /// Rows a flush took from the sinks and has not written yet: kept across a failed flush, so
 /// nothing is lost while the disk is full or the folder unwritable.
@@ -140,6 +147,13 @@ impl LakeFeed {
                 }
             }
         }
+        let audit_trail = match whole_lake {
+            true => {
+                let mark = lock(&self.writer).audit_trail_mark();
+                self.audit_entries_after(mark).await?
+            }
+            false => Vec::new(),
+        };
         let (writer, votes, sensors, unwritten) = (
             Arc::clone(&self.writer),
             Arc::clone(&self.votes),
@@ -172,10 +186,39 @@ impl LakeFeed {
                 writer.write_window_features(unwritten.window_features.clone())?;
             unwritten.window_features.clear();
             report.checkpoints = writer.write_checkpoints(checkpoints)?;
+            report.audit_trail = writer.write_audit_trail(audit_trail)?;
             Ok::<_, NodeError>(report)
         })
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
+    }
+
+    /// The audit trail's entries after `seq`, at most [`STORE_LOG_ROWS_PER_FLUSH`]: the
+    /// rest follow at the next flushes. The store is their source, so a failed flush needs
+    /// keep nothing: the next one reads them again from the lake's mark.
+    async fn audit_entries_after(&self, mut seq: i64) -> Result<Vec<AuditEntry>, NodeError> {
+        let mut entries = Vec::new();
+        while entries.len() < STORE_LOG_ROWS_PER_FLUSH {
+            let page = self.store.audit_page(seq, STORE_LOG_PAGE).await?;
+            let full = page.len() as i64 == STORE_LOG_PAGE;
+            for record in page {
+                seq = record.seq;
+                entries.push(AuditEntry {
+                    seq: record.seq,
+                    at: record.at,
+                    actor: record.actor,
+                    action: record.action,
+                    detail: record.detail,
+                    prev_hash: record.prev_hash,
+                    hash: record.hash,
+                    hmac: record.hmac,
+                });
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(entries)
     }
 
     async fn compact(&self) -> Result<(u64, u64), NodeError> {
@@ -207,6 +250,8 @@ pub(crate) async fn lake_loop(feed: LakeFeed, mut stop: tokio::sync::watch::Rece
                 tally_changes = report.tally_changes,
                 window_features = report.window_features,
                 checkpoints = report.checkpoints,
+                audit_trail = report.audit_trail,
+                decision_history = report.decision_history,
                 ms = started.elapsed().as_millis() as u64,
                 "analytics lake flushed"
             ),
