@@ -133,6 +133,7 @@ fn create_decisions(args: &LoadgenArgs, data_dir: &Path) -> anyhow::Result<Vec<D
     let decisions: Vec<Decision> = (0..args.decisions)
         .map(|i| Decision {
             electorate: Default::default(),
+            credits: 0,
             id: DecisionId(rng.random()),
             title: format!("Synthetic decision {i}"),
             description: String::new(),

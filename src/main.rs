@@ -12,6 +12,7 @@ mod log_cmd;
 mod up;
 mod verify;
 mod verify_audit;
+mod verify_tally;
 
 use clap::{Parser, Subcommand};
 

@@ -74,15 +74,18 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             node.addr
         );
         if settings.demo {
-            let decision = seed_demo(&node).await?;
-            println!(
-                "  demo decision {} ({}) is receiving synthetic votes:",
-                decision.id, decision.title
-            );
-            println!(
-                "    a signed-in user can read /api/v1/voting/decision/{}/results",
-                decision.id
-            );
+            for decision in seed_demo(&node).await? {
+                println!(
+                    "  demo decision {} ({}) is receiving synthetic votes:",
+                    decision.id, decision.title
+                );
+                println!(
+                    "    a signed-in user can read /api/v1/voting/decision/{}/results; \
+                     its status and, once final, its signed result: \
+                     http://{}/api/v1/voting/decisions/{}",
+                    decision.id, node.addr, decision.id
+                );
+            }
         }
         wait_for_stop_signal().await;
         println!("canopy: stopping: no new connections; finishing requests in flight");
@@ -107,78 +110,100 @@ pub(crate) async fn wait_for_stop_signal() {
     }
 }
 
-/// Registers the demo decision (once) and starts synthetic voters casting through the gate.
-async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
+/// The demo's decisions: one that stays open, and one that closes a minute after the node
+/// starts, so a newcomer sees a final result appear.
+struct DemoDecision {
+    title: &'static str,
+    options: &'static [&'static str],
+    open_for_micros: i64,
+}
+
+const DEMO_DECISIONS: [DemoDecision; 2] = [
+    DemoDecision {
+        title: "Demo: restore the river delta wetlands?",
+        options: &["restore", "partially restore", "leave as is"],
+        open_for_micros: 365 * 24 * 3600 * 1_000_000,
+    },
+    DemoDecision {
+        title: "Demo: close the quarry road to trucks? (closes a minute after start)",
+        options: &["close it", "keep it open"],
+        open_for_micros: 60 * 1_000_000,
+    },
+];
+
+/// Registers the demo decisions (the closing one anew each start) and starts synthetic
+/// voters casting through the gate.
+async fn seed_demo(node: &Node) -> anyhow::Result<Vec<Decision>> {
     let state = Arc::clone(&node.state);
-    let title = "Demo: restore the river delta wetlands?";
-    let existing = state
-        .store
-        .decisions()
-        .await?
-        .into_iter()
-        .find(|d| d.title == title);
-    let decision = match existing {
-        Some(decision) => decision,
+    let stored = state.store.decisions().await?;
+    let owner = match state.store.user_by_username("demo-owner").await? {
+        Some(user) => user.id,
         None => {
-            let owner = match state.store.user_by_username("demo-owner").await? {
-                Some(user) => user.id,
-                None => {
-                    let password: String = (0..32)
-                        .map(|_| rand::rng().random_range('a'..='z'))
-                        .collect();
-                    canopy_serving::api::create_user(
-                        state.store.as_ref(),
-                        "demo-owner",
-                        &password,
-                        Role::Operator,
-                    )
-                    .await?
-                }
-            };
-            let now = canopy_schemas::clock::now_micros();
-            let decision = Decision {
-                electorate: Default::default(),
-                id: DecisionId::new_random(),
-                title: title.into(),
-                description: String::new(),
-                region: "delta".into(),
-                options: vec![
-                    "restore".into(),
-                    "partially restore".into(),
-                    "leave as is".into(),
-                ],
-                opens_at: now,
-                closes_at: now + 365 * 24 * 3600 * 1_000_000,
-                weights: ComponentWeights::DEFAULT,
-                quorum: 500,
-                method: Method::SingleChoice,
-            };
-            state.gate.register(decision.clone(), now)?;
-            state
-                .store
-                .put_decision(&decision, owner, now / 1_000_000)
-                .await?;
-            if let Some(engine) = &state.engine {
-                engine.register(decision.clone());
-            }
-            decision
+            let password: String = (0..32)
+                .map(|_| rand::rng().random_range('a'..='z'))
+                .collect();
+            canopy_serving::api::create_user(
+                state.store.as_ref(),
+                "demo-owner",
+                &password,
+                Role::Operator,
+            )
+            .await?
         }
     };
+    let now = canopy_schemas::clock::now_micros();
+    let mut decisions = Vec::new();
+    for demo in &DEMO_DECISIONS {
+        let existing = stored
+            .iter()
+            .find(|d| d.title == demo.title && now < d.closes_at);
+        if let Some(decision) = existing {
+            decisions.push(decision.clone());
+            continue;
+        }
+        let decision = Decision {
+            electorate: Default::default(),
+            credits: 0,
+            id: DecisionId::new_random(),
+            title: demo.title.into(),
+            description: String::new(),
+            region: "delta".into(),
+            options: demo.options.iter().map(|o| o.to_string()).collect(),
+            opens_at: now,
+            closes_at: now + demo.open_for_micros,
+            weights: ComponentWeights::DEFAULT,
+            quorum: 50,
+            method: Method::SingleChoice,
+        };
+        state.gate.register(decision.clone(), now)?;
+        state
+            .store
+            .put_decision(&decision, owner, now / 1_000_000)
+            .await?;
+        if let Some(engine) = &state.engine {
+            engine.register(decision.clone());
+        }
+        decisions.push(decision);
+    }
     let gate = Arc::clone(&state.gate);
-    let demo = decision.clone();
+    let mut open = decisions.clone();
     std::thread::Builder::new()
         .name("canopy-demo-voters".into())
         .spawn(move || {
             let mut rng = rand::rng();
-            loop {
+            while !open.is_empty() {
+                let at = rng.random_range(0..open.len());
+                let demo = &open[at];
                 let expert = rng.random_range(0..10) == 0;
+                let options = demo.options.len() as u16;
                 let vote = Vote {
                     vote_id: VoteId::new_random(),
                     decision_id: demo.id,
                     voter_id: VoterId(rng.random_range(0..2_000)),
-                    option: *[0u16, 0, 0, 1, 1, 2]
-                        .get(rng.random_range(0..6))
-                        .unwrap_or(&0),
+                    // Skewed towards the first options, so the result is not a coin toss.
+                    option: rng
+                        .random_range(0..options)
+                        .min(rng.random_range(0..options)),
                     component: if expert {
                         Component::Expert
                     } else {
@@ -197,12 +222,14 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Decision> {
                     .submit(&[LoggedVote::new(vote, &VoterSalt(salt))])
                     .is_err()
                 {
-                    return;
+                    // Closed (or the node is stopping): its voters move to the others.
+                    open.swap_remove(at);
+                    continue;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         })?;
-    Ok(decision)
+    Ok(decisions)
 }
 
 #[derive(Args)]

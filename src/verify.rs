@@ -24,11 +24,16 @@ pub struct VerifyArgs {
     /// or a bare C2SP tlog-proof bundle (its `bundle` field; then --leaf and --key are needed).
     #[arg(required_unless_present_any = ["audit", "tiles"], conflicts_with_all = ["audit", "tiles"])]
     source: Option<String>,
+    /// Recount a decision's final result: the signed statement (a file, or the URL of
+    /// /api/v1/voting/decisions/{id}, whose `statement` is taken), checked against the
+    /// decision's leaves in the record store given by --tiles.
+    #[arg(long, requires = "tiles", conflicts_with = "audit")]
+    pub tally: Option<String>,
     /// Check against the record store instead of a proof: a folder (the store's root),
     /// `s3://bucket/prefix` (credentials from the `AWS_*` variables; anonymous without them)
     /// or a server's `…/api/v1/audit/decisions/<id>/tlog/` URL. Needs --decision and --leaf.
-    #[arg(long, conflicts_with = "audit", requires_all = ["decision", "leaf"])]
-    tiles: Option<String>,
+    #[arg(long, conflicts_with = "audit")]
+    pub tiles: Option<String>,
     /// With --tiles: the decision the vote is in.
     #[arg(long, requires = "tiles")]
     pub decision: Option<uuid::Uuid>,
@@ -106,10 +111,21 @@ pub(crate) fn fail(code: &'static str, message: impl Into<String>) -> Failure {
 
 pub fn run(args: VerifyArgs) -> std::process::ExitCode {
     if let Some(tiles) = &args.tiles {
-        return match open_tiles(tiles, args.s3_endpoint.as_deref()) {
-            Ok(store) => verdict(check_tiles(&args, store.as_ref())),
-            Err(error) => unreadable(error),
+        let store = match open_tiles(tiles, args.s3_endpoint.as_deref()) {
+            Ok(store) => store,
+            Err(error) => return unreadable(error),
         };
+        if let Some(statement) = &args.tally {
+            return match crate::verify_tally::read_statement(statement) {
+                Ok(statement) => verdict(crate::verify_tally::check_tally(
+                    &args,
+                    &statement,
+                    store.as_ref(),
+                )),
+                Err(error) => unreadable(error),
+            };
+        }
+        return verdict(check_tiles(&args, store.as_ref()));
     }
     let source = args.source.clone().unwrap_or_default();
     let text = match read_source(&source) {
@@ -446,7 +462,7 @@ fn on_chain(
 }
 
 /// Where `--tiles` reads a decision's log from.
-trait TileFiles {
+pub(crate) trait TileFiles {
     /// `checkpoint` or a tile path (`tile/0/000.p/5`) of `decision`'s log; None if absent.
     fn read(&self, decision: uuid::Uuid, path: &str) -> anyhow::Result<Option<Vec<u8>>>;
     /// The record key a server publishes, when the source is one.
@@ -541,6 +557,25 @@ impl canopy_chain::TileSource for FetchedTiles<'_> {
 
 /// `--tiles`: the checkpoint, its signature, the leaf's index from the level-0 tiles, the
 /// inclusion proof from the tiles, the leaf's entry from its bundle.
+/// The record key to check notes with: --key, or else the one a server publishes.
+pub(crate) fn record_key(
+    args: &VerifyArgs,
+    files: &dyn TileFiles,
+) -> Result<(NoteVerifier, &'static str), Failure> {
+    let (key_text, key_source) = match (&args.key, files.server_key()) {
+        (Some(key), _) => (key.clone(), "trusted key"),
+        (None, Some(key)) => (key, "key from the server itself"),
+        (None, None) => {
+            return Err(fail(
+                "bad_input",
+                "a record store carries no key: give --key (from /api/v1/audit/key)",
+            ));
+        }
+    };
+    let verifier = NoteVerifier::parse(&key_text).map_err(|e| fail(e.code(), e.to_string()))?;
+    Ok((verifier, key_source))
+}
+
 fn check_tiles(args: &VerifyArgs, files: &dyn TileFiles) -> Result<String, Failure> {
     use canopy_chain::tiles::{TILE_WIDTH, decode_bundle, leaf_tiles, tile_hashes};
     use canopy_chain::{TileRef, TiledLog, leaf_hash, verify_inclusion};
@@ -554,17 +589,7 @@ fn check_tiles(args: &VerifyArgs, files: &dyn TileFiles) -> Result<String, Failu
             .as_deref()
             .ok_or_else(|| fail("bad_input", "--tiles needs --leaf (from the receipt)"))?,
     )?;
-    let (key_text, key_source) = match (&args.key, files.server_key()) {
-        (Some(key), _) => (key.clone(), "trusted key"),
-        (None, Some(key)) => (key, "key from the server itself"),
-        (None, None) => {
-            return Err(fail(
-                "bad_input",
-                "a record store carries no key: give --key (from /api/v1/audit/key)",
-            ));
-        }
-    };
-    let verifier = NoteVerifier::parse(&key_text).map_err(chain_fail)?;
+    let (verifier, key_source) = record_key(args, files)?;
     let note = files
         .read(decision, "checkpoint")
         .map_err(unreachable)?

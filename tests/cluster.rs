@@ -7,6 +7,11 @@
 //! - Rescaling from 1 process to 2 and back resumes from the checkpoint each time.
 //! - One process and a 2-process × 2-thread cluster give identical tallies, checkpoints and
 //!   Merkle roots.
+//! - A decision closing on a cluster (two workers, two serve replicas casting until the
+//!   end, votes produced straight to the topic after the close as a replica with a slow
+//!   clock would): the signed final result equals a recount of the votes before the close,
+//!   its checkpoint is exactly their tree and the close, and `canopy verify --tally`
+//!   passes on it and fails for an altered statement or a dropped leaf.
 //! - The whole system at once (votes and readings through two serve replicas, the record's
 //!   tiles and the lake in an S3 bucket on moto): every receipt proves from a replica, the
 //!   features equal the recomputation and the lake holds every acknowledged vote and reading
@@ -961,4 +966,279 @@ async fn the_whole_system_survives_sigkill_and_rescaling_on_a_cluster() {
         windows.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Casts `option`s on `decision` as `token` on `base` until the replica refuses (the window
+/// or the decision closed); returns how many it acknowledged.
+async fn cast_until_refused(base: String, token: String, decision: String, seed: u16) -> usize {
+    let client = reqwest::Client::new();
+    let mut accepted = 0;
+    for n in 0.. {
+        match common::try_cast(&client, &base, &token, &decision, (seed + n) % 2).await {
+            Ok((201, _)) => accepted += 1,
+            Ok((status, body)) => {
+                assert!(
+                    [409, 422].contains(&status),
+                    "a cast near the close got {status} {body}"
+                );
+                return accepted;
+            }
+            Err(error) => panic!("a cast near the close failed: {error}"),
+        }
+    }
+    accepted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
+    use serde_json::Value;
+    let topic = format!("canopy-close-{}", uuid::Uuid::new_v4().simple());
+    let deployment = Deployment::new(&topic);
+    let log = KafkaLog::connect(test_kafka_config(&topic)).unwrap();
+    deployment.store().await;
+    create_admin_in(&deployment);
+    let mut workers = deployment.start(2, 1, "w");
+    let (port_a, port_b) = (common::free_port(), common::free_port());
+    let (base_a, base_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    let client = reqwest::Client::new();
+    let mut replica_a = Running::new(vec![start_serve(&deployment, port_a, "a")]);
+    common::wait_healthy(&client, &base_a).await;
+    let mut replica_b = Running::new(vec![start_serve(&deployment, port_b, "b")]);
+    common::wait_healthy(&client, &base_b).await;
+    let admin = common::login(&client, &base_a, "root").await;
+    let mut voters = Vec::new();
+    for n in 0..8 {
+        let name = format!("close-voter{n}");
+        common::sign_up(&client, &base_b, &name).await;
+        voters.push(common::login(&client, &base_a, &name).await);
+    }
+    let closes_at = canopy_schemas::clock::now_micros() + 6_000_000;
+    let decision = common::create_decision(
+        &client,
+        &base_a,
+        &admin,
+        serde_json::json!({ "title": "Close the quarry?", "options": ["yes", "no"], "closes_at": closes_at }),
+    )
+    .await;
+    let id = DecisionId::from(uuid::Uuid::parse_str(&decision).unwrap());
+
+    // Every voter casts on both replicas, changing their vote, until they are refused.
+    let casters: Vec<_> = voters
+        .iter()
+        .enumerate()
+        .flat_map(|(n, token)| {
+            [&base_a, &base_b].map(|base| {
+                tokio::spawn(cast_until_refused(
+                    base.clone(),
+                    token.clone(),
+                    decision.clone(),
+                    n as u16,
+                ))
+            })
+        })
+        .collect();
+    let mut acknowledged = 0;
+    for caster in casters {
+        acknowledged += caster.await.unwrap();
+    }
+    assert!(
+        acknowledged >= voters.len(),
+        "too few votes before the close"
+    );
+
+    // The close is in the topic; a replica with a slow clock still appends votes after it,
+    // stamped before closes_at: none of them may count.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let close_offset = loop {
+        let closes: Vec<u64> = topic_entries(&log)
+            .iter()
+            .filter_map(|entry| match entry {
+                canopy_ingest::VoteLogRecord::Close(close) if close.close.decision == id => {
+                    Some(close.position.offset)
+                }
+                _ => None,
+            })
+            .collect();
+        if let Some(first) = closes.into_iter().min() {
+            break first;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no close entry reached the topic"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let late: Vec<LoggedVote> = (0..20u8)
+        .map(|n| {
+            canopy_testkit::logged(
+                Vote {
+                    vote_id: VoteId::new_random(),
+                    decision_id: id,
+                    voter_id: VoterId(u128::from(n % 10)),
+                    option: u16::from(n % 2),
+                    component: Component::Democratic,
+                    weight: Weight::ONE,
+                    cast_at: closes_at - 1,
+                },
+                n,
+            )
+        })
+        .collect();
+    produce(&log, &late);
+
+    // The result becomes final; every replica answers it.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let answer: Value = loop {
+        let answer = common::get_public_json(
+            &client,
+            format!("{base_b}/api/v1/voting/decisions/{decision}"),
+        )
+        .await;
+        if answer["status"] == "final" {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the decision did not become final: {answer}\n{}",
+            deployment.log("w", 0)
+        );
+        workers.assert_none_exited("while the decision closes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // The oracle: the topic's votes before the first close, recounted.
+    let entries = topic_entries(&log);
+    let after_close = entries
+        .iter()
+        .filter_map(canopy_ingest::VoteLogRecord::vote)
+        .filter(|record| record.vote.decision_id == id && record.position.offset > close_offset)
+        .count();
+    assert!(after_close >= late.len(), "the late votes are in the topic");
+    let store = deployment.store().await;
+    let expected = recount(
+        canopy_dataflow::counted_votes(&entries),
+        &store.decisions().await.unwrap(),
+    );
+    let tree = &canopy_dataflow::recount_log_trees(&entries)[&id];
+    let result = &answer["result"];
+    let tally: Tally = serde_json::from_value(result["tally"].clone()).unwrap();
+    assert_eq!(&tally, &expected[&id], "{answer}");
+    assert_eq!(result["tree_size"], tree.size(), "{answer}");
+    assert_eq!(result["root"], hex::encode(tree.root()), "{answer}");
+    assert_eq!(result["close"]["offset"], close_offset, "{answer}");
+
+    // Anyone recounts it from the published leaves, trusting the key they were given.
+    let key: Value = common::get_public_json(&client, format!("{base_a}/api/v1/audit/key")).await;
+    let key = key["key"].as_str().unwrap().to_string();
+    let statement_url = format!("{base_a}/api/v1/voting/decisions/{decision}");
+    let tiles_url = format!("{base_a}/api/v1/audit/decisions/{decision}/tlog/");
+    let (status, verdict) = canopy_line(&[
+        "verify",
+        "--tally",
+        &statement_url,
+        "--tiles",
+        &tiles_url,
+        "--key",
+        &key,
+    ]);
+    assert_eq!(status, 0, "{verdict}");
+    assert!(verdict.starts_with("OK tally"), "{verdict}");
+
+    // An altered tally no longer carries the record's signature.
+    let statement = answer["statement"].as_str().unwrap();
+    let turnout = format!("\"turnout\":{}", tally.turnout);
+    assert!(statement.contains(&turnout), "{statement}");
+    let altered = deployment.dir.path().join("altered-statement.txt");
+    std::fs::write(
+        &altered,
+        statement.replace(&turnout, &format!("\"turnout\":{}", tally.turnout + 1)),
+    )
+    .unwrap();
+    let (status, verdict) = canopy_line(&[
+        "verify",
+        "--tally",
+        altered.to_str().unwrap(),
+        "--tiles",
+        &tiles_url,
+        "--key",
+        &key,
+    ]);
+    assert_eq!(status, 1, "{verdict}");
+    assert!(verdict.starts_with("FAIL bad_signature"), "{verdict}");
+
+    // A record store missing a leaf does not recount to the statement.
+    let tiles = deployment.dir.path().join("data").join("record-tiles");
+    let copy = deployment.dir.path().join("record-tiles-without-a-leaf");
+    copy_dir(&tiles, &copy);
+    let bundles = copy
+        .join("decision")
+        .join(&decision)
+        .join("tile")
+        .join("entries");
+    let bundle = last_bundle(&bundles);
+    let bytes = std::fs::read(&bundle).unwrap();
+    let entries_read = canopy_chain::tiles::decode_bundle(&bytes).unwrap();
+    let kept: Vec<&[u8]> = entries_read.iter().skip(1).copied().collect();
+    std::fs::write(&bundle, canopy_chain::tiles::encode_bundle(kept).unwrap()).unwrap();
+    let statement_file = deployment.dir.path().join("statement.txt");
+    std::fs::write(&statement_file, statement).unwrap();
+    let (status, verdict) = canopy_line(&[
+        "verify",
+        "--tally",
+        statement_file.to_str().unwrap(),
+        "--tiles",
+        copy.to_str().unwrap(),
+        "--key",
+        &key,
+    ]);
+    assert_eq!(status, 1, "{verdict}");
+    assert!(verdict.starts_with("FAIL"), "{verdict}");
+
+    common::kill_9(&mut replica_a[0]);
+    common::kill_9(&mut replica_b[0]);
+    stop(&mut workers);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The entry bundle holding a log's last leaves: the deepest file under `entries/` in
+/// path order (the partial bundle `N.p/W` of the highest N, its widest W).
+fn last_bundle(entries: &std::path::Path) -> std::path::PathBuf {
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    files(entries, &mut found);
+    found
+        .into_iter()
+        .max_by_key(|path| {
+            let width = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.parse::<u32>().ok())
+                .unwrap_or(256);
+            (path.parent().map(std::path::Path::to_path_buf), width)
+        })
+        .expect("the decision has entry bundles")
 }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore, recount};
-use canopy_ingest::{EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig, segment_files};
+use canopy_ingest::{
+    EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig, VoteLog, segment_files,
+};
 use canopy_schemas::{Decision, VoteId};
 use rand::{Rng, SeedableRng};
 
@@ -77,7 +79,7 @@ mod common;
 
 fn all_records(log: &SegmentLog) -> Vec<LogRecord> {
     (0..log.partitions())
-        .flat_map(|p| log.read(p, 0, usize::MAX).unwrap())
+        .flat_map(|p| log.read_votes(p, 0, usize::MAX).unwrap())
         .collect()
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, LogKey, LogRecord, Position};
+use canopy_ingest::{KafkaConfig, KafkaLog, LogKey, LogRecord, Position, VoteLog};
 use canopy_schemas::VoteId;
 use common::*;
 use serde_json::Value;
@@ -87,7 +87,7 @@ impl VotingNode {
 /// Where the topic holds each vote, read from all four partitions.
 fn topic_positions(log: &KafkaLog) -> (HashMap<VoteId, Vec<Position>>, Vec<LogRecord>) {
     let records: Vec<LogRecord> = (0..4)
-        .flat_map(|partition| log.read(partition, 0, usize::MAX).unwrap())
+        .flat_map(|partition| log.read_votes(partition, 0, usize::MAX).unwrap())
         .collect();
     (positions_by_vote(&records), records)
 }

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use canopy_dataflow::{ViewStore, recount};
-use canopy_ingest::{EntryLog, KafkaLog, Position, partition_for};
+use canopy_ingest::{KafkaLog, Position, VoteLog, partition_for};
 use canopy_schemas::*;
 use serde_json::{Value, json};
 
@@ -171,7 +171,7 @@ async fn a_poisoned_topic_does_not_stop_the_cluster() {
     let mut workers = cluster.start(2, 1, "p");
 
     let first = votes(1, 600, &[]);
-    let signed = log.append(&first[..1]).unwrap()[0];
+    let signed = log.append_votes(&first[..1]).unwrap()[0];
     produce(&log, &first[1..]);
     let mut expected_letters: BTreeMap<Position, &str> = BTreeMap::new();
     // Poison between Canopy's votes and after the last of them (a partition's end is a

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use canopy_ingest::{EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig};
+use canopy_ingest::{EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig, VoteLog};
 use canopy_schemas::VoteId;
 use serde_json::{Value, json};
 
@@ -18,7 +18,7 @@ fn stored_votes(data: &Path) -> HashMap<VoteId, Vec<Position>> {
     let log = SegmentLog::open(data.join("votes"), SegmentLogConfig::default()).unwrap();
     assert_eq!(log.recovery().torn_tail_bytes, 0);
     let records: Vec<LogRecord> = (0..log.partitions())
-        .flat_map(|partition| log.read(partition, 0, usize::MAX).unwrap())
+        .flat_map(|partition| log.read_votes(partition, 0, usize::MAX).unwrap())
         .collect();
     positions_by_vote(&records)
 }
@@ -168,7 +168,8 @@ fn migrate_applies_each_migration_once() {
             "0009_signin",
             "0010_sql_tokens",
             "0011_engine_state_parts",
-            "0012_decision_search"
+            "0012_decision_search",
+            "0013_decision_lifecycle"
         ])
     );
     assert_eq!(run()["applied"], json!([]));

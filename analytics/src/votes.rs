@@ -9,14 +9,21 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use arrow_schema::SchemaRef;
-use canopy_ingest::{EntryLog, LogEntry, LogRecord, SensorLog, SensorRecord, VoteLog};
+use canopy_ingest::{
+    EntryLog, LogEntry, LogRecord, Positioned, SensorLog, SensorRecord, VoteLog, VoteLogRecord,
+};
 
 use crate::AnalyticsError;
 use crate::columns::{Columns, TableLayout};
 use crate::lake::{FileName, LakeConfig, TableFiles, date_folder, day_of, parquet_error};
 
-/// A table whose rows are a log's entries.
+/// A table whose rows are a log's entries (some of them: `row` picks).
 pub trait LogTable: TableLayout {
+    /// What the log hands back.
+    type Record: Positioned;
+    /// The row a record makes; None for a record the table leaves out (a decision's close
+    /// is not a vote).
+    fn row(record: Self::Record) -> Option<Self::Row>;
     fn plain_columns() -> Vec<&'static str> {
         Vec::new()
     }
@@ -67,6 +74,12 @@ impl TableLayout for Votes {
 }
 
 impl LogTable for Votes {
+    type Record = VoteLogRecord;
+
+    fn row(record: VoteLogRecord) -> Option<LogRecord> {
+        record.vote().copied()
+    }
+
     fn plain_columns() -> Vec<&'static str> {
         vec!["voter_commitment", "vote_id"]
     }
@@ -120,6 +133,12 @@ impl TableLayout for Readings {
 }
 
 impl LogTable for Readings {
+    type Record = SensorRecord;
+
+    fn row(record: SensorRecord) -> Option<SensorRecord> {
+        Some(record)
+    }
+
     fn partition(entry: &SensorRecord) -> u32 {
         entry.position.partition
     }
@@ -240,7 +259,7 @@ fn space(partition: u32) -> String {
 
 /// Reads the records of offsets `first..=last` of `partition`: every offset, but those the
 /// log refuses to hand over (a Kafka log's dead letters), which it refuses every time.
-fn read_exact<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Sized>(
+fn read_exact<T: LogTable, E: LogEntry<Record = T::Record>, L: EntryLog<E> + ?Sized>(
     log: &L,
     partition: u32,
     first: u64,
@@ -258,7 +277,7 @@ fn read_exact<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Sized
             });
         }
         for record in batch.records {
-            let offset = T::offset(&record);
+            let offset = record.position().offset;
             if offset < next || offset > last {
                 return Err(AnalyticsError::LogGap {
                     partition,
@@ -267,7 +286,7 @@ fn read_exact<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Sized
                 });
             }
             next = offset + 1;
-            out.push(record);
+            out.extend(T::row(record));
         }
         next = next.max(batch.next);
     }
@@ -283,7 +302,7 @@ pub struct SyncCursor {
 
 /// Copies a log into its table: per partition, at the first call the last range found is
 /// written again; then everything after it, in ranges of at most `range_rows`.
-pub fn sync_log<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Sized>(
+pub fn sync_log<T: LogTable, E: LogEntry<Record = T::Record>, L: EntryLog<E> + ?Sized>(
     lake: &LogLake<T>,
     log: &L,
     range_rows: usize,
@@ -310,16 +329,16 @@ pub fn sync_log<T: LogTable, E: LogEntry<Record = T::Row>, L: EntryLog<E> + ?Siz
             // Records the log refuses (dead letters) are left out, the same every time, so
             // a range's content is still a function of its offsets.
             let batch = log.read_batch(partition, *at, range_rows.max(1))?;
-            let records = batch.records;
-            if let Some(head) = records.first()
-                && T::offset(head) < *at
+            if let Some(head) = batch.records.first()
+                && head.position().offset < *at
             {
                 return Err(AnalyticsError::LogGap {
                     partition,
                     expected: *at,
-                    got: T::offset(head),
+                    got: head.position().offset,
                 });
             }
+            let records: Vec<T::Row> = batch.records.into_iter().filter_map(T::row).collect();
             if !records.is_empty() {
                 report.files += lake.write_range(partition, &records)?;
                 report.rows += records.len() as u64;

@@ -18,7 +18,7 @@ use canopy_analytics::{
     LakeWriter, TallyChange, TallyChangeLake, VoteLake, sync_votes,
 };
 use canopy_dataflow::{EngineConfig, InMemoryViews, TallyEngine, ViewStore};
-use canopy_ingest::{EntryLog, SegmentLog, SegmentLogConfig, VoteLog};
+use canopy_ingest::{SegmentLog, SegmentLogConfig, VoteLog};
 use canopy_schemas::{Component, Decision, Vote, Weight};
 
 const HOUR_MICROS: i64 = 3_600_000_000;
@@ -103,7 +103,9 @@ fn secrecy_lake(root: &Path) -> Vec<(Vote, Person)> {
             Person::Expert(expert) => 100 + *expert as u8,
             Person::Citizen(citizen) => *citizen as u8,
         };
-        let positions = log.append(&[canopy_testkit::logged(*vote, salt)]).unwrap();
+        let positions = log
+            .append_votes(&[canopy_testkit::logged(*vote, salt)])
+            .unwrap();
         let position = positions[0];
         let started = std::time::Instant::now();
         while views.frontier(position.partition) <= position.offset {

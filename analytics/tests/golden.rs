@@ -30,6 +30,7 @@ fn build_lake(root: &Path) {
             let f: Vec<&str> = line.split(',').collect();
             Decision {
                 electorate: Default::default(),
+                credits: 0,
                 id: DecisionId(f[0].parse().unwrap()),
                 title: f[1].into(),
                 description: String::new(),

@@ -213,7 +213,7 @@ async fn recount_equals_the_tally(store: Store) {
     let location = lake_location(&dir, store);
     let log =
         Arc::new(SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap());
-    log.append(&stream(5, 4_000)).unwrap();
+    log.append_votes(&stream(5, 4_000)).unwrap();
     let lake = VoteLake::open(LakeConfig::new(location.clone())).unwrap();
     sync_votes(&lake, log.as_ref(), 700).unwrap();
 
@@ -247,7 +247,7 @@ async fn recount_equals_the_tally(store: Store) {
     // A filter on the date reads only the folders it leaves, and counts what it should.
     let mut by_day = [0i64; 3];
     for partition in 0..log.partitions() {
-        for record in log.read(partition, 0, usize::MAX).unwrap() {
+        for record in log.read_votes(partition, 0, usize::MAX).unwrap() {
             by_day[((record.vote.cast_at - START) / DAY_MICROS) as usize] += 1;
         }
     }
@@ -293,7 +293,7 @@ async fn recount_equals_the_tally(store: Store) {
     }
 
     // New files show in the next query (no stale listing).
-    log.append(&stream(6, 500)).unwrap();
+    log.append_votes(&stream(6, 500)).unwrap();
     sync_votes(&lake, log.as_ref(), 700).unwrap();
     let count = sql.query("SELECT COUNT(*) FROM votes").await.unwrap();
     assert_eq!(
@@ -324,7 +324,7 @@ async fn sql_cannot_change_the_lake() {
 fn recounted(log: &SegmentLog, decisions: &[Decision]) -> Cells {
     let mut records = Vec::new();
     for partition in 0..log.partitions() {
-        records.extend(log.read(partition, 0, usize::MAX).unwrap());
+        records.extend(log.read_votes(partition, 0, usize::MAX).unwrap());
     }
     let mut expected = Cells::new();
     for (id, tally) in recount(records.iter(), decisions) {
@@ -376,7 +376,7 @@ async fn tally_changes_replay(store: Store) {
     let log =
         Arc::new(SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap());
     let decisions: Vec<Decision> = (1..5).map(decision).collect();
-    log.append(&stream(11, 3_000)).unwrap();
+    log.append_votes(&stream(11, 3_000)).unwrap();
     let config = LakeConfig::new(location.clone());
     let sql = LakeSql::open(location).await.unwrap();
 
@@ -399,7 +399,7 @@ async fn tally_changes_replay(store: Store) {
     );
 
     // More votes: their changes are written, and the replay still equals the tally.
-    log.append(&stream(12, 1_000)).unwrap();
+    log.append_votes(&stream(12, 1_000)).unwrap();
     assert!(lake.append(engine_changes(&log, &decisions)).unwrap() > 0);
     assert_eq!(
         cells_of(&sql.query(REPLAY).await.unwrap()),
@@ -418,7 +418,7 @@ async fn compaction(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let location = lake_location(&dir, store);
     let log = SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap();
-    log.append(&stream(21, 3_000)).unwrap();
+    log.append_votes(&stream(21, 3_000)).unwrap();
     let sql = LakeSql::open(location.clone()).await.unwrap();
     let files = || location.table_files("votes").unwrap().len();
     let exact = "SELECT COUNT(*) FROM (SELECT DISTINCT log_partition, log_offset FROM votes)";
@@ -448,7 +448,7 @@ async fn compaction(store: Store) {
     assert_eq!(count(&sql, "SELECT COUNT(*) FROM votes").await, 3_000);
 
     // A restart after compaction goes on after the merged ranges, with nothing twice.
-    log.append(&stream(22, 700)).unwrap();
+    log.append_votes(&stream(22, 700)).unwrap();
     let lake = VoteLake::open(config).unwrap();
     sync_votes(&lake, &log, 100).unwrap();
     assert_eq!(count(&sql, "SELECT COUNT(*) FROM votes").await, 3_700);
@@ -473,7 +473,7 @@ async fn an_unreachable_store_fails_with_its_own_code() {
 
     let dir = tempfile::tempdir().unwrap();
     let log = SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap();
-    log.append(&stream(31, 10)).unwrap();
+    log.append_votes(&stream(31, 10)).unwrap();
     // Opening the table already lists it (for files of an earlier layout), so the write
     // may fail there or at the copy.
     let error = VoteLake::open(LakeConfig::new(location.clone()))
@@ -579,7 +579,7 @@ mod recount_property {
     ) -> Result<(), TestCaseError> {
         let mut records = Vec::new();
         for partition in 0..log.partitions() {
-            records.extend(log.read(partition, 0, usize::MAX).unwrap());
+            records.extend(log.read_votes(partition, 0, usize::MAX).unwrap());
         }
         let mut before: Counts = Counts::new();
         for (cell, values) in rows_of(shown) {
@@ -688,7 +688,7 @@ mod recount_property {
                     }
                     Step::Flush => {
                         if !pending.is_empty() {
-                            log.append(&std::mem::take(&mut pending)).unwrap();
+                            log.append_votes(&std::mem::take(&mut pending)).unwrap();
                         }
                         caught_up(&log, &views);
                         canopy_analytics::sync_log(&votes, log.as_ref(), range_rows, &mut cursor)

@@ -120,7 +120,7 @@ fn lake_rows(dir: &Path) -> BTreeMap<(i32, i64), Row> {
 fn log_rows(log: &dyn VoteLog) -> BTreeMap<(i32, i64), Row> {
     let mut rows = BTreeMap::new();
     for partition in 0..log.partitions() {
-        for record in log.read(partition, 0, usize::MAX).unwrap() {
+        for record in log.read_votes(partition, 0, usize::MAX).unwrap() {
             let v = record.vote;
             rows.insert(
                 (partition as i32, record.position.offset as i64),
@@ -142,7 +142,7 @@ fn log_rows(log: &dyn VoteLog) -> BTreeMap<(i32, i64), Row> {
 fn the_lake_holds_every_logged_vote_once() {
     let dir = tempfile::tempdir().unwrap();
     let log = SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap();
-    log.append(&votes(1, 3_000)).unwrap();
+    log.append_votes(&votes(1, 3_000)).unwrap();
     let lake = VoteLake::open(LakeConfig {
         row_group_rows: 256,
         ..LakeConfig::new(dir.path().join("lake"))
@@ -192,7 +192,7 @@ fn the_lake_holds_every_logged_vote_once() {
 fn a_restart_after_a_crash_leaves_no_gap_and_no_row_twice() {
     let dir = tempfile::tempdir().unwrap();
     let log = SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap();
-    log.append(&votes(2, 2_000)).unwrap();
+    log.append_votes(&votes(2, 2_000)).unwrap();
     let config = LakeConfig::new(dir.path().join("lake"));
     let lake = VoteLake::open(config.clone()).unwrap();
     sync_votes(&lake, &log, 400).unwrap();
@@ -211,7 +211,7 @@ fn a_restart_after_a_crash_leaves_no_gap_and_no_row_twice() {
     );
     drop(lake);
 
-    log.append(&votes(3, 1_500)).unwrap();
+    log.append_votes(&votes(3, 1_500)).unwrap();
     let lake = VoteLake::open(config).unwrap();
     let report = sync_votes(&lake, &log, 400).unwrap();
     assert!(report.rewritten_ranges > 0);
@@ -321,10 +321,10 @@ fn issue_16_a_lake_of_the_old_layout_is_refused_then_rewritten_in_place() {
 
     let dir = tempfile::tempdir().unwrap();
     let log = SegmentLog::open(dir.path().join("log"), SegmentLogConfig::default()).unwrap();
-    log.append(&votes(4, 1_200)).unwrap();
+    log.append_votes(&votes(4, 1_200)).unwrap();
     let votes_dir = dir.path().join("lake").join("votes");
     for partition in 0..log.partitions() {
-        let records = log.read(partition, 0, usize::MAX).unwrap();
+        let records = log.read_votes(partition, 0, usize::MAX).unwrap();
         let Some(last) = records.last().map(|r| r.position.offset) else {
             continue;
         };
@@ -375,7 +375,7 @@ fn issue_16_a_lake_of_the_old_layout_is_refused_then_rewritten_in_place() {
 
     // Opened again: nothing to rewrite. More votes are copied after the rewritten ranges.
     drop(lake);
-    log.append(&votes(5, 300)).unwrap();
+    log.append_votes(&votes(5, 300)).unwrap();
     let lake = VoteLake::open(LakeConfig::new(dir.path().join("lake"))).unwrap();
     let report = sync_votes(&lake, &log, 500).unwrap();
     assert_eq!(report.rows, 300);

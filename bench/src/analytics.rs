@@ -344,6 +344,7 @@ impl VoteGenerator {
         let decisions: Vec<Decision> = (0..args.decisions)
             .map(|i| Decision {
                 electorate: Default::default(),
+                credits: 0,
                 id: DecisionId(rng.random()),
                 title: format!("decision {i}"),
                 description: String::new(),

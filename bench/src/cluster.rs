@@ -26,10 +26,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use canopy_chain::{Hash, leaf_hash, root_from_inclusion};
 use canopy_dataflow::{SensorViewRead, ViewStore, WindowConfig, recount, recount_trees};
-use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, KafkaSensorLog, LogEntry, LogKey};
+use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, KafkaSensorLog, LogEntry, LogKey, VoteLog};
 use canopy_node::redis::RedisViews;
 use canopy_node::redis_sensors::RedisSensorViews;
-use canopy_schemas::{Decision, DecisionId, LoggedVote, Metric, Quality, SensorReading};
+use canopy_schemas::{
+    Decision, DecisionId, LoggedVote, Metric, Quality, SensorReading, VoteLogEntry,
+};
 use canopy_serving::auth::Role;
 use canopy_serving::store::{MetadataStore, PostgresStore, UserRecord};
 use canopy_testkit::TestDatabase;
@@ -491,10 +493,16 @@ fn run(
         workload.readings.len()
     );
 
+    let vote_entries: Vec<VoteLogEntry> = workload
+        .votes
+        .iter()
+        .copied()
+        .map(VoteLogEntry::from)
+        .collect();
     let started = Instant::now();
     let (votes_took, readings_took) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let mut votes = Stream::Producing(
-            scope.spawn(|| produce(&votes_log, &workload.votes, args.producers, args.batch)),
+            scope.spawn(|| produce(&votes_log, &vote_entries, args.producers, args.batch)),
         );
         let mut readings = Stream::Producing(scope.spawn(|| {
             produce(
@@ -550,7 +558,7 @@ fn run(
 
     eprintln!("  checking the tallies in Redis against a recount of the topic ...");
     let records: Vec<canopy_ingest::LogRecord> = (0..args.partitions)
-        .map(|p| votes_log.read(p, 0, usize::MAX))
+        .map(|p| votes_log.read_votes(p, 0, usize::MAX))
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .flatten()

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use canopy_dataflow::{ClusterConfig, EngineConfig, TallyEngine, ViewStore};
-use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog};
+use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, VoteLog};
 use canopy_node::redis::RedisViews;
 use canopy_schemas::LoggedVote;
 use serde_json::json;
@@ -213,7 +213,7 @@ fn produce(log: &KafkaLog, votes: &[LoggedVote], producers: usize, batch: usize)
         for share in votes.chunks(chunk) {
             scope.spawn(move || {
                 for batch in share.chunks(batch) {
-                    log.append(batch).expect("the broker acknowledges");
+                    log.append_votes(batch).expect("the broker acknowledges");
                 }
             });
         }
@@ -332,7 +332,7 @@ pub(crate) fn paced_freshness(
     for batch in paced.chunks(per_batch) {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         next += gap;
-        let positions = log.append(batch)?;
+        let positions = log.append_votes(batch)?;
         let acked = Instant::now();
         let mut waiting = pending.lock().expect("not poisoned");
         for position in positions {

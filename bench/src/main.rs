@@ -12,7 +12,9 @@ use canopy_dataflow::{
     CheckpointSink, CutCheckpoint, InMemoryViews, RecordConfig, ViewStore, VoteRecord,
     build_tally_dataflow, recount,
 };
-use canopy_ingest::{EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig, partition_for};
+use canopy_ingest::{
+    EntryLog, LogRecord, Position, SegmentLog, SegmentLogConfig, VoteLog, partition_for,
+};
 use canopy_schemas::synthetic::random_vote;
 use canopy_schemas::{
     ComponentWeights, Decision, DecisionId, LoggedVote, Method, VoterCommitment, VoterId, VoterSalt,
@@ -148,6 +150,7 @@ fn vote_stream(
     let decisions: Vec<Decision> = (0..decision_count)
         .map(|i| Decision {
             electorate: Default::default(),
+            credits: 0,
             id: DecisionId(rng.random()),
             title: format!("decision {i}"),
             description: String::new(),
@@ -360,7 +363,7 @@ fn log(
                 let mut latencies = Vec::with_capacity(per_appender);
                 for vote in votes.iter().skip(a).step_by(appenders) {
                     let sent = Instant::now();
-                    log.append(std::slice::from_ref(vote))?;
+                    log.append_votes(std::slice::from_ref(vote))?;
                     latencies.push(sent.elapsed());
                 }
                 Ok(latencies)

@@ -43,7 +43,7 @@ pub use merkle::{
     Hash, MerkleLog, empty_root, leaf_hash, node_hash, root_from_inclusion, verify_consistency,
     verify_inclusion,
 };
-pub use note::{Checkpoint, NoteSigner, NoteVerifier};
+pub use note::{Checkpoint, NoteSigner, NoteVerifier, open_note};
 pub use target::{AnchorJournal, AnchorReceipt, AnchorTarget, JournalAuditAnchor, batch_origin};
 pub use tiles::{TileKind, TileRef, TileSource, TileWrite, TiledLog};
 

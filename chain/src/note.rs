@@ -42,25 +42,14 @@ impl Checkpoint {
 
     /// The signed note: the body, a blank line, the signature line.
     pub fn sign(&self, signer: &NoteSigner) -> String {
-        let body = self.body();
-        let signature = signer.key.sign(body.as_bytes());
-        let mut blob = signer.key_hash.to_vec();
-        blob.extend_from_slice(&signature.to_bytes());
-        format!(
-            "{body}\n{SIGNATURE_PREFIX}{} {}\n",
-            signer.name,
-            BASE64.encode(blob)
-        )
+        signer.sign_note(&self.body())
     }
 
     /// Parses a signed note and checks it carries a valid signature by `verifier`. Lines
     /// signed by other keys are allowed (a witness may cosign) and ignored.
     pub fn verify(note: &str, verifier: &NoteVerifier) -> Result<Checkpoint, ChainError> {
         let bad = |why: &str| ChainError::BadCheckpoint(why.to_string());
-        let (body, signatures) = note
-            .split_once("\n\n")
-            .ok_or_else(|| bad("no blank line between the body and the signatures"))?;
-        let body = format!("{body}\n");
+        let body = open_note(note, verifier)?;
         let mut lines = body.lines();
         let origin = lines
             .next()
@@ -76,33 +65,44 @@ impl Checkpoint {
             .and_then(|l| BASE64.decode(l).ok())
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or_else(|| bad("the root line is not 32 bytes of base64"))?;
-        let mut verified = false;
-        for line in signatures.lines() {
-            let Some(rest) = line.strip_prefix(SIGNATURE_PREFIX) else {
-                return Err(bad("a signature line does not start with an em dash"));
-            };
-            let (name, blob) = rest
-                .split_once(' ')
-                .ok_or_else(|| bad("a signature line has no signature"))?;
-            let blob = BASE64
-                .decode(blob)
-                .map_err(|_| bad("a signature is not base64"))?;
-            if name != verifier.name || blob.len() != 68 || blob[..4] != verifier.key_hash {
-                continue;
-            }
-            let signature =
-                Signature::from_slice(&blob[4..]).map_err(|_| bad("a signature is malformed"))?;
-            verifier
-                .key
-                .verify(body.as_bytes(), &signature)
-                .map_err(|_| ChainError::BadSignature)?;
-            verified = true;
-        }
-        if !verified {
-            return Err(ChainError::BadSignature);
-        }
         Ok(Checkpoint { origin, size, root })
     }
+}
+
+/// The body of a signed note (with its final newline) once a signature by `verifier` on it
+/// checks. Lines signed by other keys are allowed (a witness may cosign) and ignored.
+pub fn open_note(note: &str, verifier: &NoteVerifier) -> Result<String, ChainError> {
+    let bad = |why: &str| ChainError::BadCheckpoint(why.to_string());
+    let (body, signatures) = note
+        .split_once("\n\n")
+        .ok_or_else(|| bad("no blank line between the body and the signatures"))?;
+    let body = format!("{body}\n");
+    let mut verified = false;
+    for line in signatures.lines() {
+        let Some(rest) = line.strip_prefix(SIGNATURE_PREFIX) else {
+            return Err(bad("a signature line does not start with an em dash"));
+        };
+        let (name, blob) = rest
+            .split_once(' ')
+            .ok_or_else(|| bad("a signature line has no signature"))?;
+        let blob = BASE64
+            .decode(blob)
+            .map_err(|_| bad("a signature is not base64"))?;
+        if name != verifier.name || blob.len() != 68 || blob[..4] != verifier.key_hash {
+            continue;
+        }
+        let signature =
+            Signature::from_slice(&blob[4..]).map_err(|_| bad("a signature is malformed"))?;
+        verifier
+            .key
+            .verify(body.as_bytes(), &signature)
+            .map_err(|_| ChainError::BadSignature)?;
+        verified = true;
+    }
+    if !verified {
+        return Err(ChainError::BadSignature);
+    }
+    Ok(body)
 }
 
 fn key_hash(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
@@ -138,6 +138,19 @@ impl NoteSigner {
             key,
             key_hash,
         })
+    }
+
+    /// `body` (text ending in a newline) as a signed note: the body, a blank line, the
+    /// signature line.
+    pub fn sign_note(&self, body: &str) -> String {
+        let signature = self.key.sign(body.as_bytes());
+        let mut blob = self.key_hash.to_vec();
+        blob.extend_from_slice(&signature.to_bytes());
+        format!(
+            "{body}\n{SIGNATURE_PREFIX}{} {}\n",
+            self.name,
+            BASE64.encode(blob)
+        )
     }
 
     pub fn verifier(&self) -> NoteVerifier {

@@ -530,6 +530,29 @@ pub fn leaf_tiles(from: u64, size: u64) -> Vec<TileRef> {
     tiles
 }
 
+/// Every leaf entry of a log of `size` leaves, in order, read from its entry bundles
+/// (those of [`leaf_tiles`], full and the last partial one) through `fetch`. A bundle that is
+/// missing or holds the wrong number of entries is an error, never a shorter list.
+pub fn read_entries(
+    size: u64,
+    mut fetch: impl FnMut(TileRef) -> Result<Option<Vec<u8>>, ChainError>,
+) -> Result<Vec<Vec<u8>>, ChainError> {
+    let mut entries = Vec::with_capacity(size as usize);
+    for tile in leaf_tiles(0, size) {
+        let bundle = TileRef::entries(tile.index, tile.width);
+        let bytes = fetch(bundle)?.ok_or_else(|| ChainError::TileMissing(bundle.path()))?;
+        let read = decode_bundle(&bytes)?;
+        if read.len() != usize::from(tile.width) {
+            return Err(ChainError::BadEntryBundle(format!(
+                "{bundle} holds {} entries",
+                read.len()
+            )));
+        }
+        entries.extend(read.into_iter().map(<[u8]>::to_vec));
+    }
+    Ok(entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

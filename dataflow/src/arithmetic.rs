@@ -2,7 +2,7 @@
 //! shares, composite, turnout and quorum out. The dataflow's reduce and the from-scratch
 //! recount both call [`Tally::from_sums`], so they cannot disagree on the arithmetic.
 
-use canopy_schemas::{Component, ComponentWeights, Decision, SHARE_SCALE, WEIGHT_SCALE};
+use canopy_schemas::{Component, ComponentWeights, Decision, Method, SHARE_SCALE, WEIGHT_SCALE};
 use serde::{Deserialize, Serialize};
 
 /// What the tally needs of one logged vote.
@@ -21,6 +21,9 @@ pub struct DecisionParams {
     pub options: u16,
     pub weights: ComponentWeights,
     pub quorum: u64,
+    pub method: Method,
+    /// Quadratic: each voter's credits; 0 otherwise.
+    pub credits: u32,
 }
 
 impl From<&Decision> for DecisionParams {
@@ -29,6 +32,8 @@ impl From<&Decision> for DecisionParams {
             options: decision.options.len() as u16,
             weights: decision.weights,
             quorum: decision.quorum,
+            method: decision.method,
+            credits: decision.credits,
         }
     }
 }
@@ -62,12 +67,33 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Builds the result from per-(option, component) (count, weight_sum) sums. Cells with
-    /// a zero count are dropped; cells are visited in any order.
+    /// Builds the result from per-(option, component) (count, weight_sum) sums, where each
+    /// voter is in exactly one cell (single choice), so the turnout is the cells' counts.
+    /// Cells with a zero count are dropped; cells are visited in any order.
     pub fn from_sums(
         params: &DecisionParams,
         sums: impl IntoIterator<Item = ((u16, Component), (u64, u64))>,
     ) -> Tally {
+        let cells = Self::cells(sums);
+        let mut turnout_by_component = [0u64; 4];
+        for cell in &cells {
+            turnout_by_component[cell.component.index()] += cell.count;
+        }
+        Self::from_cells(params, cells, turnout_by_component)
+    }
+
+    /// [`from_sums`](Self::from_sums) for a method whose voter may be in several cells, or
+    /// in none (approval, quadratic, a ranked round's exhausted ballots): the voters per
+    /// component are given.
+    pub fn from_sums_and_turnout(
+        params: &DecisionParams,
+        sums: impl IntoIterator<Item = ((u16, Component), (u64, u64))>,
+        turnout_by_component: [u64; 4],
+    ) -> Tally {
+        Self::from_cells(params, Self::cells(sums), turnout_by_component)
+    }
+
+    fn cells(sums: impl IntoIterator<Item = ((u16, Component), (u64, u64))>) -> Vec<CellTally> {
         let mut cells: Vec<CellTally> = sums
             .into_iter()
             .filter(|(_, (count, _))| *count > 0)
@@ -80,11 +106,17 @@ impl Tally {
             })
             .collect();
         cells.sort_unstable();
+        cells
+    }
+
+    fn from_cells(
+        params: &DecisionParams,
+        mut cells: Vec<CellTally>,
+        turnout_by_component: [u64; 4],
+    ) -> Tally {
         let mut component_weight = [0u64; 4];
-        let mut turnout_by_component = [0u64; 4];
         for cell in &cells {
             component_weight[cell.component.index()] += cell.weight_sum;
-            turnout_by_component[cell.component.index()] += cell.count;
         }
         let mut composite_ppb = vec![0u64; usize::from(params.options)];
         for cell in &mut cells {

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use canopy_ingest::{VoteLog, partition_for};
-use canopy_schemas::{Decision, DecisionId};
+use canopy_ingest::{Position, VoteLog, VoteLogRecord, partition_for};
+use canopy_schemas::{Decision, DecisionClose, DecisionId};
 use timely::CommunicationConfig;
 use timely::WorkerConfig;
 use timely::execute::Config;
@@ -103,6 +103,11 @@ pub struct ClusterConfig {
 /// Decisions by id, for a worker that meets a vote of a decision it does not know yet.
 pub trait DecisionDirectory: Send + Sync {
     fn lookup(&self, decision: DecisionId) -> Option<Decision>;
+
+    /// Told of a decision's first close in the log as the worker that reads its partition
+    /// meets it (again after a replay), so the store learns the close's position whoever
+    /// appended it.
+    fn note_close(&self, _close: &DecisionClose, _position: Position) {}
 }
 
 /// How often worker 0 applies the record's time-based checkpoint rule.
@@ -262,7 +267,7 @@ fn drive_worker(
     stop: &StopFlag,
 ) -> Result<(), String> {
     let result = TallyWorker::restore(worker, context).and_then(|mut tally| {
-        tally.begin();
+        tally.begin(worker);
         while !stop.is_raised() {
             tally.round(worker)?;
         }
@@ -351,16 +356,18 @@ impl<'a> TallyWorker<'a> {
     }
 
     /// Takes the registered decisions and seals the restored state into its own epoch,
-    /// no earlier than the epoch the other workers have reached.
-    fn begin(&mut self) {
+    /// no earlier than the epoch the other workers have reached, and waits until it is
+    /// through: the restored closes must reach every worker before any reads a vote.
+    fn begin(&mut self, worker: &mut Worker) {
         let shared = &self.context.shared;
         self.sync_decisions();
         let start = clock_epoch().max(shared.epoch.load(Ordering::Acquire));
         shared.epoch.fetch_max(start, Ordering::AcqRel);
-        self.inputs.seal_until(start);
+        let restored = self.inputs.seal_until(start);
         if let Some(sensors) = &mut self.sensors {
             sensors.seal_until(start);
         }
+        self.inputs.run_until_published(worker, restored);
     }
 
     /// One look at the log and at the epochs: read, agree on the epoch, write due
@@ -408,12 +415,23 @@ impl<'a> TallyWorker<'a> {
             context.config.max_epoch_records,
             |partition, batch, end| {
                 for record in batch {
-                    let decision = record.vote.decision_id;
-                    if !self.inputs.knows(decision) {
-                        learn_decision(&context.config, &context.shared, decision);
-                        self.sync_decisions();
+                    match record {
+                        VoteLogRecord::Vote(record) => {
+                            let decision = record.vote.decision_id;
+                            if !self.inputs.knows(decision) {
+                                learn_decision(&context.config, &context.shared, decision);
+                                self.sync_decisions();
+                            }
+                            self.inputs.push(record);
+                        }
+                        VoteLogRecord::Close(record) => {
+                            if self.inputs.push_close(record)
+                                && let Some(directory) = &context.config.directory
+                            {
+                                directory.note_close(&record.close, record.position);
+                            }
+                        }
                     }
-                    self.inputs.push(record);
                 }
                 self.inputs.note_end(partition, end);
             },

@@ -26,6 +26,8 @@ pub enum DataflowError {
     Config(String),
     #[error("the anomaly model could not be loaded or run: {0}")]
     Model(String),
+    #[error("the result statement or its leaves do not check: {0}")]
+    BadResult(String),
     #[error("reading the vote log failed: {0}")]
     Log(#[from] IngestError),
 }
@@ -43,6 +45,7 @@ impl DataflowError {
             Self::State(_) => "state_store",
             Self::Config(_) => "invalid_config",
             Self::Model(_) => "model_unavailable",
+            Self::BadResult(_) => "bad_result",
             Self::Log(error) => error.code(),
         }
     }

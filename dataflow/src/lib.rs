@@ -22,7 +22,8 @@
 //! [`recount_trees`] the one for the record's Merkle logs.
 //!
 //! Modules, each importing only those listed before it:
-//! - `error`, `arithmetic` (ballots in, a [`Tally`] out), `sensor_windows` (window stats,
+//! - `error`, `arithmetic` (ballots in, a [`Tally`] out), `methods` (each voting method's
+//!   count, instant runoff's rounds, the outcome), `sensor_windows` (window stats,
 //!   z-scores, the lateness gate, the features oracle), `epoch` (epoch buffering, log ends
 //!   per epoch, the sink that publishes complete epochs), `worker_pool` (start, stop, join),
 //!   `log_reader` (a worker's partitions read from a log, transient errors waited out);
@@ -40,7 +41,9 @@ mod arithmetic;
 mod engine;
 mod epoch;
 mod error;
+mod final_result;
 mod log_reader;
+mod methods;
 mod record;
 mod recount;
 mod scoring;
@@ -58,11 +61,16 @@ pub use arithmetic::{Ballot, CellTally, DecisionParams, Tally};
 pub use engine::{ClusterConfig, DecisionDirectory, EngineConfig, TallyEngine};
 pub use epoch::Epoch;
 pub use error::DataflowError;
+pub use final_result::{ClosePoint, FinalResult, LeafRecount, recount_leaves};
+pub use methods::{
+    CountedBallot, DecisionResult, ExhaustedBallots, Outcome, RankedRound, ballot_cells,
+    count_decision, counted_incrementally,
+};
 pub use record::{
     CheckpointSink, CutCheckpoint, LeafEntry, RecordConfig, RecordLeaf, RecordReader, RecordTiles,
     StoredCheckpoint, VoteRecord, VoterLeaf,
 };
-pub use recount::{recount, recount_trees};
+pub use recount::{counted_votes, recount, recount_log_trees, recount_trees};
 pub use scoring::{AnomalyModel, Scorer, ScorerConfig};
 pub use sensor_engine::{SensorEngine, SensorEngineConfig};
 pub use sensor_feed::SensorFeed;

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use canopy_chain::{MerkleLog, leaf_hash};
-use canopy_ingest::LogRecord;
+use canopy_ingest::{LogRecord, VoteLogRecord};
 use canopy_schemas::{Component, Decision, DecisionId, VoterId};
 
 use crate::arithmetic::{DecisionParams, Tally};
@@ -76,6 +76,52 @@ pub fn recount_trees<'a>(
                 .or_default()
                 .append_hash(leaf_hash(&record.logged().leaf_data()));
         }
+    }
+    trees
+}
+
+/// The votes of `records` (entries of a vote log, in any order across partitions) that
+/// count: each decision's votes before its first close in the log, all of them for a
+/// decision not closed. What [`recount`] and [`recount_trees`] take, for a log with closes.
+pub fn counted_votes(records: &[VoteLogRecord]) -> Vec<&LogRecord> {
+    let mut first_close: HashMap<DecisionId, u64> = HashMap::new();
+    for record in records {
+        if let VoteLogRecord::Close(close) = record {
+            let at = first_close
+                .entry(close.close.decision)
+                .or_insert(close.position.offset);
+            *at = (*at).min(close.position.offset);
+        }
+    }
+    records
+        .iter()
+        .filter_map(VoteLogRecord::vote)
+        .filter(|record| {
+            first_close
+                .get(&record.vote.decision_id)
+                .is_none_or(|close| record.position.offset < *close)
+        })
+        .collect()
+}
+
+/// [`recount_trees`] for a log with closes: each decision's counted votes (see
+/// [`counted_votes`]), then its first close as its last leaf.
+pub fn recount_log_trees(records: &[VoteLogRecord]) -> HashMap<DecisionId, MerkleLog> {
+    let mut trees = recount_trees(counted_votes(records));
+    let mut closed: HashMap<DecisionId, &canopy_ingest::CloseRecord> = HashMap::new();
+    for record in records {
+        if let VoteLogRecord::Close(close) = record {
+            let first = closed.entry(close.close.decision).or_insert(close);
+            if close.position.offset < first.position.offset {
+                *first = close;
+            }
+        }
+    }
+    for (decision, close) in closed {
+        trees
+            .entry(decision)
+            .or_default()
+            .append_hash(leaf_hash(&close.close.leaf_data()));
     }
     trees
 }

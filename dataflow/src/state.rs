@@ -51,6 +51,8 @@ pub enum StateEntry {
     },
     /// A leaf the record appended (or was offered) for a decision.
     Leaf { decision: u128, leaf: RecordLeaf },
+    /// A decision's first close in the log: its votes after `offset` do not count.
+    Close { decision: u128, offset: u64 },
 }
 
 const BALLOT_TAG: u8 = 1;
@@ -61,6 +63,8 @@ const LEAF_LEN: usize = 1 + 16 + 8 + 16 + 16 + 32;
 /// leaf written before leaves carried it, still read.
 const LEAF_WITH_ENTRY_TAG: u8 = 3;
 const LEAF_WITH_ENTRY_LEN: usize = LEAF_LEN + canopy_schemas::LEAF_ENCODING_LEN;
+const CLOSE_TAG: u8 = 4;
+const CLOSE_LEN: usize = 1 + 16 + 8;
 
 /// Encodes entries in the chunk format (version 1): a tag byte then fixed little-endian
 /// fields per entry.
@@ -96,6 +100,11 @@ pub fn encode_entries<'a>(entries: impl IntoIterator<Item = &'a StateEntry>) -> 
                     out.extend_from_slice(&entry.0);
                 }
             }
+            StateEntry::Close { decision, offset } => {
+                out.push(CLOSE_TAG);
+                out.extend_from_slice(&decision.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+            }
         }
     }
     out
@@ -113,6 +122,7 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<StateEntry>, DataflowError> {
             BALLOT_TAG => BALLOT_LEN,
             LEAF_TAG => LEAF_LEN,
             LEAF_WITH_ENTRY_TAG => LEAF_WITH_ENTRY_LEN,
+            CLOSE_TAG => CLOSE_LEN,
             other => return Err(corrupt(at, &format!("unknown entry tag {other}"))),
         };
         let Some(entry) = bytes.get(at..at + len) else {
@@ -133,6 +143,10 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<StateEntry>, DataflowError> {
                         .map_err(|_| corrupt(at, "unknown component"))?,
                     weight: u32::from_le_bytes(fields.take()),
                 },
+            },
+            CLOSE_TAG => StateEntry::Close {
+                decision: fields.u128(),
+                offset: fields.u64(),
             },
             _ => StateEntry::Leaf {
                 decision: fields.u128(),

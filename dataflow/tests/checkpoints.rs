@@ -15,7 +15,7 @@ use canopy_testkit::{decision, logged};
 use proptest::prelude::*;
 
 mod common;
-use common::{all_records, open_segment_log};
+use common::open_segment_log;
 
 /// A vote log that remembers the lowest offset each partition was read from.
 struct ReadSpy {
@@ -32,22 +32,22 @@ impl ReadSpy {
     }
 }
 
-impl EntryLog<LoggedVote> for ReadSpy {
+impl EntryLog<VoteLogEntry> for ReadSpy {
     fn partitions(&self) -> u32 {
         self.inner.partitions()
     }
-    fn append(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
-        self.inner.append(votes)
+    fn append(&self, entries: &[VoteLogEntry]) -> Result<Vec<Position>, IngestError> {
+        self.inner.append(entries)
     }
-    fn append_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
-        self.inner.append_async(votes)
+    fn append_async<'a>(&'a self, entries: &'a [VoteLogEntry]) -> AppendFuture<'a> {
+        self.inner.append_async(entries)
     }
     fn read_entries(
         &self,
         partition: u32,
         from: u64,
         max: usize,
-    ) -> Result<Vec<(Position, LoggedVote)>, IngestError> {
+    ) -> Result<Vec<(Position, VoteLogEntry)>, IngestError> {
         self.lowest_read[partition as usize].fetch_min(from, Ordering::Relaxed);
         self.inner.read_entries(partition, from, max)
     }
@@ -163,11 +163,26 @@ fn wait_until_caught_up(log: &SegmentLog, views: &InMemoryViews) {
     }
 }
 
-/// The oracle: each decision's tally and Merkle log, recounted from the whole log.
+/// Closes `decision` where the log stands: its votes appended after this do not count.
+fn close(log: &SegmentLog, decision: u128) {
+    log.append(&[VoteLogEntry::Close(DecisionClose {
+        decision: DecisionId(decision),
+        kind: CloseKind::Early,
+        at: 1,
+        by: 0,
+    })])
+    .unwrap();
+}
+
+/// The oracle: each decision's tally and Merkle log, recounted from the whole log, the
+/// votes after a decision's first close left out and the close its last leaf.
 fn check_against_recount(log: &SegmentLog, run: &Run) -> Result<(), TestCaseError> {
-    let records = all_records(log);
+    let entries: Vec<VoteLogRecord> = (0..log.partitions())
+        .flat_map(|partition| log.read(partition, 0, usize::MAX).unwrap())
+        .collect();
+    let records = counted_votes(&entries);
     let decisions: Vec<Decision> = (1..=6).map(decision).collect();
-    let expected = recount(&records, &decisions);
+    let expected = recount(records.iter().copied(), &decisions);
     for d in &decisions {
         let view = run.views.get(d.id).unwrap();
         match expected.get(&d.id) {
@@ -175,7 +190,7 @@ fn check_against_recount(log: &SegmentLog, run: &Run) -> Result<(), TestCaseErro
             None => prop_assert!(view.is_none_or(|v| v.tally.turnout == 0)),
         }
     }
-    for (decision, tree) in &recount_trees(&records) {
+    for (decision, tree) in &recount_log_trees(&entries) {
         prop_assert_eq!(run.record.size(*decision), tree.size());
         prop_assert_eq!(
             run.record.root_at(*decision, tree.size()).unwrap(),
@@ -200,7 +215,9 @@ proptest! {
         let log = open_segment_log(dir.path(), 5);
         let state = Arc::new(InMemoryStateStore::default());
         let before = votes(seed, first, &[]);
-        log.append(&before).unwrap();
+        log.append_votes(&before).unwrap();
+        // One decision closes before the checkpoint: the restart must still know it.
+        close(&log, 1 + u128::from(seed % 6));
 
         let run = start(&log, &state, workers_before);
         wait_until_caught_up(&log, &run.views);
@@ -213,8 +230,14 @@ proptest! {
         }
         run.engine.shutdown().unwrap();
 
-        // More votes while it is down, redeliveries of votes before the checkpoint among them.
-        log.append(&votes(seed ^ 1, second, &before)).unwrap();
+        // More votes while it is down, redeliveries of votes before the checkpoint among them,
+        // and votes racing the closes of two decisions (one closed again).
+        let more = votes(seed ^ 1, second, &before);
+        let (early, late) = more.split_at(more.len() / 2);
+        log.append_votes(early).unwrap();
+        close(&log, 1 + u128::from((seed >> 8) % 6));
+        close(&log, 1 + u128::from(seed % 6));
+        log.append_votes(late).unwrap();
         // What the restart will resume from (the engine is stopped, so loading is safe).
         let snapshot_ends: HashMap<u32, u64> =
             state.load().unwrap().unwrap().ends.into_iter().collect();
@@ -235,9 +258,10 @@ proptest! {
         run.engine.shutdown().unwrap();
     }
 
-    /// Runs of changing sizes, each writing several checkpoints while votes arrive, every
-    /// few of them full (so the store keeps only the latest full one and what follows):
-    /// after every restart the tallies and Merkle logs equal a recount of the whole log.
+    /// Runs of changing sizes, each writing several checkpoints while votes arrive and
+    /// decisions close, every few of them full (so the store keeps only the latest full one
+    /// and what follows): after every restart the tallies and Merkle logs equal a recount
+    /// of the whole log, no vote after its decision's close counted.
     #[test]
     fn restarts_through_full_checkpoints_lose_and_repeat_nothing(
         seed in any::<u64>(),
@@ -257,7 +281,10 @@ proptest! {
             // Votes in a few bursts, so that several checkpoints are written in this run.
             for burst in 0..4u64 {
                 let more = votes(seed ^ (run_index as u64 * 16 + burst), 60, &earlier);
-                log.append(&more).unwrap();
+                log.append_votes(&more).unwrap();
+                if burst == 2 {
+                    close(&log, 1 + u128::from((seed >> run_index) % 6));
+                }
                 earlier.extend(more);
                 std::thread::sleep(Duration::from_millis(40));
             }

@@ -126,7 +126,7 @@ fn a_restarted_engine_replays_the_log_to_the_same_result() {
             .map(|n| vote(n % 450, 1 + n % 2, n % 60, (n % 3) as u16))
             .map(logged)
             .collect();
-        log.append(&votes).unwrap();
+        log.append_votes(&votes).unwrap();
     }
     let log = Arc::new(SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap());
     let views = Arc::new(InMemoryViews::new());
@@ -143,7 +143,7 @@ fn a_corrupt_log_stops_the_engine_and_no_result_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_segment_log(dir.path(), 1);
     for n in 0..100u128 {
-        log.append(&[logged(vote(n, 1, n, 0))]).unwrap();
+        log.append_votes(&[logged(vote(n, 1, n, 0))]).unwrap();
     }
     // Bit rot after the log was opened: the fifth frame's payload changes on disk.
     let segment = dir.path().join(format!("{:020}.seg", 0));
@@ -203,7 +203,7 @@ fn over_a_kafka_topic_the_tallies_equal_a_recount() {
         })
         .map(logged)
         .collect();
-    log.append(&votes).unwrap();
+    log.append_votes(&votes).unwrap();
     let views = Arc::new(InMemoryViews::new());
     let engine = start_engine(log.clone(), views.clone(), &decisions);
     let records = all_records(log.as_ref());

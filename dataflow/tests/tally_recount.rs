@@ -62,6 +62,7 @@ fn step() -> impl Strategy<Value = Step> {
 fn decision(index: usize, weights: [u32; 4], quorum: u64) -> Decision {
     Decision {
         electorate: Default::default(),
+        credits: 0,
         id: DecisionId(1000 + index as u128),
         title: format!("decision {index}"),
         description: String::new(),
@@ -393,6 +394,8 @@ fn shares_and_composite_follow_the_weights() {
         options: 2,
         weights: ComponentWeights([500_000, 500_000, 0, 0]),
         quorum: 4,
+        method: Method::SingleChoice,
+        credits: 0,
     };
     let democratic = Component::Democratic;
     let expert = Component::Expert;

@@ -47,6 +47,8 @@ pub enum IngestError {
     },
     #[error("decision {decision} has opened; its options, weights and method can no longer change")]
     DecisionFrozen { decision: DecisionId },
+    #[error("vote {index} is refused: decision {decision} is closed")]
+    DecisionClosed { index: usize, decision: DecisionId },
     #[error("the Kafka log failed: {reason}")]
     Kafka { reason: String },
     #[error("the Kafka topic {topic} is not usable: {reason}")]
@@ -91,6 +93,7 @@ impl IngestError {
                 source.code()
             }
             Self::DecisionFrozen { .. } => "decision_frozen",
+            Self::DecisionClosed { .. } => "decision_closed",
             Self::Kafka { .. } => "kafka",
             Self::KafkaTopic { .. } => "kafka_topic",
         }

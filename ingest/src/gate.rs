@@ -1,18 +1,22 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use canopy_schemas::{
-    Decision, DecisionId, LoggedVote, Timestamp, validate_decision, validate_vote,
+    Decision, DecisionClose, DecisionId, LoggedVote, Timestamp, VoteLogEntry, validate_decision,
+    validate_vote,
 };
 
 use crate::{IngestError, Position, VoteLog};
 
 /// The only way votes should enter the log: every vote of a batch is checked against its
 /// decision first, and a batch with one bad vote is refused whole, so nothing of it is
-/// stored.
+/// stored. A decision closed through this gate, or told closed by the store, takes no more
+/// votes (the engine drops any that race the close in the log anyway: this only spares
+/// them the trip).
 pub struct Gate<L: ?Sized> {
     log: Arc<L>,
     decisions: RwLock<HashMap<DecisionId, Decision>>,
+    closed: RwLock<HashSet<DecisionId>>,
 }
 
 impl<L: VoteLog + ?Sized> Gate<L> {
@@ -20,6 +24,7 @@ impl<L: VoteLog + ?Sized> Gate<L> {
         Self {
             log,
             decisions: RwLock::new(HashMap::new()),
+            closed: RwLock::new(HashSet::new()),
         }
     }
 
@@ -64,13 +69,37 @@ impl<L: VoteLog + ?Sized> Gate<L> {
     /// Validates every vote, then appends them all; returns once they are durable.
     pub fn submit(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
         self.validate(votes)?;
-        self.log.append(votes)
+        self.log.append_votes(votes)
     }
 
     /// [`submit`](Self::submit) for async callers.
     pub async fn submit_async(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
         self.validate(votes)?;
-        self.log.append_async(votes).await
+        self.log.append_votes_async(votes).await
+    }
+
+    /// Appends `close` to its decision's partition and returns its position once durable:
+    /// from there on no vote of the decision counts, on any worker. Closing a closed
+    /// decision appends again; only the first close in the log has effect.
+    pub async fn close_async(&self, close: DecisionClose) -> Result<Position, IngestError> {
+        self.note_closed(close.decision);
+        let positions = self.log.append_async(&[VoteLogEntry::Close(close)]).await?;
+        Ok(positions[0])
+    }
+
+    /// Refuses the decision's votes from now on (its close is in the log already).
+    pub fn note_closed(&self, decision: DecisionId) {
+        self.closed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(decision);
+    }
+
+    pub fn is_closed(&self, decision: DecisionId) -> bool {
+        self.closed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&decision)
     }
 
     fn validate(&self, votes: &[LoggedVote]) -> Result<(), IngestError> {
@@ -89,6 +118,20 @@ impl<L: VoteLog + ?Sized> Gate<L> {
                         })?;
                 validate_vote(decision, vote)
                     .map_err(|source| IngestError::InvalidVote { index, source })?;
+            }
+        }
+        {
+            let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((index, vote)) = votes
+                .iter()
+                .map(|logged| &logged.vote)
+                .enumerate()
+                .find(|(_, vote)| closed.contains(&vote.decision_id))
+            {
+                return Err(IngestError::DecisionClosed {
+                    index,
+                    decision: vote.decision_id,
+                });
             }
         }
         Ok(())

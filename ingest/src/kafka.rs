@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use std::marker::PhantomData;
 
-use canopy_schemas::{LoggedVote, SensorReading};
+use canopy_schemas::{SensorReading, VoteLogEntry};
 use hmac::{Hmac, Mac};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -228,7 +228,7 @@ impl Passed {
 }
 
 /// The vote log on Kafka: votes keyed by decision id.
-pub type KafkaLog = KafkaEntryLog<LoggedVote>;
+pub type KafkaLog = KafkaEntryLog<VoteLogEntry>;
 /// The sensor log on Kafka: readings keyed by region, so a producer outside Canopy that keys
 /// by region lands each region in the partition Canopy expects.
 pub type KafkaSensorLog = KafkaEntryLog<SensorReading>;

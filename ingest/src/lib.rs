@@ -21,7 +21,7 @@
 //! once, generic over the entry: [`SegmentEntryLog<E>`] on local segment files,
 //! [`KafkaEntryLog<E>`] on a Kafka topic. [`VoteLog`] and [`SensorLog`] are the names the
 //! rest of Canopy reads: subtraits with no methods of their own, implemented for every
-//! `EntryLog<LoggedVote>` / `EntryLog<SensorReading>`, so `Arc<dyn VoteLog>` and
+//! `EntryLog<VoteLogEntry>` / `EntryLog<SensorReading>`, so `Arc<dyn VoteLog>` and
 //! `Gate<dyn VoteLog>` keep working and call the `EntryLog` methods without importing it
 //! (a concrete log, such as a [`SegmentLog`], needs `EntryLog` in scope for them).
 //! (Subtraits rather than `type VoteLog = dyn EntryLog<LoggedVote>`: the alias would turn
@@ -36,7 +36,8 @@ mod segment;
 mod segment_files;
 
 use canopy_schemas::{
-    DecisionId, LoggedVote, MAX_WEIGHT, SealedVoter, SensorReading, Vote, VoterCommitment,
+    DecisionClose, DecisionId, LoggedVote, MAX_WEIGHT, SealedVoter, SensorReading, Vote,
+    VoteLogEntry, VoterCommitment,
 };
 
 pub use error::IngestError;
@@ -86,6 +87,49 @@ impl LogRecord {
             vote: self.vote,
             commitment: self.commitment,
             sealed_voter: self.sealed_voter,
+        }
+    }
+}
+
+/// A decision's close read back from the log, with the position it was stored at: the
+/// decision's votes after this position do not count.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CloseRecord {
+    pub position: Position,
+    pub close: DecisionClose,
+}
+
+/// An entry of the vote log read back: a vote or a decision's close.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum VoteLogRecord {
+    Vote(LogRecord),
+    Close(CloseRecord),
+}
+
+impl VoteLogRecord {
+    /// The vote, if this is one.
+    pub fn vote(&self) -> Option<&LogRecord> {
+        match self {
+            Self::Vote(record) => Some(record),
+            Self::Close(_) => None,
+        }
+    }
+}
+
+impl From<(Position, VoteLogEntry)> for VoteLogRecord {
+    fn from((position, entry): (Position, VoteLogEntry)) -> Self {
+        match entry {
+            VoteLogEntry::Vote(logged) => Self::Vote(LogRecord::from((position, logged))),
+            VoteLogEntry::Close(close) => Self::Close(CloseRecord { position, close }),
+        }
+    }
+}
+
+impl Positioned for VoteLogRecord {
+    fn position(&self) -> Position {
+        match self {
+            Self::Vote(record) => record.position,
+            Self::Close(record) => record.position,
         }
     }
 }
@@ -179,13 +223,13 @@ pub trait LogEntry: Clone + PartialEq + Send + Sync + 'static {
     }
 }
 
-impl LogEntry for LoggedVote {
+impl LogEntry for VoteLogEntry {
     const KIND: &'static str = "vote";
-    type Record = LogRecord;
+    type Record = VoteLogRecord;
     type PartitionKey<'a> = DecisionId;
 
     fn partition_key(&self) -> DecisionId {
-        self.vote.decision_id
+        self.decision()
     }
 
     fn partition_for_key(decision: DecisionId, partitions: u32) -> u32 {
@@ -193,35 +237,43 @@ impl LogEntry for LoggedVote {
     }
 
     fn key(&self) -> Vec<u8> {
-        self.vote.decision_id.0.to_be_bytes().to_vec()
+        self.decision().0.to_be_bytes().to_vec()
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.encode());
+        VoteLogEntry::encode_into(self, out);
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        LoggedVote::decode(bytes).map_err(|e| e.to_string())
+        VoteLogEntry::decode(bytes).map_err(|e| e.to_string())
     }
 
     /// The bounds of `validate_vote`'s weight rule, which hold whatever the decision (the
     /// democratic component's exact weight of one is the gate's to enforce: the tally does
-    /// not depend on it).
+    /// not depend on it); a close stamped after 1970.
     fn validate_alone(&self) -> Result<(), String> {
-        let weight = self.vote.weight;
+        let vote = match self {
+            Self::Vote(logged) => &logged.vote,
+            Self::Close(close) if close.at < 0 => {
+                return Err(format!("closed at {} µs, before 1970", close.at));
+            }
+            Self::Close(_) => return Ok(()),
+        };
+        let weight = vote.weight;
         if weight.0 == 0 || weight.0 > MAX_WEIGHT {
             return Err(format!(
                 "weight {} millionths, outside (0, {MAX_WEIGHT}]",
                 weight.0
             ));
         }
-        if self.vote.cast_at < 0 {
-            return Err(format!("cast at {} µs, before 1970", self.vote.cast_at));
+        if vote.cast_at < 0 {
+            return Err(format!("cast at {} µs, before 1970", vote.cast_at));
         }
         Ok(())
     }
 
-    /// Format 4: the logged vote's version 2, the voter's id never in the clear.
+    /// Format 4: the logged vote's version 2, the voter's id never in the clear (a close
+    /// entry is new in it, and no older log holds one).
     const LOG_FORMAT: u32 = 4;
 
     fn upgrade(payload: &[u8]) -> Option<Vec<u8>> {
@@ -337,11 +389,38 @@ pub trait EntryLog<E: LogEntry>: Send + Sync {
     }
 }
 
-/// A durable, partitioned, append-only log of votes, partitioned by decision: every
-/// [`EntryLog<LoggedVote>`] is one.
-pub trait VoteLog: EntryLog<LoggedVote> {}
+/// A durable, partitioned, append-only log of votes and decisions' closes, partitioned by
+/// decision: every [`EntryLog<VoteLogEntry>`] is one. Its methods are the vote-only views
+/// of the entry log's.
+pub trait VoteLog: EntryLog<VoteLogEntry> {
+    /// Appends votes (see [`EntryLog::append`]).
+    fn append_votes(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
+        let entries: Vec<VoteLogEntry> = votes.iter().copied().map(VoteLogEntry::from).collect();
+        self.append(&entries)
+    }
 
-impl<L: EntryLog<LoggedVote> + ?Sized> VoteLog for L {}
+    /// Appends votes (see [`EntryLog::append_async`]).
+    fn append_votes_async<'a>(&'a self, votes: &'a [LoggedVote]) -> AppendFuture<'a> {
+        let entries: Vec<VoteLogEntry> = votes.iter().copied().map(VoteLogEntry::from).collect();
+        Box::pin(async move { self.append_async(&entries).await })
+    }
+
+    /// The votes among up to `max` entries of `partition` from `from` on (closes skipped).
+    fn read_votes(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<LogRecord>, IngestError> {
+        Ok(self
+            .read(partition, from, max)?
+            .into_iter()
+            .filter_map(|record| record.vote().copied())
+            .collect())
+    }
+}
+
+impl<L: EntryLog<VoteLogEntry> + ?Sized> VoteLog for L {}
 
 /// A durable, partitioned, append-only log of sensor readings, partitioned by region: every
 /// [`EntryLog<SensorReading>`] is one.

@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 
 use std::marker::PhantomData;
 
-use canopy_schemas::{LoggedVote, SensorReading};
+use canopy_schemas::{SensorReading, VoteLogEntry};
 
 use crate::{AppendFuture, EntriesRead, EntryLog, IngestError, LogEntry, Position};
 
@@ -90,7 +90,7 @@ pub struct Recovery {
 }
 
 /// The embedded, file-backed [`VoteLog`](crate::VoteLog).
-pub type SegmentLog = SegmentEntryLog<LoggedVote>;
+pub type SegmentLog = SegmentEntryLog<VoteLogEntry>;
 /// The embedded, file-backed [`SensorLog`](crate::SensorLog): the same segment format,
 /// readings as payload.
 pub type SensorSegmentLog = SegmentEntryLog<SensorReading>;

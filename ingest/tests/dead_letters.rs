@@ -170,11 +170,11 @@ fn bad_records_are_dead_lettered_once_and_the_reader_goes_on() {
 
     // Signed records to replay: one of another partition of this topic, one of this
     // partition of another topic signed with the same key.
-    let other_partition = log.append(&[vote(elsewhere, 900, 900)]).unwrap()[0];
+    let other_partition = log.append_votes(&[vote(elsewhere, 900, 900)]).unwrap()[0];
     let replay_partition = signed_record(&topic, 2, other_partition.offset);
     let other_topic = self::topic();
     let sibling = KafkaLog::connect(config(&other_topic, KEY)).unwrap();
-    let at = sibling.append(&[vote(here, 901, 901)]).unwrap()[0];
+    let at = sibling.append_votes(&[vote(here, 901, 901)]).unwrap()[0];
     let replay_topic = signed_record(&other_topic, partition, at.offset);
 
     let mut good = Vec::new();
@@ -190,7 +190,7 @@ fn bad_records_are_dead_lettered_once_and_the_reader_goes_on() {
         };
         match kind {
             Kind::Good => {
-                let position = log.append(&[logged]).unwrap()[0];
+                let position = log.append_votes(&[logged]).unwrap()[0];
                 good.push((position, logged));
             }
             Kind::Garbage => {
@@ -217,7 +217,7 @@ fn bad_records_are_dead_lettered_once_and_the_reader_goes_on() {
                 raw("invalid", invalid.encode().to_vec(), None)
             }
             Kind::OtherKey => {
-                let position = impostor.append(&[logged]).unwrap()[0];
+                let position = impostor.append_votes(&[logged]).unwrap()[0];
                 assert_eq!(position.partition, partition);
                 bad.insert(position.offset, ("bad_signature", encoded, Some(key)));
             }
@@ -252,7 +252,12 @@ fn bad_records_are_dead_lettered_once_and_the_reader_goes_on() {
                 batch.next > from,
                 "a read at {from} (end {end}) did not move on"
             );
-            assert!(batch.records.iter().all(|r| r.position.offset < batch.next));
+            assert!(
+                batch
+                    .records
+                    .iter()
+                    .all(|r| r.position().offset < batch.next)
+            );
             records.extend(batch.records);
             from = batch.next;
         }
@@ -260,8 +265,11 @@ fn bad_records_are_dead_lettered_once_and_the_reader_goes_on() {
         records
     };
     let records = read_all(&log, &mut rng);
-    let got: Vec<(Position, LoggedVote)> =
-        records.iter().map(|r| (r.position, r.logged())).collect();
+    let got: Vec<(Position, LoggedVote)> = records
+        .iter()
+        .filter_map(VoteLogRecord::vote)
+        .map(|r| (r.position, r.logged()))
+        .collect();
     assert_eq!(
         got, good,
         "the good records, at their acknowledged positions"
@@ -321,9 +329,9 @@ fn a_read_does_not_pass_a_record_its_dead_letter_was_not_taken_for() {
     .unwrap();
     let partition = 0;
     let decision = decision_in(partition);
-    let first = writer.append(&[vote(decision, 1, 1)]).unwrap()[0];
+    let first = writer.append_votes(&[vote(decision, 1, 1)]).unwrap()[0];
     let garbage = produce_raw(&raw_producer(), &topic, partition, None, b"garbage", None);
-    let last = writer.append(&[vote(decision, 2, 2)]).unwrap()[0];
+    let last = writer.append_votes(&[vote(decision, 2, 2)]).unwrap()[0];
 
     for _ in 0..2 {
         let error = reader.read_batch(partition, 0, 10).unwrap_err();
@@ -333,7 +341,7 @@ fn a_read_does_not_pass_a_record_its_dead_letter_was_not_taken_for() {
     // The record before it is read alone, and a read from the bad record fails.
     let batch = reader.read_batch(partition, 0, 1).unwrap();
     assert_eq!(batch.records.len(), 1);
-    assert_eq!(batch.records[0].position, first);
+    assert_eq!(batch.records[0].position(), first);
     assert!(reader.read_batch(partition, batch.next, 10).is_err());
     assert_eq!(reader.dead_letters(), 0);
 
@@ -359,7 +367,11 @@ fn a_read_does_not_pass_a_record_its_dead_letter_was_not_taken_for() {
         }
     };
     assert_eq!(
-        batch.records.iter().map(|r| r.position).collect::<Vec<_>>(),
+        batch
+            .records
+            .iter()
+            .map(|r| r.position())
+            .collect::<Vec<_>>(),
         [last]
     );
     assert_eq!(batch.next, last.offset + 1);
@@ -412,7 +424,11 @@ fn sensor_records_not_from_canopy_are_dead_lettered() {
     let garbage = produce_raw(&producer, &topic, 0, None, &[1, 2, 3], None);
     let batch = EntryLog::read_batch(&log, 0, 0, 100).unwrap();
     assert_eq!(
-        batch.records.iter().map(|r| r.position).collect::<Vec<_>>(),
+        batch
+            .records
+            .iter()
+            .map(|r| r.position())
+            .collect::<Vec<_>>(),
         [good]
     );
     assert_eq!(batch.next, garbage + 1);
@@ -458,7 +474,9 @@ fn a_flood_of_garbage_is_dead_lettered_and_read_past() {
     for delivery in deliveries {
         futures_executor::block_on(delivery).unwrap().unwrap();
     }
-    let good = log.append(&[vote(decision_in(partition), 1, 1)]).unwrap()[0];
+    let good = log
+        .append_votes(&[vote(decision_in(partition), 1, 1)])
+        .unwrap()[0];
     assert_eq!(good.offset, FLOOD);
 
     let started = std::time::Instant::now();
@@ -470,7 +488,7 @@ fn a_flood_of_garbage_is_dead_lettered_and_read_past() {
     }
     let elapsed = started.elapsed();
     assert_eq!(
-        records.iter().map(|r| r.position).collect::<Vec<_>>(),
+        records.iter().map(|r| r.position()).collect::<Vec<_>>(),
         [good]
     );
     assert_eq!(log.dead_letters(), FLOOD);

@@ -6,6 +6,7 @@ use canopy_schemas::*;
 fn decision() -> Decision {
     Decision {
         electorate: Default::default(),
+        credits: 0,
         id: DecisionId(42),
         title: "Close the quarry road?".into(),
         description: String::new(),

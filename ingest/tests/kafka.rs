@@ -38,7 +38,7 @@ fn acknowledged_votes_read_back_in_order_at_their_positions() {
     let again = Arc::new(KafkaLog::connect(config(&topic, 3)).unwrap());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let more: Vec<LoggedVote> = (200..210).map(|n| vote(1, n, n)).collect();
-    let appended = runtime.block_on(again.append_async(&more)).unwrap();
+    let appended = runtime.block_on(again.append_votes_async(&more)).unwrap();
     let partition = partition_for(DecisionId(1), 3);
     let records = read_partition(again.as_ref(), partition);
     assert_eq!(records.last().unwrap().position, *appended.last().unwrap());

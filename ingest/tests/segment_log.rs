@@ -22,7 +22,7 @@ fn read_all(log: &SegmentLog, partition: u32) -> Result<Vec<LogRecord>, IngestEr
     let mut out = Vec::new();
     let mut from = log.earliest_offset(partition)?;
     loop {
-        let batch = log.read(partition, from, 1000)?;
+        let batch = log.read_votes(partition, from, 1000)?;
         let Some(last) = batch.last() else {
             return Ok(out);
         };
@@ -53,7 +53,7 @@ fn overwrite(file: &Path, offset: u64, bytes: &[u8]) {
 fn one_vote_per_round(dir: &Path, count: u128) -> SegmentLog {
     let log = SegmentLog::open(dir, config(1, 1024)).unwrap();
     for n in 0..count {
-        log.append(&[vote(1, n, n)]).unwrap();
+        log.append_votes(&[vote(1, n, n)]).unwrap();
     }
     log
 }
@@ -77,7 +77,7 @@ fn concurrent_appenders_share_fsyncs_and_get_distinct_positions() {
                 (0..300u128)
                     .map(|n| {
                         (
-                            log.append(&[vote(n % 5, t, t * 1000 + n)]).unwrap()[0],
+                            log.append_votes(&[vote(n % 5, t, t * 1000 + n)]).unwrap()[0],
                             t * 1000 + n,
                         )
                     })
@@ -108,14 +108,17 @@ fn reopening_keeps_every_vote_and_continues_the_offsets() {
     let dir = tempfile::tempdir().unwrap();
     {
         let log = SegmentLog::open(dir.path(), config(1, 4096)).unwrap();
-        log.append(&(0..100).map(|n| vote(1, n, n)).collect::<Vec<_>>())
+        log.append_votes(&(0..100).map(|n| vote(1, n, n)).collect::<Vec<_>>())
             .unwrap();
     }
     // The partition count is the log's own: a different configured count does not re-shard it.
     let log = SegmentLog::open(dir.path(), config(8, 4096)).unwrap();
     assert_eq!(log.partitions(), 1);
     assert_eq!(log.recovery(), &Recovery::default());
-    assert_eq!(log.append(&[vote(1, 500, 500)]).unwrap()[0].offset, 100);
+    assert_eq!(
+        log.append_votes(&[vote(1, 500, 500)]).unwrap()[0].offset,
+        100
+    );
     let records = read_all(&log, 0).unwrap();
     assert_eq!(records.len(), 101);
     assert_eq!(log.verify().unwrap(), 101);
@@ -124,7 +127,7 @@ fn reopening_keeps_every_vote_and_continues_the_offsets() {
 /// Appends `votes` one round at a time, closes the log, and returns where its data ends.
 fn append_and_close(dir: &Path, cfg: SegmentLogConfig, votes: &[LoggedVote]) -> (PathBuf, u64) {
     let log = SegmentLog::open(dir, cfg).unwrap();
-    log.append(votes).unwrap();
+    log.append_votes(votes).unwrap();
     log.tail()
 }
 
@@ -143,7 +146,7 @@ fn a_torn_tail_is_cut_on_open_and_the_log_goes_on() {
     assert_eq!(log.end_offset(0).unwrap(), 9);
     assert_eq!(read_all(&log, 0).unwrap().len(), 9);
     assert_eq!(log.tail(), (segment.clone(), end - FRAME));
-    assert_eq!(log.append(&[vote(1, 99, 99)]).unwrap()[0].offset, 9);
+    assert_eq!(log.append_votes(&[vote(1, 99, 99)]).unwrap()[0].offset, 9);
     drop(log);
     let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
     assert_eq!(log.recovery(), &Recovery::default());
@@ -180,7 +183,7 @@ fn a_stale_frame_behind_a_torn_one_never_comes_back() {
     let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
     assert_eq!(log.end_offset(0).unwrap(), 10);
     assert_eq!(log.recovery().torn_tail_bytes, 2 * FRAME);
-    log.append(&[vote(1, 500, 500)]).unwrap();
+    log.append_votes(&[vote(1, 500, 500)]).unwrap();
     drop(log);
     let log = SegmentLog::open(dir.path(), config(1, 1 << 20)).unwrap();
     let records = read_all(&log, 0).unwrap();
@@ -210,7 +213,7 @@ fn a_flipped_byte_in_an_old_segment_is_refused_with_a_clear_error() {
 fn a_flipped_byte_after_open_is_caught_when_read() {
     let dir = tempfile::tempdir().unwrap();
     let log = SegmentLog::open(dir.path(), config(2, 1 << 20)).unwrap();
-    log.append(&(0..20).map(|n| vote(n % 2, n, n)).collect::<Vec<_>>())
+    log.append_votes(&(0..20).map(|n| vote(n % 2, n, n)).collect::<Vec<_>>())
         .unwrap();
     let segment = segment_files(dir.path()).unwrap().remove(0);
     overwrite(&segment, header(2) + 5 * FRAME + 30, &[0xAA]);
@@ -243,7 +246,7 @@ fn retention_deletes_whole_sealed_segments_only() {
     };
     let log = SegmentLog::open(dir.path(), cfg.clone()).unwrap();
     for n in 0..200 {
-        log.append(&[vote(1, n, n)]).unwrap();
+        log.append_votes(&[vote(1, n, n)]).unwrap();
     }
     let earliest = log.earliest_offset(0).unwrap();
     assert!(earliest > 0, "old segments are gone");
@@ -276,7 +279,7 @@ fn delete_before_keeps_the_segment_holding_the_offset() {
     assert_eq!(segment_files(dir.path()).unwrap().len(), before - deleted);
     let earliest = log.earliest_offset(0).unwrap();
     assert!(earliest <= 50);
-    assert_eq!(log.read(0, 50, 1).unwrap()[0].position.offset, 50);
+    assert_eq!(log.read_votes(0, 50, 1).unwrap()[0].position.offset, 50);
     let sealed = segment_files(dir.path()).unwrap().len() - 1;
     assert_eq!(log.delete_before(&[u64::MAX]).unwrap(), sealed);
     assert_eq!(
@@ -284,7 +287,7 @@ fn delete_before_keeps_the_segment_holding_the_offset() {
         1,
         "the active segment always stays"
     );
-    assert_eq!(log.read(0, 99, 1).unwrap()[0].position.offset, 99);
+    assert_eq!(log.read_votes(0, 99, 1).unwrap()[0].position.offset, 99);
 }
 
 #[test]
@@ -311,7 +314,7 @@ fn a_segment_whose_header_never_became_durable_is_removed() {
     assert_eq!(log.recovery().removed_empty_segments, vec![torn]);
     assert_eq!(segment_files(dir.path()).unwrap().len(), next);
     assert_eq!(log.verify().unwrap(), 30);
-    assert_eq!(log.append(&[vote(1, 99, 99)]).unwrap()[0].offset, 30);
+    assert_eq!(log.append_votes(&[vote(1, 99, 99)]).unwrap()[0].offset, 30);
 }
 
 #[test]
@@ -329,7 +332,7 @@ fn async_appends_resolve_once_durable() {
                 let log = Arc::clone(&log);
                 tokio::spawn(async move {
                     let votes = [vote(n % 9, n, n)];
-                    let position = log.append_async(&votes).await.unwrap()[0];
+                    let position = log.append_votes_async(&votes).await.unwrap()[0];
                     // Durable means readable: the end offset has already moved past it.
                     assert!(log.end_offset(position.partition).unwrap() > position.offset);
                     (position, n)
@@ -344,7 +347,8 @@ fn async_appends_resolve_once_durable() {
     });
     for (position, n) in acked {
         assert_eq!(
-            log.read(position.partition, position.offset, 1).unwrap()[0]
+            log.read_votes(position.partition, position.offset, 1)
+                .unwrap()[0]
                 .vote
                 .vote_id,
             VoteId(n)
@@ -421,7 +425,7 @@ fn sensor_readings_read_back_by_region_partition_after_a_reopen() {
 fn a_log_open_elsewhere_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let log = SegmentLog::open(dir.path(), config(2, 1 << 20)).unwrap();
-    log.append(&[vote(1, 1, 1)]).unwrap();
+    log.append_votes(&[vote(1, 1, 1)]).unwrap();
     let error = SegmentLog::open(dir.path(), config(2, 1 << 20)).unwrap_err();
     assert_eq!(error.code(), "bad_log");
     assert!(error.to_string().contains("another process"), "{error}");
@@ -544,7 +548,7 @@ fn a_format_three_log_is_upgraded_on_open_and_keeps_no_voter_id() {
         );
     }
     // The log goes on where it was, and opening it again changes nothing.
-    let positions = log.append(&[vote(1, 9, 1000)]).unwrap();
+    let positions = log.append_votes(&[vote(1, 9, 1000)]).unwrap();
     drop(log);
     let again = SegmentLog::open(dir.path(), config(2, 2048)).unwrap();
     assert_eq!(again.verify().unwrap(), old.len() as u64 + 1);

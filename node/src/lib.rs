@@ -18,6 +18,7 @@
 //! - [`tiles`]: the record store (C2SP tlog tiles in a folder or bucket) and its reader.
 //! - [`keys`]: the node's key files: the record key's seed, the audit and secrets keys.
 //! - [`lake`]: the analytics lake's flush and compaction loop.
+//! - [`lifecycle`]: decisions closed at the end of their window, final results signed.
 //! - [`redis`]: the cluster's view store and replica coordination in Redis.
 //! - [`redis_sensors`]: the cluster's sensor features and alerts in Redis.
 //! - [`listener`]: the HTTP listener's accept loop: timeouts, connection cap, headers.
@@ -29,6 +30,7 @@ pub mod data_dir;
 mod error;
 pub mod keys;
 pub mod lake;
+pub mod lifecycle;
 pub mod listener;
 pub mod node;
 mod readiness;

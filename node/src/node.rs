@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use canopy_analytics::{LakeSql, LakeViews};
 use canopy_chain::NoteSigner;
@@ -29,6 +30,7 @@ use crate::data_dir::make_private;
 use crate::error::blocking;
 use crate::keys::StoreKeyPaths;
 use crate::lake::{LakeFeed, LakeSettings, lake_loop};
+use crate::lifecycle::{Lifecycle, lifecycle_loop};
 use crate::listener::{HttpSettings, Listener, listen, raise_open_file_limit};
 use crate::readiness::become_ready_after_replay;
 use crate::record::{
@@ -39,7 +41,7 @@ use crate::sensors::{SensorSettings, start_replica_sensors, start_sensors};
 use crate::sql_port::{SqlPortSettings, start_sql_port};
 use crate::tiles::{ReaderLimits, RecordStore, TileRecordReader};
 use crate::tls::TlsFiles;
-use crate::worker::{RedisTarget, SqlStateStore};
+use crate::worker::{RedisTarget, SqlStateStore, StoreDirectory};
 
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -81,6 +83,8 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// The PostgreSQL port's plaintext policy, connection cap and timeouts.
     pub sql_port: SqlPortSettings,
+    /// How often the node closes decisions whose window ended and signs final results.
+    pub lifecycle_interval: Duration,
 }
 
 impl NodeConfig {
@@ -104,6 +108,7 @@ impl NodeConfig {
             http: HttpSettings::default(),
             tls: None,
             sql_port: SqlPortSettings::default(),
+            lifecycle_interval: Duration::from_millis(500),
         }
     }
 }
@@ -144,6 +149,8 @@ pub struct Node {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     anchoring: tokio::sync::watch::Sender<bool>,
     anchor_task: Option<tokio::task::JoinHandle<()>>,
+    /// Closes decisions at the end of their window and signs final results.
+    lifecycle_task: tokio::task::JoinHandle<()>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     coordinator: Option<Arc<ReplicaCoordinator>>,
     lake_stop: tokio::sync::watch::Sender<bool>,
@@ -174,7 +181,7 @@ async fn replica_heartbeat(coordinator: Arc<ReplicaCoordinator>, state: Arc<AppS
                 erasures = None;
             }
         }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -267,6 +274,12 @@ async fn start_tally(
         state: config.engine_checkpoints.then(|| {
             Arc::new(SqlStateStore::new(Arc::clone(store), runtime.clone())) as Arc<dyn StateStore>
         }),
+        // Decisions are registered with the engine directly; the directory is told of the
+        // closes the engine reads.
+        directory: Some(Arc::new(StoreDirectory::new(
+            Arc::clone(store),
+            runtime.clone(),
+        ))),
         ..EngineConfig::default()
     };
     let (engine_log, engine_record) = (Arc::clone(log), Arc::clone(&record));
@@ -437,6 +450,18 @@ impl Node {
         let heartbeat = coordinator
             .clone()
             .map(|coordinator| tokio::spawn(replica_heartbeat(coordinator, Arc::clone(&state))));
+        let lifecycle_task = tokio::spawn(lifecycle_loop(
+            Lifecycle {
+                store: Arc::clone(&state.store),
+                gate: Arc::clone(&state.gate),
+                views: Arc::clone(&state.views),
+                signer: Arc::clone(&signer),
+                tiles: tile_store.clone(),
+                origin_prefix: config.record.origin.clone(),
+                interval: config.lifecycle_interval,
+            },
+            anchoring.subscribe(),
+        ));
         // The port signs in against the API's store and throttle, so both count together.
         let sql_port = match (config.lake.as_ref().and_then(|l| l.pg_listen), lake_sql) {
             (Some(listen), Some(sql)) => {
@@ -465,6 +490,7 @@ impl Node {
             server,
             anchoring,
             anchor_task,
+            lifecycle_task,
             heartbeat,
             coordinator,
             lake_stop,
@@ -499,6 +525,7 @@ impl Node {
         if let Some(task) = self.anchor_task {
             let _ = task.await;
         }
+        let _ = self.lifecycle_task.await;
         if let Some(sensors) = &self.state.sensors {
             sensors.closing.send_replace(true);
         }

@@ -19,8 +19,8 @@ use canopy_dataflow::{
     ClusterConfig, DecisionDirectory, EngineConfig, EngineSnapshot, StateChunk, StateStore,
     TallyEngine, ViewStore,
 };
-use canopy_ingest::{KafkaConfig, KafkaLog, VoteLog};
-use canopy_schemas::{Decision, DecisionId};
+use canopy_ingest::{KafkaConfig, KafkaLog, Position, VoteLog};
+use canopy_schemas::{Decision, DecisionClose, DecisionId};
 
 use crate::NodeError;
 use crate::data_dir::make_private;
@@ -31,7 +31,7 @@ use crate::record::{
 use crate::redis::RedisViews;
 use crate::sensors::{SensorSettings, WorkerSensors, start_worker_sensors};
 use canopy_analytics::{FinalWindows, LakeShare, LakeViews};
-use canopy_serving::store::MetadataStore;
+use canopy_serving::store::{DecisionCloseRow, MetadataStore};
 
 /// Runs `future` to completion from a thread that is not one of the runtime's (a timely
 /// worker), or from one that is (start-up), without blocking the runtime itself.
@@ -104,6 +104,22 @@ impl DecisionDirectory for StoreDirectory {
                 tracing::warn!(%decision, %error, "looking up a decision failed");
                 None
             }
+        }
+    }
+
+    /// Records the close where the engine met it; the closer records it too, so a failure
+    /// here (logged) loses nothing but a second witness.
+    fn note_close(&self, close: &DecisionClose, position: Position) {
+        let row = DecisionCloseRow {
+            decision_id: close.decision,
+            position,
+            kind: close.kind,
+            closed_at: close.at,
+            closed_by: (close.by != 0).then(|| uuid::Uuid::from_u128(close.by)),
+        };
+        let recorded = block_on(&self.runtime, self.store.record_close(&row));
+        if !matches!(recorded, Ok(Ok(_))) {
+            tracing::warn!(decision = %close.decision, ?position, "recording a close the engine read failed");
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canopy_dataflow::{ViewStore, recount};
-use canopy_ingest::{EntryLog, Position};
+use canopy_ingest::{Position, VoteLog};
 use canopy_node::redis::RedisViews;
 use canopy_schemas::*;
 use canopy_testkit::{decision, expert_vote, logged, vote};
@@ -59,7 +59,7 @@ fn replicas_read_the_engines_results_through_redis() {
             logged(cast, 7)
         })
         .collect();
-    let positions = log.append(&votes).unwrap();
+    let positions = log.append_votes(&votes).unwrap();
     let engine = start_engine(log.clone(), writer.clone(), &decisions);
 
     let expected = recount(&all_records(log.as_ref()), &decisions);
@@ -86,7 +86,7 @@ fn replicas_read_the_engines_results_through_redis() {
         },
         7,
     );
-    let at = log.append(&[late]).unwrap()[0];
+    let at = log.append_votes(&[late]).unwrap()[0];
     let view = reader
         .wait_for(DecisionId(2), at, Duration::from_secs(20))
         .unwrap()

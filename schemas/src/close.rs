@@ -2,6 +2,11 @@
 //! so that "before the close" is an offset comparison every worker and every replay makes
 //! alike, whatever the clocks of the processes that appended the votes said.
 //!
+//! The record shows a decision's first close as its log's last leaf: the close encoding
+//! padded with zeros to a vote leaf's 80 bytes ([`DecisionClose::leaf_data`]), told from a
+//! vote leaf by its first byte. So a checkpoint that holds the close leaf holds exactly the
+//! votes that counted, and anyone reading the leaves sees that nothing after it did.
+//!
 //! A vote-log entry is a [`VoteLogEntry`]: a vote ([`LoggedVote`], 96 or 152 bytes) or a
 //! close, told apart by length. The close encoding, version 1:
 //!
@@ -18,7 +23,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DecisionId, LOGGED_VOTE_LEN, LOGGED_VOTE_V1_LEN, LoggedVote, SchemaError, Timestamp};
+use crate::{
+    DecisionId, LEAF_ENCODING_LEN, LOGGED_VOTE_LEN, LOGGED_VOTE_V1_LEN, LoggedVote, SchemaError,
+    Timestamp,
+};
 
 pub const CLOSE_ENCODING_TAG: u8 = 0xC1;
 pub const CLOSE_ENCODING_LEN: usize = 42;
@@ -76,6 +84,32 @@ impl DecisionClose {
         out[18..26].copy_from_slice(&self.at.to_be_bytes());
         out[26..42].copy_from_slice(&self.by.to_be_bytes());
         out
+    }
+
+    /// The close as the record's leaf: its encoding, then zeros to a vote leaf's length.
+    pub fn leaf_data(&self) -> [u8; LEAF_ENCODING_LEN] {
+        let mut out = [0u8; LEAF_ENCODING_LEN];
+        out[..CLOSE_ENCODING_LEN].copy_from_slice(&self.encode());
+        out
+    }
+
+    /// Reads a close leaf; refuses anything else, padding that is not zeros included.
+    pub fn from_leaf_data(bytes: &[u8]) -> Result<Self, SchemaError> {
+        if bytes.len() != LEAF_ENCODING_LEN {
+            return Err(SchemaError::EncodingLength {
+                got: bytes.len(),
+                expected: LEAF_ENCODING_LEN,
+            });
+        }
+        if bytes[CLOSE_ENCODING_LEN..].iter().any(|byte| *byte != 0) {
+            return Err(SchemaError::EncodingVersion(bytes[0]));
+        }
+        Self::decode(&bytes[..CLOSE_ENCODING_LEN])
+    }
+
+    /// Whether a leaf encoding is a close's (a vote leaf starts with its version, 1).
+    pub fn is_close_leaf(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&CLOSE_ENCODING_TAG)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, SchemaError> {
@@ -177,5 +211,22 @@ mod tests {
         bad_kind[17] = 9;
         assert!(VoteLogEntry::decode(&bad_kind).is_err());
         assert!(VoteLogEntry::decode(&[CLOSE_ENCODING_TAG; 41]).is_err());
+    }
+
+    #[test]
+    fn a_close_leaf_is_told_from_a_vote_leaf_and_reads_back() {
+        let close = DecisionClose {
+            decision: DecisionId(7),
+            kind: CloseKind::Schedule,
+            at: 5,
+            by: 0,
+        };
+        let leaf = close.leaf_data();
+        assert!(DecisionClose::is_close_leaf(&leaf));
+        assert_eq!(DecisionClose::from_leaf_data(&leaf).unwrap(), close);
+        assert!(LoggedVote::from_leaf_data(&leaf).is_err());
+        let mut padded_wrong = leaf;
+        padded_wrong[LEAF_ENCODING_LEN - 1] = 1;
+        assert!(DecisionClose::from_leaf_data(&padded_wrong).is_err());
     }
 }

@@ -18,15 +18,27 @@ uuid_id!(
     RollId
 );
 
-/// How votes are counted. Only single choice exists so far; the encoding leaves room.
+/// How votes are counted; fixed when the decision is created. Every method weighs a ballot
+/// by its voter's component and weight.
 #[derive(
     Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
+    /// One option per voter.
     #[default]
     SingleChoice,
+    /// Any non-empty set of options; each approved option counts the voter's full weight.
+    Approval,
+    /// Options in order of preference, counted by instant runoff.
+    RankedChoice,
+    /// Votes spread over options from the decision's [`credits`](Decision::credits), n
+    /// votes on one option costing n² credits.
+    Quadratic,
 }
+
+/// The most credits a quadratic decision may give each voter.
+pub const MAX_CREDITS: u32 = 10_000;
 
 /// The weight of each component in the composite score, in millionths, indexed by
 /// [`Component::index`]. They sum to exactly 1 000 000.
@@ -70,6 +82,10 @@ pub struct Decision {
     /// Who may vote; everyone with a voting role when empty.
     #[serde(default)]
     pub electorate: Electorate,
+    /// Quadratic: the credits each voter may spend (1..=[`MAX_CREDITS`]); 0 for every other
+    /// method.
+    #[serde(default)]
+    pub credits: u32,
 }
 
 /// Who may vote on a decision. Fixed with the decision; enforced at the API for every vote,
@@ -250,7 +266,7 @@ fn validate_electorate(electorate: &Electorate) -> Result<(), SchemaError> {
 pub const MAX_OPTIONS: usize = 256;
 
 /// Checks a decision before it is stored: 2..=256 distinct non-empty options, a non-empty
-/// window, weights summing to one.
+/// window, weights summing to one, credits for a quadratic decision and for no other.
 pub fn validate_decision(decision: &Decision) -> Result<(), SchemaError> {
     if decision.title.trim().is_empty() || decision.title.len() > 500 {
         return Err(SchemaError::Title);
@@ -280,6 +296,16 @@ pub fn validate_decision(decision: &Decision) -> Result<(), SchemaError> {
         });
     }
     validate_electorate(&decision.electorate)?;
+    let credits_allowed = match decision.method {
+        Method::Quadratic => 1..=MAX_CREDITS,
+        Method::SingleChoice | Method::Approval | Method::RankedChoice => 0..=0,
+    };
+    if !credits_allowed.contains(&decision.credits) {
+        return Err(SchemaError::Credits {
+            method: decision.method,
+            credits: decision.credits,
+        });
+    }
     let sum: u64 = decision.weights.0.iter().map(|w| u64::from(*w)).sum();
     if sum != u64::from(WEIGHT_SCALE) {
         return Err(SchemaError::WeightsDoNotSumToOne {
@@ -290,11 +316,19 @@ pub fn validate_decision(decision: &Decision) -> Result<(), SchemaError> {
 }
 
 impl Method {
-    pub const ALL: [Method; 1] = [Self::SingleChoice];
+    pub const ALL: [Method; 4] = [
+        Self::SingleChoice,
+        Self::Approval,
+        Self::RankedChoice,
+        Self::Quadratic,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::SingleChoice => "single_choice",
+            Self::Approval => "approval",
+            Self::RankedChoice => "ranked_choice",
+            Self::Quadratic => "quadratic",
         }
     }
 
@@ -329,6 +363,7 @@ mod tests {
             quorum: 0,
             method: Method::SingleChoice,
             electorate: Electorate::default(),
+            credits: 0,
         };
         for (opens_at, closes_at) in [(10, 20), (10, 11), (-5, 0), (0, Timestamp::MAX)] {
             let decision = decision(opens_at, closes_at);

@@ -1,4 +1,4 @@
-use crate::{Component, DecisionId, Metric};
+use crate::{Component, DecisionId, Method, Metric};
 
 /// Why a decision or a vote was refused, or why bytes failed to decode.
 ///
@@ -20,6 +20,11 @@ pub enum SchemaError {
     NotEligible { reason: String },
     #[error("the window closes ({closes_at}) before it opens ({opens_at})")]
     EmptyWindow { opens_at: i64, closes_at: i64 },
+    #[error(
+        "a quadratic decision gives each voter 1 to 10000 credits and any other method none, \
+         not {credits} for {method}"
+    )]
+    Credits { method: Method, credits: u32 },
     #[error("component weights sum to {sum_millionths} millionths, not 1000000")]
     WeightsDoNotSumToOne { sum_millionths: u64 },
     #[error("vote is for decision {got}, not {expected}")]
@@ -29,6 +34,14 @@ pub enum SchemaError {
     },
     #[error("option {option} is not one of the decision's {options} options")]
     UnknownOption { option: u16, options: usize },
+    #[error("a {ballot} ballot for a {decision} decision")]
+    WrongMethod { decision: Method, ballot: Method },
+    #[error("the ballot spends {spent} credits, more than the decision's {credits}")]
+    OverBudget { spent: u32, credits: u32 },
+    #[error("invalid ballot: {0}")]
+    InvalidBallot(String),
+    #[error("the ballot's bytes are not canonical: {0}")]
+    BallotEncoding(&'static str),
     #[error("vote cast at {cast_at} is outside the decision's window [{opens_at}, {closes_at})")]
     OutsideWindow {
         cast_at: i64,
@@ -104,9 +117,14 @@ impl SchemaError {
             Self::Electorate(_) => "invalid_electorate",
             Self::NotEligible { .. } => "not_eligible",
             Self::EmptyWindow { .. } => "empty_window",
+            Self::Credits { .. } => "invalid_credits",
             Self::WeightsDoNotSumToOne { .. } => "weights_do_not_sum_to_one",
             Self::WrongDecision { .. } => "wrong_decision",
             Self::UnknownOption { .. } => "unknown_option",
+            Self::WrongMethod { .. } => "wrong_method",
+            Self::OverBudget { .. } => "over_budget",
+            Self::InvalidBallot(_) => "invalid_ballot",
+            Self::BallotEncoding(_) => "ballot_encoding",
             Self::OutsideWindow { .. } => "outside_window",
             Self::WeightOutOfRange { .. } => "weight_out_of_range",
             Self::IneligibleComponent { .. } => "ineligible_component",

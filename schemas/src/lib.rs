@@ -17,6 +17,7 @@
 
 #![deny(unsafe_code)]
 
+mod ballot;
 pub mod clock;
 mod close;
 mod decision;
@@ -28,13 +29,15 @@ mod sensor;
 pub mod synthetic;
 mod vote;
 
-pub use close::{
-    CLOSE_ENCODING_LEN, CLOSE_ENCODING_TAG, CloseKind, DecisionClose, VoteLogEntry,
+pub use ballot::{
+    Allocation, Approvals, BALLOT_ENCODING_LEN, Ballot, MAX_ALLOCATIONS, MAX_RANKS, Ranking,
+    validate_ballot,
 };
+pub use close::{CLOSE_ENCODING_LEN, CLOSE_ENCODING_TAG, CloseKind, DecisionClose, VoteLogEntry};
 pub use decision::{
-    ComponentWeights, Decision, DecisionId, DecisionStatus, Electorate, MAX_DESCRIPTION_LEN,
-    MAX_ELECTORATE_REGIONS, MAX_OPTIONS, Method, RollId, StatusWindow, Timestamp,
-    validate_decision,
+    ComponentWeights, Decision, DecisionId, DecisionStatus, Electorate, MAX_CREDITS,
+    MAX_DESCRIPTION_LEN, MAX_ELECTORATE_REGIONS, MAX_OPTIONS, Method, RollId, StatusWindow,
+    Timestamp, validate_decision,
 };
 pub use encoding::{VOTE_ENCODING_LEN, VOTE_ENCODING_VERSION};
 pub use error::SchemaError;

@@ -4,6 +4,7 @@ use proptest::prelude::*;
 fn decision() -> Decision {
     Decision {
         electorate: Default::default(),
+        credits: 0,
         id: DecisionId(7),
         title: "Restore the wetland?".into(),
         description: String::new(),

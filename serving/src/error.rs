@@ -35,6 +35,25 @@ pub enum ServingError {
     },
     #[error("{what} not found")]
     NotFound { what: &'static str },
+    /// A decision's lifecycle is its owner's (or an admin's) to change.
+    #[error("only the decision's owner or an admin may {action}")]
+    NotOwner { action: &'static str },
+    #[error("decision {decision} is no longer scheduled: it can no longer be edited")]
+    DecisionNotEditable {
+        decision: canopy_schemas::DecisionId,
+    },
+    #[error("decision {decision} is not open")]
+    DecisionNotOpen {
+        decision: canopy_schemas::DecisionId,
+    },
+    #[error("decision {decision} has votes: it can no longer be cancelled, only closed")]
+    DecisionHasVotes {
+        decision: canopy_schemas::DecisionId,
+    },
+    #[error("decision {decision} is closed")]
+    DecisionClosed {
+        decision: canopy_schemas::DecisionId,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error(
@@ -131,6 +150,11 @@ impl ServingError {
             Self::RefreshTokenReused => "refresh_token_reused",
             Self::Forbidden { .. } => "forbidden",
             Self::NotFound { .. } => "not_found",
+            Self::NotOwner { .. } => "not_owner",
+            Self::DecisionNotEditable { .. } => "decision_not_editable",
+            Self::DecisionNotOpen { .. } => "decision_not_open",
+            Self::DecisionHasVotes { .. } => "decision_has_votes",
+            Self::DecisionClosed { .. } => "decision_closed",
             Self::Conflict(_) => "conflict",
             Self::VoteIdReused { .. } => "vote_id_reused",
             Self::BadRequest(_) => "bad_request",
@@ -168,12 +192,16 @@ impl ServingError {
             | Self::BadCredentials
             | Self::AccountErased => StatusCode::UNAUTHORIZED,
             Self::BadRefreshToken | Self::RefreshTokenReused => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::NotOwner { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } | Self::InvalidInvitation => StatusCode::NOT_FOUND,
             Self::Conflict(_)
             | Self::VoteIdReused { .. }
             | Self::NotYet { .. }
-            | Self::RollAlreadyClaimed => StatusCode::CONFLICT,
+            | Self::RollAlreadyClaimed
+            | Self::DecisionNotEditable { .. }
+            | Self::DecisionNotOpen { .. }
+            | Self::DecisionHasVotes { .. }
+            | Self::DecisionClosed { .. } => StatusCode::CONFLICT,
             Self::Chain(canopy_chain::ChainError::BadTilePath(_)) | Self::BadParameter { .. } => {
                 StatusCode::BAD_REQUEST
             }

@@ -10,7 +10,8 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use canopy_dataflow::{EngineSnapshot, PartKey, PartKind, RestorePlan, StateChunk};
-use canopy_schemas::{Decision, DecisionId, DecisionStatus, Method, Sensor};
+use canopy_ingest::Position;
+use canopy_schemas::{CloseKind, Decision, DecisionId, DecisionStatus, Method, Sensor};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use uuid::Uuid;
@@ -182,8 +183,98 @@ impl DecisionSearch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecisionPage {
     pub decisions: Vec<Decision>,
+    /// Each decision's status at the search's `now` ([`StoredDecision::status_at`]), in
+    /// the same order.
+    pub statuses: Vec<DecisionStatus>,
     pub total: i64,
 }
+
+/// A decision as stored: its owner, and the part of its lifecycle the clock cannot tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDecision {
+    pub decision: Decision,
+    pub owner: Uuid,
+    /// `closed`, `final` or `cancelled` once a close or a result is recorded; `None`
+    /// while the window alone says the status.
+    pub lifecycle: Option<DecisionStatus>,
+}
+
+impl StoredDecision {
+    /// The decision's status at `now` (µs): the stored lifecycle if there is one, else
+    /// scheduled, open or closed by its window. The same rule the search's status filter
+    /// applies in SQL.
+    pub fn status_at(&self, now: i64) -> DecisionStatus {
+        effective_status(&self.decision, self.lifecycle, now)
+    }
+}
+
+/// The status of `decision` whose stored lifecycle is `lifecycle`, at `now` (µs).
+pub fn effective_status(
+    decision: &Decision,
+    lifecycle: Option<DecisionStatus>,
+    now: i64,
+) -> DecisionStatus {
+    lifecycle.unwrap_or_else(|| decision.status_at(now))
+}
+
+/// A decision's close as recorded from the vote log: the first close entry in its
+/// partition (the smallest offset), which every worker takes as the end of its votes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DecisionCloseRow {
+    pub decision_id: DecisionId,
+    pub position: Position,
+    pub kind: CloseKind,
+    /// µs since the Unix epoch, as the closer stamped the entry.
+    pub closed_at: i64,
+    /// The closing account; `None` for the schedule.
+    pub closed_by: Option<Uuid>,
+}
+
+impl DecisionCloseRow {
+    /// The lifecycle status this close gives its decision.
+    pub fn status(&self) -> DecisionStatus {
+        match self.kind {
+            CloseKind::Cancel => DecisionStatus::Cancelled,
+            CloseKind::Schedule | CloseKind::Early => DecisionStatus::Closed,
+        }
+    }
+}
+
+/// A decision's final result as a finalizer signed it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DecisionResultRow {
+    pub decision_id: DecisionId,
+    /// The signed statement (a note) over the result.
+    pub statement: String,
+    /// The result, JSON.
+    pub result: String,
+    pub tree_size: i64,
+    /// Hex.
+    pub root: String,
+    /// The close the result counts up to.
+    pub position: Position,
+    /// µs since the Unix epoch.
+    pub finalized_at: i64,
+}
+
+/// One status change of a decision: `created`, `edited`, `closed`, `cancelled`, `final`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryRow {
+    pub seq: i64,
+    pub decision_id: DecisionId,
+    pub status: String,
+    /// µs since the Unix epoch.
+    pub at: i64,
+    /// The account's id, or `schedule` / `engine` for the process.
+    pub actor: String,
+    /// JSON.
+    pub detail: String,
+}
+
+/// What a history row names the schedule (a close nobody asked for) as.
+pub const SCHEDULE_ACTOR: &str = "schedule";
+/// What a history row names the process that stored a final result as.
+pub const FINALIZER_ACTOR: &str = "finalizer";
 
 /// An entry of a voter roll as imported: its id, the operator's opaque identifier, its
 /// region, and the SHA-256 (hex) of its one-time invitation code.
@@ -288,7 +379,53 @@ pub trait MetadataStore: Send + Sync {
     async fn put_decision(&self, decision: &Decision, owner: Uuid, now: i64) -> StoreResult<()>;
     async fn decisions(&self) -> StoreResult<Vec<Decision>>;
     /// The decisions matching every filter of `search`, newest first (then by id), one page.
+    /// The status filter is the effective status ([`StoredDecision::status_at`]): `closed`
+    /// matches a recorded close or a window that is over, `final` and `cancelled` only the
+    /// stored lifecycle.
     async fn search_decisions(&self, search: &DecisionSearch) -> StoreResult<DecisionPage>;
+
+    // --- The decision lifecycle (migration 0013) ---
+
+    /// A decision with its owner and stored lifecycle.
+    async fn stored_decision(&self, decision: DecisionId) -> StoreResult<Option<StoredDecision>>;
+    /// A decision's stored lifecycle alone (`None` also when there is no such decision):
+    /// what a cast checks, without reading the body.
+    async fn decision_lifecycle(&self, decision: DecisionId)
+    -> StoreResult<Option<DecisionStatus>>;
+    /// Replaces a decision's parameters, only while it is scheduled: no lifecycle and `now`
+    /// (µs) before its stored `opens_at`, checked in the same statement that writes, so an
+    /// edit cannot slip in as it opens. Otherwise `DecisionNotEditable` (409
+    /// `decision_not_editable`), or `NotFound` when there is no such decision.
+    async fn update_decision(&self, decision: &Decision, now: i64) -> StoreResult<()>;
+    /// Records a close read from (or appended to) the vote log, keeping the one with the
+    /// smallest offset: several closers may race, and a replay records again. True when
+    /// this call changed what is stored. Sets the lifecycle to `closed` (`cancelled` for a
+    /// cancel) unless it is `final`, and appends a history row when that changes the
+    /// status (once, unless a smaller offset of another kind displaces the close). One
+    /// transaction.
+    async fn record_close(&self, close: &DecisionCloseRow) -> StoreResult<bool>;
+    /// Every recorded close, by decision.
+    async fn closes(&self) -> StoreResult<Vec<DecisionCloseRow>>;
+    /// A decision's recorded close.
+    async fn decision_close(&self, decision: DecisionId) -> StoreResult<Option<DecisionCloseRow>>;
+    /// Closes that declare a result (not cancels) and have none stored yet, by decision.
+    async fn unfinalized_closes(&self) -> StoreResult<Vec<DecisionCloseRow>>;
+    /// Stores a decision's final result unless one is stored (the first wins); sets the
+    /// lifecycle to `final` and appends a history row. True if stored.
+    async fn store_result(&self, result: &DecisionResultRow) -> StoreResult<bool>;
+    async fn decision_result(&self, decision: DecisionId)
+    -> StoreResult<Option<DecisionResultRow>>;
+    /// Appends a history row (`at` in µs, `detail` JSON).
+    async fn append_history(
+        &self,
+        decision: DecisionId,
+        status: &str,
+        at: i64,
+        actor: &str,
+        detail: &str,
+    ) -> StoreResult<()>;
+    /// Up to `limit` history rows after row `after_seq` (0: from the first), oldest first.
+    async fn history_page(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<HistoryRow>>;
     /// Registers a sensor, or replaces its registration.
     async fn put_sensor(&self, sensor: &Sensor, now: i64) -> StoreResult<()>;
     async fn sensors(&self) -> StoreResult<Vec<Sensor>>;
@@ -522,6 +659,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0012_decision_search",
         include_str!("../../migrations/sqlite/0012_decision_search.sql"),
     ),
+    (
+        "0013_decision_lifecycle",
+        include_str!("../../migrations/sqlite/0013_decision_lifecycle.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -571,6 +712,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0012_decision_search",
         include_str!("../../migrations/postgres/0012_decision_search.sql"),
+    ),
+    (
+        "0013_decision_lifecycle",
+        include_str!("../../migrations/postgres/0013_decision_lifecycle.sql"),
     ),
 ];
 
@@ -758,10 +903,16 @@ macro_rules! sql_store {
                     query.push(" AND method = ").push_bind(method.as_str());
                 }
                 if let Some(status) = search.status {
+                    // The effective status: the stored lifecycle, else the window's (a
+                    // lifecycle is never `scheduled` or `open`, so those need the window).
+                    query
+                        .push(" AND (lifecycle = ")
+                        .push_bind(status.as_str())
+                        .push(" OR (lifecycle IS NULL AND ");
                     match status.window_at(search.now) {
                         Some(window) => {
                             query
-                                .push(" AND opens_at BETWEEN ")
+                                .push("opens_at BETWEEN ")
                                 .push_bind(*window.opens_at.start())
                                 .push(" AND ")
                                 .push_bind(*window.opens_at.end())
@@ -771,9 +922,10 @@ macro_rules! sql_store {
                                 .push_bind(*window.closes_at.end());
                         }
                         None => {
-                            query.push(" AND 1 = 0");
+                            query.push("1 = 0");
                         }
                     }
+                    query.push("))");
                 }
                 if let Some(from) = search.from {
                     query.push(" AND closes_at > ").push_bind(from);
@@ -781,6 +933,55 @@ macro_rules! sql_store {
                 if let Some(to) = search.to {
                     query.push(" AND opens_at < ").push_bind(to);
                 }
+            }
+
+            fn close_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<DecisionCloseRow> {
+                let kind: String = row.try_get("kind")?;
+                Ok(DecisionCloseRow {
+                    decision_id: decision_id(&row.try_get::<String, _>("decision_id")?)?,
+                    position: stored_position(row.try_get("log_partition")?, row.try_get("log_offset")?)?,
+                    kind: CloseKind::ALL
+                        .into_iter()
+                        .find(|known| known.as_str() == kind)
+                        .ok_or_else(|| ServingError::Storage(format!("unknown close kind {kind:?}")))?,
+                    closed_at: row.try_get("closed_at")?,
+                    closed_by: row.try_get::<Option<String>, _>("closed_by")?.as_deref().map(parse_uuid).transpose()?,
+                })
+            }
+
+            fn result_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<DecisionResultRow> {
+                Ok(DecisionResultRow {
+                    decision_id: decision_id(&row.try_get::<String, _>("decision_id")?)?,
+                    statement: row.try_get("statement")?,
+                    result: row.try_get("result")?,
+                    tree_size: row.try_get("tree_size")?,
+                    root: row.try_get("root")?,
+                    position: stored_position(row.try_get("log_partition")?, row.try_get("log_offset")?)?,
+                    finalized_at: row.try_get("finalized_at")?,
+                })
+            }
+
+            fn history_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<HistoryRow> {
+                Ok(HistoryRow {
+                    seq: row.try_get("seq")?,
+                    decision_id: decision_id(&row.try_get::<String, _>("decision_id")?)?,
+                    status: row.try_get("status")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    detail: row.try_get("detail")?,
+                })
+            }
+
+            async fn insert_history(tx: &mut sqlx::Transaction<'_, $db>, decision: &str, status: &str, at: i64, actor: &str, detail: &str) -> StoreResult<()> {
+                sqlx::query("INSERT INTO decision_history (decision_id, status, at, actor, detail) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(decision)
+                    .bind(status)
+                    .bind(at)
+                    .bind(actor)
+                    .bind(detail)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
             }
 
             fn batch_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<AnchorBatchRow> {
@@ -1081,21 +1282,197 @@ macro_rules! sql_store {
                 let mut count = sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) AS total FROM decisions");
                 Self::push_search_filters(&mut count, search);
                 let total: i64 = count.build().fetch_one(&self.pool).await?.try_get("total")?;
-                let mut page = sqlx::QueryBuilder::<$db>::new("SELECT body FROM decisions");
+                let mut page = sqlx::QueryBuilder::<$db>::new("SELECT body, lifecycle FROM decisions");
                 Self::push_search_filters(&mut page, search);
                 page.push(" ORDER BY created_at DESC, id LIMIT ")
                     .push_bind(search.limit)
                     .push(" OFFSET ")
                     .push_bind(search.offset);
                 let rows = page.build().fetch_all(&self.pool).await?;
-                let decisions = rows
-                    .iter()
-                    .map(|row| {
-                        let body: String = row.try_get("body")?;
-                        serde_json::from_str(&body).map_err(|e| ServingError::Storage(format!("a stored decision does not parse: {e}")))
+                let mut decisions = Vec::with_capacity(rows.len());
+                let mut statuses = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let decision = stored_body(&row.try_get::<String, _>("body")?)?;
+                    let lifecycle = stored_lifecycle(row.try_get("lifecycle")?)?;
+                    statuses.push(effective_status(&decision, lifecycle, search.now));
+                    decisions.push(decision);
+                }
+                Ok(DecisionPage { decisions, statuses, total })
+            }
+
+            async fn stored_decision(&self, decision: DecisionId) -> StoreResult<Option<StoredDecision>> {
+                let row = sqlx::query("SELECT body, owner, lifecycle FROM decisions WHERE id = $1")
+                    .bind(decision.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| {
+                    Ok(StoredDecision {
+                        decision: stored_body(&row.try_get::<String, _>("body")?)?,
+                        owner: parse_uuid(&row.try_get::<String, _>("owner")?)?,
+                        lifecycle: stored_lifecycle(row.try_get("lifecycle")?)?,
                     })
-                    .collect::<StoreResult<Vec<Decision>>>()?;
-                Ok(DecisionPage { decisions, total })
+                })
+                .transpose()
+            }
+
+            async fn decision_lifecycle(&self, decision: DecisionId) -> StoreResult<Option<DecisionStatus>> {
+                let row = sqlx::query("SELECT lifecycle FROM decisions WHERE id = $1")
+                    .bind(decision.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(row) => stored_lifecycle(row.try_get("lifecycle")?),
+                    None => Ok(None),
+                }
+            }
+
+            async fn update_decision(&self, decision: &Decision, now: i64) -> StoreResult<()> {
+                let body = serde_json::to_string(decision).map_err(|e| ServingError::Internal(e.to_string()))?;
+                // The stored opens_at is the one compared: the row as it is before the write.
+                let updated = sqlx::query(
+                    "UPDATE decisions SET body = $2, opens_at = $3, closes_at = $4, title = $5, description = $6, region = $7, method = $8 \
+                     WHERE id = $1 AND lifecycle IS NULL AND opens_at > $9",
+                )
+                .bind(decision.id.to_string())
+                .bind(body)
+                .bind(decision.opens_at)
+                .bind(decision.closes_at)
+                .bind(&decision.title)
+                .bind(&decision.description)
+                .bind(&decision.region)
+                .bind(decision.method.as_str())
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                if updated.rows_affected() == 1 {
+                    return Ok(());
+                }
+                match self.stored_decision(decision.id).await? {
+                    Some(_) => Err(ServingError::DecisionNotEditable { decision: decision.id }),
+                    None => Err(ServingError::NotFound { what: "decision" }),
+                }
+            }
+
+            async fn record_close(&self, close: &DecisionCloseRow) -> StoreResult<bool> {
+                let id = close.decision_id.to_string();
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                // The row of a decision's close is locked by the first closer's write until it
+                // commits; a racing one then compares against what that one stored.
+                let stored = sqlx::query(
+                    "INSERT INTO decision_closes (decision_id, log_partition, log_offset, kind, closed_at, closed_by) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (decision_id) DO UPDATE SET log_partition = excluded.log_partition, log_offset = excluded.log_offset, \
+                     kind = excluded.kind, closed_at = excluded.closed_at, closed_by = excluded.closed_by \
+                     WHERE decision_closes.log_offset > excluded.log_offset",
+                )
+                .bind(&id)
+                .bind(i64::from(close.position.partition))
+                .bind(offset_column(close.position.offset)?)
+                .bind(close.kind.as_str())
+                .bind(close.closed_at)
+                .bind(close.closed_by.map(|by| by.to_string()))
+                .execute(&mut *tx)
+                .await?;
+                if stored.rows_affected() == 0 {
+                    tx.commit().await?;
+                    return Ok(false);
+                }
+                let status = close.status().as_str();
+                let changed = sqlx::query("UPDATE decisions SET lifecycle = $2 WHERE id = $1 AND (lifecycle IS NULL OR (lifecycle <> 'final' AND lifecycle <> $2))")
+                    .bind(&id)
+                    .bind(status)
+                    .execute(&mut *tx)
+                    .await?;
+                if changed.rows_affected() == 1 {
+                    let actor = close.closed_by.map_or_else(|| SCHEDULE_ACTOR.to_string(), |by| by.to_string());
+                    let detail = serde_json::json!({
+                        "kind": close.kind,
+                        "partition": close.position.partition,
+                        "offset": close.position.offset,
+                    });
+                    Self::insert_history(&mut tx, &id, status, close.closed_at, &actor, &detail.to_string()).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn closes(&self) -> StoreResult<Vec<DecisionCloseRow>> {
+                let rows = sqlx::query("SELECT * FROM decision_closes ORDER BY decision_id").fetch_all(&self.pool).await?;
+                rows.iter().map(Self::close_from_row).collect()
+            }
+
+            async fn decision_close(&self, decision: DecisionId) -> StoreResult<Option<DecisionCloseRow>> {
+                let row = sqlx::query("SELECT * FROM decision_closes WHERE decision_id = $1")
+                    .bind(decision.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::close_from_row).transpose()
+            }
+
+            async fn unfinalized_closes(&self) -> StoreResult<Vec<DecisionCloseRow>> {
+                let rows = sqlx::query(
+                    "SELECT c.* FROM decision_closes c WHERE c.kind <> 'cancel' \
+                     AND NOT EXISTS (SELECT 1 FROM decision_results r WHERE r.decision_id = c.decision_id) ORDER BY c.decision_id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::close_from_row).collect()
+            }
+
+            async fn store_result(&self, result: &DecisionResultRow) -> StoreResult<bool> {
+                let id = result.decision_id.to_string();
+                let mut tx = self.pool.begin_with($begin_write).await?;
+                let stored = sqlx::query(
+                    "INSERT INTO decision_results (decision_id, statement, result, tree_size, root, log_partition, log_offset, finalized_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (decision_id) DO NOTHING",
+                )
+                .bind(&id)
+                .bind(&result.statement)
+                .bind(&result.result)
+                .bind(result.tree_size)
+                .bind(&result.root)
+                .bind(i64::from(result.position.partition))
+                .bind(offset_column(result.position.offset)?)
+                .bind(result.finalized_at)
+                .execute(&mut *tx)
+                .await?;
+                if stored.rows_affected() == 0 {
+                    tx.commit().await?;
+                    return Ok(false);
+                }
+                sqlx::query("UPDATE decisions SET lifecycle = 'final' WHERE id = $1").bind(&id).execute(&mut *tx).await?;
+                let detail = serde_json::json!({
+                    "tree_size": result.tree_size,
+                    "root": result.root,
+                    "partition": result.position.partition,
+                    "offset": result.position.offset,
+                });
+                Self::insert_history(&mut tx, &id, DecisionStatus::Final.as_str(), result.finalized_at, FINALIZER_ACTOR, &detail.to_string()).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn decision_result(&self, decision: DecisionId) -> StoreResult<Option<DecisionResultRow>> {
+                let row = sqlx::query("SELECT * FROM decision_results WHERE decision_id = $1")
+                    .bind(decision.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::result_from_row).transpose()
+            }
+
+            async fn append_history(&self, decision: DecisionId, status: &str, at: i64, actor: &str, detail: &str) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                Self::insert_history(&mut tx, &decision.to_string(), status, at, actor, detail).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn history_page(&self, after_seq: i64, limit: i64) -> StoreResult<Vec<HistoryRow>> {
+                let rows = sqlx::query("SELECT * FROM decision_history WHERE seq > $1 ORDER BY seq LIMIT $2")
+                    .bind(after_seq)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::history_from_row).collect()
             }
 
             async fn decisions(&self) -> StoreResult<Vec<Decision>> {
@@ -1781,4 +2158,36 @@ impl PostgresStore {
 /// Parses a stored decision id.
 pub fn decision_id(text: &str) -> StoreResult<DecisionId> {
     parse_uuid(text).map(DecisionId::from)
+}
+
+/// A decision's body as stored.
+fn stored_body(body: &str) -> StoreResult<Decision> {
+    serde_json::from_str(body)
+        .map_err(|e| ServingError::Storage(format!("a stored decision does not parse: {e}")))
+}
+
+/// A decision's lifecycle column: NULL, or one of the statuses the clock cannot tell.
+fn stored_lifecycle(lifecycle: Option<String>) -> StoreResult<Option<DecisionStatus>> {
+    lifecycle
+        .map(|text| {
+            DecisionStatus::parse(&text).ok_or_else(|| {
+                ServingError::Storage(format!("unknown decision lifecycle {text:?}"))
+            })
+        })
+        .transpose()
+}
+
+/// A log position from its columns.
+fn stored_position(partition: i64, offset: i64) -> StoreResult<Position> {
+    let bad = || ServingError::Storage(format!("bad log position {partition}:{offset}"));
+    Ok(Position {
+        partition: u32::try_from(partition).map_err(|_| bad())?,
+        offset: u64::try_from(offset).map_err(|_| bad())?,
+    })
+}
+
+/// A log offset as a BIGINT column holds it.
+fn offset_column(offset: u64) -> StoreResult<i64> {
+    i64::try_from(offset)
+        .map_err(|_| ServingError::Internal(format!("log offset {offset} is beyond a BIGINT")))
 }

@@ -57,9 +57,10 @@ fn ballot(id: u128, seq: u64, worker: u32) -> StateEntry {
 fn vote_ids(entries: &[StateEntry]) -> Vec<u128> {
     let mut ids: Vec<u128> = entries
         .iter()
-        .map(|entry| match entry {
-            StateEntry::Ballot { ballot, .. } => ballot.vote_id,
-            StateEntry::Leaf { leaf, .. } => leaf.vote_id,
+        .filter_map(|entry| match entry {
+            StateEntry::Ballot { ballot, .. } => Some(ballot.vote_id),
+            StateEntry::Leaf { leaf, .. } => Some(leaf.vote_id),
+            StateEntry::Close { .. } => None,
         })
         .collect();
     ids.sort_unstable();

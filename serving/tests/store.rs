@@ -38,6 +38,7 @@ fn user(name: &str) -> UserRecord {
 fn decision(title: &str) -> Decision {
     Decision {
         electorate: Default::default(),
+        credits: 0,
         id: DecisionId::new_random(),
         title: title.into(),
         description: String::new(),
@@ -95,6 +96,7 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
             "0010_sql_tokens".to_string(),
             "0011_engine_state_parts".to_string(),
             "0012_decision_search".to_string(),
+            "0013_decision_lifecycle".to_string(),
         ]
     );
     assert!(
@@ -639,7 +641,7 @@ async fn processes_starting_together_migrate_once() {
         1,
         "{applied:?}"
     );
-    assert_eq!(applied.concat().len(), 12, "{applied:?}");
+    assert_eq!(applied.concat().len(), 13, "{applied:?}");
 }
 
 /// Words the search tests build titles and descriptions from: none is a stop word, and
@@ -899,7 +901,10 @@ async fn decisions_from_before_search_are_found(
         old.id, owner.id, old.opens_at, old.closes_at
     ))
     .await;
-    assert_eq!(store.migrate().await.unwrap(), vec!["0012_decision_search"]);
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        vec!["0012_decision_search", "0013_decision_lifecycle"]
+    );
     let search = DecisionSearch {
         words: vec!["harbour".into()],
         region: Some("south".into()),

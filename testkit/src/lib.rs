@@ -15,6 +15,7 @@ use sqlx::Connection;
 pub fn decision_in(n: u128, region: &str) -> Decision {
     Decision {
         electorate: Default::default(),
+        credits: 0,
         id: DecisionId(n),
         title: format!("decision {n}"),
         description: String::new(),

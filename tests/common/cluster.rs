@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use canopy_dataflow::ViewStore;
-use canopy_ingest::{EntryLog, KafkaLog, LogRecord};
+use canopy_ingest::{EntryLog, KafkaLog, LogRecord, VoteLog};
 use canopy_node::redis::RedisViews;
 use canopy_schemas::*;
 use canopy_serving::auth::Role;
@@ -257,6 +257,7 @@ pub fn decisions() -> Vec<Decision> {
     (1..=6u128)
         .map(|n| Decision {
             electorate: Default::default(),
+            credits: 0,
             id: DecisionId(0xC1_0000 + n),
             title: format!("cluster decision {n}"),
             description: String::new(),
@@ -321,13 +322,20 @@ pub fn votes(seed: u64, count: usize, earlier: &[LoggedVote]) -> Vec<LoggedVote>
 
 pub fn produce(log: &KafkaLog, votes: &[LoggedVote]) {
     for batch in votes.chunks(100) {
-        log.append(batch).unwrap();
+        log.append_votes(batch).unwrap();
     }
+}
+
+/// Every entry of the topic, closes included, partition after partition.
+pub fn topic_entries(log: &KafkaLog) -> Vec<canopy_ingest::VoteLogRecord> {
+    (0..PARTITIONS)
+        .flat_map(|p| log.read(p, 0, usize::MAX).unwrap())
+        .collect()
 }
 
 pub fn topic_records(log: &KafkaLog) -> Vec<LogRecord> {
     (0..PARTITIONS)
-        .flat_map(|p| log.read(p, 0, usize::MAX).unwrap())
+        .flat_map(|p| log.read_votes(p, 0, usize::MAX).unwrap())
         .collect()
 }
 

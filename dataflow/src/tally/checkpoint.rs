@@ -83,6 +83,12 @@ impl CheckpointCapture {
         self.markers.send(seq);
     }
 
+    /// Keeps an entry no operator produces (a close, read by the worker itself) for the
+    /// checkpoint of `epoch`.
+    pub(super) fn capture(&self, epoch: Epoch, entry: StateEntry) {
+        self.entries.borrow_mut().push((epoch, entry));
+    }
+
     /// Remembers this worker's partition ends as of `epoch`, the epoch being sealed.
     pub(super) fn note_ends(&mut self, epoch: Epoch, ends: Vec<(u32, u64)>) {
         self.ends_by_epoch.insert(epoch, ends);

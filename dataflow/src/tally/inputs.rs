@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use canopy_chain::leaf_hash;
-use canopy_ingest::LogRecord;
+use canopy_ingest::{CloseRecord, LogRecord};
 use canopy_schemas::{Decision, DecisionId};
 use differential_dataflow::input::InputSession;
 use timely::container::CapacityContainerBuilder;
@@ -13,6 +13,7 @@ use timely::dataflow::InputHandle;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
+use super::KnownCloses;
 use super::checkpoint::{CheckpointCapture, DueCheckpoint};
 use super::latest::VoteKey;
 use super::signals::EpochSignals;
@@ -30,6 +31,8 @@ pub(super) struct TallyHandles {
     pub(super) decisions: InputSession<Epoch, (u128, DecisionParams), i64>,
     /// (partition, end) of the partitions this worker feeds, sent when an epoch is sealed.
     pub(super) ends: InputHandle<Epoch, CapacityContainerBuilder<Vec<(u32, u64)>>>,
+    /// (decision, offset) of closes restored from a checkpoint, broadcast to every worker.
+    pub(super) closes: InputHandle<Epoch, CapacityContainerBuilder<Vec<(u128, u64)>>>,
     /// Present when the engine writes checkpoints of its state.
     pub(super) checkpoints: Option<CheckpointCapture>,
     pub(super) probe: ProbeHandle<Epoch>,
@@ -42,6 +45,8 @@ pub struct TallyInputs {
     records: Option<InputSession<Epoch, (u128, RecordLeaf), i64>>,
     decisions: InputSession<Epoch, (u128, DecisionParams), i64>,
     ends_input: InputHandle<Epoch, CapacityContainerBuilder<Vec<(u32, u64)>>>,
+    closes_input: InputHandle<Epoch, CapacityContainerBuilder<Vec<(u128, u64)>>>,
+    known_closes: KnownCloses,
     checkpoints: Option<CheckpointCapture>,
     probe: ProbeHandle<Epoch>,
     signals: EpochSignals,
@@ -58,12 +63,15 @@ impl TallyInputs {
         handles: TallyHandles,
         signals: EpochSignals,
         views: Arc<dyn ViewStore>,
+        known_closes: KnownCloses,
     ) -> Self {
         Self {
             votes: handles.votes,
             records: handles.records,
             decisions: handles.decisions,
             ends_input: handles.ends,
+            closes_input: handles.closes,
+            known_closes,
             checkpoints: handles.checkpoints,
             probe: handles.probe,
             signals,
@@ -75,9 +83,15 @@ impl TallyInputs {
         }
     }
 
-    /// Feeds one logged vote into the current epoch.
-    pub fn push(&mut self, record: &LogRecord) {
+    /// Feeds one logged vote into the current epoch; false, feeding nothing, for a vote
+    /// after its decision's close.
+    pub fn push(&mut self, record: &LogRecord) -> bool {
         let vote = &record.vote;
+        let end = self.ends.entry(record.position.partition).or_insert(0);
+        *end = (*end).max(record.position.offset + 1);
+        if self.closed_before(vote.decision_id, record.position.offset) {
+            return false;
+        }
         let ballot = Ballot {
             vote_id: vote.vote_id.0,
             offset: record.position.offset,
@@ -98,8 +112,58 @@ impl TallyInputs {
             };
             records.update((vote.decision_id.0, leaf), 1);
         }
+        true
+    }
+
+    /// Whether `decision` was closed before `offset` of its partition.
+    fn closed_before(&self, decision: DecisionId, offset: u64) -> bool {
+        self.known_closes
+            .borrow()
+            .get(&decision.0)
+            .is_some_and(|close| *close < offset)
+    }
+
+    /// Takes a close read from the log: true when it is the decision's first, from which on
+    /// its votes no longer count (kept in engine checkpoints), and which the record appends
+    /// as the decision's last leaf. A later close changes nothing.
+    pub fn push_close(&mut self, record: &CloseRecord) -> bool {
+        let (decision, offset) = (record.close.decision.0, record.position.offset);
         let end = self.ends.entry(record.position.partition).or_insert(0);
-        *end = (*end).max(record.position.offset + 1);
+        *end = (*end).max(offset + 1);
+        let first = self
+            .known_closes
+            .borrow()
+            .get(&decision)
+            .is_none_or(|known| offset < *known);
+        if first {
+            self.known_closes.borrow_mut().insert(decision, offset);
+            // Every worker learns it (the record's, which may be another, included).
+            self.closes_input.send((decision, offset));
+            if let Some(records) = &mut self.records {
+                let entry = record.close.leaf_data();
+                let leaf = RecordLeaf {
+                    offset,
+                    voter: 0,
+                    vote_id: 0,
+                    leaf: leaf_hash(&entry),
+                    entry: Some(LeafEntry(entry)),
+                };
+                records.update((decision, leaf), 1);
+            }
+            if let Some(checkpoints) = &self.checkpoints {
+                checkpoints.capture(self.current_epoch(), StateEntry::Close { decision, offset });
+            }
+        }
+        first
+    }
+
+    /// Each decision's close offset this worker knows of.
+    pub fn closes(&self) -> Vec<(DecisionId, u64)> {
+        self.known_closes
+            .borrow()
+            .iter()
+            .map(|(decision, offset)| (DecisionId(*decision), *offset))
+            .collect()
     }
 
     /// Whether this worker has been given `decision`'s parameters.
@@ -142,6 +206,11 @@ impl TallyInputs {
                         records.update((decision, leaf), 1);
                     }
                 }
+                // Not captured again: it stays in the restored chunk this worker's base
+                // keeps.
+                StateEntry::Close { decision, offset } => {
+                    self.closes_input.send((decision, offset));
+                }
             }
         }
     }
@@ -177,9 +246,11 @@ impl TallyInputs {
         self.votes.advance_to(next);
         self.decisions.advance_to(next);
         self.ends_input.advance_to(next);
+        self.closes_input.advance_to(next);
         self.votes.flush();
         self.decisions.flush();
         self.ends_input.flush();
+        self.closes_input.flush();
         if let Some(records) = &mut self.records {
             records.advance_to(next);
             records.flush();

@@ -20,11 +20,16 @@ mod latest;
 mod signals;
 mod vote_record;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use differential_dataflow::input::Input;
-use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
 use timely::dataflow::operators::vec::{Broadcast, Input as TimelyInput};
 use timely::worker::Worker;
 
@@ -58,6 +63,7 @@ pub fn build_tally_dataflow(
 ) -> TallyInputs {
     let signals = EpochSignals::default();
     let captured: CapturedState = Rc::default();
+    let known_closes: KnownCloses = Rc::default();
     let capture = checkpoints.then(|| Rc::clone(&captured));
     let sink = ViewsSink {
         views: Arc::clone(&views),
@@ -69,6 +75,8 @@ pub fn build_tally_dataflow(
         let (ends_input, ends) = TimelyInput::new_input::<(u32, u64)>(&scope);
         let ends = ends.broadcast();
         let probe = ProbeHandle::new();
+        let (closes_input, closes) = TimelyInput::new_input::<(u128, u64)>(&scope);
+        learn_closes(closes, Rc::clone(&known_closes), &probe);
         build_tally(
             votes,
             decisions,
@@ -87,9 +95,41 @@ pub fn build_tally_dataflow(
             records: records_input,
             decisions: decisions_input,
             ends: ends_input,
+            closes: closes_input,
             checkpoints,
             probe,
         }
     });
-    TallyInputs::new(handles, signals, views)
+    TallyInputs::new(handles, signals, views, known_closes)
+}
+
+/// Each decision's close offset as this worker knows it: the first close in the log wins.
+pub(crate) type KnownCloses = Rc<RefCell<HashMap<u128, u64>>>;
+
+/// Closes restored from a checkpoint enter on any worker and must reach the one that reads
+/// the decision's partition, on whatever process: broadcast, every worker keeps them all
+/// (they are few: one per decision).
+fn learn_closes(
+    closes: timely::dataflow::Stream<'_, Epoch, Vec<(u128, u64)>>,
+    known: KnownCloses,
+    probe: &ProbeHandle<Epoch>,
+) {
+    closes
+        .broadcast()
+        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Pipeline,
+            "Closes",
+            move |_capability, _info| {
+                move |input, _output| {
+                    input.for_each(|_time, closes| {
+                        let mut known = known.borrow_mut();
+                        for (decision, offset) in closes.drain(..) {
+                            let at = known.entry(decision).or_insert(offset);
+                            *at = (*at).min(offset);
+                        }
+                    });
+                }
+            },
+        )
+        .probe_with(probe);
 }

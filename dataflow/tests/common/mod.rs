@@ -24,7 +24,7 @@ pub fn open_segment_log(dir: &Path, partitions: u32) -> Arc<SegmentLog> {
 /// Every record of `log`, partition after partition, each in offset order.
 pub fn all_records(log: &dyn VoteLog) -> Vec<LogRecord> {
     (0..log.partitions())
-        .flat_map(|partition| log.read(partition, 0, usize::MAX).unwrap())
+        .flat_map(|partition| log.read_votes(partition, 0, usize::MAX).unwrap())
         .collect()
 }
 

@@ -28,7 +28,7 @@ pub fn vote(decision: u128, voter: u128, n: u128) -> LoggedVote {
 pub fn read_partition(log: &dyn VoteLog, partition: u32) -> Vec<LogRecord> {
     let mut out = Vec::new();
     loop {
-        let batch = log.read(partition, out.len() as u64, 50).unwrap();
+        let batch = log.read_votes(partition, out.len() as u64, 50).unwrap();
         if batch.is_empty() {
             return out;
         }
@@ -41,7 +41,7 @@ pub fn read_partition(log: &dyn VoteLog, partition: u32) -> Vec<LogRecord> {
 /// else stored. Returns the acknowledged positions.
 pub fn append_and_read_back(log: &dyn VoteLog, votes: &[LoggedVote]) -> Vec<Position> {
     let partitions = log.partitions();
-    let positions = log.append(votes).unwrap();
+    let positions = log.append_votes(votes).unwrap();
     for (vote, position) in votes.iter().zip(&positions) {
         assert_eq!(
             position.partition,

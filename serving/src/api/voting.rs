@@ -12,8 +12,8 @@ use canopy_ingest::{IngestError, Position};
 use canopy_schemas::clock::{now_micros, unix_now};
 use canopy_schemas::{
     Component, ComponentWeights, Decision, DecisionId, DecisionStatus, Electorate, LoggedVote,
-    MAX_DESCRIPTION_LEN, Method, SchemaError, Vote, VoteId, VoterCommitment, VoterId, VoterSalt,
-    Weight,
+    MAX_DESCRIPTION_LEN, Method, SchemaError, Vote, VoteId, VoteLogEntry, VoterCommitment, VoterId,
+    VoterSalt, Weight, validate_decision,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -21,10 +21,10 @@ use uuid::Uuid;
 
 use super::extract::{ApiJson, Caller, ErrorBody};
 use crate::ServingError;
-use crate::auth::{Action, Claims};
+use crate::auth::{Action, Claims, Role};
 use crate::salts::seal_voter;
 use crate::state::SharedState;
-use crate::store::{CheckpointRow, DecisionSearch};
+use crate::store::{CheckpointRow, DecisionSearch, StoredDecision};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +78,8 @@ pub(crate) async fn create_decision(
     let now = now_micros();
     let decision = Decision {
         electorate: body.electorate,
+        // The body takes no credits yet, so a quadratic decision is refused (invalid_credits).
+        credits: 0,
         id: DecisionId::new_random(),
         title: body.title,
         description: body.description,
@@ -104,6 +106,16 @@ pub(crate) async fn create_decision(
             json!({ "decision_id": decision.id, "title": decision.title }),
         )
         .await;
+    state
+        .store
+        .append_history(
+            decision.id,
+            "created",
+            now,
+            &caller.0.sub.to_string(),
+            &json!({ "opens_at": decision.opens_at, "closes_at": decision.closes_at }).to_string(),
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(decision)).into_response())
 }
 
@@ -272,7 +284,10 @@ async fn first_cast(
     Ok(entries
         .into_iter()
         .next()
-        .map(|(position, logged)| (logged, position)))
+        .and_then(|(position, entry)| match entry {
+            VoteLogEntry::Vote(logged) => Some((logged, position)),
+            VoteLogEntry::Close(_) => None,
+        }))
 }
 
 /// The receipt a retried cast gets: the first one's, when the retry is the same vote;
@@ -287,6 +302,16 @@ fn retried_receipt(
         });
     }
     Ok(receipt(&first, position))
+}
+
+/// Refuses a new vote for a decision whose lifecycle is set (closed early or by the
+/// schedule, cancelled, final), 409 `decision_closed`: the engine would not count it. A
+/// retry of a vote cast before the close still gets its receipt (it is checked first).
+async fn refuse_if_closed(state: &SharedState, decision: DecisionId) -> Result<(), ServingError> {
+    match state.store.decision_lifecycle(decision).await? {
+        Some(_) => Err(ServingError::DecisionClosed { decision }),
+        None => Ok(()),
+    }
 }
 
 /// Appends votes, already stood in for, durably.
@@ -320,6 +345,7 @@ pub(crate) async fn cast_vote(
         let receipt = retried_receipt(&logged.vote, first)?;
         return Ok((StatusCode::CREATED, Json(receipt)).into_response());
     }
+    refuse_if_closed(&state, logged.vote.decision_id).await?;
     let (logged, positions) = submit(&state, vec![logged]).await?;
     state.recent_casts.remember(&logged[0], positions[0]);
     Ok((StatusCode::CREATED, Json(receipt(&logged[0], positions[0]))).into_response())
@@ -381,6 +407,13 @@ pub(crate) async fn cast_votes(
                 new_votes.push(vote);
             }
         }
+    }
+    let decisions: std::collections::BTreeSet<DecisionId> = new_votes
+        .iter()
+        .map(|logged| logged.vote.decision_id)
+        .collect();
+    for decision in decisions {
+        refuse_if_closed(&state, decision).await?;
     }
     let (logged, positions) = match new_votes.is_empty() {
         true => (Vec::new(), Vec::new()),
@@ -524,20 +557,23 @@ pub(crate) async fn breakdown(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/voting/active-decisions", tag = "voting", security(("bearer" = [])), responses((status = 200, description = "decisions open now")))]
+#[utoipa::path(get, path = "/api/v1/voting/active-decisions", tag = "voting", security(("bearer" = [])), responses((status = 200, description = "decisions open now (in their window, not closed early or cancelled), oldest first")))]
 pub(crate) async fn active_decisions(
     State(state): State<SharedState>,
     caller: Caller,
 ) -> Result<Json<Vec<Decision>>, ServingError> {
     caller.require(&state, Action::ReadResults).await?;
-    let now = now_micros();
-    let decisions = state.store.decisions().await?;
-    Ok(Json(
-        decisions
-            .into_iter()
-            .filter(|d| d.opens_at <= now && now < d.closes_at)
-            .collect(),
-    ))
+    // Open by the window and not closed early or cancelled: the search's status filter.
+    let open = DecisionSearch {
+        status: Some(DecisionStatus::Open),
+        now: now_micros(),
+        limit: i64::MAX,
+        ..Default::default()
+    };
+    let mut decisions = state.store.search_decisions(&open).await?.decisions;
+    // Oldest first, as this list always was.
+    decisions.reverse();
+    Ok(Json(decisions))
 }
 
 /// A decision as answers show it: with its status now.
@@ -546,6 +582,189 @@ struct DecisionShown<'a> {
     #[serde(flatten)]
     decision: &'a Decision,
     status: DecisionStatus,
+}
+
+// --- The lifecycle: one decision, its edits, its early close and its cancellation ---
+
+/// The decision `id` as its page shows it: its parameters, its status now (the stored
+/// lifecycle, else its window's), its close once recorded, its signed result once final.
+async fn decision_page(
+    state: &SharedState,
+    id: DecisionId,
+) -> Result<serde_json::Value, ServingError> {
+    let stored = state
+        .store
+        .stored_decision(id)
+        .await?
+        .ok_or(ServingError::NotFound { what: "decision" })?;
+    let status = stored.status_at(now_micros());
+    let close = state.store.decision_close(id).await?.map(
+        |close| json!({ "position": close.position, "kind": close.kind, "at": close.closed_at }),
+    );
+    let result = match status {
+        DecisionStatus::Final => state.store.decision_result(id).await?,
+        _ => None,
+    };
+    let result = result
+        .map(|row| {
+            let result: serde_json::Value = serde_json::from_str(&row.result).map_err(|e| {
+                ServingError::Storage(format!("a stored result does not parse: {e}"))
+            })?;
+            Ok::<_, ServingError>(json!({
+                "result": result,
+                "statement": row.statement,
+                "tree_size": row.tree_size,
+                "root": row.root,
+                "position": row.position,
+                "finalized_at": row.finalized_at,
+            }))
+        })
+        .transpose()?;
+    let mut page = serde_json::to_value(DecisionShown {
+        decision: &stored.decision,
+        status,
+    })
+    .map_err(|e| ServingError::Internal(e.to_string()))?;
+    page["close"] = close.unwrap_or_default();
+    page["result"] = result.unwrap_or_default();
+    Ok(page)
+}
+
+/// The stored decision `id`, if `claims` may change its lifecycle: its owner's or an
+/// admin's to change. Anyone else is refused 403 `not_owner`, and the refusal audited.
+async fn owned_decision(
+    state: &SharedState,
+    claims: &Claims,
+    id: DecisionId,
+    action: &'static str,
+) -> Result<StoredDecision, ServingError> {
+    let stored = state
+        .store
+        .stored_decision(id)
+        .await?
+        .ok_or(ServingError::NotFound { what: "decision" })?;
+    if stored.owner == claims.sub || claims.role == Role::Admin {
+        return Ok(stored);
+    }
+    let detail = json!({ "action": action, "decision_id": id, "role": claims.role.as_str(), "reason": "not_owner" });
+    state.audit_as_user(claims.sub, "refused", detail).await;
+    Err(ServingError::NotOwner { action })
+}
+
+#[utoipa::path(get, path = "/api/v1/voting/decisions/{id}", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id")), security(("bearer" = [])), responses((status = 200, description = "the decision; its `status` now (`scheduled`, `open`, `closed`, `final`, `cancelled`: the stored lifecycle, else the window's); `close` once one is recorded (`position` in the vote log, `kind` `schedule`/`early`/`cancel`, `at` µs), else null; `result` once final (`result` JSON, the signed `statement`, `tree_size`, `root`, `position`, `finalized_at`), else null"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn decision(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    caller.require(&state, Action::ReadResults).await?;
+    Ok(Json(decision_page(&state, DecisionId::from(id)).await?))
+}
+
+/// The fields of a scheduled decision an edit replaces; each absent one stays.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DecisionPatch {
+    title: Option<String>,
+    /// At most 10000 bytes.
+    description: Option<String>,
+    region: Option<String>,
+    options: Option<Vec<String>>,
+    /// Microseconds since the Unix epoch.
+    opens_at: Option<i64>,
+    closes_at: Option<i64>,
+    /// Millionths per component (democratic, expert, community, environmental); sum 1000000.
+    #[schema(value_type = Option<Vec<u32>>)]
+    weights: Option<ComponentWeights>,
+    quorum: Option<u64>,
+    #[schema(value_type = Option<String>, example = "single_choice")]
+    method: Option<Method>,
+    /// As at creation: `{"roles": […], "regions": […], "roll": "<roll id>"}`.
+    #[schema(value_type = Option<Object>)]
+    electorate: Option<Electorate>,
+}
+
+impl DecisionPatch {
+    /// `decision` with the patch's fields put in, and the names of those that differ.
+    fn applied_to(self, decision: &Decision) -> (Decision, Vec<&'static str>) {
+        let mut edited = decision.clone();
+        let mut changed = Vec::new();
+        macro_rules! put {
+            ($($field:ident),*) => {$(
+                if let Some(value) = self.$field
+                    && value != edited.$field
+                {
+                    edited.$field = value;
+                    changed.push(stringify!($field));
+                }
+            )*};
+        }
+        put!(
+            title,
+            description,
+            region,
+            options,
+            opens_at,
+            closes_at,
+            weights,
+            quorum,
+            method,
+            electorate
+        );
+        (edited, changed)
+    }
+}
+
+#[utoipa::path(patch, path = "/api/v1/voting/decisions/{id}", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id")), request_body = DecisionPatch, security(("bearer" = [])), responses((status = 200, description = "the decision as edited (as GET shows it)"), (status = 403, body = ErrorBody, description = "not_owner: only its owner or an admin edits a decision"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "decision_not_editable: it has opened, or was closed or cancelled"), (status = 422, body = ErrorBody, description = "the edited decision is not valid (as at creation), or the patch changes nothing")))]
+pub(crate) async fn edit_decision(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    ApiJson(patch): ApiJson<DecisionPatch>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    let id = DecisionId::from(id);
+    let stored = owned_decision(&state, &caller.0, id, "edit a decision").await?;
+    let now = now_micros();
+    if stored.status_at(now) != DecisionStatus::Scheduled {
+        return Err(ServingError::DecisionNotEditable { decision: id });
+    }
+    let (decision, changed) = patch.applied_to(&stored.decision);
+    if changed.is_empty() {
+        return Err(ServingError::BadRequest("the patch changes nothing".into()));
+    }
+    if decision.description.len() > MAX_DESCRIPTION_LEN {
+        return Err(ServingError::BadRequest(format!(
+            "a description is at most {MAX_DESCRIPTION_LEN} bytes"
+        )));
+    }
+    if let Some(roll) = decision.electorate.roll
+        && decision.electorate.roll != stored.decision.electorate.roll
+        && state.store.roll_summary(roll.as_uuid()).await?.is_none()
+    {
+        return Err(SchemaError::Electorate("no roll has that id").into());
+    }
+    validate_decision(&decision)?;
+    // The store checks again that it is still scheduled, in the statement that writes.
+    state.store.update_decision(&decision, now).await?;
+    state.gate.register(decision.clone(), now)?;
+    if let Some(engine) = &state.engine {
+        engine.register(decision.clone());
+    }
+    let detail = json!({ "decision_id": id, "fields": changed });
+    state
+        .audit_as_user(caller.0.sub, "edit_decision", detail.clone())
+        .await;
+    state
+        .store
+        .append_history(
+            id,
+            "edited",
+            now,
+            &caller.0.sub.to_string(),
+            &detail.to_string(),
+        )
+        .await?;
+    Ok(Json(decision_page(&state, id).await?))
 }
 
 /// The highest page number any paged listing here accepts.
@@ -723,9 +942,10 @@ pub(crate) async fn search_decisions(
     let decisions: Vec<DecisionShown> = found
         .decisions
         .iter()
-        .map(|decision| DecisionShown {
+        .zip(&found.statuses)
+        .map(|(decision, status)| DecisionShown {
             decision,
-            status: decision.status_at(now),
+            status: *status,
         })
         .collect();
     Ok(Json(json!({
@@ -863,7 +1083,10 @@ async fn my_vote(
                 .map_err(|e| ServingError::Internal(e.to_string()))??
                 .into_iter()
                 .next()
-                .map(|(_, logged)| logged)
+                .and_then(|(_, entry)| match entry {
+                    VoteLogEntry::Vote(logged) => Some(logged),
+                    VoteLogEntry::Close(_) => None,
+                })
         }
         (None, None) => None,
     };
