@@ -3,12 +3,13 @@
 //! decisions and the store's new audit entries and decision status changes go to Parquet
 //! files; every few flushes small files are merged.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use canopy_analytics::{
-    AuditEntry, CheckpointEntry, FinalWindows, LakeConfig, LakeLocation, LakeShare, LakeViews,
-    LakeWriter, Published, SqlLimits, TallyChange, WindowFeature, WriterReport,
+    AuditEntry, CheckpointEntry, FinalWindows, HistoryEntry, LakeConfig, LakeLocation, LakeShare,
+    LakeViews, LakeWriter, Published, SqlLimits, TallyChange, WindowFeature, WriterReport,
 };
 use canopy_ingest::{SensorLog, VoteLog};
 
@@ -62,6 +63,62 @@ const STORE_LOG_PAGE: i64 = 1_000;
 /// trail neither holds it all in memory nor writes one file of it.
 const STORE_LOG_ROWS_PER_FLUSH: usize = 100_000;
 
+/// How long a copy waits at a gap in a store log's sequence before it takes the gap for a
+/// row that will never show (far longer than any transaction of the store runs).
+const GAP_WAIT: Duration = Duration::from_secs(30);
+
+/// Per store log, the missing sequence number the copy waits at, and since when.
+#[derive(Default)]
+struct Gaps {
+    audit_trail: Option<(i64, Instant)>,
+    decision_history: Option<(i64, Instant)>,
+}
+
+/// A store log's entries after `mark`, oldest first, at most [`STORE_LOG_ROWS_PER_FLUSH`]
+/// (the rest follow at the next flushes), up to the first gap in their sequence numbers.
+///
+/// On PostgreSQL a row takes its number when it is inserted and shows when its transaction
+/// commits, so a row can show before one numbered below it: copying it would move the mark
+/// past the other for good. So the copy stops at a gap, and only once the same gap has
+/// lasted [`GAP_WAIT`] takes it for a row that never committed (or was deleted: the trail's
+/// check reports that) and goes on. The store is the rows' source, so a failed flush keeps
+/// nothing: the next one reads them again from the lake's mark.
+async fn entries_after<Row, Page>(
+    mark: i64,
+    page: impl Fn(i64) -> Page,
+    seq: impl Fn(&Row) -> i64,
+    waiting: &mut Option<(i64, Instant)>,
+) -> Result<Vec<Row>, NodeError>
+where
+    Page: std::future::Future<Output = Result<Vec<Row>, canopy_serving::ServingError>>,
+{
+    let mut rows = Vec::new();
+    let mut next = mark + 1;
+    while rows.len() < STORE_LOG_ROWS_PER_FLUSH {
+        let fetched = page(next - 1).await?;
+        let full = fetched.len() as i64 == STORE_LOG_PAGE;
+        for row in fetched {
+            if seq(&row) != next {
+                match *waiting {
+                    Some((missing, since)) if missing == next && since.elapsed() >= GAP_WAIT => {}
+                    Some((missing, _)) if missing == next => return Ok(rows),
+                    _ => {
+                        *waiting = Some((next, Instant::now()));
+                        return Ok(rows);
+                    }
+                }
+            }
+            *waiting = None;
+            next = seq(&row) + 1;
+            rows.push(row);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
 /// Rows a flush took from the sinks and has not written yet: kept across a failed flush, so
 /// nothing is lost while the disk is full or the folder unwritable.
 #[derive(Default)]
@@ -87,6 +144,7 @@ pub(crate) struct LakeFeed {
     pub tally_changes: Option<Arc<LakeViews>>,
     pub final_windows: Option<Arc<FinalWindows>>,
     unwritten: Arc<Mutex<Unwritten>>,
+    gaps: Mutex<Gaps>,
 }
 
 impl LakeFeed {
@@ -111,6 +169,7 @@ impl LakeFeed {
             tally_changes,
             final_windows,
             unwritten: Arc::default(),
+            gaps: Mutex::default(),
         })
     }
 
@@ -147,12 +206,18 @@ impl LakeFeed {
                 }
             }
         }
-        let audit_trail = match whole_lake {
+        let (audit_trail, decision_history) = match whole_lake {
             true => {
-                let mark = lock(&self.writer).audit_trail_mark();
-                self.audit_entries_after(mark).await?
+                let (audit_mark, history_mark) = {
+                    let writer = lock(&self.writer);
+                    (writer.audit_trail_mark(), writer.decision_history_mark())
+                };
+                (
+                    self.audit_entries_after(audit_mark).await?,
+                    self.history_entries_after(history_mark).await?,
+                )
             }
-            false => Vec::new(),
+            false => (Vec::new(), Vec::new()),
         };
         let (writer, votes, sensors, unwritten) = (
             Arc::clone(&self.writer),
@@ -187,36 +252,76 @@ impl LakeFeed {
             unwritten.window_features.clear();
             report.checkpoints = writer.write_checkpoints(checkpoints)?;
             report.audit_trail = writer.write_audit_trail(audit_trail)?;
+            report.decision_history = writer.write_decision_history(decision_history)?;
             Ok::<_, NodeError>(report)
         })
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 
-    /// The audit trail's entries after `seq`, at most [`STORE_LOG_ROWS_PER_FLUSH`]: the
-    /// rest follow at the next flushes. The store is their source, so a failed flush needs
-    /// keep nothing: the next one reads them again from the lake's mark.
-    async fn audit_entries_after(&self, mut seq: i64) -> Result<Vec<AuditEntry>, NodeError> {
-        let mut entries = Vec::new();
-        while entries.len() < STORE_LOG_ROWS_PER_FLUSH {
-            let page = self.store.audit_page(seq, STORE_LOG_PAGE).await?;
-            let full = page.len() as i64 == STORE_LOG_PAGE;
-            for record in page {
-                seq = record.seq;
-                entries.push(AuditEntry {
-                    seq: record.seq,
-                    at: record.at,
-                    actor: record.actor,
-                    action: record.action,
-                    detail: record.detail,
-                    prev_hash: record.prev_hash,
-                    hash: record.hash,
-                    hmac: record.hmac,
-                });
-            }
-            if !full {
-                break;
-            }
+    /// The audit trail's entries to copy after the lake's mark (see [`entries_after`]).
+    async fn audit_entries_after(&self, mark: i64) -> Result<Vec<AuditEntry>, NodeError> {
+        let mut waiting = lock(&self.gaps).audit_trail;
+        let records = entries_after(
+            mark,
+            |after| self.store.audit_page(after, STORE_LOG_PAGE),
+            |record| record.seq,
+            &mut waiting,
+        )
+        .await;
+        lock(&self.gaps).audit_trail = waiting;
+        Ok(records?
+            .into_iter()
+            .map(|record| AuditEntry {
+                seq: record.seq,
+                at: record.at,
+                actor: record.actor,
+                action: record.action,
+                detail: record.detail,
+                prev_hash: record.prev_hash,
+                hash: record.hash,
+                hmac: record.hmac,
+            })
+            .collect())
+    }
+
+    /// The decisions' status changes to copy after the lake's mark (see [`entries_after`]).
+    /// An account is named by its audit pseudonym, as the audit trail names it: never by
+    /// its id, which an erasure could not take back out of the lake's files.
+    async fn history_entries_after(&self, mark: i64) -> Result<Vec<HistoryEntry>, NodeError> {
+        let mut waiting = lock(&self.gaps).decision_history;
+        let rows = entries_after(
+            mark,
+            |after| self.store.history_page(after, STORE_LOG_PAGE),
+            |row| row.seq,
+            &mut waiting,
+        )
+        .await;
+        lock(&self.gaps).decision_history = waiting;
+        let rows = rows?;
+        let mut pseudonyms: HashMap<uuid::Uuid, String> = HashMap::new();
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let actor = match row.actor.parse::<uuid::Uuid>() {
+                Ok(account) => match pseudonyms.get(&account) {
+                    Some(pseudonym) => pseudonym.clone(),
+                    None => {
+                        let pseudonym = self.store.user_pseudonym(account).await?;
+                        pseudonyms.insert(account, pseudonym.clone());
+                        pseudonym
+                    }
+                },
+                // The schedule or the engine.
+                Err(_) => row.actor,
+            };
+            entries.push(HistoryEntry {
+                seq: row.seq,
+                decision_id: row.decision_id.to_string(),
+                status: row.status,
+                at: row.at,
+                actor,
+                detail: row.detail,
+            });
         }
         Ok(entries)
     }
