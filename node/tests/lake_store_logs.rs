@@ -1,8 +1,9 @@
 //! The audit trail in the analytics lake (issue 19): what callers do through the API (an
 //! admin creating a decision and verifying an expert, a voter signing in and voting)
 //! reaches `audit_trail` within a flush, entry for entry as `GET /api/v1/audit/trail` shows
-//! it; auditors and admins ask SQL of it, analysts do not see it; and a restart copies no
-//! entry twice.
+//! it; the decision's creation reaches `decision_history`, its creator named by the same
+//! pseudonym; auditors and admins ask SQL of the trail, analysts do not see it; and a
+//! restart copies no entry twice.
 
 mod common;
 
@@ -97,7 +98,7 @@ fn is_prefix_of_the_route(lake: &[Value], route: &[Value], at_least: usize) {
 #[tokio::test(flavor = "multi_thread")]
 async fn issue_19_what_callers_do_reaches_the_lakes_audit_trail_for_auditors() {
     let node = TestNode::start_with(ApiConfig::default(), with_lake).await;
-    node.create("root", Role::Admin).await;
+    let root = node.create("root", Role::Admin).await;
     node.create("iris", Role::Auditor).await;
     node.create("ana", Role::Analyst).await;
     let (admin, _) = node.login("root").await;
@@ -138,6 +139,34 @@ async fn issue_19_what_callers_do_reaches_the_lakes_audit_trail_for_auditors() {
         .unwrap();
     assert!(created["detail"].as_str().unwrap().contains(&decision));
     assert!(!created["actor"].as_str().unwrap().contains("root"));
+
+    // The decision's creation is in its history, its creator named as in the audit trail.
+    let started = Instant::now();
+    let history = loop {
+        let (status, history) = sql(
+            &node,
+            &analyst,
+            &format!(
+                "SELECT status, actor FROM decision_history WHERE decision_id = '{decision}' \
+                 ORDER BY seq"
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{history:?}");
+        if !history.is_empty() {
+            break history;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no history");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(history[0]["status"], "created", "{history:?}");
+    assert_eq!(history[0]["actor"], created["actor"], "{history:?}");
+    assert!(
+        !history[0]["actor"]
+            .as_str()
+            .unwrap()
+            .contains(&root.to_string())
+    );
 
     // Admins read it too; analysts do not see the table, citizens ask no SQL at all.
     let (status, rows) = sql(&node, &admin, "SELECT COUNT(*) AS n FROM audit_trail").await;
