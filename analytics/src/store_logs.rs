@@ -116,10 +116,11 @@ impl StoreLog for AuditTrail {}
 pub struct HistoryEntry {
     pub seq: i64,
     pub decision_id: String,
-    /// created, edited, opened, closed, final or cancelled.
+    /// created, edited, closed, final or cancelled.
     pub status: String,
     /// UTC microseconds.
     pub at: i64,
+    /// The account's audit pseudonym, or the process (`schedule`, `engine`).
     pub actor: String,
     /// JSON.
     pub detail: String,
