@@ -88,6 +88,7 @@ async fn entries_after<Row, Page>(
     page: impl Fn(i64) -> Page,
     seq: impl Fn(&Row) -> i64,
     waiting: &mut Option<(i64, Instant)>,
+    gap_wait: Duration,
 ) -> Result<Vec<Row>, NodeError>
 where
     Page: std::future::Future<Output = Result<Vec<Row>, canopy_serving::ServingError>>,
@@ -100,7 +101,7 @@ where
         for row in fetched {
             if seq(&row) != next {
                 match *waiting {
-                    Some((missing, since)) if missing == next && since.elapsed() >= GAP_WAIT => {}
+                    Some((missing, since)) if missing == next && since.elapsed() >= gap_wait => {}
                     Some((missing, _)) if missing == next => return Ok(rows),
                     _ => {
                         *waiting = Some((next, Instant::now()));
@@ -267,6 +268,7 @@ impl LakeFeed {
             |after| self.store.audit_page(after, STORE_LOG_PAGE),
             |record| record.seq,
             &mut waiting,
+            GAP_WAIT,
         )
         .await;
         lock(&self.gaps).audit_trail = waiting;
@@ -295,6 +297,7 @@ impl LakeFeed {
             |after| self.store.history_page(after, STORE_LOG_PAGE),
             |row| row.seq,
             &mut waiting,
+            GAP_WAIT,
         )
         .await;
         lock(&self.gaps).decision_history = waiting;
@@ -380,5 +383,79 @@ pub(crate) async fn lake_loop(feed: LakeFeed, mut stop: tokio::sync::watch::Rece
         if stopping {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store log's rows after `after`, a page at a time, as the store answers.
+    async fn page_of(rows: &[i64], after: i64) -> Result<Vec<i64>, canopy_serving::ServingError> {
+        Ok(rows
+            .iter()
+            .copied()
+            .filter(|&seq| seq > after)
+            .take(STORE_LOG_PAGE as usize)
+            .collect())
+    }
+
+    async fn copy(
+        rows: &[i64],
+        mark: i64,
+        waiting: &mut Option<(i64, Instant)>,
+        gap_wait: Duration,
+    ) -> Vec<i64> {
+        entries_after(
+            mark,
+            |after| page_of(rows, after),
+            |&seq| seq,
+            waiting,
+            gap_wait,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Row 3 commits after row 4 shows: the copy stops before the gap and, once row 3 shows,
+    /// copies both in order; none is skipped.
+    #[tokio::test]
+    async fn a_row_that_commits_late_is_waited_for() {
+        let mut waiting = None;
+        let long = Duration::from_secs(3600);
+        assert_eq!(copy(&[1, 2, 4, 5], 0, &mut waiting, long).await, [1, 2]);
+        assert_eq!(waiting.map(|(missing, _)| missing), Some(3));
+        assert_eq!(
+            copy(&[1, 2, 4, 5], 2, &mut waiting, long).await,
+            Vec::<i64>::new()
+        );
+        assert_eq!(
+            copy(&[1, 2, 3, 4, 5], 2, &mut waiting, long).await,
+            [3, 4, 5]
+        );
+        assert_eq!(waiting, None);
+    }
+
+    /// A row that never commits (a rolled-back insert) holds the copy up only for the wait.
+    #[tokio::test]
+    async fn a_gap_that_lasts_the_wait_is_passed() {
+        let mut waiting = None;
+        let rows = [1, 2, 4, 5];
+        assert_eq!(copy(&rows, 0, &mut waiting, Duration::ZERO).await, [1, 2]);
+        assert_eq!(copy(&rows, 2, &mut waiting, Duration::ZERO).await, [4, 5]);
+        assert_eq!(waiting, None);
+        // A gap first seen is waited for, whatever the wait.
+        assert_eq!(copy(&[1, 3], 0, &mut waiting, Duration::ZERO).await, [1]);
+    }
+
+    /// A long log is copied in pages, at most a flush's worth at once.
+    #[tokio::test]
+    async fn a_long_log_is_copied_a_flush_at_a_time() {
+        let rows: Vec<i64> = (1..=STORE_LOG_ROWS_PER_FLUSH as i64 + 10).collect();
+        let mut waiting = None;
+        let first = copy(&rows, 0, &mut waiting, GAP_WAIT).await;
+        assert_eq!(first, rows[..STORE_LOG_ROWS_PER_FLUSH]);
+        let rest = copy(&rows, *first.last().unwrap(), &mut waiting, GAP_WAIT).await;
+        assert_eq!(rest, rows[STORE_LOG_ROWS_PER_FLUSH..]);
     }
 }
