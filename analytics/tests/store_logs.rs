@@ -24,7 +24,8 @@ const MINUTE: i64 = 60_000_000;
 #[derive(Clone, Debug)]
 enum Step {
     /// The store gains entries: each `gap_minutes` after the one before, give or take the
-    /// skew of the replica that wrote it (so a later entry may be of an earlier day).
+    /// skew of the replica that wrote it (up to two hours either way, so that around
+    /// midnight a later entry is often of an earlier day).
     Append {
         count: usize,
         gap_minutes: i64,
@@ -42,7 +43,7 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => (1usize..12, 1i64..400, proptest::collection::vec(-20i64..20, 12)).prop_map(
+        3 => (1usize..12, 1i64..240, proptest::collection::vec(-120i64..120, 12)).prop_map(
             |(count, gap_minutes, skews)| Step::Append { count, gap_minutes, skews }
         ),
         2 => Just(Step::Flush),
@@ -64,8 +65,8 @@ struct Store {
 impl Store {
     fn append(&mut self, gap_minutes: i64, skew_minutes: i64) {
         self.clock += gap_minutes * MINUTE;
-        // Half an hour in, so that no skew puts an entry before the first day.
-        let at = START + 30 * MINUTE + self.clock + skew_minutes * MINUTE;
+        // Two hours in, so that no skew puts an entry before the first day.
+        let at = START + 120 * MINUTE + self.clock + skew_minutes * MINUTE;
         let seq = self.trail.len() as i64 + 1;
         let prev_hash = self
             .trail
