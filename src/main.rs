@@ -124,6 +124,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         .init();
     let done = match Cli::parse().command {
         Command::Verify(args) if args.audit.is_some() => return Ok(verify_audit::run(args)),
+        Command::Verify(args) if args.tally.is_some() => return Ok(verify_tally::run(args)),
         Command::Verify(args) => return Ok(verify::run(args)),
         Command::Worker(args) => return cluster::worker(args),
         Command::Serve(args) => return cluster::serve(args),

@@ -39,7 +39,7 @@ pub struct VerifyArgs {
     pub decision: Option<uuid::Uuid>,
     /// With --tiles and an s3:// store: the S3 endpoint (e.g. http://127.0.0.1:9000).
     #[arg(long, requires = "tiles")]
-    s3_endpoint: Option<String>,
+    pub s3_endpoint: Option<String>,
     /// An export of the audit trail to check instead of a proof: the JSON pages of
     /// /api/v1/audit/trail (from after=0 on) and of /api/v1/audit/trail/anchors, concatenated
     /// in one file. Checked against the anchors in --journal, on chain with --rpc, or else
@@ -111,21 +111,10 @@ pub(crate) fn fail(code: &'static str, message: impl Into<String>) -> Failure {
 
 pub fn run(args: VerifyArgs) -> std::process::ExitCode {
     if let Some(tiles) = &args.tiles {
-        let store = match open_tiles(tiles, args.s3_endpoint.as_deref()) {
-            Ok(store) => store,
-            Err(error) => return unreadable(error),
+        return match open_tiles(tiles, args.s3_endpoint.as_deref()) {
+            Ok(store) => verdict(check_tiles(&args, store.as_ref())),
+            Err(error) => unreadable(error),
         };
-        if let Some(statement) = &args.tally {
-            return match crate::verify_tally::read_statement(statement) {
-                Ok(statement) => verdict(crate::verify_tally::check_tally(
-                    &args,
-                    &statement,
-                    store.as_ref(),
-                )),
-                Err(error) => unreadable(error),
-            };
-        }
-        return verdict(check_tiles(&args, store.as_ref()));
     }
     let source = args.source.clone().unwrap_or_default();
     let text = match read_source(&source) {
@@ -511,7 +500,10 @@ impl TileFiles for HttpFiles {
     }
 }
 
-fn open_tiles(location: &str, s3_endpoint: Option<&str>) -> anyhow::Result<Box<dyn TileFiles>> {
+pub(crate) fn open_tiles(
+    location: &str,
+    s3_endpoint: Option<&str>,
+) -> anyhow::Result<Box<dyn TileFiles>> {
     if location.starts_with("http://") || location.starts_with("https://") {
         return Ok(Box::new(HttpFiles(location.to_string())));
     }

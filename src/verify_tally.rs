@@ -10,11 +10,28 @@ use canopy_chain::Checkpoint;
 use canopy_chain::tiles::read_entries;
 use canopy_dataflow::{FinalResult, Outcome, recount_leaves};
 
-use crate::verify::{Failure, TileFiles, VerifyArgs, fail, read_source, record_key};
+use crate::verify::{
+    Failure, TileFiles, VerifyArgs, fail, open_tiles, read_source, record_key, unreadable, verdict,
+};
+
+/// `canopy verify --tally STATEMENT --tiles STORE`.
+pub fn run(args: VerifyArgs) -> std::process::ExitCode {
+    let (Some(statement), Some(tiles)) = (&args.tally, &args.tiles) else {
+        return unreadable("--tally needs --tiles: where the decision's leaves are");
+    };
+    let store = match open_tiles(tiles, args.s3_endpoint.as_deref()) {
+        Ok(store) => store,
+        Err(error) => return unreadable(error),
+    };
+    match read_statement(statement) {
+        Ok(statement) => verdict(check_tally(&args, &statement, store.as_ref())),
+        Err(error) => unreadable(error),
+    }
+}
 
 /// The statement's text: the file or URL as given, or the `statement` field of a JSON
 /// answer (GET /api/v1/voting/decisions/{id}).
-pub(crate) fn read_statement(source: &str) -> anyhow::Result<String> {
+fn read_statement(source: &str) -> anyhow::Result<String> {
     let text = read_source(source)?;
     if !text.trim_start().starts_with('{') {
         return Ok(text);
@@ -29,7 +46,7 @@ pub(crate) fn read_statement(source: &str) -> anyhow::Result<String> {
     }
 }
 
-pub(crate) fn check_tally(
+fn check_tally(
     args: &VerifyArgs,
     statement: &str,
     files: &dyn TileFiles,

@@ -295,6 +295,38 @@ mod tests {
         assert!(FinalResult::open(&altered, &signer.verifier()).is_err());
     }
 
+    proptest::proptest! {
+        /// A statement with any byte changed either no longer opens, or says exactly what
+        /// the signed one said: nobody alters a result and keeps the record's signature.
+        #[test]
+        fn an_altered_statement_never_opens_to_another_result(
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let decision = decision();
+            let leaves = [leaf(1, 0, Component::Democratic, 1_000_000), close_leaf()];
+            let params = DecisionParams::from(&decision);
+            let recount =
+                recount_leaves(decision.id, &params, leaves.iter().map(Vec::as_slice)).unwrap();
+            let result = FinalResult::new(
+                &decision,
+                ClosePoint { partition: 0, offset: 1, kind: CloseKind::Early },
+                recount.tree_size,
+                recount.root,
+                recount.tally,
+            );
+            let signer = NoteSigner::from_seed("canopy.test", &[3; 32]).unwrap();
+            let mut bytes = result.sign("canopy.test", &signer).into_bytes();
+            let at = at.index(bytes.len());
+            bytes[at] = byte;
+            if let Ok(altered) = String::from_utf8(bytes)
+                && let Ok(opened) = FinalResult::open(&altered, &signer.verifier())
+            {
+                proptest::prop_assert_eq!(opened, result);
+            }
+        }
+    }
+
     #[test]
     fn leaves_after_the_close_or_of_another_decision_are_refused() {
         let params = DecisionParams::from(&decision());

@@ -2,8 +2,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use canopy_schemas::{
-    Decision, DecisionClose, DecisionId, LoggedVote, Timestamp, VoteLogEntry, validate_decision,
-    validate_vote,
+    Decision, DecisionClose, DecisionId, LoggedVote, Method, Timestamp, VoteLogEntry,
+    validate_decision, validate_vote,
 };
 
 use crate::{IngestError, Position, VoteLog};
@@ -39,6 +39,14 @@ impl<L: VoteLog + ?Sized> Gate<L> {
             decision: decision.id,
             source,
         })?;
+        // The ballots of the other methods are not in the log's vote encoding yet: counted
+        // as single choice they would give a wrong result, so they are refused outright.
+        if decision.method != Method::SingleChoice {
+            return Err(IngestError::MethodNotCounted {
+                decision: decision.id,
+                method: decision.method,
+            });
+        }
         let mut decisions = self
             .decisions
             .write()

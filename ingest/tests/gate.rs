@@ -134,3 +134,57 @@ fn an_open_decision_cannot_change_its_weights_or_options() {
         "option_count"
     );
 }
+
+#[test]
+fn a_closed_decision_takes_no_more_votes_and_its_close_is_in_its_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn VoteLog> =
+        Arc::new(SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap());
+    let gate = Gate::new(Arc::clone(&log));
+    gate.register(decision(), 1_000).unwrap();
+    gate.submit(&[logged(vote(1))]).unwrap();
+    let close = DecisionClose {
+        decision: DecisionId(42),
+        kind: CloseKind::Early,
+        at: 1_600,
+        by: 7,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let at = runtime.block_on(gate.close_async(close)).unwrap();
+    assert_eq!(at.partition, log.partition_of(DecisionId(42)));
+    assert_eq!(at.offset, 1, "after the vote, in the decision's partition");
+    let error = gate.submit(&[logged(vote(2))]).unwrap_err();
+    assert_eq!(error.code(), "decision_closed");
+    let entries = log.read(at.partition, 0, 10).unwrap();
+    assert_eq!(entries.len(), 2, "the refused vote was not appended");
+    assert_eq!(
+        entries[1],
+        VoteLogRecord::Close(CloseRecord {
+            position: at,
+            close
+        })
+    );
+}
+
+#[test]
+fn decisions_of_a_method_the_engine_does_not_count_yet_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn VoteLog> =
+        Arc::new(SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap());
+    let gate = Gate::new(log);
+    for method in [Method::Approval, Method::RankedChoice] {
+        let error = gate
+            .register(
+                Decision {
+                    method,
+                    ..decision()
+                },
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(error.code(), "method_not_counted", "{method}");
+    }
+    assert!(gate.decision(DecisionId(42)).is_none());
+}

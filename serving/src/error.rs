@@ -125,6 +125,7 @@ impl From<IngestError> for ServingError {
         match error {
             IngestError::InvalidVote { source, .. }
             | IngestError::InvalidDecision { source, .. } => Self::Schema(source),
+            IngestError::DecisionClosed { decision, .. } => Self::DecisionClosed { decision },
             other => Self::Ingest(other),
         }
     }
@@ -236,6 +237,7 @@ impl ServingError {
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Ingest(IngestError::UnknownDecision { .. }) => StatusCode::NOT_FOUND,
             Self::Ingest(IngestError::DecisionFrozen { .. }) => StatusCode::CONFLICT,
+            Self::Ingest(IngestError::MethodNotCounted { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Dataflow(DataflowError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Self::RecordNotHere
             | Self::SensorsNotHere

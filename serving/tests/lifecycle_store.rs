@@ -212,7 +212,16 @@ async fn closes_and_results(store: &dyn MetadataStore, owner: Uuid) {
         close(scheduled.id, 42, CloseKind::Schedule),
     ];
     expected.sort_by_key(|close| close.decision_id.to_string());
-    assert_eq!(store.closes().await.unwrap(), expected);
+    // These three, among the closes the other tests of this store recorded.
+    let ours = [early.id, cancelled.id, scheduled.id];
+    let closes: Vec<DecisionCloseRow> = store
+        .closes()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|close| ours.contains(&close.decision_id))
+        .collect();
+    assert_eq!(closes, expected);
     assert_eq!(
         store.decision_close(cancelled.id).await.unwrap(),
         Some(close(cancelled.id, 41, CloseKind::Cancel))

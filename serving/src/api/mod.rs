@@ -89,6 +89,8 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
         .routes(routes!(voting::active_decisions))
         .routes(routes!(voting::search_decisions))
         .routes(routes!(voting::decision, voting::edit_decision))
+        .routes(routes!(voting::close_decision))
+        .routes(routes!(voting::cancel_decision))
         .routes(routes!(voting::my_votes))
         .routes(routes!(audit::audit_trail))
         .routes(routes!(audit::audit_anchors))

@@ -11,9 +11,9 @@ use canopy_dataflow::DecisionView;
 use canopy_ingest::{IngestError, Position};
 use canopy_schemas::clock::{now_micros, unix_now};
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, DecisionStatus, Electorate, LoggedVote,
-    MAX_DESCRIPTION_LEN, Method, SchemaError, Vote, VoteId, VoteLogEntry, VoterCommitment, VoterId,
-    VoterSalt, Weight, validate_decision,
+    CloseKind, Component, ComponentWeights, Decision, DecisionClose, DecisionId, DecisionStatus,
+    Electorate, LoggedVote, MAX_DESCRIPTION_LEN, Method, SchemaError, Vote, VoteId, VoteLogEntry,
+    VoterCommitment, VoterId, VoterSalt, Weight, validate_decision,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -24,7 +24,7 @@ use crate::ServingError;
 use crate::auth::{Action, Claims, Role};
 use crate::salts::seal_voter;
 use crate::state::SharedState;
-use crate::store::{CheckpointRow, DecisionSearch, StoredDecision};
+use crate::store::{CheckpointRow, DecisionCloseRow, DecisionSearch, StoredDecision};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -106,16 +106,8 @@ pub(crate) async fn create_decision(
             json!({ "decision_id": decision.id, "title": decision.title }),
         )
         .await;
-    state
-        .store
-        .append_history(
-            decision.id,
-            "created",
-            now,
-            &caller.0.sub.to_string(),
-            &json!({ "opens_at": decision.opens_at, "closes_at": decision.closes_at }).to_string(),
-        )
-        .await?;
+    let window = json!({ "opens_at": decision.opens_at, "closes_at": decision.closes_at });
+    record_history(&state, decision.id, "created", now, caller.0.sub, window).await;
     Ok((StatusCode::CREATED, Json(decision)).into_response())
 }
 
@@ -308,8 +300,15 @@ fn retried_receipt(
 /// schedule, cancelled, final), 409 `decision_closed`: the engine would not count it. A
 /// retry of a vote cast before the close still gets its receipt (it is checked first).
 async fn refuse_if_closed(state: &SharedState, decision: DecisionId) -> Result<(), ServingError> {
+    if state.gate.is_closed(decision) {
+        return Err(ServingError::DecisionClosed { decision });
+    }
+    // Closed through another replica, or by the engine's schedule: the store knows.
     match state.store.decision_lifecycle(decision).await? {
-        Some(_) => Err(ServingError::DecisionClosed { decision }),
+        Some(_) => {
+            state.gate.note_closed(decision);
+            Err(ServingError::DecisionClosed { decision })
+        }
         None => Ok(()),
     }
 }
@@ -630,6 +629,31 @@ async fn decision_page(
     Ok(page)
 }
 
+/// Appends a row to the decision's history. What it records has happened already, so a
+/// failure is logged rather than answered: a client told the request failed would retry it.
+async fn record_history(
+    state: &SharedState,
+    decision: DecisionId,
+    status: &str,
+    at: i64,
+    actor: Uuid,
+    detail: serde_json::Value,
+) {
+    let written = state
+        .store
+        .append_history(
+            decision,
+            status,
+            at,
+            &actor.to_string(),
+            &detail.to_string(),
+        )
+        .await;
+    if let Err(error) = written {
+        tracing::error!(%error, %decision, status, "could not write the decision's history");
+    }
+}
+
 /// The stored decision `id`, if `claims` may change its lifecycle: its owner's or an
 /// admin's to change. Anyone else is refused 403 `not_owner`, and the refusal audited.
 async fn owned_decision(
@@ -754,16 +778,121 @@ pub(crate) async fn edit_decision(
     state
         .audit_as_user(caller.0.sub, "edit_decision", detail.clone())
         .await;
-    state
-        .store
-        .append_history(
-            id,
-            "edited",
-            now,
-            &caller.0.sub.to_string(),
-            &detail.to_string(),
-        )
-        .await?;
+    record_history(&state, id, "edited", now, caller.0.sub, detail).await;
+    Ok(Json(decision_page(&state, id).await?))
+}
+
+/// Why the owner closes or cancels, for the audit trail and the history.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CloseBody {
+    /// At most 500 bytes.
+    #[serde(default)]
+    reason: String,
+}
+
+/// The longest reason a close or a cancellation may give.
+pub const MAX_CLOSE_REASON_LEN: usize = 500;
+
+/// Appends the close to the vote log (from its offset on no vote of the decision counts,
+/// on any worker), records it, and audits it as `action`.
+async fn append_close(
+    state: &SharedState,
+    claims: &Claims,
+    id: DecisionId,
+    kind: CloseKind,
+    reason: &str,
+    action: &str,
+) -> Result<(), ServingError> {
+    let at = now_micros();
+    let close = DecisionClose {
+        decision: id,
+        kind,
+        at,
+        by: claims.sub.as_u128(),
+    };
+    let position = state.gate.close_async(close).await?;
+    let row = DecisionCloseRow {
+        decision_id: id,
+        position,
+        kind,
+        closed_at: at,
+        closed_by: Some(claims.sub),
+    };
+    state.store.record_close(&row).await?;
+    let detail = json!({ "decision_id": id, "kind": kind, "position": position, "reason": reason });
+    state.audit_as_user(claims.sub, action, detail).await;
+    Ok(())
+}
+
+fn close_reason(body: &CloseBody) -> Result<&str, ServingError> {
+    if body.reason.len() > MAX_CLOSE_REASON_LEN {
+        return Err(ServingError::BadRequest(format!(
+            "a reason is at most {MAX_CLOSE_REASON_LEN} bytes"
+        )));
+    }
+    Ok(&body.reason)
+}
+
+#[utoipa::path(post, path = "/api/v1/voting/decisions/{id}/close", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id")), request_body = CloseBody, security(("bearer" = [])), responses((status = 200, description = "the decision, closed (as GET shows it): the votes before the close in the log count, none after"), (status = 403, body = ErrorBody, description = "not_owner"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "decision_not_open: scheduled, or already closed, final or cancelled (a second close is refused, not repeated)")))]
+pub(crate) async fn close_decision(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    ApiJson(body): ApiJson<CloseBody>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    let id = DecisionId::from(id);
+    let reason = close_reason(&body)?;
+    let stored = owned_decision(&state, &caller.0, id, "close a decision").await?;
+    if stored.status_at(now_micros()) != DecisionStatus::Open {
+        return Err(ServingError::DecisionNotOpen { decision: id });
+    }
+    append_close(
+        &state,
+        &caller.0,
+        id,
+        CloseKind::Early,
+        reason,
+        "close_decision",
+    )
+    .await?;
+    Ok(Json(decision_page(&state, id).await?))
+}
+
+/// Whether any vote of the decision is counted yet: a voter in its view, or a checkpoint
+/// of its record.
+async fn has_votes(state: &SharedState, id: DecisionId) -> Result<bool, ServingError> {
+    let turnout = state.views.get(id)?.map_or(0, |view| view.tally.turnout);
+    Ok(turnout > 0 || !state.store.checkpoints(id).await?.is_empty())
+}
+
+#[utoipa::path(post, path = "/api/v1/voting/decisions/{id}/cancel", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id")), request_body = CloseBody, security(("bearer" = [])), responses((status = 200, description = "the decision, cancelled (as GET shows it): no result is declared"), (status = 403, body = ErrorBody, description = "not_owner"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "decision_has_votes: open and a vote is counted (close it instead); decision_closed: already closed, final or cancelled")))]
+pub(crate) async fn cancel_decision(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    ApiJson(body): ApiJson<CloseBody>,
+) -> Result<Json<serde_json::Value>, ServingError> {
+    let id = DecisionId::from(id);
+    let reason = close_reason(&body)?;
+    let stored = owned_decision(&state, &caller.0, id, "cancel a decision").await?;
+    match stored.status_at(now_micros()) {
+        DecisionStatus::Scheduled => {}
+        DecisionStatus::Open if !has_votes(&state, id).await? => {}
+        DecisionStatus::Open => return Err(ServingError::DecisionHasVotes { decision: id }),
+        DecisionStatus::Closed | DecisionStatus::Final | DecisionStatus::Cancelled => {
+            return Err(ServingError::DecisionClosed { decision: id });
+        }
+    }
+    append_close(
+        &state,
+        &caller.0,
+        id,
+        CloseKind::Cancel,
+        reason,
+        "cancel_decision",
+    )
+    .await?;
     Ok(Json(decision_page(&state, id).await?))
 }
 
