@@ -71,7 +71,9 @@ pub struct SqlArgs {
 pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
     use std::io::Write;
 
-    use canopy_analytics::{LakeQuery, LakeSql, OutputFormat, SqlLimits, render, write_parquet};
+    use canopy_analytics::{
+        LakeQuery, LakeReader, LakeSql, OutputFormat, SqlLimits, render, write_parquet,
+    };
 
     let location = args.data.load()?.lake_location()?;
     if let LakeLocation::Local(root) = &location
@@ -91,7 +93,9 @@ pub fn sql(args: SqlArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (schema, batches) = runtime.block_on(async {
+        // The operator holds the files themselves: every table, the audit trail too.
         LakeSql::new(location, limits)
+            .as_reader(LakeReader::Admin)
             .query_with_schema(&args.statement)
             .await
     })?;

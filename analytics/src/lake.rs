@@ -147,14 +147,46 @@ impl LakeShare {
 pub(crate) const SINK_SPACE: &str = "s";
 
 /// The lake's tables, by name.
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 8] = [
     "votes",
     "decisions",
     "tally_changes",
     "checkpoints",
     "sensor_readings",
     "window_features",
+    "audit_trail",
+    "decision_history",
 ];
+
+/// Who reads the lake in SQL, and so which tables a query sees (the others are not
+/// registered: to the reader they do not exist).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LakeReader {
+    /// Analysts: every table but the audit trail, which only auditors and admins may read
+    /// (as through `GET /api/v1/audit/trail`).
+    #[default]
+    Analyst,
+    /// Auditors: the audit trail, and the decisions and their history it speaks of.
+    Auditor,
+    /// Admins, and the operator's own `canopy sql` over the files: every table.
+    Admin,
+}
+
+impl LakeReader {
+    /// Whether this reader's queries see `table`.
+    pub fn reads(self, table: &str) -> bool {
+        match self {
+            Self::Analyst => table != "audit_trail",
+            Self::Auditor => matches!(table, "audit_trail" | "decisions" | "decision_history"),
+            Self::Admin => true,
+        }
+    }
+
+    /// The tables this reader's queries see.
+    pub fn tables(self) -> impl Iterator<Item = &'static str> {
+        TABLES.into_iter().filter(move |table| self.reads(table))
+    }
+}
 
 /// What a table's files share: its schema, the order of its rows, and where they are.
 #[derive(Clone, Debug)]

@@ -6,6 +6,7 @@
 //!  tally dataflow  ─LakeViews──▶ tally_changes/    date=…/part-s-<n>-<n>.parquet
 //!  features dataflow ─final windows─▶ window_features/
 //!  vote record ─signed checkpoints─▶ checkpoints/
+//!  store's audit trail, decision history ─after the last seq─▶ audit_trail/, decision_history/
 //!                 ▼
 //!  LakeSql: DataFusion, one fresh read-only session per query, time and memory limits,
 //!  capped scalar functions (`sql_caps.rs`), on a runtime of its own
@@ -27,13 +28,14 @@ mod sinks;
 mod sql;
 mod sql_caps;
 mod store;
+mod store_logs;
 mod trends;
 mod votes;
 mod writer;
 
 pub use decisions::{DecisionLake, decision_schema};
 pub use error::AnalyticsError;
-pub use lake::{LakeConfig, LakeShare, TABLES};
+pub use lake::{LakeConfig, LakeReader, LakeShare, TABLES};
 pub use sinks::{
     CheckpointEntry, CheckpointLake, Checkpoints, ReleaseGate, SinkLake, SinkTable, TallyChange,
     TallyChangeLake, TallyChanges, WindowFeature, WindowFeatureLake, WindowFeatures,
@@ -43,6 +45,10 @@ pub use sql::{
     SqlLimits, render, write_parquet,
 };
 pub use store::LakeLocation;
+pub use store_logs::{
+    AuditEntry, AuditTrail, AuditTrailLake, DecisionHistory, DecisionHistoryLake, HistoryEntry,
+    StoreLog, StoreLogLake,
+};
 pub use trends::{TimeRange, TrendBucket, TrendsSubject, trend_points, trends_sql};
 pub use votes::{
     LogLake, LogTable, ReadingLake, Readings, SyncCursor, SyncReport, VoteLake, Votes, sync_log,

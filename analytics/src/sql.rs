@@ -42,9 +42,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::AnalyticsError;
 use crate::columns::TableLayout;
-use crate::lake::{TABLES, TableFiles};
+use crate::lake::{LakeReader, TableFiles};
 use crate::sinks::{Checkpoints, TallyChanges, WindowFeatures};
 use crate::store::LakeLocation;
+use crate::store_logs::{AuditTrail, DecisionHistory};
 use crate::votes::{Readings, Votes};
 
 /// What one query may take.
@@ -75,11 +76,13 @@ pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// The most threads analysts' queries take from the machine, whatever `target_partitions`.
 pub const MAX_SQL_THREADS: usize = 2;
 
-/// SQL over a lake.
+/// SQL over a lake, as one kind of reader sees it (an analyst's view unless
+/// [`as_reader`](LakeSql::as_reader) says otherwise).
 #[derive(Clone, Debug)]
 pub struct LakeSql {
     location: LakeLocation,
     limits: SqlLimits,
+    reader: LakeReader,
     /// Started on the first query, shared by every clone.
     runtime: Arc<std::sync::OnceLock<SqlRuntime>>,
 }
@@ -224,8 +227,23 @@ impl LakeSql {
         Self {
             location: location.into(),
             limits,
+            reader: LakeReader::default(),
             runtime: Arc::default(),
         }
+    }
+
+    /// The same lake as `reader` sees it: the same limits and query threads, and only the
+    /// tables `reader` may read.
+    pub fn as_reader(&self, reader: LakeReader) -> Self {
+        Self {
+            reader,
+            ..self.clone()
+        }
+    }
+
+    /// Who this lake's queries are for.
+    pub fn reader(&self) -> LakeReader {
+        self.reader
     }
 
     fn runtime(&self) -> Result<tokio::runtime::Handle, AnalyticsError> {
@@ -251,7 +269,7 @@ impl LakeSql {
         self.limits
     }
 
-    /// A session with every table registered and this query's own memory pool.
+    /// A session with the reader's tables registered and this query's own memory pool.
     pub fn session(&self) -> Result<SessionContext, AnalyticsError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_object_list_cache_limit(0)
@@ -277,7 +295,7 @@ impl LakeSql {
         if let Some((url, store)) = self.location.object_store() {
             context.register_object_store(url, store);
         }
-        for name in TABLES {
+        for name in self.reader.tables() {
             let table = self.table(name);
             context.register_table(name, table).map_err(sql_error)?;
         }
@@ -296,6 +314,8 @@ impl LakeSql {
             "sensor_readings" => declared::<Readings>(),
             "tally_changes" => declared::<TallyChanges>(),
             "window_features" => declared::<WindowFeatures>(),
+            "audit_trail" => declared::<AuditTrail>(),
+            "decision_history" => declared::<DecisionHistory>(),
             _ => declared::<Checkpoints>(),
         };
         Arc::new(LakeTable {
@@ -347,10 +367,17 @@ pub trait LakeQuery: Send + Sync + std::fmt::Debug {
     async fn parameter_types(&self, _sql: &str) -> Vec<Option<arrow_schema::DataType>> {
         Vec::new()
     }
+
+    /// The same lake as `reader` sees it (only the tables it may read).
+    fn for_reader(&self, reader: LakeReader) -> Arc<dyn LakeQuery>;
 }
 
 #[async_trait::async_trait]
 impl LakeQuery for LakeSql {
+    fn for_reader(&self, reader: LakeReader) -> Arc<dyn LakeQuery> {
+        Arc::new(self.as_reader(reader))
+    }
+
     async fn parameter_types(&self, sql: &str) -> Vec<Option<arrow_schema::DataType>> {
         let Ok(context) = self.session() else {
             return Vec::new();

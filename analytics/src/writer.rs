@@ -20,6 +20,7 @@ use crate::sinks::{
     CheckpointEntry, CheckpointLake, ReleaseGate, TallyChange, TallyChangeLake, WindowFeature,
     WindowFeatureLake,
 };
+use crate::store_logs::{AuditEntry, AuditTrailLake, DecisionHistoryLake, HistoryEntry};
 use crate::votes::{ReadingLake, SyncCursor, VoteLake, sync_log};
 use canopy_schemas::clock::now_micros;
 
@@ -276,6 +277,8 @@ pub struct WriterReport {
     pub tally_changes: u64,
     pub window_features: u64,
     pub checkpoints: u64,
+    pub audit_trail: u64,
+    pub decision_history: u64,
 }
 
 impl WriterReport {
@@ -285,6 +288,8 @@ impl WriterReport {
             + self.tally_changes
             + self.window_features
             + self.checkpoints
+            + self.audit_trail
+            + self.decision_history
     }
 }
 
@@ -310,6 +315,8 @@ pub struct LakeWriter {
     stale: HashMap<CellKey, TallyChange>,
     window_features: WindowFeatureLake,
     checkpoints: CheckpointLake,
+    audit_trail: AuditTrailLake,
+    decision_history: DecisionHistoryLake,
     range_rows: usize,
 }
 
@@ -328,7 +335,9 @@ impl LakeWriter {
             tally_changes,
             tally_gate,
             window_features: WindowFeatureLake::open(config.clone())?,
-            checkpoints: CheckpointLake::open(config)?,
+            checkpoints: CheckpointLake::open(config.clone())?,
+            audit_trail: AuditTrailLake::open(config.clone())?,
+            decision_history: DecisionHistoryLake::open(config)?,
             range_rows: 1 << 20,
         })
     }
@@ -458,6 +467,38 @@ impl LakeWriter {
         self.checkpoints.append(rows)
     }
 
+    /// The sequence number of the last audit entry in the lake (0: none); the next copy
+    /// starts after it.
+    pub fn audit_trail_mark(&self) -> i64 {
+        self.audit_trail.last_seq()
+    }
+
+    /// Writes the audit entries after the mark, in sequence order (only the writer that
+    /// keeps the whole lake does).
+    pub fn write_audit_trail(&mut self, rows: Vec<AuditEntry>) -> Result<u64, AnalyticsError> {
+        if !self.share.keeps_whole_lake() {
+            return Ok(0);
+        }
+        self.audit_trail.append_in_order(rows)
+    }
+
+    /// The sequence number of the last decision status change in the lake (0: none).
+    pub fn decision_history_mark(&self) -> i64 {
+        self.decision_history.last_seq()
+    }
+
+    /// Writes the status changes after the mark, in sequence order (only the writer that
+    /// keeps the whole lake does).
+    pub fn write_decision_history(
+        &mut self,
+        rows: Vec<HistoryEntry>,
+    ) -> Result<u64, AnalyticsError> {
+        if !self.share.keeps_whole_lake() {
+            return Ok(0);
+        }
+        self.decision_history.append_in_order(rows)
+    }
+
     /// Merges small files of every table; returns (files merged away, files deleted). Only
     /// the writer that keeps the whole lake compacts, the other processes' files too: a
     /// merge takes a run of files already written and names the union after their ranges,
@@ -475,6 +516,8 @@ impl LakeWriter {
             self.tally_changes.compact()?,
             self.window_features.compact()?,
             self.checkpoints.compact()?,
+            self.audit_trail.compact()?,
+            self.decision_history.compact()?,
         ] {
             total.0 += merged;
             total.1 += deleted;

@@ -1,13 +1,15 @@
 //! The node's analytics lake: on every flush the logs' new entries, the tally changes and
-//! final feature windows the dataflows published, the new signed checkpoints and the
-//! decisions go to Parquet files; every few flushes small files are merged.
+//! final feature windows the dataflows published, the new signed checkpoints, the
+//! decisions and the store's new audit entries and decision status changes go to Parquet
+//! files; every few flushes small files are merged.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use canopy_analytics::{
-    CheckpointEntry, FinalWindows, LakeConfig, LakeLocation, LakeShare, LakeViews, LakeWriter,
-    Published, SqlLimits, TallyChange, WindowFeature, WriterReport,
+    AuditEntry, CheckpointEntry, FinalWindows, HistoryEntry, LakeConfig, LakeLocation, LakeShare,
+    LakeViews, LakeWriter, Published, SqlLimits, TallyChange, WindowFeature, WriterReport,
 };
 use canopy_ingest::{SensorLog, VoteLog};
 
@@ -55,6 +57,69 @@ impl LakeSettings {
     }
 }
 
+/// Entries of the store's logs (audit trail, decision history) one page reads.
+const STORE_LOG_PAGE: i64 = 1_000;
+/// Entries of each store log one flush copies at most, so that catching up with a long
+/// trail neither holds it all in memory nor writes one file of it.
+const STORE_LOG_ROWS_PER_FLUSH: usize = 100_000;
+
+/// How long a copy waits at a gap in a store log's sequence before it takes the gap for a
+/// row that will never show (far longer than any transaction of the store runs).
+const GAP_WAIT: Duration = Duration::from_secs(30);
+
+/// Per store log, the missing sequence number the copy waits at, and since when.
+#[derive(Default)]
+struct Gaps {
+    audit_trail: Option<(i64, Instant)>,
+    decision_history: Option<(i64, Instant)>,
+}
+
+/// A store log's entries after `mark`, oldest first, at most [`STORE_LOG_ROWS_PER_FLUSH`]
+/// (the rest follow at the next flushes), up to the first gap in their sequence numbers.
+///
+/// On PostgreSQL a row takes its number when it is inserted and shows when its transaction
+/// commits, so a row can show before one numbered below it: copying it would move the mark
+/// past the other for good. So the copy stops at a gap, and only once the same gap has
+/// lasted [`GAP_WAIT`] takes it for a row that never committed (or was deleted: the trail's
+/// check reports that) and goes on. The store is the rows' source, so a failed flush keeps
+/// nothing: the next one reads them again from the lake's mark.
+async fn entries_after<Row, Page>(
+    mark: i64,
+    page: impl Fn(i64) -> Page,
+    seq: impl Fn(&Row) -> i64,
+    waiting: &mut Option<(i64, Instant)>,
+    gap_wait: Duration,
+) -> Result<Vec<Row>, NodeError>
+where
+    Page: std::future::Future<Output = Result<Vec<Row>, canopy_serving::ServingError>>,
+{
+    let mut rows = Vec::new();
+    let mut next = mark + 1;
+    while rows.len() < STORE_LOG_ROWS_PER_FLUSH {
+        let fetched = page(next - 1).await?;
+        let full = fetched.len() as i64 == STORE_LOG_PAGE;
+        for row in fetched {
+            if seq(&row) != next {
+                match *waiting {
+                    Some((missing, since)) if missing == next && since.elapsed() >= gap_wait => {}
+                    Some((missing, _)) if missing == next => return Ok(rows),
+                    _ => {
+                        *waiting = Some((next, Instant::now()));
+                        return Ok(rows);
+                    }
+                }
+            }
+            *waiting = None;
+            next = seq(&row) + 1;
+            rows.push(row);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
 /// Rows a flush took from the sinks and has not written yet: kept across a failed flush, so
 /// nothing is lost while the disk is full or the folder unwritable.
 #[derive(Default)]
@@ -80,6 +145,7 @@ pub(crate) struct LakeFeed {
     pub tally_changes: Option<Arc<LakeViews>>,
     pub final_windows: Option<Arc<FinalWindows>>,
     unwritten: Arc<Mutex<Unwritten>>,
+    gaps: Mutex<Gaps>,
 }
 
 impl LakeFeed {
@@ -104,6 +170,7 @@ impl LakeFeed {
             tally_changes,
             final_windows,
             unwritten: Arc::default(),
+            gaps: Mutex::default(),
         })
     }
 
@@ -140,6 +207,19 @@ impl LakeFeed {
                 }
             }
         }
+        let (audit_trail, decision_history) = match whole_lake {
+            true => {
+                let (audit_mark, history_mark) = {
+                    let writer = lock(&self.writer);
+                    (writer.audit_trail_mark(), writer.decision_history_mark())
+                };
+                (
+                    self.audit_entries_after(audit_mark).await?,
+                    self.history_entries_after(history_mark).await?,
+                )
+            }
+            false => (Vec::new(), Vec::new()),
+        };
         let (writer, votes, sensors, unwritten) = (
             Arc::clone(&self.writer),
             Arc::clone(&self.votes),
@@ -172,10 +252,81 @@ impl LakeFeed {
                 writer.write_window_features(unwritten.window_features.clone())?;
             unwritten.window_features.clear();
             report.checkpoints = writer.write_checkpoints(checkpoints)?;
+            report.audit_trail = writer.write_audit_trail(audit_trail)?;
+            report.decision_history = writer.write_decision_history(decision_history)?;
             Ok::<_, NodeError>(report)
         })
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
+    }
+
+    /// The audit trail's entries to copy after the lake's mark (see [`entries_after`]).
+    async fn audit_entries_after(&self, mark: i64) -> Result<Vec<AuditEntry>, NodeError> {
+        let mut waiting = lock(&self.gaps).audit_trail;
+        let records = entries_after(
+            mark,
+            |after| self.store.audit_page(after, STORE_LOG_PAGE),
+            |record| record.seq,
+            &mut waiting,
+            GAP_WAIT,
+        )
+        .await;
+        lock(&self.gaps).audit_trail = waiting;
+        Ok(records?
+            .into_iter()
+            .map(|record| AuditEntry {
+                seq: record.seq,
+                at: record.at,
+                actor: record.actor,
+                action: record.action,
+                detail: record.detail,
+                prev_hash: record.prev_hash,
+                hash: record.hash,
+                hmac: record.hmac,
+            })
+            .collect())
+    }
+
+    /// The decisions' status changes to copy after the lake's mark (see [`entries_after`]).
+    /// An account is named by its audit pseudonym, as the audit trail names it: never by
+    /// its id, which an erasure could not take back out of the lake's files.
+    async fn history_entries_after(&self, mark: i64) -> Result<Vec<HistoryEntry>, NodeError> {
+        let mut waiting = lock(&self.gaps).decision_history;
+        let rows = entries_after(
+            mark,
+            |after| self.store.history_page(after, STORE_LOG_PAGE),
+            |row| row.seq,
+            &mut waiting,
+            GAP_WAIT,
+        )
+        .await;
+        lock(&self.gaps).decision_history = waiting;
+        let rows = rows?;
+        let mut pseudonyms: HashMap<uuid::Uuid, String> = HashMap::new();
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let actor = match row.actor.parse::<uuid::Uuid>() {
+                Ok(account) => match pseudonyms.get(&account) {
+                    Some(pseudonym) => pseudonym.clone(),
+                    None => {
+                        let pseudonym = self.store.user_pseudonym(account).await?;
+                        pseudonyms.insert(account, pseudonym.clone());
+                        pseudonym
+                    }
+                },
+                // The schedule or the engine.
+                Err(_) => row.actor,
+            };
+            entries.push(HistoryEntry {
+                seq: row.seq,
+                decision_id: row.decision_id.to_string(),
+                status: row.status,
+                at: row.at,
+                actor,
+                detail: row.detail,
+            });
+        }
+        Ok(entries)
     }
 
     async fn compact(&self) -> Result<(u64, u64), NodeError> {
@@ -207,6 +358,8 @@ pub(crate) async fn lake_loop(feed: LakeFeed, mut stop: tokio::sync::watch::Rece
                 tally_changes = report.tally_changes,
                 window_features = report.window_features,
                 checkpoints = report.checkpoints,
+                audit_trail = report.audit_trail,
+                decision_history = report.decision_history,
                 ms = started.elapsed().as_millis() as u64,
                 "analytics lake flushed"
             ),
@@ -230,5 +383,79 @@ pub(crate) async fn lake_loop(feed: LakeFeed, mut stop: tokio::sync::watch::Rece
         if stopping {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store log's rows after `after`, a page at a time, as the store answers.
+    async fn page_of(rows: &[i64], after: i64) -> Result<Vec<i64>, canopy_serving::ServingError> {
+        Ok(rows
+            .iter()
+            .copied()
+            .filter(|&seq| seq > after)
+            .take(STORE_LOG_PAGE as usize)
+            .collect())
+    }
+
+    async fn copy(
+        rows: &[i64],
+        mark: i64,
+        waiting: &mut Option<(i64, Instant)>,
+        gap_wait: Duration,
+    ) -> Vec<i64> {
+        entries_after(
+            mark,
+            |after| page_of(rows, after),
+            |&seq| seq,
+            waiting,
+            gap_wait,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Row 3 commits after row 4 shows: the copy stops before the gap and, once row 3 shows,
+    /// copies both in order; none is skipped.
+    #[tokio::test]
+    async fn a_row_that_commits_late_is_waited_for() {
+        let mut waiting = None;
+        let long = Duration::from_secs(3600);
+        assert_eq!(copy(&[1, 2, 4, 5], 0, &mut waiting, long).await, [1, 2]);
+        assert_eq!(waiting.map(|(missing, _)| missing), Some(3));
+        assert_eq!(
+            copy(&[1, 2, 4, 5], 2, &mut waiting, long).await,
+            Vec::<i64>::new()
+        );
+        assert_eq!(
+            copy(&[1, 2, 3, 4, 5], 2, &mut waiting, long).await,
+            [3, 4, 5]
+        );
+        assert_eq!(waiting, None);
+    }
+
+    /// A row that never commits (a rolled-back insert) holds the copy up only for the wait.
+    #[tokio::test]
+    async fn a_gap_that_lasts_the_wait_is_passed() {
+        let mut waiting = None;
+        let rows = [1, 2, 4, 5];
+        assert_eq!(copy(&rows, 0, &mut waiting, Duration::ZERO).await, [1, 2]);
+        assert_eq!(copy(&rows, 2, &mut waiting, Duration::ZERO).await, [4, 5]);
+        assert_eq!(waiting, None);
+        // A gap first seen is waited for, whatever the wait.
+        assert_eq!(copy(&[1, 3], 0, &mut waiting, Duration::ZERO).await, [1]);
+    }
+
+    /// A long log is copied in pages, at most a flush's worth at once.
+    #[tokio::test]
+    async fn a_long_log_is_copied_a_flush_at_a_time() {
+        let rows: Vec<i64> = (1..=STORE_LOG_ROWS_PER_FLUSH as i64 + 10).collect();
+        let mut waiting = None;
+        let first = copy(&rows, 0, &mut waiting, GAP_WAIT).await;
+        assert_eq!(first, rows[..STORE_LOG_ROWS_PER_FLUSH]);
+        let rest = copy(&rows, *first.last().unwrap(), &mut waiting, GAP_WAIT).await;
+        assert_eq!(rest, rows[STORE_LOG_ROWS_PER_FLUSH..]);
     }
 }

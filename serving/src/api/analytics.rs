@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use canopy_analytics::{
-    BatchEncoder, OutputFormat, TimeRange, TrendBucket, TrendsSubject, trend_points,
+    BatchEncoder, LakeReader, OutputFormat, TimeRange, TrendBucket, TrendsSubject, trend_points,
 };
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -33,8 +33,9 @@ fn service(state: &SharedState) -> Result<&AnalyticsService, ServingError> {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct SqlRequest {
-    /// One read-only statement over votes, decisions, tally_changes, checkpoints,
-    /// sensor_readings and window_features.
+    /// One read-only statement over the caller's tables: for analysts votes, decisions,
+    /// decision_history, tally_changes, checkpoints, sensor_readings and window_features;
+    /// for auditors audit_trail, decisions and decision_history; for admins all of them.
     sql: String,
     /// `json` (JSON lines, one object per row; the default) or `csv` (with a header).
     #[serde(default)]
@@ -43,8 +44,8 @@ pub(crate) struct SqlRequest {
 
 #[utoipa::path(post, path = "/api/v1/analytics/sql", tag = "analytics", request_body = SqlRequest, security(("bearer" = [])), responses(
     (status = 200, description = "the rows as they are computed: JSON lines or CSV. An error after the first rows ends the body with a line {\"error\":{\"code\",\"message\"}} (CSV: `# error <code>: <message>`); an error before the first row is an error status"),
-    (status = 403, body = super::ErrorBody),
-    (status = 422, body = super::ErrorBody, description = "sql (not valid SQL, unknown table or column, an error such as division by zero before the first row), sql_not_read_only, sql_limit (a function asked to build a value or batch larger than a query may)"),
+    (status = 403, body = super::ErrorBody, description = "neither an analyst, an auditor nor an admin"),
+    (status = 422, body = super::ErrorBody, description = "sql (not valid SQL, unknown table (one the caller's role does not read included) or column, an error such as division by zero before the first row), sql_not_read_only, sql_limit (a function asked to build a value or batch larger than a query may)"),
     (status = 429, body = super::ErrorBody, description = "as many queries are running as the node allows"),
     (status = 503, body = super::ErrorBody, description = "lake_not_here"),
     (status = 504, body = super::ErrorBody, description = "query_timeout")))]
@@ -53,7 +54,19 @@ pub(crate) async fn analytics_sql(
     caller: Caller,
     ApiJson(request): ApiJson<SqlRequest>,
 ) -> Result<Response, ServingError> {
-    caller.require(&state, Action::QueryAnalytics).await?;
+    // Each reader sees its own tables: the audit trail only those who may read it.
+    let role = caller.0.role;
+    let reader = match (
+        Action::QueryAnalytics.allowed(role),
+        Action::ReadAudit.allowed(role),
+    ) {
+        (true, true) => LakeReader::Admin,
+        (false, true) => LakeReader::Auditor,
+        _ => {
+            caller.require(&state, Action::QueryAnalytics).await?;
+            LakeReader::Analyst
+        }
+    };
     let service = service(&state)?;
     let (format, content_type) = match request.format.as_deref().unwrap_or("json") {
         "json" | "jsonl" | "ndjson" => (OutputFormat::Json, "application/x-ndjson"),
@@ -74,7 +87,7 @@ pub(crate) async fn analytics_sql(
             json!({ "sql": request.sql }),
         )
         .await;
-    let mut stream = service.sql.execute(&request.sql).await?;
+    let mut stream = service.sql.for_reader(reader).execute(&request.sql).await?;
     // The slot is the query's, not the reader's: a client that stops reading does not keep
     // it past the deadline.
     let finished = stream.finished();
