@@ -352,6 +352,7 @@ async fn the_openapi_document_matches_the_routes() {
         "/api/v1/audit/decisions/{id}/checkpoints/{size}/anchor",
         "/api/v1/audit/decisions/{id}/tlog/checkpoint",
         "/api/v1/audit/decisions/{id}/tlog/tile/{*path}",
+        "/api/v1/audit/decisions/{id}/result",
         "/api/v1/admin/erase-voter",
         "/api/v1/admin/rolls",
         "/api/v1/admin/rolls/{id}",
@@ -367,7 +368,7 @@ async fn the_openapi_document_matches_the_routes() {
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
-    assert_eq!(operations, 50);
+    assert_eq!(operations, 51);
     let (status, body) = node.get_anonymous("/api/v1/undocumented").await;
     assert_eq!(
         (status, body["error"]["message"].as_str()),
