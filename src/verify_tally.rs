@@ -30,14 +30,14 @@ pub fn run(args: VerifyArgs) -> std::process::ExitCode {
 }
 
 /// The statement's text: the file or URL as given (GET /api/v1/audit/decisions/{id}/result),
-/// or the `statement` field of a saved JSON answer (GET /api/v1/voting/decisions/{id}).
+/// or the `result.statement` field of a saved JSON answer (GET /api/v1/voting/decisions/{id}).
 fn read_statement(source: &str) -> anyhow::Result<String> {
     let text = read_source(source)?;
     if !text.trim_start().starts_with('{') {
         return Ok(text);
     }
     let answer: serde_json::Value = serde_json::from_str(&text)?;
-    match answer["statement"].as_str() {
+    match answer["result"]["statement"].as_str() {
         Some(statement) => Ok(statement.to_string()),
         None => anyhow::bail!(
             "{source} holds no `statement`: the decision has no final result yet (status {})",
@@ -54,6 +54,8 @@ fn check_tally(
     let chain_fail = |e: canopy_chain::ChainError| fail(e.code(), e.to_string());
     let unreachable = |e: anyhow::Error| fail("unreachable", e.to_string());
     let (verifier, key_source) = record_key(args, files)?;
+    // The signature first, so that an altered statement fails as exactly that.
+    canopy_chain::open_note(statement, &verifier).map_err(chain_fail)?;
     let result =
         FinalResult::open(statement, &verifier).map_err(|e| fail(e.code(), e.to_string()))?;
     let decision = result.decision.as_uuid();

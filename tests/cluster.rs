@@ -1124,7 +1124,7 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
         &store.decisions().await.unwrap(),
     );
     let tree = &canopy_dataflow::recount_log_trees(&entries)[&id];
-    let result = &answer["result"];
+    let result = &answer["result"]["result"];
     let tally: Tally = serde_json::from_value(result["tally"].clone()).unwrap();
     assert_eq!(&tally, &expected[&id], "{answer}");
     assert_eq!(result["tree_size"], tree.size(), "{answer}");
@@ -1149,7 +1149,7 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
     assert!(verdict.starts_with("OK tally"), "{verdict}");
 
     // An altered tally no longer carries the record's signature.
-    let statement = answer["statement"].as_str().unwrap();
+    let statement = answer["result"]["statement"].as_str().unwrap();
     let turnout = format!("\"turnout\":{}", tally.turnout);
     assert!(statement.contains(&turnout), "{statement}");
     let altered = deployment.dir.path().join("altered-statement.txt");
