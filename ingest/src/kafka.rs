@@ -201,6 +201,8 @@ struct PartitionReader {
     next: u64,
     /// Reached the partition's end once; later polls wait for nothing.
     at_end: bool,
+    /// Stopped before a gap in the offsets: the next read starts a fresh consumer there.
+    before_gap: bool,
 }
 
 /// Per partition, the offsets `[from, to)` a dead-lettering read of this log went through:
@@ -245,6 +247,8 @@ pub struct KafkaEntryLog<E: LogEntry> {
     readers: Mutex<HashMap<u32, PartitionReader>>,
     /// The last end found per partition, where the next search starts.
     known_ends: Mutex<HashMap<u32, u64>>,
+    /// Per partition, the first offset a fetch skipped over, and when that was first seen.
+    gaps: Mutex<HashMap<u32, (u64, std::time::Instant)>>,
     /// Per partition, one past the highest offset an append of this log was acknowledged at.
     acked_ends: Mutex<HashMap<u32, u64>>,
     signer: Signer,
@@ -290,6 +294,7 @@ impl<E: LogEntry> KafkaEntryLog<E> {
             metadata,
             readers: Mutex::new(HashMap::new()),
             known_ends: Mutex::new(HashMap::new()),
+            gaps: Mutex::new(HashMap::new()),
             acked_ends: Mutex::new(HashMap::new()),
             dead_letter_topic_ready: AtomicBool::new(false),
             passed: Mutex::new(Passed::default()),
@@ -753,7 +758,9 @@ impl<E: LogEntry> KafkaEntryLog<E> {
         if next > from {
             passed.note(partition, from, next);
         }
-        readers.insert(partition, reader);
+        if !reader.before_gap {
+            readers.insert(partition, reader);
+        }
         Ok(ReadBatch { records, next })
     }
 
@@ -966,6 +973,7 @@ impl<E: LogEntry> KafkaEntryLog<E> {
             consumer,
             next: from,
             at_end: false,
+            before_gap: false,
         })
     }
 
@@ -973,6 +981,28 @@ impl<E: LogEntry> KafkaEntryLog<E> {
     /// that reached the end before only takes what has already arrived, so polling an idle
     /// partition costs no wait. A record `take` fails on is not passed: `reader.next` stays
     /// at it.
+    /// Whether the gap from `missing` to `found` in `partition` has been seen for the log's
+    /// timeout; remembers when it was first seen.
+    fn gap_has_lasted(&self, partition: u32, missing: u64, found: u64) -> bool {
+        let mut gaps = self.gaps.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let seen = gaps.entry(partition).or_insert((missing, now));
+        if seen.0 != missing {
+            *seen = (missing, now);
+        }
+        let lasted = now.duration_since(seen.1) >= self.config.timeout;
+        if lasted {
+            tracing::warn!(
+                partition,
+                missing,
+                found,
+                "offsets {missing}..{found} never appeared; reading on past them"
+            );
+            gaps.remove(&partition);
+        }
+        lasted
+    }
+
     fn drain(
         &self,
         reader: &mut PartitionReader,
@@ -1017,6 +1047,15 @@ impl<E: LogEntry> KafkaEntryLog<E> {
             let offset = message.offset() as u64;
             if offset < reader.next {
                 continue;
+            }
+            // Offsets are dense in Canopy's topics (no compaction, no transactions), but a
+            // fetch under concurrent producers has been seen to answer past offsets the
+            // broker had assigned and not yet shown (tansu). Skipping them would lose
+            // acknowledged votes: stop before the gap and ask again, unless it has lasted
+            // the log's timeout (then the records are gone, and the gap is logged).
+            if offset > reader.next && !self.gap_has_lasted(partition, reader.next, offset) {
+                reader.before_gap = true;
+                return Ok(());
             }
             take(&message)?;
             reader.next = offset + 1;
