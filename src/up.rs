@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use canopy_node::{Node, NodeConfig};
 use canopy_schemas::{
-    Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId, VoterId,
-    VoterSalt, Weight,
+    Ballot, Component, ComponentWeights, Decision, DecisionId, LoggedVote, Method, Vote, VoteId,
+    VoterId, VoterSalt, Weight,
 };
 use canopy_serving::auth::Role;
 use clap::Args;
@@ -110,24 +110,68 @@ pub(crate) async fn wait_for_stop_signal() {
     }
 }
 
-/// The demo's decisions: one that stays open, and one that closes a minute after the node
-/// starts, so a newcomer sees a final result appear.
+/// The demo's decisions: one of each voting method that stays open, and one that closes a
+/// minute after the node starts, so a newcomer sees a final result appear.
 struct DemoDecision {
     title: &'static str,
     options: &'static [&'static str],
     open_for_micros: i64,
+    method: Method,
+    credits: u32,
 }
 
-const DEMO_DECISIONS: [DemoDecision; 2] = [
+const DEMO_YEAR_MICROS: i64 = 365 * 24 * 3600 * 1_000_000;
+
+const DEMO_DECISIONS: [DemoDecision; 5] = [
     DemoDecision {
         title: "Demo: restore the river delta wetlands?",
         options: &["restore", "partially restore", "leave as is"],
-        open_for_micros: 365 * 24 * 3600 * 1_000_000,
+        open_for_micros: DEMO_YEAR_MICROS,
+        method: Method::SingleChoice,
+        credits: 0,
     },
     DemoDecision {
         title: "Demo: close the quarry road to trucks? (closes a minute after start)",
         options: &["close it", "keep it open"],
         open_for_micros: 60 * 1_000_000,
+        method: Method::SingleChoice,
+        credits: 0,
+    },
+    DemoDecision {
+        title: "Demo: which restoration projects should the fund back? (approval)",
+        options: &[
+            "oyster reefs",
+            "dune planting",
+            "fish ladders",
+            "peat rewetting",
+        ],
+        open_for_micros: DEMO_YEAR_MICROS,
+        method: Method::Approval,
+        credits: 0,
+    },
+    DemoDecision {
+        title: "Demo: rank the flood defence plans (ranked choice)",
+        options: &[
+            "managed retreat",
+            "sea wall",
+            "salt marsh buffer",
+            "pumping stations",
+        ],
+        open_for_micros: DEMO_YEAR_MICROS,
+        method: Method::RankedChoice,
+        credits: 0,
+    },
+    DemoDecision {
+        title: "Demo: spread 16 credits over the tree-planting sites (quadratic)",
+        options: &[
+            "school grounds",
+            "riverbank",
+            "old rail line",
+            "market square",
+        ],
+        open_for_micros: DEMO_YEAR_MICROS,
+        method: Method::Quadratic,
+        credits: 16,
     },
 ];
 
@@ -163,7 +207,7 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Vec<Decision>> {
         }
         let decision = Decision {
             electorate: Default::default(),
-            credits: 0,
+            credits: demo.credits,
             id: DecisionId::new_random(),
             title: demo.title.into(),
             description: String::new(),
@@ -173,7 +217,7 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Vec<Decision>> {
             closes_at: now + demo.open_for_micros,
             weights: ComponentWeights::DEFAULT,
             quorum: 50,
-            method: Method::SingleChoice,
+            method: demo.method,
         };
         state.gate.register(decision.clone(), now)?;
         state
@@ -196,14 +240,20 @@ async fn seed_demo(node: &Node) -> anyhow::Result<Vec<Decision>> {
                 let demo = &open[at];
                 let expert = rng.random_range(0..10) == 0;
                 let options = demo.options.len() as u16;
+                // Single choice skewed towards the first options, so the result is not a
+                // coin toss; the other methods' ballots at random.
+                let ballot = match demo.method {
+                    Method::SingleChoice => Ballot::SingleChoice(
+                        rng.random_range(0..options)
+                            .min(rng.random_range(0..options)) as u8,
+                    ),
+                    _ => canopy_schemas::synthetic::random_ballot(&mut rng, demo),
+                };
                 let vote = Vote {
                     vote_id: VoteId::new_random(),
                     decision_id: demo.id,
                     voter_id: VoterId(rng.random_range(0..2_000)),
-                    // Skewed towards the first options, so the result is not a coin toss.
-                    option: rng
-                        .random_range(0..options)
-                        .min(rng.random_range(0..options)),
+                    ballot,
                     component: if expert {
                         Component::Expert
                     } else {

@@ -1078,7 +1078,7 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
                     vote_id: VoteId::new_random(),
                     decision_id: id,
                     voter_id: VoterId(u128::from(n % 10)),
-                    option: u16::from(n % 2),
+                    ballot: Ballot::single_choice(u16::from(n % 2)).unwrap(),
                     component: Component::Democratic,
                     weight: Weight::ONE,
                     cast_at: closes_at - 1,

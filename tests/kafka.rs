@@ -365,7 +365,10 @@ async fn a_broker_restarted_under_load_loses_no_acknowledged_vote() {
     }
     let mut expected = [0u64; 2];
     for record in latest.values() {
-        expected[usize::from(record.vote.option)] += 1;
+        let canopy_schemas::Ballot::SingleChoice(option) = record.vote.ballot else {
+            panic!("the test casts single-choice ballots only");
+        };
+        expected[usize::from(option)] += 1;
     }
     let mut counted = [0u64; 2];
     for cell in breakdown["cells"].as_array().unwrap() {

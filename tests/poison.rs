@@ -103,7 +103,7 @@ fn forged_vote(n: u128) -> LoggedVote {
         vote_id: VoteId(0xF0F0_0000 + n),
         decision_id: decisions[n as usize % decisions.len()].id,
         voter_id: VoterId(10_000 + n),
-        option: 2,
+        ballot: Ballot::single_choice(2).unwrap(),
         component: Component::Democratic,
         weight: Weight::ONE,
         cast_at: 1,

@@ -129,9 +129,11 @@ async fn tiles_in_a_bucket_verify_offline_from_the_bucket_alone() {
     assert_eq!((status, partial.len()), (200, 44 * 32));
     assert!(!cache.contains("immutable"), "{cache}");
     let (status, _, bundle) = get(&client, format!("{tlog}/tile/entries/000")).await;
-    assert_eq!((status, bundle.len()), (200, 256 * (2 + 80)));
+    // Each entry: a 2-byte length, then a vote's leaf encoding.
+    let leaf_len = canopy_schemas::LEAF_ENCODING_LEN;
+    assert_eq!((status, bundle.len()), (200, 256 * (2 + leaf_len)));
     assert_eq!(
-        canopy_chain::leaf_hash(&bundle[2..82]),
+        canopy_chain::leaf_hash(&bundle[2..2 + leaf_len]),
         <[u8; 32]>::try_from(&full[..32]).unwrap(),
         "the first entry hashes to the first leaf"
     );

@@ -12,6 +12,7 @@ use arrow_schema::SchemaRef;
 use canopy_ingest::{
     EntryLog, LogEntry, LogRecord, Positioned, SensorLog, SensorRecord, VoteLog, VoteLogRecord,
 };
+use canopy_schemas::Ballot;
 
 use crate::AnalyticsError;
 use crate::columns::{Columns, TableLayout};
@@ -39,7 +40,9 @@ pub trait LogTable: TableLayout {
 /// decision so that one person's votes cannot be linked; a verified weight is the same in
 /// every decision, so a per-vote weight would link them again (the weighted totals are in
 /// `tally_changes`). The time is the hour: to the microsecond it would find the row of
-/// anyone whose moment of voting is known.
+/// anyone whose moment of voting is known. `option` is a single-choice ballot's option and
+/// -1 for a ballot of another method (whose marks the record's leaves hold; the lake has
+/// no column for them in this layout).
 #[derive(Debug)]
 pub struct Votes;
 
@@ -60,7 +63,10 @@ impl TableLayout for Votes {
             .text("decision_id", |r| r.vote.decision_id.to_string())
             .text("vote_id", |r| r.vote.vote_id.to_string())
             .fixed_binary("voter_commitment", |r| r.commitment.0)
-            .int32("option", |r| i32::from(r.vote.option))
+            .int32("option", |r| match r.vote.ballot {
+                Ballot::SingleChoice(option) => i32::from(option),
+                _ => -1,
+            })
             .text("component", |r| r.vote.component.as_str())
             .utc_hour("cast_hour", |r| r.vote.cast_at)
             .int32("log_partition", |r| r.position.partition as i32)

@@ -59,7 +59,7 @@ fn build_lake(root: &Path) {
             vote_id: VoteId(f[2].parse().unwrap()),
             decision_id: DecisionId(f[0].parse().unwrap()),
             voter_id: VoterId(f[1].parse().unwrap()),
-            option: f[3].parse().unwrap(),
+            ballot: canopy_schemas::Ballot::single_choice(f[3].parse().unwrap()).unwrap(),
             component,
             weight: Weight(f[5].parse().unwrap()),
             cast_at: parse_event_time(f[6]).unwrap() * 1000,
@@ -68,6 +68,7 @@ fn build_lake(root: &Path) {
         let records = &mut partitions[partition as usize];
         records.push(LogRecord {
             sealed_voter: canopy_schemas::SealedVoter::NONE,
+            leaf_version: canopy_schemas::LeafVersion::V2,
             position: Position {
                 partition,
                 offset: records.len() as u64,

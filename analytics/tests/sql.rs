@@ -555,7 +555,7 @@ mod recount_property {
             vote_id: VoteId(id),
             decision_id: DecisionId(decision),
             voter_id: VoterId(u128::from(voter)),
-            option,
+            ballot: canopy_schemas::Ballot::single_choice(option).unwrap(),
             component,
             weight,
             cast_at: START + minute * 60_000_000,

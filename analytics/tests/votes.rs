@@ -128,7 +128,7 @@ fn log_rows(log: &dyn VoteLog) -> BTreeMap<(i32, i64), Row> {
                     v.decision_id.to_string(),
                     v.vote_id.to_string(),
                     record.commitment.0.to_vec(),
-                    i32::from(v.option),
+                    single_choice_option(&v.ballot),
                     v.component.to_string(),
                     v.cast_at.div_euclid(HOUR_MICROS) * HOUR_MICROS,
                 ),
@@ -258,7 +258,7 @@ fn write_layout_1_file(
         (
             "option",
             Arc::new(Int32Array::from_iter_values(
-                records.iter().map(|r| i32::from(r.vote.option)),
+                records.iter().map(|r| single_choice_option(&r.vote.ballot)),
             )),
         ),
         ("component", text(|r| r.vote.component.as_str().to_string())),
@@ -380,4 +380,12 @@ fn issue_16_a_lake_of_the_old_layout_is_refused_then_rewritten_in_place() {
     let report = sync_votes(&lake, &log, 500).unwrap();
     assert_eq!(report.rows, 300);
     assert_eq!(lake_rows(&votes_dir), log_rows(&log));
+}
+
+/// The `option` column: a single-choice ballot's option, -1 for any other ballot.
+fn single_choice_option(ballot: &canopy_schemas::Ballot) -> i32 {
+    match ballot {
+        canopy_schemas::Ballot::SingleChoice(option) => i32::from(*option),
+        _ => -1,
+    }
 }

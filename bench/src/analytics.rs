@@ -444,7 +444,7 @@ impl Iterator for VoteGenerator {
             vote_id: VoteId(self.rng.random()),
             decision_id: decision.id,
             voter_id,
-            option: self.rng.random_range(0..decision.options.len() as u16),
+            ballot: canopy_schemas::synthetic::random_ballot(&mut self.rng, decision),
             component,
             weight,
             cast_at: self.cast_at(n),
@@ -458,6 +458,7 @@ impl Iterator for VoteGenerator {
         *offset += 1;
         Some(LogRecord {
             sealed_voter: canopy_schemas::SealedVoter::NONE,
+            leaf_version: canopy_schemas::LeafVersion::V2,
             position,
             vote,
             commitment: VoterCommitment::new(&BENCH_SALT, voter_id, vote.decision_id),

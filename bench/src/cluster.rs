@@ -30,7 +30,7 @@ use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, KafkaSensorLog, LogEntry, L
 use canopy_node::redis::RedisViews;
 use canopy_node::redis_sensors::RedisSensorViews;
 use canopy_schemas::{
-    Decision, DecisionId, LoggedVote, Metric, Quality, SensorReading, VoteLogEntry,
+    Decision, DecisionId, LoggedVote, Method, Metric, Quality, SensorReading, VoteLogEntry,
 };
 use canopy_serving::auth::Role;
 use canopy_serving::store::{MetadataStore, PostgresStore, UserRecord};
@@ -852,6 +852,7 @@ pub fn bench(args: ClusterArgs) -> anyhow::Result<()> {
         args.decisions,
         args.partitions,
         args.seed,
+        Method::SingleChoice,
     );
     let mut votes: Vec<LoggedVote> = records.iter().map(|r| r.logged()).collect();
     let paced = votes.split_off(args.votes);

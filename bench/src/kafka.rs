@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use canopy_dataflow::{ClusterConfig, EngineConfig, TallyEngine, ViewStore};
 use canopy_ingest::{EntryLog, KafkaConfig, KafkaLog, VoteLog};
 use canopy_node::redis::RedisViews;
-use canopy_schemas::LoggedVote;
+use canopy_schemas::{LoggedVote, Method};
 use serde_json::json;
 
 use crate::{round3, vote_stream};
@@ -90,7 +90,13 @@ fn log_key(topic: &str) -> canopy_ingest::LogKey {
 
 /// One worker process: the engine over the topic, results into Redis, until stdin closes.
 pub fn worker(args: KafkaWorkerArgs) -> anyhow::Result<()> {
-    let (decisions, _) = vote_stream(0, args.decisions, args.partitions, args.seed);
+    let (decisions, _) = vote_stream(
+        0,
+        args.decisions,
+        args.partitions,
+        args.seed,
+        Method::SingleChoice,
+    );
     let log = KafkaLog::connect(KafkaConfig {
         partitions: args.partitions,
         create_topic: false,
@@ -373,6 +379,7 @@ pub fn bench(args: KafkaArgs) -> anyhow::Result<()> {
         args.decisions,
         args.partitions,
         args.seed,
+        Method::SingleChoice,
     );
     let all: Vec<LoggedVote> = records.iter().map(|r| r.logged()).collect();
     let (votes, paced) = all.split_at(args.votes);

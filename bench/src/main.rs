@@ -62,6 +62,10 @@ enum Bench {
         /// signed checkpoints every 1000 leaves).
         #[arg(long)]
         record: bool,
+        /// Every decision's voting method: single_choice, approval, ranked_choice (also
+        /// `ranked`) or quadratic (100 credits a voter).
+        #[arg(long, default_value = "single_choice", value_parser = parse_method)]
+        method: Method,
     },
     /// Durable appends per second from concurrent appenders, against a raw write+fsync loop.
     Log {
@@ -117,7 +121,19 @@ fn main() -> anyhow::Result<()> {
             partitions,
             seed,
             record,
-        } => core(votes, workers, decisions, epoch, partitions, seed, record),
+            method,
+        } => core(
+            CoreShape {
+                votes,
+                decisions,
+                partitions,
+                seed,
+                method,
+            },
+            workers,
+            epoch,
+            record,
+        ),
         Bench::Log {
             appenders,
             appends_per_appender,
@@ -138,19 +154,42 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn parse_method(text: &str) -> Result<Method, String> {
+    match text {
+        "ranked" => Ok(Method::RankedChoice),
+        other => Method::parse(other).ok_or_else(|| {
+            format!(
+                "{other:?} is not a method: single_choice, approval, ranked_choice or quadratic"
+            )
+        }),
+    }
+}
+
+/// The credits a voter has in a quadratic benchmark decision.
+const BENCH_CREDITS: u32 = 100;
+
+/// What the core benchmark's stream is made of.
+struct CoreShape {
+    votes: usize,
+    decisions: usize,
+    partitions: u32,
+    seed: u64,
+    method: Method,
+}
+
 /// A realistic stream: decisions of Zipf-like popularity, voters who sometimes change their
-/// vote, and repeated deliveries of votes already sent.
+/// vote, and repeated deliveries of votes already sent; every decision of `method`.
 fn vote_stream(
     votes: usize,
     decision_count: usize,
     partitions: u32,
     seed: u64,
+    method: Method,
 ) -> (Vec<Decision>, Vec<LogRecord>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let decisions: Vec<Decision> = (0..decision_count)
         .map(|i| Decision {
             electorate: Default::default(),
-            credits: 0,
             id: DecisionId(rng.random()),
             title: format!("decision {i}"),
             description: String::new(),
@@ -160,7 +199,12 @@ fn vote_stream(
             closes_at: i64::MAX,
             weights: ComponentWeights::DEFAULT,
             quorum: 100,
-            method: Method::SingleChoice,
+            method,
+            credits: if method == Method::Quadratic {
+                BENCH_CREDITS
+            } else {
+                0
+            },
         })
         .collect();
     // Zipf(1.1) popularity by inverse-CDF over cumulative weights.
@@ -197,6 +241,7 @@ fn vote_stream(
         let end = ends.entry(partition).or_insert(0);
         records.push(LogRecord {
             sealed_voter: canopy_schemas::SealedVoter::NONE,
+            leaf_version: canopy_schemas::LeafVersion::V2,
             position: Position {
                 partition,
                 offset: *end,
@@ -222,16 +267,20 @@ impl CheckpointSink for CountCheckpoints {
 const BENCH_SALT: VoterSalt = VoterSalt([0x5a; 32]);
 
 fn core(
-    votes: usize,
+    shape: CoreShape,
     workers: usize,
-    decision_count: usize,
     epoch_size: usize,
-    partitions: u32,
-    seed: u64,
     with_record: bool,
 ) -> anyhow::Result<()> {
-    eprintln!("generating {votes} votes over {decision_count} decisions ...");
-    let (decisions, records) = vote_stream(votes, decision_count, partitions, seed);
+    let CoreShape {
+        votes,
+        decisions: decision_count,
+        partitions,
+        seed,
+        method,
+    } = shape;
+    eprintln!("generating {votes} {method} votes over {decision_count} decisions ...");
+    let (decisions, records) = vote_stream(votes, decision_count, partitions, seed, method);
     let decisions = Arc::new(decisions);
     let records = Arc::new(records);
 
@@ -304,6 +353,7 @@ fn core(
         "{}",
         json!({
             "bench": "core",
+            "method": method,
             "votes": votes,
             "workers": workers,
             "record": with_record,
@@ -325,7 +375,13 @@ fn log(
     let parent = dir.unwrap_or_else(std::env::temp_dir);
     let scratch = tempfile::tempdir_in(&parent)
         .with_context(|| format!("creating a scratch directory in {}", parent.display()))?;
-    let (_, records) = vote_stream(appenders * per_appender, 1_000, partitions, 11);
+    let (_, records) = vote_stream(
+        appenders * per_appender,
+        1_000,
+        partitions,
+        11,
+        Method::SingleChoice,
+    );
     let votes: Arc<Vec<LoggedVote>> = Arc::new(records.iter().map(|r| r.logged()).collect());
 
     eprintln!("baseline: one write + fdatasync per vote for 2 s ...");
@@ -412,8 +468,8 @@ fn log(
 fn merkle(leaves: usize, checkpoint_every: u64) -> anyhow::Result<()> {
     use sha2::Digest;
     eprintln!("encoding {leaves} votes as record leaves ...");
-    let (_, records) = vote_stream(leaves, 100, 1, 3);
-    let encoded: Vec<[u8; canopy_schemas::LEAF_ENCODING_LEN]> =
+    let (_, records) = vote_stream(leaves, 100, 1, 3, Method::SingleChoice);
+    let encoded: Vec<canopy_schemas::LeafBytes> =
         records.iter().map(|r| r.logged().leaf_data()).collect();
 
     eprintln!("baseline: SHA-256 of each encoding ...");

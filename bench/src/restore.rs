@@ -194,7 +194,7 @@ fn entry(n: u128) -> StateEntry {
             ballot: Ballot {
                 vote_id: n,
                 offset: n as u64,
-                option: (n % 3) as u16,
+                marks: canopy_schemas::Ballot::SingleChoice((n % 3) as u8),
                 component: Component::ALL[0],
                 weight: 1_000_000,
             },
@@ -207,7 +207,10 @@ fn entry(n: u128) -> StateEntry {
                 voter: n,
                 vote_id: n,
                 leaf: [n as u8; 32],
-                entry: Some(LeafEntry([n as u8; canopy_schemas::LEAF_ENCODING_LEN])),
+                entry: canopy_schemas::LeafBytes::new(
+                    &[n as u8; canopy_schemas::LEAF_ENCODING_LEN],
+                )
+                .map(LeafEntry),
             },
         }
     }

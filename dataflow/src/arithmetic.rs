@@ -10,9 +10,29 @@ use serde::{Deserialize, Serialize};
 pub struct Ballot {
     pub vote_id: u128,
     pub offset: u64,
-    pub option: u16,
+    /// What the voter marked, by the decision's method.
+    #[serde(with = "compact_ballot")]
+    pub marks: canopy_schemas::Ballot,
     pub component: Component,
     pub weight: u32,
+}
+
+/// A ballot between engine processes: the method's code and the 32 canonical bytes (its
+/// `Serialize` is the API's JSON shape, which would allocate for every vote exchanged).
+pub(crate) mod compact_ballot {
+    use canopy_schemas::{BALLOT_ENCODING_LEN, Ballot, Method};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(ballot: &Ballot, serializer: S) -> Result<S::Ok, S::Error> {
+        (ballot.method().code(), ballot.encode()).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ballot, D::Error> {
+        let (method, bytes) = <(u8, [u8; BALLOT_ENCODING_LEN])>::deserialize(deserializer)?;
+        Method::from_code(method)
+            .and_then(|method| Ballot::decode(method, &bytes))
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The part of a decision the tally needs; fixed once the decision opens.
@@ -64,6 +84,36 @@ pub struct Tally {
     pub turnout_by_component: [u64; 4],
     pub quorum: u64,
     pub quorum_met: bool,
+    /// Ranked choice: the instant runoff's rounds, in order, the tally above being the
+    /// last's; empty for every other method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<RankedRound>,
+}
+
+/// Ballots no longer counting for any option, in one component.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+pub struct ExhaustedBallots {
+    pub count: u64,
+    /// Sum of their weights, in millionths.
+    pub weight_sum: u64,
+}
+
+/// One round of an instant runoff (the rules are the methods module's).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct RankedRound {
+    /// The options still in the count this round, ascending.
+    pub continuing: Vec<u16>,
+    /// Each continuing ballot counted for its highest-ranked continuing option; the turnout
+    /// is every voter, exhausted or not.
+    pub tally: Tally,
+    /// Indexed by [`Component::index`]: ballots ranking no continuing option.
+    pub exhausted_by_component: [ExhaustedBallots; 4],
+    /// The option eliminated after this round; None in the last round.
+    pub eliminated: Option<u16>,
+    /// Several options tied for last and the tie rule chose which to eliminate.
+    pub tie_broken: bool,
 }
 
 impl Tally {
@@ -137,6 +187,7 @@ impl Tally {
             turnout_by_component,
             quorum: params.quorum,
             quorum_met: turnout >= params.quorum,
+            rounds: Vec::new(),
         }
     }
 

@@ -15,14 +15,14 @@ use std::collections::HashMap;
 
 use canopy_chain::{Hash, MerkleLog, NoteSigner, NoteVerifier, leaf_hash, open_note};
 use canopy_schemas::{
-    CloseKind, Component, ComponentWeights, Decision, DecisionClose, DecisionId, LoggedVote,
-    Method, VoterCommitment,
+    CloseKind, ComponentWeights, Decision, DecisionClose, DecisionId, LoggedVote, Method,
+    VoterCommitment,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::DataflowError;
 use crate::arithmetic::{DecisionParams, Tally};
-use crate::methods::Outcome;
+use crate::methods::{CountedBallot, Outcome, count_decision};
 
 /// Where in the log a decision closed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -134,7 +134,7 @@ pub struct LeafRecount {
 
 /// Rebuilds a decision's tree and tally from its leaf encodings in tree order: each voter
 /// (commitment) counts with their last leaf, exactly as the engine counts each voter's
-/// latest vote. Refuses a leaf that is not a leaf of `decision`, and any leaf after the
+/// latest vote, by the decision's method (a ranked tally with its rounds). Refuses a leaf that is not a leaf of `decision`, and any leaf after the
 /// close leaf.
 pub fn recount_leaves<'a>(
     decision: DecisionId,
@@ -142,7 +142,7 @@ pub fn recount_leaves<'a>(
     entries: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<LeafRecount, DataflowError> {
     let mut tree = MerkleLog::default();
-    let mut latest: HashMap<VoterCommitment, (u16, Component, u32)> = HashMap::new();
+    let mut latest: HashMap<VoterCommitment, CountedBallot> = HashMap::new();
     let mut close = None;
     for (index, entry) in entries.into_iter().enumerate() {
         if close.is_some() {
@@ -175,19 +175,17 @@ pub fn recount_leaves<'a>(
         let vote = logged.vote;
         latest.insert(
             logged.commitment,
-            (vote.option, vote.component, vote.weight.0),
+            CountedBallot {
+                component: vote.component,
+                weight: vote.weight.0,
+                ballot: vote.ballot,
+            },
         );
-    }
-    let mut sums: HashMap<(u16, Component), (u64, u64)> = HashMap::new();
-    for (option, component, weight) in latest.into_values() {
-        let cell = sums.entry((option, component)).or_default();
-        cell.0 += 1;
-        cell.1 += u64::from(weight);
     }
     Ok(LeafRecount {
         tree_size: tree.size(),
         root: tree.root(),
-        tally: Tally::from_sums(params, sums),
+        tally: count_decision(params, latest.into_values()).into_tally(),
         close,
     })
 }
@@ -195,7 +193,7 @@ pub fn recount_leaves<'a>(
 #[cfg(test)]
 mod tests {
     use canopy_schemas::{
-        Component, Electorate, Vote, VoteId, VoterId, VoterSalt, Weight, validate_decision,
+        Ballot, Component, Electorate, Vote, VoteId, VoterId, VoterSalt, Weight, validate_decision,
     };
 
     use super::*;
@@ -224,7 +222,7 @@ mod tests {
             vote_id: VoteId::new_random(),
             decision_id: DecisionId(9),
             voter_id: VoterId(u128::from(voter)),
-            option,
+            ballot: Ballot::single_choice(option).unwrap(),
             component,
             weight: Weight(weight),
             cast_at: 1,
@@ -325,6 +323,57 @@ mod tests {
                 proptest::prop_assert_eq!(opened, result);
             }
         }
+    }
+
+    /// A ranked decision's leaves recount by instant runoff: each voter's last ranking,
+    /// the rounds in the tally, the outcome read from the last round.
+    #[test]
+    fn a_ranked_decisions_leaves_recount_by_instant_runoff() {
+        let decision = Decision {
+            method: Method::RankedChoice,
+            ..decision()
+        };
+        let params = DecisionParams::from(&decision);
+        let ranked = |voter: u8, ranking: &[u16]| {
+            let vote = Vote {
+                vote_id: VoteId::new_random(),
+                decision_id: DecisionId(9),
+                voter_id: VoterId(u128::from(voter)),
+                ballot: Ballot::ranked_choice(ranking).unwrap(),
+                component: Component::Democratic,
+                weight: Weight(1_000_000),
+                cast_at: 1,
+            };
+            LoggedVote::new(vote, &VoterSalt([voter; 32]))
+                .leaf_data()
+                .to_vec()
+        };
+        let leaves = [
+            ranked(1, &[0, 1]),
+            ranked(2, &[1]),
+            ranked(3, &[2, 1]),
+            ranked(2, &[1, 0]),
+            ranked(4, &[0]),
+            ranked(5, &[0, 2]),
+            close_leaf(),
+        ];
+        let recount =
+            recount_leaves(decision.id, &params, leaves.iter().map(Vec::as_slice)).unwrap();
+        let latest =
+            [(&[0u16, 1][..]), &[1, 0], &[2, 1], &[0], &[0, 2]].map(|ranking| CountedBallot {
+                component: Component::Democratic,
+                weight: 1_000_000,
+                ballot: Ballot::ranked_choice(ranking).unwrap(),
+            });
+        let expected = count_decision(&params, latest).into_tally();
+        assert_eq!(recount.tally, expected);
+        // 3, 1, 1 first preferences: 2 goes (the tie for last broken by index), its
+        // ballot moves to 1, then 1 goes.
+        assert_eq!(recount.tally.rounds.len(), 3, "{:?}", recount.tally.rounds);
+        assert_eq!(recount.tally.rounds[0].eliminated, Some(2));
+        assert!(recount.tally.rounds[0].tie_broken);
+        assert_eq!(recount.tally.rounds[1].eliminated, Some(1));
+        assert_eq!(Outcome::of(&recount.tally), Outcome::Winner { option: 0 });
     }
 
     #[test]

@@ -36,6 +36,7 @@ use canopy_schemas::{Ballot, Component, Method, SHARE_SCALE};
 use serde::{Deserialize, Serialize};
 
 use crate::arithmetic::{DecisionParams, Tally};
+pub use crate::arithmetic::{ExhaustedBallots, RankedRound};
 
 /// Whether a method's tally is maintained incrementally (a ballot changes only its own
 /// cells) rather than recomputed per decision from the latest ballots.
@@ -93,46 +94,28 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The outcome of a tally: by composite score, ties as ties.
+    /// The outcome of a tally: by composite score, ties as ties. A ranked tally's options
+    /// are those continuing in its last round (the runoff ended on its winner, or on a tie
+    /// between every continuing option).
     pub fn of(tally: &Tally) -> Outcome {
         if tally.turnout == 0 {
             return Outcome::NoVotes;
         }
-        let top = tally.composite_ppb.iter().copied().max().unwrap_or(0);
-        let leaders: Vec<u16> = (0..tally.composite_ppb.len() as u16)
-            .filter(|option| tally.composite_ppb[usize::from(*option)] == top)
+        let candidates: Vec<u16> = match tally.rounds.last() {
+            Some(last) => last.continuing.clone(),
+            None => (0..tally.composite_ppb.len() as u16).collect(),
+        };
+        let composite = |option: &u16| tally.composite_ppb[usize::from(*option)];
+        let top = candidates.iter().map(composite).max().unwrap_or(0);
+        let leaders: Vec<u16> = candidates
+            .into_iter()
+            .filter(|option| composite(option) == top)
             .collect();
         match leaders.as_slice() {
             [option] => Outcome::Winner { option: *option },
             _ => Outcome::Tie { options: leaders },
         }
     }
-}
-
-/// Ballots no longer counting for any option, in one component.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
-)]
-pub struct ExhaustedBallots {
-    pub count: u64,
-    /// Sum of their weights, in millionths.
-    pub weight_sum: u64,
-}
-
-/// One round of an instant runoff (see the module docs for the rules).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct RankedRound {
-    /// The options still in the count this round, ascending.
-    pub continuing: Vec<u16>,
-    /// Each continuing ballot counted for its highest-ranked continuing option; the turnout
-    /// is every voter, exhausted or not.
-    pub tally: Tally,
-    /// Indexed by [`Component::index`]: ballots ranking no continuing option.
-    pub exhausted_by_component: [ExhaustedBallots; 4],
-    /// The option eliminated after this round; None in the last round.
-    pub eliminated: Option<u16>,
-    /// Several options tied for last and the tie rule chose which to eliminate.
-    pub tie_broken: bool,
 }
 
 /// A decision's result by its method.
@@ -143,6 +126,17 @@ pub struct DecisionResult {
     /// Ranked choice: every round, in order; empty for other methods.
     pub rounds: Vec<RankedRound>,
     pub outcome: Outcome,
+}
+
+impl DecisionResult {
+    /// The tally as views and statements hold it: with the rounds, from which
+    /// [`Outcome::of`] reads the outcome again.
+    pub fn into_tally(self) -> Tally {
+        Tally {
+            rounds: self.rounds,
+            ..self.tally
+        }
+    }
 }
 
 /// Counts a decision's latest ballots, one per voter, by `params.method`. Ballots of another

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use canopy_chain::tiles::{bundle_start, growth_bundles, growth_tiles};
 use canopy_chain::{ChainError, Checkpoint, Hash, MerkleLog, NoteSigner, TileRef, TileWrite};
 use canopy_ingest::{Position, partition_for};
-use canopy_schemas::{DecisionId, LEAF_ENCODING_LEN};
+use canopy_schemas::{DecisionId, LeafBytes, MAX_LEAF_ENCODING_LEN};
 use foldhash::quality::FixedState;
 use serde::{Deserialize, Serialize};
 
@@ -46,10 +46,10 @@ pub struct RecordLeaf {
     pub entry: Option<LeafEntry>,
 }
 
-/// A leaf's encoding (`canopy_schemas::LoggedVote::leaf_data`): an entry of the record's
-/// entry bundles.
+/// A leaf's encoding (`canopy_schemas::LoggedVote::leaf_data`, or a close's): an entry of
+/// the record's entry bundles.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LeafEntry(pub [u8; LEAF_ENCODING_LEN]);
+pub struct LeafEntry(pub LeafBytes);
 
 impl std::fmt::Debug for LeafEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,14 +58,15 @@ impl std::fmt::Debug for LeafEntry {
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {
-    bytes[..8]
+    bytes
         .iter()
+        .take(8)
         .map(|b| format!("{b:02x}"))
         .collect::<String>()
         + "…"
 }
 
-// serde derives arrays up to 32 bytes only; the entry travels as one byte string.
+// The entry travels as one byte string.
 impl Serialize for LeafEntry {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(&self.0)
@@ -78,25 +79,25 @@ impl<'de> Deserialize<'de> for LeafEntry {
         impl<'de> serde::de::Visitor<'de> for Bytes {
             type Value = LeafEntry;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "{LEAF_ENCODING_LEN} bytes of leaf encoding")
+                write!(f, "at most {MAX_LEAF_ENCODING_LEN} bytes of leaf encoding")
             }
             fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<LeafEntry, E> {
-                bytes
-                    .try_into()
+                LeafBytes::new(bytes)
                     .map(LeafEntry)
-                    .map_err(|_| E::invalid_length(bytes.len(), &self))
+                    .ok_or_else(|| E::invalid_length(bytes.len(), &self))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
             ) -> Result<LeafEntry, A::Error> {
-                let mut out = [0u8; LEAF_ENCODING_LEN];
-                for (n, byte) in out.iter_mut().enumerate() {
-                    *byte = seq
-                        .next_element()?
-                        .ok_or_else(|| serde::de::Error::invalid_length(n, &self))?;
+                let mut out = Vec::with_capacity(MAX_LEAF_ENCODING_LEN);
+                while let Some(byte) = seq.next_element::<u8>()? {
+                    if out.len() == MAX_LEAF_ENCODING_LEN {
+                        return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
+                    }
+                    out.push(byte);
                 }
-                Ok(LeafEntry(out))
+                self.visit_bytes(&out)
             }
         }
         deserializer.deserialize_bytes(Bytes)
@@ -635,14 +636,14 @@ mod tests {
     }
 
     fn leaf(n: u64) -> RecordLeaf {
-        let mut entry = [0u8; LEAF_ENCODING_LEN];
+        let mut entry = [0u8; canopy_schemas::LEAF_ENCODING_LEN];
         entry[..8].copy_from_slice(&n.to_be_bytes());
         RecordLeaf {
             offset: n,
             voter: u128::from(n),
             vote_id: u128::from(n),
             leaf: leaf_hash(&entry),
-            entry: Some(LeafEntry(entry)),
+            entry: Some(LeafEntry(LeafBytes::new(&entry).unwrap())),
         }
     }
 

@@ -1,4 +1,5 @@
-//! The from-scratch recount: a plain single-threaded pass over the log with hash maps.
+//! The from-scratch recount: a plain single-threaded pass over the log with hash maps, each
+//! decision counted by its method's reference rules ([`count_decision`]).
 //! It is the oracle the tests hold the dataflow to (the tallies, and the record's Merkle
 //! trees), and the floor the benchmark measures the dataflow against.
 
@@ -6,9 +7,10 @@ use std::collections::{HashMap, HashSet};
 
 use canopy_chain::{MerkleLog, leaf_hash};
 use canopy_ingest::{LogRecord, VoteLogRecord};
-use canopy_schemas::{Component, Decision, DecisionId, VoterId};
+use canopy_schemas::{Decision, DecisionId, VoterId};
 
 use crate::arithmetic::{DecisionParams, Tally};
+use crate::methods::{CountedBallot, count_decision};
 
 /// Recounts `records` (each partition's records in offset order) for `decisions`.
 /// Same rules as the dataflow: per (decision, voter) a vote id counts once (its first
@@ -18,7 +20,7 @@ pub fn recount<'a>(
     decisions: &[Decision],
 ) -> HashMap<DecisionId, Tally> {
     let mut seen: HashSet<(DecisionId, VoterId, u128)> = HashSet::new();
-    let mut latest: HashMap<(DecisionId, VoterId), (u64, u16, Component, u32)> = HashMap::new();
+    let mut latest: HashMap<(DecisionId, VoterId), (u64, CountedBallot)> = HashMap::new();
     for record in records {
         let vote = &record.vote;
         if !seen.insert((vote.decision_id, vote.voter_id, vote.vote_id.0)) {
@@ -26,9 +28,11 @@ pub fn recount<'a>(
         }
         let current = (
             record.position.offset,
-            vote.option,
-            vote.component,
-            vote.weight.0,
+            CountedBallot {
+                component: vote.component,
+                weight: vote.weight.0,
+                ballot: vote.ballot,
+            },
         );
         latest
             .entry((vote.decision_id, vote.voter_id))
@@ -39,23 +43,16 @@ pub fn recount<'a>(
             })
             .or_insert(current);
     }
-    type Sums = HashMap<(u16, Component), (u64, u64)>;
-    let mut sums: HashMap<DecisionId, Sums> = HashMap::new();
-    for ((decision, _), (_, option, component, weight)) in latest {
-        let cell = sums
-            .entry(decision)
-            .or_default()
-            .entry((option, component))
-            .or_default();
-        cell.0 += 1;
-        cell.1 += u64::from(weight);
+    let mut ballots: HashMap<DecisionId, Vec<CountedBallot>> = HashMap::new();
+    for ((decision, _), (_, ballot)) in latest {
+        ballots.entry(decision).or_default().push(ballot);
     }
     decisions
         .iter()
         .map(|decision| {
             let params = DecisionParams::from(decision);
-            let cells = sums.remove(&decision.id).unwrap_or_default();
-            (decision.id, Tally::from_sums(&params, cells))
+            let ballots = ballots.remove(&decision.id).unwrap_or_default();
+            (decision.id, count_decision(&params, ballots).into_tally())
         })
         .collect()
 }

@@ -37,7 +37,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::DataflowError;
 use crate::arithmetic::Ballot;
 use crate::record::{LeafEntry, RecordLeaf};
-use canopy_schemas::Component;
+use canopy_schemas::{BALLOT_ENCODING_LEN, Component, LeafBytes, Method};
 
 /// One piece of engine state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,19 +55,27 @@ pub enum StateEntry {
     Close { decision: u128, offset: u64 },
 }
 
-const BALLOT_TAG: u8 = 1;
+/// A single-choice ballot as written before the voting methods, still read.
+const BALLOT_V1_TAG: u8 = 1;
+const BALLOT_V1_LEN: usize = 1 + 16 + 16 + 16 + 8 + 2 + 1 + 4;
 const LEAF_TAG: u8 = 2;
-const BALLOT_LEN: usize = 1 + 16 + 16 + 16 + 8 + 2 + 1 + 4;
 const LEAF_LEN: usize = 1 + 16 + 8 + 16 + 16 + 32;
-/// A leaf with its entry (the leaf encoding, for the record's entry bundles); tag 2 is a
-/// leaf written before leaves carried it, still read.
-const LEAF_WITH_ENTRY_TAG: u8 = 3;
-const LEAF_WITH_ENTRY_LEN: usize = LEAF_LEN + canopy_schemas::LEAF_ENCODING_LEN;
+/// A leaf with its entry (the leaf encoding, for the record's entry bundles) of a vote
+/// leaf's first 80 bytes, as written before leaves had other lengths; tag 2 is a leaf
+/// written before leaves carried their entry. Both still read.
+const LEAF_WITH_V1_ENTRY_TAG: u8 = 3;
+const LEAF_WITH_V1_ENTRY_LEN: usize = LEAF_LEN + canopy_schemas::LEAF_ENCODING_V1_LEN;
 const CLOSE_TAG: u8 = 4;
 const CLOSE_LEN: usize = 1 + 16 + 8;
+/// A ballot of any method: the method's code and the ballot's canonical 32 bytes.
+const BALLOT_TAG: u8 = 5;
+const BALLOT_LEN: usize = 1 + 16 + 16 + 16 + 8 + 1 + BALLOT_ENCODING_LEN + 1 + 4;
+/// A leaf with its entry, the entry's length (one byte) before it.
+const LEAF_WITH_ENTRY_TAG: u8 = 6;
+const LEAF_WITH_ENTRY_MIN_LEN: usize = LEAF_LEN + 1;
 
-/// Encodes entries in the chunk format (version 1): a tag byte then fixed little-endian
-/// fields per entry.
+/// Encodes entries in the chunk format: a tag byte then little-endian fields per entry,
+/// fixed but for a leaf's entry, which its length precedes.
 pub fn encode_entries<'a>(entries: impl IntoIterator<Item = &'a StateEntry>) -> Vec<u8> {
     let mut out = Vec::new();
     for entry in entries {
@@ -82,7 +90,8 @@ pub fn encode_entries<'a>(entries: impl IntoIterator<Item = &'a StateEntry>) -> 
                 out.extend_from_slice(&voter.to_le_bytes());
                 out.extend_from_slice(&ballot.vote_id.to_le_bytes());
                 out.extend_from_slice(&ballot.offset.to_le_bytes());
-                out.extend_from_slice(&ballot.option.to_le_bytes());
+                out.push(ballot.marks.method().code());
+                out.extend_from_slice(&ballot.marks.encode());
                 out.push(ballot.component.index() as u8);
                 out.extend_from_slice(&ballot.weight.to_le_bytes());
             }
@@ -97,6 +106,7 @@ pub fn encode_entries<'a>(entries: impl IntoIterator<Item = &'a StateEntry>) -> 
                 out.extend_from_slice(&leaf.vote_id.to_le_bytes());
                 out.extend_from_slice(&leaf.leaf);
                 if let Some(entry) = &leaf.entry {
+                    out.push(entry.0.len() as u8);
                     out.extend_from_slice(&entry.0);
                 }
             }
@@ -119,9 +129,14 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<StateEntry>, DataflowError> {
     while at < bytes.len() {
         let tag = bytes[at];
         let len = match tag {
+            BALLOT_V1_TAG => BALLOT_V1_LEN,
             BALLOT_TAG => BALLOT_LEN,
             LEAF_TAG => LEAF_LEN,
-            LEAF_WITH_ENTRY_TAG => LEAF_WITH_ENTRY_LEN,
+            LEAF_WITH_V1_ENTRY_TAG => LEAF_WITH_V1_ENTRY_LEN,
+            LEAF_WITH_ENTRY_TAG => match bytes.get(at + LEAF_LEN) {
+                Some(entry_len) => LEAF_WITH_ENTRY_MIN_LEN + usize::from(*entry_len),
+                None => return Err(corrupt(at, "truncated entry")),
+            },
             CLOSE_TAG => CLOSE_LEN,
             other => return Err(corrupt(at, &format!("unknown entry tag {other}"))),
         };
@@ -131,16 +146,34 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<StateEntry>, DataflowError> {
         // A struct expression evaluates its fields in the order written: the order
         // `encode_entries` wrote them in.
         let mut fields = Fields(&entry[1..]);
+        let component =
+            |code: u8| Component::from_code(code).map_err(|_| corrupt(at, "unknown component"));
         entries.push(match tag {
+            BALLOT_V1_TAG => StateEntry::Ballot {
+                decision: fields.u128(),
+                voter: fields.u128(),
+                ballot: Ballot {
+                    vote_id: fields.u128(),
+                    offset: fields.u64(),
+                    marks: canopy_schemas::Ballot::single_choice(u16::from_le_bytes(fields.take()))
+                        .map_err(|error| corrupt(at, &error.to_string()))?,
+                    component: component(fields.take::<1>()[0])?,
+                    weight: u32::from_le_bytes(fields.take()),
+                },
+            },
             BALLOT_TAG => StateEntry::Ballot {
                 decision: fields.u128(),
                 voter: fields.u128(),
                 ballot: Ballot {
                     vote_id: fields.u128(),
                     offset: fields.u64(),
-                    option: u16::from_le_bytes(fields.take()),
-                    component: Component::from_code(fields.take::<1>()[0])
-                        .map_err(|_| corrupt(at, "unknown component"))?,
+                    marks: {
+                        let method = Method::from_code(fields.take::<1>()[0])
+                            .map_err(|error| corrupt(at, &error.to_string()))?;
+                        canopy_schemas::Ballot::decode(method, &fields.take())
+                            .map_err(|error| corrupt(at, &error.to_string()))?
+                    },
+                    component: component(fields.take::<1>()[0])?,
                     weight: u32::from_le_bytes(fields.take()),
                 },
             },
@@ -155,7 +188,20 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<StateEntry>, DataflowError> {
                     voter: fields.u128(),
                     vote_id: fields.u128(),
                     leaf: fields.take(),
-                    entry: (tag == LEAF_WITH_ENTRY_TAG).then(|| LeafEntry(fields.take())),
+                    entry: match tag {
+                        LEAF_WITH_V1_ENTRY_TAG => Some(fields.rest()),
+                        LEAF_WITH_ENTRY_TAG => {
+                            fields.take::<1>();
+                            Some(fields.rest())
+                        }
+                        _ => None,
+                    }
+                    .map(|entry| {
+                        LeafBytes::new(entry)
+                            .map(LeafEntry)
+                            .ok_or_else(|| corrupt(at, "a leaf entry longer than any leaf"))
+                    })
+                    .transpose()?,
                 },
             },
         });
@@ -166,7 +212,7 @@ pub fn decode_entries(bytes: &[u8]) -> Result<Vec<StateEntry>, DataflowError> {
 
 struct Fields<'a>(&'a [u8]);
 
-impl Fields<'_> {
+impl<'a> Fields<'a> {
     fn take<const N: usize>(&mut self) -> [u8; N] {
         let (head, rest) = self.0.split_at(N);
         self.0 = rest;
@@ -174,6 +220,9 @@ impl Fields<'_> {
     }
     fn u128(&mut self) -> u128 {
         u128::from_le_bytes(self.take())
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
     }
     fn u64(&mut self) -> u64 {
         u64::from_le_bytes(self.take())
@@ -526,18 +575,36 @@ mod tests {
                 any::<u128>(),
                 any::<u128>(),
                 any::<u64>(),
-                any::<u16>(),
+                prop_oneof![
+                    (0u16..256).prop_map(|o| canopy_schemas::Ballot::single_choice(o).unwrap()),
+                    proptest::collection::btree_set(0u16..256, 1..20).prop_map(|options| {
+                        canopy_schemas::Ballot::approval(&options.into_iter().collect::<Vec<_>>())
+                            .unwrap()
+                    }),
+                    proptest::collection::vec(0u16..256, 1..20).prop_map(|ranking| {
+                        let mut seen = std::collections::HashSet::new();
+                        let ranking: Vec<u16> =
+                            ranking.into_iter().filter(|o| seen.insert(*o)).collect();
+                        canopy_schemas::Ballot::ranked_choice(&ranking).unwrap()
+                    }),
+                    proptest::collection::btree_map(0u16..256, 1u16..=255, 1..=15).prop_map(
+                        |votes| canopy_schemas::Ballot::quadratic(
+                            &votes.into_iter().collect::<Vec<_>>()
+                        )
+                        .unwrap()
+                    ),
+                ],
                 0usize..4,
                 any::<u32>()
             )
-                .prop_map(|(decision, voter, vote_id, offset, option, c, weight)| {
+                .prop_map(|(decision, voter, vote_id, offset, marks, c, weight)| {
                     StateEntry::Ballot {
                         decision,
                         voter,
                         ballot: Ballot {
                             vote_id,
                             offset,
-                            option,
+                            marks,
                             component: Component::ALL[c],
                             weight,
                         },
@@ -549,7 +616,10 @@ mod tests {
                 any::<u128>(),
                 any::<u128>(),
                 any::<[u8; 32]>(),
-                proptest::option::of(any::<[u8; 32]>()),
+                proptest::option::of((
+                    any::<[u8; 32]>(),
+                    0..=canopy_schemas::MAX_LEAF_ENCODING_LEN
+                )),
             )
                 .prop_map(|(decision, offset, voter, vote_id, leaf, entry)| {
                     StateEntry::Leaf {
@@ -559,13 +629,12 @@ mod tests {
                             voter,
                             vote_id,
                             leaf,
-                            // Any 80 bytes: the state keeps the entry as it is given.
-                            entry: entry.map(|seed| {
-                                let mut bytes = [0u8; canopy_schemas::LEAF_ENCODING_LEN];
-                                for (n, byte) in bytes.iter_mut().enumerate() {
-                                    *byte = seed[n % 32] ^ n as u8;
-                                }
-                                crate::record::LeafEntry(bytes)
+                            // Any bytes of any leaf length: the state keeps the entry as
+                            // it is given.
+                            entry: entry.map(|(seed, len)| {
+                                let bytes: Vec<u8> =
+                                    (0..len).map(|n| seed[n % 32] ^ n as u8).collect();
+                                crate::record::LeafEntry(LeafBytes::new(&bytes).unwrap())
                             }),
                         },
                     }

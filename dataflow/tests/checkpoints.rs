@@ -86,7 +86,7 @@ fn votes(seed: u64, count: usize, earlier: &[LoggedVote]) -> Vec<LoggedVote> {
             vote_id: VoteId(u128::from(next()) << 64 | u128::from(next())),
             decision_id: DecisionId(1 + u128::from(next() % 6)),
             voter_id: VoterId(u128::from(next() % 40)),
-            option: (next() % 3) as u16,
+            ballot: canopy_schemas::Ballot::single_choice((next() % 3) as u16).unwrap(),
             component: Component::ALL[(next() % 2) as usize],
             weight: Weight(1_000_000 + (next() % 3) as u32 * 500_000),
             cast_at: 1,

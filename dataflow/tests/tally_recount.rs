@@ -1,6 +1,7 @@
 //! The incremental tally must equal a from-scratch recount after every epoch, whatever the
 //! stream: changed votes, repeated deliveries, decisions registered late or re-weighted,
-//! any epoch boundaries, one or two workers. The vote record must hold, per decision, the
+//! any epoch boundaries, one or two workers, and a decision of each voting method (the
+//! recount counting each by its method's reference rules, ranked choice with its rounds). The vote record must hold, per decision, the
 //! first delivery of every vote in log order, and every checkpoint it cuts must be signed,
 //! match that oracle's root at its size, and cover exactly the votes below its position.
 
@@ -22,7 +23,9 @@ enum Step {
     Cast {
         decision: usize,
         voter: u8,
-        option: u16,
+        /// The options the ballot names, in order, made into the decision's method's
+        /// ballot (see [`ballot_of`]).
+        picks: Vec<u16>,
         component: u8,
         weight: u32,
     },
@@ -43,12 +46,14 @@ enum Step {
     Seal,
 }
 
-const DECISIONS: usize = 3;
+/// One decision of each method, [`Method::ALL`] in order.
+const DECISIONS: usize = 4;
+const CREDITS: u32 = 9;
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        8 => (0..DECISIONS, 0u8..6, 0u16..3, 0u8..4, 1u32..5_000_000)
-            .prop_map(|(decision, voter, option, component, weight)| Step::Cast { decision, voter, option, component, weight }),
+        8 => (0..DECISIONS, 0u8..6, proptest::collection::vec(0u16..3, 1..4), 0u8..4, 1u32..5_000_000)
+            .prop_map(|(decision, voter, picks, component, weight)| Step::Cast { decision, voter, picks, component, weight }),
         3 => (0usize..40).prop_map(|back| Step::Redeliver { back }),
         1 => (0..DECISIONS, 0u32..=1_000_000, 0u32..=1_000_000, 0u64..6).prop_map(|(decision, a, b, quorum)| {
             let (low, high) = (a.min(b), a.max(b));
@@ -59,10 +64,42 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// A ballot of `method` from `picks` (1 to 3 options of 3, repeats allowed): the first
+/// (single choice), the set (approval), the order without repeats (ranked choice), or the
+/// options without repeats with 2 votes on the first and 1 on each other (quadratic: at
+/// most 6 credits of the 9).
+fn ballot_of(method: Method, picks: &[u16]) -> canopy_schemas::Ballot {
+    let mut distinct: Vec<u16> = Vec::new();
+    for pick in picks {
+        if !distinct.contains(pick) {
+            distinct.push(*pick);
+        }
+    }
+    match method {
+        Method::SingleChoice => canopy_schemas::Ballot::single_choice(picks[0]),
+        Method::Approval => canopy_schemas::Ballot::approval(&distinct),
+        Method::RankedChoice => canopy_schemas::Ballot::ranked_choice(&distinct),
+        Method::Quadratic => {
+            let votes: Vec<(u16, u16)> = distinct
+                .iter()
+                .enumerate()
+                .map(|(n, option)| (*option, if n == 0 { 2 } else { 1 }))
+                .collect();
+            canopy_schemas::Ballot::quadratic(&votes)
+        }
+    }
+    .unwrap()
+}
+
 fn decision(index: usize, weights: [u32; 4], quorum: u64) -> Decision {
+    let method = Method::ALL[index % Method::ALL.len()];
     Decision {
         electorate: Default::default(),
-        credits: 0,
+        credits: if method == Method::Quadratic {
+            CREDITS
+        } else {
+            0
+        },
         id: DecisionId(1000 + index as u128),
         title: format!("decision {index}"),
         description: String::new(),
@@ -72,7 +109,7 @@ fn decision(index: usize, weights: [u32; 4], quorum: u64) -> Decision {
         closes_at: i64::MAX,
         weights: ComponentWeights(weights),
         quorum,
-        method: Method::SingleChoice,
+        method,
     }
 }
 
@@ -133,6 +170,7 @@ fn plan(steps: &[Step], partitions: u32) -> Vec<Epoch> {
         let end = ends.entry(partition).or_insert(0);
         let record = LogRecord {
             sealed_voter: canopy_schemas::SealedVoter::NONE,
+            leaf_version: canopy_schemas::LeafVersion::V2,
             position: Position {
                 partition,
                 offset: *end,
@@ -153,7 +191,7 @@ fn plan(steps: &[Step], partitions: u32) -> Vec<Epoch> {
             Step::Cast {
                 decision,
                 voter,
-                option,
+                picks,
                 component,
                 weight,
             } => {
@@ -162,7 +200,7 @@ fn plan(steps: &[Step], partitions: u32) -> Vec<Epoch> {
                     vote_id: VoteId(next_vote),
                     decision_id: params[*decision].id,
                     voter_id: VoterId(u128::from(*voter)),
-                    option: *option,
+                    ballot: ballot_of(params[*decision].method, picks),
                     component: Component::from_code(*component).unwrap(),
                     weight: Weight(*weight),
                     cast_at: 0,

@@ -47,13 +47,6 @@ pub enum IngestError {
     },
     #[error("decision {decision} has opened; its options, weights and method can no longer change")]
     DecisionFrozen { decision: DecisionId },
-    #[error(
-        "decision {decision} is refused: its method {method} is not counted by this build's engine yet (single_choice is)"
-    )]
-    MethodNotCounted {
-        decision: DecisionId,
-        method: canopy_schemas::Method,
-    },
     #[error("vote {index} is refused: decision {decision} is closed")]
     DecisionClosed { index: usize, decision: DecisionId },
     #[error("the Kafka log failed: {reason}")]
@@ -101,7 +94,6 @@ impl IngestError {
             }
             Self::DecisionFrozen { .. } => "decision_frozen",
             Self::DecisionClosed { .. } => "decision_closed",
-            Self::MethodNotCounted { .. } => "method_not_counted",
             Self::Kafka { .. } => "kafka",
             Self::KafkaTopic { .. } => "kafka_topic",
         }

@@ -2,8 +2,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use canopy_schemas::{
-    Decision, DecisionClose, DecisionId, LoggedVote, Method, Timestamp, VoteLogEntry,
-    validate_decision, validate_vote,
+    Decision, DecisionClose, DecisionId, LoggedVote, Timestamp, VoteLogEntry, validate_decision,
+    validate_vote,
 };
 
 use crate::{IngestError, Position, VoteLog};
@@ -39,14 +39,6 @@ impl<L: VoteLog + ?Sized> Gate<L> {
             decision: decision.id,
             source,
         })?;
-        // The ballots of the other methods are not in the log's vote encoding yet: counted
-        // as single choice they would give a wrong result, so they are refused outright.
-        if decision.method != Method::SingleChoice {
-            return Err(IngestError::MethodNotCounted {
-                decision: decision.id,
-                method: decision.method,
-            });
-        }
         let mut decisions = self
             .decisions
             .write()
@@ -55,6 +47,7 @@ impl<L: VoteLog + ?Sized> Gate<L> {
             let frozen_fields_changed = old.options != decision.options
                 || old.weights != decision.weights
                 || old.method != decision.method
+                || old.credits != decision.credits
                 || old.opens_at != decision.opens_at;
             if now >= old.opens_at && frozen_fields_changed {
                 return Err(IngestError::DecisionFrozen {

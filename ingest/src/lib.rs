@@ -36,8 +36,8 @@ mod segment;
 mod segment_files;
 
 use canopy_schemas::{
-    DecisionClose, DecisionId, LoggedVote, MAX_WEIGHT, SealedVoter, SensorReading, Vote,
-    VoteLogEntry, VoterCommitment,
+    DecisionClose, DecisionId, LeafVersion, LoggedVote, MAX_WEIGHT, SealedVoter, SensorReading,
+    Vote, VoteLogEntry, VoterCommitment,
 };
 
 pub use error::IngestError;
@@ -68,6 +68,8 @@ pub struct LogRecord {
     /// The voter as the Merkle record shows them.
     pub commitment: VoterCommitment,
     pub sealed_voter: SealedVoter,
+    /// The leaf encoding of the vote's era (see [`LoggedVote`]).
+    pub leaf_version: LeafVersion,
 }
 
 impl From<(Position, LoggedVote)> for LogRecord {
@@ -77,6 +79,7 @@ impl From<(Position, LoggedVote)> for LogRecord {
             vote: logged.vote,
             commitment: logged.commitment,
             sealed_voter: logged.sealed_voter,
+            leaf_version: logged.leaf_version,
         }
     }
 }
@@ -87,6 +90,7 @@ impl LogRecord {
             vote: self.vote,
             commitment: self.commitment,
             sealed_voter: self.sealed_voter,
+            leaf_version: self.leaf_version,
         }
     }
 }

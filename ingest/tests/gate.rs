@@ -29,7 +29,7 @@ fn vote(n: u128) -> Vote {
         vote_id: VoteId(n),
         decision_id: DecisionId(42),
         voter_id: VoterId(n),
-        option: 0,
+        ballot: Ballot::single_choice(0).unwrap(),
         component: Component::Democratic,
         weight: Weight::ONE,
         cast_at: 1_500,
@@ -48,7 +48,7 @@ fn bad_votes_are_refused_before_they_reach_the_log() {
     let cases = [
         (
             Vote {
-                option: 2,
+                ballot: Ballot::single_choice(2).unwrap(),
                 ..vote(2)
             },
             "unknown_option",
@@ -168,23 +168,44 @@ fn a_closed_decision_takes_no_more_votes_and_its_close_is_in_its_partition() {
     );
 }
 
+/// Every method's decision registers; a ballot of another method than its decision's, an
+/// option it does not have, or more credits than a quadratic decision gives is refused with
+/// its code before the log, which holds exactly the good ballots.
 #[test]
-fn decisions_of_a_method_the_engine_does_not_count_yet_are_refused() {
+fn each_method_takes_its_own_ballots_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let log: Arc<dyn VoteLog> =
-        Arc::new(SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap());
-    let gate = Gate::new(log);
-    for method in [Method::Approval, Method::RankedChoice] {
-        let error = gate
-            .register(
-                Decision {
-                    method,
-                    ..decision()
-                },
-                0,
-            )
-            .unwrap_err();
-        assert_eq!(error.code(), "method_not_counted", "{method}");
+    let log = Arc::new(SegmentLog::open(dir.path(), SegmentLogConfig::default()).unwrap());
+    let gate = Gate::new(Arc::clone(&log));
+    let of = |method, credits| Decision {
+        method,
+        credits,
+        ..decision()
+    };
+    gate.register(of(Method::Quadratic, 9), 0).unwrap();
+    let partition = log.partition_of(DecisionId(42));
+    let with = |n, ballot| logged(Vote { ballot, ..vote(n) });
+    let good = with(1, Ballot::quadratic(&[(0, 2), (1, 2)]).unwrap());
+    gate.submit(&[good]).unwrap();
+    let refused = [
+        (Ballot::quadratic(&[(0, 3), (1, 1)]).unwrap(), "over_budget"),
+        (Ballot::approval(&[0, 1]).unwrap(), "wrong_method"),
+        (Ballot::quadratic(&[(2, 1)]).unwrap(), "unknown_option"),
+    ];
+    for (ballot, code) in refused {
+        let error = gate.submit(&[with(2, ballot)]).unwrap_err();
+        assert_eq!(error.code(), code, "{ballot:?}");
     }
-    assert!(gate.decision(DecisionId(42)).is_none());
+    let held = log.read_votes(partition, 0, 10).unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].vote.ballot, good.vote.ballot);
+    for method in [Method::SingleChoice, Method::Approval, Method::RankedChoice] {
+        let decision = Decision {
+            id: DecisionId(43 + u128::from(method.code())),
+            ..of(method, 0)
+        };
+        gate.register(decision, 0).unwrap();
+    }
+    // Credits are frozen with the method once the decision opens.
+    let error = gate.register(of(Method::Quadratic, 10), 1_000).unwrap_err();
+    assert_eq!(error.code(), "decision_frozen");
 }

@@ -474,7 +474,19 @@ impl LogEntry for FormatThreeVote {
         Vec::new()
     }
     fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.vote.encode());
+        // The vote encoding of that format's time, version 1: a single-choice option.
+        let vote = &self.vote;
+        let Ballot::SingleChoice(option) = vote.ballot else {
+            panic!("format 3 held single-choice votes only");
+        };
+        out.push(1);
+        out.extend_from_slice(&vote.vote_id.0.to_be_bytes());
+        out.extend_from_slice(&vote.decision_id.0.to_be_bytes());
+        out.extend_from_slice(&vote.voter_id.0.to_be_bytes());
+        out.extend_from_slice(&u16::from(option).to_be_bytes());
+        out.push(vote.component as u8);
+        out.extend_from_slice(&vote.weight.0.to_be_bytes());
+        out.extend_from_slice(&vote.cast_at.to_be_bytes());
         out.extend_from_slice(&self.commitment.0);
     }
     fn decode(_: &[u8]) -> Result<Self, String> {
@@ -541,6 +553,8 @@ fn a_format_three_log_is_upgraded_on_open_and_keeps_no_voter_id() {
             before.vote
         );
         assert_eq!(record.sealed_voter, SealedVoter::NONE);
+        // Rewritten, it keeps the leaf its record was built with.
+        assert_eq!(record.leaf_version, LeafVersion::V1);
         let fresh = vote(before.vote.decision_id.0, before.vote.voter_id.0, 0);
         assert_eq!(
             fresh.vote.voter_id, record.vote.voter_id,

@@ -795,7 +795,7 @@ impl TileRecordReader {
             .ok_or_else(|| ChainError::TileMissing(bundle.path()))?;
         let entry = decode_bundle(&bytes)?
             .get((index % u64::from(TILE_WIDTH)) as usize)
-            .and_then(|entry| <[u8; canopy_schemas::LEAF_ENCODING_LEN]>::try_from(*entry).ok())
+            .and_then(|entry| canopy_schemas::LeafBytes::new(entry))
             .map(LeafEntry);
         Ok(Some(VoterLeaf {
             index,
@@ -916,13 +916,13 @@ mod tests {
         let store = RecordStore::open(dir.path().to_str().unwrap()).unwrap();
         let decision = DecisionId(42);
         let salt = VoterSalt([7; 32]);
-        let entries: Vec<[u8; 80]> = (0..700u64)
+        let entries: Vec<canopy_schemas::LeafBytes> = (0..700u64)
             .map(|n| {
                 let vote = Vote {
                     vote_id: VoteId(u128::from(n)),
                     decision_id: decision,
                     voter_id: VoterId(u128::from(n * n % 37)),
-                    option: (n % 3) as u16,
+                    ballot: canopy_schemas::Ballot::SingleChoice((n % 3) as u8),
                     component: Component::Democratic,
                     weight: Weight::ONE,
                     cast_at: n as i64,

@@ -3,11 +3,11 @@
 //! alike, whatever the clocks of the processes that appended the votes said.
 //!
 //! The record shows a decision's first close as its log's last leaf: the close encoding
-//! padded with zeros to a vote leaf's 80 bytes ([`DecisionClose::leaf_data`]), told from a
+//! padded with zeros to a version-1 vote leaf's 80 bytes ([`DecisionClose::leaf_data`]), told from a
 //! vote leaf by its first byte. So a checkpoint that holds the close leaf holds exactly the
 //! votes that counted, and anyone reading the leaves sees that nothing after it did.
 //!
-//! A vote-log entry is a [`VoteLogEntry`]: a vote ([`LoggedVote`], 96 or 152 bytes) or a
+//! A vote-log entry is a [`VoteLogEntry`]: a vote ([`LoggedVote`], 96, 152 or 183 bytes) or a
 //! close, told apart by length. The close encoding, version 1:
 //!
 //! ```text
@@ -24,9 +24,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    DecisionId, LEAF_ENCODING_LEN, LOGGED_VOTE_LEN, LOGGED_VOTE_V1_LEN, LoggedVote, SchemaError,
-    Timestamp,
+    DecisionId, LOGGED_VOTE_LEN, LOGGED_VOTE_V1_LEN, LOGGED_VOTE_V2_LEN, LeafBytes, LoggedVote,
+    SchemaError, Timestamp,
 };
+
+/// A close leaf's length: the close encoding and zeros, as long as a version-1 vote leaf.
+pub const CLOSE_LEAF_LEN: usize = crate::LEAF_ENCODING_V1_LEN;
 
 pub const CLOSE_ENCODING_TAG: u8 = 0xC1;
 pub const CLOSE_ENCODING_LEN: usize = 42;
@@ -87,18 +90,18 @@ impl DecisionClose {
     }
 
     /// The close as the record's leaf: its encoding, then zeros to a vote leaf's length.
-    pub fn leaf_data(&self) -> [u8; LEAF_ENCODING_LEN] {
-        let mut out = [0u8; LEAF_ENCODING_LEN];
+    pub fn leaf_data(&self) -> LeafBytes {
+        let mut out = [0u8; CLOSE_LEAF_LEN];
         out[..CLOSE_ENCODING_LEN].copy_from_slice(&self.encode());
-        out
+        LeafBytes::new(&out).expect("a close leaf fits")
     }
 
     /// Reads a close leaf; refuses anything else, padding that is not zeros included.
     pub fn from_leaf_data(bytes: &[u8]) -> Result<Self, SchemaError> {
-        if bytes.len() != LEAF_ENCODING_LEN {
+        if bytes.len() != CLOSE_LEAF_LEN {
             return Err(SchemaError::EncodingLength {
                 got: bytes.len(),
-                expected: LEAF_ENCODING_LEN,
+                expected: CLOSE_LEAF_LEN,
             });
         }
         if bytes[CLOSE_ENCODING_LEN..].iter().any(|byte| *byte != 0) {
@@ -107,7 +110,7 @@ impl DecisionClose {
         Self::decode(&bytes[..CLOSE_ENCODING_LEN])
     }
 
-    /// Whether a leaf encoding is a close's (a vote leaf starts with its version, 1).
+    /// Whether a leaf encoding is a close's (a vote leaf starts with its version, 1 or 2).
     pub fn is_close_leaf(bytes: &[u8]) -> bool {
         bytes.first() == Some(&CLOSE_ENCODING_TAG)
     }
@@ -159,7 +162,9 @@ impl VoteLogEntry {
     pub fn decode(bytes: &[u8]) -> Result<Self, SchemaError> {
         match bytes.len() {
             CLOSE_ENCODING_LEN => DecisionClose::decode(bytes).map(Self::Close),
-            LOGGED_VOTE_LEN | LOGGED_VOTE_V1_LEN => LoggedVote::decode(bytes).map(Self::Vote),
+            LOGGED_VOTE_LEN | LOGGED_VOTE_V2_LEN | LOGGED_VOTE_V1_LEN => {
+                LoggedVote::decode(bytes).map(Self::Vote)
+            }
             got => Err(SchemaError::EncodingLength {
                 got,
                 expected: LOGGED_VOTE_LEN,
@@ -225,8 +230,8 @@ mod tests {
         assert!(DecisionClose::is_close_leaf(&leaf));
         assert_eq!(DecisionClose::from_leaf_data(&leaf).unwrap(), close);
         assert!(LoggedVote::from_leaf_data(&leaf).is_err());
-        let mut padded_wrong = leaf;
-        padded_wrong[LEAF_ENCODING_LEN - 1] = 1;
+        let mut padded_wrong = leaf.to_vec();
+        padded_wrong[CLOSE_LEAF_LEN - 1] = 1;
         assert!(DecisionClose::from_leaf_data(&padded_wrong).is_err());
     }
 }

@@ -24,6 +24,7 @@ uuid_id!(
     Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
+#[repr(u8)]
 pub enum Method {
     /// One option per voter.
     #[default]
@@ -334,6 +335,18 @@ impl Method {
 
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|method| method.as_str() == text)
+    }
+
+    /// The method's code in the vote and leaf encodings: its index in [`Method::ALL`].
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Result<Self, SchemaError> {
+        Self::ALL
+            .get(usize::from(code))
+            .copied()
+            .ok_or(SchemaError::UnknownMethod(code))
     }
 }
 

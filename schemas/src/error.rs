@@ -61,6 +61,8 @@ pub enum SchemaError {
     EncodingVersion(u8),
     #[error("unknown component code {0}")]
     UnknownComponent(u8),
+    #[error("unknown voting method code {0}")]
+    UnknownMethod(u8),
     #[error("unknown metric {0:?}")]
     UnknownMetric(String),
     #[error("unknown quality flag {0:?} (ok, suspect or maintenance)")]
@@ -131,6 +133,7 @@ impl SchemaError {
             Self::EncodingLength { .. } => "encoding_length",
             Self::EncodingVersion(_) => "encoding_version",
             Self::UnknownComponent(_) => "unknown_component",
+            Self::UnknownMethod(_) => "unknown_method",
             Self::UnknownMetric(_) => "unknown_metric",
             Self::UnknownQuality(_) => "unknown_quality",
             Self::UnknownSensor(_) => "unknown_sensor",

@@ -33,17 +33,20 @@ pub use ballot::{
     Allocation, Approvals, BALLOT_ENCODING_LEN, Ballot, MAX_ALLOCATIONS, MAX_RANKS, Ranking,
     validate_ballot,
 };
-pub use close::{CLOSE_ENCODING_LEN, CLOSE_ENCODING_TAG, CloseKind, DecisionClose, VoteLogEntry};
+pub use close::{
+    CLOSE_ENCODING_LEN, CLOSE_ENCODING_TAG, CLOSE_LEAF_LEN, CloseKind, DecisionClose, VoteLogEntry,
+};
 pub use decision::{
     ComponentWeights, Decision, DecisionId, DecisionStatus, Electorate, MAX_CREDITS,
     MAX_DESCRIPTION_LEN, MAX_ELECTORATE_REGIONS, MAX_OPTIONS, Method, RollId, StatusWindow,
     Timestamp, validate_decision,
 };
-pub use encoding::{VOTE_ENCODING_LEN, VOTE_ENCODING_VERSION};
+pub use encoding::{VOTE_ENCODING_LEN, VOTE_ENCODING_V1_LEN, VOTE_ENCODING_VERSION};
 pub use error::SchemaError;
 pub use record::{
-    LEAF_ENCODING_LEN, LEAF_ENCODING_VERSION, LOGGED_VOTE_LEN, LOGGED_VOTE_V1_LEN, LoggedVote,
-    SEALED_VOTER_LEN, SealedVoter, VoterCommitment, VoterSalt,
+    LEAF_ENCODING_LEN, LEAF_ENCODING_V1_LEN, LEAF_ENCODING_VERSION, LOGGED_VOTE_LEN,
+    LOGGED_VOTE_V1_LEN, LOGGED_VOTE_V2_LEN, LeafBytes, LeafVersion, LoggedVote,
+    MAX_LEAF_ENCODING_LEN, SEALED_VOTER_LEN, SealedVoter, VoterCommitment, VoterSalt,
 };
 pub use sensor::{
     EventTimeMs, MAX_FUTURE_SKEW_MS, MAX_NAME_LEN, Metric, Quality, READING_ENCODING_VERSION,

@@ -2,7 +2,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Decision, SchemaError, Timestamp, WEIGHT_SCALE};
+use crate::{Ballot, Decision, SchemaError, Timestamp, WEIGHT_SCALE, validate_ballot};
 
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
@@ -167,22 +167,24 @@ impl Weight {
     }
 }
 
-/// One vote as it is logged. `option` is an index into the decision's options.
+/// One vote as it is logged: one voter's ballot on one decision, by their component and
+/// weight.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct Vote {
     pub vote_id: VoteId,
     pub decision_id: crate::DecisionId,
     pub voter_id: VoterId,
-    pub option: u16,
+    pub ballot: Ballot,
     pub component: Component,
     pub weight: Weight,
     /// Microseconds since the Unix epoch, stamped by the API when it accepted the vote.
     pub cast_at: Timestamp,
 }
 
-/// Checks `vote` against `decision`: right decision, a known option, inside the window, a
-/// component the decision counts, a weight in range (exactly 1 for the democratic
-/// component, where every citizen counts the same).
+/// Checks `vote` against `decision`: right decision, a ballot of its method naming only its
+/// options (and within its credits), inside the window, a component the decision counts, a
+/// weight in range (exactly 1 for the democratic component, where every citizen counts the
+/// same).
 pub fn validate_vote(decision: &Decision, vote: &Vote) -> Result<(), SchemaError> {
     if vote.decision_id != decision.id {
         return Err(SchemaError::WrongDecision {
@@ -190,12 +192,7 @@ pub fn validate_vote(decision: &Decision, vote: &Vote) -> Result<(), SchemaError
             got: vote.decision_id,
         });
     }
-    if usize::from(vote.option) >= decision.options.len() {
-        return Err(SchemaError::UnknownOption {
-            option: vote.option,
-            options: decision.options.len(),
-        });
-    }
+    validate_ballot(decision, &vote.ballot)?;
     if vote.cast_at < decision.opens_at || vote.cast_at >= decision.closes_at {
         return Err(SchemaError::OutsideWindow {
             cast_at: vote.cast_at,

@@ -23,11 +23,25 @@ fn vote() -> Vote {
         vote_id: VoteId(1),
         decision_id: DecisionId(7),
         voter_id: VoterId(2),
-        option: 1,
+        ballot: Ballot::SingleChoice(1),
         component: Component::Expert,
         weight: Weight(2_500_000),
         cast_at: 1_500,
     }
+}
+
+fn any_ballot() -> impl Strategy<Value = Ballot> {
+    prop_oneof![
+        (0u16..256).prop_map(|option| Ballot::single_choice(option).unwrap()),
+        proptest::collection::btree_set(0u16..256, 1..8).prop_map(|options| {
+            Ballot::approval(&options.into_iter().collect::<Vec<_>>()).unwrap()
+        }),
+        proptest::sample::subsequence((0u16..256).collect::<Vec<_>>(), 1..=MAX_RANKS)
+            .prop_shuffle()
+            .prop_map(|ranking| Ballot::ranked_choice(&ranking).unwrap()),
+        proptest::collection::btree_map(0u16..256, 1u16..=255, 1..=MAX_ALLOCATIONS)
+            .prop_map(|votes| Ballot::quadratic(&votes.into_iter().collect::<Vec<_>>()).unwrap()),
+    ]
 }
 
 fn any_vote() -> impl Strategy<Value = Vote> {
@@ -35,26 +49,26 @@ fn any_vote() -> impl Strategy<Value = Vote> {
         any::<u128>(),
         any::<u128>(),
         any::<u128>(),
-        any::<u16>(),
+        any_ballot(),
         0u8..4,
         any::<u32>(),
         any::<i64>(),
     )
-        .prop_map(|(v, d, voter, option, c, w, t)| Vote {
+        .prop_map(|(v, d, voter, ballot, c, w, t)| Vote {
             vote_id: VoteId(v),
             decision_id: DecisionId(d),
             voter_id: VoterId(voter),
-            option,
+            ballot,
             component: Component::from_code(c).unwrap(),
             weight: Weight(w),
             cast_at: t,
         })
 }
 
-/// The pinned hex of [`vote()`] as both stable encodings lay it out: version, vote id,
-/// decision id, then `who` (the voter id in a vote, its commitment in a leaf), option,
-/// component, weight and cast time.
-fn pinned_vote_hex(who: &str) -> String {
+/// The pinned hex of [`vote()`] in the version-1 encodings: version, vote id, decision id,
+/// then `who` (the voter id in a vote, its commitment in a leaf), option, component, weight
+/// and cast time.
+fn pinned_v1_hex(who: &str) -> String {
     [
         "01",
         "00000000000000000000000000000001",
@@ -68,6 +82,21 @@ fn pinned_vote_hex(who: &str) -> String {
     .concat()
 }
 
+/// A ranked ballot (2, then 0) as the version-2 encodings lay it out: method 2, the ballot's
+/// 32 bytes (count, options, zeros).
+const RANKED_2_0_HEX: &str = "020202000000000000000000000000000000000000000000000000000000000000";
+
+fn ranked_vote() -> Vote {
+    Vote {
+        ballot: Ballot::ranked_choice(&[2, 0]).unwrap(),
+        ..vote()
+    }
+}
+
+/// The commitment of voter 2 in decision 7 under salt 0x11…, computed independently with
+/// Python's hashlib.
+const COMMITMENT_HEX: &str = "e490c54503e4e96da6ba0bc5cbd624b762d394993020b07e04af3c9a5001916a";
+
 proptest! {
     #[test]
     fn encoding_round_trips(v in any_vote()) {
@@ -80,31 +109,58 @@ proptest! {
     }
 }
 
-/// The encoding is hashed into the public record: pin its exact bytes so that any change
-/// to the layout shows up here and is made as a new version instead.
+/// The encoding is what the log keeps: pin its exact bytes so that any change to the layout
+/// shows up here and is made as a new version instead.
 #[test]
-fn encoding_v1_is_stable() {
-    let bytes = vote().encode();
-    let hex = hex::encode(bytes);
-    assert_eq!(hex, pinned_vote_hex("00000000000000000000000000000002"));
+fn encoding_v2_is_stable() {
+    let hex = hex::encode(ranked_vote().encode());
+    let expected = [
+        "02",
+        "00000000000000000000000000000001",
+        "00000000000000000000000000000007",
+        "00000000000000000000000000000002",
+        RANKED_2_0_HEX,
+        "01",
+        "002625a0",
+        "00000000000005dc",
+    ]
+    .concat();
+    assert_eq!(hex, expected);
+}
+
+/// A version-1 vote (the log's entries from before the voting methods) still reads, as the
+/// single-choice ballot it was.
+#[test]
+fn encoding_v1_still_reads() {
+    let bytes = hex::decode(pinned_v1_hex("00000000000000000000000000000002")).unwrap();
+    assert_eq!(Vote::decode(&bytes).unwrap(), vote());
+    let mut beyond = bytes.clone();
+    beyond[49..51].copy_from_slice(&256u16.to_be_bytes());
+    assert_eq!(Vote::decode(&beyond).unwrap_err().code(), "invalid_ballot");
 }
 
 #[test]
-fn decode_refuses_unknown_version_length_and_component() {
-    let mut bytes = vote().encode();
-    bytes[0] = 2;
-    assert_eq!(Vote::decode(&bytes).unwrap_err().code(), "encoding_version");
-    let bytes = vote().encode();
-    assert_eq!(
-        Vote::decode(&bytes[..63]).unwrap_err().code(),
-        "encoding_length"
-    );
-    let mut bytes = vote().encode();
-    bytes[51] = 9;
-    assert_eq!(
-        Vote::decode(&bytes).unwrap_err().code(),
-        "unknown_component"
-    );
+fn decode_refuses_unknown_version_length_component_method_and_ballot() {
+    let code = |bytes: &[u8]| Vote::decode(bytes).unwrap_err().code();
+    let bytes = ranked_vote().encode();
+    let mut other = bytes;
+    other[0] = 3;
+    assert_eq!(code(&other), "encoding_version");
+    assert_eq!(code(&bytes[..94]), "encoding_length");
+    assert_eq!(code(&bytes[..64]), "encoding_length");
+    let mut other = bytes;
+    other[82] = 9;
+    assert_eq!(code(&other), "unknown_component");
+    let mut other = bytes;
+    other[49] = 4;
+    assert_eq!(code(&other), "unknown_method");
+    // The same bytes read as another method's ballot are not that ballot's encoding.
+    let mut other = bytes;
+    other[49] = Method::Quadratic.code();
+    assert!(matches!(code(&other), "invalid_ballot" | "ballot_encoding"));
+    let mut other = bytes;
+    other[53] = 1;
+    assert_eq!(code(&other), "ballot_encoding");
 }
 
 #[test]
@@ -119,7 +175,7 @@ fn bad_votes_get_typed_errors() {
     let cases: Vec<(Vote, &str)> = vec![
         (
             Vote {
-                option: 3,
+                ballot: Ballot::SingleChoice(3),
                 ..vote()
             },
             "unknown_option",
@@ -248,15 +304,48 @@ fn ids_serialize_as_uuids() {
 }
 
 /// The leaf encoding is what the public record hashes: pin it byte for byte, commitment
-/// included (its value computed independently with Python's hashlib).
+/// included. It holds no cast time.
 #[test]
-fn leaf_encoding_v1_is_stable() {
-    let logged = LoggedVote::new(vote(), &VoterSalt([0x11; 32]));
-    let hex = hex::encode(logged.leaf_data());
-    assert_eq!(
-        hex,
-        pinned_vote_hex("e490c54503e4e96da6ba0bc5cbd624b762d394993020b07e04af3c9a5001916a")
-    );
+fn leaf_encoding_v2_is_stable() {
+    let logged = LoggedVote::new(ranked_vote(), &VoterSalt([0x11; 32]));
+    let expected = [
+        "02",
+        "00000000000000000000000000000001",
+        "00000000000000000000000000000007",
+        COMMITMENT_HEX,
+        RANKED_2_0_HEX,
+        "01",
+        "002625a0",
+    ]
+    .concat();
+    assert_eq!(hex::encode(&logged.leaf_data()[..]), expected);
+}
+
+/// A vote logged before the voting methods keeps its version-1 leaf, read from the log or
+/// from the leaf and written back again: a record rebuilt from an old log has the leaves
+/// (and the roots) it was anchored with.
+#[test]
+fn a_version_1_era_vote_keeps_its_version_1_leaf() {
+    let v1_leaf = hex::decode(pinned_v1_hex(COMMITMENT_HEX)).unwrap();
+    let from_leaf = LoggedVote::from_leaf_data(&v1_leaf).unwrap();
+    assert_eq!(from_leaf.leaf_version, LeafVersion::V1);
+    assert_eq!(&from_leaf.leaf_data()[..], &v1_leaf[..]);
+    // The same vote as a version-2 log entry (152 bytes: the version-1 vote, the commitment,
+    // a sealed voter; the voter field holds the pseudonym, the commitment's first half),
+    // rewritten as itself and leafed as version 1.
+    let mut entry = hex::decode(pinned_v1_hex(&COMMITMENT_HEX[..32])).unwrap();
+    entry.extend_from_slice(&hex::decode(COMMITMENT_HEX).unwrap());
+    entry.extend_from_slice(&[7; SEALED_VOTER_LEN]);
+    assert_eq!(entry.len(), LOGGED_VOTE_V2_LEN);
+    let logged = LoggedVote::decode(&entry).unwrap();
+    assert_eq!(logged.vote.ballot, Ballot::SingleChoice(1));
+    assert_eq!(logged.encode(), entry);
+    assert_eq!(&logged.leaf_data()[..], &v1_leaf[..]);
+    // A vote logged now is leafed as version 2, single choice or not.
+    let now = LoggedVote::new(vote(), &VoterSalt([0x11; 32]));
+    assert_eq!(now.leaf_data()[0], LEAF_ENCODING_VERSION);
+    assert_eq!(now.leaf_data().len(), LEAF_ENCODING_LEN);
+    assert_eq!(now.encode().len(), LOGGED_VOTE_LEN);
 }
 
 proptest! {
@@ -268,9 +357,10 @@ proptest! {
         prop_assert_eq!(LoggedVote::decode(&logged.encode()).unwrap(), logged);
         let leaf = logged.leaf_data();
         prop_assert_eq!(&leaf[33..65], &logged.commitment.0[..]);
-        // A published leaf reads back as the ballot it stands for (the sealed voter, which
-        // no leaf holds, stays sealed in the log only).
-        prop_assert_eq!(LoggedVote::from_leaf_data(&leaf).unwrap(), logged);
+        // A published leaf reads back as the ballot it stands for, with no cast time (the
+        // sealed voter, which no leaf holds, stays sealed in the log only).
+        let untimed = LoggedVote { vote: Vote { cast_at: 0, ..logged.vote }, ..logged };
+        prop_assert_eq!(LoggedVote::from_leaf_data(&leaf).unwrap(), untimed);
         prop_assert_eq!(LoggedVote::new(v, &VoterSalt(salt)).commitment, logged.commitment);
         if other != salt {
             prop_assert_ne!(LoggedVote::new(v, &VoterSalt(other)).commitment, logged.commitment);
@@ -284,23 +374,27 @@ proptest! {
 fn a_leaf_of_the_wrong_length_version_or_component_is_refused() {
     let leaf = LoggedVote::new(vote(), &VoterSalt([0; 32])).leaf_data();
     let code = |bytes: &[u8]| LoggedVote::from_leaf_data(bytes).unwrap_err().code();
-    assert_eq!(code(&leaf[..79]), "encoding_length");
+    assert_eq!(code(&leaf[..102]), "encoding_length");
+    assert_eq!(code(&leaf[..80]), "encoding_length");
     let mut longer = leaf.to_vec();
     longer.push(0);
     assert_eq!(code(&longer), "encoding_length");
-    let mut other_version = leaf;
-    other_version[0] = 2;
+    let mut other_version = leaf.to_vec();
+    other_version[0] = 3;
     assert_eq!(code(&other_version), "encoding_version");
-    let mut unknown_component = leaf;
-    unknown_component[67] = 9;
+    let mut unknown_component = leaf.to_vec();
+    unknown_component[98] = 9;
     assert_eq!(code(&unknown_component), "unknown_component");
+    let mut unknown_method = leaf.to_vec();
+    unknown_method[65] = 9;
+    assert_eq!(code(&unknown_method), "unknown_method");
 }
 
 #[test]
 fn a_logged_vote_of_the_wrong_length_is_refused() {
     let bytes = LoggedVote::new(vote(), &VoterSalt([0; 32])).encode();
     assert_eq!(
-        LoggedVote::decode(&bytes[..95]).unwrap_err().code(),
+        LoggedVote::decode(&bytes[..182]).unwrap_err().code(),
         "encoding_length"
     );
 }

@@ -237,7 +237,6 @@ impl ServingError {
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Ingest(IngestError::UnknownDecision { .. }) => StatusCode::NOT_FOUND,
             Self::Ingest(IngestError::DecisionFrozen { .. }) => StatusCode::CONFLICT,
-            Self::Ingest(IngestError::MethodNotCounted { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Dataflow(DataflowError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Self::RecordNotHere
             | Self::SensorsNotHere

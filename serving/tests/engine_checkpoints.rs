@@ -47,7 +47,7 @@ fn ballot(id: u128, seq: u64, worker: u32) -> StateEntry {
         ballot: canopy_dataflow::Ballot {
             vote_id: id,
             offset: id as u64,
-            option: 0,
+            marks: canopy_schemas::Ballot::SingleChoice(0),
             component: Component::ALL[0],
             weight: 1,
         },

@@ -179,12 +179,13 @@ fn record(partition: u32, offset: u64, decision: u128, cast_at: i64) -> LogRecor
     let decision_id = DecisionId(decision);
     LogRecord {
         sealed_voter: canopy_schemas::SealedVoter::NONE,
+        leaf_version: canopy_schemas::LeafVersion::V2,
         position: Position { partition, offset },
         vote: Vote {
             vote_id: VoteId(u128::from(partition) << 64 | u128::from(offset)),
             decision_id,
             voter_id,
-            option: (offset * 7 % 3) as u16,
+            ballot: canopy_schemas::Ballot::single_choice((offset * 7 % 3) as u16).unwrap(),
             component: [
                 Component::Democratic,
                 Component::Expert,

@@ -41,7 +41,7 @@ pub fn vote(id: u128, decision: u128, voter: u128, option: u16) -> Vote {
         vote_id: VoteId(id),
         decision_id: DecisionId(decision),
         voter_id: VoterId(voter),
-        option,
+        ballot: canopy_schemas::Ballot::single_choice(option).unwrap(),
         component: Component::Democratic,
         weight: Weight::ONE,
         cast_at: 1,

@@ -310,7 +310,7 @@ pub fn votes(seed: u64, count: usize, earlier: &[LoggedVote]) -> Vec<LoggedVote>
             vote_id: VoteId(u128::from(next()) << 64 | u128::from(next())),
             decision_id: decisions[next() as usize % decisions.len()].id,
             voter_id: VoterId(u128::from(next() % 50)),
-            option: (next() % 3) as u16,
+            ballot: Ballot::single_choice((next() % 3) as u16).unwrap(),
             component: Component::ALL[(next() % 2) as usize],
             weight: Weight(1_000_000 + (next() % 3) as u32 * 500_000),
             cast_at: 1,

@@ -28,7 +28,7 @@ pub fn random_vote(rng: &mut StdRng, space: &VoteSpace) -> LoggedVote {
         vote_id: VoteId(rng.random()),
         decision_id: DecisionId(rng.random_range(space.decisions.clone())),
         voter_id: voter,
-        option: rng.random_range(0..3),
+        ballot: canopy_schemas::Ballot::single_choice(rng.random_range(0..3)).unwrap(),
         component: space.components[rng.random_range(0..space.components.len())],
         weight: Weight(rng.random_range(space.weights.clone())),
         cast_at: START + rng.random_range(0..space.days * DAY_MICROS),

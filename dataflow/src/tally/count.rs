@@ -1,11 +1,14 @@
 //! The count: each voter's current vote summed per decision into a [`Tally`], published to
-//! the view store one complete epoch at a time.
+//! the view store one complete epoch at a time. Single choice, approval and quadratic are
+//! kept incrementally (a changed ballot retracts and adds its own cells); ranked choice is
+//! recounted per decision, by instant runoff over its distinct latest ballots, whenever
+//! one of them changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use canopy_ingest::{Position, partition_for};
-use canopy_schemas::{Component, DecisionId};
+use canopy_schemas::{Component, DecisionId, Method};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
@@ -16,14 +19,89 @@ use super::checkpoint::CapturedState;
 use super::latest::{VoteKey, latest_vote_per_voter};
 use crate::arithmetic::{Ballot, DecisionParams, Tally};
 use crate::epoch::{EndsAtEpoch, Epoch, publish_epochs};
+use crate::methods::{CountedBallot, ballot_cells, count_decision};
 use crate::views::{ViewStore, ViewUpdate};
 
-/// What the per-decision reduce sees: the decision's parameters, or one (option, component)
-/// cell whose diff carries (count, weight_sum).
+/// What the per-decision reduce sees, each with a diff of (count, weight_sum): the
+/// decision's parameters; an (option, component) cell of the methods that add up (single
+/// choice, approval, quadratic), for ballots of `method`; the voters of such a method by
+/// component, where a voter may be in several cells (approval, quadratic); and for ranked
+/// choice the distinct (ranking, component, weight) ballots, which the reduce recounts.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 enum DecisionEntry {
     Params(DecisionParams),
-    Cell(u16, Component),
+    Cell(Method, u16, Component),
+    Voters(Method, Component),
+    Ranked(
+        #[serde(with = "crate::arithmetic::compact_ballot")] canopy_schemas::Ballot,
+        Component,
+        u32,
+    ),
+}
+
+/// The reduce's entries one latest ballot adds.
+fn ballot_entries(ballot: &Ballot) -> impl Iterator<Item = (DecisionEntry, (i64, i64))> + '_ {
+    let method = ballot.marks.method();
+    let weight = i64::from(ballot.weight);
+    let cells = ballot_cells(&ballot.marks).map(move |(option, multiplier)| {
+        (
+            DecisionEntry::Cell(method, option, ballot.component),
+            (1, weight * multiplier as i64),
+        )
+    });
+    let voters = match method {
+        // One cell per voter: the cells' counts are the voters.
+        Method::SingleChoice | Method::RankedChoice => None,
+        Method::Approval | Method::Quadratic => {
+            Some((DecisionEntry::Voters(method, ballot.component), (1, weight)))
+        }
+    };
+    let ranked = (method == Method::RankedChoice).then_some((
+        DecisionEntry::Ranked(ballot.marks, ballot.component, ballot.weight),
+        (1, weight),
+    ));
+    cells.chain(voters).chain(ranked)
+}
+
+/// A decision's tally from its reduce entries (params first): added up from the cells of
+/// its method, or for ranked choice recounted by instant runoff from its distinct ballots.
+fn decision_tally(params: &DecisionParams, entries: &[(&DecisionEntry, (i64, i64))]) -> Tally {
+    if params.method == Method::RankedChoice {
+        let ballots = entries.iter().flat_map(|(entry, (count, _))| {
+            let ballot = match entry {
+                DecisionEntry::Ranked(marks, component, weight) => Some(CountedBallot {
+                    component: *component,
+                    weight: *weight,
+                    ballot: *marks,
+                }),
+                _ => None,
+            };
+            ballot.into_iter().flat_map(move |ballot| {
+                std::iter::repeat_n(ballot, usize::try_from(*count).unwrap_or(0))
+            })
+        });
+        return count_decision(params, ballots).into_tally();
+    }
+    let sums = entries
+        .iter()
+        .filter_map(|(entry, (count, weight))| match entry {
+            DecisionEntry::Cell(method, option, component) if *method == params.method => {
+                Some(((*option, *component), (*count as u64, *weight as u64)))
+            }
+            _ => None,
+        });
+    if params.method == Method::SingleChoice {
+        return Tally::from_sums(params, sums);
+    }
+    let mut turnout_by_component = [0u64; 4];
+    for (entry, (count, _)) in entries {
+        if let DecisionEntry::Voters(method, component) = entry
+            && *method == params.method
+        {
+            turnout_by_component[component.index()] += *count as u64;
+        }
+    }
+    Tally::from_sums_and_turnout(params, sums, turnout_by_component)
 }
 
 /// Where the count's results go: the view store, and the partition count that says which
@@ -55,13 +133,9 @@ fn tally_per_decision<'scope>(
     decisions: VecCollection<'scope, Epoch, (u128, DecisionParams), i64>,
 ) -> VecCollection<'scope, Epoch, (u128, Tally), i64> {
     let cells = latest.explode(|((decision, _voter), ballot): (VoteKey, Ballot)| {
-        Some((
-            (
-                decision,
-                DecisionEntry::Cell(ballot.option, ballot.component),
-            ),
-            (1i64, i64::from(ballot.weight)),
-        ))
+        ballot_entries(&ballot)
+            .map(|(entry, diff)| ((decision, entry), diff))
+            .collect::<Vec<_>>()
     });
     let params = decisions.explode(|(decision, params)| {
         Some(((decision, DecisionEntry::Params(params)), (1i64, 0i64)))
@@ -73,15 +147,7 @@ fn tally_per_decision<'scope>(
             let Some((DecisionEntry::Params(params), _)) = entries.first() else {
                 return;
             };
-            let sums = entries
-                .iter()
-                .filter_map(|(entry, (count, weight))| match entry {
-                    DecisionEntry::Cell(option, component) => {
-                        Some(((*option, *component), (*count as u64, *weight as u64)))
-                    }
-                    DecisionEntry::Params(_) => None,
-                });
-            output.push((Tally::from_sums(params, sums), 1));
+            output.push((decision_tally(params, entries), 1));
         },
     )
 }

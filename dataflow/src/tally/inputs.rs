@@ -95,7 +95,7 @@ impl TallyInputs {
         let ballot = Ballot {
             vote_id: vote.vote_id.0,
             offset: record.position.offset,
-            option: vote.option,
+            marks: vote.ballot,
             component: vote.component,
             weight: vote.weight.0,
         };

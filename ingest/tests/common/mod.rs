@@ -13,7 +13,7 @@ pub fn vote(decision: u128, voter: u128, n: u128) -> LoggedVote {
         vote_id: VoteId(n),
         decision_id: DecisionId(decision),
         voter_id: VoterId(voter),
-        option: (n % 3) as u16,
+        ballot: Ballot::single_choice((n % 3) as u16).unwrap(),
         component: Component::Democratic,
         weight: Weight::ONE,
         cast_at: 1_500,

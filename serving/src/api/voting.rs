@@ -7,13 +7,13 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use canopy_dataflow::DecisionView;
+use canopy_dataflow::{DecisionView, Outcome};
 use canopy_ingest::{IngestError, Position};
 use canopy_schemas::clock::{now_micros, unix_now};
 use canopy_schemas::{
-    CloseKind, Component, ComponentWeights, Decision, DecisionClose, DecisionId, DecisionStatus,
-    Electorate, LoggedVote, MAX_DESCRIPTION_LEN, Method, SchemaError, Vote, VoteId, VoteLogEntry,
-    VoterCommitment, VoterId, VoterSalt, Weight, validate_decision,
+    Ballot, CloseKind, Component, ComponentWeights, Decision, DecisionClose, DecisionId,
+    DecisionStatus, Electorate, LoggedVote, MAX_DESCRIPTION_LEN, Method, SchemaError, Vote, VoteId,
+    VoteLogEntry, VoterCommitment, VoterId, VoterSalt, Weight, validate_decision,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -46,9 +46,14 @@ pub(crate) struct DecisionBody {
     weights: Option<ComponentWeights>,
     #[serde(default)]
     quorum: u64,
+    /// `single_choice` (the default), `approval`, `ranked_choice` or `quadratic`; fixed.
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "single_choice")]
     method: Method,
+    /// Quadratic only: the credits each voter may spend (1 to 10000), n votes on one option
+    /// costing n².
+    #[serde(default)]
+    credits: u32,
     /// Who may vote: `{"roles": ["citizen", "expert", "stakeholder", "analysis_agent"],
     /// "regions": ["north"], "roll": "<roll id>"}`, each absent for no restriction.
     /// Stakeholders vote only on decisions of a region they are verified for. With a roll,
@@ -78,8 +83,7 @@ pub(crate) async fn create_decision(
     let now = now_micros();
     let decision = Decision {
         electorate: body.electorate,
-        // The body takes no credits yet, so a quadratic decision is refused (invalid_credits).
-        credits: 0,
+        credits: body.credits,
         id: DecisionId::new_random(),
         title: body.title,
         description: body.description,
@@ -118,7 +122,35 @@ pub(crate) struct CastBody {
     #[serde(default)]
     vote_id: Option<Uuid>,
     decision_id: Uuid,
-    option: u16,
+    /// The ballot, exactly one of these four, by the decision's method. Single choice: the
+    /// option's index.
+    #[serde(default)]
+    option: Option<u16>,
+    /// Approval: the approved options, at least one.
+    #[serde(default)]
+    approve: Option<Vec<u16>>,
+    /// Ranked choice: options most preferred first, 1 to 31, each once.
+    #[serde(default)]
+    ranking: Option<Vec<u16>>,
+    /// Quadratic: `[option, votes]` pairs, 1 to 15 options, costing Σ votes² credits.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Vec<u16>>>)]
+    allocation: Option<Vec<(u16, u16)>>,
+}
+
+impl CastBody {
+    /// The ballot the body marks: exactly one of its four forms (`invalid_ballot` else).
+    fn ballot(&self) -> Result<Ballot, SchemaError> {
+        match (&self.option, &self.approve, &self.ranking, &self.allocation) {
+            (Some(option), None, None, None) => Ballot::single_choice(*option),
+            (None, Some(options), None, None) => Ballot::approval(options),
+            (None, None, Some(ranking), None) => Ballot::ranked_choice(ranking),
+            (None, None, None, Some(votes)) => Ballot::quadratic(votes),
+            _ => Err(SchemaError::InvalidBallot(
+                "a vote gives exactly one of option, approve, ranking or allocation".into(),
+            )),
+        }
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -187,7 +219,7 @@ async fn eligible_vote(
         vote_id: body.vote_id.map_or_else(VoteId::new_random, VoteId::from),
         decision_id: DecisionId::from(body.decision_id),
         voter_id: VoterId::from(subject),
-        option: body.option,
+        ballot: body.ballot()?,
         component,
         weight: Weight(if component == Component::Democratic {
             Weight::ONE.0
@@ -220,7 +252,7 @@ fn receipt(logged: &LoggedVote, position: Position) -> CastReceipt {
         decision_id: logged.vote.decision_id,
         position,
         leaf_hash: hex::encode(canopy_chain::leaf_hash(&leaf)),
-        leaf: hex::encode(leaf),
+        leaf: hex::encode(&leaf[..]),
     }
 }
 
@@ -283,12 +315,12 @@ async fn first_cast(
 }
 
 /// The receipt a retried cast gets: the first one's, when the retry is the same vote;
-/// refused with `vote_id_reused` when the id came with another option.
+/// refused with `vote_id_reused` when the id came with another ballot.
 fn retried_receipt(
     vote: &Vote,
     (first, position): (LoggedVote, Position),
 ) -> Result<CastReceipt, ServingError> {
-    if first.vote.option != vote.option || first.vote.decision_id != vote.decision_id {
+    if first.vote.ballot != vote.ballot || first.vote.decision_id != vote.decision_id {
         return Err(ServingError::VoteIdReused {
             vote_id: vote.vote_id,
         });
@@ -509,13 +541,33 @@ pub(crate) async fn results(
             json!({ "option": index, "label": label, "composite": composite })
         })
         .collect();
+    let rounds: Vec<serde_json::Value> = tally
+        .map(|t| t.rounds.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|round| {
+            let composite: Vec<f64> = (0..decision.options.len() as u16)
+                .map(|option| round.tally.composite(option))
+                .collect();
+            json!({
+                "continuing": round.continuing,
+                "composite": composite,
+                "exhausted": round.exhausted_by_component.iter().map(|e| e.count).sum::<u64>(),
+                "eliminated": round.eliminated,
+                "tie_broken": round.tie_broken,
+            })
+        })
+        .collect();
     Json(json!({
         "decision_id": decision.id,
         "title": decision.title,
+        "method": decision.method,
         "options": options,
         "turnout": tally.map_or(0, |t| t.turnout),
         "quorum": decision.quorum,
         "quorum_met": tally.is_some_and(|t| t.quorum_met),
+        "leading": tally.map_or(Outcome::NoVotes, Outcome::of),
+        "rounds": rounds,
         "as_of": view.map(|v| v.as_of),
     }))
 }
@@ -715,6 +767,8 @@ pub(crate) struct DecisionPatch {
     quorum: Option<u64>,
     #[schema(value_type = Option<String>, example = "single_choice")]
     method: Option<Method>,
+    /// Quadratic only: each voter's credits (1 to 10000); 0 for every other method.
+    credits: Option<u32>,
     /// As at creation: `{"roles": […], "regions": […], "roll": "<roll id>"}`.
     #[schema(value_type = Option<Object>)]
     electorate: Option<Electorate>,
@@ -745,6 +799,7 @@ impl DecisionPatch {
             weights,
             quorum,
             method,
+            credits,
             electorate
         );
         (edited, changed)
@@ -1279,21 +1334,25 @@ async fn my_vote(
         (None, Some(latest)) => ("checkpointed", Some(latest.tree_size)),
         (None, None) => ("pending", None),
     };
-    let option = logged.vote.option;
+    let option = match logged.vote.ballot {
+        Ballot::SingleChoice(option) => json!({
+            "index": option,
+            "label": decision.options.get(usize::from(option)),
+        }),
+        _ => serde_json::Value::Null,
+    };
     Ok(Some(json!({
         "decision_id": decision.id,
         "title": decision.title,
-        "option": {
-            "index": option,
-            "label": decision.options.get(usize::from(option)),
-        },
+        "option": option,
+        "ballot": logged.vote.ballot,
         "cast_at": logged.vote.cast_at,
         "receipt": {
             "vote_id": logged.vote.vote_id,
             "decision_id": decision.id,
             "position": position,
             "leaf_hash": leaf_hash,
-            "leaf": hex::encode(entry),
+            "leaf": hex::encode(&entry[..]),
         },
         "proof": {
             "status": status,

@@ -55,12 +55,14 @@ pub fn write_votes(root: &Path) {
                 let decision_id = DecisionId(u128::from((offset + u64::from(partition)) % 5 + 1));
                 LogRecord {
                     sealed_voter: canopy_schemas::SealedVoter::NONE,
+                    leaf_version: canopy_schemas::LeafVersion::V2,
                     position: Position { partition, offset },
                     vote: Vote {
                         vote_id: VoteId(u128::from(partition) << 64 | u128::from(offset)),
                         decision_id,
                         voter_id,
-                        option: (offset * 7 % 3) as u16,
+                        ballot: canopy_schemas::Ballot::single_choice((offset * 7 % 3) as u16)
+                            .unwrap(),
                         component: [
                             Component::Democratic,
                             Component::Expert,
