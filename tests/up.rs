@@ -34,6 +34,18 @@ async fn the_demo_shows_results_moving() {
     create_admin(data.path());
     let token = login(&client, &base, "root").await;
     let active = active_decisions(&client, &base, &token).await;
+    // A decision of each voting method is open.
+    let methods: std::collections::BTreeSet<&str> = active
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|decision| decision["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        ["approval", "quadratic", "ranked_choice", "single_choice"].into(),
+        "{active}"
+    );
     let demo = active[0]["id"]
         .as_str()
         .expect("the demo decision is active")
@@ -48,6 +60,19 @@ async fn the_demo_shows_results_moving() {
         "{first} then {later}"
     );
     assert!(turnout(&later) > turnout(&first), "{later}");
+    // The ranked decision's demo voters have been counted by instant runoff.
+    let ranked = active
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|decision| decision["method"] == "ranked_choice")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ranked = results(&client, &base, &ranked, &token).await;
+    assert!(turnout(&ranked) > 0, "{ranked}");
+    assert!(!ranked["rounds"].as_array().unwrap().is_empty(), "{ranked}");
     kill_9(&mut node);
 }
 
