@@ -270,5 +270,19 @@ async fn each_method_counts_its_ballots_and_refuses_the_rest() {
         let casts: usize = ballots(method).iter().map(Vec::len).sum();
         assert_eq!(result["tree_size"], json!(casts + 1), "{method}");
     }
+    // Voter 1 voted in every decision: their receipts list each current ballot in its
+    // method's shape, with the time it was cast (from the log; the leaf holds none).
+    let mine = node.get_ok("/api/v1/voting/my-votes", &voters[1]).await;
+    let listed = mine["votes"].as_array().unwrap();
+    assert_eq!(listed.len(), Method::ALL.len(), "{mine}");
+    for method in Method::ALL {
+        let (json, _) = ballots(method)[1].last().unwrap().clone();
+        let entry = listed
+            .iter()
+            .find(|entry| entry["title"] == json!(format!("Fund the {method} way")))
+            .unwrap();
+        assert_eq!(entry["ballot"], json, "{method}: {entry}");
+        assert!(entry["cast_at"].as_i64().unwrap() > 0, "{entry}");
+    }
     node.node.shutdown().await.unwrap();
 }

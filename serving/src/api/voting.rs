@@ -12,8 +12,8 @@ use canopy_ingest::{IngestError, Position};
 use canopy_schemas::clock::{now_micros, unix_now};
 use canopy_schemas::{
     Ballot, CloseKind, Component, ComponentWeights, Decision, DecisionClose, DecisionId,
-    DecisionStatus, Electorate, LoggedVote, MAX_DESCRIPTION_LEN, Method, SchemaError, Vote, VoteId,
-    VoteLogEntry, VoterCommitment, VoterId, VoterSalt, Weight, validate_decision,
+    DecisionStatus, Electorate, LeafVersion, LoggedVote, MAX_DESCRIPTION_LEN, Method, SchemaError,
+    Vote, VoteId, VoteLogEntry, VoterCommitment, VoterId, VoterSalt, Weight, validate_decision,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -1259,8 +1259,8 @@ async fn ballot_pseudonyms(
     Ok(lookups)
 }
 
-/// One entry of `my-votes`: the vote the leaf holds (from the record's entry, else from
-/// the log at the leaf's offset), its receipt and its proof status.
+/// One entry of `my-votes`: the vote the leaf holds (from the log at the leaf's offset,
+/// else from the record's entry), its receipt and its proof status.
 async fn my_vote(
     state: &SharedState,
     decision: &Decision,
@@ -1271,19 +1271,24 @@ async fn my_vote(
     let log = Arc::clone(state.gate.log());
     let partition = log.partition_of(decision.id);
     let position = leaf.offset.map(|offset| Position { partition, offset });
-    let logged = match (leaf.entry, leaf.offset) {
-        (Some(entry), _) => Some(LoggedVote::from_leaf_data(&entry.0)?),
-        (None, Some(offset)) => {
-            tokio::task::spawn_blocking(move || log.read_entries(partition, offset, 1))
-                .await
-                .map_err(|e| ServingError::Internal(e.to_string()))??
-                .into_iter()
-                .next()
-                .and_then(|(_, entry)| match entry {
-                    VoteLogEntry::Vote(logged) => Some(logged),
-                    VoteLogEntry::Close(_) => None,
-                })
-        }
+    // The log has the vote's cast time, which a version-2 leaf leaves out: read from the
+    // log where the offset is known, else from the leaf (no time) where only tiles are.
+    let read_from_log = match leaf.offset {
+        Some(offset) => tokio::task::spawn_blocking(move || log.read_entries(partition, offset, 1))
+            .await
+            .map_err(|e| ServingError::Internal(e.to_string()))??
+            .into_iter()
+            .next()
+            .and_then(|(_, entry)| match entry {
+                VoteLogEntry::Vote(logged) => Some(logged),
+                VoteLogEntry::Close(_) => None,
+            }),
+        None => None,
+    };
+    let from_log = read_from_log.is_some();
+    let logged = match (read_from_log, leaf.entry) {
+        (Some(logged), _) => Some(logged),
+        (None, Some(entry)) => Some(LoggedVote::from_leaf_data(&entry.0)?),
         (None, None) => None,
     };
     // Only the caller's own ballot, whatever the record answered.
@@ -1346,7 +1351,7 @@ async fn my_vote(
         "title": decision.title,
         "option": option,
         "ballot": logged.vote.ballot,
-        "cast_at": logged.vote.cast_at,
+        "cast_at": (from_log || logged.leaf_version == LeafVersion::V1).then_some(logged.vote.cast_at),
         "receipt": {
             "vote_id": logged.vote.vote_id,
             "decision_id": decision.id,
