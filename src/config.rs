@@ -79,6 +79,10 @@ pub struct ApiSection {
     /// Results reads waiting for a `min_offset` at once, per user and in all.
     pub max_waits_per_user: usize,
     pub max_waits: usize,
+    /// Live push: at most one results update per decision this often (milliseconds).
+    pub push_interval_ms: u64,
+    /// Live push: a breakdown per followed decision this often (seconds).
+    pub breakdown_interval_s: u64,
     /// The RS256 key (PKCS#8 PEM) every replica of a cluster shares; generated under the
     /// data directory if absent.
     pub jwt_key: Option<PathBuf>,
@@ -251,6 +255,8 @@ impl Default for CanopyConfig {
                 cors_origins: Vec::new(),
                 max_waits_per_user: 4,
                 max_waits: 1024,
+                push_interval_ms: 250,
+                breakdown_interval_s: 30,
                 jwt_key: None,
                 audit_key: None,
                 secrets_key: None,
@@ -415,6 +421,9 @@ pub struct ConfigFlags {
     /// api.user_rate: requests per second per user (burst: twice as many).
     #[arg(long)]
     user_rate: Option<f64>,
+    /// api.push_interval_ms: live push sends a decision's results at most this often.
+    #[arg(long)]
+    push_interval_ms: Option<u64>,
     /// api.address_rate: requests per second per client address (burst: twice as many).
     #[arg(long)]
     address_rate: Option<f64>,
@@ -701,6 +710,7 @@ impl ConfigFlags {
             "api.secrets_key" "--secrets-key" = self.secrets_key.as_ref();
             "demo" "--demo" = self.demo.then_some(true);
             "api.user_rate" "--user-rate" = self.user_rate;
+            "api.push_interval_ms" "--push-interval-ms" = self.push_interval_ms;
             "api.address_rate" "--address-rate" = self.address_rate;
             "record.anchor_interval_s" "--anchor-interval-s" = self.anchor_interval_s;
             "record.origin" "--record-origin" = self.record_origin.as_ref();
@@ -1183,6 +1193,8 @@ impl CanopyConfig {
         };
         config.api.max_waits_per_user = api.max_waits_per_user.max(1);
         config.api.max_waits = api.max_waits.max(1);
+        config.api.push_interval = Duration::from_millis(api.push_interval_ms.max(10));
+        config.api.breakdown_interval = Duration::from_secs(api.breakdown_interval_s.max(1));
     }
 
     /// `canopy up`: the whole node in one process.

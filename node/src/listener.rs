@@ -310,7 +310,10 @@ async fn serve<I>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The watchdog keeps time; hyper's header timer would also cut idle connections.
     builder.header_read_timeout(None).keep_alive(true);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    // With upgrades: a socket.io client moves its session to a websocket.
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(connection);
     let watchdog = watchdog(Arc::clone(&clock), served.settings.clone());
     tokio::pin!(watchdog);

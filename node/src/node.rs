@@ -16,9 +16,10 @@ use canopy_dataflow::{
 use canopy_ingest::{Gate, KafkaConfig, KafkaLog, SegmentLog, SegmentLogConfig, VoteLog};
 use canopy_schemas::Decision;
 use canopy_schemas::clock::now_micros;
-use canopy_serving::api::router;
+use canopy_serving::api::router_with_push;
 use canopy_serving::auth::{PasswordHashing, TokenKeys};
 use canopy_serving::limits::RateLimiter;
+use canopy_serving::push;
 use canopy_serving::salts::SaltCache;
 use canopy_serving::state::{AnalyticsService, ApiConfig, AppState, ReplicaNotices};
 use canopy_serving::store::{MetadataStore, PostgresStore, SqliteStore};
@@ -151,6 +152,8 @@ pub struct Node {
     anchor_task: Option<tokio::task::JoinHandle<()>>,
     /// Closes decisions at the end of their window and signs final results.
     lifecycle_task: tokio::task::JoinHandle<()>,
+    /// Live push over socket.io.
+    push_task: tokio::task::JoinHandle<()>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     coordinator: Option<Arc<ReplicaCoordinator>>,
     lake_stop: tokio::sync::watch::Sender<bool>,
@@ -475,7 +478,13 @@ impl Node {
             }
             _ => None,
         };
-        let app = router(Arc::clone(&state));
+        let (push_layer, push_io) = push::socket_io(Arc::clone(&state));
+        let app = router_with_push(Arc::clone(&state), push_layer);
+        let push_task = tokio::spawn(push::push_loop(
+            push_io,
+            Arc::clone(&state),
+            anchoring.subscribe(),
+        ));
         let Listener { addr, stop, server } =
             listen(config.listen, &config.http, tls.as_ref(), app).await?;
         let tls_reload = match &tls {
@@ -491,6 +500,7 @@ impl Node {
             anchoring,
             anchor_task,
             lifecycle_task,
+            push_task,
             heartbeat,
             coordinator,
             lake_stop,
@@ -526,6 +536,7 @@ impl Node {
             let _ = task.await;
         }
         let _ = self.lifecycle_task.await;
+        let _ = self.push_task.await;
         if let Some(sensors) = &self.state.sensors {
             sensors.closing.send_replace(true);
         }

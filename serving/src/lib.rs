@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 mod error;
 pub mod limits;
+pub mod push;
 pub mod receipts;
 pub mod record;
 pub mod salts;

@@ -46,6 +46,10 @@ pub struct ApiConfig {
     /// Results reads waiting for a `min_offset` at once, per user and in all.
     pub max_waits_per_user: usize,
     pub max_waits: usize,
+    /// Live push: at most one `vote_count_updated` per decision this often.
+    pub push_interval: Duration,
+    /// Live push: a `vote_breakdown` per subscribed decision this often.
+    pub breakdown_interval: Duration,
 }
 
 impl Default for ApiConfig {
@@ -70,6 +74,8 @@ impl Default for ApiConfig {
             password_hashing: HashingLimits::default(),
             max_waits_per_user: 4,
             max_waits: 1024,
+            push_interval: Duration::from_millis(250),
+            breakdown_interval: Duration::from_secs(30),
         }
     }
 }

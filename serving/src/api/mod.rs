@@ -21,7 +21,7 @@ mod record;
 mod rolls;
 mod sensors;
 mod sql_tokens;
-mod voting;
+pub(crate) mod voting;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +64,19 @@ impl utoipa::Modify for BearerAuth {
 
 /// The router of the whole API, and the OpenAPI document generated from the same handlers.
 pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
+    router_with(state, None)
+}
+
+/// The router of the whole API with the live push's socket.io layer (`/socket.io/`) inside
+/// the per-address limit, so a flood of handshakes and polls is refused like any other.
+pub fn router_with_push(state: SharedState, push: socketioxide::layer::SocketIoLayer) -> Router {
+    router_with(state, Some(push)).0
+}
+
+fn router_with(
+    state: SharedState,
+    push: Option<socketioxide::layer::SocketIoLayer>,
+) -> (Router, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi;
     use utoipa_axum::router::OpenApiRouter;
     use utoipa_axum::routes;
@@ -128,7 +141,12 @@ pub fn router_and_openapi(state: SharedState) -> (Router, utoipa::openapi::OpenA
             "/api/v1/openapi.json",
             get(move || async move { Json(document.as_ref().clone()) }),
         )
-        .fallback(|| async { ServingError::NotFound { what: "route" } })
+        .fallback(|| async { ServingError::NotFound { what: "route" } });
+    let router = match push {
+        Some(push) => router.layer(push),
+        None => router,
+    };
+    let router = router
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limit_by_address,

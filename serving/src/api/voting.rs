@@ -257,7 +257,10 @@ fn receipt(logged: &LoggedVote, position: Position) -> CastReceipt {
 }
 
 /// A decision this replica knows, or one another replica created since it started.
-async fn known_decision(state: &SharedState, id: DecisionId) -> Result<Decision, ServingError> {
+pub(crate) async fn known_decision(
+    state: &SharedState,
+    id: DecisionId,
+) -> Result<Decision, ServingError> {
     if let Some(decision) = state.gate.decision(id) {
         return Ok(decision);
     }
@@ -531,7 +534,12 @@ impl FromRequestParts<SharedState> for ResultsRead {
 pub(crate) async fn results(
     ResultsRead { decision, view, .. }: ResultsRead,
 ) -> Json<serde_json::Value> {
-    let tally = view.as_ref().map(|v| &v.tally);
+    Json(results_body(&decision, view.as_ref()))
+}
+
+/// A decision's results as the results route and the live push show them.
+pub(crate) fn results_body(decision: &Decision, view: Option<&DecisionView>) -> serde_json::Value {
+    let tally = view.map(|v| &v.tally);
     let options: Vec<serde_json::Value> = decision
         .options
         .iter()
@@ -558,7 +566,7 @@ pub(crate) async fn results(
             })
         })
         .collect();
-    Json(json!({
+    json!({
         "decision_id": decision.id,
         "title": decision.title,
         "method": decision.method,
@@ -569,7 +577,7 @@ pub(crate) async fn results(
         "leading": tally.map_or(Outcome::NoVotes, Outcome::of),
         "rounds": rounds,
         "as_of": view.map(|v| v.as_of),
-    }))
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/voting/decision/{id}/breakdown", tag = "voting", params(("id" = uuid::Uuid, Path, description = "decision id"), FreshnessQuery), security(("bearer" = [])), responses((status = 200, description = "count and share per option and component, and the weighted sum for admins"), (status = 404, body = ErrorBody), (status = 504, body = ErrorBody)))]
@@ -580,8 +588,17 @@ pub(crate) async fn breakdown(
         sees_weights,
     }: ResultsRead,
 ) -> Json<serde_json::Value> {
+    Json(breakdown_body(&decision, view.as_ref(), sees_weights))
+}
+
+/// A decision's count and share per option and component, as the breakdown route and the
+/// live push show them; the weighted sums only for `sees_weights` (admins).
+pub(crate) fn breakdown_body(
+    decision: &Decision,
+    view: Option<&DecisionView>,
+    sees_weights: bool,
+) -> serde_json::Value {
     let cells: Vec<serde_json::Value> = view
-        .as_ref()
         .map(|v| v.tally.cells.as_slice())
         .unwrap_or_default()
         .iter()
@@ -599,13 +616,13 @@ pub(crate) async fn breakdown(
             shown
         })
         .collect();
-    Json(json!({
+    json!({
         "decision_id": decision.id,
         "component_weights": decision.weights,
         "cells": cells,
-        "turnout_by_component": view.as_ref().map(|v| v.tally.turnout_by_component),
+        "turnout_by_component": view.map(|v| v.tally.turnout_by_component),
         "as_of": view.map(|v| v.as_of),
-    }))
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/voting/active-decisions", tag = "voting", security(("bearer" = [])), responses((status = 200, description = "decisions open now (in their window, not closed early or cancelled), in the order they were made")))]

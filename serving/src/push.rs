@@ -1,0 +1,487 @@
+//! Live push over socket.io, on the API's own listener (`/socket.io/`), so a stock
+//! `socket.io-client` follows results and decisions without polling.
+//!
+//! ```text
+//!  client ─ handshake { auth: { token } } ─▶ the namespace's middleware: the access token's
+//!      claims, the role checked (connect_error `unauthenticated`, `token_expired`,
+//!      `forbidden`)
+//!  /voting      emit subscribe {decision_id} ─▶ room <decision id>; the current results at
+//!               once (a reconnecting client gets the state it missed); unsubscribe;
+//!               breakdown {decision_id} ─▶ a vote_breakdown now
+//!  /decisions   every socket: decision_status, one per row of the decisions' history;
+//!               handshake auth.since_seq ─▶ the rows after it first
+//!  /admin       operators and admins only: stats (log end, counted, lag, waits) at once
+//!               and every 5 s; alert, each sensor alert as it is raised
+//!  push loop (every replica, every push_interval):
+//!    each /voting room whose view moved ─▶ one vote_count_updated (coalesced: votes in
+//!      between are in it), each breakdown_interval a vote_breakdown
+//!    history rows after the last pushed ─▶ decision_status
+//!    sockets whose token expired ─▶ session_ended {code: token_expired}, disconnected
+//! ```
+//!
+//! Results are state, not deltas: a push carries a decision's whole results at a log
+//! position, so a client that missed pushes needs only the next one. Every replica pushes
+//! from its own view store (Redis in a cluster) and the shared history, so a client gets the
+//! same events whichever replica it is connected to.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use canopy_dataflow::DecisionView;
+use canopy_ingest::Position;
+use canopy_schemas::DecisionId;
+use canopy_schemas::clock::unix_now;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{Data, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+
+use crate::api::voting::{breakdown_body, known_decision, results_body};
+use crate::auth::{Action, Claims, Role};
+use crate::state::SharedState;
+
+/// The namespaces, as clients name them.
+pub const VOTING: &str = "/voting";
+pub const DECISIONS: &str = "/decisions";
+pub const ADMIN: &str = "/admin";
+
+/// How often `/admin` gets the node's figures.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The most decisions one socket follows at once.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
+/// The largest message a client may send (a subscribe is a few dozen bytes).
+const MAX_CLIENT_PAYLOAD: u64 = 4 * 1024;
+/// Packets waiting for a slow client before its emits fail (and it falls behind to the
+/// next state push).
+const MAX_BUFFERED_PACKETS: usize = 64;
+/// History rows pushed per round at most; the rest follow in the next rounds.
+const HISTORY_PAGE: i64 = 500;
+/// A gap in the history's numbering (a row numbered but not yet committed) is waited for
+/// this long before the rows after it are taken as complete.
+const HISTORY_GAP_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a handshake was refused: the client's `connect_error` message.
+#[derive(Debug)]
+struct Refusal(&'static str);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+#[derive(Deserialize)]
+struct Handshake {
+    token: Option<String>,
+    /// `/decisions`: the last history row the client saw.
+    #[serde(default)]
+    since_seq: Option<i64>,
+}
+
+/// The socket.io layer for the API's router, and its handle for [`push_loop`].
+pub fn socket_io(state: SharedState) -> (SocketIoLayer, SocketIo) {
+    let (layer, io) = SocketIo::builder()
+        .with_state(state)
+        .max_payload(MAX_CLIENT_PAYLOAD)
+        .max_buffer_size(MAX_BUFFERED_PACKETS)
+        .build_layer();
+    io.ns(VOTING, on_voting.with(may_read_results));
+    io.ns(DECISIONS, on_decisions.with(may_read_results));
+    io.ns(ADMIN, on_admin.with(operates));
+    (layer, io)
+}
+
+/// The handshake's token, checked like a request's, and the role `admits`: a socket keeps
+/// the claims it came with.
+async fn authenticate(
+    socket: &SocketRef,
+    auth: &Result<Handshake, impl std::fmt::Debug>,
+    state: &SharedState,
+    admits: impl Fn(Role) -> bool,
+) -> Result<Claims, Refusal> {
+    let Some(token) = auth.as_ref().ok().and_then(|auth| auth.token.as_deref()) else {
+        return Err(Refusal("unauthenticated"));
+    };
+    let claims = state
+        .keys
+        .verify(token)
+        .map_err(|error| match error.code() {
+            "token_expired" => Refusal("token_expired"),
+            "account_erased" => Refusal("account_erased"),
+            _ => Refusal("invalid_token"),
+        })?;
+    if !admits(claims.role) {
+        return Err(Refusal("forbidden"));
+    }
+    socket.extensions.insert(claims.clone());
+    Ok(claims)
+}
+
+async fn may_read_results(
+    socket: SocketRef,
+    TryData(auth): TryData<Handshake>,
+    State(state): State<SharedState>,
+) -> Result<(), Refusal> {
+    authenticate(&socket, &auth, &state, |role| {
+        Action::ReadResults.allowed(role)
+    })
+    .await
+    .map(|_| ())
+}
+
+/// `/admin` is the operators' and admins'.
+async fn operates(
+    socket: SocketRef,
+    TryData(auth): TryData<Handshake>,
+    State(state): State<SharedState>,
+) -> Result<(), Refusal> {
+    authenticate(&socket, &auth, &state, |role| {
+        matches!(role, Role::Operator | Role::Admin)
+    })
+    .await
+    .map(|_| ())
+}
+
+/// An operator gets the figures at once, then every few seconds with everyone else.
+async fn on_admin(socket: SocketRef, State(state): State<SharedState>) {
+    let _ = socket.emit("stats", &stats(&state));
+}
+
+/// The node's figures for `/admin`: the vote log's end, the results' frontier, reads
+/// waiting, sockets connected.
+fn stats(state: &SharedState) -> Value {
+    let log = state.gate.log();
+    let log_end: u64 = (0..log.partitions())
+        .filter_map(|partition| log.end_offset(partition).ok())
+        .sum();
+    let counted: u64 = (0..log.partitions())
+        .map(|partition| state.views.frontier(partition))
+        .sum();
+    json!({
+        "log_end": log_end,
+        "counted": counted,
+        "lag": log_end.saturating_sub(counted),
+        "parked_waits": state.parked_waits.parked(),
+        "ready": state.ready.load(std::sync::atomic::Ordering::Acquire),
+        "at": canopy_schemas::clock::now_micros(),
+    })
+}
+
+#[derive(Deserialize)]
+struct DecisionRef {
+    decision_id: uuid::Uuid,
+}
+
+/// Tells the client why a message of theirs did nothing (`refused` event, a stable code).
+fn refuse(socket: &SocketRef, code: &str, message: &str) {
+    let _ = socket.emit("refused", &json!({ "code": code, "message": message }));
+}
+
+async fn on_voting(socket: SocketRef) {
+    socket.on(
+        "subscribe",
+        async |socket: SocketRef,
+               TryData(body): TryData<DecisionRef>,
+               State(state): State<SharedState>| {
+            let Ok(DecisionRef { decision_id }) = body else {
+                return refuse(
+                    &socket,
+                    "bad_request",
+                    "subscribe takes {\"decision_id\": <uuid>}",
+                );
+            };
+            let room = decision_id.to_string();
+            if !socket
+                .rooms()
+                .contains(&std::borrow::Cow::Owned(room.clone()))
+                && socket.rooms().len() >= MAX_SUBSCRIPTIONS
+            {
+                return refuse(
+                    &socket,
+                    "too_many_subscriptions",
+                    &format!("a socket follows at most {MAX_SUBSCRIPTIONS} decisions"),
+                );
+            }
+            let decision = match known_decision(&state, DecisionId::from(decision_id)).await {
+                Ok(decision) => decision,
+                Err(error) => return refuse(&socket, error.code(), &error.to_string()),
+            };
+            socket.join(room);
+            // The state now: what a (re)connecting client missed is in it.
+            match state.views.get(decision.id) {
+                Ok(view) => {
+                    let _ = socket.emit(
+                        "vote_count_updated",
+                        &results_body(&decision, view.as_ref()),
+                    );
+                }
+                Err(error) => refuse(&socket, "internal", &error.to_string()),
+            }
+        },
+    );
+    socket.on(
+        "unsubscribe",
+        async |socket: SocketRef, Data(DecisionRef { decision_id }): Data<DecisionRef>| {
+            socket.leave(decision_id.to_string());
+        },
+    );
+    socket.on(
+        "breakdown",
+        async |socket: SocketRef,
+               TryData(body): TryData<DecisionRef>,
+               State(state): State<SharedState>| {
+            let Ok(DecisionRef { decision_id }) = body else {
+                return refuse(
+                    &socket,
+                    "bad_request",
+                    "breakdown takes {\"decision_id\": <uuid>}",
+                );
+            };
+            let decision = match known_decision(&state, DecisionId::from(decision_id)).await {
+                Ok(decision) => decision,
+                Err(error) => return refuse(&socket, error.code(), &error.to_string()),
+            };
+            let sees_weights = socket
+                .extensions
+                .get::<Claims>()
+                .is_some_and(|claims| claims.role == Role::Admin);
+            if let Ok(view) = state.views.get(decision.id) {
+                let body = breakdown_body(&decision, view.as_ref(), sees_weights);
+                let _ = socket.emit("vote_breakdown", &body);
+            }
+        },
+    );
+}
+
+async fn on_decisions(
+    socket: SocketRef,
+    TryData(auth): TryData<Handshake>,
+    State(state): State<SharedState>,
+) {
+    // What the client missed since the row it names, oldest first.
+    let Some(since) = auth.ok().and_then(|auth| auth.since_seq) else {
+        return;
+    };
+    match state.store.history_page(since, HISTORY_PAGE).await {
+        Ok(rows) => {
+            for row in rows {
+                let _ = socket.emit("decision_status", &status_event(&row));
+            }
+        }
+        Err(error) => refuse(&socket, "internal", &error.to_string()),
+    }
+}
+
+fn status_event(row: &crate::store::HistoryRow) -> Value {
+    json!({
+        "decision_id": row.decision_id,
+        "status": row.status,
+        "at": row.at,
+        "seq": row.seq,
+    })
+}
+
+/// What the push loop has sent, per decision and of the history.
+struct Pushed {
+    /// Per followed decision: the log position of the results last pushed.
+    results_as_of: HashMap<DecisionId, Position>,
+    last_breakdown: Instant,
+    /// Every history row at or below this was pushed (or given up on).
+    history_floor: i64,
+    /// Rows above the floor already pushed.
+    history_above: BTreeSet<i64>,
+    /// When the first gap above the floor was seen.
+    gap_since: Option<Instant>,
+}
+
+/// Pushes results, breakdowns and status changes every `push_interval` until `stop`.
+pub async fn push_loop(
+    io: SocketIo,
+    state: SharedState,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut pushed = Pushed {
+        results_as_of: HashMap::new(),
+        last_breakdown: Instant::now(),
+        history_floor: latest_history_seq(&state).await,
+        history_above: BTreeSet::new(),
+        gap_since: None,
+    };
+    let interval = state.config.push_interval.max(Duration::from_millis(10));
+    let alerts = state
+        .sensors
+        .as_ref()
+        .map(|sensors| tokio::spawn(forward_alerts(io.clone(), sensors.alerts.subscribe())));
+    let mut last_stats = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+        push_results(&io, &state, &mut pushed).await;
+        if last_stats.elapsed() >= STATS_INTERVAL
+            && let Some(admin) = io.of(ADMIN)
+        {
+            last_stats = Instant::now();
+            let _ = admin.emit("stats", &stats(&state)).await;
+        }
+        if let Err(error) = push_history(&io, &state, &mut pushed).await {
+            tracing::warn!(%error, "could not read the decisions' history to push");
+        }
+        end_expired_sessions(&io);
+    }
+    if let Some(alerts) = alerts {
+        alerts.abort();
+    }
+}
+
+/// Sensor alerts to `/admin` as they are raised.
+async fn forward_alerts(
+    io: SocketIo,
+    mut alerts: tokio::sync::broadcast::Receiver<canopy_dataflow::Alert>,
+) {
+    loop {
+        match alerts.recv().await {
+            Ok(alert) => {
+                if let Some(admin) = io.of(ADMIN) {
+                    let _ = admin.emit("alert", &alert).await;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                if let Some(admin) = io.of(ADMIN) {
+                    let _ = admin.emit("lagged", &json!({ "missed": missed })).await;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn latest_history_seq(state: &SharedState) -> i64 {
+    let mut floor = 0;
+    loop {
+        match state.store.history_page(floor, 10_000).await {
+            Ok(rows) if rows.is_empty() => return floor,
+            Ok(rows) => floor = rows.last().map_or(floor, |row| row.seq),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the decisions' history; pushing from the start");
+                return floor;
+            }
+        }
+    }
+}
+
+async fn push_results(io: &SocketIo, state: &SharedState, pushed: &mut Pushed) {
+    let Some(voting) = io.of(VOTING) else { return };
+    let rooms = voting.clone().rooms().await.unwrap_or_default();
+    let followed: Vec<DecisionId> = rooms
+        .iter()
+        .filter_map(|room| room.parse::<uuid::Uuid>().ok())
+        .map(DecisionId::from)
+        .collect();
+    pushed
+        .results_as_of
+        .retain(|decision, _| followed.contains(decision));
+    let breakdown_due = pushed.last_breakdown.elapsed() >= state.config.breakdown_interval;
+    if breakdown_due {
+        pushed.last_breakdown = Instant::now();
+    }
+    for decision_id in followed {
+        let Ok(view) = state.views.get(decision_id) else {
+            continue;
+        };
+        let Some(decision) = state.gate.decision(decision_id) else {
+            continue;
+        };
+        let room = decision_id.to_string();
+        let moved = view
+            .as_ref()
+            .is_some_and(|view| pushed.results_as_of.get(&decision_id) != Some(&view.as_of));
+        if moved && let Some(DecisionView { as_of, .. }) = view.as_ref() {
+            pushed.results_as_of.insert(decision_id, *as_of);
+            let body = results_body(&decision, view.as_ref());
+            let _ = voting
+                .clone()
+                .to(room.clone())
+                .emit("vote_count_updated", &body)
+                .await;
+        }
+        if breakdown_due {
+            let body = breakdown_body(&decision, view.as_ref(), false);
+            let _ = voting.clone().to(room).emit("vote_breakdown", &body).await;
+        }
+    }
+}
+
+async fn push_history(
+    io: &SocketIo,
+    state: &SharedState,
+    pushed: &mut Pushed,
+) -> Result<(), crate::ServingError> {
+    let Some(decisions) = io.of(DECISIONS) else {
+        return Ok(());
+    };
+    let rows = state
+        .store
+        .history_page(pushed.history_floor, HISTORY_PAGE)
+        .await?;
+    for row in &rows {
+        if pushed.history_above.insert(row.seq) {
+            let _ = decisions
+                .clone()
+                .emit("decision_status", &status_event(row))
+                .await;
+        }
+    }
+    // The floor rises over every row pushed; a gap (a row numbered, not yet committed) is
+    // waited for a while, then passed.
+    loop {
+        let next = pushed.history_floor + 1;
+        if pushed.history_above.remove(&next) {
+            pushed.history_floor = next;
+            pushed.gap_since = None;
+            continue;
+        }
+        let Some(&above) = pushed.history_above.first() else {
+            break;
+        };
+        let since = *pushed.gap_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < HISTORY_GAP_WAIT {
+            break;
+        }
+        tracing::warn!(
+            from = next,
+            to = above - 1,
+            "history rows never committed; pushing on"
+        );
+        pushed.history_floor = above - 1;
+        pushed.gap_since = None;
+    }
+    Ok(())
+}
+
+/// A socket lives no longer than its token: told why, then disconnected.
+fn end_expired_sessions(io: &SocketIo) {
+    let now = unix_now();
+    for namespace in [VOTING, DECISIONS, ADMIN] {
+        let Some(operators) = io.of(namespace) else {
+            continue;
+        };
+        for socket in operators.sockets() {
+            let expired = socket
+                .extensions
+                .get::<Claims>()
+                .is_none_or(|claims| claims.exp <= now);
+            if expired {
+                let _ = socket.emit("session_ended", &json!({ "code": "token_expired" }));
+                let _ = socket.disconnect();
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+// The stock socket.io client against a running Canopy node (started by tests/push.rs, which
+// passes CANOPY_BASE and the admin's password): each namespace joined and each event
+// received, refusals without a token, with a bad one and for the wrong role.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { io } from "socket.io-client";
+
+const BASE = process.env.CANOPY_BASE;
+const PASSWORD = process.env.CANOPY_PASSWORD;
+assert.ok(BASE && PASSWORD, "CANOPY_BASE and CANOPY_PASSWORD are set by tests/push.rs");
+
+async function api(method, path, token, body) {
+  const response = await fetch(BASE + path, {
+    method,
+    headers: {
+      "content-type": "application/json",
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+    },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = text;
+  }
+  return { status: response.status, json };
+}
+
+async function login(username) {
+  const { status, json } = await api("POST", "/api/v1/auth/login", null, { username, password: PASSWORD });
+  assert.equal(status, 200, JSON.stringify(json));
+  return json.access_token;
+}
+
+async function citizen(username) {
+  const { status, json } = await api("POST", "/api/v1/auth/register", null, { username, password: PASSWORD });
+  assert.equal(status, 201, JSON.stringify(json));
+  return login(username);
+}
+
+/**
+ * Connects to `namespace`; resolves with the socket once connected, rejects with the
+ * refusal. Every event is kept from the start, so none is missed before a test waits for it.
+ */
+function connect(namespace, auth) {
+  return new Promise((resolve, reject) => {
+    const socket = io(BASE + namespace, { auth, transports: ["websocket"], reconnection: false });
+    socket.seen = [];
+    socket.onAny((event, payload) => socket.seen.push([event, payload]));
+    socket.on("connect", () => resolve(socket));
+    socket.on("connect_error", (error) => {
+      socket.close();
+      reject(error);
+    });
+  });
+}
+
+/** The first `event` on `socket` (kept or to come) that `accept` takes, within `ms`. */
+function next(socket, event, accept = () => true, ms = 5000) {
+  const kept = socket.seen.findIndex(([name, payload]) => name === event && accept(payload));
+  if (kept >= 0) {
+    const [[, payload]] = socket.seen.splice(kept, 1);
+    return Promise.resolve(payload);
+  }
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.off(event, listener);
+      reject(new Error(`no ${event} within ${ms} ms`));
+    }, ms);
+    const listener = (payload) => {
+      if (accept(payload)) {
+        clearTimeout(timer);
+        socket.off(event, listener);
+        const index = socket.seen.findIndex(([, seen]) => seen === payload);
+        if (index >= 0) socket.seen.splice(index, 1);
+        resolve(payload);
+      }
+    };
+    socket.on(event, listener);
+  });
+}
+
+const admin = await login("root");
+const voter = await citizen("push-voter");
+const watcher = await citizen("push-watcher");
+const now = Date.now() * 1000;
+const created = await api("POST", "/api/v1/voting/decision/create", admin, {
+  title: "Light the river path?",
+  options: ["yes", "no"],
+  opens_at: now,
+  closes_at: now + 3_600_000_000,
+});
+assert.equal(created.status, 201, JSON.stringify(created.json));
+const decision = created.json.id;
+
+test("a handshake without a token, with a bad one, or of the wrong role is refused", async () => {
+  await assert.rejects(connect("/voting", {}), { message: "unauthenticated" });
+  await assert.rejects(connect("/voting", { token: "not-a-token" }), { message: "invalid_token" });
+  await assert.rejects(connect("/decisions", { token: watcher + "x" }), { message: "invalid_token" });
+  await assert.rejects(connect("/admin", { token: watcher }), { message: "forbidden" });
+});
+
+test("/voting: the current results on subscribe, then a push within a second of a vote", async () => {
+  const socket = await connect("/voting", { token: watcher });
+  try {
+    const first = next(socket, "vote_count_updated", (p) => p.decision_id === decision);
+    socket.emit("subscribe", { decision_id: decision });
+    const current = await first;
+    assert.equal(current.turnout, 0);
+    assert.equal(current.options.length, 2);
+
+    const pushed = next(socket, "vote_count_updated", (p) => p.turnout === 1, 1000);
+    const cast = await api("POST", "/api/v1/voting/cast-vote", voter, { decision_id: decision, option: 1 });
+    assert.equal(cast.status, 201, JSON.stringify(cast.json));
+    const started = Date.now();
+    const update = await pushed;
+    assert.ok(update.as_of.offset > cast.json.position.offset, JSON.stringify(update));
+    assert.deepEqual(update.leading, { kind: "winner", option: 1 });
+    console.log(`vote_count_updated ${Date.now() - started} ms after the cast was acknowledged`);
+
+    const breakdown = next(socket, "vote_breakdown");
+    socket.emit("breakdown", { decision_id: decision });
+    const cells = (await breakdown).cells;
+    assert.deepEqual(cells.map((c) => [c.option, c.component, c.count]), [[1, "democratic", 1]]);
+    assert.equal(cells[0].weight, undefined, "a citizen sees no weighted sums");
+
+    const refused = next(socket, "refused");
+    socket.emit("subscribe", { decision_id: "not-a-uuid" });
+    assert.equal((await refused).code, "bad_request");
+    const unknown = next(socket, "refused");
+    socket.emit("subscribe", { decision_id: "00000000-0000-4000-8000-000000000000" });
+    assert.equal((await unknown).code, "not_found");
+  } finally {
+    socket.close();
+  }
+});
+
+test("/decisions: what was missed since a position, then each status change as it happens", async () => {
+  const socket = await connect("/decisions", { token: watcher, since_seq: 0 });
+  try {
+    await next(socket, "decision_status", (p) => p.decision_id === decision && p.status === "created");
+    const closed = next(socket, "decision_status", (p) => p.decision_id === decision && p.status === "closed");
+    const close = await api("POST", `/api/v1/voting/decisions/${decision}/close`, admin, { reason: "push test" });
+    assert.equal(close.status, 200, JSON.stringify(close.json));
+    const event = await closed;
+    assert.ok(event.seq > 0 && event.at > 0, JSON.stringify(event));
+    await next(socket, "decision_status", (p) => p.decision_id === decision && p.status === "final", 15000);
+  } finally {
+    socket.close();
+  }
+});
+
+test("/admin: an operator's figures at once", async () => {
+  const socket = await connect("/admin", { token: admin });
+  try {
+    const stats = await next(socket, "stats");
+    assert.ok(stats.log_end >= 1, JSON.stringify(stats));
+    assert.equal(typeof stats.lag, "number");
+  } finally {
+    socket.close();
+  }
+});
