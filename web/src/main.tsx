@@ -3,6 +3,7 @@ import { createRoot } from "react-dom/client";
 import { Provider } from "react-redux";
 import { BrowserRouter, Navigate, Route, Routes, useLocation } from "react-router-dom";
 import { CssBaseline, ThemeProvider, createTheme } from "@mui/material";
+import { ErrorBoundary } from "./components/ErrorBoundary";
 import { Layout } from "./components/Layout";
 import { AdminFeed, CreateDecision, VerifyExpert } from "./pages/Admin";
 import { Claim, Register, SignIn } from "./pages/Auth";
@@ -35,8 +36,10 @@ function Guard({ children, allow }: { children: ReactNode; allow?: (role?: Sessi
 }
 
 function App() {
+  const location = useLocation();
   return (
     <Layout>
+      <ErrorBoundary resetKey={location.pathname}>
       <Routes>
         <Route path="/signin" element={<SignIn />} />
         <Route path="/register" element={<Register />} />
@@ -53,6 +56,7 @@ function App() {
         <Route path="/admin/feed" element={<Guard allow={can.adminFeed}><AdminFeed /></Guard>} />
         <Route path="*" element={<Navigate to="/" replace />} />
       </Routes>
+      </ErrorBoundary>
     </Layout>
   );
 }

@@ -63,7 +63,8 @@ export interface Results {
   decision_id: string;
   title?: string;
   method?: Method;
-  as_of: Position;
+  /** null until the decision's first vote is counted */
+  as_of: Position | null;
   options: { option: number; label?: string; composite: number }[];
   turnout: number;
   quorum?: number;
@@ -82,9 +83,9 @@ export interface BreakdownCell {
 
 export interface Breakdown {
   decision_id: string;
-  as_of: Position;
+  as_of: Position | null;
   cells: BreakdownCell[];
-  turnout_by_component: number[];
+  turnout_by_component: number[] | null;
   component_weights?: number[];
 }
 

@@ -68,7 +68,9 @@ export function Layout({ children }: { children: ReactNode }) {
   const notificationsLink = session && (
     <Button component={RouterLink} to="/notifications" color="inherit" aria-label={`Notifications, ${unread} unread`}>
       <Badge badgeContent={unread} color="error" max={99}>
-        <span aria-hidden="true">🔔</span>
+        <svg aria-hidden="true" width="22" height="22" viewBox="0 0 24 24" fill="currentColor">
+          <path d="M12 22a2.5 2.5 0 0 0 2.45-2h-4.9A2.5 2.5 0 0 0 12 22Zm7-6V11a7 7 0 0 0-5.5-6.84V3a1.5 1.5 0 0 0-3 0v1.16A7 7 0 0 0 5 11v5l-2 2v1h18v-1l-2-2Z" />
+        </svg>
       </Badge>
     </Button>
   );
@@ -81,8 +83,10 @@ export function Layout({ children }: { children: ReactNode }) {
       <AppBar position="sticky" color="primary" component="header">
         <Toolbar sx={{ gap: 1 }}>
           {narrow && session && (
-            <Button color="inherit" onClick={() => setOpen(true)} aria-label="Open menu" aria-expanded={open} aria-controls="nav-drawer">
-              ☰
+            <Button color="inherit" onClick={() => setOpen(true)} aria-label="Open menu" aria-expanded={open} aria-controls="nav-drawer" sx={{ minWidth: 40 }}>
+              <svg aria-hidden="true" width="24" height="24" viewBox="0 0 24 24" fill="currentColor">
+                <path d="M3 6h18v2H3V6Zm0 5h18v2H3v-2Zm0 5h18v2H3v-2Z" />
+              </svg>
             </Button>
           )}
           <Typography variant="h6" component={RouterLink} to="/" sx={{ color: "inherit", textDecoration: "none", mr: 2, fontWeight: 700 }}>

@@ -285,7 +285,7 @@ function Rounds({ decision, rounds }: { decision: Decision; rounds: NonNullable<
       <Typography variant="h6" component="h3" id="rounds-heading" sx={{ mb: 1 }}>
         Instant-runoff rounds
       </Typography>
-      <TableContainer>
+      <TableContainer tabIndex={0} role="region" aria-label="Rounds, scrollable">
         <Table size="small" data-testid="rounds">
           <caption>Each round counts every ballot for its highest-ranked continuing option; the last is eliminated.</caption>
           <TableHead>
@@ -333,9 +333,9 @@ function BreakdownTable({ decision, breakdown, onRefresh }: { decision: Decision
     <Section title="Breakdown by component" id="breakdown-heading">
       <Typography variant="body2" color="text.secondary" sx={{ mb: 1 }}>
         Votes per option from each group of voters, and that option's share of the group.
-        Turnout by group: {COMPONENTS.map((c, i) => `${c} ${breakdown.turnout_by_component[i] ?? 0}`).join(", ")}.
+        Turnout by group: {COMPONENTS.map((c, i) => `${c} ${breakdown.turnout_by_component?.[i] ?? 0}`).join(", ")}.
       </Typography>
-      <TableContainer>
+      <TableContainer tabIndex={0} role="region" aria-label="Breakdown, scrollable">
         <Table size="small" data-testid="breakdown">
           <TableHead>
             <TableRow>

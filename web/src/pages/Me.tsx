@@ -36,7 +36,7 @@ function ballotText(v: MyVote): string {
 export function VotesTable({ votes }: { votes: MyVote[] }) {
   if (votes.length === 0) return <Typography>No votes yet.</Typography>;
   return (
-    <TableContainer>
+    <TableContainer tabIndex={0} role="region" aria-label="Your votes, scrollable">
       <Table size="small" data-testid="my-votes">
         <TableHead>
           <TableRow>
