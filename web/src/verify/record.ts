@@ -104,9 +104,10 @@ export interface VerifierKey {
 
 /** Parses `name+hex(keyhash)+base64(0x01‖public key)` and checks the hash matches the key. */
 export async function parseVerifierKey(key: string): Promise<VerifierKey> {
-  const parts = key.trim().split("+");
-  if (parts.length !== 3) throw new VerifyError("bad_key", "the key is not name+hash+key");
-  const [name, hashHex, b64] = parts;
+  // The name holds no '+', the hash is hex; the base64 key may itself hold '+'.
+  const match = /^([^+\s]+)\+([0-9a-fA-F]{8})\+([A-Za-z0-9+/]+=*)$/.exec(key.trim());
+  if (!match) throw new VerifyError("bad_key", "the key is not name+hash+key");
+  const [, name, hashHex, b64] = match;
   let raw: Bytes;
   let keyHash: Bytes;
   try {
@@ -262,7 +263,7 @@ export async function verifyProof(input: {
     const root = await rootFromInclusion(wanted, proof.index, proof.tree_size, path);
     if (!equal(root, checkpoint.root))
       throw new VerifyError("bad_proof", "the inclusion proof leads to another root than the signed checkpoint's");
-    pass("Inclusion", `leaf ${proof.index} of ${proof.tree_size}: the audit path (${path.length} hashes) leads to the signed root`);
+    pass("Inclusion", `leaf ${proof.index} of ${proof.tree_size}: the audit path (${path.length} hash${path.length === 1 ? "" : "es"}) leads to the signed root`);
     return { ok: true, checks, checkpoint, anchor: proof.anchor ?? null };
   } catch (e) {
     const err = e instanceof VerifyError ? e : new VerifyError("error", String((e as Error)?.message ?? e));
