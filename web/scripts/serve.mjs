@@ -34,6 +34,7 @@ export function startServer({ listen = "127.0.0.1:0", node, dist = path.join(her
         { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: { ...req.headers, host: target.host } },
         (up) => {
           res.writeHead(up.statusCode ?? 502, up.headers);
+          res.flushHeaders(); // a server-sent event stream sends its headers long before a byte
           up.pipe(res);
         },
       );

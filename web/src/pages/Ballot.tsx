@@ -127,8 +127,11 @@ function RankedBallot({ decision, ballot, onChange }: BallotProps) {
     const next = [...ranking];
     [next[at], next[to]] = [next[to], next[at]];
     set(next, `${name(ranking[at])} moved to place ${to + 1} of ${ranking.length}`);
-    // Keep the focus on the moved option's same button, now one row further.
-    requestAnimationFrame(() => document.getElementById(`rank-${by < 0 ? "up" : "down"}-${ranking[at]}`)?.focus());
+    // Keep the focus with the moved option: on the same button, or the other one once it
+    // reached the top or the bottom (a disabled button cannot hold the focus).
+    const edge = to === 0 || to === ranking.length - 1;
+    const button = (by < 0) !== edge ? "up" : "down";
+    requestAnimationFrame(() => document.getElementById(`rank-${button}-${ranking[at]}`)?.focus());
   };
   return (
     <Box component="fieldset" sx={{ border: 0, p: 0, m: 0 }}>
