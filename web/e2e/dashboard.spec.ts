@@ -37,6 +37,14 @@ test("the dashboard charts readings ingested through the API and flags the spike
   await page.getByRole("button", { name: "1 hour" }).click();
   await expect(chart.locator("circle.point").first()).toBeVisible();
   await page.getByRole("button", { name: "1 minute" }).click();
+
+  // A reading above the threshold in another region arrives as a live alert.
+  await expect(page.getByText("Listening: a region's minute mean")).toBeVisible();
+  const hot = unique("hot");
+  const hotSensor = unique("aq");
+  await call("POST", "/api/v1/data/sensors", root.access_token, { sensor_id: hotSensor, region: hot, latitude: 52, longitude: 5, metrics: ["pm25"] });
+  await call("POST", "/api/v1/data/process-sensor-data", root.access_token, { sensor_id: hotSensor, metric: "pm25", unit: "µg/m³", value: 180, timestamp: Date.now() });
+  await expect(page.getByTestId("alerts")).toContainText(`Above threshold: pm25 in ${hot}`);
   await expectAccessible(page, "dashboard");
   await screenshot(page, "dashboard");
   await context.close();
