@@ -30,6 +30,10 @@ test("register, sign out, sign in again, claim page", async ({ page }) => {
   await page.getByLabel("Password").fill("a long voter password for tests");
   await page.getByRole("button", { name: "Sign in" }).click();
   await expect(page.getByRole("heading", { name: "Decisions", level: 1 })).toBeVisible();
+  await expect(page.getByRole("heading", { name: "Open now" })).toBeVisible();
+  await expect(page.getByRole("status")).toHaveCount(0); // loaded
+  await expectAccessible(page, "decisions");
+  await screenshot(page, "decisions");
 
   await page.goto("/claim");
   await page.getByLabel("Invitation code").fill("NOT-A-CODE");

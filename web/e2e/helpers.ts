@@ -84,6 +84,7 @@ export async function expectAccessible(page: Page, name: string) {
 }
 
 export async function screenshot(page: Page, name: string) {
+  await page.evaluate(() => window.scrollTo(0, 0)); // else the sticky app bar lands mid-page
   await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`), fullPage: true });
 }
 

@@ -91,6 +91,12 @@ export function DecisionPage() {
   useEffect(() => {
     if (!decision) return;
     if (decision.status === "cancelled" || decision.status === "scheduled") return;
+    if (decision.status === "final") {
+      // A final count never changes: read it once.
+      api.get<Results>(`/api/v1/voting/decision/${id}/results`).then((r) => dispatch(resultsReceived(r))).catch(() => {});
+      requestBreakdown(id);
+      return;
+    }
     return watchDecision(id);
   }, [id, decision?.status]); // eslint-disable-line react-hooks/exhaustive-deps
 
@@ -246,7 +252,7 @@ export function DecisionPage() {
       {status !== "scheduled" && status !== "cancelled" && (
         <Section title="Results" id="results-heading">
           <Typography variant="body2" color="text.secondary" sx={{ mb: 1 }} data-testid="live-mode">
-            {mode === "socket" ? "Live" : mode === "polling" ? "Updated every 2 seconds" : "Connecting"}
+            {status === "final" ? "Final count" : mode === "socket" ? "Live" : mode === "polling" ? "Updated every 2 seconds" : "Connecting"}
             {results?.as_of ? ` · as of log position ${results.as_of.partition}:${results.as_of.offset}` : ""}
           </Typography>
           {!results ? (
