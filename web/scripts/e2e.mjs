@@ -118,7 +118,19 @@ async function main() {
   const playwright = path.join(web, "node_modules", ".bin", "playwright");
   const test = spawn(playwright, ["test", ...extra], { cwd: web, env, stdio: "inherit" });
   children.push(test);
-  return await new Promise((resolve) => test.on("exit", (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  const code = await new Promise((resolve) => test.on("exit", (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  summarize();
+  return code;
+}
+
+/** One closing line any CI reads: `e2e: N passed, N failed, N skipped`. */
+function summarize() {
+  try {
+    const { stats } = JSON.parse(fs.readFileSync(path.join(web, "e2e", "results", "report.json"), "utf8"));
+    console.log(`e2e: ${stats.expected + stats.flaky} passed, ${stats.unexpected} failed, ${stats.skipped} skipped`);
+  } catch {
+    /* no report: the exit code tells */
+  }
 }
 
 let code = 1;
