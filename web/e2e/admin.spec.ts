@@ -74,9 +74,5 @@ test("an admin verifies an expert; the expert's profile shows it", async ({ brow
   await expect(mine.getByText("hydrology")).toBeVisible();
   await expect(mine.getByText(/^(north, delta|delta, north)$/)).toBeVisible();
   await screenshot(mine, "profile-expert");
-
-  await mine.goto("/notifications");
-  await expectAccessible(mine, "notifications");
-  await screenshot(mine, "notifications");
   await context.close();
 });

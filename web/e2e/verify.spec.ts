@@ -64,5 +64,11 @@ test("verify my vote: green once a checkpoint covers it, red for a tampered proo
   await screenshot(page, "my-votes");
   await page.getByRole("link", { name: "Verify my vote on Open the dam's fish ladder?" }).click();
   await expect(verdict).toHaveAttribute("data-verdict", "ok");
+
+  // The notification centre keeps the vote cast here, with a link to check it.
+  await page.getByRole("link", { name: /Notifications, \d+ unread/ }).click();
+  await expect(page.getByRole("list", { name: "Notifications" })).toContainText("Vote cast: Open the dam's fish ladder?");
+  await expectAccessible(page, "notifications");
+  await screenshot(page, "notifications");
   await context.close();
 });

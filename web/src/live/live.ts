@@ -192,16 +192,19 @@ export function watchNotifications(): () => void {
         decisionId: m.decision_id,
       }),
     );
+  let first = true;
   const check = async () => {
     if (stopped || s.connected) return;
     try {
       const page = await api.get<Page<MyVote>>("/api/v1/voting/my-votes");
       for (const v of page.votes ?? []) {
-        const before = seen.get(v.receipt.vote_id);
+        // Pending when last seen, or cast since: confirmed once a checkpoint covers it.
+        const before = seen.get(v.receipt.vote_id) ?? (first ? undefined : "pending");
         if (before === "pending" && v.proof.status !== "pending")
           onConfirmed({ decision_id: v.decision_id, vote_id: v.receipt.vote_id, leaf_hash: v.receipt.leaf_hash, tree_size: v.proof.checkpoint_size ?? 0 });
         seen.set(v.receipt.vote_id, v.proof.status);
       }
+      first = false;
     } catch {
       /* signed out or offline: try again later */
     }

@@ -8,6 +8,7 @@ import type { Breakdown, Receipt, Results, Role, TokenPair } from "../api/types"
 const TOKENS_KEY = "canopy.tokens";
 const RECEIPTS_KEY = "canopy.receipts";
 const TRUSTED_KEY = "canopy.record-key";
+const NOTICES_KEY = "canopy.notifications";
 
 export interface Session {
   tokens: TokenPair;
@@ -110,7 +111,7 @@ export interface Notice {
 
 const notifications = createSlice({
   name: "notifications",
-  initialState: { items: [] as Notice[], connected: false },
+  initialState: { items: load<Notice[]>(NOTICES_KEY, []), connected: false },
   reducers: {
     noticed(state, action: PayloadAction<Omit<Notice, "id" | "at" | "read"> & { id?: string }>) {
       const id = action.payload.id ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`;
@@ -125,6 +126,7 @@ const notifications = createSlice({
       state.connected = action.payload;
     },
   },
+  extraReducers: (builder) => builder.addCase(auth.actions.signedOut, (state) => void (state.items = [])),
 });
 
 export const trustedKey = {
@@ -148,11 +150,12 @@ export const { noticed, allRead, connection } = notifications.actions;
 
 // Persist the session and the receipts; the API client reads tokens from the store.
 store.subscribe(() => {
-  const { auth: a, receipts: r } = store.getState();
+  const { auth: a, receipts: r, notifications: n } = store.getState();
   try {
     if (a.session) localStorage.setItem(TOKENS_KEY, JSON.stringify({ tokens: a.session.tokens, username: a.session.username }));
     else localStorage.removeItem(TOKENS_KEY);
     localStorage.setItem(RECEIPTS_KEY, JSON.stringify(r));
+    localStorage.setItem(NOTICES_KEY, JSON.stringify(n.items));
   } catch {
     /* storage full or disabled: the session lasts as long as the page */
   }
