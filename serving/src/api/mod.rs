@@ -15,6 +15,7 @@
 mod accounts;
 mod analytics;
 mod audit;
+mod client;
 mod extract;
 mod health;
 mod record;
@@ -141,7 +142,7 @@ fn router_with(
             "/api/v1/openapi.json",
             get(move || async move { Json(document.as_ref().clone()) }),
         )
-        .fallback(|| async { ServingError::NotFound { what: "route" } });
+        .fallback(client::client);
     let router = match push {
         Some(push) => router.layer(push),
         None => router,
