@@ -428,6 +428,7 @@ impl Node {
             address_limits: RateLimiter::new(config.api.per_address),
             refusal_audits: RateLimiter::refusal_audits(),
             recent_casts: Default::default(),
+            confirmations: Default::default(),
             registration_limits: (
                 RateLimiter::new(config.api.registrations_per_address),
                 RateLimiter::new(config.api.registrations_per_block),

@@ -10,6 +10,9 @@
 //!               breakdown {decision_id} ─▶ a vote_breakdown now
 //!  /decisions   every socket: decision_status, one per row of the decisions' history;
 //!               handshake auth.since_seq ─▶ the rows after it first
+//!  /notifications  the account's own room: vote_confirmed once a checkpoint covers a vote
+//!               it cast through this replica; decision_completed (with the outcome) for
+//!               decisions it voted in so (or names in handshake auth.decisions)
 //!  /admin       operators and admins only: stats (log end, counted, lag, waits) at once
 //!               and every 5 s; alert, each sensor alert as it is raised
 //!  push loop (every replica, every push_interval):
@@ -25,6 +28,7 @@
 //! same events whichever replica it is connected to.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy_dataflow::DecisionView;
@@ -46,6 +50,10 @@ use crate::state::SharedState;
 pub const VOTING: &str = "/voting";
 pub const DECISIONS: &str = "/decisions";
 pub const ADMIN: &str = "/admin";
+pub const NOTIFICATIONS: &str = "/notifications";
+
+/// How often votes waiting for their confirmation are checked against the checkpoints.
+const CONFIRMATION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often `/admin` gets the node's figures.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -91,6 +99,7 @@ pub fn socket_io(state: SharedState) -> (SocketIoLayer, SocketIo) {
     io.ns(VOTING, on_voting.with(may_read_results));
     io.ns(DECISIONS, on_decisions.with(may_read_results));
     io.ns(ADMIN, on_admin.with(operates));
+    io.ns(NOTIFICATIONS, on_notifications.with(any_account));
     (layer, io)
 }
 
@@ -130,6 +139,51 @@ async fn may_read_results(
     })
     .await
     .map(|_| ())
+}
+
+/// `/notifications` is every account's own.
+async fn any_account(
+    socket: SocketRef,
+    TryData(auth): TryData<Handshake>,
+    State(state): State<SharedState>,
+) -> Result<(), Refusal> {
+    authenticate(&socket, &auth, &state, |_| true)
+        .await
+        .map(|_| ())
+}
+
+/// An account's sockets share a room named by the account, which only they join.
+fn account_room(account: uuid::Uuid) -> String {
+    format!("account:{account}")
+}
+
+#[derive(Deserialize)]
+struct Watch {
+    /// Decisions the client voted in (from `my-votes`), to hear when they are final.
+    #[serde(default)]
+    decisions: Vec<uuid::Uuid>,
+}
+
+/// The decisions a `/notifications` socket hears `decision_completed` of: those it names
+/// and those its account votes in through this replica while it is connected.
+#[derive(Clone, Default)]
+struct Watched(Arc<std::sync::Mutex<BTreeSet<DecisionId>>>);
+
+async fn on_notifications(socket: SocketRef, TryData(auth): TryData<Watch>) {
+    let Some(claims) = socket.extensions.get::<Claims>() else {
+        return;
+    };
+    socket.join(account_room(claims.sub));
+    let named: BTreeSet<DecisionId> = auth
+        .map(|watch| watch.decisions)
+        .unwrap_or_default()
+        .into_iter()
+        .take(MAX_SUBSCRIPTIONS)
+        .map(DecisionId::from)
+        .collect();
+    socket
+        .extensions
+        .insert(Watched(Arc::new(std::sync::Mutex::new(named))));
 }
 
 /// `/admin` is the operators' and admins'.
@@ -316,6 +370,7 @@ pub async fn push_loop(
         .as_ref()
         .map(|sensors| tokio::spawn(forward_alerts(io.clone(), sensors.alerts.subscribe())));
     let mut last_stats = Instant::now();
+    let mut last_confirmations = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -325,6 +380,10 @@ pub async fn push_loop(
             break;
         }
         push_results(&io, &state, &mut pushed).await;
+        if last_confirmations.elapsed() >= CONFIRMATION_INTERVAL {
+            last_confirmations = Instant::now();
+            push_confirmations(&io, &state).await;
+        }
         if last_stats.elapsed() >= STATS_INTERVAL
             && let Some(admin) = io.of(ADMIN)
         {
@@ -437,6 +496,9 @@ async fn push_history(
                 .clone()
                 .emit("decision_status", &status_event(row))
                 .await;
+            if row.status == "final" {
+                push_completed(io, state, row.decision_id).await;
+            }
         }
     }
     // The floor rises over every row pushed; a gap (a row numbered, not yet committed) is
@@ -469,7 +531,7 @@ async fn push_history(
 /// A socket lives no longer than its token: told why, then disconnected.
 fn end_expired_sessions(io: &SocketIo) {
     let now = unix_now();
-    for namespace in [VOTING, DECISIONS, ADMIN] {
+    for namespace in [VOTING, DECISIONS, ADMIN, NOTIFICATIONS] {
         let Some(operators) = io.of(namespace) else {
             continue;
         };
@@ -482,6 +544,96 @@ fn end_expired_sessions(io: &SocketIo) {
                 let _ = socket.emit("session_ended", &json!({ "code": "token_expired" }));
                 let _ = socket.disconnect();
             }
+        }
+    }
+}
+
+/// Each vote cast here that a checkpoint now covers ─▶ `vote_confirmed` to its account's
+/// sockets (and its decision watched for `decision_completed`).
+async fn push_confirmations(io: &SocketIo, state: &SharedState) {
+    let Some(notifications) = io.of(NOTIFICATIONS) else {
+        return;
+    };
+    let waiting = state.confirmations.waiting();
+    let mut covered_up_to: HashMap<DecisionId, Option<(i64, i64)>> = HashMap::new();
+    let mut confirmed = Vec::new();
+    for vote in waiting {
+        if !covered_up_to.contains_key(&vote.decision) {
+            if covered_up_to.len() >= MAX_SUBSCRIPTIONS {
+                continue;
+            }
+            let latest = match state.store.checkpoints(vote.decision).await {
+                Ok(checkpoints) => checkpoints
+                    .iter()
+                    .max_by_key(|checkpoint| checkpoint.tree_size)
+                    .map(|checkpoint| (checkpoint.log_offset, checkpoint.tree_size)),
+                Err(error) => {
+                    tracing::warn!(%error, "could not read checkpoints to confirm votes");
+                    return;
+                }
+            };
+            covered_up_to.insert(vote.decision, latest);
+        }
+        let Some(Some((log_offset, tree_size))) = covered_up_to.get(&vote.decision) else {
+            continue;
+        };
+        if (vote.position.offset as i64) >= *log_offset {
+            continue;
+        }
+        let room = account_room(vote.account);
+        for socket in notifications.clone().within(room.clone()).sockets() {
+            if let Some(watched) = socket.extensions.get::<Watched>() {
+                watched
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(vote.decision);
+            }
+        }
+        let proof = format!(
+            "/api/v1/audit/decisions/{}/proof?leaf={}",
+            vote.decision, vote.leaf_hash
+        );
+        let event = json!({
+            "decision_id": vote.decision,
+            "vote_id": vote.vote_id,
+            "leaf_hash": vote.leaf_hash,
+            "tree_size": tree_size,
+            "proof": proof,
+        });
+        let _ = notifications
+            .clone()
+            .to(room)
+            .emit("vote_confirmed", &event)
+            .await;
+        confirmed.push(vote.vote_id);
+    }
+    state.confirmations.confirmed(&confirmed);
+}
+
+/// A decision became final ─▶ `decision_completed` with its outcome to every
+/// `/notifications` socket watching it.
+async fn push_completed(io: &SocketIo, state: &SharedState, decision: DecisionId) {
+    let Some(notifications) = io.of(NOTIFICATIONS) else {
+        return;
+    };
+    let outcome = match state.store.decision_result(decision).await {
+        Ok(Some(row)) => serde_json::from_str::<Value>(&row.result)
+            .ok()
+            .and_then(|result| result.get("outcome").cloned()),
+        _ => None,
+    };
+    let event = json!({ "decision_id": decision, "outcome": outcome });
+    for socket in notifications.sockets() {
+        let watching = socket.extensions.get::<Watched>().is_some_and(|watched| {
+            watched
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&decision)
+        });
+        if watching {
+            let _ = socket.emit("decision_completed", &event);
         }
     }
 }

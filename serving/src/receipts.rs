@@ -41,3 +41,58 @@ impl RecentCasts {
         casts.get(&(voter, vote_id)).copied()
     }
 }
+
+/// How many votes may wait for their confirmation at once; past it the oldest are dropped
+/// (their voters still see the status in `my-votes`).
+const MAX_PENDING_CONFIRMATIONS: usize = 100_000;
+/// How long a vote waits for its confirmation to be pushed; checkpoints come within
+/// seconds, so a vote still waiting after this is told through `my-votes` instead.
+pub const CONFIRMATION_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A vote cast through this replica, for its voter's `/notifications` socket: pushed as
+/// `vote_confirmed` once a checkpoint covers it. In memory only, minutes at most, and
+/// forgotten on any erasure, like [`RecentCasts`].
+#[derive(Clone, Debug)]
+pub struct PendingConfirmation {
+    pub account: uuid::Uuid,
+    pub decision: canopy_schemas::DecisionId,
+    pub vote_id: canopy_schemas::VoteId,
+    pub leaf_hash: String,
+    pub position: Position,
+    pub cast: std::time::Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct PendingConfirmations {
+    pending: Mutex<std::collections::VecDeque<PendingConfirmation>>,
+}
+
+impl PendingConfirmations {
+    pub fn note(&self, confirmation: PendingConfirmation) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.len() >= MAX_PENDING_CONFIRMATIONS {
+            pending.pop_front();
+        }
+        pending.push_back(confirmation);
+    }
+
+    /// Every vote still waiting, the expired ones dropped.
+    pub fn waiting(&self) -> Vec<PendingConfirmation> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.retain(|waiting| waiting.cast.elapsed() < CONFIRMATION_WAIT);
+        pending.iter().cloned().collect()
+    }
+
+    /// Drops the votes `confirmed` names (by vote id), once pushed.
+    pub fn confirmed(&self, confirmed: &[canopy_schemas::VoteId]) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.retain(|waiting| !confirmed.contains(&waiting.vote_id));
+    }
+
+    pub fn forget_all(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}

@@ -18,7 +18,7 @@ use canopy_schemas::clock::now_micros;
 use crate::ServingError;
 use crate::auth::{HashingLimits, PasswordHashing, TokenKeys};
 use crate::limits::{Rate, RateLimiter};
-use crate::receipts::RecentCasts;
+use crate::receipts::{PendingConfirmations, RecentCasts};
 use crate::salts::SaltCache;
 use crate::store::MetadataStore;
 use crate::throttle::{SecretThrottle, ThrottlePolicy};
@@ -107,6 +107,8 @@ pub struct AppState {
     pub address_limits: RateLimiter,
     /// The casts answered lately, for retries the record has not taken yet.
     pub recent_casts: RecentCasts,
+    /// Votes cast here whose voters hear of their checkpoint on `/notifications`.
+    pub confirmations: PendingConfirmations,
     /// Refused tokens written to the audit trail, per client address.
     pub refusal_audits: RateLimiter,
     /// Open registration, per address and per address block.

@@ -137,7 +137,30 @@ test("/voting: the current results on subscribe, then a push within a second of 
   }
 });
 
+test("/notifications: the voter hears that a checkpoint covers their vote", async () => {
+  const socket = await connect("/notifications", { token: voter });
+  const other = await connect("/notifications", { token: watcher });
+  try {
+    const cast = await api("POST", "/api/v1/voting/cast-vote", voter, { decision_id: decision, option: 0 });
+    assert.equal(cast.status, 201, JSON.stringify(cast.json));
+    const confirmed = await next(socket, "vote_confirmed", (p) => p.vote_id === cast.json.vote_id, 10000);
+    assert.equal(confirmed.leaf_hash, cast.json.leaf_hash);
+    assert.ok(confirmed.tree_size >= 1);
+    const proof = await api("GET", confirmed.proof);
+    assert.equal(proof.status, 200, JSON.stringify(proof.json));
+    // Another account's socket, connected all along, heard nothing of it.
+    assert.deepEqual(other.seen.filter(([event]) => event === "vote_confirmed"), []);
+  } finally {
+    socket.close();
+    other.close();
+  }
+});
+
 test("/decisions: what was missed since a position, then each status change as it happens", async () => {
+  // The watcher names the decision it voted in, to hear when it is final.
+  const notifications = await connect("/notifications", { token: watcher, decisions: [decision] });
+  const completedSeen = next(notifications, "decision_completed", (p) => p.decision_id === decision, 20000)
+    .finally(() => notifications.close());
   const socket = await connect("/decisions", { token: watcher, since_seq: 0 });
   try {
     await next(socket, "decision_status", (p) => p.decision_id === decision && p.status === "created");
@@ -150,6 +173,9 @@ test("/decisions: what was missed since a position, then each status change as i
   } finally {
     socket.close();
   }
+  const completed = await completedSeen;
+  assert.equal(completed.decision_id, decision);
+  assert.equal(completed.outcome.kind, "winner", JSON.stringify(completed));
 });
 
 test("/admin: an operator's figures at once", async () => {

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::extract::{ApiJson, Caller, ErrorBody};
 use crate::ServingError;
 use crate::auth::{Action, Claims, Role};
+use crate::receipts::PendingConfirmation;
 use crate::salts::seal_voter;
 use crate::state::SharedState;
 use crate::store::{CheckpointRow, DecisionCloseRow, DecisionSearch, StoredDecision};
@@ -382,7 +383,16 @@ pub(crate) async fn cast_vote(
     refuse_if_closed(&state, logged.vote.decision_id).await?;
     let (logged, positions) = submit(&state, vec![logged]).await?;
     state.recent_casts.remember(&logged[0], positions[0]);
-    Ok((StatusCode::CREATED, Json(receipt(&logged[0], positions[0]))).into_response())
+    let receipt = receipt(&logged[0], positions[0]);
+    state.confirmations.note(PendingConfirmation {
+        account: caller.0.sub,
+        decision: logged[0].vote.decision_id,
+        vote_id: logged[0].vote.vote_id,
+        leaf_hash: receipt.leaf_hash.clone(),
+        position: positions[0],
+        cast: std::time::Instant::now(),
+    });
+    Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
