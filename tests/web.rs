@@ -4,7 +4,6 @@
 //! Chromium and the client's npm packages.
 
 use std::path::Path;
-use std::process::Command;
 
 mod common;
 
@@ -50,28 +49,15 @@ async fn the_web_client_works_in_a_real_browser_against_the_node() {
         .unwrap();
     assert_eq!(missing.status(), 404);
     create_admin(data.path());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .args(["scripts/e2e.mjs"])
-            .current_dir(web)
-            .env("BASE_URL", &base)
-            .env("CANOPY_ADMIN_USER", "root")
-            .env("CANOPY_ADMIN_PASSWORD", PASSWORD)
-            .env("CHROMIUM", chromium)
-            .output()
-            .expect("node runs (scripts/test installs it)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
+    let env = vec![
+        ("BASE_URL", base),
+        ("CANOPY_ADMIN_USER", "root".to_string()),
+        ("CANOPY_ADMIN_PASSWORD", PASSWORD.to_string()),
+        ("CHROMIUM", chromium),
+    ];
+    let ran = node_script(web, &["scripts/e2e.mjs"], env, data.path()).await;
     kill_9(&mut node);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}\nnode log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        node_log(data.path(), 30)
-    );
+    let stdout = ran.unwrap_or_else(|failure| panic!("{failure}"));
     // Every spec ran: the live one needs the node's socket.io, which it has.
     assert!(stdout.contains(" 0 failed, 0 skipped"), "{stdout}");
 }

@@ -11,6 +11,8 @@ use canopy_serving::auth::Role;
 use canopy_serving::limits::Rate;
 use canopy_serving::state::ApiConfig;
 use clap::Args;
+
+use crate::round3;
 use serde_json::json;
 
 #[derive(Args)]
@@ -169,7 +171,7 @@ async fn open_loop(
     Ok((ok, failed, latencies))
 }
 
-fn percentile(latencies: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(latencies: &mut [f64], p: f64) -> f64 {
     if latencies.is_empty() {
         return f64::NAN;
     }
@@ -288,8 +290,4 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

@@ -28,6 +28,7 @@ mod analytics;
 mod cluster;
 mod http;
 mod kafka;
+mod push;
 mod restore;
 mod sensors;
 
@@ -82,6 +83,10 @@ enum Bench {
     /// Cast-vote over real HTTP: peak acknowledged votes/s, latency at a fixed open-loop
     /// rate, results-read latency, against the same server's trivial endpoint.
     Http(http::HttpArgs),
+    /// socket.io clients following decisions while votes flow at a fixed rate: clients
+    /// held, count updates delivered per second, latency from acknowledgement to client,
+    /// and the cast latency against the same rate with no client.
+    Push(push::PushArgs),
     /// Votes per second from a producer through a Kafka topic to results in Redis, with one
     /// and with two worker processes, and the time from acknowledgement to visible.
     Kafka(kafka::KafkaArgs),
@@ -141,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             dir,
         } => log(appenders, appends_per_appender, partitions, dir),
         Bench::Http(args) => http::run(args),
+        Bench::Push(args) => push::run(args),
         Bench::Kafka(args) => kafka::bench(args),
         Bench::KafkaWorker(args) => kafka::worker(args),
         Bench::Cluster(args) => cluster::bench(args),

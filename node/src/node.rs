@@ -20,6 +20,7 @@ use canopy_serving::api::router_with_push;
 use canopy_serving::auth::{PasswordHashing, TokenKeys};
 use canopy_serving::limits::RateLimiter;
 use canopy_serving::push;
+use canopy_serving::receipts::{PendingConfirmations, SharedConfirmations};
 use canopy_serving::salts::SaltCache;
 use canopy_serving::state::{AnalyticsService, ApiConfig, AppState, ReplicaNotices};
 use canopy_serving::store::{MetadataStore, PostgresStore, SqliteStore};
@@ -175,6 +176,8 @@ async fn replica_heartbeat(coordinator: Arc<ReplicaCoordinator>, state: Arc<AppS
                 state.address_limits.share_among(live);
                 if erasures.is_some_and(|seen| seen != erased) {
                     state.salts.forget_all();
+                    state.recent_casts.forget_all();
+                    state.confirmations.forget_local();
                 }
                 erasures = Some(erased);
             }
@@ -428,7 +431,12 @@ impl Node {
             address_limits: RateLimiter::new(config.api.per_address),
             refusal_audits: RateLimiter::refusal_audits(),
             recent_casts: Default::default(),
-            confirmations: Default::default(),
+            confirmations: match &coordinator {
+                Some(coordinator) => PendingConfirmations::shared(
+                    Arc::clone(coordinator) as Arc<dyn SharedConfirmations>
+                ),
+                None => PendingConfirmations::default(),
+            },
             registration_limits: (
                 RateLimiter::new(config.api.registrations_per_address),
                 RateLimiter::new(config.api.registrations_per_block),

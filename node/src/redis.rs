@@ -20,6 +20,7 @@ use canopy_dataflow::{
 };
 use canopy_ingest::Position;
 use canopy_schemas::DecisionId;
+use canopy_serving::receipts::{CONFIRMATION_WAIT, PendingConfirmation};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -301,11 +302,14 @@ impl ViewStore for RedisViews {
 /// What API replicas of one cluster share besides the views: how many of them are alive
 /// (each enforces its share of the rate limits) and a counter of voter erasures (a replica
 /// that sees it move drops its cached salts, so no replica keeps voting with an erased salt
-/// for more than a heartbeat).
+/// for more than a heartbeat), and the votes waiting for their `vote_confirmed` (a voter's
+/// socket may be on another replica than the one that took the vote).
 ///
 /// ```text
 ///  <prefix>:replicas   sorted set  replica id → last heartbeat (ms); stale ones are dropped
 ///  <prefix>:erasures   counter, raised by every erasure
+///  <prefix>:confirm:<account>  list of waiting votes (JSON), the newest 1000, expiring
+///                      with the confirmation wait
 /// ```
 pub struct ReplicaCoordinator {
     client: redis::Client,
@@ -390,6 +394,77 @@ impl ReplicaCoordinator {
                 .arg(&self.id)
                 .query::<u64>(c)
         });
+    }
+}
+
+/// Waiting votes kept per account at most (a voter casting faster hears of the newest).
+const MAX_WAITING_PER_ACCOUNT: isize = 1_000;
+
+impl ReplicaCoordinator {
+    fn confirm_key(&self, account: &uuid::Uuid) -> String {
+        format!("{}:confirm:{account}", self.prefix)
+    }
+}
+
+impl canopy_serving::receipts::SharedConfirmations for ReplicaCoordinator {
+    fn publish(&self, noted: &[PendingConfirmation]) -> Result<(), String> {
+        let wait_ms = CONFIRMATION_WAIT.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        for vote in noted {
+            let key = self.confirm_key(&vote.account);
+            let json = serde_json::to_string(vote).map_err(|error| error.to_string())?;
+            pipe.cmd("RPUSH").arg(&key).arg(json).ignore();
+            pipe.cmd("LTRIM")
+                .arg(&key)
+                .arg(-MAX_WAITING_PER_ACCOUNT)
+                .arg(-1)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(wait_ms).ignore();
+        }
+        self.run(|c| pipe.query::<()>(c))
+            .map_err(|error| error.to_string())
+    }
+
+    fn waiting_for(&self, accounts: &[uuid::Uuid]) -> Result<Vec<PendingConfirmation>, String> {
+        let mut pipe = redis::pipe();
+        for account in accounts {
+            pipe.cmd("LRANGE")
+                .arg(self.confirm_key(account))
+                .arg(0)
+                .arg(-1);
+        }
+        let lists: Vec<Vec<String>> = self
+            .run(|c| pipe.query(c))
+            .map_err(|error| error.to_string())?;
+        Ok(lists
+            .iter()
+            .flatten()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect())
+    }
+
+    fn forget_all(&self) -> Result<(), String> {
+        let pattern = format!("{}:confirm:*", self.prefix);
+        self.run(|c| {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1_000)
+                    .query(c)?;
+                if !keys.is_empty() {
+                    redis::cmd("DEL").arg(keys).query::<()>(c)?;
+                }
+                if next == 0 {
+                    return Ok(());
+                }
+                cursor = next;
+            }
+        })
+        .map_err(|error| error.to_string())
     }
 }
 

@@ -261,9 +261,18 @@ impl ServingError {
     }
 }
 
+/// Requests this process answered with an internal error since it started.
+static INTERNAL_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many requests this process answered with an internal error (a 5xx it logged).
+pub fn internal_errors() -> u64 {
+    INTERNAL_ERRORS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl IntoResponse for ServingError {
     fn into_response(self) -> Response {
         let message = if self.is_internal() {
+            INTERNAL_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(code = self.code(), error = %self, "request failed");
             "the service could not complete the request; it has been logged".to_string()
         } else {

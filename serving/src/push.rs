@@ -13,8 +13,9 @@
 //!  /notifications  the account's own room: vote_confirmed once a checkpoint covers a vote
 //!               it cast through this replica; decision_completed (with the outcome) for
 //!               decisions it voted in so (or names in handshake auth.decisions)
-//!  /admin       operators and admins only: stats (log end, counted, lag, waits) at once
-//!               and every 5 s; alert, each sensor alert as it is raised
+//!  /admin       operators and admins only: stats (log end, ingest rate, counted, lag,
+//!               anchoring backlog, internal errors, waits) at once and every 5 s; alert,
+//!               each sensor alert as it is raised
 //!  push loop (every replica, every push_interval):
 //!    each /voting room whose view moved ─▶ one vote_count_updated (coalesced: votes in
 //!      between are in it), each breakdown_interval a vote_breakdown
@@ -89,18 +90,30 @@ struct Handshake {
     since_seq: Option<i64>,
 }
 
+/// What [`push_loop`] pushes through.
+pub struct Pusher {
+    io: SocketIo,
+    figures: AdminFigures,
+}
+
 /// The socket.io layer for the API's router, and its handle for [`push_loop`].
-pub fn socket_io(state: SharedState) -> (SocketIoLayer, SocketIo) {
+pub fn socket_io(state: SharedState) -> (SocketIoLayer, Pusher) {
+    let figures = AdminFigures::default();
     let (layer, io) = SocketIo::builder()
         .with_state(state)
+        .with_state(figures.clone())
         .max_payload(MAX_CLIENT_PAYLOAD)
+        // The websocket transport has limits of its own (64 MB by default): a client's
+        // message is as small there as over polling.
+        .ws_max_message_size(MAX_CLIENT_PAYLOAD as usize)
+        .ws_max_frame_size(MAX_CLIENT_PAYLOAD as usize)
         .max_buffer_size(MAX_BUFFERED_PACKETS)
         .build_layer();
     io.ns(VOTING, on_voting.with(may_read_results));
     io.ns(DECISIONS, on_decisions.with(may_read_results));
     io.ns(ADMIN, on_admin.with(operates));
     io.ns(NOTIFICATIONS, on_notifications.with(any_account));
-    (layer, io)
+    (layer, Pusher { io, figures })
 }
 
 /// The handshake's token, checked like a request's, and the role `admits`: a socket keeps
@@ -200,17 +213,75 @@ async fn operates(
 }
 
 /// An operator gets the figures at once, then every few seconds with everyone else.
-async fn on_admin(socket: SocketRef, State(state): State<SharedState>) {
-    let _ = socket.emit("stats", &stats(&state));
+async fn on_admin(
+    socket: SocketRef,
+    State(state): State<SharedState>,
+    State(figures): State<AdminFigures>,
+) {
+    let _ = socket.emit("stats", &stats(&state, &figures.latest()));
 }
 
-/// The node's figures for `/admin`: the vote log's end, the results' frontier, reads
-/// waiting, sockets connected.
-fn stats(state: &SharedState) -> Value {
+/// The `/admin` figures the push loop measures between rounds (a new socket gets the last).
+#[derive(Clone, Default)]
+struct AdminFigures(Arc<std::sync::Mutex<Measured>>);
+
+#[derive(Clone, Copy, Default)]
+struct Measured {
+    /// The log's end when last measured, and when.
+    log_end: Option<(Instant, u64)>,
+    /// Votes appended per second between the last two measures.
+    ingest_per_s: Option<f64>,
+    /// Checkpoints waiting for an anchoring round, and batches sent but not yet confirmed.
+    unanchored_checkpoints: Option<usize>,
+    pending_anchor_batches: Option<usize>,
+}
+
+impl AdminFigures {
+    fn latest(&self) -> Measured {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Measures the ingest rate since the last call and the anchoring backlog.
+    async fn measure(&self, state: &SharedState) -> Measured {
+        let log_end = log_end(state);
+        let backlog = state.store.unanchored_checkpoints(BACKLOG_COUNTED).await;
+        let batches = state.store.pending_anchor_batches().await;
+        let mut measured = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, before)) = measured.log_end {
+            let seconds = at.elapsed().as_secs_f64();
+            if seconds > 0.0 {
+                measured.ingest_per_s = Some(log_end.saturating_sub(before) as f64 / seconds);
+            }
+        }
+        measured.log_end = Some((Instant::now(), log_end));
+        measured.unanchored_checkpoints = backlog.ok().map(|rows| rows.len());
+        measured.pending_anchor_batches = batches.ok().map(|rows| rows.len());
+        *measured
+    }
+}
+
+/// Unanchored checkpoints are counted up to this many (a figure, not a listing).
+const BACKLOG_COUNTED: i64 = 10_000;
+
+fn log_end(state: &SharedState) -> u64 {
     let log = state.gate.log();
-    let log_end: u64 = (0..log.partitions())
+    (0..log.partitions())
         .filter_map(|partition| log.end_offset(partition).ok())
-        .sum();
+        .sum()
+}
+
+/// The node's figures for `/admin`: the vote log's end and ingest rate, the results'
+/// frontier and lag, the anchoring backlog, requests that failed inside the node, reads
+/// waiting.
+fn stats(state: &SharedState, measured: &Measured) -> Value {
+    let log = state.gate.log();
+    let log_end = log_end(state);
     let counted: u64 = (0..log.partitions())
         .map(|partition| state.views.frontier(partition))
         .sum();
@@ -218,6 +289,10 @@ fn stats(state: &SharedState) -> Value {
         "log_end": log_end,
         "counted": counted,
         "lag": log_end.saturating_sub(counted),
+        "ingest_per_s": measured.ingest_per_s,
+        "unanchored_checkpoints": measured.unanchored_checkpoints,
+        "pending_anchor_batches": measured.pending_anchor_batches,
+        "internal_errors": crate::error::internal_errors(),
         "parked_waits": state.parked_waits.parked(),
         "ready": state.ready.load(std::sync::atomic::Ordering::Acquire),
         "at": canopy_schemas::clock::now_micros(),
@@ -234,20 +309,54 @@ fn refuse(socket: &SocketRef, code: &str, message: &str) {
     let _ = socket.emit("refused", &json!({ "code": code, "message": message }));
 }
 
+/// The decision a `/voting` message names, once the sender's per-user rate allows the
+/// message (each one costs a lookup, an unknown id a read of the store, as a request
+/// does); else the client is told why and `None`.
+async fn requested_decision(
+    socket: &SocketRef,
+    body: Result<DecisionRef, impl std::fmt::Debug>,
+    state: &SharedState,
+    event: &str,
+) -> Option<canopy_schemas::Decision> {
+    let account = socket.extensions.get::<Claims>().map(|claims| claims.sub);
+    if let Some(account) = account
+        && let Err(retry_after_s) = state.user_limits.check(&account.to_string())
+    {
+        refuse(
+            socket,
+            "rate_limited",
+            &format!("too many messages; retry after {retry_after_s} s"),
+        );
+        return None;
+    }
+    let Ok(DecisionRef { decision_id }) = body else {
+        refuse(
+            socket,
+            "bad_request",
+            &format!("{event} takes {{\"decision_id\": <uuid>}}"),
+        );
+        return None;
+    };
+    match known_decision(state, DecisionId::from(decision_id)).await {
+        Ok(decision) => Some(decision),
+        Err(error) => {
+            refuse(socket, error.code(), &error.to_string());
+            None
+        }
+    }
+}
+
 async fn on_voting(socket: SocketRef) {
     socket.on(
         "subscribe",
         async |socket: SocketRef,
                TryData(body): TryData<DecisionRef>,
                State(state): State<SharedState>| {
-            let Ok(DecisionRef { decision_id }) = body else {
-                return refuse(
-                    &socket,
-                    "bad_request",
-                    "subscribe takes {\"decision_id\": <uuid>}",
-                );
+            let Some(decision) = requested_decision(&socket, body, &state, "subscribe").await
+            else {
+                return;
             };
-            let room = decision_id.to_string();
+            let room = decision.id.to_string();
             if !socket
                 .rooms()
                 .contains(&std::borrow::Cow::Owned(room.clone()))
@@ -259,10 +368,6 @@ async fn on_voting(socket: SocketRef) {
                     &format!("a socket follows at most {MAX_SUBSCRIPTIONS} decisions"),
                 );
             }
-            let decision = match known_decision(&state, DecisionId::from(decision_id)).await {
-                Ok(decision) => decision,
-                Err(error) => return refuse(&socket, error.code(), &error.to_string()),
-            };
             socket.join(room);
             // The state now: what a (re)connecting client missed is in it.
             match state.views.get(decision.id) {
@@ -287,16 +392,9 @@ async fn on_voting(socket: SocketRef) {
         async |socket: SocketRef,
                TryData(body): TryData<DecisionRef>,
                State(state): State<SharedState>| {
-            let Ok(DecisionRef { decision_id }) = body else {
-                return refuse(
-                    &socket,
-                    "bad_request",
-                    "breakdown takes {\"decision_id\": <uuid>}",
-                );
-            };
-            let decision = match known_decision(&state, DecisionId::from(decision_id)).await {
-                Ok(decision) => decision,
-                Err(error) => return refuse(&socket, error.code(), &error.to_string()),
+            let Some(decision) = requested_decision(&socket, body, &state, "breakdown").await
+            else {
+                return;
             };
             let sees_weights = socket
                 .extensions
@@ -353,10 +451,11 @@ struct Pushed {
 
 /// Pushes results, breakdowns and status changes every `push_interval` until `stop`.
 pub async fn push_loop(
-    io: SocketIo,
+    pusher: Pusher,
     state: SharedState,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Pusher { io, figures } = pusher;
     let mut pushed = Pushed {
         results_as_of: HashMap::new(),
         last_breakdown: Instant::now(),
@@ -369,6 +468,7 @@ pub async fn push_loop(
         .sensors
         .as_ref()
         .map(|sensors| tokio::spawn(forward_alerts(io.clone(), sensors.alerts.subscribe())));
+    figures.measure(&state).await;
     let mut last_stats = Instant::now();
     let mut last_confirmations = Instant::now();
     loop {
@@ -384,11 +484,12 @@ pub async fn push_loop(
             last_confirmations = Instant::now();
             push_confirmations(&io, &state).await;
         }
-        if last_stats.elapsed() >= STATS_INTERVAL
-            && let Some(admin) = io.of(ADMIN)
-        {
+        if last_stats.elapsed() >= STATS_INTERVAL {
             last_stats = Instant::now();
-            let _ = admin.emit("stats", &stats(&state)).await;
+            let measured = figures.measure(&state).await;
+            if let Some(admin) = io.of(ADMIN) {
+                let _ = admin.emit("stats", &stats(&state, &measured)).await;
+            }
         }
         if let Err(error) = push_history(&io, &state, &mut pushed).await {
             tracing::warn!(%error, "could not read the decisions' history to push");
@@ -554,7 +655,21 @@ async fn push_confirmations(io: &SocketIo, state: &SharedState) {
     let Some(notifications) = io.of(NOTIFICATIONS) else {
         return;
     };
-    let waiting = state.confirmations.waiting();
+    // Only votes whose account listens here cost a look at the checkpoints; the others wait
+    // (their account may connect) until they expire.
+    let listening: BTreeSet<uuid::Uuid> = notifications
+        .clone()
+        .sockets()
+        .iter()
+        .filter_map(|socket| socket.extensions.get::<Claims>().map(|claims| claims.sub))
+        .collect();
+    let waiting = match state.confirmations.waiting_for(&listening).await {
+        Ok(waiting) => waiting,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the votes waiting for confirmation");
+            return;
+        }
+    };
     let mut covered_up_to: HashMap<DecisionId, Option<(i64, i64)>> = HashMap::new();
     let mut confirmed = Vec::new();
     for vote in waiting {
@@ -606,7 +721,7 @@ async fn push_confirmations(io: &SocketIo, state: &SharedState) {
             .to(room)
             .emit("vote_confirmed", &event)
             .await;
-        confirmed.push(vote.vote_id);
+        confirmed.push(vote);
     }
     state.confirmations.confirmed(&confirmed);
 }

@@ -3,7 +3,7 @@
 //! retries are answered from the record itself.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use canopy_ingest::Position;
 use canopy_schemas::LoggedVote;
@@ -50,24 +50,71 @@ const MAX_PENDING_CONFIRMATIONS: usize = 100_000;
 pub const CONFIRMATION_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A vote cast through this replica, for its voter's `/notifications` socket: pushed as
-/// `vote_confirmed` once a checkpoint covers it. In memory only, minutes at most, and
-/// forgotten on any erasure, like [`RecentCasts`].
-#[derive(Clone, Debug)]
+/// `vote_confirmed` once a checkpoint covers it. Minutes at most (in this process, or in
+/// Redis for the replicas of a cluster), and forgotten on any erasure, like [`RecentCasts`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PendingConfirmation {
     pub account: uuid::Uuid,
     pub decision: canopy_schemas::DecisionId,
     pub vote_id: canopy_schemas::VoteId,
     pub leaf_hash: String,
     pub position: Position,
-    pub cast: std::time::Instant,
+    /// When it was cast (Unix ms): the wait is counted from it on every replica.
+    pub cast_at_ms: u64,
 }
 
-#[derive(Debug, Default)]
+impl PendingConfirmation {
+    fn expired(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.cast_at_ms) >= CONFIRMATION_WAIT.as_millis() as u64
+    }
+}
+
+/// Now, as Unix ms (a [`PendingConfirmation`]'s cast time).
+pub fn now_ms() -> u64 {
+    canopy_schemas::clock::now_millis().max(0) as u64
+}
+
+/// Where the replicas of a cluster keep the votes waiting for their confirmation (a node
+/// wires Redis behind it): a voter's `/notifications` socket may be on another replica than
+/// the one that took the vote. Every call blocks: make it off the async threads.
+pub trait SharedConfirmations: Send + Sync {
+    /// Adds votes noted on this replica.
+    fn publish(&self, noted: &[PendingConfirmation]) -> Result<(), String>;
+    /// The votes waiting for `accounts`, noted on any replica (expired ones may be among
+    /// them).
+    fn waiting_for(&self, accounts: &[uuid::Uuid]) -> Result<Vec<PendingConfirmation>, String>;
+    /// Forgets every waiting vote (after an erasure).
+    fn forget_all(&self) -> Result<(), String>;
+}
+
+/// The votes waiting for a `vote_confirmed`: noted by the cast, taken by the push loop.
+#[derive(Default)]
 pub struct PendingConfirmations {
+    /// Noted here: every waiting vote in one process; in a cluster, those not published yet.
     pending: Mutex<std::collections::VecDeque<PendingConfirmation>>,
+    /// In a cluster: the shared votes, and those this replica already pushed (each
+    /// replica pushes to its own sockets, so none deletes a shared vote; they expire).
+    shared: Option<Arc<dyn SharedConfirmations>>,
+    pushed_here: Mutex<HashMap<canopy_schemas::VoteId, u64>>,
+}
+
+impl std::fmt::Debug for PendingConfirmations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingConfirmations")
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PendingConfirmations {
+    /// Waiting votes shared with the other replicas through `shared`.
+    pub fn shared(shared: Arc<dyn SharedConfirmations>) -> Self {
+        Self {
+            shared: Some(shared),
+            ..Self::default()
+        }
+    }
+
     pub fn note(&self, confirmation: PendingConfirmation) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.len() >= MAX_PENDING_CONFIRMATIONS {
@@ -76,20 +123,100 @@ impl PendingConfirmations {
         pending.push_back(confirmation);
     }
 
-    /// Every vote still waiting, the expired ones dropped.
-    pub fn waiting(&self) -> Vec<PendingConfirmation> {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.retain(|waiting| waiting.cast.elapsed() < CONFIRMATION_WAIT);
-        pending.iter().cloned().collect()
+    /// Every vote of `accounts` still waiting and not yet pushed by this replica. In a
+    /// cluster, first publishes the votes noted here since the last call (whoever listens).
+    pub async fn waiting_for(
+        &self,
+        accounts: &std::collections::BTreeSet<uuid::Uuid>,
+    ) -> Result<Vec<PendingConfirmation>, String> {
+        let now = now_ms();
+        let Some(shared) = self.shared.clone() else {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            pending.retain(|waiting| !waiting.expired(now));
+            return Ok(pending
+                .iter()
+                .filter(|waiting| accounts.contains(&waiting.account))
+                .cloned()
+                .collect());
+        };
+        let noted: Vec<PendingConfirmation> = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        let accounts: Vec<uuid::Uuid> = accounts.iter().copied().collect();
+        let (waiting, unpublished) = tokio::task::spawn_blocking(move || {
+            if !noted.is_empty()
+                && let Err(error) = shared.publish(&noted)
+            {
+                return (Err(error), noted);
+            }
+            if accounts.is_empty() {
+                return (Ok(Vec::new()), Vec::new());
+            }
+            (shared.waiting_for(&accounts), Vec::new())
+        })
+        .await
+        .map_err(|error| error.to_string())?;
+        if !unpublished.is_empty() {
+            // Kept for the next round (Redis may be back by then).
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for vote in unpublished.into_iter().rev() {
+                pending.push_front(vote);
+            }
+            pending.truncate(MAX_PENDING_CONFIRMATIONS);
+        }
+        let mut pushed = self
+            .pushed_here
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pushed.retain(|_, cast_at_ms| {
+            now.saturating_sub(*cast_at_ms) < CONFIRMATION_WAIT.as_millis() as u64
+        });
+        Ok(waiting?
+            .into_iter()
+            .filter(|waiting| !waiting.expired(now) && !pushed.contains_key(&waiting.vote_id))
+            .collect())
     }
 
-    /// Drops the votes `confirmed` names (by vote id), once pushed.
-    pub fn confirmed(&self, confirmed: &[canopy_schemas::VoteId]) {
+    /// Marks `confirmed` as pushed: dropped here, or (in a cluster) not pushed again by
+    /// this replica.
+    pub fn confirmed(&self, confirmed: &[PendingConfirmation]) {
+        if self.shared.is_some() {
+            let mut pushed = self
+                .pushed_here
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for vote in confirmed {
+                pushed.insert(vote.vote_id, vote.cast_at_ms);
+            }
+            return;
+        }
+        let confirmed: std::collections::HashSet<canopy_schemas::VoteId> =
+            confirmed.iter().map(|vote| vote.vote_id).collect();
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         pending.retain(|waiting| !confirmed.contains(&waiting.vote_id));
     }
 
-    pub fn forget_all(&self) {
+    /// Forgets every waiting vote here and, in a cluster, the shared ones.
+    pub async fn forget_all(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        if let Some(shared) = self.shared.clone() {
+            let forgot = tokio::task::spawn_blocking(move || shared.forget_all()).await;
+            if !matches!(forgot, Ok(Ok(()))) {
+                tracing::warn!(
+                    "could not forget the shared votes waiting for confirmation; they expire within minutes"
+                );
+            }
+        }
+    }
+
+    /// Forgets the votes noted here (another replica erased a voter and the shared ones).
+    pub fn forget_local(&self) {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -39,15 +39,16 @@ pub fn start_with(data: &Path, port: u16, extra: &[&str]) -> Child {
         .append(true)
         .open(log_path(data))
         .unwrap();
+    // Tests cast fast from few accounts, unless they test the per-user rate themselves.
+    let user_rate: &[&str] = if extra.contains(&"--user-rate") {
+        &[]
+    } else {
+        &["--user-rate", "100000"]
+    };
     Command::new(env!("CARGO_BIN_EXE_canopy"))
-        .args([
-            "up",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--user-rate",
-            "100000",
-            "--data-dir",
-        ])
+        .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .args(user_rate)
+        .arg("--data-dir")
         .arg(data)
         .args(extra)
         // Tests sign many voters up from one address.
@@ -330,4 +331,35 @@ pub fn create_admin(data: &Path) {
         .unwrap();
     writeln!(admin_create.stdin.take().unwrap(), "{PASSWORD}").unwrap();
     assert!(admin_create.wait().unwrap().success());
+}
+
+/// Runs `node <args>` in `dir` with `env` against the node started on `data`: its stdout
+/// when it succeeds, else its output and the node's log, for the test to fail with once it
+/// stopped the node.
+pub async fn node_script(
+    dir: std::path::PathBuf,
+    args: &'static [&'static str],
+    env: Vec<(&'static str, String)>,
+    data: &Path,
+) -> Result<String, String> {
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(args)
+            .current_dir(dir)
+            .envs(env)
+            .output()
+            .expect("node runs (scripts/test installs it)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}");
+    if output.status.success() {
+        return Ok(stdout);
+    }
+    Err(format!(
+        "{stdout}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        node_log(data, 30)
+    ))
 }

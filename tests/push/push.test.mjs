@@ -137,6 +137,49 @@ test("/voting: the current results on subscribe, then a push within a second of 
   }
 });
 
+test("/voting: a guess loop of decision ids is throttled, an oversized message ends the session", async () => {
+  const guesser = await citizen("push-guesser");
+  const socket = await connect("/voting", { token: guesser });
+  try {
+    // Each subscribe costs the account a request's share of its rate (20 a second, 40 at
+    // once): a loop of guessed ids is told not_found, then rate_limited.
+    const codes = [];
+    for (let n = 0; n < 60; n++) {
+      const refused = next(socket, "refused");
+      socket.emit("subscribe", { decision_id: crypto.randomUUID() });
+      codes.push((await refused).code);
+    }
+    assert.ok(codes.every((code) => code === "not_found" || code === "rate_limited"), codes.join());
+    assert.equal(codes[0], "not_found");
+    assert.ok(codes.includes("rate_limited"), `a guess loop is throttled: ${codes.join()}`);
+    // Past the 4 kB a client message may take, the server ends the session.
+    const closed = new Promise((resolve, reject) => {
+      socket.on("disconnect", resolve);
+      setTimeout(() => reject(new Error("a 10 kB message did not end the session")), 5000);
+    });
+    socket.emit("subscribe", { decision_id: "x".repeat(10_000) });
+    assert.equal(await closed, "transport close");
+  } finally {
+    socket.close();
+  }
+  // The node still answers, and the guesses joined nothing: once the rate refills, a new
+  // socket of the same account gets the one decision it names.
+  await new Promise((resolve) => setTimeout(resolve, 2500));
+  const again = await connect("/voting", { token: guesser });
+  try {
+    const current = next(again, "vote_count_updated", (p) => p.decision_id === decision);
+    again.emit("subscribe", { decision_id: decision });
+    assert.equal((await current).decision_id, decision);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(
+      again.seen.filter(([name]) => name === "vote_count_updated").map(([, p]) => p.decision_id).filter((id) => id !== decision),
+      [],
+    );
+  } finally {
+    again.close();
+  }
+});
+
 test("/notifications: the voter hears that a checkpoint covers their vote", async () => {
   const socket = await connect("/notifications", { token: voter });
   const other = await connect("/notifications", { token: watcher });
@@ -184,6 +227,13 @@ test("/admin: an operator's figures at once", async () => {
     const stats = await next(socket, "stats");
     assert.ok(stats.log_end >= 1, JSON.stringify(stats));
     assert.equal(typeof stats.lag, "number");
+    assert.equal(typeof stats.internal_errors, "number");
+    assert.equal(typeof stats.unanchored_checkpoints, "number", JSON.stringify(stats));
+    assert.equal(typeof stats.pending_anchor_batches, "number", JSON.stringify(stats));
+    // The next round (every 5 s) has measured the ingest rate between two rounds.
+    const later = await next(socket, "stats", (s) => s.at > stats.at, 7000);
+    assert.equal(typeof later.ingest_per_s, "number", JSON.stringify(later));
+    assert.ok(later.ingest_per_s >= 0);
   } finally {
     socket.close();
   }

@@ -1,7 +1,7 @@
 import { expect, test } from "@playwright/test";
 import { admin, call, createDecision, expectAccessible, newVoter, screenshot, signedInContext } from "./helpers";
 
-test("verify my vote: green once a checkpoint covers it, red for a tampered proof", async ({ browser }) => {
+test("verify my vote: green once a checkpoint covers it, the anchor path checked, red for a tampered proof", async ({ browser }) => {
   const root = await admin();
   const decision = await createDecision(root.access_token, { title: "Open the dam's fish ladder?", options: ["yes", "no"] });
   // Another vote first, so this voter's leaf is not alone and its audit path is not empty.
@@ -25,6 +25,25 @@ test("verify my vote: green once a checkpoint covers it, red for a tampered proo
   await expect(page.getByTestId("anchor")).toBeVisible();
   await expectAccessible(page, "verify (green)");
   await screenshot(page, "verify-green");
+
+  // Once the checkpoint is anchored (the node's journal, every 10 s), the browser checks
+  // the path from its entry to the anchored batch root too, and a forged root fails.
+  await expect(async () => {
+    await page.reload();
+    await expect(page.getByText("Anchor", { exact: true })).toBeVisible({ timeout: 3_000 });
+  }).toPass({ timeout: 45_000 });
+  await expect(page.getByTestId("anchor")).toContainText("checked the path from the checkpoint to the batch root");
+  await page.route("**/api/v1/audit/decisions/*/proof?*", async (route) => {
+    const response = await route.fetch();
+    const proof = await response.json();
+    const root: string = proof.anchor.batch_root;
+    proof.anchor.batch_root = (root[0] === "0" ? "1" : "0") + root.slice(1);
+    await route.fulfill({ response, json: proof });
+  });
+  await page.reload();
+  await expect(verdict).toHaveAttribute("data-verdict", "failed");
+  await expect(verdict).toContainText("bad_anchor");
+  await page.unroute("**/api/v1/audit/decisions/*/proof?*");
 
   // The same proof with one byte of its audit path flipped.
   let tampered = false;

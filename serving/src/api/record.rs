@@ -373,7 +373,7 @@ pub(crate) async fn erase_voter(
         .await?;
     state.salts.forget_all();
     state.recent_casts.forget_all();
-    state.confirmations.forget_all();
+    state.confirmations.forget_all().await;
     if let Some(replicas) = state.replicas.clone() {
         // The other replicas drop their cached salts at their next heartbeat.
         let told = tokio::task::spawn_blocking(move || replicas.voter_erased()).await;

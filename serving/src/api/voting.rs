@@ -390,7 +390,7 @@ pub(crate) async fn cast_vote(
         vote_id: logged[0].vote.vote_id,
         leaf_hash: receipt.leaf_hash.clone(),
         position: positions[0],
-        cast: std::time::Instant::now(),
+        cast_at_ms: crate::receipts::now_ms(),
     });
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }

@@ -1,5 +1,6 @@
-// My votes, my profile (role, verified weight and regions), the notification centre.
-import { useEffect, useState } from "react";
+// My votes, my profile (role, verified weight and regions, two-factor sign-in), the
+// notification centre.
+import { useEffect, useState, type FormEvent } from "react";
 import { Link as RouterLink } from "react-router-dom";
 import {
   Alert,
@@ -12,6 +13,7 @@ import {
   Paper,
   Stack,
   Table,
+  TextField,
   TableBody,
   TableCell,
   TableContainer,
@@ -150,6 +152,7 @@ export function Profile() {
           </Typography>
         )}
       </Paper>
+      <TwoFactor />
       {votes && (
         <Paper variant="outlined" sx={{ p: { xs: 2, sm: 3 } }} component="section" aria-labelledby="votes-heading">
           <Typography variant="h5" component="h2" id="votes-heading" sx={{ mb: 1 }}>
@@ -159,6 +162,117 @@ export function Profile() {
         </Paper>
       )}
     </>
+  );
+}
+
+type Enrolment = { secret_base32: string; otpauth_url: string };
+
+/**
+ * Two-factor sign-in: the password unlocks a new secret for an authenticator app, a code
+ * from the app turns it on, and the recovery codes are shown once. Nothing of it is kept
+ * in the browser.
+ */
+function TwoFactor() {
+  const [password, setPassword] = useState("");
+  const [code, setCode] = useState("");
+  const [enrolment, setEnrolment] = useState<Enrolment | null>(null);
+  const [recovery, setRecovery] = useState<string[] | null>(null);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+
+  const run = async (e: FormEvent, step: () => Promise<void>) => {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      await step();
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const enrol = (e: FormEvent) =>
+    run(e, async () => setEnrolment(await api.post<Enrolment>("/api/v1/auth/2fa/enrol", { password })));
+  const confirm = (e: FormEvent) =>
+    run(e, async () => {
+      const answer = await api.post<{ recovery_codes: string[] }>("/api/v1/auth/2fa/confirm", { password, code: code.trim() });
+      setRecovery(answer.recovery_codes);
+      setPassword("");
+      setCode("");
+    });
+
+  return (
+    <Paper variant="outlined" sx={{ p: { xs: 2, sm: 3 }, mb: 3 }} component="section" aria-labelledby="twofactor-heading">
+      <Typography variant="h5" component="h2" id="twofactor-heading" sx={{ mb: 1 }}>
+        Two-factor sign-in
+      </Typography>
+      {recovery ? (
+        <>
+          <Alert severity="success" sx={{ mb: 2 }} data-testid="twofactor-on">
+            Two-factor sign-in is on: from now on, signing in asks for a code from your authenticator app.
+          </Alert>
+          <Typography sx={{ mb: 1 }}>
+            Recovery codes, each good once if you lose the app. They are shown only now: write them down.
+          </Typography>
+          <List dense aria-label="Recovery codes" data-testid="recovery-codes">
+            {recovery.map((c) => (
+              <ListItem key={c} disableGutters>
+                <code>{c}</code>
+              </ListItem>
+            ))}
+          </List>
+        </>
+      ) : !enrolment ? (
+        <form onSubmit={enrol} noValidate>
+          <Stack spacing={2} sx={{ maxWidth: 460 }}>
+            <Typography variant="body2" color="text.secondary">
+              Ask for a code from an authenticator app as well as your password when you sign in.
+            </Typography>
+            <TextField label="Your password" type="password" autoComplete="current-password" value={password} onChange={(e) => setPassword(e.target.value)} required />
+            <ErrorAlert error={error} />
+            <Button type="submit" variant="outlined" disabled={busy || !password} sx={{ alignSelf: "flex-start" }}>
+              {busy ? "Checking…" : "Set up two-factor sign-in"}
+            </Button>
+          </Stack>
+        </form>
+      ) : (
+        <form onSubmit={confirm} noValidate>
+          <Stack spacing={2} sx={{ maxWidth: 460 }}>
+            <Typography>
+              Add this account to your authenticator app with the key below (or open the link on the phone that has the app), then enter the
+              six digits it shows.
+            </Typography>
+            <dl className="facts">
+              <dt>Key</dt>
+              <dd>
+                <code data-testid="totp-secret" style={{ wordBreak: "break-all" }}>
+                  {enrolment.secret_base32}
+                </code>
+              </dd>
+              <dt>Link</dt>
+              <dd>
+                <Link href={enrolment.otpauth_url} sx={{ wordBreak: "break-all" }}>
+                  {enrolment.otpauth_url}
+                </Link>
+              </dd>
+            </dl>
+            <TextField
+              label="Code from the app"
+              autoComplete="one-time-code"
+              inputProps={{ inputMode: "numeric" }}
+              value={code}
+              onChange={(e) => setCode(e.target.value)}
+              required
+            />
+            <ErrorAlert error={error} />
+            <Button type="submit" variant="contained" disabled={busy || !code.trim()} sx={{ alignSelf: "flex-start" }}>
+              {busy ? "Checking…" : "Turn on"}
+            </Button>
+          </Stack>
+        </form>
+      )}
+    </Paper>
   );
 }
 

@@ -21,7 +21,7 @@ function anchorText(proof: ProofResponse): string {
   const where = a.target === "journal" ? "the node's signed anchor journal" : a.target.startsWith("evm:") ? `the chain ${a.target.slice(4)}` : a.target;
   const at = a.block_number !== null && a.block_number !== undefined ? (a.target === "journal" ? `, line ${a.block_number}` : `, block ${a.block_number}`) : "";
   const tx = a.tx_hash ? `, transaction ${a.tx_hash}` : "";
-  return `Anchored in ${where}: batch ${a.batch_id}${at}${tx} (the anchor path is shown, not checked here; canopy verify checks it).`;
+  return `Anchored in ${where}: batch ${a.batch_id}${at}${tx}. This browser checked the path from the checkpoint to the batch root; that the root is on the chain, canopy verify checks against the contract.`;
 }
 
 export function VerifyVote() {

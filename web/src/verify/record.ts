@@ -209,11 +209,46 @@ export interface Verdict {
   anchor?: AnchorInfo | null;
 }
 
+const ANCHOR_TAG = new TextEncoder().encode("canopy/anchor/v1");
+
+/** A UUID's 16 bytes. */
+function uuidBytes(id: string): Bytes {
+  const hex = id.replace(/-/g, "");
+  if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new VerifyError("decision_mismatch", "the decision id is not a UUID");
+  return hexToBytes(hex);
+}
+
+/**
+ * The checkpoint's entry in its anchor batch (chain/src/anchor.rs: tag ‖ decision id ‖ tree
+ * size, big-endian ‖ root, 72 bytes) leads by the anchor path to the batch root anchored.
+ */
+async function checkAnchor(anchor: AnchorInfo, decisionId: string, checkpoint: Checkpoint): Promise<void> {
+  const entry = new Uint8Array(72);
+  entry.set(ANCHOR_TAG, 0);
+  entry.set(uuidBytes(decisionId), 16);
+  new DataView(entry.buffer).setBigUint64(32, BigInt(checkpoint.size));
+  entry.set(checkpoint.root, 40);
+  let path: Bytes[];
+  let batchRoot: Bytes;
+  try {
+    path = anchor.path.map(hexToBytes);
+    batchRoot = hexToBytes(anchor.batch_root);
+  } catch {
+    throw new VerifyError("bad_anchor", "the anchor path is not hex");
+  }
+  if (path.some((p) => p.length !== 32) || batchRoot.length !== 32)
+    throw new VerifyError("bad_anchor", "an anchor hash is not 32 bytes");
+  const root = await rootFromInclusion(await leafHash(entry), anchor.entry_index, anchor.entry_count, path);
+  if (!equal(root, batchRoot))
+    throw new VerifyError("bad_anchor", "the anchor path leads to another batch root than the one anchored");
+}
+
 /**
  * Every check a voter can make in the browser, in order, stopping at the first that fails:
  * the leaf (if the receipt has it) hashes to the leaf hash, the proof is for that leaf and
  * decision, the key is the one the voter trusts, its hash matches, the checkpoint is signed
- * by it and names this decision's log, and the audit path leads to its root.
+ * by it and names this decision's log, the audit path leads to its root, and (once
+ * anchored) the checkpoint's entry leads by the anchor path to the batch root anchored.
  */
 export async function verifyProof(input: {
   proof: ProofResponse;
@@ -264,6 +299,10 @@ export async function verifyProof(input: {
     if (!equal(root, checkpoint.root))
       throw new VerifyError("bad_proof", "the inclusion proof leads to another root than the signed checkpoint's");
     pass("Inclusion", `leaf ${proof.index} of ${proof.tree_size}: the audit path (${path.length} hash${path.length === 1 ? "" : "es"}) leads to the signed root`);
+    if (proof.anchor) {
+      await checkAnchor(proof.anchor, input.decisionId, checkpoint);
+      pass("Anchor", `the checkpoint is entry ${proof.anchor.entry_index} of ${proof.anchor.entry_count} in batch ${proof.anchor.batch_id}: its path leads to the batch root that was anchored`);
+    }
     return { ok: true, checks, checkpoint, anchor: proof.anchor ?? null };
   } catch (e) {
     const err = e instanceof VerifyError ? e : new VerifyError("error", String((e as Error)?.message ?? e));
