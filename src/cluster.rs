@@ -45,6 +45,12 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
             .await
             .context("starting the worker")?;
         println!("canopy worker {} of {processes}: running", args.process);
+        if let Some(address) = node.metrics_address() {
+            println!(
+                "canopy worker {}: metrics at http://{address}/metrics, probes at /healthz and /readyz",
+                args.process
+            );
+        }
         let failure = tokio::select! {
             () = crate::up::wait_for_stop_signal() => None,
             reason = watch_failure(&node) => Some(reason),

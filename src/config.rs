@@ -163,6 +163,8 @@ pub struct WorkersSection {
     /// Every this many engine checkpoints a full one, after which older ones are deleted
     /// (0: never, and checkpoints accumulate).
     pub full_checkpoint_every: u64,
+    /// Where a worker serves `/metrics`, `/healthz` and `/readyz` (port 0: any free port).
+    pub metrics_listen: SocketAddr,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -291,6 +293,7 @@ impl Default for CanopyConfig {
                 threads: 2,
                 checkpoint_interval_ms: 2000,
                 full_checkpoint_every: 20,
+                metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             },
             record: RecordSection {
                 origin: "canopy.local".into(),
@@ -402,6 +405,10 @@ pub struct ConfigFlags {
     /// workers.threads, as `canopy worker` has always called it (the same as --workers).
     #[arg(long, conflicts_with = "workers")]
     threads: Option<usize>,
+    /// workers.metrics_listen: where a worker serves /metrics, /healthz and /readyz
+    /// (default 127.0.0.1:9464; port 0 picks a free one).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// database.url: PostgreSQL for the metadata store (default: SQLite in the data
     /// directory).
     #[arg(long)]
@@ -704,6 +711,7 @@ impl ConfigFlags {
             "api.listen" "--listen" = self.listen;
             "workers.threads" "--workers" = self.workers;
             "workers.threads" "--threads" = self.threads;
+            "workers.metrics_listen" "--metrics-listen" = self.metrics_listen;
             "database.url" "--database-url" = self.database_url.as_ref();
             "api.jwt_key" "--jwt-key" = self.jwt_key.as_ref();
             "api.audit_key" "--audit-key" = self.audit_key.as_ref();
@@ -1357,6 +1365,7 @@ impl CanopyConfig {
         config.checkpoint_interval =
             Duration::from_millis(self.workers.checkpoint_interval_ms.max(10));
         config.full_checkpoint_every = self.workers.full_checkpoint_every;
+        config.metrics_listen = Some(self.workers.metrics_listen);
         config.sensors = self.sensor_settings()?;
         // Workers write the lake; its SQL port is a replica's.
         config.lake = self

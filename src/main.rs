@@ -9,12 +9,14 @@ mod evm;
 mod lake_cmd;
 mod loadgen;
 mod log_cmd;
+mod telemetry;
 mod up;
 mod verify;
 mod verify_audit;
 mod verify_tally;
 
 use clap::{Parser, Subcommand};
+use telemetry::LogFormat;
 
 // The request path allocates small buffers at a high rate; glibc's malloc showed as ~12% of
 // the server's CPU under load (perf), mimalloc takes most of that back.
@@ -30,6 +32,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: `text` for a person, `json` (one object a line,
+    /// with its span's fields) for a log collector. Which lines: `RUST_LOG` (default
+    /// `info`; e.g. `RUST_LOG=info,canopy_node::record=debug`).
+    #[arg(long, global = true, value_enum, env = "CANOPY_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Send traces (OpenTelemetry, OTLP over HTTP) to this collector, e.g.
+    /// http://127.0.0.1:4318; none without it.
+    #[arg(long, global = true, env = "CANOPY_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The share of traces sent (0 to 1); a trace with an error is always sent.
+    #[arg(
+        long,
+        global = true,
+        env = "CANOPY_TRACE_SAMPLE_RATIO",
+        default_value_t = 0.1
+    )]
+    trace_sample_ratio: f64,
 }
 
 #[derive(Subcommand)]
@@ -118,11 +137,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     // The data directory holds voter salts and keys: what this process creates (database,
     // log segments, keys, the lake) is readable by its user only.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
-        .with_writer(std::io::stderr)
-        .init();
-    let done = match Cli::parse().command {
+    let cli = Cli::parse();
+    let _telemetry = telemetry::init(
+        cli.log_format,
+        cli.otlp_endpoint.as_deref(),
+        cli.trace_sample_ratio,
+    )?;
+    let done = match cli.command {
         Command::Verify(args) if args.audit.is_some() => return Ok(verify_audit::run(args)),
         Command::Verify(args) if args.tally.is_some() => return Ok(verify_tally::run(args)),
         Command::Verify(args) => return Ok(verify::run(args)),

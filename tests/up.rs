@@ -252,3 +252,69 @@ async fn the_data_directory_is_readable_by_its_owner_only() {
         );
     }
 }
+
+/// Starts `canopy up` with `args` and `RUST_LOG` (unset if `None`), waits until it is
+/// healthy, stops it, and returns what it wrote to stderr.
+async fn log_of_a_start(args: &[&str], rust_log: Option<&str>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("stderr.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_canopy"));
+    command
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(args)
+        // Without ONNX Runtime the node warns at start (canopy_node::sensors): a line to look for.
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
+    }
+    let mut node = command.spawn().unwrap();
+    wait_healthy(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}")).await;
+    kill_9(&mut node);
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_when_asked_and_filtered_by_rust_log() {
+    let json = log_of_a_start(&["--log-format", "json"], None).await;
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let warning = lines
+        .iter()
+        .find(|line| line["target"] == "canopy_node::sensors")
+        .unwrap_or_else(|| panic!("no line of canopy_node::sensors in {json}"));
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert!(
+        warning["fields"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("ONNX Runtime")),
+        "{warning}"
+    );
+    assert!(warning["timestamp"].is_string(), "{warning}");
+
+    let text = log_of_a_start(&[], None).await;
+    assert!(
+        text.lines()
+            .any(|line| line.contains(" WARN canopy_node::sensors: no ONNX Runtime")),
+        "{text}"
+    );
+    let errors_only = log_of_a_start(&[], Some("error")).await;
+    assert!(!errors_only.contains("ONNX Runtime"), "{errors_only}");
+    let this_module_off = log_of_a_start(&[], Some("info,canopy_node::sensors=off")).await;
+    assert!(
+        !this_module_off.contains("ONNX Runtime"),
+        "{this_module_off}"
+    );
+
+    let bad_filter = log_of_a_start(&[], Some("info,=[bad")).await;
+    assert!(
+        bad_filter.contains("is not a log filter") && bad_filter.contains("ONNX Runtime"),
+        "a filter that does not parse is said, and info kept: {bad_filter}"
+    );
+}

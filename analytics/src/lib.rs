@@ -42,7 +42,7 @@ pub use sinks::{
 };
 pub use sql::{
     BatchEncoder, LakeQuery, LakeSql, MAX_SQL_THREADS, MAX_VALUE_BYTES, OutputFormat, QueryStream,
-    SqlLimits, render, write_parquet,
+    SqlLimits, record_query, render, write_parquet,
 };
 pub use store::LakeLocation;
 pub use store_logs::{

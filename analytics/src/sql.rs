@@ -409,6 +409,8 @@ impl LakeQuery for LakeSql {
         let (planned_tx, planned) = oneshot::channel();
         let (rows_tx, rows) = mpsc::channel(2);
         let (running, finished) = watch::channel(());
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed_in_task = Arc::clone(&failed);
         let lake = self.clone();
         let sql = sql.to_string();
         let task = runtime.spawn(async move {
@@ -427,7 +429,7 @@ impl LakeQuery for LakeSql {
                 }
             };
             if planned_tx.send(Ok(stream.schema())).is_ok() {
-                pump(stream, rows_tx, deadline, timeout).await;
+                pump(stream, rows_tx, deadline, timeout, &failed_in_task).await;
             }
         });
         let schema = match tokio::time::timeout_at(deadline, planned).await {
@@ -451,6 +453,7 @@ impl LakeQuery for LakeSql {
             done: false,
             task: task.abort_handle(),
             finished,
+            failed,
         })
     }
 }
@@ -474,6 +477,16 @@ impl LakeSql {
     }
 }
 
+/// Counts an analyst's statement in the SQL metrics: refused at planning (`ok` false) or
+/// finished.
+pub fn record_query(interface: &'static str, started: std::time::Instant, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!("canopy_sql_queries_total", "interface" => interface, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("canopy_sql_query_duration_seconds", "interface" => interface)
+        .record(started.elapsed().as_secs_f64());
+}
+
 /// Moves a query's batches to its reader until the query ends, the deadline passes or the
 /// reader leaves; waits for room no longer than the deadline.
 async fn pump(
@@ -481,6 +494,7 @@ async fn pump(
     rows: mpsc::Sender<Result<RecordBatch, AnalyticsError>>,
     deadline: tokio::time::Instant,
     timeout: Duration,
+    failed: &std::sync::atomic::AtomicBool,
 ) {
     loop {
         let next = tokio::select! {
@@ -495,6 +509,9 @@ async fn pump(
             Some(Some(batch)) => batch.map_err(classify),
         };
         let last = item.is_err();
+        if last {
+            failed.store(true, std::sync::atomic::Ordering::Release);
+        }
         tokio::select! {
             biased;
             _ = tokio::time::sleep_until(deadline) => return,
@@ -523,6 +540,8 @@ pub struct QueryStream {
     done: bool,
     task: tokio::task::AbortHandle,
     finished: watch::Receiver<()>,
+    /// Set when the query ended in an error (its timeout included) after planning.
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for QueryStream {
@@ -542,6 +561,18 @@ impl std::fmt::Debug for QueryStream {
 impl QueryStream {
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// Counts an analyst's statement, started at `started`, in the SQL metrics under
+    /// `interface` (`http`, `pgwire`) once it stops computing.
+    pub fn observe(&self, interface: &'static str, started: std::time::Instant) {
+        let finished = self.finished();
+        let failed = Arc::clone(&self.failed);
+        tokio::spawn(async move {
+            finished.await;
+            let failed = failed.load(std::sync::atomic::Ordering::Acquire);
+            record_query(interface, started, !failed);
+        });
     }
 
     /// Resolves once the query has stopped computing: its last batch handed over (rows may

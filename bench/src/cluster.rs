@@ -347,6 +347,9 @@ fn start_workers(
             process.to_string(),
             "--hosts".to_string(),
             hosts.display().to_string(),
+            // Several workers on one host: each its own metrics port.
+            "--metrics-listen".to_string(),
+            "127.0.0.1:0".to_string(),
         ];
         let log = deployment
             .dir

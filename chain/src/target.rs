@@ -22,6 +22,8 @@ pub struct AnchorReceipt {
     pub chain_batch_id: Option<i64>,
     pub tx_hash: Option<String>,
     pub block_number: i64,
+    /// Gas used, for a target that charges it.
+    pub gas_used: Option<u64>,
 }
 
 /// Somewhere batch roots are recorded.
@@ -202,6 +204,7 @@ impl AnchorTarget for AnchorJournal {
             chain_batch_id: None,
             tx_hash: None,
             block_number: line,
+            gas_used: None,
         })
     }
 }

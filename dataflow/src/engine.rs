@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use canopy_ingest::{Position, VoteLog, VoteLogRecord, partition_for};
+use canopy_schemas::clock::now_micros;
 use canopy_schemas::{Decision, DecisionClose, DecisionId};
 use timely::CommunicationConfig;
 use timely::WorkerConfig;
@@ -303,6 +304,10 @@ struct TallyWorker<'a> {
     last_cut_check: Instant,
     /// The features dataflow, when the engine has a sensor log.
     sensors: Option<SensorWorker>,
+    /// The cast time of the oldest vote fed since the last epoch was published, for the
+    /// freshness metric; votes cast before this worker started (a replay) are left out.
+    oldest_unpublished_cast_us: Option<i64>,
+    started_at_us: i64,
 }
 
 impl<'a> TallyWorker<'a> {
@@ -352,6 +357,8 @@ impl<'a> TallyWorker<'a> {
             last_mark: Instant::now(),
             last_cut_check: Instant::now(),
             sensors,
+            oldest_unpublished_cast_us: None,
+            started_at_us: now_micros(),
         })
     }
 
@@ -417,6 +424,13 @@ impl<'a> TallyWorker<'a> {
                 for record in batch {
                     match record {
                         VoteLogRecord::Vote(record) => {
+                            let cast_at = record.vote.cast_at;
+                            if cast_at >= self.started_at_us {
+                                self.oldest_unpublished_cast_us = Some(
+                                    self.oldest_unpublished_cast_us
+                                        .map_or(cast_at, |oldest| oldest.min(cast_at)),
+                                );
+                            }
                             let decision = record.vote.decision_id;
                             if !self.inputs.knows(decision) {
                                 learn_decision(&context.config, &context.shared, decision);
@@ -548,6 +562,10 @@ impl<'a> TallyWorker<'a> {
                 sensors.seal_until(target);
             }
             self.inputs.run_until_published(worker, sealed);
+            if let Some(cast_at) = self.oldest_unpublished_cast_us.take() {
+                let waited_us = now_micros().saturating_sub(cast_at).max(0);
+                metrics::histogram!("canopy_view_freshness_seconds").record(waited_us as f64 / 1e6);
+            }
             if let Some(sensors) = &mut self.sensors {
                 sensors.run_until_published(worker, sealed);
             }

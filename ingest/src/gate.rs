@@ -76,7 +76,11 @@ impl<L: VoteLog + ?Sized> Gate<L> {
     /// [`submit`](Self::submit) for async callers.
     pub async fn submit_async(&self, votes: &[LoggedVote]) -> Result<Vec<Position>, IngestError> {
         self.validate(votes)?;
-        self.log.append_votes_async(votes).await
+        let started = std::time::Instant::now();
+        let appended = self.log.append_votes_async(votes).await;
+        metrics::histogram!("canopy_log_append_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        appended
     }
 
     /// Appends `close` to its decision's partition and returns its position once durable:

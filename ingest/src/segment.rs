@@ -501,6 +501,7 @@ impl Shared {
                 )
             };
             let written = self.write_round(&mut active, &round, round_frames, &round_ends);
+            metrics::histogram!("canopy_log_flush_entries").record(round_frames as f64);
             round.clear();
             match written {
                 Ok(()) => {

@@ -22,6 +22,8 @@
 //! - [`redis`]: the cluster's view store and replica coordination in Redis.
 //! - [`redis_sensors`]: the cluster's sensor features and alerts in Redis.
 //! - [`listener`]: the HTTP listener's accept loop: timeouts, connection cap, headers.
+//! - `probes`: a worker's own listener for `/metrics`, `/healthz`, `/readyz`, and its lag
+//!   gauges.
 //! - [`tls`]: the listeners' certificate, reloaded on SIGHUP.
 
 #![deny(unsafe_code)]
@@ -33,6 +35,7 @@ pub mod lake;
 pub mod lifecycle;
 pub mod listener;
 pub mod node;
+mod probes;
 mod readiness;
 pub mod record;
 pub mod redis;

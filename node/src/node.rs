@@ -311,6 +311,7 @@ impl Node {
     /// Opens the store, keys, logs and views, starts the engines, loops and the listener;
     /// the node turns ready once its views have replayed the logs.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        canopy_serving::metrics::install();
         raise_open_file_limit();
         make_private(&config.data_dir)?;
         let tls = match config.tls.clone() {
@@ -431,6 +432,7 @@ impl Node {
             address_limits: RateLimiter::new(config.api.per_address),
             refusal_audits: RateLimiter::refusal_audits(),
             recent_casts: Default::default(),
+            visibility: Default::default(),
             confirmations: match &coordinator {
                 Some(coordinator) => PendingConfirmations::shared(
                     Arc::clone(coordinator) as Arc<dyn SharedConfirmations>
@@ -492,6 +494,11 @@ impl Node {
         let push_task = tokio::spawn(push::push_loop(
             push_io,
             Arc::clone(&state),
+            anchoring.subscribe(),
+        ));
+        tokio::spawn(canopy_serving::traces::end_visible_spans(
+            Arc::clone(&state.visibility),
+            Arc::clone(&state.views),
             anchoring.subscribe(),
         ));
         let Listener { addr, stop, server } =

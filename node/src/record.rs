@@ -206,6 +206,7 @@ async fn store_row(store: &dyn MetadataStore, cut: &CutCheckpoint) {
         store.insert_checkpoint(&row)
     })
     .await;
+    metrics::counter!("canopy_record_checkpoints_total").increment(1);
 }
 
 impl CheckpointSink for CheckpointWriter {
@@ -291,7 +292,9 @@ impl Anchorer {
         &self,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), NodeError> {
-        for pending in self.store.pending_anchor_batches().await? {
+        let pending_batches = self.store.pending_anchor_batches().await?;
+        metrics::gauge!("canopy_anchor_pending_batches").set(pending_batches.len() as f64);
+        for pending in pending_batches {
             let batch = stored_batch_tree(self.store.as_ref(), pending.batch_id).await?;
             self.send_batch(pending, &batch, stop).await?;
         }
@@ -301,7 +304,10 @@ impl Anchorer {
                 .store
                 .unanchored_checkpoints(self.config.max_batch)
                 .await?;
+            // Counted up to one batch: a backlog past that is an alert either way.
+            metrics::gauge!("canopy_record_unanchored_checkpoints").set(entries.len() as f64);
             if entries.is_empty() && audit_head.is_none() {
+                metrics::gauge!("canopy_record_unanchored_checkpoints").set(0.0);
                 return Ok(());
             }
             let batch_id = self.store.next_anchor_batch_id().await?;
@@ -330,6 +336,8 @@ impl Anchorer {
                 .await?;
             self.send_batch(row, &batch, stop).await?;
             if (entries.len() as i64) < self.config.max_batch {
+                metrics::gauge!("canopy_record_unanchored_checkpoints").set(0.0);
+                metrics::gauge!("canopy_anchor_pending_batches").set(0.0);
                 return Ok(());
             }
         }
@@ -362,9 +370,34 @@ impl Anchorer {
         .sign(&self.signer);
         let mut backoff = self.config.first_retry;
         let receipt = loop {
-            match self.target.anchor(row.batch_id, batch, &note).await {
-                Ok(receipt) => break receipt,
+            use tracing::Instrument;
+            let span = tracing::info_span!(
+                "chain.anchor",
+                otel.kind = "client",
+                batch = row.batch_id,
+                target = %self.target.name(),
+                otel.status_code = tracing::field::Empty,
+            );
+            let sent = self
+                .target
+                .anchor(row.batch_id, batch, &note)
+                .instrument(span.clone())
+                .await;
+            if sent.is_err() {
+                span.record("otel.status_code", "error");
+            }
+            match sent {
+                Ok(receipt) => {
+                    metrics::counter!("canopy_chain_transactions_total", "outcome" => "confirmed")
+                        .increment(1);
+                    if let Some(gas) = receipt.gas_used {
+                        metrics::counter!("canopy_chain_gas_used_total").increment(gas);
+                    }
+                    break receipt;
+                }
                 Err(error) => {
+                    metrics::counter!("canopy_chain_transactions_total", "outcome" => "failed")
+                        .increment(1);
                     tracing::warn!(%error, batch = row.batch_id, retry_in_ms = backoff.as_millis() as u64, "anchoring a batch failed");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}

@@ -277,6 +277,7 @@ impl ViewStore for RedisViews {
         self.frontier_checked(partition).unwrap_or(0)
     }
 
+    #[tracing::instrument(name = "redis.get", skip_all, fields(db.system = "redis", otel.kind = "client"))]
     fn get(&self, decision: DecisionId) -> Result<Option<DecisionView>, DataflowError> {
         self.check()?;
         self.view(decision)

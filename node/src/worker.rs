@@ -25,6 +25,7 @@ use canopy_schemas::{Decision, DecisionClose, DecisionId};
 use crate::NodeError;
 use crate::data_dir::make_private;
 use crate::lake::{LakeFeed, LakeSettings, lake_loop};
+use crate::probes::{WorkerProbes, measure_lag, serve_probes};
 use crate::record::{
     Anchorer, RecordSettings, anchor_loop, open_record, open_tile_store, record_signer,
 };
@@ -159,6 +160,9 @@ pub struct WorkerConfig {
     /// The analytics lake, shared by every process (a folder on shared storage or a bucket):
     /// this process writes its share of it (`LakeShare`).
     pub lake: Option<LakeSettings>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (port 0: any free port); none
+    /// without it.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -181,6 +185,7 @@ impl WorkerConfig {
             decision_refresh: Duration::from_secs(1),
             sensors: SensorSettings::default(),
             lake: None,
+            metrics_listen: None,
         }
     }
 }
@@ -193,12 +198,33 @@ pub struct WorkerNode {
     views: Arc<dyn ViewStore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl WorkerNode {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_address
+    }
+
     /// Connects to the store, the topic and Redis, resumes from the latest engine checkpoint
     /// and starts the dataflow. Process 0 (or a worker alone) also runs the anchoring loop.
     pub async fn start(config: WorkerConfig) -> Result<Self, NodeError> {
+        canopy_serving::metrics::install();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        // Up before the peers connect: an orchestrator sees the process alive, not ready.
+        let probes = Arc::new(WorkerProbes::default());
+        let metrics_address = match config.metrics_listen {
+            Some(listen) => {
+                let (bound, task) =
+                    serve_probes(listen, Arc::clone(&probes), stopped.clone()).await?;
+                tracing::info!(address = %bound, "metrics, health and readiness served");
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
         make_private(&config.data_dir)?;
         let store: Arc<dyn MetadataStore> =
             Arc::new(canopy_serving::store::PostgresStore::connect(&config.database_url).await?);
@@ -287,14 +313,22 @@ impl WorkerNode {
             None => Arc::clone(&views),
         };
         // Starting a cluster process waits for its peers to connect: off the runtime.
+        let lag_log = Arc::clone(&log);
         let engine = tokio::task::spawn_blocking(move || {
             TallyEngine::start(engine_config, log, engine_views, Some(record), decisions)
         })
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))??;
         let engine = Arc::new(engine);
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
+        probes.started(Arc::clone(&views), Arc::clone(&engine));
+        let share = lake_share(&config);
+        tasks.push(tokio::spawn(measure_lag(
+            lag_log,
+            Arc::clone(&views),
+            config.kafka.topic.clone(),
+            move |partition| share.owns(partition),
+            stopped.clone(),
+        )));
         tasks.push(tokio::spawn(refresh_decisions(
             Arc::clone(&store),
             Arc::clone(&engine),
@@ -314,6 +348,7 @@ impl WorkerNode {
             views,
             tasks,
             stop,
+            metrics_address,
         })
     }
 

@@ -267,12 +267,16 @@ impl TokenKeys {
         {
             let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(claims) = verified.get(&key) {
+                metrics::counter!("canopy_cache_lookups_total", "cache" => "tokens", "result" => "hit")
+                    .increment(1);
                 return match claims.exp > now {
                     true => Ok(claims.clone()),
                     false => Err(ServingError::TokenExpired),
                 };
             }
         }
+        metrics::counter!("canopy_cache_lookups_total", "cache" => "tokens", "result" => "miss")
+            .increment(1);
         let claims = self.verify_uncached(token)?;
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
         if verified.len() >= VERIFIED_CACHE_ENTRIES {

@@ -273,6 +273,7 @@ impl IntoResponse for ServingError {
     fn into_response(self) -> Response {
         let message = if self.is_internal() {
             INTERNAL_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("canopy_internal_errors_total").increment(1);
             tracing::error!(code = self.code(), error = %self, "request failed");
             "the service could not complete the request; it has been logged".to_string()
         } else {
@@ -283,6 +284,9 @@ impl IntoResponse for ServingError {
             axum::Json(json!({ "error": { "code": self.code(), "message": message } })),
         )
             .into_response();
+        response
+            .extensions_mut()
+            .insert(crate::metrics::ErrorCode(self.code()));
         if let Self::RateLimited { retry_after_s }
         | Self::TooManyRegistrations { retry_after_s }
         | Self::TooManyClaimAttempts { retry_after_s }

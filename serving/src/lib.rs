@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 mod error;
 pub mod limits;
+pub mod metrics;
 pub mod push;
 pub mod receipts;
 pub mod record;
@@ -26,6 +27,7 @@ pub mod state;
 pub mod store;
 pub mod store_keys;
 pub mod throttle;
+pub mod traces;
 pub mod trail;
 
 pub use error::ServingError;

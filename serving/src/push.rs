@@ -260,6 +260,11 @@ impl AdminFigures {
             }
         }
         measured.log_end = Some((Instant::now(), log_end));
+        let log = state.gate.log();
+        let counted: u64 = (0..log.partitions())
+            .map(|partition| state.views.frontier(partition))
+            .sum();
+        metrics::gauge!("canopy_view_lag_entries").set(log_end.saturating_sub(counted) as f64);
         measured.unanchored_checkpoints = backlog.ok().map(|rows| rows.len());
         measured.pending_anchor_batches = batches.ok().map(|rows| rows.len());
         *measured
@@ -302,6 +307,19 @@ fn stats(state: &SharedState, measured: &Measured) -> Value {
 #[derive(Deserialize)]
 struct DecisionRef {
     decision_id: uuid::Uuid,
+}
+
+/// Counts one push of `event` (a room's broadcast once, whatever its size).
+fn sent(event: &'static str) {
+    metrics::counter!("canopy_push_events_total", "event" => event).increment(1);
+}
+
+/// Sockets connected per namespace, for the push metrics.
+fn count_clients(io: &SocketIo) {
+    for namespace in [VOTING, DECISIONS, NOTIFICATIONS, ADMIN] {
+        let clients = io.of(namespace).map_or(0, |ns| ns.sockets().len());
+        metrics::gauge!("canopy_push_clients", "namespace" => namespace).set(clients as f64);
+    }
 }
 
 /// Tells the client why a message of theirs did nothing (`refused` event, a stable code).
@@ -487,8 +505,10 @@ pub async fn push_loop(
         if last_stats.elapsed() >= STATS_INTERVAL {
             last_stats = Instant::now();
             let measured = figures.measure(&state).await;
+            count_clients(&io);
             if let Some(admin) = io.of(ADMIN) {
                 let _ = admin.emit("stats", &stats(&state, &measured)).await;
+                sent("stats");
             }
         }
         if let Err(error) = push_history(&io, &state, &mut pushed).await {
@@ -511,6 +531,7 @@ async fn forward_alerts(
             Ok(alert) => {
                 if let Some(admin) = io.of(ADMIN) {
                     let _ = admin.emit("alert", &alert).await;
+                    sent("alert");
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
@@ -571,10 +592,12 @@ async fn push_results(io: &SocketIo, state: &SharedState, pushed: &mut Pushed) {
                 .to(room.clone())
                 .emit("vote_count_updated", &body)
                 .await;
+            sent("vote_count_updated");
         }
         if breakdown_due {
             let body = breakdown_body(&decision, view.as_ref(), false);
             let _ = voting.clone().to(room).emit("vote_breakdown", &body).await;
+            sent("vote_breakdown");
         }
     }
 }
@@ -597,6 +620,7 @@ async fn push_history(
                 .clone()
                 .emit("decision_status", &status_event(row))
                 .await;
+            sent("decision_status");
             if row.status == "final" {
                 push_completed(io, state, row.decision_id).await;
             }
@@ -721,6 +745,7 @@ async fn push_confirmations(io: &SocketIo, state: &SharedState) {
             .to(room)
             .emit("vote_confirmed", &event)
             .await;
+        sent("vote_confirmed");
         confirmed.push(vote);
     }
     state.confirmations.confirmed(&confirmed);
@@ -749,6 +774,7 @@ async fn push_completed(io: &SocketIo, state: &SharedState, decision: DecisionId
         });
         if watching {
             let _ = socket.emit("decision_completed", &event);
+            sent("decision_completed");
         }
     }
 }

@@ -188,6 +188,11 @@ impl PendingConfirmations {
                 .pushed_here
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            if pushed.len() + confirmed.len() > MAX_PENDING_CONFIRMATIONS {
+                // Bounded like the waiting votes: forgetting risks a repeated
+                // `vote_confirmed`, which a client takes as the same news.
+                pushed.clear();
+            }
             for vote in confirmed {
                 pushed.insert(vote.vote_id, vote.cast_at_ms);
             }

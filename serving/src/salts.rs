@@ -75,10 +75,15 @@ fn remember(map: &Mutex<HashMap<Uuid, [u8; 32]>>, id: Uuid, value: [u8; 32]) {
 }
 
 fn cached(map: &Mutex<HashMap<Uuid, [u8; 32]>>, id: Uuid) -> Option<[u8; 32]> {
-    map.lock()
+    let found = map
+        .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .get(&id)
-        .copied()
+        .copied();
+    let result = if found.is_some() { "hit" } else { "miss" };
+    metrics::counter!("canopy_cache_lookups_total", "cache" => "salts", "result" => result)
+        .increment(1);
+    found
 }
 
 impl SaltCache {

@@ -109,6 +109,8 @@ pub struct AppState {
     pub recent_casts: RecentCasts,
     /// Votes cast here whose voters hear of their checkpoint on `/notifications`.
     pub confirmations: PendingConfirmations,
+    /// Traced votes waiting to become visible (their `view.visible` spans).
+    pub visibility: Arc<crate::traces::VisibilityTraces>,
     /// Refused tokens written to the audit trail, per client address.
     pub refusal_audits: RateLimiter,
     /// Open registration, per address and per address block.

@@ -113,7 +113,14 @@ impl LakeQueries {
                 ))
             }
             Command::Lake => {
-                let rows = self.lake.execute(sql).await.map_err(lake_error)?;
+                let started = std::time::Instant::now();
+                let rows = self
+                    .lake
+                    .execute(sql)
+                    .await
+                    .inspect_err(|_| canopy_analytics::record_query("pgwire", started, false))
+                    .map_err(lake_error)?;
+                rows.observe("pgwire", started);
                 let schema = rows.schema();
                 let fields = encode::fields(&schema, format);
                 let encoder = RowEncoder::new(&fields, &schema);

@@ -127,6 +127,7 @@ impl Deployment {
             .collect();
         std::fs::write(&hosts, lines.join("\n")).unwrap();
         let logs: Vec<PathBuf> = (0..processes).map(|p| self.log_path(run, p)).collect();
+        let metrics_ports: Vec<u16> = (0..processes).map(|_| super::free_port()).collect();
         let children = logs
             .iter()
             .enumerate()
@@ -137,6 +138,8 @@ impl Deployment {
                     .args(["--process", &process.to_string(), "--hosts"])
                     .arg(&hosts)
                     .args(["--threads", &threads.to_string()])
+                    .arg("--metrics-listen")
+                    .arg(format!("127.0.0.1:{}", metrics_ports[process]))
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .stdout(Stdio::null())
                     .stderr(std::fs::File::create(log).unwrap())
@@ -144,7 +147,11 @@ impl Deployment {
                     .unwrap()
             })
             .collect();
-        Running { children, logs }
+        Running {
+            children,
+            logs,
+            metrics_ports,
+        }
     }
 
     pub fn log_path(&self, run: &str, process: usize) -> PathBuf {
@@ -171,6 +178,8 @@ pub struct Running {
     pub children: Vec<Child>,
     /// Where each child's standard error goes, when the test keeps it.
     pub logs: Vec<PathBuf>,
+    /// Each worker's `/metrics` port (empty for processes started otherwise).
+    pub metrics_ports: Vec<u16>,
 }
 
 impl Running {
@@ -178,6 +187,7 @@ impl Running {
         Self {
             children,
             logs: Vec::new(),
+            metrics_ports: Vec::new(),
         }
     }
 

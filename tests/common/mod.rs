@@ -33,6 +33,11 @@ pub fn start(data: &Path, port: u16) -> Child {
 /// Starts `canopy up`; its log goes to `<data>/node.log` (appended across restarts), for
 /// [`node_log`] to show when a test fails.
 pub fn start_with(data: &Path, port: u16, extra: &[&str]) -> Child {
+    start_with_env(data, port, extra, &[])
+}
+
+/// [`start_with`] with environment variables for the node.
+pub fn start_with_env(data: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Child {
     std::fs::create_dir_all(data).unwrap();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -54,6 +59,7 @@ pub fn start_with(data: &Path, port: u16, extra: &[&str]) -> Child {
         // Tests sign many voters up from one address.
         .env("CANOPY_API__REGISTRATIONS_PER_ADDRESS_HOUR", "100000")
         .env("CANOPY_API__REGISTRATIONS_PER_BLOCK_HOUR", "100000")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

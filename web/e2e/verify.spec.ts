@@ -33,6 +33,7 @@ test("verify my vote: green once a checkpoint covers it, the anchor path checked
     await expect(page.getByText("Anchor", { exact: true })).toBeVisible({ timeout: 3_000 });
   }).toPass({ timeout: 45_000 });
   await expect(page.getByTestId("anchor")).toContainText("checked the path from the checkpoint to the batch root");
+  await screenshot(page, "verify-anchored");
   await page.route("**/api/v1/audit/decisions/*/proof?*", async (route) => {
     const response = await route.fetch();
     const proof = await response.json();

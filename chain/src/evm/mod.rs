@@ -82,6 +82,8 @@ pub struct AnchorTx {
     pub tx_hash: [u8; 32],
     /// Block the transaction was included in.
     pub block_number: u64,
+    /// Gas the transaction used.
+    pub gas_used: u64,
 }
 
 /// A batch as stored on chain.
@@ -410,6 +412,7 @@ impl EvmAnchor {
             batch_id,
             tx_hash: tx_hash.0,
             block_number,
+            gas_used: receipt.gas_used(),
         })
     }
 

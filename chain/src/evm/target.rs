@@ -66,6 +66,7 @@ impl AnchorTarget for EvmTarget {
             chain_batch_id: Some(tx.batch_id as i64),
             tx_hash: Some(format!("0x{}", hex::encode(tx.tx_hash))),
             block_number: tx.block_number as i64,
+            gas_used: Some(tx.gas_used),
         })
     }
 }

@@ -21,6 +21,7 @@ use canopy_analytics::{
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::extract::{ApiJson, Caller};
 use crate::ServingError;
@@ -87,7 +88,19 @@ pub(crate) async fn analytics_sql(
             json!({ "sql": request.sql }),
         )
         .await;
-    let mut stream = service.sql.for_reader(reader).execute(&request.sql).await?;
+    let started = std::time::Instant::now();
+    let mut stream = service
+        .sql
+        .for_reader(reader)
+        .execute(&request.sql)
+        .instrument(tracing::info_span!(
+            "sql.query",
+            db.system = "datafusion",
+            otel.kind = "client"
+        ))
+        .await
+        .inspect_err(|_| canopy_analytics::record_query("http", started, false))?;
+    stream.observe("http", started);
     // The slot is the query's, not the reader's: a client that stops reading does not keep
     // it past the deadline.
     let finished = stream.finished();

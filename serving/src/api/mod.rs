@@ -142,6 +142,7 @@ fn router_with(
             "/api/v1/openapi.json",
             get(move || async move { Json(document.as_ref().clone()) }),
         )
+        .route("/metrics", get(metrics_text))
         .fallback(client::client);
     let router = match push {
         Some(push) => router.layer(push),
@@ -154,8 +155,22 @@ fn router_with(
         ))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(crate::metrics::record_http))
         .with_state(state);
     (router, openapi)
+}
+
+/// The process's metrics for Prometheus (its text exposition format, version 0.0.4).
+async fn metrics_text() -> Response {
+    use axum::http::header;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
 }
 
 /// Adds to every operation the refusals any of its kind can answer, where its own
@@ -261,6 +276,9 @@ async fn json_errors(request: Request, next: Next) -> Response {
         Json(serde_json::json!({ "error": { "code": code, "message": message } })),
     )
         .into_response();
+    response
+        .extensions_mut()
+        .insert(crate::metrics::ErrorCode(code));
     // What the refusal said in its headers (`Allow`, `Retry-After`) stays.
     for (name, value) in parts.headers.iter() {
         response.headers_mut().insert(name.clone(), value.clone());

@@ -224,9 +224,13 @@ pub(crate) async fn process_sensor_data(
                 body.validate(&registry, now)
                     .map_err(|source| ServingError::InvalidReading { index, source })
             })
-            .collect::<Result<Vec<_>, _>>()?
+            .collect::<Result<Vec<_>, _>>()
+            .inspect_err(|_| {
+                metrics::counter!("canopy_readings_rejected_total").increment(bodies.len() as u64);
+            })?
     };
     let positions = sensors.log.append_async(&readings).await?;
+    metrics::counter!("canopy_readings_accepted_total").increment(positions.len() as u64);
     Ok((
         StatusCode::CREATED,
         Json(json!({ "accepted": positions.len(), "positions": positions, "as_of": ends_of(&positions) })),
@@ -425,6 +429,8 @@ pub(crate) async fn ingest_environmental_data(
             tracing::info!(stored = positions.len(), total, "storing a bulk upload");
         }
     }
+    metrics::counter!("canopy_readings_accepted_total").increment(positions.len() as u64);
+    metrics::counter!("canopy_readings_rejected_total").increment(rejected_count as u64);
     tracing::info!(
         accepted = positions.len(),
         rejected = rejected_count,

@@ -354,15 +354,26 @@ async fn submit(
     state: &SharedState,
     logged: Vec<LoggedVote>,
 ) -> Result<(Vec<LoggedVote>, Vec<Position>), ServingError> {
-    let positions = match state.gate.submit_async(&logged).await {
+    use tracing::Instrument;
+    let append =
+        || tracing::info_span!("log.append", otel.kind = "producer", entries = logged.len());
+    let positions = match state.gate.submit_async(&logged).instrument(append()).await {
         // Created on another replica since this one started: learn it and try once more
         // (the gate refused the whole batch, so nothing was appended).
         Err(IngestError::UnknownDecision { .. }) => {
             learn_decisions(state).await?;
-            state.gate.submit_async(&logged).await?
+            state
+                .gate
+                .submit_async(&logged)
+                .instrument(append())
+                .await?
         }
         result => result?,
     };
+    if let Some(last) = positions.iter().max_by_key(|p| (p.partition, p.offset)) {
+        state.visibility.note(*last);
+    }
+    metrics::counter!("canopy_votes_accepted_total").increment(positions.len() as u64);
     Ok((logged, positions))
 }
 
