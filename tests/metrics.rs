@@ -70,6 +70,21 @@ fn value(samples: &BTreeMap<Series, f64>, name: &str, labels: &[(&str, &str)]) -
         .sum()
 }
 
+/// Tries to cast `times` votes without a token; each must be refused 401.
+async fn cast_without_token(client: &reqwest::Client, base: &str, decision: &str, times: usize) {
+    for _ in 0..times {
+        let (status, _) = post(
+            client,
+            format!("{base}/api/v1/voting/cast-vote"),
+            None,
+            serde_json::json!({ "decision_id": decision, "option": 0 }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 401);
+    }
+}
+
 async fn scrape(client: &reqwest::Client, url: &str) -> String {
     let response = client.get(url).send().await.unwrap();
     assert_eq!(response.status(), 200, "{url}");
@@ -135,17 +150,7 @@ async fn a_nodes_metrics_count_what_was_done_and_prometheus_scrapes_them() {
     }
     // Refusals the test can count: no token, a decision that does not exist.
     const UNAUTHENTICATED: usize = 4;
-    for _ in 0..UNAUTHENTICATED {
-        let (status, _) = post(
-            &client,
-            format!("{base}/api/v1/voting/cast-vote"),
-            None,
-            serde_json::json!({ "decision_id": decision, "option": 0 }),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 401);
-    }
+    cast_without_token(&client, &base, &decision, UNAUTHENTICATED).await;
     const UNKNOWN: usize = 3;
     let mut unknown_code = String::new();
     for _ in 0..UNKNOWN {
@@ -449,17 +454,7 @@ async fn a_worker_and_a_serve_replica_export_their_share_of_the_metrics() {
     assert_eq!(seen["turnout"], VOTERS, "{seen}");
 
     const REFUSED: usize = 2;
-    for _ in 0..REFUSED {
-        let (status, _) = post(
-            &client,
-            format!("{base}/api/v1/voting/cast-vote"),
-            None,
-            serde_json::json!({ "decision_id": decision, "option": 0 }),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 401);
-    }
+    cast_without_token(&client, &base, &decision, REFUSED).await;
     let replica_text = scrape(&client, &format!("{base}/metrics")).await;
     promtool_accepts(&replica_text);
     let replica_samples = parse(&replica_text);
@@ -519,14 +514,7 @@ async fn a_worker_and_a_serve_replica_export_their_share_of_the_metrics() {
         0.0,
         "every partition caught up"
     );
-    let ready: Value = client
-        .get(format!("{worker_base}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = get_public_json(&client, format!("{worker_base}/readyz")).await;
     assert_eq!(ready["status"], "ready");
     kill_9(&mut replica[0]);
     stop(&mut workers);

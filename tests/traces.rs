@@ -85,33 +85,62 @@ async fn wait_for<T>(
 
 const CAST: &str = "POST /api/v1/voting/cast-vote";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cast_vote_is_one_trace_from_the_api_through_the_log_to_the_view() {
+/// A ready `canopy up` sending traces to a fresh receiver, with its admin signed in.
+struct Traced {
+    data: tempfile::TempDir,
+    node: std::process::Child,
+    base: String,
+    client: reqwest::Client,
+    admin: String,
+    received: Arc<Mutex<Vec<ReceivedSpan>>>,
+}
+
+async fn traced_node(sample_ratio: &str, extra: &[&str], env: &[(&str, &str)]) -> Traced {
     let (otlp_port, received) = receiver().await;
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let endpoint = format!("http://127.0.0.1:{otlp_port}");
-    let mut node = start_with_env(
-        data.path(),
-        port,
-        &[
-            "--otlp-endpoint",
-            &endpoint,
-            "--trace-sample-ratio",
-            "1",
-            "--log-format",
-            "json",
-        ],
-        &[
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("RUST_LOG", "info,canopy_serving::access=debug"),
-        ],
-    );
+    let mut args = vec![
+        "--otlp-endpoint",
+        &endpoint,
+        "--trace-sample-ratio",
+        sample_ratio,
+    ];
+    args.extend_from_slice(extra);
+    // The batch processor sends every 100 ms rather than every 5 s.
+    let mut env = env.to_vec();
+    env.push(("OTEL_BSP_SCHEDULE_DELAY", "100"));
+    let node = start_with_env(data.path(), port, &args, &env);
     let client = reqwest::Client::new();
     wait_healthy(&client, &base).await;
     create_admin(data.path());
     let admin = login(&client, &base, "root").await;
+    Traced {
+        data,
+        node,
+        base,
+        client,
+        admin,
+        received,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cast_vote_is_one_trace_from_the_api_through_the_log_to_the_view() {
+    let Traced {
+        data,
+        mut node,
+        base,
+        client,
+        admin,
+        received,
+    } = traced_node(
+        "1",
+        &["--log-format", "json"],
+        &[("RUST_LOG", "info,canopy_serving::access=debug")],
+    )
+    .await;
     let decision = create_decision(&client, &base, &admin, yes_or_no("Dredge the canal?")).await;
     let voter = register(&client, &base, "traced-voter").await;
     cast(&client, &base, &voter, &decision, 1).await;
@@ -164,27 +193,14 @@ async fn a_cast_vote_is_one_trace_from_the_api_through_the_log_to_the_view() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_a_ratio_of_zero_only_failed_requests_are_traced() {
-    let (otlp_port, received) = receiver().await;
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let endpoint = format!("http://127.0.0.1:{otlp_port}");
-    let mut node = start_with_env(
-        data.path(),
-        port,
-        &[
-            "--otlp-endpoint",
-            &endpoint,
-            "--trace-sample-ratio",
-            "0",
-            "--no-lake",
-        ],
-        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
-    );
-    let client = reqwest::Client::new();
-    wait_healthy(&client, &base).await;
-    create_admin(data.path());
-    let admin = login(&client, &base, "root").await;
+    let Traced {
+        data: _data,
+        mut node,
+        base,
+        client,
+        admin,
+        received,
+    } = traced_node("0", &["--no-lake"], &[]).await;
     let decision = create_decision(&client, &base, &admin, yes_or_no("Fell the poplar?")).await;
     for n in 0..5 {
         let voter = register(&client, &base, &format!("untraced{n}")).await;

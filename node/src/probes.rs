@@ -15,6 +15,7 @@ use canopy_ingest::VoteLog;
 use serde_json::json;
 
 use crate::NodeError;
+use crate::listener::{HttpSettings, Listener};
 
 /// What the probes look at once the dataflow runs (before that: alive, not ready).
 #[derive(Default)]
@@ -37,19 +38,14 @@ impl WorkerProbes {
     }
 }
 
-/// Binds `listen` and serves the probes until `stop` changes; returns the bound address
+/// Binds `listen` and serves the probes until `stop` changes, through the API's own
+/// listener (header timeout, idle timeout, a connection cap); returns the bound address
 /// (port 0 picks a free one) and the task.
 pub(crate) async fn serve_probes(
     listen: SocketAddr,
     probes: Arc<WorkerProbes>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| NodeError::Internal(format!("listening on {listen} for metrics: {e}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| NodeError::Internal(e.to_string()))?;
     let router = Router::new()
         .route("/metrics", get(metrics_text))
         .route(
@@ -58,17 +54,24 @@ pub(crate) async fn serve_probes(
         )
         .route("/readyz", get(readyz))
         .with_state(probes);
+    // A scraper and two probes: a handful of connections is plenty.
+    let settings = HttpSettings {
+        max_connections: 64,
+        ..HttpSettings::default()
+    };
+    let Listener {
+        addr,
+        stop: stop_server,
+        server,
+    } = crate::listener::listen(listen, &settings, None, router).await?;
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            })
-            .await;
-        if let Err(error) = served {
+        let _ = stop.changed().await;
+        let _ = stop_server.send(());
+        if let Ok(Err(error)) = server.await {
             tracing::warn!(%error, "the worker's metrics listener stopped");
         }
     });
-    Ok((bound, task))
+    Ok((addr, task))
 }
 
 async fn metrics_text() -> Response {

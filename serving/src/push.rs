@@ -260,11 +260,8 @@ impl AdminFigures {
             }
         }
         measured.log_end = Some((Instant::now(), log_end));
-        let log = state.gate.log();
-        let counted: u64 = (0..log.partitions())
-            .map(|partition| state.views.frontier(partition))
-            .sum();
-        metrics::gauge!("canopy_view_lag_entries").set(log_end.saturating_sub(counted) as f64);
+        metrics::gauge!("canopy_view_lag_entries")
+            .set(log_end.saturating_sub(counted(state)) as f64);
         measured.unanchored_checkpoints = backlog.ok().map(|rows| rows.len());
         measured.pending_anchor_batches = batches.ok().map(|rows| rows.len());
         *measured
@@ -281,15 +278,19 @@ fn log_end(state: &SharedState) -> u64 {
         .sum()
 }
 
+/// Log entries reflected in the results, summed over the partitions.
+fn counted(state: &SharedState) -> u64 {
+    (0..state.gate.log().partitions())
+        .map(|partition| state.views.frontier(partition))
+        .sum()
+}
+
 /// The node's figures for `/admin`: the vote log's end and ingest rate, the results'
 /// frontier and lag, the anchoring backlog, requests that failed inside the node, reads
 /// waiting.
 fn stats(state: &SharedState, measured: &Measured) -> Value {
-    let log = state.gate.log();
     let log_end = log_end(state);
-    let counted: u64 = (0..log.partitions())
-        .map(|partition| state.views.frontier(partition))
-        .sum();
+    let counted = counted(state);
     json!({
         "log_end": log_end,
         "counted": counted,
