@@ -2,6 +2,7 @@
 
 #![deny(unsafe_code)]
 
+mod backup_cmd;
 mod cluster;
 mod config;
 #[cfg(feature = "evm")]
@@ -77,6 +78,13 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// Replay the vote log through the tally dataflow and print each decision's result.
     Tally(config::TallyFlags),
+    /// Back up a node (its store, data directory and key files), sealed with age, to a
+    /// folder or bucket: once, or on a schedule with --backup-every.
+    Backup(Box<backup_cmd::BackupArgs>),
+    /// Write a new age identity for backups and print its recipient (age1…).
+    BackupKeygen(backup_cmd::KeygenArgs),
+    /// Bring a node back from a backup into an empty data directory (and database).
+    Restore(backup_cmd::RestoreArgs),
     /// Inspect the embedded vote log.
     Log {
         #[command(subcommand)]
@@ -162,6 +170,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             command: AdminCommand::Create(args),
         } => up::admin_create(args),
         Command::Loadgen(args) => loadgen::run(args),
+        Command::Backup(args) => backup_cmd::backup(*args),
+        Command::Restore(args) => backup_cmd::restore_cmd(args),
+        Command::BackupKeygen(args) => backup_cmd::keygen(args),
         Command::Lake {
             command: LakeCommand::Sync(args),
         } => lake_cmd::lake_sync(args),

@@ -27,6 +27,12 @@ pub enum NodeError {
     SqlPort(#[from] SqlWireError),
     #[error("TLS: {0}")]
     Tls(String),
+    /// Taking, reading or restoring a backup.
+    #[error("backup: {0}")]
+    Backup(String),
+    /// A backup's key did not open with the identity or passphrase given.
+    #[error("backup: {0}")]
+    BackupKey(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -49,6 +55,8 @@ impl NodeError {
             Self::Chain(error) => error.code(),
             Self::SqlPort(error) => error.code(),
             Self::Tls(_) => "tls",
+            Self::Backup(_) => "backup",
+            Self::BackupKey(_) => "backup_key",
             Self::Internal(_) => "internal",
         }
     }

@@ -25,9 +25,13 @@
 //! - `probes`: a worker's own listener for `/metrics`, `/healthz`, `/readyz`, and its lag
 //!   gauges.
 //! - [`tls`]: the listeners' certificate, reloaded on SIGHUP.
+//! - [`backup`]: `canopy backup` and `canopy restore`; [`backup_repo`]: where backups live
+//!   and how they are sealed (age).
 
 #![deny(unsafe_code)]
 
+pub mod backup;
+pub mod backup_repo;
 pub mod data_dir;
 mod error;
 pub mod keys;
@@ -48,5 +52,6 @@ pub mod worker;
 
 pub use error::NodeError;
 pub use node::{Node, NodeConfig};
+pub use probes::serve_metrics;
 pub use sensors::SensorSettings;
 pub use sql_port::SqlPortSettings;

@@ -44,7 +44,7 @@ impl WorkerProbes {
 pub(crate) async fn serve_probes(
     listen: SocketAddr,
     probes: Arc<WorkerProbes>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError> {
     let router = Router::new()
         .route("/metrics", get(metrics_text))
@@ -54,6 +54,27 @@ pub(crate) async fn serve_probes(
         )
         .route("/readyz", get(readyz))
         .with_state(probes);
+    serve_router(listen, router, stop).await
+}
+
+/// `/metrics` and `/healthz` alone, for a process with nothing to be ready for (the
+/// scheduled `canopy backup`).
+pub async fn serve_metrics(
+    listen: SocketAddr,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError> {
+    let router = Router::new().route("/metrics", get(metrics_text)).route(
+        "/healthz",
+        get(|| async { axum::Json(json!({ "status": "ok" })) }),
+    );
+    serve_router(listen, router, stop).await
+}
+
+async fn serve_router(
+    listen: SocketAddr,
+    router: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError> {
     // A scraper and two probes: a handful of connections is plenty.
     let settings = HttpSettings {
         max_connections: 64,
@@ -68,7 +89,7 @@ pub(crate) async fn serve_probes(
         let _ = stop.changed().await;
         let _ = stop_server.send(());
         if let Ok(Err(error)) = server.await {
-            tracing::warn!(%error, "the worker's metrics listener stopped");
+            tracing::warn!(%error, "the metrics listener stopped");
         }
     });
     Ok((addr, task))

@@ -25,6 +25,7 @@ pub mod record;
 pub mod salts;
 pub mod state;
 pub mod store;
+pub mod store_backup;
 pub mod store_keys;
 pub mod throttle;
 pub mod traces;

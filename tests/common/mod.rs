@@ -5,6 +5,7 @@ pub mod anvil;
 pub mod cluster;
 pub mod lake;
 pub mod sensors;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -1,0 +1,165 @@
+//! A test certificate authority and TLS-only servers started from it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
+
+/// A CA of the test's own and a server certificate it signed for `localhost` and
+/// 127.0.0.1, as PEM files in `dir`.
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn create(dir: &Path) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Canopy test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let mut server =
+            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        server
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let server = server.signed_by(&server_key, &ca).unwrap();
+        let paths = Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        };
+        std::fs::write(&paths.ca, ca.pem()).unwrap();
+        std::fs::write(&paths.cert, server.pem()).unwrap();
+        std::fs::write(&paths.key, server_key.serialize_pem()).unwrap();
+        paths
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a PostgreSQL server program as the `postgres` user when this is root (the server
+/// refuses to run as root), else as this user.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn postgres_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("Debian's PostgreSQL server is installed (scripts/test installs it)")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin").join(name))
+        .filter(|p| p.exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("initdb and pg_ctl are installed")
+}
+
+/// A throwaway PostgreSQL cluster that takes TLS connections only (a plain one is
+/// rejected by pg_hba), stopped when dropped.
+pub struct TlsPostgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TlsPostgres {
+    pub fn start(ca: &TestCa) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("cluster");
+        let chown = |path: &Path| {
+            if is_root() {
+                assert!(
+                    Command::new("chown")
+                        .args(["-R", "postgres:postgres"])
+                        .arg(path)
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+            }
+        };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(&data).unwrap();
+        chown(&data);
+        let initdb = as_postgres(&postgres_bin("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            initdb.status.success(),
+            "{}",
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        std::fs::copy(&ca.cert, data.join("server.crt")).unwrap();
+        std::fs::copy(&ca.key, data.join("server.key")).unwrap();
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let port = super::free_port();
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        use std::io::Write;
+        writeln!(
+            conf,
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nfsync = off",
+            data.display()
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        chown(&data);
+        let started = as_postgres(&postgres_bin("pg_ctl"))
+            .args(["-w", "-l"])
+            .arg(data.join("server.log"))
+            .arg("-D")
+            .arg(&data)
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            started.status.success(),
+            "{} {}",
+            String::from_utf8_lossy(&started.stderr),
+            std::fs::read_to_string(data.join("server.log")).unwrap_or_default()
+        );
+        Self { port, dir }
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&postgres_bin("pg_ctl"))
+            .args(["-m", "immediate", "-D"])
+            .arg(self.dir.path().join("cluster"))
+            .arg("stop")
+            .output();
+    }
+}
