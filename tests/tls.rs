@@ -5,7 +5,8 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::tls::{TestCa, TlsPostgres};
+use canopy_node::redis::ReplicaCoordinator;
+use common::tls::{TestCa, TlsPostgres, TlsRedis};
 use common::*;
 
 fn canopy() -> Command {
@@ -75,4 +76,52 @@ async fn a_node_keeps_its_store_on_postgresql_over_verified_tls_and_a_plain_conn
     assert_eq!(status, 401, "{body}");
     assert!(!voter.is_empty());
     kill_9(&mut node);
+}
+
+#[test]
+fn the_cluster_reaches_redis_over_verified_tls_and_a_plain_connection_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::create(dir.path());
+    let server = TlsRedis::start(&ca);
+    let prefix = format!("canopy-tls-{}", uuid::Uuid::new_v4().simple());
+    let verified = format!(
+        "rediss://localhost:{}/?sslrootcert={}",
+        server.port,
+        ca.ca.display()
+    );
+    // Two replicas announce themselves through the TLS server and see each other.
+    let first = ReplicaCoordinator::connect(&verified, &prefix).unwrap();
+    let second = ReplicaCoordinator::connect(&verified, &prefix).unwrap();
+    first.heartbeat().unwrap();
+    let (live, _) = second.heartbeat().unwrap();
+    assert_eq!(live, 2);
+
+    let plain =
+        ReplicaCoordinator::connect(&format!("redis://localhost:{}/", server.port), &prefix)
+            .and_then(|c| c.heartbeat());
+    let error = plain
+        .expect_err("a plain connection to a TLS-only Redis must fail")
+        .to_string();
+    assert!(error.contains("rediss://"), "{error}");
+    let untrusted =
+        ReplicaCoordinator::connect(&format!("rediss://localhost:{}/", server.port), &prefix)
+            .err()
+            .expect("a certificate from an unknown CA must be refused")
+            .to_string();
+    assert!(
+        untrusted.to_lowercase().contains("certificate"),
+        "{untrusted}"
+    );
+    let missing = ReplicaCoordinator::connect(
+        &format!(
+            "rediss://localhost:{}/?sslrootcert=/nonexistent/ca.pem",
+            server.port
+        ),
+        &prefix,
+    )
+    .err()
+    .expect("a missing CA file must be refused")
+    .to_string();
+    assert!(missing.contains("/nonexistent/ca.pem"), "{missing}");
+    eprintln!("refusals: plain: {error}\nunknown CA: {untrusted}\nmissing CA file: {missing}");
 }

@@ -70,6 +70,72 @@ pub(crate) fn unavailable(error: redis::RedisError) -> DataflowError {
     DataflowError::ViewsUnavailable(error.to_string())
 }
 
+/// A client for `url`: `redis://`, or `rediss://` (TLS) checked against the system's
+/// roots or, with `sslrootcert=<PEM file>` in the query (as a PostgreSQL URL names its CA),
+/// against that CA alone.
+pub(crate) fn client(url: &str) -> Result<redis::Client, DataflowError> {
+    let (url, root_cert) = split_root_cert(url);
+    match root_cert {
+        None => redis::Client::open(url.as_str()).map_err(unavailable),
+        Some(path) => {
+            let pem = std::fs::read(&path).map_err(|e| {
+                DataflowError::ViewsUnavailable(format!("the Redis CA file {path}: {e}"))
+            })?;
+            redis::Client::build_with_tls(
+                url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(unavailable)
+        }
+    }
+}
+
+/// A first connection's failure; a plain URL to a server that takes TLS only is reset at
+/// the first command, which says nothing by itself.
+fn first_connection_failed(url: &str, error: redis::RedisError) -> DataflowError {
+    if url.starts_with("redis://") && error.is_connection_dropped() {
+        return DataflowError::ViewsUnavailable(format!(
+            "{error} (if the server takes TLS only, its URL starts rediss://)"
+        ));
+    }
+    unavailable(error)
+}
+
+/// `url` without its `sslrootcert` parameter, and the parameter's value.
+fn split_root_cert(url: &str) -> (String, Option<String>) {
+    let (rest, fragment) = match url.split_once('#') {
+        Some((rest, fragment)) => (rest, Some(fragment)),
+        None => (url, None),
+    };
+    let Some((base, query)) = rest.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut root_cert = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("sslrootcert=") {
+            Some(path) => {
+                root_cert = Some(path.to_string());
+                false
+            }
+            None => !pair.is_empty(),
+        })
+        .collect();
+    let mut url = base.to_string();
+    if !kept.is_empty() {
+        url.push('?');
+        url.push_str(&kept.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        url.push('#');
+        url.push_str(fragment);
+    }
+    (url, root_cert)
+}
+
 /// One connection to Redis, reconnected once when it broke: the views' and the sensor
 /// copy's.
 pub(crate) struct Connection {
@@ -79,8 +145,10 @@ pub(crate) struct Connection {
 
 impl Connection {
     pub(crate) fn open(url: &str) -> Result<Self, DataflowError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let connection = client.get_connection().map_err(unavailable)?;
+        let client = client(url)?;
+        let connection = client
+            .get_connection()
+            .map_err(|e| first_connection_failed(url, e))?;
         Ok(Self {
             client,
             connection: Mutex::new(connection),
@@ -324,8 +392,10 @@ const REPLICA_TIMEOUT_MS: u64 = 3_000;
 
 impl ReplicaCoordinator {
     pub fn connect(url: &str, prefix: &str) -> Result<Self, DataflowError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let connection = client.get_connection().map_err(unavailable)?;
+        let client = client(url)?;
+        let connection = client
+            .get_connection()
+            .map_err(|e| first_connection_failed(url, e))?;
         Ok(Self {
             client,
             connection: Mutex::new(Some(connection)),
@@ -522,8 +592,10 @@ pub struct RedisAttemptLedger {
 
 impl RedisAttemptLedger {
     pub fn connect(url: &str, prefix: &str) -> Result<Self, DataflowError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let connection = client.get_connection().map_err(unavailable)?;
+        let client = client(url)?;
+        let connection = client
+            .get_connection()
+            .map_err(|e| first_connection_failed(url, e))?;
         Ok(Self {
             client,
             connection: Mutex::new(Some(connection)),
@@ -598,5 +670,32 @@ impl canopy_serving::throttle::AttemptLedger for RedisAttemptLedger {
             invocation.invoke::<i64>(c)
         })
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tls_url_tests {
+    use super::split_root_cert;
+
+    #[test]
+    fn the_ca_parameter_is_taken_out_and_the_rest_kept_as_written() {
+        assert_eq!(
+            split_root_cert("rediss://:secret@cache:6380/2?sslrootcert=/etc/ca.pem"),
+            (
+                "rediss://:secret@cache:6380/2".to_string(),
+                Some("/etc/ca.pem".to_string())
+            )
+        );
+        assert_eq!(
+            split_root_cert("rediss://cache/?protocol=resp3&sslrootcert=ca.pem#insecure"),
+            (
+                "rediss://cache/?protocol=resp3#insecure".to_string(),
+                Some("ca.pem".to_string())
+            )
+        );
+        assert_eq!(
+            split_root_cert("redis://127.0.0.1:6379/"),
+            ("redis://127.0.0.1:6379/".to_string(), None)
+        );
     }
 }

@@ -632,7 +632,7 @@ pub fn relay_alerts(
     alerts: tokio::sync::broadcast::Sender<Alert>,
     closing: tokio::sync::watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>, DataflowError> {
-    let client = redis::Client::open(url).map_err(unavailable)?;
+    let client = crate::redis::client(url)?;
     let channel = Keys {
         prefix: prefix.to_string(),
     }

@@ -163,3 +163,55 @@ impl Drop for TlsPostgres {
             .output();
     }
 }
+
+/// Debian's redis-server listening with TLS only (no plain port), stopped when dropped.
+pub struct TlsRedis {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    pub fn start(ca: &TestCa) -> Self {
+        let port = super::free_port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&ca.cert)
+            .arg("--tls-key-file")
+            .arg(&ca.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca.ca)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--bind", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "redis-server with TLS exited"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server with TLS did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
