@@ -182,7 +182,8 @@ pub struct RecordSection {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvmSection {
-    /// Anchor on this EVM node (http JSON-RPC) instead of in the local journal.
+    /// Anchor on this EVM node (http(s) JSON-RPC; several, comma-separated, are tried in
+    /// order) instead of in the local journal.
     pub rpc: Option<String>,
     pub contract: Option<String>,
     /// The anchoring key (hex secp256k1). Secret: masked by `config show`.
@@ -504,7 +505,8 @@ pub struct ConfigFlags {
     /// api.cors_origins: a browser origin allowed to call the API (repeatable).
     #[arg(long = "cors-origin")]
     cors_origins: Vec<String>,
-    /// evm.rpc: anchor batch roots on this EVM node (http JSON-RPC).
+    /// evm.rpc: anchor batch roots on this EVM node (http(s) JSON-RPC; a comma-separated
+    /// list is tried in order).
     #[arg(long)]
     evm_rpc: Option<String>,
     /// evm.contract: the deployed GovernanceVotingVerifier (`canopy evm deploy`).

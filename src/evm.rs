@@ -10,8 +10,10 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug)]
 pub struct EvmArgs {
-    /// JSON-RPC endpoint (http) of an EVM node; batch roots are anchored there instead of in
-    /// the local anchor journal.
+    /// JSON-RPC endpoint (http:// or https://) of an EVM node, or several separated by
+    /// commas, tried in order when one cannot be reached (e.g. a provider and its backup);
+    /// batch roots are anchored there instead of in the local anchor journal. TLS checks
+    /// the system's roots (SSL_CERT_FILE names others).
     #[arg(long, env = "CANOPY_EVM_RPC")]
     pub evm_rpc: Option<String>,
     /// Address of the deployed GovernanceVotingVerifier (`canopy evm deploy`).
@@ -67,7 +69,7 @@ pub async fn target(args: &EvmArgs) -> anyhow::Result<Option<EvmTarget>> {
 
 #[derive(Args)]
 pub struct DeployArgs {
-    /// JSON-RPC endpoint (http).
+    /// JSON-RPC endpoint (http:// or https://).
     #[arg(long, env = "CANOPY_EVM_RPC")]
     rpc: String,
     /// The deploying key; it becomes the anchoring key (the contract's owner).

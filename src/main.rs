@@ -145,6 +145,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     // The data directory holds voter salts and keys: what this process creates (database,
     // log segments, keys, the lake) is readable by its user only.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    canopy_node::tls::install_crypto_provider();
     let cli = Cli::parse();
     let _telemetry = telemetry::init(
         cli.log_format,

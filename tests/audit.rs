@@ -46,7 +46,7 @@ impl AuditedNode {
         create_admin(data.path());
         let port = free_port();
         let child = start_with(data.path(), port, &as_strs(&flags));
-        let client = reqwest::Client::new();
+        let client = canopy_testkit::http_client();
         let base = format!("http://127.0.0.1:{port}");
         wait_healthy(&client, &base).await;
         let admin = login(&client, &base, "root").await;

@@ -104,7 +104,7 @@ async fn a_node_destroyed_under_load_comes_back_from_its_backups_with_every_vote
     let (identity, recipient) = keygen(dir.path());
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut node = start(&data, port);
     wait_healthy(&client, &base).await;
     create_admin(&data);
@@ -337,7 +337,7 @@ async fn a_postgresql_node_comes_back_from_a_bucket_full_then_incremental_and_re
     let database = Database::create();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut node = start_with(&data, port, &["--database-url", &database.url]);
     wait_healthy(&client, &base).await;
     create_admin_in(&data, &database.url);

@@ -211,7 +211,7 @@ async fn serve_replicas_share_results_and_survive_the_loss_of_one() {
         format!("http://127.0.0.1:{port_a}"),
         format!("http://127.0.0.1:{port_b}"),
     );
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut replica_a = Running::new(vec![start_serve(&deployment, port_a, "a")]);
     common::wait_healthy(&client, &base_a).await;
     let mut replica_b = Running::new(vec![start_serve(&deployment, port_b, "b")]);
@@ -306,7 +306,7 @@ async fn replicas_share_rate_limits_and_erasures() {
         format!("http://127.0.0.1:{port_a}"),
         format!("http://127.0.0.1:{port_b}"),
     );
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     // 4 requests/s per user, bursts of 8, for the whole cluster.
     let _replica_a = Running::new(vec![start_serve_with_rate(&deployment, port_a, "a", 4.0)]);
     common::wait_healthy(&client, &base_a).await;
@@ -390,7 +390,7 @@ async fn any_replica_proves_every_vote_from_tiles_across_a_worker_sigkill() {
         format!("http://127.0.0.1:{port_a}"),
         format!("http://127.0.0.1:{port_b}"),
     ];
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let _replica_a = Running::new(vec![start_serve(&deployment, port_a, "ta")]);
     common::wait_healthy(&client, &bases[0]).await;
     let _replica_b = Running::new(vec![start_serve(&deployment, port_b, "tb")]);
@@ -729,7 +729,7 @@ async fn the_whole_system_survives_sigkill_and_rescaling_on_a_cluster() {
     let mut workers = deployment.start_with_env(1, 2, "a", &env);
     let ports = [common::free_port(), common::free_port()];
     let bases = ports.map(|port| format!("http://127.0.0.1:{port}"));
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     // Replica A makes the shared keys; B starts once they exist.
     let mut replicas = Running::new(Vec::new());
     for (n, name) in ["wa", "wb"].into_iter().enumerate() {
@@ -971,7 +971,7 @@ async fn the_whole_system_survives_sigkill_and_rescaling_on_a_cluster() {
 /// Casts `option`s on `decision` as `token` on `base` until the replica refuses (the window
 /// or the decision closed); returns how many it acknowledged.
 async fn cast_until_refused(base: String, token: String, decision: String, seed: u16) -> usize {
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut accepted = 0;
     for n in 0.. {
         match common::try_cast(&client, &base, &token, &decision, (seed + n) % 2).await {
@@ -1003,7 +1003,7 @@ async fn a_close_racing_votes_on_a_cluster_gives_a_result_anyone_recounts() {
         format!("http://127.0.0.1:{port_a}"),
         format!("http://127.0.0.1:{port_b}"),
     );
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut replica_a = Running::new(vec![start_serve(&deployment, port_a, "a")]);
     common::wait_healthy(&client, &base_a).await;
     let mut replica_b = Running::new(vec![start_serve(&deployment, port_b, "b")]);

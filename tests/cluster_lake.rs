@@ -322,7 +322,7 @@ async fn a_cluster_writes_one_lake_exactly_once_and_a_replica_answers_sql() {
     // A replica with no engine answers over the same lake: HTTP as an admin, and psql.
     let (port, pg_port) = (common::free_port(), common::free_port());
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let _replica = Running::new(vec![start_replica(&deployment, port, pg_port, &env)]);
     common::wait_healthy(&client, &base).await;
     let admin = common::login(&client, &base, "root").await;

@@ -57,7 +57,7 @@ async fn sensor_features_on_the_cluster_equal_the_recomputation() {
         format!("http://127.0.0.1:{port_a}"),
         format!("http://127.0.0.1:{port_b}"),
     );
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let _replica_a = Running::new(vec![start_serve(&deployment, port_a, "a")]);
     common::wait_healthy(&client, &base_a).await;
     let _replica_b = Running::new(vec![start_serve(&deployment, port_b, "b")]);

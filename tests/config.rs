@@ -325,7 +325,7 @@ async fn up_listens_where_the_flag_says_over_the_file() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     wait_healthy(&client, &format!("http://127.0.0.1:{flag_port}")).await;
     let health = client
         .get(format!("http://127.0.0.1:{flag_port}/healthz"))

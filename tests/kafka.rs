@@ -48,7 +48,7 @@ async fn start_voting_node(brokers: &str, topic: &str) -> VotingNode {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let node = start_with(data.path(), port, &kafka_args(brokers, topic));
     wait_healthy(&client, &base).await;
     create_admin(data.path());

@@ -132,7 +132,7 @@ async fn a_nodes_metrics_count_what_was_done_and_prometheus_scrapes_them() {
     let base = format!("http://127.0.0.1:{port}");
     // Anchoring often, so the anchoring metrics move during the test.
     let mut node = start_with(data.path(), port, &["--anchor-interval-s", "0.2"]);
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     wait_healthy(&client, &base).await;
     create_admin(data.path());
     let admin = login(&client, &base, "root").await;
@@ -380,7 +380,7 @@ async fn prometheus_query(target: &str, query: &str) -> f64 {
         .stderr(log)
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let deadline = Instant::now() + Duration::from_secs(60);
     let answer = loop {
         let encoded: String = query
@@ -422,7 +422,7 @@ async fn a_worker_and_a_serve_replica_export_their_share_of_the_metrics() {
     create_admin_in(&deployment);
     let mut workers = deployment.start(1, 1, "w");
     let worker_base = format!("http://127.0.0.1:{}", workers.metrics_ports[0]);
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     wait_healthy(&client, &worker_base).await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");

@@ -23,7 +23,7 @@ async fn the_stock_socket_io_client_follows_results_and_decisions() {
     let base = format!("http://127.0.0.1:{port}");
     // The default per-user rate, which a guess loop of subscribes runs into.
     let mut node = start_with(data.path(), port, &["--user-rate", "20"]);
-    wait_healthy(&reqwest::Client::new(), &base).await;
+    wait_healthy(&canopy_testkit::http_client(), &base).await;
     create_admin(data.path());
     let env = vec![
         ("CANOPY_BASE", base),
@@ -51,7 +51,7 @@ async fn a_client_on_one_replica_hears_what_was_done_through_another() {
         format!("http://127.0.0.1:{port_a}"),
         format!("http://127.0.0.1:{port_b}"),
     );
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     // A makes the shared keys; B starts once they exist.
     let mut replica_a = Running::new(vec![start_serve(&deployment, port_a, "a")]);
     wait_healthy(&client, &base_a).await;

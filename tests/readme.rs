@@ -79,7 +79,7 @@ fn the_readme_try_it_runs_as_written() {
     let _node = Running(start(&data, port));
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(wait_healthy(&reqwest::Client::new(), &base));
+        .block_on(wait_healthy(&canopy_testkit::http_client(), &base));
 
     // The other terminal.
     let binary = Path::new(env!("CARGO_BIN_EXE_canopy"));

@@ -96,7 +96,7 @@ async fn votes_are_anchored_on_chain_and_proofs_verify_there_and_offline() {
     let files = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let evm_args = evm_args("0.5", &anvil.url, &contract);
     let mut node = start_with(data.path(), port, &evm_args);
     wait_healthy(&client, &base).await;
@@ -261,7 +261,7 @@ async fn anchoring_waits_out_a_chain_outage_and_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut node = start_with(data.path(), port, &evm_args("0.3", &rpc, &contract));
     wait_healthy(&client, &base).await;
     create_admin(data.path());
@@ -313,7 +313,7 @@ async fn without_a_chain_checkpoints_are_anchored_in_the_signed_local_journal() 
     let files = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut node = start_with(data.path(), port, &["--anchor-interval-s", "0.2"]);
     wait_healthy(&client, &base).await;
     create_admin(data.path());

@@ -88,7 +88,7 @@ async fn tiles_in_a_bucket_verify_offline_from_the_bucket_alone() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut node = start_up(data.path(), port, &endpoint, &store);
     wait_healthy(&client, &base).await;
     create_admin(data.path());

@@ -6,8 +6,10 @@ mod common;
 use std::process::{Command, Output};
 
 use canopy_node::redis::ReplicaCoordinator;
-use common::tls::{TestCa, TlsPostgres, TlsRedis};
+use common::anvil::{deploy_contract, evm_args, start_anvil};
+use common::tls::{TestCa, TlsPostgres, TlsProxy, TlsRedis};
 use common::*;
+use std::time::{Duration, Instant};
 
 fn canopy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_canopy"))
@@ -61,7 +63,7 @@ async fn a_node_keeps_its_store_on_postgresql_over_verified_tls_and_a_plain_conn
     let data = dir.path().join("data");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut node = start_with(&data, port, &["--database-url", &verified]);
     wait_healthy(&client, &base).await;
     let voter = register(&client, &base, "over-tls").await;
@@ -124,4 +126,105 @@ fn the_cluster_reaches_redis_over_verified_tls_and_a_plain_connection_fails_clea
     .to_string();
     assert!(missing.contains("/nonexistent/ca.pem"), "{missing}");
     eprintln!("refusals: plain: {error}\nunknown CA: {untrusted}\nmissing CA file: {missing}");
+}
+
+/// Starts `canopy up` with `extra` and `env`, which must fail at start; its output.
+fn up_must_fail(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let data = dir.join(format!("refused-{}", uuid::Uuid::new_v4().simple()));
+    let mut child = canopy()
+        .args([
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success());
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            return stderr;
+        }
+        if Instant::now() > deadline {
+            kill_9(&mut child);
+            panic!("canopy up {extra:?} started when it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_are_anchored_over_https_through_the_second_endpoint_when_the_first_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::create(dir.path());
+    let anvil = start_anvil();
+    let contract = deploy_contract(&anvil);
+    let anvil_port: u16 = anvil.url.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = TlsProxy::start(&ca, anvil_port);
+    let trust_the_ca = [("SSL_CERT_FILE", ca.ca.to_str().unwrap())];
+
+    // Plain HTTP to the TLS endpoint, and TLS without the CA among the roots: refused at start.
+    let plain = format!("http://localhost:{}", proxy.port);
+    let refused = up_must_fail(dir.path(), &evm_args("1", &plain, &contract), &trust_the_ca);
+    assert!(refused.contains("evm_unreachable"), "{refused}");
+    let verified = format!("https://localhost:{}", proxy.port);
+    let untrusted = up_must_fail(dir.path(), &evm_args("1", &verified, &contract), &[]);
+    assert!(
+        untrusted.to_lowercase().contains("certificate"),
+        "{untrusted}"
+    );
+    eprintln!("refusals:\n{refused}\n{untrusted}");
+
+    // The first endpoint is down; the second, over verified TLS, anchors.
+    let endpoints = format!("https://localhost:{},{verified}", free_port());
+    let data = dir.path().join("data");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = canopy_testkit::http_client();
+    let mut node = start_with_env(
+        &data,
+        port,
+        &evm_args("0.5", &endpoints, &contract),
+        &trust_the_ca,
+    );
+    wait_healthy(&client, &base).await;
+    create_admin(&data);
+    let admin = login(&client, &base, "root").await;
+    let decision = create_decision(&client, &base, &admin, yes_or_no("over https")).await;
+    let voter = register(&client, &base, "https-voter").await;
+    let receipt = cast(&client, &base, &voter, &decision, 0).await;
+    let leaf = receipt["leaf_hash"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let proof = loop {
+        let proof = get_public_json(
+            &client,
+            format!("{base}/api/v1/audit/decisions/{decision}/proof?leaf={leaf}"),
+        )
+        .await;
+        if !proof["anchor"].is_null() {
+            break proof;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not anchored in time: {proof}\n{}",
+            node_log(&data, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        proof["anchor"]["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("evm"),
+        "{proof}"
+    );
+    kill_9(&mut node);
 }

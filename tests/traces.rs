@@ -112,7 +112,7 @@ async fn traced_node(sample_ratio: &str, extra: &[&str], env: &[(&str, &str)]) -
     let mut env = env.to_vec();
     env.push(("OTEL_BSP_SCHEDULE_DELAY", "100"));
     let node = start_with_env(data.path(), port, &args, &env);
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     wait_healthy(&client, &base).await;
     create_admin(data.path());
     let admin = login(&client, &base, "root").await;

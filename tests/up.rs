@@ -28,7 +28,7 @@ async fn the_demo_shows_results_moving() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut node = start_with(data.path(), port, &["--demo"]);
     wait_healthy(&client, &base).await;
     create_admin(data.path());
@@ -81,7 +81,7 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut node = start(data.path(), port);
     wait_healthy(&client, &base).await;
 
@@ -213,7 +213,7 @@ async fn the_data_directory_is_readable_by_its_owner_only() {
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let mut node = start_with(&data, port, &["--demo", "--lake-flush-s", "0.2"]);
     wait_healthy(&client, &base).await;
     create_admin(&data);
@@ -273,7 +273,11 @@ async fn log_of_a_start(args: &[&str], rust_log: Option<&str>) -> String {
         command.env("RUST_LOG", filter);
     }
     let mut node = command.spawn().unwrap();
-    wait_healthy(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}")).await;
+    wait_healthy(
+        &canopy_testkit::http_client(),
+        &format!("http://127.0.0.1:{port}"),
+    )
+    .await;
     kill_9(&mut node);
     std::fs::read_to_string(&log).unwrap()
 }

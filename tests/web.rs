@@ -26,7 +26,7 @@ async fn the_web_client_works_in_a_real_browser_against_the_node() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut node = start(data.path(), port);
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     wait_healthy(&client, &base).await;
     // The node itself serves the client: a page of it is index.html, an API route is not.
     let page = client

@@ -726,7 +726,7 @@ async fn proofs(
         children: vec![(child, log)],
     };
     wait_ready(&mut replica, vec![ready], "the serve replica")?;
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !client
         .get(format!("{base}/readyz"))

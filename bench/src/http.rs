@@ -224,7 +224,7 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         .await?;
         tokens.push(state.keys.issue(id, Role::Citizen, 1_000_000)?.0);
     }
-    let client = reqwest::Client::builder()
+    let client = canopy_testkit::http_client_builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .build()?;
     let base = format!("http://{}", node.addr);

@@ -117,6 +117,7 @@ enum Bench {
 }
 
 fn main() -> anyhow::Result<()> {
+    canopy_node::tls::install_crypto_provider();
     match Cli::parse().bench {
         Bench::Core {
             votes,

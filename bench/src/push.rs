@@ -306,7 +306,7 @@ async fn run_async(args: PushArgs) -> anyhow::Result<()> {
         .await?;
         tokens.push(state.keys.issue(id, Role::Citizen, 1_000_000)?.0);
     }
-    let client = reqwest::Client::builder()
+    let client = canopy_testkit::http_client_builder()
         .pool_max_idle_per_host(1_024)
         .build()?;
     let base = format!("http://{}", node.addr);

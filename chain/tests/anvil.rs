@@ -309,10 +309,18 @@ async fn anchors_reads_and_verifies_on_automine_anvil() {
         code(deploy(&format!("http://127.0.0.1:{port}"), KEY0).await),
         "evm_unreachable"
     );
-    // Unsupported URL.
-    let mut tls = config(&anvil, KEY0, contract, 0);
-    tls.rpc_url = "https://rpc.example.invalid".into();
-    assert_eq!(code(EvmAnchor::connect(tls).await), "evm_bad_config");
+    // A scheme JSON-RPC over HTTP cannot use, and an https:// host that does not resolve.
+    let mut websocket = config(&anvil, KEY0, contract, 0);
+    websocket.rpc_url = "ws://127.0.0.1:8546".into();
+    assert_eq!(code(EvmAnchor::connect(websocket).await), "evm_bad_config");
+    let mut nowhere = config(&anvil, KEY0, contract, 0);
+    nowhere.rpc_url = "https://rpc.example.invalid".into();
+    assert_eq!(code(EvmAnchor::connect(nowhere).await), "evm_unreachable");
+    // A fallback list: the unreachable first endpoint is passed over for anvil.
+    let mut fallback = config(&anvil, KEY0, contract, 0);
+    fallback.rpc_url = format!("http://127.0.0.1:{port}, {}", anvil.url);
+    let anchor = EvmAnchor::connect(fallback).await.unwrap();
+    assert!(anchor.block_number().await.is_ok());
 
     // The private key never shows in Debug output.
     assert!(!format!("{:?}", config(&anvil, KEY0, contract, 0)).contains(&KEY0[2..]));

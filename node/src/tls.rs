@@ -135,3 +135,10 @@ impl ReloadableTls {
         }))
     }
 }
+
+/// Makes ring rustls's provider for this process: reqwest's TLS (an `https://` EVM node, an
+/// OTLP collector, `canopy verify <url>`) has none of its own in this build and panics
+/// without one. Call before building an HTTP client; calling again changes nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -211,7 +211,7 @@ async fn malformed_requests_answer_the_json_error_body() {
     node.create("root", Role::Admin).await;
     let (admin, _) = node.login("root").await;
     let decision = uuid::Uuid::new_v4();
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     for (method, path, content_type, expected) in [
         (
             reqwest::Method::GET,

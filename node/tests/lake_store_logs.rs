@@ -197,7 +197,7 @@ async fn issue_19_what_callers_do_reaches_the_lakes_audit_trail_for_auditors() {
     let node = TestNode {
         base: format!("http://{}", restarted.addr),
         node: restarted,
-        client: reqwest::Client::new(),
+        client: canopy_testkit::http_client(),
         dir,
     };
     let (auditor, _) = node.login("iris").await;

@@ -34,7 +34,7 @@ const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: canopy\r\n\r\n";
 
 /// How long a fresh client's `GET /healthz` takes (it must answer 200).
 async fn healthz_time(node: &TestNode) -> Duration {
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let started = Instant::now();
     let response = client
         .get(format!("{}/healthz", node.base))
@@ -653,7 +653,7 @@ async fn clients_that_never_read_give_their_sql_slots_back_at_the_deadline() {
 
 /// The 99th percentile of `count` sequential `/healthz` calls on one kept-alive client.
 async fn healthz_p99(node: &TestNode, count: usize) -> Duration {
-    let client = reqwest::Client::new();
+    let client = canopy_testkit::http_client();
     let url = format!("{}/healthz", node.base);
     let mut times = Vec::with_capacity(count);
     for _ in 0..count {

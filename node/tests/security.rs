@@ -368,7 +368,7 @@ async fn oversized_bodies_and_floods_are_refused() {
 
 /// Registers `username` from the loopback address `from` (127.0.0.0/8 all reaches the node).
 async fn register_from(node: &TestNode, from: [u8; 4], username: &str) -> reqwest::Response {
-    reqwest::Client::builder()
+    canopy_testkit::http_client_builder()
         .local_address(std::net::IpAddr::from(from))
         .build()
         .unwrap()

@@ -144,3 +144,16 @@ pub fn migrations_before(dialect: &str, before: &str) -> String {
     }
     script
 }
+
+/// An HTTP client for a test; reqwest's TLS needs rustls's provider installed first.
+pub fn http_client() -> reqwest::Client {
+    http_client_builder()
+        .build()
+        .expect("an HTTP client builds")
+}
+
+/// [`http_client`]'s builder, for a test that sets timeouts or pools.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}

@@ -6,9 +6,10 @@
 //! types. Every method is a single attempt: retries with backoff belong to the caller, which
 //! can use [`ChainError::code`] (the `evm_*` codes) / [`ChainError::is_transient`] to decide.
 //!
-//! Transport: plain HTTP (reqwest without TLS). An `https://` RPC URL is rejected by
-//! [`EvmAnchor::connect`] with `evm_bad_config`; enabling alloy's `reqwest-rustls-tls`
-//! feature would lift that (and adds rustls + aws-lc-rs to the build).
+//! Transport: reqwest over `http://` or `https://` (rustls on ring, certificates checked
+//! against the system's roots, which `SSL_CERT_FILE` can replace). `rpc_url` may list
+//! endpoints separated by commas, tried in order: a call that cannot reach one
+//! (`evm_unreachable`) is made again on the next, which then stays current.
 
 #![warn(missing_docs)]
 
@@ -25,7 +26,6 @@ use alloy::primitives::{Address, B256, FixedBytes};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolInterface, decode_revert_reason};
-use alloy::transports::http::reqwest;
 use alloy::transports::{RpcError, TransportErrorKind};
 
 use bindings::GovernanceVotingVerifier::{self as Gvv, GovernanceVotingVerifierErrors};
@@ -44,7 +44,8 @@ type Receipt = <Ethereum as Network>::ReceiptResponse;
 /// Connection settings of an [`EvmAnchor`].
 #[derive(Clone)]
 pub struct EvmAnchorConfig {
-    /// JSON-RPC endpoint, `http://host:port` (no TLS support in this build).
+    /// JSON-RPC endpoint, `http(s)://host:port`, or several separated by commas (a
+    /// fallback list, tried in order).
     pub rpc_url: String,
     /// secp256k1 private key, 32 bytes hex, with or without `0x`. Must be the contract's
     /// anchoring key (its owner) for [`EvmAnchor::record_batch`].
@@ -229,11 +230,14 @@ fn http_provider(rpc_url: &str, signer: PrivateKeySigner) -> Result<DynProvider,
     let url: reqwest::Url = rpc_url
         .parse()
         .map_err(|e| ChainError::EvmBadConfig(format!("rpc_url {rpc_url:?}: {e}")))?;
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(ChainError::EvmBadConfig(format!(
-            "rpc_url {rpc_url:?}: only http:// is supported (built without TLS)"
+            "rpc_url {rpc_url:?}: an EVM node is reached over http:// or https://"
         )));
     }
+    // reqwest's rustls has no provider of its own in this build; ring is the one every
+    // TLS connection of Canopy uses. Installed once per process, whoever comes first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
@@ -297,11 +301,46 @@ pub async fn deploy(rpc_url: &str, private_key_hex: &str) -> Result<[u8; 20], Ch
     Ok(address.into_array())
 }
 
-/// Client of one deployed `GovernanceVotingVerifier`.
+/// Runs `$call` (an expression over `$endpoint`) on the current endpoint and, while an
+/// endpoint cannot be reached, on the next ones in order (each at most once); the one that
+/// answered becomes current. A macro rather than a function taking an async closure: the
+/// closure's future could not be shown `Send` for every borrow.
+macro_rules! on_endpoints {
+    ($anchor:expr, |$endpoint:ident| $call:expr) => {{
+        let anchor = &$anchor;
+        let mut unreachable = Vec::new();
+        let mut answer = None;
+        for (index, $endpoint) in anchor.endpoint_order() {
+            match $call {
+                Err(ChainError::EvmUnreachable(why)) => {
+                    anchor.unreachable_here($endpoint, &why);
+                    unreachable.push(format!("{}: {why}", $endpoint.url));
+                }
+                answered => {
+                    anchor.answered_by(index);
+                    answer = Some(answered);
+                    break;
+                }
+            }
+        }
+        answer.unwrap_or_else(|| Err(ChainError::EvmUnreachable(unreachable.join("; "))))
+    }};
+}
+
+/// One JSON-RPC endpoint of the fallback list.
 #[derive(Clone)]
-pub struct EvmAnchor {
+struct Endpoint {
+    url: String,
     provider: DynProvider,
     contract: Gvv::GovernanceVotingVerifierInstance<DynProvider>,
+}
+
+/// Client of one deployed `GovernanceVotingVerifier`, through one or more endpoints.
+#[derive(Clone)]
+pub struct EvmAnchor {
+    endpoints: std::sync::Arc<[Endpoint]>,
+    /// The endpoint calls go to first: the last one that answered.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     address: Address,
     confirmations: u64,
     poll_interval: Duration,
@@ -322,23 +361,81 @@ impl EvmAnchor {
     /// address (`evm_unreachable` / `evm_no_contract` otherwise).
     pub async fn connect(config: EvmAnchorConfig) -> Result<Self, ChainError> {
         let signer = parse_key(&config.private_key_hex)?;
-        let provider = http_provider(&config.rpc_url, signer)?;
-        provider.get_chain_id().await.map_err(from_rpc)?;
         let address = Address::from(config.contract);
-        let code = provider.get_code_at(address).await.map_err(from_rpc)?;
+        let endpoints = config
+            .rpc_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(|url| {
+                let provider = http_provider(url, signer.clone())?;
+                Ok(Endpoint {
+                    url: url.to_string(),
+                    contract: Gvv::new(address, provider.clone()),
+                    provider,
+                })
+            })
+            .collect::<Result<Vec<_>, ChainError>>()?;
+        if endpoints.is_empty() {
+            return Err(ChainError::EvmBadConfig("rpc_url names no endpoint".into()));
+        }
+        let anchor = Self {
+            endpoints: endpoints.into(),
+            current: Default::default(),
+            address,
+            confirmations: config.confirmations,
+            poll_interval: config.poll_interval,
+        };
+        let chain_id = on_endpoints!(anchor, |endpoint| endpoint
+            .provider
+            .get_chain_id()
+            .await
+            .map_err(from_rpc))?;
+        for endpoint in anchor.endpoints.iter() {
+            // A reachable fallback on another chain would anchor where no one looks.
+            if let Ok(other) = endpoint.provider.get_chain_id().await
+                && other != chain_id
+            {
+                return Err(ChainError::EvmBadConfig(format!(
+                    "{} is chain {other}, the first reachable endpoint chain {chain_id}",
+                    endpoint.url
+                )));
+            }
+        }
+        let code = on_endpoints!(anchor, |endpoint| {
+            endpoint
+                .provider
+                .get_code_at(address)
+                .await
+                .map_err(from_rpc)
+        })?;
         if code.is_empty() {
             return Err(ChainError::EvmNoContract {
                 address: hex::encode(config.contract),
             });
         }
-        let contract = Gvv::new(address, provider.clone());
-        Ok(Self {
-            provider,
-            contract,
-            address,
-            confirmations: config.confirmations,
-            poll_interval: config.poll_interval,
+        Ok(anchor)
+    }
+
+    /// The endpoints in the order to try them: the current one first.
+    fn endpoint_order(&self) -> impl Iterator<Item = (usize, &Endpoint)> {
+        let count = self.endpoints.len();
+        let first = self.current.load(std::sync::atomic::Ordering::Relaxed) % count;
+        (0..count).map(move |step| {
+            let index = (first + step) % count;
+            (index, &self.endpoints[index])
         })
+    }
+
+    fn answered_by(&self, index: usize) {
+        self.current
+            .store(index, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn unreachable_here(&self, endpoint: &Endpoint, why: &str) {
+        if self.endpoints.len() > 1 {
+            tracing::warn!(endpoint = %endpoint.url, %why, "an EVM endpoint is unreachable; trying the next");
+        }
     }
 
     /// Records a batch root over `decision_ids.len()` anchor entries (one per id, in entry
@@ -360,14 +457,22 @@ impl EvmAnchor {
             ));
         }
         let ids: Vec<FixedBytes<16>> = decision_ids.iter().copied().map(FixedBytes::from).collect();
-        let pending = self
-            .contract
-            .recordBatch(B256::from(batch_root), decision_ids.len() as u64, ids)
-            .send()
-            .await
-            .map_err(from_contract(self.address))?;
-        let tx_hash = *pending.tx_hash();
-        let receipt = wait_receipt(&self.provider, tx_hash, self.poll_interval).await?;
+        let tx_hash = on_endpoints!(self, |endpoint| {
+            endpoint
+                .contract
+                .recordBatch(
+                    B256::from(batch_root),
+                    decision_ids.len() as u64,
+                    ids.clone(),
+                )
+                .send()
+                .await
+                .map(|pending| *pending.tx_hash())
+                .map_err(from_contract(self.address))
+        })?;
+        let receipt = on_endpoints!(self, |endpoint| {
+            wait_receipt(&endpoint.provider, tx_hash, self.poll_interval).await
+        })?;
         if !receipt.status() {
             return Err(ChainError::EvmReverted {
                 reason: "recordBatch transaction failed (status 0)".to_owned(),
@@ -394,12 +499,13 @@ impl EvmAnchor {
                 tokio::time::sleep(self.poll_interval).await;
             }
             // Still canonical? (a reorg drops the receipt or moves it to another block)
-            match self
-                .provider
-                .get_transaction_receipt(tx_hash)
-                .await
-                .map_err(from_rpc)?
-            {
+            match on_endpoints!(self, |endpoint| {
+                endpoint
+                    .provider
+                    .get_transaction_receipt(tx_hash)
+                    .await
+                    .map_err(from_rpc)
+            })? {
                 Some(r) if r.block_hash() == block_hash && r.status() => {}
                 _ => {
                     return Err(ChainError::EvmReorged {
@@ -420,21 +526,25 @@ impl EvmAnchor {
     pub async fn batch(&self, batch_id: u64) -> Result<Option<OnChainBatch>, ChainError> {
         // `batch()` reverts with UnknownBatch for ids >= batchCount: compare first so that a
         // revert is never mistaken for "absent".
-        let count = self
-            .contract
-            .batchCount()
-            .call()
-            .await
-            .map_err(from_contract(self.address))?;
+        let count = on_endpoints!(self, |endpoint| {
+            endpoint
+                .contract
+                .batchCount()
+                .call()
+                .await
+                .map_err(from_contract(self.address))
+        })?;
         if batch_id >= count {
             return Ok(None);
         }
-        let b = self
-            .contract
-            .batch(batch_id)
-            .call()
-            .await
-            .map_err(from_contract(self.address))?;
+        let b = on_endpoints!(self, |endpoint| {
+            endpoint
+                .contract
+                .batch(batch_id)
+                .call()
+                .await
+                .map_err(from_contract(self.address))
+        })?;
         Ok(Some(OnChainBatch {
             root: b.root.0,
             entry_count: b.entryCount,
@@ -444,11 +554,14 @@ impl EvmAnchor {
 
     /// Ids of the batches that anchored `decision_id`, oldest first (empty if none).
     pub async fn decision_history(&self, decision_id: [u8; 16]) -> Result<Vec<u64>, ChainError> {
-        self.contract
-            .getHistoricalProof(FixedBytes::from(decision_id))
-            .call()
-            .await
-            .map_err(from_contract(self.address))
+        on_endpoints!(self, |endpoint| {
+            endpoint
+                .contract
+                .getHistoricalProof(FixedBytes::from(decision_id))
+                .call()
+                .await
+                .map_err(from_contract(self.address))
+        })
     }
 
     /// Checks a vote against an anchored batch on chain (`eth_call` of `verifyVoteHash`).
@@ -470,16 +583,21 @@ impl EvmAnchor {
             entryIndex: anchor.entry_index,
             path: anchor.path.iter().copied().map(B256::from).collect(),
         };
-        self.contract
-            .verifyVoteHash(vote, anchor)
-            .call()
-            .await
-            .map_err(from_contract(self.address))
+        on_endpoints!(self, |endpoint| {
+            endpoint
+                .contract
+                .verifyVoteHash(vote.clone(), anchor.clone())
+                .call()
+                .await
+                .map_err(from_contract(self.address))
+        })
     }
 
     /// Latest block number of the node.
     pub async fn block_number(&self) -> Result<u64, ChainError> {
-        self.provider.get_block_number().await.map_err(from_rpc)
+        on_endpoints!(self, |endpoint| {
+            endpoint.provider.get_block_number().await.map_err(from_rpc)
+        })
     }
 
     /// Address of the contract this client talks to.

@@ -74,7 +74,7 @@ impl TestNode {
         TestNode {
             node,
             base,
-            client: reqwest::Client::new(),
+            client: canopy_testkit::http_client(),
             dir,
         }
     }
