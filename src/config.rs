@@ -142,6 +142,16 @@ pub struct KafkaSection {
     /// The sensor readings' topic (keyed by region, the same partition count);
     /// `<topic>-sensors` if absent.
     pub sensor_topic: Option<String>,
+    /// `plaintext` (if absent), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: Option<String>,
+    /// The CA (PEM) that signed the brokers' certificates; the system's roots if absent.
+    pub ca_file: Option<PathBuf>,
+    /// `SCRAM-SHA-256`, `SCRAM-SHA-512` or `PLAIN`, with `sasl_username` and
+    /// `sasl_password`.
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    /// Secret: masked by `config show`.
+    pub sasl_password: Option<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -284,6 +294,11 @@ impl Default for CanopyConfig {
                 partitions: 8,
                 replication: 1,
                 sensor_topic: None,
+                security_protocol: None,
+                ca_file: None,
+                sasl_mechanism: None,
+                sasl_username: None,
+                sasl_password: None,
             },
             redis: RedisSection {
                 url: None,
@@ -1088,6 +1103,7 @@ impl CanopyConfig {
         masked.database.url = masked.database.url.as_deref().map(mask_url_password);
         masked.redis.url = masked.redis.url.as_deref().map(mask_url_password);
         masked.evm.key = masked.evm.key.as_ref().map(|_| "****".into());
+        masked.kafka.sasl_password = masked.kafka.sasl_password.as_ref().map(|_| "****".into());
         masked
     }
 
@@ -1128,8 +1144,54 @@ impl CanopyConfig {
             partitions: kafka.partitions,
             replication: kafka.replication,
             min_insync_replicas: kafka.replication,
+            security: self.kafka_security()?,
             ..KafkaConfig::new(brokers.clone(), kafka.topic.clone(), signing_key)
         }))
+    }
+
+    /// librdkafka's security properties from the `kafka` section.
+    fn kafka_security(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let kafka = &self.kafka;
+        let protocol = kafka.security_protocol.as_deref().unwrap_or("plaintext");
+        let (tls, sasl) = match protocol {
+            "plaintext" => (false, false),
+            "ssl" => (true, false),
+            "sasl_plaintext" => (false, true),
+            "sasl_ssl" => (true, true),
+            other => anyhow::bail!(
+                "kafka.security_protocol {other:?}: one of plaintext, ssl, sasl_plaintext, sasl_ssl"
+            ),
+        };
+        let mut properties = vec![("security.protocol".to_string(), protocol.to_string())];
+        match (&kafka.ca_file, tls) {
+            (Some(ca), true) => {
+                anyhow::ensure!(ca.is_file(), "kafka.ca_file {} is not a file", ca.display());
+                properties.push(("ssl.ca.location".into(), ca.display().to_string()));
+            }
+            (Some(_), false) => anyhow::bail!(
+                "kafka.ca_file is set but kafka.security_protocol ({protocol}) is not ssl or sasl_ssl"
+            ),
+            (None, _) => {}
+        }
+        if sasl {
+            let (Some(mechanism), Some(username), Some(password)) = (
+                &kafka.sasl_mechanism,
+                &kafka.sasl_username,
+                &kafka.sasl_password,
+            ) else {
+                anyhow::bail!(
+                    "kafka.security_protocol {protocol} needs kafka.sasl_mechanism, sasl_username and sasl_password"
+                );
+            };
+            anyhow::ensure!(
+                ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"].contains(&mechanism.as_str()),
+                "kafka.sasl_mechanism {mechanism:?}: one of SCRAM-SHA-256, SCRAM-SHA-512, PLAIN"
+            );
+            properties.push(("sasl.mechanism".into(), mechanism.clone()));
+            properties.push(("sasl.username".into(), username.clone()));
+            properties.push(("sasl.password".into(), password.clone()));
+        }
+        Ok(properties)
     }
 
     fn cluster_kafka(&self) -> anyhow::Result<KafkaConfig> {

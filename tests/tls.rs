@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use canopy_node::redis::ReplicaCoordinator;
 use common::anvil::{deploy_contract, evm_args, start_anvil};
-use common::tls::{TestCa, TlsPostgres, TlsProxy, TlsRedis};
+use common::tls::{TestCa, TlsKafka, TlsPostgres, TlsProxy, TlsRedis};
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -226,5 +226,122 @@ async fn votes_are_anchored_over_https_through_the_second_endpoint_when_the_firs
             .starts_with("evm"),
         "{proof}"
     );
+    kill_9(&mut node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_go_through_kafka_over_verified_tls_and_a_plain_client_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::create(dir.path());
+    let broker = TlsKafka::start(&ca);
+    let topic = format!("canopy-tls-{}", uuid::Uuid::new_v4().simple());
+    let kafka = ["--kafka-brokers", &broker.brokers, "--kafka-topic", &topic];
+    let ca_file = ca.ca.to_str().unwrap();
+
+    // Plain to the TLS listener, and TLS without the CA: the node does not start.
+    let plain = up_must_fail(dir.path(), &kafka, &[]);
+    assert!(plain.contains("security_protocol"), "{plain}");
+    let untrusted = up_must_fail(
+        dir.path(),
+        &kafka,
+        &[("CANOPY_KAFKA__SECURITY_PROTOCOL", "ssl")],
+    );
+    assert!(untrusted.contains("kafka.ca_file"), "{untrusted}");
+    // A CA file for a plain connection is a mistake in the configuration, said at once.
+    let misconfigured = up_must_fail(dir.path(), &kafka, &[("CANOPY_KAFKA__CA_FILE", ca_file)]);
+    assert!(misconfigured.contains("is not ssl"), "{misconfigured}");
+    eprintln!("refusals:\n{plain}\n{untrusted}");
+
+    let data = dir.path().join("data");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = canopy_testkit::http_client();
+    let tls = [
+        ("CANOPY_KAFKA__SECURITY_PROTOCOL", "ssl"),
+        ("CANOPY_KAFKA__CA_FILE", ca_file),
+    ];
+    let mut node = start_with_env(&data, port, &kafka, &tls);
+    wait_healthy(&client, &base).await;
+    create_admin(&data);
+    let admin = login(&client, &base, "root").await;
+    let decision = create_decision(&client, &base, &admin, yes_or_no("over kafka tls")).await;
+    let voter = register(&client, &base, "kafka-tls-voter").await;
+    let receipt = cast(&client, &base, &voter, &decision, 1).await;
+    assert!(!receipt["position"].is_null(), "{receipt}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let results = common::results(&client, &base, &decision, &admin).await;
+        if results["turnout"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the vote was not counted: {results}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kill_9(&mut node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_tls_with_scram_takes_the_right_password_and_refuses_a_wrong_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::create(dir.path());
+    let broker = TlsKafka::start_with(&ca, Some(("canopy", "a scram password")));
+    let topic = format!("canopy-scram-{}", uuid::Uuid::new_v4().simple());
+    let kafka = ["--kafka-brokers", &broker.brokers, "--kafka-topic", &topic];
+    let ca_file = ca.ca.to_str().unwrap();
+    let sasl = |password: &'static str| {
+        [
+            ("CANOPY_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+            ("CANOPY_KAFKA__CA_FILE", ca_file),
+            ("CANOPY_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("CANOPY_KAFKA__SASL_USERNAME", "canopy"),
+            ("CANOPY_KAFKA__SASL_PASSWORD", password),
+        ]
+    };
+    // tansu lets a failed SCRAM exchange through; the client checks the server's proof,
+    // which only the right password's keys produce, and gives up.
+    let refused = up_must_fail(dir.path(), &kafka, &sasl("not the password"));
+    assert!(refused.contains("SASL credentials"), "{refused}");
+    let incomplete = up_must_fail(
+        dir.path(),
+        &kafka,
+        &[("CANOPY_KAFKA__SECURITY_PROTOCOL", "sasl_ssl")],
+    );
+    assert!(
+        incomplete.contains("needs kafka.sasl_mechanism"),
+        "{incomplete}"
+    );
+
+    let data = dir.path().join("data");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = canopy_testkit::http_client();
+    let mut node = start_with_env(&data, port, &kafka, &sasl("a scram password"));
+    wait_healthy(&client, &base).await;
+    create_admin(&data);
+    let admin = login(&client, &base, "root").await;
+    let decision = create_decision(&client, &base, &admin, yes_or_no("over scram")).await;
+    let voter = register(&client, &base, "scram-voter").await;
+    cast(&client, &base, &voter, &decision, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let results = common::results(&client, &base, &decision, &admin).await;
+        if results["turnout"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the vote was not counted: {results}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let config = canopy()
+        .args(["config", "show"])
+        .env("CANOPY_KAFKA__SASL_PASSWORD", "a scram password")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&config.stdout).contains("a scram password"));
     kill_9(&mut node);
 }

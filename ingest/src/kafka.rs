@@ -166,6 +166,10 @@ pub struct KafkaConfig {
     /// inspects the topic (a test's recount, a tool) skips and counts them without writing,
     /// so the engine's dead letters are the only ones.
     pub write_dead_letters: bool,
+    /// librdkafka's connection security properties (`security.protocol`,
+    /// `ssl.ca.location`, `sasl.mechanism`, `sasl.username`, `sasl.password`), set on every
+    /// client; none for a plain connection.
+    pub security: Vec<(String, String)>,
 }
 
 impl KafkaConfig {
@@ -180,7 +184,16 @@ impl KafkaConfig {
             timeout: Duration::from_secs(10),
             signing_key,
             write_dead_letters: true,
+            security: Vec::new(),
         }
+    }
+
+    /// `security.protocol` as configured (`plaintext` if not).
+    pub fn security_protocol(&self) -> &str {
+        self.security
+            .iter()
+            .find(|(key, _)| key == "security.protocol")
+            .map_or("plaintext", |(_, value)| value.as_str())
     }
 
     /// Where this topic's refused records go.
@@ -418,7 +431,30 @@ impl<E: LogEntry> KafkaEntryLog<E> {
         let metadata = self
             .metadata
             .fetch_metadata(Some(name), self.config.timeout)
-            .map_err(kafka_error("reading the topic's metadata"))?;
+            .map_err(|error| {
+                let transport = matches!(
+                    error,
+                    KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure)
+                );
+                let hint = match self.config.security_protocol() {
+                    _ if !transport => "",
+                    "plaintext" => {
+                        " (is the broker unreachable, or does it take TLS only? kafka.security_protocol = \"ssl\" then)"
+                    }
+                    "sasl_plaintext" => {
+                        " (is the broker unreachable, were the SASL credentials refused, or does it take TLS only?)"
+                    }
+                    "ssl" => {
+                        " (is the broker unreachable, or is its certificate not signed by a CA in kafka.ca_file or the system's roots?)"
+                    }
+                    _ => {
+                        " (is the broker unreachable, its certificate not signed by a CA in kafka.ca_file or the system's roots, or were the SASL credentials refused?)"
+                    }
+                };
+                IngestError::Kafka {
+                    reason: format!("reading the topic's metadata: {error}{hint}"),
+                }
+            })?;
         let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
             return Ok(None);
         };
@@ -639,6 +675,9 @@ fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
         .set("bootstrap.servers", &config.brokers)
         .set("socket.timeout.ms", config.timeout.as_millis().to_string());
+    for (key, value) in &config.security {
+        client.set(key, value);
+    }
     client
 }
 

@@ -270,3 +270,83 @@ impl TlsProxy {
         Self { port }
     }
 }
+
+/// A tansu broker of the test's own whose clients reach it only through a [`TlsProxy`]:
+/// it listens on a plain port and advertises the proxy's, so every connection a client
+/// makes after the bootstrap one is TLS too. With a SCRAM user, it requires SASL (tansu
+/// keeps users only in its SQLite storage: the user is made, then the broker restarted).
+pub struct TlsKafka {
+    pub brokers: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsKafka {
+    pub fn start(ca: &TestCa) -> Self {
+        Self::start_with(ca, None)
+    }
+
+    pub fn start_with(ca: &TestCa, scram_user: Option<(&str, &str)>) -> Self {
+        let tansu = std::env::var("CANOPY_TANSU")
+            .expect("CANOPY_TANSU must name the tansu binary (scripts/test installs it)");
+        let dir = tempfile::tempdir().unwrap();
+        let plain = super::free_port();
+        let proxy = TlsProxy::start(ca, plain);
+        let listen = format!("tcp://127.0.0.1:{plain}");
+        let advertised = format!("tcp://localhost:{}", proxy.port);
+        let broker = |authentication: bool| {
+            let mut command = Command::new(&tansu);
+            command
+                .current_dir(dir.path())
+                .arg("broker")
+                .args(authentication.then_some("--authentication"))
+                .args(["--storage-engine", "sqlite://tansu.db"])
+                .args([
+                    "--listener-url",
+                    &listen,
+                    "--advertised-listener-url",
+                    &advertised,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let child = command.spawn().unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", plain)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "tansu did not listen");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            child
+        };
+        let mut child = broker(false);
+        if let Some((user, password)) = scram_user {
+            let created = Command::new(&tansu)
+                .args(["user", "create", user, password, "--mechanism", "scram512"])
+                .args(["--broker", &listen])
+                .output()
+                .unwrap();
+            assert!(
+                created.status.success(),
+                "{}",
+                String::from_utf8_lossy(&created.stderr)
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+            while std::net::TcpStream::connect(("127.0.0.1", plain)).is_ok() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            child = broker(true);
+        }
+        Self {
+            brokers: format!("localhost:{}", proxy.port),
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
