@@ -411,6 +411,24 @@ async fn a_postgresql_node_comes_back_from_a_bucket_full_then_incremental_and_re
         &restored_data,
     );
     assert!(!restored_data.exists());
+    // Into a database a newer Canopy migrated (one migration more): refused by name.
+    let newer = Database::create();
+    must_succeed(
+        canopy()
+            .args(["migrate", "--database-url", &newer.url])
+            .output()
+            .unwrap(),
+    );
+    common::cluster::psql_in(
+        &newer.url,
+        "INSERT INTO canopy_migrations (name, applied_at) VALUES ('9999_from_the_future', 0)",
+    );
+    must_refuse(
+        restore(&restored_data, &newer.url, passphrase),
+        "restore with the Canopy version that took the backup",
+        &restored_data,
+    );
+    assert!(!restored_data.exists());
     must_refuse(
         restore(&data, &fresh.url, passphrase),
         "is not empty",

@@ -59,6 +59,17 @@ impl Drop for Database {
     }
 }
 
+/// Runs `sql` in the database at `url`, which must succeed.
+pub fn psql_in(url: &str, sql: &str) {
+    let status = Command::new("psql")
+        .arg(url)
+        .args(["-qAtc", sql])
+        .stdout(Stdio::null())
+        .status()
+        .expect("psql runs (scripts/test installs PostgreSQL)");
+    assert!(status.success(), "psql {sql:?} failed");
+}
+
 pub fn psql(sql: &str) {
     let status = Command::new("psql")
         .arg(postgres_admin())
