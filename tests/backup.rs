@@ -46,6 +46,19 @@ fn keygen(dir: &Path) -> (PathBuf, String) {
     (identity, recipient)
 }
 
+/// `canopy restore` of the latest backup in `repo` into `target`, opened with `identity`.
+fn restore_with_identity(repo: &Path, identity: &Path, target: &Path) -> Output {
+    canopy()
+        .args(["restore", "--from"])
+        .arg(repo)
+        .arg("--identity")
+        .arg(identity)
+        .arg("--data-dir")
+        .arg(target)
+        .output()
+        .unwrap()
+}
+
 fn last_json_line(output: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
@@ -220,17 +233,7 @@ async fn a_node_destroyed_under_load_comes_back_from_its_backups_with_every_vote
     std::fs::remove_dir_all(&data).unwrap();
 
     let recovery = Instant::now();
-    let restored = must_succeed(
-        canopy()
-            .args(["restore", "--from"])
-            .arg(&repo)
-            .arg("--identity")
-            .arg(&identity)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap(),
-    );
+    let restored = must_succeed(restore_with_identity(&repo, &identity, &data));
     let restore_seconds = recovery.elapsed().as_secs_f64();
     let summary = last_json_line(&restored);
     let backup_started_ms = summary["backup"]["started_at_ms"].as_u64().unwrap();
@@ -304,28 +307,6 @@ fn with_bucket(args: &[&str], passphrase: &str) -> Command {
     command
 }
 
-fn create_admin_in(data: &Path, database_url: &str) {
-    use std::io::Write;
-    let mut create = canopy()
-        .args([
-            "admin",
-            "create",
-            "--username",
-            "root",
-            "--database-url",
-            database_url,
-            "--data-dir",
-        ])
-        .arg(data)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(create.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    assert!(create.wait().unwrap().success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgresql_node_comes_back_from_a_bucket_full_then_incremental_and_refuses_what_it_must()
 {
@@ -340,7 +321,7 @@ async fn a_postgresql_node_comes_back_from_a_bucket_full_then_incremental_and_re
     let client = canopy_testkit::http_client();
     let mut node = start_with(&data, port, &["--database-url", &database.url]);
     wait_healthy(&client, &base).await;
-    create_admin_in(&data, &database.url);
+    create_admin_with(&data, &["--database-url", &database.url]);
     let admin = login(&client, &base, "root").await;
     let decision = create_decision(&client, &base, &admin, yes_or_no("kept")).await;
     let mut voters = Vec::new();
@@ -475,17 +456,7 @@ fn a_tampered_or_swapped_chunk_fails_the_restore_and_leaves_nothing_behind() {
             .unwrap(),
     );
     kill_9(&mut node);
-    let restore = |target: &Path| {
-        canopy()
-            .args(["restore", "--from"])
-            .arg(&repo)
-            .arg("--identity")
-            .arg(&identity)
-            .arg("--data-dir")
-            .arg(target)
-            .output()
-            .unwrap()
-    };
+    let restore = |target: &Path| restore_with_identity(&repo, &identity, target);
     let mut chunks: Vec<PathBuf> = walk(&repo.join("chunks"));
     chunks.sort();
     assert!(chunks.len() >= 2);
@@ -514,15 +485,7 @@ fn a_tampered_or_swapped_chunk_fails_the_restore_and_leaves_nothing_behind() {
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
     let (other_identity, _) = keygen(&other);
-    let output = canopy()
-        .args(["restore", "--from"])
-        .arg(&repo)
-        .arg("--identity")
-        .arg(&other_identity)
-        .arg("--data-dir")
-        .arg(&target)
-        .output()
-        .unwrap();
+    let output = restore_with_identity(&repo, &other_identity, &target);
     must_refuse(output, "does not open", &target);
     must_succeed(restore(&target));
     assert!(target.join("canopy.db").is_file());

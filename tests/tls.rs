@@ -229,6 +229,23 @@ async fn votes_are_anchored_over_https_through_the_second_endpoint_when_the_firs
     kill_9(&mut node);
 }
 
+/// Waits until `decision`'s results count one vote (it went through the log and the
+/// dataflow).
+async fn counted_once(client: &reqwest::Client, base: &str, decision: &str, admin: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let results = common::results(client, base, decision, admin).await;
+        if results["turnout"] == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the vote was not counted: {results}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn votes_go_through_kafka_over_verified_tls_and_a_plain_client_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,18 +285,7 @@ async fn votes_go_through_kafka_over_verified_tls_and_a_plain_client_is_refused(
     let voter = register(&client, &base, "kafka-tls-voter").await;
     let receipt = cast(&client, &base, &voter, &decision, 1).await;
     assert!(!receipt["position"].is_null(), "{receipt}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let results = common::results(&client, &base, &decision, &admin).await;
-        if results["turnout"] == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the vote was not counted: {results}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    counted_once(&client, &base, &decision, &admin).await;
     kill_9(&mut node);
 }
 
@@ -325,18 +331,7 @@ async fn kafka_over_tls_with_scram_takes_the_right_password_and_refuses_a_wrong_
     let decision = create_decision(&client, &base, &admin, yes_or_no("over scram")).await;
     let voter = register(&client, &base, "scram-voter").await;
     cast(&client, &base, &voter, &decision, 0).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let results = common::results(&client, &base, &decision, &admin).await;
-        if results["turnout"] == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the vote was not counted: {results}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    counted_once(&client, &base, &decision, &admin).await;
     let config = canopy()
         .args(["config", "show"])
         .env("CANOPY_KAFKA__SASL_PASSWORD", "a scram password")

@@ -328,8 +328,15 @@ pub fn kill_9(child: &mut Child) {
 }
 
 pub fn create_admin(data: &Path) {
+    create_admin_with(data, &[]);
+}
+
+/// [`create_admin`] with more flags for the store (e.g. `--database-url`).
+pub fn create_admin_with(data: &Path, extra: &[&str]) {
     let mut admin_create = Command::new(env!("CARGO_BIN_EXE_canopy"))
-        .args(["admin", "create", "--username", "root", "--data-dir"])
+        .args(["admin", "create", "--username", "root"])
+        .args(extra)
+        .arg("--data-dir")
         .arg(data)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
