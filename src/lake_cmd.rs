@@ -50,7 +50,8 @@ enum Format {
 pub struct SqlArgs {
     /// One read-only statement, e.g. "SELECT date, COUNT(*) FROM votes GROUP BY date".
     /// Tables: votes, decisions, tally_changes, checkpoints, sensor_readings,
-    /// window_features.
+    /// window_features, audit_trail, decision_history, and the imported weather_daily,
+    /// indicators and regions.
     statement: String,
     /// The lake: `lake.location`, else `<data_dir>/lake`.
     #[command(flatten)]

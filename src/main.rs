@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 #[cfg(feature = "evm")]
 mod evm;
+mod import_cmd;
 mod lake_cmd;
 mod loadgen;
 mod log_cmd;
@@ -97,6 +98,9 @@ enum Command {
     },
     /// Ask the analytics lake a read-only SQL question (tables: votes).
     Sql(lake_cmd::SqlArgs),
+    /// Import external data (NOAA weather, World Bank indicators, OpenStreetMap regions and
+    /// land use) from a file into the lake.
+    Import(import_cmd::ImportArgs),
     /// Check a vote's proof: inclusion, the checkpoint's signature, consistency with an
     /// earlier checkpoint, and the anchor (on chain with --rpc); or, with --audit, an export
     /// of the audit trail against its anchors. Prints one verdict line.
@@ -178,6 +182,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             command: LakeCommand::Sync(args),
         } => lake_cmd::lake_sync(args),
         Command::Sql(args) => lake_cmd::sql(args),
+        Command::Import(args) => import_cmd::import(args),
         Command::Tally(flags) => {
             let config = flags.load()?;
             log_cmd::tally(&config.data_dir, config.workers.threads)

@@ -107,6 +107,11 @@ impl<'r, R> Columns<'r, R> {
         self.column(name, false, Arc::new(array))
     }
 
+    pub(crate) fn optional_int32(self, name: &str, value: impl Fn(&'r R) -> Option<i32>) -> Self {
+        let array: Int32Array = self.rows.iter().map(|row| value(row)).collect();
+        self.column(name, true, Arc::new(array))
+    }
+
     pub(crate) fn int64(self, name: &str, value: impl Fn(&'r R) -> i64) -> Self {
         let array = Int64Array::from_iter_values(self.rows.iter().map(|row| value(row)));
         self.column(name, false, Arc::new(array))

@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use canopy_ingest::IngestError;
 
+use crate::import_report::ImportReport;
+
 /// What can go wrong keeping the lake.
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyticsError {
@@ -49,6 +51,20 @@ pub enum AnalyticsError {
         expected: u64,
         got: u64,
     },
+    #[error("unknown source of external data {0:?}: noaa, worldbank or osm")]
+    UnknownSource(String),
+    #[error("region map: {0}")]
+    RegionMap(String),
+    /// The file is not of the source's format at all (so no record of it is either).
+    #[error("the file is not {expected}: {found}")]
+    ImportFormat {
+        expected: &'static str,
+        found: String,
+    },
+    /// Some records are invalid and the import did not ask to skip them: nothing was
+    /// written. The report lists them by line.
+    #[error("{}", .report.refusal())]
+    ImportRefused { report: Box<ImportReport> },
 }
 
 impl AnalyticsError {
@@ -68,6 +84,10 @@ impl AnalyticsError {
             Self::QueryTimeout(_) => "query_timeout",
             Self::QueryMemory(_) => "query_memory_exceeded",
             Self::SqlLimit(_) => "sql_limit",
+            Self::UnknownSource(_) => "unknown_import_source",
+            Self::RegionMap(_) => "bad_region_map",
+            Self::ImportFormat { .. } => "import_format",
+            Self::ImportRefused { .. } => "import_refused",
         }
     }
 

@@ -146,8 +146,9 @@ impl LakeShare {
 /// The file sequence of tables fed by sinks (process 0's; process n's is `s<n>`).
 pub(crate) const SINK_SPACE: &str = "s";
 
-/// The lake's tables, by name.
-pub const TABLES: [&str; 8] = [
+/// The lake's tables, by name: those the node writes, then those imported from other
+/// publishers' files (`external/`).
+pub const TABLES: [&str; 11] = [
     "votes",
     "decisions",
     "tally_changes",
@@ -156,6 +157,9 @@ pub const TABLES: [&str; 8] = [
     "window_features",
     "audit_trail",
     "decision_history",
+    "weather_daily",
+    "indicators",
+    "regions",
 ];
 
 /// Who reads the lake in SQL, and so which tables a query sees (the others are not
@@ -163,7 +167,7 @@ pub const TABLES: [&str; 8] = [
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LakeReader {
     /// Analysts: every table but the audit trail, which only auditors and admins may read
-    /// (as through `GET /api/v1/audit/trail`).
+    /// (as through `GET /api/v1/audit/trail`); the imported tables too.
     #[default]
     Analyst,
     /// Auditors: the audit trail, and the decisions and their history it speaks of.

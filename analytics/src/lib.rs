@@ -7,6 +7,7 @@
 //!  features dataflow ─final windows─▶ window_features/
 //!  vote record ─signed checkpoints─▶ checkpoints/
 //!  store's audit trail, decision history ─after the last seq─▶ audit_trail/, decision_history/
+//!  NOAA, World Bank, OSM files ─import_external─▶ weather_daily/, indicators/, regions/
 //!                 ▼
 //!  LakeSql: DataFusion, one fresh read-only session per query, time and memory limits,
 //!  capped scalar functions (`sql_caps.rs`), on a runtime of its own
@@ -15,7 +16,8 @@
 //!
 //! See `lake.rs` for naming, atomic files and compaction, `votes.rs` for the tables copied
 //! from logs (exactly once by range), `sinks.rs` for the tables fed by sinks (exactly once
-//! by marks) and `writer.rs` for what a running node does.
+//! by marks), `writer.rs` for what a running node does and `external/` for the imports of
+//! other publishers' data.
 
 #![deny(unsafe_code)]
 
@@ -23,6 +25,8 @@ mod columns;
 pub use columns::TableLayout;
 mod decisions;
 mod error;
+mod external;
+mod import_report;
 mod lake;
 mod sinks;
 mod sql;
@@ -35,6 +39,8 @@ mod writer;
 
 pub use decisions::{DecisionLake, decision_schema};
 pub use error::AnalyticsError;
+pub use external::{ExternalSource, ImportOptions, RegionMap, import_external};
+pub use import_report::{ImportReport, RowError};
 pub use lake::{LakeConfig, LakeReader, LakeShare, TABLES};
 pub use sinks::{
     CheckpointEntry, CheckpointLake, Checkpoints, ReleaseGate, SinkLake, SinkTable, TallyChange,

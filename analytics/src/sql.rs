@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::AnalyticsError;
 use crate::columns::TableLayout;
+use crate::external::{Indicators, Regions, WeatherDaily};
 use crate::lake::{LakeReader, TableFiles};
 use crate::sinks::{Checkpoints, TallyChanges, WindowFeatures};
 use crate::store::LakeLocation;
@@ -316,6 +317,9 @@ impl LakeSql {
             "window_features" => declared::<WindowFeatures>(),
             "audit_trail" => declared::<AuditTrail>(),
             "decision_history" => declared::<DecisionHistory>(),
+            "weather_daily" => declared::<WeatherDaily>(),
+            "indicators" => declared::<Indicators>(),
+            "regions" => declared::<Regions>(),
             _ => declared::<Checkpoints>(),
         };
         Arc::new(LakeTable {
@@ -770,7 +774,8 @@ impl DayRange {
     }
 
     /// Whether a file's folder (`<table>/date=YYYY-MM-DD/…`) is a day in the range; files
-    /// outside date folders are always read.
+    /// outside date folders are always read (`decisions/snapshot/`, the imports'
+    /// `<table>/import/`, whose rows span many days).
     fn admits(&self, key: &str) -> bool {
         let day = key
             .split('/')

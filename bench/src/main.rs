@@ -24,6 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+mod agents;
 mod analytics;
 mod cluster;
 mod http;
@@ -87,6 +88,9 @@ enum Bench {
     /// held, count updates delivered per second, latency from acknowledgement to client,
     /// and the cast latency against the same rate with no client.
     Push(push::PushArgs),
+    /// analyze-proposal from concurrent callers (p50/p95/p99, requests per second) against
+    /// the same server's /healthz, with the lake's evidence reused and read each time.
+    Agents(agents::AgentsArgs),
     /// Votes per second from a producer through a Kafka topic to results in Redis, with one
     /// and with two worker processes, and the time from acknowledgement to visible.
     Kafka(kafka::KafkaArgs),
@@ -148,6 +152,7 @@ fn main() -> anyhow::Result<()> {
         } => log(appenders, appends_per_appender, partitions, dir),
         Bench::Http(args) => http::run(args),
         Bench::Push(args) => push::run(args),
+        Bench::Agents(args) => agents::run(args),
         Bench::Kafka(args) => kafka::bench(args),
         Bench::KafkaWorker(args) => kafka::worker(args),
         Bench::Cluster(args) => cluster::bench(args),

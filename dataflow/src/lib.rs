@@ -71,7 +71,7 @@ pub use record::{
     StoredCheckpoint, VoteRecord, VoterLeaf,
 };
 pub use recount::{counted_votes, recount, recount_log_trees, recount_trees};
-pub use scoring::{AnomalyModel, Scorer, ScorerConfig};
+pub use scoring::{AnomalyModel, Scorer, ScorerConfig, onnx_environment};
 pub use sensor_engine::{SensorEngine, SensorEngineConfig};
 pub use sensor_feed::SensorFeed;
 pub use sensor_views::{

@@ -27,8 +27,9 @@ pub const EMBEDDED_MODEL: &[u8] = include_bytes!("../../models/anomaly/anomaly.o
 
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 
-/// The ONNX Runtime environment, loaded once per process from `library`.
-fn environment(library: &Path) -> Result<&'static Environment, DataflowError> {
+/// The ONNX Runtime environment, loaded once per process from `library` (every model of the
+/// process shares it: ONNX Runtime has one per process).
+pub fn onnx_environment(library: &Path) -> Result<&'static Environment, DataflowError> {
     ENVIRONMENT
         .get_or_init(|| {
             ort::init_from(library)
@@ -58,7 +59,7 @@ impl std::fmt::Debug for AnomalyModel {
 impl AnomalyModel {
     /// Loads ONNX Runtime from `library` (once per process) and the model from `model`.
     pub fn load(library: &Path, model: &Path) -> Result<Self, DataflowError> {
-        let environment = environment(library)?;
+        let environment = onnx_environment(library)?;
         let failed = |e: &dyn std::fmt::Display| {
             DataflowError::Model(format!("loading the model {}: {e}", model.display()))
         };
@@ -82,7 +83,7 @@ impl AnomalyModel {
 
     /// Loads the model this build carries (`models/anomaly/anomaly.onnx`).
     pub fn load_embedded(library: &Path) -> Result<Self, DataflowError> {
-        let environment = environment(library)?;
+        let environment = onnx_environment(library)?;
         let failed = |e: &dyn std::fmt::Display| {
             DataflowError::Model(format!("loading the built-in model: {e}"))
         };

@@ -87,6 +87,9 @@ pub struct NodeConfig {
     pub sql_port: SqlPortSettings,
     /// How often the node closes decisions whose window ended and signs final results.
     pub lifecycle_interval: Duration,
+    /// The analysis agents and the consensus model's versions (ONNX Runtime: the sensors'
+    /// library when not given).
+    pub agents: canopy_agents::AgentServiceConfig,
 }
 
 impl NodeConfig {
@@ -110,6 +113,7 @@ impl NodeConfig {
             http: HttpSettings::default(),
             tls: None,
             sql_port: SqlPortSettings::default(),
+            agents: canopy_agents::AgentServiceConfig::default(),
             lifecycle_interval: Duration::from_millis(500),
         }
     }
@@ -403,11 +407,25 @@ impl Node {
             .as_ref()
             .map(|lake| LakeSql::new(lake.location.clone(), lake.sql));
         let analytics = match (&config.lake, &lake_sql) {
-            (Some(lake), Some(sql)) => Some(Arc::new(AnalyticsService::new(
-                Arc::new(sql.clone()),
-                lake.concurrent_queries,
-            ))),
+            (Some(lake), Some(sql)) => Some(Arc::new(
+                AnalyticsService::new(Arc::new(sql.clone()), lake.concurrent_queries)
+                    .with_imports(canopy_analytics::LakeConfig::new(lake.location.clone())),
+            )),
             _ => None,
+        };
+        let agents = {
+            let mut settings = config.agents.clone();
+            if settings.onnx_library.is_none() {
+                settings.onnx_library = config
+                    .sensors
+                    .onnxruntime
+                    .clone()
+                    .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));
+            }
+            let lake = lake_sql
+                .as_ref()
+                .map(|sql| Arc::new(sql.clone()) as Arc<dyn canopy_analytics::LakeQuery>);
+            Arc::new(canopy_agents::AgentService::new(settings, lake))
         };
         let lake_feed = match (&config.lake, keep_lake) {
             (Some(lake), true) => Some(LakeFeed::new(
@@ -460,6 +478,7 @@ impl Node {
                 .map(|coordinator| coordinator as Arc<dyn ReplicaNotices>),
             sensors,
             analytics,
+            agents: Some(agents),
         });
         let heartbeat = coordinator
             .clone()

@@ -365,10 +365,15 @@ async fn the_openapi_document_matches_the_routes() {
         "/api/v1/data/historical-trends",
         "/api/v1/data/alerts/stream",
         "/api/v1/analytics/sql",
+        "/api/v1/data/import",
+        "/api/v1/agents/analyze-proposal",
+        "/api/v1/agents/agents/{id}/status",
+        "/api/v1/agents/invoke-consensus",
+        "/api/v1/agents/recommendations/{decision_id}",
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
-    assert_eq!(operations, 51);
+    assert_eq!(operations, 56);
     let (status, body) = node.get_anonymous("/api/v1/undocumented").await;
     assert_eq!(
         (status, body["error"]["message"].as_str()),

@@ -28,10 +28,13 @@ pub enum Role {
     Operator,
     Auditor,
     Admin,
+    /// An analysis agent's account: it votes in the environmental-data component when an
+    /// operator invokes the agents, and never signs in (its password is random and unkept).
+    Agent,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Self::Citizen,
         Self::Expert,
         Self::Stakeholder,
@@ -39,6 +42,7 @@ impl Role {
         Self::Operator,
         Self::Auditor,
         Self::Admin,
+        Self::Agent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +54,7 @@ impl Role {
             Self::Operator => "operator",
             Self::Auditor => "auditor",
             Self::Admin => "admin",
+            Self::Agent => "agent",
         }
     }
 
@@ -64,6 +69,7 @@ impl Role {
             Self::Citizen => Some(VoterRole::Citizen),
             Self::Expert => Some(VoterRole::Expert),
             Self::Stakeholder => Some(VoterRole::Stakeholder),
+            Self::Agent => Some(VoterRole::AnalysisAgent),
             _ => None,
         }
     }
@@ -85,6 +91,9 @@ pub enum Action {
     QueryAnalytics,
     ManageRolls,
     ClaimInvitation,
+    AnalyzeProposals,
+    InvokeAgents,
+    ImportData,
 }
 
 impl Action {
@@ -103,6 +112,9 @@ impl Action {
             Self::QueryAnalytics => "query the analytics lake in SQL",
             Self::ManageRolls => "import voter rolls and reissue their invitations",
             Self::ClaimInvitation => "claim an entry of a voter roll",
+            Self::AnalyzeProposals => "run the analysis agents and read their status",
+            Self::InvokeAgents => "have the analysis agents vote",
+            Self::ImportData => "import external data into the lake",
         }
     }
 
@@ -123,6 +135,12 @@ impl Action {
     /// | SQL over the lake |         |        |             | yes     |          |         | yes   |
     /// | manage voter rolls|         |        |             |         | yes      |         | yes   |
     /// | claim invitations | yes     | yes    | yes         |         |          |         |       |
+    /// | analyse proposals |         |        |             | yes     | yes      |         | yes   |
+    /// | invoke the agents |         |        |             |         | yes      |         | yes   |
+    /// | import data       |         |        |             |         | yes      |         | yes   |
+    ///
+    /// Agent accounts (role `agent`) do none of these: they never sign in, and vote only
+    /// when an operator invokes the agents.
     ///
     /// Checkpoints, proofs and anchors (`/api/v1/audit/decisions/…`) are public: anyone may
     /// check the record.
@@ -136,7 +154,10 @@ impl Action {
             | Self::CreateDecision
             | Self::RegisterSensors
             | Self::SubmitReadings
-            | Self::ManageRolls => matches!(role, Operator | Admin),
+            | Self::ManageRolls
+            | Self::InvokeAgents
+            | Self::ImportData => matches!(role, Operator | Admin),
+            Self::AnalyzeProposals => matches!(role, Analyst | Operator | Admin),
             Self::ReadResults | Self::ReadEnvironment => true,
             Self::VerifyUsers | Self::EraseVoter => role == Admin,
             Self::ReadAudit => matches!(role, Auditor | Admin),

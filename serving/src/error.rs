@@ -112,6 +112,8 @@ pub enum ServingError {
     Chain(#[from] canopy_chain::ChainError),
     #[error(transparent)]
     Analytics(#[from] canopy_analytics::AnalyticsError),
+    #[error(transparent)]
+    Agents(#[from] canopy_agents::AgentError),
     #[error("this node keeps no analytics lake (start it with --lake)")]
     LakeNotHere,
     #[error("storage failure: {0}")]
@@ -180,6 +182,7 @@ impl ServingError {
             Self::Chain(error) => error.code(),
             Self::Analytics(error) => error.code(),
             Self::LakeNotHere => "lake_not_here",
+            Self::Agents(error) => error.code(),
             Self::Storage(_) => "storage",
             Self::Internal(_) => "internal",
         }
@@ -215,12 +218,23 @@ impl ServingError {
             ) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Chain(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Analytics(error) => match error.code() {
-                "sql" | "sql_not_read_only" | "sql_limit" => StatusCode::UNPROCESSABLE_ENTITY,
+                "sql"
+                | "sql_not_read_only"
+                | "sql_limit"
+                | "import_refused"
+                | "import_format"
+                | "bad_region_map"
+                | "unknown_import_source" => StatusCode::UNPROCESSABLE_ENTITY,
                 "query_timeout" => StatusCode::GATEWAY_TIMEOUT,
                 "query_memory_exceeded" => StatusCode::INSUFFICIENT_STORAGE,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             },
             Self::LakeNotHere => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Agents(error) => match error {
+                canopy_agents::AgentError::InvalidStatement(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                canopy_agents::AgentError::UnknownVersion(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            },
             Self::Schema(SchemaError::NotEligible { .. }) => StatusCode::FORBIDDEN,
             Self::BadRequest(_)
             | Self::Schema(_)
@@ -254,6 +268,7 @@ impl ServingError {
                 Self::Dataflow(DataflowError::Timeout { .. })
                     | Self::Analytics(_)
                     | Self::LakeNotHere
+                    | Self::Agents(_)
                     | Self::RecordNotHere
                     | Self::SensorsNotHere
                     | Self::Busy { .. }

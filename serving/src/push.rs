@@ -587,7 +587,12 @@ async fn push_results(io: &SocketIo, state: &SharedState, pushed: &mut Pushed) {
             .is_some_and(|view| pushed.results_as_of.get(&decision_id) != Some(&view.as_of));
         if moved && let Some(DecisionView { as_of, .. }) = view.as_ref() {
             pushed.results_as_of.insert(decision_id, *as_of);
-            let body = results_body(&decision, view.as_ref());
+            let mut body = results_body(&decision, view.as_ref());
+            if let Some(agents) = &state.agents {
+                let tally = view.as_ref().map(|v| &v.tally);
+                let now = canopy_schemas::clock::now_micros();
+                body["prediction"] = json!(agents.live_prediction(&decision, tally, now));
+            }
             let _ = voting
                 .clone()
                 .to(room.clone())

@@ -143,6 +143,8 @@ pub struct AppState {
     pub sensors: Option<Arc<SensorService>>,
     /// SQL over the analytics lake, in a node that keeps one.
     pub analytics: Option<Arc<AnalyticsService>>,
+    /// The analysis agents and the consensus prediction model.
+    pub agents: Option<Arc<canopy_agents::AgentService>>,
 }
 
 /// The state every handler is given.
@@ -278,6 +280,10 @@ pub struct AnalyticsService {
     pub sql: Arc<dyn LakeQuery>,
     /// Queries running at once.
     pub running: Arc<tokio::sync::Semaphore>,
+    /// Where imported external data is written (`POST /api/v1/data/import`).
+    pub imports: Option<canopy_analytics::LakeConfig>,
+    /// One import at a time: each takes the table's next file number.
+    pub importing: tokio::sync::Mutex<()>,
 }
 
 impl AnalyticsService {
@@ -285,6 +291,14 @@ impl AnalyticsService {
         Self {
             sql,
             running: Arc::new(tokio::sync::Semaphore::new(concurrent.max(1))),
+            imports: None,
+            importing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Takes imports of external data into the lake `config` names.
+    pub fn with_imports(mut self, config: canopy_analytics::LakeConfig) -> Self {
+        self.imports = Some(config);
+        self
     }
 }

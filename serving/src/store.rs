@@ -429,6 +429,15 @@ pub trait MetadataStore: Send + Sync {
     /// Registers a sensor, or replaces its registration.
     async fn put_sensor(&self, sensor: &Sensor, now: i64) -> StoreResult<()>;
     async fn sensors(&self) -> StoreResult<Vec<Sensor>>;
+    /// Keeps a decision's impact statement (JSON), replacing an earlier one.
+    async fn put_impact_statement(
+        &self,
+        decision: DecisionId,
+        body: &str,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// A decision's impact statement (JSON), if one was submitted.
+    async fn impact_statement(&self, decision: DecisionId) -> StoreResult<Option<String>>;
     async fn append_audit(
         &self,
         actor: &str,
@@ -663,6 +672,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0013_decision_lifecycle",
         include_str!("../../migrations/sqlite/0013_decision_lifecycle.sql"),
     ),
+    (
+        "0014_impact_statements",
+        include_str!("../../migrations/sqlite/0014_impact_statements.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -716,6 +729,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0013_decision_lifecycle",
         include_str!("../../migrations/postgres/0013_decision_lifecycle.sql"),
+    ),
+    (
+        "0014_impact_statements",
+        include_str!("../../migrations/postgres/0014_impact_statements.sql"),
     ),
 ];
 
@@ -1498,6 +1515,30 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn put_impact_statement(&self, decision: DecisionId, body: &str, now: i64) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO impact_statements (decision_id, body, submitted_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (decision_id) DO UPDATE SET body = excluded.body, submitted_at = excluded.submitted_at",
+                )
+                .bind(decision.to_string())
+                .bind(body)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn impact_statement(&self, decision: DecisionId) -> StoreResult<Option<String>> {
+                let row = sqlx::query("SELECT body FROM impact_statements WHERE decision_id = $1")
+                    .bind(decision.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match row {
+                    Some(row) => Some(row.try_get("body")?),
+                    None => None,
+                })
             }
 
             async fn sensors(&self) -> StoreResult<Vec<Sensor>> {

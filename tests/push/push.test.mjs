@@ -118,6 +118,10 @@ test("/voting: the current results on subscribe, then a push within a second of 
     const update = await pushed;
     assert.ok(update.as_of.offset > cast.json.position.offset, JSON.stringify(update));
     assert.deepEqual(update.leading, { kind: "winner", option: 1 });
+    // The consensus model's prediction travels with the results: a probability per option.
+    assert.equal(update.prediction.probabilities.length, 2, JSON.stringify(update));
+    const total = update.prediction.probabilities.reduce((a, b) => a + b, 0);
+    assert.ok(Math.abs(total - 1) < 1e-9, JSON.stringify(update.prediction));
     console.log(`vote_count_updated ${Date.now() - started} ms after the cast was acknowledged`);
 
     const breakdown = next(socket, "vote_breakdown");

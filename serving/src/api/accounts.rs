@@ -99,6 +99,36 @@ pub async fn create_user(
     Ok(user.id)
 }
 
+/// The account an analysis agent votes as (`agent:<id>`, a name no one can register), made
+/// the first time it is needed with a random password nobody keeps.
+pub(crate) async fn agent_account(state: &AppState, agent: &str) -> Result<Uuid, ServingError> {
+    let username = format!("agent:{agent}");
+    if let Some(user) = state.store.user_by_username(&username).await? {
+        return Ok(user.id);
+    }
+    let password_hash = tokio::task::spawn_blocking(|| {
+        use rand::RngCore;
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        auth::hash_password(&hex::encode(secret))
+    })
+    .await
+    .map_err(|e| ServingError::Internal(e.to_string()))??;
+    let user = user_record(username.clone(), password_hash, Role::Agent);
+    match state.store.create_user(&user, unix_now() as i64).await {
+        Ok(()) => Ok(user.id),
+        // Made by a concurrent invocation in the meantime.
+        Err(_) => state
+            .store
+            .user_by_username(&username)
+            .await?
+            .map(|user| user.id)
+            .ok_or(ServingError::Internal(format!(
+                "could not create the account {username}"
+            ))),
+    }
+}
+
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Credentials, responses((status = 201, description = "a citizen account"), (status = 409, body = ErrorBody, description = "conflict: the username is taken, in any case or Unicode spelling"), (status = 422, body = ErrorBody, description = "weak_password (under 10 characters, a common password, the username in it, repeated or consecutive characters), bad_request"), (status = 429, body = ErrorBody, description = "too_many_registrations: from this address or its block this hour"), (status = 503, body = ErrorBody, description = "busy: too many passwords being hashed; retry after Retry-After")))]
 pub(crate) async fn register(
     State(state): State<SharedState>,
@@ -283,7 +313,12 @@ pub(crate) async fn login(
     ClientAddress(address): ClientAddress,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ServingError> {
-    let user = state.store.user_by_username(&body.username).await?;
+    // Agent accounts never sign in: to a sign-in they are unknown.
+    let user = state
+        .store
+        .user_by_username(&body.username)
+        .await?
+        .filter(|user| user.role != Role::Agent);
     let code = match (&body.totp, &body.recovery_code) {
         (Some(totp), _) => Code::Totp(totp.trim()),
         (None, Some(recovery)) => Code::Recovery(recovery),

@@ -35,8 +35,8 @@ fn service(state: &SharedState) -> Result<&AnalyticsService, ServingError> {
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct SqlRequest {
     /// One read-only statement over the caller's tables: for analysts votes, decisions,
-    /// decision_history, tally_changes, checkpoints, sensor_readings and window_features;
-    /// for auditors audit_trail, decisions and decision_history; for admins all of them.
+    /// decision_history, tally_changes, checkpoints, sensor_readings, window_features and
+    /// the imported weather_daily, indicators and regions; for auditors audit_trail, decisions and decision_history; for admins all of them.
     sql: String,
     /// `json` (JSON lines, one object per row; the default) or `csv` (with a header).
     #[serde(default)]

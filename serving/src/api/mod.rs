@@ -10,14 +10,17 @@
 //!  rolls     /api/v1/admin/rolls*, /api/v1/rolls/claim
 //!  sensors   /api/v1/data/*              analytics  /api/v1/analytics/sql
 //!  sql_tokens /api/v1/analytics/sql-tokens[/{id}] (the PostgreSQL port's credentials)
+//!  agents    /api/v1/agents/*            imports  /api/v1/data/import (external data)
 //! ```
 
 mod accounts;
+mod agents;
 mod analytics;
 mod audit;
 mod client;
 mod extract;
 mod health;
+mod imports;
 mod record;
 mod rolls;
 mod sensors;
@@ -35,6 +38,7 @@ use axum::{Json, Router};
 
 pub use accounts::create_user;
 pub use extract::{ApiJson, Caller, ErrorBody};
+pub use imports::MAX_IMPORT_BYTES;
 pub use sensors::{MAX_STREAM_READINGS, MAX_UPLOAD_BYTES};
 
 use crate::ServingError;
@@ -127,6 +131,11 @@ fn router_with(
         .routes(routes!(sensors::region_metrics))
         .routes(routes!(sensors::historical_trends))
         .routes(routes!(sensors::alert_stream))
+        .routes(routes!(imports::import_data))
+        .routes(routes!(agents::analyze_proposal))
+        .routes(routes!(agents::agent_status))
+        .routes(routes!(agents::invoke_consensus))
+        .routes(routes!(agents::recommendations))
         .routes(routes!(analytics::analytics_sql))
         .routes(routes!(
             sql_tokens::create_sql_token,

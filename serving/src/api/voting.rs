@@ -62,6 +62,9 @@ pub(crate) struct DecisionBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     electorate: Electorate,
+    /// What each option would do if adopted: the proposal the analysis agents assess.
+    #[serde(default)]
+    impact_statement: Option<canopy_agents::ImpactStatement>,
 }
 
 #[utoipa::path(post, path = "/api/v1/voting/decision/create", tag = "voting", request_body = DecisionBody, security(("bearer" = [])), responses((status = 201, description = "the decision, with its id"), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -80,6 +83,9 @@ pub(crate) async fn create_decision(
         && state.store.roll_summary(roll.as_uuid()).await?.is_none()
     {
         return Err(SchemaError::Electorate("no roll has that id").into());
+    }
+    if let Some(statement) = &body.impact_statement {
+        statement.validate(body.options.len())?;
     }
     let now = now_micros();
     let decision = Decision {
@@ -101,6 +107,14 @@ pub(crate) async fn create_decision(
         .store
         .put_decision(&decision, caller.0.sub, unix_now() as i64)
         .await?;
+    if let Some(statement) = &body.impact_statement {
+        let json =
+            serde_json::to_string(statement).map_err(|e| ServingError::Internal(e.to_string()))?;
+        state
+            .store
+            .put_impact_statement(decision.id, &json, now)
+            .await?;
+    }
     if let Some(engine) = &state.engine {
         engine.register(decision.clone());
     }
@@ -330,6 +344,33 @@ fn retried_receipt(
         });
     }
     Ok(receipt(&first, position))
+}
+
+/// Casts an analysis agent's `ballot` on `decision` from `account` in the
+/// environmental-data component (weight 1), through the gate and the log like any vote:
+/// the latest of the account's votes counts, so a re-run replaces the agent's vote.
+/// Returns the receipt.
+pub(crate) async fn cast_agent_vote(
+    state: &SharedState,
+    decision: DecisionId,
+    account: Uuid,
+    ballot: canopy_schemas::Ballot,
+) -> Result<serde_json::Value, ServingError> {
+    refuse_if_closed(state, decision).await?;
+    let vote = Vote {
+        vote_id: VoteId::new_random(),
+        decision_id: decision,
+        voter_id: VoterId::from(account),
+        ballot,
+        component: Component::EnvironmentalData,
+        weight: Weight::ONE,
+        cast_at: now_micros(),
+    };
+    let logged = stand_in(state, vote, account).await?;
+    let (logged, positions) = submit(state, vec![logged]).await?;
+    state.recent_casts.remember(&logged[0], positions[0]);
+    serde_json::to_value(receipt(&logged[0], positions[0]))
+        .map_err(|e| ServingError::Internal(e.to_string()))
 }
 
 /// Refuses a new vote for a decision whose lifecycle is set (closed early or by the
