@@ -194,7 +194,8 @@ fn migrate_applies_each_migration_once() {
             "0010_sql_tokens",
             "0011_engine_state_parts",
             "0012_decision_search",
-            "0013_decision_lifecycle"
+            "0013_decision_lifecycle",
+            "0014_impact_statements"
         ])
     );
     assert_eq!(run()["applied"], json!([]));

@@ -131,6 +131,11 @@ impl AgentService {
     pub fn new(config: AgentServiceConfig, lake: Option<Arc<dyn LakeQuery>>) -> Self {
         let (registry, model_unavailable) = match Self::registry_of(&config) {
             Ok(registry) => (Some(registry), None),
+            // Without ONNX Runtime at all, the sensors' warning has said so already.
+            Err(error) if config.onnx_library.is_none() => {
+                tracing::debug!(%error, "the consensus model is unavailable");
+                (None, Some(error.to_string()))
+            }
             Err(error) => {
                 tracing::warn!(%error, "the consensus model is unavailable; analyses go on without predictions");
                 (None, Some(error.to_string()))

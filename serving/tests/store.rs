@@ -97,6 +97,7 @@ async fn exercise(store: Arc<dyn MetadataStore>) {
             "0011_engine_state_parts".to_string(),
             "0012_decision_search".to_string(),
             "0013_decision_lifecycle".to_string(),
+            "0014_impact_statements".to_string(),
         ]
     );
     assert!(
@@ -641,7 +642,7 @@ async fn processes_starting_together_migrate_once() {
         1,
         "{applied:?}"
     );
-    assert_eq!(applied.concat().len(), 13, "{applied:?}");
+    assert_eq!(applied.concat().len(), 14, "{applied:?}");
 }
 
 /// Words the search tests build titles and descriptions from: none is a stop word, and
@@ -903,7 +904,11 @@ async fn decisions_from_before_search_are_found(
     .await;
     assert_eq!(
         store.migrate().await.unwrap(),
-        vec!["0012_decision_search", "0013_decision_lifecycle"]
+        vec![
+            "0012_decision_search",
+            "0013_decision_lifecycle",
+            "0014_impact_statements"
+        ]
     );
     let search = DecisionSearch {
         words: vec!["harbour".into()],
