@@ -222,8 +222,9 @@ impl RegionEvidence {
             evidence.note("regions", region_is.clone(), read as u64);
         }
         let indicators = format!(
-            "SELECT indicator_code, country_code, CAST(year AS DOUBLE), value FROM indicators \
-             WHERE {region_is} AND value IS NOT NULL ORDER BY indicator_code, country_code, year DESC"
+            "SELECT indicator_code, country_code, CAST(year AS DOUBLE) AS year_number, value \
+             FROM indicators WHERE {region_is} AND value IS NOT NULL \
+             ORDER BY indicator_code, country_code, year_number DESC"
         );
         if let Some(batches) = evidence.run(lake, "indicators", &indicators).await {
             let mut latest: BTreeMap<(String, String), f64> = BTreeMap::new();

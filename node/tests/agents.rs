@@ -16,6 +16,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const NOAA: &str = include_str!("../../analytics/testdata/external/noaa_ghcnd_USW00094728.csv");
+const WORLD_BANK: &str =
+    include_str!("../../analytics/testdata/external/worldbank_SP.POP.TOTL.csv");
 const ANALYZE: &str = "/api/v1/agents/analyze-proposal";
 const INVOKE: &str = "/api/v1/agents/invoke-consensus";
 
@@ -460,6 +462,50 @@ async fn imported_weather_becomes_the_environmental_agents_evidence() {
         .find(|e| e["table"] == "weather_daily")
         .unwrap();
     assert_eq!(weather["rows"].as_u64().unwrap(), days, "{environmental}");
+
+    // Germany's indicators, imported as north's, reach the economic agent: every year
+    // with a value, and no table the agents could not read.
+    let (status, report) = import(
+        operator.clone(),
+        "source=worldbank&regions=DEU:north",
+        WORLD_BANK,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let analysis = node
+        .post_expecting(
+            ANALYZE,
+            Some(&analyst),
+            json!({ "decision_id": decision }),
+            StatusCode::OK,
+        )
+        .await;
+    for assessment in elements(&analysis["assessments"]) {
+        assert_eq!(assessment["missing"], json!([]), "{assessment}");
+    }
+    let economic = elements(&analysis["assessments"])
+        .find(|a| a["agent"] == "economic-analysis")
+        .unwrap();
+    let indicators = elements(&economic["evidence"])
+        .find(|e| e["table"] == "indicators")
+        .unwrap();
+    assert_eq!(
+        indicators["rows"].as_u64().unwrap(),
+        world_bank_values(WORLD_BANK, "DEU"),
+        "{economic}"
+    );
+}
+
+/// The years with a value in a World Bank bulk CSV's row for `country`, counted from its text.
+fn world_bank_values(text: &str, country: &str) -> u64 {
+    let row = text
+        .lines()
+        .find(|line| line.split("\",\"").nth(1) == Some(country))
+        .expect("the country's row");
+    row.split("\",\"")
+        .skip(4)
+        .filter(|value| !value.trim_matches(['"', ',']).is_empty())
+        .count() as u64
 }
 
 /// The distinct dates a by-station file has for `station`, counted from its text.

@@ -76,8 +76,14 @@ export async function signedInContext(browser: Browser, who: { username: string;
   return context;
 }
 
-/** No serious or critical axe violation on the page as it stands. */
+/**
+ * No serious or critical axe violation on the page as it stands, once its transitions have
+ * ended: axe reads colours mid-fade (a dialog closing, a ripple) as contrast failures.
+ */
 export async function expectAccessible(page: Page, name: string) {
+  await page.waitForFunction(() =>
+    document.getAnimations().every((a) => a.playState !== "running" || a.effect?.getComputedTiming().endTime === Infinity),
+  );
   const results = await new AxeBuilder({ page }).analyze();
   const bad = results.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
   const summary = bad.map((v) => `${v.id} (${v.impact}): ${v.help}\n  ${v.nodes.map((n) => n.target.join(" ")).slice(0, 5).join("\n  ")}`);

@@ -71,6 +71,8 @@ export interface Results {
   quorum_met: boolean;
   leading: Outcome;
   rounds?: Round[];
+  /** the consensus model's forecast; only the socket's counts carry it */
+  prediction?: Prediction | null;
 }
 
 export interface BreakdownCell {
@@ -193,4 +195,35 @@ export interface SensorAlert {
   value: number;
   window_start_ms: number;
   as_of?: Position;
+}
+
+/** The consensus model's forecast: P(option wins at close), pushed with results. */
+export interface Prediction {
+  model_version: string;
+  probabilities: number[];
+  /** the fraction of the voting window gone when it was made */
+  elapsed: number;
+  /** the option the tally leads with now (the naive forecast) */
+  current_leader: number | null;
+}
+
+export interface AgentAssessment {
+  agent: string;
+  version: string;
+  scores: { option: number; score: number; low: number; high: number }[];
+  recommended: number;
+  findings: { option: number | null; code: string; message: string }[];
+  missing: string[];
+}
+
+/** The analysis agents' reading of a decision's impact statement, and the forecast. */
+export interface Analysis {
+  decision_id: string;
+  region: string;
+  assessments: AgentAssessment[];
+  consensus: { mean_scores: number[]; recommended: number; agreeing: number };
+  prediction: Prediction | null;
+  prediction_unavailable: string | null;
+  versions: string[];
+  evidence_read_at: number;
 }

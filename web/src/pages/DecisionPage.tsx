@@ -1,5 +1,6 @@
-// One decision: its question, your ballot and receipt, live results, the breakdown, the
-// rounds of a ranked-choice count, and the signed outcome once final.
+// One decision: its question, your ballot and receipt, live results with the forecast and
+// the agents' recommendations, the breakdown, the rounds of a ranked-choice count, and the
+// signed outcome once final.
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { Link as RouterLink, useParams } from "react-router-dom";
 import {
@@ -30,6 +31,7 @@ import { ErrorAlert, Loading, PageTitle, formatMicros, methodNames } from "../co
 import { requestBreakdown, watchDecision } from "../live/live";
 import { can, noticed, receiptKept, resultsReceived, useAppDispatch, useAppSelector } from "../store";
 import { BallotForm, ballotBody, ballotReady, describeBallot } from "./Ballot";
+import { DecisionSupport } from "./DecisionSupport";
 import { StatusChip } from "./Decisions";
 
 const COMPONENTS = ["democratic", "expert", "community", "environmental"];
@@ -276,6 +278,8 @@ export function DecisionPage() {
           )}
         </Section>
       )}
+
+      {session && status !== "scheduled" && status !== "cancelled" && <DecisionSupport decision={decision} results={results} live={mode === "socket"} />}
 
       {breakdown && <BreakdownTable decision={decision} breakdown={breakdown} onRefresh={() => requestBreakdown(id)} />}
 
