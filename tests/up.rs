@@ -149,6 +149,30 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
     );
     assert_eq!(results["turnout"], 12, "{results}");
 
+    // The restart loaded every voter's salt and sealing key: the first votes after it read
+    // neither from the store (the caches' misses stay at zero).
+    for n in 0..3 {
+        let token = login(&client, &base, &format!("voter{n}")).await;
+        cast(&client, &base, &token, &decision_id, 1).await;
+    }
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lookups = |result: &str| -> f64 {
+        let series = format!("canopy_cache_lookups_total{{cache=\"salts\",result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .map_or(0.0, |value| value.parse().unwrap())
+    };
+    assert_eq!(lookups("miss"), 0.0, "{metrics}");
+    assert!(lookups("hit") >= 6.0, "{metrics}");
+
     // SIGTERM: stops accepting, finishes what is in flight, exits cleanly.
     let pid = node.id().to_string();
     assert!(

@@ -71,7 +71,18 @@ pub struct AnalyticsArgs {
     /// metrics (rows, files and row groups pruned, time per operator) on stderr.
     #[arg(long)]
     explain: bool,
+    /// Skip the DuckDB baseline (it needs Python 3 with venv, and PyPI once per machine).
+    #[arg(long)]
+    no_duckdb: bool,
+    /// A Python with the duckdb package, instead of the venv the bench makes in
+    /// ~/.cache/canopy.
+    #[arg(long)]
+    duckdb_python: Option<PathBuf>,
 }
+
+/// The DuckDB the second baseline runs: a virtualenv made once per machine from PyPI.
+const DUCKDB_VERSION: &str = "2.0.1";
+const DUCKDB_SCRIPT: &str = include_str!("../duckdb_baseline.py");
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// 2026-03-01T00:00:00Z, the first day votes are cast.
@@ -128,24 +139,42 @@ pub fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let day = middle_date(&root)?;
+    let decision = decision_regions(&root)?
+        .into_keys()
+        .min()
+        .context("the lake has no decisions")?;
+    let queries = queries(&root, &day, &decision);
     let mut figures = Vec::new();
-    for query in queries(&root, &day) {
-        figures.push(measure(&query, &sql, &runtime, &args)?);
+    for query in &queries {
+        figures.push(measure(query, &sql, &runtime, &args)?);
     }
+    let duckdb = if args.no_duckdb {
+        None
+    } else {
+        Some(duckdb_baseline(&root, &queries, &figures, threads, &args)?)
+    };
 
     let rows = args.votes as f64;
-    let queries: Vec<_> = figures
+    let figures_json: Vec<_> = figures
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(index, f)| {
             let secs = f.sql.as_secs_f64();
-            json!({
+            let mut figure = json!({
                 "name": f.name,
                 "ms": round3(secs * 1e3),
                 "rows_per_s": (rows / secs).round(),
-                "result_rows": f.result_rows,
+                "result_rows": f.answer.len(),
                 "baseline_ms": round3(f.baseline.as_secs_f64() * 1e3),
                 "ratio": round3(f.baseline.as_secs_f64() / secs),
-            })
+            });
+            if let Some(duckdb) = &duckdb {
+                let duckdb_ms = duckdb.fastest_ms[index];
+                figure["duckdb_ms"] = json!(round3(duckdb_ms));
+                // Above 1: faster than DuckDB on the same files.
+                figure["vs_duckdb"] = json!(round3(duckdb_ms / (secs * 1e3)));
+            }
+            figure
         })
         .collect();
     let mut write_json = json!({
@@ -163,7 +192,8 @@ pub fn run(args: AnalyticsArgs) -> anyhow::Result<()> {
             "bench": "analytics",
             "rows": args.votes,
             "write": write_json,
-            "queries": queries,
+            "duckdb": duckdb.as_ref().map(|d| d.version.clone()),
+            "queries": figures_json,
         })
     );
     Ok(())
@@ -555,8 +585,9 @@ struct Query<'a> {
     baseline: Box<dyn Fn() -> anyhow::Result<Answer> + 'a>,
 }
 
-fn queries<'a>(root: &'a Path, day: &str) -> Vec<Query<'a>> {
+fn queries<'a>(root: &'a Path, day: &str, decision: &str) -> Vec<Query<'a>> {
     let day_owned = day.to_owned();
+    let decision_owned = decision.to_owned();
     vec![
         Query {
             name: "turnout_per_day_per_region",
@@ -600,6 +631,18 @@ fn queries<'a>(root: &'a Path, day: &str) -> Vec<Query<'a>> {
             ),
             baseline: Box::new(move || votes_per_hour_baseline(root, &day_owned)),
         },
+        // What a results page asks of the history: one decision's votes per option.
+        Query {
+            name: "one_decision_votes_per_option",
+            sql: format!(
+                "SELECT option, COUNT(*) AS votes \
+                 FROM votes \
+                 WHERE decision_id = '{decision}' \
+                 GROUP BY option \
+                 ORDER BY option"
+            ),
+            baseline: Box::new(move || one_decision_baseline(root, &decision_owned)),
+        },
     ]
 }
 
@@ -607,7 +650,8 @@ struct QueryFigures {
     name: &'static str,
     sql: Duration,
     baseline: Duration,
-    result_rows: usize,
+    /// SQL's answer, which every baseline's must equal.
+    answer: Answer,
 }
 
 fn measure(
@@ -670,7 +714,7 @@ fn measure(
         name,
         sql: fastest_sql,
         baseline: fastest_baseline,
-        result_rows: sql_answer.len(),
+        answer: sql_answer,
     })
 }
 
@@ -969,4 +1013,200 @@ fn votes_per_hour_baseline(root: &Path, day: &str) -> anyhow::Result<Answer> {
         .into_iter()
         .map(|(hour, count)| vec![Cell::Int(hour), Cell::Int(count)])
         .collect())
+}
+
+/// One decision's votes per option (a ballot with no single option, null, counts last as
+/// SQL orders nulls).
+fn one_decision_baseline(root: &Path, decision: &str) -> anyhow::Result<Answer> {
+    let mut options: BTreeMap<(bool, i32), i64> = BTreeMap::new();
+    scan(
+        &vote_files(root, None)?,
+        &["decision_id", "option"],
+        |batch| {
+            let ids = strings(batch, "decision_id")?;
+            let option = column(batch, "option")?
+                .as_primitive_opt::<Int32Type>()
+                .context("option is not Int32")?;
+            for row in 0..batch.num_rows() {
+                if ids.value(row) == decision {
+                    let key = if option.is_null(row) {
+                        (true, 0)
+                    } else {
+                        (false, option.value(row))
+                    };
+                    *options.entry(key).or_default() += 1;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(options
+        .into_iter()
+        .map(|((null, option), count)| {
+            let option = if null {
+                Cell::Null
+            } else {
+                Cell::Int(option.into())
+            };
+            vec![option, Cell::Int(count)]
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------
+// DuckDB, the second baseline
+
+struct DuckdbFigures {
+    version: String,
+    /// Per query, in the order measured.
+    fastest_ms: Vec<f64>,
+}
+
+/// Runs every query in DuckDB over the same files, `repeat` times each, and checks that
+/// each answer equals SQL's.
+fn duckdb_baseline(
+    root: &Path,
+    queries: &[Query<'_>],
+    figures: &[QueryFigures],
+    threads: usize,
+    args: &AnalyticsArgs,
+) -> anyhow::Result<DuckdbFigures> {
+    let python = match &args.duckdb_python {
+        Some(python) => python.clone(),
+        None => duckdb_venv()?,
+    };
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(root.join("decisions").join("snapshot"))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    snapshots.sort();
+    let request = json!({
+        "votes": vote_files(root, None)?,
+        "decisions": snapshots.last().context("no decisions snapshot")?,
+        "threads": threads,
+        "repeat": args.repeat,
+        "queries": queries.iter().map(|q| json!({ "name": q.name, "sql": q.sql })).collect::<Vec<_>>(),
+    });
+    let script = tempfile::Builder::new().suffix(".py").tempfile()?;
+    std::fs::write(script.path(), DUCKDB_SCRIPT)?;
+    eprintln!("DuckDB: running the queries over the same files ...");
+    let mut child = std::process::Command::new(&python)
+        .arg(script.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", python.display()))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("DuckDB's stdin")?;
+        stdin.write_all(request.to_string().as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "the DuckDB baseline failed ({}); its errors are above",
+        output.status
+    );
+    let answer: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("reading DuckDB's answers")?;
+    let mut fastest_ms = Vec::new();
+    for (figure, duckdb) in figures
+        .iter()
+        .zip(answer["queries"].as_array().into_iter().flatten())
+    {
+        let rows = duckdb["rows"]
+            .as_array()
+            .context("DuckDB's rows")?
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .context("a DuckDB row")?
+                    .iter()
+                    .map(json_cell)
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+            .collect::<anyhow::Result<Answer>>()?;
+        same_answer(&figure.answer, &rows)
+            .with_context(|| format!("{}: SQL and DuckDB disagree", figure.name))?;
+        let runs = duckdb["runs_ms"].as_array().context("DuckDB's runs")?;
+        fastest_ms.push(
+            runs.iter()
+                .filter_map(serde_json::Value::as_f64)
+                .fold(f64::INFINITY, f64::min),
+        );
+    }
+    ensure!(
+        fastest_ms.len() == figures.len(),
+        "DuckDB answered {} queries of {}",
+        fastest_ms.len(),
+        figures.len()
+    );
+    Ok(DuckdbFigures {
+        version: answer["version"].as_str().unwrap_or("?").to_owned(),
+        fastest_ms,
+    })
+}
+
+fn json_cell(value: &serde_json::Value) -> anyhow::Result<Cell> {
+    Ok(match value {
+        serde_json::Value::Null => Cell::Null,
+        serde_json::Value::String(text) => Cell::Text(text.clone()),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(int) => Cell::Int(int),
+            None => Cell::Float(n.as_f64().context("a number DuckDB gave")?),
+        },
+        other => bail!("a DuckDB cell {other}"),
+    })
+}
+
+/// The virtualenv with DuckDB's Python package, made on first use.
+fn duckdb_venv() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let venv = PathBuf::from(home)
+        .join(".cache/canopy")
+        .join(format!("duckdb-{DUCKDB_VERSION}"));
+    let python = venv.join("bin/python");
+    let ready = |python: &Path| {
+        std::process::Command::new(python)
+            .args(["-c", "import duckdb"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if python.exists() && ready(&python) {
+        return Ok(python);
+    }
+    eprintln!(
+        "installing DuckDB {DUCKDB_VERSION} from PyPI into {} (once per machine; --no-duckdb skips it)",
+        venv.display()
+    );
+    let run = |program: &Path, args: &[&str]| -> anyhow::Result<()> {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .status()
+            .with_context(|| format!("starting {}", program.display()))?;
+        ensure!(
+            status.success(),
+            "{} {args:?} failed ({status})",
+            program.display()
+        );
+        Ok(())
+    };
+    let venv_arg = venv.to_str().context("a cache path that is not UTF-8")?;
+    run(Path::new("python3"), &["-m", "venv", venv_arg])?;
+    let requirement = format!("duckdb=={DUCKDB_VERSION}");
+    run(
+        &venv.join("bin/pip"),
+        &[
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &requirement,
+        ],
+    )?;
+    ensure!(
+        ready(&python),
+        "DuckDB did not install into {}",
+        venv.display()
+    );
+    Ok(python)
 }

@@ -438,6 +438,16 @@ impl Node {
             )?),
             _ => None,
         };
+        // Every voter's salt and sealing key before the first vote is served: otherwise each
+        // voter's first vote after a restart reads the store, behind the checkpoint writer.
+        let loading = std::time::Instant::now();
+        let (salts, loaded) = SaltCache::load(store.as_ref()).await?;
+        tracing::info!(
+            salts = loaded.salts,
+            keys = loaded.keys,
+            ms = loading.elapsed().as_millis() as u64,
+            "voters' salts and sealing keys loaded"
+        );
         let (lake_stop, lake_stopped) = tokio::sync::watch::channel(false);
         let lake_task = lake_feed.map(|feed| tokio::spawn(lake_loop(feed, lake_stopped)));
         let state = Arc::new(AppState {
@@ -471,7 +481,7 @@ impl Node {
             record_tiles: Some(tile_reader as Arc<dyn RecordTiles>),
             record_key: signer.verifier().encode(),
             record_origin: config.record.origin.clone(),
-            salts: SaltCache::default(),
+            salts,
             data_dir: config.data_dir.clone(),
             replicas: coordinator
                 .clone()

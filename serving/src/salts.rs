@@ -86,7 +86,46 @@ fn cached(map: &Mutex<HashMap<Uuid, [u8; 32]>>, id: Uuid) -> Option<[u8; 32]> {
     found
 }
 
+/// Secrets read per query while loading.
+const LOAD_PAGE: u32 = 10_000;
+
+/// What [`SaltCache::load`] read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadedSecrets {
+    pub salts: usize,
+    pub keys: usize,
+}
+
 impl SaltCache {
+    /// A cache holding every stored salt and sealing key (up to its limit, the rest read
+    /// through as before): after a restart, voters' first votes find theirs here instead
+    /// of queueing for the store behind its batch writers.
+    pub async fn load(store: &dyn MetadataStore) -> Result<(Self, LoadedSecrets), ServingError> {
+        let mut read = [HashMap::new(), HashMap::new()];
+        for (keys, map) in [false, true].into_iter().zip(read.iter_mut()) {
+            let mut after = None;
+            while map.len() < SALT_CACHE_LIMIT {
+                let page = store.voter_secrets_after(keys, after, LOAD_PAGE).await?;
+                let full = page.len() == LOAD_PAGE as usize;
+                after = page.last().map(|(id, _)| *id);
+                map.extend(page);
+                if !full {
+                    break;
+                }
+            }
+        }
+        let [salts, keys] = read;
+        let loaded = LoadedSecrets {
+            salts: salts.len(),
+            keys: keys.len(),
+        };
+        let cache = Self {
+            salts: Mutex::new(salts),
+            keys: Mutex::new(keys),
+        };
+        Ok((cache, loaded))
+    }
+
     /// The salt of a ballot's subject (an account, or a roll entry).
     pub async fn salt(
         &self,

@@ -499,6 +499,15 @@ pub trait MetadataStore: Send + Sync {
     /// The account's sealing key, created on first use; `None` once the account is gone
     /// (erased), so an erased voter's token cannot start a new key, salt or ballot.
     async fn voter_key(&self, user: Uuid, now: i64) -> StoreResult<Option<[u8; 32]>>;
+    /// Up to `limit` salts (or, with `keys`, sealing keys) of the voters whose ids come
+    /// after `after`, in id order: a restart reads them all before it serves a vote, so no
+    /// first vote after it waits for the store.
+    async fn voter_secrets_after(
+        &self,
+        keys: bool,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<(Uuid, [u8; 32])>>;
     /// The pseudonym the audit trail names the account by, created on first use;
     /// [`UNKNOWN_USER_PSEUDONYM`] for an id that is no account.
     async fn user_pseudonym(&self, user: Uuid) -> StoreResult<String>;
@@ -1772,6 +1781,24 @@ macro_rules! sql_store {
                 let salt: Option<Vec<u8>> = row.map(|row| row.try_get("salt")).transpose()?.flatten();
                 salt.map(|salt| <[u8; 32]>::try_from(salt).map_err(|_| ServingError::Storage("a stored salt is not 32 bytes".into())))
                     .transpose()
+            }
+
+            async fn voter_secrets_after(&self, keys: bool, after: Option<Uuid>, limit: u32) -> StoreResult<Vec<(Uuid, [u8; 32])>> {
+                let query = if keys {
+                    "SELECT voter_id, seal_key AS secret FROM voter_keys WHERE voter_id > $1 ORDER BY voter_id LIMIT $2"
+                } else {
+                    "SELECT voter_id, salt AS secret FROM voter_salts WHERE salt IS NOT NULL AND voter_id > $1 ORDER BY voter_id LIMIT $2"
+                };
+                let after = after.map(|id| id.to_string()).unwrap_or_default();
+                let rows = sqlx::query(query).bind(after).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        let voter = parse_uuid(&row.try_get::<String, _>("voter_id")?)?;
+                        let secret: Vec<u8> = row.try_get("secret")?;
+                        let secret = <[u8; 32]>::try_from(secret).map_err(|_| ServingError::Storage("a stored voter secret is not 32 bytes".into()))?;
+                        Ok((voter, secret))
+                    })
+                    .collect()
             }
 
             async fn voter_key(&self, user: Uuid, now: i64) -> StoreResult<Option<[u8; 32]>> {

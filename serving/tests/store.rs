@@ -9,6 +9,7 @@ use canopy_schemas::{
 };
 use canopy_serving::ServingError;
 use canopy_serving::auth::Role;
+use canopy_serving::salts::SaltCache;
 use canopy_serving::store::*;
 use canopy_serving::trail::verify_audit_chain;
 use uuid::Uuid;
@@ -379,6 +380,29 @@ async fn record_tables(store: &Arc<dyn MetadataStore>) {
     assert_eq!(store.voter_key(voter, 3).await.unwrap(), Some(key));
     let pseudonym = store.user_pseudonym(voter).await.unwrap();
     assert!(pseudonym.starts_with("p-") && !pseudonym.contains(&voter.to_string()));
+    // What a restart loads: every salt and key, page by page in id order.
+    let listed = |keys: bool| {
+        let store = Arc::clone(store);
+        async move {
+            let (mut all, mut after) = (Vec::new(), None);
+            loop {
+                let page = store.voter_secrets_after(keys, after, 1).await.unwrap();
+                let Some(last) = page.last() else { break all };
+                after = Some(last.0);
+                all.extend(page);
+            }
+        }
+    };
+    let stored = listed(false).await;
+    assert!(
+        stored.is_sorted_by_key(|(id, _)| id.to_string()),
+        "{stored:?}"
+    );
+    assert!(stored.contains(&(voter, salt)) && stored.contains(&(other, salts[0])));
+    assert!(listed(true).await.contains(&(voter, key)));
+    let (cache, loaded) = SaltCache::load(store.as_ref()).await.unwrap();
+    assert_eq!(loaded.salts, stored.len());
+    assert_eq!(cache.salt(store.as_ref(), voter).await.unwrap(), salt);
     assert_eq!(
         store.erase_voter(voter, 4).await.unwrap(),
         Some(pseudonym.clone())
@@ -402,6 +426,9 @@ async fn record_tables(store: &Arc<dyn MetadataStore>) {
             .code(),
         "account_erased"
     );
+    // Nor does a restart load them.
+    assert!(!listed(false).await.iter().any(|(id, _)| *id == voter));
+    assert!(!listed(true).await.iter().any(|(id, _)| *id == voter));
 
     // Checkpoints only grow: a replayed cut at or below the latest is not stored.
     let (a, b) = (DecisionId(1), DecisionId(2));
