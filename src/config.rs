@@ -60,6 +60,7 @@ pub struct CanopyConfig {
     pub evm: EvmSection,
     pub sensors: SensorsSection,
     pub lake: LakeSection,
+    pub agents: AgentsSection,
     pub tls: TlsSection,
 }
 
@@ -238,6 +239,26 @@ pub struct LakeSection {
     pub pg_idle_timeout_s: u64,
 }
 
+/// The analysis agents and the consensus prediction model (`up`, `serve`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsSection {
+    /// How long a region's evidence is reused before the lake is read again.
+    pub evidence_ttl_s: f64,
+    /// Analyses running at once; one more is refused `busy`.
+    pub max_running: usize,
+    /// The model version that answers.
+    pub model: String,
+    /// The version tried beside it on a share of the predictions; "" for none.
+    pub candidate: String,
+    pub candidate_share: f64,
+    /// The candidate is rolled back once it has made `rollback_min_calls` predictions and
+    /// its error rate passes `rollback_error_rate` or its p95 latency `rollback_p95_ms`.
+    pub rollback_error_rate: f64,
+    pub rollback_p95_ms: f64,
+    pub rollback_min_calls: u64,
+}
+
 /// The certificate of the HTTP listener and the PostgreSQL port; both or neither.
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,6 +361,16 @@ impl Default for CanopyConfig {
                 pg_allow_plaintext: false,
                 pg_max_connections: 64,
                 pg_idle_timeout_s: 900,
+            },
+            agents: AgentsSection {
+                evidence_ttl_s: 30.0,
+                max_running: 256,
+                model: "consensus-1".into(),
+                candidate: "consensus-2".into(),
+                candidate_share: 0.1,
+                rollback_error_rate: 0.05,
+                rollback_p95_ms: 100.0,
+                rollback_min_calls: 20,
             },
             tls: TlsSection::default(),
         }
@@ -1294,6 +1325,7 @@ impl CanopyConfig {
         config.record.tile_store = self.record.tile_store.clone();
         config.kafka = self.kafka()?;
         config.sensors = self.sensor_settings()?;
+        config.agents = self.agent_settings()?;
         if self.lake.enabled {
             let mut lake = canopy_node::lake::LakeSettings::new(self.lake_location()?);
             lake.flush_interval = Duration::from_secs_f64(self.lake.flush_s.max(0.05));
@@ -1309,6 +1341,61 @@ impl CanopyConfig {
             config.lake = Some(lake);
         }
         Ok(config)
+    }
+
+    /// The `[agents]` section, checked: shares and rates are fractions, and the versions
+    /// named are built in.
+    fn agent_settings(&self) -> anyhow::Result<canopy_agents::AgentServiceConfig> {
+        let agents = &self.agents;
+        let fraction = |name: &str, value: f64| {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&value),
+                "agents.{name} is {value}: it must be between 0 and 1"
+            );
+            Ok(value)
+        };
+        anyhow::ensure!(
+            agents.evidence_ttl_s.is_finite() && agents.evidence_ttl_s >= 0.0,
+            "agents.evidence_ttl_s must be 0 or more seconds"
+        );
+        anyhow::ensure!(
+            agents.rollback_p95_ms.is_finite() && agents.rollback_p95_ms > 0.0,
+            "agents.rollback_p95_ms must be a positive number of milliseconds"
+        );
+        let built_in: Vec<&str> = canopy_agents::BUILT_IN_MODELS
+            .iter()
+            .map(|(version, _)| *version)
+            .collect();
+        let candidate = Some(agents.candidate.clone()).filter(|c| !c.is_empty());
+        for (name, version) in [
+            ("model", Some(&agents.model)),
+            ("candidate", candidate.as_ref()),
+        ] {
+            if let Some(version) = version {
+                anyhow::ensure!(
+                    built_in.contains(&version.as_str()),
+                    "agents.{name} = {version:?} is not a model version this build has ({})",
+                    built_in.join(", ")
+                );
+            }
+        }
+        anyhow::ensure!(
+            candidate.as_ref() != Some(&agents.model),
+            "agents.candidate is the model that answers already: name another version, or \"\""
+        );
+        Ok(canopy_agents::AgentServiceConfig {
+            evidence_ttl: Duration::from_secs_f64(agents.evidence_ttl_s),
+            max_running: agents.max_running,
+            current: Some(agents.model.clone()),
+            candidate,
+            policy: canopy_agents::RolloutPolicy {
+                candidate_share: fraction("candidate_share", agents.candidate_share)?,
+                max_error_rate: fraction("rollback_error_rate", agents.rollback_error_rate)?,
+                max_p95_ms: agents.rollback_p95_ms,
+                min_calls: agents.rollback_min_calls,
+            },
+            ..canopy_agents::AgentServiceConfig::default()
+        })
     }
 
     /// The `[sensors]` section and `kafka.sensor_topic`: the same for `up`, every worker
@@ -1385,6 +1472,7 @@ impl CanopyConfig {
         config.kafka = Some(self.cluster_kafka()?);
         config.run_engine = false;
         config.sensors = self.sensor_settings()?;
+        config.agents = self.agent_settings()?;
         // SQL, trends and the PostgreSQL port over the lake the workers write.
         if self.lake.pg_listen.is_some() && self.lake.location.is_none() {
             bail!("lake.pg_listen on a replica needs lake.location: the lake the workers write");
@@ -1517,6 +1605,47 @@ mod tests {
         assert_eq!(config.workers.hosts.len(), 2);
         assert!(config.worker_config(1).is_ok() && config.serve_config().is_ok());
         assert!(config.node_config().is_ok());
+    }
+
+    #[test]
+    fn agent_settings_are_checked_and_reach_the_node() {
+        let data = tempfile::tempdir().unwrap();
+        let load = |agents: &str| {
+            let path = data.path().join("canopy.toml");
+            let text = format!("data_dir = {:?}\n[agents]\n{agents}\n", data.path());
+            std::fs::write(&path, text).unwrap();
+            Loaded::load(Some(&path), FlagValues::default())
+                .and_then(|loaded| loaded.config.node_config())
+        };
+        let config = load("candidate = \"\"\nmax_running = 8\nevidence_ttl_s = 2.5").unwrap();
+        assert_eq!(config.agents.candidate, None);
+        assert_eq!(config.agents.current.as_deref(), Some("consensus-1"));
+        assert_eq!(config.agents.max_running, 8);
+        assert_eq!(config.agents.evidence_ttl, Duration::from_millis(2500));
+        let swapped =
+            load("model = \"consensus-2\"\ncandidate = \"consensus-1\"\ncandidate_share = 0.25")
+                .unwrap();
+        assert_eq!(swapped.agents.current.as_deref(), Some("consensus-2"));
+        assert_eq!(swapped.agents.policy.candidate_share, 0.25);
+        for (bad, says) in [
+            ("candidate_share = 1.5", "agents.candidate_share is 1.5"),
+            ("rollback_error_rate = -0.1", "agents.rollback_error_rate"),
+            (
+                "model = \"consensus-9\"",
+                "not a model version this build has (consensus-1, consensus-2)",
+            ),
+            (
+                "candidate = \"consensus-1\"",
+                "the model that answers already",
+            ),
+            ("rollback_p95_ms = 0.0", "agents.rollback_p95_ms"),
+        ] {
+            let error = format!(
+                "{:#}",
+                load(bad).err().unwrap_or_else(|| panic!("{bad} was taken"))
+            );
+            assert!(error.contains(says), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -537,3 +537,34 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     found
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_no_room_for_another_analysis_says_busy_and_when_to_retry() {
+    let node = TestNode::start_with(ApiConfig::default(), |config| {
+        config.agents.max_running = 0;
+    })
+    .await;
+    node.create("olga", Role::Operator).await;
+    let (operator, _) = node.login("olga").await;
+    let decision = decision_with_statement(&node, &operator, None).await;
+    let records = node.log_records();
+    for route in [ANALYZE, INVOKE] {
+        let response = node
+            .client
+            .post(format!("{}{route}", node.base))
+            .bearer_auth(&operator)
+            .json(&json!({ "decision_id": decision }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{route}"
+        );
+        assert_eq!(response.headers()["retry-after"], "1", "{route}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(error_code(&body), "busy", "{route}");
+    }
+    assert_eq!(node.log_records(), records, "a busy invoke casts nothing");
+}

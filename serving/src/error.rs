@@ -313,6 +313,12 @@ impl IntoResponse for ServingError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
         }
+        // An analysis takes well under a second once its evidence is read: come back in one.
+        if let Self::Agents(canopy_agents::AgentError::Busy) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        }
         response
     }
 }
