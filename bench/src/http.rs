@@ -1,39 +1,80 @@
-//! `canopy-bench http`: the voting API over real HTTP, in one process with its server.
+//! `canopy-bench http`: the voting API over real HTTP, loaded from outside the server's
+//! process. The server is `canopy-bench http-server`, a process of its own started by the
+//! bench (a node with its accounts and a decision, the lake on). The peak rates come from
+//! wrk (Debian's package) when it is installed, from this process's own closed-loop client
+//! otherwise; fixed rates come from this process's open-loop client, whose latencies count
+//! from each request's intended send time, so a stalled server is charged for the queue it
+//! causes (no coordinated omission). Then the server is stopped and started again on the
+//! same data, and the same open loop measures the first minute after the restart.
 
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
+use canopy_node::lake::LakeSettings;
 use canopy_node::{Node, NodeConfig};
 use canopy_serving::api::create_user;
 use canopy_serving::auth::Role;
 use canopy_serving::limits::Rate;
 use canopy_serving::state::ApiConfig;
 use clap::Args;
+use serde_json::{Value, json};
 
 use crate::round3;
-use serde_json::json;
 
 #[derive(Args)]
 pub struct HttpArgs {
     /// Authenticated voters casting.
     #[arg(long, default_value_t = 200)]
     users: usize,
-    /// Concurrent requests in the closed-loop (peak) phases.
+    /// Concurrent connections in the closed-loop (peak) phases.
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
+    /// Seconds per peak phase.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
     /// The open-loop rate, votes per second.
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
+    /// Seconds the open loop is held, and again after the restart.
+    #[arg(long, default_value_t = 60.0)]
+    open_seconds: f64,
     /// Dataflow worker threads of the server.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Run the server without its analytics lake (which otherwise flushes every 10 s).
+    #[arg(long)]
+    no_lake: bool,
+    /// Skip the phase after a restart.
+    #[arg(long)]
+    no_restart: bool,
+    /// wrk, for the peak phases; without it the bench's own client measures them.
+    #[arg(long, default_value = "wrk")]
+    wrk: PathBuf,
 }
 
+/// The server side, started by `http` (hidden from the list of benchmarks).
+#[derive(Args)]
+pub struct HttpServerArgs {
+    #[arg(long)]
+    users: usize,
+    #[arg(long)]
+    workers: usize,
+    /// The node's data; a second start on the same folder finds its accounts and decision.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    no_lake: bool,
+}
+
+const OWNER: &str = "bench-owner";
+const DECISION_TITLE: &str = "Benchmark decision";
+
+/// What the server tells the bench once it listens: one JSON line on its stdout.
 struct Target {
     client: reqwest::Client,
     base: String,
@@ -42,6 +83,34 @@ struct Target {
 }
 
 impl Target {
+    fn of(line: &str) -> anyhow::Result<Self> {
+        let said: Value = serde_json::from_str(line).context("the server's first line")?;
+        let text = |key: &str| {
+            said[key]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("no {key} in {line}"))
+        };
+        let tokens = said["tokens"]
+            .as_array()
+            .context("no tokens")?
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect();
+        Ok(Self {
+            client: canopy_testkit::http_client_builder()
+                .pool_max_idle_per_host(1024)
+                .build()?,
+            base: text("base")?,
+            tokens,
+            decision: text("decision")?,
+        })
+    }
+
+    fn results_path(&self) -> String {
+        format!("/api/v1/voting/decision/{}/results", self.decision)
+    }
+
     async fn cast(&self, n: u64) -> bool {
         let token = &self.tokens[n as usize % self.tokens.len()];
         let body = json!({ "decision_id": self.decision, "option": n % 3 });
@@ -68,10 +137,7 @@ impl Target {
         let token = &self.tokens[n as usize % self.tokens.len()];
         let sent = self
             .client
-            .get(format!(
-                "{}/api/v1/voting/decision/{}/results",
-                self.base, self.decision
-            ))
+            .get(format!("{}{}", self.base, self.results_path()))
             .bearer_auth(token)
             .send()
             .await;
@@ -89,6 +155,394 @@ async fn ok_with(
         _ => false,
     }
 }
+
+pub(crate) fn percentile(latencies: &mut [f64], p: f64) -> f64 {
+    if latencies.is_empty() {
+        return f64::NAN;
+    }
+    latencies.sort_unstable_by(f64::total_cmp);
+    latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]
+}
+
+// ---------------------------------------------------------------------------------------
+// The server process
+
+pub fn serve(args: HttpServerArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve_async(args))
+}
+
+async fn serve_async(args: HttpServerArgs) -> anyhow::Result<()> {
+    let unlimited = Rate {
+        per_second: 1e9,
+        burst: 1e9,
+    };
+    let mut config = NodeConfig::new(&args.dir);
+    config.listen = "127.0.0.1:0".parse()?;
+    config.workers = args.workers;
+    config.api = ApiConfig {
+        per_user: unlimited,
+        per_address: unlimited,
+        ..ApiConfig::default()
+    };
+    if !args.no_lake {
+        config.lake = Some(LakeSettings::new(args.dir.join("lake")));
+    }
+    let node = Node::start(config).await.context("starting the server")?;
+    let state = Arc::clone(&node.state);
+    let store = state.store.as_ref();
+    let issue =
+        |id, role| -> anyhow::Result<String> { Ok(state.keys.issue(id, role, 1_000_000)?.0) };
+
+    let owner = match store.user_by_username(OWNER).await? {
+        Some(found) => found.id,
+        None => {
+            eprintln!("creating {} voters ...", args.users);
+            create_user(
+                store,
+                OWNER,
+                "a long passphrase for the benchmark",
+                Role::Operator,
+            )
+            .await?
+        }
+    };
+    let mut tokens = Vec::with_capacity(args.users);
+    for n in 0..args.users {
+        let name = format!("voter{n}");
+        // Accounts go through the store (argon2 is deliberately slow); tokens are real.
+        let id = match store.user_by_username(&name).await? {
+            Some(found) => found.id,
+            None => create_user(store, &name, "bench-voter-password", Role::Citizen).await?,
+        };
+        tokens.push(issue(id, Role::Citizen)?);
+    }
+    let base = format!("http://{}", node.addr);
+    let decision = match store
+        .decisions()
+        .await?
+        .into_iter()
+        .find(|d| d.title == DECISION_TITLE)
+    {
+        Some(found) => found.id.to_string(),
+        None => {
+            let client = canopy_testkit::http_client();
+            let create = json!({ "title": DECISION_TITLE, "options": ["a", "b", "c"], "closes_at": i64::MAX, "quorum": 1 });
+            let response = client
+                .post(format!("{base}/api/v1/voting/decision/create"))
+                .bearer_auth(issue(owner, Role::Operator)?)
+                .json(&create)
+                .send()
+                .await?;
+            if response.status() != reqwest::StatusCode::CREATED {
+                bail!("creating the decision failed: {}", response.text().await?);
+            }
+            response.json::<Value>().await?["id"]
+                .as_str()
+                .context("decision id")?
+                .to_string()
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "{}",
+        json!({ "base": base, "tokens": tokens, "decision": decision })
+    )?;
+    stdout.flush()?;
+    drop(stdout);
+    // Serves until the bench closes our stdin.
+    tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
+    node.shutdown().await?;
+    Ok(())
+}
+
+/// The server process, and its stdin: closing it stops the server.
+struct Server {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Server {
+    fn start(args: &HttpArgs, dir: &Path) -> anyhow::Result<(Self, Target)> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("http-server")
+            .args(["--users", &args.users.to_string()])
+            .args(["--workers", &args.workers.to_string()])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if args.no_lake {
+            command.arg("--no-lake");
+        }
+        let mut child = command.spawn().context("starting the server process")?;
+        let stdin = child.stdin.take();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("the server's stdout")?).read_line(&mut line)?;
+        ensure!(!line.is_empty(), "the server exited before it listened");
+        Ok((Self { child, stdin }, Target::of(&line)?))
+    }
+
+    /// Stops the server (it finishes what is in flight) and waits for it.
+    fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        let status = self.child.wait()?;
+        ensure!(status.success(), "the server process exited with {status}");
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The load
+
+pub fn run(args: HttpArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+struct Peak {
+    client: &'static str,
+    floor: f64,
+    votes_per_s: f64,
+    rejected: u64,
+    results_p50_ms: f64,
+    results_p99_ms: f64,
+}
+
+async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (server, target) = Server::start(&args, dir.path())?;
+    let target = Arc::new(target);
+
+    let peak = match wrk_available(&args.wrk) {
+        true => peak_with_wrk(&args, &target)?,
+        false => {
+            eprintln!(
+                "no wrk at {} (apt-get install wrk): the peak phases use the bench's own client",
+                args.wrk.display()
+            );
+            peak_with_own_client(&args, &target).await?
+        }
+    };
+    eprintln!(
+        "peak {:.0} votes/s, floor {:.0} req/s ({}); results p99 {:.2} ms",
+        peak.votes_per_s, peak.floor, peak.client, peak.results_p99_ms
+    );
+    eprintln!(
+        "open loop: cast-vote at {} votes/s for {} s, results read beside it ...",
+        args.rate, args.open_seconds
+    );
+    let steady = open_loop(&target, args.rate, args.open_seconds).await?;
+    eprintln!("{}", steady.summary());
+    server.stop()?;
+
+    let after_restart = if args.no_restart {
+        None
+    } else {
+        eprintln!(
+            "restart: the server again on the same data, then the open loop at once for {} s ...",
+            args.open_seconds
+        );
+        let (server, target) = Server::start(&args, dir.path())?;
+        let figures = open_loop(&Arc::new(target), args.rate, args.open_seconds).await?;
+        eprintln!("{}", figures.summary());
+        server.stop()?;
+        Some(figures)
+    };
+
+    let met = |figure: f64, target: f64| figure.is_finite() && figure < target;
+    println!(
+        "{}",
+        json!({
+            "bench": "http",
+            "client": peak.client,
+            "lake": !args.no_lake,
+            "votes_per_s": peak.votes_per_s.round(),
+            "rejected": peak.rejected,
+            "floor_req_per_s": peak.floor.round(),
+            "ratio": round3(peak.votes_per_s / peak.floor),
+            "results_p50_ms": round3(peak.results_p50_ms),
+            "results_p99_ms": round3(peak.results_p99_ms),
+            "open_loop": steady.json(),
+            "after_restart": after_restart.as_ref().map(OpenLoop::json),
+            "seed_target": {
+                "cast_p99_under_100_ms": met(steady.cast_p99_ms, 100.0),
+                "results_p99_under_50_ms": met(steady.results_p99_ms, 50.0),
+                "at_rate": args.rate,
+            },
+        })
+    );
+    Ok(())
+}
+
+// -- wrk
+
+fn wrk_available(wrk: &Path) -> bool {
+    Command::new(wrk)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// What wrk printed that the bench reads.
+struct WrkFigures {
+    requests_per_s: f64,
+    non_2xx: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn wrk(
+    args: &HttpArgs,
+    connections: usize,
+    extra: &[&str],
+    url: &str,
+) -> anyhow::Result<WrkFigures> {
+    let output = Command::new(&args.wrk)
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{}s", args.seconds),
+            "--latency",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(prefix).map(str::trim))
+    };
+    let requests_per_s = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
+    let non_2xx = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let latency = |prefix: &str| field(prefix).map_or(f64::NAN, wrk_ms);
+    Ok(WrkFigures {
+        requests_per_s,
+        non_2xx,
+        p50_ms: latency("50%"),
+        p99_ms: latency("99%"),
+    })
+}
+
+/// wrk's latency, `812.00us`, `1.20ms` or `2.01s`, in milliseconds.
+fn wrk_ms(text: &str) -> f64 {
+    let number = |suffix: &str| {
+        text.strip_suffix(suffix)
+            .and_then(|n| n.parse::<f64>().ok())
+    };
+    if let Some(us) = number("us") {
+        us / 1e3
+    } else if let Some(ms) = number("ms") {
+        ms
+    } else if let Some(s) = number("s") {
+        s * 1e3
+    } else if let Some(m) = number("m") {
+        m * 60e3
+    } else {
+        f64::NAN
+    }
+}
+
+/// A wrk script that casts, rotating the voters' tokens and the options.
+fn cast_script(target: &Target) -> String {
+    let tokens: Vec<String> = target.tokens.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        r#"local tokens = {{{tokens}}}
+local n = 0
+request = function()
+  n = n + 1
+  local body = '{{"decision_id":"{decision}","option":' .. (n % 3) .. '}}'
+  return wrk.format("POST", "/api/v1/voting/cast-vote",
+    {{ ["Authorization"] = "Bearer " .. tokens[(n % #tokens) + 1], ["Content-Type"] = "application/json" }}, body)
+end
+"#,
+        tokens = tokens.join(","),
+        decision = target.decision
+    )
+}
+
+fn peak_with_wrk(args: &HttpArgs, target: &Target) -> anyhow::Result<Peak> {
+    eprintln!(
+        "floor: wrk GET /healthz, {} connections, {} s ...",
+        args.concurrency, args.seconds
+    );
+    let floor = wrk(
+        args,
+        args.concurrency,
+        &[],
+        &format!("{}/healthz", target.base),
+    )?;
+    eprintln!(
+        "peak: wrk cast-vote, {} connections, {} s ...",
+        args.concurrency, args.seconds
+    );
+    let mut script = tempfile::Builder::new().suffix(".lua").tempfile()?;
+    script.write_all(cast_script(target).as_bytes())?;
+    let script_path = script
+        .path()
+        .to_str()
+        .context("a temporary path that is not UTF-8")?;
+    let cast = wrk(
+        args,
+        args.concurrency,
+        &["-s", script_path],
+        &format!("{}/api/v1/voting/cast-vote", target.base),
+    )?;
+    eprintln!(
+        "results: wrk GET results, 32 connections, {} s ...",
+        args.seconds
+    );
+    let authorization = format!("Authorization: Bearer {}", target.tokens[0]);
+    let results = wrk(
+        args,
+        32,
+        &["-H", &authorization],
+        &format!("{}{}", target.base, target.results_path()),
+    )?;
+    ensure!(
+        results.non_2xx == 0,
+        "{} results reads were refused",
+        results.non_2xx
+    );
+    Ok(Peak {
+        client: "wrk",
+        floor: floor.requests_per_s,
+        votes_per_s: cast.requests_per_s,
+        rejected: cast.non_2xx,
+        results_p50_ms: results.p50_ms,
+        results_p99_ms: results.p99_ms,
+    })
+}
+
+// -- the bench's own client
 
 #[derive(Clone, Copy)]
 enum Call {
@@ -139,155 +593,119 @@ async fn closed_loop(
     Ok((ok as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
-/// Open loop: a vote sent every 1/rate s whatever happened to the others; latency counts
-/// from the intended send time, so a stalled server is charged for the queue it causes.
-async fn open_loop(
-    target: &Arc<Target>,
+async fn peak_with_own_client(args: &HttpArgs, target: &Arc<Target>) -> anyhow::Result<Peak> {
+    let seconds = args.seconds as f64;
+    let (floor, _) = closed_loop(target, Call::Health, args.concurrency, seconds).await?;
+    let (votes_per_s, _) = closed_loop(target, Call::Cast, args.concurrency, seconds).await?;
+    let (_, mut results) = closed_loop(target, Call::Results, 32, seconds).await?;
+    Ok(Peak {
+        client: "canopy-bench",
+        floor,
+        votes_per_s,
+        rejected: 0,
+        results_p50_ms: percentile(&mut results, 0.50),
+        results_p99_ms: percentile(&mut results, 0.99),
+    })
+}
+
+/// The figures of an open-loop phase.
+struct OpenLoop {
     rate: f64,
     seconds: f64,
-) -> anyhow::Result<(u64, u64, Vec<f64>)> {
+    ok: u64,
+    failed: u64,
+    /// Acknowledged votes per second over the phase (sends until its end, answers after).
+    held_per_s: f64,
+    cast_p50_ms: f64,
+    cast_p99_ms: f64,
+    cast_p999_ms: f64,
+    cast_max_ms: f64,
+    results_p99_ms: f64,
+}
+
+impl OpenLoop {
+    fn json(&self) -> Value {
+        json!({
+            "rate": self.rate,
+            "seconds": self.seconds,
+            "held_per_s": self.held_per_s.round(),
+            "ok": self.ok,
+            "failed": self.failed,
+            "p50_ms": round3(self.cast_p50_ms),
+            "p99_ms": round3(self.cast_p99_ms),
+            "p999_ms": round3(self.cast_p999_ms),
+            "max_ms": round3(self.cast_max_ms),
+            "results_p99_ms": round3(self.results_p99_ms),
+        })
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} ok, {} failed, {:.0} votes/s held; cast p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.1} ms; results p99 {:.2} ms",
+            self.ok,
+            self.failed,
+            self.held_per_s,
+            self.cast_p50_ms,
+            self.cast_p99_ms,
+            self.cast_p999_ms,
+            self.cast_max_ms,
+            self.results_p99_ms
+        )
+    }
+}
+
+/// Open loop: a vote sent every 1/rate s whatever happened to the others, for `seconds`;
+/// each latency counts from the vote's intended send time. Beside it, 4 readers ask for the
+/// results back to back (the seed's "results at 10 k votes/s").
+async fn open_loop(target: &Arc<Target>, rate: f64, seconds: f64) -> anyhow::Result<OpenLoop> {
     let total = (rate * seconds) as u64;
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let failed = Arc::new(AtomicU64::new(0));
+    let readers = {
+        let target = Arc::clone(target);
+        tokio::spawn(async move { closed_loop(&target, Call::Results, 4, seconds).await })
+    };
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let mut sends = Vec::with_capacity(total as usize);
+    let mut sends = tokio::task::JoinSet::new();
     for n in 0..total {
         let intended = start + Duration::from_secs_f64(n as f64 / rate);
-        let target = Arc::clone(target);
-        sends.push(tokio::spawn(async move {
-            tokio::time::sleep_until(intended).await;
-            let ok = target.cast(1_000_000_000 + n).await;
-            (ok, intended.elapsed().as_secs_f64() * 1e3)
-        }));
+        tokio::time::sleep_until(intended).await;
+        let (target, latencies, failed) = (
+            Arc::clone(target),
+            Arc::clone(&latencies),
+            Arc::clone(&failed),
+        );
+        sends.spawn(async move {
+            if target.cast(1_000_000_000 + n).await {
+                let latency = intended.elapsed().as_secs_f64() * 1e3;
+                latencies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(latency);
+            } else {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        while sends.try_join_next().is_some() {}
     }
-    let (mut ok, mut failed, mut latencies) = (0, 0, Vec::with_capacity(total as usize));
-    for send in sends {
-        let (succeeded, latency) = send.await?;
-        if succeeded {
-            ok += 1;
-            latencies.push(latency);
-        } else {
-            failed += 1;
-        }
+    while let Some(sent) = sends.join_next().await {
+        sent?;
     }
-    Ok((ok, failed, latencies))
-}
-
-pub(crate) fn percentile(latencies: &mut [f64], p: f64) -> f64 {
-    if latencies.is_empty() {
-        return f64::NAN;
-    }
-    latencies.sort_unstable_by(f64::total_cmp);
-    latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]
-}
-
-pub fn run(args: HttpArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run_async(args))
-}
-
-async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let unlimited = Rate {
-        per_second: 1e9,
-        burst: 1e9,
-    };
-    let mut config = NodeConfig::new(dir.path());
-    config.listen = "127.0.0.1:0".parse()?;
-    config.workers = args.workers;
-    config.api = ApiConfig {
-        per_user: unlimited,
-        per_address: unlimited,
-        ..ApiConfig::default()
-    };
-    let node = Node::start(config).await.context("starting the server")?;
-    let state = Arc::clone(&node.state);
-
-    eprintln!("creating {} voters ...", args.users);
-    let owner = create_user(
-        state.store.as_ref(),
-        "bench-owner",
-        "a long passphrase for the benchmark",
-        Role::Operator,
-    )
-    .await?;
-    let owner_token = state.keys.issue(owner, Role::Operator, 1_000_000)?.0;
-    let mut tokens = Vec::with_capacity(args.users);
-    for n in 0..args.users {
-        // Accounts go through the store (argon2 is deliberately slow); tokens are real.
-        let id = create_user(
-            state.store.as_ref(),
-            &format!("voter{n}"),
-            "bench-voter-password",
-            Role::Citizen,
-        )
-        .await?;
-        tokens.push(state.keys.issue(id, Role::Citizen, 1_000_000)?.0);
-    }
-    let client = canopy_testkit::http_client_builder()
-        .pool_max_idle_per_host(args.concurrency * 2)
-        .build()?;
-    let base = format!("http://{}", node.addr);
-    let create = json!({ "title": "Benchmark decision", "options": ["a", "b", "c"], "closes_at": i64::MAX, "quorum": 1 });
-    let response = client
-        .post(format!("{base}/api/v1/voting/decision/create"))
-        .bearer_auth(&owner_token)
-        .json(&create)
-        .send()
-        .await?;
-    if response.status() != reqwest::StatusCode::CREATED {
-        bail!("creating the decision failed: {}", response.text().await?);
-    }
-    let decision = response.json::<serde_json::Value>().await?["id"]
-        .as_str()
-        .context("decision id")?
-        .to_string();
-    let target = Arc::new(Target {
-        client,
-        base,
-        tokens,
-        decision,
-    });
-
-    eprintln!(
-        "floor: GET /healthz, {} concurrent, {} s ...",
-        args.concurrency, args.seconds
-    );
-    let (floor, _) = closed_loop(&target, Call::Health, args.concurrency, args.seconds).await?;
-    eprintln!(
-        "peak: cast-vote, {} concurrent, {} s ...",
-        args.concurrency, args.seconds
-    );
-    let (votes_per_s, _) = closed_loop(&target, Call::Cast, args.concurrency, args.seconds).await?;
-    eprintln!(
-        "results: GET results, 32 concurrent, {} s ...",
-        args.seconds
-    );
-    let (_, mut result_latencies) = closed_loop(&target, Call::Results, 32, args.seconds).await?;
-    eprintln!(
-        "open loop: cast-vote at {} votes/s for {} s ...",
-        args.rate, args.seconds
-    );
-    let (ok, failed, mut latencies) = open_loop(&target, args.rate, args.seconds).await?;
-    eprintln!(
-        "peak {votes_per_s:.0} votes/s, floor {floor:.0} req/s; open loop {ok} ok, {failed} failed"
-    );
-    node.shutdown().await?;
-
-    println!(
-        "{}",
-        json!({
-            "bench": "http",
-            "votes_per_s": votes_per_s.round(),
-            "p50_ms": round3(percentile(&mut latencies, 0.50)),
-            "p99_ms": round3(percentile(&mut latencies, 0.99)),
-            "p999_ms": round3(percentile(&mut latencies, 0.999)),
-            "at_rate": args.rate,
-            "open_loop_failed": failed,
-            "floor_req_per_s": floor.round(),
-            "ratio": round3(votes_per_s / floor),
-            "results_p99_ms": round3(percentile(&mut result_latencies, 0.99)),
-        })
-    );
-    Ok(())
+    let elapsed = start.elapsed().as_secs_f64();
+    let (_, mut results) = readers.await??;
+    let mut latencies =
+        std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
+    let ok = latencies.len() as u64;
+    Ok(OpenLoop {
+        rate,
+        seconds,
+        ok,
+        failed: failed.load(Ordering::Relaxed),
+        held_per_s: ok as f64 / elapsed.max(seconds),
+        cast_p50_ms: percentile(&mut latencies, 0.50),
+        cast_p99_ms: percentile(&mut latencies, 0.99),
+        cast_p999_ms: percentile(&mut latencies, 0.999),
+        cast_max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        results_p99_ms: percentile(&mut results, 0.99),
+    })
 }

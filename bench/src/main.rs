@@ -81,9 +81,13 @@ enum Bench {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
-    /// Cast-vote over real HTTP: peak acknowledged votes/s, latency at a fixed open-loop
-    /// rate, results-read latency, against the same server's trivial endpoint.
+    /// Cast-vote over real HTTP against a server in a process of its own: peak votes/s
+    /// (wrk) against the same server's trivial endpoint, latency at a fixed open-loop rate
+    /// held for a minute, results-read latency, and the first minute after a restart.
     Http(http::HttpArgs),
+    /// The server of the http benchmark (started by it).
+    #[command(hide = true)]
+    HttpServer(http::HttpServerArgs),
     /// socket.io clients following decisions while votes flow at a fixed rate: clients
     /// held, count updates delivered per second, latency from acknowledgement to client,
     /// and the cast latency against the same rate with no client.
@@ -151,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             dir,
         } => log(appenders, appends_per_appender, partitions, dir),
         Bench::Http(args) => http::run(args),
+        Bench::HttpServer(args) => http::serve(args),
         Bench::Push(args) => push::run(args),
         Bench::Agents(args) => agents::run(args),
         Bench::Kafka(args) => kafka::bench(args),
