@@ -90,6 +90,17 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
     let mut create = yes_or_no("Dam the creek?");
     create["quorum"] = json!(5);
     let decision_id = create_decision(&client, &base, &admin, create).await;
+    // A decision closed early before the kill stays closed for the votes after it.
+    let closed_id = create_decision(&client, &base, &admin, yes_or_no("Fell the elm?")).await;
+    let (status, _) = post(
+        &client,
+        format!("{base}/api/v1/voting/decisions/{closed_id}/close"),
+        Some(&admin),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
     let mut voters = Vec::new();
     for n in 0..12 {
         voters.push(register(&client, &base, &format!("voter{n}")).await);
@@ -150,7 +161,16 @@ async fn restarts_keep_accounts_decisions_and_every_acknowledged_vote() {
     assert_eq!(results["turnout"], 12, "{results}");
 
     // The restart loaded every voter's salt and sealing key: the first votes after it read
-    // neither from the store (the caches' misses stay at zero).
+    // neither from the store (the caches' misses stay at zero); and the gate knows the
+    // closed decision before the first vote.
+    let (status, refused) = try_cast(&client, &base, &voter, &closed_id, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (409, Some("decision_closed")),
+        "{refused}"
+    );
     for n in 0..3 {
         let token = login(&client, &base, &format!("voter{n}")).await;
         cast(&client, &base, &token, &decision_id, 1).await;

@@ -490,6 +490,11 @@ impl Node {
             analytics,
             agents: Some(agents),
         });
+        // Every stored close (early, scheduled or a cancellation) before the first vote: a
+        // node alone refuses votes for closed decisions from its gate only.
+        for close in state.store.closes().await? {
+            state.gate.note_closed(close.decision_id);
+        }
         let heartbeat = coordinator
             .clone()
             .map(|coordinator| tokio::spawn(replica_heartbeat(coordinator, Arc::clone(&state))));

@@ -380,7 +380,13 @@ async fn refuse_if_closed(state: &SharedState, decision: DecisionId) -> Result<(
     if state.gate.is_closed(decision) {
         return Err(ServingError::DecisionClosed { decision });
     }
-    // Closed through another replica, or by the engine's schedule: the store knows.
+    // A node alone (`up`) makes every close, early or by the schedule, through its own
+    // gate, which learned the stored ones before it served: the gate is the whole answer,
+    // and the vote path reads nothing from the store.
+    if state.replicas.is_none() {
+        return Ok(());
+    }
+    // Closed through another replica: the store knows.
     match state.store.decision_lifecycle(decision).await? {
         Some(_) => {
             state.gate.note_closed(decision);
