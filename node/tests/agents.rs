@@ -423,6 +423,27 @@ async fn imported_weather_becomes_the_environmental_agents_evidence() {
     };
     assert_eq!(files(&lake), 0);
 
+    // While another import runs, one more is refused before its body is read.
+    let analytics = node.node.state.analytics.clone().unwrap();
+    let running = analytics.importing.lock().await;
+    let response = node
+        .client
+        .post(format!(
+            "{}/api/v1/data/import?source=noaa&regions=USW00094728:north",
+            node.base
+        ))
+        .bearer_auth(&operator)
+        .body(NOAA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "import_in_progress");
+    drop(running);
+    assert_eq!(files(&lake), 0);
+
     let (status, report) = import(
         operator.clone(),
         "source=noaa&regions=USW00094728:north",

@@ -116,6 +116,8 @@ pub enum ServingError {
     Agents(#[from] canopy_agents::AgentError),
     #[error("this node keeps no analytics lake (start it with --lake)")]
     LakeNotHere,
+    #[error("another import is running on this node; retry in {retry_after_s} s")]
+    ImportInProgress { retry_after_s: u64 },
     #[error("storage failure: {0}")]
     Storage(String),
     #[error("internal error: {0}")]
@@ -182,6 +184,7 @@ impl ServingError {
             Self::Chain(error) => error.code(),
             Self::Analytics(error) => error.code(),
             Self::LakeNotHere => "lake_not_here",
+            Self::ImportInProgress { .. } => "import_in_progress",
             Self::Agents(error) => error.code(),
             Self::Storage(_) => "storage",
             Self::Internal(_) => "internal",
@@ -230,6 +233,7 @@ impl ServingError {
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             },
             Self::LakeNotHere => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ImportInProgress { .. } => StatusCode::CONFLICT,
             Self::Agents(error) => match error {
                 canopy_agents::AgentError::InvalidStatement(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 canopy_agents::AgentError::UnknownVersion(_) => StatusCode::NOT_FOUND,
@@ -307,6 +311,7 @@ impl IntoResponse for ServingError {
         | Self::TooManyClaimAttempts { retry_after_s }
         | Self::TooManyWaits { retry_after_s }
         | Self::TooManyAttempts { retry_after_s }
+        | Self::ImportInProgress { retry_after_s }
         | Self::Busy { retry_after_s } = self
         {
             response

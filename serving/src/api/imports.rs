@@ -58,7 +58,7 @@ fn region_map(inline: Option<&str>) -> Result<RegionMap, ServingError> {
     Ok(map)
 }
 
-#[utoipa::path(post, path = "/api/v1/data/import", tag = "data", params(ImportQuery), request_body(content = String, description = "the file as its publisher gives it, up to 64 MiB"), security(("bearer" = [])), responses((status = 200, description = "the import's report: rows read, imported, unmapped, skipped, the file written (already_imported: the same file came before)"), (status = 403, body = ErrorBody, description = "forbidden: operators and admins import"), (status = 422, body = ErrorBody, description = "import_refused: bad rows, each listed with its line and code, and nothing written; import_format: not the format at all"), (status = 503, body = ErrorBody, description = "lake_not_here")))]
+#[utoipa::path(post, path = "/api/v1/data/import", tag = "data", params(ImportQuery), request_body(content = String, description = "the file as its publisher gives it, up to 64 MiB"), security(("bearer" = [])), responses((status = 200, description = "the import's report: rows read, imported, unmapped, skipped, the file written (already_imported: the same file came before)"), (status = 403, body = ErrorBody, description = "forbidden: operators and admins import"), (status = 409, body = ErrorBody, description = "import_in_progress: another import is running on this node (Retry-After)"), (status = 422, body = ErrorBody, description = "import_refused: bad rows, each listed with its line and code, and nothing written; import_format: not the format at all"), (status = 503, body = ErrorBody, description = "lake_not_here")))]
 pub(crate) async fn import_data(
     State(state): State<SharedState>,
     caller: Caller,
@@ -76,6 +76,12 @@ pub(crate) async fn import_data(
     let map = region_map(query.regions.as_deref())?;
     let analytics = state.analytics.as_ref().ok_or(ServingError::LakeNotHere)?;
     let lake = analytics.imports.clone().ok_or(ServingError::LakeNotHere)?;
+    // One import at a time, decided before the body is read: a second one is refused at
+    // once rather than holding up to 64 MiB in memory while it waits its turn.
+    let _one_at_a_time = analytics
+        .importing
+        .try_lock()
+        .map_err(|_| ServingError::ImportInProgress { retry_after_s: 5 })?;
     let bytes = axum::body::to_bytes(request.into_body(), MAX_IMPORT_BYTES)
         .await
         .map_err(|_| ServingError::BodyTooLarge {
@@ -84,7 +90,6 @@ pub(crate) async fn import_data(
     let options = ImportOptions {
         skip_invalid: query.skip_invalid,
     };
-    let _one_at_a_time = analytics.importing.lock().await;
     let imported = tokio::task::spawn_blocking(move || {
         canopy_analytics::import_external(&lake, source, &bytes, &map, &options, &mut |rows| {
             tracing::info!(source = source.as_str(), rows, "importing");
