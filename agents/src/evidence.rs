@@ -251,7 +251,12 @@ impl RegionEvidence {
         match lake.query(sql).await {
             Ok(batches) => Some(batches),
             Err(error) => {
-                self.missing.push(format!("{table}: {error}"));
+                // Callers (any voter, through recommendations) see the table and a plain
+                // reason; the lake's error, which may name its files and plans, stays in the log.
+                tracing::warn!(table, %error, "an agent's evidence could not be read");
+                self.missing.push(format!(
+                    "{table}: the lake could not be read (the node's log says why)"
+                ));
                 None
             }
         }

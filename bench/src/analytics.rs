@@ -838,7 +838,8 @@ fn commitment_at(array: &FixedSizeBinaryArray, row: usize) -> anyhow::Result<[u8
 }
 
 /// Each decision's region, from the `decisions` table's newest snapshot.
-fn decision_regions(root: &Path) -> anyhow::Result<FastMap<String, String>> {
+/// The newest snapshot of the `decisions` table.
+fn newest_decisions_snapshot(root: &Path) -> anyhow::Result<PathBuf> {
     let folder = root.join("decisions").join("snapshot");
     let mut snapshots: Vec<PathBuf> = std::fs::read_dir(&folder)
         .with_context(|| format!("listing {}", folder.display()))?
@@ -846,7 +847,11 @@ fn decision_regions(root: &Path) -> anyhow::Result<FastMap<String, String>> {
         .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
         .collect();
     snapshots.sort();
-    let newest = snapshots.pop().context("no decisions snapshot")?;
+    snapshots.pop().context("no decisions snapshot")
+}
+
+fn decision_regions(root: &Path) -> anyhow::Result<FastMap<String, String>> {
+    let newest = newest_decisions_snapshot(root)?;
     let mut regions = FastMap::default();
     scan(&[newest], &["decision_id", "region"], |batch| {
         let (ids, region) = (strings(batch, "decision_id")?, strings(batch, "region")?);
@@ -1075,14 +1080,9 @@ fn duckdb_baseline(
         Some(python) => python.clone(),
         None => duckdb_venv()?,
     };
-    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(root.join("decisions").join("snapshot"))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    snapshots.sort();
     let request = json!({
         "votes": vote_files(root, None)?,
-        "decisions": snapshots.last().context("no decisions snapshot")?,
+        "decisions": newest_decisions_snapshot(root)?,
         "threads": threads,
         "repeat": args.repeat,
         "queries": queries.iter().map(|q| json!({ "name": q.name, "sql": q.sql })).collect::<Vec<_>>(),

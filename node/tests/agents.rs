@@ -267,43 +267,32 @@ async fn refusals_change_nothing() {
         .await;
     assert_eq!(agent, (StatusCode::NOT_FOUND, "not_found"));
 
-    // Malformed and hostile statements.
-    let mut beyond = statement();
-    beyond["plans"][0]["option"] = json!(9);
-    let refused = node
-        .post_refusal(
-            ANALYZE,
-            Some(&analyst),
-            json!({ "decision_id": decision, "impact_statement": beyond }),
-        )
-        .await;
-    assert_eq!(
-        refused,
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_impact_statement")
-    );
-    let mut shares = statement();
-    shares["plans"][0]["distribution"][0]["cost_share"] = json!(0.9);
-    let refused = node
-        .post_refusal(
-            ANALYZE,
-            Some(&analyst),
-            json!({ "decision_id": decision, "impact_statement": shares }),
-        )
-        .await;
-    assert_eq!(
-        refused,
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_impact_statement")
-    );
-    let mut unknown_field = statement();
-    unknown_field["plans"][0]["secret_ballot"] = json!(true);
-    let refused = node
-        .post_refusal(
-            ANALYZE,
-            Some(&analyst),
-            json!({ "decision_id": decision, "impact_statement": unknown_field }),
-        )
-        .await;
-    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Malformed and hostile statements: an option out of range, shares not summing to 1,
+    // a field the schema does not have.
+    for (pointer, value) in [
+        ("/plans/0/option", json!(9)),
+        ("/plans/0/distribution/0/cost_share", json!(0.9)),
+        ("/plans/0/secret_ballot", json!(true)),
+    ] {
+        let mut hostile = statement();
+        let (parent, field) = pointer.rsplit_once('/').unwrap();
+        hostile.pointer_mut(parent).unwrap()[field] = value;
+        let refused = node
+            .post_refusal(
+                ANALYZE,
+                Some(&analyst),
+                json!({ "decision_id": decision, "impact_statement": hostile }),
+            )
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{pointer}"
+        );
+        if !pointer.ends_with("secret_ballot") {
+            assert_eq!(refused.code, "invalid_impact_statement", "{pointer}");
+        }
+    }
     let mut bad_create = json!({ "title": "x", "region": "north", "options": ["a", "b"], "closes_at": i64::MAX, "impact_statement": statement() });
     bad_create["impact_statement"]["plans"][0]["option"] = json!(2);
     assert_eq!(

@@ -19,7 +19,7 @@ const AGENT_NAMES: Record<string, string> = {
 };
 
 const percent = (p: number) => `${(p * 100).toFixed(0)}%`;
-/** A table an agent could not read, without the lake's error ("indicators: SQL: …"). */
+/** A table an agent could not read, without the reason after it ("indicators: …"). */
 const tableOf = (missing: string) => missing.split(":")[0];
 
 export function DecisionSupport({ decision, results, live }: { decision: Decision; results?: Results; live: boolean }) {
