@@ -302,9 +302,10 @@ async fn refusals_change_nothing() {
     );
     // A huge statement is cut off by the body limit: a 413, or the connection closed while
     // the rest of the body was still being sent (the server stops reading at the limit).
+    // Sent from a client of its own: the server closes that connection, and the shared
+    // client's pool would hand it to the next request.
     let huge = json!({ "decision_id": decision, "impact_statement": { "plans": [{ "option": 0, "summary": "x".repeat(200_000) }] } });
-    let sent = node
-        .client
+    let sent = canopy_testkit::http_client()
         .post(format!("{}{ANALYZE}", node.base))
         .bearer_auth(&analyst)
         .json(&huge)
