@@ -31,6 +31,8 @@ use datafusion::datasource::listing::{
 };
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
+use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -86,6 +88,31 @@ pub struct LakeSql {
     reader: LakeReader,
     /// Started on the first query, shared by every clone.
     runtime: Arc<std::sync::OnceLock<SqlRuntime>>,
+    /// Parquet footers and page indexes read by earlier queries, shared by every clone:
+    /// each query has a session (and memory pool) of its own, and would otherwise read
+    /// every file's footer again. An entry holds only while the file's size and time are
+    /// the same.
+    footers: FooterCache,
+}
+
+/// The most memory the lake's cached Parquet footers take (LRU beyond it).
+const FOOTER_CACHE_BYTES: usize = 64 << 20;
+
+#[derive(Clone)]
+struct FooterCache(Arc<FileMetadataCache>);
+
+impl Default for FooterCache {
+    fn default() -> Self {
+        Self(Arc::new(
+            DefaultCache::new(FOOTER_CACHE_BYTES).with_name("canopy-lake-footers"),
+        ))
+    }
+}
+
+impl std::fmt::Debug for FooterCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FooterCache")
+    }
 }
 
 /// The threads queries run on, apart from the caller's (the API's latency holds while
@@ -230,6 +257,7 @@ impl LakeSql {
             limits,
             reader: LakeReader::default(),
             runtime: Arc::default(),
+            footers: FooterCache::default(),
         }
     }
 
@@ -275,11 +303,21 @@ impl LakeSql {
         let runtime = RuntimeEnvBuilder::new()
             .with_object_list_cache_limit(0)
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.memory_bytes)))
+            .with_cache_manager(
+                CacheManagerConfig::default()
+                    .with_file_metadata_cache(Some(Arc::clone(&self.footers.0))),
+            )
             .build_arc()
             .map_err(sql_error)?;
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_target_partitions(self.limits.target_partitions.max(1))
             .with_information_schema(true);
+        // Filters evaluated while decoding (late materialisation): a query for one
+        // decision decodes the other columns of its rows only, and the page index of the
+        // sorted `decision_id` skips the pages of other decisions.
+        let parquet = &mut config.options_mut().execution.parquet;
+        parquet.pushdown_filters = true;
+        parquet.reorder_filters = true;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)

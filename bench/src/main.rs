@@ -77,6 +77,13 @@ enum Bench {
         appends_per_appender: usize,
         #[arg(long, default_value_t = 8)]
         partitions: u32,
+        /// Votes in flight at once through the gate, as a server's request handlers hold
+        /// them (the second phase).
+        #[arg(long, default_value_t = 512)]
+        in_flight: usize,
+        /// Votes appended through the gate in the second phase.
+        #[arg(long, default_value_t = 1_000_000)]
+        gate_votes: usize,
         /// Where the log is written (a fresh temporary directory inside it).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
@@ -152,8 +159,19 @@ fn main() -> anyhow::Result<()> {
             appenders,
             appends_per_appender,
             partitions,
+            in_flight,
+            gate_votes,
             dir,
-        } => log(appenders, appends_per_appender, partitions, dir),
+        } => log(
+            LogShape {
+                appenders,
+                per_appender: appends_per_appender,
+                partitions,
+                in_flight,
+                gate_votes,
+            },
+            dir,
+        ),
         Bench::Http(args) => http::run(args),
         Bench::HttpServer(args) => http::serve(args),
         Bench::Push(args) => push::run(args),
@@ -383,12 +401,26 @@ fn core(
     Ok(())
 }
 
-fn log(
+struct LogShape {
     appenders: usize,
     per_appender: usize,
     partitions: u32,
-    dir: Option<std::path::PathBuf>,
-) -> anyhow::Result<()> {
+    in_flight: usize,
+    gate_votes: usize,
+}
+
+/// Durable appends two ways: OS threads each appending one vote at a time (the log's own
+/// API, blocking), then the way a node's request handlers append, many votes in flight at
+/// once through the gate (validated, then appended async), which the committer's rounds
+/// batch. Both against one `write` + `fdatasync` per vote.
+fn log(shape: LogShape, dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let LogShape {
+        appenders,
+        per_appender,
+        partitions,
+        in_flight,
+        gate_votes,
+    } = shape;
     let parent = dir.unwrap_or_else(std::env::temp_dir);
     let scratch = tempfile::tempdir_in(&parent)
         .with_context(|| format!("creating a scratch directory in {}", parent.display()))?;
@@ -419,7 +451,7 @@ fn log(
     let baseline_per_s = baseline_appends as f64 / started.elapsed().as_secs_f64();
 
     eprintln!(
-        "segment log: {appenders} appenders x {per_appender} single-vote appends, {partitions} partitions ..."
+        "segment log: {appenders} threads x {per_appender} single-vote appends, {partitions} partitions ..."
     );
     let log = Arc::new(SegmentLog::open(
         scratch.path().join("log"),
@@ -452,34 +484,109 @@ fn log(
         );
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let stored: u64 = (0..partitions)
-        .map(|p| log.end_offset(p))
-        .sum::<Result<u64, _>>()?;
-    if stored != votes.len() as u64 {
-        bail!(
-            "{stored} records in the log after {} acknowledged appends",
-            votes.len()
-        );
+    check_stored(&log, partitions, votes.len())?;
+    let threads = AppendFigures::of(latencies, elapsed);
+    drop(log);
+
+    eprintln!("gate: {gate_votes} votes, {in_flight} in flight at once on a 2-thread runtime ...");
+    let (decisions, records) = vote_stream(gate_votes, 1_000, partitions, 12, Method::SingleChoice);
+    let votes: Arc<Vec<LoggedVote>> = Arc::new(records.iter().map(|r| r.logged()).collect());
+    let log = Arc::new(SegmentLog::open(
+        scratch.path().join("gate-log"),
+        SegmentLogConfig {
+            partitions,
+            ..Default::default()
+        },
+    )?);
+    let gate = Arc::new(canopy_ingest::Gate::new(Arc::clone(&log)));
+    for decision in decisions {
+        gate.register(decision, 0)?;
     }
-    latencies.sort_unstable();
-    let percentile = |p: f64| {
-        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
-            * 1e3
-    };
-    let appends_per_s = latencies.len() as f64 / elapsed;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let latencies = runtime.block_on(async {
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|task| {
+                let (gate, votes) = (Arc::clone(&gate), Arc::clone(&votes));
+                tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(votes.len() / in_flight + 1);
+                    for vote in votes.iter().skip(task).step_by(in_flight) {
+                        let sent = Instant::now();
+                        gate.submit_async(std::slice::from_ref(vote)).await?;
+                        latencies.push(sent.elapsed());
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        let mut latencies = Vec::with_capacity(votes.len());
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        anyhow::Ok(latencies)
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    check_stored(&log, partitions, votes.len())?;
+    let gate = AppendFigures::of(latencies, elapsed);
     println!(
         "{}",
         json!({
             "bench": "log",
             "appenders": appenders,
-            "appends_per_s": appends_per_s.round(),
-            "p50_ms": round3(percentile(0.50)),
-            "p99_ms": round3(percentile(0.99)),
+            "appends_per_s": threads.per_s.round(),
+            "p50_ms": threads.p50_ms,
+            "p99_ms": threads.p99_ms,
             "baseline_appends_per_s": baseline_per_s.round(),
-            "ratio": round3(appends_per_s / baseline_per_s),
+            "ratio": round3(threads.per_s / baseline_per_s),
+            "gate_in_flight": in_flight,
+            "gate_appends_per_s": gate.per_s.round(),
+            "gate_p50_ms": gate.p50_ms,
+            "gate_p99_ms": gate.p99_ms,
+            "gate_max_ms": gate.max_ms,
+            "gate_ratio": round3(gate.per_s / baseline_per_s),
         })
     );
     Ok(())
+}
+
+/// Every acknowledged append is in the log.
+fn check_stored(log: &SegmentLog, partitions: u32, acknowledged: usize) -> anyhow::Result<()> {
+    let stored: u64 = (0..partitions)
+        .map(|p| log.end_offset(p))
+        .sum::<Result<u64, _>>()?;
+    if stored != acknowledged as u64 {
+        bail!("{stored} records in the log after {acknowledged} acknowledged appends");
+    }
+    Ok(())
+}
+
+struct AppendFigures {
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl AppendFigures {
+    fn of(mut latencies: Vec<Duration>, elapsed_s: f64) -> Self {
+        latencies.sort_unstable();
+        let percentile = |p: f64| {
+            round3(
+                latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]
+                    .as_secs_f64()
+                    * 1e3,
+            )
+        };
+        Self {
+            per_s: latencies.len() as f64 / elapsed_s,
+            p50_ms: percentile(0.50),
+            p99_ms: percentile(0.99),
+            max_ms: percentile(1.0),
+        }
+    }
 }
 
 fn merkle(leaves: usize, checkpoint_every: u64) -> anyhow::Result<()> {

@@ -3,12 +3,14 @@
 //! alerts per region.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use canopy_ingest::{Position, partition_for_region};
 use canopy_schemas::{Metric, name_key};
+use foldhash::quality::FixedState;
 use serde::{Deserialize, Serialize};
 
 use crate::DataflowError;
@@ -150,13 +152,27 @@ impl Default for Retention {
 }
 
 type Series = BTreeMap<i64, WindowView>;
+type SeriesKey = (Owner, Metric, WindowSize);
+type SeriesMap = HashMap<SeriesKey, Series, FixedState>;
+
+/// The series are spread over this many locks by owner, so that the workers publishing
+/// their parts of an epoch, and readers, seldom wait for one another (one lock over all of
+/// them was where two workers queued).
+const SERIES_SHARDS: usize = 16;
+
+fn shard_of(owner: Owner) -> usize {
+    let (key, kind) = match owner {
+        Owner::Sensor(key) => (key, 0),
+        Owner::Region(key) => (key, 1),
+    };
+    (FixedState::with_seed(0).hash_one((key, kind)) as usize) % SERIES_SHARDS
+}
 
 /// f2 compares the spread of a sensor's last this-many short windows with its baseline's.
 const RECENT_WINDOWS: i64 = 10;
 
 #[derive(Default)]
 struct Inner {
-    series: HashMap<(Owner, Metric, WindowSize), Series>,
     frontier: Vec<u64>,
     region_names: HashMap<u64, String>,
     sensor_names: HashMap<u64, String>,
@@ -176,6 +192,9 @@ pub struct SensorViews {
     config: WindowConfig,
     retention: Retention,
     rules: AlertRules,
+    /// Every series, by [`shard_of`] its owner. A shard's lock is never held with another's
+    /// or with `inner`'s.
+    series: Box<[Mutex<SeriesMap>]>,
     inner: Mutex<Inner>,
     advanced: Condvar,
     alert_sink: Mutex<Option<AlertSink>>,
@@ -208,6 +227,9 @@ impl SensorViews {
             config,
             retention,
             rules,
+            series: (0..SERIES_SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(FixedState::with_seed(0))))
+                .collect(),
             inner: Mutex::new(Inner {
                 frontier: vec![0; partitions as usize],
                 ..Inner::default()
@@ -222,6 +244,17 @@ impl SensorViews {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_shard(&self, shard: usize) -> MutexGuard<'_, SeriesMap> {
+        self.series[shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `read` of one series, under its shard's lock.
+    fn with_series<T>(&self, key: SeriesKey, read: impl FnOnce(&Series) -> T) -> Option<T> {
+        self.lock_shard(shard_of(key.0)).get(&key).map(read)
     }
 
     pub fn config(&self) -> &WindowConfig {
@@ -302,15 +335,22 @@ impl SensorViews {
         if let Some(mirror) = self.mirror() {
             mirror.windows(&updates);
         }
-        let mut alerts = Vec::new();
         let scoring = self.scoring.load(Ordering::Acquire);
-        {
-            let mut inner = self.lock();
-            let mut newest_region_windows: HashMap<(u64, Metric), i64> = HashMap::new();
+        let mut by_shard: Vec<Vec<WindowUpdate>> = vec![Vec::new(); SERIES_SHARDS];
+        for update in updates {
+            by_shard[shard_of(update.key.owner)].push(update);
+        }
+        let mut unscored = Vec::new();
+        let mut newest_region_windows: HashMap<(u64, Metric), i64, FixedState> =
+            HashMap::with_hasher(FixedState::with_seed(0));
+        for (shard, updates) in by_shard.into_iter().enumerate() {
+            if updates.is_empty() {
+                continue;
+            }
+            let mut series_map = self.lock_shard(shard);
             for update in updates {
                 let key = update.key;
-                let series = inner
-                    .series
+                let series = series_map
                     .entry((key.owner, key.metric, key.size))
                     .or_default();
                 let view = series.entry(key.start_ms).or_insert(WindowView {
@@ -330,7 +370,7 @@ impl SensorViews {
                 }
                 match key.owner {
                     Owner::Sensor(_) if scoring && key.size == WindowSize::Short => {
-                        inner.unscored.insert(key);
+                        unscored.push(key);
                     }
                     Owner::Region(region) if key.size == WindowSize::Short => {
                         let newest = newest_region_windows
@@ -341,8 +381,31 @@ impl SensorViews {
                     _ => {}
                 }
             }
-            for ((region, metric), _) in newest_region_windows {
-                if let Some(alert) = self.check_threshold(&mut inner, region, metric) {
+        }
+        // Each region's newest short window as published, read before `inner` is locked.
+        let newest: Vec<(u64, Metric, i64, f64)> = newest_region_windows
+            .into_keys()
+            .filter(|(_, metric)| self.rules.thresholds.contains_key(metric))
+            .filter_map(|(region, metric)| {
+                let (start, mean) = self
+                    .with_series(
+                        (Owner::Region(region), metric, WindowSize::Short),
+                        |series| {
+                            series
+                                .last_key_value()
+                                .map(|(start, view)| (*start, view.stats.mean()))
+                        },
+                    )
+                    .flatten()?;
+                Some((region, metric, start, mean))
+            })
+            .collect();
+        let mut alerts = Vec::new();
+        {
+            let mut inner = self.lock();
+            inner.unscored.extend(unscored);
+            for (region, metric, start, mean) in newest {
+                if let Some(alert) = self.check_threshold(&mut inner, region, metric, start, mean) {
                     alerts.push(alert);
                 }
             }
@@ -362,13 +425,15 @@ impl SensorViews {
 
     /// Compares the region's newest short window with the metric's threshold; an alert when
     /// it crossed since the last look.
-    fn check_threshold(&self, inner: &mut Inner, region: u64, metric: Metric) -> Option<Alert> {
+    fn check_threshold(
+        &self,
+        inner: &mut Inner,
+        region: u64,
+        metric: Metric,
+        start: i64,
+        value: f64,
+    ) -> Option<Alert> {
         let threshold = *self.rules.thresholds.get(&metric)?;
-        let (start, newest) = inner
-            .series
-            .get(&(Owner::Region(region), metric, WindowSize::Short))?
-            .last_key_value()?;
-        let (start, value) = (*start, newest.stats.mean());
         let above = value > threshold;
         let was_above = inner.above.insert((region, metric), above).unwrap_or(false);
         if above == was_above {
@@ -497,16 +562,13 @@ impl SensorViews {
         from_ms: i64,
         until_ms: i64,
     ) -> Vec<(i64, WindowView)> {
-        self.lock()
-            .series
-            .get(&(owner, metric, size))
-            .map(|series| {
-                series
-                    .range(from_ms..until_ms)
-                    .map(|(start, view)| (*start, *view))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.with_series((owner, metric, size), |series| {
+            series
+                .range(from_ms..until_ms)
+                .map(|(start, view)| (*start, *view))
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// The newest window of a series.
@@ -516,27 +578,28 @@ impl SensorViews {
         metric: Metric,
         size: WindowSize,
     ) -> Option<(i64, WindowView)> {
-        self.lock()
-            .series
-            .get(&(owner, metric, size))
-            .and_then(|series| series.last_key_value().map(|(s, v)| (*s, *v)))
+        self.with_series((owner, metric, size), |series| {
+            series.last_key_value().map(|(s, v)| (*s, *v))
+        })
+        .flatten()
     }
 
     /// Every window the views hold, for tests that compare with a recomputation.
     pub fn all_windows(&self) -> BTreeMap<WindowKey, WindowView> {
-        let inner = self.lock();
         let mut all = BTreeMap::new();
-        for ((owner, metric, size), series) in &inner.series {
-            for (start, view) in series {
-                all.insert(
-                    WindowKey {
-                        owner: *owner,
-                        metric: *metric,
-                        size: *size,
-                        start_ms: *start,
-                    },
-                    *view,
-                );
+        for shard in 0..SERIES_SHARDS {
+            for ((owner, metric, size), series) in self.lock_shard(shard).iter() {
+                for (start, view) in series {
+                    all.insert(
+                        WindowKey {
+                            owner: *owner,
+                            metric: *metric,
+                            size: *size,
+                            start_ms: *start,
+                        },
+                        *view,
+                    );
+                }
             }
         }
         all
@@ -544,12 +607,11 @@ impl SensorViews {
 
     /// The metrics a region has windows of.
     pub fn region_metrics(&self, region: &str) -> Vec<Metric> {
-        let key = name_key("region", region);
-        let inner = self.lock();
-        let mut metrics: Vec<Metric> = inner
-            .series
+        let owner = Owner::Region(name_key("region", region));
+        let mut metrics: Vec<Metric> = self
+            .lock_shard(shard_of(owner))
             .keys()
-            .filter(|(owner, _, _)| *owner == Owner::Region(key))
+            .filter(|(series_owner, _, _)| *series_owner == owner)
             .map(|(_, metric, _)| *metric)
             .collect();
         metrics.sort();
@@ -592,36 +654,30 @@ impl SensorViews {
     /// (sB + 0.001)), f3 = (w.mean − P.mean)/floor_std(P), f4 = (R.mean − RB.mean)/
     /// floor_std(RB). None without a baseline of 2 readings.
     pub fn model_features(&self, key: &WindowKey) -> Option<[f32; 5]> {
-        let inner = self.lock();
         let long = self.config.sizes_ms[WindowSize::Long as usize];
         let hour = key.start_ms.div_euclid(long) * long;
         let get = |owner: Owner, size: WindowSize, start: i64| {
-            inner
-                .series
-                .get(&(owner, key.metric, size))
-                .and_then(|s| s.get(&start))
-                .map(|v| v.stats)
+            self.with_series((owner, key.metric, size), |s| {
+                s.get(&start).map(|v| v.stats)
+            })
+            .flatten()
         };
-        let (window, region) = inner
-            .series
-            .get(&(key.owner, key.metric, WindowSize::Short))
-            .and_then(|s| s.get(&key.start_ms))
-            .map(|v| (v.stats, v.region))?;
-        let baseline = get(key.owner, WindowSize::Long, hour - long).filter(|b| b.count >= 2)?;
-        // The last ten minutes through this window (its recent spread): a detector must
-        // not look ahead.
         let short = self.config.sizes_ms[WindowSize::Short as usize];
-        let mut recent = window;
-        if let Some(series) = inner
-            .series
-            .get(&(key.owner, key.metric, WindowSize::Short))
-        {
-            for (_, earlier) in
-                series.range(key.start_ms - (RECENT_WINDOWS - 1) * short..key.start_ms)
-            {
-                recent.merge(&earlier.stats);
-            }
-        }
+        // The window and the last ten minutes through it (its recent spread): a detector
+        // must not look ahead.
+        let (window, region, recent) = self
+            .with_series((key.owner, key.metric, WindowSize::Short), |series| {
+                let view = series.get(&key.start_ms)?;
+                let mut recent = view.stats;
+                for (_, earlier) in
+                    series.range(key.start_ms - (RECENT_WINDOWS - 1) * short..key.start_ms)
+                {
+                    recent.merge(&earlier.stats);
+                }
+                Some((view.stats, view.region, recent))
+            })
+            .flatten()?;
+        let baseline = get(key.owner, WindowSize::Long, hour - long).filter(|b| b.count >= 2)?;
         let region_window = get(Owner::Region(region), WindowSize::Short, key.start_ms)?;
         let region_baseline = get(Owner::Region(region), WindowSize::Long, hour - long);
         let spread = floor_std(baseline.std_dev(), baseline.mean());
@@ -645,10 +701,9 @@ impl SensorViews {
         if let Some(mirror) = self.mirror() {
             mirror.model_scores(&scores);
         }
-        let mut inner = self.lock();
         for (key, score) in scores {
-            if let Some(view) = inner
-                .series
+            if let Some(view) = self
+                .lock_shard(shard_of(key.owner))
                 .get_mut(&(key.owner, key.metric, key.size))
                 .and_then(|s| s.get_mut(&key.start_ms))
             {
