@@ -10,7 +10,9 @@ lint:
 test:
 	scripts/test
 
-bench: bench-core bench-record bench-log bench-http bench-merkle gas
+# Every benchmark once from one release build, their figures into one file.
+bench:
+	scripts/bench-all
 
 bench-core:
 	cargo run --release -p canopy-bench -- core

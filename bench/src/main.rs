@@ -79,7 +79,7 @@ enum Bench {
         partitions: u32,
         /// Votes in flight at once through the gate, as a server's request handlers hold
         /// them (the second phase).
-        #[arg(long, default_value_t = 512)]
+        #[arg(long, default_value_t = 256)]
         in_flight: usize,
         /// Votes appended through the gate in the second phase.
         #[arg(long, default_value_t = 1_000_000)]

@@ -160,6 +160,10 @@ type SeriesMap = HashMap<SeriesKey, Series, FixedState>;
 /// them was where two workers queued).
 const SERIES_SHARDS: usize = 16;
 
+fn series_key(key: &WindowKey) -> SeriesKey {
+    (key.owner, key.metric, key.size)
+}
+
 fn shard_of(owner: Owner) -> usize {
     let (key, kind) = match owner {
         Owner::Sensor(key) => (key, 0),
@@ -343,40 +347,43 @@ impl SensorViews {
         let mut unscored = Vec::new();
         let mut newest_region_windows: HashMap<(u64, Metric), i64, FixedState> =
             HashMap::with_hasher(FixedState::with_seed(0));
-        for (shard, updates) in by_shard.into_iter().enumerate() {
+        for (shard, mut updates) in by_shard.into_iter().enumerate() {
             if updates.is_empty() {
                 continue;
             }
+            // In key order a series is looked up once and its windows go in ascending.
+            updates.sort_unstable_by_key(|update| update.key);
             let mut series_map = self.lock_shard(shard);
-            for update in updates {
-                let key = update.key;
-                let series = series_map
-                    .entry((key.owner, key.metric, key.size))
-                    .or_default();
-                let view = series.entry(key.start_ms).or_insert(WindowView {
-                    region: update.region,
-                    stats: update.stats,
-                    z: None,
-                    model: None,
-                });
-                view.stats = update.stats;
-                view.z = update.z;
-                let keep = match key.size {
+            for group in updates.chunk_by(|a, b| series_key(&a.key) == series_key(&b.key)) {
+                let first = group[0].key;
+                let series = series_map.entry(series_key(&first)).or_default();
+                for update in group {
+                    let view = series.entry(update.key.start_ms).or_insert(WindowView {
+                        region: update.region,
+                        stats: update.stats,
+                        z: None,
+                        model: None,
+                    });
+                    view.stats = update.stats;
+                    view.z = update.z;
+                }
+                let keep = match first.size {
                     WindowSize::Short => self.retention.short_windows,
                     WindowSize::Long => self.retention.long_windows,
                 };
                 while series.len() > keep {
                     series.pop_first();
                 }
-                match key.owner {
-                    Owner::Sensor(_) if scoring && key.size == WindowSize::Short => {
-                        unscored.push(key);
+                match first.owner {
+                    Owner::Sensor(_) if scoring && first.size == WindowSize::Short => {
+                        unscored.extend(group.iter().map(|update| update.key));
                     }
-                    Owner::Region(region) if key.size == WindowSize::Short => {
-                        let newest = newest_region_windows
-                            .entry((region, key.metric))
-                            .or_insert(key.start_ms);
-                        *newest = (*newest).max(key.start_ms);
+                    Owner::Region(region) if first.size == WindowSize::Short => {
+                        let newest = group.iter().map(|update| update.key.start_ms).max();
+                        let slot = newest_region_windows
+                            .entry((region, first.metric))
+                            .or_insert(i64::MIN);
+                        *slot = (*slot).max(newest.unwrap_or(i64::MIN));
                     }
                     _ => {}
                 }

@@ -228,7 +228,7 @@ impl LakeFeed {
         );
         let (tally_changes, final_windows) =
             (self.tally_changes.clone(), self.final_windows.clone());
-        tokio::task::spawn_blocking(move || {
+        in_background(move || {
             let mut writer = lock(&writer);
             let mut unwritten = lock(&unwritten);
             let mut report = WriterReport::default();
@@ -256,8 +256,7 @@ impl LakeFeed {
             report.decision_history = writer.write_decision_history(decision_history)?;
             Ok::<_, NodeError>(report)
         })
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
+        .await?
     }
 
     /// The audit trail's entries to copy after the lake's mark (see [`entries_after`]).
@@ -331,11 +330,32 @@ impl LakeFeed {
 
     async fn compact(&self) -> Result<(u64, u64), NodeError> {
         let writer = Arc::clone(&self.writer);
-        tokio::task::spawn_blocking(move || lock(&writer).compact())
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))?
+        in_background(move || lock(&writer).compact())
+            .await?
             .map_err(NodeError::from)
     }
+}
+
+/// Runs `work` on a thread of its own at the lowest CPU priority and awaits it. A flush
+/// encodes and compresses for up to seconds; on a small machine the threads that answer
+/// votes come first, and the lake catches up when they leave it a core.
+async fn in_background<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NodeError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("canopy-lake".into())
+        .spawn(move || {
+            #[cfg(target_os = "linux")]
+            {
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
+            }
+            let _ = done.send(work());
+        })
+        .map_err(|e| NodeError::Internal(format!("starting the lake's thread: {e}")))?;
+    result
+        .await
+        .map_err(|_| NodeError::Internal("the lake's thread panicked".into()))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
