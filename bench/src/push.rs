@@ -167,6 +167,9 @@ struct Followed {
 }
 
 /// One subscriber: connects, joins `/voting` with `token`, follows `decisions`, and notes
+/// How long the connecting loop waits for any of 64 handshakes in flight to finish.
+const HANDSHAKE_STALL: Duration = Duration::from_secs(30);
+
 /// every count update until `stop`.
 async fn follow(
     url: String,
@@ -378,11 +381,22 @@ async fn run_async(args: PushArgs) -> anyhow::Result<()> {
         }));
         // At most 64 handshakes at once: a client counts as connecting until its
         // subscriptions are answered (or it failed).
+        let waiting_since = Instant::now();
         while clients.len()
             - subscribed.load(Ordering::Relaxed)
             - failed_connects.load(Ordering::Relaxed) as usize
             >= 64
         {
+            if waiting_since.elapsed() > HANDSHAKE_STALL {
+                bail!(
+                    "64 clients have waited {} s for their subscriptions to be answered \
+                     ({} of {} subscribed, {} failed): the server stopped answering handshakes",
+                    HANDSHAKE_STALL.as_secs(),
+                    subscribed.load(Ordering::Relaxed),
+                    n,
+                    failed_connects.load(Ordering::Relaxed)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if (n + 1) % 1_000 == 0 {
