@@ -330,6 +330,14 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     let (server, target) = Server::start(&args, dir.path())?;
     let target = Arc::new(target);
 
+    // The open loop first: after wrk's peak the server would still be writing that burst's
+    // checkpoints, record and lake files while the steady rate is measured.
+    eprintln!(
+        "open loop: cast-vote at {} votes/s for {} s, results read beside it ...",
+        args.rate, args.open_seconds
+    );
+    let steady = open_loop(&target, args.rate, args.open_seconds).await?;
+    eprintln!("{}", steady.summary());
     let peak = match wrk_available(&args.wrk) {
         true => peak_with_wrk(&args, &target)?,
         false => {
@@ -344,12 +352,6 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         "peak {:.0} votes/s, floor {:.0} req/s ({}); results p99 {:.2} ms",
         peak.votes_per_s, peak.floor, peak.client, peak.results_p99_ms
     );
-    eprintln!(
-        "open loop: cast-vote at {} votes/s for {} s, results read beside it ...",
-        args.rate, args.open_seconds
-    );
-    let steady = open_loop(&target, args.rate, args.open_seconds).await?;
-    eprintln!("{}", steady.summary());
     server.stop()?;
 
     let after_restart = if args.no_restart {

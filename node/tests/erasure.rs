@@ -205,3 +205,52 @@ async fn futures_proofs(node: &TestNode, receipts: &[Value]) -> Vec<Value> {
     }
     proofs
 }
+
+/// A voter's sealing key and salt are made with the account (registered, or created as a
+/// voting role), so no first vote waits for the store's writer; an account that cannot
+/// vote gets neither. Erasure still takes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn voters_get_their_secrets_with_the_account_and_erasure_still_takes_them() {
+    let node = TestNode::start(ApiConfig::default()).await;
+    node.create("root", Role::Admin).await;
+    let (admin, _) = node.login("root").await;
+    let registered = node.register("rhea-registers-31").await;
+    let created = node.create("cato-created-31", Role::Expert).await;
+    let operator = node.create("otto-operates-31", Role::Operator).await;
+    let store = node.node.state.store.as_ref();
+    let keys = store.voter_secrets_after(true, None, 1_000).await.unwrap();
+    let salts = store.voter_secrets_after(false, None, 1_000).await.unwrap();
+    let has = |secrets: &[(uuid::Uuid, [u8; 32])], id| secrets.iter().any(|(v, _)| *v == id);
+    for voter in [registered, created] {
+        assert!(has(&keys, voter), "a voter's sealing key before any vote");
+        assert!(has(&salts, voter), "a voter's salt before any vote");
+    }
+    assert!(!has(&keys, operator) && !has(&salts, operator));
+
+    let salt_before = store.existing_voter_salt(registered).await.unwrap();
+    let (token, _) = node.login("rhea-registers-31").await;
+    let decision = node.create_decision(&admin, 1).await;
+    node.post_expecting(
+        CAST_VOTE,
+        Some(&token),
+        json!({ "decision_id": decision, "option": 0 }),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(
+        store.existing_voter_salt(registered).await.unwrap(),
+        salt_before,
+        "the first vote uses the salt made at registration"
+    );
+
+    node.post_expecting(
+        "/api/v1/admin/erase-voter",
+        Some(&admin),
+        json!({ "voter_id": registered }),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(store.existing_voter_salt(registered).await.unwrap(), None);
+    let keys = store.voter_secrets_after(true, None, 1_000).await.unwrap();
+    assert!(!has(&keys, registered));
+}
