@@ -19,6 +19,7 @@ use clap::Args;
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::api_setup::create_decision;
 use crate::http::percentile;
 use crate::round3;
 
@@ -151,19 +152,7 @@ async fn phase(
     }
     let statement = json!({ "plans": [{ "option": 0, "effects": [{ "metric": "pm25", "change_percent": -20.0, "certainty": 0.8 }], "cost_usd": 2e6, "budget_usd": 2.5e6, "annual_benefit_usd": 4e5, "jobs_created": 25, "timeline_months": 18 }] });
     let create = json!({ "title": "Benchmark proposal", "region": "north", "options": ["adopt", "reject"], "closes_at": i64::MAX, "impact_statement": statement });
-    let created = client
-        .post(format!("{base}/api/v1/voting/decision/create"))
-        .bearer_auth(&token)
-        .json(&create)
-        .send()
-        .await?;
-    if created.status() != reqwest::StatusCode::CREATED {
-        bail!("creating the decision failed: {}", created.text().await?);
-    }
-    let decision = created.json::<serde_json::Value>().await?["id"]
-        .as_str()
-        .context("decision id")?
-        .to_string();
+    let decision = create_decision(client, &base, &token, &create).await?;
     let first = client
         .post(format!("{base}/api/v1/agents/analyze-proposal"))
         .bearer_auth(&token)

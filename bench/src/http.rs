@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use canopy_node::lake::LakeSettings;
 use canopy_node::{Node, NodeConfig};
 use canopy_serving::api::create_user;
@@ -24,6 +24,7 @@ use canopy_serving::state::ApiConfig;
 use clap::Args;
 use serde_json::{Value, json};
 
+use crate::api_setup::create_decision;
 use crate::round3;
 
 #[derive(Args)]
@@ -230,19 +231,7 @@ async fn serve_async(args: HttpServerArgs) -> anyhow::Result<()> {
         None => {
             let client = canopy_testkit::http_client();
             let create = json!({ "title": DECISION_TITLE, "options": ["a", "b", "c"], "closes_at": i64::MAX, "quorum": 1 });
-            let response = client
-                .post(format!("{base}/api/v1/voting/decision/create"))
-                .bearer_auth(issue(owner, Role::Operator)?)
-                .json(&create)
-                .send()
-                .await?;
-            if response.status() != reqwest::StatusCode::CREATED {
-                bail!("creating the decision failed: {}", response.text().await?);
-            }
-            response.json::<Value>().await?["id"]
-                .as_str()
-                .context("decision id")?
-                .to_string()
+            create_decision(&client, &base, &issue(owner, Role::Operator)?, &create).await?
         }
     };
     let mut stdout = std::io::stdout().lock();

@@ -26,6 +26,7 @@ use serde_json::json;
 
 mod agents;
 mod analytics;
+mod api_setup;
 mod cluster;
 mod http;
 mod kafka;

@@ -31,6 +31,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::api_setup::create_decision;
 use crate::http::percentile;
 use crate::round3;
 
@@ -316,19 +317,7 @@ async fn run_async(args: PushArgs) -> anyhow::Result<()> {
     let mut decisions = Vec::with_capacity(args.decisions);
     for n in 0..args.decisions {
         let create = json!({ "title": format!("Benchmark decision {n}"), "options": ["a", "b", "c"], "closes_at": i64::MAX, "quorum": 1 });
-        let response = client
-            .post(format!("{base}/api/v1/voting/decision/create"))
-            .bearer_auth(&owner_token)
-            .json(&create)
-            .send()
-            .await?;
-        if response.status() != reqwest::StatusCode::CREATED {
-            bail!("creating a decision failed: {}", response.text().await?);
-        }
-        let id = response.json::<serde_json::Value>().await?["id"]
-            .as_str()
-            .context("decision id")?
-            .to_string();
+        let id = create_decision(&client, &base, &owner_token, &create).await?;
         decisions.push(id);
     }
     let caster = Arc::new(Caster {

@@ -11,9 +11,20 @@ use canopy_schemas::LoggedVote;
 /// How many recent casts are kept before the memory starts afresh.
 const MAX_RECENT_CASTS: usize = 100_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RecentCasts {
     casts: Mutex<HashMap<(u128, u128), (LoggedVote, Position)>>,
+}
+
+impl Default for RecentCasts {
+    /// Sized for its limit at once: a map that doubles while every cast waits for its lock
+    /// moved tens of thousands of entries in one go on a fresh node (the memory is only
+    /// touched as casts fill it).
+    fn default() -> Self {
+        Self {
+            casts: Mutex::new(HashMap::with_capacity(MAX_RECENT_CASTS)),
+        }
+    }
 }
 
 impl RecentCasts {
@@ -88,7 +99,6 @@ pub trait SharedConfirmations: Send + Sync {
 }
 
 /// The votes waiting for a `vote_confirmed`: noted by the cast, taken by the push loop.
-#[derive(Default)]
 pub struct PendingConfirmations {
     /// Noted here: every waiting vote in one process; in a cluster, those not published yet.
     pending: Mutex<std::collections::VecDeque<PendingConfirmation>>,
@@ -96,6 +106,19 @@ pub struct PendingConfirmations {
     /// replica pushes to its own sockets, so none deletes a shared vote; they expire).
     shared: Option<Arc<dyn SharedConfirmations>>,
     pushed_here: Mutex<HashMap<canopy_schemas::VoteId, u64>>,
+}
+
+impl Default for PendingConfirmations {
+    /// Sized for its limit at once, like [`RecentCasts`]: every cast notes a vote here.
+    fn default() -> Self {
+        Self {
+            pending: Mutex::new(std::collections::VecDeque::with_capacity(
+                MAX_PENDING_CONFIRMATIONS,
+            )),
+            shared: None,
+            pushed_here: Mutex::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for PendingConfirmations {

@@ -25,7 +25,7 @@ use super::region_map::RegionMap;
 use crate::AnalyticsError;
 use crate::columns::{Columns, TableLayout};
 use crate::import_report::RowErrors;
-use crate::lake::{date_name, day_number, parquet_error};
+use crate::lake::{date_name, day_number};
 
 const EXPECTED: &str = "a NOAA GHCN-Daily by_station CSV (no header; lines \
     ID,YYYYMMDD,ELEMENT,DATA_VALUE,M_FLAG,Q_FLAG,S_FLAG,OBS_TIME) or a NOAA CDO Daily \
@@ -460,15 +460,6 @@ impl<'m> Pivot<'m> {
                 .then_with(|| a.station_id.cmp(&b.station_id))
                 .then(a.date.cmp(&b.date))
         });
-        let rows_unmapped = rows.iter().filter(|row| row.region.is_none()).count() as u64;
-        let refs: Vec<&WeatherDay> = rows.iter().collect();
-        let batch = WeatherDaily::columns(&refs, 0)
-            .batch()
-            .map_err(|e| parquet_error(WeatherDaily::NAME, e))?;
-        Ok(Parsed {
-            batch,
-            rows_skipped: self.skipped,
-            rows_unmapped,
-        })
+        Parsed::of::<WeatherDaily>(&rows, |row| row.region.as_ref(), self.skipped)
     }
 }

@@ -31,7 +31,6 @@ use super::region_map::RegionMap;
 use crate::AnalyticsError;
 use crate::columns::{Columns, TableLayout};
 use crate::import_report::RowErrors;
-use crate::lake::parquet_error;
 
 const EXPECTED: &str = "an OpenStreetMap GeoJSON FeatureCollection \
     ({\"type\":\"FeatureCollection\",\"features\":[…]}, as osmium export or overpass-turbo \
@@ -184,16 +183,7 @@ pub(super) fn parse(
             .then_with(|| a.kind.cmp(b.kind))
             .then_with(|| a.osm_id.cmp(&b.osm_id))
     });
-    let rows_unmapped = rows.iter().filter(|row| row.region.is_none()).count() as u64;
-    let refs: Vec<&OsmRegion> = rows.iter().collect();
-    let batch = Regions::columns(&refs, 0)
-        .batch()
-        .map_err(|e| parquet_error(Regions::NAME, e))?;
-    Ok(Parsed {
-        batch,
-        rows_skipped: skipped,
-        rows_unmapped,
-    })
+    Parsed::of::<Regions>(&rows, |row| row.region.as_ref(), skipped)
 }
 
 /// `{"type":"FeatureCollection","features":[…]}`, other members ignored; the features go

@@ -11,6 +11,8 @@ use arrow_array::RecordBatch;
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
 use crate::AnalyticsError;
+use crate::columns::TableLayout;
+use crate::lake::parquet_error;
 
 /// What a format's parser hands back: the table's rows, in the table's order, and what it
 /// left out.
@@ -18,6 +20,27 @@ pub(crate) struct Parsed {
     pub batch: RecordBatch,
     pub rows_skipped: u64,
     pub rows_unmapped: u64,
+}
+
+impl Parsed {
+    /// `rows`, already in the table's order, as one batch of `Table`; `skipped` records were
+    /// left out, and the rows without a region are counted.
+    pub(crate) fn of<Table: TableLayout>(
+        rows: &[Table::Row],
+        region: impl Fn(&Table::Row) -> Option<&Arc<str>>,
+        skipped: u64,
+    ) -> Result<Self, AnalyticsError> {
+        let rows_unmapped = rows.iter().filter(|row| region(row).is_none()).count() as u64;
+        let refs: Vec<&Table::Row> = rows.iter().collect();
+        let batch = Table::columns(&refs, 0)
+            .batch()
+            .map_err(|e| parquet_error(Table::NAME, e))?;
+        Ok(Self {
+            batch,
+            rows_skipped: skipped,
+            rows_unmapped,
+        })
+    }
 }
 
 /// Rows without a region after every region, as the lake's files declare their order

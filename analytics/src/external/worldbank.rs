@@ -30,7 +30,6 @@ use super::region_map::RegionMap;
 use crate::AnalyticsError;
 use crate::columns::{Columns, TableLayout};
 use crate::import_report::RowErrors;
-use crate::lake::parquet_error;
 
 const EXPECTED: &str = "a World Bank indicator file: the bulk CSV (a preamble, then the \
     header \"Country Name\",\"Country Code\",\"Indicator Name\",\"Indicator Code\",\"1960\",…) \
@@ -462,15 +461,6 @@ impl<'m> Values<'m> {
                 .then_with(|| a.country_code.cmp(&b.country_code))
                 .then(a.year.cmp(&b.year))
         });
-        let rows_unmapped = rows.iter().filter(|row| row.region.is_none()).count() as u64;
-        let refs: Vec<&IndicatorValue> = rows.iter().collect();
-        let batch = Indicators::columns(&refs, 0)
-            .batch()
-            .map_err(|e| parquet_error(Indicators::NAME, e))?;
-        Ok(Parsed {
-            batch,
-            rows_skipped: self.skipped,
-            rows_unmapped,
-        })
+        Parsed::of::<Indicators>(&rows, |row| row.region.as_ref(), self.skipped)
     }
 }
