@@ -35,6 +35,16 @@ fn fast_throttle() -> ThrottlePolicy {
     }
 }
 
+/// The fast throttle with a cap long enough that a slow machine cannot outrun a wait
+/// between a refused guess and the next request: for the tests that send the right
+/// secret while the account waits.
+fn patient_throttle() -> ThrottlePolicy {
+    ThrottlePolicy {
+        max_delay: Duration::from_secs(4),
+        ..fast_throttle()
+    }
+}
+
 /// No throttling to speak of: for tests of what a single answer says.
 fn lenient_throttle() -> ThrottlePolicy {
     ThrottlePolicy {
@@ -131,6 +141,21 @@ fn wrong_code(totp: &totp_rs::TOTP, n: u32) -> String {
         .unwrap()
 }
 
+/// Guesses every 20 ms until one is checked (401), so that the account's next wait has just
+/// begun whatever the machine's speed (the wait starts when a guess is admitted, and
+/// Argon2 on a slow machine can take most of a short one).
+async fn start_a_fresh_wait(node: &TestNode, body: Value) {
+    for _ in 0..1_000 {
+        let (status, _, answer) = post_raw(node, LOGIN, None, &body).await;
+        match status {
+            StatusCode::UNAUTHORIZED => return,
+            StatusCode::TOO_MANY_REQUESTS => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("a wrong guess answered {other}: {answer}"),
+        }
+    }
+    panic!("no guess was checked in 20 s");
+}
+
 /// Guesses in a loop until refused; returns how many were checked (401) and the first
 /// refusal's `Retry-After`, checking every refusal says `too_many_attempts`.
 async fn guess(node: &TestNode, times: usize, body: impl Fn(usize) -> Value) -> (usize, u64) {
@@ -159,11 +184,11 @@ async fn guess(node: &TestNode, times: usize, body: impl Fn(usize) -> Value) -> 
 /// a 429, and the right password works after."
 #[tokio::test(flavor = "multi_thread")]
 async fn password_guessing_is_throttled_and_the_right_password_waits_too() {
-    let node = TestNode::start(api(fast_throttle())).await;
+    let node = TestNode::start(api(patient_throttle())).await;
     let vera = node.register("vera").await;
     let started = Instant::now();
     let (checked, _) = guess(&node, 400, |n| credentials("vera", &format!("{WRONG} {n}"))).await;
-    // Five free, then one per wait (200 ms doubling to 1 s): a handful more in the loop's time.
+    // Five free, then one per wait (200 ms doubling to 4 s): a handful more in the loop's time.
     let allowed = 5 + 2 + (started.elapsed().as_secs_f64() / 0.2).ceil() as usize;
     assert!(
         checked <= allowed.min(40),
@@ -173,6 +198,7 @@ async fn password_guessing_is_throttled_and_the_right_password_waits_too() {
 
     // While the account waits, the right password is refused the same way, and no session
     // is started.
+    start_a_fresh_wait(&node, credentials("vera", WRONG)).await;
     let (status, retry_after, answer) =
         post_raw(&node, LOGIN, None, &credentials("vera", PASSWORD)).await;
     assert_eq!(
@@ -199,7 +225,7 @@ async fn password_guessing_is_throttled_and_the_right_password_waits_too() {
 /// Issue 17: "300 wrong TOTP codes at 30/s, the right one works after."
 #[tokio::test(flavor = "multi_thread")]
 async fn totp_guessing_is_throttled() {
-    let node = TestNode::start(api(fast_throttle())).await;
+    let node = TestNode::start(api(patient_throttle())).await;
     let (_, totp, _) = with_2fa(&node, "tess").await;
     let (checked, _) = guess(&node, 300, |n| {
         json!({ "username": "tess", "password": PASSWORD, "totp": wrong_code(&totp, n as u32) })
@@ -207,6 +233,11 @@ async fn totp_guessing_is_throttled() {
     .await;
     assert!(checked <= 40, "{checked} of 300 codes were checked");
 
+    start_a_fresh_wait(
+        &node,
+        json!({ "username": "tess", "password": PASSWORD, "totp": wrong_code(&totp, 7) }),
+    )
+    .await;
     let right = json!({ "username": "tess", "password": PASSWORD, "totp": totp.generate((step_now() + 1) * 30) });
     let (status, retry_after, answer) = post_raw(&node, LOGIN, None, &right).await;
     assert_eq!(
