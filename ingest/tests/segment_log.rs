@@ -574,3 +574,52 @@ fn a_format_three_log_is_upgraded_on_open_and_keeps_no_voter_id() {
         1
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(48))]
+
+    /// Readers poll while appends go on, as the engine and the lake writer do: in batches
+    /// of any size, mostly going on from where they stopped (the log keeps that segment
+    /// open between polls), sometimes going back to an earlier offset or starting over in
+    /// another segment. Every batch is the partition's votes in order, across rollovers.
+    #[test]
+    fn polling_readers_see_every_vote_in_order_across_rollovers(
+        steps in proptest::collection::vec(
+            (0usize..25, 0u32..3, 1usize..40, proptest::option::weighted(0.2, 0u64..1_000)),
+            1..60,
+        ),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        // About 20 votes to a segment: most runs cross several.
+        let log = SegmentLog::open(dir.path(), config(3, header(3) + 20 * FRAME)).unwrap();
+        let mut appended: Vec<Vec<u128>> = vec![Vec::new(); 3];
+        let mut next_read = [0u64; 3];
+        let mut id = 0u128;
+        for (appends, partition, max, back_to) in steps {
+            let votes: Vec<LoggedVote> = (0..appends)
+                .map(|_| {
+                    id += 1;
+                    vote(id % 5, id % 11, id)
+                })
+                .collect();
+            for (position, vote) in log.append_votes(&votes).unwrap().into_iter().zip(&votes) {
+                let ids = &mut appended[position.partition as usize];
+                proptest::prop_assert_eq!(position.offset, ids.len() as u64);
+                ids.push(vote.vote.vote_id.0);
+            }
+            let ids = &appended[partition as usize];
+            let from = match back_to {
+                Some(offset) => offset % (ids.len() as u64 + 1),
+                None => next_read[partition as usize],
+            };
+            let batch = log.read_votes(partition, from, max).unwrap();
+            let expected: Vec<u128> = ids.iter().skip(from as usize).take(max).copied().collect();
+            let read: Vec<u128> = batch.iter().map(|r| r.vote.vote_id.0).collect();
+            proptest::prop_assert_eq!(&read, &expected);
+            for (k, record) in batch.iter().enumerate() {
+                proptest::prop_assert_eq!(record.position.offset, from + k as u64);
+            }
+            next_read[partition as usize] = from + read.len() as u64;
+        }
+    }
+}
