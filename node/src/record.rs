@@ -25,15 +25,18 @@
 //! a trail that grew alone makes a batch of its own, so a rewrite or a cut tail of the audit
 //! trail shows against the anchor within one anchoring interval.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use canopy_chain::{
-    AnchorBatch, AnchorJournal, AnchorTarget, Checkpoint, NoteSigner, batch_origin,
+    AnchorBatch, AnchorJournal, AnchorTarget, Checkpoint, NoteSigner, TileKind, TileWrite,
+    batch_origin,
 };
 use canopy_dataflow::{CheckpointSink, CutCheckpoint, RecordConfig, StoredCheckpoint, VoteRecord};
+use canopy_schemas::DecisionId;
 use canopy_schemas::clock::now_micros;
 use canopy_serving::record::{batch_tree, parse_hash, stored_batch_tree};
 use canopy_serving::store::{AnchorBatchRow, AuditAnchorRow, CheckpointRow, MetadataStore};
@@ -160,32 +163,78 @@ async fn until_done<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     }
 }
 
+/// The most cuts one round of the writer takes from its queue.
+const MAX_CUTS_PER_ROUND: usize = 256;
+
 impl CheckpointWriter {
     /// Starts the storing task on the current runtime: per cut, its tiles into the record
     /// store, then the row into the metadata store, then the record store's `checkpoint`.
+    /// Cuts that queued while earlier ones were written are written as one round (see
+    /// [`write_round`]).
     pub fn start(store: Arc<dyn MetadataStore>, tiles: RecordStore) -> Self {
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<CutCheckpoint>();
         tokio::spawn(async move {
-            while let Some(mut cut) = receiver.recv().await {
-                let tile_writes = std::mem::take(&mut cut.tiles);
-                if !tile_writes.is_empty() {
-                    until_done(
-                        "writing a checkpoint's tiles to the record store",
-                        &cut,
-                        || tiles.write_tiles(cut.decision, tile_writes.clone()),
-                    )
-                    .await;
-                }
-                if !cut.already_stored {
-                    store_row(store.as_ref(), &cut).await;
-                }
-                until_done("writing the checkpoint to the record store", &cut, || {
-                    tiles.write_checkpoint(cut.decision, cut.size, cut.note.clone())
-                })
-                .await;
+            let mut round = Vec::new();
+            while receiver.recv_many(&mut round, MAX_CUTS_PER_ROUND).await > 0 {
+                write_round(store.as_ref(), &tiles, std::mem::take(&mut round)).await;
             }
         });
         Self { sender }
+    }
+}
+
+/// Writes queued cuts in their order's guarantees: every cut's tiles before its row, every
+/// row before the decision's `checkpoint` object. Per decision, the tiles of all its cuts
+/// are written together, less the partial tiles a full tile of the same round covers (a
+/// reader falls back to the full tile's prefix, as C2SP tlog-tiles allows), and only the
+/// newest cut becomes the `checkpoint` object. Under load, when cuts come faster than one
+/// is written, this is what keeps the writer from falling behind.
+async fn write_round(store: &dyn MetadataStore, tiles: &RecordStore, mut cuts: Vec<CutCheckpoint>) {
+    let mut decisions: Vec<(DecisionId, Vec<TileWrite>, usize)> = Vec::new();
+    for index in 0..cuts.len() {
+        let writes = std::mem::take(&mut cuts[index].tiles);
+        let (decision, size) = (cuts[index].decision, cuts[index].size);
+        match decisions
+            .iter_mut()
+            .find(|(known, _, _)| *known == decision)
+        {
+            Some((_, pending, newest)) => {
+                pending.extend(writes);
+                if size >= cuts[*newest].size {
+                    *newest = index;
+                }
+            }
+            None => decisions.push((decision, writes, index)),
+        }
+    }
+    for (_, writes, newest) in &mut decisions {
+        let full: HashSet<(TileKind, u64)> = writes
+            .iter()
+            .filter(|write| write.tile.is_full())
+            .map(|write| (write.tile.kind, write.tile.index))
+            .collect();
+        writes.retain(|write| {
+            write.tile.is_full() || !full.contains(&(write.tile.kind, write.tile.index))
+        });
+        if !writes.is_empty() {
+            let cut = &cuts[*newest];
+            until_done(
+                "writing a checkpoint's tiles to the record store",
+                cut,
+                || tiles.write_tiles(cut.decision, writes.clone()),
+            )
+            .await;
+        }
+    }
+    for cut in cuts.iter().filter(|cut| !cut.already_stored) {
+        store_row(store, cut).await;
+    }
+    for (_, _, newest) in &decisions {
+        let cut = &cuts[*newest];
+        until_done("writing the checkpoint to the record store", cut, || {
+            tiles.write_checkpoint(cut.decision, cut.size, cut.note.clone())
+        })
+        .await;
     }
 }
 
@@ -414,5 +463,109 @@ impl Anchorer {
         self.store.confirm_anchor_batch(&row).await?;
         tracing::info!(batch = row.batch_id, entries = row.entry_count, target = %row.target, "anchored");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiles::TileRecordReader;
+    use canopy_chain::MerkleLog;
+    use canopy_chain::tiles::{growth_bundles, growth_tiles};
+    use canopy_dataflow::RecordReader;
+    use canopy_serving::store::SqliteStore;
+
+    /// Cuts that queued while the writer was busy are written as one round: each keeps its
+    /// row, the newest is the checkpoint, and every cut's size still proves inclusion and
+    /// consistency from the stored tiles, although the round dropped the partial tiles its
+    /// full ones cover.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_of_queued_cuts_keeps_every_cut_provable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("canopy.db"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let tiles = RecordStore::open(dir.path().join("record").to_str().unwrap()).unwrap();
+        let signer = NoteSigner::from_seed("canopy.test", &[5; 32]).unwrap();
+        let (first, second) = (DecisionId(7), DecisionId(9));
+        let entries: Vec<Vec<u8>> = (0..1_500u64).map(|n| n.to_be_bytes().repeat(10)).collect();
+        let mut log = MerkleLog::new();
+        for entry in &entries {
+            log.append(entry);
+        }
+        let entry_refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        let cut = |decision: DecisionId, old: u64, size: u64| {
+            let mut writes = growth_tiles(&log, old, size).unwrap();
+            writes.extend(growth_bundles(old, size, 0, &entry_refs).unwrap());
+            let root = log.root_at(size).unwrap();
+            CutCheckpoint {
+                decision,
+                size,
+                root,
+                note: Checkpoint {
+                    origin: format!("canopy.test/decision/{decision}"),
+                    size,
+                    root,
+                }
+                .sign(&signer),
+                as_of: canopy_ingest::Position {
+                    partition: 0,
+                    offset: size,
+                },
+                tiles: writes,
+                already_stored: false,
+            }
+        };
+        // Sizes inside a tile, at a tile's end and past it; a second decision's cuts
+        // between the first's.
+        let sizes = [100, 250, 256, 300, 600, 700, 1_024, 1_100, 1_500];
+        let mut cuts = Vec::new();
+        let mut old = 0;
+        for size in sizes {
+            cuts.push(cut(first, old, size));
+            old = size;
+        }
+        for (n, (old, size)) in [(0, 100), (100, 256), (256, 300)].into_iter().enumerate() {
+            cuts.insert(2 * n + 1, cut(second, old, size));
+        }
+        write_round(&store, &tiles, cuts.clone()).await;
+
+        for decision in [first, second] {
+            let ours: Vec<&CutCheckpoint> =
+                cuts.iter().filter(|c| c.decision == decision).collect();
+            let rows = store.checkpoints(decision).await.unwrap();
+            let mut stored: Vec<u64> = rows.iter().map(|row| row.tree_size as u64).collect();
+            stored.sort_unstable();
+            let expected: Vec<u64> = ours.iter().map(|c| c.size).collect();
+            assert_eq!(stored, expected, "every cut keeps its row");
+            let newest = ours.iter().max_by_key(|c| c.size).unwrap();
+            assert_eq!(
+                tiles.read_checkpoint(decision).await.unwrap().as_deref(),
+                Some(newest.note.as_str())
+            );
+        }
+        let reader = TileRecordReader::new(tiles, signer.verifier(), Default::default());
+        tokio::task::spawn_blocking(move || {
+            let mut previous = 0;
+            for size in sizes {
+                for index in [0, size / 2, size - 1] {
+                    assert_eq!(
+                        reader.inclusion_proof(first, index, size).unwrap(),
+                        log.inclusion_proof(index, size).unwrap(),
+                        "leaf {index} at size {size}"
+                    );
+                }
+                if previous > 0 {
+                    assert_eq!(
+                        reader.consistency_proof(first, previous, size).unwrap(),
+                        log.consistency_proof(previous, size).unwrap()
+                    );
+                }
+                previous = size;
+            }
+        })
+        .await
+        .unwrap();
     }
 }

@@ -20,7 +20,7 @@
 //! proofs are computed synchronously over tiles), so every request runs on a small runtime
 //! of the store's own and a blocking caller waits for it there, as the lake does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -105,7 +105,9 @@ impl RecordStore {
     }
 
     /// Writes a decision's tiles, all of them before returning: each only if absent, an
-    /// existing one checked to hold the same bytes.
+    /// existing one checked to hold the same bytes. In a folder, each file is synced as it
+    /// is written and each folder that gained a name once at the end (a cut's tiles share
+    /// a few folders: one sync per tile had doubled the record's syncs).
     pub async fn write_tiles(
         &self,
         decision: DecisionId,
@@ -119,11 +121,23 @@ impl RecordStore {
                     let backend = Arc::clone(&backend);
                     writes.spawn(async move {
                         let key = tile_key(decision, &tile.tile);
-                        backend.create_once(&key, tile.bytes).await
+                        let created = backend.create_once(&key, tile.bytes).await?;
+                        Ok::<_, ChainError>(created.then_some(key))
                     });
                 }
+                let mut grown = BTreeSet::new();
                 while let Some(written) = writes.join_next().await {
-                    written.map_err(store_error)??;
+                    if let Some(key) = written.map_err(store_error)?? {
+                        grown.insert(
+                            key.rsplit_once('/')
+                                .map_or(String::new(), |(dir, _)| dir.to_string()),
+                        );
+                    }
+                }
+                if let Backend::Local(root) = backend.as_ref() {
+                    for dir in grown {
+                        sync_dir(&root.join(dir))?;
+                    }
                 }
                 Ok(())
             })
@@ -304,8 +318,9 @@ impl Backend {
         }
     }
 
-    /// Writes `key` only if absent; if present, it must hold `bytes`.
-    async fn create_once(&self, key: &str, bytes: Vec<u8>) -> Result<(), ChainError> {
+    /// Writes `key` only if absent; if present, it must hold `bytes`. Returns whether it
+    /// wrote; in a folder, the new name is durable once the caller syncs its folder.
+    async fn create_once(&self, key: &str, bytes: Vec<u8>) -> Result<bool, ChainError> {
         let created = match self {
             Self::Local(root) => create_local(root, key, &bytes)?,
             Self::Bucket { store, prefix, url } => {
@@ -339,7 +354,7 @@ impl Backend {
                 return Err(ChainError::TileConflict(key.to_string()));
             }
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Replaces `key` whole (a reader sees the old bytes or the new, never a mix).
@@ -388,14 +403,18 @@ fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, ChainError> {
 }
 
 fn sync_parent(path: &Path) -> Result<(), ChainError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ChainError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| store_error(format!("{}: {e}", dir.display())))
 }
 
 /// Creates `root/key` with `bytes` unless it exists: a hard link from a complete temporary
-/// file, which fails if the name is taken. Returns whether it created it.
+/// file, which fails if the name is taken. Returns whether it created it; the new name is
+/// durable once the caller has synced the folder.
 fn create_local(root: &Path, key: &str, bytes: &[u8]) -> Result<bool, ChainError> {
     let path = root.join(key);
     if path.exists() {
@@ -405,7 +424,7 @@ fn create_local(root: &Path, key: &str, bytes: &[u8]) -> Result<bool, ChainError
     let linked = fs::hard_link(&temp, &path);
     let _ = fs::remove_file(&temp);
     match linked {
-        Ok(()) => sync_parent(&path).map(|()| true),
+        Ok(()) => Ok(true),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(error) => Err(store_error(format!("{}: {error}", path.display()))),
     }
