@@ -197,8 +197,9 @@ struct ReadCursor {
     file: Arc<File>,
 }
 
-/// Reads a file from a position with `pread`, leaving the file's own position alone, so
-/// readers of different partitions can share one open file.
+/// Reads a file from a position with `pread`: no seek per poll, and two readers of one
+/// partition (the engine and the lake writer) holding the cursor's file at once do not move
+/// each other's position.
 struct ReadAt<'f> {
     file: &'f File,
     position: u64,

@@ -125,18 +125,17 @@ impl RecordStore {
                         Ok::<_, ChainError>(created.then_some(key))
                     });
                 }
-                let mut grown = BTreeSet::new();
+                let mut created = Vec::new();
                 while let Some(written) = writes.join_next().await {
-                    if let Some(key) = written.map_err(store_error)?? {
-                        grown.insert(
-                            key.rsplit_once('/')
-                                .map_or(String::new(), |(dir, _)| dir.to_string()),
-                        );
-                    }
+                    created.extend(written.map_err(store_error)??);
                 }
                 if let Backend::Local(root) = backend.as_ref() {
+                    let grown: BTreeSet<PathBuf> = created
+                        .iter()
+                        .filter_map(|key| root.join(key).parent().map(Path::to_path_buf))
+                        .collect();
                     for dir in grown {
-                        sync_dir(&root.join(dir))?;
+                        sync_dir(&dir)?;
                     }
                 }
                 Ok(())
