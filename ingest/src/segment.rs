@@ -324,6 +324,9 @@ impl<E: LogEntry> SegmentEntryLog<E> {
             segments.remove(0);
             deleted += 1;
         }
+        let first_kept = segments[0].first_sequence;
+        drop(segments);
+        self.shared.release_cursors_before(first_kept);
         Ok(deleted)
     }
 
@@ -611,7 +614,21 @@ impl Shared {
             let path = segment_path(&self.dir, segment.first_sequence);
             fs::remove_file(&path).map_err(IngestError::io(&path))?;
         }
+        let first_kept = segments[0].first_sequence;
+        drop(segments);
+        self.release_cursors_before(first_kept);
         Ok(())
+    }
+
+    /// Closes the segments read cursors hold open that were deleted, so their disk space is
+    /// freed now, not at the partition's next read (an idle partition has none).
+    fn release_cursors_before(&self, first_kept: u64) {
+        for cursor in &self.read_cursors {
+            let mut cursor = cursor.lock().unwrap_or_else(PoisonError::into_inner);
+            if cursor.as_ref().is_some_and(|c| c.segment < first_kept) {
+                *cursor = None;
+            }
+        }
     }
 
     /// Reads records [from, until) of `partition`, all known durable.

@@ -290,6 +290,31 @@ fn delete_before_keeps_the_segment_holding_the_offset() {
     assert_eq!(log.read_votes(0, 99, 1).unwrap()[0].position.offset, 99);
 }
 
+/// Open files of this process that were deleted from `dir`.
+fn deleted_files_held_open(dir: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            target.starts_with(&*dir.to_string_lossy()) && target.ends_with(" (deleted)")
+        })
+        .count()
+}
+
+/// A reader's cursor keeps its segment open between polls; deleting that segment lets go
+/// of it at once, so its space is freed even if the partition is never read again.
+#[test]
+fn deleted_segments_are_not_held_open_by_read_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = one_vote_per_round(dir.path(), 100);
+    assert_eq!(log.read_votes(0, 0, 10).unwrap().len(), 10);
+    assert_eq!(deleted_files_held_open(dir.path()), 0);
+    assert!(log.delete_before(&[50]).unwrap() > 0);
+    assert_eq!(deleted_files_held_open(dir.path()), 0);
+    assert_eq!(log.read_votes(0, 50, 1).unwrap()[0].position.offset, 50);
+}
+
 #[test]
 fn an_unknown_directory_layout_is_refused() {
     let dir = tempfile::tempdir().unwrap();
