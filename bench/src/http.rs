@@ -326,7 +326,7 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         args.rate, args.open_seconds
     );
     let steady = open_loop(&target, args.rate, args.open_seconds).await?;
-    eprintln!("{}", steady.summary());
+    eprintln!("{}\n{}", steady.summary(), steady.timeline());
     let peak = match wrk_available(&args.wrk) {
         true => peak_with_wrk(&args, &target)?,
         false => {
@@ -352,7 +352,7 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
         );
         let (server, target) = Server::start(&args, dir.path())?;
         let figures = open_loop(&Arc::new(target), args.rate, args.open_seconds).await?;
-        eprintln!("{}", figures.summary());
+        eprintln!("{}\n{}", figures.summary(), figures.timeline());
         server.stop()?;
         Some(figures)
     };
@@ -612,6 +612,119 @@ struct OpenLoop {
     cast_p999_ms: f64,
     cast_max_ms: f64,
     results_p99_ms: f64,
+    /// Seconds of the schedule whose casts' p99 passed [`SLOW_SECOND_MS`].
+    slow_seconds: usize,
+    /// The schedule's worst seconds by p99, worst first.
+    worst_seconds: Vec<SecondFigures>,
+}
+
+/// A second of the schedule is slow when its casts' p99 passes this.
+const SLOW_SECOND_MS: f64 = 10.0;
+/// How many of the worst seconds an open loop reports.
+const WORST_SECONDS: usize = 5;
+
+/// One second of an open loop's schedule: its casts (by intended send time) and what the
+/// machine was waiting on meanwhile, so a tail can be told apart from a busy disk or CPU.
+struct SecondFigures {
+    second: usize,
+    casts: usize,
+    p99_ms: f64,
+    max_ms: f64,
+    /// Share of that second some task waited on I/O, and on a CPU (`/proc/pressure`,
+    /// Linux's PSI; absent where the kernel has none).
+    io_some_pct: Option<f64>,
+    cpu_some_pct: Option<f64>,
+}
+
+impl SecondFigures {
+    fn json(&self) -> Value {
+        json!({
+            "second": self.second,
+            "casts": self.casts,
+            "p99_ms": round3(self.p99_ms),
+            "max_ms": round3(self.max_ms),
+            "io_some_pct": self.io_some_pct.map(round3),
+            "cpu_some_pct": self.cpu_some_pct.map(round3),
+        })
+    }
+
+    fn summary(&self) -> String {
+        let pct = |v: Option<f64>| v.map_or_else(|| "n/a".into(), |v| format!("{v:.0} %"));
+        format!(
+            "second {}: p99 {:.1} ms, max {:.1} ms over {} casts; I/O pressure {}, CPU pressure {}",
+            self.second,
+            self.p99_ms,
+            self.max_ms,
+            self.casts,
+            pct(self.io_some_pct),
+            pct(self.cpu_some_pct)
+        )
+    }
+}
+
+/// PSI totals (I/O, CPU) in µs at one moment; `None` where the kernel has no such file.
+type PressureSample = (Option<u64>, Option<u64>);
+
+/// The `some` line's `total` (µs some task has stalled since boot) of a PSI file.
+fn pressure_total_us(resource: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/pressure/{resource}")).ok()?;
+    let some = text.lines().find(|line| line.starts_with("some "))?;
+    some.split_whitespace()
+        .find_map(|field| field.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// PSI totals (I/O, CPU) at each whole second from `start`, until the task is aborted.
+async fn sample_pressure(start: tokio::time::Instant, samples: Arc<Mutex<Vec<PressureSample>>>) {
+    let mut tick = tokio::time::interval_at(start, Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let sample = (pressure_total_us("io"), pressure_total_us("cpu"));
+        samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(sample);
+    }
+}
+
+/// Per second of the schedule: its casts' p99 and max, and the pressure between the
+/// samples that bound it.
+fn seconds_of(
+    latencies: &[(u64, f64)],
+    rate: f64,
+    pressure: &[PressureSample],
+) -> Vec<SecondFigures> {
+    let mut per_second: Vec<Vec<f64>> = Vec::new();
+    for &(n, latency) in latencies {
+        let second = (n as f64 / rate) as usize;
+        if per_second.len() <= second {
+            per_second.resize_with(second + 1, Vec::new);
+        }
+        per_second[second].push(latency);
+    }
+    let share =
+        |from: Option<u64>, to: Option<u64>| Some((to?.saturating_sub(from?)) as f64 / 1e6 * 100.0);
+    per_second
+        .into_iter()
+        .enumerate()
+        .filter(|(_, casts)| !casts.is_empty())
+        .map(|(second, mut casts)| {
+            let bounds = (pressure.get(second), pressure.get(second + 1));
+            let (io_some_pct, cpu_some_pct) = match bounds {
+                (Some(from), Some(to)) => (share(from.0, to.0), share(from.1, to.1)),
+                _ => (None, None),
+            };
+            SecondFigures {
+                second,
+                casts: casts.len(),
+                p99_ms: percentile(&mut casts, 0.99),
+                max_ms: casts.last().copied().unwrap_or(f64::NAN),
+                io_some_pct,
+                cpu_some_pct,
+            }
+        })
+        .collect()
 }
 
 impl OpenLoop {
@@ -627,6 +740,8 @@ impl OpenLoop {
             "p999_ms": round3(self.cast_p999_ms),
             "max_ms": round3(self.cast_max_ms),
             "results_p99_ms": round3(self.results_p99_ms),
+            "slow_seconds": self.slow_seconds,
+            "worst_seconds": self.worst_seconds.iter().map(SecondFigures::json).collect::<Vec<_>>(),
         })
     }
 
@@ -643,6 +758,19 @@ impl OpenLoop {
             self.results_p99_ms
         )
     }
+
+    /// The worst seconds, one line each, after how many seconds were slow.
+    fn timeline(&self) -> String {
+        let mut text = format!(
+            "{} of {:.0} s with a cast p99 over {SLOW_SECOND_MS} ms; the worst:",
+            self.slow_seconds, self.seconds
+        );
+        for second in &self.worst_seconds {
+            text.push_str("\n  ");
+            text.push_str(&second.summary());
+        }
+        text
+    }
 }
 
 /// Open loop: a vote sent every 1/rate s whatever happened to the others, for `seconds`;
@@ -657,6 +785,8 @@ async fn open_loop(target: &Arc<Target>, rate: f64, seconds: f64) -> anyhow::Res
         tokio::spawn(async move { closed_loop(&target, Call::Results, 4, seconds).await })
     };
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let pressure = Arc::new(Mutex::new(Vec::new()));
+    let sampler = tokio::spawn(sample_pressure(start, Arc::clone(&pressure)));
     let mut sends = tokio::task::JoinSet::new();
     for n in 0..total {
         let intended = start + Duration::from_secs_f64(n as f64 / rate);
@@ -672,7 +802,7 @@ async fn open_loop(target: &Arc<Target>, rate: f64, seconds: f64) -> anyhow::Res
                 latencies
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push(latency);
+                    .push((n, latency));
             } else {
                 failed.fetch_add(1, Ordering::Relaxed);
             }
@@ -684,8 +814,19 @@ async fn open_loop(target: &Arc<Target>, rate: f64, seconds: f64) -> anyhow::Res
     }
     let elapsed = start.elapsed().as_secs_f64();
     let (_, mut results) = readers.await??;
-    let mut latencies =
-        std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
+    // One more sample closes the last second (the sampler ticks on whole seconds).
+    tokio::time::sleep_until(start + Duration::from_secs_f64(seconds.ceil() + 0.05)).await;
+    sampler.abort();
+    let pressure = std::mem::take(&mut *pressure.lock().unwrap_or_else(PoisonError::into_inner));
+    let timed = std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut seconds_figures = seconds_of(&timed, rate, &pressure);
+    let slow_seconds = seconds_figures
+        .iter()
+        .filter(|second| second.p99_ms > SLOW_SECOND_MS)
+        .count();
+    seconds_figures.sort_by(|a, b| b.p99_ms.total_cmp(&a.p99_ms));
+    seconds_figures.truncate(WORST_SECONDS);
+    let mut latencies: Vec<f64> = timed.into_iter().map(|(_, latency)| latency).collect();
     let ok = latencies.len() as u64;
     Ok(OpenLoop {
         rate,
@@ -698,5 +839,53 @@ async fn open_loop(target: &Arc<Target>, rate: f64, seconds: f64) -> anyhow::Res
         cast_p999_ms: percentile(&mut latencies, 0.999),
         cast_max_ms: latencies.last().copied().unwrap_or(f64::NAN),
         results_p99_ms: percentile(&mut results, 0.99),
+        slow_seconds,
+        worst_seconds: seconds_figures,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds_of;
+
+    #[test]
+    fn each_second_gets_its_own_casts_tail_and_the_pressure_between_its_samples() {
+        // 100 casts a second for 3 s; second 1 has one stalled cast, second 2 none answered.
+        let latencies: Vec<(u64, f64)> = (0..200)
+            .map(|n| {
+                (
+                    n,
+                    if n == 150 {
+                        80.0
+                    } else {
+                        1.0 + (n % 10) as f64 / 10.0
+                    },
+                )
+            })
+            .collect();
+        // PSI totals in µs at 0 s, 1 s and 2 s: I/O stalled 0.1 s then 0.5 s; no CPU file.
+        let pressure = [
+            (Some(1_000), None),
+            (Some(101_000), None),
+            (Some(601_000), None),
+        ];
+        let seconds = seconds_of(&latencies, 100.0, &pressure);
+        assert_eq!(seconds.len(), 2);
+        let (first, second) = (&seconds[0], &seconds[1]);
+        assert_eq!((first.second, first.casts), (0, 100));
+        assert_eq!((second.second, second.casts), (1, 100));
+        assert!((first.max_ms - 1.9).abs() < 1e-9);
+        assert_eq!(second.max_ms, 80.0);
+        assert_eq!(second.p99_ms, 80.0);
+        assert!((first.io_some_pct.unwrap() - 10.0).abs() < 1e-9);
+        assert!((second.io_some_pct.unwrap() - 50.0).abs() < 1e-9);
+        assert_eq!(first.cpu_some_pct, None);
+    }
+
+    #[test]
+    fn a_second_without_a_closing_sample_has_no_pressure() {
+        let seconds = seconds_of(&[(0, 2.0), (250, 3.0)], 100.0, &[(Some(0), Some(0))]);
+        assert_eq!(seconds.iter().map(|s| s.second).collect::<Vec<_>>(), [0, 2]);
+        assert!(seconds.iter().all(|s| s.io_some_pct.is_none()));
+    }
 }
