@@ -183,7 +183,7 @@ impl CheckpointWriter {
     }
 }
 
-/// Writes queued cuts in their order's guarantees: every cut's tiles before its row, every
+/// Writes queued cuts keeping the order's guarantees: every cut's tiles before its row, every
 /// row before the decision's `checkpoint` object. Per decision, the tiles of all its cuts
 /// are written together, less the partial tiles a full tile of the same round covers (a
 /// reader falls back to the full tile's prefix, as C2SP tlog-tiles allows), and only the

@@ -106,8 +106,11 @@ impl RecordStore {
 
     /// Writes a decision's tiles, all of them before returning: each only if absent, an
     /// existing one checked to hold the same bytes. In a folder, each file is synced as it
-    /// is written and each folder that gained a name once at the end (a cut's tiles share
-    /// a few folders: one sync per tile had doubled the record's syncs).
+    /// is written and each of the write's folders once at the end (a cut's tiles share a
+    /// few folders: one sync per tile had doubled the record's syncs). Every folder is
+    /// synced, not only those that gained a name now: a tile linked by a write that then
+    /// failed is found present by the retry, and its name must be durable before the
+    /// checkpoint's row says it exists.
     pub async fn write_tiles(
         &self,
         decision: DecisionId,
@@ -116,26 +119,25 @@ impl RecordStore {
         let backend = Arc::clone(&self.backend);
         self.io
             .run(async move {
+                let keys: Vec<String> = tiles
+                    .iter()
+                    .map(|tile| tile_key(decision, &tile.tile))
+                    .collect();
                 let mut writes = tokio::task::JoinSet::new();
-                for tile in tiles {
+                for (key, tile) in keys.iter().cloned().zip(tiles) {
                     let backend = Arc::clone(&backend);
-                    writes.spawn(async move {
-                        let key = tile_key(decision, &tile.tile);
-                        let created = backend.create_once(&key, tile.bytes).await?;
-                        Ok::<_, ChainError>(created.then_some(key))
-                    });
+                    writes.spawn(async move { backend.create_once(&key, tile.bytes).await });
                 }
-                let mut created = Vec::new();
                 while let Some(written) = writes.join_next().await {
-                    created.extend(written.map_err(store_error)??);
+                    written.map_err(store_error)??;
                 }
                 if let Backend::Local(root) = backend.as_ref() {
-                    let grown: BTreeSet<PathBuf> = created
+                    let folders: BTreeSet<PathBuf> = keys
                         .iter()
                         .filter_map(|key| root.join(key).parent().map(Path::to_path_buf))
                         .collect();
-                    for dir in grown {
-                        sync_dir(&dir)?;
+                    for folder in folders {
+                        sync_dir(&folder)?;
                     }
                 }
                 Ok(())
@@ -317,9 +319,9 @@ impl Backend {
         }
     }
 
-    /// Writes `key` only if absent; if present, it must hold `bytes`. Returns whether it
-    /// wrote; in a folder, the new name is durable once the caller syncs its folder.
-    async fn create_once(&self, key: &str, bytes: Vec<u8>) -> Result<bool, ChainError> {
+    /// Writes `key` only if absent; if present, it must hold `bytes`. In a folder, a new
+    /// name is durable once the caller syncs its folder.
+    async fn create_once(&self, key: &str, bytes: Vec<u8>) -> Result<(), ChainError> {
         let created = match self {
             Self::Local(root) => create_local(root, key, &bytes)?,
             Self::Bucket { store, prefix, url } => {
@@ -353,7 +355,7 @@ impl Backend {
                 return Err(ChainError::TileConflict(key.to_string()));
             }
         }
-        Ok(created)
+        Ok(())
     }
 
     /// Replaces `key` whole (a reader sees the old bytes or the new, never a mix).
