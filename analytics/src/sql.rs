@@ -322,6 +322,15 @@ impl LakeSql {
         // side's scan: measured, it made the turnout query (votes joined with all the
         // decisions, which filter nothing out) a fifth slower.
         options.optimizer.enable_join_dynamic_filter_pushdown = false;
+        // A partial aggregation first looks at this many rows per partition, then goes on
+        // passing rows through unaggregated if nearly every row was a group of its own. The
+        // lake's distinct counts (a voter per decision, per day and region) are such groups:
+        // probing 100 k rows (the default) built a table of ~190 k groups only to drop it.
+        // Measured with `canopy-bench analytics --votes 1000000 --repeat 5`: turnout 0.93 of
+        // DuckDB's speed → 1.03–1.09, top decisions 0.82–0.83 → 0.85–0.92.
+        options
+            .execution
+            .skip_partial_aggregation_probe_rows_threshold = 10_000;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)

@@ -216,7 +216,14 @@ async fn serve_async(args: HttpServerArgs) -> anyhow::Result<()> {
         // Accounts go through the store (argon2 is deliberately slow); tokens are real.
         let id = match store.user_by_username(&name).await? {
             Some(found) => found.id,
-            None => create_user(store, &name, "bench-voter-password", Role::Citizen).await?,
+            None => {
+                let id = create_user(store, &name, "bench-voter-password", Role::Citizen).await?;
+                // As `register` does: the node keeps a new voter's secrets, so its first
+                // vote reads no store (after a restart the node loads them all).
+                state.salts.key(store, id).await?;
+                state.salts.salt(store, id).await?;
+                id
+            }
         };
         tokens.push(issue(id, Role::Citizen)?);
     }
