@@ -523,8 +523,10 @@ async fn portals_return_rows_in_pieces() {
 async fn an_error_after_rows_were_sent_still_reaches_the_client() {
     let fixture = Fixture::start().await;
     let client = fixture.client().await;
-    // Offset 15 000 divides by zero; it is in the second batch of the file's rows.
-    let sql = "SELECT log_offset, 100 / (log_offset - 15000) AS x \
+    // The 15 001st row in log order divides by zero. The rows are numbered after one sort,
+    // so the batches before it go out first however the scan is split into partitions.
+    let sql = "SELECT log_offset, \
+                 100 / (CAST(ROW_NUMBER() OVER (ORDER BY log_offset) AS BIGINT) - 15001) AS x \
                FROM votes WHERE log_partition = 2";
     let rows = client
         .query_raw(sql, std::iter::empty::<i32>())
