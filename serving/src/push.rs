@@ -109,10 +109,14 @@ pub fn socket_io(state: SharedState) -> (SocketIoLayer, Pusher) {
         .ws_max_frame_size(MAX_CLIENT_PAYLOAD as usize)
         .max_buffer_size(MAX_BUFFERED_PACKETS)
         .build_layer();
-    io.ns(VOTING, on_voting.with(may_read_results));
+    // socketioxide tells the client it is connected, then runs the connect handler as a task
+    // of its own: what a client may use at once (message handlers, rooms) is set up in the
+    // middlewares, which run before, so a subscribe sent the moment the client hears it is
+    // connected is not dropped for want of a handler.
+    io.ns(VOTING, connected.with(follows_results));
     io.ns(DECISIONS, on_decisions.with(may_read_results));
     io.ns(ADMIN, on_admin.with(operates));
-    io.ns(NOTIFICATIONS, on_notifications.with(any_account));
+    io.ns(NOTIFICATIONS, connected.with(hears_own_news));
     (layer, Pusher { io, figures })
 }
 
@@ -154,16 +158,32 @@ async fn may_read_results(
     .map(|_| ())
 }
 
-/// `/notifications` is every account's own.
-async fn any_account(
+/// `/voting`: the results' readers, with the socket's message handlers in place.
+async fn follows_results(
     socket: SocketRef,
     TryData(auth): TryData<Handshake>,
     State(state): State<SharedState>,
 ) -> Result<(), Refusal> {
-    authenticate(&socket, &auth, &state, |_| true)
-        .await
-        .map(|_| ())
+    may_read_results(socket.clone(), TryData(auth), State(state)).await?;
+    on_voting(&socket);
+    Ok(())
 }
+
+/// `/notifications` is every account's own: the socket is in its account's room before it
+/// hears it is connected.
+async fn hears_own_news(
+    socket: SocketRef,
+    TryData(auth): TryData<Handshake>,
+    TryData(watch): TryData<Watch>,
+    State(state): State<SharedState>,
+) -> Result<(), Refusal> {
+    let claims = authenticate(&socket, &auth, &state, |_| true).await?;
+    on_notifications(&socket, &claims, watch.ok());
+    Ok(())
+}
+
+/// The connect handler of the namespaces whose middleware has set the socket up.
+async fn connected(_socket: SocketRef) {}
 
 /// An account's sockets share a room named by the account, which only they join.
 fn account_room(account: uuid::Uuid) -> String {
@@ -182,12 +202,9 @@ struct Watch {
 #[derive(Clone, Default)]
 struct Watched(Arc<std::sync::Mutex<BTreeSet<DecisionId>>>);
 
-async fn on_notifications(socket: SocketRef, TryData(auth): TryData<Watch>) {
-    let Some(claims) = socket.extensions.get::<Claims>() else {
-        return;
-    };
+fn on_notifications(socket: &SocketRef, claims: &Claims, watch: Option<Watch>) {
     socket.join(account_room(claims.sub));
-    let named: BTreeSet<DecisionId> = auth
+    let named: BTreeSet<DecisionId> = watch
         .map(|watch| watch.decisions)
         .unwrap_or_default()
         .into_iter()
@@ -365,7 +382,7 @@ async fn requested_decision(
     }
 }
 
-async fn on_voting(socket: SocketRef) {
+fn on_voting(socket: &SocketRef) {
     socket.on(
         "subscribe",
         async |socket: SocketRef,

@@ -141,6 +141,29 @@ test("/voting: the current results on subscribe, then a push within a second of 
   }
 });
 
+test("/voting: a subscribe sent the moment a socket connects is answered, on every socket", async () => {
+  // Many sockets connecting at once, each subscribing as soon as it hears it is connected
+  // (as a page does): the server's handlers are in place before it says so, else the
+  // subscribes that come first are dropped without a word.
+  const eager = await citizen("push-eager");
+  const sockets = await Promise.all(Array.from({ length: 30 }, () => connect("/voting", { token: eager })));
+  try {
+    const answers = sockets.map((socket) => {
+      const answered = Promise.race([
+        next(socket, "vote_count_updated", (p) => p.decision_id === decision),
+        next(socket, "refused").then((refusal) => assert.fail(`refused: ${JSON.stringify(refusal)}`)),
+      ]);
+      socket.emit("subscribe", { decision_id: decision });
+      return answered;
+    });
+    const results = await Promise.allSettled(answers);
+    const unanswered = results.filter((result) => result.status === "rejected").map((result) => result.reason.message);
+    assert.deepEqual(unanswered, [], `${unanswered.length} of ${sockets.length} sockets got no answer`);
+  } finally {
+    for (const socket of sockets) socket.close();
+  }
+});
+
 test("/voting: a guess loop of decision ids is throttled, an oversized message ends the session", async () => {
   const guesser = await citizen("push-guesser");
   const socket = await connect("/voting", { token: guesser });
