@@ -164,7 +164,10 @@ async fn follows_results(
     TryData(auth): TryData<Handshake>,
     State(state): State<SharedState>,
 ) -> Result<(), Refusal> {
-    may_read_results(socket.clone(), TryData(auth), State(state)).await?;
+    authenticate(&socket, &auth, &state, |role| {
+        Action::ReadResults.allowed(role)
+    })
+    .await?;
     on_voting(&socket);
     Ok(())
 }
