@@ -19,12 +19,31 @@ use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "correct horse battery";
 
+/// A port nothing listens on now, for a server a test starts later (often in another
+/// process, as a cluster's peers must know each other's ports before any binds).
+///
+/// It is drawn at random from below the kernel's ephemeral range rather than asked of the
+/// kernel with port 0: a port 0 answer is an ephemeral port, which any outgoing connection of
+/// a test running beside this one (to PostgreSQL, Redis, the broker) may take before the
+/// server binds it, and a cluster test once failed so ("Address already in use"). Below the
+/// range only another test's pick can collide, and among ~20 k ports that is rare.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    let ephemeral_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral_from > 12_000,
+        "the kernel's ephemeral ports start at {ephemeral_from}: too low to pick test ports below"
+    );
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(10_000..ephemeral_from);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn start(data: &Path, port: u16) -> Child {
