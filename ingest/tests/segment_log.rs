@@ -384,6 +384,58 @@ fn async_appends_resolve_once_durable() {
     assert_eq!(log.verify().unwrap(), 200);
 }
 
+/// A log that fails (here: its folder is gone when a segment rolls over) answers every
+/// async appender waiting on it, whether its frames were in the failed round or queued
+/// behind it, with its failure; none waits forever, and none is told its vote is durable
+/// when it is not.
+#[test]
+fn async_appenders_hear_of_a_failure_rather_than_wait_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("log");
+    let log = Arc::new(SegmentLog::open(&folder, config(2, 2048)).unwrap());
+    log.append_votes(&[vote(1, 0, 0)]).unwrap();
+    fs::remove_dir_all(&folder).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcomes: Vec<Result<Position, IngestError>> = runtime.block_on(async {
+        let tasks: Vec<_> = (1..400u128)
+            .map(|n| {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let votes = [vote(n % 5, n, n)];
+                    let appended = log.append_votes_async(&votes);
+                    tokio::time::timeout(std::time::Duration::from_secs(10), appended)
+                        .await
+                        .expect("an appender waited 10 s for a log that had failed")
+                        .map(|positions| positions[0])
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes
+    });
+    let failed = outcomes
+        .iter()
+        .filter(|outcome| matches!(outcome, Err(IngestError::Failed { .. })))
+        .count();
+    assert!(failed > 0, "no appender heard of the failure");
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| matches!(outcome, Ok(_) | Err(IngestError::Failed { .. }))),
+        "an appender got another error: {outcomes:?}"
+    );
+    for position in outcomes.iter().flatten() {
+        assert!(log.end_offset(position.partition).unwrap() > position.offset);
+    }
+}
+
 fn reading(region: &str, n: i64) -> SensorReading {
     SensorReading {
         sensor_id: format!("{region}-{}", n % 3),
