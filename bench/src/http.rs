@@ -7,6 +7,7 @@
 //! causes (no coordinated omission). Then the server is stopped and started again on the
 //! same data, and the same open loop measures the first minute after the restart.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -319,6 +320,68 @@ struct Peak {
     rejected: u64,
     results_p50_ms: f64,
     results_p99_ms: f64,
+    /// The server's CPU per request by thread, under wrk's `/healthz` and its casts.
+    floor_cpu: Option<ThreadCpu>,
+    cast_cpu: Option<ThreadCpu>,
+}
+
+/// The server's CPU time per request over a wrk run, by thread name (tokio's workers
+/// together), in µs: where a cast's cost lies against a `/healthz`.
+type ThreadCpu = BTreeMap<String, f64>;
+
+/// Each thread of `pid` (by name, numbered threads together) and its CPU time so far, in
+/// clock ticks.
+fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
+    let mut ticks = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return ticks;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue;
+        };
+        // The fields after the name's closing parenthesis, from the state (field 3) on:
+        // utime and stime are fields 14 and 15.
+        let Some((_, after_name)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        let (Some(user), Some(system)) = (field(14), field(15)) else {
+            continue;
+        };
+        let name = comm
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        *ticks.entry(name.to_owned()).or_default() += user + system;
+    }
+    ticks
+}
+
+/// The CPU each thread spent between two [`thread_ticks`], per request, in µs.
+fn cpu_per_request(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    requests: u64,
+) -> ThreadCpu {
+    // Linux reports thread times in USER_HZ ticks, 100 a second on every architecture's ABI.
+    const TICK_US: f64 = 10_000.0;
+    after
+        .iter()
+        .filter_map(|(name, ticks)| {
+            let spent = ticks.saturating_sub(before.get(name).copied().unwrap_or(0));
+            (spent > 0 && requests > 0).then(|| {
+                (
+                    name.clone(),
+                    round3(spent as f64 * TICK_US / requests as f64),
+                )
+            })
+        })
+        .collect()
 }
 
 async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
@@ -335,7 +398,7 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
     let steady = open_loop(&target, args.rate, args.open_seconds).await?;
     eprintln!("{}\n{}", steady.summary(), steady.timeline());
     let peak = match wrk_available(&args.wrk) {
-        true => peak_with_wrk(&args, &target)?,
+        true => peak_with_wrk(&args, &target, server.child.id())?,
         false => {
             eprintln!(
                 "no wrk at {} (apt-get install wrk): the peak phases use the bench's own client",
@@ -377,6 +440,10 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
             "ratio": round3(peak.votes_per_s / peak.floor),
             "results_p50_ms": round3(peak.results_p50_ms),
             "results_p99_ms": round3(peak.results_p99_ms),
+            "server_cpu_us_per_request": {
+                "healthz": peak.floor_cpu,
+                "cast": peak.cast_cpu,
+            },
             "open_loop": steady.json(),
             "after_restart": after_restart.as_ref().map(OpenLoop::json),
             "seed_target": {
@@ -400,20 +467,23 @@ fn wrk_available(wrk: &Path) -> bool {
         .is_ok()
 }
 
-/// What wrk printed that the bench reads.
+/// What wrk printed that the bench reads, and the server's CPU over the run.
 struct WrkFigures {
     requests_per_s: f64,
     non_2xx: u64,
     p50_ms: f64,
     p99_ms: f64,
+    server_cpu: ThreadCpu,
 }
 
 fn wrk(
     args: &HttpArgs,
+    server: u32,
     connections: usize,
     extra: &[&str],
     url: &str,
 ) -> anyhow::Result<WrkFigures> {
+    let ticks_before = thread_ticks(server);
     let output = Command::new(&args.wrk)
         .args([
             "-t1",
@@ -425,6 +495,7 @@ fn wrk(
         .arg(url)
         .output()
         .context("running wrk")?;
+    let ticks_after = thread_ticks(server);
     let text = String::from_utf8_lossy(&output.stdout);
     ensure!(
         output.status.success(),
@@ -442,11 +513,18 @@ fn wrk(
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let latency = |prefix: &str| field(prefix).map_or(f64::NAN, wrk_ms);
+    // "  123456 requests in 5.00s, 40.1MB read"
+    let requests: u64 = text
+        .lines()
+        .find(|line| line.contains(" requests in "))
+        .and_then(|line| line.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no request count in wrk's output:\n{text}"))?;
     Ok(WrkFigures {
         requests_per_s,
         non_2xx,
         p50_ms: latency("50%"),
         p99_ms: latency("99%"),
+        server_cpu: cpu_per_request(&ticks_before, &ticks_after, requests),
     })
 }
 
@@ -487,13 +565,14 @@ end
     )
 }
 
-fn peak_with_wrk(args: &HttpArgs, target: &Target) -> anyhow::Result<Peak> {
+fn peak_with_wrk(args: &HttpArgs, target: &Target, server: u32) -> anyhow::Result<Peak> {
     eprintln!(
         "floor: wrk GET /healthz, {} connections, {} s ...",
         args.concurrency, args.seconds
     );
     let floor = wrk(
         args,
+        server,
         args.concurrency,
         &[],
         &format!("{}/healthz", target.base),
@@ -510,6 +589,7 @@ fn peak_with_wrk(args: &HttpArgs, target: &Target) -> anyhow::Result<Peak> {
         .context("a temporary path that is not UTF-8")?;
     let cast = wrk(
         args,
+        server,
         args.concurrency,
         &["-s", script_path],
         &format!("{}/api/v1/voting/cast-vote", target.base),
@@ -521,6 +601,7 @@ fn peak_with_wrk(args: &HttpArgs, target: &Target) -> anyhow::Result<Peak> {
     let authorization = format!("Authorization: Bearer {}", target.tokens[0]);
     let results = wrk(
         args,
+        server,
         32,
         &["-H", &authorization],
         &format!("{}{}", target.base, target.results_path()),
@@ -537,6 +618,8 @@ fn peak_with_wrk(args: &HttpArgs, target: &Target) -> anyhow::Result<Peak> {
         rejected: cast.non_2xx,
         results_p50_ms: results.p50_ms,
         results_p99_ms: results.p99_ms,
+        floor_cpu: Some(floor.server_cpu),
+        cast_cpu: Some(cast.server_cpu),
     })
 }
 
@@ -603,6 +686,9 @@ async fn peak_with_own_client(args: &HttpArgs, target: &Arc<Target>) -> anyhow::
         rejected: 0,
         results_p50_ms: percentile(&mut results, 0.50),
         results_p99_ms: percentile(&mut results, 0.99),
+        // Measured under wrk only, whose runs say how many requests they answered.
+        floor_cpu: None,
+        cast_cpu: None,
     })
 }
 
