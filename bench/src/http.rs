@@ -329,9 +329,10 @@ struct Peak {
 /// together), in µs: where a cast's cost lies against a `/healthz`.
 type ThreadCpu = BTreeMap<String, f64>;
 
-/// Each thread of `pid` (by name, numbered threads together) and its CPU time so far, in
-/// clock ticks.
-fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
+/// Each thread of `pid`, by its name (numbered threads under one name) and id, and its CPU
+/// time so far, in clock ticks. Kept per thread id: a pool thread that exits during a run
+/// and one started in its place must not be set against each other.
+fn thread_ticks(pid: u32) -> BTreeMap<(String, String), u64> {
     let mut ticks = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return ticks;
@@ -357,30 +358,30 @@ fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
         let name = comm
             .trim()
             .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
-        *ticks.entry(name.to_owned()).or_default() += user + system;
+        let id = task.file_name().to_string_lossy().into_owned();
+        ticks.insert((name.to_owned(), id), user + system);
     }
     ticks
 }
 
-/// The CPU each thread spent between two [`thread_ticks`], per request, in µs.
+/// The CPU the threads of each name spent between two [`thread_ticks`], per request, in
+/// µs (a thread that exited meanwhile is not counted).
 fn cpu_per_request(
-    before: &BTreeMap<String, u64>,
-    after: &BTreeMap<String, u64>,
+    before: &BTreeMap<(String, String), u64>,
+    after: &BTreeMap<(String, String), u64>,
     requests: u64,
 ) -> ThreadCpu {
     // Linux reports thread times in USER_HZ ticks, 100 a second on every architecture's ABI.
     const TICK_US: f64 = 10_000.0;
-    after
-        .iter()
-        .filter_map(|(name, ticks)| {
-            let spent = ticks.saturating_sub(before.get(name).copied().unwrap_or(0));
-            (spent > 0 && requests > 0).then(|| {
-                (
-                    name.clone(),
-                    round3(spent as f64 * TICK_US / requests as f64),
-                )
-            })
-        })
+    let mut spent: BTreeMap<String, u64> = BTreeMap::new();
+    for (thread, ticks) in after {
+        let since = ticks.saturating_sub(before.get(thread).copied().unwrap_or(0));
+        *spent.entry(thread.0.clone()).or_default() += since;
+    }
+    spent
+        .into_iter()
+        .filter(|(_, ticks)| *ticks > 0 && requests > 0)
+        .map(|(name, ticks)| (name, round3(ticks as f64 * TICK_US / requests as f64)))
         .collect()
 }
 
