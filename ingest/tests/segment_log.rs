@@ -393,7 +393,14 @@ fn async_appenders_hear_of_a_failure_rather_than_wait_forever() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("log");
     let log = Arc::new(SegmentLog::open(&folder, config(2, 2048)).unwrap());
-    log.append_votes(&[vote(1, 0, 0)]).unwrap();
+    // One round that fills the active segment past its size, so the very next round must
+    // roll over, into a folder that is gone by then.
+    let filling: Vec<_> = (0..40u128).map(|n| vote(1, n, n)).collect();
+    log.append_votes(&filling).unwrap();
+    assert!(
+        log.tail().1 >= 2048,
+        "the filling round did not fill the segment"
+    );
     fs::remove_dir_all(&folder).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -401,7 +408,7 @@ fn async_appenders_hear_of_a_failure_rather_than_wait_forever() {
         .build()
         .unwrap();
     let outcomes: Vec<Result<Position, IngestError>> = runtime.block_on(async {
-        let tasks: Vec<_> = (1..400u128)
+        let tasks: Vec<_> = (100..500u128)
             .map(|n| {
                 let log = Arc::clone(&log);
                 tokio::spawn(async move {
