@@ -15,7 +15,7 @@ macro_rules! uuid_id {
 
         impl $name {
             pub fn new_random() -> Self {
-                Self(uuid::Uuid::new_v4().as_u128())
+                Self(uuid::Builder::from_random_bytes(rand::random()).into_uuid().as_u128())
             }
             pub fn as_uuid(&self) -> uuid::Uuid {
                 uuid::Uuid::from_u128(self.0)

@@ -266,9 +266,17 @@ fn receipt(logged: &LoggedVote, position: Position) -> CastReceipt {
         vote_id: logged.vote.vote_id,
         decision_id: logged.vote.decision_id,
         position,
-        leaf_hash: hex::encode(canopy_chain::leaf_hash(&leaf)),
-        leaf: hex::encode(&leaf[..]),
+        leaf_hash: hex_digits(&canopy_chain::leaf_hash(&leaf)),
+        leaf: hex_digits(&leaf[..]),
     }
+}
+
+/// `hex::encode` without its char-at-a-time `String`: a receipt's leaf is a few hundred
+/// digits, and every cast writes one.
+fn hex_digits(bytes: &[u8]) -> String {
+    let mut digits = vec![0; bytes.len() * 2];
+    hex::encode_to_slice(bytes, &mut digits).expect("the buffer holds two digits a byte");
+    String::from_utf8(digits).expect("hex digits are ASCII")
 }
 
 /// A decision this replica knows, or one another replica created since it started.
