@@ -559,7 +559,7 @@ fn cast_script(target: &Target) -> String {
 local requests = {{}}
 local n = 0
 init = function(args)
-  -- Every (token, option) pair in the order a counter would visit them.
+  -- The requests a counter from 1 to 3 x #tokens would make, in its order.
   local count = #tokens * 3
   for i = 1, count do
     local body = '{{"decision_id":"{decision}","option":' .. (i % 3) .. '}}'
