@@ -19,8 +19,11 @@ use canopy_sqlwire::{Admission, Credentials, Pending, PgServer, PortOptions, Ses
 use tokio_postgres::error::SqlState;
 
 const START: i64 = 1_780_272_000_000_000; // 2026-06-01T00:00:00Z
-/// Partition 2 holds one decision's votes only, in one file, in offset order.
-const LONG_PARTITION_VOTES: u64 = 20_000;
+/// Partition 2 holds one decision's votes only, in one file, in offset order: more rows
+/// than a query's partitions times DataFusion's 8 192-row batches, so that a query's last
+/// batch is never the first its partition sends (see
+/// `an_error_after_rows_were_sent_still_reaches_the_client`).
+const LONG_PARTITION_VOTES: u64 = 40_000;
 
 /// The analyst's password, the only one [`OnlyAnalyst`] accepts.
 const PASSWORD: &str = "s3cret";
@@ -523,11 +526,16 @@ async fn portals_return_rows_in_pieces() {
 async fn an_error_after_rows_were_sent_still_reaches_the_client() {
     let fixture = Fixture::start().await;
     let client = fixture.client().await;
-    // The 15 001st row in log order divides by zero. The rows are numbered after one sort,
-    // so the batches before it go out first however the scan is split into partitions.
-    let sql = "SELECT log_offset, \
-                 100 / (CAST(ROW_NUMBER() OVER (ORDER BY log_offset) AS BIGINT) - 15001) AS x \
-               FROM votes WHERE log_partition = 2";
+    // The last row in log order divides by zero. The rows are numbered after one sort, but
+    // the division runs after the numbered batches are dealt round-robin to the plan's
+    // partitions (4 here), which answer in whatever order they finish: the row that fails
+    // must be in a later batch than its partition's first, or the error can come first.
+    let sql = format!(
+        "SELECT log_offset, \
+           100 / (CAST(ROW_NUMBER() OVER (ORDER BY log_offset) AS BIGINT) - {LONG_PARTITION_VOTES}) AS x \
+         FROM votes WHERE log_partition = 2"
+    );
+    let sql = sql.as_str();
     let rows = client
         .query_raw(sql, std::iter::empty::<i32>())
         .await
