@@ -39,6 +39,11 @@ pub struct HttpArgs {
     /// Seconds per peak phase.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// The `/healthz` and cast phases, run one after the other this many times: the
+    /// figures are the pair with the median ratio, and every pair's ratio is listed (this
+    /// machine's speed drifts within minutes, so only a pair compares).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pairs: u32,
     /// The open-loop rate, votes per second.
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
@@ -323,6 +328,8 @@ struct Peak {
     /// The server's CPU per request by thread, under wrk's `/healthz` and its casts.
     floor_cpu: Option<ThreadCpu>,
     cast_cpu: Option<ThreadCpu>,
+    /// Every (`/healthz`, cast) pair's ratio, in the order run.
+    ratios: Vec<f64>,
 }
 
 /// The server's CPU time per request over a wrk run, by thread name (tokio's workers
@@ -439,6 +446,7 @@ async fn run_async(args: HttpArgs) -> anyhow::Result<()> {
             "rejected": peak.rejected,
             "floor_req_per_s": peak.floor.round(),
             "ratio": round3(peak.votes_per_s / peak.floor),
+            "pair_ratios": peak.ratios.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
             "results_p50_ms": round3(peak.results_p50_ms),
             "results_p99_ms": round3(peak.results_p99_ms),
             "server_cpu_us_per_request": {
@@ -578,34 +586,49 @@ end
 }
 
 fn peak_with_wrk(args: &HttpArgs, target: &Target, server: u32) -> anyhow::Result<Peak> {
-    eprintln!(
-        "floor: wrk GET /healthz, {} connections, {} s ...",
-        args.concurrency, args.seconds
-    );
-    let floor = wrk(
-        args,
-        server,
-        args.concurrency,
-        &[],
-        &format!("{}/healthz", target.base),
-    )?;
-    eprintln!(
-        "peak: wrk cast-vote, {} connections, {} s ...",
-        args.concurrency, args.seconds
-    );
     let mut script = tempfile::Builder::new().suffix(".lua").tempfile()?;
     script.write_all(cast_script(target).as_bytes())?;
     let script_path = script
         .path()
         .to_str()
         .context("a temporary path that is not UTF-8")?;
-    let cast = wrk(
-        args,
-        server,
-        args.concurrency,
-        &["-s", script_path],
-        &format!("{}/api/v1/voting/cast-vote", target.base),
-    )?;
+    let mut pairs = Vec::new();
+    for pair in 1..=args.pairs {
+        eprintln!(
+            "floor ({pair} of {}): wrk GET /healthz, {} connections, {} s ...",
+            args.pairs, args.concurrency, args.seconds
+        );
+        let floor = wrk(
+            args,
+            server,
+            args.concurrency,
+            &[],
+            &format!("{}/healthz", target.base),
+        )?;
+        eprintln!(
+            "peak ({pair} of {}): wrk cast-vote, {} connections, {} s ...",
+            args.pairs, args.concurrency, args.seconds
+        );
+        let cast = wrk(
+            args,
+            server,
+            args.concurrency,
+            &["-s", script_path],
+            &format!("{}/api/v1/voting/cast-vote", target.base),
+        )?;
+        eprintln!(
+            "pair {pair}: {:.0} votes/s against {:.0} req/s, ratio {:.3}",
+            cast.requests_per_s,
+            floor.requests_per_s,
+            cast.requests_per_s / floor.requests_per_s
+        );
+        pairs.push((floor, cast));
+    }
+    let ratio =
+        |(floor, cast): &(WrkFigures, WrkFigures)| cast.requests_per_s / floor.requests_per_s;
+    let ratios: Vec<f64> = pairs.iter().map(ratio).collect();
+    pairs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    let (floor, cast) = pairs.swap_remove(pairs.len() / 2);
     eprintln!(
         "results: wrk GET results, 32 connections, {} s ...",
         args.seconds
@@ -632,6 +655,7 @@ fn peak_with_wrk(args: &HttpArgs, target: &Target, server: u32) -> anyhow::Resul
         results_p99_ms: results.p99_ms,
         floor_cpu: Some(floor.server_cpu),
         cast_cpu: Some(cast.server_cpu),
+        ratios,
     })
 }
 
@@ -688,8 +712,15 @@ async fn closed_loop(
 
 async fn peak_with_own_client(args: &HttpArgs, target: &Arc<Target>) -> anyhow::Result<Peak> {
     let seconds = args.seconds as f64;
-    let (floor, _) = closed_loop(target, Call::Health, args.concurrency, seconds).await?;
-    let (votes_per_s, _) = closed_loop(target, Call::Cast, args.concurrency, seconds).await?;
+    let mut pairs = Vec::new();
+    for _ in 0..args.pairs {
+        let (floor, _) = closed_loop(target, Call::Health, args.concurrency, seconds).await?;
+        let (votes_per_s, _) = closed_loop(target, Call::Cast, args.concurrency, seconds).await?;
+        pairs.push((floor, votes_per_s));
+    }
+    let ratios: Vec<f64> = pairs.iter().map(|(floor, votes)| votes / floor).collect();
+    pairs.sort_by(|a, b| (a.1 / a.0).total_cmp(&(b.1 / b.0)));
+    let (floor, votes_per_s) = pairs[pairs.len() / 2];
     let (_, mut results) = closed_loop(target, Call::Results, 32, seconds).await?;
     Ok(Peak {
         client: "canopy-bench",
@@ -701,6 +732,7 @@ async fn peak_with_own_client(args: &HttpArgs, target: &Arc<Target>) -> anyhow::
         // Measured under wrk only, whose runs say how many requests they answered.
         floor_cpu: None,
         cast_cpu: None,
+        ratios,
     })
 }
 
