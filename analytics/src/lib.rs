@@ -47,8 +47,8 @@ pub use sinks::{
     TallyChangeLake, TallyChanges, WindowFeature, WindowFeatureLake, WindowFeatures,
 };
 pub use sql::{
-    BatchEncoder, LakeQuery, LakeSql, MAX_SQL_THREADS, MAX_VALUE_BYTES, OutputFormat, QueryStream,
-    SqlLimits, record_query, render, write_parquet,
+    BatchEncoder, LakeQuery, LakeSql, MAX_SQL_THREADS, MAX_VALUE_BYTES, OutputFormat,
+    PARTITIONS_PER_THREAD, QueryStream, SqlLimits, record_query, render, write_parquet,
 };
 pub use store::LakeLocation;
 pub use store_logs::{

@@ -592,29 +592,27 @@ fn peak_with_wrk(args: &HttpArgs, target: &Target, server: u32) -> anyhow::Resul
         .path()
         .to_str()
         .context("a temporary path that is not UTF-8")?;
+    let phase = |pair: u32, what: &str, extra: &[&str], path: &str| {
+        eprintln!(
+            "{what} ({pair} of {}): wrk {path}, {} connections, {} s ...",
+            args.pairs, args.concurrency, args.seconds
+        );
+        wrk(
+            args,
+            server,
+            args.concurrency,
+            extra,
+            &format!("{}{path}", target.base),
+        )
+    };
     let mut pairs = Vec::new();
     for pair in 1..=args.pairs {
-        eprintln!(
-            "floor ({pair} of {}): wrk GET /healthz, {} connections, {} s ...",
-            args.pairs, args.concurrency, args.seconds
-        );
-        let floor = wrk(
-            args,
-            server,
-            args.concurrency,
-            &[],
-            &format!("{}/healthz", target.base),
-        )?;
-        eprintln!(
-            "peak ({pair} of {}): wrk cast-vote, {} connections, {} s ...",
-            args.pairs, args.concurrency, args.seconds
-        );
-        let cast = wrk(
-            args,
-            server,
-            args.concurrency,
+        let floor = phase(pair, "floor", &[], "/healthz")?;
+        let cast = phase(
+            pair,
+            "peak",
             &["-s", script_path],
-            &format!("{}/api/v1/voting/cast-vote", target.base),
+            "/api/v1/voting/cast-vote",
         )?;
         eprintln!(
             "pair {pair}: {:.0} votes/s against {:.0} req/s, ratio {:.3}",
@@ -624,11 +622,9 @@ fn peak_with_wrk(args: &HttpArgs, target: &Target, server: u32) -> anyhow::Resul
         );
         pairs.push((floor, cast));
     }
-    let ratio =
-        |(floor, cast): &(WrkFigures, WrkFigures)| cast.requests_per_s / floor.requests_per_s;
-    let ratios: Vec<f64> = pairs.iter().map(ratio).collect();
-    pairs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
-    let (floor, cast) = pairs.swap_remove(pairs.len() / 2);
+    let ((floor, cast), ratios) = median_pair(pairs, |(floor, cast)| {
+        cast.requests_per_s / floor.requests_per_s
+    });
     eprintln!(
         "results: wrk GET results, 32 connections, {} s ...",
         args.seconds
@@ -657,6 +653,14 @@ fn peak_with_wrk(args: &HttpArgs, target: &Target, server: u32) -> anyhow::Resul
         cast_cpu: Some(cast.server_cpu),
         ratios,
     })
+}
+
+/// The (`/healthz`, cast) pair with the median ratio, and every pair's ratio in the order
+/// run.
+fn median_pair<P>(mut pairs: Vec<P>, ratio: impl Fn(&P) -> f64) -> (P, Vec<f64>) {
+    let ratios = pairs.iter().map(&ratio).collect();
+    pairs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    (pairs.swap_remove(pairs.len() / 2), ratios)
 }
 
 // -- the bench's own client
@@ -718,9 +722,7 @@ async fn peak_with_own_client(args: &HttpArgs, target: &Arc<Target>) -> anyhow::
         let (votes_per_s, _) = closed_loop(target, Call::Cast, args.concurrency, seconds).await?;
         pairs.push((floor, votes_per_s));
     }
-    let ratios: Vec<f64> = pairs.iter().map(|(floor, votes)| votes / floor).collect();
-    pairs.sort_by(|a, b| (a.1 / a.0).total_cmp(&(b.1 / b.0)));
-    let (floor, votes_per_s) = pairs[pairs.len() / 2];
+    let ((floor, votes_per_s), ratios) = median_pair(pairs, |(floor, votes)| votes / floor);
     let (_, mut results) = closed_loop(target, Call::Results, 32, seconds).await?;
     Ok(Peak {
         client: "canopy-bench",

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use arrow_array::RecordBatch;
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
-use canopy_analytics::{LakeConfig, LakeQuery, LakeSql, SqlLimits, VoteLake};
+use canopy_analytics::{
+    LakeConfig, LakeQuery, LakeSql, MAX_SQL_THREADS, PARTITIONS_PER_THREAD, SqlLimits, VoteLake,
+};
 use canopy_ingest::{LogRecord, Position};
 use canopy_schemas::{
     Component, DecisionId, Vote, VoteId, VoterCommitment, VoterId, VoterSalt, Weight,
@@ -24,6 +26,10 @@ const START: i64 = 1_780_272_000_000_000; // 2026-06-01T00:00:00Z
 /// batch is never the first its partition sends (see
 /// `an_error_after_rows_were_sent_still_reaches_the_client`).
 const LONG_PARTITION_VOTES: u64 = 40_000;
+const _: () = assert!(
+    LONG_PARTITION_VOTES as usize > MAX_SQL_THREADS * PARTITIONS_PER_THREAD * 8_192,
+    "the long partition must span more batches than a query has partitions"
+);
 
 /// The analyst's password, the only one [`OnlyAnalyst`] accepts.
 const PASSWORD: &str = "s3cret";
@@ -528,7 +534,7 @@ async fn an_error_after_rows_were_sent_still_reaches_the_client() {
     let client = fixture.client().await;
     // The last row in log order divides by zero. The rows are numbered after one sort, but
     // the division runs after the numbered batches are dealt round-robin to the plan's
-    // partitions (4 here), which answer in whatever order they finish: the row that fails
+    // partitions, which answer in whatever order they finish: the row that fails
     // must be in a later batch than its partition's first, or the error can come first.
     let sql = format!(
         "SELECT log_offset, \
