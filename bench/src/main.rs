@@ -451,6 +451,23 @@ fn log(shape: LogShape, dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     }
     let baseline_per_s = baseline_appends as f64 / started.elapsed().as_secs_f64();
 
+    // What a new node's log costs before its first vote, and what that first vote waits.
+    let first_log_dir = scratch.path().join("first-log");
+    let opening = Instant::now();
+    let first_log = SegmentLog::open(
+        &first_log_dir,
+        SegmentLogConfig {
+            partitions,
+            ..Default::default()
+        },
+    )?;
+    let open_ms = round3(opening.elapsed().as_secs_f64() * 1e3);
+    let appending = Instant::now();
+    first_log.append_votes(std::slice::from_ref(&votes[0]))?;
+    let first_append_ms = round3(appending.elapsed().as_secs_f64() * 1e3);
+    drop(first_log);
+    eprintln!("a new log: opened in {open_ms} ms, its first append took {first_append_ms} ms");
+
     eprintln!(
         "segment log: {appenders} threads x {per_appender} single-vote appends, {partitions} partitions ..."
     );
@@ -536,6 +553,8 @@ fn log(shape: LogShape, dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
         "{}",
         json!({
             "bench": "log",
+            "open_ms": open_ms,
+            "first_append_ms": first_append_ms,
             "appenders": appenders,
             "appends_per_s": threads.per_s.round(),
             "p50_ms": threads.p50_ms,

@@ -124,6 +124,34 @@ fn reopening_keeps_every_vote_and_continues_the_offsets() {
     assert_eq!(log.verify().unwrap(), 101);
 }
 
+/// A new log's first round finds its room already written: the zeros ahead of the data are
+/// made (and made durable) by the open, not under the first vote, and still read as the
+/// end of the log.
+#[test]
+fn a_new_log_is_zeroed_ahead_when_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(dir.path(), config(1, 64 << 20)).unwrap();
+    let (segment, data_end) = log.tail();
+    let zeroed = fs::metadata(&segment).unwrap().len();
+    assert_eq!(
+        zeroed,
+        header(1) + (8 << 20),
+        "one chunk of zeros after the header"
+    );
+    assert_eq!(data_end, header(1));
+    log.append_votes(&[vote(1, 1, 1)]).unwrap();
+    assert_eq!(log.tail().1, header(1) + FRAME);
+    assert_eq!(fs::metadata(&segment).unwrap().len(), zeroed);
+    drop(log);
+    let log = SegmentLog::open(dir.path(), config(1, 64 << 20)).unwrap();
+    assert_eq!(log.recovery(), &Recovery::default());
+    assert_eq!(log.verify().unwrap(), 1);
+    // A segment smaller than a chunk is zeroed to its size, no further.
+    let small = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(small.path(), config(1, 4096)).unwrap();
+    assert_eq!(fs::metadata(log.tail().0).unwrap().len(), 4096);
+}
+
 /// Appends `votes` one round at a time, closes the log, and returns where its data ends.
 fn append_and_close(dir: &Path, cfg: SegmentLogConfig, votes: &[LoggedVote]) -> (PathBuf, u64) {
     let log = SegmentLog::open(dir, cfg).unwrap();
