@@ -242,7 +242,7 @@ impl<E: LogEntry> SegmentEntryLog<E> {
         let mut recovery = Recovery::default();
         let mut recovered = recover(&dir, partition_count, &mut recovery)?;
         // The first round's room is zeroed now rather than under the first vote: on a new
-        // log that round otherwise writes and flushes 8 MiB of zeros (~30 ms here).
+        // log that round otherwise writes and flushes 8 MiB of zeros (16–30 ms here).
         let active = &mut recovered.active;
         if active.len < config.segment_bytes
             && active.ensure_zeroed(active.len + 1, config.segment_bytes)?
