@@ -141,6 +141,23 @@ struct Shared {
     tail: (AtomicU64, AtomicU64),
     /// The same news for async appenders: the round number after each round.
     round_watch: tokio::sync::watch::Sender<u32>,
+    /// A fault no test can cause from outside: the committer panics at its next round.
+    #[cfg(test)]
+    panic_next_round: AtomicBool,
+}
+
+/// Fails the log if the committer thread unwinds: its appenders are woken to an error
+/// rather than left waiting for a round that never comes (the round's `watch` sender lives
+/// on in `Shared`, so its receivers would not hear the thread end).
+struct FailOnUnwind<'a>(&'a Shared);
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .fail_and_wake("the log's committer thread panicked".to_string());
+        }
+    }
 }
 
 /// A segment and, per partition, the offsets it holds.
@@ -281,6 +298,8 @@ impl<E: LogEntry> SegmentEntryLog<E> {
             rounds: AtomicU32::new(0),
             tail,
             round_watch: tokio::sync::watch::Sender::new(0),
+            #[cfg(test)]
+            panic_next_round: AtomicBool::new(false),
         });
         let committer_shared = Arc::clone(&shared);
         let active = recovered.active;
@@ -518,6 +537,7 @@ impl Shared {
     /// The group commit loop: take everything queued, write it, make it durable, wake its
     /// appenders; meanwhile the next round queues up.
     fn run_committer(self: Arc<Self>, mut active: ActiveSegment) {
+        let _unwinding = FailOnUnwind(&self);
         let mut round = Vec::new();
         loop {
             let (round_frames, round_ends) = {
@@ -539,6 +559,10 @@ impl Shared {
                     queue.next_offsets.clone(),
                 )
             };
+            #[cfg(test)]
+            if self.panic_next_round.swap(false, Ordering::AcqRel) {
+                panic!("a fault injected into the committer");
+            }
             let written = self.write_round(&mut active, &round, round_frames, &round_ends);
             metrics::histogram!("canopy_log_flush_entries").record(round_frames as f64);
             round.clear();
@@ -553,13 +577,25 @@ impl Shared {
                     self.failed.store(true, Ordering::Release);
                 }
             }
-            let round = self.rounds.fetch_add(1, Ordering::AcqRel) + 1;
-            atomic_wait::wake_all(&self.rounds);
-            self.round_watch.send_replace(round);
+            self.publish_round();
             if self.failed.load(Ordering::Acquire) {
                 return;
             }
         }
+    }
+
+    /// Tells every appender, sync and async, that a round ended.
+    fn publish_round(&self) {
+        let round = self.rounds.fetch_add(1, Ordering::AcqRel) + 1;
+        atomic_wait::wake_all(&self.rounds);
+        self.round_watch.send_replace(round);
+    }
+
+    /// Fails the log and wakes every appender to hear of it.
+    fn fail_and_wake(&self, reason: String) {
+        self.lock_queue().failure.get_or_insert(reason);
+        self.failed.store(true, Ordering::Release);
+        self.publish_round();
     }
 
     fn write_round(
@@ -1303,4 +1339,71 @@ fn next_expected(ends: &[u64], meta: &SegmentMeta) -> (u32, u64) {
         .max_by_key(|(_, (first, last))| last - first)
         .map_or(0, |(p, _)| *p);
     (busiest, ends.get(busiest as usize).copied().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canopy_schemas::{
+        Ballot, Component, DecisionId, LoggedVote, Vote, VoteId, VoterId, VoterSalt, Weight,
+    };
+
+    fn vote(n: u128) -> VoteLogEntry {
+        let vote = Vote {
+            vote_id: VoteId(n),
+            decision_id: DecisionId(1),
+            voter_id: VoterId(n),
+            ballot: Ballot::single_choice(0).unwrap(),
+            component: Component::Democratic,
+            weight: Weight::ONE,
+            cast_at: 1_500,
+        };
+        VoteLogEntry::Vote(LoggedVote::new(vote, &VoterSalt([7; 32])))
+    }
+
+    /// A committer that panics fails the log: appenders waiting on its round, sync and
+    /// async, get the reason instead of waiting forever, and later appends are refused.
+    #[test]
+    fn a_committer_that_panics_fails_the_log_and_frees_its_appenders() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(
+            SegmentEntryLog::<VoteLogEntry>::open(dir.path(), SegmentLogConfig::default()).unwrap(),
+        );
+        let first = log.append(&[vote(0)]).unwrap()[0];
+        log.shared.panic_next_round.store(true, Ordering::Release);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sync_log = Arc::clone(&log);
+        let (sync_sender, sync_outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || sync_sender.send(sync_log.append(&[vote(1)])));
+        let async_outcome = runtime.block_on(async {
+            let entries = [vote(2)];
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                log.append_async(&entries),
+            )
+            .await
+            .expect("an async appender waited 10 s for a committer that had panicked")
+        });
+        let sync_outcome = sync_outcome
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a thread appender waited 10 s for a committer that had panicked");
+        for outcome in [async_outcome, sync_outcome] {
+            match outcome {
+                Err(IngestError::Failed { reason }) => assert!(reason.contains("panicked")),
+                other => panic!("expected the log's failure, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            log.append(&[vote(3)]),
+            Err(IngestError::Failed { .. })
+        ));
+        assert_eq!(
+            log.end_offset(first.partition).unwrap(),
+            first.offset + 1,
+            "the vote before the fault stays durable"
+        );
+    }
 }
