@@ -188,25 +188,37 @@ async fn a_node_destroyed_under_load_comes_back_from_its_backups_with_every_vote
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The scheduled backups report themselves to Prometheus.
-    let metrics = client
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}: {}",
-                std::fs::read_to_string(dir.path().join("backup.log")).unwrap_or_default()
-            )
-        })
-        .text()
-        .await
-        .unwrap();
-    let figure = |name: &str| -> f64 {
+    // The scheduled backups report themselves to Prometheus. A backup's summary reaches
+    // the repository a moment before its figures are recorded, so the count may lag the
+    // summaries just seen by one.
+    fn figure_in(metrics: &str, name: &str) -> Option<f64> {
         metrics
             .lines()
             .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} is not in {metrics}"))
+    }
+    let reported_by = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = client
+            .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}: {}",
+                    std::fs::read_to_string(dir.path().join("backup.log")).unwrap_or_default()
+                )
+            })
+            .text()
+            .await
+            .unwrap();
+        let counted = figure_in(&metrics, "canopy_backup_duration_seconds_count");
+        if counted.is_some_and(|count| count >= 5.0) || Instant::now() > reported_by {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let figure = |name: &str| -> f64 {
+        figure_in(&metrics, name).unwrap_or_else(|| panic!("{name} is not in {metrics}"))
     };
     assert!(
         figure("canopy_backup_duration_seconds_count") >= 5.0,
