@@ -155,7 +155,8 @@ impl Drop for FailOnUnwind<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.0
-                .fail_and_wake("the log's committer thread panicked".to_string());
+                .fail("the log's committer thread panicked".to_string());
+            self.0.publish_round();
         }
     }
 }
@@ -572,10 +573,7 @@ impl Shared {
                         self.durable_ends[partition].store(*end, Ordering::Release);
                     }
                 }
-                Err(error) => {
-                    self.lock_queue().failure = Some(error.to_string());
-                    self.failed.store(true, Ordering::Release);
-                }
+                Err(error) => self.fail(error.to_string()),
             }
             self.publish_round();
             if self.failed.load(Ordering::Acquire) {
@@ -591,11 +589,10 @@ impl Shared {
         self.round_watch.send_replace(round);
     }
 
-    /// Fails the log and wakes every appender to hear of it.
-    fn fail_and_wake(&self, reason: String) {
+    /// Fails the log: appenders hear the reason when next woken, later appends are refused.
+    fn fail(&self, reason: String) {
         self.lock_queue().failure.get_or_insert(reason);
         self.failed.store(true, Ordering::Release);
-        self.publish_round();
     }
 
     fn write_round(
