@@ -25,21 +25,28 @@ use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
+use datafusion::execution::cache::cache_manager::{
+    CacheManagerConfig, CachedFileMetadata, FileMetadataCache, FileStatisticsCache,
+};
 use datafusion::execution::cache::default_cache::DefaultCache;
+use datafusion::execution::cache::{SchemaFingerprint, TableScopedPath};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::create_lex_ordering;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
-use futures::{Stream, StreamExt};
+use datafusion_datasource::compute_all_files_statistics;
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::{ObjectMeta, ObjectStore};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::AnalyticsError;
@@ -98,30 +105,45 @@ pub struct LakeSql {
     reader: LakeReader,
     /// Started on the first query, shared by every clone.
     runtime: Arc<std::sync::OnceLock<SqlRuntime>>,
-    /// Parquet footers and page indexes read by earlier queries, shared by every clone:
-    /// each query has a session (and memory pool) of its own, and would otherwise read
-    /// every file's footer again. An entry holds only while the file's size and time are
-    /// the same.
-    footers: FooterCache,
+    /// What earlier queries read of the files, shared by every clone: each query has a
+    /// session (and memory pool) of its own, and would otherwise read it all again.
+    caches: FileCaches,
 }
 
 /// The most memory the lake's cached Parquet footers take (LRU beyond it).
 const FOOTER_CACHE_BYTES: usize = 64 << 20;
 
-#[derive(Clone)]
-struct FooterCache(Arc<FileMetadataCache>);
+/// The most memory the lake's cached file statistics take (LRU beyond it).
+const STATISTICS_CACHE_BYTES: usize = 16 << 20;
 
-impl Default for FooterCache {
+/// An entry of either holds only while the file's size and modification time are those it
+/// was read with (lake files are never rewritten in place).
+#[derive(Clone)]
+struct FileCaches {
+    /// Parquet footers and page indexes.
+    footers: Arc<FileMetadataCache>,
+    /// Each file's row count and per-column bounds, which planning needs (a join's build
+    /// side, `COUNT(*)` from the footers) and would otherwise work out from every footer
+    /// for every query.
+    statistics: Arc<FileStatisticsCache>,
+}
+
+impl Default for FileCaches {
     fn default() -> Self {
-        Self(Arc::new(
-            DefaultCache::new(FOOTER_CACHE_BYTES).with_name("canopy-lake-footers"),
-        ))
+        Self {
+            footers: Arc::new(
+                DefaultCache::new(FOOTER_CACHE_BYTES).with_name("canopy-lake-footers"),
+            ),
+            statistics: Arc::new(
+                DefaultCache::new(STATISTICS_CACHE_BYTES).with_name("canopy-lake-statistics"),
+            ),
+        }
     }
 }
 
-impl std::fmt::Debug for FooterCache {
+impl std::fmt::Debug for FileCaches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FooterCache")
+        f.write_str("FileCaches")
     }
 }
 
@@ -267,7 +289,7 @@ impl LakeSql {
             limits,
             reader: LakeReader::default(),
             runtime: Arc::default(),
-            footers: FooterCache::default(),
+            caches: FileCaches::default(),
         }
     }
 
@@ -324,7 +346,9 @@ impl LakeSql {
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.memory_bytes)))
             .with_cache_manager(
                 CacheManagerConfig::default()
-                    .with_file_metadata_cache(Some(Arc::clone(&self.footers.0))),
+                    .with_file_metadata_cache(Some(Arc::clone(&self.caches.footers)))
+                    .with_file_statistics_cache(Some(Arc::clone(&self.caches.statistics)))
+                    .with_file_statistics_cache_limit(STATISTICS_CACHE_BYTES),
             )
             .build_arc()
             .map_err(sql_error)?;
@@ -393,6 +417,7 @@ impl LakeSql {
             _ => declared::<Checkpoints>(),
         };
         Arc::new(LakeTable {
+            fingerprint: Arc::new(SchemaFingerprint::from_schema(&schema)),
             files: TableFiles {
                 location: self.location.clone(),
                 table: name,
@@ -692,6 +717,56 @@ struct LakeTable {
     files: TableFiles,
     schema: SchemaRef,
     sort: Vec<String>,
+    /// The schema as the statistics cache tells schemas apart.
+    fingerprint: Arc<SchemaFingerprint>,
+}
+
+/// How many files' statistics a scan works out at once (those not cached: on an object
+/// store, a footer request each).
+const STATISTICS_CONCURRENCY: usize = 32;
+
+impl LakeTable {
+    /// A file to scan, with its row count and column bounds: the lake's cached ones while
+    /// the file is the one they were worked out from, else from its footer.
+    async fn file_with_statistics(
+        &self,
+        state: &dyn Session,
+        store: &Arc<dyn ObjectStore>,
+        format: &ParquetFormat,
+        cache: Option<&Arc<FileStatisticsCache>>,
+        meta: ObjectMeta,
+    ) -> datafusion::error::Result<PartitionedFile> {
+        let key = TableScopedPath {
+            table: None,
+            path: meta.location.clone(),
+        };
+        let cached = cache
+            .and_then(|cache| cache.get(&key))
+            .filter(|cached| cached.is_valid_for(&meta, &self.fingerprint));
+        let statistics = match cached {
+            Some(cached) => cached.statistics,
+            None => {
+                let statistics = Arc::new(
+                    format
+                        .infer_stats(state, store, self.schema.clone(), &meta)
+                        .await?,
+                );
+                if let Some(cache) = cache {
+                    cache.put(
+                        &key,
+                        CachedFileMetadata::new(
+                            meta.clone(),
+                            Arc::clone(&self.fingerprint),
+                            Arc::clone(&statistics),
+                            None,
+                        ),
+                    );
+                }
+                statistics
+            }
+        };
+        Ok(PartitionedFile::new_from_meta(meta).with_statistics(statistics))
+    }
 }
 
 #[async_trait]
@@ -735,30 +810,50 @@ impl TableProvider for LakeTable {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        let urls = live
-            .iter()
+        // The files as listed, each with its statistics: DataFusion's own listing would ask
+        // the store about every file again, one request each.
+        let root = self
+            .files
+            .location
+            .query_root()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let store = state.runtime_env().object_store(&root.url)?;
+        let format = ParquetFormat::default();
+        let cache = state.runtime_env().cache_manager.get_file_statistic_cache();
+        let files: Vec<PartitionedFile> = futures::stream::iter(live)
             .map(|file| {
-                let url = self
-                    .files
-                    .location
-                    .file_url(&file.key)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                ListingTableUrl::parse(url)
+                let meta = ObjectMeta {
+                    location: root.path(&file.key),
+                    last_modified: file.modified.into(),
+                    size: file.bytes,
+                    e_tag: None,
+                    version: None,
+                };
+                self.file_with_statistics(state, &store, &format, cache.as_ref(), meta)
             })
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_file_sort_order(vec![
-                self.sort
-                    .iter()
-                    .map(|c| col(c.as_str()).sort(true, false))
-                    .collect(),
-            ]);
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(self.schema.clone());
-        let table = ListingTable::try_new(config)?;
-        table.scan(state, projection, filters, limit).await
+            .buffered(STATISTICS_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let groups = FileGroup::new(files).split_files(state.config().target_partitions());
+        let (groups, statistics) =
+            compute_all_files_statistics(groups, self.schema.clone(), true, false)?;
+        let sort = self
+            .sort
+            .iter()
+            .map(|c| col(c.as_str()).sort(true, false))
+            .collect::<Vec<_>>();
+        let ordering = create_lex_ordering(&self.schema, &[sort], state.execution_props())?;
+        let config = FileScanConfigBuilder::new(
+            root.url,
+            format.file_source(TableSchema::from(self.schema.clone())),
+        )
+        .with_file_groups(groups)
+        .with_statistics(statistics)
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .with_output_ordering(ordering)
+        .build();
+        format.create_physical_plan(state, config).await
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::SpawnedReqwestConnector;
@@ -304,16 +305,24 @@ impl LakeLocation {
         Ok(())
     }
 
-    /// The address DataFusion reads a file by, and the store it reads it from (none for a
-    /// local file: DataFusion has the local file system already).
-    pub(crate) fn file_url(&self, key: &str) -> Result<String, AnalyticsError> {
+    /// Where a query reads the lake's files: the store as DataFusion knows it (the local
+    /// file system, registered in every session, or the bucket) and the root's path in it.
+    pub(crate) fn query_root(&self) -> Result<QueryRoot, AnalyticsError> {
         match self {
             Self::Local(root) => {
-                let path = root.join(key);
-                let path = fs::canonicalize(&path).map_err(AnalyticsError::io(&path))?;
-                Ok(format!("file://{}", path.display()))
+                let canonical = fs::canonicalize(root).map_err(AnalyticsError::io(root))?;
+                let prefix = ObjectPath::from_absolute_path(&canonical)
+                    .map_err(|e| AnalyticsError::Location(format!("{}: {e}", root.display())))?;
+                Ok(QueryRoot {
+                    url: ObjectStoreUrl::local_filesystem(),
+                    prefix,
+                })
             }
-            Self::ObjectStore(lake) => Ok(format!("{}{}", lake.bucket_url, lake.path(key))),
+            Self::ObjectStore(lake) => Ok(QueryRoot {
+                url: ObjectStoreUrl::parse(lake.bucket_url.as_str())
+                    .map_err(|e| AnalyticsError::Location(format!("{}: {e}", lake.bucket_url)))?,
+                prefix: lake.prefix.clone(),
+            }),
         }
     }
 
@@ -324,6 +333,25 @@ impl LakeLocation {
             Self::ObjectStore(lake) => Some((&lake.bucket_url, Arc::clone(&lake.store))),
         }
     }
+}
+
+/// The lake's root as a query session reads it ([`LakeLocation::query_root`]).
+pub(crate) struct QueryRoot {
+    pub url: ObjectStoreUrl,
+    prefix: ObjectPath,
+}
+
+impl QueryRoot {
+    /// The path of the file `key` (below the lake's root) in the query's store.
+    pub fn path(&self, key: &str) -> ObjectPath {
+        key_under(&self.prefix, key)
+    }
+}
+
+fn key_under(prefix: &ObjectPath, key: &str) -> ObjectPath {
+    key.split('/')
+        .filter(|part| !part.is_empty())
+        .fold(prefix.clone(), |path, part| path.join(part))
 }
 
 /// A bucket prefix holding a lake.
@@ -347,9 +375,7 @@ impl std::fmt::Debug for ObjectLake {
 
 impl ObjectLake {
     fn path(&self, key: &str) -> ObjectPath {
-        key.split('/')
-            .filter(|part| !part.is_empty())
-            .fold(self.prefix.clone(), |path, part| path.join(part))
+        key_under(&self.prefix, key)
     }
 
     fn error(&self, key: &str, error: object_store::Error) -> AnalyticsError {
