@@ -117,7 +117,7 @@ const FOOTER_CACHE_BYTES: usize = 64 << 20;
 const STATISTICS_CACHE_BYTES: usize = 16 << 20;
 
 /// An entry of either holds only while the file's size and modification time are those it
-/// was read with (lake files are never rewritten in place).
+/// was read with (a file rewritten under its name, as a new layout does, has a new time).
 #[derive(Clone)]
 struct FileCaches {
     /// Parquet footers and page indexes.
