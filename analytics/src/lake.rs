@@ -290,10 +290,14 @@ impl TableFiles {
         Ok(files)
     }
 
-    /// The files a reader takes: every file not superseded by another in its folder. A
-    /// table whose files are not all of its layout yet is refused.
-    pub async fn live_files_async(&self) -> Result<Vec<LakeFile>, AnalyticsError> {
-        let listed = self.location.list_async(self.table).await?;
+    /// The files a reader takes from the folders `keep_folder` keeps (by name): every
+    /// file not superseded by another in its folder. A table whose files are not all of
+    /// its layout yet is refused.
+    pub async fn live_files_async(
+        &self,
+        keep_folder: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Vec<LakeFile>, AnalyticsError> {
+        let listed = self.location.list_async(self.table, keep_folder).await?;
         let found = layout_of(self.table, &listed);
         let files = live(by_folder(listed));
         if found < self.layout && !files.is_empty() {

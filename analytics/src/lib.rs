@@ -9,7 +9,8 @@
 //!  store's audit trail, decision history ─after the last seq─▶ audit_trail/, decision_history/
 //!  NOAA, World Bank, OSM files ─import_external─▶ weather_daily/, indicators/, regions/
 //!                 ▼
-//!  LakeSql: DataFusion, one fresh read-only session per query, time and memory limits,
+//!  LakeSql: DataFusion, a read-only session per query (a clone of its reader's first),
+//!  time and memory limits per query,
 //!  capped scalar functions (`sql_caps.rs`), on a runtime of its own
 //!  (all of it in a local folder or an S3 bucket prefix: `store.rs`)
 //! ```
@@ -28,6 +29,7 @@ mod error;
 mod external;
 mod import_report;
 mod lake;
+mod local_reads;
 mod sinks;
 mod sql;
 mod sql_caps;

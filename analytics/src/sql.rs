@@ -1,7 +1,8 @@
 //! SQL over the lake: DataFusion with the lake's tables registered by name, read-only, each
 //! query under a time and a memory limit.
 //!
-//! Every query gets a fresh session whose tables list their live files when the query is
+//! Every query gets a session of its own, cloned from one the reader's first query built,
+//! and a memory pool of its own; its tables list their live files when the query is
 //! planned, so files the sinks add show in the next query and files compaction superseded
 //! never count twice.
 //!
@@ -31,14 +32,16 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::DataFusionError;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::cache::cache_manager::{
     CacheManagerConfig, CachedFileMetadata, FileMetadataCache, FileStatisticsCache,
 };
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::cache::{SchemaFingerprint, TableScopedPath};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::create_lex_ordering;
 use datafusion::physical_plan::ExecutionPlan;
@@ -53,6 +56,7 @@ use crate::AnalyticsError;
 use crate::columns::TableLayout;
 use crate::external::{Indicators, Regions, WeatherDaily};
 use crate::lake::{LakeReader, TableFiles};
+use crate::local_reads::LocalReads;
 use crate::sinks::{Checkpoints, TallyChanges, WindowFeatures};
 use crate::store::LakeLocation;
 use crate::store_logs::{AuditTrail, DecisionHistory};
@@ -108,7 +112,13 @@ pub struct LakeSql {
     /// What earlier queries read of the files, shared by every clone: each query has a
     /// session (and memory pool) of its own, and would otherwise read it all again.
     caches: FileCaches,
+    /// Each reader's session as its first query built it, shared by every clone: a query
+    /// clones it rather than build DataFusion's functions, ours and the tables again.
+    sessions: Arc<std::sync::Mutex<Vec<ReaderSession>>>,
 }
+
+/// A reader's session as its first query built it.
+type ReaderSession = (LakeReader, Arc<SessionState>);
 
 /// The most memory the lake's cached Parquet footers take (LRU beyond it).
 const FOOTER_CACHE_BYTES: usize = 64 << 20;
@@ -290,6 +300,7 @@ impl LakeSql {
             reader: LakeReader::default(),
             runtime: Arc::default(),
             caches: FileCaches::default(),
+            sessions: Arc::default(),
         }
     }
 
@@ -339,8 +350,46 @@ impl LakeSql {
             .max(threads * PARTITIONS_PER_THREAD)
     }
 
-    /// A session with the reader's tables registered and this query's own memory pool.
+    /// A session with the reader's tables registered, for planning: a query runs in
+    /// [`Self::query_runtime`], with a memory pool of its own.
     pub fn session(&self) -> Result<SessionContext, AnalyticsError> {
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let built = sessions
+            .iter()
+            .find(|(reader, _)| *reader == self.reader)
+            .map(|(_, state)| Arc::clone(state));
+        let state = match built {
+            Some(state) => state,
+            None => {
+                let state = Arc::new(self.build_session()?);
+                sessions.push((self.reader, Arc::clone(&state)));
+                state
+            }
+        };
+        drop(sessions);
+        Ok(SessionContext::new_with_state(SessionState::clone(&state)))
+    }
+
+    /// Where a query planned in `session` runs: the session's object stores, file caches
+    /// and spill files, and a memory pool of its own (the limit is each query's, however
+    /// many run at once).
+    fn query_runtime(&self, session: &SessionContext) -> Arc<RuntimeEnv> {
+        let shared = session.runtime_env();
+        Arc::new(RuntimeEnv {
+            memory_pool: Arc::new(GreedyMemoryPool::new(self.limits.memory_bytes)),
+            disk_manager: Arc::clone(&shared.disk_manager),
+            cache_manager: Arc::clone(&shared.cache_manager),
+            object_store_registry: Arc::clone(&shared.object_store_registry),
+        })
+    }
+
+    /// What a reader's queries start from: DataFusion's functions with ours in place of
+    /// the uncapped ones, the settings, and the reader's tables.
+    fn build_session(&self) -> Result<SessionState, AnalyticsError> {
+        // Planning takes no memory from the pool; a query's own pool is `query_runtime`'s.
         let runtime = RuntimeEnvBuilder::new()
             .with_object_list_cache_limit(0)
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.memory_bytes)))
@@ -387,14 +436,22 @@ impl LakeSql {
                 max_call_bytes: self.limits.memory_bytes,
             },
         );
-        if let Some((url, store)) = self.location.object_store() {
-            context.register_object_store(url, store);
+        match self.location.object_store() {
+            Some((url, store)) => {
+                context.register_object_store(url, store);
+            }
+            None => {
+                context.register_object_store(
+                    ObjectStoreUrl::local_filesystem().as_ref(),
+                    Arc::new(LocalReads::default()),
+                );
+            }
         }
         for name in self.reader.tables() {
             let table = self.table(name);
             context.register_table(name, table).map_err(sql_error)?;
         }
-        Ok(context)
+        Ok(context.state())
     }
 
     fn table(&self, name: &'static str) -> Arc<dyn TableProvider> {
@@ -572,7 +629,9 @@ impl LakeSql {
             .sql_with_options(sql, read_only)
             .await
             .map_err(classify)?;
-        frame.execute_stream().await.map_err(classify)
+        let task = frame.task_ctx().with_runtime(self.query_runtime(&context));
+        let plan = frame.create_physical_plan().await.map_err(classify)?;
+        datafusion::physical_plan::execute_stream(plan, Arc::new(task)).map_err(classify)
     }
 }
 
@@ -794,15 +853,14 @@ impl TableProvider for LakeTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let mut live = self
+        // A file holds one day's rows, the day its folder names: a filter on `date` that
+        // rules the day out rules the whole folder out, unlisted.
+        let days = DayRange::of(filters);
+        let live = self
             .files
-            .live_files_async()
+            .live_files_async(&|folder| days.admits_folder(folder))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        // A file holds one day's rows, the day its folder names: a filter on `date` that
-        // rules the day out rules the whole file out, unopened.
-        let days = DayRange::of(filters);
-        live.retain(|file| days.admits(&file.key));
         if live.is_empty() {
             let schema = match projection {
                 Some(columns) => Arc::new(self.schema.project(columns)?),
@@ -938,14 +996,12 @@ impl DayRange {
         }
     }
 
-    /// Whether a file's folder (`<table>/date=YYYY-MM-DD/…`) is a day in the range; files
-    /// outside date folders are always read (`decisions/snapshot/`, the imports'
+    /// Whether a table's folder (`date=YYYY-MM-DD`) is a day in the range; folders that
+    /// are not a day's are always read (`decisions/snapshot/`, the imports'
     /// `<table>/import/`, whose rows span many days).
-    fn admits(&self, key: &str) -> bool {
-        let day = key
-            .split('/')
-            .nth(1)
-            .and_then(|folder| folder.strip_prefix("date="))
+    fn admits_folder(&self, folder: &str) -> bool {
+        let day = folder
+            .strip_prefix("date=")
             .and_then(crate::lake::day_number);
         day.is_none_or(|day| self.first <= day && day <= self.last)
     }
@@ -1074,6 +1130,57 @@ mod tests {
             as_of_offset: offset,
             published_at: 1_780_272_000_000_000,
         }
+    }
+
+    /// A join whose build side holds `rows` keys in memory while its rows stream.
+    fn join_of(rows: u64) -> String {
+        format!(
+            "SELECT a.value FROM generate_series(1, {rows}) a \
+             JOIN generate_series(1, {rows}) b ON a.value = b.value"
+        )
+    }
+
+    /// The memory limit binds each query, and each query only: a query over it is refused
+    /// with `query_memory_exceeded`, and two queries that each fit run side by side even
+    /// when together they take more than the limit (the sessions are clones of one, but
+    /// their memory pools are not shared).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_memory_limit_is_each_querys_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SqlLimits {
+            memory_bytes: 16 << 20,
+            target_partitions: 1,
+            ..SqlLimits::default()
+        };
+        let sql = LakeSql::new(dir.path().to_path_buf(), limits);
+        // The smallest join (rows doubling) the limit refuses: half of it takes more than
+        // half the limit, as a hash table's memory doubles with its keys.
+        let mut rows = 1u64 << 14;
+        let refused = loop {
+            assert!(rows < 1 << 26, "no join up to {rows} rows was refused");
+            match sql.query(&join_of(rows)).await {
+                Ok(_) => rows *= 2,
+                Err(error) => {
+                    assert_eq!(error.code(), "query_memory_exceeded", "{error}");
+                    break rows;
+                }
+            }
+        };
+        let fits = join_of(refused / 2);
+        // The first holds its build side while its rows wait for a reader.
+        let mut first = sql.execute(&fits).await.unwrap();
+        let mut both = first.next().await.unwrap().unwrap().num_rows() as u64;
+        let mut second = sql.execute(&fits).await.unwrap();
+        match second.next().await.unwrap() {
+            Ok(batch) => both += batch.num_rows() as u64,
+            Err(error) => panic!("the second query, beside the first: {error}"),
+        }
+        for stream in [&mut first, &mut second] {
+            while let Some(batch) = stream.next().await {
+                both += batch.unwrap().num_rows() as u64;
+            }
+        }
+        assert_eq!(both, refused, "every row of both joins");
     }
 
     /// A file a query listed and then found gone (another process's compaction deleted it

@@ -132,7 +132,7 @@ impl LakeLocation {
     /// The files under `table/`, as (key below the lake's root, bytes, modified).
     pub(crate) fn list(&self, table: &str) -> Result<Vec<Listed>, AnalyticsError> {
         match self {
-            Self::Local(root) => list_local(root, table),
+            Self::Local(root) => list_local(root, table, &|_| true),
             Self::ObjectStore(lake) => {
                 let lake2 = Arc::clone(lake);
                 let table = table.to_string();
@@ -143,11 +143,21 @@ impl LakeLocation {
         }
     }
 
-    /// As [`Self::list`], for async callers (DataFusion planning a scan).
-    pub(crate) async fn list_async(&self, table: &str) -> Result<Vec<Listed>, AnalyticsError> {
+    /// As [`Self::list`], for async callers (DataFusion planning a scan), and only the
+    /// folders `keep_folder` keeps (by name: `date=…`, `_layout`, …): on a local disk the
+    /// others are not read.
+    pub(crate) async fn list_async(
+        &self,
+        table: &str,
+        keep_folder: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Vec<Listed>, AnalyticsError> {
         match self {
-            Self::Local(_) => self.list(table),
-            Self::ObjectStore(lake) => lake.list(table).await,
+            Self::Local(root) => list_local(root, table, keep_folder),
+            Self::ObjectStore(lake) => {
+                let mut listed = lake.list(table).await?;
+                listed.retain(|file| file.key.split('/').nth(1).is_some_and(keep_folder));
+                Ok(listed)
+            }
         }
     }
 
@@ -495,7 +505,11 @@ impl Drop for IoRuntime {
     }
 }
 
-fn list_local(root: &Path, table: &str) -> Result<Vec<Listed>, AnalyticsError> {
+fn list_local(
+    root: &Path,
+    table: &str,
+    keep_folder: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Listed>, AnalyticsError> {
     let dir = root.join(table);
     let mut out = Vec::new();
     if !dir.exists() {
@@ -507,6 +521,9 @@ fn list_local(root: &Path, table: &str) -> Result<Vec<Listed>, AnalyticsError> {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
+        if !keep_folder(&folder_name) {
+            continue;
+        }
         for entry in fs::read_dir(&folder).map_err(AnalyticsError::io(&folder))? {
             let entry = entry.map_err(AnalyticsError::io(&folder))?;
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {

@@ -334,4 +334,10 @@ async fn issue_19_only_auditors_and_admins_read_the_audit_trail() {
     let admin = sql.as_reader(LakeReader::Admin);
     assert_eq!(tables_seen(&admin).await, all);
     assert_eq!(audit_rows(&admin).await, store.trail);
+
+    // The clones share their sessions, each reader's its own: after the others' queries,
+    // an analyst still has no audit trail and an auditor no votes.
+    assert_eq!(tables_seen(&analyst).await, seen);
+    assert!(analyst.query("SELECT * FROM audit_trail").await.is_err());
+    assert!(auditor.query("SELECT * FROM votes").await.is_err());
 }
