@@ -66,6 +66,22 @@ impl ObjectStore for LocalReads {
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         let path = self.0.path_to_filesystem(location)?;
         let file = File::open(&path).map_err(|source| read_error(&path, source))?;
+        // A footer that claims a column chunk past the end of its file is refused before
+        // a buffer of the claimed size is allocated.
+        let size = file
+            .metadata()
+            .map_err(|source| read_error(&path, source))?
+            .len();
+        if let Some(range) = ranges.iter().find(|r| r.start > r.end || r.end > size) {
+            return Err(object_store::Error::Generic {
+                store: "LocalReads",
+                source: format!(
+                    "{}: range {range:?} outside its {size} bytes",
+                    path.display()
+                )
+                .into(),
+            });
+        }
         ranges
             .iter()
             .map(|range| read_range(&file, &path, range))
@@ -122,5 +138,39 @@ impl ObjectStore for LocalReads {
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
         self.0.rename_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ranges of a file as asked, and a range past its end refused at once (were its
+    /// claimed size allocated first, a terabyte would abort the test).
+    #[tokio::test]
+    async fn reads_the_ranges_asked_and_refuses_one_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("part.parquet"), b"0123456789").unwrap();
+        let store = LocalReads::default();
+        let location = Path::from_absolute_path(dir.path().join("part.parquet")).unwrap();
+        let read = store.get_ranges(&location, &[0..3, 7..10]).await.unwrap();
+        assert_eq!(
+            read,
+            [Bytes::from_static(b"012"), Bytes::from_static(b"789")]
+        );
+        let error = store
+            .get_ranges(&location, &[0..3, 5..(1 << 40)])
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("outside its 10 bytes"),
+            "{error}"
+        );
+        let gone = Path::from_absolute_path(dir.path().join("gone.parquet")).unwrap();
+        let error = store.get_ranges(&gone, &[0..1, 2..3]).await.unwrap_err();
+        assert!(
+            matches!(error, object_store::Error::NotFound { .. }),
+            "{error}"
+        );
     }
 }

@@ -109,8 +109,9 @@ pub struct LakeSql {
     reader: LakeReader,
     /// Started on the first query, shared by every clone.
     runtime: Arc<std::sync::OnceLock<SqlRuntime>>,
-    /// What earlier queries read of the files, shared by every clone: each query has a
-    /// session (and memory pool) of its own, and would otherwise read it all again.
+    /// What earlier queries read of the files, shared by every clone and by every
+    /// reader's session (each reader has a session of its own, and would otherwise read
+    /// it all again).
     caches: FileCaches,
     /// Each reader's session as its first query built it, shared by every clone: a query
     /// clones it rather than build DataFusion's functions, ours and the tables again.
